@@ -1,0 +1,156 @@
+"""Saving and loading models, pruned or dense, without running code from the file.
+
+A pbkit model file is a ``torch.save`` of plain containers, tensors and numbers:
+``{"format": "pbkit-model/1", "spec": ModelSpec dict, "modules": {module_name: {attr: value}},
+"state": state_dict}``. Loading rebuilds the dense architecture from the spec, writes the saved
+per-module attributes (channel counts, ``num_heads``, ...) and swaps in tensors of the saved
+shapes, so a pruned model reloads in a fresh process although it no longer matches its class.
+Every file is read with ``torch.load(weights_only=True)``: no unrestricted unpickling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pbkit import models
+from pbkit.errors import PbkitError
+from pbkit.fileio import atomic_write
+
+FORMAT = "pbkit-model/1"
+_PRIMITIVE = (int, float, bool, str, type(None))
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, _PRIMITIVE):
+        return True
+    if isinstance(value, tuple | list):
+        return all(isinstance(v, _PRIMITIVE) for v in value)
+    return False
+
+
+def module_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Plain attributes of every module (in_channels, num_features, num_heads, head_dim, ...)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in model.named_modules():
+        attrs = {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training" and _plain(v)}
+        if attrs:
+            out[name] = attrs
+    return out
+
+
+def save_model(model: nn.Module, spec: models.ModelSpec, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    payload = {
+        "format": FORMAT,
+        "spec": spec.to_dict(),
+        "modules": module_attributes(model),
+        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    return atomic_write(path, lambda p: torch.save(payload, p))
+
+
+def read_file(path: str | Path, trust: bool = False) -> Any:
+    """Read a checkpoint file safely; every failure becomes one clear line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PbkitError(f"checkpoint {str(path)!r} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise PbkitError(f"checkpoint {str(path)!r} holds pickled Python objects, which pbkit does not "
+                             "load by default; if you trust the file set model.trust_checkpoint=true") from e
+        raise PbkitError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})") from e
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError) as e:
+        raise PbkitError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:160]
+
+
+def is_model_file(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, models.ModelSpec, dict[str, Any]]:
+    """Load a pbkit model file (dense or pruned) into a fresh, working module."""
+    obj = read_file(path)
+    if not is_model_file(obj):
+        raise PbkitError(f"{str(path)!r} is not a pbkit model file (format {FORMAT})")
+    spec = models.ModelSpec.from_dict(obj["spec"])
+    model = models.build(spec, pretrained=False)
+    apply_file(model, obj, str(path))
+    model.eval()
+    return model, spec, obj.get("extra", {})
+
+
+def apply_file(model: nn.Module, obj: dict[str, Any], where: str) -> None:
+    """Reshape ``model`` in place to the saved attributes and tensors."""
+    named = dict(model.named_modules())
+    for name, attrs in obj["modules"].items():
+        m = named.get(name)
+        if m is None:
+            raise PbkitError(f"{where}: module {name!r} does not exist in {obj['spec']['name']}")
+        for k, v in attrs.items():
+            setattr(m, k, tuple(v) if isinstance(v, list) and isinstance(getattr(m, k, None), tuple) else v)
+    state = obj["state"]
+    for key, tensor in state.items():
+        owner_name, _, leaf = key.rpartition(".")
+        owner = named.get(owner_name)
+        if owner is None:
+            raise PbkitError(f"{where}: tensor {key!r} has no module in {obj['spec']['name']}")
+        if leaf in owner._parameters:
+            old = owner._parameters[leaf]
+            owner._parameters[leaf] = nn.Parameter(tensor.clone(), requires_grad=old.requires_grad if old is not None else True)
+        elif leaf in owner._buffers:
+            owner._buffers[leaf] = tensor.clone()
+        else:
+            raise PbkitError(f"{where}: tensor {key!r} is neither a parameter nor a buffer")
+    missing = set(model.state_dict()) - set(state)
+    if missing:
+        raise PbkitError(f"{where}: file lacks tensors {sorted(missing)[:3]}...")
+
+
+def load_weights(model: nn.Module, path: str | Path, trust: bool = False) -> None:
+    """Load user weights into a dense model: a pbkit file or a plain state dict (or wrapped one)."""
+    obj = read_file(path, trust=trust)
+    if is_model_file(obj):
+        apply_file(model, obj, str(path))
+        return
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "ema", "net"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise PbkitError(f"checkpoint {str(path)!r} holds no state dict of tensors")
+    obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(obj))
+    unexpected = sorted(set(obj) - set(own))
+    wrong = sorted(k for k, v in obj.items() if k in own and own[k].shape != v.shape)
+    if missing or unexpected or wrong:
+        raise PbkitError(f"checkpoint {str(path)!r} does not fit the model: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}")
+    model.load_state_dict(obj, strict=True)
+
+
+def state_sha256(model: nn.Module) -> str:
+    """A hash of the weights themselves (names, shapes, dtypes, bytes), independent of file format."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()

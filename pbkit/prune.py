@@ -1,0 +1,148 @@
+"""Step 2 and 3 of the study: group (DepGraph) and prune iteratively until a MACs speed-up target.
+
+The Importance comes from ``pbkit.methods``; torch-pruning's MetaPruner decides and removes. The
+pruning ratio follows a linear schedule to 1.0 over ``iterative_steps``; after every step MACs are
+recounted and pruning stops as soon as base/pruned >= target. The achieved ratio is returned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pbkit import counts, methods
+from pbkit.errors import PbkitError
+
+PROTECTED_MAX_RATIO = 0.9  # the protected-global scope keeps at least 10% of every group
+
+
+@dataclass
+class PruneResult:
+    macs_base: int
+    macs_pruned: int
+    params_base: int
+    params_pruned: int
+    steps: int
+    step_time_s: float
+    total_time_s: float
+    ignored_layers: list[str]
+
+    @property
+    def achieved_speedup(self) -> float:
+        return self.macs_base / max(self.macs_pruned, 1)
+
+
+def _attention_modules(model: nn.Module) -> list[nn.Module]:
+    """timm-style attention blocks: a fused ``qkv`` Linear and a ``num_heads`` attribute."""
+    return [m for m in model.modules()
+            if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)]
+
+
+def _fix_attention(model: nn.Module, pruner: Any) -> None:
+    """Keep num_heads / head_dim / attn_dim in step with the pruned qkv projection."""
+    for m in _attention_modules(model):
+        qkv: nn.Linear = m.qkv  # type: ignore[assignment]
+        heads = int(pruner.num_heads.get(qkv, m.num_heads))
+        m.num_heads = heads  # type: ignore[assignment]
+        attn_dim = qkv.out_features // 3
+        m.head_dim = attn_dim // heads  # type: ignore[assignment]
+        if hasattr(m, "attn_dim"):
+            m.attn_dim = attn_dim  # type: ignore[assignment]
+    embed = getattr(getattr(model, "patch_embed", None), "proj", None)
+    if isinstance(embed, nn.Conv2d):
+        for attr in ("embed_dim", "num_features"):
+            if isinstance(getattr(model, attr, None), int):
+                setattr(model, attr, embed.out_channels)
+
+
+def prune_to_target(
+    model: nn.Module,
+    *,
+    method: methods.Method,
+    scope: str,
+    target_speedup: float,
+    input_size: int,
+    num_classes: int,
+    iterative_steps: int = 400,
+    round_to: int | None = None,
+    seed: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> PruneResult:
+    """Prune ``model`` in place until base MACs / pruned MACs >= ``target_speedup``."""
+    import torch_pruning as tp
+
+    if target_speedup <= 1.0:
+        raise PbkitError(f"speed-up target must be > 1, got {target_speedup}")
+    methods.check_scope(scope)
+    model.eval()
+    heads = methods_ignored = _ignored(model, num_classes)
+    names = {m: n for n, m in model.named_modules()}
+    macs_base = counts.count_macs(model, input_size)
+    params_base = counts.count_params(model)
+    example = counts.example_input(input_size)
+    torch.manual_seed(seed)
+    num_heads = {m.qkv: m.num_heads for m in _attention_modules(model)}
+    t_start = time.perf_counter()
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=method.importance(),
+            global_pruning=scope != "local",
+            pruning_ratio=1.0,
+            max_pruning_ratio=PROTECTED_MAX_RATIO if scope == "protected" else 1.0,
+            iterative_steps=iterative_steps,
+            ignored_layers=heads,
+            round_to=round_to,
+            num_heads=num_heads,
+        )
+    except PbkitError:
+        raise
+    except Exception as e:  # tracing failures come in many types
+        raise PbkitError(f"the dependency graph could not trace this model: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                           root_module_types=pruner.root_module_types))
+    if not groups:
+        raise PbkitError("the dependency graph found no prunable channel group in this model")
+    steps, macs, step_times = 0, macs_base, []
+    while steps < iterative_steps:
+        t0 = time.perf_counter()
+        pruner.step()
+        _fix_attention(model, pruner)
+        step_times.append(time.perf_counter() - t0)
+        steps += 1
+        macs = counts.count_macs(model, input_size)
+        if on_step is not None:
+            on_step(steps, macs_base / max(macs, 1))
+        if macs_base / max(macs, 1) >= target_speedup:
+            break
+    achieved = macs_base / max(macs, 1)
+    if achieved < target_speedup:
+        floor = " (the protected scope keeps >= 10% of every group)" if scope == "protected" else ""
+        raise PbkitError(f"speed-up target {target_speedup}x is unreachable: {achieved:.2f}x after "
+                         f"{steps} steps in the {scope} scope{floor}")
+    return PruneResult(
+        macs_base=macs_base,
+        macs_pruned=macs,
+        params_base=params_base,
+        params_pruned=counts.count_params(model),
+        steps=steps,
+        step_time_s=sum(step_times) / len(step_times),
+        total_time_s=time.perf_counter() - t_start,
+        ignored_layers=sorted(names.get(m, "?") for m in methods_ignored),
+    )
+
+
+def _ignored(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    from pbkit.models import classifier_heads
+
+    heads = classifier_heads(model, num_classes)
+    if not heads:
+        raise PbkitError(f"could not find the classifier head (a layer with {num_classes} outputs) to protect")
+    return heads

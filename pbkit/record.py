@@ -1,0 +1,178 @@
+"""The result record: the contract between measuring and reporting (versioned JSON schema).
+
+Every figure a leaderboard or a cross-GPU comparison shows comes from these records. Later
+versions may ADD fields (readers ignore what they do not know); none is renamed or removed.
+``pbkit schema`` prints the JSON Schema.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pbkit.errors import PbkitError
+from pbkit.fileio import atomic_write_json
+
+SCHEMA_VERSION = "1.0"
+RECORD_NAME = "record.json"
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ModelInfo(_Open):
+    name: str
+    source: str
+    family: str
+    input_size: int
+    num_classes: int
+    kwargs: dict[str, Any] = {}
+    weights: str  # random | pretrained | checkpoint | trained
+    weights_path: str | None = None
+    weights_sha256: str
+    seed: int = 0
+
+
+class MethodInfo(_Open):
+    key: str
+    name: str
+    stage: str
+    scope: str
+    target_speedup: float
+    achieved_speedup: float
+    steps: int
+    round_to: int | None = None
+    iterative_steps: int
+    max_pruning_ratio: float
+    seed: int
+    step_time_s: float
+    prune_time_s: float
+    ignored_layers: list[str] = []
+
+
+class Counts(_Open):
+    macs_base: int
+    macs_pruned: int
+    params_base: int
+    params_pruned: int
+    input_size: int
+    counter: str
+
+
+class DatasetInfo(_Open):
+    name: str
+    image_size: int
+    num_classes: int
+    train_size: int
+    test_size: int
+
+
+class Accuracy(_Open):
+    metric: str | None = None
+    base: float | None = None
+    pruned: float | None = None
+    finetuned: float | None = None
+
+
+class LatencyPoint(_Open):
+    backend: str
+    device: str
+    variant: str  # dense | pruned
+    batch: int
+    precision: str
+    threads: int | None = None
+    median_ms: float
+    mean_ms: float
+    min_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    std_ms: float
+    cov: float
+    n: int
+    first_call_ms: float
+    warmup_n: int
+    duration_s: float
+    throughput_ips: float
+    stable: bool
+    unstable_reasons: list[str] = []
+    quick: bool
+    speedup_vs_dense: float | None = None
+    artifact_sha256: str | None = None
+
+
+class Parity(_Open):
+    backend: str
+    variant: str
+    precision: str
+    batch: int
+    max_abs: float
+    max_rel: float
+    cosine: float
+    rtol: float
+    atol: float
+    passed: bool
+
+
+class Record(_Open):
+    schema_version: str
+    kit_version: str
+    git_revision: str | None = None
+    run_id: str
+    created_utc: str
+    updated_utc: str
+    stages: list[str]
+    model: ModelInfo
+    method: MethodInfo
+    counts: Counts
+    dataset: DatasetInfo | None = None
+    accuracy: Accuracy
+    finetune: dict[str, Any] | None = None
+    base_training: dict[str, Any] | None = None
+    artifacts: dict[str, Any] = {}
+    latency: list[LatencyPoint] = []
+    parity: list[Parity] = []
+    bench: dict[str, Any] | None = None
+    env: dict[str, Any]
+    config: dict[str, Any]
+
+
+def validate(data: dict[str, Any], where: str = "record") -> Record:
+    try:
+        return Record.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise PbkitError(f"{where}: invalid record at {loc}: {err['msg']}") from e
+
+
+def write(run_dir: str | Path, rec: Record) -> Path:
+    """Validate and write ``record.json`` atomically."""
+    data = rec.model_dump(mode="json")
+    validate(data)
+    return atomic_write_json(Path(run_dir) / RECORD_NAME, data)
+
+
+def read(run_dir: str | Path) -> Record:
+    path = Path(run_dir).expanduser()
+    if path.is_dir():
+        path = path / RECORD_NAME
+    if not path.is_file():
+        raise PbkitError(f"no record at {str(path)!r} (is this a run folder made by `pbkit prune`?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PbkitError(f"{str(path)!r} is not valid JSON ({e})") from e
+    major = str(data.get("schema_version", "")).split(".")[0]
+    if major != SCHEMA_VERSION.split(".")[0]:
+        raise PbkitError(f"{str(path)!r} has schema {data.get('schema_version')!r}; this pbkit reads {SCHEMA_VERSION}")
+    return validate(data, str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    return Record.model_json_schema()

@@ -1,0 +1,104 @@
+"""Step 4 of the study: finetuning (and base training) with a recorded recipe, and evaluation.
+
+A recipe is plain data (optimizer, LR schedule, epochs, batch, seed, ...) stored verbatim in the
+record, so that two runs can be checked for holding it equal (../shared/reference/fairness.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pbkit.errors import PbkitError
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader[Any]) -> float:
+    """Top-1 accuracy in percent."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        pred = model(x).argmax(dim=1)
+        correct += int((pred == y).sum())
+        total += int(y.numel())
+    model.train(was_training)
+    if total == 0:
+        raise PbkitError("evaluation set is empty")
+    return 100.0 * correct / total
+
+
+def milestones(recipe: dict[str, Any]) -> list[int]:
+    """Milestones as epochs: integers are epochs, numbers in (0, 1) are fractions of the run."""
+    epochs = int(recipe["epochs"])
+    out = []
+    for m in recipe.get("milestones") or []:
+        out.append(int(round(m * epochs)) if isinstance(m, float) and 0 < m < 1 else int(m))
+    return out
+
+
+def _optimizer(model: nn.Module, r: dict[str, Any]) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if r["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=r["lr"], momentum=r["momentum"], weight_decay=r["weight_decay"],
+                               nesterov=bool(r.get("nesterov")) and r["momentum"] > 0)
+    if r["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=r["lr"], weight_decay=r["weight_decay"])
+    if r["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=r["lr"], weight_decay=r["weight_decay"])
+    raise PbkitError(f"unknown optimizer {r['optimizer']!r}; choose one of: adam, adamw, sgd")
+
+
+def _scheduler(opt: torch.optim.Optimizer, r: dict[str, Any]) -> torch.optim.lr_scheduler.LRScheduler:
+    s = r["schedule"]
+    if s == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones(r), gamma=r["gamma"])
+    if s == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(int(r["step_size"]), 1), gamma=r["gamma"])
+    if s == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(r["epochs"]), 1))
+    if s == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    raise PbkitError(f"unknown schedule {s!r}; choose one of: constant, cosine, multistep, step")
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader[Any],
+    test_loader: DataLoader[Any] | None,
+    recipe: dict[str, Any],
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place with ``recipe``; return the recipe as run, its timing and history."""
+    torch.manual_seed(int(recipe["seed"]))
+    opt = _optimizer(model, recipe)
+    sched = _scheduler(opt, recipe)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(recipe.get("label_smoothing") or 0.0))
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    for epoch in range(1, int(recipe["epochs"]) + 1):
+        model.train()
+        total_loss = n = 0.0
+        for x, y in train_loader:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            if not torch.isfinite(loss):
+                raise PbkitError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate")
+            loss.backward()
+            opt.step()
+            total_loss += float(loss) * len(y)
+            n += len(y)
+        sched.step()
+        row = {"epoch": epoch, "loss": total_loss / max(n, 1), "lr": opt.param_groups[0]["lr"]}
+        if test_loader is not None:
+            row["accuracy"] = evaluate(model, test_loader)
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+    model.eval()
+    return {**recipe, "milestones_epochs": milestones(recipe), "time_s": time.perf_counter() - t0, "history": history}
