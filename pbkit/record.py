@@ -126,7 +126,7 @@ class Record(_Open):
     run_id: str
     created_utc: str
     updated_utc: str
-    stages: list[str]
+    stages: list[dict[str, Any]]
     model: ModelInfo
     method: MethodInfo
     counts: Counts

@@ -1,0 +1,63 @@
+# pbkit: the README's two commands are `make bench` and `make test`; both create .venv/ first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pbkit-installed
+LOCK := requirements/dev.lock
+
+# The registry's CUDA build of torch (it runs on CPU too), installed with hashes from the lock:
+# ignore machine-level pip settings that would offer other wheels.
+PIP_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL PIP_CONFIG_FILE=/dev/null
+
+MODEL ?= resnet18_cifar
+BENCH_CONFIG := $(or $(wildcard configs/bench/$(subst :,_,$(MODEL)).yaml),configs/bench/default.yaml)
+BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set model.name=$(MODEL)) \
+	$(if $(METHOD),--set prune.method=$(METHOD)) \
+	$(if $(SPEEDUP),--set prune.speedup=$(SPEEDUP)) \
+	$(if $(SCOPE),--set prune.scope=$(SCOPE)) \
+	$(if $(BACKEND),--set bench.backends=[$(BACKEND)]) \
+	$(if $(BATCH),--set bench.batches=[$(BATCH)]) \
+	$(if $(ROUND_TO),--set prune.round_to=$(ROUND_TO))
+
+.PHONY: help setup bench test lint lock report clean
+
+help:
+	@echo "make setup                      create $(VENV)/ from the pinned lock ($(LOCK), hashes checked)"
+	@echo "make bench [MODEL=m METHOD=k SPEEDUP=x SCOPE=s BACKEND=b BATCH=n ROUND_TO=n]"
+	@echo "                                prune, export, check parity, measure, record, print the table"
+	@echo "make test                       run the test suite"
+	@echo "make lint                       ruff"
+	@echo "make report                     leaderboard of results/runs"
+	@echo "make lock                       re-resolve requirements/*.in into the lock files (needs uv)"
+
+setup: $(STAMP)
+
+$(STAMP): $(LOCK) pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP_ENV) $(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
+	$(PIP_ENV) $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@$(BIN)/pbkit --version
+	@touch $@
+
+bench: setup
+	$(BIN)/pbkit run $(BENCH_CONFIG) $(BENCH_SETS)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check pbkit tests
+
+report: setup
+	$(BIN)/pbkit report results/runs
+
+lock:
+	cd requirements && for f in base dev; do \
+	  uv pip compile $$f.in --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	    --index-url https://pypi.org/simple --no-header -o $$f.lock; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,403 @@
+"""The ``pbkit`` command line: one verb per mode, defaults in one YAML, ``key=value`` overrides.
+
+Exit codes: 0 ok, 2 bad input (one line on stderr), 3 an ONNX parity check failed (everything
+was still written), 1 an internal error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pbkit.errors import PbkitError
+
+EXIT_PARITY = 3
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _print(renderable: Any) -> None:
+    from pbkit.console import out
+
+    out.print(renderable)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="pbkit", prog_name="pbkit")
+def cli() -> None:
+    """pbkit: prune vision models, export them, and measure real speed-ups.
+
+    \b
+    Typical session:
+      pbkit list models
+      pbkit prune --model resnet18_cifar --method l1 --speedup 2
+      pbkit export results/runs/<run_id>
+      pbkit bench results/runs/<run_id> --backend torch-cpu --backend ort-cpu
+      pbkit run configs/bench/resnet18_cifar.yaml --set prune.method=fpgm
+      pbkit report results/runs
+    """
+
+
+# ------------------------------------------------------------------------------------------ list
+
+
+@cli.command("list", context_settings=CONTEXT)
+@click.argument("what", type=click.Choice(["models", "methods", "backends", "datasets", "scopes"]))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def list_cmd(what: str, as_json: bool) -> None:
+    """List what can be named: models, methods, backends, datasets, scopes.
+
+    \b
+    Example:
+      pbkit list methods
+      pbkit list models --json | jq '.prefixes["timm:"].names | length'
+    """
+    from rich.table import Table
+
+    if what == "models":
+        from pbkit import models
+
+        rows = [dict(name=e.name, family=e.family, source=e.source, input_size=e.input_size,
+                     num_classes=e.num_classes, description=e.description) for e in models.MODELS.values()]
+        if as_json:
+            _emit_json({"models": rows, "prefixes": {
+                "tv:": {"description": models.PREFIXES["tv:"], "names": models.torchvision_names()},
+                "timm:": {"description": models.PREFIXES["timm:"], "names": models.timm_names()}}})
+            return
+        t = Table(title="models")
+        for c in ("name", "family", "source", "input", "classes", "description"):
+            t.add_column(c)
+        for r in rows:
+            t.add_row(r["name"], r["family"], r["source"], str(r["input_size"]), str(r["num_classes"]), r["description"])
+        t.add_row("tv:<name>", "cnn/vit", "torchvision", "224", "1000",
+                  f"{models.PREFIXES['tv:']} [{len(models.torchvision_names())} names]")
+        t.add_row("timm:<name>", "cnn/vit", "timm", "per model", "1000",
+                  f"{models.PREFIXES['timm:']} [{len(models.timm_names())} names]")
+        _print(t)
+    elif what == "methods":
+        from pbkit import methods
+
+        rows = [m.describe() for m in methods.METHODS.values()]
+        if as_json:
+            _emit_json({"methods": rows})
+            return
+        t = Table(title="methods")
+        for c in ("key", "name", "paper", "stage", "data", "families"):
+            t.add_column(c)
+        for r in rows:
+            t.add_row(r["key"], r["name"], r["paper"], r["stage"], r["data"], ", ".join(r["families"]))
+        _print(t)
+    elif what == "scopes":
+        from pbkit import methods
+
+        if as_json:
+            _emit_json({"scopes": methods.SCOPES})
+            return
+        t = Table(title="scopes")
+        t.add_column("scope")
+        t.add_column("meaning")
+        for k, v in methods.SCOPES.items():
+            t.add_row(k, v)
+        _print(t)
+    elif what == "backends":
+        from pbkit import measure
+
+        rows = []
+        for b in measure.BACKENDS.values():
+            reason = b.check()
+            rows.append(dict(name=b.name, device=b.device, precision=b.precision, artifact=b.artifact,
+                             description=b.description, available=reason is None, reason=reason))
+        if as_json:
+            _emit_json({"backends": rows})
+            return
+        t = Table(title="backends")
+        for c in ("name", "device", "precision", "runs", "available", "description"):
+            t.add_column(c)
+        for r in rows:
+            t.add_row(r["name"], r["device"], r["precision"], r["artifact"],
+                      "yes" if r["available"] else f"no: {r['reason']}", r["description"])
+        _print(t)
+    else:
+        from pbkit import data
+
+        rows = [dict(name=e.name, num_classes=e.num_classes, image_size=e.image_size, needs=e.needs,
+                     description=e.description) for e in data.DATASETS.values()]
+        if as_json:
+            _emit_json({"datasets": rows, "default_root": data.DEFAULT_ROOT})
+            return
+        t = Table(title=f"datasets (default root {data.DEFAULT_ROOT})")
+        for c in ("name", "classes", "size", "needs", "description"):
+            t.add_column(c)
+        for r in rows:
+            t.add_row(r["name"], str(r["num_classes"]), str(r["image_size"]), r["needs"], r["description"])
+        _print(t)
+
+
+# ------------------------------------------------------------------------------------------- env
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def env(as_json: bool) -> None:
+    """Show the machine record embedded in every result record.
+
+    \b
+    Example:
+      pbkit env --json > machine.json
+    """
+    from pbkit import envinfo
+
+    info = envinfo.collect()
+    if as_json:
+        _emit_json(info)
+        return
+    from rich.table import Table
+
+    t = Table(title="environment", show_header=False)
+    t.add_column("key")
+    t.add_column("value")
+    for section in ("host", "software", "container", "lock_sha256"):
+        for k, v in info[section].items():
+            t.add_row(f"{section}.{k}", str(v))
+    t.add_row("gpus", ", ".join(g["name"] for g in info["gpus"]) or "none")
+    t.add_row("onnxruntime providers", ", ".join(info["onnxruntime_providers"]))
+    t.add_row("kit", f"{info['kit_version']} ({info['git_revision']})")
+    _print(t)
+
+
+# -------------------------------------------------------------------------------- prune / run
+
+
+def _finish(run_dir: Path, as_json: bool, quiet_table: bool = False) -> int:
+    from pbkit import pipeline, record, report
+
+    rec = record.read(run_dir)
+    if as_json:
+        _emit_json({"run_dir": str(run_dir), "record": rec.model_dump(mode="json")})
+    elif not quiet_table:
+        _print(report.run_table(rec))
+        _print(f"run: {rec.run_id}\nrecord: {run_dir / record.RECORD_NAME}")
+    failed = pipeline.parity_failures(rec)
+    if failed:
+        from pbkit.console import err
+
+        worst = max(failed, key=lambda p: p.max_abs)
+        err.print(f"[bold red]error: ONNX parity FAILED[/] for {', '.join(f'{p.backend}/{p.variant}' for p in failed)} "
+                  f"(max abs {worst.max_abs:.2e}, cosine {worst.cosine:.6f}); results were recorded")
+        return EXIT_PARITY
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--model", "model", required=True, help="Model name (`pbkit list models`).")
+@click.option("--method", required=True, help="Pruning method key (`pbkit list methods`).")
+@click.option("--speedup", type=float, required=True, help="Target MACs speed-up, > 1 (base MACs / pruned MACs).")
+@click.option("--scope", default=None, help="local | global | protected (default: protected).")
+@click.option("--round-to", type=int, default=None, help="Keep channel counts multiples of N.")
+@click.option("--dataset", default=None, help="Dataset (`pbkit list datasets`); none: data-free, accuracy null.")
+@click.option("--data-root", type=click.Path(), default=None, help="Where datasets live (default $PBKIT_DATA or ~/.cache/pbkit/data).")
+@click.option("--checkpoint", type=click.Path(), default=None, help="Base weights file (state dict or pbkit model file).")
+@click.option("--pretrained", is_flag=True, help="Use the hub's pretrained weights (needs the network).")
+@click.option("--out", type=click.Path(), default=None, help="Folder for run folders (default results/runs).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. finetune.epochs=5.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def prune(model: str, method: str, speedup: float, scope: str | None, round_to: int | None, dataset: str | None,
+          data_root: str | None, checkpoint: str | None, pretrained: bool, out: str | None,
+          overrides: tuple[str, ...], as_json: bool) -> int:
+    """Prune a model to a MACs speed-up target (and finetune, if a dataset and epochs are given).
+
+    Writes a run folder with dense.pt, pruned.pt and record.json, and prints its summary.
+
+    \b
+    Example:
+      pbkit prune --model resnet56_cifar --method fpgm --speedup 2 --scope local
+      pbkit prune --model resnet20_cifar --method l1 --speedup 2 --dataset digits \\
+          --set base.epochs=10 --set finetune.epochs=5
+    """
+    from pbkit import config, pipeline
+
+    sets = [f"model.name={model}", f"prune.method={method}", f"prune.speedup={speedup}"]
+    if scope:
+        sets.append(f"prune.scope={scope}")
+    if round_to is not None:
+        sets.append(f"prune.round_to={round_to}")
+    if dataset:
+        sets.append(f"dataset.name={dataset}")
+    if data_root:
+        sets.append(f"dataset.root={data_root}")
+    if checkpoint:
+        sets += ["model.weights=checkpoint", f"model.checkpoint={checkpoint}"]
+    if pretrained:
+        sets.append("model.weights=pretrained")
+    if out:
+        sets.append(f"out={out}")
+    cfg = config.load(None, [*sets, *overrides])
+    run_dir = pipeline.prune_stage(cfg)
+    return _finish(run_dir, as_json)
+
+
+def _run_dir(path: str) -> Path:
+    p = Path(path)
+    if not (p / "record.json").is_file():
+        raise PbkitError(f"{path!r} is not a run folder (no record.json); make one with `pbkit prune` or `pbkit run`")
+    return p
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--opset", type=int, default=None, help="ONNX opset (>= 17; default from the run's config: 18).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def export(run_dir: str, fmt: str, opset: int | None, as_json: bool) -> int:
+    """Export a run's dense and pruned models to ONNX and check parity against torch.
+
+    \b
+    Example:
+      pbkit export results/runs/resnet18-cifar-l1-protected-2x-20261121T120000Z
+    """
+    from pbkit import pipeline
+
+    sets = [f"export.formats=[{fmt}]"] + ([f"export.opset={opset}"] if opset is not None else [])
+    path = _run_dir(run_dir)
+    pipeline.export_stage(path, sets)
+    return _finish(path, as_json)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path())
+@click.option("--backend", "backends", multiple=True, help="Backend (repeatable; `pbkit list backends`).")
+@click.option("--batch", "batches", type=int, multiple=True, help="Batch size (repeatable).")
+@click.option("--quick", is_flag=True, help="Short warm-up and measurement (flagged in the record).")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any bench.* key, e.g. bench.min_time_s=10.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def bench(run_dir: str, backends: tuple[str, ...], batches: tuple[int, ...], quick: bool, threads: int | None,
+          overrides: tuple[str, ...], as_json: bool) -> int:
+    """Measure dense and pruned latency, alternating, on each backend and batch size.
+
+    \b
+    Example:
+      pbkit bench results/runs/<run_id> --backend torch-cpu --backend ort-cpu --batch 1 --batch 8
+    """
+    from pbkit import pipeline
+
+    sets = list(overrides)
+    if backends:
+        sets.append(f"bench.backends=[{','.join(backends)}]")
+    if batches:
+        sets.append(f"bench.batches=[{','.join(str(b) for b in batches)}]")
+    if quick:
+        sets.append("bench.quick=true")
+    if threads is not None:
+        sets.append(f"bench.threads={threads}")
+    path = _run_dir(run_dir)
+    pipeline.bench_stage(path, sets)
+    return _finish(path, as_json)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("config_file", type=click.Path())
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def run(config_file: str, overrides: tuple[str, ...], as_json: bool) -> int:
+    """Run every step from a YAML config: base, prune, finetune, export, measure, record.
+
+    \b
+    Example:
+      pbkit run configs/bench/resnet18_cifar.yaml
+      pbkit run configs/bench/resnet18_cifar.yaml --set prune.method=lamp --set prune.speedup=4
+    """
+    from pbkit import config, pipeline
+
+    cfg = config.load(config_file, overrides)
+    run_dir, _ = pipeline.run_all(cfg)
+    return _finish(run_dir, as_json)
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("folder", type=click.Path(), default="results/runs")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(), default=None, help="Also write a PNG: MACs vs measured speed-up.")
+def report(folder: str, fmt: str, plot_path: str | None) -> None:
+    """Leaderboards from records, grouped by model, dataset, scope and target.
+
+    Rows are ranked only against rows with the same base weights and finetuning recipe.
+
+    \b
+    Example:
+      pbkit report results/runs --format md > LEADERBOARD.md
+      pbkit report results/runs --plot speedups.png
+    """
+    from pbkit import report as rep
+
+    rs = rep.rows(rep.find_records(folder))
+    if not rs:
+        raise PbkitError(f"no records (record.json) under {folder!r}")
+    if fmt == "md":
+        click.echo(rep.markdown(rs))
+    elif fmt in ("csv", "json"):
+        click.echo(rep.render(rs, fmt), nl=False)
+    else:
+        for t in rep.render(rs, "table"):
+            _print(t)
+    if plot_path:
+        from pbkit.console import note
+
+        note(f"plot written to {rep.plot(rs, plot_path)}")
+
+
+@cli.command(context_settings=CONTEXT)
+def schema() -> None:
+    """Print the JSON Schema of the result record.
+
+    \b
+    Example:
+      pbkit schema > record.schema.json
+    """
+    from pbkit import record
+
+    _emit_json(record.json_schema())
+
+
+# ------------------------------------------------------------------------------------- entry
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: every failure is one line on stderr and a non-zero exit."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    try:
+        rv = cli.main(args=argv, prog_name="pbkit", standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except click.exceptions.NoArgsIsHelp as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e))
+        sys.exit(0)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except PbkitError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except Exception as e:  # never a traceback for users; PBKIT_DEBUG=1 shows it
+        if os.environ.get("PBKIT_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        click.echo(f"error: internal error: {type(e).__name__}: {msg} (set PBKIT_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

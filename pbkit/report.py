@@ -1,0 +1,237 @@
+"""Reporting from records only: the per-run table, leaderboards, and plots.
+
+Leaderboards group rows by (model, dataset, scope, target) AND by comparison setup (the base
+weights' sha256 and the finetuning recipe): rows whose base or recipe differ are never ranked
+together (../shared/reference/fairness.md, setup S3.2).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from pbkit import record
+from pbkit.errors import PbkitError
+
+RECIPE_KEYS = ("epochs", "optimizer", "lr", "momentum", "weight_decay", "nesterov", "schedule", "milestones",
+               "step_size", "gamma", "batch_size", "label_smoothing", "seed")
+
+
+def _si(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def _acc(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _delta(base: float | None, after: float | None) -> str:
+    return "-" if base is None or after is None else f"{after - base:+.2f} points"
+
+
+def recipe_hash(rec: record.Record) -> str:
+    ft = rec.finetune or {}
+    key = {k: ft.get(k) for k in RECIPE_KEYS}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_table(rec: record.Record) -> Table:
+    """What ``pbkit run`` / ``bench`` print: dense vs pruned, achieved vs measured speed-up."""
+    m, c = rec.method, rec.counts
+    t = Table(title=f"{rec.model.name} · {m.key} · {m.scope} · target {m.target_speedup:g}x", title_justify="left")
+    t.add_column("")
+    t.add_column("dense", justify="right")
+    t.add_column("pruned", justify="right")
+    t.add_column("speed-up / change", justify="right")
+    t.add_row("params", _si(c.params_base), _si(c.params_pruned), f"{c.params_base / max(c.params_pruned, 1):.2f}x fewer")
+    t.add_row(f"MACs @{c.input_size}px", _si(c.macs_base), _si(c.macs_pruned),
+              f"{m.achieved_speedup:.3f}x achieved ({m.steps} steps)")
+    a = rec.accuracy
+    if a.metric is not None and rec.dataset is not None:
+        name = f"{a.metric} ({rec.dataset.name})"
+        t.add_row(f"{name} after pruning", _acc(a.base), _acc(a.pruned), _delta(a.base, a.pruned))
+        if a.finetuned is not None:
+            epochs = (rec.finetune or {}).get("epochs", "?")
+            t.add_row(f"{name} finetuned {epochs} ep", _acc(a.base), _acc(a.finetuned), _delta(a.base, a.finetuned))
+    pts = {(p.backend, p.batch, p.variant): p for p in rec.latency}
+    for backend, batch in dict.fromkeys((p.backend, p.batch) for p in rec.latency):
+        d, p = pts.get((backend, batch, "dense")), pts.get((backend, batch, "pruned"))
+        if d is None or p is None:
+            continue
+        cov = max(d.cov, p.cov)
+        flag = f" (cov {cov:.1%})" if d.stable and p.stable else f" [yellow](unstable: cov {cov:.1%})[/]"
+        quick = " quick" if p.quick else ""
+        t.add_row(f"latency {backend} b{batch}{quick}", f"{d.median_ms:.3f} ms", f"{p.median_ms:.3f} ms",
+                  f"{p.speedup_vs_dense or 0:.2f}x measured{flag}")
+    for backend in sorted({p.backend for p in rec.parity}):
+        cells = {p.variant: p for p in rec.parity if p.backend == backend}
+        t.add_row(f"parity {backend} (max abs)", _parity_cell(cells.get("dense")), _parity_cell(cells.get("pruned")),
+                  "fp32 gate" if all(p.passed for p in cells.values()) else "[bold red]parity FAILED[/]")
+    return t
+
+
+def _parity_cell(p: record.Parity | None) -> str:
+    if p is None:
+        return "-"
+    return f"ok {p.max_abs:.1e}" if p.passed else f"[bold red]FAILED {p.max_abs:.1e}[/]"
+
+
+# ------------------------------------------------------------------------------------------
+# leaderboards
+
+
+def find_records(root: str | Path) -> list[tuple[Path, record.Record]]:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise PbkitError(f"folder {str(root)!r} not found")
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob(record.RECORD_NAME)
+                                                  if not any(part.startswith(".tmp-") for part in p.parts))
+    return [(p, record.read(p)) for p in paths]
+
+
+def _measured(rec: record.Record) -> dict[str, float]:
+    out = {}
+    for p in rec.latency:
+        if p.variant == "pruned" and p.batch == min(q.batch for q in rec.latency if q.backend == p.backend):
+            out[f"{p.backend}@b{p.batch}"] = round(p.speedup_vs_dense or 0.0, 3)
+    return out
+
+
+def rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str, Any]]:
+    out = []
+    for path, r in records:
+        a = r.accuracy
+        after = a.finetuned if a.finetuned is not None else a.pruned
+        out.append({
+            "model": r.model.name, "dataset": r.dataset.name if r.dataset else None, "scope": r.method.scope,
+            "target": r.method.target_speedup, "base_sha256": r.model.weights_sha256[:12], "recipe": recipe_hash(r),
+            "method": r.method.key, "metric": a.metric, "base": a.base, "pruned": a.pruned, "finetuned": a.finetuned,
+            "delta": (after - a.base) if after is not None and a.base is not None else None,
+            "params_left": r.counts.params_pruned / max(r.counts.params_base, 1),
+            "macs_speedup": round(r.method.achieved_speedup, 3), "measured": _measured(r),
+            "step_time_s": round(r.method.step_time_s, 4),
+            "parity_ok": all(p.passed for p in r.parity) if r.parity else None,
+            "run_id": r.run_id, "record": str(path),
+        })
+    return out
+
+
+def leaderboard(rs: list[dict[str, Any]]) -> list[tuple[tuple[Any, ...], list[dict[str, Any]]]]:
+    """Groups, each ranked: by accuracy after finetuning (else after pruning), ties by measured speed-up."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rs:
+        key = (r["model"], r["dataset"] or "-", r["scope"], r["target"], r["base_sha256"], r["recipe"])
+        groups.setdefault(key, []).append(r)
+    result = []
+    for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
+        g = groups[key]
+
+        def score(r: dict[str, Any]) -> tuple[float, float]:
+            acc = r["finetuned"] if r["finetuned"] is not None else r["pruned"]
+            speed = max(r["measured"].values()) if r["measured"] else r["macs_speedup"]
+            return (acc if acc is not None else float("-inf"), speed)
+
+        g.sort(key=score, reverse=True)
+        for i, r in enumerate(g, 1):
+            r["rank"] = i if score(r)[0] != float("-inf") else None
+        result.append((key, g))
+    return result
+
+
+def render(rs: list[dict[str, Any]], fmt: str) -> str | list[Table]:
+    board = leaderboard(rs)
+    if fmt == "json":
+        return json.dumps([{"group": dict(zip(("model", "dataset", "scope", "target", "base_sha256", "recipe"), k, strict=True)),
+                            "rows": g} for k, g in board], indent=2)
+    backends = sorted({b for r in rs for b in r["measured"]})
+    if fmt == "csv":
+        buf = io.StringIO()
+        cols = ["model", "dataset", "scope", "target", "base_sha256", "recipe", "rank", "method", "metric", "base",
+                "pruned", "finetuned", "delta", "params_left", "macs_speedup", *[f"measured:{b}" for b in backends],
+                "step_time_s", "parity_ok", "run_id", "record"]
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for _, g in board:
+            for r in g:
+                w.writerow({**r, **{f"measured:{b}": r["measured"].get(b) for b in backends}})
+        return buf.getvalue()
+    tables = []
+    for (model, dataset, scope, target, base, recipe), g in board:
+        t = Table(title=f"{model} · {dataset} · {scope} · {target:g}x   (base {base}, finetune recipe {recipe})",
+                  title_justify="left")
+        for col in ("rank", "method", "base", "pruned", "finetuned", "delta", "params left", "MACs x",
+                    *[f"measured x {b}" for b in backends], "step s", "parity"):
+            t.add_column(col, justify="left" if col == "method" else "right")
+        for r in g:
+            t.add_row(str(r["rank"] or "-"), r["method"], _acc(r["base"]), _acc(r["pruned"]), _acc(r["finetuned"]),
+                      "-" if r["delta"] is None else f"{r['delta']:+.2f}", f"{r['params_left']:.1%}",
+                      f"{r['macs_speedup']:.2f}", *[f"{r['measured'][b]:.2f}" if b in r["measured"] else "-" for b in backends],
+                      f"{r['step_time_s']:.3f}",
+                      {True: "ok", False: "[bold red]FAILED[/]", None: "-"}[r["parity_ok"]])
+        tables.append(t)
+    return tables
+
+
+def markdown(rs: list[dict[str, Any]]) -> str:
+    board = leaderboard(rs)
+    backends = sorted({b for r in rs for b in r["measured"]})
+    lines = []
+    for (model, dataset, scope, target, base, recipe), g in board:
+        lines += [f"### {model} · {dataset} · {scope} · {target:g}x", "",
+                  f"Same base weights (sha256 {base}…) and finetune recipe ({recipe}) for every row.", ""]
+        head = ["rank", "method", "base", "pruned", "finetuned", "delta", "params left", "MACs x",
+                *[f"measured x {b}" for b in backends], "step s", "parity"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in g:
+            cells = [str(r["rank"] or "-"), r["method"], _acc(r["base"]), _acc(r["pruned"]), _acc(r["finetuned"]),
+                     "-" if r["delta"] is None else f"{r['delta']:+.2f}", f"{r['params_left']:.1%}",
+                     f"{r['macs_speedup']:.2f}", *[f"{r['measured'][b]:.2f}" if b in r["measured"] else "-" for b in backends],
+                     f"{r['step_time_s']:.3f}", {True: "ok", False: "**FAILED**", None: "-"}[r["parity_ok"]]]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rs: list[dict[str, Any]], path: str | Path) -> Path:
+    """MACs speed-up (what papers report) against measured speed-up, per backend: the gap is the point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pbkit.fileio import atomic_write
+
+    backends = sorted({b for r in rs for b in r["measured"]})
+    if not backends:
+        raise PbkitError("no latency measurements in these records to plot (run `pbkit bench` first)")
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    top = 1.0
+    for b in backends:
+        xs = [r["macs_speedup"] for r in rs if b in r["measured"]]
+        ys = [r["measured"][b] for r in rs if b in r["measured"]]
+        top = max(top, *xs, *ys)
+        ax.scatter(xs, ys, label=b, alpha=0.8)
+        for r in rs:
+            if b in r["measured"]:
+                ax.annotate(r["method"], (r["macs_speedup"], r["measured"][b]), fontsize=7, alpha=0.7,
+                            xytext=(3, 3), textcoords="offset points")
+    ax.plot([1, top * 1.05], [1, top * 1.05], "k--", lw=0.8, label="measured = MACs")
+    ax.set_xlabel("MACs speed-up (base / pruned)")
+    ax.set_ylabel("measured latency speed-up (dense / pruned)")
+    ax.set_title("Counted vs measured speed-up")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return out
