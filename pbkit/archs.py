@@ -1,8 +1,8 @@
 """CIFAR architectures as the PruningBench study used them (32x32 input, 3x3 stem, no max-pool).
 
 ResNet-18/50 follow the Torch-Pruning ``reproduce/`` CIFAR models (64-wide stem, four stages);
-ResNet-20/56 are He et al.'s 16-32-64 CIFAR ResNets with 1x1-conv shortcuts; VGG-19 is VGG-19-BN
-with a single linear classifier (20.09 M parameters for 100 classes, as in the study's table).
+ResNet-20/56 are He et al.'s 16-32-64 CIFAR ResNets with 1x1-conv shortcuts; VGG-19 is VGG-19-BN (conv biases,
+as in Torch-Pruning) with one linear classifier: 20.09 M parameters for 100 classes, as in the study.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class CifarVGG(nn.Module):
                 layers.append(nn.MaxPool2d(2, 2))
             else:
                 assert isinstance(v, int)
-                layers += [nn.Conv2d(c_in, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(c_in, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
                 c_in = v
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -28,10 +28,11 @@ _PRIMITIVE = (int, float, bool, str, type(None))
 
 
 def _plain(value: Any) -> bool:
-    if isinstance(value, _PRIMITIVE):
+    """Exactly builtin scalars, or tuples/lists of them (no subclasses: enums, torch.Size, ...)."""
+    if type(value) in _PRIMITIVE:
         return True
-    if isinstance(value, tuple | list):
-        return all(isinstance(v, _PRIMITIVE) for v in value)
+    if type(value) in (tuple, list):
+        return all(type(v) in _PRIMITIVE for v in value)
     return False
 
 
@@ -64,7 +65,7 @@ def read_file(path: str | Path, trust: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if "Unsupported global" in str(e):
             raise PbkitError(f"checkpoint {str(path)!r} holds pickled Python objects, which pbkit does not "
                              "load by default; if you trust the file set model.trust_checkpoint=true") from e
         raise PbkitError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})") from e

@@ -381,10 +381,10 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("error: interrupted", err=True)
         sys.exit(130)
-    except click.exceptions.NoArgsIsHelp as e:
-        click.echo(e.ctx.get_help() if e.ctx else str(e))
-        sys.exit(0)
     except click.ClickException as e:
+        if type(e).__name__.startswith("NoArgsIsHelp") and getattr(e, "ctx", None) is not None:
+            click.echo(e.ctx.get_help())  # type: ignore[attr-defined]
+            sys.exit(0)
         click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except PbkitError as e:

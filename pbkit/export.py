@@ -36,6 +36,8 @@ def to_onnx(model: nn.Module, input_size: int, path: str | Path, opset: int = 18
     x = counts.example_input(input_size, batch=2)
     with torch.no_grad():
         n_out = len(_outputs(model(x)))
+    if n_out == 0:
+        raise PbkitError("the model's forward returns no tensor; there is nothing to export")
     out_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
     errors: list[str] = []
     order = ["dynamo", "torchscript"] if exporter == "dynamo" else ["torchscript"]

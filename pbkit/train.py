@@ -91,7 +91,7 @@ def fit(
                 raise PbkitError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate")
             loss.backward()
             opt.step()
-            total_loss += float(loss) * len(y)
+            total_loss += loss.item() * len(y)
             n += len(y)
         sched.step()
         row = {"epoch": epoch, "loss": total_loss / max(n, 1), "lr": opt.param_groups[0]["lr"]}

@@ -1,0 +1,61 @@
+"""Shared fixtures: a CLI runner that captures output and exit code, and small run folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("PBKIT_DATA", str(Path(__file__).parent / ".data-never-downloaded"))
+warnings.filterwarnings("ignore", module="torch_pruning")
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A fast, data-free setting for end-to-end runs: tiny CIFAR ResNet, quick bench.
+QUICK = ["--set", "bench.quick=true", "--set", "export.exporter=torchscript"]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def pbkit(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    """Run the real entry point (``pbkit.cli.main``) in-process; return exit code and output."""
+    from pbkit.cli import main
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+        cap = capsys.readouterr()
+        return Result(code, cap.out, cap.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def pruned_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One pruned + exported + benched run of resnet20_cifar, shared by read-only tests."""
+    from pbkit import config, pipeline
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = config.load(None, [f"out={out}", "model.name=resnet20_cifar", "prune.method=l1", "prune.speedup=2",
+                             "bench.quick=true", "export.exporter=torchscript"])
+    run_dir, _ = pipeline.run_all(cfg, quiet=True)
+    return run_dir

@@ -1,0 +1,185 @@
+"""The CLI contract: verbs, --json, exit codes, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import QUICK
+
+COMMANDS = ["list", "env", "prune", "export", "bench", "run", "report", "schema"]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help_with_an_example(pbkit, cmd: str) -> None:  # type: ignore[no-untyped-def]
+    r = pbkit(cmd, "--help")
+    assert r.code == 0 and "Example" in r.out
+
+
+@pytest.mark.parametrize("what,key,must", [("models", "models", "resnet18_cifar"), ("methods", "methods", "fpgm"),
+                                           ("backends", "backends", "ort-cpu"), ("datasets", "datasets", "digits")])
+def test_list_json_names_everything(pbkit, what: str, key: str, must: str) -> None:  # type: ignore[no-untyped-def]
+    r = pbkit("list", what, "--json")
+    assert r.code == 0
+    names = [row.get("key", row.get("name")) for row in r.json()[key]]
+    assert must in names
+
+
+def test_list_models_json_includes_prefixed_families(pbkit) -> None:  # type: ignore[no-untyped-def]
+    data = pbkit("list", "models", "--json").json()
+    assert "resnet50" in data["prefixes"]["tv:"]["names"]
+    assert "vit_small_patch16_224" in data["prefixes"]["timm:"]["names"]
+
+
+def test_list_methods_says_stage_data_and_families(pbkit) -> None:  # type: ignore[no-untyped-def]
+    rows = {m["key"]: m for m in pbkit("list", "methods", "--json").json()["methods"]}
+    assert set(rows) >= {"l1", "l2", "lamp", "fpgm", "bnscale", "random"}
+    assert rows["bnscale"]["families"] == ["cnn", "yolo"]
+    assert all(r["stage"] and r["data"] and r["paper"] for r in rows.values())
+
+
+def test_env_json(pbkit) -> None:  # type: ignore[no-untyped-def]
+    env = pbkit("env", "--json").json()
+    assert env["software"]["torch"].startswith("2.13") and env["host"]["cores_logical"] >= 1
+    assert "gpu" in env["unavailable"] or env["gpus"]
+    assert env["lock_sha256"]["requirements/base.lock"]
+
+
+def test_prune_export_bench_report_as_a_user_would(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "runs"
+    r = pbkit("prune", "--model", "resnet20_cifar", "--method", "fpgm", "--speedup", "2", "--scope", "local",
+              "--round-to", "4", "--out", out, "--json")
+    assert r.code == 0, r.err
+    payload = r.json()
+    run_dir = Path(payload["run_dir"])
+    rec = payload["record"]
+    assert rec["method"]["scope"] == "local" and rec["method"]["round_to"] == 4
+    assert rec["method"]["achieved_speedup"] >= 2.0 and rec["stages"][0]["name"] == "prune"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["dense.pt", "pruned.pt", "record.json"]
+
+    r = pbkit("export", run_dir)
+    assert r.code == 0, r.err
+    assert "parity ort-cpu" in r.out and (run_dir / "pruned.onnx").is_file()
+
+    r = pbkit("bench", run_dir, "--backend", "torch-cpu", "--batch", "1", "--batch", "2", "--quick", "--json")
+    assert r.code == 0, r.err
+    lat = r.json()["record"]["latency"]
+    assert {(p["backend"], p["batch"], p["variant"]) for p in lat} == {
+        ("torch-cpu", b, v) for b in (1, 2) for v in ("dense", "pruned")}
+    assert all(p["quick"] for p in lat)
+    assert all(p["speedup_vs_dense"] > 0 for p in lat if p["variant"] == "pruned")
+
+    r = pbkit("report", out, "--format", "json")
+    assert r.code == 0
+    board = json.loads(r.out)
+    assert board[0]["rows"][0]["method"] == "fpgm"
+    assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
+
+
+def test_run_with_config_and_overrides(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  name: resnet20_cifar\nprune:\n  method: lamp\n  speedup: 1.5\n")
+    r = pbkit("run", cfg, "--set", f"out={tmp_path / 'runs'}", "--set", "prune.scope=global",
+              "--set", "bench.backends=[ort-cpu]", *QUICK)
+    assert r.code == 0, r.err
+    for needle in ("params", "MACs", "achieved", "latency ort-cpu b1", "measured", "parity ort-cpu", "record:"):
+        assert needle in r.out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["prune", "--model", "resnet999", "--method", "l1", "--speedup", "2"], "unknown model 'resnet999'"),
+    (["prune", "--model", "resnet20_cifar", "--method", "magic", "--speedup", "2"], "unknown method 'magic'"),
+    (["prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "2", "--scope", "wide"], "prune.scope"),
+    (["prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "1"], "prune.speedup"),
+    (["prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "0.5"], "prune.speedup"),
+    (["prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "abc"], "not a valid float"),
+    (["prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "2", "--dataset", "mnist"],
+     "unknown dataset 'mnist'"),
+    (["prune", "--model", "timm:vit_small_patch16_224", "--method", "bnscale", "--speedup", "2"],
+     "does not apply to vit"),
+    (["prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "400",
+      "--set", "prune.iterative_steps=10"], "unreachable"),
+    (["bench", "/nonexistent/run", "--quick"], "not a run folder"),
+    (["run", "/nonexistent.yaml"], "not found"),
+    (["report", "/nonexistent"], "not found"),
+    (["list", "gadgets"], "Invalid value"),
+    (["frobnicate"], "No such command"),
+])
+def test_bad_input_is_one_clear_line_and_nonzero(pbkit, tmp_path: Path, args: list[str], needle: str) -> None:  # type: ignore[no-untyped-def]
+    if args[0] == "prune":
+        args = [*args, "--out", str(tmp_path / "runs")]
+    r = pbkit(*args)
+    assert r.code != 0
+    assert needle in r.err
+    errors = [line for line in r.err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and r.err.splitlines()[-1] == errors[0], r.err  # progress lines may come first
+    assert "Traceback" not in r.err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_unknown_backend_fails_before_any_work(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  name: resnet20_cifar\n")
+    r = pbkit("run", cfg, "--set", f"out={tmp_path / 'runs'}", "--set", "bench.backends=[tensorrt-x]")
+    assert r.code == 2 and "unknown backend 'tensorrt-x'" in r.err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_malformed_yaml(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {name: resnet20_cifar\n")
+    r = pbkit("run", cfg)
+    assert r.code == 2 and "malformed YAML at line" in r.err
+
+
+def test_unwritable_output_folder(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = pbkit("prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "2", "--out", blocker / "runs")
+    assert r.code == 2 and "is not writable" in r.err
+
+
+def test_missing_dataset_folder(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = pbkit("prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "2", "--dataset", "imagenet",
+              "--data-root", tmp_path / "nowhere", "--out", tmp_path / "runs")
+    assert r.code == 2 and "imagenet: folder" in r.err and "train" in r.err
+
+
+def test_corrupt_checkpoint(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "base.pt"
+    bad.write_bytes(b"\x00garbage")
+    r = pbkit("prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "2", "--checkpoint", bad,
+              "--out", tmp_path / "runs")
+    assert r.code == 2 and "corrupt or not a PyTorch file" in r.err
+
+
+def test_checkpoint_weights_are_recorded_with_their_hash(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from pbkit import models
+    from pbkit.fileio import sha256_file
+
+    ck = tmp_path / "base.pt"
+    torch.save(models.build(models.resolve("resnet20_cifar"), seed=9).state_dict(), ck)
+    r = pbkit("prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "2", "--checkpoint", ck,
+              "--out", tmp_path / "runs", "--json")
+    assert r.code == 0, r.err
+    m = r.json()["record"]["model"]
+    assert m["weights"] == "checkpoint" and m["weights_sha256"] == sha256_file(ck)
+
+
+def test_parity_failure_is_shown_and_exits_nonzero(pbkit, pruned_run: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from pbkit import export
+
+    run = tmp_path / "run"
+    shutil.copytree(pruned_run, run)
+    real = export.reference_outputs
+    monkeypatch.setattr(export, "reference_outputs", lambda m, x: [o + 0.5 for o in real(m, x)])
+    r = pbkit("export", run)
+    assert r.code == 3
+    assert "parity FAILED" in r.err and "FAILED" in r.out
+    rec = json.loads((run / "record.json").read_text())
+    assert rec["parity"] and not any(p["passed"] for p in rec["parity"])

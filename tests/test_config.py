@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pbkit import config
+from pbkit.errors import PbkitError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_one_yaml_linked_from_configs() -> None:
+    assert (REPO / "configs" / "default.yaml").resolve() == config.DEFAULTS_PATH.resolve()
+    cfg = config.load()
+    assert (cfg.prune.scope, cfg.prune.speedup, cfg.export.opset) == ("protected", 2.0, 18)
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
+def test_every_shipped_config_is_valid(path: str) -> None:
+    config.load(REPO / path)
+
+
+def test_overrides_parse_yaml_values() -> None:
+    cfg = config.load(None, ["prune.speedup=4", "bench.batches=[1, 8]", "model.kwargs.depth=2",
+                             "prune.round_to=null", "dataset.name=digits"])
+    assert cfg.prune.speedup == 4.0 and cfg.bench.batches == [1, 8]
+    assert cfg.model.kwargs == {"depth": 2} and cfg.prune.round_to is None and cfg.dataset.name == "digits"
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("prune.scoope=local", "unknown key 'prune.scoope'; valid keys here: iterative_steps, method"),
+    ("prune.scope=wide", "prune.scope: invalid value 'wide'; choose 'local', 'global' or 'protected'"),
+    ("prune.speedup=1", "prune.speedup"),
+    ("nosuch.key=1", "unknown config section 'nosuch'"),
+    ("prune=3", "prune"),
+    ("justtext", "key=value"),
+])
+def test_bad_overrides_name_the_key_and_choices(override: str, needle: str) -> None:
+    with pytest.raises(PbkitError) as e:
+        config.load(None, [override])
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("prune:\n  method: l1\n  scope: [local\n")
+    with pytest.raises(PbkitError, match=r"malformed YAML at line \d+"):
+        config.load(p)
+
+
+def test_missing_and_non_mapping_configs(tmp_path: Path) -> None:
+    with pytest.raises(PbkitError, match="not found"):
+        config.load(tmp_path / "nope.yaml")
+    p = tmp_path / "list.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(PbkitError, match="mapping"):
+        config.load(p)

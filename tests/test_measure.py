@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pbkit import measure
+from pbkit.errors import PbkitError
+
+
+def test_stats_use_nearest_rank_percentiles() -> None:
+    s = measure.stats([float(v) for v in range(1, 101)])  # 1..100 ms
+    assert (s["median_ms"], s["p90_ms"], s["p95_ms"], s["p99_ms"]) == (50.5, 90.0, 95.0, 99.0)
+    assert (s["min_ms"], s["max_ms"], s["n"]) == (1.0, 100.0, 100)
+    assert s["cov"] == pytest.approx(s["std_ms"] / s["mean_ms"])
+    one = measure.stats([2.0])
+    assert one["std_ms"] == 0.0 and one["p99_ms"] == 2.0
+
+
+def test_dense_and_pruned_alternate_and_respect_time_and_count() -> None:
+    calls: list[str] = []
+
+    def runner(name: str, seconds: float):  # type: ignore[no-untyped-def]
+        def run() -> None:
+            calls.append(name)
+            time.sleep(seconds)
+        return run
+
+    settings = {"warmup_s": 0.01, "warmup_iters": 3, "min_time_s": 0.04, "min_iters": 8, "rounds": 4,
+                "cov_limit": 0.5}
+    res = measure.measure_alternating({"dense": runner("dense", 0.002), "pruned": runner("pruned", 0.001)}, settings)
+    # after warm-up, the measured sequence switches model at least 2 * rounds - 1 times
+    measured = calls[res["dense"]["warmup_n"] + res["pruned"]["warmup_n"]:]
+    switches = sum(1 for a, b in zip(measured, measured[1:], strict=False) if a != b)
+    assert switches >= 3
+    assert res["dense"]["warmup_n"] >= 3 and res["dense"]["n"] >= 8
+    assert res["pruned"]["n"] > res["dense"]["n"]  # same time budget, faster model
+    assert res["dense"]["median_ms"] > res["pruned"]["median_ms"]
+    assert res["dense"]["duration_s"] >= 0.04
+
+
+def test_unstable_points_are_flagged() -> None:
+    seq = iter([0.0005, 0.006] * 1000)
+    settings = {"warmup_s": 0.0, "warmup_iters": 1, "min_time_s": 0.0, "min_iters": 20, "rounds": 1,
+                "cov_limit": 0.025}
+    res = measure.measure_alternating({"x": lambda: time.sleep(next(seq))}, settings)
+    assert not res["x"]["stable"] and res["x"]["unstable_reasons"][0].startswith("cov")
+
+
+def test_unknown_backend_lists_choices() -> None:
+    with pytest.raises(PbkitError, match="ort-cpu"):
+        measure.get("tensorrt-fast")
+
+
+def test_unavailable_backend_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    b = measure.BACKENDS["ort-cpu"]
+    monkeypatch.setitem(measure.BACKENDS, "ort-cpu",
+                        measure.Backend(b.name, b.device, b.precision, b.artifact, b.description, b.install_hint,
+                                        lambda: "python package 'onnxruntime' is not installed", b.make))
+    with pytest.raises(PbkitError, match="not available here.*install onnxruntime"):
+        measure.get("ort-cpu")
+
+
+def test_default_threads_leave_a_core_free() -> None:
+    assert measure.default_threads() == max(measure.cores() - 1, 1)

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from pbkit import record, report
+
+
+def _variant(src: Path, dst: Path, method: str, acc: float, recipe_lr: float = 0.01) -> Path:
+    shutil.copytree(src, dst)
+    data = json.loads((dst / "record.json").read_text())
+    data["method"]["key"] = method
+    data["run_id"] = dst.name
+    data["dataset"] = {"name": "digits", "image_size": 32, "num_classes": 10, "train_size": 1, "test_size": 1}
+    data["accuracy"] = {"metric": "top1", "base": 90.0, "pruned": acc - 5, "finetuned": acc}
+    data["finetune"]["lr"] = recipe_lr
+    (dst / "record.json").write_text(json.dumps(data))
+    return dst
+
+
+def test_leaderboard_ranks_within_one_comparison_setup(pruned_run: Path, tmp_path: Path) -> None:
+    _variant(pruned_run, tmp_path / "a", "l1", 88.0)
+    _variant(pruned_run, tmp_path / "b", "fpgm", 89.5)
+    _variant(pruned_run, tmp_path / "c", "lamp", 95.0, recipe_lr=0.1)  # another finetune recipe
+    board = report.leaderboard(report.rows(report.find_records(tmp_path)))
+    assert len(board) == 2  # the lr=0.1 row is never ranked against the others
+    same = next(g for _, g in board if len(g) == 2)
+    assert [(r["rank"], r["method"]) for r in same] == [(1, "fpgm"), (2, "l1")]
+    assert same[0]["delta"] == 89.5 - 90.0
+
+
+def test_formats(pruned_run: Path, tmp_path: Path) -> None:
+    _variant(pruned_run, tmp_path / "a", "l1", 88.0)
+    rs = report.rows(report.find_records(tmp_path))
+    md = report.markdown(rs)
+    assert "| rank | method |" in md and "| 1 | l1 |" in md
+    csv_text = report.render(rs, "csv")
+    assert csv_text.splitlines()[0].startswith("model,dataset,scope,target")
+    assert "measured:torch-cpu@b1" in csv_text.splitlines()[0]
+    assert json.loads(report.render(rs, "json"))[0]["rows"][0]["method"] == "l1"
+
+
+def test_plot_writes_a_png(pruned_run: Path, tmp_path: Path) -> None:
+    rs = report.rows(report.find_records(pruned_run))
+    out = report.plot(rs, tmp_path / "speedups.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_run_table_shows_counted_and_measured_speedups(pruned_run: Path) -> None:
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    console.print(report.run_table(record.read(pruned_run)))
+    text = console.export_text()
+    for needle in ("params", "MACs @32px", "achieved", "latency torch-cpu b1", "latency ort-cpu b1", "measured",
+                   "parity ort-cpu"):
+        assert needle in text
+
+
+def test_report_skips_unfinished_temp_folders(pruned_run: Path, tmp_path: Path) -> None:
+    _variant(pruned_run, tmp_path / "a", "l1", 88.0)
+    _variant(pruned_run, tmp_path / ".tmp-b", "l2", 80.0)
+    assert [r["method"] for r in report.rows(report.find_records(tmp_path))] == ["l1"]
