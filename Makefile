@@ -22,7 +22,7 @@ BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set mo
 	$(if $(BATCH),--set bench.batches=[$(BATCH)]) \
 	$(if $(ROUND_TO),--set prune.round_to=$(ROUND_TO))
 
-.PHONY: help setup bench test lint lock report clean
+.PHONY: help setup bench test lint lock report reference clean
 
 help:
 	@echo "make setup                      create $(VENV)/ from the pinned lock ($(LOCK), hashes checked)"
@@ -61,3 +61,6 @@ lock:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+
+reference: setup ## regenerate results/reference/<tag>/ (records, leaderboard, plot)
+	bash benchmarks/reference.sh
