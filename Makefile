@@ -8,9 +8,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pbkit-installed
 LOCK := requirements/dev.lock
 
-# The registry's CUDA build of torch (it runs on CPU too), installed with hashes from the lock:
-# ignore machine-level pip settings that would offer other wheels.
-PIP_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL PIP_CONFIG_FILE=/dev/null
+# The registry's CUDA build of torch (it runs on CPU too), installed with hashes from the lock;
+# ignore machine-level pip settings that would offer other wheels (keep its CA bundle, if any).
+PIP_CA := $(or $(PIP_CERT),$(wildcard /etc/ssl/certs/ca-certificates.crt))
+PIP_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+	$(if $(PIP_CA),PIP_CERT=$(PIP_CA))
 
 MODEL ?= resnet18_cifar
 BENCH_CONFIG := $(or $(wildcard configs/bench/$(subst :,_,$(MODEL)).yaml),configs/bench/default.yaml)

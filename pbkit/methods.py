@@ -27,6 +27,8 @@ class Method:
     data: str  # what the criterion needs: "none", "gradients", "feature maps", ...
     families: tuple[str, ...]
     importance: Callable[..., Any] = field(repr=False)
+    # Optional check of the model before pruning: returns why the criterion cannot rank it.
+    precheck: Callable[[Any], str | None] | None = field(default=None, repr=False)
 
     def describe(self) -> dict[str, Any]:
         return dict(key=self.key, name=self.name, paper=self.paper, stage=self.stage, data=self.data,
@@ -37,6 +39,22 @@ def _tp() -> Any:
     import torch_pruning as tp
 
     return tp
+
+
+def _bn_gammas_differ(model: Any) -> str | None:
+    from torch import nn
+
+    gammas = [m.weight.detach().flatten() for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    if not gammas:
+        return "bnscale ranks channels by BatchNorm gamma, and this model has no BatchNorm layer"
+    import torch
+
+    values = torch.cat(gammas)
+    if bool((values == values[0]).all()):
+        return (f"bnscale ranks channels by BatchNorm gamma, and every gamma in this model is {float(values[0]):g} "
+                "(untrained?): give trained weights (--checkpoint FILE, or a dataset with base.epochs > 0)")
+    return None
 
 
 METHODS: dict[str, Method] = {
@@ -51,7 +69,7 @@ METHODS: dict[str, Method] = {
         Method("fpgm", "FPGM", "He et al., CVPR 2019", "prune", "none", FAMILIES,
                lambda: _tp().importance.FPGMImportance(p=2)),
         Method("bnscale", "BNScale", "Liu et al., ICCV 2017 (criterion)", "prune", "none", ("cnn", "yolo"),
-               lambda: _tp().importance.BNScaleImportance()),
+               lambda: _tp().importance.BNScaleImportance(), precheck=_bn_gammas_differ),
         Method("random", "Random", "baseline", "prune", "none", FAMILIES,
                lambda: _tp().importance.RandomImportance()),
     ]

@@ -147,7 +147,7 @@ def _accuracy(model: torch.nn.Module, bundle: data.DataBundle | None, cfg: confi
 
 def prune_stage(cfg: config.Config, quiet: bool = False) -> Path:
     """Build the base, prune it to the target, finetune, save both models and the record."""
-    method = methods.get(cfg.prune.method)
+    methods.get(cfg.prune.method)  # fail fast on a typo, before any data is loaded
     out_root = ensure_writable_dir(cfg.out)
     run_id = make_run_id(cfg)
     final = out_root / run_id
@@ -311,8 +311,8 @@ def bench_stage(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()
     keep = {(p.backend, p.batch) for p in points}
     rec.latency = [p for p in rec.latency if (p.backend, p.batch) not in keep] + points
     rec.bench = {k: settings[k] for k in ("warmup_s", "warmup_iters", "min_time_s", "min_iters", "rounds", "cov_limit")}
-    rec.bench.update(quick=b.quick, threads=threads, measured_utc=utc_now(), host=envinfo.collect()["host"])
-    rec.env = envinfo.collect()
+    rec.env = envinfo.collect()  # the machine that measured
+    rec.bench.update(quick=b.quick, threads=threads, measured_utc=utc_now(), host=rec.env["host"])
     rec.config = cfg.model_dump(mode="json")
     _touch(rec, "bench")
     record.write(run_dir, rec)

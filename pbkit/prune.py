@@ -80,7 +80,9 @@ def prune_to_target(
         raise PbkitError(f"speed-up target must be > 1, got {target_speedup}")
     methods.check_scope(scope)
     model.eval()
-    heads = methods_ignored = _ignored(model, num_classes)
+    if method.precheck is not None and (problem := method.precheck(model)) is not None:
+        raise PbkitError(problem)
+    heads = _ignored(model, num_classes)
     names = {m: n for n, m in model.named_modules()}
     macs_base = counts.count_macs(model, input_size)
     params_base = counts.count_params(model)
@@ -123,6 +125,9 @@ def prune_to_target(
         if macs_base / max(macs, 1) >= target_speedup:
             break
     achieved = macs_base / max(macs, 1)
+    if macs == macs_base:
+        raise PbkitError(f"nothing was pruned in {steps} steps: the {method.key} criterion could not rank the "
+                         "channels (every score equal?)")
     if achieved < target_speedup:
         floor = " (the protected scope keeps >= 10% of every group)" if scope == "protected" else ""
         raise PbkitError(f"speed-up target {target_speedup}x is unreachable: {achieved:.2f}x after "
@@ -135,7 +140,7 @@ def prune_to_target(
         steps=steps,
         step_time_s=sum(step_times) / len(step_times),
         total_time_s=time.perf_counter() - t_start,
-        ignored_layers=sorted(names.get(m, "?") for m in methods_ignored),
+        ignored_layers=sorted(names.get(m, "?") for m in heads),
     )
 
 

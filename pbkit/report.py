@@ -203,7 +203,10 @@ def markdown(rs: list[dict[str, Any]]) -> str:
 
 
 def plot(rs: list[dict[str, Any]], path: str | Path) -> Path:
-    """MACs speed-up (what papers report) against measured speed-up, per backend: the gap is the point."""
+    """MACs speed-up (what papers report) against measured speed-up, per backend, one panel per
+    model and dataset: the distance from the diagonal is what MAC counts do not tell."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,23 +217,35 @@ def plot(rs: list[dict[str, Any]], path: str | Path) -> Path:
     backends = sorted({b for r in rs for b in r["measured"]})
     if not backends:
         raise PbkitError("no latency measurements in these records to plot (run `pbkit bench` first)")
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    top = 1.0
-    for b in backends:
-        xs = [r["macs_speedup"] for r in rs if b in r["measured"]]
-        ys = [r["measured"][b] for r in rs if b in r["measured"]]
-        top = max(top, *xs, *ys)
-        ax.scatter(xs, ys, label=b, alpha=0.8)
-        for r in rs:
-            if b in r["measured"]:
-                ax.annotate(r["method"], (r["macs_speedup"], r["measured"][b]), fontsize=7, alpha=0.7,
-                            xytext=(3, 3), textcoords="offset points")
-    ax.plot([1, top * 1.05], [1, top * 1.05], "k--", lw=0.8, label="measured = MACs")
-    ax.set_xlabel("MACs speed-up (base / pruned)")
-    ax.set_ylabel("measured latency speed-up (dense / pruned)")
-    ax.set_title("Counted vs measured speed-up")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    panels = sorted({(r["model"], r["dataset"] or "data-free") for r in rs if r["measured"]})
+    cols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4.4 * nrows), dpi=110, squeeze=False)
+    colors = {b: f"C{i}" for i, b in enumerate(backends)}
+    for ax, (model, dataset) in zip(axes.flat, panels, strict=False):
+        mine = [r for r in rs if r["model"] == model and (r["dataset"] or "data-free") == dataset]
+        top = 1.0
+        for b in backends:
+            pts = [(r["macs_speedup"], r["measured"][b], r["method"]) for r in mine if b in r["measured"]]
+            if not pts:
+                continue
+            top = max(top, *(max(x, y) for x, y, _ in pts))
+            ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], color=colors[b], label=b, alpha=0.8)
+            for x, y, method in pts:
+                ax.annotate(method, (x, y), fontsize=7, alpha=0.75, xytext=(4, 0), textcoords="offset points",
+                            va="center")
+        ax.plot([1, top * 1.1], [1, top * 1.1], "k--", lw=0.8, label="measured = MACs")
+        ax.axhline(1.0, color="grey", lw=0.6)
+        ax.set_xlim(0.9, top * 1.15)
+        ax.set_ylim(0.0, top * 1.15)
+        ax.set_title(f"{model} · {dataset}", fontsize=10)
+        ax.set_xlabel("MACs speed-up (base / pruned)")
+        ax.set_ylabel("measured speed-up (dense / pruned latency)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("Counted vs measured speed-up (batch 1 unless stated)", fontsize=11)
     fig.tight_layout()
     out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)

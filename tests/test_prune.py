@@ -121,3 +121,14 @@ def test_vit_attention_attributes_follow_the_pruned_qkv() -> None:
 def test_bnscale_is_refused_for_vits() -> None:
     with pytest.raises(PbkitError, match="does not apply to vit"):
         methods.get("bnscale", "vit")
+
+
+def test_bnscale_refuses_an_untrained_model_up_front() -> None:
+    model, spec = _r20()  # fresh BatchNorm: every gamma is 1.0
+    with pytest.raises(PbkitError, match="every gamma in this model is 1"):
+        _prune(model, spec, method=methods.get("bnscale"))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.1, 1.0)
+    assert _prune(model, spec, method=methods.get("bnscale")).achieved_speedup >= 2.0
