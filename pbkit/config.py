@@ -59,12 +59,39 @@ class RecipeCfg(_Strict):
     seed: int
 
 
+class CalibrationCfg(_Strict):
+    dataset: str | None
+    batches: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    seed: int
+
+
 class PruneCfg(_Strict):
     method: str
     scope: Literal["local", "global", "protected"]
     speedup: float = Field(gt=1.0)
     round_to: int | None = Field(ge=1)
     iterative_steps: int = Field(ge=1)
+    seed: int
+    calibration: CalibrationCfg
+
+
+class SparsifyCfg(_Strict):
+    """Sparse training: a recipe without weight decay (0 while the regularizer runs)."""
+
+    epochs: int = Field(ge=0)
+    reg: float = Field(ge=0)
+    delta_reg: float = Field(ge=0)
+    optimizer: Literal["sgd", "adamw", "adam"]
+    lr: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    nesterov: bool
+    schedule: Literal["multistep", "step", "cosine", "constant"]
+    milestones: list[float | int]
+    step_size: int = Field(ge=1)
+    gamma: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    label_smoothing: float = Field(ge=0, lt=1)
     seed: int
 
 
@@ -102,6 +129,7 @@ class Config(_Strict):
     dataset: DatasetCfg
     base: RecipeCfg
     prune: PruneCfg
+    sparsify: SparsifyCfg
     finetune: RecipeCfg
     export: ExportCfg
     bench: BenchCfg

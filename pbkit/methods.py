@@ -1,5 +1,8 @@
-"""Pruning methods by key: each one is an Importance (scores a channel group) that torch-pruning's
-Pruner uses to decide what to remove. New methods register here; see README "Adding a method".
+"""Pruning methods by key: the 16 of the PruningBench study (12 criteria, 4 regularizers in 5
+combinations). Each method is an Importance (scores a channel group) that torch-pruning's Pruner
+uses to decide and remove; data-driven criteria add a ``collect`` step run on pinned calibration
+batches before every pruning step; sparsifying methods add a Pruner whose ``regularize`` runs
+during sparse training. New methods register here; see README "Extending pbkit".
 """
 
 from __future__ import annotations
@@ -7,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
+from torch import nn
 
 from pbkit.errors import PbkitError, choices_error
 
@@ -17,6 +23,8 @@ SCOPES = {
     "protected": "global with a floor that keeps at least 10% of every group (the study's default)",
 }
 
+Ctx = dict[str, Any]  # num_classes, seed, reg, delta_reg
+
 
 @dataclass(frozen=True)
 class Method:
@@ -24,15 +32,25 @@ class Method:
     name: str
     paper: str
     stage: str  # "prune" (criterion only) or "sparsify" (regularised training, then a criterion)
-    data: str  # what the criterion needs: "none", "gradients", "feature maps", ...
+    data: str  # what it needs: "none", "gradients", "per-sample gradients", "feature maps", "training data"
     families: tuple[str, ...]
-    importance: Callable[..., Any] = field(repr=False)
-    # Optional check of the model before pruning: returns why the criterion cannot rank it.
-    precheck: Callable[[Any], str | None] | None = field(default=None, repr=False)
+    importance: Callable[[Ctx], Any] = field(repr=False)
+    # data-driven criteria: (importance, model, pruner, batches) -> None, before every pruning step
+    collect: Callable[[Any, nn.Module, Any, list[Any]], None] | None = field(default=None, repr=False)
+    # sparsifying methods: (ctx) -> (Pruner class, extra kwargs); the Pruner regularizes
+    pruner: Callable[[Ctx], tuple[type, dict[str, Any]]] | None = field(default=None, repr=False)
+    regularizer: str | None = None
+    per_epoch: str | None = None  # a Pruner method called after every sparse-training epoch
+    # optional check of the model before pruning: returns why the criterion cannot rank it
+    precheck: Callable[[nn.Module], str | None] | None = field(default=None, repr=False)
+
+    @property
+    def needs_data(self) -> bool:
+        return self.data != "none"
 
     def describe(self) -> dict[str, Any]:
         return dict(key=self.key, name=self.name, paper=self.paper, stage=self.stage, data=self.data,
-                    families=list(self.families))
+                    regularizer=self.regularizer, families=list(self.families))
 
 
 def _tp() -> Any:
@@ -41,15 +59,17 @@ def _tp() -> Any:
     return tp
 
 
-def _bn_gammas_differ(model: Any) -> str | None:
-    from torch import nn
+def _crit() -> Any:
+    from pbkit import criteria
 
+    return criteria
+
+
+def _bn_gammas_differ(model: nn.Module) -> str | None:
     gammas = [m.weight.detach().flatten() for m in model.modules()
               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
     if not gammas:
-        return "bnscale ranks channels by BatchNorm gamma, and this model has no BatchNorm layer"
-    import torch
-
+        return "this criterion ranks channels by BatchNorm gamma, and the model has no BatchNorm layer"
     values = torch.cat(gammas)
     if bool((values == values[0]).all()):
         return (f"bnscale ranks channels by BatchNorm gamma, and every gamma in this model is {float(values[0]):g} "
@@ -57,23 +77,63 @@ def _bn_gammas_differ(model: Any) -> str | None:
     return None
 
 
-METHODS: dict[str, Method] = {
-    m.key: m
-    for m in [
-        Method("l1", "MagnitudeL1", "Li et al., ICLR 2017", "prune", "none", FAMILIES,
-               lambda: _tp().importance.MagnitudeImportance(p=1)),
-        Method("l2", "MagnitudeL2", "Li et al., ICLR 2017", "prune", "none", FAMILIES,
-               lambda: _tp().importance.MagnitudeImportance(p=2)),
-        Method("lamp", "LAMP", "Lee et al., ICLR 2021", "prune", "none", FAMILIES,
-               lambda: _tp().importance.LAMPImportance(p=2)),
-        Method("fpgm", "FPGM", "He et al., CVPR 2019", "prune", "none", FAMILIES,
-               lambda: _tp().importance.FPGMImportance(p=2)),
-        Method("bnscale", "BNScale", "Liu et al., ICCV 2017 (criterion)", "prune", "none", ("cnn", "yolo"),
-               lambda: _tp().importance.BNScaleImportance(), precheck=_bn_gammas_differ),
-        Method("random", "Random", "baseline", "prune", "none", FAMILIES,
-               lambda: _tp().importance.RandomImportance()),
-    ]
-}
+def _group_lasso_pruner(ctx: Ctx) -> tuple[type, dict[str, Any]]:
+    from pbkit.regularizers import GroupLassoPruner
+
+    return GroupLassoPruner, {"reg": ctx["reg"]}
+
+
+_METHODS = [
+    # pruning-stage criteria, data-free
+    Method("l1", "MagnitudeL1", "Li et al., ICLR 2017", "prune", "none", FAMILIES,
+           lambda ctx: _tp().importance.MagnitudeImportance(p=1)),
+    Method("l2", "MagnitudeL2", "Li et al., ICLR 2017", "prune", "none", FAMILIES,
+           lambda ctx: _tp().importance.MagnitudeImportance(p=2)),
+    Method("lamp", "LAMP", "Lee et al., ICLR 2021", "prune", "none", FAMILIES,
+           lambda ctx: _tp().importance.LAMPImportance(p=2)),
+    Method("fpgm", "FPGM", "He et al., CVPR 2019", "prune", "none", FAMILIES,
+           lambda ctx: _tp().importance.FPGMImportance(p=2)),
+    Method("bnscale", "BNScale", "Liu et al., ICCV 2017 (criterion)", "prune", "none", ("cnn", "yolo"),
+           lambda ctx: _tp().importance.BNScaleImportance(), precheck=_bn_gammas_differ),
+    Method("random", "Random", "baseline", "prune", "none", FAMILIES,
+           lambda ctx: _tp().importance.RandomImportance()),
+    # pruning-stage criteria, data-driven
+    Method("taylor", "Taylor", "Molchanov et al., CVPR 2019", "prune", "gradients", FAMILIES,
+           lambda ctx: _tp().importance.GroupTaylorImportance(),
+           collect=lambda imp, m, p, b: _crit().collect_taylor(imp, m, p, b)),
+    Method("hessian", "OBD-Hessian", "LeCun et al., NeurIPS 1989", "prune", "per-sample gradients", FAMILIES,
+           lambda ctx: _crit().HessianImportance(), collect=lambda imp, m, p, b: imp.collect(m, p, b)),
+    Method("obdc", "OBD-C", "Wang et al., ICML 2019 (EigenDamage)", "prune", "activations + gradients", ("cnn",),
+           lambda ctx: _tp().importance.OBDCImportance(num_classes=ctx["num_classes"]),
+           collect=lambda imp, m, p, b: _crit().collect_obdc(imp, m, p, b)),
+    Method("thinet", "ThiNet", "Luo et al., ICCV 2017", "prune", "feature maps", FAMILIES,
+           lambda ctx: _crit().ThiNetImportance(seed=ctx["seed"]), collect=lambda imp, m, p, b: imp.collect(m, p, b)),
+    Method("cp", "CP (channel pruning)", "He et al., ICCV 2017", "prune", "feature maps", FAMILIES,
+           lambda ctx: _crit().CPImportance(seed=ctx["seed"]), collect=lambda imp, m, p, b: imp.collect(m, p, b)),
+    Method("hrank", "HRank", "Lin et al., CVPR 2020", "prune", "feature maps", ("cnn", "yolo"),
+           lambda ctx: _crit().HRankImportance(), collect=lambda imp, m, p, b: imp.collect(m, p, b)),
+    # sparsifying-stage: regularizer during sparse training, then the paired criterion
+    Method("slim", "Network Slimming", "Liu et al., ICCV 2017", "sparsify", "training data", ("cnn", "yolo"),
+           lambda ctx: _tp().importance.BNScaleImportance(),
+           pruner=lambda ctx: (_tp().pruner.BNScalePruner, {"reg": ctx["reg"], "group_lasso": False}),
+           regularizer="BNScale (L1 on BN gamma)"),
+    Method("group_slim", "Group Slimming", "Liu et al. 2017 + group LASSO", "sparsify", "training data",
+           ("cnn", "yolo"), lambda ctx: _tp().importance.BNScaleImportance(),
+           pruner=lambda ctx: (_tp().pruner.BNScalePruner, {"reg": ctx["reg"], "group_lasso": True}),
+           regularizer="GroupLASSO on BN gamma"),
+    Method("l2_lasso", "GroupLASSO + L2", "Yuan & Lin 2006 (group LASSO)", "sparsify", "training data", FAMILIES,
+           lambda ctx: _tp().importance.MagnitudeImportance(p=2), pruner=_group_lasso_pruner,
+           regularizer="GroupLASSO on group weights"),
+    Method("group_norm", "GroupNorm (DepGraph)", "Fang et al., CVPR 2023", "sparsify", "training data", FAMILIES,
+           lambda ctx: _tp().importance.GroupMagnitudeImportance(p=2, normalizer="max"),
+           pruner=lambda ctx: (_tp().pruner.GroupNormPruner, {"reg": ctx["reg"]}),
+           regularizer="GroupNorm"),
+    Method("growing_reg", "GrowingReg", "Wang et al., ICLR 2021", "sparsify", "training data", FAMILIES,
+           lambda ctx: _tp().importance.MagnitudeImportance(p=2),
+           pruner=lambda ctx: (_tp().pruner.GrowingRegPruner, {"reg": ctx["reg"], "delta_reg": ctx["delta_reg"]}),
+           regularizer="GrowingReg", per_epoch="update_reg"),
+]
+METHODS: dict[str, Method] = {m.key: m for m in _METHODS}
 
 
 def get(key: str, family: str | None = None) -> Method:

@@ -168,7 +168,7 @@ def prune_stage(cfg: config.Config, quiet: bool = False) -> Path:
                       cfg.prune.iterative_steps, quiet)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module="torch_pruning")
-            res = _prune(model, method, spec, cfg, steps)
+            res, calib_info = _prune(model, method, spec, cfg, steps, bundle, quiet)
         steps.close(f"{res.achieved_speedup:.3f}x in {res.steps} steps")
         acc_pruned = _accuracy(model, bundle, cfg)
         finetune = None
@@ -190,7 +190,10 @@ def prune_stage(cfg: config.Config, quiet: bool = False) -> Path:
                                      iterative_steps=cfg.prune.iterative_steps,
                                      max_pruning_ratio=0.9 if cfg.prune.scope == "protected" else 1.0,
                                      seed=cfg.prune.seed, step_time_s=res.step_time_s, prune_time_s=res.total_time_s,
-                                     ignored_layers=res.ignored_layers),
+                                     ignored_layers=res.ignored_layers, data=method.data,
+                                     regularizer=method.regularizer, calibration=calib_info,
+                                     sparsify=res.sparsify,
+                                     reg_time_s=res.sparsify["time_s"] if res.sparsify else None),
             counts=record.Counts(macs_base=res.macs_base, macs_pruned=res.macs_pruned, params_base=res.params_base,
                                  params_pruned=res.params_pruned, input_size=spec.input_size, counter=counts.COUNTER),
             dataset=None if bundle is None else record.DatasetInfo(
@@ -211,14 +214,67 @@ def prune_stage(cfg: config.Config, quiet: bool = False) -> Path:
     return final
 
 
+def calibration_batches(bundle: data.DataBundle, batches: int, batch_size: int, seed: int) -> list[Any]:
+    """The pinned calibration set: the same seed gives the same images and labels."""
+    torch.manual_seed(seed)  # augmentations draw from torch's generator
+    out = []
+    for x, y in bundle.loader("train", batch_size, seed=seed, shuffle=True):
+        out.append((x, y))
+        if len(out) == batches:
+            break
+    return out
+
+
+def _pruning_data(cfg: config.Config, bundle: data.DataBundle | None,
+                  spec: models.ModelSpec) -> data.DataBundle | None:
+    """Data for calibration and sparse training: prune.calibration.dataset, else the run's dataset."""
+    name = cfg.prune.calibration.dataset
+    if name is None or (bundle is not None and name == bundle.name):
+        return bundle
+    d = cfg.dataset
+    other = data.load(name, root=d.root, image_size=spec.input_size, seed=cfg.prune.calibration.seed,
+                      download=d.download)
+    if other.num_classes != spec.num_classes:
+        raise PbkitError(f"calibration dataset {name} has {other.num_classes} classes, the model {spec.num_classes}")
+    return other
+
+
 def _prune(model: torch.nn.Module, method: methods.Method, spec: models.ModelSpec, cfg: config.Config,
-           steps: Steps) -> Any:
+           steps: Steps, bundle: data.DataBundle | None, quiet: bool) -> tuple[Any, dict[str, Any] | None]:
+    from pbkit import train
     from pbkit.prune import prune_to_target
 
-    return prune_to_target(model, method=method, scope=cfg.prune.scope, target_speedup=cfg.prune.speedup,
-                           input_size=spec.input_size, num_classes=spec.num_classes,
-                           iterative_steps=cfg.prune.iterative_steps, round_to=cfg.prune.round_to,
-                           seed=cfg.prune.seed, on_step=lambda i, s: steps.update(i, f"{s:.3f}x"))
+    pdata = _pruning_data(cfg, bundle, spec) if method.needs_data else None
+    cal = cfg.prune.calibration
+    batches, calib_info = None, None
+    if method.collect is not None and pdata is not None:
+        batches = calibration_batches(pdata, cal.batches, cal.batch_size, cal.seed)
+        calib_info = {"dataset": pdata.name, "batches": len(batches), "batch_size": cal.batch_size,
+                      "seed": cal.seed, "samples": sum(len(y) for _, y in batches)}
+    sparse_train = None
+    if method.stage == "sparsify" and pdata is not None:
+        sp = cfg.sparsify
+
+        def sparse_train(pruner: Any) -> dict[str, Any]:
+            recipe = {**sp.model_dump(exclude={"reg", "delta_reg"}), "weight_decay": 0.0}
+            progress = Steps(f"sparse training {sp.epochs} epochs ({method.regularizer}, reg {sp.reg:g})",
+                             sp.epochs, quiet)
+            epoch_hook = getattr(pruner, method.per_epoch) if method.per_epoch else None
+            result = train.fit(model, pdata.loader("train", sp.batch_size, seed=sp.seed), None, recipe,
+                               on_epoch=lambda e, row: progress.update(e, f"loss {row['loss']:.3f}"),
+                               after_backward=lambda: pruner.regularize(model), after_epoch=epoch_hook)
+            progress.close()
+            model.eval()
+            return {**result, "dataset": pdata.name, "reg": sp.reg, "delta_reg": sp.delta_reg,
+                    "regularizer": method.regularizer}
+
+    res = prune_to_target(model, method=method, scope=cfg.prune.scope, target_speedup=cfg.prune.speedup,
+                          input_size=spec.input_size, num_classes=spec.num_classes,
+                          iterative_steps=cfg.prune.iterative_steps, round_to=cfg.prune.round_to,
+                          seed=cfg.prune.seed, on_step=lambda i, s: steps.update(i, f"{s:.3f}x"),
+                          calibration=batches, sparse_train=sparse_train, reg=cfg.sparsify.reg,
+                          delta_reg=cfg.sparsify.delta_reg)
+    return res, calib_info
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class PruneResult:
     step_time_s: float
     total_time_s: float
     ignored_layers: list[str]
+    sparsify: dict[str, Any] | None = None  # the sparse-training run, its time apart ("reg time")
 
     @property
     def achieved_speedup(self) -> float:
@@ -72,8 +73,17 @@ def prune_to_target(
     round_to: int | None = None,
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
+    calibration: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    sparse_train: Callable[[Any], dict[str, Any]] | None = None,
+    reg: float = 5e-4,
+    delta_reg: float = 1e-4,
 ) -> PruneResult:
-    """Prune ``model`` in place until base MACs / pruned MACs >= ``target_speedup``."""
+    """Prune ``model`` in place until base MACs / pruned MACs >= ``target_speedup``.
+
+    Data-driven criteria run ``method.collect`` on the pinned ``calibration`` batches before every
+    step (inside the step time). Sparsifying methods call ``sparse_train(pruner)`` once, before
+    pruning, with the method's regularizing Pruner (its time is recorded apart).
+    """
     import torch_pruning as tp
 
     if target_speedup <= 1.0:
@@ -87,14 +97,23 @@ def prune_to_target(
     macs_base = counts.count_macs(model, input_size)
     params_base = counts.count_params(model)
     example = counts.example_input(input_size)
+    if method.collect is not None and not calibration:
+        raise PbkitError(f"method {method.key!r} needs calibration data ({method.data}): pass --dataset D "
+                         "or set prune.calibration.dataset (synthetic works offline)")
+    if method.stage == "sparsify" and sparse_train is None:
+        raise PbkitError(f"method {method.key!r} trains with a regularizer first: pass --dataset D "
+                         "(or set prune.calibration.dataset) and sparsify.epochs")
     torch.manual_seed(seed)
     num_heads = {m.qkv: m.num_heads for m in _attention_modules(model)}
+    ctx = {"num_classes": num_classes, "seed": seed, "reg": reg, "delta_reg": delta_reg}
+    pruner_cls, extra = method.pruner(ctx) if method.pruner is not None else (tp.pruner.MetaPruner, {})
+    importance = method.importance(ctx)
     t_start = time.perf_counter()
     try:
-        pruner = tp.pruner.MetaPruner(
+        pruner = pruner_cls(
             model,
             example,
-            importance=method.importance(),
+            importance=importance,
             global_pruning=scope != "local",
             pruning_ratio=1.0,
             max_pruning_ratio=PROTECTED_MAX_RATIO if scope == "protected" else 1.0,
@@ -102,6 +121,7 @@ def prune_to_target(
             ignored_layers=heads,
             round_to=round_to,
             num_heads=num_heads,
+            **extra,
         )
     except PbkitError:
         raise
@@ -112,9 +132,15 @@ def prune_to_target(
                                            root_module_types=pruner.root_module_types))
     if not groups:
         raise PbkitError("the dependency graph found no prunable channel group in this model")
+    sparsified = sparse_train(pruner) if method.stage == "sparsify" and sparse_train is not None else None
+    if sparsified is not None:
+        t_start += sparsified["time_s"]  # prune time excludes the regularized training ("reg time")
     steps, macs, step_times = 0, macs_base, []
     while steps < iterative_steps:
         t0 = time.perf_counter()
+        if method.collect is not None:
+            assert calibration is not None
+            method.collect(importance, model, pruner, calibration)
         pruner.step()
         _fix_attention(model, pruner)
         step_times.append(time.perf_counter() - t0)
@@ -141,6 +167,7 @@ def prune_to_target(
         step_time_s=sum(step_times) / len(step_times),
         total_time_s=time.perf_counter() - t_start,
         ignored_layers=sorted(names.get(m, "?") for m in heads),
+        sparsify=sparsified,
     )
 
 

@@ -52,6 +52,11 @@ class MethodInfo(_Open):
     step_time_s: float
     prune_time_s: float
     ignored_layers: list[str] = []
+    data: str = "none"  # what the criterion needed
+    regularizer: str | None = None
+    calibration: dict[str, Any] | None = None  # dataset, batches, batch_size, seed, samples
+    sparsify: dict[str, Any] | None = None  # the sparse-training recipe, reg, history, time_s
+    reg_time_s: float | None = None  # sparse-training wall time, apart from step time
 
 
 class Counts(_Open):

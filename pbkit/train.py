@@ -73,8 +73,14 @@ def fit(
     test_loader: DataLoader[Any] | None,
     recipe: dict[str, Any],
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    after_backward: Callable[[], None] | None = None,
+    after_epoch: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` in place with ``recipe``; return the recipe as run, its timing and history."""
+    """Train ``model`` in place with ``recipe``; return the recipe as run, its timing and history.
+
+    ``after_backward`` runs between ``loss.backward()`` and ``optimizer.step()`` (a regularizer's
+    gradient), ``after_epoch`` after every epoch (e.g. GrowingReg's penalty update).
+    """
     torch.manual_seed(int(recipe["seed"]))
     opt = _optimizer(model, recipe)
     sched = _scheduler(opt, recipe)
@@ -90,10 +96,14 @@ def fit(
             if not torch.isfinite(loss):
                 raise PbkitError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate")
             loss.backward()
+            if after_backward is not None:
+                after_backward()
             opt.step()
             total_loss += loss.item() * len(y)
             n += len(y)
         sched.step()
+        if after_epoch is not None:
+            after_epoch()
         row = {"epoch": epoch, "loss": total_loss / max(n, 1), "lr": opt.param_groups[0]["lr"]}
         if test_loader is not None:
             row["accuracy"] = evaluate(model, test_loader)
