@@ -24,7 +24,7 @@ BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set mo
 	$(if $(BATCH),--set bench.batches=[$(BATCH)]) \
 	$(if $(ROUND_TO),--set prune.round_to=$(ROUND_TO))
 
-.PHONY: help setup bench test lint lock report reference clean
+.PHONY: help setup bench test lint lock report perf reference clean
 
 help:
 	@echo "make setup                      create $(VENV)/ from the pinned lock ($(LOCK), hashes checked)"
@@ -33,6 +33,7 @@ help:
 	@echo "make test                       run the test suite"
 	@echo "make lint                       ruff"
 	@echo "make report                     leaderboard of results/runs"
+	@echo "make perf                       per-step time of every method (results/perf/)"
 	@echo "make lock                       re-resolve requirements/*.in into the lock files (needs uv)"
 
 setup: $(STAMP)
@@ -63,6 +64,9 @@ lock:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+
+perf: setup ## per-step time of every method on the ResNet-50 CIFAR shape -> results/perf/
+	$(BIN)/python benchmarks/perf_methods.py
 
 reference: setup ## regenerate results/reference/<tag>/ (records, leaderboard, plot)
 	bash benchmarks/reference.sh

@@ -89,11 +89,12 @@ def list_cmd(what: str, as_json: bool) -> None:
         if as_json:
             _emit_json({"methods": rows})
             return
-        t = Table(title="methods")
-        for c in ("key", "name", "paper", "stage", "data", "families"):
+        t = Table(title="methods (12 criteria; 4 regularizers in 5 combinations)")
+        for c in ("key", "name", "paper", "stage", "regularizer", "data", "families"):
             t.add_column(c)
         for r in rows:
-            t.add_row(r["key"], r["name"], r["paper"], r["stage"], r["data"], ", ".join(r["families"]))
+            t.add_row(r["key"], r["name"], r["paper"], r["stage"], r["regularizer"] or "-", r["data"],
+                      ", ".join(r["families"]))
         _print(t)
     elif what == "scopes":
         from pbkit import methods

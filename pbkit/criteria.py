@@ -189,33 +189,36 @@ def thinet_removal_order(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return imp
 
 
+def _deletion_costs(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Rise of the least-squares error of y = z @ 1 when one column alone is dropped: 1 / (G^-1)_cc."""
+    G = z.T @ z
+    G = G + eps * (G.diagonal().mean() + eps) * torch.eye(G.shape[0], dtype=G.dtype)
+    return 1.0 / torch.linalg.inv(G).diagonal().clamp_min(1e-30)
+
+
 def lasso_entry_order(z: torch.Tensor, max_iter: int = 1000) -> torch.Tensor:
     """CP's LASSO channel selection: the order in which columns enter the LASSO path of
-    ``y = z @ 1``; columns entering first score highest; those that never enter score lowest,
-    ranked among themselves by their contribution's norm."""
+    ``y = z @ 1`` (the order in which they would leave as the penalty grows, reversed); first in
+    scores highest. Columns the path never reaches score lowest, ordered among themselves by what
+    dropping each alone costs the least-squares refit."""
     import numpy as np
     from sklearn.linear_model import lars_path_gram
 
     C = z.shape[1]
     zn = z / (z.norm() + 1e-12)
     y = zn.sum(1)
-    gram = (zn.T @ zn).numpy()
-    xy = (zn.T @ y).numpy()
-    _, active, coefs = lars_path_gram(Xy=xy, Gram=gram, n_samples=zn.shape[0], method="lasso",
-                                      max_iter=min(max_iter, C), return_path=True)
-    entered = np.full(C, np.inf)
+    _, _, coefs = lars_path_gram(Xy=(zn.T @ y).numpy(), Gram=(zn.T @ zn).numpy(), n_samples=zn.shape[0],
+                                 method="lasso", max_iter=min(max_iter, C), return_path=True)
     nz = np.abs(coefs) > 0
-    for c in range(C):
-        hits = np.flatnonzero(nz[c])
-        if hits.size:
-            entered[c] = hits[0]
+    entered = np.array([np.flatnonzero(nz[c])[0] if nz[c].any() else np.inf for c in range(C)])
     finite = np.isfinite(entered)
     imp = np.zeros(C)
     if finite.any():
         last = entered[finite].max() + 1
         imp[finite] = 1.0 + (last - entered[finite]) / last  # in (1, 2]
-    norms = zn.norm(dim=0).numpy()
-    imp[~finite] = 0.5 * norms[~finite] / (norms.max() + 1e-12)  # in [0, 0.5]
+    if (~finite).any():
+        cost = _deletion_costs(zn).numpy()
+        imp[~finite] = 0.5 * cost[~finite] / (cost.max() + 1e-30)  # in [0, 0.5]
     return torch.from_numpy(imp)
 
 
@@ -301,12 +304,20 @@ class HessianImportance(tp.importance.GroupHessianImportance):
         per_sample = vmap(grad(sample_loss), in_dims=(None, None, 0, 0))
         acc = {k: torch.zeros_like(v) for k, v in params.items()}
         n = 0
-        for x, y in batches:
-            for s in range(0, len(x), self.chunk):
-                g = per_sample(params, buffers, x[s:s + self.chunk], y[s:s + self.chunk])
-                for k in acc:
-                    acc[k] += g[k].pow(2).sum(0)
-                n += len(x[s:s + self.chunk])
+        # vmap has no batching rule for the CPU fused-attention kernel: use timm's explicit path
+        fused = [m for m in model.modules() if getattr(m, "fused_attn", False) is True]
+        for m in fused:
+            m.fused_attn = False  # type: ignore[assignment]
+        try:
+            for x, y in batches:
+                for s in range(0, len(x), self.chunk):
+                    g = per_sample(params, buffers, x[s:s + self.chunk], y[s:s + self.chunk])
+                    for k in acc:
+                        acc[k] += g[k].pow(2).sum(0)
+                    n += len(x[s:s + self.chunk])
+        finally:
+            for m in fused:
+                m.fused_attn = True  # type: ignore[assignment]
         self.zero_grad()
         for name, p in model.named_parameters():
             if p.grad is None:

@@ -151,11 +151,14 @@ DATASETS: dict[str, DatasetEntry] = {
 
 
 def load(name: str, root: str | None = None, image_size: int | None = None, seed: int = 0,
-         train_limit: int | None = None, test_limit: int | None = None, download: bool = True) -> DataBundle:
+         train_limit: int | None = None, test_limit: int | None = None, download: bool = True,
+         num_classes: int | None = None) -> DataBundle:
+    """Load a dataset by name. ``num_classes`` only shapes ``synthetic`` (to match a model)."""
     if name not in DATASETS:
         raise choices_error("dataset", name, list(DATASETS))
     root = str(Path(root or DEFAULT_ROOT).expanduser())
-    bundle = DATASETS[name].loader(root=root, image_size=image_size, seed=seed, download=download)
+    extra = {"num_classes": num_classes} if name == "synthetic" and num_classes else {}
+    bundle = DATASETS[name].loader(root=root, image_size=image_size, seed=seed, download=download, **extra)
     bundle.train = _limit(bundle.train, train_limit)
     bundle.test = _limit(bundle.test, test_limit)
     bundle.info.update(train_size=len(bundle.train), test_size=len(bundle.test))  # type: ignore[arg-type]

@@ -77,6 +77,12 @@ def _bn_gammas_differ(model: nn.Module) -> str | None:
     return None
 
 
+def _group_slim_pruner(ctx: Ctx) -> tuple[type, dict[str, Any]]:
+    from pbkit.regularizers import GroupSlimPruner
+
+    return GroupSlimPruner, {"reg": ctx["reg"]}
+
+
 def _group_lasso_pruner(ctx: Ctx) -> tuple[type, dict[str, Any]]:
     from pbkit.regularizers import GroupLassoPruner
 
@@ -119,7 +125,7 @@ _METHODS = [
            regularizer="BNScale (L1 on BN gamma)"),
     Method("group_slim", "Group Slimming", "Liu et al. 2017 + group LASSO", "sparsify", "training data",
            ("cnn", "yolo"), lambda ctx: _tp().importance.BNScaleImportance(),
-           pruner=lambda ctx: (_tp().pruner.BNScalePruner, {"reg": ctx["reg"], "group_lasso": True}),
+           pruner=_group_slim_pruner,
            regularizer="GroupLASSO on BN gamma"),
     Method("l2_lasso", "GroupLASSO + L2", "Yuan & Lin 2006 (group LASSO)", "sparsify", "training data", FAMILIES,
            lambda ctx: _tp().importance.MagnitudeImportance(p=2), pruner=_group_lasso_pruner,

@@ -73,7 +73,7 @@ def _load_dataset(cfg: config.Config) -> data.DataBundle | None:
     if not d.name:
         return None
     return data.load(d.name, root=d.root, image_size=d.image_size, seed=d.seed, train_limit=d.train_limit,
-                     test_limit=d.test_limit, download=d.download)
+                     test_limit=d.test_limit, download=d.download, num_classes=cfg.model.num_classes)
 
 
 def resolve_spec(cfg: config.Config, bundle: data.DataBundle | None) -> models.ModelSpec:
@@ -233,7 +233,7 @@ def _pruning_data(cfg: config.Config, bundle: data.DataBundle | None,
         return bundle
     d = cfg.dataset
     other = data.load(name, root=d.root, image_size=spec.input_size, seed=cfg.prune.calibration.seed,
-                      download=d.download)
+                      download=d.download, num_classes=spec.num_classes)
     if other.num_classes != spec.num_classes:
         raise PbkitError(f"calibration dataset {name} has {other.num_classes} classes, the model {spec.num_classes}")
     return other

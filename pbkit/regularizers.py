@@ -52,3 +52,27 @@ class GroupLassoPruner(tp.pruner.MetaPruner):
                     w.grad[:, idx] += s.view(1, -1, *([1] * (w.dim() - 2))) * w[:, idx]
                 elif fn == function.prune_batchnorm_out_channels and getattr(layer, "affine", False):
                     w.grad[idx] += s * w[idx]
+
+
+class GroupSlimPruner(tp.pruner.BNScalePruner):
+    """BNScalePruner with group LASSO on BatchNorm gammas, skipping groups that hold no BatchNorm
+    (torch-pruning 1.6.1 adds 1e-9 to the None such a group scores and fails)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["group_lasso"] = True
+        super().__init__(*args, **kwargs)
+
+    @torch.no_grad()
+    def regularize(self, model: nn.Module, reg: float | None = None, bias: bool = False) -> None:
+        reg = self.reg if reg is None else reg
+        for group in self._groups:
+            sq = self._l2_imp(group)
+            if sq is None or not torch.isfinite(sq).all():
+                continue
+            gamma = reg / (sq + 1e-9).sqrt()
+            for i, (dep, _) in enumerate(group):
+                layer = dep.layer
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.affine and \
+                        layer not in self.ignored_layers and layer.weight.grad is not None:
+                    g = torch.index_select(gamma, 0, torch.as_tensor(group[i].root_idxs))
+                    layer.weight.grad.add_(g * layer.weight)

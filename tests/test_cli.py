@@ -38,6 +38,8 @@ def test_list_methods_says_stage_data_and_families(pbkit) -> None:  # type: igno
     assert set(rows) >= {"l1", "l2", "lamp", "fpgm", "bnscale", "random"}
     assert rows["bnscale"]["families"] == ["cnn", "yolo"]
     assert all(r["stage"] and r["data"] and r["paper"] for r in rows.values())
+    assert rows["growing_reg"]["regularizer"] == "GrowingReg" and rows["taylor"]["data"] == "gradients"
+    assert "vit" not in rows["hrank"]["families"] and "yolo" not in rows["obdc"]["families"]
 
 
 def test_env_json(pbkit) -> None:  # type: ignore[no-untyped-def]
@@ -183,3 +185,27 @@ def test_parity_failure_is_shown_and_exits_nonzero(pbkit, pruned_run: Path, tmp_
     assert "parity FAILED" in r.err and "FAILED" in r.out
     rec = json.loads((run / "record.json").read_text())
     assert rec["parity"] and not any(p["passed"] for p in rec["parity"])
+
+
+def test_data_driven_and_sparsifying_methods_from_the_cli(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    common = ["--model", "resnet20_cifar", "--speedup", "2", "--out", tmp_path / "runs", "--json",
+              "--set", "model.input_size=16", "--set", "prune.calibration.dataset=synthetic",
+              "--set", "prune.calibration.batches=1", "--set", "prune.calibration.batch_size=8",
+              "--set", "prune.iterative_steps=40", "--set", "sparsify.epochs=1"]
+    r = pbkit("prune", "--method", "thinet", *common)
+    assert r.code == 0, r.err
+    assert r.json()["record"]["method"]["calibration"]["dataset"] == "synthetic"
+    r = pbkit("prune", "--method", "growing_reg", *common)
+    assert r.code == 0, r.err
+    m = r.json()["record"]["method"]
+    assert m["regularizer"] == "GrowingReg" and m["reg_time_s"] > 0 and len(m["sparsify"]["history"]) == 1
+
+
+def test_bench_config_runs_a_data_driven_method_offline(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import REPO
+
+    r = pbkit("run", REPO / "configs/bench/resnet20_cifar.yaml", "--set", "prune.method=taylor",
+              "--set", f"out={tmp_path / 'runs'}", "--set", "prune.iterative_steps=40",
+              "--set", "bench.backends=[ort-cpu]", *QUICK, "--json")
+    assert r.code == 0, r.err
+    assert r.json()["record"]["method"]["calibration"]["batches"] == 2

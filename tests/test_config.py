@@ -29,7 +29,7 @@ def test_overrides_parse_yaml_values() -> None:
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("prune.scoope=local", "unknown key 'prune.scoope'; valid keys here: iterative_steps, method"),
+    ("prune.scoope=local", "unknown key 'prune.scoope'; valid keys here: calibration, iterative_steps, method"),
     ("prune.scope=wide", "prune.scope: invalid value 'wide'; choose 'local', 'global' or 'protected'"),
     ("prune.speedup=1", "prune.speedup"),
     ("nosuch.key=1", "unknown config section 'nosuch'"),
