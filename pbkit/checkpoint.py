@@ -121,30 +121,37 @@ def apply_file(model: nn.Module, obj: dict[str, Any], where: str) -> None:
         raise PbkitError(f"{where}: file lacks tensors {sorted(missing)[:3]}...")
 
 
-def load_weights(model: nn.Module, path: str | Path, trust: bool = False) -> None:
-    """Load user weights into a dense model: a pbkit file or a plain state dict (or wrapped one)."""
+def load_base(spec: models.ModelSpec, path: str | Path, trust: bool = False, seed: int = 0) -> nn.Module:
+    """Build ``spec`` with the user's weights: a pbkit model file, a state dict (possibly wrapped:
+    ``state_dict``, ``model``, ``ema``...), or, trusted, a pickled model (ultralytics ``.pt``)."""
     obj = read_file(path, trust=trust)
     if is_model_file(obj):
+        model = models.build(spec, seed=seed)
         apply_file(model, obj, str(path))
-        return
+        return model
+    return models.build(spec, seed=seed, load=lambda m: load_state(m, obj, str(path)))
+
+
+def load_state(model: nn.Module, obj: Any, where: str) -> None:
+    """Load a (wrapped) state dict, or a pickled module's state, into a dense model."""
     if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model", "ema", "net"):
-            if key in obj and isinstance(obj[key], dict):
+        for key in ("ema", "model", "state_dict", "model_state_dict", "net"):
+            if isinstance(obj.get(key), dict | nn.Module):
                 obj = obj[key]
                 break
     if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
+        obj = obj.float().state_dict()
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise PbkitError(f"checkpoint {str(path)!r} holds no state dict of tensors")
+        raise PbkitError(f"checkpoint {where!r} holds no state dict of tensors")
     obj = {k.removeprefix("module."): v for k, v in obj.items()}
     own = model.state_dict()
     missing = sorted(set(own) - set(obj))
     unexpected = sorted(set(obj) - set(own))
     wrong = sorted(k for k, v in obj.items() if k in own and own[k].shape != v.shape)
     if missing or unexpected or wrong:
-        raise PbkitError(f"checkpoint {str(path)!r} does not fit the model: missing {missing[:3]}, "
+        raise PbkitError(f"checkpoint {where!r} does not fit the model: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}")
-    model.load_state_dict(obj, strict=True)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in obj.items()}, strict=True)
 
 
 def state_sha256(model: nn.Module) -> str:

@@ -67,6 +67,8 @@ def list_cmd(what: str, as_json: bool) -> None:
 
         rows = [dict(name=e.name, family=e.family, source=e.source, input_size=e.input_size,
                      num_classes=e.num_classes, description=e.description) for e in models.MODELS.values()]
+        rows += [dict(name=n, family="yolo", source="ultralytics", input_size=640, num_classes=80, description=d)
+                 for n, d in models.YOLO_MODELS.items()]
         if as_json:
             _emit_json({"models": rows, "prefixes": {
                 "tv:": {"description": models.PREFIXES["tv:"], "names": models.torchvision_names()},

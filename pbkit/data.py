@@ -31,13 +31,16 @@ class DataBundle:
     name: str
     num_classes: int
     image_size: int
-    train: Dataset[Any]
-    test: Dataset[Any]
+    train: Dataset[Any] | None
+    test: Dataset[Any] | None
     info: dict[str, Any] = field(default_factory=dict)
+    task: str = "classify"  # classify | detect (then info["yaml"] is the ultralytics dataset yaml)
 
     def loader(self, split: str, batch_size: int, seed: int = 0, shuffle: bool | None = None,
                num_workers: int = 0) -> DataLoader[Any]:
         ds = self.train if split == "train" else self.test
+        if ds is None:
+            raise PbkitError(f"{self.name} is a detection dataset: it has no classification loader")
         shuffle = (split == "train") if shuffle is None else shuffle
         g = torch.Generator().manual_seed(seed)
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
@@ -138,6 +141,34 @@ def _synthetic(image_size: int | None, seed: int = 0, num_classes: int = 10, n_t
     return DataBundle("synthetic", num_classes, size, make(n_train), make(n_test), {"seed": seed})
 
 
+def detection(yaml_path: str, image_size: int | None = None, name: str | None = None) -> DataBundle:
+    """A detection dataset from an ultralytics-style yaml (images must be there: never downloaded)."""
+    from pbkit import yolo
+
+    info = yolo.check_dataset(yaml_path)
+    return DataBundle(name or Path(yaml_path).stem, info["num_classes"], image_size or 640, None, None, info,
+                      task="detect")
+
+
+def _coco(root: str, image_size: int | None, **_: Any) -> DataBundle:
+    """COCO 2017 through ultralytics' own coco.yaml, rooted at <data root>/coco."""
+    import ultralytics
+    import yaml
+
+    src = Path(ultralytics.__file__).parent / "cfg" / "datasets" / "coco.yaml"
+    cfg = yaml.safe_load(src.read_text(encoding="utf-8"))
+    cfg["path"] = str(Path(root).expanduser() / "coco")
+    cfg.pop("download", None)
+    out = Path(root).expanduser() / "coco.pbkit.yaml"
+    if not (Path(cfg["path"]) / cfg["val"]).exists():
+        raise PbkitError(f"coco: images not found under {cfg['path']!r}; pbkit never downloads datasets: place COCO "
+                         "2017 there (images/ and labels/ as ultralytics lays them out) or pass --data-root")
+    from pbkit.fileio import atomic_write_text
+
+    atomic_write_text(out, yaml.safe_dump(cfg, sort_keys=False))
+    return detection(str(out), image_size, name="coco")
+
+
 DATASETS: dict[str, DatasetEntry] = {
     e.name: e
     for e in [
@@ -146,6 +177,8 @@ DATASETS: dict[str, DatasetEntry] = {
         DatasetEntry("imagenet", 1000, 224, "--data-root with train/ val/", "ImageNet-1K, ImageFolder layout", _imagenet),
         DatasetEntry("digits", 10, 32, "nothing (ships with scikit-learn)", "scikit-learn 8x8 digits, scaled up: offline real data", _digits),
         DatasetEntry("synthetic", 10, 32, "nothing", "seeded Gaussian class prototypes (smoke tests)", _synthetic),
+        DatasetEntry("coco", 80, 640, "--data-root holding coco/ (ultralytics layout)",
+                     "COCO 2017 detection via ultralytics' coco.yaml (mAP50-95)", _coco),
     ]
 }
 
@@ -153,13 +186,18 @@ DATASETS: dict[str, DatasetEntry] = {
 def load(name: str, root: str | None = None, image_size: int | None = None, seed: int = 0,
          train_limit: int | None = None, test_limit: int | None = None, download: bool = True,
          num_classes: int | None = None) -> DataBundle:
-    """Load a dataset by name. ``num_classes`` only shapes ``synthetic`` (to match a model)."""
+    """Load a dataset by name, or a detection dataset by its yaml path (``path/to/data.yaml``).
+    ``num_classes`` only shapes ``synthetic`` (to match a model)."""
+    if name.endswith((".yaml", ".yml")):
+        return detection(name, image_size)
     if name not in DATASETS:
         raise choices_error("dataset", name, list(DATASETS))
     root = str(Path(root or DEFAULT_ROOT).expanduser())
     extra = {"num_classes": num_classes} if name == "synthetic" and num_classes else {}
     bundle = DATASETS[name].loader(root=root, image_size=image_size, seed=seed, download=download, **extra)
-    bundle.train = _limit(bundle.train, train_limit)
-    bundle.test = _limit(bundle.test, test_limit)
+    if bundle.task == "detect":
+        return bundle
+    bundle.train = _limit(bundle.train, train_limit)  # type: ignore[arg-type]
+    bundle.test = _limit(bundle.test, test_limit)  # type: ignore[arg-type]
     bundle.info.update(train_size=len(bundle.train), test_size=len(bundle.test))  # type: ignore[arg-type]
     return bundle

@@ -45,6 +45,7 @@ def to_onnx(model: nn.Module, input_size: int, path: str | Path, opset: int = 18
         try:
             def write(tmp: Path, kind: str = kind) -> None:
                 _export(model, x, tmp, opset, kind, out_names)
+                _check_dynamic_batch(tmp)
 
             atomic_write(path, write)
         except Exception as e:  # exporter failures come in many types; try the next exporter
@@ -58,6 +59,19 @@ def to_onnx(model: nn.Module, input_size: int, path: str | Path, opset: int = 18
                 "exporter": f"torch.onnx ({kind})", "torch": torch.__version__, "input_name": INPUT_NAME,
                 "output_names": out_names, "dynamic_batch": True, "fallback_errors": errors}
     raise PbkitError(f"ONNX export failed: {'; '.join(errors)}")
+
+
+class FixedBatchError(RuntimeError):
+    pass
+
+
+def _check_dynamic_batch(path: Path) -> None:
+    """The batch sweep needs a symbolic batch axis; an exporter may specialise it silently."""
+    import onnx
+
+    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    if not dim.dim_param:
+        raise FixedBatchError(f"the batch axis was specialised to {dim.dim_value}")
 
 
 def _export(model: nn.Module, x: torch.Tensor, path: Path, opset: int, kind: str, out_names: list[str]) -> None:

@@ -43,6 +43,9 @@ MODELS: dict[str, ModelEntry] = {
     ]
 }
 
+YOLO_MODELS = {f"yolov8{s}": f"YOLOv8-{s}, ultralytics' own yaml, 640x640, 80 classes (study: yolov8m on COCO)"
+               for s in "nsmlx"}
+
 PREFIXES = {
     "tv:": "any torchvision classification model, e.g. tv:resnet50 (224x224, 1000 classes)",
     "timm:": "any timm model, e.g. timm:vit_small_patch16_224 (224x224, 1000 classes)",
@@ -91,6 +94,11 @@ def resolve(name: str, num_classes: int | None = None, input_size: int | None = 
     if name in MODELS:
         e = MODELS[name]
         return ModelSpec(name, num_classes or e.num_classes, input_size or e.input_size, e.family, e.source, kwargs)
+    if name.startswith("yolov8"):
+        from pbkit import yolo
+
+        yolo.size_of(name)  # a clear error for an unknown size
+        return ModelSpec(name, num_classes or 80, input_size or yolo.INPUT_SIZE, "yolo", "ultralytics", kwargs)
     if name.startswith("tv:"):
         short = name[3:]
         if short not in torchvision_names():
@@ -107,7 +115,7 @@ def resolve(name: str, num_classes: int | None = None, input_size: int | None = 
         size = input_size or int(kwargs.get("img_size") or _timm_default_size(short))
         family = "vit" if _VIT_NAME.match(short) else "cnn"
         return ModelSpec(name, num_classes or 1000, size, family, "timm", kwargs)
-    raise choices_error("model", name, [*MODELS, *(p + "<name>" for p in PREFIXES)])
+    raise choices_error("model", name, [*MODELS, *YOLO_MODELS, *(p + "<name>" for p in PREFIXES)])
 
 
 def _timm_default_size(short: str) -> int:
@@ -118,14 +126,40 @@ def _timm_default_size(short: str) -> int:
     return int(size[-1]) if size else 224
 
 
-def build(spec: ModelSpec, pretrained: bool = False, seed: int = 0) -> nn.Module:
-    """Build the dense architecture; random init is seeded, pretrained weights come from the hub."""
+def build(spec: ModelSpec, pretrained: bool = False, seed: int = 0,
+          load: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """Build the model as pbkit prunes it: the dense architecture (seeded random init, or the hub's
+    pretrained weights), ``load`` applied to it (user weights in the original layout), then
+    ``prepare``d (YOLOv8: C2f made prunable)."""
+    model = _build_dense(spec, pretrained, seed)
+    if load is not None:
+        load(model)
+    return prepare(model, spec)
+
+
+def prepare(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """Pruning-friendly, function-preserving rewrites of an architecture."""
+    if spec.source == "ultralytics":
+        from pbkit import yolo
+
+        return yolo.make_prunable(model)
+    return model
+
+
+def _build_dense(spec: ModelSpec, pretrained: bool, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     if spec.source == "pbkit":
         if pretrained:
             raise PbkitError(f"no pretrained weights are published for {spec.name}; "
                              "pass a checkpoint (weights=checkpoint) or train a base (base.epochs > 0)")
         return MODELS[spec.name].builder(num_classes=spec.num_classes, **spec.kwargs)
+    if spec.source == "ultralytics":
+        from pbkit import checkpoint, yolo
+
+        model = yolo.build(spec.name, spec.num_classes)
+        if pretrained:  # the official file, explicitly asked for: a pickled ultralytics checkpoint
+            checkpoint.load_state(model, checkpoint.read_file(yolo.pretrained_file(spec.name), trust=True), spec.name)
+        return model
     try:
         if spec.source == "torchvision":
             import torchvision

@@ -32,6 +32,7 @@ from pbkit import (
     methods,
     models,
     record,
+    yolo,
 )
 from pbkit.console import Steps, note
 from pbkit.errors import PbkitError
@@ -92,8 +93,7 @@ def obtain_base(cfg: config.Config, spec: models.ModelSpec, bundle: data.DataBun
     if m.weights == "checkpoint":
         if not m.checkpoint:
             raise PbkitError("model.weights is 'checkpoint' but model.checkpoint (a file path) is not set")
-        model = models.build(spec, seed=m.seed)
-        checkpoint.load_weights(model, m.checkpoint, trust=m.trust_checkpoint)
+        model = checkpoint.load_base(spec, m.checkpoint, trust=m.trust_checkpoint, seed=m.seed)
         path = str(Path(m.checkpoint).expanduser().resolve())
         return model, {"weights": "checkpoint", "weights_path": path, "weights_sha256": sha256_file(path)}, None
     if m.weights == "pretrained":
@@ -114,17 +114,27 @@ def obtain_base(cfg: config.Config, spec: models.ModelSpec, bundle: data.DataBun
         model, _, extra = checkpoint.load_model(path)
         return model, {"weights": "trained", "weights_path": str(path), "weights_sha256": sha256_file(path)}, extra.get("training")
     steps = Steps(f"training base {spec.name} on {bundle.name}", cfg.base.epochs, quiet)
-    history = train_model(model, bundle, cfg, cfg.base, steps)
+    history = train_model(model, bundle, cfg, cfg.base, steps, spec.input_size)
     ensure_writable_dir(bases_dir)
     checkpoint.save_model(model, spec, path, extra={"training": history})
     return model, {"weights": "trained", "weights_path": str(path), "weights_sha256": sha256_file(path)}, history
 
 
 def train_model(model: torch.nn.Module, bundle: data.DataBundle, cfg: config.Config, recipe: config.RecipeCfg,
-                steps: Steps) -> dict[str, Any]:
+                steps: Steps, input_size: int = 32) -> dict[str, Any]:
     from pbkit import train
 
     r = _recipe(recipe)
+    if bundle.task == "detect":  # the ultralytics trainer, on this very object
+        import tempfile
+
+        from pbkit import yolo
+
+        with tempfile.TemporaryDirectory(prefix="pbkit-yolo-") as work:
+            result = yolo.finetune(model, bundle.info["yaml"], input_size, r, Path(work),
+                                   on_epoch=lambda e, row: steps.update(e, f"mAP50-95 {row['mAP50-95']:.2f}"))
+        steps.close()
+        return result
     loader = bundle.loader("train", r["batch_size"], seed=r["seed"])
     test = bundle.loader("test", cfg.dataset.eval_batch_size)
     result = train.fit(model, loader, test, r,
@@ -133,9 +143,15 @@ def train_model(model: torch.nn.Module, bundle: data.DataBundle, cfg: config.Con
     return result
 
 
-def _accuracy(model: torch.nn.Module, bundle: data.DataBundle | None, cfg: config.Config) -> float | None:
+def _accuracy(model: torch.nn.Module, bundle: data.DataBundle | None, cfg: config.Config,
+              input_size: int = 32) -> float | None:
+    """Top-1 (classification) or mAP50-95 (detection), in percent; None without a dataset."""
     if bundle is None:
         return None
+    if bundle.task == "detect":
+        from pbkit import yolo
+
+        return yolo.evaluate(model, bundle.info["yaml"], input_size, batch=cfg.dataset.eval_batch_size)
     from pbkit import train
 
     return train.evaluate(model, bundle.loader("test", cfg.dataset.eval_batch_size))
@@ -162,7 +178,7 @@ def prune_stage(cfg: config.Config, quiet: bool = False) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        acc_base = _accuracy(model, bundle, cfg)
+        acc_base = _accuracy(model, bundle, cfg, spec.input_size)
         checkpoint.save_model(model, spec, tmp / MODEL_FILES[DENSE])
         steps = Steps(f"pruning {spec.name} ({method.key}, {cfg.prune.scope}) to {cfg.prune.speedup:g}x",
                       cfg.prune.iterative_steps, quiet)
@@ -170,13 +186,13 @@ def prune_stage(cfg: config.Config, quiet: bool = False) -> Path:
             warnings.filterwarnings("ignore", module="torch_pruning")
             res, calib_info = _prune(model, method, spec, cfg, steps, bundle, quiet)
         steps.close(f"{res.achieved_speedup:.3f}x in {res.steps} steps")
-        acc_pruned = _accuracy(model, bundle, cfg)
+        acc_pruned = _accuracy(model, bundle, cfg, spec.input_size)
         finetune = None
         acc_ft = None
         if bundle is not None and cfg.finetune.epochs > 0:
             ft_steps = Steps(f"finetuning {cfg.finetune.epochs} epochs", cfg.finetune.epochs, quiet)
-            finetune = train_model(model, bundle, cfg, cfg.finetune, ft_steps)
-            acc_ft = _accuracy(model, bundle, cfg)
+            finetune = train_model(model, bundle, cfg, cfg.finetune, ft_steps, spec.input_size)
+            acc_ft = _accuracy(model, bundle, cfg, spec.input_size)
         checkpoint.save_model(model, spec, tmp / MODEL_FILES[PRUNED])
         now = utc_now()
         rec = record.Record(
@@ -198,8 +214,10 @@ def prune_stage(cfg: config.Config, quiet: bool = False) -> Path:
                                  params_pruned=res.params_pruned, input_size=spec.input_size, counter=counts.COUNTER),
             dataset=None if bundle is None else record.DatasetInfo(
                 name=bundle.name, image_size=bundle.image_size, num_classes=bundle.num_classes,
-                train_size=bundle.info["train_size"], test_size=bundle.info["test_size"]),
-            accuracy=record.Accuracy(metric="top1" if bundle else None, base=acc_base, pruned=acc_pruned, finetuned=acc_ft),
+                train_size=bundle.info.get("train_size"), test_size=bundle.info.get("test_size"),
+                task=bundle.task, yaml=bundle.info.get("yaml")),
+            accuracy=record.Accuracy(metric=None if bundle is None else ("mAP50-95" if bundle.task == "detect" else "top1"),
+                                     base=acc_base, pruned=acc_pruned, finetuned=acc_ft),
             finetune=finetune if finetune is not None else {**_recipe(cfg.finetune), "epochs_run": 0},
             base_training=base_training,
             artifacts={v: {"path": f, "sha256": sha256_file(tmp / f)} for v, f in MODEL_FILES.items()},
@@ -271,7 +289,7 @@ def _prune(model: torch.nn.Module, method: methods.Method, spec: models.ModelSpe
     res = prune_to_target(model, method=method, scope=cfg.prune.scope, target_speedup=cfg.prune.speedup,
                           input_size=spec.input_size, num_classes=spec.num_classes,
                           iterative_steps=cfg.prune.iterative_steps, round_to=cfg.prune.round_to,
-                          seed=cfg.prune.seed, on_step=lambda i, s: steps.update(i, f"{s:.3f}x"),
+                          seed=cfg.prune.seed, family=spec.family, on_step=lambda i, s: steps.update(i, f"{s:.3f}x"),
                           calibration=batches, sparse_train=sparse_train, reg=cfg.sparsify.reg,
                           delta_reg=cfg.sparsify.delta_reg)
     return res, calib_info
@@ -303,10 +321,13 @@ def export_stage(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
         x = counts.example_input(spec.input_size, batch=e.parity_batch, seed=2)
         ref = export.reference_outputs(model, x)
         sess = measure.ort_session(run_dir / ONNX_FILES[variant], measure.cores())
-        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
-        cmp = export.compare(list(got), ref, e.rtol, e.atol)
+        got = list(sess.run(None, {sess.get_inputs()[0].name: x.numpy()}))
+        label = "all outputs"
+        if spec.family == "yolo" and len(ref) > max(yolo.RAW_HEAD):
+            ref, got, label = [ref[i] for i in yolo.RAW_HEAD], [got[i] for i in yolo.RAW_HEAD], yolo.RAW_HEAD_LABEL
+        cmp = export.compare(got, ref, e.rtol, e.atol)
         parity.append(record.Parity(backend="ort-cpu", variant=variant, precision="fp32", batch=e.parity_batch,
-                                    rtol=e.rtol, atol=e.atol, **cmp))
+                                    rtol=e.rtol, atol=e.atol, outputs=label, **cmp))
         steps.update(i + 1, variant)
     steps.close()
     rec.artifacts["onnx"] = onnx_info

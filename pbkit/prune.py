@@ -72,6 +72,7 @@ def prune_to_target(
     iterative_steps: int = 400,
     round_to: int | None = None,
     seed: int = 0,
+    family: str = "cnn",
     on_step: Callable[[int, float], None] | None = None,
     calibration: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     sparse_train: Callable[[Any], dict[str, Any]] | None = None,
@@ -92,11 +93,15 @@ def prune_to_target(
     model.eval()
     if method.precheck is not None and (problem := method.precheck(model)) is not None:
         raise PbkitError(problem)
-    heads = _ignored(model, num_classes)
+    heads = _ignored(model, num_classes, family)
     names = {m: n for n, m in model.named_modules()}
     macs_base = counts.count_macs(model, input_size)
     params_base = counts.count_params(model)
     example = counts.example_input(input_size)
+    if family == "yolo" and (method.collect is not None or method.stage == "sparsify"):
+        raise PbkitError(f"method {method.key!r} on YOLOv8 needs the detection loss on calibration batches or in "
+                         "sparse training, which pbkit does not run yet; the data-free criteria work "
+                         "(l1, l2, lamp, fpgm, bnscale, random)")
     if method.collect is not None and not calibration:
         raise PbkitError(f"method {method.key!r} needs calibration data ({method.data}): pass --dataset D "
                          "or set prune.calibration.dataset (synthetic works offline)")
@@ -171,10 +176,11 @@ def prune_to_target(
     )
 
 
-def _ignored(model: nn.Module, num_classes: int) -> list[nn.Module]:
+def _ignored(model: nn.Module, num_classes: int, family: str = "cnn") -> list[nn.Module]:
+    from pbkit import yolo
     from pbkit.models import classifier_heads
 
-    heads = classifier_heads(model, num_classes)
+    heads = yolo.detect_head(model) if family == "yolo" else classifier_heads(model, num_classes)
     if not heads:
         raise PbkitError(f"could not find the classifier head (a layer with {num_classes} outputs) to protect")
     return heads

@@ -72,8 +72,9 @@ class DatasetInfo(_Open):
     name: str
     image_size: int
     num_classes: int
-    train_size: int
-    test_size: int
+    train_size: int | None = None  # classification splits; None for detection yamls
+    test_size: int | None = None
+    task: str = "classify"
 
 
 class Accuracy(_Open):

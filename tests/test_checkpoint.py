@@ -85,12 +85,10 @@ def test_plain_state_dicts_load_and_mismatches_are_named(tmp_path: Path) -> None
     src = models.build(spec, seed=5)
     p = tmp_path / "sd.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, p)
-    dst = models.build(spec, seed=6)
-    checkpoint.load_weights(dst, p)
+    dst = checkpoint.load_base(spec, p, seed=6)
     assert checkpoint.state_sha256(dst) == checkpoint.state_sha256(src)
-    other = models.build(models.resolve("resnet20_cifar", num_classes=7))
     with pytest.raises(PbkitError, match="does not fit the model"):
-        checkpoint.load_weights(other, p)
+        checkpoint.load_base(models.resolve("resnet20_cifar", num_classes=7), p)
 
 
 def test_state_hash_depends_on_values() -> None:

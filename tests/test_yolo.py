@@ -1,0 +1,194 @@
+"""YOLOv8 end to end: prunable C2f, Detect never pruned, export with raw-head parity, reload,
+finetune + mAP with the ultralytics trainer on a generated dataset, offline, clear errors."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pbkit import config, counts, export, methods, models, pipeline, record, yolo
+from pbkit.errors import PbkitError
+from pbkit.prune import prune_to_target
+
+SIZE = 256  # a smaller square than 640 keeps the tests short; the code path is the same
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to resolve or reach a host fails the test loudly."""
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError(f"network access attempted: {a[:2]}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_yolo_models_are_listed_and_sizes_checked() -> None:
+    for s in "nsmlx":
+        spec = models.resolve(f"yolov8{s}")
+        assert (spec.family, spec.input_size, spec.num_classes) == ("yolo", 640, 80)
+    with pytest.raises(PbkitError, match="unknown YOLOv8 model 'yolov8q'; choose one of: yolov8n"):
+        models.resolve("yolov8q")
+
+
+def test_c2f_replacement_keeps_the_outputs_exactly() -> None:
+    from ultralytics.nn.modules.block import C2f
+
+    torch.manual_seed(0)
+    dense = yolo.build("yolov8n").eval()
+    with torch.no_grad():  # a non-trivial state: BN statistics away from their init values
+        for m in dense.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        ref = export._outputs(dense(x))
+    n_c2f = sum(type(m) is C2f for m in dense.modules())
+    split = yolo.make_prunable(dense)
+    assert n_c2f == 8 and not any(type(m) is C2f for m in split.modules())
+    assert sum(isinstance(m, yolo.C2fSplit) for m in split.modules()) == n_c2f
+    with torch.no_grad():
+        out = export._outputs(split(x))
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(ref, out, strict=True))
+
+
+@pytest.mark.parametrize("scope", ["local", "global", "protected"])
+def test_prune_2x_in_each_scope_keeps_detect(scope: str) -> None:
+    spec = models.resolve("yolov8n", input_size=SIZE)
+    model = models.build(spec).eval()
+    head = model.model[-1]
+    head_state = {k: v.clone() for k, v in head.state_dict().items() if "cv2.0.2" in k or "cv3.0.2" in k}
+    res = prune_to_target(model, method=methods.get("l1"), scope=scope, target_speedup=2.0, input_size=SIZE,
+                          num_classes=80, iterative_steps=50, family="yolo")
+    assert res.achieved_speedup >= 2.0 and res.ignored_layers == ["model.22"]
+    assert model.model[-1] is head
+    for k, v in head_state.items():  # the final head convolutions are untouched
+        assert torch.equal(head.state_dict()[k], v)
+    with torch.no_grad():
+        raw = yolo.raw_outputs(model(torch.randn(1, 3, SIZE, SIZE)))
+    assert raw[1].shape[1] == 80  # class logits
+
+
+def test_data_driven_methods_on_yolo_are_a_clear_error() -> None:
+    spec = models.resolve("yolov8n", input_size=SIZE)
+    with pytest.raises(PbkitError, match="detection loss"):
+        prune_to_target(models.build(spec), method=methods.get("taylor"), scope="protected", target_speedup=2.0,
+                        input_size=SIZE, num_classes=80, family="yolo", calibration=[])
+
+
+def test_obdc_is_refused_for_yolo_as_in_the_study() -> None:
+    with pytest.raises(PbkitError, match="does not apply to yolo"):
+        methods.get("obdc", "yolo")
+
+
+@pytest.fixture(scope="module")
+def yolo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("yolo") / "runs"
+    cfg = config.load(None, [f"out={out}", "model.name=yolov8n", f"model.input_size={SIZE}", "prune.method=l2",
+                             "prune.iterative_steps=50", "bench.quick=true", "bench.backends=[ort-cpu]"])
+    run_dir, _ = pipeline.run_all(cfg, quiet=True)
+    return run_dir
+
+
+def test_export_records_raw_head_parity(yolo_run: Path) -> None:
+    rec = record.read(yolo_run)
+    assert rec.method.achieved_speedup >= 2.0 and rec.model.family == "yolo"
+    assert {p.variant for p in rec.parity} == {"dense", "pruned"}
+    assert all(p.passed and p.outputs == yolo.RAW_HEAD_LABEL for p in rec.parity)  # type: ignore[attr-defined]
+    assert rec.latency and all(p.backend == "ort-cpu" for p in rec.latency)
+    assert rec.artifacts["onnx"]["pruned"]["dynamic_batch"]
+
+
+def test_pruned_detector_reloads_in_a_fresh_process(yolo_run: Path, tmp_path: Path) -> None:
+    from pbkit import checkpoint
+
+    model, spec, _ = checkpoint.load_model(yolo_run / "pruned.pt")
+    x = counts.example_input(SIZE, batch=1)
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import sys, torch\nfrom pbkit.checkpoint import load_model\nfrom pbkit import yolo\n"
+            "m, _, _ = load_model(sys.argv[1])\nx = torch.load(sys.argv[2], weights_only=True)\n"
+            "with torch.no_grad():\n    torch.save(yolo.raw_outputs(m(x))[1], sys.argv[3])\n")
+    subprocess.run([sys.executable, "-c", code, str(yolo_run / "pruned.pt"), str(tmp_path / "x.pt"),
+                    str(tmp_path / "y.pt")], check=True, capture_output=True)
+    with torch.no_grad():
+        expected = yolo.raw_outputs(model(x))[1]
+    assert torch.allclose(torch.load(tmp_path / "y.pt", weights_only=True), expected, atol=1e-5)
+    # the reloaded model keeps the pruned widths (a yaml rebuild would restore the dense ones)
+    dense, _, _ = checkpoint.load_model(yolo_run / "dense.pt")
+    assert counts.count_params(model) < 0.8 * counts.count_params(dense)
+
+
+@pytest.mark.slow
+def test_finetune_and_val_on_a_generated_dataset_offline(tmp_path: Path, no_network: None) -> None:
+    from detection_data import make
+
+    data_yaml = make(tmp_path / "shapes")
+    cfg = config.load(None, [f"out={tmp_path / 'runs'}", "model.name=yolov8n", "model.input_size=128",
+                             f"dataset.name={data_yaml}", "dataset.eval_batch_size=8", "prune.method=l1",
+                             "prune.iterative_steps=50", "finetune.epochs=1", "finetune.batch_size=8",
+                             "finetune.lr=0.01"])
+    rec = record.read(pipeline.prune_stage(cfg, quiet=True))
+    a = rec.accuracy
+    assert a.metric == "mAP50-95" and rec.dataset is not None and rec.dataset.num_classes == 2
+    for v in (a.base, a.pruned, a.finetuned):
+        assert v is not None and 0.0 <= v <= 100.0
+    ft = rec.finetune or {}
+    assert ft["trainer"].startswith("ultralytics") and len(ft["history"]) == 1
+    assert rec.method.achieved_speedup >= 2.0
+
+
+def test_missing_dataset_yaml_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = config.load(None, [f"out={tmp_path}", "model.name=yolov8n", f"dataset.name={tmp_path / 'nope.yaml'}"])
+    with pytest.raises(PbkitError, match="nope.yaml' not found"):
+        pipeline.prune_stage(cfg, quiet=True)
+
+
+def test_dataset_without_images_is_refused_before_any_download(tmp_path: Path) -> None:
+    y = tmp_path / "d.yaml"
+    y.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames: {{0: a}}\n"
+                 "download: https://example.invalid/d.zip\n")
+    with pytest.raises(PbkitError, match="pbkit never downloads"):
+        yolo.check_dataset(y)
+
+
+def test_network_only_weights_offline_are_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        no_network: None) -> None:
+    monkeypatch.chdir(tmp_path)  # no yolov8n.pt lying around
+    cfg = config.load(None, [f"out={tmp_path / 'runs'}", "model.name=yolov8n", "model.weights=pretrained"])
+    with pytest.raises(PbkitError, match="yolov8n.pt need the network"):
+        pipeline.prune_stage(cfg, quiet=True)
+
+
+def test_ultralytics_runs_offline_without_installs() -> None:
+    import os
+
+    yolo.offline()
+    assert os.environ["YOLO_OFFLINE"] == "1" and os.environ["YOLO_AUTOINSTALL"] == "false"
+    import ultralytics.utils as u
+    import ultralytics.utils.checks as checks
+    import ultralytics.utils.events as events
+
+    assert u.AUTOINSTALL is False and u.ONLINE is False
+    assert checks.AUTOINSTALL is False and checks.ONLINE is False and events.ONLINE is False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["l1", "l2", "lamp", "fpgm", "random", "bnscale"])
+def test_every_data_free_method_reaches_2x_on_yolov8n(key: str) -> None:
+    spec = models.resolve("yolov8n", input_size=SIZE)
+    model = models.build(spec).eval()
+    if key == "bnscale":  # a random init has every gamma at 1.0: spread them as training would
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.weight.uniform_(0.2, 1.0)
+    res = prune_to_target(model, method=methods.get(key), scope="protected", target_speedup=2.0, input_size=SIZE,
+                          num_classes=80, iterative_steps=50, family="yolo")
+    assert res.achieved_speedup >= 2.0
