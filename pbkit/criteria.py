@@ -269,7 +269,12 @@ class HRankImportance(_GroupScores):
 # gradient-based: Taylor, OBD-Hessian, OBD-C
 
 
-def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _loss(model: nn.Module, x: torch.Tensor, y: Any) -> torch.Tensor:
+    """Cross-entropy for classifiers; the YOLOv8 training loss when ``y`` is a detection batch."""
+    if isinstance(y, dict):
+        from pbkit.yolo import detection_loss
+
+        return detection_loss(model, y)
     return F.cross_entropy(model(x), y)
 
 
@@ -290,9 +295,39 @@ class HessianImportance(tp.importance.GroupHessianImportance):
         self.chunk = chunk
 
     def collect(self, model: nn.Module, pruner: Any, batches: list[Batch]) -> None:
+        model.eval()
+        if batches and isinstance(batches[0][1], dict):  # detection: one backward per image
+            self._store(model, *self._per_sample_loop(model, batches))
+            return
+        self._store(model, *self._per_sample_vmap(model, batches))
+
+    def _store(self, model: nn.Module, acc: dict[str, torch.Tensor], n: int) -> None:
+        self.zero_grad()
+        for name, p in model.named_parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            self._accu_grad[p] = acc[name]
+            self._counter[p] = n
+
+    @staticmethod
+    def _per_sample_loop(model: nn.Module, batches: list[Batch]) -> tuple[dict[str, torch.Tensor], int]:
+        from pbkit.yolo import sample
+
+        acc = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
+        n = 0
+        for x, y in batches:
+            for i in range(len(x)):
+                model.zero_grad(set_to_none=True)
+                _loss(model, x[i:i + 1], sample(y, i)).backward()
+                for k, p in model.named_parameters():
+                    if p.grad is not None:
+                        acc[k] += p.grad.pow(2)
+                n += 1
+        return acc, n
+
+    def _per_sample_vmap(self, model: nn.Module, batches: list[Batch]) -> tuple[dict[str, torch.Tensor], int]:
         from torch.func import functional_call, grad, vmap
 
-        model.eval()
         params = {k: v.detach() for k, v in model.named_parameters()}
         buffers = {k: v.detach() for k, v in model.named_buffers()}
 
@@ -318,12 +353,7 @@ class HessianImportance(tp.importance.GroupHessianImportance):
         finally:
             for m in fused:
                 m.fused_attn = True  # type: ignore[assignment]
-        self.zero_grad()
-        for name, p in model.named_parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            self._accu_grad[p] = acc[name]
-            self._counter[p] = n
+        return acc, n
 
 
 def collect_obdc(imp: Any, model: nn.Module, pruner: Any, batches: list[Batch]) -> None:

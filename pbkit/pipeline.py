@@ -266,7 +266,10 @@ def _prune(model: torch.nn.Module, method: methods.Method, spec: models.ModelSpe
     cal = cfg.prune.calibration
     batches, calib_info = None, None
     if method.collect is not None and pdata is not None:
-        batches = calibration_batches(pdata, cal.batches, cal.batch_size, cal.seed)
+        if pdata.task == "detect":
+            batches = yolo.calibration_batches(pdata.info["yaml"], spec.input_size, cal.batches, cal.batch_size, cal.seed)
+        else:
+            batches = calibration_batches(pdata, cal.batches, cal.batch_size, cal.seed)
         calib_info = {"dataset": pdata.name, "batches": len(batches), "batch_size": cal.batch_size,
                       "seed": cal.seed, "samples": sum(len(y) for _, y in batches)}
     sparse_train = None
@@ -278,9 +281,20 @@ def _prune(model: torch.nn.Module, method: methods.Method, spec: models.ModelSpe
             progress = Steps(f"sparse training {sp.epochs} epochs ({method.regularizer}, reg {sp.reg:g})",
                              sp.epochs, quiet)
             epoch_hook = getattr(pruner, method.per_epoch) if method.per_epoch else None
-            result = train.fit(model, pdata.loader("train", sp.batch_size, seed=sp.seed), None, recipe,
-                               on_epoch=lambda e, row: progress.update(e, f"loss {row['loss']:.3f}"),
-                               after_backward=lambda: pruner.regularize(model), after_epoch=epoch_hook)
+            if pdata.task == "detect":  # the ultralytics trainer, the penalty before every optimizer step
+                import tempfile
+
+                with tempfile.TemporaryDirectory(prefix="pbkit-yolo-") as work:
+                    result = yolo.finetune(model, pdata.info["yaml"], spec.input_size, recipe, Path(work),
+                                           on_epoch=lambda e, row: progress.update(e),
+                                           regularize=lambda: pruner.regularize(model), after_epoch=epoch_hook)
+            elif spec.family == "yolo":
+                raise PbkitError(f"sparse training of a detector needs a detection dataset (--dataset <data.yaml> "
+                                 f"or prune.calibration.dataset=<data.yaml>), not {pdata.name}")
+            else:
+                result = train.fit(model, pdata.loader("train", sp.batch_size, seed=sp.seed), None, recipe,
+                                   on_epoch=lambda e, row: progress.update(e, f"loss {row['loss']:.3f}"),
+                                   after_backward=lambda: pruner.regularize(model), after_epoch=epoch_hook)
             progress.close()
             model.eval()
             return {**result, "dataset": pdata.name, "reg": sp.reg, "delta_reg": sp.delta_reg,

@@ -98,10 +98,10 @@ def prune_to_target(
     macs_base = counts.count_macs(model, input_size)
     params_base = counts.count_params(model)
     example = counts.example_input(input_size)
-    if family == "yolo" and (method.collect is not None or method.stage == "sparsify"):
-        raise PbkitError(f"method {method.key!r} on YOLOv8 needs the detection loss on calibration batches or in "
-                         "sparse training, which pbkit does not run yet; the data-free criteria work "
-                         "(l1, l2, lamp, fpgm, bnscale, random)")
+    if family == "yolo" and calibration and method.data in ("gradients", "per-sample gradients") \
+            and not isinstance(calibration[0][1], dict):
+        raise PbkitError(f"method {method.key!r} on YOLOv8 needs the detection loss: calibrate on a detection "
+                         "dataset (prune.calibration.dataset=<data.yaml>), not on classification images")
     if method.collect is not None and not calibration:
         raise PbkitError(f"method {method.key!r} needs calibration data ({method.data}): pass --dataset D "
                          "or set prune.calibration.dataset (synthetic works offline)")

@@ -229,9 +229,59 @@ def evaluate(model: nn.Module, yaml_path: str, imgsz: int, batch: int = 16) -> f
     return 100.0 * float(stats["metrics/mAP50-95(B)"])
 
 
+def calibration_batches(yaml_path: str, imgsz: int, batches: int, batch_size: int,
+                        seed: int) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+    """Pinned calibration batches from the dataset's train split, ultralytics' loader without
+    augmentation: (images in [0, 1], the batch dict the detection loss reads)."""
+    offline()
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+    from ultralytics.utils import DEFAULT_CFG
+
+    check_dataset(yaml_path)
+    with _quiet():
+        data = check_det_dataset(yaml_path)
+        cfg = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "fraction": 1.0, "cache": False})
+        ds = build_yolo_dataset(cfg, data["train"], batch_size, data, mode="val")
+    g = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g, num_workers=0,
+                                         collate_fn=ds.collate_fn)
+    out = []
+    for batch in loader:
+        batch["img"] = batch["img"].float() / 255.0
+        out.append((batch["img"], batch))
+        if len(out) == batches:
+            break
+    return out
+
+
+def detection_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """ultralytics' YOLOv8 training loss (box + cls + dfl) of ``model`` on a batch dict."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils import DEFAULT_CFG
+
+    if not hasattr(model, "args") or not hasattr(model.args, "box"):
+        model.args = get_cfg(DEFAULT_CFG)
+    loss, _ = model.loss(batch)
+    return loss.sum()
+
+
+def sample(batch: dict[str, Any], i: int) -> dict[str, Any]:
+    """Image ``i`` of a detection batch, with its own targets, as a batch of one."""
+    keep = batch["batch_idx"] == i
+    return {**batch, "img": batch["img"][i:i + 1], "cls": batch["cls"][keep], "bboxes": batch["bboxes"][keep],
+            "batch_idx": torch.zeros(int(keep.sum()), dtype=batch["batch_idx"].dtype)}
+
+
 def finetune(model: nn.Module, yaml_path: str, imgsz: int, recipe: dict[str, Any], workdir: Path,
-             on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Finetune the pruned object itself with the ultralytics trainer; load its EMA weights back."""
+             on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+             regularize: Callable[[], None] | None = None,
+             after_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Finetune the pruned object itself with the ultralytics trainer; load its EMA weights back.
+
+    ``regularize`` runs after every backward pass, before the optimizer step (sparse training);
+    ``after_epoch`` after every epoch (GrowingReg's penalty update)."""
     import time
 
     offline()
@@ -240,6 +290,12 @@ def finetune(model: nn.Module, yaml_path: str, imgsz: int, recipe: dict[str, Any
     class PrunedTrainer(DetectionTrainer):  # the trainer's model is our object, never a yaml rebuild
         def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
             return model
+
+        def optimizer_step(self) -> None:
+            if regularize is not None:
+                self.scaler.unscale_(self.optimizer)  # a no-op without AMP; the penalty sees true gradients
+                regularize()
+            super().optimizer_step()
 
     schedule = recipe.get("schedule")
     overrides = {
@@ -265,6 +321,8 @@ def finetune(model: nn.Module, yaml_path: str, imgsz: int, recipe: dict[str, Any
             on_epoch(row["epoch"], row)
 
     trainer.add_callback("on_fit_epoch_end", epoch_end)
+    if after_epoch is not None:
+        trainer.add_callback("on_train_epoch_end", lambda tr: after_epoch())
     t0 = time.perf_counter()
     with _quiet():
         trainer.train()

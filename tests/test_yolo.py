@@ -76,13 +76,6 @@ def test_prune_2x_in_each_scope_keeps_detect(scope: str) -> None:
     assert raw[1].shape[1] == 80  # class logits
 
 
-def test_data_driven_methods_on_yolo_are_a_clear_error() -> None:
-    spec = models.resolve("yolov8n", input_size=SIZE)
-    with pytest.raises(PbkitError, match="detection loss"):
-        prune_to_target(models.build(spec), method=methods.get("taylor"), scope="protected", target_speedup=2.0,
-                        input_size=SIZE, num_classes=80, family="yolo", calibration=[])
-
-
 def test_obdc_is_refused_for_yolo_as_in_the_study() -> None:
     with pytest.raises(PbkitError, match="does not apply to yolo"):
         methods.get("obdc", "yolo")
@@ -192,3 +185,62 @@ def test_every_data_free_method_reaches_2x_on_yolov8n(key: str) -> None:
     res = prune_to_target(model, method=methods.get(key), scope="protected", target_speedup=2.0, input_size=SIZE,
                           num_classes=80, iterative_steps=50, family="yolo")
     assert res.achieved_speedup >= 2.0
+
+
+@pytest.fixture(scope="module")
+def shapes_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from detection_data import make
+
+    return make(tmp_path_factory.mktemp("shapes"))
+
+
+def test_detection_loss_gives_gradients_on_calibration_batches(shapes_yaml: Path) -> None:
+    batches = yolo.calibration_batches(str(shapes_yaml), 128, batches=2, batch_size=4, seed=0)
+    again = yolo.calibration_batches(str(shapes_yaml), 128, batches=2, batch_size=4, seed=0)
+    assert len(batches) == 2 and torch.equal(batches[0][0], again[0][0])  # pinned
+    model = models.build(models.resolve("yolov8n", input_size=128, num_classes=2)).eval()
+    loss = yolo.detection_loss(model, batches[0][1])
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert model.model[0].conv.weight.grad is not None and model.model[0].conv.weight.grad.abs().sum() > 0
+    one = yolo.sample(batches[0][1], 1)
+    assert one["img"].shape[0] == 1 and bool((one["batch_idx"] == 0).all())
+
+
+def test_sparse_training_calls_the_regularizer_inside_the_ultralytics_trainer(shapes_yaml: Path,
+                                                                             tmp_path: Path) -> None:
+    model = models.build(models.resolve("yolov8n", input_size=128, num_classes=2))
+    calls = {"reg": 0, "epoch": 0}
+    recipe = {"epochs": 1, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
+              "schedule": "constant", "batch_size": 8, "seed": 0}
+    yolo.finetune(model, str(shapes_yaml), 128, recipe, tmp_path,
+                  regularize=lambda: calls.__setitem__("reg", calls["reg"] + 1),
+                  after_epoch=lambda: calls.__setitem__("epoch", calls["epoch"] + 1))
+    # once per optimizer step (ultralytics accumulates gradients up to a nominal batch of 64: 16 images
+    # give one step), and once per epoch
+    assert calls == {"reg": 1, "epoch": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["taylor", "hessian", "thinet", "cp", "hrank", "slim", "group_slim", "l2_lasso",
+                                 "group_norm", "growing_reg"])
+def test_every_data_driven_and_sparsifying_method_reaches_2x_on_yolov8n(key: str, shapes_yaml: Path,
+                                                                       tmp_path: Path) -> None:
+    cfg = config.load(None, [f"out={tmp_path}", "model.name=yolov8n", "model.input_size=128", "model.num_classes=2",
+                             f"prune.method={key}", f"prune.calibration.dataset={shapes_yaml}",
+                             "prune.calibration.batches=1", "prune.calibration.batch_size=4",
+                             "prune.iterative_steps=30", "sparsify.epochs=1", "sparsify.batch_size=8"])
+    rec = record.read(pipeline.prune_stage(cfg, quiet=True))
+    assert rec.method.achieved_speedup >= 2.0
+    if methods.get(key).stage == "sparsify":
+        assert rec.method.reg_time_s and rec.method.sparsify and rec.method.sparsify["weight_decay"] == 0.0
+    else:
+        assert rec.method.calibration and rec.method.calibration["dataset"] == "data"
+
+
+def test_gradient_criteria_on_yolo_refuse_classification_calibration(tmp_path: Path) -> None:
+    cfg = config.load(None, [f"out={tmp_path}", "model.name=yolov8n", "model.input_size=128",
+                             "prune.method=taylor", "prune.calibration.dataset=synthetic",
+                             "prune.calibration.batches=1", "prune.calibration.batch_size=2"])
+    with pytest.raises(PbkitError, match="needs the detection loss"):
+        pipeline.prune_stage(cfg, quiet=True)
