@@ -244,3 +244,27 @@ def test_gradient_criteria_on_yolo_refuse_classification_calibration(tmp_path: P
                              "prune.calibration.batches=1", "prune.calibration.batch_size=2"])
     with pytest.raises(PbkitError, match="needs the detection loss"):
         pipeline.prune_stage(cfg, quiet=True)
+
+
+def test_ultralytics_pt_checkpoint_loads_only_when_trusted(tmp_path: Path) -> None:
+    from pbkit import checkpoint
+
+    torch.manual_seed(3)
+    original = yolo.build("yolov8n").eval()  # the layout ultralytics saves: plain C2f
+    pt = tmp_path / "yolov8n.pt"
+    torch.save({"model": copy_half(original), "ema": None, "epoch": -1}, pt)
+    spec = models.resolve("yolov8n", input_size=SIZE)
+    with pytest.raises(PbkitError, match="trust_checkpoint"):
+        checkpoint.load_base(spec, pt)
+    loaded = checkpoint.load_base(spec, pt, trust=True).eval()
+    assert any(isinstance(m, yolo.C2fSplit) for m in loaded.modules())
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        a, b = yolo.raw_outputs(original.half().float()(x)), yolo.raw_outputs(loaded(x))
+    assert all(torch.allclose(p, q, atol=1e-3) for p, q in zip(a, b, strict=True))
+
+
+def copy_half(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).half()
