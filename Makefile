@@ -15,6 +15,11 @@ PIP_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL PIP_CON
 	$(if $(PIP_CA),PIP_CERT=$(PIP_CA))
 
 MODEL ?= resnet18_cifar
+OWNER ?= pbkit
+IMAGE ?= ghcr.io/$(OWNER)/pbkit
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOCKER_ARGS = --build-arg VERSION=$(VERSION) --build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) \
+	--build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 BENCH_CONFIG := $(or $(wildcard configs/bench/$(subst :,_,$(MODEL)).yaml),configs/bench/default.yaml)
 BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set model.name=$(MODEL)) \
 	$(if $(METHOD),--set prune.method=$(METHOD)) \
@@ -24,14 +29,17 @@ BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set mo
 	$(if $(BATCH),--set bench.batches=[$(BATCH)]) \
 	$(if $(ROUND_TO),--set prune.round_to=$(ROUND_TO))
 
-.PHONY: help setup bench test lint lock report perf reference clean
+.PHONY: help setup bench test lint lock report perf reference clean docker-build docker-bench docker-pin
 
 help:
 	@echo "make setup                      create $(VENV)/ from the pinned lock ($(LOCK), hashes checked)"
 	@echo "make bench [MODEL=m METHOD=k SPEEDUP=x SCOPE=s BACKEND=b BATCH=n ROUND_TO=n]"
 	@echo "                                prune, export, check parity, measure, record, print the table"
 	@echo "make test                       run the test suite"
-	@echo "make lint                       ruff"
+	@echo "make lint                       ruff and hadolint"
+	@echo "make docker-build [OWNER=o]     build ghcr.io/<owner>/pbkit (CUDA) and pbkit-cpu images"
+	@echo "make docker-bench MODEL=m       make bench inside the GPU image, records into ./results"
+	@echo "make docker-pin                 refresh the base-image digests (needs a registry)"
 	@echo "make report                     leaderboard of results/runs"
 	@echo "make perf                       per-step time of every method (results/perf/)"
 	@echo "make lock                       re-resolve requirements/*.in into the lock files (needs uv)"
@@ -52,13 +60,14 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check pbkit tests
+	$(BIN)/ruff check pbkit tests benchmarks
+	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu
 
 report: setup
 	$(BIN)/pbkit report results/runs
 
 lock:
-	cd requirements && for f in base dev; do \
+	cd requirements && for f in base gpu dev; do \
 	  uv pip compile $$f.in --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	    --index-url https://pypi.org/simple --no-header -o $$f.lock; done
 
@@ -70,3 +79,15 @@ perf: setup ## per-step time of every method on the ResNet-50 CIFAR shape -> res
 
 reference: setup ## regenerate results/reference/<tag>/ (records, leaderboard, plot)
 	bash benchmarks/reference.sh
+
+docker-build:
+	docker build -f docker/Dockerfile -t $(IMAGE):$(VERSION) --build-arg IMAGE_NAME=$(IMAGE) $(DOCKER_ARGS) .
+	docker build -f docker/Dockerfile.cpu -t $(IMAGE)-cpu:$(VERSION) --build-arg IMAGE_NAME=$(IMAGE)-cpu $(DOCKER_ARGS) .
+
+docker-bench:
+	mkdir -p results
+	docker run --rm --gpus all --user "$$(id -u):$$(id -g)" -v "$(CURDIR)/results:/results" $(IMAGE):$(VERSION) \
+		run /opt/pbkit/share/configs/bench/$(subst :,_,$(MODEL)).yaml $(BENCH_SETS)
+
+docker-pin:
+	bash docker/pin.sh

@@ -15,7 +15,7 @@ from pbkit import __version__
 from pbkit.fileio import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOCK_FILES = ("requirements/base.lock", "requirements/dev.lock")
+LOCK_FILES = ("requirements/base.lock", "requirements/gpu.lock", "requirements/dev.lock")
 PACKAGES = ("torch", "torchvision", "timm", "torch-pruning", "onnx", "onnxscript", "onnxruntime",
             "onnxruntime-gpu", "ultralytics", "tensorrt", "numpy", "nvidia-ml-py", "pydantic", "click")
 
@@ -39,6 +39,14 @@ def _cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
+
+
+def machine(env: dict[str, Any]) -> str:
+    """A short name of the machine a record was measured on: the GPU, else the CPU and cores."""
+    if env.get("gpus"):
+        return str(env["gpus"][0]["name"])
+    host = env.get("host", {})
+    return f"{host.get('cpu') or 'cpu'} x{host.get('cores_logical') or '?'}"
 
 
 def collect() -> dict[str, Any]:
@@ -65,11 +73,12 @@ def collect() -> dict[str, Any]:
     except ImportError:
         providers = []
     locks: dict[str, str | None] = {}
+    lock_dir = Path(os.environ["PBKIT_LOCK_DIR"]) if os.environ.get("PBKIT_LOCK_DIR") else REPO_ROOT / "requirements"
     for rel in LOCK_FILES:
-        p = REPO_ROOT / rel
+        p = lock_dir / Path(rel).name
         locks[rel] = sha256_file(p) if p.is_file() else None
         if locks[rel] is None:
-            unavailable[f"lock.{rel}"] = "lock file not found next to the package (installed from a wheel?)"
+            unavailable[f"lock.{rel}"] = f"not found in {lock_dir} (set PBKIT_LOCK_DIR)"
 
     gpus: list[dict[str, Any]] = []
     if torch.cuda.is_available():

@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.table import Table
 
-from pbkit import record
+from pbkit import envinfo, record
 from pbkit.errors import PbkitError
 
 RECIPE_KEYS = ("epochs", "optimizer", "lr", "momentum", "weight_decay", "nesterov", "schedule", "milestones",
@@ -121,7 +121,7 @@ def rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str, Any]]:
             "macs_speedup": round(r.method.achieved_speedup, 3), "measured": _measured(r),
             "step_time_s": round(r.method.step_time_s, 4),
             "parity_ok": all(p.passed for p in r.parity) if r.parity else None,
-            "run_id": r.run_id, "record": str(path),
+            "machine": envinfo.machine(r.env), "run_id": r.run_id, "record": str(path),
         })
     return out
 
@@ -158,7 +158,7 @@ def render(rs: list[dict[str, Any]], fmt: str) -> str | list[Table]:
         buf = io.StringIO()
         cols = ["model", "dataset", "scope", "target", "base_sha256", "recipe", "rank", "method", "metric", "base",
                 "pruned", "finetuned", "delta", "params_left", "macs_speedup", *[f"measured:{b}" for b in backends],
-                "step_time_s", "parity_ok", "run_id", "record"]
+                "step_time_s", "parity_ok", "machine", "run_id", "record"]
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for _, g in board:
@@ -169,11 +169,11 @@ def render(rs: list[dict[str, Any]], fmt: str) -> str | list[Table]:
     for (model, dataset, scope, target, base, recipe), g in board:
         t = Table(title=f"{model} · {dataset} · {scope} · {target:g}x   (base {base}, finetune recipe {recipe})",
                   title_justify="left")
-        for col in ("rank", "method", "base", "pruned", "finetuned", "delta", "params left", "MACs x",
+        for col in ("rank", "method", "machine", "base", "pruned", "finetuned", "delta", "params left", "MACs x",
                     *[f"measured x {b}" for b in backends], "step s", "parity"):
             t.add_column(col, justify="left" if col == "method" else "right")
         for r in g:
-            t.add_row(str(r["rank"] or "-"), r["method"], _acc(r["base"]), _acc(r["pruned"]), _acc(r["finetuned"]),
+            t.add_row(str(r["rank"] or "-"), r["method"], r["machine"], _acc(r["base"]), _acc(r["pruned"]), _acc(r["finetuned"]),
                       "-" if r["delta"] is None else f"{r['delta']:+.2f}", f"{r['params_left']:.1%}",
                       f"{r['macs_speedup']:.2f}", *[f"{r['measured'][b]:.2f}" if b in r["measured"] else "-" for b in backends],
                       f"{r['step_time_s']:.3f}",
@@ -189,11 +189,11 @@ def markdown(rs: list[dict[str, Any]]) -> str:
     for (model, dataset, scope, target, base, recipe), g in board:
         lines += [f"### {model} · {dataset} · {scope} · {target:g}x", "",
                   f"Same base weights (sha256 {base}…) and finetune recipe ({recipe}) for every row.", ""]
-        head = ["rank", "method", "base", "pruned", "finetuned", "delta", "params left", "MACs x",
+        head = ["rank", "method", "machine", "base", "pruned", "finetuned", "delta", "params left", "MACs x",
                 *[f"measured x {b}" for b in backends], "step s", "parity"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in g:
-            cells = [str(r["rank"] or "-"), r["method"], _acc(r["base"]), _acc(r["pruned"]), _acc(r["finetuned"]),
+            cells = [str(r["rank"] or "-"), r["method"], r["machine"], _acc(r["base"]), _acc(r["pruned"]), _acc(r["finetuned"]),
                      "-" if r["delta"] is None else f"{r['delta']:+.2f}", f"{r['params_left']:.1%}",
                      f"{r['macs_speedup']:.2f}", *[f"{r['measured'][b]:.2f}" if b in r["measured"] else "-" for b in backends],
                      f"{r['step_time_s']:.3f}", {True: "ok", False: "**FAILED**", None: "-"}[r["parity_ok"]]]
