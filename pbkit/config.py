@@ -43,12 +43,13 @@ class DatasetCfg(_Strict):
     seed: int
 
 
-class RecipeCfg(_Strict):
+class _TrainingCfg(_Strict):
+    """What every training run records: optimizer, LR schedule, epochs, batch, seed."""
+
     epochs: int = Field(ge=0)
     optimizer: Literal["sgd", "adamw", "adam"]
     lr: float = Field(gt=0)
     momentum: float = Field(ge=0, lt=1)
-    weight_decay: float = Field(ge=0)
     nesterov: bool
     schedule: Literal["multistep", "step", "cosine", "constant"]
     milestones: list[float | int]
@@ -57,6 +58,10 @@ class RecipeCfg(_Strict):
     batch_size: int = Field(ge=1)
     label_smoothing: float = Field(ge=0, lt=1)
     seed: int
+
+
+class RecipeCfg(_TrainingCfg):
+    weight_decay: float = Field(ge=0)
 
 
 class CalibrationCfg(_Strict):
@@ -76,23 +81,11 @@ class PruneCfg(_Strict):
     calibration: CalibrationCfg
 
 
-class SparsifyCfg(_Strict):
+class SparsifyCfg(_TrainingCfg):
     """Sparse training: a recipe without weight decay (0 while the regularizer runs)."""
 
-    epochs: int = Field(ge=0)
     reg: float = Field(ge=0)
     delta_reg: float = Field(ge=0)
-    optimizer: Literal["sgd", "adamw", "adam"]
-    lr: float = Field(gt=0)
-    momentum: float = Field(ge=0, lt=1)
-    nesterov: bool
-    schedule: Literal["multistep", "step", "cosine", "constant"]
-    milestones: list[float | int]
-    step_size: int = Field(ge=1)
-    gamma: float = Field(gt=0)
-    batch_size: int = Field(ge=1)
-    label_smoothing: float = Field(ge=0, lt=1)
-    seed: int
 
 
 class ExportCfg(_Strict):

@@ -204,7 +204,7 @@ def prune_stage(cfg: config.Config, quiet: bool = False) -> Path:
                                      target_speedup=cfg.prune.speedup, achieved_speedup=res.achieved_speedup,
                                      steps=res.steps, round_to=cfg.prune.round_to,
                                      iterative_steps=cfg.prune.iterative_steps,
-                                     max_pruning_ratio=0.9 if cfg.prune.scope == "protected" else 1.0,
+                                     max_pruning_ratio=res.max_pruning_ratio,
                                      seed=cfg.prune.seed, step_time_s=res.step_time_s, prune_time_s=res.total_time_s,
                                      ignored_layers=res.ignored_layers, data=method.data,
                                      regularizer=method.regularizer, calibration=calib_info,

@@ -31,6 +31,7 @@ class PruneResult:
     step_time_s: float
     total_time_s: float
     ignored_layers: list[str]
+    max_pruning_ratio: float = 1.0
     sparsify: dict[str, Any] | None = None  # the sparse-training run, its time apart ("reg time")
 
     @property
@@ -113,6 +114,7 @@ def prune_to_target(
     ctx = {"num_classes": num_classes, "seed": seed, "reg": reg, "delta_reg": delta_reg}
     pruner_cls, extra = method.pruner(ctx) if method.pruner is not None else (tp.pruner.MetaPruner, {})
     importance = method.importance(ctx)
+    max_ratio = PROTECTED_MAX_RATIO if scope == "protected" else 1.0
     t_start = time.perf_counter()
     try:
         pruner = pruner_cls(
@@ -121,7 +123,7 @@ def prune_to_target(
             importance=importance,
             global_pruning=scope != "local",
             pruning_ratio=1.0,
-            max_pruning_ratio=PROTECTED_MAX_RATIO if scope == "protected" else 1.0,
+            max_pruning_ratio=max_ratio,
             iterative_steps=iterative_steps,
             ignored_layers=heads,
             round_to=round_to,
@@ -172,6 +174,7 @@ def prune_to_target(
         step_time_s=sum(step_times) / len(step_times),
         total_time_s=time.perf_counter() - t_start,
         ignored_layers=sorted(names.get(m, "?") for m in heads),
+        max_pruning_ratio=max_ratio,
         sparsify=sparsified,
     )
 
