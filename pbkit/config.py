@@ -108,6 +108,7 @@ class BenchCfg(_Strict):
     rounds: int = Field(ge=1)
     threads: int | None = Field(ge=1)
     cov_limit: float = Field(gt=0)
+    max_repeats: int = Field(ge=1)
 
     @field_validator("batches")
     @classmethod

@@ -21,7 +21,7 @@ from pbkit.errors import PbkitError, choices_error
 
 Runner = Callable[[], Any]
 
-QUICK = {"warmup_s": 0.02, "warmup_iters": 3, "min_time_s": 0.1, "min_iters": 10, "rounds": 2}
+QUICK = {"warmup_s": 0.02, "warmup_iters": 3, "min_time_s": 0.1, "min_iters": 10, "rounds": 2, "max_repeats": 1}
 
 
 @dataclass(frozen=True)
@@ -180,4 +180,24 @@ def measure_alternating(runners: dict[str, Runner], settings: dict[str, Any],
         reasons = [f"cov {s['cov']:.1%} > {settings['cov_limit']:.1%}"] if s["cov"] > settings["cov_limit"] else []
         out[name] = {**s, "first_call_ms": firsts[name][0], "warmup_n": firsts[name][1], "duration_s": wall[name],
                      "stable": not reasons, "unstable_reasons": reasons}
+    return out
+
+
+def measure_point(runners: dict[str, Runner], settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The stability gate: measure (alternating); while any model's point is unstable, measure
+    again, up to ``max_repeats`` times. Each model keeps the statistics of its last attempt, with
+    ``median_ms`` replaced by the median of the attempts' medians, their list and spread."""
+    attempts = []
+    for _ in range(max(int(settings.get("max_repeats", 1)), 1)):
+        attempts.append(measure_alternating(runners, settings))
+        if all(r["stable"] for r in attempts[-1].values()):
+            break
+    out = {}
+    for name in runners:
+        medians = [a[name]["median_ms"] for a in attempts]
+        last = dict(attempts[-1][name])
+        last.update(median_ms=float(np.median(medians)), attempts=len(attempts), medians_ms=medians,
+                    spread_ms=max(medians) - min(medians),
+                    n=sum(a[name]["n"] for a in attempts), duration_s=sum(a[name]["duration_s"] for a in attempts))
+        out[name] = last
     return out

@@ -387,7 +387,7 @@ def bench_stage(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()
         for batch in b.batches:
             files = MODEL_FILES if be.artifact == "model" else ONNX_FILES
             runners = {v: be.make(run_dir / files[v], rec.model.input_size, batch, threads) for v in (DENSE, PRUNED)}
-            res = measure.measure_alternating(runners, settings)
+            res = measure.measure_point(runners, settings)
             for v in (DENSE, PRUNED):
                 r = res[v]
                 points.append(record.LatencyPoint(
@@ -401,7 +401,8 @@ def bench_stage(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()
     steps.close()
     keep = {(p.backend, p.batch) for p in points}
     rec.latency = [p for p in rec.latency if (p.backend, p.batch) not in keep] + points
-    rec.bench = {k: settings[k] for k in ("warmup_s", "warmup_iters", "min_time_s", "min_iters", "rounds", "cov_limit")}
+    rec.bench = {k: settings[k] for k in ("warmup_s", "warmup_iters", "min_time_s", "min_iters", "rounds", "cov_limit",
+                                          "max_repeats")}
     rec.env = envinfo.collect()  # the machine that measured
     rec.bench.update(quick=b.quick, threads=threads, measured_utc=utc_now(), host=rec.env["host"])
     rec.config = cfg.model_dump(mode="json")

@@ -110,6 +110,9 @@ class LatencyPoint(_Open):
     quick: bool
     speedup_vs_dense: float | None = None
     artifact_sha256: str | None = None
+    attempts: int = 1  # stability gate: measurements of this point; median_ms is their median
+    medians_ms: list[float] = []
+    spread_ms: float = 0.0
 
 
 class Parity(_Open):

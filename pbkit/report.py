@@ -69,7 +69,9 @@ def run_table(rec: record.Record) -> Table:
         if d is None or p is None:
             continue
         cov = max(d.cov, p.cov)
-        flag = f" (cov {cov:.1%})" if d.stable and p.stable else f" [yellow](unstable: cov {cov:.1%})[/]"
+        tries = max(d.attempts, p.attempts)
+        again = f", {tries} tries" if tries > 1 else ""
+        flag = f" (cov {cov:.1%}{again})" if d.stable and p.stable else f" [yellow](unstable: cov {cov:.1%}{again})[/]"
         quick = " quick" if p.quick else ""
         t.add_row(f"latency {backend} b{batch}{quick}", f"{d.median_ms:.3f} ms", f"{p.median_ms:.3f} ms",
                   f"{p.speedup_vs_dense or 0:.2f}x measured{flag}")

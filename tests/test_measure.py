@@ -63,3 +63,38 @@ def test_unavailable_backend_names_what_to_install(monkeypatch: pytest.MonkeyPat
 
 def test_default_threads_leave_a_core_free() -> None:
     assert measure.default_threads() == max(measure.cores() - 1, 1)
+
+
+def test_unstable_points_are_measured_again_and_keep_the_median_of_medians() -> None:
+    state = {"attempt": 0}
+    noisy = iter([0.0005, 0.006] * 50)
+
+    def runner() -> None:
+        time.sleep(next(noisy) if state["attempt"] == 0 else 0.001)
+
+    settings = {"warmup_s": 0.0, "warmup_iters": 1, "min_time_s": 0.0, "min_iters": 20, "rounds": 1,
+                "cov_limit": 0.5, "max_repeats": 3}
+
+    def count_attempts(runners, s):  # type: ignore[no-untyped-def]
+        out = real(runners, s)
+        state["attempt"] += 1
+        return out
+
+    real = measure.measure_alternating
+    measure.measure_alternating = count_attempts  # type: ignore[assignment]
+    try:
+        res = measure.measure_point({"x": runner}, settings)
+    finally:
+        measure.measure_alternating = real  # type: ignore[assignment]
+    x = res["x"]
+    assert x["attempts"] == 2 and x["stable"] and len(x["medians_ms"]) == 2
+    assert x["median_ms"] == pytest.approx(sum(x["medians_ms"]) / 2)
+    assert x["spread_ms"] == pytest.approx(abs(x["medians_ms"][0] - x["medians_ms"][1]))
+    assert x["n"] >= 40
+
+
+def test_stable_points_are_measured_once() -> None:
+    settings = {"warmup_s": 0.0, "warmup_iters": 1, "min_time_s": 0.0, "min_iters": 10, "rounds": 1,
+                "cov_limit": 10.0, "max_repeats": 3}
+    res = measure.measure_point({"a": lambda: None, "b": lambda: None}, settings)
+    assert res["a"]["attempts"] == res["b"]["attempts"] == 1
