@@ -45,10 +45,11 @@ def test_every_method_reaches_2x_on_a_cnn(tmp_path: Path, key: str, scope: str) 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("scope", ["local", "global", "protected"])
 @pytest.mark.parametrize("key", sorted(k for k, m in methods.METHODS.items() if "vit" in m.families))
-def test_every_vit_method_reaches_2x_on_a_small_vit(tmp_path: Path, key: str) -> None:
-    rec = _run(tmp_path, *VIT, f"prune.method={key}")
-    assert rec.method.achieved_speedup >= 2.0 and rec.model.family == "vit"
+def test_every_vit_method_reaches_2x_on_a_small_vit(tmp_path: Path, key: str, scope: str) -> None:
+    rec = _run(tmp_path, *VIT, f"prune.method={key}", f"prune.scope={scope}")
+    assert rec.method.achieved_speedup >= 2.0 and rec.model.family == "vit" and rec.method.scope == scope
 
 
 def test_vit_applicability_follows_the_study() -> None:
