@@ -30,7 +30,6 @@ GOAL = 10.0
 
 
 def step_times(key: str, batches: list, steps: int, model_name: str) -> dict:
-    import torch_pruning as tp
 
     spec = models.resolve(model_name, num_classes=100)
     model = models.build(spec, seed=0).eval()
@@ -40,7 +39,7 @@ def step_times(key: str, batches: list, steps: int, model_name: str) -> dict:
                 m.weight.uniform_(0.2, 1.0)
     method = methods.get(key)
     ctx = {"num_classes": spec.num_classes, "seed": 0, "reg": 5e-4, "delta_reg": 1e-4}
-    cls, extra = method.pruner(ctx) if method.pruner else (tp.pruner.MetaPruner, {})
+    cls, extra = method.pruner_class(ctx)
     imp = method.importance(ctx)
     pruner = cls(model, counts.example_input(spec.input_size), importance=imp, global_pruning=True,
                  pruning_ratio=1.0, max_pruning_ratio=0.9, iterative_steps=400,

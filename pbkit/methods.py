@@ -44,6 +44,11 @@ class Method:
     # optional check of the model before pruning: returns why the criterion cannot rank it
     precheck: Callable[[nn.Module], str | None] | None = field(default=None, repr=False)
 
+    def pruner_class(self, ctx: Ctx) -> tuple[type, dict[str, Any]]:
+        """The Pruner that applies this method, with its extra arguments: the method's own
+        (regularizing) Pruner, else torch-pruning's MetaPruner."""
+        return self.pruner(ctx) if self.pruner is not None else (_tp().pruner.MetaPruner, {})
+
     @property
     def needs_data(self) -> bool:
         return self.data != "none"

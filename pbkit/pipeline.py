@@ -126,13 +126,10 @@ def train_model(model: torch.nn.Module, bundle: data.DataBundle, cfg: config.Con
 
     r = _recipe(recipe)
     if bundle.task == "detect":  # the ultralytics trainer, on this very object
-        import tempfile
-
         from pbkit import yolo
 
-        with tempfile.TemporaryDirectory(prefix="pbkit-yolo-") as work:
-            result = yolo.finetune(model, bundle.info["yaml"], input_size, r, Path(work),
-                                   on_epoch=lambda e, row: steps.update(e, f"mAP50-95 {row['mAP50-95']:.2f}"))
+        result = yolo.finetune(model, bundle.info["yaml"], input_size, r,
+                               on_epoch=lambda e, row: steps.update(e, f"mAP50-95 {row['mAP50-95']:.2f}"))
         steps.close()
         return result
     loader = bundle.loader("train", r["batch_size"], seed=r["seed"])
@@ -282,12 +279,9 @@ def _prune(model: torch.nn.Module, method: methods.Method, spec: models.ModelSpe
                              sp.epochs, quiet)
             epoch_hook = getattr(pruner, method.per_epoch) if method.per_epoch else None
             if pdata.task == "detect":  # the ultralytics trainer, the penalty before every optimizer step
-                import tempfile
-
-                with tempfile.TemporaryDirectory(prefix="pbkit-yolo-") as work:
-                    result = yolo.finetune(model, pdata.info["yaml"], spec.input_size, recipe, Path(work),
-                                           on_epoch=lambda e, row: progress.update(e),
-                                           regularize=lambda: pruner.regularize(model), after_epoch=epoch_hook)
+                result = yolo.finetune(model, pdata.info["yaml"], spec.input_size, recipe,
+                                       on_epoch=lambda e, row: progress.update(e),
+                                       regularize=lambda: pruner.regularize(model), after_epoch=epoch_hook)
             elif spec.family == "yolo":
                 raise PbkitError(f"sparse training of a detector needs a detection dataset (--dataset <data.yaml> "
                                  f"or prune.calibration.dataset=<data.yaml>), not {pdata.name}")

@@ -86,7 +86,6 @@ def prune_to_target(
     step (inside the step time). Sparsifying methods call ``sparse_train(pruner)`` once, before
     pruning, with the method's regularizing Pruner (its time is recorded apart).
     """
-    import torch_pruning as tp
 
     if target_speedup <= 1.0:
         raise PbkitError(f"speed-up target must be > 1, got {target_speedup}")
@@ -112,7 +111,7 @@ def prune_to_target(
     torch.manual_seed(seed)
     num_heads = {m.qkv: m.num_heads for m in _attention_modules(model)}
     ctx = {"num_classes": num_classes, "seed": seed, "reg": reg, "delta_reg": delta_reg}
-    pruner_cls, extra = method.pruner(ctx) if method.pruner is not None else (tp.pruner.MetaPruner, {})
+    pruner_cls, extra = method.pruner_class(ctx)
     importance = method.importance(ctx)
     max_ratio = PROTECTED_MAX_RATIO if scope == "protected" else 1.0
     t_start = time.perf_counter()

@@ -65,10 +65,6 @@ def offline() -> None:
     logging.getLogger("ultralytics").setLevel(logging.WARNING)
 
 
-def is_yolo(name: str) -> bool:
-    return name.startswith("yolov8")
-
-
 def size_of(name: str) -> str:
     m = NAME.match(name)
     if m is None:
@@ -274,14 +270,20 @@ def sample(batch: dict[str, Any], i: int) -> dict[str, Any]:
             "batch_idx": torch.zeros(int(keep.sum()), dtype=batch["batch_idx"].dtype)}
 
 
-def finetune(model: nn.Module, yaml_path: str, imgsz: int, recipe: dict[str, Any], workdir: Path,
+def finetune(model: nn.Module, yaml_path: str, imgsz: int, recipe: dict[str, Any], workdir: Path | None = None,
              on_epoch: Callable[[int, dict[str, float]], None] | None = None,
              regularize: Callable[[], None] | None = None,
              after_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
     """Finetune the pruned object itself with the ultralytics trainer; load its EMA weights back.
 
     ``regularize`` runs after every backward pass, before the optimizer step (sparse training);
-    ``after_epoch`` after every epoch (GrowingReg's penalty update)."""
+    ``after_epoch`` after every epoch (GrowingReg's penalty update). The trainer's own outputs
+    (checkpoints, logs) go to ``workdir``, a temporary folder removed afterwards when not given."""
+    import tempfile
+
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="pbkit-yolo-") as work:
+            return finetune(model, yaml_path, imgsz, recipe, Path(work), on_epoch, regularize, after_epoch)
     import time
 
     offline()
