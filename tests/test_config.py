@@ -18,7 +18,12 @@ def test_defaults_are_one_yaml_linked_from_configs() -> None:
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
 def test_every_shipped_config_is_valid(path: str) -> None:
-    config.load(REPO / path)
+    from pbkit import methods, models
+
+    cfg = config.load(REPO / path)  # a schema error raises PbkitError
+    spec = models.resolve(cfg.model.name)  # the names it uses exist...
+    assert methods.get(cfg.prune.method, spec.family).key == cfg.prune.method  # ...and fit together
+    assert all(b in ("torch-cpu", "ort-cpu") for b in cfg.bench.backends)
 
 
 def test_overrides_parse_yaml_values() -> None:
