@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pbkit-installed
 LOCK := requirements/dev.lock
+STUBS := $(VENV)/stubs
 
 # The registry's CUDA build of torch (it runs on CPU too), installed with hashes from the lock;
 # ignore machine-level pip settings that would offer other wheels (keep its CA bundle, if any).
@@ -36,7 +37,7 @@ help:
 	@echo "make bench [MODEL=m METHOD=k SPEEDUP=x SCOPE=s BACKEND=b BATCH=n ROUND_TO=n]"
 	@echo "                                prune, export, check parity, measure, record, print the table"
 	@echo "make test                       run the test suite"
-	@echo "make lint                       ruff and hadolint"
+	@echo "make lint                       ruff, hadolint, mypy (TensorRT code vs tensorrt-stubs)"
 	@echo "make docker-build [OWNER=o]     build ghcr.io/<owner>/pbkit (CUDA) and pbkit-cpu images"
 	@echo "make docker-bench MODEL=m       make bench inside the GPU image, records into ./results"
 	@echo "make docker-pin                 refresh the base-image digests (needs a registry)"
@@ -46,9 +47,12 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): $(LOCK) pyproject.toml
+$(STAMP): $(LOCK) requirements/stubs.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_ENV) $(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
+	$(PIP_ENV) $(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+	    --upgrade --target $(STUBS) -r requirements/stubs.lock
+	$(BIN)/python requirements/fix_stubs.py $(STUBS)
 	$(PIP_ENV) $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@$(BIN)/pbkit --version
 	@touch $@
@@ -62,14 +66,16 @@ test: setup
 lint: setup
 	$(BIN)/ruff check pbkit tests benchmarks
 	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu
+	MYPYPATH=$(STUBS) $(BIN)/mypy pbkit/trt.py
 
 report: setup
 	$(BIN)/pbkit report results/runs
 
 lock:
-	cd requirements && for f in base gpu dev; do \
+	cd requirements && for f in base gpu dev stubs; do \
 	  uv pip compile $$f.in --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-	    --index-url https://pypi.org/simple --no-header -o $$f.lock; done
+	    --index-url https://pypi.org/simple --no-header -o $$f.lock \
+	    $$( [ $$f = stubs ] && echo --no-deps ); done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

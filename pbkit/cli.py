@@ -111,22 +111,23 @@ def list_cmd(what: str, as_json: bool) -> None:
             t.add_row(k, v)
         _print(t)
     elif what == "backends":
-        from pbkit import measure
+        from pbkit import backends
 
         rows = []
-        for b in measure.BACKENDS.values():
+        for b in backends.BACKENDS.values():
             reason = b.check()
-            rows.append(dict(name=b.name, device=b.device, precision=b.precision, artifact=b.artifact,
-                             description=b.description, available=reason is None, reason=reason))
+            rows.append(dict(name=b.name, device=b.device, precisions=list(b.precisions), artifact=b.artifact,
+                             description=b.description, available=reason is None, reason=reason,
+                             install=None if reason is None else b.install_hint))
         if as_json:
             _emit_json({"backends": rows})
             return
         t = Table(title="backends")
-        for c in ("name", "device", "precision", "runs", "available", "description"):
+        for c in ("name", "device", "precisions", "runs", "available", "description"):
             t.add_column(c)
         for r in rows:
-            t.add_row(r["name"], r["device"], r["precision"], r["artifact"],
-                      "yes" if r["available"] else f"no: {r['reason']}", r["description"])
+            t.add_row(r["name"], r["device"], ", ".join(r["precisions"]), r["artifact"],
+                      "yes" if r["available"] else f"no: {r['reason']}; install {r['install']}", r["description"])
         _print(t)
     else:
         from pbkit import data

@@ -88,23 +88,39 @@ class SparsifyCfg(_TrainingCfg):
     delta_reg: float = Field(ge=0)
 
 
+class TensorRTCfg(_Strict):
+    precisions: list[Literal["fp32", "fp16"]] = Field(min_length=1)
+    workspace_gib: float = Field(gt=0)
+    optimization_level: int = Field(ge=0, le=5)
+    timing_cache: bool
+
+
 class ExportCfg(_Strict):
-    formats: list[Literal["onnx"]]
+    formats: list[Literal["onnx", "tensorrt"]] = Field(min_length=1)
     opset: int = Field(ge=17)
     exporter: Literal["dynamo", "torchscript"]
     parity_batch: int = Field(ge=1)
     rtol: float = Field(ge=0)
     atol: float = Field(ge=0)
+    fp16_cosine: float = Field(gt=0, le=1)
+    tensorrt: TensorRTCfg
 
 
 class BenchCfg(_Strict):
-    backends: list[str]
+    backends: list[str] = Field(min_length=1)
     batches: list[int]
+    precisions: list[Literal["fp32", "fp16"]] = Field(min_length=1)
+    channels_last: bool
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+    device: int = Field(ge=0)
+    memory: bool
     quick: bool
     warmup_s: float = Field(ge=0)
     warmup_iters: int = Field(ge=0)
     min_time_s: float = Field(ge=0)
     min_iters: int = Field(ge=1)
+    gpu_min_time_s: float = Field(ge=0)
+    gpu_min_iters: int = Field(ge=1)
     rounds: int = Field(ge=1)
     threads: int | None = Field(ge=1)
     cov_limit: float = Field(gt=0)

@@ -63,3 +63,29 @@ def count_macs(model: nn.Module, input_size: int) -> int:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def layer_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(in, out) width of every convolution and linear layer, by module name."""
+    out: dict[str, tuple[int, int]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            out[name] = (m.in_channels, m.out_channels)
+        elif isinstance(m, nn.Linear):
+            out[name] = (m.in_features, m.out_features)
+    return out
+
+
+def channel_alignment(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+                      multiple: int = 8) -> dict[str, Any]:
+    """Share of pruned layers whose pruned widths are all multiples of ``multiple``: GPU kernels
+    (tensor cores) run best on widths that are multiples of 8, so a pruned model whose widths are
+    not can be slower than its MACs suggest."""
+    pruned = aligned = 0
+    for name, widths in after.items():
+        changed = [w for w, w0 in zip(widths, before.get(name, widths), strict=True) if w != w0]
+        if changed:
+            pruned += 1
+            aligned += all(w % multiple == 0 for w in changed)
+    return {"multiple": multiple, "pruned_layers": pruned, "aligned_layers": aligned,
+            "share": aligned / pruned if pruned else 1.0}

@@ -11,13 +11,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from pbkit import __version__
+from pbkit import __version__, gpumon
 from pbkit.fileio import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCK_FILES = ("requirements/base.lock", "requirements/gpu.lock", "requirements/dev.lock")
 PACKAGES = ("torch", "torchvision", "timm", "torch-pruning", "onnx", "onnxscript", "onnxruntime",
-            "onnxruntime-gpu", "ultralytics", "tensorrt", "numpy", "nvidia-ml-py", "pydantic", "click")
+            "onnxruntime-gpu", "ultralytics", "numpy", "nvidia-ml-py", "pydantic", "click", "triton")
+TENSORRT_DISTS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12")  # one of them provides `import tensorrt`
 
 
 def git_revision() -> str | None:
@@ -49,6 +50,15 @@ def machine(env: dict[str, Any]) -> str:
     return f"{host.get('cpu') or 'cpu'} x{host.get('cores_logical') or '?'}"
 
 
+def _first_version(dists: tuple[str, ...]) -> str | None:
+    for d in dists:
+        try:
+            return md.version(d)
+        except md.PackageNotFoundError:
+            continue
+    return None
+
+
 def collect() -> dict[str, Any]:
     unavailable: dict[str, str] = {}
     versions: dict[str, str | None] = {}
@@ -58,6 +68,9 @@ def collect() -> dict[str, Any]:
         except md.PackageNotFoundError:
             versions[pkg] = None
             unavailable[f"software.{pkg}"] = "not installed"
+    versions["tensorrt"] = _first_version(TENSORRT_DISTS)
+    if versions["tensorrt"] is None:
+        unavailable["software.tensorrt"] = f"not installed (none of {', '.join(TENSORRT_DISTS)})"
     versions["python"] = platform.python_version()
 
     import psutil
@@ -84,8 +97,11 @@ def collect() -> dict[str, Any]:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            gpus.append({"name": p.name, "compute_capability": f"{p.major}.{p.minor}",
-                         "memory_bytes": p.total_memory, "uuid": str(getattr(p, "uuid", "")) or None})
+            uuid = str(getattr(p, "uuid", "") or "") or None
+            props = {"index": i, "name": p.name, "compute_capability": f"{p.major}.{p.minor}",
+                     "memory_bytes": p.total_memory, "uuid": f"GPU-{uuid}" if uuid and not uuid.startswith("GPU-") else uuid,
+                     "multiprocessors": p.multi_processor_count}
+            gpus.append(gpumon.gpu_record(i, props, unavailable))
     else:
         unavailable["gpu"] = "torch.cuda.is_available() is False"
 

@@ -30,10 +30,13 @@ def _outputs(out: Any) -> list[torch.Tensor]:
 
 
 def to_onnx(model: nn.Module, input_size: int, path: str | Path, opset: int = 18,
-            exporter: str = "dynamo") -> dict[str, Any]:
-    """Export with a dynamic batch axis; atomically. Returns the artifact's description."""
+            exporter: str = "dynamo", dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """Export with a dynamic batch axis; atomically. Returns the artifact's description.
+
+    ``dtype`` torch.float16 writes a strongly typed fp16 model (weights, inputs and outputs in
+    fp16), which is how TensorRT 11 builds fp16 engines."""
     model.eval()
-    x = counts.example_input(input_size, batch=2)
+    x = counts.example_input(input_size, batch=2).to(dtype)
     with torch.no_grad():
         n_out = len(_outputs(model(x)))
     if n_out == 0:
@@ -57,7 +60,8 @@ def to_onnx(model: nn.Module, input_size: int, path: str | Path, opset: int = 18
         return {"path": Path(path).name, "sha256": sha256_file(path), "bytes": Path(path).stat().st_size,
                 "opset": max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")),
                 "exporter": f"torch.onnx ({kind})", "torch": torch.__version__, "input_name": INPUT_NAME,
-                "output_names": out_names, "dynamic_batch": True, "fallback_errors": errors}
+                "output_names": out_names, "dynamic_batch": True, "fallback_errors": errors,
+                "dtype": str(dtype).removeprefix("torch.")}
     raise PbkitError(f"ONNX export failed: {'; '.join(errors)}")
 
 

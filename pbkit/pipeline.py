@@ -18,16 +18,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pbkit import (
     __version__,
+    backends,
     checkpoint,
     config,
     counts,
     data,
     envinfo,
     export,
+    gpumon,
     measure,
     methods,
     models,
@@ -179,9 +182,11 @@ def prune_stage(cfg: config.Config, quiet: bool = False) -> Path:
         checkpoint.save_model(model, spec, tmp / MODEL_FILES[DENSE])
         steps = Steps(f"pruning {spec.name} ({method.key}, {cfg.prune.scope}) to {cfg.prune.speedup:g}x",
                       cfg.prune.iterative_steps, quiet)
+        widths = counts.layer_widths(model)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module="torch_pruning")
             res, calib_info = _prune(model, method, spec, cfg, steps, bundle, quiet)
+        alignment = counts.channel_alignment(widths, counts.layer_widths(model))
         steps.close(f"{res.achieved_speedup:.3f}x in {res.steps} steps")
         acc_pruned = _accuracy(model, bundle, cfg, spec.input_size)
         finetune = None
@@ -208,7 +213,8 @@ def prune_stage(cfg: config.Config, quiet: bool = False) -> Path:
                                      sparsify=res.sparsify,
                                      reg_time_s=res.sparsify["time_s"] if res.sparsify else None),
             counts=record.Counts(macs_base=res.macs_base, macs_pruned=res.macs_pruned, params_base=res.params_base,
-                                 params_pruned=res.params_pruned, input_size=spec.input_size, counter=counts.COUNTER),
+                                 params_pruned=res.params_pruned, input_size=spec.input_size, counter=counts.COUNTER,
+                                 channel_alignment=alignment),
             dataset=None if bundle is None else record.DatasetInfo(
                 name=bundle.name, image_size=bundle.image_size, num_classes=bundle.num_classes,
                 train_size=bundle.info.get("train_size"), test_size=bundle.info.get("test_size"),
@@ -315,10 +321,37 @@ def _run_config(rec: record.Record, overrides: list[str] | tuple[str, ...] = ())
 
 
 def export_stage(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), quiet: bool = False) -> record.Record:
-    """Export dense and pruned models to ONNX and record parity vs fp32 torch on ONNX Runtime."""
+    """Export dense and pruned models to each format of ``export.formats``: ONNX (parity vs fp32
+    torch on ONNX Runtime) and TensorRT engines (built from the ONNX files)."""
     run_dir = Path(run_dir)
     rec = record.read(run_dir)
     cfg = _run_config(rec, overrides)
+    if "onnx" in cfg.export.formats or not _onnx_ready(run_dir):
+        rec = _export_onnx(run_dir, rec, cfg, quiet)
+    if "tensorrt" in cfg.export.formats:
+        rec = _export_tensorrt(run_dir, rec, cfg, cfg.export.tensorrt.precisions, cfg.bench.batches, quiet)
+    return rec
+
+
+def _onnx_ready(run_dir: Path) -> bool:
+    return all((run_dir / f).is_file() for f in ONNX_FILES.values())
+
+
+def compare_outputs(family: str, got: list[Any], ref: list[Any], e: config.ExportCfg, precision: str) -> dict[str, Any]:
+    """Parity against fp32 torch: the fp32 gate (rtol/atol), or for fp16 cosine >= fp16_cosine.
+    A detector is compared on its raw head outputs (box distributions, class logits)."""
+    label = "all outputs"
+    if family == "yolo" and len(ref) > max(yolo.RAW_HEAD):
+        ref, got, label = [ref[i] for i in yolo.RAW_HEAD], [got[i] for i in yolo.RAW_HEAD], yolo.RAW_HEAD_LABEL
+    cmp = export.compare(got, ref, e.rtol, e.atol)
+    out = {**cmp, "rtol": e.rtol, "atol": e.atol, "outputs": label, "gate": precision}
+    if precision == "fp16":
+        out.update(passed=bool(np.isfinite(cmp["cosine"]) and cmp["cosine"] >= e.fp16_cosine and
+                               cmp["max_abs"] != float("inf")), cosine_min=e.fp16_cosine)
+    return out
+
+
+def _export_onnx(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool) -> record.Record:
     e = cfg.export
     onnx_info: dict[str, Any] = {}
     parity: list[record.Parity] = []
@@ -328,22 +361,66 @@ def export_stage(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
         onnx_info[variant] = export.to_onnx(model, spec.input_size, run_dir / ONNX_FILES[variant], e.opset, e.exporter)
         x = counts.example_input(spec.input_size, batch=e.parity_batch, seed=2)
         ref = export.reference_outputs(model, x)
-        sess = measure.ort_session(run_dir / ONNX_FILES[variant], measure.cores())
+        sess = backends.ort_session(run_dir / ONNX_FILES[variant], measure.cores())
         got = list(sess.run(None, {sess.get_inputs()[0].name: x.numpy()}))
-        label = "all outputs"
-        if spec.family == "yolo" and len(ref) > max(yolo.RAW_HEAD):
-            ref, got, label = [ref[i] for i in yolo.RAW_HEAD], [got[i] for i in yolo.RAW_HEAD], yolo.RAW_HEAD_LABEL
-        cmp = export.compare(got, ref, e.rtol, e.atol)
-        parity.append(record.Parity(backend="ort-cpu", variant=variant, precision="fp32", batch=e.parity_batch,
-                                    rtol=e.rtol, atol=e.atol, outputs=label, **cmp))
+        cmp = compare_outputs(spec.family, got, ref, e, "fp32")
+        parity.append(record.Parity(backend="ort-cpu", variant=variant, precision="fp32", batch=e.parity_batch, **cmp))
         steps.update(i + 1, variant)
     steps.close()
     rec.artifacts["onnx"] = onnx_info
     rec.artifacts["onnx_sha256"] = onnx_info[PRUNED]["sha256"]
-    keep = {(p.backend, p.variant) for p in parity}
-    rec.parity = [p for p in rec.parity if (p.backend, p.variant) not in keep] + parity
+    _merge_parity(rec, parity)
     rec.config = cfg.model_dump(mode="json")
     _touch(rec, "export")
+    record.write(run_dir, rec)
+    return rec
+
+
+def _merge_parity(rec: record.Record, parity: list[record.Parity]) -> None:
+    def key(p: record.Parity) -> tuple[Any, ...]:
+        return p.backend, p.variant, p.precision, p.batch
+
+    keep = {key(p) for p in parity}
+    rec.parity = [p for p in rec.parity if key(p) not in keep] + parity
+
+
+def engine_file(variant: str, precision: str) -> str:
+    return f"{variant}.{precision}.plan"
+
+
+def _export_tensorrt(run_dir: Path, rec: record.Record, cfg: config.Config, precisions: list[str],
+                     batches: list[int], quiet: bool) -> record.Record:
+    """Build a TensorRT engine per model and precision, one optimisation profile per batch."""
+    from pbkit import trt
+
+    version = trt.version()
+    t = cfg.export.tensorrt
+    info: dict[str, Any] = dict(rec.artifacts.get("tensorrt") or {})
+    steps = Steps(f"building TensorRT {version} engines (batches {', '.join(map(str, batches))})",
+                  2 * len(precisions), quiet)
+    done = 0
+    for precision in precisions:
+        for variant in (DENSE, PRUNED):
+            onnx_path = run_dir / ONNX_FILES[variant]
+            if trt.needs_fp16_onnx(precision, version):  # TensorRT 11: a strongly typed fp16 model
+                model, spec, _ = checkpoint.load_model(run_dir / MODEL_FILES[variant])
+                onnx_path = run_dir / f"{variant}.fp16.onnx"
+                export.to_onnx(model.half(), spec.input_size, onnx_path, cfg.export.opset, cfg.export.exporter,
+                               dtype=torch.float16)
+            opts = trt.BuildOptions(precision=precision, batches=tuple(sorted(set(batches))),
+                                    workspace_bytes=int(t.workspace_gib * (1 << 30)),
+                                    optimization_level=t.optimization_level,
+                                    timing_cache=run_dir / "trt-cache" / "timing.cache" if t.timing_cache else None)
+            if opts.timing_cache is not None:
+                opts.timing_cache.parent.mkdir(exist_ok=True)
+            built = trt.build_engine(onnx_path, run_dir / engine_file(variant, precision), opts)
+            info.setdefault(precision, {})[variant] = built
+            done += 1
+            steps.update(done, f"{variant} {precision}: {built['bytes'] / 1e6:.1f} MB in {built['build_s']:.0f} s")
+    steps.close()
+    rec.artifacts["tensorrt"] = info
+    rec.config = cfg.model_dump(mode="json")
+    _touch(rec, "export-tensorrt")
     record.write(run_dir, rec)
     return rec
 
@@ -361,44 +438,174 @@ def parity_failures(rec: record.Record) -> list[record.Parity]:
 # stage 3: measure
 
 
+def _artifact(run_dir: Path, be: backends.Backend, variant: str, precision: str) -> Path:
+    if be.artifact == "model":
+        return run_dir / MODEL_FILES[variant]
+    if be.artifact == "onnx":
+        return run_dir / ONNX_FILES[variant]
+    return run_dir / engine_file(variant, precision)
+
+
+def _plan(cfg: config.Config, quiet: bool) -> list[tuple[backends.Backend, str]]:
+    """(backend, precision) pairs to measure; fails before anything is measured."""
+    b = cfg.bench
+    chosen = [backends.get(name) for name in b.backends]
+    pairs, skipped = [], []
+    for be in chosen:
+        mine = [p for p in b.precisions if p in be.precisions]
+        if not mine:
+            raise PbkitError(f"backend {be.name!r} runs {', '.join(be.precisions)}; bench.precisions asks for "
+                             f"{', '.join(b.precisions)}")
+        pairs += [(be, p) for p in mine]
+        skipped += [f"{be.name}/{p}" for p in b.precisions if p not in be.precisions]
+    if skipped:
+        note(f"not measured (precision not supported by the backend): {', '.join(skipped)}", quiet)
+    return pairs
+
+
+def _engines_ready(rec: record.Record, run_dir: Path, precision: str, batches: list[int]) -> bool:
+    built = (rec.artifacts.get("tensorrt") or {}).get(precision, {})
+    return all(v in built and (run_dir / built[v]["path"]).is_file() and set(batches) <= set(built[v]["profiles"])
+               for v in (DENSE, PRUNED))
+
+
+def _used_memory(handle: Any) -> int | None:
+    return gpumon.state(handle).get("memory_used_bytes") if handle is not None else None
+
+
+def _build_runner(be: backends.Backend, spec: backends.RunSpec, settings: dict[str, Any], handle: Any,
+                  track: bool) -> tuple[backends.Runner, dict[str, Any] | None, tuple[float, int]]:
+    """Make a runner and warm it up (the first call timed apart), measuring memory meanwhile:
+    NVML used memory before / peak (sampled) / after, torch peak allocated and reserved, RSS."""
+    cuda = be.device == "cuda"
+    if not track:
+        runner = be.make(spec)
+        return runner, None, measure.warm_up(runner, float(settings["warmup_s"]), int(settings["warmup_iters"]))
+    import psutil
+
+    proc = psutil.Process()
+    mem: dict[str, Any] = {"rss_before_bytes": proc.memory_info().rss}
+    if cuda:
+        torch.cuda.synchronize(spec.device_index)
+        torch.cuda.reset_peak_memory_stats(spec.device_index)
+        mem.update(nvml_used_before_bytes=_used_memory(handle),
+                   torch_allocated_before_bytes=torch.cuda.memory_allocated(spec.device_index))
+    with gpumon.Sampler(handle if cuda else None, 0.005) as sampler:
+        runner = be.make(spec)
+        warm = measure.warm_up(runner, float(settings["warmup_s"]), int(settings["warmup_iters"]))
+    mem.update(rss_peak_bytes=sampler.rss_peak, rss_after_bytes=proc.memory_info().rss, samples=sampler.samples)
+    if cuda:
+        torch.cuda.synchronize(spec.device_index)
+        mem.update(nvml_used_peak_bytes=sampler.nvml_peak, nvml_used_after_bytes=_used_memory(handle),
+                   torch_peak_allocated_bytes=torch.cuda.max_memory_allocated(spec.device_index),
+                   torch_peak_reserved_bytes=torch.cuda.max_memory_reserved(spec.device_index))
+        if handle is None:
+            mem["nvml"] = "unavailable (no NVML handle; see env.unavailable)"
+    mem.update(runner.memory())
+    return runner, mem, warm
+
+
 def bench_stage(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), quiet: bool = False) -> record.Record:
-    """Measure dense and pruned latency, alternating, on every backend and batch size."""
+    """Measure dense and pruned latency, alternating, on every backend, precision and batch size,
+    with memory and parity against fp32 torch at each point."""
     run_dir = Path(run_dir)
     rec = record.read(run_dir)
     cfg = _run_config(rec, overrides)
     b = cfg.bench
-    backends = [measure.get(name) for name in b.backends]  # fail before measuring anything
-    if any(be.artifact == "onnx" for be in backends) and not all((run_dir / f).is_file() for f in ONNX_FILES.values()):
+    pairs = _plan(cfg, quiet)
+    if any(be.artifact != "model" for be, _ in pairs) and not _onnx_ready(run_dir):
         note("no ONNX files yet: exporting first", quiet)
-        rec = export_stage(run_dir, overrides, quiet)
-    settings = {**b.model_dump(), **(measure.QUICK if b.quick else {})}
+        rec = _export_onnx(run_dir, rec, cfg, quiet)
+    for precision in dict.fromkeys(p for be, p in pairs if be.artifact == "engine"):
+        if not _engines_ready(rec, run_dir, precision, b.batches):
+            note(f"no TensorRT {precision} engines for batches {b.batches} yet: building them first", quiet)
+            rec = _export_tensorrt(run_dir, rec, cfg, [precision], b.batches, quiet)
+    quick = measure.QUICK if b.quick else {}
+    cpu_settings = {**b.model_dump(), **quick}
+    gpu_settings = {**b.model_dump(), "min_time_s": b.gpu_min_time_s, "min_iters": b.gpu_min_iters, **quick}
     threads = b.threads or measure.default_threads()
+    env = envinfo.collect()  # the machine that measures, GPU state at the start
+    uses_gpu = any(be.device == "cuda" for be, _ in pairs)
+    handle, gpu = None, None
+    if uses_gpu:
+        gpu = next((g for g in env["gpus"] if g.get("index") == b.device), None)
+        if gpu is None:
+            raise PbkitError(f"bench.device={b.device}: no such CUDA device (found {len(env['gpus'])})")
+        handle = gpumon.handle_for(gpu.get("uuid"), b.device, env["unavailable"])
+    size = rec.model.input_size
+    refs: dict[tuple[str, int], list[Any]] = {}
+    ref_models = {v: checkpoint.load_model(run_dir / MODEL_FILES[v])[0] for v in (DENSE, PRUNED)}
     points: list[record.LatencyPoint] = []
-    total = len(backends) * len(b.batches)
-    steps = Steps("measuring latency (dense and pruned alternate)", total, quiet)
+    parity: list[record.Parity] = []
+    seen_reasons: set[str] = set()
+    steps = Steps("measuring latency (dense and pruned alternate)", len(pairs) * len(b.batches), quiet)
     done = 0
-    for be in backends:
+    for be, precision in pairs:
+        settings = gpu_settings if be.device == "cuda" else cpu_settings
         for batch in b.batches:
-            files = MODEL_FILES if be.artifact == "model" else ONNX_FILES
-            runners = {v: be.make(run_dir / files[v], rec.model.input_size, batch, threads) for v in (DENSE, PRUNED)}
-            res = measure.measure_point(runners, settings)
+            x = counts.example_input(size, batch=batch, seed=2)  # the fixed batch, also for parity
+            runners: dict[str, backends.Runner] = {}
+            mem: dict[str, Any] = {}
+            warmed: dict[str, tuple[float, int]] = {}
+            flags: dict[str, dict[str, Any]] = {}
+            try:
+                for v in (DENSE, PRUNED):
+                    spec = backends.RunSpec(path=_artifact(run_dir, be, v, precision), x=x, precision=precision,
+                                            threads=threads, channels_last=b.channels_last,
+                                            compile_mode=b.compile_mode, cache_dir=run_dir / "trt-cache",
+                                            device_index=b.device)
+                    runners[v], mem[v], warmed[v] = _build_runner(be, spec, settings, handle, b.memory)
+                    flags[v] = dict(runners[v].flags)
+                    if (v, batch) not in refs:
+                        refs[(v, batch)] = export.reference_outputs(ref_models[v], x)
+                    cmp = compare_outputs(rec.model.family, runners[v].outputs(), refs[(v, batch)], cfg.export,
+                                          precision)
+                    parity.append(record.Parity(backend=be.name, variant=v, precision=precision, batch=batch, **cmp))
+                monitor = (lambda: gpumon.Sampler(handle, 0.1)) if be.device == "cuda" and handle is not None else None
+                res = measure.measure_point(runners, settings, monitor=monitor, warmed=warmed)
+            finally:
+                for r in runners.values():
+                    r.close()
+                runners.clear()
+                if be.device == "cuda":
+                    torch.cuda.empty_cache()
             for v in (DENSE, PRUNED):
                 r = res[v]
+                seen_reasons.update(r["throttle_reasons"])
+                dense_gpu, mine_gpu = res[DENSE].get("gpu_compute"), r.get("gpu_compute")
                 points.append(record.LatencyPoint(
-                    backend=be.name, device=be.device, variant=v, batch=batch, precision=be.precision, threads=threads,
+                    backend=be.name, device=be.device, variant=v, batch=batch, precision=precision,
+                    threads=threads if be.device == "cpu" else None,
                     throughput_ips=batch * r["n"] / r["duration_s"] if r["duration_s"] > 0 else 0.0,
-                    quick=b.quick, artifact_sha256=sha256_file(run_dir / files[v]),
-                    speedup_vs_dense=(res[DENSE]["median_ms"] / r["median_ms"]) if v == PRUNED else None, **r))
+                    quick=b.quick, artifact_sha256=sha256_file(_artifact(run_dir, be, v, precision)),
+                    speedup_vs_dense=(res[DENSE]["median_ms"] / r["median_ms"]) if v == PRUNED else None,
+                    gpu_speedup_vs_dense=(dense_gpu["median_ms"] / mine_gpu["median_ms"])
+                    if v == PRUNED and dense_gpu and mine_gpu else None,
+                    flags=flags[v], memory=mem.get(v), input_shape=list(x.shape), dtype=precision, **r))
             done += 1
             sp = res[DENSE]["median_ms"] / res[PRUNED]["median_ms"]
-            steps.update(done, f"{be.name} b{batch}: {res[DENSE]['median_ms']:.3f} -> {res[PRUNED]['median_ms']:.3f} ms ({sp:.2f}x)")
+            steps.update(done, f"{be.name}/{precision} b{batch}: {res[DENSE]['median_ms']:.3f} -> "
+                               f"{res[PRUNED]['median_ms']:.3f} ms ({sp:.2f}x)")
     steps.close()
-    keep = {(p.backend, p.batch) for p in points}
-    rec.latency = [p for p in rec.latency if (p.backend, p.batch) not in keep] + points
-    rec.bench = {k: settings[k] for k in ("warmup_s", "warmup_iters", "min_time_s", "min_iters", "rounds", "cov_limit",
-                                          "max_repeats")}
-    rec.env = envinfo.collect()  # the machine that measured
-    rec.bench.update(quick=b.quick, threads=threads, measured_utc=utc_now(), host=rec.env["host"])
+
+    def key(p: record.LatencyPoint) -> tuple[Any, ...]:
+        return p.backend, p.precision, p.batch
+
+    keep = {key(p) for p in points}
+    rec.latency = [p for p in rec.latency if key(p) not in keep] + points
+    _merge_parity(rec, parity)
+    if rec.counts.channel_alignment is None:  # records made before alignment was recorded
+        rec.counts.channel_alignment = counts.channel_alignment(counts.layer_widths(ref_models[DENSE]),
+                                                                counts.layer_widths(ref_models[PRUNED]))
+    if gpu is not None:
+        gpu["state_end"] = gpumon.state(handle, env["unavailable"], "gpu.state_end") if handle is not None else None
+        gpu["throttle_reasons_seen"] = sorted(seen_reasons)
+    rec.env = env
+    rec.bench = {k: settings_value for k, settings_value in cpu_settings.items()
+                 if k in ("warmup_s", "warmup_iters", "min_time_s", "min_iters", "gpu_min_time_s", "gpu_min_iters",
+                          "rounds", "cov_limit", "max_repeats", "channels_last", "compile_mode", "memory")}
+    rec.bench.update(quick=b.quick, threads=threads, measured_utc=utc_now(), host=env["host"],
+                     gpu=None if gpu is None else {k: gpu.get(k) for k in ("index", "name", "uuid")})
     rec.config = cfg.model_dump(mode="json")
     _touch(rec, "bench")
     record.write(run_dir, rec)
@@ -406,8 +613,7 @@ def bench_stage(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()
 
 
 def run_all(cfg: config.Config, quiet: bool = False) -> tuple[Path, record.Record]:
-    for name in cfg.bench.backends:  # check the whole plan before the long work starts
-        measure.get(name)
+    _plan(cfg, quiet=True)  # check the whole plan before the long work starts
     run_dir = prune_stage(cfg, quiet)
     export_stage(run_dir, quiet=quiet)
     rec = bench_stage(run_dir, quiet=quiet)

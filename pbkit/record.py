@@ -66,6 +66,8 @@ class Counts(_Open):
     params_pruned: int
     input_size: int
     counter: str
+    channel_alignment: dict[str, Any] | None = None  # share of pruned layers with widths % 8 == 0
+
 
 
 class DatasetInfo(_Open):
@@ -113,6 +115,14 @@ class LatencyPoint(_Open):
     attempts: int = 1  # stability gate: measurements of this point; median_ms is their median
     medians_ms: list[float] = []
     spread_ms: float = 0.0
+    # the figures above are host wall clock, end to end; on a GPU also the engine call alone:
+    gpu_compute: dict[str, Any] | None = None  # CUDA-event statistics (median_ms, p99_ms, cov, ...)
+    gpu_speedup_vs_dense: float | None = None
+    throttle_reasons: list[str] = []  # GPU throttle reasons other than idle seen while measuring
+    flags: dict[str, Any] = {}  # how it ran: cuda_graph, io_binding, channels_last, compile_mode, ...
+    memory: dict[str, Any] | None = None  # NVML used before/peak/after, torch peaks, RSS, engine bytes
+    input_shape: list[int] = []
+    dtype: str | None = None
 
 
 class Parity(_Open):
@@ -126,6 +136,8 @@ class Parity(_Open):
     rtol: float
     atol: float
     passed: bool
+    gate: str = "fp32"  # fp32: |a-b| <= atol + rtol*|b|; fp16: cosine >= cosine_min
+    cosine_min: float | None = None
 
 
 class Record(_Open):

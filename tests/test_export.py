@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from pbkit import checkpoint, counts, export, measure
+from pbkit import backends, checkpoint, counts, export
 
 
 def test_parity_gate() -> None:
@@ -27,7 +27,7 @@ def test_pruned_model_exports_with_dynamic_batch_and_parity(pruned_run: Path, tm
     info = export.to_onnx(model, spec.input_size, tmp_path / "m.onnx", opset=18, exporter=exporter)
     assert info["opset"] >= 17 and exporter in info["exporter"]
     onnx.checker.check_model(str(tmp_path / "m.onnx"))
-    sess = measure.ort_session(tmp_path / "m.onnx", 1)
+    sess = backends.ort_session(tmp_path / "m.onnx", 1)
     for batch in (1, 5):
         x = counts.example_input(spec.input_size, batch=batch)
         got = sess.run(None, {"input": x.numpy()})
@@ -47,7 +47,7 @@ def test_vit_exports_with_parity(tmp_path: Path) -> None:
     prune_to_target(m, method=methods.get("l1"), scope="protected", target_speedup=2.0, input_size=32,
                     num_classes=10, iterative_steps=100)
     export.to_onnx(m, 32, tmp_path / "vit.onnx", exporter="torchscript")
-    sess = measure.ort_session(tmp_path / "vit.onnx", 1)
+    sess = backends.ort_session(tmp_path / "vit.onnx", 1)
     x = counts.example_input(32, batch=2)
     assert export.compare(list(sess.run(None, {"input": x.numpy()})), export.reference_outputs(m, x), 1e-3, 1e-5)["passed"]
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
 
-from pbkit import measure
+from pbkit import backends, measure
 from pbkit.errors import PbkitError
 
 
@@ -49,16 +50,15 @@ def test_unstable_points_are_flagged() -> None:
 
 def test_unknown_backend_lists_choices() -> None:
     with pytest.raises(PbkitError, match="ort-cpu"):
-        measure.get("tensorrt-fast")
+        backends.get("tensorrt-fast")
 
 
 def test_unavailable_backend_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    b = measure.BACKENDS["ort-cpu"]
-    monkeypatch.setitem(measure.BACKENDS, "ort-cpu",
-                        measure.Backend(b.name, b.device, b.precision, b.artifact, b.description, b.install_hint,
-                                        lambda: "python package 'onnxruntime' is not installed", b.make))
+    b = backends.BACKENDS["ort-cpu"]
+    monkeypatch.setitem(backends.BACKENDS, "ort-cpu",
+                        dataclasses.replace(b, check=lambda: "python package 'onnxruntime' is not installed"))
     with pytest.raises(PbkitError, match="not available here.*install onnxruntime"):
-        measure.get("ort-cpu")
+        backends.get("ort-cpu")
 
 
 def test_default_threads_leave_a_core_free() -> None:
@@ -75,8 +75,8 @@ def test_unstable_points_are_measured_again_and_keep_the_median_of_medians() -> 
     settings = {"warmup_s": 0.0, "warmup_iters": 1, "min_time_s": 0.0, "min_iters": 20, "rounds": 1,
                 "cov_limit": 0.5, "max_repeats": 3}
 
-    def count_attempts(runners, s):  # type: ignore[no-untyped-def]
-        out = real(runners, s)
+    def count_attempts(runners, s, **kw):  # type: ignore[no-untyped-def]
+        out = real(runners, s, **kw)
         state["attempt"] += 1
         return out
 
