@@ -20,6 +20,8 @@ import numpy as np
 from pbkit.errors import PbkitError, choices_error
 
 PRECISIONS = ("fp32", "fp16")
+GPU_HINT = ("an NVIDIA GPU machine with a CUDA build of torch (pip install -r requirements/gpu.lock, "
+            "or the GPU image)")
 
 
 @dataclass
@@ -382,33 +384,33 @@ def _tensorrt_runner(spec: RunSpec) -> Runner:
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in [
-        Backend("torch-cpu", "cpu", ("fp32",), "model", "PyTorch eager on the CPU (inference_mode)", "torch",
+        Backend("torch-cpu", "cpu", ("fp32",), "model", "PyTorch eager on the CPU (inference_mode)", "pip install torch",
                 lambda: has_module("torch"), TorchCPU),
         Backend("torch-compile-cpu", "cpu", ("fp32",), "model",
                 "torch.compile (inductor) on the CPU; compile time is the first call",
-                "torch and a C++ compiler", lambda: has_module("torch"), lambda s: TorchCPU(s, compile_=True)),
+                "pip install torch; a C++ compiler (gcc)", lambda: has_module("torch"), lambda s: TorchCPU(s, compile_=True)),
         Backend("ort-cpu", "cpu", ("fp32",), "onnx", "ONNX Runtime, CPUExecutionProvider, all graph optimisations",
-                "onnxruntime", lambda: has_module("onnxruntime"), OrtCPU),
+                "pip install onnxruntime", lambda: has_module("onnxruntime"), OrtCPU),
         Backend("torch-cuda", "cuda", PRECISIONS, "model", "PyTorch eager on the GPU (fp32 without TF32, fp16; "
-                "bench.channels_last)", "a CUDA build of torch and an NVIDIA GPU", cuda_reason,
+                "bench.channels_last)", GPU_HINT, cuda_reason,
                 lambda s: TorchCuda(s, "eager")),
         Backend("torch-cuda-graph", "cuda", PRECISIONS, "model", "PyTorch, one forward captured as a CUDA graph "
-                "and replayed", "a CUDA build of torch and an NVIDIA GPU", cuda_reason,
+                "and replayed", GPU_HINT, cuda_reason,
                 lambda s: TorchCuda(s, "graph")),
         Backend("torch-compile", "cuda", PRECISIONS, "model", "torch.compile (inductor, bench.compile_mode) on "
-                "the GPU; compile time is the first call", "a CUDA build of torch, triton and an NVIDIA GPU",
+                "the GPU; compile time is the first call", GPU_HINT + "; triton",
                 cuda_reason, lambda s: TorchCuda(s, "compile")),
         Backend("ort-cuda", "cuda", ("fp32",), "onnx", "ONNX Runtime, CUDAExecutionProvider, IO binding on our "
-                "stream", "onnxruntime-gpu (requirements/gpu.lock)",
+                "stream", "pip install onnxruntime-gpu (requirements/gpu.lock) on an NVIDIA GPU machine",
                 lambda: ort_provider_reason("CUDAExecutionProvider"), OrtCuda),
         Backend("ort-trt", "cuda", PRECISIONS, "onnx", "ONNX Runtime, TensorrtExecutionProvider (engine and "
                 "timing caches, IO binding); the engine build is the first call",
-                "onnxruntime-gpu and tensorrt (requirements/gpu.lock)",
+                "pip install onnxruntime-gpu and tensorrt-cu13 (requirements/gpu.lock) on an NVIDIA GPU machine",
                 lambda: ort_provider_reason("TensorrtExecutionProvider"),
                 lambda s: OrtCuda(s, "TensorrtExecutionProvider")),
         Backend("tensorrt", "cuda", PRECISIONS, "engine", "TensorRT 10/11 engine built by `pbkit export --format "
                 "tensorrt`, tensor-address API, execute_async_v3 on our stream",
-                "tensorrt-cu13 (requirements/gpu.lock)", lambda: _tensorrt_reason(), _tensorrt_runner),
+                "pip install tensorrt-cu13 (requirements/gpu.lock) on an NVIDIA GPU machine", lambda: _tensorrt_reason(), _tensorrt_runner),
     ]
 }
 
@@ -425,5 +427,5 @@ def get(name: str) -> Backend:
     b = BACKENDS[name]
     reason = b.check()
     if reason is not None:
-        raise PbkitError(f"backend {name!r} is not available here: {reason}; install {b.install_hint}")
+        raise PbkitError(f"backend {name!r} is not available here: {reason}; to use it: {b.install_hint}")
     return b

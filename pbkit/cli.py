@@ -127,7 +127,7 @@ def list_cmd(what: str, as_json: bool) -> None:
             t.add_column(c)
         for r in rows:
             t.add_row(r["name"], r["device"], ", ".join(r["precisions"]), r["artifact"],
-                      "yes" if r["available"] else f"no: {r['reason']}; install {r['install']}", r["description"])
+                      "yes" if r["available"] else f"no: {r['reason']}; to use it: {r['install']}", r["description"])
         _print(t)
     else:
         from pbkit import data
@@ -171,9 +171,16 @@ def env(as_json: bool) -> None:
     for section in ("host", "software", "container", "lock_sha256"):
         for k, v in info[section].items():
             t.add_row(f"{section}.{k}", str(v))
-    t.add_row("gpus", ", ".join(g["name"] for g in info["gpus"]) or "none")
+    for gpu in info["gpus"]:
+        for k, v in gpu.items():
+            t.add_row(f"gpu{gpu.get('index', '')}.{k}", ", ".join(f"{a}={b}" for a, b in v.items())
+                      if isinstance(v, dict) else str(v))
+    if not info["gpus"]:
+        t.add_row("gpus", "none")
     t.add_row("onnxruntime providers", ", ".join(info["onnxruntime_providers"]))
     t.add_row("kit", f"{info['kit_version']} ({info['git_revision']})")
+    for k, why in info["unavailable"].items():
+        t.add_row(f"[dim]null: {k}[/]", f"[dim]{why}[/]")
     _print(t)
 
 
@@ -257,19 +264,35 @@ def _run_dir(path: str) -> Path:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt"]), default="onnx", show_default=True,
+              help="tensorrt: engines built from the ONNX files (exported first if missing).")
+@click.option("--precision", "precisions", type=click.Choice(["fp32", "fp16"]), multiple=True,
+              help="TensorRT engine precision (repeatable, or several after one flag; default fp32).")
+@click.option("--batch", "batches", type=int, multiple=True,
+              help="TensorRT: one optimisation profile per batch size (default: the run's bench.batches).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (>= 17; default from the run's config: 18).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Any export.* key, e.g. export.tensorrt.workspace_gib=8.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def export(run_dir: str, fmt: str, opset: int | None, as_json: bool) -> int:
-    """Export a run's dense and pruned models to ONNX and check parity against torch.
+def export(run_dir: str, fmt: str, precisions: tuple[str, ...], batches: tuple[int, ...], opset: int | None,
+           overrides: tuple[str, ...], as_json: bool) -> int:
+    """Export a run's dense and pruned models to ONNX (parity checked against torch) or to
+    TensorRT engines (sha256 recorded; parity is checked when they are benchmarked).
 
     \b
     Example:
       pbkit export results/runs/resnet18-cifar-l1-protected-2x-20261121T120000Z
+      pbkit export results/runs/<run_id> --format tensorrt --precision fp16 --batch 1 8 32
     """
     from pbkit import pipeline
 
-    sets = [f"export.formats=[{fmt}]"] + ([f"export.opset={opset}"] if opset is not None else [])
+    if fmt != "tensorrt" and (precisions or batches):
+        raise PbkitError("--precision and --batch apply to --format tensorrt")
+    sets = [f"export.formats=[{fmt}]", *overrides] + ([f"export.opset={opset}"] if opset is not None else [])
+    if precisions:
+        sets.append(f"export.tensorrt.precisions=[{','.join(precisions)}]")
+    if batches:
+        sets.append(f"bench.batches=[{','.join(str(b) for b in batches)}]")
     path = _run_dir(run_dir)
     pipeline.export_stage(path, sets)
     return _finish(path, as_json)
@@ -277,19 +300,28 @@ def export(run_dir: str, fmt: str, opset: int | None, as_json: bool) -> int:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path())
-@click.option("--backend", "backends", multiple=True, help="Backend (repeatable; `pbkit list backends`).")
-@click.option("--batch", "batches", type=int, multiple=True, help="Batch size (repeatable).")
+@click.option("--backend", "backends", multiple=True,
+              help="Backend (repeatable, or several after one flag; `pbkit list backends`).")
+@click.option("--batch", "batches", type=int, multiple=True,
+              help="Batch size of the sweep (repeatable, or several after one flag: --batch 1 8 32).")
+@click.option("--precision", "precisions", type=click.Choice(["fp32", "fp16"]), multiple=True,
+              help="fp32 | fp16 (repeatable, or several after one flag), on backends that run it.")
+@click.option("--channels-last", is_flag=True, default=None, help="torch backends: NHWC memory format.")
 @click.option("--quick", is_flag=True, help="Short warm-up and measurement (flagged in the record).")
-@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores but one).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any bench.* key, e.g. bench.min_time_s=10.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def bench(run_dir: str, backends: tuple[str, ...], batches: tuple[int, ...], quick: bool, threads: int | None,
-          overrides: tuple[str, ...], as_json: bool) -> int:
-    """Measure dense and pruned latency, alternating, on each backend and batch size.
+def bench(run_dir: str, backends: tuple[str, ...], batches: tuple[int, ...], precisions: tuple[str, ...],
+          channels_last: bool | None, quick: bool, threads: int | None, overrides: tuple[str, ...],
+          as_json: bool) -> int:
+    """Measure dense and pruned latency, alternating, on each backend, precision and batch size,
+    with memory and parity against fp32 torch at every point.
 
     \b
     Example:
-      pbkit bench results/runs/<run_id> --backend torch-cpu --backend ort-cpu --batch 1 --batch 8
+      pbkit bench results/runs/<run_id> --backend torch-cpu --backend ort-cpu --batch 1 8
+      pbkit bench results/runs/<run_id> --backend torch-cuda --backend tensorrt --precision fp32 fp16 \\
+          --batch 1 32
     """
     from pbkit import pipeline
 
@@ -298,6 +330,10 @@ def bench(run_dir: str, backends: tuple[str, ...], batches: tuple[int, ...], qui
         sets.append(f"bench.backends=[{','.join(backends)}]")
     if batches:
         sets.append(f"bench.batches=[{','.join(str(b) for b in batches)}]")
+    if precisions:
+        sets.append(f"bench.precisions=[{','.join(precisions)}]")
+    if channels_last:
+        sets.append("bench.channels_last=true")
     if quick:
         sets.append("bench.quick=true")
     if threads is not None:
@@ -377,11 +413,40 @@ def schema() -> None:
 # ------------------------------------------------------------------------------------- entry
 
 
+def _is_backend(tok: str) -> bool:
+    from pbkit.backends import BACKENDS
+
+    return tok in BACKENDS
+
+
+GREEDY = {"--batch": str.isdigit, "--precision": {"fp32", "fp16"}.__contains__, "--backend": _is_backend}
+
+
+def expand_greedy(argv: list[str]) -> list[str]:
+    """``--batch 1 8 32`` -> ``--batch 1 --batch 8 --batch 32`` (also ``--precision fp32 fp16``,
+    ``--backend torch-cpu ort-cpu``): values that follow one of these flags and are among its
+    values belong to it."""
+    out: list[str] = []
+    flag, first = None, False
+    for tok in argv:
+        if tok in GREEDY:
+            flag, first = tok, True
+        elif flag is not None and first:
+            first = False  # the flag's own value, as click reads it
+        elif flag is not None and GREEDY[flag](tok):
+            out.append(flag)  # a further value of the same flag
+        else:
+            flag = None
+        out.append(tok)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every failure is one line on stderr and a non-zero exit."""
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    args = expand_greedy(list(sys.argv[1:] if argv is None else argv))
     try:
-        rv = cli.main(args=argv, prog_name="pbkit", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="pbkit", standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("error: interrupted", err=True)
         sys.exit(130)

@@ -394,6 +394,8 @@ def _export_tensorrt(run_dir: Path, rec: record.Record, cfg: config.Config, prec
     from pbkit import trt
 
     version = trt.version()
+    if backends.cuda_reason():
+        raise PbkitError(f"building TensorRT engines needs an NVIDIA GPU: {backends.cuda_reason()}")
     t = cfg.export.tensorrt
     info: dict[str, Any] = dict(rec.artifacts.get("tensorrt") or {})
     steps = Steps(f"building TensorRT {version} engines (batches {', '.join(map(str, batches))})",

@@ -63,23 +63,46 @@ def run_table(rec: record.Record) -> Table:
         if a.finetuned is not None:
             epochs = (rec.finetune or {}).get("epochs", "?")
             t.add_row(f"{name} finetuned {epochs} ep", _acc(a.base), _acc(a.finetuned), _delta(a.base, a.finetuned))
-    pts = {(p.backend, p.batch, p.variant): p for p in rec.latency}
-    for backend, batch in dict.fromkeys((p.backend, p.batch) for p in rec.latency):
-        d, p = pts.get((backend, batch, "dense")), pts.get((backend, batch, "pruned"))
+    al = c.channel_alignment
+    if al and al.get("pruned_layers"):
+        t.add_row(f"pruned widths multiple of {al['multiple']}", "", f"{al['aligned_layers']}/{al['pruned_layers']} layers",
+                  f"{al['share']:.0%} aligned" + (" (GPU targets: prune.round_to=8)" if al["share"] < 1 else ""))
+    pts = {(p.backend, p.precision, p.batch, p.variant): p for p in rec.latency}
+    for key in dict.fromkeys((p.backend, p.precision, p.batch) for p in rec.latency):
+        d, p = pts.get((*key, "dense")), pts.get((*key, "pruned"))
         if d is None or p is None:
             continue
+        backend, precision, batch = key
         cov = max(d.cov, p.cov)
         tries = max(d.attempts, p.attempts)
         again = f", {tries} tries" if tries > 1 else ""
-        flag = f" (cov {cov:.1%}{again})" if d.stable and p.stable else f" [yellow](unstable: cov {cov:.1%}{again})[/]"
+        throttle = sorted(set(d.throttle_reasons) | set(p.throttle_reasons))
+        why = f"cov {cov:.1%}" + (f", GPU throttle: {', '.join(throttle)}" if throttle else "")
+        flag = f" (cov {cov:.1%}{again})" if d.stable and p.stable else f" [yellow](unstable: {why}{again})[/]"
         quick = " quick" if p.quick else ""
-        t.add_row(f"latency {backend} b{batch}{quick}", f"{d.median_ms:.3f} ms", f"{p.median_ms:.3f} ms",
+        t.add_row(f"latency {backend} {precision} b{batch}{quick}", f"{d.median_ms:.3f} ms", f"{p.median_ms:.3f} ms",
                   f"{p.speedup_vs_dense or 0:.2f}x measured{flag}")
-    for backend in sorted({p.backend for p in rec.parity}):
-        cells = {p.variant: p for p in rec.parity if p.backend == backend}
-        t.add_row(f"parity {backend} (max abs)", _parity_cell(cells.get("dense")), _parity_cell(cells.get("pruned")),
-                  "fp32 gate" if all(p.passed for p in cells.values()) else "[bold red]parity FAILED[/]")
+        if d.gpu_compute and p.gpu_compute:
+            t.add_row("  GPU compute (CUDA events)", f"{d.gpu_compute['median_ms']:.3f} ms",
+                      f"{p.gpu_compute['median_ms']:.3f} ms", f"{p.gpu_speedup_vs_dense or 0:.2f}x")
+        if d.memory and p.memory and d.device == "cuda":
+            t.add_row("  GPU memory (NVML peak - before)", _mem(d.memory), _mem(p.memory), "")
+    for backend, precision in sorted({(p.backend, p.precision) for p in rec.parity}):
+        mine = [p for p in rec.parity if (p.backend, p.precision) == (backend, precision)]
+        cells = {v: max((p for p in mine if p.variant == v), key=lambda p: p.max_abs, default=None)
+                 for v in ("dense", "pruned")}
+        gate = f"fp16 gate (cosine >= {mine[0].cosine_min:g})" if precision == "fp16" and mine[0].cosine_min else "fp32 gate"
+        t.add_row(f"parity {backend} {precision} (max abs)", _parity_cell(cells["dense"]), _parity_cell(cells["pruned"]),
+                  gate if all(p.passed for p in mine) else "[bold red]parity FAILED[/]")
     return t
+
+
+def _mem(m: dict[str, Any]) -> str:
+    before, peak = m.get("nvml_used_before_bytes"), m.get("nvml_used_peak_bytes")
+    if before is None or peak is None:
+        torch_peak = m.get("torch_peak_allocated_bytes")
+        return f"{torch_peak / 2**20:.0f} MiB torch" if torch_peak is not None else "-"
+    return f"{(peak - before) / 2**20:.0f} MiB"
 
 
 def _parity_cell(p: record.Parity | None) -> str:
@@ -101,11 +124,18 @@ def find_records(root: str | Path) -> list[tuple[Path, record.Record]]:
     return [(p, record.read(p)) for p in paths]
 
 
+def point_label(p: record.LatencyPoint) -> str:
+    """``backend@bN``, with ``/fp16`` after the backend for non-fp32 points."""
+    return f"{p.backend}{'' if p.precision == 'fp32' else '/' + p.precision}@b{p.batch}"
+
+
 def _measured(rec: record.Record) -> dict[str, float]:
+    """Measured speed-up per backend and precision, at its smallest batch."""
     out = {}
     for p in rec.latency:
-        if p.variant == "pruned" and p.batch == min(q.batch for q in rec.latency if q.backend == p.backend):
-            out[f"{p.backend}@b{p.batch}"] = round(p.speedup_vs_dense or 0.0, 3)
+        same = [q.batch for q in rec.latency if (q.backend, q.precision) == (p.backend, p.precision)]
+        if p.variant == "pruned" and p.batch == min(same):
+            out[point_label(p)] = round(p.speedup_vs_dense or 0.0, 3)
     return out
 
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # mypy checks every use of `trt` below against tensorrt-stubs
 else:
     trt = None  # imported on first use by load(): importing pbkit never needs TensorRT
 
-INSTALL_HINT = "tensorrt-cu13 (requirements/gpu.lock, or the GPU image)"
+INSTALL_HINT = "pip install tensorrt-cu13 (requirements/gpu.lock), or use the GPU image"
 
 
 def load() -> None:
@@ -39,9 +39,9 @@ def load() -> None:
     try:
         module = importlib.import_module("tensorrt")
     except Exception as e:  # ImportError, or a library that fails to load
-        raise PbkitError(f"TensorRT is not available ({type(e).__name__}: {e}); install {INSTALL_HINT}") from e
+        raise PbkitError(f"TensorRT is not available ({type(e).__name__}: {e}); to use it: {INSTALL_HINT}") from e
     if not hasattr(module, "Builder"):
-        raise PbkitError(f"the installed 'tensorrt' package has no Builder (stubs only?); install {INSTALL_HINT}")
+        raise PbkitError(f"the installed 'tensorrt' package has no Builder (stubs only?); to use it: {INSTALL_HINT}")
     globals()["trt"] = module
 
 
@@ -54,7 +54,7 @@ def unavailable_reason() -> str | None:
     try:
         load()
     except PbkitError as e:
-        return str(e).split("; install")[0]
+        return str(e).split("; to use it")[0]
     return None
 
 

@@ -86,7 +86,7 @@ def test_run_with_config_and_overrides(pbkit, tmp_path: Path) -> None:  # type: 
     r = pbkit("run", cfg, "--set", f"out={tmp_path / 'runs'}", "--set", "prune.scope=global",
               "--set", "bench.backends=[ort-cpu]", *QUICK)
     assert r.code == 0, r.err
-    for needle in ("params", "MACs", "achieved", "latency ort-cpu b1", "measured", "parity ort-cpu", "record:"):
+    for needle in ("params", "MACs", "achieved", "latency ort-cpu fp32 b1", "measured", "parity ort-cpu", "record:"):
         assert needle in r.out
 
 

@@ -53,7 +53,7 @@ def test_run_table_shows_counted_and_measured_speedups(pruned_run: Path) -> None
     console = Console(record=True, width=160)
     console.print(report.run_table(record.read(pruned_run)))
     text = console.export_text()
-    for needle in ("params", "MACs @32px", "achieved", "latency torch-cpu b1", "latency ort-cpu b1", "measured",
+    for needle in ("params", "MACs @32px", "achieved", "latency torch-cpu fp32 b1", "latency ort-cpu fp32 b1", "measured",
                    "parity ort-cpu"):
         assert needle in text
 
