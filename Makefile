@@ -21,7 +21,8 @@ IMAGE ?= ghcr.io/$(OWNER)/pbkit
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DOCKER_ARGS = --build-arg VERSION=$(VERSION) --build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) \
 	--build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ)
-BENCH_CONFIG := $(or $(wildcard configs/bench/$(subst :,_,$(MODEL)).yaml),configs/bench/default.yaml)
+BENCH_DIR := configs/bench$(if $(filter gpu,$(TARGET)),/gpu)
+BENCH_CONFIG := $(or $(wildcard $(BENCH_DIR)/$(subst :,_,$(MODEL)).yaml),configs/bench/default.yaml)
 BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set model.name=$(MODEL)) \
 	$(if $(METHOD),--set prune.method=$(METHOD)) \
 	$(if $(SPEEDUP),--set prune.speedup=$(SPEEDUP)) \
@@ -30,11 +31,11 @@ BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set mo
 	$(if $(BATCH),--set bench.batches=[$(BATCH)]) \
 	$(if $(ROUND_TO),--set prune.round_to=$(ROUND_TO))
 
-.PHONY: help setup bench test lint lock report perf reference clean docker-build docker-bench docker-pin
+.PHONY: help setup bench test lint lock report perf fidelity reference clean docker-build docker-bench docker-pin
 
 help:
 	@echo "make setup                      create $(VENV)/ from the pinned lock ($(LOCK), hashes checked)"
-	@echo "make bench [MODEL=m METHOD=k SPEEDUP=x SCOPE=s BACKEND=b BATCH=n ROUND_TO=n]"
+	@echo "make bench [MODEL=m METHOD=k SPEEDUP=x SCOPE=s BACKEND=b BATCH=n ROUND_TO=n TARGET=gpu]"
 	@echo "                                prune, export, check parity, measure, record, print the table"
 	@echo "make test                       run the test suite"
 	@echo "make lint                       ruff, hadolint, mypy (TensorRT code vs tensorrt-stubs)"
@@ -43,6 +44,7 @@ help:
 	@echo "make docker-pin                 refresh the base-image digests (needs a registry)"
 	@echo "make report                     leaderboard of results/runs"
 	@echo "make perf                       per-step time of every method (results/perf/)"
+	@echo "make fidelity                   spread and agreement of the measurement itself (results/perf/)"
 	@echo "make lock                       re-resolve requirements/*.in into the lock files (needs uv)"
 
 setup: $(STAMP)
@@ -82,6 +84,9 @@ clean:
 
 perf: setup ## per-step time of every method on the ResNet-50 CIFAR shape -> results/perf/
 	$(BIN)/python benchmarks/perf_methods.py
+
+fidelity: setup ## run-to-run spread of the measurement and agreement with an independent loop -> results/perf/
+	$(BIN)/python benchmarks/fidelity.py
 
 reference: setup ## regenerate results/reference/<tag>/ (records, leaderboard, plot)
 	bash benchmarks/reference.sh

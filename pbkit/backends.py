@@ -8,6 +8,7 @@ which backends are available here and, if not, why and what to install.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import time
 from collections.abc import Callable
@@ -264,9 +265,6 @@ class CudaRunner(Runner):
     def outputs(self) -> list[np.ndarray]:
         return self._query()
 
-    def memory(self) -> dict[str, Any]:
-        return {}
-
     def close(self) -> None:
         self.stream.synchronize()
 
@@ -309,19 +307,18 @@ class TorchCuda(CudaRunner):
             return list(self.static_out)
         return self._eager()
 
-    def memory(self) -> dict[str, Any]:
-        return {}
-
 
 class OrtCuda(CudaRunner):
     """ONNX Runtime on the GPU with IO binding: the input is bound in device memory on our stream
     (the provider runs on it too), the outputs are allocated and kept on the device."""
 
     def __init__(self, spec: RunSpec, provider: str = "CUDAExecutionProvider") -> None:
+        spec = dataclasses.replace(spec, channels_last=False)  # ONNX Runtime binds a contiguous NCHW input
         super().__init__(spec, in_dtype=_dtype("fp32"))
         self.d_in.copy_(self.h_in)
         stream = str(self.stream.cuda_stream)
-        cuda_opts = {"device_id": str(spec.device_index), "user_compute_stream": stream}
+        cuda_opts = {"device_id": str(spec.device_index), "user_compute_stream": stream,
+                     "has_user_compute_stream": "1"}
         providers: list[Any] = []
         if provider == "TensorrtExecutionProvider":
             cache = Path(spec.cache_dir or spec.path.parent / "trt-cache") / "ort-trt"
@@ -330,7 +327,7 @@ class OrtCuda(CudaRunner):
             name = self._input_name(spec.path)
             shape = "x".join(str(d) for d in spec.x.shape)
             providers.append(("TensorrtExecutionProvider", {
-                "device_id": str(spec.device_index), "user_compute_stream": stream,
+                "device_id": str(spec.device_index), "user_compute_stream": stream, "has_user_compute_stream": "1",
                 "trt_fp16_enable": spec.precision == "fp16", "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
                 "trt_timing_cache_path": str(cache),
@@ -354,10 +351,6 @@ class OrtCuda(CudaRunner):
         import onnx
 
         return str(onnx.load(str(path), load_external_data=False).graph.input[0].name)
-
-    def _compute(self) -> list[Any]:
-        self.sess.run_with_iobinding(self.io)
-        return []
 
     def _round_trip(self) -> float | None:
         torch = self.torch

@@ -59,3 +59,16 @@ def pruned_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                              "bench.quick=true", "export.exporter=torchscript"])
     run_dir, _ = pipeline.run_all(cfg, quiet=True)
     return run_dir
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run where torch sees a CUDA device and skip cleanly elsewhere."""
+    gpu_items = [i for i in items if i.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    from pbkit.backends import cuda_reason
+
+    reason = cuda_reason()
+    if reason:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=f"gpu test: {reason}"))

@@ -23,7 +23,14 @@ def test_every_shipped_config_is_valid(path: str) -> None:
     cfg = config.load(REPO / path)  # a schema error raises PbkitError
     spec = models.resolve(cfg.model.name)  # the names it uses exist...
     assert methods.get(cfg.prune.method, spec.family).key == cfg.prune.method  # ...and fit together
-    assert all(b in ("torch-cpu", "ort-cpu") for b in cfg.bench.backends)
+    from pbkit.backends import BACKENDS
+
+    assert all(b in BACKENDS for b in cfg.bench.backends)
+    gpu = [BACKENDS[b].device == "cuda" for b in cfg.bench.backends]
+    assert all(gpu) == ("/gpu/" in path) and any(gpu) == all(gpu)  # GPU configs live in configs/bench/gpu/
+    if all(gpu):
+        assert cfg.prune.round_to == 8  # tensor-core friendly widths for GPU targets
+        assert {1, 32} <= set(cfg.bench.batches) and set(cfg.bench.precisions) == {"fp32", "fp16"}
 
 
 def test_overrides_parse_yaml_values() -> None:

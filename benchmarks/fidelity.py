@@ -1,0 +1,168 @@
+"""Speed and fidelity of the measurement itself (a benchmark, not a timed test).
+
+1. Run-to-run spread: the same run folder is benched ``--repeats`` times (the full `pbkit bench`
+   protocol each time); per backend and model, the CoV of the medians across repeats.
+   Goal: <= 1% on a GPU, <= 5% on shared CPUs.
+2. Agreement: right after each ort-cpu bench, a minimal independent loop (a fresh ONNX Runtime
+   session with the same thread count, `perf_counter` around `session.run`, no pbkit code) times
+   the same ONNX file for as long as pbkit measured it; our median must be within 5% of its median
+   (headline: the median over the repeats of each; every repeat is listed too).
+
+    python benchmarks/fidelity.py [--run RUN_DIR] [--repeats 5] [--backends ort-cpu torch-cpu]
+                                  [--out results/perf]
+
+Without --run, a resnet18_cifar run (l1, protected, 2x, random weights) is made first. Writes
+fidelity-<tag>.json / .md / .png under --out (tag: the GPU name, else cpu-<cores>core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pbkit import backends, config, counts, envinfo, measure, pipeline, record
+from pbkit.fileio import atomic_write_json, atomic_write_text
+
+SPREAD_GOAL = {"cpu": 0.05, "cuda": 0.01}
+AGREEMENT_GOAL = 0.05
+
+
+def independent_ort_median(onnx_path: Path, x: np.ndarray, threads: int, seconds: float, iters: int) -> float:
+    """The minimal loop: its own session and timer, nothing from pbkit's measurement code."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x}
+    for _ in range(50):
+        sess.run(None, feed)
+    times: list[float] = []
+    t_end = time.perf_counter() + seconds
+    while len(times) < iters or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def make_run(out: Path) -> Path:
+    cfg = config.load(None, [f"out={out}", "model.name=resnet18_cifar", "prune.method=l1", "prune.speedup=2",
+                             "bench.backends=[ort-cpu]"])
+    run = pipeline.prune_stage(cfg)
+    pipeline.export_stage(run)
+    return run
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, default=None)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--backends", nargs="+", default=None, help="default: ort-cpu, torch-cpu and available GPU ones")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("results/perf"))
+    args = ap.parse_args()
+
+    names = args.backends or [n for n in ("ort-cpu", "torch-cpu", "torch-cuda", "torch-cuda-graph")
+                              if backends.BACKENDS[n].check() is None]
+    with tempfile.TemporaryDirectory() as tmp:
+        run = args.run or make_run(Path(tmp))
+        rec0 = record.read(run)
+        threads = measure.default_threads()
+        x = counts.example_input(rec0.model.input_size, batch=args.batch, seed=2).numpy()
+        medians: dict[tuple[str, str], list[float]] = {}
+        agreement: list[dict[str, Any]] = []
+        for i in range(args.repeats):
+            rec = pipeline.bench_stage(run, [f"bench.backends=[{','.join(names)}]", f"bench.batches=[{args.batch}]",
+                                             f"bench.threads={threads}"], quiet=True)
+            for p in rec.latency:
+                if p.backend in names and p.batch == args.batch:
+                    medians.setdefault((p.backend, p.variant), []).append(p.median_ms)
+            if "ort-cpu" in names:
+                s = rec.bench or {}
+                for variant in ("dense", "pruned"):
+                    ours = next(p.median_ms for p in rec.latency
+                                if (p.backend, p.variant, p.batch) == ("ort-cpu", variant, args.batch))
+                    ref = independent_ort_median(run / pipeline.ONNX_FILES[variant], x, threads,
+                                                 float(s.get("min_time_s", 3.0)), int(s.get("min_iters", 200)))
+                    agreement.append({"repeat": i + 1, "variant": variant, "pbkit_ms": ours, "independent_ms": ref,
+                                      "rel_diff": ours / ref - 1})
+            print(f"repeat {i + 1}/{args.repeats}: " + ", ".join(
+                f"{b}/{v} {m[-1]:.3f} ms" for (b, v), m in medians.items()), file=sys.stderr, flush=True)
+        env = envinfo.collect()
+
+    spread = []
+    for (backend, variant), ms in medians.items():
+        device = backends.BACKENDS[backend].device
+        cov = statistics.stdev(ms) / statistics.mean(ms) if len(ms) > 1 else 0.0
+        spread.append({"backend": backend, "variant": variant, "device": device, "medians_ms": ms, "cov": cov,
+                       "goal": SPREAD_GOAL[device], "ok": cov <= SPREAD_GOAL[device]})
+    worst = max((abs(a["rel_diff"]) for a in agreement), default=None)
+    overall = {v: statistics.median(a["pbkit_ms"] for a in agreement if a["variant"] == v) /
+               statistics.median(a["independent_ms"] for a in agreement if a["variant"] == v) - 1
+               for v in ("dense", "pruned") if any(a["variant"] == v for a in agreement)}
+    tag = env["gpus"][0]["name"].replace(" ", "-") if env["gpus"] else f"cpu-{measure.cores()}core"
+    result = {"model": rec0.model.name, "run_id": rec0.run_id, "batch": args.batch, "threads": threads,
+              "repeats": args.repeats, "spread": spread, "agreement": agreement,
+              "agreement_median_of_repeats": overall, "agreement_worst_repeat": worst,
+              "agreement_ok": bool(overall) and all(abs(d) <= AGREEMENT_GOAL for d in overall.values()),
+              "machine": envinfo.machine(env), "env": env}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / f"fidelity-{tag}.json", result)
+    lines = [f"# Measurement fidelity: {rec0.model.name}, batch {args.batch}, {threads} threads, "
+             f"{args.repeats} repeats ({envinfo.machine(env)})", "",
+             "| backend | model | medians (ms) | CoV of medians | goal | ok |", "|---|---|---|---|---|---|"]
+    for s in spread:
+        lines.append(f"| {s['backend']} | {s['variant']} | {', '.join(f'{m:.3f}' for m in s['medians_ms'])} | "
+                     f"{s['cov']:.2%} | <= {s['goal']:.0%} | {'yes' if s['ok'] else 'NO'} |")
+    if agreement:
+        lines += ["", "ort-cpu vs a minimal independent loop on the same ONNX file (same run):", "",
+                  "| repeat | model | pbkit (ms) | independent (ms) | difference |", "|---|---|---|---|---|"]
+        lines += [f"| {a['repeat']} | {a['variant']} | {a['pbkit_ms']:.3f} | {a['independent_ms']:.3f} | "
+                  f"{a['rel_diff']:+.2%} |" for a in agreement]
+        lines += ["", "Median over the repeats: " + ", ".join(f"{v} {d:+.2%}" for v, d in overall.items()) +
+                  f" (goal: within {AGREEMENT_GOAL:.0%}: {'met' if result['agreement_ok'] else 'NOT MET'}); "
+                  f"worst single repeat {worst:.2%}."]
+    atomic_write_text(args.out / f"fidelity-{tag}.md", "\n".join(lines) + "\n")
+    _plot(spread, agreement, args.out / f"fidelity-{tag}.png", rec0.model.name)
+    print("\n".join(lines))
+    return 0
+
+
+def _plot(spread: list[dict[str, Any]], agreement: list[dict[str, Any]], path: Path, model: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, s in enumerate(spread):
+        ax.plot(range(1, len(s["medians_ms"]) + 1), s["medians_ms"], "o-", color=f"C{i}",
+                label=f"{s['backend']} {s['variant']} (CoV {s['cov']:.1%})")
+    for variant, style in (("dense", "--"), ("pruned", ":")):
+        pts = [a for a in agreement if a["variant"] == variant]
+        if pts:
+            ax.plot([a["repeat"] for a in pts], [a["independent_ms"] for a in pts], style, color="k",
+                    label=f"independent ORT loop, {variant}")
+    ax.set_xlabel("repeat")
+    ax.set_ylabel("median latency (ms)")
+    ax.set_title(f"run-to-run spread and agreement ({model})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
