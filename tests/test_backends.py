@@ -13,11 +13,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import Result
 
 from pbkit import backends, cli, config, counts, export, gpumon, models, pipeline, record
 from pbkit.errors import PbkitError
-
-from conftest import Result
 
 
 def test_list_backends_says_which_are_available_and_why_not(pbkit: Callable[..., Result]) -> None:
