@@ -369,21 +369,41 @@ def run(config_file: str, overrides: tuple[str, ...], as_json: bool) -> int:
 @click.argument("folder", type=click.Path(), default="results/runs")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(), default=None, help="Also write a PNG: MACs vs measured speed-up.")
-def report(folder: str, fmt: str, plot_path: str | None) -> None:
+@click.option("--across-machines", is_flag=True,
+              help="Compare each pruned model's measured speed-up across the machines (GPUs, CPUs) of the records.")
+def report(folder: str, fmt: str, plot_path: str | None, across_machines: bool) -> None:
     """Leaderboards from records, grouped by model, dataset, scope and target.
 
-    Rows are ranked only against rows with the same base weights and finetuning recipe.
+    Rows are ranked only against rows with the same base weights and finetuning recipe. With
+    --across-machines: one row per measured point, one column per machine (e.g. records measured
+    on an H100 and an L4 put together in one folder).
 
     \b
     Example:
       pbkit report results/runs --format md > LEADERBOARD.md
       pbkit report results/runs --plot speedups.png
+      pbkit report results/gpu --across-machines --format md --plot across.png
     """
     from pbkit import report as rep
 
-    rs = rep.rows(rep.find_records(folder))
-    if not rs:
+    records = rep.find_records(folder)
+    if not records:
         raise PbkitError(f"no records (record.json) under {folder!r}")
+    if across_machines:
+        mrows = rep.machine_rows(records)
+        if not mrows:
+            raise PbkitError(f"no latency measurements in the records under {folder!r} (run `pbkit bench` first)")
+        shown = rep.render_machines(mrows, fmt)
+        if isinstance(shown, str):
+            click.echo(shown, nl=False)
+        else:
+            _print(shown)
+        if plot_path:
+            from pbkit.console import note
+
+            note(f"plot written to {rep.plot_machines(mrows, plot_path)}")
+        return
+    rs = rep.rows(records)
     if fmt == "md":
         click.echo(rep.markdown(rs))
     elif fmt in ("csv", "json"):

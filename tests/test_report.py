@@ -62,3 +62,50 @@ def test_report_skips_unfinished_temp_folders(pruned_run: Path, tmp_path: Path) 
     _variant(pruned_run, tmp_path / "a", "l1", 88.0)
     _variant(pruned_run, tmp_path / ".tmp-b", "l2", 80.0)
     assert [r["method"] for r in report.rows(report.find_records(tmp_path))] == ["l1"]
+
+
+def _on_gpu(src: Path, dst: Path, gpu: str, factor: float, when: str) -> Path:
+    """The same run as if measured on another machine: its GPU in the env, its pruned latency scaled."""
+    shutil.copytree(src, dst)
+    data = json.loads((dst / "record.json").read_text())
+    data["env"]["gpus"] = [{"index": 0, "name": gpu}]
+    data["bench"]["measured_utc"] = when
+    for p in data["latency"]:
+        if p["variant"] == "pruned":
+            p["median_ms"] *= factor
+            dense = next(q for q in data["latency"] if q["variant"] == "dense" and
+                         (q["backend"], q["precision"], q["batch"]) == (p["backend"], p["precision"], p["batch"]))
+            p["speedup_vs_dense"] = dense["median_ms"] / p["median_ms"]
+    (dst / "record.json").write_text(json.dumps(data))
+    return dst
+
+
+def test_across_machines_puts_each_gpu_in_its_own_column(pruned_run: Path, tmp_path: Path, pbkit) -> None:  # type: ignore[no-untyped-def]
+    _on_gpu(pruned_run, tmp_path / "h100", "NVIDIA H100 80GB HBM3", 0.5, "2026-11-20T10:00:00Z")
+    _on_gpu(pruned_run, tmp_path / "l4-old", "NVIDIA L4", 2.0, "2026-11-19T10:00:00Z")
+    _on_gpu(pruned_run, tmp_path / "l4", "NVIDIA L4", 0.8, "2026-11-21T10:00:00Z")  # newest L4 run wins
+    rows = report.machine_rows(report.find_records(tmp_path))
+    machines, table = report.across_machines(rows)
+    assert machines == ["NVIDIA H100 80GB HBM3", "NVIDIA L4"]
+    base = record.read(pruned_run)
+    for (model, method, scope, target, backend, precision, batch), cells in table.items():
+        dense = next(p for p in base.latency if (p.backend, p.precision, p.batch, p.variant) ==
+                     (backend, precision, batch, "dense"))
+        pruned = next(p for p in base.latency if (p.backend, p.precision, p.batch, p.variant) ==
+                      (backend, precision, batch, "pruned"))
+        h100, l4 = cells["NVIDIA H100 80GB HBM3"], cells["NVIDIA L4"]
+        assert abs(h100["speedup"] - dense.median_ms / (pruned.median_ms * 0.5)) < 1e-9
+        assert abs(l4["speedup"] - dense.median_ms / (pruned.median_ms * 0.8)) < 1e-9
+    r = pbkit("report", tmp_path, "--across-machines", "--format", "md", "--plot", tmp_path / "across.png")
+    assert r.code == 0, r.err
+    assert "| NVIDIA H100 80GB HBM3 | NVIDIA L4 |" in r.out.splitlines()[2]
+    assert (tmp_path / "across.png").stat().st_size > 10_000
+
+
+def test_across_machines_without_measurements_is_an_error(pruned_run: Path, tmp_path: Path, pbkit) -> None:  # type: ignore[no-untyped-def]
+    shutil.copytree(pruned_run, tmp_path / "a")
+    data = json.loads((tmp_path / "a" / "record.json").read_text())
+    data["latency"] = []
+    (tmp_path / "a" / "record.json").write_text(json.dumps(data))
+    r = pbkit("report", tmp_path, "--across-machines")
+    assert r.code == 2 and "no latency measurements" in r.err
