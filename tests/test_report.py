@@ -88,7 +88,8 @@ def test_across_machines_puts_each_gpu_in_its_own_column(pruned_run: Path, tmp_p
     machines, table = report.across_machines(rows)
     assert machines == ["NVIDIA H100 80GB HBM3", "NVIDIA L4"]
     base = record.read(pruned_run)
-    for (model, method, scope, target, backend, precision, batch), cells in table.items():
+    for key, cells in table.items():
+        backend, precision, batch = key[4:]
         dense = next(p for p in base.latency if (p.backend, p.precision, p.batch, p.variant) ==
                      (backend, precision, batch, "dense"))
         pruned = next(p for p in base.latency if (p.backend, p.precision, p.batch, p.variant) ==
