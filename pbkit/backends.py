@@ -42,8 +42,6 @@ class RunSpec:
 class Runner:
     """One model ready to be queried. Subclasses implement :meth:`_query` (host in, host out)."""
 
-    gpu_timed = False  # True: :meth:`timed` also returns the GPU compute time (CUDA events)
-
     def __init__(self) -> None:
         self.flags: dict[str, Any] = {}  # how it ran (cuda_graph, io_binding, ...), into the record
         self._last: list[np.ndarray] = []
@@ -89,15 +87,9 @@ class Backend:
 
 
 def _flatten(out: Any) -> list[Any]:
-    import torch
+    from pbkit.export import output_tensors  # torch is imported on first use, not with the registry
 
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, list | tuple):
-        return [t for o in out for t in _flatten(o)]
-    if isinstance(out, dict):
-        return [t for o in out.values() for t in _flatten(o)]
-    return []
+    return output_tensors(out)
 
 
 def has_module(module: str) -> str | None:
@@ -209,8 +201,6 @@ class CudaRunner(Runner):
     """A GPU runner on its own CUDA stream. One query: copy the pinned host input to the device,
     run the engine between two CUDA events, copy the outputs back to pinned host buffers,
     synchronise the stream. Wall clock spans all of it; the events span the engine call."""
-
-    gpu_timed = True
 
     def __init__(self, spec: RunSpec, in_dtype: Any = None) -> None:
         super().__init__()

@@ -19,13 +19,14 @@ from pbkit.fileio import atomic_write, sha256_file
 INPUT_NAME = "input"
 
 
-def _outputs(out: Any) -> list[torch.Tensor]:
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """A model's outputs (tensors, or lists / tuples / dicts of them) as a flat list of tensors."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, list | tuple):
-        return [t for o in out for t in _outputs(o)]
+        return [t for o in out for t in output_tensors(o)]
     if isinstance(out, dict):
-        return [t for o in out.values() for t in _outputs(o)]
+        return [t for o in out.values() for t in output_tensors(o)]
     return []
 
 
@@ -38,7 +39,7 @@ def to_onnx(model: nn.Module, input_size: int, path: str | Path, opset: int = 18
     model.eval()
     x = counts.example_input(input_size, batch=2).to(dtype)
     with torch.no_grad():
-        n_out = len(_outputs(model(x)))
+        n_out = len(output_tensors(model(x)))
     if n_out == 0:
         raise PbkitError("the model's forward returns no tensor; there is nothing to export")
     out_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
@@ -114,4 +115,4 @@ def compare(out: list[np.ndarray], ref: list[np.ndarray], rtol: float, atol: flo
 def reference_outputs(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
     model.eval()
     with torch.no_grad():
-        return [t.float().numpy() for t in _outputs(model(x))]
+        return [t.float().numpy() for t in output_tensors(model(x))]

@@ -99,10 +99,17 @@ def state(handle: Any, unavailable: dict[str, str] | None = None, prefix: str = 
         "temperature_c": _read(miss, f"{prefix}.temperature_c",
                                lambda: int(nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU))),
         "power_w": _read(miss, f"{prefix}.power_w", lambda: nv.nvmlDeviceGetPowerUsage(handle) / 1000.0),
-        "memory_used_bytes": _read(miss, f"{prefix}.memory_used_bytes",
-                                   lambda: int(nv.nvmlDeviceGetMemoryInfo(handle).used)),
+        "memory_used_bytes": _read(miss, f"{prefix}.memory_used_bytes", lambda: used_memory(handle)),
         "throttle_reasons": decode_reasons(mask) if mask is not None else None,
     }
+
+
+def used_memory(handle: Any) -> int | None:
+    """NVML used device memory in bytes, or None without NVML or a handle."""
+    nv, _ = nvml()
+    if nv is None or handle is None:
+        return None
+    return int(nv.nvmlDeviceGetMemoryInfo(handle).used)
 
 
 def _reasons_mask(nv: Any, handle: Any) -> int:
@@ -176,8 +183,9 @@ class Sampler:
         self.rss_peak = max(self.rss_peak, self.proc.memory_info().rss)
         if self.nv is not None:
             try:
-                used = int(self.nv.nvmlDeviceGetMemoryInfo(self.handle).used)
-                self.nvml_peak = used if self.nvml_peak is None else max(self.nvml_peak, used)
+                used = used_memory(self.handle)
+                if used is not None:
+                    self.nvml_peak = used if self.nvml_peak is None else max(self.nvml_peak, used)
                 self.reasons.update(decode_reasons(_reasons_mask(self.nv, self.handle)))
             except Exception:  # a failed sample is skipped; the fields stay null when none succeed
                 pass

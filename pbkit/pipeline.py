@@ -471,10 +471,6 @@ def _engines_ready(rec: record.Record, run_dir: Path, precision: str, batches: l
                for v in (DENSE, PRUNED))
 
 
-def _used_memory(handle: Any) -> int | None:
-    return gpumon.state(handle).get("memory_used_bytes") if handle is not None else None
-
-
 def _build_runner(be: backends.Backend, spec: backends.RunSpec, settings: dict[str, Any], handle: Any,
                   track: bool) -> tuple[backends.Runner, dict[str, Any] | None, tuple[float, int]]:
     """Make a runner and warm it up (the first call timed apart), measuring memory meanwhile:
@@ -490,7 +486,7 @@ def _build_runner(be: backends.Backend, spec: backends.RunSpec, settings: dict[s
     if cuda:
         torch.cuda.synchronize(spec.device_index)
         torch.cuda.reset_peak_memory_stats(spec.device_index)
-        mem.update(nvml_used_before_bytes=_used_memory(handle),
+        mem.update(nvml_used_before_bytes=gpumon.used_memory(handle),
                    torch_allocated_before_bytes=torch.cuda.memory_allocated(spec.device_index))
     with gpumon.Sampler(handle if cuda else None, 0.005) as sampler:
         runner = be.make(spec)
@@ -498,7 +494,7 @@ def _build_runner(be: backends.Backend, spec: backends.RunSpec, settings: dict[s
     mem.update(rss_peak_bytes=sampler.rss_peak, rss_after_bytes=proc.memory_info().rss, samples=sampler.samples)
     if cuda:
         torch.cuda.synchronize(spec.device_index)
-        mem.update(nvml_used_peak_bytes=sampler.nvml_peak, nvml_used_after_bytes=_used_memory(handle),
+        mem.update(nvml_used_peak_bytes=sampler.nvml_peak, nvml_used_after_bytes=gpumon.used_memory(handle),
                    torch_peak_allocated_bytes=torch.cuda.max_memory_allocated(spec.device_index),
                    torch_peak_reserved_bytes=torch.cuda.max_memory_reserved(spec.device_index))
         if handle is None:

@@ -49,13 +49,13 @@ def test_c2f_replacement_keeps_the_outputs_exactly() -> None:
                 m.weight.uniform_(0.5, 1.5)
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
-        ref = export._outputs(dense(x))
+        ref = export.output_tensors(dense(x))
     n_c2f = sum(type(m) is C2f for m in dense.modules())
     split = yolo.make_prunable(dense)
     assert n_c2f == 8 and not any(type(m) is C2f for m in split.modules())
     assert sum(isinstance(m, yolo.C2fSplit) for m in split.modules()) == n_c2f
     with torch.no_grad():
-        out = export._outputs(split(x))
+        out = export.output_tensors(split(x))
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(ref, out, strict=True))
 
 
