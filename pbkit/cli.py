@@ -255,6 +255,11 @@ def prune(model: str, method: str, speedup: float, scope: str | None, round_to: 
     return _finish(run_dir, as_json)
 
 
+def _list_sets(*pairs: tuple[str, tuple[Any, ...]]) -> list[str]:
+    """``key=[a,b]`` overrides for the repeatable options that were given."""
+    return [f"{key}=[{','.join(str(v) for v in values)}]" for key, values in pairs if values]
+
+
 def _run_dir(path: str) -> Path:
     p = Path(path)
     if not (p / "record.json").is_file():
@@ -289,10 +294,7 @@ def export(run_dir: str, fmt: str, precisions: tuple[str, ...], batches: tuple[i
     if fmt != "tensorrt" and (precisions or batches):
         raise PbkitError("--precision and --batch apply to --format tensorrt")
     sets = [f"export.formats=[{fmt}]", *overrides] + ([f"export.opset={opset}"] if opset is not None else [])
-    if precisions:
-        sets.append(f"export.tensorrt.precisions=[{','.join(precisions)}]")
-    if batches:
-        sets.append(f"bench.batches=[{','.join(str(b) for b in batches)}]")
+    sets += _list_sets(("export.tensorrt.precisions", precisions), ("bench.batches", batches))
     path = _run_dir(run_dir)
     pipeline.export_stage(path, sets)
     return _finish(path, as_json)
@@ -325,13 +327,8 @@ def bench(run_dir: str, backends: tuple[str, ...], batches: tuple[int, ...], pre
     """
     from pbkit import pipeline
 
-    sets = list(overrides)
-    if backends:
-        sets.append(f"bench.backends=[{','.join(backends)}]")
-    if batches:
-        sets.append(f"bench.batches=[{','.join(str(b) for b in batches)}]")
-    if precisions:
-        sets.append(f"bench.precisions=[{','.join(precisions)}]")
+    sets = [*overrides, *_list_sets(("bench.backends", backends), ("bench.batches", batches),
+                                    ("bench.precisions", precisions))]
     if channels_last:
         sets.append("bench.channels_last=true")
     if quick:
