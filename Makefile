@@ -38,7 +38,7 @@ help:
 	@echo "make bench [MODEL=m METHOD=k SPEEDUP=x SCOPE=s BACKEND=b BATCH=n ROUND_TO=n TARGET=gpu]"
 	@echo "                                prune, export, check parity, measure, record, print the table"
 	@echo "make test                       run the test suite"
-	@echo "make lint                       ruff, hadolint, mypy (TensorRT code vs tensorrt-stubs)"
+	@echo "make lint                       ruff, import-linter (the layering), hadolint, mypy (TensorRT code vs tensorrt-stubs)"
 	@echo "make docker-build [OWNER=o]     build ghcr.io/<owner>/pbkit (CUDA) and pbkit-cpu images"
 	@echo "make docker-bench MODEL=m       make bench inside the GPU image, records into ./results"
 	@echo "make docker-pin                 refresh the base-image digests (needs a registry)"
@@ -67,8 +67,9 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check pbkit tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu
-	MYPYPATH=$(STUBS) $(BIN)/mypy pbkit/trt.py
+	MYPYPATH=$(STUBS) $(BIN)/mypy pbkit/export/tensorrt.py pbkit/measure/tensorrt.py
 
 report: setup
 	$(BIN)/pbkit report results/runs

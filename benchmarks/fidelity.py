@@ -27,8 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from pbkit import backends, config, counts, envinfo, measure, pipeline, record
-from pbkit.fileio import atomic_write_json, atomic_write_text
+from pbkit import stages
+from pbkit.core import config, record
+from pbkit.core.fileio import atomic_write_json, atomic_write_text
+from pbkit.machine import envinfo
+from pbkit.measure import backends
+from pbkit.measure import protocol as measure
+from pbkit.models import counts
+from pbkit.stages.rundir import ONNX_FILES
 
 SPREAD_GOAL = {"cpu": 0.05, "cuda": 0.01}
 AGREEMENT_GOAL = 0.05
@@ -57,9 +63,7 @@ def independent_ort_median(onnx_path: Path, x: np.ndarray, threads: int, seconds
 def make_run(out: Path) -> Path:
     cfg = config.load(None, [f"out={out}", "model.name=resnet18_cifar", "prune.method=l1", "prune.speedup=2",
                              "bench.backends=[ort-cpu]"])
-    run = pipeline.prune_stage(cfg)
-    pipeline.export_stage(run)
-    return run
+    return stages.run(cfg, until="export").run_dir
 
 
 def main() -> int:
@@ -81,8 +85,8 @@ def main() -> int:
         medians: dict[tuple[str, str], list[float]] = {}
         agreement: list[dict[str, Any]] = []
         for i in range(args.repeats):
-            rec = pipeline.bench_stage(run, [f"bench.backends=[{','.join(names)}]", f"bench.batches=[{args.batch}]",
-                                             f"bench.threads={threads}"], quiet=True)
+            rec = stages.bench_run(run, values={"bench.backends": names, "bench.batches": [args.batch],
+                                                "bench.threads": threads}, quiet=True)
             for p in rec.latency:
                 if p.backend in names and p.batch == args.batch:
                     medians.setdefault((p.backend, p.variant), []).append(p.median_ms)
@@ -91,7 +95,7 @@ def main() -> int:
                 for variant in ("dense", "pruned"):
                     ours = next(p.median_ms for p in rec.latency
                                 if (p.backend, p.variant, p.batch) == ("ort-cpu", variant, args.batch))
-                    ref = independent_ort_median(run / pipeline.ONNX_FILES[variant], x, threads,
+                    ref = independent_ort_median(run / ONNX_FILES[variant], x, threads,
                                                  float(s.get("min_time_s", 3.0)), int(s.get("min_iters", 200)))
                     agreement.append({"repeat": i + 1, "variant": variant, "pbkit_ms": ours, "independent_ms": ref,
                                       "rel_diff": ours / ref - 1})

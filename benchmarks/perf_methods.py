@@ -21,15 +21,17 @@ from pathlib import Path
 
 import torch
 
-from pbkit import counts, data, envinfo, methods, models
-from pbkit.fileio import atomic_write_json, atomic_write_text
-from pbkit.pipeline import calibration_batches
-from pbkit.prune import _ignored
+from pbkit import data, models, tasks
+from pbkit.core.config import CalibrationCfg
+from pbkit.core.fileio import atomic_write_json, atomic_write_text
+from pbkit.machine import envinfo
+from pbkit.models import counts
+from pbkit.prune import methods
 
 GOAL = 10.0
 
 
-def step_times(key: str, batches: list, steps: int, model_name: str) -> dict:
+def step_times(key: str, calibration: object, steps: int, model_name: str) -> dict:
 
     spec = models.resolve(model_name, num_classes=100)
     model = models.build(spec, seed=0).eval()
@@ -43,16 +45,16 @@ def step_times(key: str, batches: list, steps: int, model_name: str) -> dict:
     imp = method.importance(ctx)
     pruner = cls(model, counts.example_input(spec.input_size), importance=imp, global_pruning=True,
                  pruning_ratio=1.0, max_pruning_ratio=0.9, iterative_steps=400,
-                 ignored_layers=_ignored(model, spec.num_classes), **extra)
+                 ignored_layers=tasks.get(spec.task).protected(model, spec), **extra)
     times, reg_ms = [], None
     for _ in range(steps):
         t0 = time.perf_counter()
         if method.collect is not None:
-            method.collect(imp, model, pruner, batches)
+            method.collect(imp, model, pruner, calibration)
         pruner.step()
         times.append(time.perf_counter() - t0)
     if method.stage == "sparsify":  # cost the regularizer adds to every training batch
-        x, y = batches[0]
+        x, y = calibration.batches[0]  # type: ignore[attr-defined]
         model.train()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         t0 = time.perf_counter()
@@ -69,7 +71,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pbkit.fileio import atomic_write
+    from pbkit.core.fileio import atomic_write
 
     rows = sorted(result["rows"], key=lambda r: r["step_time_s"])
     taylor = next(r["step_time_s"] for r in rows if r["method"] == "taylor")
@@ -107,11 +109,13 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     bundle = data.load("synthetic", image_size=32, num_classes=100, seed=0)
-    batches = calibration_batches(bundle, args.batches, args.batch_size, seed=0)
+    spec = models.resolve(args.model, num_classes=100)
+    calibration = tasks.get(spec.task).calibration(bundle, CalibrationCfg(dataset="synthetic", batches=args.batches,
+                                                                          batch_size=args.batch_size, seed=0), spec)
     keys = ["taylor"] + [k for k in args.methods if k != "taylor"]
     rows = []
     for i, key in enumerate(keys, 1):
-        r = step_times(key, batches, args.steps, args.model)
+        r = step_times(key, calibration, args.steps, args.model)
         rows.append(r)
         print(f"[{i}/{len(keys)}] {key:12s} step {r['step_time_s']:8.3f} s", file=sys.stderr, flush=True)
     taylor = rows[0]["step_time_s"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from pbkit.errors import PbkitError
+from pbkit.core.errors import PbkitError
 
 EXIT_PARITY = 3
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -25,7 +25,7 @@ def _emit_json(obj: Any) -> None:
 
 
 def _print(renderable: Any) -> None:
-    from pbkit.console import out
+    from pbkit.core.console import out
 
     out.print(renderable)
 
@@ -65,27 +65,28 @@ def list_cmd(what: str, as_json: bool) -> None:
     if what == "models":
         from pbkit import models
 
-        rows = [dict(name=e.name, family=e.family, source=e.source, input_size=e.input_size,
+        rows = [dict(name=e.name, family=e.family, task=e.task, source=e.source, input_size=e.input_size,
                      num_classes=e.num_classes, description=e.description) for e in models.MODELS.values()]
-        rows += [dict(name=n, family="yolo", source="ultralytics", input_size=640, num_classes=80, description=d)
-                 for n, d in models.YOLO_MODELS.items()]
+        rows += [dict(name=n, family="yolo", task="detect", source="ultralytics", input_size=640, num_classes=80,
+                      description=d) for n, d in models.YOLO_MODELS.items()]
         if as_json:
             _emit_json({"models": rows, "prefixes": {
                 "tv:": {"description": models.PREFIXES["tv:"], "names": models.torchvision_names()},
                 "timm:": {"description": models.PREFIXES["timm:"], "names": models.timm_names()}}})
             return
         t = Table(title="models")
-        for c in ("name", "family", "source", "input", "classes", "description"):
+        for c in ("name", "family", "task", "source", "input", "classes", "description"):
             t.add_column(c)
         for r in rows:
-            t.add_row(r["name"], r["family"], r["source"], str(r["input_size"]), str(r["num_classes"]), r["description"])
-        t.add_row("tv:<name>", "cnn/vit", "torchvision", "224", "1000",
+            t.add_row(r["name"], r["family"], r["task"], r["source"], str(r["input_size"]), str(r["num_classes"]),
+                      r["description"])
+        t.add_row("tv:<name>", "cnn/vit", "classify", "torchvision", "224", "1000",
                   f"{models.PREFIXES['tv:']} [{len(models.torchvision_names())} names]")
-        t.add_row("timm:<name>", "cnn/vit", "timm", "per model", "1000",
+        t.add_row("timm:<name>", "cnn/vit", "classify", "timm", "per model", "1000",
                   f"{models.PREFIXES['timm:']} [{len(models.timm_names())} names]")
         _print(t)
     elif what == "methods":
-        from pbkit import methods
+        from pbkit.prune import methods
 
         rows = [m.describe() for m in methods.METHODS.values()]
         if as_json:
@@ -99,7 +100,7 @@ def list_cmd(what: str, as_json: bool) -> None:
                       ", ".join(r["families"]))
         _print(t)
     elif what == "scopes":
-        from pbkit import methods
+        from pbkit.prune import methods
 
         if as_json:
             _emit_json({"scopes": methods.SCOPES})
@@ -111,7 +112,7 @@ def list_cmd(what: str, as_json: bool) -> None:
             t.add_row(k, v)
         _print(t)
     elif what == "backends":
-        from pbkit import backends
+        from pbkit.measure import backends
 
         rows = []
         for b in backends.BACKENDS.values():
@@ -157,7 +158,7 @@ def env(as_json: bool) -> None:
     Example:
       pbkit env --json > machine.json
     """
-    from pbkit import envinfo
+    from pbkit.machine import envinfo
 
     info = envinfo.collect()
     if as_json:
@@ -187,24 +188,33 @@ def env(as_json: bool) -> None:
 # -------------------------------------------------------------------------------- prune / run
 
 
-def _finish(run_dir: Path, as_json: bool, quiet_table: bool = False) -> int:
-    from pbkit import pipeline, record, report
+def _finish(run_dir: Path, as_json: bool, outcome: Any = None) -> int:
+    from pbkit.core import record
+    from pbkit.report.tables import run_table
+    from pbkit.stages import parity_failures
 
     rec = record.read(run_dir)
     if as_json:
-        _emit_json({"run_dir": str(run_dir), "record": rec.model_dump(mode="json")})
-    elif not quiet_table:
-        _print(report.run_table(rec))
+        payload: dict[str, Any] = {"run_dir": str(run_dir), "record": rec.model_dump(mode="json")}
+        if outcome is not None:
+            payload.update(stages_run=outcome.ran, stages_done_before=outcome.done_before)
+        _emit_json(payload)
+    else:
+        _print(run_table(rec))
         _print(f"run: {rec.run_id}\nrecord: {run_dir / record.RECORD_NAME}")
-    failed = pipeline.parity_failures(rec)
+    failed = parity_failures(rec)
     if failed:
-        from pbkit.console import err
+        from pbkit.core.console import err
 
         worst = max(failed, key=lambda p: p.max_abs)
         err.print(f"[bold red]error: ONNX parity FAILED[/] for {', '.join(f'{p.backend}/{p.variant}' for p in failed)} "
                   f"(max abs {worst.max_abs:.2e}, cosine {worst.cosine:.6f}); results were recorded")
         return EXIT_PARITY
     return 0
+
+
+FORCE_HELP = "Start the run again from scratch when its folder exists (default: continue it from the first " \
+             "unfinished stage, or report it when complete)."
 
 
 @cli.command(context_settings=CONTEXT)
@@ -218,14 +228,17 @@ def _finish(run_dir: Path, as_json: bool, quiet_table: bool = False) -> int:
 @click.option("--checkpoint", type=click.Path(), default=None, help="Base weights file (state dict or pbkit model file).")
 @click.option("--pretrained", is_flag=True, help="Use the hub's pretrained weights (needs the network).")
 @click.option("--out", type=click.Path(), default=None, help="Folder for run folders (default results/runs).")
+@click.option("--run-id", default=None, help="Name the run folder (default: <model>-<method>-<scope>-<x>x-<config hash>).")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. finetune.epochs=5.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def prune(model: str, method: str, speedup: float, scope: str | None, round_to: int | None, dataset: str | None,
-          data_root: str | None, checkpoint: str | None, pretrained: bool, out: str | None,
-          overrides: tuple[str, ...], as_json: bool) -> int:
+          data_root: str | None, checkpoint: str | None, pretrained: bool, out: str | None, run_id: str | None,
+          force: bool, overrides: tuple[str, ...], as_json: bool) -> int:
     """Prune a model to a MACs speed-up target (and finetune, if a dataset and epochs are given).
 
-    Writes a run folder with dense.pt, pruned.pt and record.json, and prints its summary.
+    Writes a run folder with dense.pt, pruned.pt (finetuned.pt) and record.json, and prints its
+    summary. The same configuration again continues or reports that run; --force starts it again.
 
     \b
     Example:
@@ -233,31 +246,20 @@ def prune(model: str, method: str, speedup: float, scope: str | None, round_to: 
       pbkit prune --model resnet20_cifar --method l1 --speedup 2 --dataset digits \\
           --set base.epochs=10 --set finetune.epochs=5
     """
-    from pbkit import config, pipeline
+    from pbkit.core import config
+    from pbkit.stages import run as run_stages
 
-    sets = [f"model.name={model}", f"prune.method={method}", f"prune.speedup={speedup}"]
-    if scope:
-        sets.append(f"prune.scope={scope}")
-    if round_to is not None:
-        sets.append(f"prune.round_to={round_to}")
-    if dataset:
-        sets.append(f"dataset.name={dataset}")
-    if data_root:
-        sets.append(f"dataset.root={data_root}")
+    values: dict[str, Any] = {"model.name": model, "prune.method": method, "prune.speedup": speedup}
+    options = {"prune.scope": scope, "prune.round_to": round_to, "dataset.name": dataset, "dataset.root": data_root,
+               "out": out, "run_id": run_id}
+    values.update({k: v for k, v in options.items() if v is not None})
     if checkpoint:
-        sets += ["model.weights=checkpoint", f"model.checkpoint={checkpoint}"]
+        values.update({"model.weights": "checkpoint", "model.checkpoint": checkpoint})
     if pretrained:
-        sets.append("model.weights=pretrained")
-    if out:
-        sets.append(f"out={out}")
-    cfg = config.load(None, [*sets, *overrides])
-    run_dir = pipeline.prune_stage(cfg)
-    return _finish(run_dir, as_json)
-
-
-def _list_sets(*pairs: tuple[str, tuple[Any, ...]]) -> list[str]:
-    """``key=[a,b]`` overrides for the repeatable options that were given."""
-    return [f"{key}=[{','.join(str(v) for v in values)}]" for key, values in pairs if values]
+        values["model.weights"] = "pretrained"
+    cfg = config.load(None, overrides, values=values)
+    outcome = run_stages(cfg, until="finetune", force=force)
+    return _finish(outcome.run_dir, as_json, outcome)
 
 
 def _run_dir(path: str) -> Path:
@@ -286,17 +288,22 @@ def export(run_dir: str, fmt: str, precisions: tuple[str, ...], batches: tuple[i
 
     \b
     Example:
-      pbkit export results/runs/resnet18-cifar-l1-protected-2x-20261121T120000Z
+      pbkit export results/runs/resnet18-cifar-l1-protected-2x-3f9a1c2b7d
       pbkit export results/runs/<run_id> --format tensorrt --precision fp16 --batch 1 8 32
     """
-    from pbkit import pipeline
+    from pbkit.stages import export_run
 
     if fmt != "tensorrt" and (precisions or batches):
         raise PbkitError("--precision and --batch apply to --format tensorrt")
-    sets = [f"export.formats=[{fmt}]", *overrides] + ([f"export.opset={opset}"] if opset is not None else [])
-    sets += _list_sets(("export.tensorrt.precisions", precisions), ("bench.batches", batches))
+    values: dict[str, Any] = {"export.formats": [fmt]}
+    if opset is not None:
+        values["export.opset"] = opset
+    if precisions:
+        values["export.tensorrt.precisions"] = list(precisions)
+    if batches:
+        values["bench.batches"] = list(batches)
     path = _run_dir(run_dir)
-    pipeline.export_stage(path, sets)
+    export_run(path, overrides, values)
     return _finish(path, as_json)
 
 
@@ -325,38 +332,43 @@ def bench(run_dir: str, backends: tuple[str, ...], batches: tuple[int, ...], pre
       pbkit bench results/runs/<run_id> --backend torch-cuda --backend tensorrt --precision fp32 fp16 \\
           --batch 1 32
     """
-    from pbkit import pipeline
+    from pbkit.stages import bench_run
 
-    sets = [*overrides, *_list_sets(("bench.backends", backends), ("bench.batches", batches),
-                                    ("bench.precisions", precisions))]
+    values: dict[str, Any] = {k: list(v) for k, v in (("bench.backends", backends), ("bench.batches", batches),
+                                                       ("bench.precisions", precisions)) if v}
     if channels_last:
-        sets.append("bench.channels_last=true")
+        values["bench.channels_last"] = True
     if quick:
-        sets.append("bench.quick=true")
+        values["bench.quick"] = True
     if threads is not None:
-        sets.append(f"bench.threads={threads}")
+        values["bench.threads"] = threads
     path = _run_dir(run_dir)
-    pipeline.bench_stage(path, sets)
+    bench_run(path, overrides, values)
     return _finish(path, as_json)
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("config_file", type=click.Path())
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def run(config_file: str, overrides: tuple[str, ...], as_json: bool) -> int:
+def run(config_file: str, force: bool, overrides: tuple[str, ...], as_json: bool) -> int:
     """Run every step from a YAML config: base, prune, finetune, export, measure, record.
+
+    A configuration that already has a run folder continues it from the first stage not finished
+    (prune -> finetune -> export -> bench), or reports it when complete; --force starts it again.
 
     \b
     Example:
       pbkit run configs/bench/resnet18_cifar.yaml
       pbkit run configs/bench/resnet18_cifar.yaml --set prune.method=lamp --set prune.speedup=4
     """
-    from pbkit import config, pipeline
+    from pbkit.core import config
+    from pbkit.stages import run as run_stages
 
     cfg = config.load(config_file, overrides)
-    run_dir, _ = pipeline.run_all(cfg)
-    return _finish(run_dir, as_json)
+    outcome = run_stages(cfg, until="bench", force=force)
+    return _finish(outcome.run_dir, as_json, outcome)
 
 
 # ------------------------------------------------------------------------------------ report
@@ -381,24 +393,24 @@ def report(folder: str, fmt: str, plot_path: str | None, across_machines: bool) 
       pbkit report results/runs --plot speedups.png
       pbkit report results/gpu --across-machines --format md --plot across.png
     """
-    from pbkit import report as rep
+    from pbkit.core.console import note
+    from pbkit.report import leaderboard as rep
+    from pbkit.report import machines, plots
 
     records = rep.find_records(folder)
     if not records:
         raise PbkitError(f"no records (record.json) under {folder!r}")
     if across_machines:
-        mrows = rep.machine_rows(records)
+        mrows = machines.machine_rows(records)
         if not mrows:
             raise PbkitError(f"no latency measurements in the records under {folder!r} (run `pbkit bench` first)")
-        shown = rep.render_machines(mrows, fmt)
+        shown = machines.render_machines(mrows, fmt)
         if isinstance(shown, str):
             click.echo(shown, nl=False)
         else:
             _print(shown)
         if plot_path:
-            from pbkit.console import note
-
-            note(f"plot written to {rep.plot_machines(mrows, plot_path)}")
+            note(f"plot written to {plots.plot_machines(mrows, plot_path)}")
         return
     rs = rep.rows(records)
     if fmt == "md":
@@ -409,9 +421,7 @@ def report(folder: str, fmt: str, plot_path: str | None, across_machines: bool) 
         for t in rep.render(rs, "table"):
             _print(t)
     if plot_path:
-        from pbkit.console import note
-
-        note(f"plot written to {rep.plot(rs, plot_path)}")
+        note(f"plot written to {plots.plot(rs, plot_path)}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -422,7 +432,7 @@ def schema() -> None:
     Example:
       pbkit schema > record.schema.json
     """
-    from pbkit import record
+    from pbkit.core import record
 
     _emit_json(record.json_schema())
 
@@ -431,7 +441,7 @@ def schema() -> None:
 
 
 def _is_backend(tok: str) -> bool:
-    from pbkit.backends import BACKENDS
+    from pbkit.measure.backends import BACKENDS
 
     return tok in BACKENDS
 
@@ -460,8 +470,9 @@ def expand_greedy(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every failure is one line on stderr and a non-zero exit."""
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
     args = expand_greedy(list(sys.argv[1:] if argv is None else argv))
+    warnings_env = os.environ.get("PYTHONWARNINGS")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # for child processes (compiler workers)
     try:
         rv = cli.main(args=args, prog_name="pbkit", standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):
@@ -482,6 +493,9 @@ def main(argv: list[str] | None = None) -> None:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         click.echo(f"error: internal error: {type(e).__name__}: {msg} (set PBKIT_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
+    finally:
+        if warnings_env is None:
+            os.environ.pop("PYTHONWARNINGS", None)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -52,13 +52,28 @@ def pbkit(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
 @pytest.fixture(scope="session")
 def pruned_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One pruned + exported + benched run of resnet20_cifar, shared by read-only tests."""
-    from pbkit import config, pipeline
+    from pbkit import stages
+    from pbkit.core import config
 
     out = tmp_path_factory.mktemp("runs")
     cfg = config.load(None, [f"out={out}", "model.name=resnet20_cifar", "prune.method=l1", "prune.speedup=2",
                              "bench.quick=true", "export.exporter=torchscript"])
-    run_dir, _ = pipeline.run_all(cfg, quiet=True)
-    return run_dir
+    return stages.run(cfg, quiet=True).run_dir
+
+
+def prune_model(model: Any, spec: Any, method: str | Any = "l1", protected: list[Any] | None = None,
+                calibration: Any = None, sparse_train: Any = None, **settings: Any) -> Any:
+    """Prune ``model`` (of ``spec``) in place with the library call the prune stage makes: the
+    model's task names the protected modules; ``settings`` are PruneSettings fields
+    (speedup defaults to 2)."""
+    from pbkit import tasks
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+
+    m = methods.get(method) if isinstance(method, str) else method
+    heads = protected if protected is not None else tasks.get(spec.task).protected(model, spec)
+    return prune_to_target(model, m, PruneSettings(**{"speedup": 2.0, **settings}), input_size=spec.input_size,
+                           num_classes=spec.num_classes, protected=heads, calibration=calibration,
+                           sparse_train=sparse_train)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -66,7 +81,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     gpu_items = [i for i in items if i.get_closest_marker("gpu")]
     if not gpu_items:
         return
-    from pbkit.backends import cuda_reason
+    from pbkit.measure.backends import cuda_reason
 
     reason = cuda_reason()
     if reason:

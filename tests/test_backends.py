@@ -15,8 +15,16 @@ import pytest
 import torch
 from conftest import Result
 
-from pbkit import backends, cli, config, counts, export, gpumon, models, pipeline, record
-from pbkit.errors import PbkitError
+from pbkit import cli, models, stages
+from pbkit.core import config, record
+from pbkit.core.errors import PbkitError
+from pbkit.export import onnx as onnx_export
+from pbkit.export import parity
+from pbkit.machine import gpumon
+from pbkit.measure import backends
+from pbkit.measure.runner import ort_session
+from pbkit.models import counts
+from pbkit.stages import bench
 
 
 def test_list_backends_says_which_are_available_and_why_not(pbkit: Callable[..., Result]) -> None:
@@ -59,7 +67,7 @@ def test_unsupported_pairs_of_a_sweep_are_skipped_with_a_note(monkeypatch: pytes
     both = dataclasses.replace(backends.BACKENDS["torch-cpu"], name="fake-fp16", precisions=("fp32", "fp16"))
     monkeypatch.setitem(backends.BACKENDS, "fake-fp16", both)
     cfg = config.load(None, ["bench.backends=[torch-cpu,fake-fp16]", "bench.precisions=[fp32,fp16]"])
-    pairs = pipeline._plan(cfg, quiet=False)
+    pairs = bench.pairs(cfg, quiet=False)
     assert [(b.name, p) for b, p in pairs] == [("torch-cpu", "fp32"), ("fake-fp16", "fp32"), ("fake-fp16", "fp16")]
     assert "torch-cpu/fp16" in capsys.readouterr().err
 
@@ -115,7 +123,7 @@ def test_channel_alignment_counts_pruned_layers_only() -> None:
 def test_round_to_8_aligns_every_pruned_width(tmp_path: Path) -> None:
     cfg = config.load(None, [f"out={tmp_path}", "model.name=resnet20_cifar", "prune.round_to=8",
                              "prune.speedup=1.5", "bench.quick=true"])
-    rec = record.read(pipeline.prune_stage(cfg, quiet=True))
+    rec = stages.run(cfg, until="finetune", quiet=True).record
     al = rec.counts.channel_alignment or {}
     assert al["pruned_layers"] > 0 and al["share"] == 1.0
 
@@ -129,33 +137,33 @@ def _ref_and_noisy(scale: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
 def test_fp16_gate_is_cosine_and_fp32_gate_is_tolerance() -> None:
     e = config.load().export
     ref, near = _ref_and_noisy(1e-3)  # fp16-like error: fails the fp32 gate, passes cosine 0.999
-    assert not pipeline.compare_outputs("cnn", near, ref, e, "fp32")["passed"]
-    fp16 = pipeline.compare_outputs("cnn", near, ref, e, "fp16")
+    assert not parity.check(near, ref, e, "fp32")["passed"]
+    fp16 = parity.check(near, ref, e, "fp16")
     assert fp16["passed"] and fp16["gate"] == "fp16" and fp16["cosine_min"] == 0.999
     _, far = _ref_and_noisy(0.2)
-    assert not pipeline.compare_outputs("cnn", far, ref, e, "fp16")["passed"]
+    assert not parity.check(far, ref, e, "fp16")["passed"]
 
 
 def test_fp16_onnx_is_strongly_typed_and_close(tmp_path: Path) -> None:
     """What TensorRT 11 builds fp16 engines from: fp16 weights, inputs and outputs."""
     model = models.build(models.resolve("resnet20_cifar")).eval()
     x = counts.example_input(32, batch=2, seed=2)
-    ref = export.reference_outputs(model, x)
-    info = export.to_onnx(model.half(), 32, tmp_path / "m.fp16.onnx", dtype=torch.float16)
+    ref = parity.reference_outputs(model, x)
+    info = onnx_export.to_onnx(model.half(), 32, tmp_path / "m.fp16.onnx", dtype=torch.float16)
     g = onnx.load(str(tmp_path / "m.fp16.onnx")).graph
     assert info["dtype"] == "float16"
     assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     assert g.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
-    sess = backends.ort_session(tmp_path / "m.fp16.onnx", 1)
+    sess = ort_session(tmp_path / "m.fp16.onnx", 1)
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy().astype(np.float16)})
-    assert pipeline.compare_outputs("cnn", got, ref, config.load().export, "fp16")["passed"]
+    assert parity.check(got, ref, config.load().export, "fp16")["passed"]
 
 
 def test_torch_compile_cpu_backend_measures_with_parity(pruned_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(pruned_run, run)
-    rec = pipeline.bench_stage(run, ["bench.backends=[torch-compile-cpu]", "bench.quick=true",
-                                     "bench.memory=false"], quiet=True)
+    rec = stages.bench_run(run, ["bench.backends=[torch-compile-cpu]", "bench.quick=true", "bench.memory=false"],
+                           quiet=True)
     pts = [p for p in rec.latency if p.backend == "torch-compile-cpu"]
     assert {p.variant for p in pts} == {"dense", "pruned"}
     assert all(p.flags["compile_mode"] == "default" and p.first_call_ms > p.median_ms for p in pts)
@@ -187,12 +195,12 @@ def test_bench_fills_alignment_for_records_made_before_it(pruned_run: Path, tmp_
     data = json.loads((run / "record.json").read_text())
     data["counts"].pop("channel_alignment")
     (run / "record.json").write_text(json.dumps(data))
-    rec = pipeline.bench_stage(run, ["bench.backends=[torch-cpu]", "bench.quick=true"], quiet=True)
+    rec = stages.bench_run(run, ["bench.backends=[torch-cpu]", "bench.quick=true"], quiet=True)
     assert rec.counts.channel_alignment == record.read(pruned_run).counts.channel_alignment
 
 
 def test_export_tensorrt_without_tensorrt_is_a_clear_error(pbkit: Callable[..., Result], pruned_run: Path) -> None:
-    from pbkit import trt
+    from pbkit.export import tensorrt as trt
 
     if trt.unavailable_reason() is None and backends.cuda_reason() is None:
         pytest.skip("TensorRT and a GPU are available here")
@@ -210,5 +218,5 @@ def test_unknown_backend_in_a_config_fails_before_pruning(pbkit: Callable[..., R
     r = pbkit("prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "2", "--out", tmp_path)
     assert r.code == 0  # prune alone does not need backends
     with pytest.raises(PbkitError, match="unknown backend"):
-        pipeline.run_all(config.load(None, [f"out={tmp_path}", "bench.backends=[tensorrt-fast]"]), quiet=True)
+        stages.run(config.load(None, [f"out={tmp_path}", "bench.backends=[tensorrt-fast]"]), quiet=True)
     assert len(list(tmp_path.iterdir())) == 1  # the failed run made no folder

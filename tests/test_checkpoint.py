@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import prune_model
 
-from pbkit import checkpoint, methods, models
-from pbkit.errors import PbkitError
-from pbkit.prune import prune_to_target
+from pbkit import models
+from pbkit.core.errors import PbkitError
+from pbkit.models import checkpoint, weights
 
 RELOAD = """
 import sys, torch
-from pbkit.checkpoint import load_model
+from pbkit.models.checkpoint import load_model
 m, spec, _ = load_model(sys.argv[1])
 x = torch.load(sys.argv[2], weights_only=True)
 with torch.no_grad():
@@ -25,8 +26,7 @@ with torch.no_grad():
 def _pruned(tmp_path: Path, name: str = "resnet20_cifar", **kw: object) -> tuple[torch.nn.Module, Path]:
     spec = models.resolve(name, **kw)  # type: ignore[arg-type]
     m = models.build(spec).eval()
-    prune_to_target(m, method=methods.get("l2"), scope="global", target_speedup=2.0, input_size=spec.input_size,
-                    num_classes=spec.num_classes, iterative_steps=100)
+    prune_model(m, spec, "l2", scope="global", iterative_steps=100)
     path = tmp_path / "pruned.pt"
     checkpoint.save_model(m, spec, path)
     return m, path
@@ -60,7 +60,7 @@ def test_loading_never_runs_code_from_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "evil.pt"
     torch.save({"state_dict": _Evil()}, bad)
     with pytest.raises(PbkitError, match="pickled Python objects"):
-        checkpoint.read_file(bad)
+        weights.read_file(bad)
     assert not marker.exists()
 
 
@@ -69,7 +69,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, content: bytes) -> 
     p = tmp_path / "bad.pt"
     p.write_bytes(content)
     with pytest.raises(PbkitError, match="corrupt or not a PyTorch file"):
-        checkpoint.read_file(p)
+        weights.read_file(p)
 
 
 def test_truncated_model_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -86,19 +86,19 @@ def test_plain_state_dicts_load_and_mismatches_are_named(tmp_path: Path) -> None
     p = tmp_path / "sd.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, p)
     dst = checkpoint.load_base(spec, p, seed=6)
-    assert checkpoint.state_sha256(dst) == checkpoint.state_sha256(src)
+    assert weights.state_sha256(dst) == weights.state_sha256(src)
     with pytest.raises(PbkitError, match="does not fit the model"):
         checkpoint.load_base(models.resolve("resnet20_cifar", num_classes=7), p)
 
 
 def test_state_hash_depends_on_values() -> None:
     spec = models.resolve("resnet20_cifar")
-    assert checkpoint.state_sha256(models.build(spec, seed=1)) != checkpoint.state_sha256(models.build(spec, seed=2))
+    assert weights.state_sha256(models.build(spec, seed=1)) != weights.state_sha256(models.build(spec, seed=2))
 
 
 def test_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(PbkitError, match="not found"):
-        checkpoint.read_file(tmp_path / "nope.pt")
+        weights.read_file(tmp_path / "nope.pt")
 
 
 def test_pickle_module_is_what_torch_refuses() -> None:

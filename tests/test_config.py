@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pbkit import config
-from pbkit.errors import PbkitError
+from pbkit.core import config
+from pbkit.core.errors import PbkitError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,12 +18,13 @@ def test_defaults_are_one_yaml_linked_from_configs() -> None:
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
 def test_every_shipped_config_is_valid(path: str) -> None:
-    from pbkit import methods, models
+    from pbkit import models
+    from pbkit.prune import methods
 
     cfg = config.load(REPO / path)  # a schema error raises PbkitError
     spec = models.resolve(cfg.model.name)  # the names it uses exist...
     assert methods.get(cfg.prune.method, spec.family).key == cfg.prune.method  # ...and fit together
-    from pbkit.backends import BACKENDS
+    from pbkit.measure.backends import BACKENDS
 
     assert all(b in BACKENDS for b in cfg.bench.backends)
     gpu = [BACKENDS[b].device == "cuda" for b in cfg.bench.backends]

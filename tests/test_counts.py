@@ -4,7 +4,7 @@ import timm
 import torch
 from torch import nn
 
-from pbkit import counts
+from pbkit.models import counts
 
 
 def test_conv_and_linear_macs_are_exact() -> None:

@@ -10,8 +10,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pbkit import criteria, methods
-from pbkit.criteria import lasso_entry_order, thinet_removal_order
+from pbkit.prune import Calibration, criteria, methods
+from pbkit.prune.criteria import lasso_entry_order, thinet_removal_order
+from pbkit.tasks import get as get_task
 
 
 class Tiny(nn.Module):
@@ -37,6 +38,10 @@ def _batches(n: int = 2, bs: int = 16, size: int = 8, classes: int = 4, seed: in
             for _ in range(n)]
 
 
+def _calib(batches: list[Any]) -> Calibration:
+    return get_task("classify").calibration_of(batches)  # type: ignore[attr-defined,no-any-return]
+
+
 def _scores(model: nn.Module, key: str, batches: list[Any] | None = None) -> torch.Tensor:
     """Scores of conv1's output channels (the group rooted at conv1) under method ``key``."""
     m = methods.get(key)
@@ -44,7 +49,7 @@ def _scores(model: nn.Module, key: str, batches: list[Any] | None = None) -> tor
     pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 8, 8), importance=imp, pruning_ratio=0.5,
                                   ignored_layers=[model.fc])
     if m.collect is not None:
-        m.collect(imp, model, pruner, batches or _batches())
+        m.collect(imp, model, pruner, _calib(batches or _batches()))
     group = pruner.DG.get_pruning_group(model.conv1, tp.prune_conv_out_channels,
                                         idxs=list(range(model.conv1.out_channels)))
     return imp(group)
@@ -118,7 +123,7 @@ def test_hessian_averages_squared_per_sample_gradients() -> None:
     batches = _batches(n=1, bs=6)
     imp = criteria.HessianImportance(chunk=4)
     pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 8, 8), importance=imp, ignored_layers=[model.fc])
-    imp.collect(model, pruner, batches)
+    imp.collect(model, pruner, _calib(batches))
     x, y = batches[0]
     expected = torch.zeros_like(model.conv1.weight)
     for i in range(len(x)):
@@ -236,7 +241,7 @@ def test_regularizers_shrink_the_norms_they_target(key: str, target: str) -> Non
 
 
 def test_group_lasso_gradient_is_reg_times_w_over_group_norm() -> None:
-    from pbkit.regularizers import GroupLassoPruner
+    from pbkit.prune.regularizers import GroupLassoPruner
 
     torch.manual_seed(0)
     model = Tiny()

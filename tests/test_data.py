@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from pbkit import data
-from pbkit.errors import PbkitError
+from pbkit.core.errors import PbkitError
 
 
 def test_digits_is_real_offline_data_scaled_up() -> None:

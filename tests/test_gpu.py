@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pbkit import backends, envinfo, pipeline, record
+from pbkit import stages
+from pbkit.core import record
+from pbkit.machine import envinfo
+from pbkit.measure import backends
 
 pytestmark = pytest.mark.gpu
 
@@ -27,8 +30,8 @@ def run(pruned_run: Path, tmp_path: Path) -> Path:
 def _bench(run: Path, backend: str, *sets: str) -> record.Record:
     if backends.BACKENDS[backend].check() is not None:
         pytest.skip(f"{backend}: {backends.BACKENDS[backend].check()}")
-    return pipeline.bench_stage(run, [f"bench.backends=[{backend}]", "bench.quick=true", "bench.batches=[1,4]",
-                                      *sets], quiet=True)
+    return stages.bench_run(run, [f"bench.backends=[{backend}]", "bench.quick=true", "bench.batches=[1,4]", *sets],
+                            quiet=True)
 
 
 def _check(rec: record.Record, backend: str, precisions: set[str]) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from pbkit import envinfo, gpumon, measure
+from pbkit.machine import envinfo, gpumon
+from pbkit.measure import protocol as measure
 
 
 class NVMLError(Exception):

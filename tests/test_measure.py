@@ -5,8 +5,9 @@ import time
 
 import pytest
 
-from pbkit import backends, measure
-from pbkit.errors import PbkitError
+from pbkit.core.errors import PbkitError
+from pbkit.measure import backends
+from pbkit.measure import protocol as measure
 
 
 def test_stats_use_nearest_rank_percentiles() -> None:

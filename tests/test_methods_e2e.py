@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pbkit import config, methods, pipeline, record
-from pbkit.errors import PbkitError
+from pbkit import stages
+from pbkit.core import config, record
+from pbkit.core.errors import PbkitError
+from pbkit.prune import methods
 
 FAST = ["prune.speedup=2", "prune.iterative_steps=40", "prune.calibration.dataset=synthetic",
         "prune.calibration.batches=2", "prune.calibration.batch_size=8", "sparsify.epochs=1",
@@ -20,7 +22,7 @@ VIT = ["model.name=timm:vit_small_patch16_224", "model.input_size=32", "model.nu
 
 def _run(tmp_path: Path, *sets: str) -> record.Record:
     cfg = config.load(None, [f"out={tmp_path / 'runs'}", *FAST, *sets])
-    return record.read(pipeline.prune_stage(cfg, quiet=True))
+    return stages.run(cfg, until="finetune", quiet=True).record
 
 
 @pytest.mark.slow
@@ -75,14 +77,14 @@ def test_methods_refuse_vits_clearly(tmp_path: Path, key: str) -> None:
 def test_data_driven_methods_without_data_are_a_clear_error(tmp_path: Path, key: str, needs: str) -> None:
     cfg = config.load(None, [f"out={tmp_path / 'runs'}", *CNN, f"prune.method={key}"])
     with pytest.raises(PbkitError, match=needs):
-        pipeline.prune_stage(cfg, quiet=True)
+        stages.run(cfg, until="finetune", quiet=True)
 
 
 @pytest.mark.parametrize("key", ["taylor", "thinet", "hrank"])
 def test_same_calibration_gives_the_same_architecture(tmp_path: Path, key: str) -> None:
     import torch
 
-    from pbkit import checkpoint
+    from pbkit.models import checkpoint
 
     def widths(run: str, seed: int = 0) -> list[int]:
         rec = _run(tmp_path / run, *CNN, f"prune.method={key}", f"prune.calibration.seed={seed}")

@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pbkit import counts, models
-from pbkit.errors import PbkitError
+from pbkit import models
+from pbkit.core.errors import PbkitError
+from pbkit.models import counts
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))

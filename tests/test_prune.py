@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import prune_model
 from torch import nn
 
-from pbkit import counts, methods, models
-from pbkit.errors import PbkitError
-from pbkit.prune import prune_to_target
+from pbkit import models
+from pbkit.core.errors import PbkitError
+from pbkit.models import counts
+from pbkit.prune import methods
 
 
 def _r20() -> tuple[nn.Module, models.ModelSpec]:
@@ -15,10 +17,7 @@ def _r20() -> tuple[nn.Module, models.ModelSpec]:
 
 
 def _prune(model: nn.Module, spec: models.ModelSpec, **kw: object):  # type: ignore[no-untyped-def]
-    args = dict(method=methods.get("l1"), scope="protected", target_speedup=2.0, input_size=spec.input_size,
-                num_classes=spec.num_classes)
-    args.update(kw)
-    return prune_to_target(model, **args)  # type: ignore[arg-type]
+    return prune_model(model, spec, **kw)
 
 
 @pytest.mark.parametrize("scope", ["local", "global", "protected"])
@@ -38,7 +37,7 @@ def test_local_scope_prunes_every_layer_alike_and_global_does_not() -> None:
     def kept(scope: str) -> list[float]:
         model, spec = _r20()
         before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-        _prune(model, spec, scope=scope, target_speedup=3.0)
+        _prune(model, spec, scope=scope, speedup=3.0)
         return [m.out_channels / before[n] for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
     local, glob = kept("local"), kept("global")
@@ -62,7 +61,7 @@ def _ramped_r20() -> tuple[nn.Module, models.ModelSpec, nn.Conv2d]:
 @pytest.mark.parametrize("scope,low,high", [("protected", 0.09, 0.2), ("global", 0.0, 0.05)])
 def test_protected_scope_keeps_a_ten_percent_floor_global_does_not(scope: str, low: float, high: float) -> None:
     model, spec, conv = _ramped_r20()
-    _prune(model, spec, scope=scope, target_speedup=2.0)
+    _prune(model, spec, scope=scope, speedup=2.0)
     kept = conv.out_channels / 64
     assert low <= kept <= high
 
@@ -77,7 +76,7 @@ def test_round_to_aligns_channels() -> None:
 def test_random_criterion_is_seeded() -> None:
     def arch(seed: int) -> list[int]:
         model, spec = _r20()
-        _prune(model, spec, method=methods.get("random"), seed=seed)
+        _prune(model, spec, method="random", seed=seed)
         return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
     assert arch(3) == arch(3)
@@ -87,27 +86,26 @@ def test_random_criterion_is_seeded() -> None:
 def test_unreachable_target_is_a_clear_error() -> None:
     model, spec = _r20()
     with pytest.raises(PbkitError, match="unreachable"):
-        _prune(model, spec, target_speedup=500.0, iterative_steps=20)
+        _prune(model, spec, speedup=500.0, iterative_steps=20)
 
 
 def test_speedup_must_exceed_one() -> None:
     model, spec = _r20()
     with pytest.raises(PbkitError, match="> 1"):
-        _prune(model, spec, target_speedup=1.0)
+        _prune(model, spec, speedup=1.0)
 
 
 def test_model_without_prunable_groups_is_a_clear_error() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    spec = models.ModelSpec("flat", num_classes=10, input_size=8, family="cnn", source="test")
     with pytest.raises(PbkitError, match="no prunable"):
-        prune_to_target(model, method=methods.get("l1"), scope="protected", target_speedup=2.0, input_size=8,
-                        num_classes=10)
+        prune_model(model, spec)
 
 
 def test_vit_attention_attributes_follow_the_pruned_qkv() -> None:
     spec = models.resolve("timm:vit_small_patch16_224", input_size=64, num_classes=10, kwargs={"depth": 2})
     model = models.build(spec).eval()
-    res = prune_to_target(model, method=methods.get("l2"), scope="local", target_speedup=2.0, input_size=64,
-                          num_classes=10, iterative_steps=100)
+    res = prune_model(model, spec, "l2", scope="local", iterative_steps=100)
     assert res.achieved_speedup >= 2.0
     for blk in model.blocks:
         a = blk.attn
@@ -126,9 +124,9 @@ def test_bnscale_is_refused_for_vits() -> None:
 def test_bnscale_refuses_an_untrained_model_up_front() -> None:
     model, spec = _r20()  # fresh BatchNorm: every gamma is 1.0
     with pytest.raises(PbkitError, match="every gamma in this model is 1"):
-        _prune(model, spec, method=methods.get("bnscale"))
+        _prune(model, spec, method="bnscale")
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.uniform_(0.1, 1.0)
-    assert _prune(model, spec, method=methods.get("bnscale")).achieved_speedup >= 2.0
+    assert _prune(model, spec, method="bnscale").achieved_speedup >= 2.0

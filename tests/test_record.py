@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pbkit import fileio, record
-from pbkit.errors import PbkitError
+from pbkit.core import fileio, record
+from pbkit.core.errors import PbkitError
 
 
 def test_record_on_disk_validates_and_carries_the_contract(pruned_run: Path) -> None:

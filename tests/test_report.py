@@ -4,7 +4,9 @@ import json
 import shutil
 from pathlib import Path
 
-from pbkit import record, report
+from pbkit.core import record
+from pbkit.report import leaderboard as report
+from pbkit.report import machines, plots, tables
 
 
 def _variant(src: Path, dst: Path, method: str, acc: float, recipe_lr: float = 0.01) -> Path:
@@ -43,7 +45,7 @@ def test_formats(pruned_run: Path, tmp_path: Path) -> None:
 
 def test_plot_writes_a_png(pruned_run: Path, tmp_path: Path) -> None:
     rs = report.rows(report.find_records(pruned_run))
-    out = report.plot(rs, tmp_path / "speedups.png")
+    out = plots.plot(rs, tmp_path / "speedups.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
 
 
@@ -51,7 +53,7 @@ def test_run_table_shows_counted_and_measured_speedups(pruned_run: Path) -> None
     from rich.console import Console
 
     console = Console(record=True, width=160)
-    console.print(report.run_table(record.read(pruned_run)))
+    console.print(tables.run_table(record.read(pruned_run)))
     text = console.export_text()
     for needle in ("params", "MACs @32px", "achieved", "latency torch-cpu fp32 b1", "latency ort-cpu fp32 b1", "measured",
                    "parity ort-cpu"):
@@ -69,6 +71,7 @@ def _on_gpu(src: Path, dst: Path, gpu: str, factor: float, when: str) -> Path:
     shutil.copytree(src, dst)
     data = json.loads((dst / "record.json").read_text())
     data["env"]["gpus"] = [{"index": 0, "name": gpu}]
+    data["stages"]["bench"]["env"]["gpus"] = [{"index": 0, "name": gpu}]  # the machine that measured
     data["bench"]["measured_utc"] = when
     for p in data["latency"]:
         if p["variant"] == "pruned":
@@ -84,9 +87,9 @@ def test_across_machines_puts_each_gpu_in_its_own_column(pruned_run: Path, tmp_p
     _on_gpu(pruned_run, tmp_path / "h100", "NVIDIA H100 80GB HBM3", 0.5, "2026-11-20T10:00:00Z")
     _on_gpu(pruned_run, tmp_path / "l4-old", "NVIDIA L4", 2.0, "2026-11-19T10:00:00Z")
     _on_gpu(pruned_run, tmp_path / "l4", "NVIDIA L4", 0.8, "2026-11-21T10:00:00Z")  # newest L4 run wins
-    rows = report.machine_rows(report.find_records(tmp_path))
-    machines, table = report.across_machines(rows)
-    assert machines == ["NVIDIA H100 80GB HBM3", "NVIDIA L4"]
+    rows = machines.machine_rows(report.find_records(tmp_path))
+    names, table = machines.across_machines(rows)
+    assert names == ["NVIDIA H100 80GB HBM3", "NVIDIA L4"]
     base = record.read(pruned_run)
     for key, cells in table.items():
         backend, precision, batch = key[4:]

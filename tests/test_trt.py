@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from pbkit import trt
-from pbkit.errors import PbkitError
+from pbkit.core.errors import PbkitError
+from pbkit.export import tensorrt as trt
+from pbkit.measure import tensorrt as trt_run
 
 
 def test_fp16_engines_need_an_fp16_onnx_only_on_tensorrt_11() -> None:
@@ -29,9 +30,9 @@ class FakeEngine:
 
 def test_each_batch_runs_on_its_own_profile() -> None:
     engine = FakeEngine([(1, 1), (8, 8), (32, 32), (1, 64)])
-    assert [trt.profile_for_batch(engine, "input", b) for b in (1, 8, 32, 16)] == [0, 1, 2, 3]  # type: ignore[arg-type]
+    assert [trt_run.profile_for_batch(engine, "input", b) for b in (1, 8, 32, 16)] == [0, 1, 2, 3]  # type: ignore[arg-type]
     with pytest.raises(PbkitError, match="no optimisation profile for batch 128.*--format tensorrt"):
-        trt.profile_for_batch(engine, "input", 128)  # type: ignore[arg-type]
+        trt_run.profile_for_batch(engine, "input", 128)  # type: ignore[arg-type]
 
 
 def test_missing_tensorrt_is_reported_not_raised() -> None:

@@ -10,10 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import prune_model
 
-from pbkit import config, counts, export, methods, models, pipeline, record, yolo
-from pbkit.errors import PbkitError
-from pbkit.prune import prune_to_target
+from pbkit import models, stages
+from pbkit.core import config, record
+from pbkit.core.errors import PbkitError
+from pbkit.core.runtime import ultralytics_offline
+from pbkit.data.detection import check_dataset
+from pbkit.models import counts, yolo
+from pbkit.models.outputs import output_tensors
+from pbkit.prune import methods
+from pbkit.tasks import detect
 
 SIZE = 256  # a smaller square than 640 keeps the tests short; the code path is the same
 
@@ -49,13 +56,13 @@ def test_c2f_replacement_keeps_the_outputs_exactly() -> None:
                 m.weight.uniform_(0.5, 1.5)
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
-        ref = export.output_tensors(dense(x))
+        ref = output_tensors(dense(x))
     n_c2f = sum(type(m) is C2f for m in dense.modules())
     split = yolo.make_prunable(dense)
     assert n_c2f == 8 and not any(type(m) is C2f for m in split.modules())
     assert sum(isinstance(m, yolo.C2fSplit) for m in split.modules()) == n_c2f
     with torch.no_grad():
-        out = export.output_tensors(split(x))
+        out = output_tensors(split(x))
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(ref, out, strict=True))
 
 
@@ -65,8 +72,7 @@ def test_prune_2x_in_each_scope_keeps_detect(scope: str) -> None:
     model = models.build(spec).eval()
     head = model.model[-1]
     head_state = {k: v.clone() for k, v in head.state_dict().items() if "cv2.0.2" in k or "cv3.0.2" in k}
-    res = prune_to_target(model, method=methods.get("l1"), scope=scope, target_speedup=2.0, input_size=SIZE,
-                          num_classes=80, iterative_steps=50, family="yolo")
+    res = prune_model(model, spec, "l1", scope=scope, iterative_steps=50)
     assert res.achieved_speedup >= 2.0 and res.ignored_layers == ["model.22"]
     assert model.model[-1] is head
     for k, v in head_state.items():  # the final head convolutions are untouched
@@ -86,7 +92,7 @@ def yolo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("yolo") / "runs"
     cfg = config.load(None, [f"out={out}", "model.name=yolov8n", f"model.input_size={SIZE}", "prune.method=l2",
                              "prune.iterative_steps=50", "bench.quick=true", "bench.backends=[ort-cpu]"])
-    run_dir, _ = pipeline.run_all(cfg, quiet=True)
+    run_dir = stages.run(cfg, quiet=True).run_dir
     return run_dir
 
 
@@ -100,12 +106,12 @@ def test_export_records_raw_head_parity(yolo_run: Path) -> None:
 
 
 def test_pruned_detector_reloads_in_a_fresh_process(yolo_run: Path, tmp_path: Path) -> None:
-    from pbkit import checkpoint
+    from pbkit.models import checkpoint
 
     model, spec, _ = checkpoint.load_model(yolo_run / "pruned.pt")
     x = counts.example_input(SIZE, batch=1)
     torch.save(x, tmp_path / "x.pt")
-    code = ("import sys, torch\nfrom pbkit.checkpoint import load_model\nfrom pbkit import yolo\n"
+    code = ("import sys, torch\nfrom pbkit.models.checkpoint import load_model\nfrom pbkit.models import yolo\n"
             "m, _, _ = load_model(sys.argv[1])\nx = torch.load(sys.argv[2], weights_only=True)\n"
             "with torch.no_grad():\n    torch.save(yolo.raw_outputs(m(x))[1], sys.argv[3])\n")
     subprocess.run([sys.executable, "-c", code, str(yolo_run / "pruned.pt"), str(tmp_path / "x.pt"),
@@ -127,7 +133,7 @@ def test_finetune_and_val_on_a_generated_dataset_offline(tmp_path: Path, no_netw
                              f"dataset.name={data_yaml}", "dataset.eval_batch_size=8", "prune.method=l1",
                              "prune.iterative_steps=50", "finetune.epochs=1", "finetune.batch_size=8",
                              "finetune.lr=0.01"])
-    rec = record.read(pipeline.prune_stage(cfg, quiet=True))
+    rec = stages.run(cfg, until="finetune", quiet=True).record
     a = rec.accuracy
     assert a.metric == "mAP50-95" and rec.dataset is not None and rec.dataset.num_classes == 2
     for v in (a.base, a.pruned, a.finetuned):
@@ -140,7 +146,7 @@ def test_finetune_and_val_on_a_generated_dataset_offline(tmp_path: Path, no_netw
 def test_missing_dataset_yaml_is_a_clear_error(tmp_path: Path) -> None:
     cfg = config.load(None, [f"out={tmp_path}", "model.name=yolov8n", f"dataset.name={tmp_path / 'nope.yaml'}"])
     with pytest.raises(PbkitError, match="nope.yaml' not found"):
-        pipeline.prune_stage(cfg, quiet=True)
+        stages.run(cfg, until="finetune", quiet=True)
 
 
 def test_dataset_without_images_is_refused_before_any_download(tmp_path: Path) -> None:
@@ -148,7 +154,7 @@ def test_dataset_without_images_is_refused_before_any_download(tmp_path: Path) -
     y.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames: {{0: a}}\n"
                  "download: https://example.invalid/d.zip\n")
     with pytest.raises(PbkitError, match="pbkit never downloads"):
-        yolo.check_dataset(y)
+        check_dataset(y)
 
 
 def test_network_only_weights_offline_are_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -156,20 +162,24 @@ def test_network_only_weights_offline_are_a_clear_error(tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)  # no yolov8n.pt lying around
     cfg = config.load(None, [f"out={tmp_path / 'runs'}", "model.name=yolov8n", "model.weights=pretrained"])
     with pytest.raises(PbkitError, match="yolov8n.pt need the network"):
-        pipeline.prune_stage(cfg, quiet=True)
+        stages.run(cfg, until="finetune", quiet=True)
 
 
-def test_ultralytics_runs_offline_without_installs() -> None:
+def test_ultralytics_runs_offline_without_installs_and_leaves_nothing_behind() -> None:
     import os
 
-    yolo.offline()
-    assert os.environ["YOLO_OFFLINE"] == "1" and os.environ["YOLO_AUTOINSTALL"] == "false"
     import ultralytics.utils as u
     import ultralytics.utils.checks as checks
     import ultralytics.utils.events as events
 
-    assert u.AUTOINSTALL is False and u.ONLINE is False
-    assert checks.AUTOINSTALL is False and checks.ONLINE is False and events.ONLINE is False
+    before = {k: os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL")}
+    font = checks.check_font
+    with ultralytics_offline():
+        assert os.environ["YOLO_OFFLINE"] == "1" and os.environ["YOLO_AUTOINSTALL"] == "false"
+        assert u.AUTOINSTALL is False and u.ONLINE is False
+        assert checks.AUTOINSTALL is False and checks.ONLINE is False and events.ONLINE is False
+        assert checks.check_font is not font  # the local look-up, never a download
+    assert {k: os.environ.get(k) for k in before} == before and checks.check_font is font
 
 
 @pytest.mark.slow
@@ -182,8 +192,7 @@ def test_every_data_free_method_reaches_2x_on_yolov8n(key: str) -> None:
             for m in model.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.weight.uniform_(0.2, 1.0)
-    res = prune_to_target(model, method=methods.get(key), scope="protected", target_speedup=2.0, input_size=SIZE,
-                          num_classes=80, iterative_steps=50, family="yolo")
+    res = prune_model(model, spec, key, iterative_steps=50)
     assert res.achieved_speedup >= 2.0
 
 
@@ -195,15 +204,15 @@ def shapes_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_detection_loss_gives_gradients_on_calibration_batches(shapes_yaml: Path) -> None:
-    batches = yolo.calibration_batches(str(shapes_yaml), 128, batches=2, batch_size=4, seed=0)
-    again = yolo.calibration_batches(str(shapes_yaml), 128, batches=2, batch_size=4, seed=0)
+    batches = detect.calibration_batches(str(shapes_yaml), 128, batches=2, batch_size=4, seed=0)
+    again = detect.calibration_batches(str(shapes_yaml), 128, batches=2, batch_size=4, seed=0)
     assert len(batches) == 2 and torch.equal(batches[0][0], again[0][0])  # pinned
     model = models.build(models.resolve("yolov8n", input_size=128, num_classes=2)).eval()
-    loss = yolo.detection_loss(model, batches[0][1])
+    loss = detect.detection_loss(model, batches[0][1])
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
     assert model.model[0].conv.weight.grad is not None and model.model[0].conv.weight.grad.abs().sum() > 0
-    one = yolo.sample(batches[0][1], 1)
+    one = detect.sample(batches[0][1], 1)
     assert one["img"].shape[0] == 1 and bool((one["batch_idx"] == 0).all())
 
 
@@ -213,7 +222,7 @@ def test_sparse_training_calls_the_regularizer_inside_the_ultralytics_trainer(sh
     calls = {"reg": 0, "epoch": 0}
     recipe = {"epochs": 1, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
               "schedule": "constant", "batch_size": 8, "seed": 0}
-    yolo.finetune(model, str(shapes_yaml), 128, recipe, tmp_path,
+    detect.finetune(model, str(shapes_yaml), 128, recipe, tmp_path,
                   regularize=lambda: calls.__setitem__("reg", calls["reg"] + 1),
                   after_epoch=lambda: calls.__setitem__("epoch", calls["epoch"] + 1))
     # once per optimizer step (ultralytics accumulates gradients up to a nominal batch of 64: 16 images
@@ -230,7 +239,7 @@ def test_every_data_driven_and_sparsifying_method_reaches_2x_on_yolov8n(key: str
                              f"prune.method={key}", f"prune.calibration.dataset={shapes_yaml}",
                              "prune.calibration.batches=1", "prune.calibration.batch_size=4",
                              "prune.iterative_steps=30", "sparsify.epochs=1", "sparsify.batch_size=8"])
-    rec = record.read(pipeline.prune_stage(cfg, quiet=True))
+    rec = stages.run(cfg, until="finetune", quiet=True).record
     assert rec.method.achieved_speedup >= 2.0
     if methods.get(key).stage == "sparsify":
         assert rec.method.reg_time_s and rec.method.sparsify and rec.method.sparsify["weight_decay"] == 0.0
@@ -243,11 +252,11 @@ def test_gradient_criteria_on_yolo_refuse_classification_calibration(tmp_path: P
                              "prune.method=taylor", "prune.calibration.dataset=synthetic",
                              "prune.calibration.batches=1", "prune.calibration.batch_size=2"])
     with pytest.raises(PbkitError, match="needs the detection loss"):
-        pipeline.prune_stage(cfg, quiet=True)
+        stages.run(cfg, until="finetune", quiet=True)
 
 
 def test_ultralytics_pt_checkpoint_loads_only_when_trusted(tmp_path: Path) -> None:
-    from pbkit import checkpoint
+    from pbkit.models import checkpoint
 
     torch.manual_seed(3)
     original = yolo.build("yolov8n").eval()  # the layout ultralytics saves: plain C2f

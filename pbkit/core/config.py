@@ -1,0 +1,280 @@
+"""Configs: one YAML of defaults (``pbkit/default.yaml``, linked as ``configs/default.yaml``), run
+configs merged over it, then typed values (CLI options) and ``key=value`` overrides (``--set``).
+Validation names the bad key or value and the valid choices, in one line.
+
+A ``--set`` value is parsed as YAML (numbers, lists, null), except where the key holds text (a
+path, a name, a run id): there the text is kept as written, so ``run_id=2026-01-01`` stays a
+string and ``model.checkpoint=w #2.pt`` keeps its ``#``. CLI options never go through YAML.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pbkit.core.errors import PbkitError
+
+DEFAULTS_PATH = Path(__file__).resolve().parents[1] / "default.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelCfg(_Strict):
+    name: str
+    weights: Literal["random", "pretrained", "checkpoint"]
+    checkpoint: str | None
+    trust_checkpoint: bool
+    num_classes: int | None = Field(ge=2)
+    input_size: int | None = Field(ge=8)
+    kwargs: dict[str, Any]
+    seed: int
+
+
+class DatasetCfg(_Strict):
+    name: str | None
+    root: str | None
+    image_size: int | None = Field(ge=8)
+    download: bool
+    train_limit: int | None = Field(ge=1)
+    test_limit: int | None = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+    seed: int
+
+
+class _TrainingCfg(_Strict):
+    """What every training run records: optimizer, LR schedule, epochs, batch, seed."""
+
+    epochs: int = Field(ge=0)
+    optimizer: Literal["sgd", "adamw", "adam"]
+    lr: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    nesterov: bool
+    schedule: Literal["multistep", "step", "cosine", "constant"]
+    milestones: list[float | int]
+    step_size: int = Field(ge=1)
+    gamma: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    label_smoothing: float = Field(ge=0, lt=1)
+    seed: int
+
+
+class RecipeCfg(_TrainingCfg):
+    weight_decay: float = Field(ge=0)
+
+
+class CalibrationCfg(_Strict):
+    dataset: str | None
+    batches: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    seed: int
+
+
+class PruneCfg(_Strict):
+    method: str
+    scope: Literal["local", "global", "protected"]
+    speedup: float = Field(gt=1.0)
+    round_to: int | None = Field(ge=1)
+    iterative_steps: int = Field(ge=1)
+    seed: int
+    calibration: CalibrationCfg
+
+
+class SparsifyCfg(_TrainingCfg):
+    """Sparse training: a recipe without weight decay (0 while the regularizer runs)."""
+
+    reg: float = Field(ge=0)
+    delta_reg: float = Field(ge=0)
+
+
+class TensorRTCfg(_Strict):
+    precisions: list[Literal["fp32", "fp16"]] = Field(min_length=1)
+    workspace_gib: float = Field(gt=0)
+    optimization_level: int = Field(ge=0, le=5)
+    timing_cache: bool
+
+
+class ExportCfg(_Strict):
+    formats: list[Literal["onnx", "tensorrt"]] = Field(min_length=1)
+    opset: int = Field(ge=17)
+    exporter: Literal["dynamo", "torchscript"]
+    parity_batch: int = Field(ge=1)
+    rtol: float = Field(ge=0)
+    atol: float = Field(ge=0)
+    fp16_cosine: float = Field(gt=0, le=1)
+    tensorrt: TensorRTCfg
+
+
+class BenchCfg(_Strict):
+    backends: list[str] = Field(min_length=1)
+    batches: list[int]
+    precisions: list[Literal["fp32", "fp16"]] = Field(min_length=1)
+    channels_last: bool
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+    device: int = Field(ge=0)
+    memory: bool
+    quick: bool
+    warmup_s: float = Field(ge=0)
+    warmup_iters: int = Field(ge=0)
+    min_time_s: float = Field(ge=0)
+    min_iters: int = Field(ge=1)
+    gpu_min_time_s: float = Field(ge=0)
+    gpu_min_iters: int = Field(ge=1)
+    rounds: int = Field(ge=1)
+    threads: int | None = Field(ge=1)
+    cov_limit: float = Field(gt=0)
+    max_repeats: int = Field(ge=1)
+
+    @field_validator("batches")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(b < 1 for b in v):
+            raise ValueError("batches must be a non-empty list of integers >= 1")
+        return v
+
+
+class Config(_Strict):
+    model: ModelCfg
+    dataset: DatasetCfg
+    base: RecipeCfg
+    prune: PruneCfg
+    sparsify: SparsifyCfg
+    finetune: RecipeCfg
+    export: ExportCfg
+    bench: BenchCfg
+    out: str
+    run_id: str | None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PbkitError(f"config {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise PbkitError(f"config {str(path)!r}: malformed YAML{where}: {problem}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PbkitError(f"config {str(path)!r}: the top level must be a mapping of sections")
+    return data
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs":
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def apply_override(cfg: dict[str, Any], item: str) -> dict[str, Any]:
+    """Apply one ``a.b.c=value`` override. The value is parsed as YAML (numbers, lists, null)
+    unless the key holds text, which is kept as written (``null`` or nothing clears it)."""
+    if "=" not in item:
+        raise PbkitError(f"override {item!r} must look like key=value (e.g. prune.speedup=4)")
+    key, raw = item.split("=", 1)
+    parts = _key_parts(key, item)
+    text = raw.strip()
+    if _holds_text(parts):
+        value: Any = None if text in ("", "null", "~") else text
+    else:
+        try:
+            value = yaml.safe_load(raw) if text else None
+        except yaml.YAMLError:
+            value = raw
+    return _put(cfg, parts, value, item)
+
+
+def set_value(cfg: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Set ``key`` (dotted) to a Python value as is: how CLI options reach the config."""
+    return _put(cfg, _key_parts(key, key), copy.deepcopy(value), f"{key}={value!r}")
+
+
+def _key_parts(key: str, item: str) -> list[str]:
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise PbkitError(f"override {item!r} has an empty key")
+    return parts
+
+
+def _holds_text(parts: list[str]) -> bool:
+    """Whether the schema types this key as text (``str`` or ``str | None``)."""
+    model: Any = Config
+    for p in parts:
+        fields = getattr(model, "model_fields", None)
+        if not fields or p not in fields:
+            return False
+        model = fields[p].annotation
+    return model in (str, str | None)
+
+
+def _put(cfg: dict[str, Any], parts: list[str], value: Any, item: str) -> dict[str, Any]:
+    node = cfg
+    for i, p in enumerate(parts[:-1]):
+        if node is cfg and p not in cfg:
+            raise PbkitError(f"unknown config section {p!r}; valid sections: {', '.join(sorted(cfg))}")
+        if node.get(p) is None:
+            node[p] = {}  # a new mapping (e.g. model.kwargs.depth); validation names unknown keys
+        if not isinstance(node[p], dict):
+            raise PbkitError(f"override {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
+        node = node[p]
+    node[parts[-1]] = value
+    return cfg
+
+
+def validate(data: dict[str, Any], where: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise PbkitError(f"{where}: {_one_line(e, data)}") from e
+
+
+def _one_line(e: ValidationError, data: dict[str, Any]) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        section: Any = data
+        for p in err["loc"][:-1]:
+            section = section.get(p, {}) if isinstance(section, dict) else {}
+        model: Any = Config
+        for p in err["loc"][:-1]:
+            model = model.model_fields[str(p)].annotation
+        valid = ", ".join(sorted(model.model_fields)) if hasattr(model, "model_fields") else ""
+        return f"unknown key {loc!r}; valid keys here: {valid}"
+    if err["type"] == "literal_error":
+        return f"{loc}: invalid value {err.get('input')!r}; {err['msg'].replace('Input should be', 'choose')}"
+    if err["type"] == "missing":
+        return f"{loc}: required key is missing"
+    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
+
+
+def defaults() -> dict[str, Any]:
+    return read_yaml(DEFAULTS_PATH)
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+         values: dict[str, Any] | None = None) -> Config:
+    """Defaults <- run config file <- typed ``values`` (CLI options) <- ``overrides`` (``--set``);
+    validated."""
+    data = defaults()
+    where = "config"
+    if path is not None:
+        data = merge(data, read_yaml(path))
+        where = f"config {str(path)!r}"
+    for key, value in (values or {}).items():
+        data = set_value(data, key, value)
+    for item in overrides:
+        data = apply_override(data, item)
+    return validate(data, where)

@@ -1,0 +1,196 @@
+"""Process-wide state, set only inside scopes that restore it.
+
+A run changes state that belongs to the whole process: torch's thread count, the TF32 and
+matmul-precision flags, cuDNN switches, the random generators, environment variables and
+ultralytics' module settings. In a worker that runs many trials one after another, whatever one
+trial leaves behind would change the next. :func:`isolated` captures all of it on entry and puts
+it back on exit; every stage runs inside it. :func:`ultralytics_offline` is the scope in which
+ultralytics may be imported and used: no installs, no network, no font downloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# ultralytics modules whose import-time flags would let it install packages or go online
+_ULTRALYTICS_FLAGS = ("ultralytics.utils", "ultralytics.utils.checks", "ultralytics.utils.events")
+_ULTRALYTICS_FONT = ("ultralytics.utils.checks", "ultralytics.data.utils")
+
+
+# torch's fp32 precision settings (TF32 and friends), new API only: torch 2.9+ refuses to read the
+# legacy flags (allow_tf32, get_float32_matmul_precision) once the new ones were set
+PRECISION_FLAGS = ("fp32_precision", "cuda.matmul.fp32_precision", "cudnn.fp32_precision",
+                   "cudnn.conv.fp32_precision", "cudnn.rnn.fp32_precision", "mkldnn.fp32_precision",
+                   "mkldnn.matmul.fp32_precision", "mkldnn.conv.fp32_precision", "mkldnn.rnn.fp32_precision")
+
+
+def _backend_attr(path: str) -> tuple[Any, str]:
+    *parents, leaf = path.split(".")
+    obj: Any = torch.backends
+    for p in parents:
+        obj = getattr(obj, p)
+    return obj, leaf
+
+
+def _torch_flags() -> dict[str, Any]:
+    flags: dict[str, Any] = {
+        "num_threads": torch.get_num_threads(),
+        "cudnn.benchmark": torch.backends.cudnn.benchmark,
+        "cudnn.deterministic": torch.backends.cudnn.deterministic,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "mha_fastpath": torch.backends.mha.get_fastpath_enabled(),
+        "grad_enabled": torch.is_grad_enabled(),
+        "default_dtype": str(torch.get_default_dtype()),
+    }
+    for path in PRECISION_FLAGS:
+        obj, leaf = _backend_attr(path)
+        flags[path] = getattr(obj, leaf, None)
+    return flags
+
+
+def _set_torch_flags(f: dict[str, Any]) -> None:
+    """Put back what differs from ``f`` (only that: setting an unchanged precision flag would
+    count as using torch's new precision API)."""
+    now = _torch_flags()
+    if now["num_threads"] != f["num_threads"]:
+        torch.set_num_threads(f["num_threads"])
+    torch.backends.cudnn.benchmark = f["cudnn.benchmark"]
+    torch.backends.cudnn.deterministic = f["cudnn.deterministic"]
+    if now["deterministic_algorithms"] != f["deterministic_algorithms"]:
+        torch.use_deterministic_algorithms(f["deterministic_algorithms"])
+    torch.backends.mha.set_fastpath_enabled(f["mha_fastpath"])
+    torch.set_grad_enabled(f["grad_enabled"])
+    torch.set_default_dtype(getattr(torch, f["default_dtype"].removeprefix("torch.")))
+    for path in PRECISION_FLAGS:
+        if now[path] != f[path] and f[path] is not None:
+            obj, leaf = _backend_attr(path)
+            setattr(obj, leaf, f[path])
+
+
+def strict_fp32() -> None:
+    """fp32 means fp32: no TF32 in convolutions or matmuls (parity gates need it). Call it inside
+    :func:`isolated`, which puts the previous precision back."""
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"
+    torch.backends.mkldnn.matmul.fp32_precision = "ieee"  # oneDNN on CPUs may otherwise use bf16
+    torch.backends.mkldnn.conv.fp32_precision = "ieee"
+
+
+def _ultralytics_state() -> dict[tuple[str, str], Any]:
+    """Module attributes pbkit may change in ultralytics, for the modules already imported."""
+    state: dict[tuple[str, str], Any] = {}
+    for name in _ULTRALYTICS_FLAGS:
+        mod = sys.modules.get(name)
+        for flag in ("AUTOINSTALL", "ONLINE"):
+            if mod is not None and hasattr(mod, flag):
+                state[(name, flag)] = getattr(mod, flag)
+    for name in _ULTRALYTICS_FONT:
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, "check_font"):
+            state[(name, "check_font")] = mod.check_font
+    return state
+
+
+def _set_ultralytics_state(state: dict[tuple[str, str], Any]) -> None:
+    for (name, attr), value in state.items():
+        mod = sys.modules.get(name)
+        if mod is not None:
+            setattr(mod, attr, value)
+
+
+def _restore_environ(saved: dict[str, str]) -> None:
+    for k in [k for k in os.environ if k not in saved]:
+        del os.environ[k]
+    for k, v in saved.items():
+        if os.environ.get(k) != v:
+            os.environ[k] = v
+
+
+@contextlib.contextmanager
+def isolated() -> Iterator[None]:
+    """Run a block with the process state it found restored afterwards: torch threads and
+    numeric flags, every random generator (torch CPU and CUDA, NumPy, ``random``), environment
+    variables and ultralytics' settings. Nested scopes are fine."""
+    environ = dict(os.environ)
+    flags = _torch_flags()
+    rng_torch = torch.get_rng_state()
+    rng_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    rng_numpy = np.random.get_state()
+    rng_python = random.getstate()
+    ultra = _ultralytics_state()
+    try:
+        yield
+    finally:
+        _restore_environ(environ)
+        _set_torch_flags(flags)
+        torch.set_rng_state(rng_torch)
+        if rng_cuda is not None:
+            torch.cuda.set_rng_state_all(rng_cuda)
+        np.random.set_state(rng_numpy)
+        random.setstate(rng_python)
+        _set_ultralytics_state(ultra)
+
+
+def snapshot() -> dict[str, Any]:
+    """What :func:`isolated` guards, in comparable form (random states as digests)."""
+    def digest(b: bytes) -> str:
+        return hashlib.sha256(b).hexdigest()[:16]
+
+    state: dict[str, Any] = dict(_torch_flags())
+    state["rng.torch"] = digest(torch.get_rng_state().numpy().tobytes())
+    state["rng.numpy"] = digest(repr(np.random.get_state()).encode())
+    state["rng.python"] = digest(repr(random.getstate()).encode())
+    state["environ"] = dict(os.environ)
+    state["ultralytics"] = {f"{n}.{a}": repr(v) for (n, a), v in _ultralytics_state().items()}
+    return state
+
+
+def _local_font(font: str = "Arial.ttf") -> Path | None:
+    """ultralytics' font look-up without its download: a matching font matplotlib knows, or None."""
+    from matplotlib import font_manager
+
+    name = Path(font).name
+    for f in font_manager.fontManager.ttflist:
+        if name in f.fname and os.path.exists(f.fname):
+            return Path(f.fname)
+    return None
+
+
+@contextlib.contextmanager
+def ultralytics_offline() -> Iterator[None]:
+    """The scope in which pbkit imports and uses ultralytics: ``YOLO_OFFLINE=1``,
+    ``YOLO_AUTOINSTALL=false``, its module flags off, fonts looked up locally, its logger quiet.
+    Everything is put back on exit."""
+    import logging
+
+    with isolated():
+        os.environ["YOLO_OFFLINE"] = "1"
+        os.environ["YOLO_AUTOINSTALL"] = "false"
+        os.environ.setdefault("YOLO_VERBOSE", "false")
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(os.environ.get("PBKIT_CACHE", "~/.cache/pbkit"))
+                                                     .expanduser() / "ultralytics"))
+        import ultralytics.data.utils  # noqa: F401  (imported under the offline environment)
+        import ultralytics.utils.checks  # noqa: F401
+        import ultralytics.utils.events  # noqa: F401
+
+        before = _ultralytics_state()  # flags as ultralytics set them (isolated() restores them too)
+        _set_ultralytics_state({k: (_local_font if k[1] == "check_font" else False) for k in before})
+        logger = logging.getLogger("ultralytics")
+        level = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+            _set_ultralytics_state(before)

@@ -1,0 +1,52 @@
+"""Parity: a backend's outputs against fp32 torch on the same fixed batch.
+
+Gates (measurement.md): fp32 ``|a-b| <= atol + rtol*|b|`` element-wise; fp16 cosine similarity
+>= ``fp16_cosine``. Which outputs are compared is the task's choice (a detector's raw head
+outputs, a classifier's logits); the record names them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pbkit.core.config import ExportCfg
+from pbkit.models.outputs import output_tensors
+
+
+def compare(out: list[np.ndarray], ref: list[np.ndarray], rtol: float, atol: float) -> dict[str, Any]:
+    """max abs error, max error relative to the reference's largest magnitude, cosine, and the gate."""
+    if len(out) != len(ref) or any(a.shape != b.shape for a, b in zip(out, ref, strict=False)):
+        return {"max_abs": float("inf"), "max_rel": float("inf"), "cosine": 0.0, "passed": False}
+    a = np.concatenate([o.astype(np.float64).ravel() for o in out])
+    b = np.concatenate([r.astype(np.float64).ravel() for r in ref])
+    diff = np.abs(a - b)
+    finite = bool(np.isfinite(a).all())
+    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+    cosine = float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
+    return {
+        "max_abs": float(diff.max()) if diff.size else 0.0,
+        "max_rel": float(diff.max() / max(np.abs(b).max(), 1e-12)) if diff.size else 0.0,
+        "cosine": cosine,
+        "passed": finite and bool(np.all(diff <= atol + rtol * np.abs(b))),
+    }
+
+
+def reference_outputs(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
+    model.eval()
+    with torch.no_grad():
+        return [t.float().numpy() for t in output_tensors(model(x))]
+
+
+def check(got: list[np.ndarray], ref: list[np.ndarray], e: ExportCfg, precision: str,
+          outputs: str = "all outputs") -> dict[str, Any]:
+    """The parity record fields: the fp32 gate (rtol/atol), or for fp16 cosine >= fp16_cosine."""
+    cmp = compare(got, ref, e.rtol, e.atol)
+    out = {**cmp, "rtol": e.rtol, "atol": e.atol, "outputs": outputs, "gate": precision}
+    if precision == "fp16":
+        out.update(passed=bool(np.isfinite(cmp["cosine"]) and cmp["cosine"] >= e.fp16_cosine and
+                               cmp["max_abs"] != float("inf")), cosine_min=e.fp16_cosine)
+    return out

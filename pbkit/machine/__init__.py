@@ -1,0 +1,1 @@
+"""The machine record: host, GPUs (through NVML), software versions; collected, never typed."""

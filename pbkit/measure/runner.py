@@ -1,0 +1,94 @@
+"""A runner: one model, one batch, one precision, ready to be queried by the measurement protocol.
+
+Every runner answers one query end to end (host input in, host outputs out, synchronised) and,
+on a GPU, also times the engine call alone with CUDA events on its stream.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class RunSpec:
+    """What a runner is made from: the artifact file, the query input, and the runtime options."""
+
+    path: Path
+    x: Any  # torch.Tensor on the CPU, float32, NCHW: the query (and the parity batch)
+    precision: str = "fp32"
+    threads: int = 1
+    channels_last: bool = False
+    compile_mode: str = "default"
+    cache_dir: Path | None = None  # engine and timing caches (ort-trt)
+    device_index: int = 0
+
+
+class Runner:
+    """One model ready to be queried. Subclasses implement :meth:`_query` (host in, host out)."""
+
+    def __init__(self) -> None:
+        self.flags: dict[str, Any] = {}  # how it ran (cuda_graph, io_binding, ...), into the record
+        self._last: list[np.ndarray] = []
+
+    def _query(self) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def __call__(self) -> None:
+        self._last = self._query()
+
+    def timed(self) -> tuple[float, float | None]:
+        """One query: (end-to-end host wall-clock ms, GPU compute ms or None)."""
+        t0 = time.perf_counter_ns()
+        self._last = self._query()
+        return (time.perf_counter_ns() - t0) / 1e6, None
+
+    def outputs(self) -> list[np.ndarray]:
+        """The outputs of one query on the runner's input, as float32 arrays (for parity)."""
+        self()
+        return [np.asarray(o, dtype=np.float32) for o in self._last]
+
+    def memory(self) -> dict[str, Any]:
+        """Backend-specific memory figures (engine device memory, plan bytes, ...)."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the runner holds."""
+
+
+def load_torch(spec: RunSpec, device: str) -> Any:
+    """The run's model file as an eval-mode module on ``device``, in the spec's precision and
+    memory format."""
+    import torch
+
+    from pbkit.models.checkpoint import load_model
+
+    model, _, _ = load_model(spec.path)
+    model = model.eval().to(device)
+    if spec.precision == "fp16":
+        model = model.half()
+    if spec.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def dtype_of(precision: str) -> Any:
+    import torch
+
+    return torch.float16 if precision == "fp16" else torch.float32
+
+
+def ort_session(path: Path, threads: int, providers: list[Any] | None = None) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=providers or ["CPUExecutionProvider"])

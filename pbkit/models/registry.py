@@ -1,0 +1,214 @@
+"""Models by name: one registry, ``create_model(name)``, everything discoverable with ``pbkit list``.
+Each entry carries its metadata: family (cnn, vit, yolo), source, input size, classes and the task
+it serves (classify, detect), which picks the :mod:`pbkit.tasks` implementation.
+
+Names:
+- the study's CIFAR variants (``resnet18_cifar``, ``resnet50_cifar``, ``resnet56_cifar``,
+  ``vgg19_cifar``, plus the small ``resnet20_cifar``), 32x32 input;
+- ``tv:<name>``: any torchvision classification model (``tv:resnet50``);
+- ``timm:<name>``: any timm model (``timm:vit_small_patch16_224``);
+- ``yolov8{n,s,m,l,x}``: ultralytics detectors (:mod:`pbkit.models.yolo`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pbkit.core.errors import PbkitError, choices_error
+from pbkit.models import archs
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str  # cnn | vit | yolo
+    source: str  # pbkit | torchvision | timm
+    input_size: int
+    num_classes: int
+    description: str
+    builder: Callable[..., nn.Module] = field(repr=False)
+    task: str = "classify"
+
+
+MODELS: dict[str, ModelEntry] = {
+    e.name: e
+    for e in [
+        ModelEntry("resnet18_cifar", "cnn", "pbkit", 32, 100, "ResNet-18, CIFAR stem (study: CIFAR-100)", archs.resnet18_cifar),
+        ModelEntry("resnet50_cifar", "cnn", "pbkit", 32, 100, "ResNet-50, CIFAR stem (study: CIFAR-100)", archs.resnet50_cifar),
+        ModelEntry("resnet56_cifar", "cnn", "pbkit", 32, 10, "ResNet-56, He et al. CIFAR ResNet (16-32-64)", archs.resnet56_cifar),
+        ModelEntry("resnet20_cifar", "cnn", "pbkit", 32, 10, "ResNet-20, He et al. CIFAR ResNet (small, for tests)", archs.resnet20_cifar),
+        ModelEntry("vgg19_cifar", "cnn", "pbkit", 32, 100, "VGG-19-BN, one linear classifier (study: CIFAR-100)", archs.vgg19_cifar),
+    ]
+}
+
+YOLO_MODELS = {f"yolov8{s}": f"YOLOv8-{s}, ultralytics' own yaml, 640x640, 80 classes (study: yolov8m on COCO)"
+               for s in "nsmlx"}
+
+PREFIXES = {
+    "tv:": "any torchvision classification model, e.g. tv:resnet50 (224x224, 1000 classes)",
+    "timm:": "any timm model, e.g. timm:vit_small_patch16_224 (224x224, 1000 classes)",
+}
+
+_VIT_NAME = re.compile(r"^(vit|swin|maxvit|deit|beit|eva|cait|convit|xcit|levit|pvt|twins)")
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model's dense architecture (no weights)."""
+
+    name: str
+    num_classes: int
+    input_size: int
+    family: str
+    source: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    task: str = "classify"  # the pbkit.tasks implementation that trains, evaluates and protects it
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(name=self.name, num_classes=self.num_classes, input_size=self.input_size,
+                    family=self.family, source=self.source, kwargs=dict(self.kwargs), task=self.task)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        task = d.get("task") or ("detect" if d.get("source") == "ultralytics" else "classify")  # older files
+        return cls(**{k: d[k] for k in ("name", "num_classes", "input_size", "family", "source")},
+                   kwargs=dict(d.get("kwargs") or {}), task=task)
+
+
+def torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def timm_names() -> list[str]:
+    import timm
+
+    return sorted(timm.list_models())
+
+
+def resolve(name: str, num_classes: int | None = None, input_size: int | None = None,
+            kwargs: dict[str, Any] | None = None) -> ModelSpec:
+    """Check that ``name`` exists and fill in its defaults; raise a one-line error otherwise."""
+    kwargs = dict(kwargs or {})
+    if name in MODELS:
+        e = MODELS[name]
+        return ModelSpec(name, num_classes or e.num_classes, input_size or e.input_size, e.family, e.source, kwargs,
+                         task=e.task)
+    if name.startswith("yolov8"):
+        from pbkit.models import yolo
+
+        yolo.size_of(name)  # a clear error for an unknown size
+        return ModelSpec(name, num_classes or 80, input_size or yolo.INPUT_SIZE, "yolo", "ultralytics", kwargs,
+                         task="detect")
+    if name.startswith("tv:"):
+        short = name[3:]
+        if short not in torchvision_names():
+            raise PbkitError(f"unknown torchvision classification model {short!r} (see `pbkit list models --json` for the names)")
+        family = "vit" if _VIT_NAME.match(short) else "cnn"
+        default_size = 299 if short.startswith("inception") else 224
+        return ModelSpec(name, num_classes or 1000, input_size or default_size, family, "torchvision", kwargs)
+    if name.startswith("timm:"):
+        import timm
+
+        short = name[5:]
+        if not timm.is_model(short):
+            raise PbkitError(f"unknown timm model {short!r} (see `pbkit list models --json` for the names)")
+        size = input_size or int(kwargs.get("img_size") or _timm_default_size(short))
+        family = "vit" if _VIT_NAME.match(short) else "cnn"
+        return ModelSpec(name, num_classes or 1000, size, family, "timm", kwargs)
+    raise choices_error("model", name, [*MODELS, *YOLO_MODELS, *(p + "<name>" for p in PREFIXES)])
+
+
+def _timm_default_size(short: str) -> int:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(short)
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    return int(size[-1]) if size else 224
+
+
+def build(spec: ModelSpec, pretrained: bool = False, seed: int = 0,
+          load: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """Build the model as pbkit prunes it: the dense architecture (seeded random init, or the hub's
+    pretrained weights), ``load`` applied to it (user weights in the original layout), then
+    ``prepare``d (YOLOv8: C2f made prunable)."""
+    model = _build_dense(spec, pretrained, seed)
+    if load is not None:
+        load(model)
+    return prepare(model, spec)
+
+
+def prepare(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """Pruning-friendly, function-preserving rewrites of an architecture."""
+    if spec.source == "ultralytics":
+        from pbkit.models import yolo
+
+        return yolo.make_prunable(model)
+    return model
+
+
+def _build_dense(spec: ModelSpec, pretrained: bool, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    if spec.source == "pbkit":
+        if pretrained:
+            raise PbkitError(f"no pretrained weights are published for {spec.name}; "
+                             "pass a checkpoint (weights=checkpoint) or train a base (base.epochs > 0)")
+        return MODELS[spec.name].builder(num_classes=spec.num_classes, **spec.kwargs)
+    if spec.source == "ultralytics":
+        from pbkit.models import weights, yolo
+
+        model = yolo.build(spec.name, spec.num_classes)
+        if pretrained:  # the official file, explicitly asked for: a pickled ultralytics checkpoint
+            weights.load_state(model, weights.read_file(yolo.pretrained_file(spec.name), trust=True), spec.name)
+        return model
+    try:
+        if spec.source == "torchvision":
+            import torchvision
+
+            if pretrained and spec.num_classes != 1000:
+                raise PbkitError(f"{spec.name}: pretrained torchvision weights have 1000 classes, not {spec.num_classes}")
+            return torchvision.models.get_model(spec.name[3:], weights="DEFAULT" if pretrained else None,
+                                                num_classes=spec.num_classes, **spec.kwargs)
+        import timm
+
+        kw = dict(spec.kwargs)
+        if spec.input_size and "img_size" not in kw and spec.family == "vit":
+            default = _timm_default_size(spec.name[5:])
+            if spec.input_size != default:
+                kw["img_size"] = spec.input_size
+        return timm.create_model(spec.name[5:], pretrained=pretrained, num_classes=spec.num_classes, **kw)
+    except PbkitError:
+        raise
+    except (OSError, RuntimeError, ConnectionError) as e:
+        if pretrained:
+            raise PbkitError(f"could not fetch pretrained weights for {spec.name} (offline?): "
+                             f"{type(e).__name__}; download them elsewhere and pass weights=checkpoint "
+                             "with model.checkpoint=<file>") from e
+        raise PbkitError(f"could not build {spec.name}: {e}") from e
+    except TypeError as e:
+        raise PbkitError(f"could not build {spec.name} with kwargs {spec.kwargs}: {e}") from e
+
+
+def classifier_heads(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """Layers that produce the class logits: never pruned.
+
+    timm's ``get_classifier()`` when present, else every Linear with ``num_classes`` outputs, else a
+    1x1 convolution with ``num_classes`` outputs (SqueezeNet-style heads).
+    """
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        head = get()
+        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+            return [head]
+    heads: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if not heads:
+        heads = [m for m in model.modules()
+                 if isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m.kernel_size == (1, 1)]
+    return heads

@@ -1,0 +1,68 @@
+"""Weights from files, read without running code from them: state dicts (plain or wrapped), the
+tensors of a pickled module only when the file is trusted, and a format-independent hash."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pbkit.core.errors import PbkitError
+
+
+def read_file(path: str | Path, trust: bool = False) -> Any:
+    """Read a checkpoint file safely; every failure becomes one clear line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PbkitError(f"checkpoint {str(path)!r} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):
+            raise PbkitError(f"checkpoint {str(path)!r} holds pickled Python objects, which pbkit does not "
+                             "load by default; if you trust the file set model.trust_checkpoint=true") from e
+        raise PbkitError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})") from e
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError) as e:
+        raise PbkitError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:160]
+
+
+def load_state(model: nn.Module, obj: Any, where: str) -> None:
+    """Load a (wrapped) state dict, or a pickled module's state, into a dense model."""
+    if isinstance(obj, dict):
+        for key in ("ema", "model", "state_dict", "model_state_dict", "net"):
+            if isinstance(obj.get(key), dict | nn.Module):
+                obj = obj[key]
+                break
+    if isinstance(obj, nn.Module):
+        obj = obj.float().state_dict()
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise PbkitError(f"checkpoint {where!r} holds no state dict of tensors")
+    obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(obj))
+    unexpected = sorted(set(obj) - set(own))
+    wrong = sorted(k for k, v in obj.items() if k in own and own[k].shape != v.shape)
+    if missing or unexpected or wrong:
+        raise PbkitError(f"checkpoint {where!r} does not fit the model: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in obj.items()}, strict=True)
+
+
+def state_sha256(model: nn.Module) -> str:
+    """A hash of the weights themselves (names, shapes, dtypes, bytes), independent of file format."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()

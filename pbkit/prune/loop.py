@@ -1,0 +1,191 @@
+"""Step 2 and 3 of the study: group (DepGraph) and prune iteratively until a MACs speed-up target.
+
+The Importance comes from :mod:`pbkit.prune.methods`; torch-pruning's MetaPruner decides and
+removes. The pruning ratio follows a linear schedule to 1.0 over ``iterative_steps``; after every
+step MACs are recounted and pruning stops as soon as base/pruned >= target. The achieved ratio is
+returned. What the task protects (classifier or Detect head) and its calibration set come in as
+arguments: nothing here knows which task a model serves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pbkit.core.errors import PbkitError
+from pbkit.models import counts
+from pbkit.prune import methods
+from pbkit.prune.calibration import Calibration
+
+PROTECTED_MAX_RATIO = 0.9  # the protected-global scope keeps at least 10% of every group
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """How far and how to prune: the target, the scope, the schedule; reg and delta_reg are the
+    sparsifying methods' regularizer strengths."""
+
+    speedup: float
+    scope: str = "protected"
+    iterative_steps: int = 400
+    round_to: int | None = None
+    seed: int = 0
+    reg: float = 5e-4
+    delta_reg: float = 1e-4
+
+
+@dataclass
+class PruneResult:
+    macs_base: int
+    macs_pruned: int
+    params_base: int
+    params_pruned: int
+    steps: int
+    step_time_s: float
+    total_time_s: float
+    ignored_layers: list[str]
+    max_pruning_ratio: float = 1.0
+    sparsify: dict[str, Any] | None = None  # the sparse-training run, its time apart ("reg time")
+
+    @property
+    def achieved_speedup(self) -> float:
+        return self.macs_base / max(self.macs_pruned, 1)
+
+
+def _attention_modules(model: nn.Module) -> list[nn.Module]:
+    """timm-style attention blocks: a fused ``qkv`` Linear and a ``num_heads`` attribute."""
+    return [m for m in model.modules()
+            if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)]
+
+
+def _fix_attention(model: nn.Module, pruner: Any) -> None:
+    """Keep num_heads / head_dim / attn_dim in step with the pruned qkv projection."""
+    for m in _attention_modules(model):
+        qkv: nn.Linear = m.qkv  # type: ignore[assignment]
+        heads = int(pruner.num_heads.get(qkv, m.num_heads))
+        m.num_heads = heads  # type: ignore[assignment]
+        attn_dim = qkv.out_features // 3
+        m.head_dim = attn_dim // heads  # type: ignore[assignment]
+        if hasattr(m, "attn_dim"):
+            m.attn_dim = attn_dim  # type: ignore[assignment]
+    embed = getattr(getattr(model, "patch_embed", None), "proj", None)
+    if isinstance(embed, nn.Conv2d):
+        for attr in ("embed_dim", "num_features"):
+            if isinstance(getattr(model, attr, None), int):
+                setattr(model, attr, embed.out_channels)
+
+
+def prune_to_target(
+    model: nn.Module,
+    method: methods.Method,
+    settings: PruneSettings,
+    *,
+    input_size: int,
+    num_classes: int,
+    protected: list[nn.Module],
+    calibration: Calibration | None = None,
+    sparse_train: Callable[[Any], dict[str, Any]] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> PruneResult:
+    """Prune ``model`` in place until base MACs / pruned MACs >= ``settings.speedup``, never
+    touching the ``protected`` modules (the task's heads).
+
+    Data-driven criteria run ``method.collect`` on the pinned ``calibration`` batches before every
+    step (inside the step time). Sparsifying methods call ``sparse_train(pruner)`` once, before
+    pruning, with the method's regularizing Pruner (its time is recorded apart).
+    """
+    s = settings
+    if s.speedup <= 1.0:
+        raise PbkitError(f"speed-up target must be > 1, got {s.speedup}")
+    methods.check_scope(s.scope)
+    if not protected:
+        raise PbkitError(f"could not find the head (a layer with {num_classes} outputs) to protect from pruning")
+    model.eval()
+    if method.precheck is not None and (problem := method.precheck(model)) is not None:
+        raise PbkitError(problem)
+    names = {m: n for n, m in model.named_modules()}
+    macs_base = counts.count_macs(model, input_size)
+    params_base = counts.count_params(model)
+    example = counts.example_input(input_size)
+    if method.collect is not None and not (calibration and calibration.batches):
+        raise PbkitError(f"method {method.key!r} needs calibration data ({method.data}): pass --dataset D "
+                         "or set prune.calibration.dataset (synthetic works offline)")
+    if method.collect is not None and method.needs_loss and calibration is not None and calibration.loss is None:
+        raise PbkitError(f"method {method.key!r} needs the {calibration.task} loss: calibrate on a {calibration.task} "
+                         f"dataset (prune.calibration.dataset=...), not on {calibration.info.get('dataset')}")
+    if method.stage == "sparsify" and sparse_train is None:
+        raise PbkitError(f"method {method.key!r} trains with a regularizer first: pass --dataset D "
+                         "(or set prune.calibration.dataset) and sparsify.epochs")
+    torch.manual_seed(s.seed)
+    num_heads = {m.qkv: m.num_heads for m in _attention_modules(model)}
+    ctx = {"num_classes": num_classes, "seed": s.seed, "reg": s.reg, "delta_reg": s.delta_reg}
+    pruner_cls, extra = method.pruner_class(ctx)
+    importance = method.importance(ctx)
+    max_ratio = PROTECTED_MAX_RATIO if s.scope == "protected" else 1.0
+    t_start = time.perf_counter()
+    try:
+        pruner = pruner_cls(
+            model,
+            example,
+            importance=importance,
+            global_pruning=s.scope != "local",
+            pruning_ratio=1.0,
+            max_pruning_ratio=max_ratio,
+            iterative_steps=s.iterative_steps,
+            ignored_layers=protected,
+            round_to=s.round_to,
+            num_heads=num_heads,
+            **extra,
+        )
+    except PbkitError:
+        raise
+    except Exception as e:  # tracing failures come in many types
+        raise PbkitError(f"the dependency graph could not trace this model: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                           root_module_types=pruner.root_module_types))
+    if not groups:
+        raise PbkitError("the dependency graph found no prunable channel group in this model")
+    sparsified = sparse_train(pruner) if method.stage == "sparsify" and sparse_train is not None else None
+    if sparsified is not None:
+        t_start += sparsified["time_s"]  # prune time excludes the regularized training ("reg time")
+    steps, macs, step_times = 0, macs_base, []
+    while steps < s.iterative_steps:
+        t0 = time.perf_counter()
+        if method.collect is not None:
+            assert calibration is not None
+            method.collect(importance, model, pruner, calibration)
+        pruner.step()
+        _fix_attention(model, pruner)
+        step_times.append(time.perf_counter() - t0)
+        steps += 1
+        macs = counts.count_macs(model, input_size)
+        if on_step is not None:
+            on_step(steps, macs_base / max(macs, 1))
+        if macs_base / max(macs, 1) >= s.speedup:
+            break
+    achieved = macs_base / max(macs, 1)
+    if macs == macs_base:
+        raise PbkitError(f"nothing was pruned in {steps} steps: the {method.key} criterion could not rank the "
+                         "channels (every score equal?)")
+    if achieved < s.speedup:
+        floor = " (the protected scope keeps >= 10% of every group)" if s.scope == "protected" else ""
+        raise PbkitError(f"speed-up target {s.speedup}x is unreachable: {achieved:.2f}x after "
+                         f"{steps} steps in the {s.scope} scope{floor}")
+    return PruneResult(
+        macs_base=macs_base,
+        macs_pruned=macs,
+        params_base=params_base,
+        params_pruned=counts.count_params(model),
+        steps=steps,
+        step_time_s=sum(step_times) / len(step_times),
+        total_time_s=time.perf_counter() - t_start,
+        ignored_layers=sorted(names.get(m, "?") for m in protected),
+        max_pruning_ratio=max_ratio,
+        sparsify=sparsified,
+    )

@@ -1,0 +1,87 @@
+"""Across machines: the same pruned model's measured speed-up on each GPU or CPU, one column per
+machine. Ratios measured on one machine in one session are compared, never milliseconds."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from pbkit.core import record
+from pbkit.machine import envinfo
+
+
+def machine_rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str, Any]]:
+    """One row per measured point (pruned vs dense, same session), with the machine it ran on."""
+    out = []
+    for path, r in records:
+        dense = {(p.backend, p.precision, p.batch): p for p in r.latency if p.variant == "dense"}
+        for p in r.latency:
+            d = dense.get((p.backend, p.precision, p.batch))
+            if p.variant != "pruned" or d is None:
+                continue
+            out.append({
+                "model": r.model.name, "method": r.method.key, "scope": r.method.scope,
+                "target": r.method.target_speedup, "macs_speedup": round(r.method.achieved_speedup, 3),
+                "pruned_sha256": (r.artifacts.get("pruned") or {}).get("sha256", "")[:12],
+                "backend": p.backend, "precision": p.precision, "batch": p.batch,
+                "machine": envinfo.machine(r.stage_env("bench")), "dense_ms": d.median_ms, "pruned_ms": p.median_ms,
+                "speedup": p.speedup_vs_dense, "gpu_speedup": p.gpu_speedup_vs_dense,
+                "stable": d.stable and p.stable, "quick": p.quick, "measured_utc": (r.bench or {}).get("measured_utc"),
+                "run_id": r.run_id, "record": str(path),
+            })
+    return out
+
+
+def across_machines(rows_: list[dict[str, Any]]) -> tuple[list[str], dict[tuple[Any, ...], dict[str, dict[str, Any]]]]:
+    """Machines (columns) and, per (model, method, scope, target, backend, precision, batch), the
+    newest row of each machine. Ratios are compared, never milliseconds across machines."""
+    machines = sorted({r["machine"] for r in rows_})
+    table: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+    for r in sorted(rows_, key=lambda r: str(r["measured_utc"])):
+        key = (r["model"], r["method"], r["scope"], r["target"], r["backend"], r["precision"], r["batch"])
+        table.setdefault(key, {})[r["machine"]] = r  # newest wins
+    return machines, dict(sorted(table.items(), key=lambda kv: tuple(str(x) for x in kv[0])))
+
+
+def _cell(r: dict[str, Any] | None, rich: bool) -> str:
+    if r is None:
+        return "-"
+    text = f"{r['speedup'] or 0:.2f}x ({r['dense_ms']:.3f} -> {r['pruned_ms']:.3f} ms)"
+    if not r["stable"]:
+        text += " [yellow]unstable[/]" if rich else " unstable"
+    return text
+
+
+def render_machines(rows_: list[dict[str, Any]], fmt: str) -> str | Table:
+    machines, table = across_machines(rows_)
+    if fmt == "json":
+        return json.dumps({"machines": machines, "rows": rows_}, indent=2, default=str)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows_[0]))
+        w.writeheader()
+        w.writerows(rows_)
+        return buf.getvalue()
+    head = ["model", "method", "scope", "target", "MACs x", "backend", "precision", "batch", *machines]
+    body = [[str(k[0]), str(k[1]), str(k[2]), f"{k[3]:g}x", f"{next(iter(v.values()))['macs_speedup']:.2f}",
+             str(k[4]), str(k[5]), str(k[6]), *[_cell(v.get(m), fmt == "table") for m in machines]]
+            for k, v in table.items()]
+    if fmt == "md":
+        lines = ["Measured speed-up (dense / pruned median latency, same machine, same session) per machine; "
+                 "compare the ratios across machines, not the milliseconds.", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines) + "\n"
+    t = Table(title="measured speed-up across machines (dense / pruned, each measured on one machine)",
+              title_justify="left")
+    for c in head:
+        t.add_column(c, justify="left" if c in ("model", "method", "backend") else "right")
+    for row in body:
+        t.add_row(*row)
+    return t

@@ -1,0 +1,93 @@
+"""Plots from records: counted (MACs) against measured speed-up, and one pruning's measured
+speed-up across machines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pbkit.core.errors import PbkitError
+from pbkit.core.fileio import atomic_write
+from pbkit.report.machines import across_machines
+
+
+def plot(rs: list[dict[str, Any]], path: str | Path) -> Path:
+    """MACs speed-up (what papers report) against measured speed-up, per backend, one panel per
+    model and dataset: the distance from the diagonal is what MAC counts do not tell."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = sorted({b for r in rs for b in r["measured"]})
+    if not backends:
+        raise PbkitError("no latency measurements in these records to plot (run `pbkit bench` first)")
+    panels = sorted({(r["model"], r["dataset"] or "data-free") for r in rs if r["measured"]})
+    cols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4.4 * nrows), dpi=110, squeeze=False)
+    colors = {b: f"C{i}" for i, b in enumerate(backends)}
+    for ax, (model, dataset) in zip(axes.flat, panels, strict=False):
+        mine = [r for r in rs if r["model"] == model and (r["dataset"] or "data-free") == dataset]
+        top = 1.0
+        for b in backends:
+            pts = [(r["macs_speedup"], r["measured"][b], r["method"]) for r in mine if b in r["measured"]]
+            if not pts:
+                continue
+            top = max(top, *(max(x, y) for x, y, _ in pts))
+            ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], color=colors[b], label=b, alpha=0.8)
+            for x, y, method in pts:
+                ax.annotate(method, (x, y), fontsize=7, alpha=0.75, xytext=(4, 0), textcoords="offset points",
+                            va="center")
+        ax.plot([1, top * 1.1], [1, top * 1.1], "k--", lw=0.8, label="measured = MACs")
+        ax.axhline(1.0, color="grey", lw=0.6)
+        ax.set_xlim(0.9, top * 1.15)
+        ax.set_ylim(0.0, top * 1.15)
+        ax.set_title(f"{model} · {dataset}", fontsize=10)
+        ax.set_xlabel("MACs speed-up (base / pruned)")
+        ax.set_ylabel("measured speed-up (dense / pruned latency)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("Counted vs measured speed-up (batch 1 unless stated)", fontsize=11)
+    fig.tight_layout()
+    out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return out
+
+
+def plot_machines(rows_: list[dict[str, Any]], path: str | Path) -> Path:
+    """Grouped bars: per measured point, one bar per machine; the dashed mark is the MACs speed-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    machines, table = across_machines(rows_)
+    if not table:
+        raise PbkitError("no latency measurements in these records to compare (run `pbkit bench` first)")
+    keys = list(table)
+    width = 0.8 / len(machines)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(keys) * max(len(machines), 2) / 2 + 2), 4.6), dpi=110)
+    for i, m in enumerate(machines):
+        xs = [k for k, key in enumerate(keys) if m in table[key]]
+        ax.bar([x - 0.4 + width * (i + 0.5) for x in xs], [table[keys[x]][m]["speedup"] or 0 for x in xs],
+               width=width, label=m, color=f"C{i}")
+    for x, key in enumerate(keys):
+        macs = next(iter(table[key].values()))["macs_speedup"]
+        ax.hlines(macs, x - 0.45, x + 0.45, colors="k", linestyles="--", lw=0.9,
+                  label="MACs speed-up" if x == 0 else None)
+    ax.axhline(1.0, color="grey", lw=0.6)
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([f"{k[0]}\n{k[1]} {k[4]}\n{k[5]} b{k[6]}" for k in keys], fontsize=7)
+    ax.set_ylabel("measured speed-up (dense / pruned)")
+    ax.set_title("Measured speed-up of the same pruning across machines", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return out

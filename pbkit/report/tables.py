@@ -1,0 +1,77 @@
+"""The per-run table ``pbkit prune``, ``run``, ``export`` and ``bench`` print: dense against pruned,
+counted (MACs) against measured speed-up, accuracy, alignment, latency, memory and parity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from pbkit.core import record
+from pbkit.report.cells import acc, delta, si
+
+
+def run_table(rec: record.Record) -> Table:
+    """What ``pbkit run`` / ``bench`` print: dense vs pruned, achieved vs measured speed-up."""
+    m, c = rec.method, rec.counts
+    t = Table(title=f"{rec.model.name} · {m.key} · {m.scope} · target {m.target_speedup:g}x", title_justify="left")
+    t.add_column("")
+    t.add_column("dense", justify="right")
+    t.add_column("pruned", justify="right")
+    t.add_column("speed-up / change", justify="right")
+    t.add_row("params", si(c.params_base), si(c.params_pruned), f"{c.params_base / max(c.params_pruned, 1):.2f}x fewer")
+    t.add_row(f"MACs @{c.input_size}px", si(c.macs_base), si(c.macs_pruned),
+              f"{m.achieved_speedup:.3f}x achieved ({m.steps} steps)")
+    a = rec.accuracy
+    if a.metric is not None and rec.dataset is not None:
+        name = f"{a.metric} ({rec.dataset.name})"
+        t.add_row(f"{name} after pruning", acc(a.base), acc(a.pruned), delta(a.base, a.pruned))
+        if a.finetuned is not None:
+            epochs = (rec.finetune or {}).get("epochs", "?")
+            t.add_row(f"{name} finetuned {epochs} ep", acc(a.base), acc(a.finetuned), delta(a.base, a.finetuned))
+    al = c.channel_alignment
+    if al and al.get("pruned_layers"):
+        t.add_row(f"pruned widths multiple of {al['multiple']}", "", f"{al['aligned_layers']}/{al['pruned_layers']} layers",
+                  f"{al['share']:.0%} aligned" + (" (GPU targets: prune.round_to=8)" if al["share"] < 1 else ""))
+    pts = {(p.backend, p.precision, p.batch, p.variant): p for p in rec.latency}
+    for key in dict.fromkeys((p.backend, p.precision, p.batch) for p in rec.latency):
+        d, p = pts.get((*key, "dense")), pts.get((*key, "pruned"))
+        if d is None or p is None:
+            continue
+        backend, precision, batch = key
+        cov = max(d.cov, p.cov)
+        tries = max(d.attempts, p.attempts)
+        again = f", {tries} tries" if tries > 1 else ""
+        throttle = sorted(set(d.throttle_reasons) | set(p.throttle_reasons))
+        why = f"cov {cov:.1%}" + (f", GPU throttle: {', '.join(throttle)}" if throttle else "")
+        flag = f" (cov {cov:.1%}{again})" if d.stable and p.stable else f" [yellow](unstable: {why}{again})[/]"
+        quick = " quick" if p.quick else ""
+        t.add_row(f"latency {backend} {precision} b{batch}{quick}", f"{d.median_ms:.3f} ms", f"{p.median_ms:.3f} ms",
+                  f"{p.speedup_vs_dense or 0:.2f}x measured{flag}")
+        if d.gpu_compute and p.gpu_compute:
+            t.add_row("  GPU compute (CUDA events)", f"{d.gpu_compute['median_ms']:.3f} ms",
+                      f"{p.gpu_compute['median_ms']:.3f} ms", f"{p.gpu_speedup_vs_dense or 0:.2f}x")
+        if d.memory and p.memory and d.device == "cuda":
+            t.add_row("  GPU memory (NVML peak - before)", _mem(d.memory), _mem(p.memory), "")
+    for backend, precision in sorted({(p.backend, p.precision) for p in rec.parity}):
+        mine = [p for p in rec.parity if (p.backend, p.precision) == (backend, precision)]
+        cells = {v: max((p for p in mine if p.variant == v), key=lambda p: p.max_abs, default=None)
+                 for v in ("dense", "pruned")}
+        gate = f"fp16 gate (cosine >= {mine[0].cosine_min:g})" if precision == "fp16" and mine[0].cosine_min else "fp32 gate"
+        t.add_row(f"parity {backend} {precision} (max abs)", _parity_cell(cells["dense"]), _parity_cell(cells["pruned"]),
+                  gate if all(p.passed for p in mine) else "[bold red]parity FAILED[/]")
+    return t
+
+
+def _mem(m: dict[str, Any]) -> str:
+    before, peak = m.get("nvml_used_before_bytes"), m.get("nvml_used_peak_bytes")
+    if before is None or peak is None:
+        torch_peak = m.get("torch_peak_allocated_bytes")
+        return f"{torch_peak / 2**20:.0f} MiB torch" if torch_peak is not None else "-"
+    return f"{(peak - before) / 2**20:.0f} MiB"
+
+
+def _parity_cell(p: record.Parity | None) -> str:
+    if p is None:
+        return "-"
+    return f"ok {p.max_abs:.1e}" if p.passed else f"[bold red]FAILED {p.max_abs:.1e}[/]"

@@ -1,0 +1,61 @@
+"""The dense base every method of a comparison prunes: random (seeded), the hub's pretrained
+weights, a checkpoint file, or trained once per (architecture, dataset, recipe, seed) and reused
+by hash from ``<results>/bases/``. Training a base takes a lock, so concurrent runs that need
+the same base train it once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from pbkit.core import config, lock
+from pbkit.core.console import Steps, note
+from pbkit.core.fileio import ensure_writable_dir, sha256_file
+from pbkit.data import DataBundle
+from pbkit.models import ModelSpec, build, checkpoint, weights
+from pbkit.stages.rundir import slug, trains_base
+from pbkit.tasks import Task
+
+Weights = dict[str, Any]  # weights, weights_path, weights_sha256 (record.ModelInfo fields)
+
+
+def obtain(cfg: config.Config, spec: ModelSpec, task: Task, bundle: DataBundle | None, bases_dir: Path,
+           quiet: bool = False) -> tuple[nn.Module, Weights, dict[str, Any] | None]:
+    """The dense base model, how its weights came to be, and its training history if trained."""
+    m = cfg.model
+    if m.weights == "checkpoint":
+        assert m.checkpoint is not None  # the run's identity checked it
+        model = checkpoint.load_base(spec, m.checkpoint, trust=m.trust_checkpoint, seed=m.seed)
+        path = str(Path(m.checkpoint).expanduser().resolve())
+        return model, {"weights": "checkpoint", "weights_path": path, "weights_sha256": sha256_file(path)}, None
+    if m.weights == "pretrained":
+        model = build(spec, pretrained=True, seed=m.seed)
+        return model, {"weights": "pretrained", "weights_path": None,
+                       "weights_sha256": weights.state_sha256(model)}, None
+    model = build(spec, seed=m.seed)
+    if bundle is None or not trains_base(cfg):
+        return model, {"weights": "random", "weights_path": None, "weights_sha256": weights.state_sha256(model)}, None
+    key = json.dumps({"spec": spec.to_dict(), "seed": m.seed, "dataset": cfg.dataset.model_dump(exclude={"root"}),
+                      "recipe": cfg.base.model_dump()}, sort_keys=True)
+    path = bases_dir / f"{slug(spec.name)}__{bundle.name}__{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    ensure_writable_dir(bases_dir)
+    with lock.exclusive(bases_dir / f".{path.name}.lock",
+                        on_wait=lambda who: note(f"base {path.name} is being trained by {who}; waiting", quiet)):
+        if path.is_file():
+            note(f"reusing base model {path}", quiet)
+            model, _, extra = checkpoint.load_model(path)
+            return model, _trained(path), extra.get("training")
+        steps = Steps(f"training base {spec.name} on {bundle.name}", cfg.base.epochs, quiet)
+        history = task.train(model, bundle, spec, cfg.base.model_dump(), eval_batch_size=cfg.dataset.eval_batch_size,
+                             on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)))
+        steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
+        checkpoint.save_model(model, spec, path, extra={"training": history})
+    return model, _trained(path), history
+
+
+def _trained(path: Path) -> Weights:
+    return {"weights": "trained", "weights_path": str(path), "weights_sha256": sha256_file(path)}

@@ -1,0 +1,97 @@
+"""The orchestrator: a configuration's stages in order, resumed from the first one not finished.
+
+``run(cfg)`` names the run from its configuration (:mod:`pbkit.stages.rundir`), takes the run's
+lock, and runs prune -> finetune -> export -> bench, skipping each stage the record shows as done
+with the same configuration. ``export_run`` and ``bench_run`` run one stage on an existing run
+folder. Everything a stage sets process-wide is restored when it returns (``isolated``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pbkit.core import config, record
+from pbkit.core.console import note
+from pbkit.core.errors import PbkitError
+from pbkit.core.runtime import isolated
+from pbkit.stages import bench, export, finetune, prune, rundir
+
+STAGES = ("prune", "finetune", "export", "bench")
+
+
+@dataclass
+class Outcome:
+    run_dir: Path
+    record: record.Record
+    ran: list[str] = field(default_factory=list)  # the stages this call ran
+    done_before: list[str] = field(default_factory=list)  # the stages the record already had
+
+
+def _wanted(cfg: config.Config, until: str) -> list[str]:
+    if until not in STAGES:
+        raise PbkitError(f"unknown stage {until!r}; choose one of: {', '.join(STAGES)}")
+    todo = list(STAGES[:STAGES.index(until) + 1])
+    return todo if rundir.finetunes(cfg) else [s for s in todo if s != "finetune"]
+
+
+def run(cfg: config.Config, until: str = "bench", force: bool = False, quiet: bool = False) -> Outcome:
+    """Run (or continue) the configuration's run up to the stage ``until``; ``force`` starts it
+    again from scratch."""
+    wanted = _wanted(cfg, until)
+    with isolated():
+        if "bench" in wanted:
+            bench.pairs(cfg, quiet=True)  # the whole plan is checked before the long work starts
+        plan = rundir.plan(cfg)
+        with rundir.locked(plan.run_dir, quiet):
+            if force:
+                plan.remove()
+            rec = plan.existing()
+            out = Outcome(plan.run_dir, rec) if rec is not None else Outcome(plan.run_dir, prune.run(plan, quiet),
+                                                                              ran=["prune"])
+            if rec is not None:
+                out.done_before = [s for s in wanted if _done(out.record, s, cfg)]
+                rest = [s for s in wanted if s not in out.done_before]
+                note(f"run {plan.run_id}: " + (f"resuming ({', '.join(out.done_before)} done); running "
+                                               f"{', '.join(rest)}" if rest else
+                                               f"complete ({', '.join(out.done_before)} done); nothing to run "
+                                               "(--force starts it again)"), quiet)
+            for stage in wanted[1:]:
+                if not _done(out.record, stage, cfg):
+                    out.record = _STAGE_RUNNERS[stage](plan.run_dir, out.record, cfg, quiet)
+                    out.ran.append(stage)
+    return out
+
+
+def _done(rec: record.Record, stage: str, cfg: config.Config) -> bool:
+    if stage in ("prune", "finetune"):  # the identity holds their configuration
+        return stage in rec.stages
+    return rundir.is_current(rec, stage, cfg)
+
+
+_STAGE_RUNNERS: dict[str, Any] = {"finetune": finetune.run, "export": export.run, "bench": bench.run}
+
+
+def _on_run_folder(stage: str, run_dir: str | Path, overrides: list[str] | tuple[str, ...],
+                   values: dict[str, Any] | None, quiet: bool) -> record.Record:
+    run_dir = Path(run_dir)
+    if not (run_dir / record.RECORD_NAME).is_file():
+        raise PbkitError(f"{str(run_dir)!r} is not a run folder (no record.json); make one with `pbkit prune` "
+                         "or `pbkit run`")
+    with isolated(), rundir.locked(run_dir, quiet):
+        rec = record.read(run_dir)
+        cfg = rundir.run_config(rec, overrides, values)
+        return _STAGE_RUNNERS[stage](run_dir, rec, cfg, quiet)  # type: ignore[no-any-return]
+
+
+def export_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), values: dict[str, Any] | None = None,
+               quiet: bool = False) -> record.Record:
+    """Export an existing run (``export.*`` from its config, with these overrides)."""
+    return _on_run_folder("export", run_dir, overrides, values, quiet)
+
+
+def bench_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), values: dict[str, Any] | None = None,
+              quiet: bool = False) -> record.Record:
+    """Measure an existing run (``bench.*`` from its config, with these overrides)."""
+    return _on_run_folder("bench", run_dir, overrides, values, quiet)

@@ -1,0 +1,171 @@
+"""Stage 1, prune: the dense base, its accuracy, grouping and pruning to the target (with sparse
+training or calibration where the method needs them), the pruned model's accuracy.
+
+The run folder is built under a temporary name and renamed when complete, so an interrupted prune
+stage leaves no run folder (a killed one leaves a ``.tmp-`` folder that the next start removes).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pbkit import __version__
+from pbkit.core import config, record
+from pbkit.core.console import Steps
+from pbkit.core.errors import PbkitError
+from pbkit.core.fileio import sha256_file
+from pbkit.data import DataBundle
+from pbkit.data import load as load_data
+from pbkit.machine import envinfo
+from pbkit.models import ModelSpec, checkpoint, counts, resolve
+from pbkit.prune import Calibration, PruneResult, PruneSettings, prune_to_target
+from pbkit.prune.methods import Method
+from pbkit.stages import bases
+from pbkit.stages.rundir import DENSE, MODEL_FILES, PRUNED, Plan, StageClock, utc_now
+from pbkit.tasks import Task
+from pbkit.tasks import get as get_task
+
+
+def dataset(cfg: config.Config) -> DataBundle | None:
+    d = cfg.dataset
+    if not d.name:
+        return None
+    return load_data(d.name, root=d.root, image_size=d.image_size, seed=d.seed, train_limit=d.train_limit,
+                     test_limit=d.test_limit, download=d.download, num_classes=cfg.model.num_classes)
+
+
+def resolve_spec(cfg: config.Config, bundle: DataBundle | None) -> ModelSpec:
+    """The model spec with classes and input size from the dataset where the config leaves them."""
+    spec = resolve(cfg.model.name, num_classes=cfg.model.num_classes or (bundle.num_classes if bundle else None),
+                   input_size=cfg.model.input_size or (bundle.image_size if bundle else None), kwargs=cfg.model.kwargs)
+    if bundle is not None and spec.num_classes != bundle.num_classes:
+        raise PbkitError(f"model.num_classes={spec.num_classes} but dataset {bundle.name} has {bundle.num_classes} classes")
+    return spec
+
+
+def evaluate(task: Task, model: Any, bundle: DataBundle | None, spec: ModelSpec, cfg: config.Config) -> float | None:
+    """The task's metric in percent; None for a data-free run."""
+    return None if bundle is None else task.evaluate(model, bundle, spec, cfg.dataset.eval_batch_size)
+
+
+def run(plan: Plan, quiet: bool = False) -> record.Record:
+    """Prune to the target and write the run folder (dense.pt, pruned.pt, record.json)."""
+    cfg, method = plan.cfg, plan.method
+    clock = StageClock("prune")
+    bundle = dataset(cfg)
+    spec = resolve_spec(cfg, bundle)
+    task = get_task(spec.task)
+    if bundle is not None:
+        task.check_data(bundle, "pruning")
+    env = envinfo.collect()
+    model, weights, base_training = bases.obtain(cfg, spec, task, bundle, plan.run_dir.parent.parent / "bases", quiet)
+    tmp = plan.run_dir.parent / f".tmp-{plan.run_id}"
+    shutil.rmtree(tmp, ignore_errors=True)  # what a killed run left
+    tmp.mkdir(parents=True)
+    try:
+        acc_base = evaluate(task, model, bundle, spec, cfg)
+        checkpoint.save_model(model, spec, tmp / MODEL_FILES[DENSE])
+        steps = Steps(f"pruning {spec.name} ({method.key}, {cfg.prune.scope}) to {cfg.prune.speedup:g}x",
+                      cfg.prune.iterative_steps, quiet)
+        widths = counts.layer_widths(model)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="torch_pruning")
+            res, calibration = _prune(model, method, spec, task, cfg, bundle, steps, quiet)
+        alignment = counts.channel_alignment(widths, counts.layer_widths(model))
+        steps.close(f"{res.achieved_speedup:.3f}x in {res.steps} steps")
+        acc_pruned = evaluate(task, model, bundle, spec, cfg)
+        checkpoint.save_model(model, spec, tmp / MODEL_FILES[PRUNED])
+        rec = _record(plan, spec, task, method, res, calibration, alignment, bundle, weights, base_training,
+                      (acc_base, acc_pruned), tmp, env)
+        clock.finish(rec, cfg, env)
+        record.write(tmp, rec)
+        os.replace(tmp, plan.run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return rec
+
+
+def _pruning_data(cfg: config.Config, bundle: DataBundle | None, spec: ModelSpec) -> DataBundle | None:
+    """Data for calibration and sparse training: prune.calibration.dataset, else the run's dataset."""
+    name = cfg.prune.calibration.dataset
+    if name is None or (bundle is not None and name == bundle.name):
+        return bundle
+    d = cfg.dataset
+    other = load_data(name, root=d.root, image_size=spec.input_size, seed=cfg.prune.calibration.seed,
+                      download=d.download, num_classes=spec.num_classes)
+    if other.num_classes != spec.num_classes:
+        raise PbkitError(f"calibration dataset {name} has {other.num_classes} classes, the model {spec.num_classes}")
+    return other
+
+
+def _prune(model: Any, method: Method, spec: ModelSpec, task: Task, cfg: config.Config, bundle: DataBundle | None,
+           steps: Steps, quiet: bool) -> tuple[PruneResult, Calibration | None]:
+    pdata = _pruning_data(cfg, bundle, spec) if method.needs_data else None
+    calibration = task.calibration(pdata, cfg.prune.calibration, spec) \
+        if method.collect is not None and pdata is not None else None
+    sparse_train = None
+    if method.stage == "sparsify" and pdata is not None:
+        sp = cfg.sparsify
+
+        def sparse_train(pruner: Any) -> dict[str, Any]:
+            recipe = {**sp.model_dump(exclude={"reg", "delta_reg"}), "weight_decay": 0.0}
+            progress = Steps(f"sparse training {sp.epochs} epochs ({method.regularizer}, reg {sp.reg:g})",
+                             sp.epochs, quiet)
+            epoch_hook = getattr(pruner, method.per_epoch) if method.per_epoch else None
+            result = task.train(model, pdata, spec, recipe, eval_batch_size=cfg.dataset.eval_batch_size,
+                                evaluate_each_epoch=False,
+                                on_epoch=lambda e, row: progress.update(e, task.epoch_line(row)),
+                                regularize=lambda: pruner.regularize(model), after_epoch=epoch_hook)
+            progress.close()
+            model.eval()
+            return {**result, "dataset": pdata.name, "reg": sp.reg, "delta_reg": sp.delta_reg,
+                    "regularizer": method.regularizer}
+
+    p = cfg.prune
+    settings = PruneSettings(speedup=p.speedup, scope=p.scope, iterative_steps=p.iterative_steps, round_to=p.round_to,
+                             seed=p.seed, reg=cfg.sparsify.reg, delta_reg=cfg.sparsify.delta_reg)
+    res = prune_to_target(model, method, settings, input_size=spec.input_size, num_classes=spec.num_classes,
+                          protected=task.protected(model, spec), calibration=calibration, sparse_train=sparse_train,
+                          on_step=lambda i, s: steps.update(i, f"{s:.3f}x"))
+    return res, calibration
+
+
+def _record(plan: Plan, spec: ModelSpec, task: Task, method: Method, res: PruneResult,
+            calibration: Calibration | None, alignment: dict[str, Any], bundle: DataBundle | None,
+            weights: dict[str, Any], base_training: dict[str, Any] | None, accuracy: tuple[float | None, float | None],
+            folder: Path, env: dict[str, Any]) -> record.Record:
+    cfg = plan.cfg
+    now = utc_now()
+    return record.Record(
+        schema_version=record.SCHEMA_VERSION, kit_version=__version__, git_revision=env["git_revision"],
+        run_id=plan.run_id, created_utc=now, updated_utc=now, stages={}, identity=plan.identity,
+        model=record.ModelInfo(name=spec.name, source=spec.source, family=spec.family, input_size=spec.input_size,
+                               num_classes=spec.num_classes, kwargs=spec.kwargs, seed=cfg.model.seed, task=spec.task,
+                               **weights),
+        method=record.MethodInfo(key=method.key, name=method.name, stage=method.stage, scope=cfg.prune.scope,
+                                 target_speedup=cfg.prune.speedup, achieved_speedup=res.achieved_speedup,
+                                 steps=res.steps, round_to=cfg.prune.round_to,
+                                 iterative_steps=cfg.prune.iterative_steps, max_pruning_ratio=res.max_pruning_ratio,
+                                 seed=cfg.prune.seed, step_time_s=res.step_time_s, prune_time_s=res.total_time_s,
+                                 ignored_layers=res.ignored_layers, data=method.data, regularizer=method.regularizer,
+                                 calibration=calibration.info if calibration is not None else None,
+                                 sparsify=res.sparsify, reg_time_s=res.sparsify["time_s"] if res.sparsify else None),
+        counts=record.Counts(macs_base=res.macs_base, macs_pruned=res.macs_pruned, params_base=res.params_base,
+                             params_pruned=res.params_pruned, input_size=spec.input_size, counter=counts.COUNTER,
+                             channel_alignment=alignment),
+        dataset=None if bundle is None else record.DatasetInfo(
+            name=bundle.name, image_size=bundle.image_size, num_classes=bundle.num_classes,
+            train_size=bundle.info.get("train_size"), test_size=bundle.info.get("test_size"), task=bundle.task,
+            yaml=bundle.info.get("yaml")),
+        accuracy=record.Accuracy(metric=None if bundle is None else task.metric, base=accuracy[0], pruned=accuracy[1]),
+        finetune={**cfg.finetune.model_dump(), "epochs_run": 0},
+        base_training=base_training,
+        artifacts={v: {"path": f, "sha256": sha256_file(folder / f)} for v, f in MODEL_FILES.items()},
+        env=env,
+        config=cfg.model_dump(mode="json"),
+    )

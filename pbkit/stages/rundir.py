@@ -1,0 +1,243 @@
+"""Run folders: content-addressed names, a lock, and each stage's own facts in the record.
+
+A run's id is a readable prefix and a short hash of everything that determines its result: the
+model and its weights (sha256 of a checkpoint file), the dataset and its limits, the method,
+scope, target, round_to and schedule, the calibration set, every training recipe and every seed,
+each only where it matters (no finetuning recipe without finetuning, no sparsify settings for a
+criterion-only method). Run again with the same configuration, a run is recognised and continued
+from its first unfinished stage (prune -> finetune -> export -> bench); a configuration that differs
+in anything that changes the result gets another id.
+
+The folder (``<out>/<run_id>/``) holds ``record.json`` and the artifacts: ``dense.pt``,
+``pruned.pt`` (as pruned), ``finetuned.pt`` (after finetuning), ``dense.onnx`` and ``pruned.onnx``
+(of the finetuned model when there is one), TensorRT plans. Every file is written atomically, the
+record last: a run killed at any moment leaves a valid record or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pbkit import __version__
+from pbkit.core import config, lock, record
+from pbkit.core.console import note
+from pbkit.core.errors import PbkitError
+from pbkit.core.fileio import ensure_writable_dir, sha256_file
+from pbkit.models import ModelSpec
+from pbkit.prune.methods import Method
+
+DENSE, PRUNED = "dense", "pruned"
+MODEL_FILES = {DENSE: "dense.pt", PRUNED: "pruned.pt"}
+FINETUNED_FILE = "finetuned.pt"
+ONNX_FILES = {DENSE: "dense.onnx", PRUNED: "pruned.onnx"}
+ID_HASH_CHARS = 10
+
+# the configuration sections each stage runs with (what its record entry keeps)
+STAGE_SECTIONS = {
+    "prune": ("model", "dataset", "base", "prune", "sparsify"),
+    "finetune": ("dataset", "finetune"),
+    "export": ("export",),
+    "export-tensorrt": ("export",),
+    "bench": ("bench",),
+}
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+
+
+def finetunes(cfg: config.Config) -> bool:
+    """Whether the run has a finetuning stage."""
+    return bool(cfg.dataset.name) and cfg.finetune.epochs > 0
+
+
+def trains_base(cfg: config.Config) -> bool:
+    return cfg.model.weights == "random" and bool(cfg.dataset.name) and cfg.base.epochs > 0
+
+
+def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
+    """Everything that determines the run's result, and nothing else."""
+    m, d, p = cfg.model, cfg.dataset, cfg.prune
+    model: dict[str, Any] = {"name": m.name, "weights": m.weights, "num_classes": m.num_classes,
+                             "input_size": m.input_size, "kwargs": m.kwargs, "seed": m.seed}
+    if m.weights == "checkpoint":
+        if not m.checkpoint:
+            raise PbkitError("model.weights is 'checkpoint' but model.checkpoint (a file path) is not set")
+        path = Path(m.checkpoint).expanduser()
+        if not path.is_file():
+            raise PbkitError(f"checkpoint {str(path)!r} not found")
+        model["checkpoint_sha256"] = sha256_file(path)
+    fields: dict[str, Any] = {"model": model}
+    if d.name:
+        fields["dataset"] = {"name": d.name, "image_size": d.image_size, "train_limit": d.train_limit,
+                             "test_limit": d.test_limit, "seed": d.seed}
+    if trains_base(cfg):
+        fields["base"] = cfg.base.model_dump()
+    prune = p.model_dump(exclude={"calibration"})
+    if method.needs_data:
+        prune["calibration"] = p.calibration.model_dump() if method.collect is not None else \
+            {"dataset": p.calibration.dataset}
+    fields["prune"] = prune
+    if method.stage == "sparsify":
+        fields["sparsify"] = cfg.sparsify.model_dump()
+    if finetunes(cfg):
+        fields["finetune"] = cfg.finetune.model_dump()
+    return fields
+
+
+def identity_hash(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_id_for(cfg: config.Config, digest: str) -> str:
+    if cfg.run_id:
+        if not _RUN_ID.fullmatch(cfg.run_id):
+            raise PbkitError(f"run_id {cfg.run_id!r} may hold only letters, digits, '.', '_' and '-'")
+        return cfg.run_id
+    p = cfg.prune
+    return f"{slug(cfg.model.name)}-{p.method}-{p.scope}-{p.speedup:g}x-{digest[:ID_HASH_CHARS]}"
+
+
+def lock_path(run_dir: Path) -> Path:
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path, quiet: bool = False) -> Iterator[None]:
+    """Hold the run's lock: a second process on the same run waits, and is told who holds it."""
+    with lock.exclusive(lock_path(run_dir), on_wait=lambda who: note(
+            f"run {run_dir.name} is in use by {who}; waiting for it to finish", quiet)):
+        yield
+
+
+@dataclass
+class Plan:
+    """What a configuration will produce, known before any work: the run's identity and folder."""
+
+    cfg: config.Config
+    spec: ModelSpec  # the model as named (classes and input size may still come from the dataset)
+    method: Method
+    identity: record.Identity
+    run_dir: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    def existing(self) -> record.Record | None:
+        """The record of this run if its folder holds one; an error if the folder holds something
+        else (another configuration, no record, an unreadable record)."""
+        d = self.run_dir
+        if not d.exists():
+            return None
+        if not (d / record.RECORD_NAME).is_file():
+            raise PbkitError(f"run folder {str(d)!r} already exists and holds no record; choose another run_id "
+                             "or remove it")
+        try:
+            rec = record.read(d)
+        except PbkitError as e:
+            raise PbkitError(f"run folder {str(d)!r} already exists and holds another run ({e}); choose another "
+                             "run_id, or pass --force to start it again") from e
+        if rec.identity is None or rec.identity.hash != self.identity.hash:
+            what = "made by an older pbkit" if rec.identity is None else \
+                f"configuration {rec.identity.hash[:ID_HASH_CHARS]}, not {self.identity.hash[:ID_HASH_CHARS]}"
+            raise PbkitError(f"run folder {str(d)!r} already exists and holds another run ({what}); choose another "
+                             "run_id, or pass --force to start it again")
+        return rec
+
+    def remove(self) -> None:
+        """--force: remove the run's folder (only a pbkit run folder: one that holds a record)."""
+        d = self.run_dir
+        if d.exists():
+            if not (d / record.RECORD_NAME).is_file():
+                raise PbkitError(f"{str(d)!r} holds no pbkit record; not removing it")
+            shutil.rmtree(d)
+
+
+def plan(cfg: config.Config) -> Plan:
+    """Resolve names and compute the run's identity and folder; fails before any work."""
+    from pbkit.models import resolve
+    from pbkit.prune import methods
+
+    methods.get(cfg.prune.method)  # a typo fails first, before the model is even looked up
+    spec = resolve(cfg.model.name, num_classes=cfg.model.num_classes, input_size=cfg.model.input_size,
+                   kwargs=cfg.model.kwargs)
+    method = methods.get(cfg.prune.method, spec.family)
+    fields = identity_fields(cfg, method)
+    digest = identity_hash(fields)
+    out = ensure_writable_dir(cfg.out)
+    return Plan(cfg, spec, method, record.Identity(hash=digest, fields=fields), out / run_id_for(cfg, digest))
+
+
+# ------------------------------------------------------------------------------------------------
+# stage bookkeeping in the record
+
+
+def section_slice(cfg: config.Config, stage: str) -> dict[str, Any]:
+    data = cfg.model_dump(mode="json")
+    return {k: data[k] for k in STAGE_SECTIONS[stage]}
+
+
+def is_current(rec: record.Record, stage: str, cfg: config.Config) -> bool:
+    """Whether ``stage`` ran, with the configuration slice ``cfg`` asks for now."""
+    info = rec.stages.get(stage)
+    return info is not None and info.config == section_slice(cfg, stage)
+
+
+class StageClock:
+    """Times a stage and writes its facts into the record when it finishes."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started_utc = utc_now()
+        self._t0 = time.perf_counter()
+
+    def finish(self, rec: record.Record, cfg: config.Config, env: dict[str, Any]) -> record.Record:
+        now = utc_now()
+        rec.stages.pop(self.name, None)  # the latest run of a stage goes last, in running order
+        rec.stages[self.name] = record.StageInfo(utc=now, started_utc=self.started_utc,
+                                                 seconds=round(time.perf_counter() - self._t0, 3),
+                                                 kit_version=__version__, config=section_slice(cfg, self.name),
+                                                 env=env)
+        rec.updated_utc = now
+        rec.env = env
+        rec.config = cfg.model_dump(mode="json")
+        return rec
+
+
+def model_file(run_dir: Path, rec: record.Record, variant: str) -> Path:
+    """The model file of a variant: the record's artifact (the finetuned model for ``pruned`` after
+    finetuning), else the standard name."""
+    art = rec.artifacts.get(variant)
+    return run_dir / (art["path"] if isinstance(art, dict) and art.get("path") else MODEL_FILES[variant])
+
+
+def run_config(rec: record.Record, overrides: list[str] | tuple[str, ...] = (),
+               values: dict[str, Any] | None = None) -> config.Config:
+    """The run's configuration with a later stage's typed values and ``--set`` overrides."""
+    data = copy.deepcopy(rec.config)
+    for key, value in (values or {}).items():
+        data = config.set_value(data, key, value)
+    for item in overrides:
+        data = config.apply_override(data, item)
+    return config.validate(data, f"run {rec.run_id} config")
+
+
+def parity_failures(rec: record.Record) -> list[record.Parity]:
+    return [p for p in rec.parity if not p.passed]

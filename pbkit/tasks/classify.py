@@ -1,0 +1,92 @@
+"""Classification: top-1 accuracy, cross-entropy (with the recipe's label smoothing) in pbkit's
+training loop, calibration batches from the training split, the classifier head protected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pbkit.core.config import CalibrationCfg
+from pbkit.core.errors import PbkitError
+from pbkit.data import DataBundle
+from pbkit.models import ModelSpec, classifier_heads
+from pbkit.prune import Calibration
+from pbkit.tasks.base import OnEpoch, Task
+from pbkit.train.loop import fit
+
+
+@torch.no_grad()
+def top1(model: nn.Module, loader: DataLoader[Any]) -> float:
+    """Top-1 accuracy in percent."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        pred = model(x).argmax(dim=1)
+        correct += int((pred == y).sum())
+        total += int(y.numel())
+    model.train(was_training)
+    if total == 0:
+        raise PbkitError("evaluation set is empty")
+    return 100.0 * correct / total
+
+
+def classification_batches(bundle: DataBundle, batches: int, batch_size: int, seed: int) -> list[Any]:
+    """The pinned calibration set: the same seed gives the same images and labels."""
+    torch.manual_seed(seed)  # augmentations draw from torch's generator (restored after the run)
+    out = []
+    for x, y in bundle.loader("train", batch_size, seed=seed, shuffle=True):
+        out.append((x, y))
+        if len(out) == batches:
+            break
+    return out
+
+
+class Classify(Task):
+    name = "classify"
+    title = "classification"
+    metric = "top1"
+
+    def protected(self, model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
+        heads = classifier_heads(model, spec.num_classes)
+        if not heads:
+            raise PbkitError(f"could not find the classifier head (a layer with {spec.num_classes} outputs) to protect")
+        return heads
+
+    def evaluate(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int) -> float:
+        self.check_data(bundle, "evaluating")
+        return top1(model, bundle.loader("test", batch_size))
+
+    def train(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, recipe: dict[str, Any], *,
+              eval_batch_size: int, evaluate_each_epoch: bool = True, on_epoch: OnEpoch | None = None,
+              regularize: Callable[[], None] | None = None,
+              after_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
+        self.check_data(bundle, "training")
+        smoothing = float(recipe.get("label_smoothing") or 0.0)
+        test = bundle.loader("test", eval_batch_size) if evaluate_each_epoch else None
+        return fit(model, bundle.loader("train", int(recipe["batch_size"]), seed=int(recipe["seed"])), recipe,
+                   loss_fn=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1], label_smoothing=smoothing),
+                   evaluate=(lambda m: top1(m, test)) if test is not None else None,
+                   on_epoch=on_epoch, after_backward=regularize, after_epoch=after_epoch)
+
+    def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:
+        self.check_data(bundle, "calibrating")
+        batches = classification_batches(bundle, cfg.batches, cfg.batch_size, cfg.seed)
+        return self.calibration_of(batches, {"dataset": bundle.name, "batches": len(batches),
+                                             "batch_size": cfg.batch_size, "seed": cfg.seed,
+                                             "samples": sum(len(y) for _, y in batches)})
+
+    def calibration_of(self, batches: list[Any], info: dict[str, Any] | None = None) -> Calibration:
+        """Labelled batches as a calibration set with the classification loss (cross-entropy)."""
+        return Calibration(batches, self.title, loss=lambda m, b: F.cross_entropy(m(b[0]), b[1]),
+                           sample=lambda b, i: (b[0][i:i + 1], b[1][i:i + 1]), output_loss=F.cross_entropy,
+                           info=info or {})
+
+    def epoch_line(self, row: dict[str, float]) -> str:
+        acc = f" acc {row['accuracy']:.2f}" if "accuracy" in row else ""
+        return f"loss {row['loss']:.3f}{acc}"

@@ -1,0 +1,212 @@
+"""Detection (YOLOv8): mAP50-95 with ultralytics' validator, training with ultralytics'
+DetectionTrainer on the pruned object itself (never a model rebuilt from its yaml, which would
+restore the dense widths), calibration batches with ultralytics' detection loss, the Detect head
+protected, parity on the raw head outputs. Every use of ultralytics runs inside
+:func:`pbkit.core.runtime.ultralytics_offline`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pbkit.core.config import CalibrationCfg
+from pbkit.core.runtime import ultralytics_offline
+from pbkit.data import DataBundle
+from pbkit.data.detection import check_dataset
+from pbkit.models import ModelSpec, yolo
+from pbkit.prune import Calibration
+from pbkit.tasks.base import OnEpoch, Task
+from pbkit.tasks.classify import classification_batches
+
+
+class Detect(Task):
+    name = "detect"
+    title = "detection"
+    metric = "mAP50-95"
+
+    def protected(self, model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
+        return yolo.detect_head(model)
+
+    def evaluate(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int) -> float:
+        self.check_data(bundle, "evaluating")
+        with ultralytics_offline():
+            return map50_95(model, bundle.info["yaml"], spec.input_size, batch=batch_size)
+
+    def train(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, recipe: dict[str, Any], *,
+              eval_batch_size: int, evaluate_each_epoch: bool = True, on_epoch: OnEpoch | None = None,
+              regularize: Callable[[], None] | None = None,
+              after_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
+        self.check_data(bundle, "training")
+        return finetune(model, bundle.info["yaml"], spec.input_size, recipe, on_epoch=on_epoch, regularize=regularize,
+                        after_epoch=after_epoch)
+
+    def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:
+        info = {"dataset": bundle.name, "batch_size": cfg.batch_size, "seed": cfg.seed}
+        if bundle.task != self.name:  # images without boxes (synthetic): feature-map criteria only
+            batches = classification_batches(bundle, cfg.batches, cfg.batch_size, cfg.seed)
+            return Calibration(batches, self.title, info=_counted(info, batches, lambda y: len(y)))
+        with ultralytics_offline():
+            batches = calibration_batches(bundle.info["yaml"], spec.input_size, cfg.batches, cfg.batch_size,
+                                          cfg.seed)
+        return Calibration(batches, self.title, loss=lambda m, b: detection_loss(m, b[1]),
+                           sample=lambda b, i: (b[0][i:i + 1], sample(b[1], i)),
+                           info=_counted(info, batches, lambda y: len(y["img"])))
+
+    def parity_outputs(self, outputs: list[Any]) -> tuple[list[Any], str]:
+        if len(outputs) > max(yolo.RAW_HEAD):
+            return [outputs[i] for i in yolo.RAW_HEAD], yolo.RAW_HEAD_LABEL
+        return outputs, "all outputs"
+
+    def epoch_line(self, row: dict[str, float]) -> str:
+        return f"mAP50-95 {row['mAP50-95']:.2f}" if "mAP50-95" in row else ""
+
+
+def _counted(info: dict[str, Any], batches: list[Any], size: Callable[[Any], int]) -> dict[str, Any]:
+    return {**info, "batches": len(batches), "samples": sum(size(y) for _, y in batches)}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
+
+
+def map50_95(model: nn.Module, yaml_path: str, imgsz: int, batch: int = 16) -> float:
+    """mAP50-95 (percent) of a model object on the dataset's val split, on the CPU."""
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    args = {"data": yaml_path, "imgsz": imgsz, "batch": batch, "device": "cpu", "plots": False, "verbose": False,
+            "save_json": False, "workers": 0, "half": False, "rect": False}
+    validator = DetectionValidator(args=args)
+    m = copy.deepcopy(model).float().eval()  # the validator fuses conv+bn in place
+    with _quiet():
+        stats = validator(model=m)
+    return 100.0 * float(stats["metrics/mAP50-95(B)"])
+
+
+def calibration_batches(yaml_path: str, imgsz: int, batches: int, batch_size: int,
+                        seed: int) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+    """Pinned calibration batches from the dataset's train split, ultralytics' loader without
+    augmentation: (images in [0, 1], the batch dict the detection loss reads)."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+    from ultralytics.utils import DEFAULT_CFG
+
+    check_dataset(yaml_path)
+    with _quiet():
+        data = check_det_dataset(yaml_path)
+        cfg = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "fraction": 1.0, "cache": False})
+        ds = build_yolo_dataset(cfg, data["train"], batch_size, data, mode="val")
+    g = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g, num_workers=0,
+                                         collate_fn=ds.collate_fn)
+    out = []
+    for batch in loader:
+        batch["img"] = batch["img"].float() / 255.0
+        out.append((batch["img"], batch))
+        if len(out) == batches:
+            break
+    return out
+
+
+def detection_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """ultralytics' YOLOv8 training loss (box + cls + dfl) of ``model`` on a batch dict."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils import DEFAULT_CFG
+
+    if not hasattr(model, "args") or not hasattr(model.args, "box"):
+        model.args = get_cfg(DEFAULT_CFG)
+    loss, _ = model.loss(batch)
+    return loss.sum()
+
+
+def sample(batch: dict[str, Any], i: int) -> dict[str, Any]:
+    """Image ``i`` of a detection batch, with its own targets, as a batch of one."""
+    keep = batch["batch_idx"] == i
+    return {**batch, "img": batch["img"][i:i + 1], "cls": batch["cls"][keep], "bboxes": batch["bboxes"][keep],
+            "batch_idx": torch.zeros(int(keep.sum()), dtype=batch["batch_idx"].dtype)}
+
+
+def finetune(model: nn.Module, yaml_path: str, imgsz: int, recipe: dict[str, Any], workdir: Path | None = None,
+             on_epoch: OnEpoch | None = None,
+             regularize: Callable[[], None] | None = None,
+             after_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Finetune the pruned object itself with the ultralytics trainer; load its EMA weights back.
+
+    ``regularize`` runs after every backward pass, before the optimizer step (sparse training);
+    ``after_epoch`` after every epoch (GrowingReg's penalty update). The trainer's own outputs
+    (checkpoints, logs) go to ``workdir``, a temporary folder removed afterwards when not given."""
+    import tempfile
+
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="pbkit-yolo-") as work:
+            return finetune(model, yaml_path, imgsz, recipe, Path(work), on_epoch, regularize, after_epoch)
+    with ultralytics_offline():
+        return _train(model, yaml_path, imgsz, recipe, workdir, on_epoch, regularize, after_epoch)
+
+
+def _train(model: nn.Module, yaml_path: str, imgsz: int, recipe: dict[str, Any], workdir: Path,
+           on_epoch: OnEpoch | None, regularize: Callable[[], None] | None,
+           after_epoch: Callable[[], None] | None) -> dict[str, Any]:
+    import time
+
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    class PrunedTrainer(DetectionTrainer):  # the trainer's model is our object, never a yaml rebuild
+        def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
+            return model
+
+        def optimizer_step(self) -> None:
+            if regularize is not None:
+                self.scaler.unscale_(self.optimizer)  # a no-op without AMP; the penalty sees true gradients
+                regularize()
+            super().optimizer_step()
+
+    schedule = recipe.get("schedule")
+    overrides = {
+        # a name only (the trainer's model is set to our object below and never built from it)
+        "model": str(getattr(model, "yaml", {}).get("yaml_file", "yolov8n.yaml")), "data": yaml_path,
+        "epochs": int(recipe["epochs"]), "imgsz": imgsz,
+        "batch": int(recipe["batch_size"]), "device": "cpu", "workers": 0, "amp": False, "plots": False,
+        "val": True, "project": str(workdir), "name": "finetune", "exist_ok": True, "seed": int(recipe["seed"]),
+        "deterministic": True, "optimizer": {"sgd": "SGD", "adamw": "AdamW", "adam": "Adam"}[recipe["optimizer"]],
+        "lr0": float(recipe["lr"]), "momentum": float(recipe["momentum"]), "weight_decay": float(recipe["weight_decay"]),
+        "cos_lr": schedule == "cosine", "lrf": 1.0 if schedule == "constant" else 0.01, "warmup_epochs": 0,
+        "close_mosaic": 0, "verbose": False, "save": True, "pretrained": False,
+    }
+    trainer = PrunedTrainer(overrides=overrides)
+    trainer.model = model
+    history: list[dict[str, float]] = []
+
+    def epoch_end(tr: Any) -> None:
+        if int(tr.epoch) + 1 > int(recipe["epochs"]) or any(r["epoch"] == int(tr.epoch) + 1 for r in history):
+            return  # the trainer's final evaluation fires the event once more
+        row = {"epoch": int(tr.epoch) + 1, "mAP50-95": 100.0 * float(tr.metrics.get("metrics/mAP50-95(B)", 0.0))}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row["epoch"], row)
+
+    trainer.add_callback("on_fit_epoch_end", epoch_end)
+    if after_epoch is not None:
+        trainer.add_callback("on_train_epoch_end", lambda tr: after_epoch())
+    t0 = time.perf_counter()
+    with _quiet():
+        trainer.train()
+    ema = getattr(getattr(trainer, "ema", None), "ema", None)
+    if ema is not None:
+        model.load_state_dict({k: v.float() for k, v in ema.state_dict().items()})
+    model.float().eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return {**recipe, "trainer": "ultralytics DetectionTrainer (pruned object)", "time_s": time.perf_counter() - t0,
+            "history": history}

@@ -1,0 +1,1 @@
+"""Training: the loop base training, sparse training and finetuning share, with recorded recipes."""

@@ -1,0 +1,104 @@
+"""Step 4 of the study: the training loop used for base training, sparse training and finetuning.
+
+A recipe is plain data (optimizer, LR schedule, epochs, batch, seed, ...) stored verbatim in the
+record, so that two runs can be checked for holding it equal (../shared/reference/fairness.md).
+The loss and the evaluation come from the task (:mod:`pbkit.tasks`); the loop knows neither.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pbkit.core.errors import PbkitError
+
+
+def milestones(recipe: dict[str, Any]) -> list[int]:
+    """Milestones as epochs: integers are epochs, numbers in (0, 1) are fractions of the run."""
+    epochs = int(recipe["epochs"])
+    out = []
+    for m in recipe.get("milestones") or []:
+        out.append(int(round(m * epochs)) if isinstance(m, float) and 0 < m < 1 else int(m))
+    return out
+
+
+def _optimizer(model: nn.Module, r: dict[str, Any]) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if r["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=r["lr"], momentum=r["momentum"], weight_decay=r["weight_decay"],
+                               nesterov=bool(r.get("nesterov")) and r["momentum"] > 0)
+    if r["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=r["lr"], weight_decay=r["weight_decay"])
+    if r["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=r["lr"], weight_decay=r["weight_decay"])
+    raise PbkitError(f"unknown optimizer {r['optimizer']!r}; choose one of: adam, adamw, sgd")
+
+
+def _scheduler(opt: torch.optim.Optimizer, r: dict[str, Any]) -> torch.optim.lr_scheduler.LRScheduler:
+    s = r["schedule"]
+    if s == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones(r), gamma=r["gamma"])
+    if s == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(int(r["step_size"]), 1), gamma=r["gamma"])
+    if s == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(r["epochs"]), 1))
+    if s == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    raise PbkitError(f"unknown schedule {s!r}; choose one of: constant, cosine, multistep, step")
+
+
+Loss = Callable[[nn.Module, Any], torch.Tensor]  # (model, batch) -> scalar loss
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader[Any],
+    recipe: dict[str, Any],
+    loss_fn: Loss,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    metric_key: str = "accuracy",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    after_backward: Callable[[], None] | None = None,
+    after_epoch: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place with ``recipe`` and the task's ``loss_fn``; return the recipe as
+    run, its timing and per-epoch history (loss, lr and, with ``evaluate``, ``metric_key``).
+
+    ``after_backward`` runs between ``loss.backward()`` and ``optimizer.step()`` (a regularizer's
+    gradient), ``after_epoch`` after every epoch (e.g. GrowingReg's penalty update).
+    """
+    torch.manual_seed(int(recipe["seed"]))
+    opt = _optimizer(model, recipe)
+    sched = _scheduler(opt, recipe)
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    for epoch in range(1, int(recipe["epochs"]) + 1):
+        model.train()
+        total_loss = n = 0.0
+        for batch in train_loader:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise PbkitError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate")
+            loss.backward()
+            if after_backward is not None:
+                after_backward()
+            opt.step()
+            total_loss += loss.item() * len(batch[0])
+            n += len(batch[0])
+        sched.step()
+        if after_epoch is not None:
+            after_epoch()
+        row = {"epoch": epoch, "loss": total_loss / max(n, 1), "lr": opt.param_groups[0]["lr"]}
+        if evaluate is not None:
+            row[metric_key] = evaluate(model)
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+    model.eval()
+    return {**recipe, "milestones_epochs": milestones(recipe), "time_s": time.perf_counter() - t0, "history": history}
