@@ -15,6 +15,7 @@ PIP_CA := $(or $(PIP_CERT),$(wildcard /etc/ssl/certs/ca-certificates.crt))
 PIP_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL PIP_CONFIG_FILE=/dev/null \
 	$(if $(PIP_CA),PIP_CERT=$(PIP_CA))
 
+JOBS ?= auto
 MODEL ?= resnet18_cifar
 OWNER ?= pbkit
 IMAGE ?= ghcr.io/$(OWNER)/pbkit
@@ -31,13 +32,14 @@ BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set mo
 	$(if $(BATCH),--set bench.batches=[$(BATCH)]) \
 	$(if $(ROUND_TO),--set prune.round_to=$(ROUND_TO))
 
-.PHONY: help setup bench test lint lock report perf fidelity reference clean docker-build docker-bench docker-pin
+.PHONY: help setup bench test test-slow test-all lint lock report perf fidelity reference clean docker-build docker-bench docker-pin
 
 help:
 	@echo "make setup                      create $(VENV)/ from the pinned lock ($(LOCK), hashes checked)"
 	@echo "make bench [MODEL=m METHOD=k SPEEDUP=x SCOPE=s BACKEND=b BATCH=n ROUND_TO=n TARGET=gpu]"
 	@echo "                                prune, export, check parity, measure, record, print the table"
-	@echo "make test                       run the test suite"
+	@echo "make test [JOBS=n]              the test suite without the slow end-to-end cases (pytest-xdist, n workers)"
+	@echo "make test-slow / make test-all  the slow end-to-end cases / everything (CI runs test, then test-slow)"
 	@echo "make lint                       ruff, import-linter (the layering), hadolint, mypy (TensorRT code vs tensorrt-stubs)"
 	@echo "make docker-build [OWNER=o]     build ghcr.io/<owner>/pbkit (CUDA) and pbkit-cpu images"
 	@echo "make docker-bench MODEL=m       make bench inside the GPU image, records into ./results"
@@ -62,8 +64,14 @@ $(STAMP): $(LOCK) requirements/stubs.lock pyproject.toml
 bench: setup
 	$(BIN)/pbkit run $(BENCH_CONFIG) $(BENCH_SETS)
 
-test: setup
-	$(BIN)/python -m pytest -q
+test: setup ## the suite a developer runs often: every test but the slow end-to-end ones, in parallel
+	$(BIN)/python -m pytest -q -n $(JOBS) -m "not slow"
+
+test-slow: setup ## the heavy end-to-end cases (CI runs them after `make test`)
+	$(BIN)/python -m pytest -q -n $(JOBS) -m slow
+
+test-all: setup
+	$(BIN)/python -m pytest -q -n $(JOBS)
 
 lint: setup
 	$(BIN)/ruff check pbkit tests benchmarks

@@ -14,6 +14,10 @@ import pytest
 
 os.environ.setdefault("PBKIT_DATA", str(Path(__file__).parent / ".data-never-downloaded"))
 warnings.filterwarnings("ignore", module="torch_pruning")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers share the cores: one torch thread each
+    import torch
+
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -213,3 +213,22 @@ def test_bench_config_runs_a_data_driven_method_offline(pbkit, tmp_path: Path) -
               "--set", "bench.backends=[ort-cpu]", *QUICK, "--json")
     assert r.code == 0, r.err
     assert r.json()["record"]["method"]["calibration"]["batches"] == 2
+
+
+def test_options_reach_the_config_without_yaml(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from pbkit import models
+    from pbkit.core.fileio import sha256_file
+
+    folder = tmp_path / "weights dir"
+    folder.mkdir()
+    ck = folder / "w #2.pt"
+    torch.save(models.build(models.resolve("resnet20_cifar"), seed=4).state_dict(), ck)
+    r = pbkit("prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "2", "--checkpoint", ck,
+              "--run-id", "2026-01-01", "--out", tmp_path / "runs", "--set", "prune.iterative_steps=40", "--json")
+    assert r.code == 0, r.err
+    rec = r.json()["record"]
+    assert rec["run_id"] == "2026-01-01" and Path(r.json()["run_dir"]).name == "2026-01-01"
+    assert rec["model"]["weights_path"] == str(ck.resolve()) and rec["model"]["weights_sha256"] == sha256_file(ck)
+    assert rec["config"]["model"]["checkpoint"] == str(ck) and rec["config"]["run_id"] == "2026-01-01"

@@ -70,3 +70,23 @@ def test_missing_and_non_mapping_configs(tmp_path: Path) -> None:
     p.write_text("- a\n- b\n")
     with pytest.raises(PbkitError, match="mapping"):
         config.load(p)
+
+
+def test_text_keys_keep_what_was_written_and_other_keys_parse_as_yaml() -> None:
+    cfg = config.load(None, ["run_id=2026-01-01", "model.checkpoint=w #2.pt", "dataset.name=null",
+                             "prune.method=l1", "prune.speedup=4"])
+    assert cfg.run_id == "2026-01-01" and isinstance(cfg.run_id, str)  # YAML would make it a date
+    assert cfg.model.checkpoint == "w #2.pt"  # YAML would cut it at the comment
+    assert cfg.dataset.name is None and cfg.prune.speedup == 4.0
+    assert config.load(None, ["model.name=123"]).model.name == "123"
+
+
+def test_typed_values_reach_the_config_as_they_are() -> None:
+    cfg = config.load(None, values={"model.checkpoint": "dir with spaces/w #2.pt", "run_id": "2026-01-01",
+                                    "bench.batches": [1, 8], "prune.speedup": 3})
+    assert cfg.model.checkpoint == "dir with spaces/w #2.pt" and cfg.run_id == "2026-01-01"
+    assert cfg.bench.batches == [1, 8] and cfg.prune.speedup == 3.0
+    # --set still wins over an option, as before
+    assert config.load(None, ["prune.speedup=5"], values={"prune.speedup": 3}).prune.speedup == 5.0
+    with pytest.raises(PbkitError, match="prune.speedup"):
+        config.load(None, values={"prune.speedup": "fast"})

@@ -220,8 +220,10 @@ def validate(data: dict[str, Any], where: str = "record") -> Record:
 
 
 def write(run_dir: str | Path, rec: Record) -> Path:
-    """Validate and write ``record.json`` atomically."""
+    """Validate and write ``record.json`` atomically, as a record of this schema version (a record
+    read from an older version is written in the current layout)."""
     data = rec.model_dump(mode="json")
+    data["schema_version"] = SCHEMA_VERSION
     validate(data)
     return atomic_write_json(Path(run_dir) / RECORD_NAME, data)
 

@@ -1,8 +1,9 @@
 """Process-wide state, set only inside scopes that restore it.
 
 A run changes state that belongs to the whole process: torch's thread count, the TF32 and
-matmul-precision flags, cuDNN switches, the random generators, environment variables and
-ultralytics' module settings. In a worker that runs many trials one after another, whatever one
+matmul-precision flags, cuDNN switches, the random generators, environment variables, warning
+filters, print options, OpenCV's thread count and ultralytics' module settings (importing
+ultralytics sets several of these itself). In a worker that runs many trials one after another, whatever one
 trial leaves behind would change the next. :func:`isolated` captures all of it on entry and puts
 it back on exit; every stage runs inside it. :func:`ultralytics_offline` is the scope in which
 ultralytics may be imported and used: no installs, no network, no font downloads.
@@ -11,10 +12,12 @@ ultralytics may be imported and used: no installs, no network, no font downloads
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import random
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,6 +112,28 @@ def _set_ultralytics_state(state: dict[tuple[str, str], Any]) -> None:
             setattr(mod, attr, value)
 
 
+def _print_options() -> dict[str, Any]:
+    torch_opts = dataclasses.asdict(torch._tensor_str.PRINT_OPTS) if dataclasses.is_dataclass(
+        torch._tensor_str.PRINT_OPTS) else dict(vars(torch._tensor_str.PRINT_OPTS))
+    return {"numpy": np.get_printoptions(), "torch": torch_opts}
+
+
+def _set_print_options(opts: dict[str, Any]) -> None:
+    np.set_printoptions(**opts["numpy"])
+    torch.set_printoptions(**opts["torch"])
+
+
+def _cv2_threads() -> int | None:
+    cv2 = sys.modules.get("cv2")
+    return int(cv2.getNumThreads()) if cv2 is not None and hasattr(cv2, "getNumThreads") else None
+
+
+def _set_cv2_threads(n: int | None) -> None:
+    cv2 = sys.modules.get("cv2")
+    if n is not None and cv2 is not None and cv2.getNumThreads() != n:
+        cv2.setNumThreads(n)
+
+
 def _restore_environ(saved: dict[str, str]) -> None:
     for k in [k for k in os.environ if k not in saved]:
         del os.environ[k]
@@ -121,8 +146,11 @@ def _restore_environ(saved: dict[str, str]) -> None:
 def isolated() -> Iterator[None]:
     """Run a block with the process state it found restored afterwards: torch threads and
     numeric flags, every random generator (torch CPU and CUDA, NumPy, ``random``), environment
-    variables and ultralytics' settings. Nested scopes are fine."""
+    variables, warning filters, NumPy and torch print options, OpenCV's thread count and
+    ultralytics' settings. Nested scopes are fine."""
     environ = dict(os.environ)
+    printing = _print_options()
+    cv2_threads = _cv2_threads()
     flags = _torch_flags()
     rng_torch = torch.get_rng_state()
     rng_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
@@ -130,9 +158,12 @@ def isolated() -> Iterator[None]:
     rng_python = random.getstate()
     ultra = _ultralytics_state()
     try:
-        yield
+        with warnings.catch_warnings():  # the warning filters, as they were
+            yield
     finally:
         _restore_environ(environ)
+        _set_print_options(printing)
+        _set_cv2_threads(cv2_threads)
         _set_torch_flags(flags)
         torch.set_rng_state(rng_torch)
         if rng_cuda is not None:
@@ -149,9 +180,13 @@ def snapshot() -> dict[str, Any]:
 
     state: dict[str, Any] = dict(_torch_flags())
     state["rng.torch"] = digest(torch.get_rng_state().numpy().tobytes())
-    state["rng.numpy"] = digest(repr(np.random.get_state()).encode())
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state["rng.numpy"] = digest(np.asarray(keys).tobytes() + repr((pos, has_gauss, gauss)).encode())
     state["rng.python"] = digest(repr(random.getstate()).encode())
     state["environ"] = dict(os.environ)
+    state["warnings.filters"] = repr(warnings.filters)
+    state["print_options"] = repr(_print_options())
+    state["cv2.threads"] = _cv2_threads()
     state["ultralytics"] = {f"{n}.{a}": repr(v) for (n, a), v in _ultralytics_state().items()}
     return state
 
@@ -175,6 +210,9 @@ def ultralytics_offline() -> Iterator[None]:
     import logging
 
     with isolated():
+        import cv2  # ultralytics sets its thread count on import: the count before it is put back
+
+        cv2_threads = cv2.getNumThreads()
         os.environ["YOLO_OFFLINE"] = "1"
         os.environ["YOLO_AUTOINSTALL"] = "false"
         os.environ.setdefault("YOLO_VERBOSE", "false")
@@ -194,3 +232,4 @@ def ultralytics_offline() -> Iterator[None]:
         finally:
             logger.setLevel(level)
             _set_ultralytics_state(before)
+            _set_cv2_threads(cv2_threads)

@@ -51,22 +51,25 @@ def run(cfg: config.Config, until: str = "bench", force: bool = False, quiet: bo
             out = Outcome(plan.run_dir, rec) if rec is not None else Outcome(plan.run_dir, prune.run(plan, quiet),
                                                                               ran=["prune"])
             if rec is not None:
-                out.done_before = [s for s in wanted if _done(out.record, s, cfg)]
+                rundir.check_resumable(plan.run_dir, rec)
+                out.done_before = [s for s in wanted if _done(plan.run_dir, out.record, s, cfg)]
                 rest = [s for s in wanted if s not in out.done_before]
                 note(f"run {plan.run_id}: " + (f"resuming ({', '.join(out.done_before)} done); running "
                                                f"{', '.join(rest)}" if rest else
                                                f"complete ({', '.join(out.done_before)} done); nothing to run "
                                                "(--force starts it again)"), quiet)
             for stage in wanted[1:]:
-                if not _done(out.record, stage, cfg):
+                if not _done(plan.run_dir, out.record, stage, cfg):
                     out.record = _STAGE_RUNNERS[stage](plan.run_dir, out.record, cfg, quiet)
                     out.ran.append(stage)
     return out
 
 
-def _done(rec: record.Record, stage: str, cfg: config.Config) -> bool:
+def _done(run_dir: Path, rec: record.Record, stage: str, cfg: config.Config) -> bool:
     if stage in ("prune", "finetune"):  # the identity holds their configuration
         return stage in rec.stages
+    if stage == "export" and not export.onnx_ready(run_dir):
+        return False
     return rundir.is_current(rec, stage, cfg)
 
 

@@ -221,6 +221,17 @@ class StageClock:
         return rec
 
 
+def check_resumable(run_dir: Path, rec: record.Record) -> None:
+    """A run is continued from its files: say so when its model files are gone, and remove what a
+    killed process left half-written (pbkit's own ``.*.tmp`` files)."""
+    missing = [path.name for path in (model_file(run_dir, rec, v) for v in MODEL_FILES) if not path.is_file()]
+    if missing:
+        raise PbkitError(f"run {rec.run_id} has a record but not its model files ({', '.join(missing)}); pass --force "
+                         "to start it again")
+    for tmp in run_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def model_file(run_dir: Path, rec: record.Record, variant: str) -> Path:
     """The model file of a variant: the record's artifact (the finetuned model for ``pruned`` after
     finetuning), else the standard name."""
