@@ -36,8 +36,9 @@ BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set mo
 
 help:
 	@echo "make setup                      create $(VENV)/ from the pinned lock ($(LOCK), hashes checked)"
-	@echo "make bench [MODEL=m METHOD=k SPEEDUP=x SCOPE=s BACKEND=b BATCH=n ROUND_TO=n TARGET=gpu]"
+	@echo "make bench [MODEL=m METHOD=k SPEEDUP=x SCOPE=s BACKEND=b BATCH=n ROUND_TO=n TARGET=gpu FORCE=1]"
 	@echo "                                prune, export, check parity, measure, record, print the table"
+	@echo "                                (again: reports the same run; FORCE=1 starts it again)"
 	@echo "make test [JOBS=n]              the test suite without the slow end-to-end cases (pytest-xdist, n workers)"
 	@echo "make test-slow / make test-all  the slow end-to-end cases / everything (CI runs test, then test-slow)"
 	@echo "make lint                       ruff, import-linter (the layering), hadolint, mypy (TensorRT code vs tensorrt-stubs)"
@@ -62,7 +63,7 @@ $(STAMP): $(LOCK) requirements/stubs.lock pyproject.toml
 	@touch $@
 
 bench: setup
-	$(BIN)/pbkit run $(BENCH_CONFIG) $(BENCH_SETS)
+	$(BIN)/pbkit run $(BENCH_CONFIG) $(BENCH_SETS) $(if $(FORCE),--force)
 
 test: setup ## the suite a developer runs often: every test but the slow end-to-end ones, in parallel
 	$(BIN)/python -m pytest -q -n $(JOBS) -m "not slow"

@@ -34,7 +34,6 @@ from pbkit.core import config, lock, record
 from pbkit.core.console import note
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import ensure_writable_dir, sha256_file
-from pbkit.models import ModelSpec
 from pbkit.prune.methods import Method
 
 DENSE, PRUNED = "dense", "pruned"
@@ -83,6 +82,8 @@ def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
         if not path.is_file():
             raise PbkitError(f"checkpoint {str(path)!r} not found")
         model["checkpoint_sha256"] = sha256_file(path)
+    elif m.weights == "pretrained":  # the hub's weights as the installed library resolves them
+        model["pretrained_from"] = _library(m.name)
     fields: dict[str, Any] = {"model": model}
     if d.name:
         fields["dataset"] = {"name": d.name, "image_size": d.image_size, "train_limit": d.train_limit,
@@ -99,6 +100,17 @@ def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
     if finetunes(cfg):
         fields["finetune"] = cfg.finetune.model_dump()
     return fields
+
+
+def _library(model_name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    dist = "torchvision" if model_name.startswith("tv:") else "timm" if model_name.startswith("timm:") \
+        else "ultralytics"
+    try:
+        return f"{dist}=={version(dist)}"
+    except PackageNotFoundError:
+        return dist
 
 
 def identity_hash(fields: dict[str, Any]) -> str:
@@ -131,7 +143,6 @@ class Plan:
     """What a configuration will produce, known before any work: the run's identity and folder."""
 
     cfg: config.Config
-    spec: ModelSpec  # the model as named (classes and input size may still come from the dataset)
     method: Method
     identity: record.Identity
     run_dir: Path
@@ -182,7 +193,7 @@ def plan(cfg: config.Config) -> Plan:
     fields = identity_fields(cfg, method)
     digest = identity_hash(fields)
     out = ensure_writable_dir(cfg.out)
-    return Plan(cfg, spec, method, record.Identity(hash=digest, fields=fields), out / run_id_for(cfg, digest))
+    return Plan(cfg, method, record.Identity(hash=digest, fields=fields), out / run_id_for(cfg, digest))
 
 
 # ------------------------------------------------------------------------------------------------
