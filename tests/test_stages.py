@@ -456,3 +456,38 @@ def test_a_run_whose_model_files_are_gone_says_so(tmp_path: Path) -> None:
         stages.run(_cfg(tmp_path / "runs"), quiet=True)
     done = stages.run(_cfg(tmp_path / "runs"), force=True, quiet=True)
     assert done.ran == ["prune", "export", "bench"]
+
+
+def test_concurrent_runs_that_need_the_same_base_train_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from pbkit import tasks
+    from pbkit.stages import bases, prune
+
+    cfg = _cfg(tmp_path / "runs", "dataset.name=synthetic", "dataset.train_limit=32", "base.epochs=1",
+               "base.batch_size=32")
+    bundle = prune.dataset(cfg)
+    spec = prune.resolve_spec(cfg, bundle)
+    task = tasks.get(spec.task)
+    calls: list[int] = []
+    real = type(task).train
+
+    def slow_train(self, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        time.sleep(1.0)  # long enough for the other thread to arrive and wait
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(task), "train", slow_train)
+    got: list[dict[str, object]] = []
+
+    def obtain() -> None:
+        _, weights, _ = bases.obtain(cfg, spec, task, bundle, tmp_path / "bases", quiet=True)
+        got.append(weights)
+
+    threads = [threading.Thread(target=obtain) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(calls) == 1 and len(got) == 2 and got[0] == got[1]
+    assert got[0]["weights"] == "trained" and len(list((tmp_path / "bases").glob("*.pt"))) == 1

@@ -8,6 +8,7 @@ folder. Everything a stage sets process-wide is restored when it returns (``isol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,16 +49,16 @@ def run(cfg: config.Config, until: str = "bench", force: bool = False, quiet: bo
             if force:
                 plan.remove()
             rec = plan.existing()
-            out = Outcome(plan.run_dir, rec) if rec is not None else Outcome(plan.run_dir, prune.run(plan, quiet),
-                                                                              ran=["prune"])
-            if rec is not None:
+            if rec is None:
+                out = Outcome(plan.run_dir, prune.run(plan, quiet), ran=["prune"])
+            else:
                 rundir.check_resumable(plan.run_dir, rec)
-                out.done_before = [s for s in wanted if _done(plan.run_dir, out.record, s, cfg)]
+                out = Outcome(plan.run_dir, rec, done_before=[s for s in wanted if _done(plan.run_dir, rec, s, cfg)])
                 rest = [s for s in wanted if s not in out.done_before]
-                note(f"run {plan.run_id}: " + (f"resuming ({', '.join(out.done_before)} done); running "
-                                               f"{', '.join(rest)}" if rest else
-                                               f"complete ({', '.join(out.done_before)} done); nothing to run "
-                                               "(--force starts it again)"), quiet)
+                done = ", ".join(out.done_before)
+                note(f"run {plan.run_id}: " + (f"resuming ({done} done); running {', '.join(rest)}" if rest else
+                                               f"complete ({done} done); nothing to run (--force starts it again)"),
+                     quiet)
             for stage in wanted[1:]:
                 if not _done(plan.run_dir, out.record, stage, cfg):
                     out.record = _STAGE_RUNNERS[stage](plan.run_dir, out.record, cfg, quiet)
@@ -73,7 +74,8 @@ def _done(run_dir: Path, rec: record.Record, stage: str, cfg: config.Config) -> 
     return rundir.is_current(rec, stage, cfg)
 
 
-_STAGE_RUNNERS: dict[str, Any] = {"finetune": finetune.run, "export": export.run, "bench": bench.run}
+StageRunner = Callable[[Path, record.Record, config.Config, bool], record.Record]
+_STAGE_RUNNERS: dict[str, StageRunner] = {"finetune": finetune.run, "export": export.run, "bench": bench.run}
 
 
 def _on_run_folder(stage: str, run_dir: str | Path, overrides: list[str] | tuple[str, ...],
@@ -85,7 +87,7 @@ def _on_run_folder(stage: str, run_dir: str | Path, overrides: list[str] | tuple
     with isolated(), rundir.locked(run_dir, quiet):
         rec = record.read(run_dir)
         cfg = rundir.run_config(rec, overrides, values)
-        return _STAGE_RUNNERS[stage](run_dir, rec, cfg, quiet)  # type: ignore[no-any-return]
+        return _STAGE_RUNNERS[stage](run_dir, rec, cfg, quiet)
 
 
 def export_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), values: dict[str, Any] | None = None,
