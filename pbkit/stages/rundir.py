@@ -237,8 +237,8 @@ def check_resumable(run_dir: Path, rec: record.Record) -> None:
     killed process left half-written (pbkit's own ``.*.tmp`` files)."""
     missing = [path.name for path in (model_file(run_dir, rec, v) for v in MODEL_FILES) if not path.is_file()]
     if missing:
-        raise PbkitError(f"run {rec.run_id} has a record but not its model files ({', '.join(missing)}); pass --force "
-                         "to start it again")
+        raise PbkitError(f"run {rec.run_id} has a record but not its model files ({', '.join(missing)}; model files "
+                         "are not kept in git); pass --force to start it again, or set another out or run_id")
     for tmp in run_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
 
