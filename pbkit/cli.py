@@ -371,6 +371,103 @@ def run(config_file: str, force: bool, overrides: tuple[str, ...], as_json: bool
     return _finish(outcome.run_dir, as_json, outcome)
 
 
+# ------------------------------------------------------------------------------------- study
+
+EXIT_TRIALS_FAILED = 4
+
+
+@cli.group(context_settings=CONTEXT)
+def study() -> None:
+    """Run a grid of runs from one study file, on Ray (local or a cluster), resumably.
+
+    \b
+    Example:
+      pbkit study run configs/study/digits-reference.study.yaml
+      pbkit study status results/studies/digits-reference
+    """
+
+
+@study.command("run", context_settings=CONTEXT)
+@click.argument("study_file", type=click.Path())
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key of the config every trial shares (not a grid axis).")
+@click.option("--address", default=None,
+              help="A Ray cluster: auto, ray://HOST:10001 (default: the study's address, $RAY_ADDRESS, else a "
+                   "local Ray started for the study).")
+@click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
+              help="local: the trials one by one in this process (debugging).")
+@click.option("--max-parallel", type=int, default=None, help="At most N trials at once (default: as resources fit).")
+@click.option("--out", type=click.Path(), default=None, help="The study folder (default results/studies/<name>).")
+@click.option("--retry-failed", is_flag=True, help="Run the failed trials again (finished ones are never rerun).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def study_run(study_file: str, overrides: tuple[str, ...], address: str | None, executor: str,
+              max_parallel: int | None, out: str | None, retry_failed: bool, as_json: bool) -> int:
+    """Expand a study's grid and run its trials; finished trials are skipped (by their hash).
+
+    Writes <out>/study.json (every trial's hash, status, run id, error, wall time, node) and each
+    trial's record under <out>/runs/. Exit code 4 when some trials failed (listed at the end).
+
+    \b
+    Example:
+      pbkit study run configs/study/digits-reference.study.yaml --max-parallel 2
+      pbkit study run my.study.yaml --address ray://head:10001 --set finetune.epochs=30
+      pbkit study run my.study.yaml --executor local --retry-failed
+    """
+    from pbkit.study import runner, spec
+
+    if max_parallel is not None and max_parallel < 1:
+        raise PbkitError("--max-parallel must be >= 1")
+    st = spec.read(study_file, overrides)
+    summary = runner.run(st, out, executor, address, max_parallel, retry_failed)
+    c = summary.counts
+    if as_json:
+        _emit_json(summary.as_json())
+    else:
+        _print(f"study {st.name}: {c['done']} done, {c['failed']} failed, {c['skipped']} skipped, {c['pending']} "
+               f"pending ({summary.ran} run now, executor {summary.executor}"
+               f"{', ' + summary.address if summary.address else ''})\nstudy folder: {summary.study_dir}")
+    if summary.failures:
+        from pbkit.core.console import err
+
+        for f in summary.failures:
+            err.print(f"[bold red]failed[/] {f['run_id']} {f['params']}: {f['error']}")
+        err.print(f"error: {len(summary.failures)} trial(s) failed; `pbkit study run {study_file} --retry-failed` "
+                  "runs them again")
+        return EXIT_TRIALS_FAILED
+    return 0
+
+
+@study.command("status", context_settings=CONTEXT)
+@click.argument("study_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def study_status(study_dir: str, as_json: bool) -> None:
+    """List a study's trials: done, failed (with the error), skipped and pending.
+
+    \b
+    Example:
+      pbkit study status results/studies/digits-reference --json
+    """
+    from rich.table import Table
+
+    from pbkit.study import state
+
+    doc = state.read(study_dir)
+    counts = state.counts(doc["trials"])
+    if as_json:
+        _emit_json({"study_dir": study_dir, "name": doc["name"], "executor": doc.get("executor"),
+                    "address": doc.get("address"), **counts, "trials": doc["trials"]})
+        return
+    t = Table(title=f"study {doc['name']}: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} "
+                    f"skipped, {counts['pending']} pending", title_justify="left")
+    for c in ("status", "run", "grid point", "wall s", "node", "error / note"):
+        t.add_column(c)
+    for e in doc["trials"]:
+        t.add_row(e["status"], e.get("run_id") or "-", ", ".join(f"{k}={v}" for k, v in e["params"].items()),
+                  f"{e['wall_s']:.0f}" if e.get("wall_s") is not None else "-", (e.get("node_id") or "-")[:12],
+                  e.get("error") or e.get("note") or "")
+    _print(t)
+
+
 # ------------------------------------------------------------------------------------ report
 
 

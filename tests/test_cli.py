@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import QUICK
 
-COMMANDS = ["list", "env", "prune", "export", "bench", "run", "report", "schema"]
+COMMANDS = ["list", "env", "prune", "export", "bench", "run", "report", "schema", "study"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)

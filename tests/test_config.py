@@ -90,3 +90,16 @@ def test_typed_values_reach_the_config_as_they_are() -> None:
     assert config.load(None, ["prune.speedup=5"], values={"prune.speedup": 3}).prune.speedup == 5.0
     with pytest.raises(PbkitError, match="prune.speedup"):
         config.load(None, values={"prune.speedup": "fast"})
+
+
+def test_the_top_level_seed_sets_every_seed_a_section_leaves_alone(tmp_path: Path) -> None:
+    cfg = config.load(None, ["seed=3", "prune.seed=7"])
+    assert (cfg.model.seed, cfg.base.seed, cfg.prune.calibration.seed, cfg.sparsify.seed, cfg.finetune.seed) == \
+        (3, 3, 3, 3, 3)
+    assert cfg.prune.seed == 7  # set by the configuration itself
+    assert cfg.dataset.seed == 0  # the split stays: every seed tests on the same images
+    p = tmp_path / "c.yaml"
+    p.write_text("seed: 5\nmodel:\n  seed: 1\n")
+    cfg = config.load(p)
+    assert (cfg.model.seed, cfg.finetune.seed, cfg.seed) == (1, 5, 5)
+    assert config.load().model.seed == 0 and config.load().seed is None

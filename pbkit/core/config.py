@@ -149,6 +149,7 @@ class Config(_Strict):
     bench: BenchCfg
     out: str
     run_id: str | None
+    seed: int | None = None  # every section's seed that the configuration does not set itself
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -264,17 +265,64 @@ def defaults() -> dict[str, Any]:
     return read_yaml(DEFAULTS_PATH)
 
 
+SEEDED_SECTIONS = ("model", "base", "prune", "prune.calibration", "sparsify", "finetune")
+
+
+def _keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    """Every dotted key a configuration layer sets (sections and values)."""
+    out: set[str] = set()
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        out.add(key)
+        if isinstance(v, dict) and k != "kwargs":
+            out |= _keys(v, key + ".")
+    return out
+
+
+def _spread_seed(data: dict[str, Any], explicit: set[str]) -> None:
+    """The top-level ``seed`` sets the seed of every section the configuration leaves at its
+    default: model init, base and finetuning data order, pruning, calibration, sparse training
+    (not the dataset split, ``dataset.seed``, so every seed tests on the same images)."""
+    seed = data.get("seed")
+    if seed is None:
+        return
+    for section in SEEDED_SECTIONS:
+        if f"{section}.seed" in explicit:
+            continue
+        node = data
+        for part in section.split("."):
+            node = node.get(part) if isinstance(node, dict) else None  # type: ignore[assignment]
+        if isinstance(node, dict):
+            node["seed"] = seed
+
+
+def assemble(layers: list[dict[str, Any]], overrides: list[str] | tuple[str, ...] = (),
+             values: dict[str, Any] | None = None) -> tuple[dict[str, Any], set[str]]:
+    """Defaults <- ``layers`` (parsed config files or mappings, in order) <- typed ``values``
+    (CLI options) <- ``overrides`` (``--set``), not yet validated; and the keys they set."""
+    data = defaults()
+    explicit: set[str] = set()
+    for layer in layers:
+        data = merge(data, layer)
+        explicit |= _keys(layer)
+    for key, value in (values or {}).items():
+        data = set_value(data, key, value)
+        explicit.add(key)
+    for item in overrides:
+        data = apply_override(data, item)
+        explicit.add(item.split("=", 1)[0].strip())
+    return data, explicit
+
+
+def finish(data: dict[str, Any], explicit: set[str], where: str = "config") -> Config:
+    """Spread the top-level seed over the sections that do not set their own, and validate."""
+    _spread_seed(data, explicit)
+    return validate(data, where)
+
+
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
          values: dict[str, Any] | None = None) -> Config:
     """Defaults <- run config file <- typed ``values`` (CLI options) <- ``overrides`` (``--set``);
     validated."""
-    data = defaults()
-    where = "config"
-    if path is not None:
-        data = merge(data, read_yaml(path))
-        where = f"config {str(path)!r}"
-    for key, value in (values or {}).items():
-        data = set_value(data, key, value)
-    for item in overrides:
-        data = apply_override(data, item)
-    return validate(data, where)
+    layers = [] if path is None else [read_yaml(path)]
+    return finish(*assemble(layers, overrides, values), where="config" if path is None else f"config {str(path)!r}")

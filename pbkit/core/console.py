@@ -63,3 +63,35 @@ class Steps:
 def note(msg: str, quiet: bool = False) -> None:
     if not quiet:
         err.print(msg)
+
+
+class Board:
+    """One live status line for a grid of jobs (a terminal redraws it; logs get it every few
+    seconds), with finished jobs' own lines printed above it."""
+
+    def __init__(self, label: str, quiet: bool = False) -> None:
+        self.label, self.quiet = label, quiet
+        self._live: Any = None
+        self._last = 0.0
+        if not quiet and err.is_terminal:
+            from rich.live import Live
+
+            self._live = Live("", console=err, transient=True, refresh_per_second=4)
+            self._live.start()
+
+    def status(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self._live is not None:
+            self._live.update(f"{self.label}: {text}")
+        elif time.perf_counter() - self._last > 5.0:
+            self._last = time.perf_counter()
+            err.print(f"{self.label}: {text}")
+
+    def line(self, text: str) -> None:
+        if not self.quiet:
+            err.print(text)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()

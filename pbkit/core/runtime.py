@@ -134,11 +134,22 @@ def _set_cv2_threads(n: int | None) -> None:
         cv2.setNumThreads(n)
 
 
+# environment keys a library ties to state it keeps for the rest of the process (Ray caches its
+# authentication mode in its C++ config when it sets RAY_AUTH_MODE): putting the old value back
+# would make the two disagree, and the next cluster this process starts would fail
+_LIBRARY_OWNED: set[str] = set()
+
+
+def library_owned_env(key: str) -> None:
+    """Leave ``key`` as a library set it when a scope ends (see ``_LIBRARY_OWNED``)."""
+    _LIBRARY_OWNED.add(key)
+
+
 def _restore_environ(saved: dict[str, str]) -> None:
-    for k in [k for k in os.environ if k not in saved]:
+    for k in [k for k in os.environ if k not in saved and k not in _LIBRARY_OWNED]:
         del os.environ[k]
     for k, v in saved.items():
-        if os.environ.get(k) != v:
+        if os.environ.get(k) != v and k not in _LIBRARY_OWNED:
             os.environ[k] = v
 
 

@@ -19,8 +19,6 @@ from pbkit.core.errors import PbkitError
 from pbkit.core.runtime import isolated
 from pbkit.stages import bench, export, finetune, prune, rundir
 
-STAGES = ("prune", "finetune", "export", "bench")
-
 
 @dataclass
 class Outcome:
@@ -30,17 +28,10 @@ class Outcome:
     done_before: list[str] = field(default_factory=list)  # the stages the record already had
 
 
-def _wanted(cfg: config.Config, until: str) -> list[str]:
-    if until not in STAGES:
-        raise PbkitError(f"unknown stage {until!r}; choose one of: {', '.join(STAGES)}")
-    todo = list(STAGES[:STAGES.index(until) + 1])
-    return todo if rundir.finetunes(cfg) else [s for s in todo if s != "finetune"]
-
-
 def run(cfg: config.Config, until: str = "bench", force: bool = False, quiet: bool = False) -> Outcome:
     """Run (or continue) the configuration's run up to the stage ``until``; ``force`` starts it
     again from scratch."""
-    wanted = _wanted(cfg, until)
+    wanted = rundir.wanted_stages(cfg, until)
     with isolated():
         if "bench" in wanted:
             bench.pairs(cfg, quiet=True)  # the whole plan is checked before the long work starts
@@ -67,11 +58,9 @@ def run(cfg: config.Config, until: str = "bench", force: bool = False, quiet: bo
 
 
 def _done(run_dir: Path, rec: record.Record, stage: str, cfg: config.Config) -> bool:
-    if stage in ("prune", "finetune"):  # the identity holds their configuration
-        return stage in rec.stages
     if stage == "export" and not export.onnx_ready(run_dir):
         return False
-    return rundir.is_current(rec, stage, cfg)
+    return rundir.stage_done(rec, stage, cfg)
 
 
 StageRunner = Callable[[Path, record.Record, config.Config, bool], record.Record]

@@ -211,6 +211,25 @@ def is_current(rec: record.Record, stage: str, cfg: config.Config) -> bool:
     return info is not None and info.config == section_slice(cfg, stage)
 
 
+STAGES = ("prune", "finetune", "export", "bench")
+
+
+def wanted_stages(cfg: config.Config, until: str = "bench") -> list[str]:
+    """The stages a configuration runs, in order, up to ``until`` (no finetune without data)."""
+    if until not in STAGES:
+        raise PbkitError(f"unknown stage {until!r}; choose one of: {', '.join(STAGES)}")
+    todo = list(STAGES[:STAGES.index(until) + 1])
+    return todo if finetunes(cfg) else [s for s in todo if s != "finetune"]
+
+
+def stage_done(rec: record.Record, stage: str, cfg: config.Config) -> bool:
+    """Whether the record shows ``stage`` done as ``cfg`` asks: prune and finetune by having run
+    (the identity holds their configuration), export and bench with the same settings."""
+    if stage in ("prune", "finetune"):
+        return stage in rec.stages
+    return is_current(rec, stage, cfg)
+
+
 class StageClock:
     """Times a stage and writes its facts into the record when it finishes."""
 
