@@ -15,7 +15,7 @@ from pbkit.core.runtime import strict_fp32
 from pbkit.export import onnx, parity
 from pbkit.machine import envinfo
 from pbkit.measure.backends import cuda_reason
-from pbkit.measure.protocol import cores
+from pbkit.measure.protocol import default_threads
 from pbkit.measure.runner import ort_session
 from pbkit.models import checkpoint, counts
 from pbkit.stages.rundir import DENSE, ONNX_FILES, PRUNED, StageClock, model_file
@@ -63,7 +63,7 @@ def to_onnx(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool) 
         onnx_info[variant] = onnx.to_onnx(model, spec.input_size, run_dir / ONNX_FILES[variant], e.opset, e.exporter)
         x = counts.example_input(spec.input_size, batch=e.parity_batch, seed=2)
         ref, label = task.parity_outputs(parity.reference_outputs(model, x))
-        sess = ort_session(run_dir / ONNX_FILES[variant], cores())
+        sess = ort_session(run_dir / ONNX_FILES[variant], cfg.bench.threads or default_threads())
         got, _ = task.parity_outputs(list(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})))
         checks.append(record.Parity(backend="ort-cpu", variant=variant, precision="fp32", batch=e.parity_batch,
                                     **parity.check(got, ref, e, "fp32", label)))

@@ -131,9 +131,11 @@ def _drive(ex: Executor, study: Study, study_dir: Path, doc: dict[str, Any], tod
         blobs = _bases(ex, study, study_dir, doc, todo, work, board)
         queue = [t for t in todo if entries[t.hash]["status"] == "pending"]
         slots, finished, walls = ex.slots(), 0, []
+        submitted: dict[str, float] = {}
         while queue or ex.running():
             while queue and ex.running() < slots:
                 t = queue.pop(0)
+                submitted[t.hash] = time.perf_counter()
                 ex.submit(Job("trial", t.hash, _payload(t, study, work), blobs.get(t.base_key or "")))
             got = ex.next_result(timeout_s=1.0)
             if got is not None:
@@ -141,6 +143,8 @@ def _drive(ex: Executor, study: Study, study_dir: Path, doc: dict[str, Any], tod
                 finished += 1
                 walls.append(float(res.get("wall_s") or 0.0))
                 board.line(_finish(study_dir, entries[job.key], res, finished, len(todo)))
+                # what the executor added to the trial's own time: scheduling, transfer, worker start
+                entries[job.key]["overhead_s"] = round(time.perf_counter() - submitted[job.key] - walls[-1], 3)
                 state.write(study_dir, doc)
             c = state.counts(doc["trials"])
             elapsed = time.perf_counter() - t0
