@@ -32,7 +32,7 @@ BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set mo
 	$(if $(BATCH),--set bench.batches=[$(BATCH)]) \
 	$(if $(ROUND_TO),--set prune.round_to=$(ROUND_TO))
 
-.PHONY: help setup bench test test-slow test-all lint lock report perf fidelity reference clean docker-build docker-bench docker-pin
+.PHONY: help setup bench test test-slow test-all study-perf reference-study lint lock report perf fidelity reference clean docker-build docker-bench docker-pin
 
 help:
 	@echo "make setup                      create $(VENV)/ from the pinned lock ($(LOCK), hashes checked)"
@@ -48,6 +48,8 @@ help:
 	@echo "make report                     leaderboard of results/runs"
 	@echo "make perf                       per-step time of every method (results/perf/)"
 	@echo "make fidelity                   spread and agreement of the measurement itself (results/perf/)"
+	@echo "make study-perf                 a study on Ray with 1 vs 2 workers: scaling and overhead (results/perf/)"
+	@echo "make reference-study            the offline digits study (results/reference/digits-study-<tag>/)"
 	@echo "make lock                       re-resolve requirements/*.in into the lock files (needs uv)"
 
 setup: $(STAMP)
@@ -100,6 +102,14 @@ fidelity: setup ## run-to-run spread of the measurement and agreement with an in
 
 reference: setup ## regenerate results/reference/<tag>/ (records, leaderboard, plot)
 	bash benchmarks/reference.sh
+
+study-perf: setup ## the same 8-trial study on Ray with 1 and 2 workers -> results/perf/study-scaling-*
+	$(BIN)/python benchmarks/study_scaling.py
+
+REF_STUDY := results/reference/digits-study-cpu-$(shell nproc)core
+reference-study: setup ## every method x 2 targets x 3 seeds on digits, on a local Ray, then its leaderboard
+	$(BIN)/pbkit study run configs/study/digits-reference.study.yaml --out $(REF_STUDY)
+	$(BIN)/pbkit report $(REF_STUDY) --format md --plot $(REF_STUDY)/speedups.png > $(REF_STUDY)/LEADERBOARD.md
 
 docker-build:
 	docker build -f docker/Dockerfile -t $(IMAGE):$(VERSION) --build-arg IMAGE_NAME=$(IMAGE) $(DOCKER_ARGS) .

@@ -40,6 +40,7 @@ SPEEDUP_GOAL, OVERHEAD_GOAL = 1.7, 0.02
 
 
 def run_once(workers: int, tmp: Path) -> dict[str, Any]:
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"scaling-{workers}.study.yaml"
     path.write_text(yaml.safe_dump(STUDY))
     out = tmp / f"out-{workers}"

@@ -16,7 +16,12 @@ def test_defaults_are_one_yaml_linked_from_configs() -> None:
     assert (cfg.prune.scope, cfg.prune.speedup, cfg.export.opset) == ("protected", 2.0, 18)
 
 
-@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
+RUN_CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
+                     if not p.name.endswith(".study.yaml"))
+STUDIES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.study.yaml"))
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS)
 def test_every_shipped_config_is_valid(path: str) -> None:
     from pbkit import models
     from pbkit.prune import methods
@@ -103,3 +108,24 @@ def test_the_top_level_seed_sets_every_seed_a_section_leaves_alone(tmp_path: Pat
     cfg = config.load(p)
     assert (cfg.model.seed, cfg.finetune.seed, cfg.seed) == (1, 5, 5)
     assert config.load().model.seed == 0 and config.load().seed is None
+
+
+@pytest.mark.parametrize("path", STUDIES)
+def test_every_shipped_study_expands_to_its_grid(path: str, tmp_path: Path) -> None:
+    import math
+
+    from pbkit import models
+    from pbkit.prune import methods
+    from pbkit.study import spec
+
+    weights = tmp_path / "weights.pt"  # studies that name a checkpoint hash it: give them a file
+    weights.write_bytes(b"stand-in")
+    raw = config.read_yaml(REPO / path)
+    sets = [f"model.checkpoint={weights}"] if "coco" in path else []
+    st = spec.read(REPO / path, sets)
+    assert st.name == raw["name"] and len(st.trials) == math.prod(len(v) for v in raw["grid"].values())
+    family = models.resolve(st.trials[0].cfg.model.name).family
+    for t in st.trials:
+        applies = family in methods.get(t.cfg.prune.method).families
+        assert (t.skip is None) == applies  # non-applicable methods are listed as skipped, not failed
+    assert len({t.hash for t in st.trials}) == len(st.trials)  # every grid point is its own run

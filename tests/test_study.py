@@ -239,6 +239,13 @@ def test_a_two_node_cluster_runs_trials_on_both_nodes_without_shared_storage(tmp
         assert (where / "pruned.pt").is_file()
 
 
+def test_resources_no_node_has_are_refused_before_any_trial(tmp_path: Path, pbkit) -> None:  # type: ignore[no-untyped-def]
+    path = _study_file(tmp_path, "big", grid={"prune.method": ["l1"]}, resources={"cpu": 512})
+    r = pbkit("study", "run", path, "--out", tmp_path / "out")
+    assert r.code == 2 and "each trial asks 512 CPU and 0 GPU" in r.err and r.err.count("\n") == 1, r.err
+    assert state.read(tmp_path / "out")["counts"]["pending"] == 1  # nothing ran, nothing lost
+
+
 def test_the_study_cli_has_help_with_examples(pbkit) -> None:  # type: ignore[no-untyped-def]
     for args in (["study", "--help"], ["study", "run", "--help"], ["study", "status", "--help"]):
         r = pbkit(*args)

@@ -98,14 +98,25 @@ class RayExecutor(Executor):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never reports home
         runtime.library_owned_env("RAY_AUTH_MODE")  # Ray keeps it for the life of the process
         if not ray.is_initialized():
+            ray_log = logging.getLogger("ray")
+            level = ray_log.level
+            ray_log.setLevel(logging.ERROR)  # its start-up notes (token auth, addresses) are not ours to print
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING, configure_logging=True)
+                         logging_level=logging.ERROR)
             except (ConnectionError, ValueError, RuntimeError) as e:
                 where = self.address or "a local Ray"
                 raise PbkitError(f"could not start or reach {where}: {str(e).splitlines()[0]}") from e
+            finally:
+                ray_log.setLevel(level)
             self._started_here = True
         self.address = self.address or ray.get_runtime_context().gcs_address
+        have = ray.cluster_resources()
+        cpus, gpus = float(have.get("CPU", 0.0)), float(have.get("GPU", 0.0))
+        if self.resources.cpu > cpus or self.resources.gpu > gpus:
+            self.stop()
+            raise PbkitError(f"each trial asks {self.resources.cpu:g} CPU and {self.resources.gpu:g} GPU (the study's "
+                             f"resources) but the Ray cluster at {self.address} has {cpus:g} CPU and {gpus:g} GPU")
         self._attempts = _attempts_actor()
         options = dict(num_cpus=self.resources.cpu, num_gpus=self.resources.gpu, max_retries=self.max_retries,
                        retry_exceptions=False, scheduling_strategy="SPREAD")

@@ -90,7 +90,8 @@ def run(study: Study, out: str | Path | None = None, executor: str = "ray", addr
             "format": state.FORMAT, "name": study.name, "study_file": str(study.path.resolve()),
             "executor": ex.name, "address": None, "resources": study.file.resources.model_dump(),
             "storage": study.file.storage, "max_parallel": max_parallel, "grid": study.file.grid,
-            "exclude": study.file.exclude, "config": study.shared, "bases": (prev or {}).get("bases", {}),
+            "exclude": study.file.exclude,
+            "config": {k: v for k, v in study.shared.items() if k not in ("out", "run_id")}, "bases": (prev or {}).get("bases", {}),
             "created_utc": (prev or {}).get("created_utc", state.utc_now()), "trials": entries,
         }
         state.write(study_dir, doc)
