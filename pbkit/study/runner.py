@@ -88,7 +88,9 @@ def run(study: Study, out: str | Path | None = None, executor: str = "ray", addr
         ex = make_executor(executor, study, address, max_parallel)
         doc: dict[str, Any] = {
             "format": state.FORMAT, "name": study.name, "study_file": str(study.path.resolve()),
-            "executor": ex.name, "address": None, "resources": study.file.resources.model_dump(),
+            # where trials last ran (a rerun with nothing to run keeps it)
+            "executor": (prev or {}).get("executor", ex.name), "address": (prev or {}).get("address"),
+            "resources": study.file.resources.model_dump(),
             "storage": study.file.storage, "max_parallel": max_parallel, "grid": study.file.grid,
             "exclude": study.file.exclude,
             "config": {k: v for k, v in study.shared.items() if k not in ("out", "run_id")}, "bases": (prev or {}).get("bases", {}),
@@ -101,13 +103,13 @@ def run(study: Study, out: str | Path | None = None, executor: str = "ray", addr
         if todo:
             ex.start()
             try:
-                doc["address"] = ex.address
+                doc.update(executor=ex.name, address=ex.address)
                 ran = _drive(ex, study, study_dir, doc, [trials[e["hash"]] for e in todo], quiet)
             finally:
                 ex.stop()
         counts = state.counts(doc["trials"])
         failures = [e for e in doc["trials"] if e["status"] == "failed"]
-        return Summary(study_dir, ex.name, doc["address"], counts, failures, ran)
+        return Summary(study_dir, doc["executor"], doc["address"], counts, failures, ran)
 
 
 def _work(ex: Executor, study: Study, study_dir: Path) -> str | None:
