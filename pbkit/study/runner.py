@@ -93,8 +93,9 @@ def run(study: Study, out: str | Path | None = None, executor: str = "ray", addr
             "resources": study.file.resources.model_dump(),
             "storage": study.file.storage, "max_parallel": max_parallel, "grid": study.file.grid,
             "exclude": study.file.exclude,
-            "config": {k: v for k, v in study.shared.items() if k not in ("out", "run_id")}, "bases": (prev or {}).get("bases", {}),
-            "created_utc": (prev or {}).get("created_utc", state.utc_now()), "trials": entries,
+            "config": {k: v for k, v in study.shared.items() if k not in ("out", "run_id")},
+            "bases": (prev or {}).get("bases", {}), "trials": entries,
+            "created_utc": (prev or {}).get("created_utc", state.utc_now()),
         }
         state.write(study_dir, doc)
         trials = {t.hash: t for t in study.trials}
