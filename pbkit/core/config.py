@@ -68,6 +68,20 @@ class RecipeCfg(_TrainingCfg):
     weight_decay: float = Field(ge=0)
 
 
+class KDCfg(_Strict):
+    """Knowledge distillation during finetuning (CPD's "distill"): (1 - alpha) * task loss +
+    alpha * T^2 * KL(teacher_T || student_T) on the task's outputs."""
+
+    enabled: bool
+    alpha: float = Field(ge=0, le=1)
+    temperature: float = Field(gt=0)
+    teacher: str | None  # a pbkit model file; default: the run's own dense base
+
+
+class FinetuneCfg(RecipeCfg):
+    kd: KDCfg
+
+
 class CalibrationCfg(_Strict):
     dataset: str | None
     batches: int = Field(ge=1)
@@ -83,6 +97,8 @@ class PruneCfg(_Strict):
     iterative_steps: int = Field(ge=1)
     seed: int
     calibration: CalibrationCfg
+    schedule: Literal["oneshot", "interleaved"]
+    interleave_iters: int = Field(ge=1)
 
 
 class SparsifyCfg(_TrainingCfg):
@@ -144,12 +160,13 @@ class Config(_Strict):
     base: RecipeCfg
     prune: PruneCfg
     sparsify: SparsifyCfg
-    finetune: RecipeCfg
+    finetune: FinetuneCfg
     export: ExportCfg
     bench: BenchCfg
     out: str
     run_id: str | None
     seed: int | None = None  # every section's seed that the configuration does not set itself
+    init: Literal["pruned", "scratch"] = "pruned"  # scratch: the pruned architecture re-initialised (SX-A)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -9,6 +9,12 @@ the configuration slice it ran with, the machine record and when it ran, so a mo
 machine and measured on another says both; ``identity`` holds the hash that names the run (what
 determines its result); ``model.task`` names the task. 1.0 records (``stages`` as a list) are
 read and upgraded.
+
+1.2: ``method.schedule`` (oneshot | interleaved) and ``method.interleave`` (the training between
+pruning steps, CPD); ``finetune`` carries the whole recipe as run: ``kd`` (distillation),
+``augmentation``, ``init`` (pruned | scratch; scratch: ``epochs_total`` and what it adds up),
+``trainability`` (TA over the first LR stage, and whether the metric still rose at the first
+decay). 1.1 records read as oneshot runs.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write_json
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 RECORD_NAME = "record.json"
 
 
@@ -71,6 +77,8 @@ class MethodInfo(_Open):
     calibration: dict[str, Any] | None = None  # dataset, batches, batch_size, seed, samples
     sparsify: dict[str, Any] | None = None  # the sparse-training recipe, reg, history, time_s
     reg_time_s: float | None = None  # sparse-training wall time, apart from step time
+    schedule: str = "oneshot"  # oneshot: prune, then finetune; interleaved: train between pruning steps (CPD)
+    interleave: dict[str, Any] | None = None  # iters_per_step, iterations, time_s, kd, recipe (interleaved)
 
 
 class Counts(_Open):

@@ -26,6 +26,9 @@ DEFAULT_ROOT = os.environ.get("PBKIT_DATA", "~/.cache/pbkit/data")
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# the training augmentation, as records name it (the finetuning recipe includes it)
+CIFAR_AUGMENT = "RandomCrop(32, padding=4) + RandomHorizontalFlip"
+IMAGENET_AUGMENT = "RandomResizedCrop + RandomHorizontalFlip"
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def _cifar(name: str, classes: int) -> Callable[..., DataBundle]:
             folder = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
             raise PbkitError(f"{name}: not found under {str(root_path)!r} and could not be downloaded "
                              f"({type(e).__name__}); place the extracted {folder}/ there or pass --data-root") from e
-        return DataBundle(name, classes, size, train, test, {"root": str(root_path)})
+        return DataBundle(name, classes, size, train, test, {"root": str(root_path), "augmentation": CIFAR_AUGMENT})
 
     return load
 
@@ -87,7 +90,8 @@ def _imagenet(root: str, image_size: int | None, **_: Any) -> DataBundle:
         raise PbkitError(f"imagenet: {e}") from e
     if train.classes != test.classes:
         raise PbkitError("imagenet: train/ and val/ hold different class folders")
-    return DataBundle("imagenet", len(train.classes), size, train, test, {"root": str(root_path)})
+    return DataBundle("imagenet", len(train.classes), size, train, test,
+                      {"root": str(root_path), "augmentation": IMAGENET_AUGMENT})
 
 
 def _digits(image_size: int | None, seed: int = 0, **_: Any) -> DataBundle:
@@ -105,7 +109,7 @@ def _digits(image_size: int | None, seed: int = 0, **_: Any) -> DataBundle:
         return TensorDataset(t, torch.tensor(ys, dtype=torch.long))
 
     return DataBundle("digits", 10, size, tensors(xtr, ytr), tensors(xte, yte),
-                      {"source": "sklearn.datasets.load_digits", "split_seed": seed})
+                      {"source": "sklearn.datasets.load_digits", "split_seed": seed, "augmentation": "none"})
 
 
 def _synthetic(image_size: int | None, seed: int = 0, num_classes: int = 10, n_train: int = 512,
@@ -119,7 +123,8 @@ def _synthetic(image_size: int | None, seed: int = 0, num_classes: int = 10, n_t
         x = protos[y] + 1.5 * torch.randn(n, 3, size, size, generator=g)
         return TensorDataset(x, y)
 
-    return DataBundle("synthetic", num_classes, size, make(n_train), make(n_test), {"seed": seed})
+    return DataBundle("synthetic", num_classes, size, make(n_train), make(n_test),
+                      {"seed": seed, "augmentation": "none"})
 
 
 DATASETS: dict[str, DatasetEntry] = {

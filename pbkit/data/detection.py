@@ -36,7 +36,8 @@ def check_dataset(yaml_path: str | Path) -> dict[str, Any]:
                                  "datasets: fetch them (see the yaml's 'download' key) and retry")
     names = cfg["names"]
     n = len(names) if isinstance(names, list | dict) else int(cfg.get("nc", 0))
-    return {"yaml": str(path), "root": str(root), "num_classes": n}
+    return {"yaml": str(path), "root": str(root), "num_classes": n,
+            "augmentation": "ultralytics trainer defaults (mosaic, HSV, flip, scale, translate)"}
 
 
 def detection(yaml_path: str, image_size: int | None = None, name: str | None = None) -> DataBundle:

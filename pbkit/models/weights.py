@@ -66,3 +66,22 @@ def state_sha256(model: nn.Module) -> str:
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()
+
+
+def reinitialize(model: nn.Module, seed: int) -> nn.Module:
+    """Draw ``model``'s weights afresh, seeded, keeping its architecture (a pruned model becomes the
+    small-dense model of the scratch baseline, never a masked large one): every module's own
+    ``reset_parameters`` (convolutions, linear layers, norms with their running statistics), and
+    N(0, 0.02) truncated at 2 std for parameters a module holds without one (ViT position
+    embeddings and tokens)."""
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        elif hasattr(module, "reset_running_stats"):
+            module.reset_running_stats()
+        else:
+            for p in module.parameters(recurse=False):
+                with torch.no_grad():
+                    nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
+    return model

@@ -51,6 +51,7 @@ class PruneResult:
     ignored_layers: list[str]
     max_pruning_ratio: float = 1.0
     sparsify: dict[str, Any] | None = None  # the sparse-training run, its time apart ("reg time")
+    interleave: dict[str, Any] | None = None  # training between pruning steps (interleaved schedule)
 
     @property
     def achieved_speedup(self) -> float:
@@ -91,6 +92,7 @@ def prune_to_target(
     calibration: Calibration | None = None,
     sparse_train: Callable[[Any], dict[str, Any]] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    between_steps: Callable[[int], float] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place until base MACs / pruned MACs >= ``settings.speedup``, never
     touching the ``protected`` modules (the task's heads).
@@ -98,6 +100,9 @@ def prune_to_target(
     Data-driven criteria run ``method.collect`` on the pinned ``calibration`` batches before every
     step (inside the step time). Sparsifying methods call ``sparse_train(pruner)`` once, before
     pruning, with the method's regularizing Pruner (its time is recorded apart).
+    ``between_steps(i)`` runs before pruning step ``i`` (from 1) and returns the seconds it took,
+    which are kept out of the step and prune times: training between pruning steps (CPD's
+    interleaved schedule).
     """
     s = settings
     if s.speedup <= 1.0:
@@ -156,6 +161,8 @@ def prune_to_target(
         t_start += sparsified["time_s"]  # prune time excludes the regularized training ("reg time")
     steps, macs, step_times = 0, macs_base, []
     while steps < s.iterative_steps:
+        if between_steps is not None:
+            t_start += between_steps(steps + 1)
         t0 = time.perf_counter()
         if method.collect is not None:
             assert calibration is not None

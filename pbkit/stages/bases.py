@@ -17,7 +17,7 @@ from pbkit.core.console import Steps, note
 from pbkit.core.fileio import ensure_writable_dir, sha256_file
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec, build, checkpoint, weights
-from pbkit.stages.rundir import slug, trains_base
+from pbkit.stages.rundir import slug, teacher_file, trains_base
 from pbkit.tasks import Task
 
 Weights = dict[str, Any]  # weights, weights_path, weights_sha256 (record.ModelInfo fields)
@@ -55,6 +55,19 @@ def obtain(cfg: config.Config, spec: ModelSpec, task: Task, bundle: DataBundle |
         steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
         checkpoint.save_model(model, spec, path, extra={"training": history})
     return model, _trained(path), history
+
+
+def teacher(cfg: config.Config, dense: Path) -> nn.Module | None:
+    """The distillation teacher when ``finetune.kd`` is on: the named model file, else the run's own
+    dense base (``dense``); in eval mode, without gradients."""
+    kd = cfg.finetune.kd
+    if not kd.enabled:
+        return None
+    model, _, _ = checkpoint.load_model(teacher_file(kd.teacher) if kd.teacher else dense)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def _trained(path: Path) -> Weights:

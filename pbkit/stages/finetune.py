@@ -1,19 +1,35 @@
-"""Stage 2, finetune: train the pruned model with the recorded recipe (the task's training loop)
-and evaluate it. Writes ``finetuned.pt``; from then on the run's ``pruned`` variant (export,
-bench) is the finetuned model, and ``pruned.pt`` keeps the model as pruned."""
+"""Stage 2, finetune: train the pruned model with the recorded recipe (the task's training loop,
+with distillation from the dense base when ``finetune.kd`` is on) and evaluate it. Writes
+``finetuned.pt``; from then on the run's ``pruned`` variant (export, bench) is the finetuned model,
+and ``pruned.pt`` keeps the model as pruned.
+
+With ``init: scratch`` the pruned architecture is re-initialised (small-dense) and trained with the
+base recipe for as many epochs as base training, the pruning stage and finetuning took together
+(the scratch baseline, setup SX-A of Wang et al. 2023).
+
+The record's ``finetune`` holds the whole recipe as run (optimizer, schedule with milestones,
+epochs, batch, weight decay, augmentation, label smoothing, KD, seed), the per-epoch history and
+the trainability accuracy (TA).
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 from pbkit.core import config, record
 from pbkit.core.console import Steps
+from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import sha256_file
+from pbkit.data import DataBundle
 from pbkit.machine import envinfo
 from pbkit.models import checkpoint
-from pbkit.stages import prune
-from pbkit.stages.rundir import FINETUNED_FILE, MODEL_FILES, PRUNED, StageClock
+from pbkit.models.weights import reinitialize
+from pbkit.stages import bases, prune
+from pbkit.stages.rundir import DENSE, FINETUNED_FILE, MODEL_FILES, PRUNED, StageClock
 from pbkit.tasks import get as get_task
+from pbkit.train.loop import trainability
 
 
 def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = False) -> record.Record:
@@ -23,15 +39,46 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
     model, spec, _ = checkpoint.load_model(run_dir / MODEL_FILES[PRUNED])
     task = get_task(spec.task)
     env = envinfo.collect()
-    steps = Steps(f"finetuning {cfg.finetune.epochs} epochs", cfg.finetune.epochs, quiet)
-    history = task.train(model, bundle, spec, cfg.finetune.model_dump(), eval_batch_size=cfg.dataset.eval_batch_size,
-                         on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)))
+    if cfg.init == "scratch":
+        recipe, extra = scratch_recipe(rec, cfg, bundle)
+        reinitialize(model, int(recipe["seed"]))
+        teacher, title = None, f"training the pruned architecture from scratch, {recipe['epochs']} epochs"
+    else:
+        recipe = cfg.finetune.model_dump(exclude={"kd"})
+        extra = {"init": "pruned"}
+        teacher = bases.teacher(cfg, run_dir / MODEL_FILES[DENSE])
+        title = f"finetuning {recipe['epochs']} epochs" + (" with distillation" if teacher is not None else "")
+    steps = Steps(title, int(recipe["epochs"]), quiet)
+    history = task.train(model, bundle, spec, recipe, eval_batch_size=cfg.dataset.eval_batch_size,
+                         on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)),
+                         teacher=teacher, kd=cfg.finetune.kd if teacher is not None else None)
     steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
     rec.accuracy.finetuned = prune.evaluate(task, model, bundle, spec, cfg)
     checkpoint.save_model(model, spec, run_dir / FINETUNED_FILE)
-    rec.finetune = history
+    rec.finetune = {**history, **extra, "kd": cfg.finetune.kd.model_dump() if teacher is not None else {"enabled": False},
+                    "augmentation": bundle.info.get("augmentation", "none"),
+                    "trainability": trainability(history.get("history") or [], task.history_metric,
+                                                 str(recipe.get("schedule")))}
     rec.artifacts["pruned_as_pruned"] = rec.artifacts.get("pruned_as_pruned") or rec.artifacts[PRUNED]
     rec.artifacts[PRUNED] = {"path": FINETUNED_FILE, "sha256": sha256_file(run_dir / FINETUNED_FILE), "finetuned": True}
     clock.finish(rec, cfg, env)
     record.write(run_dir, rec)
     return rec
+
+
+def scratch_recipe(rec: record.Record, cfg: config.Config, bundle: DataBundle) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The base recipe, for the epochs base training, the pruning stage (sparse training; the
+    training between interleaved pruning steps, in epochs rounded up) and finetuning took."""
+    if rec.base_training is None:
+        raise PbkitError("init: scratch trains for as many epochs as the base took, so the base must be trained by "
+                         "pbkit (model.weights: random, base.epochs > 0, a dataset); this run's base was "
+                         f"{rec.model.weights}")
+    parts = {"base": int(rec.base_training.get("epochs") or cfg.base.epochs), "sparsify": 0, "interleave": 0,
+             "finetune": cfg.finetune.epochs}
+    if rec.method.sparsify:
+        parts["sparsify"] = int(rec.method.sparsify.get("epochs") or 0)
+    if rec.method.interleave:
+        per_epoch = max(1, math.ceil(len(bundle.train) / cfg.finetune.batch_size))  # type: ignore[arg-type]
+        parts["interleave"] = math.ceil(int(rec.method.interleave.get("iterations") or 0) / per_epoch)
+    total = sum(parts.values())
+    return {**cfg.base.model_dump(), "epochs": total}, {"init": "scratch", "epochs_total": total, "epochs_from": parts}

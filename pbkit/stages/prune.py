@@ -7,15 +7,18 @@ stage leaves no run folder (a killed one leaves a ``.tmp-`` folder that the next
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pbkit import __version__
 from pbkit.core import config, record
-from pbkit.core.console import Steps
+from pbkit.core.console import Steps, note
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import sha256_file
 from pbkit.data import DataBundle
@@ -61,6 +64,9 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
     task = get_task(spec.task)
     if bundle is not None:
         task.check_data(bundle, "pruning")
+    if cfg.prune.schedule == "interleaved" and not task.trains_by_iterations:
+        raise PbkitError(f"prune.schedule: interleaved trains a few iterations between pruning steps, which "
+                         f"{task.title} models cannot (they train by epochs); use prune.schedule: oneshot")
     env = envinfo.collect()
     model, weights, base_training = bases.obtain(cfg, spec, task, bundle, plan.run_dir.parent.parent / "bases", quiet)
     tmp = plan.run_dir.parent / f".tmp-{plan.run_id}"
@@ -127,12 +133,51 @@ def _prune(model: Any, method: Method, spec: ModelSpec, task: Task, cfg: config.
                     "regularizer": method.regularizer}
 
     p = cfg.prune
+    between, interleave = _interleaved(model, spec, task, cfg, bundle, quiet) if p.schedule == "interleaved" else \
+        (None, None)
     settings = PruneSettings(speedup=p.speedup, scope=p.scope, iterative_steps=p.iterative_steps, round_to=p.round_to,
                              seed=p.seed, reg=cfg.sparsify.reg, delta_reg=cfg.sparsify.delta_reg)
     res = prune_to_target(model, method, settings, input_size=spec.input_size, num_classes=spec.num_classes,
                           protected=task.protected(model, spec), calibration=calibration, sparse_train=sparse_train,
-                          on_step=lambda i, s: steps.update(i, f"{s:.3f}x"))
+                          on_step=lambda i, s: steps.update(i, f"{s:.3f}x"), between_steps=between)
+    res.interleave = interleave
     return res, calibration
+
+
+def _interleaved(model: Any, spec: ModelSpec, task: Task, cfg: config.Config, bundle: DataBundle | None,
+                 quiet: bool) -> tuple[Callable[[int], float], dict[str, Any]]:
+    """CPD's schedule: before every pruning step, ``prune.interleave_iters`` training iterations
+    with the finetuning recipe at its base rate (constant; a fresh optimizer per step, since the
+    shapes change) and its distillation from the dense model (a copy taken before pruning, or
+    ``finetune.kd.teacher``). Returns the hook and the facts it fills in as it runs."""
+    if bundle is None:
+        raise PbkitError("prune.schedule: interleaved trains between pruning steps: pass --dataset D")
+    ft, p = cfg.finetune, cfg.prune
+    teacher = None
+    if ft.kd.enabled:
+        teacher = bases.teacher(cfg, Path(ft.kd.teacher)) if ft.kd.teacher else copy.deepcopy(model).eval()
+        for param in teacher.parameters():
+            param.requires_grad_(False)
+    recipe = {**ft.model_dump(exclude={"kd"}), "schedule": "constant", "epochs": p.interleave_iters}
+    facts: dict[str, Any] = {"iters_per_step": p.interleave_iters, "steps_trained": 0, "iterations": 0,
+                             "time_s": 0.0, "kd": ft.kd.model_dump(), "dataset": bundle.name,
+                             "recipe": {k: recipe[k] for k in ("optimizer", "lr", "momentum", "weight_decay",
+                                                               "batch_size", "label_smoothing", "schedule")}}
+
+    def between(step: int) -> float:
+        t0 = time.perf_counter()
+        out = task.train(model, bundle, spec, {**recipe, "seed": ft.seed + step}, evaluate_each_epoch=False,
+                         eval_batch_size=cfg.dataset.eval_batch_size, teacher=teacher,
+                         kd=ft.kd if teacher is not None else None, max_iters=p.interleave_iters)
+        model.eval()
+        seconds = time.perf_counter() - t0
+        facts.update(steps_trained=facts["steps_trained"] + 1, iterations=facts["iterations"] + int(out["iterations"]),
+                     time_s=round(facts["time_s"] + seconds, 3), last_loss=out["history"][-1]["loss"])
+        return seconds
+
+    note(f"interleaved schedule: {p.interleave_iters} training iterations before every pruning step"
+         + (" with distillation" if teacher is not None else ""), quiet)
+    return between, facts
 
 
 def _record(plan: Plan, spec: ModelSpec, task: Task, method: Method, res: PruneResult,
@@ -154,7 +199,8 @@ def _record(plan: Plan, spec: ModelSpec, task: Task, method: Method, res: PruneR
                                  seed=cfg.prune.seed, step_time_s=res.step_time_s, prune_time_s=res.total_time_s,
                                  ignored_layers=res.ignored_layers, data=method.data, regularizer=method.regularizer,
                                  calibration=calibration.info if calibration is not None else None,
-                                 sparsify=res.sparsify, reg_time_s=res.sparsify["time_s"] if res.sparsify else None),
+                                 sparsify=res.sparsify, reg_time_s=res.sparsify["time_s"] if res.sparsify else None,
+                                 schedule=cfg.prune.schedule, interleave=res.interleave),
         counts=record.Counts(macs_base=res.macs_base, macs_pruned=res.macs_pruned, params_base=res.params_base,
                              params_pruned=res.params_pruned, input_size=spec.input_size, counter=counts.COUNTER,
                              channel_alignment=alignment),

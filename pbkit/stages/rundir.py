@@ -62,8 +62,8 @@ def slug(text: str) -> str:
 
 
 def finetunes(cfg: config.Config) -> bool:
-    """Whether the run has a finetuning stage."""
-    return bool(cfg.dataset.name) and cfg.finetune.epochs > 0
+    """Whether the run has a finetuning stage (a scratch run trains there, from re-drawn weights)."""
+    return bool(cfg.dataset.name) and (cfg.finetune.epochs > 0 or cfg.init == "scratch")
 
 
 def trains_base(cfg: config.Config) -> bool:
@@ -90,16 +90,32 @@ def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
                              "test_limit": d.test_limit, "seed": d.seed}
     if trains_base(cfg):
         fields["base"] = cfg.base.model_dump()
-    prune = p.model_dump(exclude={"calibration"})
+    prune = p.model_dump(exclude={"calibration", "schedule", "interleave_iters"})
+    if p.schedule != "oneshot":  # (absent at the default, so ids made before it existed still hold)
+        prune.update(schedule=p.schedule, interleave_iters=p.interleave_iters)
     if method.needs_data:
         prune["calibration"] = p.calibration.model_dump() if method.collect is not None else \
             {"dataset": p.calibration.dataset}
     fields["prune"] = prune
     if method.stage == "sparsify":
         fields["sparsify"] = cfg.sparsify.model_dump()
-    if finetunes(cfg):
-        fields["finetune"] = cfg.finetune.model_dump()
+    if cfg.init != "pruned":  # the scratch model trains with the base recipe, as long as base + pruning + finetune
+        fields["init"] = cfg.init
+        fields["base"] = cfg.base.model_dump()
+        fields["finetune"] = {"epochs": cfg.finetune.epochs}
+    elif finetunes(cfg):
+        fields["finetune"] = cfg.finetune.model_dump(exclude=set() if cfg.finetune.kd.enabled else {"kd"})
+        if cfg.finetune.kd.enabled and cfg.finetune.kd.teacher:
+            fields["finetune"]["kd"]["teacher_sha256"] = sha256_file(teacher_file(cfg.finetune.kd.teacher))
     return fields
+
+
+def teacher_file(path: str) -> Path:
+    """finetune.kd.teacher, which must exist."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise PbkitError(f"finetune.kd.teacher {path!r} not found (a pbkit model file, e.g. a run's dense.pt)")
+    return file
 
 
 def _library(model_name: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from pbkit.core.config import CalibrationCfg
+from pbkit.core.config import CalibrationCfg, KDCfg
 from pbkit.core.errors import PbkitError
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec
@@ -36,6 +36,8 @@ class Task(ABC):
     name: str  # the key models and datasets name: classify | detect
     title: str  # in messages: classification | detection
     metric: str  # the evaluation metric, in percent: top1 | mAP50-95
+    history_metric: str  # the metric's key in a training history's per-epoch rows
+    trains_by_iterations: bool = True  # train(max_iters=...) works: the interleaved pruning schedule
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -58,11 +60,14 @@ class Task(ABC):
     @abstractmethod
     def train(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, recipe: dict[str, Any], *,
               eval_batch_size: int, evaluate_each_epoch: bool = True, on_epoch: OnEpoch | None = None,
-              regularize: Callable[[], None] | None = None,
-              after_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
+              regularize: Callable[[], None] | None = None, after_epoch: Callable[[], None] | None = None,
+              teacher: nn.Module | None = None, kd: KDCfg | None = None,
+              max_iters: int | None = None) -> dict[str, Any]:
         """Train ``model`` in place with ``recipe``; return the recipe as run with its history.
         ``regularize`` runs between backward and the optimizer step, ``after_epoch`` after each
-        epoch (sparse training)."""
+        epoch (sparse training); with ``teacher`` and ``kd`` the loss distils the teacher's
+        outputs into the model's; ``max_iters`` stops after that many optimizer steps (training
+        between pruning steps)."""
 
     @abstractmethod
     def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pbkit.core.config import CalibrationCfg
+from pbkit.core.config import CalibrationCfg, KDCfg
 from pbkit.core.errors import PbkitError
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec, classifier_heads
@@ -47,10 +47,38 @@ def classification_batches(bundle: DataBundle, batches: int, batch_size: int, se
     return out
 
 
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation term on logits: T^2 * KL(softmax(teacher/T) || softmax(student/T)),
+    averaged over the batch; the teacher's logits carry no gradient."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.softmax(teacher.detach() / t, dim=1),
+                    reduction="batchmean") * t * t
+
+
+def distilled(task_loss: Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]], teacher: nn.Module | None,
+              kd: KDCfg | None) -> Callable[[nn.Module, Any], torch.Tensor]:
+    """(1 - alpha) * task loss + alpha * kd_loss, the teacher in eval mode without gradients;
+    the task loss alone without a teacher or with KD off."""
+    if teacher is None or kd is None or not kd.enabled:
+        return lambda m, batch: task_loss(m, batch)[0]
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def loss(m: nn.Module, batch: Any) -> torch.Tensor:
+        value, out = task_loss(m, batch)
+        with torch.no_grad():
+            target = teacher(batch[0])
+        return (1 - kd.alpha) * value + kd.alpha * kd_loss(out, target, kd.temperature)
+
+    return loss
+
+
 class Classify(Task):
     name = "classify"
     title = "classification"
     metric = "top1"
+    history_metric = "accuracy"
 
     def protected(self, model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
         heads = classifier_heads(model, spec.num_classes)
@@ -64,15 +92,21 @@ class Classify(Task):
 
     def train(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, recipe: dict[str, Any], *,
               eval_batch_size: int, evaluate_each_epoch: bool = True, on_epoch: OnEpoch | None = None,
-              regularize: Callable[[], None] | None = None,
-              after_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
+              regularize: Callable[[], None] | None = None, after_epoch: Callable[[], None] | None = None,
+              teacher: nn.Module | None = None, kd: KDCfg | None = None,
+              max_iters: int | None = None) -> dict[str, Any]:
         self.check_data(bundle, "training")
         smoothing = float(recipe.get("label_smoothing") or 0.0)
         test = bundle.loader("test", eval_batch_size) if evaluate_each_epoch else None
+
+        def task_loss(m: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            out = m(batch[0])
+            return F.cross_entropy(out, batch[1], label_smoothing=smoothing), out
+
         return fit(model, bundle.loader("train", int(recipe["batch_size"]), seed=int(recipe["seed"])), recipe,
-                   loss_fn=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1], label_smoothing=smoothing),
+                   loss_fn=distilled(task_loss, teacher, kd),
                    evaluate=(lambda m: top1(m, test)) if test is not None else None,
-                   on_epoch=on_epoch, after_backward=regularize, after_epoch=after_epoch)
+                   on_epoch=on_epoch, after_backward=regularize, after_epoch=after_epoch, max_iters=max_iters)
 
     def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:
         self.check_data(bundle, "calibrating")

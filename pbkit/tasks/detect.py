@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from pbkit.core.config import CalibrationCfg
+from pbkit.core.config import CalibrationCfg, KDCfg
+from pbkit.core.errors import PbkitError
 from pbkit.core.runtime import ultralytics_offline
 from pbkit.data import DataBundle
 from pbkit.data.detection import check_dataset
@@ -31,6 +33,8 @@ class Detect(Task):
     name = "detect"
     title = "detection"
     metric = "mAP50-95"
+    history_metric = "mAP50-95"
+    trains_by_iterations = False  # the ultralytics trainer trains by epochs
 
     def protected(self, model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
         return yolo.detect_head(model)
@@ -42,11 +46,16 @@ class Detect(Task):
 
     def train(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, recipe: dict[str, Any], *,
               eval_batch_size: int, evaluate_each_epoch: bool = True, on_epoch: OnEpoch | None = None,
-              regularize: Callable[[], None] | None = None,
-              after_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
+              regularize: Callable[[], None] | None = None, after_epoch: Callable[[], None] | None = None,
+              teacher: nn.Module | None = None, kd: KDCfg | None = None,
+              max_iters: int | None = None) -> dict[str, Any]:
         self.check_data(bundle, "training")
-        return finetune(model, bundle.info["yaml"], spec.input_size, recipe, on_epoch=on_epoch, regularize=regularize,
-                        after_epoch=after_epoch)
+        if max_iters is not None:
+            raise PbkitError("training for a number of iterations between pruning steps (prune.schedule: interleaved) "
+                             "is available for classification; detectors train with the ultralytics trainer by epochs")
+        with distilling(model, teacher, kd):
+            return finetune(model, bundle.info["yaml"], spec.input_size, recipe, on_epoch=on_epoch,
+                            regularize=regularize, after_epoch=after_epoch)
 
     def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:
         info = {"dataset": bundle.name, "batch_size": cfg.batch_size, "seed": cfg.seed}
@@ -67,6 +76,69 @@ class Detect(Task):
 
     def epoch_line(self, row: dict[str, float]) -> str:
         return f"mAP50-95 {row['mAP50-95']:.2f}" if "mAP50-95" in row else ""
+
+
+def detection_kd_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], reg_max: int,
+                      temperature: float) -> torch.Tensor:
+    """Distillation on a YOLOv8 head's raw outputs, per anchor: the box side distributions
+    (``reg_max`` bins per side, softmax) by T^2 * KL(teacher_T || student_T), summed over bins and
+    averaged over sides, anchors and images; the class logits (independent sigmoids) by T^2 times
+    the binary KL of the teacher's probabilities to the student's, averaged likewise. Zero when the
+    student equals the teacher; the teacher carries no gradient."""
+    t = temperature
+    b, _, a = student["boxes"].shape
+    sb = student["boxes"].view(b, 4, reg_max, a)
+    tb = teacher["boxes"].detach().view(b, 4, reg_max, a)
+    box = F.kl_div(F.log_softmax(sb / t, dim=2), F.softmax(tb / t, dim=2), reduction="none").sum(2).mean()
+    pt = torch.sigmoid(teacher["scores"].detach() / t)
+    entropy = F.binary_cross_entropy(pt, pt, reduction="mean")
+    cls = F.binary_cross_entropy_with_logits(student["scores"] / t, pt, reduction="mean") - entropy
+    return (box + cls) * t * t
+
+
+class DistilledCriterion:
+    """The detection loss with distillation, as the ultralytics trainer sees ``model.criterion``:
+    (1 - alpha) * the model's own detection loss + alpha * batch * detection_kd_loss against the
+    teacher's raw head outputs (the trainer's own loss is scaled by the batch size too). A plain
+    object, so the trainer can deep-copy it into its EMA model; ultralytics drops a model's
+    criterion before it saves a checkpoint."""
+
+    def __init__(self, model: nn.Module, teacher: nn.Module, kd: KDCfg, reg_max: int) -> None:
+        self.model, self.teacher, self.kd, self.reg_max = model, teacher, kd, reg_max
+        self.own: Any = None  # built on first use, once the trainer has given the model its hyperparameters
+
+    def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        if self.own is None:
+            self.own = self.model.init_criterion()  # type: ignore[operator]
+        value, items = self.own(preds, batch)
+        with torch.no_grad():
+            target = self.teacher(batch["img"])
+        student = preds[1] if isinstance(preds, tuple) else preds
+        target = target[1] if isinstance(target, tuple) else target
+        distil = detection_kd_loss(student, target, self.reg_max, self.kd.temperature) * batch["img"].shape[0]
+        return (1 - self.kd.alpha) * value.sum() + self.kd.alpha * distil, items
+
+    def update(self) -> None:
+        if self.own is not None and hasattr(self.own, "update"):
+            self.own.update()
+
+
+@contextlib.contextmanager
+def distilling(model: nn.Module, teacher: nn.Module | None, kd: KDCfg | None) -> Iterator[None]:
+    """While the ultralytics trainer trains ``model``, its criterion distils ``teacher`` into it
+    (:class:`DistilledCriterion`); the model's own criterion afterwards."""
+    if teacher is None or kd is None or not kd.enabled:
+        yield
+        return
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    own = getattr(model, "criterion", None)
+    model.criterion = DistilledCriterion(model, teacher, kd, int(yolo.detect_head(model)[0].reg_max))
+    try:
+        yield
+    finally:
+        model.criterion = own
 
 
 def _counted(info: dict[str, Any], batches: list[Any], size: Callable[[Any], int]) -> dict[str, Any]:

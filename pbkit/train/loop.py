@@ -65,21 +65,26 @@ def fit(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     after_backward: Callable[[], None] | None = None,
     after_epoch: Callable[[], None] | None = None,
+    max_iters: int | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with ``recipe`` and the task's ``loss_fn``; return the recipe as
-    run, its timing and per-epoch history (loss, lr and, with ``evaluate``, ``metric_key``).
+    run, its timing and per-epoch history (loss, the learning rate the epoch used and, with
+    ``evaluate``, ``metric_key``; ``lr`` is the rate after the epoch's scheduler step).
 
     ``after_backward`` runs between ``loss.backward()`` and ``optimizer.step()`` (a regularizer's
-    gradient), ``after_epoch`` after every epoch (e.g. GrowingReg's penalty update).
+    gradient), ``after_epoch`` after every epoch (e.g. GrowingReg's penalty update);
+    ``max_iters`` stops after that many optimizer steps (training between pruning steps).
     """
     torch.manual_seed(int(recipe["seed"]))
     opt = _optimizer(model, recipe)
     sched = _scheduler(opt, recipe)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
+    iters = 0
     for epoch in range(1, int(recipe["epochs"]) + 1):
         model.train()
         total_loss = n = 0.0
+        lr_used = opt.param_groups[0]["lr"]
         for batch in train_loader:
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model, batch)
@@ -91,14 +96,48 @@ def fit(
             opt.step()
             total_loss += loss.item() * len(batch[0])
             n += len(batch[0])
+            iters += 1
+            if max_iters is not None and iters >= max_iters:
+                break
         sched.step()
         if after_epoch is not None:
             after_epoch()
-        row = {"epoch": epoch, "loss": total_loss / max(n, 1), "lr": opt.param_groups[0]["lr"]}
+        row = {"epoch": epoch, "loss": total_loss / max(n, 1), "lr": opt.param_groups[0]["lr"], "lr_used": lr_used}
         if evaluate is not None:
             row[metric_key] = evaluate(model)
         history.append(row)
         if on_epoch is not None:
             on_epoch(epoch, row)
+        if max_iters is not None and iters >= max_iters:
+            break
     model.eval()
-    return {**recipe, "milestones_epochs": milestones(recipe), "time_s": time.perf_counter() - t0, "history": history}
+    return {**recipe, "milestones_epochs": milestones(recipe), "time_s": time.perf_counter() - t0, "history": history,
+            "iterations": iters}
+
+
+STAGED = ("multistep", "step")  # schedules whose learning rate falls in stages
+
+
+def trainability(history: list[dict[str, Any]], metric: str, schedule: str | None) -> dict[str, Any] | None:
+    """The trainability accuracy of Wang et al. (2023): the mean test metric over the epochs of
+    the first learning-rate stage (the epochs trained at the first rate of a step schedule; for a
+    schedule without stages, cosine or constant, every epoch), and whether the metric was still
+    rising when the first decay came (least-squares slope over the stage's last three epochs > 0).
+    None without per-epoch evaluation."""
+    rows = [r for r in history if r.get(metric) is not None]
+    if not rows:
+        return None
+    first = rows[0].get("lr_used")
+    staged = schedule in STAGED and first is not None and any(
+        r.get("lr_used") is not None and r["lr_used"] < first * 0.999 for r in rows)
+    stage = [r for r in rows if not staged or r["lr_used"] >= first * 0.999]
+    values = [float(r[metric]) for r in stage]
+    rising = None
+    if staged and len(values) >= 2:
+        tail = values[-3:]
+        xs = list(range(len(tail)))
+        mx, my = sum(xs) / len(xs), sum(tail) / len(tail)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, tail, strict=True)) / sum((x - mx) ** 2 for x in xs)
+        rising = slope > 0
+    return {"ta": sum(values) / len(values), "metric": metric, "stage_epochs": len(stage), "staged": staged,
+            "rising_at_first_decay": rising}
