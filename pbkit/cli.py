@@ -475,12 +475,18 @@ def study_status(study_dir: str, as_json: bool) -> None:
 @click.argument("folder", type=click.Path(), default="results/runs")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(), default=None, help="Also write a PNG: MACs vs measured speed-up.")
+@click.option("--accuracy-plot", "accuracy_plot", type=click.Path(), default=None,
+              help="Also write a PNG: accuracy (mean ± std over seeds) per method, recipe and the scratch baseline.")
 @click.option("--across-machines", is_flag=True,
               help="Compare each pruned model's measured speed-up across the machines (GPUs, CPUs) of the records.")
-def report(folder: str, fmt: str, plot_path: str | None, across_machines: bool) -> None:
+def report(folder: str, fmt: str, plot_path: str | None, accuracy_plot: str | None, across_machines: bool) -> None:
     """Leaderboards from records, grouped by model, dataset, scope and target.
 
-    Rows are ranked only against rows with the same base weights and finetuning recipe. With
+    Runs that differ only in their seeds are one row (mean ± std, n). Rows are ranked only
+    against rows that share the setup S3.2 (the same bases, finetuning epochs and recipe, KD
+    included); each group states its setup, and neighbours within the noise share a rank (=k).
+    With several finetuning recipes: the cross-finetuning matrix and its verdict, and what one
+    recipe change (LR, KD) did; scratch rows (init: scratch) are set beside the pruned ones. With
     --across-machines: one row per measured point, one column per machine (e.g. records measured
     on an H100 and an L4 put together in one folder).
 
@@ -488,6 +494,7 @@ def report(folder: str, fmt: str, plot_path: str | None, across_machines: bool) 
     Example:
       pbkit report results/runs --format md > LEADERBOARD.md
       pbkit report results/runs --plot speedups.png
+      pbkit report results/studies/digits-fairness --format md --accuracy-plot accuracy.png
       pbkit report results/gpu --across-machines --format md --plot across.png
     """
     from pbkit.core.console import note
@@ -510,6 +517,11 @@ def report(folder: str, fmt: str, plot_path: str | None, across_machines: bool) 
             note(f"plot written to {plots.plot_machines(mrows, plot_path)}")
         return
     rs = rep.rows(records)
+    waiting = sum(1 for _, r in records if rep.unfinished(r))
+    if waiting:
+        note(f"{waiting} record(s) whose finetuning has not run yet (a study still running?) are left out")
+    if not rs:
+        raise PbkitError(f"no finished runs under {folder!r}")
     if fmt == "md":
         click.echo(rep.markdown(rs))
     elif fmt in ("csv", "json"):
@@ -519,6 +531,8 @@ def report(folder: str, fmt: str, plot_path: str | None, across_machines: bool) 
             _print(t)
     if plot_path:
         note(f"plot written to {plots.plot(rs, plot_path)}")
+    if accuracy_plot:
+        note(f"plot written to {plots.plot_accuracy(rep.leaderboard(rs), accuracy_plot)}")
 
 
 @cli.command(context_settings=CONTEXT)

@@ -1,6 +1,16 @@
-"""Leaderboards from records: grouped by model, dataset, scope and target AND by comparison setup
-(the base weights' sha256 and the finetuning recipe): rows whose base or recipe differ are never
-ranked together (../shared/reference/fairness.md, setup S3.2)."""
+"""Leaderboards from records, fair by construction (../shared/reference/fairness.md).
+
+- Records that differ only in their seeds are one row: mean +- std and n of every metric.
+- Rows are ranked only within a group that holds the setup S3.2 equal (dataset, network, scope,
+  target, the base models, finetuning epochs, LR schedule and the rest of its recipe, KD
+  included); each group states the strictest setup its rows share (:mod:`pbkit.report.setups`)
+  and, when one comparison was split in several groups, which field split it.
+- Neighbours whose mean +- std intervals overlap are marked as not separable (rank ``=k``).
+- Trainability accuracy (TA, the mean metric over the first LR stage) sits next to the final one.
+- Scratch rows (``init: scratch``) sit next to the pruned rows of their architecture (SX-A).
+- Across finetuning recipes: the method x recipe matrix, whether the top methods' order holds
+  under every recipe, and what one recipe change (the LR, KD on/off) did to every method.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +18,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,15 +28,15 @@ from rich.table import Table
 from pbkit.core import record
 from pbkit.core.errors import PbkitError
 from pbkit.machine import envinfo
-from pbkit.report.cells import acc
+from pbkit.report import setups
 
-RECIPE_KEYS = ("epochs", "optimizer", "lr", "momentum", "weight_decay", "nesterov", "schedule", "milestones",
-               "step_size", "gamma", "batch_size", "label_smoothing", "seed")
+METRICS = ("base", "pruned", "finetuned", "delta", "ta", "params_left", "macs_speedup", "step_time_s")
 
 
 def recipe_hash(rec: record.Record) -> str:
-    ft = rec.finetune or {}
-    key = {k: ft.get(k) for k in RECIPE_KEYS}
+    """A short name of the finetuning recipe (its setup facts: seeds apart, they are repeats)."""
+    f = setups.from_record(rec)
+    key = {k: f[k] for k in ("ft_epochs", "ft_schedule", "ft_recipe", "init")}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -53,96 +64,512 @@ def _measured(rec: record.Record) -> dict[str, float]:
     return out
 
 
+def _strip_seeds(value: Any) -> Any:
+    """A run's identity without its seeds: what repeats of one grid point share."""
+    if isinstance(value, dict):
+        return {k: _strip_seeds(v) for k, v in value.items() if k != "seed"}
+    if isinstance(value, list):
+        return [_strip_seeds(v) for v in value]
+    return value
+
+
+def _seed(r: record.Record) -> Any:
+    cfg = r.config or {}
+    if cfg.get("seed") is not None:
+        return cfg["seed"]
+    return (cfg.get("finetune") or {}).get("seed", (r.finetune or {}).get("seed"))
+
+
+def recipe_line(r: record.Record) -> str:
+    """The whole finetuning recipe in one line (the scratch baseline's: the base recipe it ran)."""
+    ft = r.finetune or {}
+    if not ft.get("epochs_run", 1) and not ft.get("history"):
+        return "no finetuning"
+    sched = str(ft.get("schedule"))
+    if sched == "multistep":
+        sched += " @" + ",".join(str(m) for m in ft.get("milestones_epochs") or []) + f" x{ft.get('gamma')}"
+    elif sched == "step":
+        sched += f" every {ft.get('step_size')} x{ft.get('gamma')}"
+    kd = ft.get("kd") or {}
+    kd_text = f"KD alpha {kd.get('alpha')} T {kd.get('temperature')} from {kd.get('teacher') or 'the dense base'}" \
+        if kd.get("enabled") else "KD off"
+    what = "scratch: base recipe" if ft.get("init") == "scratch" else "finetune"
+    epochs = f"{ft.get('epochs')} epochs" + (f" (= {' + '.join(f'{v} {k}' for k, v in ft['epochs_from'].items() if v)})"
+                                             if ft.get("epochs_from") else "")
+    opt = str(ft.get("optimizer"))
+    if opt == "sgd":
+        opt += f" momentum {ft.get('momentum')}" + (" nesterov" if ft.get("nesterov") else "")
+    return (f"{what}: {epochs}, {opt}, lr {ft.get('lr')} {sched}, batch {ft.get('batch_size')}, "
+            f"weight decay {ft.get('weight_decay')}, label smoothing {ft.get('label_smoothing')}, "
+            f"augmentation {ft.get('augmentation') or 'not recorded'}, {kd_text}")
+
+
+def unfinished(r: record.Record) -> bool:
+    """A run whose configuration finetunes (or trains from scratch) but whose record has no
+    finetune stage yet: still running, or stopped; left out of leaderboards."""
+    cfg = r.config or {}
+    wants = bool((cfg.get("dataset") or {}).get("name")) and (
+        int((cfg.get("finetune") or {}).get("epochs") or 0) > 0 or cfg.get("init") == "scratch")
+    return wants and "finetune" not in r.stages
+
+
 def rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str, Any]]:
+    """One row per record (runs whose finetuning has not run yet are left out: :func:`unfinished`)."""
     out = []
     for path, r in records:
+        if unfinished(r):
+            continue
         a = r.accuracy
         after = a.finetuned if a.finetuned is not None else a.pruned
+        facts = setups.from_record(r)
+        ta = (r.finetune or {}).get("trainability") or {}
+        identity = _strip_seeds(r.identity.fields) if r.identity is not None else r.run_id
+        entry = {"method": r.method.key, **{k: v for k, v in facts.items() if k != "base"}, "identity": identity}
         out.append({
             "model": r.model.name, "dataset": r.dataset.name if r.dataset else None, "scope": r.method.scope,
             "target": r.method.target_speedup, "base_sha256": r.model.weights_sha256[:12], "recipe": recipe_hash(r),
             "method": r.method.key, "metric": a.metric, "base": a.base, "pruned": a.pruned, "finetuned": a.finetuned,
             "delta": (after - a.base) if after is not None and a.base is not None else None,
+            "ta": ta.get("ta"), "rising_at_first_decay": ta.get("rising_at_first_decay"),
             "params_left": r.counts.params_pruned / max(r.counts.params_base, 1),
             "macs_speedup": round(r.method.achieved_speedup, 3), "measured": _measured(r),
             "step_time_s": round(r.method.step_time_s, 4),
             "parity_ok": all(p.passed for p in r.parity) if r.parity else None,
             "machine": envinfo.machine(r.stage_env("bench")), "run_id": r.run_id, "record": str(path),
+            "init": facts["init"], "seed": _seed(r), "schedule": r.method.schedule, "facts": facts,
+            "recipe_line": recipe_line(r),
+            "entry_key": json.dumps(entry, sort_keys=True, default=str),
         })
     return out
 
 
-def leaderboard(rs: list[dict[str, Any]]) -> list[tuple[tuple[Any, ...], list[dict[str, Any]]]]:
-    """Groups, each ranked: by accuracy after finetuning (else after pruning), ties by measured speed-up."""
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def aggregate(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that differ only in their seeds (and so in their seed's base) become one: the mean of
+    every metric, its sample std (None for n = 1) and n."""
+    by: dict[str, list[dict[str, Any]]] = {}
     for r in rs:
-        key = (r["model"], r["dataset"] or "-", r["scope"], r["target"], r["base_sha256"], r["recipe"])
-        groups.setdefault(key, []).append(r)
+        by.setdefault(r["entry_key"], []).append(r)
+    out = []
+    for members in by.values():
+        members.sort(key=lambda r: str(r["seed"]))
+        first = members[0]
+        e = {k: first[k] for k in ("model", "dataset", "scope", "target", "method", "metric", "init", "schedule",
+                                   "recipe", "recipe_line")}
+        e.update(n=len(members), seeds=[r["seed"] for r in members], runs=[r["run_id"] for r in members],
+                 records=[r["record"] for r in members], std={},
+                 base_sha256=",".join(sorted({r["base_sha256"] for r in members})),
+                 machine=", ".join(sorted({r["machine"] for r in members})),
+                 parity_ok=None if all(r["parity_ok"] is None for r in members) else
+                 all(r["parity_ok"] is not False for r in members),
+                 rising_at_first_decay=sum(1 for r in members if r["rising_at_first_decay"]),
+                 facts={**first["facts"], "base": sorted({r["facts"]["base"] for r in members})})
+        for k in METRICS:
+            e[k], e["std"][k] = _mean_std([float(r[k]) for r in members if r[k] is not None])
+        labels = sorted({b for r in members for b in r["measured"]})
+        e["measured"] = {b: round(_mean_std([r["measured"][b] for r in members if b in r["measured"]])[0] or 0, 3)
+                         for b in labels}
+        e["run_id"] = ",".join(e["runs"])
+        e["record"] = e["records"][0]
+        out.append(e)
+    return out
+
+
+def score(e: dict[str, Any]) -> float | None:
+    """What ranks a row: the metric after finetuning, else after pruning."""
+    return e["finetuned"] if e["finetuned"] is not None else e["pruned"]
+
+
+def _spread(e: dict[str, Any]) -> float:
+    std = e["std"].get("finetuned" if e["finetuned"] is not None else "pruned")
+    return std or 0.0
+
+
+def separable(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two rows' mean +- std intervals are apart (a single run has no spread: only equal
+    values are inseparable then)."""
+    sa, sb = score(a), score(b)
+    if sa is None or sb is None:
+        return True
+    return abs(sa - sb) > _spread(a) + _spread(b) or (abs(sa - sb) > 0 and _spread(a) + _spread(b) == 0)
+
+
+def rank(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Order by the mean (ties by measured speed-up); ``rank`` is the position. ``rank_label`` is
+    1 + the number of rows above that are separably better, with ``=`` where some row above is not
+    separable from this one (they share a rank): ``1, =1, =1, 4, =4``."""
+    def key(e: dict[str, Any]) -> tuple[float, float]:
+        s = score(e)
+        speed = max(e["measured"].values()) if e["measured"] else e["macs_speedup"] or 0.0
+        return (s if s is not None else float("-inf"), speed)
+
+    entries.sort(key=key, reverse=True)
+    for i, e in enumerate(entries, 1):
+        if score(e) is None:
+            e["rank"], e["rank_label"], e["separable_from_above"] = None, "-", None
+            continue
+        above = [o for o in entries[:i - 1] if score(o) is not None]
+        better = sum(1 for o in above if separable(o, e))
+        e["rank"] = i
+        e["separable_from_above"] = not above or separable(above[-1], e)
+        e["rank_label"] = str(better + 1) if better == len(above) else f"={better + 1}"
+    return entries
+
+
+def _s1(e: dict[str, Any]) -> tuple[Any, ...]:
+    return (e["model"], e["dataset"] or "-", e["scope"], e["target"])
+
+
+def leaderboard(rs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Ranked groups: (what the group holds, its rows). Pruned rows are grouped by everything S3.2
+    holds equal; scratch rows by their own recipe next to them."""
+    entries = aggregate(rs)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault((json.dumps(_s1(e), default=str), setups.split_key(e["facts"], "S3.2")), []).append(e)
     result = []
-    for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
-        g = groups[key]
-
-        def score(r: dict[str, Any]) -> tuple[float, float]:
-            acc = r["finetuned"] if r["finetuned"] is not None else r["pruned"]
-            speed = max(r["measured"].values()) if r["measured"] else r["macs_speedup"]
-            return (acc if acc is not None else float("-inf"), speed)
-
-        g.sort(key=score, reverse=True)
-        for i, r in enumerate(g, 1):
-            r["rank"] = i if score(r)[0] != float("-inf") else None
-        result.append((key, g))
+    for key in sorted(groups, key=lambda k: (k[0], groups[k][0]["init"] != "pruned", k[1])):
+        g = rank(groups[key])
+        setup, next_level = setups.infer([e["facts"] for e in g])
+        comparison = [o[0]["facts"] for k, o in groups.items() if k[0] == key[0] and o[0]["init"] == g[0]["init"]]
+        split = [setups.differs_line(comparison, [f])
+                 for f in ("base", "ft_epochs", "ft_schedule", "ft_recipe")
+                 if len({json.dumps(c.get(f), sort_keys=True, default=str) for c in comparison}) > 1]
+        model, dataset, scope, target = _s1(g[0])
+        info = {"model": model, "dataset": dataset, "scope": scope, "target": target,
+                "base_sha256": g[0]["base_sha256"], "recipe": g[0]["recipe"], "init": g[0]["init"],
+                "setup": "SX-A" if g[0]["init"] == "scratch" else setup, "next_level": next_level,
+                "split_by": split, "recipe_line": g[0]["recipe_line"], "recipe_label": "",
+                "seeds": sorted({str(s) for e in g for s in e["seeds"]})}
+        result.append((info, g))
+    _label_recipes(result)
     return result
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _label_recipes(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
+    """Name each group's recipe by what differs from the other recipes of its comparison:
+    ``lr=0.01``, ``lr=0.001, kd on``."""
+    by_s1: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for info, g in board:
+        if info["init"] == "pruned":
+            by_s1.setdefault((info["model"], info["dataset"], info["scope"], info["target"]), []).append(
+                {"info": info, "flat": _flat({k: g[0]["facts"][k] for k in ("ft_epochs", "ft_schedule", "ft_recipe")})})
+        else:
+            info["recipe_label"] = "scratch"
+    order = ("ft_epochs", "ft_schedule", "ft_recipe")
+    for items in by_s1.values():
+        keys = sorted({k for it in items for k in it["flat"]}, key=lambda k: (order.index(k.split(".")[0]), k))
+        kd_on = [it for it in items if it["flat"].get("ft_recipe.kd.enabled")]
+
+        def differs(k: str, among: list[dict[str, Any]]) -> bool:
+            return len({json.dumps(it["flat"].get(k), default=str) for it in among}) > 1
+
+        for it in items:
+            parts = []
+            for k in keys:
+                v = it["flat"].get(k)
+                if k == "ft_recipe.kd.enabled":
+                    if differs(k, items):
+                        parts.append(f"kd {'on' if v else 'off'}")
+                elif k.startswith("ft_recipe.kd."):  # KD's settings, where they differ among the KD recipes
+                    if v is not None and differs(k, kd_on):
+                        parts.append(f"kd {k.rsplit('.', 1)[1]}={v}")
+                elif differs(k, items):
+                    parts.append(f"{k.split('.', 1)[-1]}={v}")
+            it["info"]["recipe_label"] = ", ".join(parts) or "one recipe"
+
+
+# ------------------------------------------------------------------------------------------------
+# across recipes: cross-finetuning, one change at a time, scratch
+
+
+def cross_finetuning(board: list[tuple[dict[str, Any], list[dict[str, Any]]]], top: int = 3) -> list[dict[str, Any]]:
+    """Per comparison with more than one finetuning recipe (same S1 and bases): the method x recipe
+    matrix of means, and for each pair of the top methods (by their mean over the recipes every
+    one of them ran) whether one beats the other under every recipe, or the order flips, or they
+    are not separable."""
+    out = []
+    comparisons: dict[tuple[Any, ...], list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {}
+    for info, g in board:
+        if info["init"] == "pruned":
+            key = (info["model"], info["dataset"], info["scope"], info["target"], json.dumps(g[0]["facts"]["base"]))
+            comparisons.setdefault(key, []).append((info, g))
+    for key, groups in comparisons.items():
+        if len(groups) < 2:
+            continue
+        groups.sort(key=lambda ig: ig[0]["recipe_label"])
+        recipes = [info["recipe_label"] for info, _ in groups]
+        matrix: dict[str, dict[str, dict[str, Any]]] = {}
+        for info, g in groups:
+            for e in g:
+                matrix.setdefault(e["method"], {})[info["recipe_label"]] = e
+        full = [m for m, row in matrix.items() if len(row) == len(recipes)]
+        order = sorted(full, key=lambda m: -sum(score(matrix[m][r]) or 0 for r in recipes) / len(recipes))
+        verdicts = []
+        leaders = order[:top]
+        for i, a in enumerate(leaders):
+            for b in leaders[i + 1:]:
+                wins = {r: ("a" if separable(matrix[a][r], matrix[b][r]) and (score(matrix[a][r]) or 0) >
+                            (score(matrix[b][r]) or 0) else "b" if separable(matrix[a][r], matrix[b][r]) else "tie")
+                        for r in recipes}
+                if all(w == "a" for w in wins.values()):
+                    text = f"{a} beats {b} under every recipe ({', '.join(recipes)})"
+                elif all(w == "b" for w in wins.values()):
+                    text = f"{b} beats {a} under every recipe ({', '.join(recipes)})"
+                elif "a" in wins.values() and "b" in wins.values():
+                    text = (f"the order flips: {a} wins with {', '.join(r for r, w in wins.items() if w == 'a')}, "
+                            f"{b} with {', '.join(r for r, w in wins.items() if w == 'b')}")
+                elif all(w == "tie" for w in wins.values()):
+                    text = f"{a} and {b} are not separable under any recipe"
+                else:
+                    lead = a if "a" in wins.values() else b
+                    text = (f"{lead} wins with {', '.join(r for r, w in wins.items() if w != 'tie')}; not separable "
+                            f"with {', '.join(r for r, w in wins.items() if w == 'tie')}")
+                verdicts.append({"a": a, "b": b, "per_recipe": wins, "verdict": text,
+                                 "holds": len(set(wins.values())) == 1 and "tie" not in wins.values()})
+        out.append({"model": key[0], "dataset": key[1], "scope": key[2], "target": key[3], "recipes": recipes,
+                    "matrix": {m: {r: (score(e), _spread(e), e["n"], e["ta"]) for r, e in row.items()}
+                               for m, row in matrix.items()},
+                    "top": leaders, "verdicts": verdicts, "setup": "S3.1" if _same_epochs(groups) else "S2"})
+    return out
+
+
+def _same_epochs(groups: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> bool:
+    return len({g[0]["facts"]["ft_epochs"] for _, g in groups}) == 1
+
+
+def recipe_effects(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """For every two recipes of one comparison that differ in one field only (the learning rate,
+    KD on/off): per method, the change of the final metric and of TA from one to the other."""
+    out = []
+    pruned = [(info, g) for info, g in board if info["init"] == "pruned"]
+    for i, (ia, ga) in enumerate(pruned):
+        for ib, gb in pruned[i + 1:]:
+            if (ia["model"], ia["dataset"], ia["scope"], ia["target"]) != \
+                    (ib["model"], ib["dataset"], ib["scope"], ib["target"]):
+                continue
+            fa = _flat({k: ga[0]["facts"][k] for k in ("base", "ft_epochs", "ft_schedule", "ft_recipe")})
+            fb = _flat({k: gb[0]["facts"][k] for k in ("base", "ft_epochs", "ft_schedule", "ft_recipe")})
+            differ = [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+            if len(differ) != 1 and not (differ and all(k.startswith("ft_recipe.kd.") for k in differ)):
+                continue
+            field = differ[0].split(".", 1)[1] if "." in differ[0] else differ[0]
+            if field.startswith("kd."):
+                field = "kd"
+                if not fa.get("ft_recipe.kd.enabled"):  # read as KD off -> on
+                    (ia, ga), (ib, gb) = (ib, gb), (ia, ga)
+            elif isinstance(fa.get(differ[0]), int | float) and fa[differ[0]] < fb[differ[0]]:
+                (ia, ga), (ib, gb) = (ib, gb), (ia, ga)  # larger value first: "what the larger LR gave"
+            mb = {e["method"]: e for e in gb}
+            per = []
+            for e in ga:
+                o = mb.get(e["method"])
+                if o is None or score(e) is None or score(o) is None:
+                    continue
+                per.append({"method": e["method"], "from": score(o), "to": score(e), "change": score(e) - score(o),
+                            "ta_change": (e["ta"] - o["ta"]) if e["ta"] is not None and o["ta"] is not None else None,
+                            "separable": separable(e, o)})
+            if per:
+                out.append({"model": ia["model"], "dataset": ia["dataset"], "scope": ia["scope"],
+                            "target": ia["target"], "field": field, "from": ib["recipe_label"],
+                            "to": ia["recipe_label"], "per_method": per,
+                            "mean_change": sum(p["change"] for p in per) / len(per)})
+    return out
+
+
+def scratch_rows(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """Each scratch row next to the pruned rows of the same architecture (method, S1, bases): the
+    setup between them (SX-A when the total epochs match) and the gap per recipe."""
+    out = []
+    pruned = [(info, e) for info, g in board if info["init"] == "pruned" for e in g]
+    for info, g in board:
+        if info["init"] != "scratch":
+            continue
+        for s in g:
+            mates = [(i, e) for i, e in pruned if e["method"] == s["method"] and _s1(e) == _s1(s)]
+            per = {}
+            for i, e in mates:
+                setup, why = setups.infer([s["facts"], e["facts"]])
+                per[i["recipe_label"]] = {"pruned": score(e), "pruned_std": _spread(e), "gap": (score(e) or 0) -
+                                          (score(s) or 0), "setup": setup, "why": why, "separable": separable(e, s)}
+            out.append({"model": s["model"], "dataset": s["dataset"], "scope": s["scope"], "target": s["target"],
+                        "method": s["method"], "scratch": score(s), "scratch_std": _spread(s), "n": s["n"],
+                        "epochs": s["facts"]["total_epochs"], "pruned": per})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# rendering
+
+
+def _pm(e: dict[str, Any], k: str, digits: int = 2) -> str:
+    v, sd = e.get(k), e["std"].get(k)
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def _ta(e: dict[str, Any]) -> str:
+    if e.get("ta") is None:
+        return "-"
+    flag = f" ({e['rising_at_first_decay']}/{e['n']} rising)" if e["rising_at_first_decay"] else ""
+    return _pm(e, "ta") + flag
+
+
+def _setup_line(info: dict[str, Any]) -> str:
+    setup = info["setup"]
+    if setup is None:
+        return "no common setup"
+    if setup == "SX-A":
+        return "**SX-A** (scratch baseline: the pruned architecture re-initialised, trained for base + pruning-stage " \
+               "+ finetune epochs)"
+    held = "; ".join(setups.HOLDS[lv] for lv in setups.LEVELS[:setups.level_index(setup) + 1])
+    line = f"Setup **{setup}** ({held})"
+    if info["next_level"]:
+        nxt = setups.LEVELS[setups.level_index(setup) + 1]
+        line += f"; {nxt} not met: the rows differ in {info['next_level']}"
+    return line + "."
+
+
+def _title(info: dict[str, Any]) -> str:
+    recipe = f" · {info['recipe_label']}" if info["recipe_label"] and info["recipe_label"] != "one recipe" else ""
+    return f"{info['model']} · {info['dataset']} · {info['scope']} · {info['target']:g}x{recipe}"
+
+
+HEAD = ["rank", "method", "n", "machine", "base", "pruned", "finetuned", "delta", "TA", "params left", "MACs x"]
+
+
+def _cells(e: dict[str, Any], backends: list[str]) -> list[str]:
+    return [e["rank_label"], e["method"], str(e["n"]), e["machine"], _pm(e, "base"), _pm(e, "pruned"),
+            _pm(e, "finetuned"), "-" if e["delta"] is None else f"{round(e['delta'], 2) + 0.0:+.2f}", _ta(e),
+            f"{e['params_left']:.1%}", f"{e['macs_speedup']:.2f}",
+            *[f"{e['measured'][b]:.2f}" if b in e["measured"] else "-" for b in backends],
+            f"{e['step_time_s']:.3f}"]
 
 
 def render(rs: list[dict[str, Any]], fmt: str) -> str | list[Table]:
     board = leaderboard(rs)
     if fmt == "json":
-        return json.dumps([{"group": dict(zip(("model", "dataset", "scope", "target", "base_sha256", "recipe"), k, strict=True)),
-                            "rows": g} for k, g in board], indent=2)
+        return json.dumps([{"group": info, "rows": [_public(e) for e in g]} for info, g in board], indent=2,
+                          default=str)
     backends = sorted({b for r in rs for b in r["measured"]})
     if fmt == "csv":
         buf = io.StringIO()
-        cols = ["model", "dataset", "scope", "target", "base_sha256", "recipe", "rank", "method", "metric", "base",
-                "pruned", "finetuned", "delta", "params_left", "macs_speedup", *[f"measured:{b}" for b in backends],
-                "step_time_s", "parity_ok", "machine", "run_id", "record"]
+        cols = ["model", "dataset", "scope", "target", "setup", "recipe_label", "base_sha256", "recipe", "init", "rank",
+                "rank_label", "method", "n", "seeds", "metric", *[c for k in METRICS for c in (k, f"{k}_std")],
+                *[f"measured:{b}" for b in backends], "parity_ok", "machine", "run_id", "record"]
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
-        for _, g in board:
-            for r in g:
-                w.writerow({**r, **{f"measured:{b}": r["measured"].get(b) for b in backends}})
+        for info, g in board:
+            for e in g:
+                w.writerow({**e, "setup": info["setup"], "recipe_label": info["recipe_label"],
+                            "seeds": " ".join(str(s) for s in e["seeds"]),
+                            **{f"{k}_std": e["std"].get(k) for k in METRICS},
+                            **{f"measured:{b}": e["measured"].get(b) for b in backends}})
         return buf.getvalue()
     tables = []
-    for (model, dataset, scope, target, base, recipe), g in board:
-        t = Table(title=f"{model} · {dataset} · {scope} · {target:g}x   (base {base}, finetune recipe {recipe})",
-                  title_justify="left")
-        for col in ("rank", "method", "machine", "base", "pruned", "finetuned", "delta", "params left", "MACs x",
-                    *[f"measured x {b}" for b in backends], "step s", "parity"):
+    for info, g in board:
+        caption = _setup_line(info).replace("**", "") + (f" Split by: {'; '.join(info['split_by'])}."
+                                                          if info["split_by"] else "")
+        t = Table(title=f"{_title(info)}   ({info['recipe_line']})", caption=caption, title_justify="left",
+                  caption_justify="left")
+        for col in (*HEAD, *[f"measured x {b}" for b in backends], "step s", "parity"):
             t.add_column(col, justify="left" if col == "method" else "right")
-        for r in g:
-            t.add_row(str(r["rank"] or "-"), r["method"], r["machine"], acc(r["base"]), acc(r["pruned"]), acc(r["finetuned"]),
-                      "-" if r["delta"] is None else f"{r['delta']:+.2f}", f"{r['params_left']:.1%}",
-                      f"{r['macs_speedup']:.2f}", *[f"{r['measured'][b]:.2f}" if b in r["measured"] else "-" for b in backends],
-                      f"{r['step_time_s']:.3f}",
-                      {True: "ok", False: "[bold red]FAILED[/]", None: "-"}[r["parity_ok"]])
+        for e in g:
+            t.add_row(*_cells(e, backends), {True: "ok", False: "[bold red]FAILED[/]", None: "-"}[e["parity_ok"]])
         tables.append(t)
     return tables
+
+
+def _public(e: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in e.items() if k not in ("facts",)}
 
 
 def markdown(rs: list[dict[str, Any]]) -> str:
     board = leaderboard(rs)
     backends = sorted({b for r in rs for b in r["measured"]})
-    lines = []
-    for (model, dataset, scope, target, base, recipe), g in board:
-        lines += [f"### {model} · {dataset} · {scope} · {target:g}x", "",
-                  f"Same base weights (sha256 {base}…) and finetune recipe ({recipe}) for every row.", ""]
-        head = ["rank", "method", "machine", "base", "pruned", "finetuned", "delta", "params left", "MACs x",
-                *[f"measured x {b}" for b in backends], "step s", "parity"]
+    lines = ["Rows are means over seeds (± sample std, n runs). Rank: 1 + the number of rows above that are "
+             "separably better (their mean ± std intervals apart); `=k` marks a row that some row above is not "
+             "separable from (the intervals overlap). TA: trainability accuracy, the mean test metric over the first "
+             "LR stage of finetuning (with how many runs were still rising when the LR first fell).", ""]
+    for info, g in board:
+        lines += [f"### {_title(info)}", "", _setup_line(info)]
+        if info["split_by"]:
+            lines.append(f"Kept apart from the other groups of this comparison by: {'; '.join(info['split_by'])}.")
+        lines += ["", f"Recipe: {info['recipe_line']}; seeds {', '.join(info['seeds'])}; "
+                  f"base sha256 {info['base_sha256']}.", ""]
+        head = [*HEAD, *[f"measured x {b}" for b in backends], "step s", "parity"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in g:
-            cells = [str(r["rank"] or "-"), r["method"], r["machine"], acc(r["base"]), acc(r["pruned"]), acc(r["finetuned"]),
-                     "-" if r["delta"] is None else f"{r['delta']:+.2f}", f"{r['params_left']:.1%}",
-                     f"{r['macs_speedup']:.2f}", *[f"{r['measured'][b]:.2f}" if b in r["measured"] else "-" for b in backends],
-                     f"{r['step_time_s']:.3f}", {True: "ok", False: "**FAILED**", None: "-"}[r["parity_ok"]]]
+        for e in g:
+            cells = [*_cells(e, backends), {True: "ok", False: "**FAILED**", None: "-"}[e["parity_ok"]]]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _markdown_across(board)
     return "\n".join(lines)
+
+
+def _matrix_cell(v: tuple[float | None, float, int, float | None] | None) -> str:
+    if v is None or v[0] is None:
+        return "-"
+    return f"{v[0]:.2f} ± {v[1]:.2f}" + (f" (TA {v[3]:.2f})" if v[3] is not None else "")
+
+
+def _markdown_across(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[str]:
+    lines: list[str] = []
+    for c in cross_finetuning(board):
+        lines += [f"### Cross-finetuning: {c['model']} · {c['dataset']} · {c['scope']} · {c['target']:g}x", "",
+                  f"Setup **{c['setup']}** across the columns (same base models"
+                  + (", same finetuning epochs" if c["setup"] == "S3.1" else "") + "; the recipe differs by design).",
+                  ""]
+        lines += ["| method | " + " | ".join(c["recipes"]) + " |", "|" + "---|" * (len(c["recipes"]) + 1)]
+        for m, row in sorted(c["matrix"].items(), key=lambda kv: -max(v[0] or 0 for v in kv[1].values())):
+            cells = [_matrix_cell(row.get(r)) for r in c["recipes"]]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines += ["", f"Top methods by their mean over the recipes: {', '.join(c['top'])}."]
+        lines += [f"- {v['verdict']}" for v in c["verdicts"]] + [""]
+    effects = recipe_effects(board)
+    if effects:
+        lines += ["### What one recipe change did", ""]
+        for x in effects:
+            lines += [f"{x['model']} · {x['dataset']} · {x['target']:g}x, **{x['from']} -> {x['to']}**: mean change "
+                      f"{x['mean_change']:+.2f} points over {len(x['per_method'])} methods.", "",
+                      "| method | " + f"{x['from']} | {x['to']} | change | TA change | beyond the noise |",
+                      "|---|---|---|---|---|---|"]
+            for p in x["per_method"]:
+                ta = "-" if p["ta_change"] is None else f"{p['ta_change']:+.2f}"
+                lines.append(f"| {p['method']} | {p['from']:.2f} | {p['to']:.2f} | {p['change']:+.2f} | {ta} | "
+                             f"{'yes' if p['separable'] else 'no'} |")
+            lines.append("")
+    scratch = scratch_rows(board)
+    if scratch:
+        labels = sorted({r for s in scratch for r in s["pruned"]})
+        lines += ["### Scratch baseline (the pruned architecture re-initialised, trained as long as base + pruning + "
+                  "finetuning)", "", "| architecture of | n | total epochs | scratch | " +
+                  " | ".join(f"pruned, {lb} (gap)" for lb in labels) + " |", "|" + "---|" * (4 + len(labels))]
+        for s in scratch:
+            cells = []
+            for lb in labels:
+                p = s["pruned"].get(lb)
+                cells.append("-" if p is None else f"{p['pruned']:.2f} ± {p['pruned_std']:.2f} ({p['gap']:+.2f}"
+                             f"{'' if p['separable'] else ', not separable'}; {p['setup'] or 'they differ in ' + str(p['why'])})")
+            lines.append(f"| {s['method']} | {s['n']} | {s['epochs']} | {s['scratch']:.2f} ± {s['scratch_std']:.2f} | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
+    return lines

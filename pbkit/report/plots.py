@@ -91,3 +91,62 @@ def plot_machines(rows_: list[dict[str, Any]], path: str | Path) -> Path:
     out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
     return out
+
+
+def plot_accuracy(board: list[tuple[dict[str, Any], list[dict[str, Any]]]], path: str | Path) -> Path:
+    """Accuracy after finetuning, mean +- std over seeds, one panel per comparison (model, dataset,
+    scope, target): a row per method, a colour per finetuning recipe, the scratch baseline as a
+    black cross, the dense base as a dotted line. Overlapping bars are the "not separable" marks
+    of the leaderboard."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: dict[tuple[Any, ...], list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {}
+    for info, g in board:
+        panels.setdefault((info["model"], info["dataset"], info["scope"], info["target"]), []).append((info, g))
+    if not any(e["finetuned"] is not None or e["pruned"] is not None for _, g in board for e in g):
+        raise PbkitError("no accuracy in these records to plot (runs without a dataset measure none)")
+    cols = min(len(panels), 2)
+    nrows = math.ceil(len(panels) / cols)
+    height = max(3.5, 0.45 * max(len({e["method"] for _, g in groups for e in g}) for groups in panels.values()) + 1.6)
+    fig, axes = plt.subplots(nrows, cols, figsize=(7.0 * cols, height * nrows), dpi=110, squeeze=False)
+    for ax, (key, groups) in zip(axes.flat, panels.items(), strict=False):
+        methods = sorted({e["method"] for _, g in groups for e in g},
+                         key=lambda m: max((_acc(e) or 0) for _, g in groups for e in g if e["method"] == m))
+        y = {m: i for i, m in enumerate(methods)}
+        recipes = [info for info, _ in groups if info["init"] == "pruned"]
+        offset = 0.6 / max(len(recipes), 1)
+        for i, (info, g) in enumerate(groups):
+            scratch = info["init"] == "scratch"
+            shift = 0.0 if scratch else -0.3 + offset * (i + 0.5)
+            pts = [(y[e["method"]] + shift, _acc(e), _std(e)) for e in g if _acc(e) is not None]
+            ax.errorbar([p[1] for p in pts], [p[0] for p in pts], xerr=[p[2] for p in pts],
+                        fmt="x" if scratch else "o", color="k" if scratch else f"C{i}", capsize=3, ms=6,
+                        label="scratch (SX-A)" if scratch else info["recipe_label"] or "finetuned")
+        bases = [e["base"] for _, g in groups for e in g if e["base"] is not None]
+        if bases:
+            ax.axvline(sum(bases) / len(bases), color="grey", ls=":", lw=1, label="dense base (mean)")
+        ax.set_yticks(range(len(methods)))
+        ax.set_yticklabels(methods)
+        ax.set_xlabel(f"{groups[0][1][0]['metric'] or 'metric'} after finetuning (mean ± std over seeds)")
+        ax.set_title(f"{key[0]} · {key[1]} · {key[2]} · {key[3]:g}x", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return out
+
+
+def _acc(e: dict[str, Any]) -> float | None:
+    return e["finetuned"] if e["finetuned"] is not None else e["pruned"]
+
+
+def _std(e: dict[str, Any]) -> float:
+    return e["std"].get("finetuned" if e["finetuned"] is not None else "pruned") or 0.0

@@ -27,8 +27,11 @@ def run_table(rec: record.Record) -> Table:
         name = f"{a.metric} ({rec.dataset.name})"
         t.add_row(f"{name} after pruning", acc(a.base), acc(a.pruned), delta(a.base, a.pruned))
         if a.finetuned is not None:
-            epochs = (rec.finetune or {}).get("epochs", "?")
-            t.add_row(f"{name} finetuned {epochs} ep", acc(a.base), acc(a.finetuned), delta(a.base, a.finetuned))
+            ft = rec.finetune or {}
+            how = "from scratch" if ft.get("init") == "scratch" else \
+                "finetuned" + (" with KD" if (ft.get("kd") or {}).get("enabled") else "")
+            t.add_row(f"{name} {how} {ft.get('epochs', '?')} ep", acc(a.base), acc(a.finetuned),
+                      delta(a.base, a.finetuned))
     al = c.channel_alignment
     if al and al.get("pruned_layers"):
         t.add_row(f"pruned widths multiple of {al['multiple']}", "", f"{al['aligned_layers']}/{al['pruned_layers']} layers",

@@ -14,6 +14,10 @@ A study file is YAML::
     resources: {cpu: 1, gpu: 0}     # what each trial asks of a worker (its torch threads follow cpu)
     address: null                   # a Ray cluster (auto, ray://host:10001); null: a local Ray
     storage: null                   # a path every node sees; null: artifacts stay where they are made
+    min_setup: S3.2                 # optional: refuse a grid whose methods never meet at this setup
+
+A grid value that is a mapping is merged into the key's section (``finetune: [{lr: 0.01},
+{lr: 0.001, kd: {enabled: true}}]``: whole finetuning recipes as one axis).
 
 A trial's configuration: defaults <- ``extends`` <- ``config`` <- ``--set`` <- its grid point. Its
 hash is the run's identity (:mod:`pbkit.stages.rundir`): trials that cannot differ in result share
@@ -34,6 +38,7 @@ from pbkit.core import config
 from pbkit.core.errors import PbkitError
 from pbkit.models import resolve
 from pbkit.prune import methods
+from pbkit.report import setups
 from pbkit.stages import rundir
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -61,6 +66,14 @@ class StudyFile(BaseModel):
     address: str | None = None
     storage: str | None = None
     max_retries: int = Field(2, ge=0)
+    min_setup: str | None = None  # the weakest comparison setup the grid must allow (S1 ... S4.2)
+
+    @field_validator("min_setup")
+    @classmethod
+    def _level(cls, v: str | None) -> str | None:
+        if v is not None:
+            setups.level_index(v)  # a ValueError names the levels
+        return v
 
     @field_validator("grid")
     @classmethod
@@ -123,11 +136,38 @@ def read(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Study
     shared, explicit = config.assemble(layers, overrides)
     if shared.get("run_id"):
         raise PbkitError(f"study {spec.name}: a study names its runs by their configuration; remove run_id")
-    return Study(spec, path, shared, explicit, expand(spec, shared, explicit))
+    study = Study(spec, path, shared, explicit, expand(spec, shared, explicit))
+    if spec.min_setup is not None:
+        check_setup(study)
+    return study
+
+
+def check_setup(study: Study) -> None:
+    """Refuse a grid in which two methods of one comparison never meet at ``min_setup``: every
+    pair must share, at least once, everything that level holds equal (the base, the finetuning
+    epochs and recipe, ... ; seeds are repeats)."""
+    level = study.file.min_setup
+    assert level is not None
+    trials = []
+    for t in study.trials:
+        if t.skip is None:
+            method = methods.get(t.cfg.prune.method)
+            base = t.base_key or rundir.identity_hash({"model": rundir.identity_fields(t.cfg, method)["model"]})
+            trials.append((method.key, setups.from_config(t.cfg, method, base)))
+    why = setups.unmet(trials, level)
+    if why is not None:
+        raise PbkitError(f"study {study.name}: min_setup {level} cannot be met: {why}")
 
 
 def _dropped(point: dict[str, Any], rules: list[dict[str, Any]]) -> bool:
     return any(all(point.get(k) == v for k, v in rule.items()) for rule in rules)
+
+
+def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:
+    """A mapping value merges into its section, key by key; any other value sets the key."""
+    if not isinstance(value, dict) or not value:
+        return [(key, value)]
+    return [leaf for k, v in value.items() for leaf in _leaves(f"{key}.{k}", v)]
 
 
 def expand(spec: StudyFile, shared: dict[str, Any], explicit: set[str]) -> list[Trial]:
@@ -138,11 +178,14 @@ def expand(spec: StudyFile, shared: dict[str, Any], explicit: set[str]) -> list[
         if _dropped(point, spec.exclude):
             continue
         data = copy.deepcopy(shared)
+        keys_set = set()
         for k, v in point.items():
-            data = config.set_value(data, k, v)
+            for key, value in _leaves(k, v):
+                data = config.set_value(data, key, value)
+                keys_set.add(key)
         if data["bench"].get("threads") is None:  # CPU backends measure with the trial's own CPUs
             data["bench"]["threads"] = spec.resources.threads
-        cfg = config.finish(data, explicit | set(point), where=f"study {spec.name}, trial {point}")
+        cfg = config.finish(data, explicit | keys_set, where=f"study {spec.name}, trial {point}")
         trials.append(_trial(len(trials), point, cfg))
     if not trials:
         raise PbkitError(f"study {spec.name}: the grid has no trial left after the exclude rules")
