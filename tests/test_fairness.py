@@ -371,3 +371,17 @@ def test_yolo_finetunes_with_distillation_inside_the_ultralytics_trainer(tmp_pat
     assert calls and len(out["history"]) == 1  # the trainer's loss went through the distillation
     assert getattr(model, "criterion", None) is None or not isinstance(model.criterion, detect.DistilledCriterion)
     assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_a_seed_axis_trains_a_base_per_seed_unless_the_study_shares_one(tmp_path: Path) -> None:
+    from pbkit.study import spec
+
+    text = ("name: seeds\nconfig: {{model: {{name: resnet20_cifar, input_size: 16{m}}}, dataset: {{name: synthetic}}, "
+            "base: {{epochs: 2{b}}}}}\ngrid:\n  seed: [0, 1, 2]\n")
+    path = tmp_path / "s.study.yaml"
+    path.write_text(text.format(m="", b=""))
+    per_seed = spec.read(path).trials
+    assert len({t.base_key for t in per_seed}) == 3 and [t.cfg.finetune.seed for t in per_seed] == [0, 1, 2]
+    path.write_text(text.format(m=", seed: 0", b=", seed: 0"))
+    shared = spec.read(path).trials
+    assert len({t.base_key for t in shared}) == 1 and [t.cfg.prune.seed for t in shared] == [0, 1, 2]

@@ -457,7 +457,8 @@ HEAD = ["rank", "method", "n", "machine", "base", "pruned", "finetuned", "delta"
 
 
 def _cells(e: dict[str, Any], backends: list[str]) -> list[str]:
-    return [e["rank_label"], e["method"], str(e["n"]), e["machine"], _pm(e, "base"), _pm(e, "pruned"),
+    method = e["method"] + ("" if e["schedule"] == "oneshot" else f" ({e['schedule']})")
+    return [e["rank_label"], method, str(e["n"]), e["machine"], _pm(e, "base"), _pm(e, "pruned"),
             _pm(e, "finetuned"), "-" if e["delta"] is None else f"{round(e['delta'], 2) + 0.0:+.2f}", _ta(e),
             f"{e['params_left']:.1%}", f"{e['macs_speedup']:.2f}",
             *[f"{e['measured'][b]:.2f}" if b in e["measured"] else "-" for b in backends],
@@ -513,8 +514,10 @@ def markdown(rs: list[dict[str, Any]]) -> str:
         lines += [f"### {_title(info)}", "", _setup_line(info)]
         if info["split_by"]:
             lines.append(f"Kept apart from the other groups of this comparison by: {'; '.join(info['split_by'])}.")
-        lines += ["", f"Recipe: {info['recipe_line']}; seeds {', '.join(info['seeds'])}; "
-                  f"base sha256 {info['base_sha256']}.", ""]
+        shas = info["base_sha256"].split(",")
+        bases = f"one base for every seed (sha256 {shas[0]})" if len(shas) == 1 else \
+            f"a base per seed (sha256 {', '.join(shas)})"
+        lines += ["", f"Recipe: {info['recipe_line']}; seeds {', '.join(info['seeds'])}; {bases}.", ""]
         head = [*HEAD, *[f"measured x {b}" for b in backends], "step s", "parity"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for e in g:
