@@ -311,23 +311,23 @@ def test_cross_finetuning_says_whether_the_order_holds_under_every_recipe(pruned
                         finetune__epochs_total=23))
     board = leaderboard.leaderboard(leaderboard.rows((tmp_path / r.run_id, r) for r in recs))
     labels = sorted(info["recipe_label"] for info, _ in board)
-    assert labels == ["lr=0.001, kd off", "lr=0.01, kd off", "lr=0.01, kd on", "scratch"]
+    assert labels == ["lr=0.001 & kd off", "lr=0.01 & kd off", "lr=0.01 & kd on", "scratch"]
     [cross] = leaderboard.cross_finetuning(board)
     assert cross["setup"] == "S3.1" and cross["top"][:2] == ["A", "B"]
     verdict = next(v for v in cross["verdicts"] if {v["a"], v["b"]} == {"A", "B"})
-    assert not verdict["holds"] and verdict["verdict"].startswith("the order flips: A wins with lr=0.01")
+    assert not verdict["holds"] and verdict["verdict"].startswith("the order flips: A wins with lr=0.01 & kd off")
     a_c = next(v for v in cross["verdicts"] if {v["a"], v["b"]} == {"A", "C"})
     assert a_c["holds"] and a_c["verdict"].startswith("A beats C under every recipe")
     effects = {(x["from"], x["to"]): x for x in leaderboard.recipe_effects(board)}
-    kd = effects[("lr=0.01, kd off", "lr=0.01, kd on")]
+    kd = effects[("lr=0.01 & kd off", "lr=0.01 & kd on")]
     assert kd["field"] == "kd" and kd["mean_change"] == pytest.approx(-1.0)
-    lr = effects[("lr=0.001, kd off", "lr=0.01, kd off")]  # read as: what the larger LR gave
+    lr = effects[("lr=0.001 & kd off", "lr=0.01 & kd off")]  # read as: what the larger LR gave
     assert lr["field"] == "lr" and {p["method"]: p["change"] for p in lr["per_method"]} == {"A": 5.0, "B": -1.0,
                                                                                            "C": 1.0}
     [scratch] = leaderboard.scratch_rows(board)
     assert scratch["method"] == "A" and scratch["epochs"] == 23
-    assert scratch["pruned"]["lr=0.01, kd off"]["setup"] == "SX-A"
-    assert scratch["pruned"]["lr=0.01, kd off"]["gap"] == pytest.approx(4.0)
+    assert scratch["pruned"]["lr=0.01 & kd off"]["setup"] == "SX-A"
+    assert scratch["pruned"]["lr=0.01 & kd off"]["gap"] == pytest.approx(4.0)
     md = leaderboard.markdown(leaderboard.rows((tmp_path / r.run_id, r) for r in recs))
     for needle in ("### Cross-finetuning", "the order flips", "### What one recipe change did",
                    "### Scratch baseline", "**SX-A**"):

@@ -293,7 +293,7 @@ def _label_recipes(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> 
                         parts.append(f"kd {k.rsplit('.', 1)[1]}={v}")
                 elif differs(k, items):
                     parts.append(f"{k.split('.', 1)[-1]}={v}")
-            it["info"]["recipe_label"] = ", ".join(parts) or "one recipe"
+            it["info"]["recipe_label"] = " & ".join(parts) or "one recipe"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -320,28 +320,37 @@ def cross_finetuning(board: list[tuple[dict[str, Any], list[dict[str, Any]]]], t
         for info, g in groups:
             for e in g:
                 matrix.setdefault(e["method"], {})[info["recipe_label"]] = e
-        full = [m for m, row in matrix.items() if len(row) == len(recipes)]
-        order = sorted(full, key=lambda m: -sum(score(matrix[m][r]) or 0 for r in recipes) / len(recipes))
+        # the leaders by their mean over the recipes every method ran (else over all it ran)
+        common = [r for r in recipes if all(r in row for row in matrix.values())] or recipes
+        means = {m: sum(score(row[r]) or 0 for r in common if r in row) / max(sum(r in row for r in common), 1)
+                 for m, row in matrix.items()}
+        leaders = sorted(matrix, key=lambda m: -means[m])[:top]
         verdicts = []
-        leaders = order[:top]
         for i, a in enumerate(leaders):
             for b in leaders[i + 1:]:
+                shared = [r for r in recipes if r in matrix[a] and r in matrix[b]]
+                if len(shared) < 2:
+                    continue
                 wins = {r: ("a" if separable(matrix[a][r], matrix[b][r]) and (score(matrix[a][r]) or 0) >
                             (score(matrix[b][r]) or 0) else "b" if separable(matrix[a][r], matrix[b][r]) else "tie")
-                        for r in recipes}
+                        for r in shared}
                 if all(w == "a" for w in wins.values()):
-                    text = f"{a} beats {b} under every recipe ({', '.join(recipes)})"
+                    text = f"{a} beats {b} under every recipe ({'; '.join(shared)})"
                 elif all(w == "b" for w in wins.values()):
-                    text = f"{b} beats {a} under every recipe ({', '.join(recipes)})"
+                    text = f"{b} beats {a} under every recipe ({'; '.join(shared)})"
                 elif "a" in wins.values() and "b" in wins.values():
-                    text = (f"the order flips: {a} wins with {', '.join(r for r, w in wins.items() if w == 'a')}, "
-                            f"{b} with {', '.join(r for r, w in wins.items() if w == 'b')}")
+                    text = (f"the order flips: {a} wins with {'; '.join(r for r, w in wins.items() if w == 'a')}, "
+                            f"{b} with {'; '.join(r for r, w in wins.items() if w == 'b')}")
                 elif all(w == "tie" for w in wins.values()):
-                    text = f"{a} and {b} are not separable under any recipe"
+                    ahead = {r: sorted((a, b), key=lambda m, r=r: -(score(matrix[m][r]) or 0))[0] for r in shared}
+                    means = "; by the means " + ("the order flips: " if len(set(ahead.values())) > 1 else "") + \
+                        ", ".join(f"{m} is ahead with {'; '.join(r for r in shared if ahead[r] == m)}"
+                                  for m in dict.fromkeys(ahead.values()))
+                    text = f"{a} and {b} are not separable under any recipe they share ({'; '.join(shared)}){means}"
                 else:
                     lead = a if "a" in wins.values() else b
-                    text = (f"{lead} wins with {', '.join(r for r, w in wins.items() if w != 'tie')}; not separable "
-                            f"with {', '.join(r for r, w in wins.items() if w == 'tie')}")
+                    text = (f"{lead} wins with {'; '.join(r for r, w in wins.items() if w != 'tie')}; not separable "
+                            f"with {'; '.join(r for r, w in wins.items() if w == 'tie')}")
                 verdicts.append({"a": a, "b": b, "per_recipe": wins, "verdict": text,
                                  "holds": len(set(wins.values())) == 1 and "tie" not in wins.values()})
         out.append({"model": key[0], "dataset": key[1], "scope": key[2], "target": key[3], "recipes": recipes,
@@ -357,39 +366,44 @@ def _same_epochs(groups: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> b
 
 def recipe_effects(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[dict[str, Any]]:
     """For every two recipes of one comparison that differ in one field only (the learning rate,
-    KD on/off): per method, the change of the final metric and of TA from one to the other."""
+    KD on/off): per method, the change of the final metric and of TA from one to the other (read
+    as KD off -> on, and smaller -> larger value)."""
     out = []
     pruned = [(info, g) for info, g in board if info["init"] == "pruned"]
-    for i, (ia, ga) in enumerate(pruned):
-        for ib, gb in pruned[i + 1:]:
-            if (ia["model"], ia["dataset"], ia["scope"], ia["target"]) != \
-                    (ib["model"], ib["dataset"], ib["scope"], ib["target"]):
+    keys = ("base", "ft_epochs", "ft_schedule", "ft_recipe")
+    for i, first in enumerate(pruned):
+        for second in pruned[i + 1:]:
+            s1 = [(x[0]["model"], x[0]["dataset"], x[0]["scope"], x[0]["target"]) for x in (first, second)]
+            if s1[0] != s1[1]:
                 continue
-            fa = _flat({k: ga[0]["facts"][k] for k in ("base", "ft_epochs", "ft_schedule", "ft_recipe")})
-            fb = _flat({k: gb[0]["facts"][k] for k in ("base", "ft_epochs", "ft_schedule", "ft_recipe")})
+            fa = _flat({k: first[1][0]["facts"][k] for k in keys})
+            fb = _flat({k: second[1][0]["facts"][k] for k in keys})
             differ = [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
-            if len(differ) != 1 and not (differ and all(k.startswith("ft_recipe.kd.") for k in differ)):
+            kd = bool(differ) and all(k.startswith("ft_recipe.kd.") for k in differ)
+            if len(differ) != 1 and not kd:
                 continue
-            field = differ[0].split(".", 1)[1] if "." in differ[0] else differ[0]
-            if field.startswith("kd."):
+            if kd:
                 field = "kd"
-                if not fa.get("ft_recipe.kd.enabled"):  # read as KD off -> on
-                    (ia, ga), (ib, gb) = (ib, gb), (ia, ga)
-            elif isinstance(fa.get(differ[0]), int | float) and fa[differ[0]] < fb[differ[0]]:
-                (ia, ga), (ib, gb) = (ib, gb), (ia, ga)  # larger value first: "what the larger LR gave"
-            mb = {e["method"]: e for e in gb}
+                to, frm = (first, second) if fa.get("ft_recipe.kd.enabled") else (second, first)
+            else:
+                field = differ[0].split(".", 1)[-1]
+                va, vb = fa.get(differ[0]), fb.get(differ[0])
+                larger = isinstance(va, int | float) and isinstance(vb, int | float) and va > vb
+                to, frm = (first, second) if larger else (second, first)
+            before = {e["method"]: e for e in frm[1]}
             per = []
-            for e in ga:
-                o = mb.get(e["method"])
+            for e in to[1]:
+                o = before.get(e["method"])
                 if o is None or score(e) is None or score(o) is None:
                     continue
                 per.append({"method": e["method"], "from": score(o), "to": score(e), "change": score(e) - score(o),
                             "ta_change": (e["ta"] - o["ta"]) if e["ta"] is not None and o["ta"] is not None else None,
                             "separable": separable(e, o)})
             if per:
-                out.append({"model": ia["model"], "dataset": ia["dataset"], "scope": ia["scope"],
-                            "target": ia["target"], "field": field, "from": ib["recipe_label"],
-                            "to": ia["recipe_label"], "per_method": per,
+                info = to[0]
+                out.append({"model": info["model"], "dataset": info["dataset"], "scope": info["scope"],
+                            "target": info["target"], "field": field, "from": frm[0]["recipe_label"],
+                            "to": to[0]["recipe_label"], "per_method": per,
                             "mean_change": sum(p["change"] for p in per) / len(per)})
     return out
 
@@ -565,7 +579,7 @@ def _markdown_across(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -
         labels = sorted({r for s in scratch for r in s["pruned"]})
         lines += ["### Scratch baseline (the pruned architecture re-initialised, trained as long as base + pruning + "
                   "finetuning)", "", "| architecture of | n | total epochs | scratch | " +
-                  " | ".join(f"pruned, {lb} (gap)" for lb in labels) + " |", "|" + "---|" * (4 + len(labels))]
+                  " | ".join(f"pruned, {lb} (pruned - scratch)" for lb in labels) + " |", "|" + "---|" * (4 + len(labels))]
         for s in scratch:
             cells = []
             for lb in labels:

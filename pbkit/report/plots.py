@@ -120,13 +120,16 @@ def plot_accuracy(board: list[tuple[dict[str, Any], list[dict[str, Any]]]], path
         y = {m: i for i, m in enumerate(methods)}
         recipes = [info for info, _ in groups if info["init"] == "pruned"]
         offset = 0.6 / max(len(recipes), 1)
+        labelled = False
         for i, (info, g) in enumerate(groups):
             scratch = info["init"] == "scratch"
+            label = "scratch (SX-A)" if scratch and not labelled else None if scratch else \
+                info["recipe_label"] or "finetuned"
+            labelled = labelled or scratch
             shift = 0.0 if scratch else -0.3 + offset * (i + 0.5)
             pts = [(y[e["method"]] + shift, _acc(e), _std(e)) for e in g if _acc(e) is not None]
             ax.errorbar([p[1] for p in pts], [p[0] for p in pts], xerr=[p[2] for p in pts],
-                        fmt="x" if scratch else "o", color="k" if scratch else f"C{i}", capsize=3, ms=6,
-                        label="scratch (SX-A)" if scratch else info["recipe_label"] or "finetuned")
+                        fmt="x" if scratch else "o", color="k" if scratch else f"C{i}", capsize=3, ms=6, label=label)
         bases = [e["base"] for _, g in groups for e in g if e["base"] is not None]
         if bases:
             ax.axvline(sum(bases) / len(bases), color="grey", ls=":", lw=1, label="dense base (mean)")
