@@ -95,6 +95,9 @@ def speedup_cell(d: record.LatencyPoint, p: record.LatencyPoint) -> str:
             why = f"CI ±{ci['relative_half_width']:.1%} > {ci['target']:.1%} within the time budget"
     else:
         why = f"cov {max(d.cov, p.cov):.1%}"
+    outliers = sum((d.outliers or {}).values()) + sum((p.outliers or {}).values())
+    if outliers:
+        why += f", {outliers} outliers kept"
     if throttle:
         why += f", GPU throttle: {', '.join(throttle)}"
     return text + (f" ({why}{again})" if d.stable and p.stable else f" [yellow](unstable: {why}{again})[/]")
