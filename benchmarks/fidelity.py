@@ -3,6 +3,9 @@
 1. Run-to-run spread: the same run folder is benched ``--repeats`` times (the full `pbkit bench`
    protocol each time); per backend and model, the CoV of the medians across repeats.
    Goal: <= 1% on a GPU, <= 5% on shared CPUs.
+   And the speed-ups: each repeat's speed-up with its 95% interval, the spread of the repeats
+   (largest / smallest - 1; goal on a CPU: within 3%), how often one repeat's interval covers
+   another's speed-up, and how long each bench took.
 2. Agreement: right after each ort-cpu bench, a minimal independent loop (a fresh ONNX Runtime
    session with the same thread count, `perf_counter` around `session.run`, no pbkit code) times
    the same ONNX file for as long as pbkit measured it; our median must be within 5% of its median
@@ -60,6 +63,18 @@ def independent_ort_median(onnx_path: Path, x: np.ndarray, threads: int, seconds
     return statistics.median(times)
 
 
+RUN_TO_RUN_GOAL = 0.03
+
+
+def repeat_check(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The spread of the repeats' speed-ups and how often one repeat's interval covers another's."""
+    sps = [r["speedup"] for r in rows]
+    pairs = [(a, b) for a in rows for b in rows if a is not b and a["ci"]]
+    covered = sum(1 for a, b in pairs if a["ci"][0] <= b["speedup"] <= a["ci"][1])
+    return {"spread": max(sps) / min(sps) - 1, "pairs": len(pairs), "covered": covered,
+            "coverage": covered / len(pairs) if pairs else 0.0, "ok": max(sps) / min(sps) - 1 <= RUN_TO_RUN_GOAL}
+
+
 def make_run(out: Path) -> Path:
     cfg = config.load(None, [f"out={out}", "model.name=resnet18_cifar", "prune.method=l1", "prune.speedup=2",
                              "bench.backends=[ort-cpu]"])
@@ -83,6 +98,7 @@ def main() -> int:
         threads = measure.default_threads()
         x = counts.example_input(rec0.model.input_size, batch=args.batch, seed=2).numpy()
         medians: dict[tuple[str, str], list[float]] = {}
+        speedups: dict[str, list[dict[str, Any]]] = {}
         agreement: list[dict[str, Any]] = []
         for i in range(args.repeats):
             rec = stages.bench_run(run, values={"bench.backends": names, "bench.batches": [args.batch],
@@ -90,6 +106,11 @@ def main() -> int:
             for p in rec.latency:
                 if p.backend in names and p.batch == args.batch:
                     medians.setdefault((p.backend, p.variant), []).append(p.median_ms)
+                    if p.variant == "pruned":
+                        speedups.setdefault(p.backend, []).append({
+                            "repeat": i + 1, "speedup": p.speedup_vs_dense, "ci": p.speedup_ci,
+                            "stop": (p.ci or {}).get("stop"), "blocks": p.blocks,
+                            "bench_s": rec.stages["bench"].seconds})
             if "ort-cpu" in names:
                 s = rec.bench or {}
                 for variant in ("dense", "pruned"):
@@ -109,13 +130,15 @@ def main() -> int:
         cov = statistics.stdev(ms) / statistics.mean(ms) if len(ms) > 1 else 0.0
         spread.append({"backend": backend, "variant": variant, "device": device, "medians_ms": ms, "cov": cov,
                        "goal": SPREAD_GOAL[device], "ok": cov <= SPREAD_GOAL[device]})
+    runs_check = {b: repeat_check(rows) for b, rows in speedups.items()}
     worst = max((abs(a["rel_diff"]) for a in agreement), default=None)
     overall = {v: statistics.median(a["pbkit_ms"] for a in agreement if a["variant"] == v) /
                statistics.median(a["independent_ms"] for a in agreement if a["variant"] == v) - 1
                for v in ("dense", "pruned") if any(a["variant"] == v for a in agreement)}
     tag = env["gpus"][0]["name"].replace(" ", "-") if env["gpus"] else f"cpu-{measure.cores()}core"
     result = {"model": rec0.model.name, "run_id": rec0.run_id, "batch": args.batch, "threads": threads,
-              "repeats": args.repeats, "spread": spread, "agreement": agreement,
+              "repeats": args.repeats, "spread": spread, "agreement": agreement, "speedups": speedups,
+              "run_to_run": runs_check,
               "agreement_median_of_repeats": overall, "agreement_worst_repeat": worst,
               "agreement_ok": bool(overall) and all(abs(d) <= AGREEMENT_GOAL for d in overall.values()),
               "machine": envinfo.machine(env), "env": env}
@@ -127,6 +150,18 @@ def main() -> int:
     for s in spread:
         lines.append(f"| {s['backend']} | {s['variant']} | {', '.join(f'{m:.3f}' for m in s['medians_ms'])} | "
                      f"{s['cov']:.2%} | <= {s['goal']:.0%} | {'yes' if s['ok'] else 'NO'} |")
+    for b, rows in speedups.items():
+        c = runs_check[b]
+        lines += ["", f"{b}: the speed-up of each repeat, its 95% interval (paired block bootstrap) and why measuring "
+                  "stopped:", "", "| repeat | speed-up | 95% interval | stopped by | block pairs | bench s |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['repeat']} | {r['speedup']:.3f}x | [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['stop']} | "
+                  f"{r['blocks']} | {r['bench_s']:.1f} |" if r["ci"] else f"| {r['repeat']} | {r['speedup']:.3f}x | - | "
+                  f"- | - | {r['bench_s']:.1f} |" for r in rows]
+        lines += ["", f"Spread of the {len(rows)} speed-ups: {c['spread']:.2%} (largest / smallest - 1; goal within "
+                  f"{RUN_TO_RUN_GOAL:.0%}: {'met' if c['spread'] <= RUN_TO_RUN_GOAL else 'NOT MET'}); one repeat's "
+                  f"interval covers another's speed-up in {c['covered']}/{c['pairs']} pairs "
+                  f"({c['coverage']:.0%})."]
     if agreement:
         lines += ["", "ort-cpu vs a minimal independent loop on the same ONNX file (same run):", "",
                   "| repeat | model | pbkit (ms) | independent (ms) | difference |", "|---|---|---|---|---|"]
@@ -136,18 +171,31 @@ def main() -> int:
                   f" (goal: within {AGREEMENT_GOAL:.0%}: {'met' if result['agreement_ok'] else 'NOT MET'}); "
                   f"worst single repeat {worst:.2%}."]
     atomic_write_text(args.out / f"fidelity-{tag}.md", "\n".join(lines) + "\n")
-    _plot(spread, agreement, args.out / f"fidelity-{tag}.png", rec0.model.name)
+    _plot(spread, agreement, speedups, args.out / f"fidelity-{tag}.png", rec0.model.name)
     print("\n".join(lines))
     return 0
 
 
-def _plot(spread: list[dict[str, Any]], agreement: list[dict[str, Any]], path: Path, model: str) -> None:
+def _plot(spread: list[dict[str, Any]], agreement: list[dict[str, Any]], speedups: dict[str, list[dict[str, Any]]],
+          path: Path, model: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.2))
+    for i, (b, rows) in enumerate(speedups.items()):
+        xs = [r["repeat"] + 0.08 * i for r in rows]
+        ys = [r["speedup"] for r in rows]
+        err = [[y - r["ci"][0] if r["ci"] else 0 for y, r in zip(ys, rows, strict=True)],
+               [r["ci"][1] - y if r["ci"] else 0 for y, r in zip(ys, rows, strict=True)]]
+        ax2.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, color=f"C{i}",
+                     label=f"{b} (spread {max(ys) / min(ys) - 1:.1%})")
+    ax2.set_xlabel("repeat")
+    ax2.set_ylabel("measured speed-up (95% interval)")
+    ax2.set_title("the speed-up of each repeat, with its interval")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
     for i, s in enumerate(spread):
         ax.plot(range(1, len(s["medians_ms"]) + 1), s["medians_ms"], "o-", color=f"C{i}",
                 label=f"{s['backend']} {s['variant']} (CoV {s['cov']:.1%})")

@@ -165,4 +165,4 @@ def test_gpu_compute_samples_get_their_own_statistics() -> None:
 
     res = measure.measure_point({"x": Timed()}, SETTINGS)
     g = res["x"]["gpu_compute"]
-    assert res["x"]["median_ms"] == 2.0 and g["median_ms"] == 1.5 and g["n"] == res["x"]["n"] == 10
+    assert res["x"]["median_ms"] == 2.0 and g["median_ms"] == 1.5 and g["n"] == res["x"]["n"] >= 10

@@ -66,32 +66,30 @@ def test_default_threads_leave_a_core_free() -> None:
     assert measure.default_threads() == max(measure.cores() - 1, 1)
 
 
-def test_unstable_points_are_measured_again_and_keep_the_median_of_medians() -> None:
-    state = {"attempt": 0}
-    noisy = iter([0.0005, 0.006] * 50)
+def test_a_cpu_point_is_measured_until_its_speedup_is_known_well_enough() -> None:
+    def sleeper(ms: float):  # type: ignore[no-untyped-def]
+        return lambda: time.sleep(ms / 1e3)
 
-    def runner() -> None:
-        time.sleep(next(noisy) if state["attempt"] == 0 else 0.001)
-
-    settings = {"warmup_s": 0.0, "warmup_iters": 1, "min_time_s": 0.0, "min_iters": 20, "rounds": 1,
-                "cov_limit": 0.5, "max_repeats": 3}
-
-    def count_attempts(runners, s, **kw):  # type: ignore[no-untyped-def]
-        out = real(runners, s, **kw)
-        state["attempt"] += 1
-        return out
-
-    real = measure.measure_alternating
-    measure.measure_alternating = count_attempts  # type: ignore[assignment]
-    try:
-        res = measure.measure_point({"x": runner}, settings)
-    finally:
-        measure.measure_alternating = real  # type: ignore[assignment]
-    x = res["x"]
-    assert x["attempts"] == 2 and x["stable"] and len(x["medians_ms"]) == 2
-    assert x["median_ms"] == pytest.approx(sum(x["medians_ms"]) / 2)
-    assert x["spread_ms"] == pytest.approx(abs(x["medians_ms"][0] - x["medians_ms"][1]))
-    assert x["n"] >= 40
+    settings = {"warmup_s": 0.0, "warmup_iters": 2, "min_time_s": 0.05, "min_iters": 10, "rounds": 2,
+                "cov_limit": 0.5, "block_s": 0.02, "ci_target": 0.05, "max_time_s": 3.0, "confidence": 0.95}
+    res = measure.measure_point({"dense": sleeper(4.0), "pruned": sleeper(2.0)}, settings)
+    pruned = res["pruned"]
+    ci = pruned["ci"]
+    assert ci["stop"] == "ci" and ci["met"] and ci["relative_half_width"] <= 0.05 and pruned["stable"]
+    lo, hi = pruned["speedup_ci"]
+    speedup = res["dense"]["median_ms"] / pruned["median_ms"]
+    assert lo <= speedup <= hi and 1.5 < speedup < 2.1  # 4 ms vs 2 ms sleeps (plus the timer's overhead)
+    assert res["dense"]["median_ci"][0] <= res["dense"]["median_ms"] <= res["dense"]["median_ci"][1]
+    assert res["dense"]["attempts"] == 1 and pruned["blocks"] >= 2 and set(pruned["outliers"]) == {
+        "low_mild", "low_severe", "high_mild", "high_severe"}
+    # a target no noisy machine meets: measuring stops at the budget and says so
+    noisy = iter([0.0005, 0.004] * 100000)
+    tight = {**settings, "ci_target": 0.0001, "max_time_s": 0.3}
+    res = measure.measure_point({"dense": lambda: time.sleep(next(noisy)), "pruned": sleeper(1.0)}, tight)
+    ci = res["pruned"]["ci"]
+    assert ci["stop"] == "budget" and not ci["met"] and not res["pruned"]["stable"]
+    assert res["pruned"]["unstable_reasons"][0].startswith("speed-up CI ±")
+    assert 0.3 <= res["pruned"]["duration_s"] < 1.5
 
 
 def test_stable_points_are_measured_once() -> None:

@@ -145,6 +145,11 @@ class BenchCfg(_Strict):
     threads: int | None = Field(ge=1)
     cov_limit: float = Field(gt=0)
     max_repeats: int = Field(ge=1)
+    block_s: float = Field(gt=0)
+    ci_target: float | None = Field(gt=0)
+    confidence: float = Field(gt=0, lt=1)
+    max_time_s: float = Field(ge=0)
+    gpu_max_time_s: float = Field(ge=0)
 
     @field_validator("batches")
     @classmethod

@@ -14,7 +14,9 @@ read and upgraded.
 pruning steps, CPD); ``finetune`` carries the whole recipe as run: ``kd`` (distillation),
 ``augmentation``, ``init`` (pruned | scratch; scratch: ``epochs_total`` and what it adds up),
 ``trainability`` (TA over the first LR stage, and whether the metric still rose at the first
-decay). 1.1 records read as oneshot runs.
+decay); ``latency[].speedup_ci``, ``median_ci``, ``ci``, ``outliers``, ``blocks`` (how well each
+figure is known) and ``bench.cpu_state`` (load, frequency, steal time around the measurement).
+1.1 records read as oneshot runs without intervals.
 """
 
 from __future__ import annotations
@@ -145,6 +147,15 @@ class LatencyPoint(_Open):
     memory: dict[str, Any] | None = None  # NVML used before/peak/after, torch peaks, RSS, engine bytes
     input_shape: list[int] = []
     dtype: str | None = None
+    # how well the figures are known (1.2; absent in older records): the 95% interval of the speed-up
+    # (pruned points) and of each median, from a paired block bootstrap; how it was made and why
+    # measuring stopped (ci: method, confidence, draws, blocks, block_s, relative_half_width, target,
+    # stop = ci | budget | time, met); outliers by Tukey's fences (counted, kept)
+    speedup_ci: list[float] | None = None
+    median_ci: list[float] | None = None
+    ci: dict[str, Any] | None = None
+    outliers: dict[str, int] | None = None
+    blocks: int | None = None
 
 
 class Parity(_Open):

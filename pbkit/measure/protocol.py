@@ -1,29 +1,34 @@
 """Latency measurement, following ../shared/reference/measurement.md. The backends that run the
 models are in :mod:`pbkit.backends`.
 
-Protocol: warm up by time AND count (the first call timed apart); measure by time AND count;
-dense and pruned alternate in ``rounds`` (order flipped each round) in the same session;
-per query, host wall clock end to end and, on a GPU, CUDA-event compute time; statistics with
-nearest-rank percentiles. Stability gate: CoV above the limit, or a GPU throttle reason other than
-idle seen while measuring, marks a point unstable; it is measured again, up to ``max_repeats``.
+Protocol: warm up by time AND count (the first call timed apart); measure by time AND count,
+dense and pruned alternating in short blocks (ABBA) in the same session; per query, host wall
+clock end to end and, on a GPU, CUDA-event compute time; statistics with nearest-rank
+percentiles. The gate judges what matters, the speed-up: measuring goes on until its confidence
+interval (a paired block bootstrap, :mod:`pbkit.measure.uncertainty`) is narrower than
+``ci_target`` or ``max_time_s`` is spent, and says which. A GPU throttle reason other than idle
+seen while measuring marks a point unstable; it is measured again, up to ``max_repeats``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 
+from pbkit.measure import uncertainty
+
 Runner = Callable[[], Any]  # a plain callable (wall clock), or a backends.Runner (also GPU time)
 Monitor = Callable[[], AbstractContextManager[Any]]  # a context whose .bad_reasons() mark a point unstable
 
 QUICK = {"warmup_s": 0.02, "warmup_iters": 3, "min_time_s": 0.1, "min_iters": 10, "gpu_min_time_s": 0.1,
-         "gpu_min_iters": 10, "rounds": 2, "max_repeats": 1}
+         "gpu_min_iters": 10, "rounds": 2, "max_repeats": 1, "block_s": 0.02, "max_time_s": 0.1, "ci_target": None}
 
 
 def cores() -> int:
@@ -37,6 +42,28 @@ def default_threads() -> int:
     with 2 threads on 2 cores, 1.4-2% with 1 thread, ResNet-18/CIFAR on ONNX Runtime).
     """
     return max(cores() - 1, 1)
+
+
+@contextlib.contextmanager
+def pinned(threads: int) -> Iterator[int | None]:
+    """Pin the measuring thread to one core (the last this process may use, away from core 0 where
+    interrupts tend to land) while a single-threaded point is measured; restored afterwards.
+    Yields the core, or None where the OS does not allow it or the runner uses more threads (they
+    would inherit the one core)."""
+    if threads != 1 or not hasattr(os, "sched_setaffinity") or cores() < 2:
+        yield None
+        return
+    before = os.sched_getaffinity(0)
+    core = max(before)
+    try:
+        os.sched_setaffinity(0, {core})
+    except OSError:
+        yield None
+        return
+    try:
+        yield core
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def stats(samples_ms: list[float]) -> dict[str, float | int]:
@@ -77,67 +104,123 @@ def warm_up(fn: Runner, seconds: float, iters: int) -> tuple[float, int]:
     return first, n
 
 
+def _block(fn: Runner, seconds: float, iters: int, gpu: list[float]) -> tuple[list[float], float]:
+    """One block: queries until ``seconds`` AND ``iters`` are reached; host ms per query."""
+    out: list[float] = []
+    t0 = time.perf_counter()
+    while len(out) < iters or time.perf_counter() - t0 < seconds:
+        host_ms, gpu_ms = _timed(fn)
+        out.append(host_ms)
+        if gpu_ms is not None:
+            gpu.append(gpu_ms)
+    return out, time.perf_counter() - t0
+
+
 def measure_alternating(runners: dict[str, Runner], settings: dict[str, Any],
                         on_progress: Callable[[str], None] | None = None,
                         warmed: dict[str, tuple[float, int]] | None = None) -> dict[str, dict[str, Any]]:
-    """Measure every runner in ``rounds``, alternating order, each round by time AND count.
-    Runners already warmed up (``warmed``: first-call ms and count) are not warmed again."""
-    rounds = int(settings["rounds"])
-    per_time = float(settings["min_time_s"]) / rounds
-    per_iters = max(math.ceil(int(settings["min_iters"]) / rounds), 1)
+    """Measure the runners in short alternating blocks (ABBA: the order flips every pair) until
+    each has run ``min_time_s`` AND ``min_iters`` and at least ``rounds`` blocks, then on, while
+    the speed-up of the second runner over the first is known less well than ``ci_target`` (the
+    relative half-width of its confidence interval), until ``max_time_s`` per runner. Runners
+    already warmed up (``warmed``: first-call ms and count) are not warmed again.
+
+    Each runner's statistics come with its median's interval, its outliers (classified, kept)
+    and ``blocks``; with two runners, the second's also carry ``speedup`` (first median / its
+    median), ``speedup_ci`` and ``ci`` (how the interval was made and why measuring stopped)."""
+    names = list(runners)
+    min_time, min_iters = float(settings["min_time_s"]), int(settings["min_iters"])
+    rounds = max(int(settings.get("rounds") or 1), 1)
+    block_s = min(float(settings.get("block_s") or 0.1), min_time / rounds)  # blocks never outlast min_time_s
+    block_iters = max(int(settings.get("block_iters") or 3), 1)
+    target = settings.get("ci_target")
+    budget = max(float(settings.get("max_time_s") or 0.0), min_time)
+    confidence = float(settings.get("confidence") or 0.95)
     firsts: dict[str, tuple[float, int]] = dict(warmed or {})
     for name, fn in runners.items():
         if name not in firsts:
             firsts[name] = warm_up(fn, float(settings["warmup_s"]), int(settings["warmup_iters"]))
-    samples: dict[str, list[float]] = {k: [] for k in runners}
+    blocks: dict[str, list[list[float]]] = {k: [] for k in runners}
     gpu: dict[str, list[float]] = {k: [] for k in runners}
     wall: dict[str, float] = dict.fromkeys(runners, 0.0)
-    order = list(runners)
-    for r in range(rounds):
-        for name in order if r % 2 == 0 else order[::-1]:
-            fn, t0, n = runners[name], time.perf_counter(), 0
-            while n < per_iters or time.perf_counter() - t0 < per_time:
-                host_ms, gpu_ms = _timed(fn)
-                samples[name].append(host_ms)
-                if gpu_ms is not None:
-                    gpu[name].append(gpu_ms)
-                n += 1
-            wall[name] += time.perf_counter() - t0
+    paired = len(names) == 2
+    stop, est, next_check = "time", None, 0.0
+    while True:
+        for name in names if len(blocks[names[0]]) % 2 == 0 else names[::-1]:
+            samples, seconds = _block(runners[name], block_s, block_iters, gpu[name])
+            blocks[name].append(samples)
+            wall[name] += seconds
+        done_min = all(wall[k] >= min_time and sum(map(len, blocks[k])) >= min_iters for k in names) and \
+            len(blocks[names[0]]) >= rounds
         if on_progress is not None:
-            on_progress(f"round {r + 1}/{rounds}")
+            on_progress(f"block {len(blocks[names[0]])}")
+        if not done_min:
+            continue
+        if not paired or target is None:
+            break
+        if min(wall.values()) >= next_check:
+            est = uncertainty.ratio_ci(blocks[names[0]], blocks[names[1]], confidence, uncertainty.CHECK_DRAWS)
+            if est["relative_half_width"] <= float(target):
+                stop = "ci"
+                break
+            next_check = min(wall.values()) * 1.15  # check again after 15% more time
+        if min(wall.values()) >= budget:
+            stop = "budget"
+            break
     out: dict[str, dict[str, Any]] = {}
-    for name in runners:
-        s = stats(samples[name])
-        reasons = [f"cov {s['cov']:.1%} > {settings['cov_limit']:.1%}"] if s["cov"] > settings["cov_limit"] else []
+    for name in names:
+        flat = [x for b in blocks[name] for x in b]
+        s = stats(flat)
         out[name] = {**s, "first_call_ms": firsts[name][0], "warmup_n": firsts[name][1], "duration_s": wall[name],
-                     "stable": not reasons, "unstable_reasons": reasons,
-                     "gpu_compute": stats(gpu[name]) if gpu[name] else None}
+                     "stable": True, "unstable_reasons": [], "gpu_compute": stats(gpu[name]) if gpu[name] else None,
+                     "outliers": uncertainty.outliers(flat), "blocks": len(blocks[name])}
+    if paired:
+        a, b = names
+        est = uncertainty.ratio_ci(blocks[a], blocks[b], confidence)
+        out[a]["median_ci"], out[b]["median_ci"] = est["a_ci"], est["b_ci"]
+        half = est["relative_half_width"]
+        met = target is None or half <= float(target)
+        out[b].update(speedup=est["ratio"], speedup_ci=est["ci"],
+                      ci={"method": "paired block bootstrap (percentile)", "confidence": confidence,
+                          "draws": est["draws"], "blocks": est["blocks"], "block_s": block_s,
+                          "relative_half_width": half, "target": target, "stop": stop, "met": met})
+        if not met:
+            reason = f"speed-up CI ±{half:.1%} > {float(target):.1%} after {wall[b]:.1f} s (time budget)"
+            for name in names:
+                out[name]["stable"] = False
+                out[name]["unstable_reasons"].append(reason)
+    else:
+        for name in names:
+            if out[name]["cov"] > settings["cov_limit"]:
+                out[name]["stable"] = False
+                out[name]["unstable_reasons"].append(f"cov {out[name]['cov']:.1%} > {settings['cov_limit']:.1%}")
     return out
 
 
 def measure_point(runners: dict[str, Runner], settings: dict[str, Any], monitor: Monitor | None = None,
                   warmed: dict[str, tuple[float, int]] | None = None) -> dict[str, dict[str, Any]]:
-    """The stability gate: measure (alternating); while any model's point is unstable (CoV, or a
-    throttle reason other than idle reported by ``monitor``), measure again, up to
-    ``max_repeats`` times. Each model keeps the statistics of its last attempt, with
-    ``median_ms`` replaced by the median of the attempts' medians, their list and spread."""
+    """Measure a point (:func:`measure_alternating`, which keeps going until the speed-up's
+    interval is narrow enough or the time budget is spent). A GPU throttle reason other than idle
+    reported by ``monitor`` while measuring marks the point unstable and it is measured again, up
+    to ``max_repeats`` times; each model then keeps the statistics of its last attempt, with
+    ``median_ms`` the median of the attempts' medians, their list and spread."""
     attempts: list[dict[str, dict[str, Any]]] = []
     throttled: set[str] = set()
     for _ in range(max(int(settings.get("max_repeats", 1)), 1)):
-        if monitor is not None:
-            with monitor() as watch:
-                res = measure_alternating(runners, settings, warmed=warmed)
-            bad = watch.bad_reasons()
-            throttled.update(bad)
-            for r in res.values():
-                if bad:
-                    r["stable"] = False
-                    r["unstable_reasons"].append(f"gpu throttle: {', '.join(bad)}")
-        else:
+        if monitor is None:
+            attempts.append(measure_alternating(runners, settings, warmed=warmed))
+            break
+        with monitor() as watch:
             res = measure_alternating(runners, settings, warmed=warmed)
+        bad = watch.bad_reasons()
+        throttled.update(bad)
+        for r in res.values():
+            if bad:
+                r["stable"] = False
+                r["unstable_reasons"].append(f"gpu throttle: {', '.join(bad)}")
         warmed = {k: (v["first_call_ms"], v["warmup_n"]) for k, v in res.items()}  # warm from now on
         attempts.append(res)
-        if all(r["stable"] for r in res.values()):
+        if not bad:
             break
     out = {}
     for name in runners:

@@ -28,6 +28,7 @@ from rich.table import Table
 from pbkit.core import record
 from pbkit.core.errors import PbkitError
 from pbkit.machine import envinfo
+from pbkit.measure import uncertainty
 from pbkit.report import setups
 
 METRICS = ("base", "pruned", "finetuned", "delta", "ta", "params_left", "macs_speedup", "step_time_s")
@@ -54,14 +55,23 @@ def point_label(p: record.LatencyPoint) -> str:
     return f"{p.backend}{'' if p.precision == 'fp32' else '/' + p.precision}@b{p.batch}"
 
 
-def _measured(rec: record.Record) -> dict[str, float]:
-    """Measured speed-up per backend and precision, at its smallest batch."""
+def _points(rec: record.Record) -> dict[str, record.LatencyPoint]:
+    """The pruned points per backend and precision, at its smallest batch."""
     out = {}
     for p in rec.latency:
         same = [q.batch for q in rec.latency if (q.backend, q.precision) == (p.backend, p.precision)]
         if p.variant == "pruned" and p.batch == min(same):
-            out[point_label(p)] = round(p.speedup_vs_dense or 0.0, 3)
+            out[point_label(p)] = p
     return out
+
+
+def _measured(rec: record.Record) -> dict[str, float]:
+    """Measured speed-up per backend and precision, at its smallest batch."""
+    return {k: round(p.speedup_vs_dense or 0.0, 3) for k, p in _points(rec).items()}
+
+
+def _measured_ci(rec: record.Record) -> dict[str, list[float]]:
+    return {k: [round(x, 3) for x in p.speedup_ci] for k, p in _points(rec).items() if p.speedup_ci}
 
 
 def _strip_seeds(value: Any) -> Any:
@@ -133,6 +143,7 @@ def rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str, Any]]:
             "ta": ta.get("ta"), "rising_at_first_decay": ta.get("rising_at_first_decay"),
             "params_left": r.counts.params_pruned / max(r.counts.params_base, 1),
             "macs_speedup": round(r.method.achieved_speedup, 3), "measured": _measured(r),
+            "measured_ci": _measured_ci(r),
             "step_time_s": round(r.method.step_time_s, 4),
             "parity_ok": all(p.passed for p in r.parity) if r.parity else None,
             "machine": envinfo.machine(r.stage_env("bench")), "run_id": r.run_id, "record": str(path),
@@ -177,6 +188,10 @@ def aggregate(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         labels = sorted({b for r in members for b in r["measured"]})
         e["measured"] = {b: round(_mean_std([r["measured"][b] for r in members if b in r["measured"]])[0] or 0, 3)
                          for b in labels}
+        # one run: its interval; several: the spread of their speed-ups (mean ± std) says more
+        e["measured_ci"] = dict(first["measured_ci"]) if len(members) == 1 else {}
+        e["std"]["measured"] = {b: _mean_std([r["measured"][b] for r in members if b in r["measured"]])[1]
+                                for b in labels}
         e["run_id"] = ",".join(e["runs"])
         e["record"] = e["records"][0]
         out.append(e)
@@ -474,9 +489,20 @@ def _cells(e: dict[str, Any], backends: list[str]) -> list[str]:
     method = e["method"] + ("" if e["schedule"] == "oneshot" else f" ({e['schedule']})")
     return [e["rank_label"], method, str(e["n"]), e["machine"], _pm(e, "base"), _pm(e, "pruned"),
             _pm(e, "finetuned"), "-" if e["delta"] is None else f"{round(e['delta'], 2) + 0.0:+.2f}", _ta(e),
-            f"{e['params_left']:.1%}", f"{e['macs_speedup']:.2f}",
-            *[f"{e['measured'][b]:.2f}" if b in e["measured"] else "-" for b in backends],
+            f"{e['params_left']:.1%}", f"{e['macs_speedup']:.2f}", *[_measured_cell(e, b) for b in backends],
             f"{e['step_time_s']:.3f}"]
+
+
+def _measured_cell(e: dict[str, Any], b: str) -> str:
+    """``1.75 [1.71, 1.79]`` (one run and its interval), ``1.74 ± 0.03`` (over seeds); ``~1``
+    where the interval holds 1.0 (not distinguishable from no speed-up)."""
+    if b not in e["measured"]:
+        return "-"
+    ci = e["measured_ci"].get(b)
+    if ci:
+        return f"{e['measured'][b]:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" + (" ~1" if uncertainty.covers_one(ci) else "")
+    sd = e["std"].get("measured", {}).get(b)
+    return f"{e['measured'][b]:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
 
 
 def render(rs: list[dict[str, Any]], fmt: str) -> str | list[Table]:

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from pbkit.core import record
 from pbkit.machine import envinfo
+from pbkit.measure import uncertainty
 
 
 def machine_rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str, Any]]:
@@ -31,7 +32,7 @@ def machine_rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str
                 "pruned_sha256": (r.artifacts.get("pruned") or {}).get("sha256", "")[:12],
                 "backend": p.backend, "precision": p.precision, "batch": p.batch,
                 "machine": envinfo.machine(r.stage_env("bench")), "dense_ms": d.median_ms, "pruned_ms": p.median_ms,
-                "speedup": p.speedup_vs_dense, "gpu_speedup": p.gpu_speedup_vs_dense,
+                "speedup": p.speedup_vs_dense, "speedup_ci": p.speedup_ci, "gpu_speedup": p.gpu_speedup_vs_dense,
                 "stable": d.stable and p.stable, "quick": p.quick, "measured_utc": (r.bench or {}).get("measured_utc"),
                 "run_id": r.run_id, "record": str(path),
             })
@@ -52,10 +53,21 @@ def across_machines(rows_: list[dict[str, Any]]) -> tuple[list[str], dict[tuple[
 def _cell(r: dict[str, Any] | None, rich: bool) -> str:
     if r is None:
         return "-"
-    text = f"{r['speedup'] or 0:.2f}x ({r['dense_ms']:.3f} -> {r['pruned_ms']:.3f} ms)"
+    text = f"{uncertainty.fmt(r['speedup'] or 0.0, r.get('speedup_ci'))} ({r['dense_ms']:.3f} -> {r['pruned_ms']:.3f} ms)"
     if not r["stable"]:
         text += " [yellow]unstable[/]" if rich else " unstable"
     return text
+
+
+def verdict(rows_: list[dict[str, Any]]) -> str:
+    """Whether the machines' speed-ups differ: only when their intervals are apart."""
+    if len(rows_) < 2:
+        return "-"
+    cis = [r.get("speedup_ci") for r in rows_]
+    if any(ci is None for ci in cis):
+        return "no intervals"
+    lows, highs = [ci[0] for ci in cis], [ci[1] for ci in cis]
+    return "yes (intervals apart)" if max(lows) > min(highs) else "not distinguishable"
 
 
 def render_machines(rows_: list[dict[str, Any]], fmt: str) -> str | Table:
@@ -68,13 +80,16 @@ def render_machines(rows_: list[dict[str, Any]], fmt: str) -> str | Table:
         w.writeheader()
         w.writerows(rows_)
         return buf.getvalue()
-    head = ["model", "method", "scope", "target", "MACs x", "backend", "precision", "batch", *machines]
+    head = ["model", "method", "scope", "target", "MACs x", "backend", "precision", "batch", *machines,
+            *(["machines differ?"] if len(machines) > 1 else [])]
     body = [[str(k[0]), str(k[1]), str(k[2]), f"{k[3]:g}x", f"{next(iter(v.values()))['macs_speedup']:.2f}",
-             str(k[4]), str(k[5]), str(k[6]), *[_cell(v.get(m), fmt == "table") for m in machines]]
+             str(k[4]), str(k[5]), str(k[6]), *[_cell(v.get(m), fmt == "table") for m in machines],
+             *([verdict(list(v.values()))] if len(machines) > 1 else [])]
             for k, v in table.items()]
     if fmt == "md":
-        lines = ["Measured speed-up (dense / pruned median latency, same machine, same session) per machine; "
-                 "compare the ratios across machines, not the milliseconds.", "",
+        lines = ["Measured speed-up (dense / pruned median latency, same machine, same session) per machine, with "
+                 "its 95% interval; compare the ratios across machines, not the milliseconds. Two machines differ "
+                 "only where their intervals are apart.", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
         return "\n".join(lines) + "\n"

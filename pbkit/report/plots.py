@@ -37,7 +37,11 @@ def plot(rs: list[dict[str, Any]], path: str | Path) -> Path:
             if not pts:
                 continue
             top = max(top, *(max(x, y) for x, y, _ in pts))
-            ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], color=colors[b], label=b, alpha=0.8)
+            cis = [(r.get("measured_ci") or {}).get(b) for r in mine if b in r["measured"]]
+            err = [[max(y - ci[0], 0.0) if ci else 0.0 for (_, y, _), ci in zip(pts, cis, strict=True)],
+                   [max(ci[1] - y, 0.0) if ci else 0.0 for (_, y, _), ci in zip(pts, cis, strict=True)]]
+            ax.errorbar([x for x, _, _ in pts], [y for _, y, _ in pts], yerr=err, fmt="o", color=colors[b], label=b,
+                        alpha=0.8, capsize=2, ms=5)
             for x, y, method in pts:
                 ax.annotate(method, (x, y), fontsize=7, alpha=0.75, xytext=(4, 0), textcoords="offset points",
                             va="center")
@@ -52,7 +56,7 @@ def plot(rs: list[dict[str, Any]], path: str | Path) -> Path:
         ax.legend(fontsize=7, loc="upper left")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle("Counted vs measured speed-up (batch 1 unless stated)", fontsize=11)
+    fig.suptitle("Counted vs measured speed-up (batch 1 unless stated; bars: 95% interval)", fontsize=11)
     fig.tight_layout()
     out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
@@ -74,8 +78,12 @@ def plot_machines(rows_: list[dict[str, Any]], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(keys) * max(len(machines), 2) / 2 + 2), 4.6), dpi=110)
     for i, m in enumerate(machines):
         xs = [k for k, key in enumerate(keys) if m in table[key]]
-        ax.bar([x - 0.4 + width * (i + 0.5) for x in xs], [table[keys[x]][m]["speedup"] or 0 for x in xs],
-               width=width, label=m, color=f"C{i}")
+        ys = [table[keys[x]][m]["speedup"] or 0 for x in xs]
+        cis = [table[keys[x]][m].get("speedup_ci") for x in xs]
+        err = [[max(y - ci[0], 0.0) if ci else 0.0 for y, ci in zip(ys, cis, strict=True)],
+               [max(ci[1] - y, 0.0) if ci else 0.0 for y, ci in zip(ys, cis, strict=True)]]
+        ax.bar([x - 0.4 + width * (i + 0.5) for x in xs], ys, width=width, label=m, color=f"C{i}", yerr=err,
+               capsize=3)
     for x, key in enumerate(keys):
         macs = next(iter(table[key].values()))["macs_speedup"]
         ax.hlines(macs, x - 0.45, x + 0.45, colors="k", linestyles="--", lw=0.9,

@@ -8,6 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from pbkit.core import record
+from pbkit.measure import uncertainty
 from pbkit.report.cells import acc, delta, si
 
 
@@ -42,15 +43,8 @@ def run_table(rec: record.Record) -> Table:
         if d is None or p is None:
             continue
         backend, precision, batch = key
-        cov = max(d.cov, p.cov)
-        tries = max(d.attempts, p.attempts)
-        again = f", {tries} tries" if tries > 1 else ""
-        throttle = sorted(set(d.throttle_reasons) | set(p.throttle_reasons))
-        why = f"cov {cov:.1%}" + (f", GPU throttle: {', '.join(throttle)}" if throttle else "")
-        flag = f" (cov {cov:.1%}{again})" if d.stable and p.stable else f" [yellow](unstable: {why}{again})[/]"
-        quick = " quick" if p.quick else ""
-        t.add_row(f"latency {backend} {precision} b{batch}{quick}", f"{d.median_ms:.3f} ms", f"{p.median_ms:.3f} ms",
-                  f"{p.speedup_vs_dense or 0:.2f}x measured{flag}")
+        t.add_row(f"latency {backend} {precision} b{batch}{' quick' if p.quick else ''}", _ms(d), _ms(p),
+                  speedup_cell(d, p))
         if d.gpu_compute and p.gpu_compute:
             t.add_row("  GPU compute (CUDA events)", f"{d.gpu_compute['median_ms']:.3f} ms",
                       f"{p.gpu_compute['median_ms']:.3f} ms", f"{p.gpu_speedup_vs_dense or 0:.2f}x")
@@ -78,3 +72,32 @@ def _parity_cell(p: record.Parity | None) -> str:
     if p is None:
         return "-"
     return f"ok {p.max_abs:.1e}" if p.passed else f"[bold red]FAILED {p.max_abs:.1e}[/]"
+
+
+def _ms(p: record.LatencyPoint) -> str:
+    return f"{p.median_ms:.3f} ms" + (f" [{p.median_ci[0]:.3f}, {p.median_ci[1]:.3f}]" if p.median_ci else "")
+
+
+def speedup_cell(d: record.LatencyPoint, p: record.LatencyPoint) -> str:
+    """``1.75x [1.71, 1.79] measured (CI ±1.1%, 24 block pairs)``; a speed-up whose interval holds
+    1.0 says so; an interval wider than the target is flagged with how wide it stayed (records
+    made before intervals: the CoV gate's words)."""
+    tries = max(d.attempts, p.attempts)
+    again = f", {tries} tries" if tries > 1 else ""
+    throttle = sorted(set(d.throttle_reasons) | set(p.throttle_reasons))
+    text = uncertainty.fmt(p.speedup_vs_dense or 0.0, p.speedup_ci) + " measured"
+    if uncertainty.covers_one(p.speedup_ci):
+        text += " [yellow](not distinguishable from 1.0)[/]"
+    ci = p.ci or {}
+    if ci:
+        why = f"CI ±{ci['relative_half_width']:.1%}, {ci['blocks']} block pairs"
+        if ci.get("met") is False:
+            why = f"CI ±{ci['relative_half_width']:.1%} > {ci['target']:.1%} within the time budget"
+    else:
+        why = f"cov {max(d.cov, p.cov):.1%}"
+    outliers = sum((d.outliers or {}).values()) + sum((p.outliers or {}).values())
+    if outliers:
+        why += f", {outliers} outliers kept"
+    if throttle:
+        why += f", GPU throttle: {', '.join(throttle)}"
+    return text + (f" ({why}{again})" if d.stable and p.stable else f" [yellow](unstable: {why}{again})[/]")

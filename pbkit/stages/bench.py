@@ -15,8 +15,8 @@ from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import sha256_file
 from pbkit.core.runtime import strict_fp32
 from pbkit.export import parity
-from pbkit.machine import envinfo, gpumon
-from pbkit.measure import backends, protocol
+from pbkit.machine import cpustate, envinfo, gpumon
+from pbkit.measure import backends, protocol, uncertainty
 from pbkit.measure.memory import build_runner
 from pbkit.measure.runner import Runner, RunSpec
 from pbkit.models import checkpoint, counts
@@ -27,7 +27,8 @@ from pbkit.tasks import get as get_task
 
 VARIANTS = (DENSE, PRUNED)
 SETTINGS_KEPT = ("warmup_s", "warmup_iters", "min_time_s", "min_iters", "gpu_min_time_s", "gpu_min_iters", "rounds",
-                 "cov_limit", "max_repeats", "channels_last", "compile_mode", "memory")
+                 "cov_limit", "max_repeats", "channels_last", "compile_mode", "memory", "block_s", "ci_target",
+                 "confidence", "max_time_s", "gpu_max_time_s")
 
 
 def pairs(cfg: config.Config, quiet: bool = False) -> list[tuple[backends.Backend, str]]:
@@ -126,9 +127,11 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
     strict_fp32()  # the parity references are fp32 (the stage's isolated() scope restores it)
     quick = protocol.QUICK if b.quick else {}
     cpu_settings = {**b.model_dump(), **quick}
-    gpu_settings = {**b.model_dump(), "min_time_s": b.gpu_min_time_s, "min_iters": b.gpu_min_iters, **quick}
+    gpu_settings = {**b.model_dump(), "min_time_s": b.gpu_min_time_s, "min_iters": b.gpu_min_iters,
+                    "max_time_s": b.gpu_max_time_s, **quick}
     threads = b.threads or protocol.default_threads()
     env = envinfo.collect()  # the machine that measures, GPU state at the start
+    cpu_before = cpustate.snapshot()
     gpu = _Gpu(env, b.device, any(be.device == "cuda" for be, _ in todo))
     task = get_task(rec.model.task)
     refs: dict[tuple[str, int], list[Any]] = {}
@@ -149,16 +152,20 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
                 if (v, batch) not in refs:
                     refs[(v, batch)] = parity.reference_outputs(ref_models[v], point.x)
                 checks.append(_parity(task, runner, refs[(v, batch)], cfg.export, be.name, v, precision, batch))
-            res = protocol.measure_point(point.runners, settings, monitor=gpu.monitor() if be.device == "cuda" else None,
-                                         warmed=point.warmed)
+            with protocol.pinned(threads if be.device == "cpu" else 0) as core:
+                res = protocol.measure_point(point.runners, settings,
+                                             monitor=gpu.monitor() if be.device == "cuda" else None, warmed=point.warmed)
+            point.flags = {v: {**f, "pinned_core": core} for v, f in point.flags.items()}
         finally:
             point.close()
         for v in VARIANTS:
             gpu.reasons.update(res[v]["throttle_reasons"])
             points.append(_latency(point, v, res, run_dir, rec, threads if be.device == "cpu" else None, b.quick))
         sp = res[DENSE]["median_ms"] / res[PRUNED]["median_ms"]
+        ci = res[PRUNED].get("ci") or {}
         steps.update(i + 1, f"{be.name}/{precision} b{batch}: {res[DENSE]['median_ms']:.3f} -> "
-                            f"{res[PRUNED]['median_ms']:.3f} ms ({sp:.2f}x)")
+                            f"{res[PRUNED]['median_ms']:.3f} ms ({uncertainty.fmt(sp, res[PRUNED].get('speedup_ci'))}"
+                            + (f", {ci['blocks']} block pairs, stopped by {ci['stop']}" if ci else "") + ")")
     steps.close()
 
     def key(p: record.LatencyPoint) -> tuple[Any, ...]:
@@ -173,6 +180,7 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
     gpu.finish(env)
     rec.bench = {k: v for k, v in cpu_settings.items() if k in SETTINGS_KEPT}
     rec.bench.update(quick=b.quick, threads=threads, measured_utc=utc_now(), host=env["host"],
+                     cpu_state=cpustate.between(cpu_before, cpustate.snapshot()),
                      gpu=None if gpu.info is None else {k: gpu.info.get(k) for k in ("index", "name", "uuid")})
     clock.finish(rec, cfg, env)
     record.write(run_dir, rec)
@@ -189,7 +197,7 @@ def _parity(task: Task, runner: Runner, ref: list[Any], e: config.ExportCfg, bac
 
 def _latency(point: _Point, v: str, res: dict[str, dict[str, Any]], run_dir: Path, rec: record.Record,
              threads: int | None, quick: bool) -> record.LatencyPoint:
-    r = res[v]
+    r = {k: x for k, x in res[v].items() if k != "speedup"}  # (the speed-up is the ratio of the medians below)
     be, batch, precision = point.be, point.batch, point.precision
     dense_gpu, mine_gpu = res[DENSE].get("gpu_compute"), r.get("gpu_compute")
     return record.LatencyPoint(

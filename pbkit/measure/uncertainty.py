@@ -1,0 +1,79 @@
+"""How well a measured speed-up is known: a paired block bootstrap.
+
+Dense and pruned are measured in short alternating blocks (ABBA order), so whatever the machine
+does (frequency, other load) falls on both alike. A block pair is the unit of resampling: each
+bootstrap draw picks block pairs with replacement, keeps each pair together, and recomputes both
+medians over the samples of the chosen blocks and their ratio. The percentile interval of the
+draws is the confidence interval of the speed-up (and of each median). ``relative_half_width`` is
+what the adaptive stop compares with ``bench.ci_target``.
+
+Outliers are classified, never dropped: Tukey's fences on each model's samples (mild beyond 1.5
+IQR, severe beyond 3 IQR), reported as counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+DRAWS = 1000
+CHECK_DRAWS = 200  # while measuring: a cheaper estimate decides whether to go on
+
+
+def ratio_ci(blocks_a: list[list[float]], blocks_b: list[list[float]], confidence: float = 0.95,
+             draws: int = DRAWS, seed: int = 0) -> dict[str, Any]:
+    """median(a) / median(b) over all samples, with its paired block-bootstrap interval and the
+    intervals of both medians. ``blocks_a[i]`` and ``blocks_b[i]`` were measured back to back."""
+    if len(blocks_a) != len(blocks_b) or not blocks_a:
+        raise ValueError("need the same number (>= 1) of blocks for both models")
+    a = [np.asarray(x, dtype=float) for x in blocks_a]
+    b = [np.asarray(x, dtype=float) for x in blocks_b]
+    med_a, med_b = float(np.median(np.concatenate(a))), float(np.median(np.concatenate(b)))
+    k = len(a)
+    rng = np.random.default_rng(seed)
+    ra, rb = np.empty(draws), np.empty(draws)
+    for i, pick in enumerate(rng.integers(0, k, size=(draws, k))):
+        ra[i] = np.median(np.concatenate([a[j] for j in pick]))
+        rb[i] = np.median(np.concatenate([b[j] for j in pick]))
+    tail = (1.0 - confidence) / 2 * 100
+    lo, hi = tail, 100 - tail
+    ratios = ra / rb
+    ratio = med_a / med_b
+    ci = [float(np.percentile(ratios, lo)), float(np.percentile(ratios, hi))]
+    return {"ratio": ratio, "ci": ci, "a_ci": [float(np.percentile(ra, lo)), float(np.percentile(ra, hi))],
+            "b_ci": [float(np.percentile(rb, lo)), float(np.percentile(rb, hi))], "blocks": k, "draws": draws,
+            "confidence": confidence, "relative_half_width": relative_half_width(ratio, ci)}
+
+
+def relative_half_width(value: float, ci: list[float]) -> float:
+    return (ci[1] - ci[0]) / 2 / value if value else float("inf")
+
+
+def covers_one(ci: list[float] | None) -> bool:
+    """A speed-up whose interval holds 1.0 is not distinguishable from no speed-up."""
+    return ci is not None and ci[0] <= 1.0 <= ci[1]
+
+
+def outliers(samples: list[float]) -> dict[str, int]:
+    """Tukey's fences: how many samples lie beyond 1.5 IQR (mild) and 3 IQR (severe), low or high."""
+    x = np.asarray(samples, dtype=float)
+    if x.size < 4:
+        return {"low_mild": 0, "low_severe": 0, "high_mild": 0, "high_severe": 0}
+    q1, q3 = np.percentile(x, [25, 75])
+    iqr = q3 - q1
+    return {"low_severe": int((x < q1 - 3 * iqr).sum()), "low_mild": int(((x < q1 - 1.5 * iqr) & (x >= q1 - 3 * iqr)).sum()),
+            "high_mild": int(((x > q3 + 1.5 * iqr) & (x <= q3 + 3 * iqr)).sum()),
+            "high_severe": int((x > q3 + 3 * iqr).sum())}
+
+
+def fmt(value: float | None, ci: list[float] | None, digits: int = 2) -> str:
+    """``1.75x [1.71, 1.79]``; ``1.02x [0.97, 1.06] ~1`` when the interval holds 1.0."""
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}x"
+    if ci:
+        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+        if covers_one(ci):
+            text += " ~1"
+    return text

@@ -1,0 +1,94 @@
+"""How well a speed-up is known: the interval's coverage on samples with a known ratio, its
+rendering, and records made before intervals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from pbkit.core import record
+from pbkit.measure import uncertainty
+
+
+def _blocks(rng: np.random.Generator, k: int, n: int, ratio: float) -> tuple[list[list[float]], list[list[float]]]:
+    """k block pairs of n samples: lognormal jitter per query, a drift shared by each pair (the
+    machine slowing down for both), dense median 2 ms, pruned 2 / ratio."""
+    a, b = [], []
+    for _ in range(k):
+        drift = rng.normal(0, 0.05)
+        a.append(list(np.exp(np.log(2.0) + drift + rng.normal(0, 0.1, n))))
+        b.append(list(np.exp(np.log(2.0 / ratio) + drift + rng.normal(0, 0.1, n))))
+    return a, b
+
+
+def test_the_interval_covers_a_known_ratio_about_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(0)
+    sims, covered, widths = 120, 0, []
+    for i in range(sims):
+        a, b = _blocks(rng, k=16, n=15, ratio=1.5)
+        est = uncertainty.ratio_ci(a, b, draws=400, seed=i)
+        covered += est["ci"][0] <= 1.5 <= est["ci"][1]
+        widths.append(est["relative_half_width"])
+    assert 0.88 <= covered / sims <= 0.995
+    assert 0.0 < float(np.median(widths)) < 0.05
+    a, b = _blocks(rng, k=64, n=15, ratio=1.5)  # more blocks: a narrower interval
+    assert uncertainty.ratio_ci(a, b, draws=400)["relative_half_width"] < float(np.median(widths))
+
+
+def test_outliers_are_counted_not_dropped() -> None:
+    samples = [1.0] * 50 + [1.1] * 50 + [5.0, 50.0]
+    out = uncertainty.outliers(samples)
+    assert out["high_severe"] == 2 and out["low_mild"] == out["low_severe"] == 0
+
+
+def test_a_speedup_whose_interval_holds_one_renders_as_not_distinguishable(pruned_run: Path, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from pbkit.report import leaderboard, tables
+
+    assert uncertainty.fmt(1.01, [0.97, 1.05]) == "1.01x [0.97, 1.05] ~1"
+    assert uncertainty.fmt(1.75, [1.71, 1.79]) == "1.75x [1.71, 1.79]"
+    d = tmp_path / "r"
+    shutil.copytree(pruned_run, d)
+    data = json.loads((d / "record.json").read_text())
+    for p in data["latency"]:
+        if p["variant"] == "pruned":
+            p.update(speedup_vs_dense=1.01, speedup_ci=[0.97, 1.05],
+                     ci={"relative_half_width": 0.04, "blocks": 12, "target": 0.02, "met": False, "stop": "budget"})
+    (d / "record.json").write_text(json.dumps(data))
+    console = Console(record=True, width=200)
+    console.print(tables.run_table(record.read(d)))
+    text = console.export_text()
+    assert "1.01x [0.97, 1.05] ~1 measured (not distinguishable from 1.0)" in text
+    assert "CI ±4.0% > 2.0% within the time budget" in text
+    md = leaderboard.markdown(leaderboard.rows(leaderboard.find_records(d)))
+    assert "1.01 [0.97, 1.05] ~1" in md
+
+
+def test_records_made_before_intervals_still_read_and_render(pruned_run: Path, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from pbkit.report import leaderboard, machines, tables
+
+    d = tmp_path / "old"
+    shutil.copytree(pruned_run, d)
+    data = json.loads((d / "record.json").read_text())
+    data["schema_version"] = "1.1"
+    for p in data["latency"]:
+        for k in ("speedup_ci", "median_ci", "ci", "outliers", "blocks"):
+            p.pop(k, None)
+    (d / "record.json").write_text(json.dumps(data))
+    rec = record.read(d)
+    assert rec.latency and all(p.speedup_ci is None for p in rec.latency)
+    console = Console(record=True, width=200)
+    console.print(tables.run_table(rec))
+    text = console.export_text()
+    assert "x measured (cov" in text or "x measured (unstable: cov" in text  # the CoV gate's words, no interval
+    md = leaderboard.markdown(leaderboard.rows(leaderboard.find_records(d)))
+    assert "| - | l1 | 1 |" in md and " ~1" not in md
+    rows = machines.machine_rows(leaderboard.find_records(d))
+    assert rows and rows[0]["speedup_ci"] is None
+    assert isinstance(machines.render_machines(rows, "md"), str)
