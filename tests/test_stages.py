@@ -491,3 +491,16 @@ def test_concurrent_runs_that_need_the_same_base_train_it_once(tmp_path: Path, m
         t.join(timeout=120)
     assert len(calls) == 1 and len(got) == 2 and got[0] == got[1]
     assert got[0]["weights"] == "trained" and len(list((tmp_path / "bases").glob("*.pt"))) == 1
+
+
+def test_an_empty_folder_in_a_runs_place_is_reused_and_a_foreign_one_refused(tmp_path: Path) -> None:
+    from pbkit.stages import rundir
+
+    plan = rundir.plan(_cfg(tmp_path / "runs"))
+    plan.run_dir.mkdir(parents=True)
+    assert plan.existing() is None and not plan.run_dir.exists()  # nothing in it to lose
+    plan.run_dir.mkdir()
+    (plan.run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(PbkitError, match="already exists and holds no record"):
+        plan.existing()
+    assert (plan.run_dir / "notes.txt").read_text() == "mine"

@@ -171,6 +171,8 @@ class Plan:
         """The record of this run if its folder holds one; an error if the folder holds something
         else (another configuration, no record, an unreadable record)."""
         d = self.run_dir
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()  # an empty folder holds nothing to lose
         if not d.exists():
             return None
         if not (d / record.RECORD_NAME).is_file():
