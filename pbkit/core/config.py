@@ -99,6 +99,8 @@ class PruneCfg(_Strict):
     calibration: CalibrationCfg
     schedule: Literal["oneshot", "interleaved"]
     interleave_iters: int = Field(ge=1)
+    max_memory_gib: float | None = Field(gt=0)  # stop a run past this resident memory; null: 75% of the machine's
+    max_graph_s: float | None = Field(gt=0)  # stop building the dependency graph past this many seconds
 
 
 class SparsifyCfg(_TrainingCfg):

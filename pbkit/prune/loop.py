@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pbkit.core import budget
 from pbkit.core.errors import PbkitError
 from pbkit.models import counts
 from pbkit.prune import methods
@@ -37,6 +38,8 @@ class PruneSettings:
     seed: int = 0
     reg: float = 5e-4
     delta_reg: float = 1e-4
+    max_memory_gib: float | None = None  # budgets (None: 75% of the machine's memory; no time limit)
+    max_graph_s: float | None = None
 
 
 @dataclass
@@ -81,6 +84,29 @@ def _fix_attention(model: nn.Module, pruner: Any) -> None:
                 setattr(model, attr, embed.out_channels)
 
 
+GRAPH_HINT = ("a structure the dependency graph cannot follow (window attention and similar); raise "
+              "prune.max_memory_gib / prune.max_graph_s only if the machine has room")
+
+
+def _graph(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: PruneSettings, max_ratio: float,
+           protected: list[nn.Module], num_heads: dict[nn.Module, int], extra: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """Build the Pruner (its dependency graph) and list the prunable groups."""
+    try:
+        pruner = pruner_cls(model, example, importance=importance, global_pruning=s.scope != "local",
+                            pruning_ratio=1.0, max_pruning_ratio=max_ratio, iterative_steps=s.iterative_steps,
+                            ignored_layers=protected, round_to=s.round_to, num_heads=num_heads, **extra)
+    except PbkitError:
+        raise
+    except Exception as e:  # tracing failures come in many types
+        raise PbkitError(f"the dependency graph could not trace this model: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                           root_module_types=pruner.root_module_types))
+    if not groups:
+        raise PbkitError("the dependency graph found no prunable channel group in this model")
+    return pruner, groups
+
+
 def prune_to_target(
     model: nn.Module,
     method: methods.Method,
@@ -93,6 +119,7 @@ def prune_to_target(
     sparse_train: Callable[[Any], dict[str, Any]] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     between_steps: Callable[[int], float] | None = None,
+    name: str = "the model",
 ) -> PruneResult:
     """Prune ``model`` in place until base MACs / pruned MACs >= ``settings.speedup``, never
     touching the ``protected`` modules (the task's heads).
@@ -132,50 +159,32 @@ def prune_to_target(
     pruner_cls, extra = method.pruner_class(ctx)
     importance = method.importance(ctx)
     max_ratio = PROTECTED_MAX_RATIO if s.scope == "protected" else 1.0
+    memory = s.max_memory_gib if s.max_memory_gib is not None else budget.default_memory_gib()
     t_start = time.perf_counter()
-    try:
-        pruner = pruner_cls(
-            model,
-            example,
-            importance=importance,
-            global_pruning=s.scope != "local",
-            pruning_ratio=1.0,
-            max_pruning_ratio=max_ratio,
-            iterative_steps=s.iterative_steps,
-            ignored_layers=protected,
-            round_to=s.round_to,
-            num_heads=num_heads,
-            **extra,
-        )
-    except PbkitError:
-        raise
-    except Exception as e:  # tracing failures come in many types
-        raise PbkitError(f"the dependency graph could not trace this model: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
-    groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                           root_module_types=pruner.root_module_types))
-    if not groups:
-        raise PbkitError("the dependency graph found no prunable channel group in this model")
+    with budget.guarded(f"dependency graph of {name}", memory, s.max_graph_s, hint=GRAPH_HINT):
+        pruner, groups = _graph(pruner_cls, model, example, importance, s, max_ratio, protected, num_heads, extra)
     sparsified = sparse_train(pruner) if method.stage == "sparsify" and sparse_train is not None else None
     if sparsified is not None:
         t_start += sparsified["time_s"]  # prune time excludes the regularized training ("reg time")
     steps, macs, step_times = 0, macs_base, []
-    while steps < s.iterative_steps:
-        if between_steps is not None:
-            t_start += between_steps(steps + 1)
-        t0 = time.perf_counter()
-        if method.collect is not None:
-            assert calibration is not None
-            method.collect(importance, model, pruner, calibration)
-        pruner.step()
-        _fix_attention(model, pruner)
-        step_times.append(time.perf_counter() - t0)
-        steps += 1
-        macs = counts.count_macs(model, input_size)
-        if on_step is not None:
-            on_step(steps, macs_base / max(macs, 1))
-        if macs_base / max(macs, 1) >= s.speedup:
-            break
+    with budget.guarded(f"pruning {name}", memory, None):
+        while steps < s.iterative_steps:
+            if between_steps is not None:
+                t_start += between_steps(steps + 1)
+            t0 = time.perf_counter()
+            if method.collect is not None:
+                assert calibration is not None
+                method.collect(importance, model, pruner, calibration)
+            pruner.step()
+            _fix_attention(model, pruner)
+            step_times.append(time.perf_counter() - t0)
+            steps += 1
+            macs = counts.count_macs(model, input_size)
+            if on_step is not None:
+                on_step(steps, macs_base / max(macs, 1))
+            if macs_base / max(macs, 1) >= s.speedup:
+                break
+
     achieved = macs_base / max(macs, 1)
     if macs == macs_base:
         raise PbkitError(f"nothing was pruned in {steps} steps: the {method.key} criterion could not rank the "

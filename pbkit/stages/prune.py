@@ -136,10 +136,11 @@ def _prune(model: Any, method: Method, spec: ModelSpec, task: Task, cfg: config.
     between, interleave = _interleaved(model, spec, task, cfg, bundle, quiet) if p.schedule == "interleaved" else \
         (None, None)
     settings = PruneSettings(speedup=p.speedup, scope=p.scope, iterative_steps=p.iterative_steps, round_to=p.round_to,
-                             seed=p.seed, reg=cfg.sparsify.reg, delta_reg=cfg.sparsify.delta_reg)
+                             seed=p.seed, reg=cfg.sparsify.reg, delta_reg=cfg.sparsify.delta_reg,
+                             max_memory_gib=p.max_memory_gib, max_graph_s=p.max_graph_s)
     res = prune_to_target(model, method, settings, input_size=spec.input_size, num_classes=spec.num_classes,
                           protected=task.protected(model, spec), calibration=calibration, sparse_train=sparse_train,
-                          on_step=lambda i, s: steps.update(i, f"{s:.3f}x"), between_steps=between)
+                          on_step=lambda i, s: steps.update(i, f"{s:.3f}x"), between_steps=between, name=spec.name)
     res.interleave = interleave
     return res, calibration
 

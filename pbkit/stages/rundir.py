@@ -90,7 +90,7 @@ def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
                              "test_limit": d.test_limit, "seed": d.seed}
     if trains_base(cfg):
         fields["base"] = cfg.base.model_dump()
-    prune = p.model_dump(exclude={"calibration", "schedule", "interleave_iters"})
+    prune = p.model_dump(exclude={"calibration", "schedule", "interleave_iters", "max_memory_gib", "max_graph_s"})
     if p.schedule != "oneshot":  # (absent at the default, so ids made before it existed still hold)
         prune.update(schedule=p.schedule, interleave_iters=p.interleave_iters)
     if method.needs_data:

@@ -1,0 +1,76 @@
+"""Budgets for work that may never end: a memory or time budget stops it with one line, exit 2,
+and nothing half-written."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from pbkit.core import budget
+from pbkit.core.errors import PbkitError
+
+
+def _rss_gib() -> float:
+    return psutil.Process().memory_info().rss / budget.GIB
+
+
+def _hog(step_mb: int = 8) -> None:
+    """Python that keeps allocating, as a dependency graph recursing without end does."""
+    held = []
+    while True:
+        held.append(bytearray(step_mb * 2**20))
+        time.sleep(0.002)
+
+
+def test_a_memory_budget_stops_runaway_python_with_one_line() -> None:
+    limit = round(_rss_gib() + 0.25, 2)
+    with pytest.raises(PbkitError) as e:
+        with budget.guarded("dependency graph of stub", limit, None, hint="a hint"):
+            warnings.warn("Maximum recursive depth reached!", stacklevel=1)
+            _hog()
+    text = str(e.value)
+    assert text.startswith("dependency graph of stub: stopped: its memory reached")
+    assert f"over the budget of {limit:g} GiB (prune.max_memory_gib)" in text
+    assert "it warned: 'Maximum recursive depth reached!'" in text and text.endswith("; a hint")
+    assert "\n" not in text
+    assert _rss_gib() < limit + 0.5  # the hog's memory went with it
+
+
+def test_a_time_budget_stops_work_that_never_ends() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(PbkitError, match=r"stopped: it ran past the time budget of 0.3 s \(prune.max_graph_s\)"):
+        with budget.guarded("dependency graph of stub", None, 0.3):
+            while True:
+                time.sleep(0.01)
+    assert time.monotonic() - t0 < 3.0
+
+
+def test_work_within_budget_runs_and_keeps_its_warnings() -> None:
+    with pytest.warns(UserWarning, match="keep me"):
+        with budget.guarded("work", 1000.0, 60.0) as watch:
+            warnings.warn("keep me", UserWarning, stacklevel=1)
+            total = sum(range(1000))
+    assert total == 499500 and watch.reason is None and watch.peak_bytes > 0
+    time.sleep(0.1)  # no stop arrives later, in other code
+    assert budget.default_memory_gib() == pytest.approx(0.75 * budget.total_memory_bytes() / budget.GIB, abs=0.1)
+
+
+def test_a_prune_past_its_memory_budget_exits_2_and_leaves_no_run_folder(pbkit: Any, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from pbkit.prune import loop
+
+    monkeypatch.setattr(loop, "_graph", lambda *a, **k: _hog())
+    limit = round(_rss_gib() + 0.3, 2)
+    r = pbkit("prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "2", "--out", tmp_path / "runs",
+              "--set", f"prune.max_memory_gib={limit}")
+    assert r.code == 2
+    errors = [line for line in r.err.strip().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in r.err
+    assert errors[0].startswith("error: dependency graph of resnet20_cifar: stopped: its memory")
+    assert "window attention" in errors[0]
+    assert not any((tmp_path / "runs").glob("resnet20*")) and not any((tmp_path / "runs").glob(".tmp-*"))
