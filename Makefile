@@ -32,7 +32,7 @@ BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set mo
 	$(if $(BATCH),--set bench.batches=[$(BATCH)]) \
 	$(if $(ROUND_TO),--set prune.round_to=$(ROUND_TO))
 
-.PHONY: help setup bench test test-slow test-all study-perf reference-study reference-fairness lint lock report perf fidelity reference clean docker-build docker-bench docker-pin
+.PHONY: help setup bench test test-slow test-all study-perf reference-study reference-fairness zoo lint lock report perf fidelity reference clean docker-build docker-bench docker-pin
 
 help:
 	@echo "make setup                      create $(VENV)/ from the pinned lock ($(LOCK), hashes checked)"
@@ -51,6 +51,7 @@ help:
 	@echo "make study-perf                 a study on Ray with 1 vs 2 workers: scaling and overhead (results/perf/)"
 	@echo "make reference-study            the offline digits study (results/reference/digits-study-<tag>/)"
 	@echo "make reference-fairness         the fairness evidence on digits: seeds, 2 LRs, KD, scratch (~35 min)"
+	@echo "make zoo                        every torchvision classifier and a timm sample: prune 1.5x + export, or why not"
 	@echo "make lock                       re-resolve requirements/*.in into the lock files (needs uv)"
 
 setup: $(STAMP)
@@ -116,6 +117,9 @@ reference-study: setup ## every method x 2 targets x 3 seeds on digits, on a loc
 reference-fairness: setup ## 6 methods x 2 finetune LRs x 3 seeds, KD on/off, scratch baseline; its leaderboard
 	$(BIN)/pbkit study run configs/study/digits-fairness.study.yaml --out $(REF_FAIR)
 	$(BIN)/pbkit report $(REF_FAIR) --format md --accuracy-plot $(REF_FAIR)/accuracy.png > $(REF_FAIR)/LEADERBOARD.md
+
+zoo: setup ## every torchvision classifier and a timm sample, each in its own process -> results/perf/zoo-*
+	$(BIN)/python benchmarks/zoo.py
 
 docker-build:
 	docker build -f docker/Dockerfile -t $(IMAGE):$(VERSION) --build-arg IMAGE_NAME=$(IMAGE) $(DOCKER_ARGS) .

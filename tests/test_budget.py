@@ -74,3 +74,23 @@ def test_a_prune_past_its_memory_budget_exits_2_and_leaves_no_run_folder(pbkit: 
     assert errors[0].startswith("error: dependency graph of resnet20_cifar: stopped: its memory")
     assert "window attention" in errors[0]
     assert not any((tmp_path / "runs").glob("resnet20*")) and not any((tmp_path / "runs").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_the_zoo_script_writes_its_table_with_passes_and_one_line_reasons(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "zoo.py"), "--names", "tv:squeezenet1_1",
+                        "tv:no_such_net", "--out", str(tmp_path), "--tag", "t", "--timeout-s", "300"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads((tmp_path / "zoo-t.json").read_text())
+    ok, bad = data["rows"]
+    assert ok["status"] == "pass" and ok["speedup"] >= 1.5 and ok["peak_rss_gib"] > 0 and ok["params_pruned"] > 0
+    assert bad["status"] == "fail" and bad["stage"] == "prune" and "no_such_net" in bad["reason"]
+    assert "\n" not in bad["reason"] and data["summary"]["tv"] == {"tried": 2, "passed": 1}
+    md = (tmp_path / "zoo-t.md").read_text()
+    assert "| tv:squeezenet1_1 | pass | 1.5" in md and "| tv:no_such_net | fail (prune) |" in md

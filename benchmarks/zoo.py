@@ -1,0 +1,164 @@
+"""The model zoo: does every torchvision and timm classifier prune, or say why in one line?
+
+Each model runs in its own process, as a user would run it (random weights, the model's own input
+size): ``pbkit prune --method l2 --scope protected --speedup 1.5`` under the kit's memory and
+graph-time budgets, then ``pbkit export`` (ONNX with parity). A wall-clock limit per model kills
+what hangs anyway. Per model: pass / fail with the one-line reason, wall time, peak resident
+memory of the process, MACs and params before and after.
+
+    python benchmarks/zoo.py [--source tv timm] [--names tv:resnet18 ...] [--limit N]
+                             [--timm-sample 120] [--max-memory-gib 8] [--timeout-s 600]
+                             [--out results/perf] [--tag TAG]
+
+Writes zoo-<tag>.json and .md under --out (tag: cpu-<cores>core unless given), rewriting them
+after every model, so a zoo stopped halfway keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pbkit.core.fileio import atomic_write_json, atomic_write_text
+
+
+def torchvision_names() -> list[str]:
+    import torchvision
+
+    return [f"tv:{n}" for n in sorted(torchvision.models.list_models(module=torchvision.models))]
+
+
+def timm_sample(n: int) -> list[str]:
+    """One name per timm family (the name's first word), in order, up to ``n``: CNNs, ViTs,
+    hierarchical transformers, hybrids and mobile nets alike."""
+    import timm
+
+    seen: dict[str, str] = {}
+    for name in timm.list_models():
+        family = name.split("_")[0].rstrip("0123456789")
+        seen.setdefault(family, name)
+    return [f"timm:{name}" for name in list(seen.values())[:n]]
+
+
+def _peak_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        return int(p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True)))
+    except psutil.Error:
+        return 0
+
+
+def _run(cmd: list[str], timeout_s: float) -> tuple[int, str, str, int, float]:
+    """Run a command; (exit code, stdout, stderr, peak RSS bytes, seconds). Killed past the limit."""
+    t0 = time.perf_counter()
+    peak = 0
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        while proc.poll() is None:
+            peak = max(peak, _peak_rss(proc.pid))
+            if time.perf_counter() - t0 > timeout_s:
+                proc.kill()
+                out, err = proc.communicate()
+                return -9, out, err + f"\nerror: killed past the zoo's wall-clock limit of {timeout_s:g} s", peak, \
+                    time.perf_counter() - t0
+            time.sleep(0.2)
+        out, err = proc.communicate()
+    return proc.returncode, out, err, peak, time.perf_counter() - t0
+
+
+def _reason(err: str) -> str:
+    lines = [line.removeprefix("error: ") for line in err.splitlines() if line.startswith("error:")]
+    return lines[-1] if lines else (err.strip().splitlines() or ["no output"])[-1][:300]
+
+
+def try_model(name: str, work: Path, max_memory_gib: float, timeout_s: float) -> dict[str, Any]:
+    pbkit = str(Path(sys.executable).with_name("pbkit"))
+    row: dict[str, Any] = {"model": name}
+    code, out, err, peak, seconds = _run(
+        [pbkit, "prune", "--model", name, "--method", "l2", "--scope", "protected", "--speedup", "1.5",
+         "--out", str(work), "--json", "--set", f"prune.max_memory_gib={max_memory_gib}"], timeout_s)
+    row.update(prune_s=round(seconds, 1), peak_rss_gib=round(peak / 2**30, 2))
+    if code != 0:
+        return {**row, "status": "fail", "stage": "prune", "reason": _reason(err)}
+    result = json.loads(out)
+    rec = result.get("record", result)
+    counts = rec.get("counts", {})
+    row.update(macs_base=counts.get("macs_base"), macs_pruned=counts.get("macs_pruned"),
+               params_base=counts.get("params_base"), params_pruned=counts.get("params_pruned"),
+               speedup=(rec.get("method") or {}).get("achieved_speedup"))
+    run_dir = result.get("run_dir") or str(work / rec["run_id"])
+    code, out, err, peak2, seconds = _run([pbkit, "export", run_dir], timeout_s)
+    row.update(export_s=round(seconds, 1), peak_rss_gib=round(max(peak, peak2) / 2**30, 2))
+    if code != 0:
+        return {**row, "status": "fail", "stage": "export", "reason": _reason(err)}
+    return {**row, "status": "pass", "stage": None, "reason": None}
+
+
+def write(rows: list[dict[str, Any]], out: Path, tag: str, settings: dict[str, Any]) -> None:
+    passed = [r for r in rows if r["status"] == "pass"]
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_source.setdefault(r["model"].split(":")[0], []).append(r)
+    summary = {src: {"tried": len(rs), "passed": sum(r["status"] == "pass" for r in rs)} for src, rs in by_source.items()}
+    atomic_write_json(out / f"zoo-{tag}.json", {"settings": settings, "summary": summary, "rows": rows})
+    lines = [f"# Model zoo: l2, protected, 1.5x, ONNX export with parity ({tag})", "",
+             "Each model in its own process with random weights at its own input size, under the kit's budgets "
+             f"(prune.max_memory_gib={settings['max_memory_gib']}, prune.max_graph_s default) and a wall-clock "
+             f"limit of {settings['timeout_s']:g} s.", "",
+             "| source | tried | passed |", "|---|---|---|"]
+    lines += [f"| {src} | {s['tried']} | {s['passed']} ({s['passed'] / max(s['tried'], 1):.0%}) |"
+              for src, s in summary.items()]
+    lines += ["", f"{len(passed)}/{len(rows)} pass.", "",
+              "| model | result | MACs x | params left | prune s | export s | peak GiB | reason |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sp = f"{r['speedup']:.2f}" if r.get("speedup") else "-"
+        left = f"{r['params_pruned'] / r['params_base']:.0%}" if r.get("params_base") else "-"
+        why = (r["reason"] or "").replace("|", "/")
+        lines.append(f"| {r['model']} | {r['status']}{' (' + r['stage'] + ')' if r['stage'] else ''} | {sp} | {left} | "
+                     f"{r.get('prune_s', '-')} | {r.get('export_s', '-')} | {r.get('peak_rss_gib', '-')} | {why} |")
+    atomic_write_text(out / f"zoo-{tag}.md", "\n".join(lines) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", nargs="+", default=["tv", "timm"], choices=["tv", "timm"])
+    ap.add_argument("--names", nargs="+", default=None, help="these models only")
+    ap.add_argument("--limit", type=int, default=None, help="the first N names only")
+    ap.add_argument("--timm-sample", type=int, default=120)
+    ap.add_argument("--max-memory-gib", type=float, default=8.0)
+    ap.add_argument("--timeout-s", type=float, default=600.0)
+    ap.add_argument("--out", type=Path, default=Path("results/perf"))
+    ap.add_argument("--tag", default=f"cpu-{os.cpu_count()}core")
+    args = ap.parse_args()
+    names = args.names or [*(torchvision_names() if "tv" in args.source else []),
+                           *(timm_sample(args.timm_sample) if "timm" in args.source else [])]
+    names = names[:args.limit] if args.limit else names
+    settings = {"method": "l2", "scope": "protected", "speedup": 1.5, "max_memory_gib": args.max_memory_gib,
+                "timeout_s": args.timeout_s}
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="pbkit-zoo-") as tmp:
+        for i, name in enumerate(names, 1):
+            row = try_model(name, Path(tmp) / "runs", args.max_memory_gib, args.timeout_s)
+            rows.append(row)
+            write(rows, args.out, args.tag, settings)
+            print(f"[{i}/{len(names)}] {name}: {row['status']}"
+                  + (f" ({row['stage']}: {row['reason']})" if row["reason"] else f" {row.get('speedup', 0):.2f}x")
+                  + f" {row.get('prune_s', 0) + row.get('export_s', 0):.0f} s, {row['peak_rss_gib']} GiB",
+                  file=sys.stderr, flush=True)
+            for run in (Path(tmp) / "runs").glob("*"):  # model files of a finished entry are not kept
+                subprocess.run(["rm", "-rf", str(run)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
