@@ -241,6 +241,7 @@ def test_interleaved_schedule_reaches_the_target_training_between_steps_with_kd(
     assert m.schedule == "interleaved" and m.achieved_speedup >= 2.0
     assert m.interleave is not None and m.interleave["steps_trained"] == m.steps
     assert m.interleave["iterations"] == 2 * m.steps and m.interleave["kd"]["enabled"] is True
+    assert m.interleave["epochs"] == -(-m.interleave["iterations"] // 3)  # 96 images in batches of 32
     assert (rec.finetune or {})["kd"]["enabled"] is True and rec.schema_version == record.SCHEMA_VERSION
     oneshot = stages.run(config.load(None, [*SMALL, f"out={tmp_path}", "finetune.kd.enabled=true"]),
                          until="prune", quiet=True).record

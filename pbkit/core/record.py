@@ -80,7 +80,7 @@ class MethodInfo(_Open):
     sparsify: dict[str, Any] | None = None  # the sparse-training recipe, reg, history, time_s
     reg_time_s: float | None = None  # sparse-training wall time, apart from step time
     schedule: str = "oneshot"  # oneshot: prune, then finetune; interleaved: train between pruning steps (CPD)
-    interleave: dict[str, Any] | None = None  # iters_per_step, iterations, time_s, kd, recipe (interleaved)
+    interleave: dict[str, Any] | None = None  # iters_per_step, iterations, epochs, time_s, kd, recipe (interleaved)
 
 
 class Counts(_Open):

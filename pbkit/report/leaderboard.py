@@ -203,7 +203,8 @@ def score(e: dict[str, Any]) -> float | None:
     return e["finetuned"] if e["finetuned"] is not None else e["pruned"]
 
 
-def _spread(e: dict[str, Any]) -> float:
+def spread(e: dict[str, Any]) -> float:
+    """The std over seeds of what ranks a row (0 for a single run)."""
     std = e["std"].get("finetuned" if e["finetuned"] is not None else "pruned")
     return std or 0.0
 
@@ -214,7 +215,7 @@ def separable(a: dict[str, Any], b: dict[str, Any]) -> bool:
     sa, sb = score(a), score(b)
     if sa is None or sb is None:
         return True
-    return abs(sa - sb) > _spread(a) + _spread(b) or (abs(sa - sb) > 0 and _spread(a) + _spread(b) == 0)
+    return abs(sa - sb) > spread(a) + spread(b) or (abs(sa - sb) > 0 and spread(a) + spread(b) == 0)
 
 
 def rank(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -369,7 +370,7 @@ def cross_finetuning(board: list[tuple[dict[str, Any], list[dict[str, Any]]]], t
                 verdicts.append({"a": a, "b": b, "per_recipe": wins, "verdict": text,
                                  "holds": len(set(wins.values())) == 1 and "tie" not in wins.values()})
         out.append({"model": key[0], "dataset": key[1], "scope": key[2], "target": key[3], "recipes": recipes,
-                    "matrix": {m: {r: (score(e), _spread(e), e["n"], e["ta"]) for r, e in row.items()}
+                    "matrix": {m: {r: (score(e), spread(e), e["n"], e["ta"]) for r, e in row.items()}
                                for m, row in matrix.items()},
                     "top": leaders, "verdicts": verdicts, "setup": "S3.1" if _same_epochs(groups) else "S2"})
     return out
@@ -436,10 +437,10 @@ def scratch_rows(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> li
             per = {}
             for i, e in mates:
                 setup, why = setups.infer([s["facts"], e["facts"]])
-                per[i["recipe_label"]] = {"pruned": score(e), "pruned_std": _spread(e), "gap": (score(e) or 0) -
+                per[i["recipe_label"]] = {"pruned": score(e), "pruned_std": spread(e), "gap": (score(e) or 0) -
                                           (score(s) or 0), "setup": setup, "why": why, "separable": separable(e, s)}
             out.append({"model": s["model"], "dataset": s["dataset"], "scope": s["scope"], "target": s["target"],
-                        "method": s["method"], "scratch": score(s), "scratch_std": _spread(s), "n": s["n"],
+                        "method": s["method"], "scratch": score(s), "scratch_std": spread(s), "n": s["n"],
                         "epochs": s["facts"]["total_epochs"], "pruned": per})
     return out
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write
+from pbkit.report.leaderboard import score, spread
 from pbkit.report.machines import across_machines
 
 
@@ -124,7 +125,7 @@ def plot_accuracy(board: list[tuple[dict[str, Any], list[dict[str, Any]]]], path
     fig, axes = plt.subplots(nrows, cols, figsize=(7.0 * cols, height * nrows), dpi=110, squeeze=False)
     for ax, (key, groups) in zip(axes.flat, panels.items(), strict=False):
         methods = sorted({e["method"] for _, g in groups for e in g},
-                         key=lambda m: max((_acc(e) or 0) for _, g in groups for e in g if e["method"] == m))
+                         key=lambda m: max((score(e) or 0) for _, g in groups for e in g if e["method"] == m))
         y = {m: i for i, m in enumerate(methods)}
         recipes = [info for info, _ in groups if info["init"] == "pruned"]
         offset = 0.6 / max(len(recipes), 1)
@@ -135,7 +136,7 @@ def plot_accuracy(board: list[tuple[dict[str, Any], list[dict[str, Any]]]], path
                 info["recipe_label"] or "finetuned"
             labelled = labelled or scratch
             shift = 0.0 if scratch else -0.3 + offset * (i + 0.5)
-            pts = [(y[e["method"]] + shift, _acc(e), _std(e)) for e in g if _acc(e) is not None]
+            pts = [(y[e["method"]] + shift, score(e), spread(e)) for e in g if score(e) is not None]
             ax.errorbar([p[1] for p in pts], [p[0] for p in pts], xerr=[p[2] for p in pts],
                         fmt="x" if scratch else "o", color="k" if scratch else f"C{i}", capsize=3, ms=6, label=label)
         bases = [e["base"] for _, g in groups for e in g if e["base"] is not None]
@@ -154,10 +155,3 @@ def plot_accuracy(board: list[tuple[dict[str, Any], list[dict[str, Any]]]], path
     plt.close(fig)
     return out
 
-
-def _acc(e: dict[str, Any]) -> float | None:
-    return e["finetuned"] if e["finetuned"] is not None else e["pruned"]
-
-
-def _std(e: dict[str, Any]) -> float:
-    return e["std"].get("finetuned" if e["finetuned"] is not None else "pruned") or 0.0

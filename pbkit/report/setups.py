@@ -17,7 +17,6 @@ epochs.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -92,11 +91,7 @@ def from_record(rec: Any) -> dict[str, Any]:
         prune_schedule["interleave"] = {"iters_per_step": interleave.get("iters_per_step"),
                                         "kd": _kd(interleave.get("kd")), **(interleave.get("recipe") or {})}
     base_epochs = int((rec.base_training or {}).get("epochs") or 0)
-    interleave_epochs = 0
-    if interleave.get("iterations"):
-        train_size = rec.dataset.train_size if rec.dataset and rec.dataset.train_size else 0
-        per_epoch = max(1, math.ceil(train_size / max(int(ft.get("batch_size") or 1), 1)))
-        interleave_epochs = math.ceil(int(interleave["iterations"]) / per_epoch)
+    interleave_epochs = int(interleave.get("epochs") or 0)  # the training between pruning steps, in epochs
     init = ft.get("init") or "pruned"
     facts = {
         "s1": (rec.model.name, rec.dataset.name if rec.dataset else None, m.scope, m.target_speedup),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,13 @@ def obtain(cfg: config.Config, spec: ModelSpec, task: Task, bundle: DataBundle |
     return model, _trained(path), history
 
 
-def teacher(cfg: config.Config, dense: Path) -> nn.Module | None:
+def teacher(cfg: config.Config, dense: Callable[[], nn.Module]) -> nn.Module | None:
     """The distillation teacher when ``finetune.kd`` is on: the named model file, else the run's own
-    dense base (``dense``); in eval mode, without gradients."""
+    dense base (``dense()``); in eval mode, without gradients."""
     kd = cfg.finetune.kd
     if not kd.enabled:
         return None
-    model, _, _ = checkpoint.load_model(teacher_file(kd.teacher) if kd.teacher else dense)
+    model = checkpoint.load_model(teacher_file(kd.teacher))[0] if kd.teacher else dense()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -14,7 +14,6 @@ the trainability accuracy (TA).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from pbkit.core import config, record
 from pbkit.core.console import Steps
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import sha256_file
-from pbkit.data import DataBundle
 from pbkit.machine import envinfo
 from pbkit.models import checkpoint
 from pbkit.models.weights import reinitialize
@@ -40,13 +38,13 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
     task = get_task(spec.task)
     env = envinfo.collect()
     if cfg.init == "scratch":
-        recipe, extra = scratch_recipe(rec, cfg, bundle)
+        recipe, extra = scratch_recipe(rec, cfg)
         reinitialize(model, int(recipe["seed"]))
         teacher, title = None, f"training the pruned architecture from scratch, {recipe['epochs']} epochs"
     else:
         recipe = cfg.finetune.model_dump(exclude={"kd"})
         extra = {"init": "pruned"}
-        teacher = bases.teacher(cfg, run_dir / MODEL_FILES[DENSE])
+        teacher = bases.teacher(cfg, lambda: checkpoint.load_model(run_dir / MODEL_FILES[DENSE])[0])
         title = f"finetuning {recipe['epochs']} epochs" + (" with distillation" if teacher is not None else "")
     steps = Steps(title, int(recipe["epochs"]), quiet)
     history = task.train(model, bundle, spec, recipe, eval_batch_size=cfg.dataset.eval_batch_size,
@@ -66,7 +64,7 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
     return rec
 
 
-def scratch_recipe(rec: record.Record, cfg: config.Config, bundle: DataBundle) -> tuple[dict[str, Any], dict[str, Any]]:
+def scratch_recipe(rec: record.Record, cfg: config.Config) -> tuple[dict[str, Any], dict[str, Any]]:
     """The base recipe, for the epochs base training, the pruning stage (sparse training; the
     training between interleaved pruning steps, in epochs rounded up) and finetuning took."""
     if rec.base_training is None:
@@ -78,7 +76,6 @@ def scratch_recipe(rec: record.Record, cfg: config.Config, bundle: DataBundle) -
     if rec.method.sparsify:
         parts["sparsify"] = int(rec.method.sparsify.get("epochs") or 0)
     if rec.method.interleave:
-        per_epoch = max(1, math.ceil(len(bundle.train) / cfg.finetune.batch_size))  # type: ignore[arg-type]
-        parts["interleave"] = math.ceil(int(rec.method.interleave.get("iterations") or 0) / per_epoch)
+        parts["interleave"] = int(rec.method.interleave.get("epochs") or 0)
     total = sum(parts.values())
     return {**cfg.base.model_dump(), "epochs": total}, {"init": "scratch", "epochs_total": total, "epochs_from": parts}

@@ -8,6 +8,7 @@ stage leaves no run folder (a killed one leaves a ``.tmp-`` folder that the next
 from __future__ import annotations
 
 import copy
+import math
 import os
 import shutil
 import time
@@ -154,13 +155,10 @@ def _interleaved(model: Any, spec: ModelSpec, task: Task, cfg: config.Config, bu
     if bundle is None:
         raise PbkitError("prune.schedule: interleaved trains between pruning steps: pass --dataset D")
     ft, p = cfg.finetune, cfg.prune
-    teacher = None
-    if ft.kd.enabled:
-        teacher = bases.teacher(cfg, Path(ft.kd.teacher)) if ft.kd.teacher else copy.deepcopy(model).eval()
-        for param in teacher.parameters():
-            param.requires_grad_(False)
+    teacher = bases.teacher(cfg, lambda: copy.deepcopy(model))  # the dense model, copied before pruning
     recipe = {**ft.model_dump(exclude={"kd"}), "schedule": "constant", "epochs": p.interleave_iters}
-    facts: dict[str, Any] = {"iters_per_step": p.interleave_iters, "steps_trained": 0, "iterations": 0,
+    per_epoch = max(1, math.ceil(len(bundle.train) / ft.batch_size))  # type: ignore[arg-type]
+    facts: dict[str, Any] = {"iters_per_step": p.interleave_iters, "steps_trained": 0, "iterations": 0, "epochs": 0,
                              "time_s": 0.0, "kd": ft.kd.model_dump(), "dataset": bundle.name,
                              "recipe": {k: recipe[k] for k in ("optimizer", "lr", "momentum", "weight_decay",
                                                                "batch_size", "label_smoothing", "schedule")}}
@@ -172,7 +170,9 @@ def _interleaved(model: Any, spec: ModelSpec, task: Task, cfg: config.Config, bu
                          kd=ft.kd if teacher is not None else None, max_iters=p.interleave_iters)
         model.eval()
         seconds = time.perf_counter() - t0
-        facts.update(steps_trained=facts["steps_trained"] + 1, iterations=facts["iterations"] + int(out["iterations"]),
+        iterations = facts["iterations"] + int(out["iterations"])
+        facts.update(steps_trained=facts["steps_trained"] + 1, iterations=iterations,
+                     epochs=math.ceil(iterations / per_epoch),  # as the scratch baseline and setups count them
                      time_s=round(facts["time_s"] + seconds, 3), last_loss=out["history"][-1]["loss"])
         return seconds
 
