@@ -32,7 +32,7 @@ BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set mo
 	$(if $(BATCH),--set bench.batches=[$(BATCH)]) \
 	$(if $(ROUND_TO),--set prune.round_to=$(ROUND_TO))
 
-.PHONY: help setup bench test test-slow test-all study-perf reference-study reference-fairness zoo lint lock report perf fidelity reference clean docker-build docker-bench docker-pin
+.PHONY: help setup browser bench test test-slow test-all report-html study-perf reference-study reference-fairness zoo lint lock report perf fidelity reference clean docker-build docker-bench docker-pin
 
 help:
 	@echo "make setup                      create $(VENV)/ from the pinned lock ($(LOCK), hashes checked)"
@@ -46,6 +46,7 @@ help:
 	@echo "make docker-bench MODEL=m       make bench inside the GPU image, records into ./results"
 	@echo "make docker-pin                 refresh the base-image digests (needs a registry)"
 	@echo "make report                     leaderboard of results/runs"
+	@echo "make report-html                the HTML report of the reference results and its screenshots"
 	@echo "make perf                       per-step time of every method (results/perf/)"
 	@echo "make fidelity                   spread and agreement of the measurement itself (results/perf/)"
 	@echo "make study-perf                 a study on Ray with 1 vs 2 workers: scaling and overhead (results/perf/)"
@@ -69,13 +70,26 @@ $(STAMP): $(LOCK) requirements/stubs.lock pyproject.toml
 bench: setup
 	$(BIN)/pbkit run $(BENCH_CONFIG) $(BENCH_SETS) $(if $(FORCE),--force)
 
-test: setup ## the suite a developer runs often: every test but the slow end-to-end ones, in parallel
+# The HTML report's browser tests drive the system's chromium through the system's chromedriver
+# (Debian: chromium + chromium-driver), never a browser downloaded at run time. Installed here where
+# apt-get can run (root or passwordless sudo); elsewhere those tests skip and pytest's summary says why.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && $(or $(SUDO),true) true 2>/dev/null; then \
+	  echo "installing chromium + chromium-driver (apt-get) for the HTML report's browser tests"; \
+	  ( $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	      --no-install-recommends chromium chromium-driver >/dev/null ) \
+	  || echo "could not install chromium: the browser tests will skip (see pytest's summary)"; \
+	else echo "no chromium + chromedriver and no apt-get as root: the browser tests will skip (see pytest's summary)"; fi
+
+test: setup browser ## the suite a developer runs often: every test but the slow end-to-end ones, in parallel
 	$(BIN)/python -m pytest -q -n $(JOBS) -m "not slow"
 
 test-slow: setup ## the heavy end-to-end cases (CI runs them after `make test`)
 	$(BIN)/python -m pytest -q -n $(JOBS) -m slow
 
-test-all: setup
+test-all: setup browser
 	$(BIN)/python -m pytest -q -n $(JOBS)
 
 lint: setup
@@ -86,6 +100,11 @@ lint: setup
 
 report: setup
 	$(BIN)/pbkit report results/runs
+
+report-html: setup browser ## the HTML report of the committed reference results, and its screenshot
+	$(BIN)/pbkit report $(REF_FAIR) --format html -o $(REF_FAIR)/report.html
+	$(BIN)/python benchmarks/screenshot.py $(REF_FAIR)/report.html $(REF_FAIR)/report.png
+	$(BIN)/python benchmarks/screenshot.py $(REF_FAIR)/report.html $(REF_FAIR)/report-plots.png --at plots
 
 lock:
 	cd requirements && for f in base gpu dev stubs; do \
@@ -117,6 +136,7 @@ reference-study: setup ## every method x 2 targets x 3 seeds on digits, on a loc
 reference-fairness: setup ## 6 methods x 2 finetune LRs x 3 seeds, KD on/off, scratch baseline; its leaderboard
 	$(BIN)/pbkit study run configs/study/digits-fairness.study.yaml --out $(REF_FAIR)
 	$(BIN)/pbkit report $(REF_FAIR) --format md --accuracy-plot $(REF_FAIR)/accuracy.png > $(REF_FAIR)/LEADERBOARD.md
+	$(BIN)/pbkit report $(REF_FAIR) --format html -o $(REF_FAIR)/report.html
 
 zoo: setup ## every torchvision classifier and a timm sample, each in its own process -> results/perf/zoo-*
 	$(BIN)/python benchmarks/zoo.py

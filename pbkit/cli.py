@@ -472,15 +472,23 @@ def study_status(study_dir: str, as_json: bool) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("folder", type=click.Path(), default="results/runs")
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
+@click.argument("folders", nargs=-1, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json", "html"]), default="table",
+              show_default=True, help="html: one self-contained page (leaderboards, plots, machines, runs).")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
+              help="Write the report to this file (atomically) instead of standard output (md, csv, json, html).")
 @click.option("--plot", "plot_path", type=click.Path(), default=None, help="Also write a PNG: MACs vs measured speed-up.")
 @click.option("--accuracy-plot", "accuracy_plot", type=click.Path(), default=None,
               help="Also write a PNG: accuracy (mean ± std over seeds) per method, recipe and the scratch baseline.")
 @click.option("--across-machines", is_flag=True,
-              help="Compare each pruned model's measured speed-up across the machines (GPUs, CPUs) of the records.")
-def report(folder: str, fmt: str, plot_path: str | None, accuracy_plot: str | None, across_machines: bool) -> None:
+              help="Compare each pruned model's measured speed-up across the machines (GPUs, CPUs) of the records "
+                   "(the HTML page always has this view).")
+def report(folders: tuple[str, ...], fmt: str, output: str | None, plot_path: str | None, accuracy_plot: str | None,
+           across_machines: bool) -> None:
     """Leaderboards from records, grouped by model, dataset, scope and target.
+
+    FOLDERS: runs folders, study folders or record files (default: results/runs); several are
+    read together.
 
     Runs that differ only in their seeds are one row (mean ± std, n). Rows are ranked only
     against rows that share the setup S3.2 (the same bases, finetuning epochs and recipe, KD
@@ -488,29 +496,44 @@ def report(folder: str, fmt: str, plot_path: str | None, accuracy_plot: str | No
     With several finetuning recipes: the cross-finetuning matrix and its verdict, and what one
     recipe change (LR, KD) did; scratch rows (init: scratch) are set beside the pruned ones. With
     --across-machines: one row per measured point, one column per machine (e.g. records measured
-    on an H100 and an L4 put together in one folder).
+    on an H100 and an L4 put together in one folder). --format html writes all of it as one page
+    that needs no network: sortable and filterable leaderboards, accuracy against measured
+    speed-up, the machines side by side, a page per run, and the records it was built from.
 
     \b
     Example:
       pbkit report results/runs --format md > LEADERBOARD.md
+      pbkit report results/studies/digits-fairness --format html -o report.html
       pbkit report results/runs --plot speedups.png
       pbkit report results/studies/digits-fairness --format md --accuracy-plot accuracy.png
-      pbkit report results/gpu --across-machines --format md --plot across.png
+      pbkit report results/h100 results/l4 --across-machines --format md --plot across.png
     """
     from pbkit.core.console import note
+    from pbkit.core.fileio import atomic_write_text
     from pbkit.report import leaderboard as rep
     from pbkit.report import machines, plots
 
-    records = rep.find_records(folder)
+    if output and fmt == "table":
+        raise PbkitError("-o writes md, csv, json or html (--format); the table is for the terminal")
+    sources = list(folders) or ["results/runs"]
+    records = rep.find_records(*sources)
+    where = ", ".join(repr(s) for s in sources)
     if not records:
-        raise PbkitError(f"no records (record.json) under {folder!r}")
-    if across_machines:
+        raise PbkitError(f"no records (record.json) under {where}")
+
+    def emit(text: str) -> None:
+        if output:
+            note(f"{fmt} report written to {atomic_write_text(output, text)}")
+        else:
+            click.echo(text, nl=not text.endswith("\n"))
+
+    if across_machines and fmt != "html":
         mrows = machines.machine_rows(records)
         if not mrows:
-            raise PbkitError(f"no latency measurements in the records under {folder!r} (run `pbkit bench` first)")
+            raise PbkitError(f"no latency measurements in the records under {where} (run `pbkit bench` first)")
         shown = machines.render_machines(mrows, fmt)
         if isinstance(shown, str):
-            click.echo(shown, nl=False)
+            emit(shown)
         else:
             _print(shown)
         if plot_path:
@@ -521,11 +544,15 @@ def report(folder: str, fmt: str, plot_path: str | None, accuracy_plot: str | No
     if waiting:
         note(f"{waiting} record(s) whose finetuning has not run yet (a study still running?) are left out")
     if not rs:
-        raise PbkitError(f"no finished runs under {folder!r}")
-    if fmt == "md":
-        click.echo(rep.markdown(rs))
+        raise PbkitError(f"no finished runs under {where}")
+    if fmt == "html":
+        from pbkit.report import html
+
+        emit(html.page(records, sources))
+    elif fmt == "md":
+        emit(rep.markdown(rs) + "\n")
     elif fmt in ("csv", "json"):
-        click.echo(rep.render(rs, fmt), nl=False)
+        emit(str(rep.render(rs, fmt)))
     else:
         for t in rep.render(rs, "table"):
             _print(t)

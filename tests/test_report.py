@@ -113,3 +113,11 @@ def test_across_machines_without_measurements_is_an_error(pruned_run: Path, tmp_
     (tmp_path / "a" / "record.json").write_text(json.dumps(data))
     r = pbkit("report", tmp_path, "--across-machines")
     assert r.code == 2 and "no latency measurements" in r.err
+
+
+def test_old_records_that_finetuned_inside_their_prune_stage_are_finished() -> None:
+    from tests.conftest import REPO
+
+    recs = report.find_records(REPO / "results/reference/cpu-2core/runs")
+    assert len(recs) == 11 and not any(report.unfinished(r) for _, r in recs)
+    assert sum(1 for r in report.rows(recs) if r["finetuned"] is not None) == 6

@@ -28,10 +28,9 @@ from rich.table import Table
 from pbkit.core import record
 from pbkit.core.errors import PbkitError
 from pbkit.machine import envinfo
-from pbkit.measure import uncertainty
-from pbkit.report import setups
+from pbkit.report import columns, setups
 
-METRICS = ("base", "pruned", "finetuned", "delta", "ta", "params_left", "macs_speedup", "step_time_s")
+METRICS = ("base", "pruned", "finetuned", "delta", "ta", "params_left", "macs_speedup", "step_time_s", "reg_time_s")
 
 
 def recipe_hash(rec: record.Record) -> str:
@@ -41,13 +40,18 @@ def recipe_hash(rec: record.Record) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def find_records(root: str | Path) -> list[tuple[Path, record.Record]]:
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise PbkitError(f"folder {str(root)!r} not found")
-    paths = [root] if root.is_file() else sorted(p for p in root.rglob(record.RECORD_NAME)
-                                                  if not any(part.startswith(".tmp-") for part in p.parts))
-    return [(p, record.read(p)) for p in paths]
+def find_records(*roots: str | Path) -> list[tuple[Path, record.Record]]:
+    """The records under each folder (or the record files given), each once."""
+    paths: dict[Path, Path] = {}
+    for given in roots:
+        root = Path(given).expanduser()
+        if not root.exists():
+            raise PbkitError(f"folder {str(root)!r} not found")
+        found = [root] if root.is_file() else sorted(p for p in root.rglob(record.RECORD_NAME)
+                                                     if not any(part.startswith(".tmp-") for part in p.parts))
+        for p in found:
+            paths.setdefault(p.resolve(), p)
+    return [(p, record.read(p)) for p in paths.values()]
 
 
 def point_label(p: record.LatencyPoint) -> str:
@@ -83,7 +87,7 @@ def _strip_seeds(value: Any) -> Any:
     return value
 
 
-def _seed(r: record.Record) -> Any:
+def seed_of(r: record.Record) -> Any:
     cfg = r.config or {}
     if cfg.get("seed") is not None:
         return cfg["seed"]
@@ -120,7 +124,8 @@ def unfinished(r: record.Record) -> bool:
     cfg = r.config or {}
     wants = bool((cfg.get("dataset") or {}).get("name")) and (
         int((cfg.get("finetune") or {}).get("epochs") or 0) > 0 or cfg.get("init") == "scratch")
-    return wants and "finetune" not in r.stages
+    # 1.0 records finetuned inside their prune stage: their finetuned metric says it ran
+    return wants and "finetune" not in r.stages and r.accuracy.finetuned is None
 
 
 def rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str, Any]]:
@@ -144,10 +149,11 @@ def rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str, Any]]:
             "params_left": r.counts.params_pruned / max(r.counts.params_base, 1),
             "macs_speedup": round(r.method.achieved_speedup, 3), "measured": _measured(r),
             "measured_ci": _measured_ci(r),
-            "step_time_s": round(r.method.step_time_s, 4),
+            "step_time_s": round(r.method.step_time_s, 4), "regularizer": r.method.regularizer,
+            "reg_time_s": r.method.reg_time_s,
             "parity_ok": all(p.passed for p in r.parity) if r.parity else None,
             "machine": envinfo.machine(r.stage_env("bench")), "run_id": r.run_id, "record": str(path),
-            "init": facts["init"], "seed": _seed(r), "schedule": r.method.schedule, "facts": facts,
+            "init": facts["init"], "seed": seed_of(r), "schedule": r.method.schedule, "facts": facts,
             "recipe_line": recipe_line(r),
             "entry_key": json.dumps(entry, sort_keys=True, default=str),
         })
@@ -174,7 +180,7 @@ def aggregate(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         members.sort(key=lambda r: str(r["seed"]))
         first = members[0]
         e = {k: first[k] for k in ("model", "dataset", "scope", "target", "method", "metric", "init", "schedule",
-                                   "recipe", "recipe_line")}
+                                   "recipe", "recipe_line", "regularizer")}
         e.update(n=len(members), seeds=[r["seed"] for r in members], runs=[r["run_id"] for r in members],
                  records=[r["record"] for r in members], std={},
                  base_sha256=",".join(sorted({r["base_sha256"] for r in members})),
@@ -224,7 +230,7 @@ def rank(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     separable from this one (they share a rank): ``1, =1, =1, 4, =4``."""
     def key(e: dict[str, Any]) -> tuple[float, float]:
         s = score(e)
-        speed = max(e["measured"].values()) if e["measured"] else e["macs_speedup"] or 0.0
+        speed = max((columns.measured_value(e, b) or 0.0 for b in e["measured"]), default=e["macs_speedup"] or 0.0)
         return (s if s is not None else float("-inf"), speed)
 
     entries.sort(key=key, reverse=True)
@@ -449,21 +455,7 @@ def scratch_rows(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> li
 # rendering
 
 
-def _pm(e: dict[str, Any], k: str, digits: int = 2) -> str:
-    v, sd = e.get(k), e["std"].get(k)
-    if v is None:
-        return "-"
-    return f"{v:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
-
-
-def _ta(e: dict[str, Any]) -> str:
-    if e.get("ta") is None:
-        return "-"
-    flag = f" ({e['rising_at_first_decay']}/{e['n']} rising)" if e["rising_at_first_decay"] else ""
-    return _pm(e, "ta") + flag
-
-
-def _setup_line(info: dict[str, Any]) -> str:
+def setup_line(info: dict[str, Any]) -> str:
     setup = info["setup"]
     if setup is None:
         return "no common setup"
@@ -478,32 +470,15 @@ def _setup_line(info: dict[str, Any]) -> str:
     return line + "."
 
 
-def _title(info: dict[str, Any]) -> str:
+def title(info: dict[str, Any]) -> str:
     recipe = f" · {info['recipe_label']}" if info["recipe_label"] and info["recipe_label"] != "one recipe" else ""
     return f"{info['model']} · {info['dataset']} · {info['scope']} · {info['target']:g}x{recipe}"
 
 
-HEAD = ["rank", "method", "n", "machine", "base", "pruned", "finetuned", "delta", "TA", "params left", "MACs x"]
-
-
-def _cells(e: dict[str, Any], backends: list[str]) -> list[str]:
-    method = e["method"] + ("" if e["schedule"] == "oneshot" else f" ({e['schedule']})")
-    return [e["rank_label"], method, str(e["n"]), e["machine"], _pm(e, "base"), _pm(e, "pruned"),
-            _pm(e, "finetuned"), "-" if e["delta"] is None else f"{round(e['delta'], 2) + 0.0:+.2f}", _ta(e),
-            f"{e['params_left']:.1%}", f"{e['macs_speedup']:.2f}", *[_measured_cell(e, b) for b in backends],
-            f"{e['step_time_s']:.3f}"]
-
-
-def _measured_cell(e: dict[str, Any], b: str) -> str:
-    """``1.75 [1.71, 1.79]`` (one run and its interval), ``1.74 ± 0.03`` (over seeds); ``~1``
-    where the interval holds 1.0 (not distinguishable from no speed-up)."""
-    if b not in e["measured"]:
-        return "-"
-    ci = e["measured_ci"].get(b)
-    if ci:
-        return f"{e['measured'][b]:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" + (" ~1" if uncertainty.covers_one(ci) else "")
-    sd = e["std"].get("measured", {}).get(b)
-    return f"{e['measured'][b]:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+def board_columns(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[columns.Column]:
+    """The columns every table of one report shares (:mod:`pbkit.report.columns`)."""
+    entries = [e for _, g in board for e in g]
+    return columns.leaderboard_columns(entries, sorted({b for e in entries for b in e["measured"]}))
 
 
 def render(rs: list[dict[str, Any]], fmt: str) -> str | list[Table]:
@@ -526,16 +501,17 @@ def render(rs: list[dict[str, Any]], fmt: str) -> str | list[Table]:
                             **{f"{k}_std": e["std"].get(k) for k in METRICS},
                             **{f"measured:{b}": e["measured"].get(b) for b in backends}})
         return buf.getvalue()
+    cols = board_columns(board)
     tables = []
     for info, g in board:
-        caption = _setup_line(info).replace("**", "") + (f" Split by: {'; '.join(info['split_by'])}."
+        caption = setup_line(info).replace("**", "") + (f" Split by: {'; '.join(info['split_by'])}."
                                                           if info["split_by"] else "")
-        t = Table(title=f"{_title(info)}   ({info['recipe_line']})", caption=caption, title_justify="left",
+        t = Table(title=f"{title(info)}   ({info['recipe_line']})", caption=caption, title_justify="left",
                   caption_justify="left")
-        for col in (*HEAD, *[f"measured x {b}" for b in backends], "step s", "parity"):
-            t.add_column(col, justify="left" if col == "method" else "right")
+        for c in cols:
+            t.add_column(c.head, justify=c.align)  # type: ignore[arg-type]
         for e in g:
-            t.add_row(*_cells(e, backends), {True: "ok", False: "[bold red]FAILED[/]", None: "-"}[e["parity_ok"]])
+            t.add_row(*[f"[bold red]{c.text(e)}[/]" if c.alert(e) else c.text(e) for c in cols])
         tables.append(t)
     return tables
 
@@ -546,26 +522,24 @@ def _public(e: dict[str, Any]) -> dict[str, Any]:
 
 def markdown(rs: list[dict[str, Any]]) -> str:
     board = leaderboard(rs)
-    backends = sorted({b for r in rs for b in r["measured"]})
+    cols = board_columns(board)
     lines = ["Rows are means over seeds (± sample std, n runs). Rank: 1 + the number of rows above that are "
              "separably better (their mean ± std intervals apart); `=k` marks a row that some row above is not "
              "separable from (the intervals overlap). TA: trainability accuracy, the mean test metric over the first "
              "LR stage of finetuning (with how many runs were still rising when the LR first fell).", ""]
     for info, g in board:
-        lines += [f"### {_title(info)}", "", _setup_line(info)]
+        lines += [f"### {title(info)}", "", setup_line(info)]
         if info["split_by"]:
             lines.append(f"Kept apart from the other groups of this comparison by: {'; '.join(info['split_by'])}.")
         shas = info["base_sha256"].split(",")
         bases = f"one base for every seed (sha256 {shas[0]})" if len(shas) == 1 else \
             f"a base per seed (sha256 {', '.join(shas)})"
         lines += ["", f"Recipe: {info['recipe_line']}; seeds {', '.join(info['seeds'])}; {bases}.", ""]
-        head = [*HEAD, *[f"measured x {b}" for b in backends], "step s", "parity"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(c.head for c in cols) + " |", "|" + "---|" * len(cols)]
         for e in g:
-            cells = [*_cells(e, backends), {True: "ok", False: "**FAILED**", None: "-"}[e["parity_ok"]]]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join(f"**{c.text(e)}**" if c.alert(e) else c.text(e) for c in cols) + " |")
         lines.append("")
-    lines += _markdown_across(board)
+    lines += markdown_across(board)
     return "\n".join(lines)
 
 
@@ -575,7 +549,7 @@ def _matrix_cell(v: tuple[float | None, float, int, float | None] | None) -> str
     return f"{v[0]:.2f} ± {v[1]:.2f}" + (f" (TA {v[3]:.2f})" if v[3] is not None else "")
 
 
-def _markdown_across(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[str]:
+def markdown_across(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[str]:
     lines: list[str] = []
     for c in cross_finetuning(board):
         lines += [f"### Cross-finetuning: {c['model']} · {c['dataset']} · {c['scope']} · {c['target']:g}x", "",

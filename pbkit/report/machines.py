@@ -50,7 +50,7 @@ def across_machines(rows_: list[dict[str, Any]]) -> tuple[list[str], dict[tuple[
     return machines, dict(sorted(table.items(), key=lambda kv: tuple(str(x) for x in kv[0])))
 
 
-def _cell(r: dict[str, Any] | None, rich: bool) -> str:
+def cell(r: dict[str, Any] | None, rich: bool) -> str:
     if r is None:
         return "-"
     text = f"{uncertainty.fmt(r['speedup'] or 0.0, r.get('speedup_ci'))} ({r['dense_ms']:.3f} -> {r['pruned_ms']:.3f} ms)"
@@ -83,7 +83,7 @@ def render_machines(rows_: list[dict[str, Any]], fmt: str) -> str | Table:
     head = ["model", "method", "scope", "target", "MACs x", "backend", "precision", "batch", *machines,
             *(["machines differ?"] if len(machines) > 1 else [])]
     body = [[str(k[0]), str(k[1]), str(k[2]), f"{k[3]:g}x", f"{next(iter(v.values()))['macs_speedup']:.2f}",
-             str(k[4]), str(k[5]), str(k[6]), *[_cell(v.get(m), fmt == "table") for m in machines],
+             str(k[4]), str(k[5]), str(k[6]), *[cell(v.get(m), fmt == "table") for m in machines],
              *([verdict(list(v.values()))] if len(machines) > 1 else [])]
             for k, v in table.items()]
     if fmt == "md":
