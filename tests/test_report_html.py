@@ -120,3 +120,24 @@ def test_cli_writes_the_page_atomically_and_reads_several_folders(pbkit, study: 
 def test_cli_errors_are_one_line(pbkit, study: tuple[Path, list[Path]], args: list[str], message: str) -> None:
     r = pbkit("report", *([] if args[0] == "no/such/folder" else [study[0]]), *args)
     assert r.code != 0 and message in r.err and "Traceback" not in r.err
+
+
+def test_two_machines_side_by_side(study: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    src = study[0] / "runs" / "fpgm-s0" / "record.json"
+    data = json.loads(src.read_text())
+    gpu = {"name": "NVIDIA H100 80GB HBM3", "driver_version": "580.65", "max_sm_clock_mhz": 1980,
+           "power_limit_w": 700.0}
+    data["stages"]["bench"]["env"] = {**data["stages"]["bench"]["env"], "gpus": [gpu]}
+    for p in data["latency"]:
+        if p["variant"] == "pruned" and p["backend"] == "torch-cpu":
+            p["speedup_ci"] = [1.80, 1.90]  # apart from this CPU's [1.35, 1.45]
+            p["speedup_vs_dense"] = 1.85
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "record.json").write_text(json.dumps(data))
+    text = html.page(lb.find_records(study[0] / "runs" / "fpgm-s0", tmp_path / "gpu"), ["cpu", "gpu"])
+    machines = text[text.index('<section id="machines">'):text.index('<section id="recipes">')
+                    if '<section id="recipes">' in text else text.index('<section id="runs">')]
+    assert "<th>NVIDIA H100 80GB HBM3</th>" in machines and "machines differ?" in machines
+    assert "yes (intervals apart)" in machines  # torch-cpu: [1.35, 1.45] against [1.80, 1.90]
+    assert "<th scope=\"row\">driver</th><td>-</td><td>580.65</td>" in machines.replace("\n", "")
+    assert machines.count('class="pt"') == 4  # the dot plot: 2 backends x 2 machines

@@ -73,6 +73,21 @@ def test_a_small_study_on_local_ray_records_every_trial(ray_study: Path) -> None
     assert {b["sha256"] for b in doc["bases"].values()} == set().union(*by_seed.values())
 
 
+def test_the_study_folder_is_one_html_report(ray_study: Path, pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+    import re
+
+    out = tmp_path / "report.html"
+    r = pbkit("report", ray_study, "--format", "html", "-o", out)
+    assert r.code == 0, r.err
+    page = out.read_text()
+    records = sorted((ray_study / "runs").glob("*/record.json"))
+    assert len(records) == 8 and all(hashlib.sha256(p.read_bytes()).hexdigest() in page for p in records)
+    rows = re.findall(r'<tr class="entry".*?</tr>', page, re.S)
+    assert len(rows) == 4  # 2 methods x 2 scopes, the 2 seeds of each one row
+    assert all('data-col="n" data-sort="2"' in row for row in rows)
+
+
 def test_running_it_again_runs_nothing_and_a_new_axis_value_runs_only_its_trials(ray_study: Path,
                                                                                    tmp_path: Path) -> None:
     import shutil
