@@ -69,10 +69,16 @@ def list_cmd(what: str, as_json: bool) -> None:
                      num_classes=e.num_classes, description=e.description) for e in models.MODELS.values()]
         rows += [dict(name=n, family="yolo", task="detect", source="ultralytics", input_size=640, num_classes=80,
                       description=d) for n, d in models.YOLO_MODELS.items()]
+        from pbkit.models import segment
+
+        seg_names = ["tv:" + n for n in segment.torchvision_names()]
         if as_json:
             _emit_json({"models": rows, "prefixes": {
-                "tv:": {"description": models.PREFIXES["tv:"], "names": models.torchvision_names()},
-                "timm:": {"description": models.PREFIXES["timm:"], "names": models.timm_names()}}})
+                "tv:": {"description": models.PREFIXES["tv:"], "names": models.torchvision_names(),
+                        "segmentation": seg_names},
+                "timm:": {"description": models.PREFIXES["timm:"], "names": models.timm_names()},
+                "timmseg:": {"description": models.PREFIXES["timmseg:"],
+                             "names": [n for n in models.timm_names() if n.startswith("vit_")]}}})
             return
         t = Table(title="models")
         for c in ("name", "family", "task", "source", "input", "classes", "description"):
@@ -84,6 +90,10 @@ def list_cmd(what: str, as_json: bool) -> None:
                   f"{models.PREFIXES['tv:']} [{len(models.torchvision_names())} names]")
         t.add_row("timm:<name>", "cnn/vit", "classify", "timm", "per model", "1000",
                   f"{models.PREFIXES['timm:']} [{len(models.timm_names())} names]")
+        t.add_row("tv:<seg name>", "cnn", "segment", "torchvision", "520", "21",
+                  f"torchvision's segmentation models, the main head's logits (aux head dropped): "
+                  f"{', '.join(seg_names)}")
+        t.add_row("timmseg:<vit>", "vit", "segment", "timm", "per model", "21", models.PREFIXES["timmseg:"])
         _print(t)
     elif what == "methods":
         from pbkit.prune import methods

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write_json
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 RECORD_NAME = "record.json"
 
 
@@ -49,7 +49,8 @@ class ModelInfo(_Open):
     weights_path: str | None = None
     weights_sha256: str
     seed: int = 0
-    task: str = "classify"  # classify | detect (1.0 records: detect for the yolo family)
+    task: str = "classify"  # classify | detect | segment (1.0 records: detect for the yolo family)
+    notes: dict[str, Any] = {}  # the task's facts about its heads (segmentation: the auxiliary head dropped)
 
     @model_validator(mode="before")
     @classmethod
@@ -108,6 +109,7 @@ class Accuracy(_Open):
     base: float | None = None
     pruned: float | None = None
     finetuned: float | None = None
+    others: dict[str, dict[str, float | None]] = {}  # the task's other metrics: {pixel_acc: {base, pruned, finetuned}}
 
 
 class LatencyPoint(_Open):

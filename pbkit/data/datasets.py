@@ -4,7 +4,9 @@
 - ``imagenet``: an ImageFolder root holding ``train/`` and ``val/``;
 - ``digits``: scikit-learn's real 8x8 handwritten digits (shipped with the package), scaled up:
   the offline real dataset;
-- ``synthetic``: seeded tensors with learnable class structure (for smoke tests).
+- ``synthetic``: seeded tensors with learnable class structure (for smoke tests);
+- ``coco`` or a ``data.yaml``: detection (:mod:`pbkit.data.detection`);
+- ``shapes-seg``, ``voc``, ``ade20k``, ``cityscapes``: segmentation (:mod:`pbkit.data.segmentation`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from pbkit.core.errors import PbkitError, choices_error
+from pbkit.data import segmentation as seg
 from pbkit.data.bundle import DataBundle
 from pbkit.data.detection import coco, detection
 
@@ -137,6 +140,14 @@ DATASETS: dict[str, DatasetEntry] = {
         DatasetEntry("synthetic", 10, 32, "nothing", "seeded Gaussian class prototypes (smoke tests)", _synthetic),
         DatasetEntry("coco", 80, 640, "--data-root holding coco/ (ultralytics layout)",
                      "COCO 2017 detection via ultralytics' coco.yaml (mAP50-95)", coco),
+        DatasetEntry("shapes-seg", 4, 64, "nothing (generated, seeded)",
+                     "segmentation: shapes on a textured background, per-pixel labels (mIoU)", seg.shapes_seg),
+        DatasetEntry("voc", 21, 512, "--data-root holding VOCdevkit/VOC2012/",
+                     "segmentation: Pascal VOC 2012 (mIoU)", seg.voc),
+        DatasetEntry("ade20k", 150, 512, "--data-root holding ADEChallengeData2016/",
+                     "segmentation: ADE20K scene parsing, 150 classes (mIoU)", seg.ade20k),
+        DatasetEntry("cityscapes", 19, 512, "--data-root holding leftImg8bit/ and gtFine/",
+                     "segmentation: Cityscapes fine, 19 classes (mIoU)", seg.cityscapes),
     ]
 }
 

@@ -7,7 +7,9 @@ Names:
   ``vgg19_cifar``, plus the small ``resnet20_cifar``), 32x32 input;
 - ``tv:<name>``: any torchvision classification model (``tv:resnet50``);
 - ``timm:<name>``: any timm model (``timm:vit_small_patch16_224``);
-- ``yolov8{n,s,m,l,x}``: ultralytics detectors (:mod:`pbkit.models.yolo`).
+- ``yolov8{n,s,m,l,x}``: ultralytics detectors (:mod:`pbkit.models.yolo`);
+- ``tv:<name>`` of torchvision's segmentation models and ``timmseg:<vit>``: segmentation
+  (:mod:`pbkit.models.segment`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from pbkit.core.errors import PbkitError, choices_error
-from pbkit.models import archs
+from pbkit.models import archs, segment
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,11 @@ YOLO_MODELS = {f"yolov8{s}": f"YOLOv8-{s}, ultralytics' own yaml, 640x640, 80 cl
                for s in "nsmlx"}
 
 PREFIXES = {
-    "tv:": "any torchvision classification model, e.g. tv:resnet50 (224x224, 1000 classes)",
+    "tv:": "any torchvision classification model, e.g. tv:resnet50 (224x224, 1000 classes); its segmentation "
+           "models too, e.g. tv:lraspp_mobilenet_v3_large (520x520, 21 classes)",
     "timm:": "any timm model, e.g. timm:vit_small_patch16_224 (224x224, 1000 classes)",
+    "timmseg:": "a timm ViT backbone with a light segmentation head, e.g. timmseg:vit_tiny_patch16_224 "
+                "(224x224, 21 classes)",
 }
 
 _VIT_NAME = re.compile(r"^(vit|swin|maxvit|deit|beit|eva|cait|convit|xcit|levit|pvt|twins)")
@@ -107,6 +112,16 @@ def resolve(name: str, num_classes: int | None = None, input_size: int | None = 
         yolo.size_of(name)  # a clear error for an unknown size
         return ModelSpec(name, num_classes or 80, input_size or yolo.INPUT_SIZE, "yolo", "ultralytics", kwargs,
                          task="detect")
+    if name.startswith("tv:") and name[3:] in segment.torchvision_names():
+        return ModelSpec(name, num_classes or 21, input_size or 520, "cnn", "torchvision", kwargs, task="segment")
+    if name.startswith("timmseg:"):
+        import timm
+
+        short = name[8:]
+        if not timm.is_model(short) or not _VIT_NAME.match(short):
+            raise PbkitError(f"timmseg: takes a timm ViT ({short!r} is not one; e.g. timmseg:vit_tiny_patch16_224)")
+        return ModelSpec(name, num_classes or 21, input_size or _timm_default_size(short), "vit", "timm", kwargs,
+                         task="segment")
     if name.startswith("tv:"):
         short = name[3:]
         if short not in torchvision_names():
@@ -156,6 +171,9 @@ def prepare(model: nn.Module, spec: ModelSpec) -> nn.Module:
 
 def _build_dense(spec: ModelSpec, pretrained: bool, seed: int) -> nn.Module:
     torch.manual_seed(seed)
+    if spec.task == "segment":
+        return _fetching(spec, pretrained, lambda: segment.build(spec.name, spec.num_classes, spec.input_size,
+                                                                 pretrained, spec.kwargs))
     if spec.source == "pbkit":
         if pretrained:
             raise PbkitError(f"no pretrained weights are published for {spec.name}; "
@@ -168,22 +186,31 @@ def _build_dense(spec: ModelSpec, pretrained: bool, seed: int) -> nn.Module:
         if pretrained:  # the official file, explicitly asked for: a pickled ultralytics checkpoint
             weights.load_state(model, weights.read_file(yolo.pretrained_file(spec.name), trust=True), spec.name)
         return model
+    return _fetching(spec, pretrained, lambda: _build_hub(spec, pretrained))
+
+
+def _build_hub(spec: ModelSpec, pretrained: bool) -> nn.Module:
+    if spec.source == "torchvision":
+        import torchvision
+
+        if pretrained and spec.num_classes != 1000:
+            raise PbkitError(f"{spec.name}: pretrained torchvision weights have 1000 classes, not {spec.num_classes}")
+        return torchvision.models.get_model(spec.name[3:], weights="DEFAULT" if pretrained else None,
+                                            num_classes=spec.num_classes, **spec.kwargs)
+    import timm
+
+    kw = dict(spec.kwargs)
+    if spec.input_size and "img_size" not in kw and spec.family == "vit":
+        default = _timm_default_size(spec.name[5:])
+        if spec.input_size != default:
+            kw["img_size"] = spec.input_size
+    return timm.create_model(spec.name[5:], pretrained=pretrained, num_classes=spec.num_classes, **kw)
+
+
+def _fetching(spec: ModelSpec, pretrained: bool, make: Callable[[], nn.Module]) -> nn.Module:
+    """Build a hub model; what goes wrong (offline weights, bad kwargs) is one line."""
     try:
-        if spec.source == "torchvision":
-            import torchvision
-
-            if pretrained and spec.num_classes != 1000:
-                raise PbkitError(f"{spec.name}: pretrained torchvision weights have 1000 classes, not {spec.num_classes}")
-            return torchvision.models.get_model(spec.name[3:], weights="DEFAULT" if pretrained else None,
-                                                num_classes=spec.num_classes, **spec.kwargs)
-        import timm
-
-        kw = dict(spec.kwargs)
-        if spec.input_size and "img_size" not in kw and spec.family == "vit":
-            default = _timm_default_size(spec.name[5:])
-            if spec.input_size != default:
-                kw["img_size"] = spec.input_size
-        return timm.create_model(spec.name[5:], pretrained=pretrained, num_classes=spec.num_classes, **kw)
+        return make()
     except PbkitError:
         raise
     except (OSError, RuntimeError, ConnectionError) as e:

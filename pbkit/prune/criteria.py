@@ -26,6 +26,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function
 
+from pbkit.core.errors import PbkitError
 from pbkit.prune.calibration import Batch, Calibration
 
 CONV_OUT = (function.prune_conv_out_channels,)
@@ -371,9 +372,17 @@ def collect_obdc(imp: Any, model: nn.Module, pruner: Any, batches: list[Batch]) 
     for g in _groups(pruner):
         for dep, _ in g:
             m = dep.target.module
-            if isinstance(m, tuple(imp.target_types)) and dep.handler in OUT_FNS:
+            # every layer of a group, also one pruned only on its inputs (a protected head whose
+            # outputs are classes per pixel): torch-pruning reads its Fisher too
+            if isinstance(m, tuple(imp.target_types)):
                 layers[m] = None
     imp.modules = list(layers)
+    odd = next(((n, m) for n, m in model.named_modules() if m in layers and isinstance(m, nn.Conv2d)
+                and (m.groups != 1 or m.dilation != (1, 1))), None)
+    if odd is not None:  # torch-pruning's Kronecker factors unfold plain convolutions only
+        raise PbkitError(f"obdc (torch-pruning's EigenDamage) handles ungrouped, undilated convolutions only; "
+                         f"{odd[0]} has groups={odd[1].groups}, dilation={odd[1].dilation} (depthwise or atrous "
+                         "models: use another criterion, e.g. hessian or taylor)")
 
     def fwd(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         imp.A[m] = inputs[0].detach()
@@ -387,7 +396,10 @@ def collect_obdc(imp: Any, model: nn.Module, pruner: Any, batches: list[Batch]) 
         for x, _ in batches:
             model.zero_grad()
             out = model(x)
-            sampled = torch.multinomial(F.softmax(out.detach(), dim=1), 1, generator=g).view(-1)
+            # labels sampled from the model's own distribution (the true Fisher), per image or, for
+            # per-pixel logits (N, classes, H, W), per pixel
+            probs = F.softmax(out.detach(), dim=1).movedim(1, -1).reshape(-1, out.shape[1])
+            sampled = torch.multinomial(probs, 1, generator=g).view(out.shape[0], *out.shape[2:])
             F.cross_entropy(out, sampled).backward()
             imp.step()
     finally:

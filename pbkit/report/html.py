@@ -239,9 +239,10 @@ def _run(path: Path, r: record.Record, sha: str) -> dict[str, Any]:
                        ("base training", (r.base_training or {}).get("history"))):
         if not hist:
             continue
-        acc = [(h["epoch"], h["accuracy"]) for h in hist if h.get("accuracy") is not None and "epoch" in h]
+        key = next((k for k in hist[-1] if k not in ("epoch", "loss", "lr", "lr_used", "time_s")), "accuracy")
+        acc = [(h["epoch"], h[key]) for h in hist if h.get(key) is not None and "epoch" in h]
         loss = [(h["epoch"], h["loss"]) for h in hist if h.get("loss") is not None and "epoch" in h]
-        metric = (r.accuracy.metric or "metric")
+        metric = r.accuracy.metric or key
         charts = [svg.lines({metric: acc}, "epoch", metric, f"{name}: {metric} per epoch") if acc else "",
                   svg.lines({"loss": loss}, "epoch", "loss", f"{name}: loss per epoch") if loss else ""]
         if any(charts):
@@ -273,6 +274,9 @@ def _run(path: Path, r: record.Record, sha: str) -> dict[str, Any]:
              ("dataset", r.dataset.name if r.dataset else "none (data-free)"),
              ("accuracy", f"{r.accuracy.metric}: base {_f(r.accuracy.base)}, pruned {_f(r.accuracy.pruned)}, "
                           f"finetuned {_f(r.accuracy.finetuned)}" if r.accuracy.metric else "not measured"),
+             *[(name, f"base {_f(v.get('base'))}, pruned {_f(v.get('pruned'))}, finetuned {_f(v.get('finetuned'))}")
+               for name, v in r.accuracy.others.items()],
+             *[(k.replace("_", " "), str(v)) for k, v in r.model.notes.items()],
              ("params", f"{si(c.params_base)} -> {si(c.params_pruned)}"),
              ("MACs", f"{si(c.macs_base)} -> {si(c.macs_pruned)} at {c.input_size}px ({c.counter})"),
              ("recipe", lb.recipe_line(r)),

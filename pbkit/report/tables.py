@@ -33,6 +33,10 @@ def run_table(rec: record.Record) -> Table:
                 "finetuned" + (" with KD" if (ft.get("kd") or {}).get("enabled") else "")
             t.add_row(f"{name} {how} {ft.get('epochs', '?')} ep", acc(a.base), acc(a.finetuned),
                       delta(a.base, a.finetuned))
+        for other, values in a.others.items():  # the task's other metrics (segmentation: pixel accuracy)
+            after = values.get("finetuned", values.get("pruned"))
+            t.add_row(f"{other} ({rec.dataset.name}) {'finetuned' if 'finetuned' in values else 'pruned'}",
+                      acc(values.get("base")), acc(after), delta(values.get("base"), after))
     al = c.channel_alignment
     if al and al.get("pruned_layers"):
         t.add_row(f"pruned widths multiple of {al['multiple']}", "", f"{al['aligned_layers']}/{al['pruned_layers']} layers",

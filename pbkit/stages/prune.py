@@ -51,9 +51,23 @@ def resolve_spec(cfg: config.Config, bundle: DataBundle | None) -> ModelSpec:
     return spec
 
 
-def evaluate(task: Task, model: Any, bundle: DataBundle | None, spec: ModelSpec, cfg: config.Config) -> float | None:
-    """The task's metric in percent; None for a data-free run."""
-    return None if bundle is None else task.evaluate(model, bundle, spec, cfg.dataset.eval_batch_size)
+def scores(task: Task, model: Any, bundle: DataBundle | None, spec: ModelSpec, cfg: config.Config
+           ) -> dict[str, float] | None:
+    """The task's metrics in percent (its main ``metric`` and the others it reports); None for a
+    data-free run."""
+    return None if bundle is None else task.scores(model, bundle, spec, cfg.dataset.eval_batch_size)
+
+
+def accuracy(task: Task, when: dict[str, dict[str, float] | None]) -> record.Accuracy:
+    """The record's accuracy from the scores at each point (base, pruned, finetuned)."""
+    got = {k: v for k, v in when.items() if v is not None}
+    others: dict[str, dict[str, float | None]] = {}
+    for point, values in got.items():
+        for name, value in values.items():
+            if name != task.metric:
+                others.setdefault(name, {})[point] = value
+    return record.Accuracy(metric=task.metric if got else None, others=others,
+                           **{point: values[task.metric] for point, values in got.items()})
 
 
 def run(plan: Plan, quiet: bool = False) -> record.Record:
@@ -74,7 +88,7 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
     shutil.rmtree(tmp, ignore_errors=True)  # what a killed run left
     tmp.mkdir(parents=True)
     try:
-        acc_base = evaluate(task, model, bundle, spec, cfg)
+        acc_base = scores(task, model, bundle, spec, cfg)
         checkpoint.save_model(model, spec, tmp / MODEL_FILES[DENSE])
         steps = Steps(f"pruning {spec.name} ({method.key}, {cfg.prune.scope}) to {cfg.prune.speedup:g}x",
                       cfg.prune.iterative_steps, quiet)
@@ -84,10 +98,10 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
             res, calibration = _prune(model, method, spec, task, cfg, bundle, steps, quiet)
         alignment = counts.channel_alignment(widths, counts.layer_widths(model))
         steps.close(f"{res.achieved_speedup:.3f}x in {res.steps} steps")
-        acc_pruned = evaluate(task, model, bundle, spec, cfg)
+        acc_pruned = scores(task, model, bundle, spec, cfg)
         checkpoint.save_model(model, spec, tmp / MODEL_FILES[PRUNED])
         rec = _record(plan, spec, task, method, res, calibration, alignment, bundle, weights, base_training,
-                      (acc_base, acc_pruned), tmp, env)
+                      (acc_base, acc_pruned), tmp, env, task.notes(model, spec))
         clock.finish(rec, cfg, env)
         record.write(tmp, rec)
         os.replace(tmp, plan.run_dir)
@@ -183,8 +197,9 @@ def _interleaved(model: Any, spec: ModelSpec, task: Task, cfg: config.Config, bu
 
 def _record(plan: Plan, spec: ModelSpec, task: Task, method: Method, res: PruneResult,
             calibration: Calibration | None, alignment: dict[str, Any], bundle: DataBundle | None,
-            weights: dict[str, Any], base_training: dict[str, Any] | None, accuracy: tuple[float | None, float | None],
-            folder: Path, env: dict[str, Any]) -> record.Record:
+            weights: dict[str, Any], base_training: dict[str, Any] | None,
+            measured: tuple[dict[str, float] | None, dict[str, float] | None], folder: Path, env: dict[str, Any],
+            notes: dict[str, Any]) -> record.Record:
     cfg = plan.cfg
     now = utc_now()
     return record.Record(
@@ -192,7 +207,7 @@ def _record(plan: Plan, spec: ModelSpec, task: Task, method: Method, res: PruneR
         run_id=plan.run_id, created_utc=now, updated_utc=now, stages={}, identity=plan.identity,
         model=record.ModelInfo(name=spec.name, source=spec.source, family=spec.family, input_size=spec.input_size,
                                num_classes=spec.num_classes, kwargs=spec.kwargs, seed=cfg.model.seed, task=spec.task,
-                               **weights),
+                               notes=notes, **weights),
         method=record.MethodInfo(key=method.key, name=method.name, stage=method.stage, scope=cfg.prune.scope,
                                  target_speedup=cfg.prune.speedup, achieved_speedup=res.achieved_speedup,
                                  steps=res.steps, round_to=cfg.prune.round_to,
@@ -209,7 +224,7 @@ def _record(plan: Plan, spec: ModelSpec, task: Task, method: Method, res: PruneR
             name=bundle.name, image_size=bundle.image_size, num_classes=bundle.num_classes,
             train_size=bundle.info.get("train_size"), test_size=bundle.info.get("test_size"), task=bundle.task,
             yaml=bundle.info.get("yaml")),
-        accuracy=record.Accuracy(metric=None if bundle is None else task.metric, base=accuracy[0], pruned=accuracy[1]),
+        accuracy=accuracy(task, {"base": measured[0], "pruned": measured[1]}),
         finetune={**cfg.finetune.model_dump(), "epochs_run": 0},
         base_training=base_training,
         artifacts={v: {"path": f, "sha256": sha256_file(folder / f)} for v, f in MODEL_FILES.items()},

@@ -8,8 +8,9 @@ from pbkit.core.errors import choices_error
 from pbkit.tasks.base import Task
 from pbkit.tasks.classify import Classify
 from pbkit.tasks.detect import Detect
+from pbkit.tasks.segment import Segment
 
-TASKS: dict[str, Task] = {t.name: t for t in (Classify(), Detect())}
+TASKS: dict[str, Task] = {t.name: t for t in (Classify(), Detect(), Segment())}
 
 
 def get(name: str) -> Task:

@@ -2,7 +2,8 @@
 
 A stage never asks whether a model is a classifier or a detector; it asks the model's task:
 
-- ``evaluate``: the task's metric (``metric``: top1, mAP50-95) on the dataset's test split;
+- ``evaluate``: the task's metric (``metric``: top1, mAP50-95, mIoU) on the dataset's test split
+  (``scores``: with the task's other metrics, e.g. pixel accuracy);
 - ``train``: the training loop (base training, sparse training with a regularizer, finetuning)
   with the task's loss;
 - ``calibration``: pinned batches and the task's loss for data-driven criteria;
@@ -33,9 +34,9 @@ _TITLES: dict[str, str] = {}  # task key -> title, filled as implementations are
 
 
 class Task(ABC):
-    name: str  # the key models and datasets name: classify | detect
-    title: str  # in messages: classification | detection
-    metric: str  # the evaluation metric, in percent: top1 | mAP50-95
+    name: str  # the key models and datasets name: classify | detect | segment
+    title: str  # in messages: classification | detection | segmentation
+    metric: str  # the evaluation metric, in percent: top1 | mAP50-95 | mIoU
     history_metric: str  # the metric's key in a training history's per-epoch rows
     trains_by_iterations: bool = True  # train(max_iters=...) works: the interleaved pruning schedule
 
@@ -73,6 +74,15 @@ class Task(ABC):
     def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:
         """Pinned calibration batches (same seed, same inputs) with the task's loss where the
         dataset carries the task's labels."""
+
+    def scores(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int) -> dict[str, float]:
+        """Every metric the task reports, the main one (``metric``) included; one pass where the
+        task computes several at once (segmentation: mIoU and pixel accuracy)."""
+        return {self.metric: self.evaluate(model, bundle, spec, batch_size)}
+
+    def notes(self, model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
+        """Facts about the model's task heads the record keeps (e.g. a dropped auxiliary head)."""
+        return {}
 
     def parity_outputs(self, outputs: list[Any]) -> tuple[list[Any], str]:
         """The outputs parity compares, and how the record names them."""

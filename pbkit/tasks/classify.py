@@ -56,9 +56,10 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
 
 
 def distilled(task_loss: Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]], teacher: nn.Module | None,
-              kd: KDCfg | None) -> Callable[[nn.Module, Any], torch.Tensor]:
-    """(1 - alpha) * task loss + alpha * kd_loss, the teacher in eval mode without gradients;
-    the task loss alone without a teacher or with KD off."""
+              kd: KDCfg | None, term: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] = kd_loss
+              ) -> Callable[[nn.Module, Any], torch.Tensor]:
+    """(1 - alpha) * task loss + alpha * ``term`` (:func:`kd_loss` on logits by default), the
+    teacher in eval mode without gradients; the task loss alone without a teacher or with KD off."""
     if teacher is None or kd is None or not kd.enabled:
         return lambda m, batch: task_loss(m, batch)[0]
     teacher.eval()
@@ -69,7 +70,7 @@ def distilled(task_loss: Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Te
         value, out = task_loss(m, batch)
         with torch.no_grad():
             target = teacher(batch[0])
-        return (1 - kd.alpha) * value + kd.alpha * kd_loss(out, target, kd.temperature)
+        return (1 - kd.alpha) * value + kd.alpha * term(out, target, kd.temperature)
 
     return loss
 
