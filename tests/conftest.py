@@ -80,6 +80,23 @@ def prune_model(model: Any, spec: Any, method: str | Any = "l1", protected: list
                            sparse_train=sparse_train)
 
 
+def output_in_fresh_process(model_file: Path, x: Any, tmp: Path, expr: str = "m(x)", imports: str = "") -> Any:
+    """``expr`` (of the model ``m`` loaded from ``model_file`` and the input ``x``) computed in a new
+    Python process: a pruned model must reload without the process that pruned it."""
+    import subprocess
+    import sys
+
+    import torch
+
+    torch.save(x, tmp / "x.pt")
+    code = (f"import sys, torch\nfrom pbkit.models.checkpoint import load_model\n{imports}\n"
+            "m, _, _ = load_model(sys.argv[1])\nx = torch.load(sys.argv[2], weights_only=True)\n"
+            f"with torch.no_grad():\n    torch.save({expr}, sys.argv[3])\n")
+    subprocess.run([sys.executable, "-c", code, str(model_file), str(tmp / "x.pt"), str(tmp / "y.pt")], check=True,
+                   capture_output=True)
+    return torch.load(tmp / "y.pt", weights_only=True)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``gpu`` run where torch sees a CUDA device and skip cleanly elsewhere."""
     gpu_items = [i for i in items if i.get_closest_marker("gpu")]

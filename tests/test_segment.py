@@ -5,8 +5,6 @@ head untouched, reloaded in a fresh process, exported with parity, finetuned wit
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from pbkit.models import checkpoint, counts, registry, segment
 from pbkit.prune import methods
 from pbkit.tasks import get as get_task
 from pbkit.tasks.segment import confusion, kd_loss_dense, miou
-from tests.conftest import REPO, prune_model
+from tests.conftest import REPO, output_in_fresh_process, prune_model
 
 SIZE = 64
 
@@ -184,16 +182,10 @@ def test_a_segmentation_run_records_miou_kd_parity_and_speed(seg_run: Path) -> N
 def test_a_pruned_segmentation_model_reloads_in_a_fresh_process(seg_run: Path, tmp_path: Path) -> None:
     model, _, _ = checkpoint.load_model(seg_run / "pruned.pt")
     x = counts.example_input(SIZE, batch=1)
-    torch.save(x, tmp_path / "x.pt")
-    code = ("import sys, torch\nfrom pbkit.models.checkpoint import load_model\n"
-            "m, _, _ = load_model(sys.argv[1])\nx = torch.load(sys.argv[2], weights_only=True)\n"
-            "with torch.no_grad():\n    torch.save(m.eval()(x), sys.argv[3])\n")
-    subprocess.run([sys.executable, "-c", code, str(seg_run / "finetuned.pt"), str(tmp_path / "x.pt"),
-                    str(tmp_path / "y.pt")], check=True, capture_output=True)
+    got = output_in_fresh_process(seg_run / "finetuned.pt", x, tmp_path, "m.eval()(x)")
     finetuned, _, _ = checkpoint.load_model(seg_run / "finetuned.pt")
     with torch.no_grad():
-        expected = finetuned.eval()(x)
-    assert torch.allclose(torch.load(tmp_path / "y.pt", weights_only=True), expected, atol=1e-5)
+        assert torch.allclose(got, finetuned.eval()(x), atol=1e-5)
     dense, _, _ = checkpoint.load_model(seg_run / "dense.pt")
     assert counts.count_params(model) < 0.8 * counts.count_params(dense)
 

@@ -4,13 +4,11 @@ finetune + mAP with the ultralytics trainer on a generated dataset, offline, cle
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import prune_model
+from conftest import output_in_fresh_process, prune_model
 
 from pbkit import models, stages
 from pbkit.core import config, record
@@ -110,15 +108,11 @@ def test_pruned_detector_reloads_in_a_fresh_process(yolo_run: Path, tmp_path: Pa
 
     model, spec, _ = checkpoint.load_model(yolo_run / "pruned.pt")
     x = counts.example_input(SIZE, batch=1)
-    torch.save(x, tmp_path / "x.pt")
-    code = ("import sys, torch\nfrom pbkit.models.checkpoint import load_model\nfrom pbkit.models import yolo\n"
-            "m, _, _ = load_model(sys.argv[1])\nx = torch.load(sys.argv[2], weights_only=True)\n"
-            "with torch.no_grad():\n    torch.save(yolo.raw_outputs(m(x))[1], sys.argv[3])\n")
-    subprocess.run([sys.executable, "-c", code, str(yolo_run / "pruned.pt"), str(tmp_path / "x.pt"),
-                    str(tmp_path / "y.pt")], check=True, capture_output=True)
+    got = output_in_fresh_process(yolo_run / "pruned.pt", x, tmp_path, "yolo.raw_outputs(m(x))[1]",
+                                  "from pbkit.models import yolo")
     with torch.no_grad():
         expected = yolo.raw_outputs(model(x))[1]
-    assert torch.allclose(torch.load(tmp_path / "y.pt", weights_only=True), expected, atol=1e-5)
+    assert torch.allclose(got, expected, atol=1e-5)
     # the reloaded model keeps the pruned widths (a yaml rebuild would restore the dense ones)
     dense, _, _ = checkpoint.load_model(yolo_run / "dense.pt")
     assert counts.count_params(model) < 0.8 * counts.count_params(dense)

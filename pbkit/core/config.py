@@ -10,6 +10,7 @@ string and ``model.checkpoint=w #2.pt`` keeps its ``#``. CLI options never go th
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,9 @@ class DatasetCfg(_Strict):
     test_limit: int | None = Field(ge=1)
     eval_batch_size: int = Field(ge=1)
     seed: int
+    workers: int = Field(0, ge=0)  # DataLoader worker processes (seeded: the same seed, the same data)
+    pin_memory: bool = False  # page-locked batches for faster copies to a GPU
+    persistent_workers: bool = False  # keep the workers between epochs
 
 
 class _TrainingCfg(_Strict):
@@ -62,6 +66,13 @@ class _TrainingCfg(_Strict):
     batch_size: int = Field(ge=1)
     label_smoothing: float = Field(ge=0, lt=1)
     seed: int
+    amp: Literal["off", "bf16", "fp16"] = "off"  # mixed precision (autocast; fp16 with a gradient scaler)
+    channels_last: bool = False  # train in the channels-last memory format
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
 
 
 class RecipeCfg(_TrainingCfg):
@@ -174,6 +185,14 @@ class Config(_Strict):
     run_id: str | None
     seed: int | None = None  # every section's seed that the configuration does not set itself
     init: Literal["pruned", "scratch"] = "pruned"  # scratch: the pruned architecture re-initialised (SX-A)
+    device: str = "auto"  # where training, evaluation, calibration and pruning compute: auto | cpu | cuda | cuda:N
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", v):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {v!r}")
+        return v
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -184,6 +184,7 @@ class StageInfo(_Open):
     kit_version: str
     config: dict[str, Any] | None = None  # the configuration sections the stage ran with
     env: dict[str, Any] | None = None  # the machine record where it ran
+    device: str | None = None  # where the stage computed with the model (prune, finetune): cpu, cuda:0 (name)
 
 
 class Identity(_Open):

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pbkit.core import device
+
 COUNTER = "torch.utils.flop_counter (aten conv/mm/sdpa, MACs=FLOPs/2)"
 
 
@@ -52,7 +54,7 @@ def count_macs(model: nn.Module, input_size: int) -> int:
 
     was_training = model.training
     model.eval()
-    x = example_input(input_size)
+    x = example_input(input_size).to(device.of(model))
     try:
         with _no_mha_fastpath(), FlopCounterMode(display=False, custom_mapping=_mapping()) as fc:
             model(x)

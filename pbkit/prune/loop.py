@@ -9,6 +9,7 @@ arguments: nothing here knows which task a model serves.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pbkit.core import budget
+from pbkit.core import budget, device
 from pbkit.core.errors import PbkitError
 from pbkit.models import counts
 from pbkit.prune import methods
@@ -143,7 +144,10 @@ def prune_to_target(
     names = {m: n for n, m in model.named_modules()}
     macs_base = counts.count_macs(model, input_size)
     params_base = counts.count_params(model)
-    example = counts.example_input(input_size)
+    dev = device.of(model)
+    example = counts.example_input(input_size).to(dev)
+    if calibration is not None:  # pinned batches on the model's device, moved once
+        calibration = dataclasses.replace(calibration, batches=device.to(calibration.batches, dev))
     if method.collect is not None and not (calibration and calibration.batches):
         raise PbkitError(f"method {method.key!r} needs calibration data ({method.data}): pass --dataset D "
                          "or set prune.calibration.dataset (synthetic works offline)")

@@ -239,7 +239,7 @@ def _run(path: Path, r: record.Record, sha: str) -> dict[str, Any]:
                        ("base training", (r.base_training or {}).get("history"))):
         if not hist:
             continue
-        key = next((k for k in hist[-1] if k not in ("epoch", "loss", "lr", "lr_used", "time_s")), "accuracy")
+        key = next((k for k in hist[-1] if k not in ("epoch", "loss", "lr", "lr_used", "time_s", "images_per_s")), "accuracy")
         acc = [(h["epoch"], h[key]) for h in hist if h.get(key) is not None and "epoch" in h]
         loss = [(h["epoch"], h["loss"]) for h in hist if h.get("loss") is not None and "epoch" in h]
         metric = r.accuracy.metric or key

@@ -37,7 +37,7 @@ FACT_NAMES = {"s1": "dataset/network/scope/target", "base": "base model", "ft_ep
               "pruning-stage epochs", "prune_schedule": "pruning-stage schedule", "init": "initialisation",
               "total_epochs": "total epochs (base + pruning stage + finetune)"}
 SCHEDULE_KEYS = ("optimizer", "lr", "momentum", "nesterov", "schedule", "milestones_epochs", "step_size", "gamma")
-RECIPE_KEYS = ("weight_decay", "batch_size", "label_smoothing", "augmentation", "kd")
+RECIPE_KEYS = ("weight_decay", "batch_size", "label_smoothing", "augmentation", "kd", "amp")
 PRUNE_SCHEDULE_KEYS = ("optimizer", "lr", "momentum", "schedule", "milestones", "step_size", "gamma", "batch_size",
                        "reg", "delta_reg")
 
@@ -71,7 +71,8 @@ def finetune_facts(recipe: dict[str, Any], augmentation: str | None) -> dict[str
         schedule.pop("step_size", None)
     if recipe.get("schedule") not in ("step", "multistep"):
         schedule.pop("gamma", None)
-    rest = {k: recipe.get(k) for k in RECIPE_KEYS if k not in ("augmentation", "kd")}
+    rest = {k: recipe.get(k) for k in RECIPE_KEYS if k not in ("augmentation", "kd", "amp")}
+    rest["amp"] = recipe.get("amp") or "off"  # records made before AMP trained without it
     rest["augmentation"] = augmentation
     rest["kd"] = _kd(recipe.get("kd"))
     return {"ft_epochs": int(recipe.get("epochs") or 0), "ft_schedule": schedule, "ft_recipe": rest}

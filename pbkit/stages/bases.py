@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from pbkit.core import config, lock
@@ -18,15 +19,22 @@ from pbkit.core.console import Steps, note
 from pbkit.core.fileio import ensure_writable_dir, sha256_file
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec, build, checkpoint, weights
-from pbkit.stages.rundir import slug, teacher_file, trains_base
+from pbkit.stages.rundir import recipe_fields, slug, teacher_file, trains_base
 from pbkit.tasks import Task
 
 Weights = dict[str, Any]  # weights, weights_path, weights_sha256 (record.ModelInfo fields)
 
 
 def obtain(cfg: config.Config, spec: ModelSpec, task: Task, bundle: DataBundle | None, bases_dir: Path,
-           quiet: bool = False) -> tuple[nn.Module, Weights, dict[str, Any] | None]:
-    """The dense base model, how its weights came to be, and its training history if trained."""
+           quiet: bool = False, dev: torch.device | None = None) -> tuple[nn.Module, Weights, dict[str, Any] | None]:
+    """The dense base model on ``dev`` (trained there when pbkit trains it), how its weights came
+    to be, and its training history if trained."""
+    model, w, history = _obtain(cfg, spec, task, bundle, bases_dir, quiet, dev or torch.device("cpu"))
+    return model.to(dev or torch.device("cpu")), w, history
+
+
+def _obtain(cfg: config.Config, spec: ModelSpec, task: Task, bundle: DataBundle | None, bases_dir: Path,
+            quiet: bool, dev: torch.device) -> tuple[nn.Module, Weights, dict[str, Any] | None]:
     m = cfg.model
     if m.weights == "checkpoint":
         assert m.checkpoint is not None  # the run's identity checked it
@@ -40,8 +48,8 @@ def obtain(cfg: config.Config, spec: ModelSpec, task: Task, bundle: DataBundle |
     model = build(spec, seed=m.seed)
     if bundle is None or not trains_base(cfg):
         return model, {"weights": "random", "weights_path": None, "weights_sha256": weights.state_sha256(model)}, None
-    key = json.dumps({"spec": spec.to_dict(), "seed": m.seed, "dataset": cfg.dataset.model_dump(exclude={"root"}),
-                      "recipe": cfg.base.model_dump()}, sort_keys=True)
+    key = json.dumps({"spec": spec.to_dict(), "seed": m.seed, "dataset": _data_key(cfg),
+                      "recipe": recipe_fields(cfg.base)}, sort_keys=True)
     path = bases_dir / f"{slug(spec.name)}__{bundle.name}__{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     ensure_writable_dir(bases_dir)
     with lock.exclusive(bases_dir / f".{path.name}.lock",
@@ -51,6 +59,7 @@ def obtain(cfg: config.Config, spec: ModelSpec, task: Task, bundle: DataBundle |
             model, _, extra = checkpoint.load_model(path)
             return model, _trained(path), extra.get("training")
         steps = Steps(f"training base {spec.name} on {bundle.name}", cfg.base.epochs, quiet)
+        model.to(dev)
         history = task.train(model, bundle, spec, cfg.base.model_dump(), eval_batch_size=cfg.dataset.eval_batch_size,
                              on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)))
         steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
@@ -58,14 +67,23 @@ def obtain(cfg: config.Config, spec: ModelSpec, task: Task, bundle: DataBundle |
     return model, _trained(path), history
 
 
-def teacher(cfg: config.Config, dense: Callable[[], nn.Module]) -> nn.Module | None:
+def _data_key(cfg: config.Config) -> dict[str, Any]:
+    """The dataset settings that decide a base (loader processes and pinning do not; persistent
+    workers do: they change the data order from the second epoch)."""
+    d = cfg.dataset.model_dump(exclude={"root", "workers", "pin_memory", "persistent_workers"})
+    if cfg.dataset.persistent_workers and cfg.dataset.workers:
+        d["persistent_workers"] = True
+    return d
+
+
+def teacher(cfg: config.Config, dense: Callable[[], nn.Module], dev: torch.device | None = None) -> nn.Module | None:
     """The distillation teacher when ``finetune.kd`` is on: the named model file, else the run's own
-    dense base (``dense()``); in eval mode, without gradients."""
+    dense base (``dense()``); on ``dev`` (the student's), in eval mode, without gradients."""
     kd = cfg.finetune.kd
     if not kd.enabled:
         return None
     model = checkpoint.load_model(teacher_file(kd.teacher))[0] if kd.teacher else dense()
-    model.eval()
+    model.to(dev or torch.device("cpu")).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pbkit.core import config, record
+from pbkit.core import config, device, record
 from pbkit.core.console import Steps
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import sha256_file
@@ -32,9 +32,11 @@ from pbkit.train.loop import trainability
 
 def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = False) -> record.Record:
     clock = StageClock("finetune")
+    dev = device.resolve(cfg.device)
     bundle = prune.dataset(cfg)
     assert bundle is not None  # the stage runs only with a dataset (rundir.finetunes)
     model, spec, _ = checkpoint.load_model(run_dir / MODEL_FILES[PRUNED])
+    model.to(dev)
     task = get_task(spec.task)
     env = envinfo.collect()
     if cfg.init == "scratch":
@@ -44,7 +46,7 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
     else:
         recipe = cfg.finetune.model_dump(exclude={"kd"})
         extra = {"init": "pruned"}
-        teacher = bases.teacher(cfg, lambda: checkpoint.load_model(run_dir / MODEL_FILES[DENSE])[0])
+        teacher = bases.teacher(cfg, lambda: checkpoint.load_model(run_dir / MODEL_FILES[DENSE])[0], dev)
         title = f"finetuning {recipe['epochs']} epochs" + (" with distillation" if teacher is not None else "")
     steps = Steps(title, int(recipe["epochs"]), quiet)
     history = task.train(model, bundle, spec, recipe, eval_batch_size=cfg.dataset.eval_batch_size,
@@ -61,7 +63,7 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
                                                  str(recipe.get("schedule")))}
     rec.artifacts["pruned_as_pruned"] = rec.artifacts.get("pruned_as_pruned") or rec.artifacts[PRUNED]
     rec.artifacts[PRUNED] = {"path": FINETUNED_FILE, "sha256": sha256_file(run_dir / FINETUNED_FILE), "finetuned": True}
-    clock.finish(rec, cfg, env)
+    clock.finish(rec, cfg, env, device=device.name(dev))
     record.write(run_dir, rec)
     return rec
 

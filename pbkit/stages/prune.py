@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pbkit import __version__
-from pbkit.core import config, record
+from pbkit.core import config, device, record
 from pbkit.core.console import Steps, note
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import sha256_file
@@ -38,8 +38,10 @@ def dataset(cfg: config.Config) -> DataBundle | None:
     d = cfg.dataset
     if not d.name:
         return None
-    return load_data(d.name, root=d.root, image_size=d.image_size, seed=d.seed, train_limit=d.train_limit,
-                     test_limit=d.test_limit, download=d.download, num_classes=cfg.model.num_classes)
+    bundle = load_data(d.name, root=d.root, image_size=d.image_size, seed=d.seed, train_limit=d.train_limit,
+                       test_limit=d.test_limit, download=d.download, num_classes=cfg.model.num_classes)
+    bundle.workers, bundle.pin_memory, bundle.persistent_workers = d.workers, d.pin_memory, d.persistent_workers
+    return bundle
 
 
 def resolve_spec(cfg: config.Config, bundle: DataBundle | None) -> ModelSpec:
@@ -74,6 +76,7 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
     """Prune to the target and write the run folder (dense.pt, pruned.pt, record.json)."""
     cfg, method = plan.cfg, plan.method
     clock = StageClock("prune")
+    dev = device.resolve(cfg.device)  # a device that is not there: one line before any work
     bundle = dataset(cfg)
     spec = resolve_spec(cfg, bundle)
     task = get_task(spec.task)
@@ -83,7 +86,8 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
         raise PbkitError(f"prune.schedule: interleaved trains a few iterations between pruning steps, which "
                          f"{task.title} models cannot (they train by epochs); use prune.schedule: oneshot")
     env = envinfo.collect()
-    model, weights, base_training = bases.obtain(cfg, spec, task, bundle, plan.run_dir.parent.parent / "bases", quiet)
+    model, weights, base_training = bases.obtain(cfg, spec, task, bundle, plan.run_dir.parent.parent / "bases", quiet,
+                                                 dev)
     tmp = plan.run_dir.parent / f".tmp-{plan.run_id}"
     shutil.rmtree(tmp, ignore_errors=True)  # what a killed run left
     tmp.mkdir(parents=True)
@@ -102,7 +106,7 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
         checkpoint.save_model(model, spec, tmp / MODEL_FILES[PRUNED])
         rec = _record(plan, spec, task, method, res, calibration, alignment, bundle, weights, base_training,
                       (acc_base, acc_pruned), tmp, env, task.notes(model, spec))
-        clock.finish(rec, cfg, env)
+        clock.finish(rec, cfg, env, device=device.name(dev))
         record.write(tmp, rec)
         os.replace(tmp, plan.run_dir)
     except BaseException:
@@ -169,7 +173,7 @@ def _interleaved(model: Any, spec: ModelSpec, task: Task, cfg: config.Config, bu
     if bundle is None:
         raise PbkitError("prune.schedule: interleaved trains between pruning steps: pass --dataset D")
     ft, p = cfg.finetune, cfg.prune
-    teacher = bases.teacher(cfg, lambda: copy.deepcopy(model))  # the dense model, copied before pruning
+    teacher = bases.teacher(cfg, lambda: copy.deepcopy(model), device.of(model))  # the dense model, copied before pruning
     recipe = {**ft.model_dump(exclude={"kd"}), "schedule": "constant", "epochs": p.interleave_iters}
     per_epoch = max(1, math.ceil(len(bundle.train) / ft.batch_size))  # type: ignore[arg-type]
     facts: dict[str, Any] = {"iters_per_step": p.interleave_iters, "steps_trained": 0, "iterations": 0, "epochs": 0,

@@ -70,6 +70,17 @@ def trains_base(cfg: config.Config) -> bool:
     return cfg.model.weights == "random" and bool(cfg.dataset.name) and cfg.base.epochs > 0
 
 
+# training settings that do not change a run's identity at their default (ids made before they
+# existed still hold); set otherwise, they are part of it (AMP is part of the recipe)
+_NEUTRAL = {"amp": "off", "channels_last": False}
+
+
+def recipe_fields(section: Any, **dump: Any) -> dict[str, Any]:
+    """A training section (base, sparsify, finetune) as it names a run or a base."""
+    out = section.model_dump(**dump)
+    return {k: v for k, v in out.items() if not (k in _NEUTRAL and v == _NEUTRAL[k])}
+
+
 def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
     """Everything that determines the run's result, and nothing else."""
     m, d, p = cfg.model, cfg.dataset, cfg.prune
@@ -88,8 +99,10 @@ def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
     if d.name:
         fields["dataset"] = {"name": d.name, "image_size": d.image_size, "train_limit": d.train_limit,
                              "test_limit": d.test_limit, "seed": d.seed}
+        if d.persistent_workers and d.workers:  # one seed fewer drawn per epoch: another data order from epoch 2
+            fields["dataset"]["persistent_workers"] = True
     if trains_base(cfg):
-        fields["base"] = cfg.base.model_dump()
+        fields["base"] = recipe_fields(cfg.base)
     prune = p.model_dump(exclude={"calibration", "schedule", "interleave_iters", "max_memory_gib", "max_graph_s"})
     if p.schedule != "oneshot":  # (absent at the default, so ids made before it existed still hold)
         prune.update(schedule=p.schedule, interleave_iters=p.interleave_iters)
@@ -98,13 +111,13 @@ def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
             {"dataset": p.calibration.dataset}
     fields["prune"] = prune
     if method.stage == "sparsify":
-        fields["sparsify"] = cfg.sparsify.model_dump()
+        fields["sparsify"] = recipe_fields(cfg.sparsify)
     if cfg.init != "pruned":  # the scratch model trains with the base recipe, as long as base + pruning + finetune
         fields["init"] = cfg.init
-        fields["base"] = cfg.base.model_dump()
+        fields["base"] = recipe_fields(cfg.base)
         fields["finetune"] = {"epochs": cfg.finetune.epochs}
     elif finetunes(cfg):
-        fields["finetune"] = cfg.finetune.model_dump(exclude=set() if cfg.finetune.kd.enabled else {"kd"})
+        fields["finetune"] = recipe_fields(cfg.finetune, exclude=set() if cfg.finetune.kd.enabled else {"kd"})
         if cfg.finetune.kd.enabled and cfg.finetune.kd.teacher:
             fields["finetune"]["kd"]["teacher_sha256"] = sha256_file(teacher_file(cfg.finetune.kd.teacher))
     return fields
@@ -256,13 +269,16 @@ class StageClock:
         self.started_utc = utc_now()
         self._t0 = time.perf_counter()
 
-    def finish(self, rec: record.Record, cfg: config.Config, env: dict[str, Any]) -> record.Record:
+    def finish(self, rec: record.Record, cfg: config.Config, env: dict[str, Any],
+               device: str | None = None) -> record.Record:
+        """The stage's facts into the record: when, how long, its settings, the machine and, for
+        the stages that compute with the model (prune, finetune), the device."""
         now = utc_now()
         rec.stages.pop(self.name, None)  # the latest run of a stage goes last, in running order
         rec.stages[self.name] = record.StageInfo(utc=now, started_utc=self.started_utc,
                                                  seconds=round(time.perf_counter() - self._t0, 3),
                                                  kit_version=__version__, config=section_slice(cfg, self.name),
-                                                 env=env)
+                                                 env=env, device=device)
         rec.updated_utc = now
         rec.env = env
         rec.config = cfg.model_dump(mode="json")

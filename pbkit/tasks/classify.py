@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pbkit.core import device
 from pbkit.core.config import CalibrationCfg, KDCfg
 from pbkit.core.errors import PbkitError
 from pbkit.data import DataBundle
@@ -25,8 +26,10 @@ def top1(model: nn.Module, loader: DataLoader[Any]) -> float:
     """Top-1 accuracy in percent."""
     was_training = model.training
     model.eval()
+    dev = device.of(model)
     correct = total = 0
     for x, y in loader:
+        x, y = device.to(x, dev), device.to(y, dev)
         pred = model(x).argmax(dim=1)
         correct += int((pred == y).sum())
         total += int(y.numel())
@@ -34,6 +37,11 @@ def top1(model: nn.Module, loader: DataLoader[Any]) -> float:
     if total == 0:
         raise PbkitError("evaluation set is empty")
     return 100.0 * correct / total
+
+
+def speed(row: dict[str, float]) -> str:
+    """`` 1234 img/s`` for a training epoch's progress line."""
+    return f" {row['images_per_s']:.0f} img/s" if row.get("images_per_s") else ""
 
 
 def classification_batches(bundle: DataBundle, batches: int, batch_size: int, seed: int) -> list[Any]:
@@ -91,23 +99,33 @@ class Classify(Task):
         self.check_data(bundle, "evaluating")
         return top1(model, bundle.loader("test", batch_size))
 
+    kd_term = staticmethod(kd_loss)  # the distillation term on the model's outputs
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor, recipe: dict[str, Any]) -> torch.Tensor:
+        """The task's training loss on a batch's outputs (cross-entropy, the recipe's label smoothing)."""
+        return F.cross_entropy(out, target, label_smoothing=float(recipe.get("label_smoothing") or 0.0))
+
+    def test_metric(self, model: nn.Module, loader: DataLoader[Any], spec: ModelSpec) -> float:
+        """The metric evaluated after every training epoch."""
+        return top1(model, loader)
+
     def train(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, recipe: dict[str, Any], *,
               eval_batch_size: int, evaluate_each_epoch: bool = True, on_epoch: OnEpoch | None = None,
               regularize: Callable[[], None] | None = None, after_epoch: Callable[[], None] | None = None,
               teacher: nn.Module | None = None, kd: KDCfg | None = None,
               max_iters: int | None = None) -> dict[str, Any]:
         self.check_data(bundle, "training")
-        smoothing = float(recipe.get("label_smoothing") or 0.0)
         test = bundle.loader("test", eval_batch_size) if evaluate_each_epoch else None
 
         def task_loss(m: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
             out = m(batch[0])
-            return F.cross_entropy(out, batch[1], label_smoothing=smoothing), out
+            return self.loss(out, batch[1], recipe), out
 
         return fit(model, bundle.loader("train", int(recipe["batch_size"]), seed=int(recipe["seed"])), recipe,
-                   loss_fn=distilled(task_loss, teacher, kd),
-                   evaluate=(lambda m: top1(m, test)) if test is not None else None,
-                   on_epoch=on_epoch, after_backward=regularize, after_epoch=after_epoch, max_iters=max_iters)
+                   loss_fn=distilled(task_loss, teacher, kd, term=self.kd_term),
+                   evaluate=(lambda m: self.test_metric(m, test, spec)) if test is not None else None,
+                   metric_key=self.history_metric, on_epoch=on_epoch, after_backward=regularize,
+                   after_epoch=after_epoch, max_iters=max_iters)
 
     def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:
         self.check_data(bundle, "calibrating")
@@ -117,11 +135,11 @@ class Classify(Task):
                                              "samples": sum(len(y) for _, y in batches)})
 
     def calibration_of(self, batches: list[Any], info: dict[str, Any] | None = None) -> Calibration:
-        """Labelled batches as a calibration set with the classification loss (cross-entropy)."""
-        return Calibration(batches, self.title, loss=lambda m, b: F.cross_entropy(m(b[0]), b[1]),
-                           sample=lambda b, i: (b[0][i:i + 1], b[1][i:i + 1]), output_loss=F.cross_entropy,
-                           info=info or {})
+        """Labelled batches as a calibration set with the task's loss (without label smoothing)."""
+        return Calibration(batches, self.title, loss=lambda m, b: self.loss(m(b[0]), b[1], {}),
+                           sample=lambda b, i: (b[0][i:i + 1], b[1][i:i + 1]),
+                           output_loss=lambda out, y: self.loss(out, y, {}), info=info or {})
 
     def epoch_line(self, row: dict[str, float]) -> str:
         acc = f" acc {row['accuracy']:.2f}" if "accuracy" in row else ""
-        return f"loss {row['loss']:.3f}{acc}"
+        return f"loss {row['loss']:.3f}{acc}" + speed(row)

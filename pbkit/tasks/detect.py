@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pbkit.core import device
 from pbkit.core.config import CalibrationCfg, KDCfg
 from pbkit.core.errors import PbkitError
 from pbkit.core.runtime import ultralytics_offline
@@ -153,10 +154,11 @@ def _quiet() -> Iterator[None]:
 
 
 def map50_95(model: nn.Module, yaml_path: str, imgsz: int, batch: int = 16) -> float:
-    """mAP50-95 (percent) of a model object on the dataset's val split, on the CPU."""
+    """mAP50-95 (percent) of a model object on the dataset's val split, on the model's device."""
     from ultralytics.models.yolo.detect import DetectionValidator
 
-    args = {"data": yaml_path, "imgsz": imgsz, "batch": batch, "device": "cpu", "plots": False, "verbose": False,
+    args = {"data": yaml_path, "imgsz": imgsz, "batch": batch, "device": str(device.of(model)), "plots": False,
+            "verbose": False,
             "save_json": False, "workers": 0, "half": False, "rect": False}
     validator = DetectionValidator(args=args)
     m = copy.deepcopy(model).float().eval()  # the validator fuses conv+bn in place
@@ -249,7 +251,9 @@ def _train(model: nn.Module, yaml_path: str, imgsz: int, recipe: dict[str, Any],
         # a name only (the trainer's model is set to our object below and never built from it)
         "model": str(getattr(model, "yaml", {}).get("yaml_file", "yolov8n.yaml")), "data": yaml_path,
         "epochs": int(recipe["epochs"]), "imgsz": imgsz,
-        "batch": int(recipe["batch_size"]), "device": "cpu", "workers": 0, "amp": False, "plots": False,
+        # the model's device; AMP stays off: ultralytics' AMP check would download a model to test with
+        "batch": int(recipe["batch_size"]), "device": str(device.of(model)), "workers": 0, "amp": False,
+        "plots": False,
         "val": True, "project": str(workdir), "name": "finetune", "exist_ok": True, "seed": int(recipe["seed"]),
         "deterministic": True, "optimizer": {"sgd": "SGD", "adamw": "AdamW", "adam": "Adam"}[recipe["optimizer"]],
         "lr0": float(recipe["lr"]), "momentum": float(recipe["momentum"]), "weight_decay": float(recipe["weight_decay"]),

@@ -5,7 +5,6 @@ per-pixel logits."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,14 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pbkit.core.config import CalibrationCfg, KDCfg
+from pbkit.core import device
 from pbkit.core.errors import PbkitError
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec, segment
-from pbkit.prune import Calibration
-from pbkit.tasks.base import OnEpoch, Task
-from pbkit.tasks.classify import classification_batches, distilled
-from pbkit.train.loop import fit
+from pbkit.tasks.classify import Classify, speed
 
 IGNORE = 255
 
@@ -47,9 +43,10 @@ def miou(conf: torch.Tensor) -> tuple[float, float]:
 def scores_of(model: nn.Module, loader: DataLoader[Any], num_classes: int) -> dict[str, float]:
     was_training = model.training
     model.eval()
+    dev = device.of(model)
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for x, y in loader:
-        conf += confusion(model(x).argmax(dim=1), y, num_classes)
+        conf += confusion(model(device.to(x, dev)).argmax(dim=1).cpu(), y, num_classes)
     model.train(was_training)
     m, acc = miou(conf)
     return {"mIoU": m, "pixel_acc": acc}
@@ -67,11 +64,15 @@ def kd_loss_dense(student: torch.Tensor, teacher: torch.Tensor, temperature: flo
     return kl.sum(dim=1).mean() * t * t
 
 
-class Segment(Task):
+class Segment(Classify):
+    """Classification per pixel: the training loop, distillation and calibration are
+    classification's, with the per-pixel loss, metric and KD term."""
+
     name = "segment"
     title = "segmentation"
     metric = "mIoU"
     history_metric = "mIoU"
+    kd_term = staticmethod(kd_loss_dense)
 
     def protected(self, model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
         return segment.heads(model, spec.num_classes)
@@ -83,35 +84,15 @@ class Segment(Task):
         self.check_data(bundle, "evaluating")
         return scores_of(model, bundle.loader("test", batch_size), spec.num_classes)
 
-    def train(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, recipe: dict[str, Any], *,
-              eval_batch_size: int, evaluate_each_epoch: bool = True, on_epoch: OnEpoch | None = None,
-              regularize: Callable[[], None] | None = None, after_epoch: Callable[[], None] | None = None,
-              teacher: nn.Module | None = None, kd: KDCfg | None = None,
-              max_iters: int | None = None) -> dict[str, Any]:
-        self.check_data(bundle, "training")
-        test = bundle.loader("test", eval_batch_size) if evaluate_each_epoch else None
+    def loss(self, out: torch.Tensor, target: torch.Tensor, recipe: dict[str, Any]) -> torch.Tensor:
+        return seg_loss(out, target)
 
-        def task_loss(m: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            out = m(batch[0])
-            return seg_loss(out, batch[1]), out
-
-        return fit(model, bundle.loader("train", int(recipe["batch_size"]), seed=int(recipe["seed"])), recipe,
-                   loss_fn=distilled(task_loss, teacher, kd, term=kd_loss_dense),
-                   evaluate=(lambda m: scores_of(m, test, spec.num_classes)["mIoU"]) if test is not None else None,
-                   metric_key=self.history_metric, on_epoch=on_epoch, after_backward=regularize,
-                   after_epoch=after_epoch, max_iters=max_iters)
-
-    def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:
-        self.check_data(bundle, "calibrating")
-        batches = classification_batches(bundle, cfg.batches, cfg.batch_size, cfg.seed)
-        return Calibration(batches, self.title, loss=lambda m, b: seg_loss(m(b[0]), b[1]),
-                           sample=lambda b, i: (b[0][i:i + 1], b[1][i:i + 1]), output_loss=seg_loss,
-                           info={"dataset": bundle.name, "batches": len(batches), "batch_size": cfg.batch_size,
-                                 "seed": cfg.seed, "samples": sum(len(y) for _, y in batches)})
+    def test_metric(self, model: nn.Module, loader: DataLoader[Any], spec: ModelSpec) -> float:
+        return scores_of(model, loader, spec.num_classes)["mIoU"]
 
     def notes(self, model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
         return segment.notes(model)
 
     def epoch_line(self, row: dict[str, float]) -> str:
         m = f" mIoU {row['mIoU']:.2f}" if "mIoU" in row else ""
-        return f"loss {row['loss']:.3f}{m}"
+        return f"loss {row['loss']:.3f}{m}" + speed(row)

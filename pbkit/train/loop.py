@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pbkit.core import device
 from pbkit.core.errors import PbkitError
 
 
@@ -68,14 +69,24 @@ def fit(
     max_iters: int | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with ``recipe`` and the task's ``loss_fn``; return the recipe as
-    run, its timing and per-epoch history (loss, the learning rate the epoch used and, with
-    ``evaluate``, ``metric_key``; ``lr`` is the rate after the epoch's scheduler step).
+    run, its timing and per-epoch history (loss, the learning rate the epoch used, images per
+    second and, with ``evaluate``, ``metric_key``; ``lr`` is the rate after the epoch's scheduler
+    step). Batches move to the model's device; ``recipe["amp"]`` (bf16, fp16) runs the forward
+    pass and loss under autocast, fp16 with a gradient scaler; ``recipe["channels_last"]`` trains
+    in that memory format.
 
     ``after_backward`` runs between ``loss.backward()`` and ``optimizer.step()`` (a regularizer's
     gradient), ``after_epoch`` after every epoch (e.g. GrowingReg's penalty update);
     ``max_iters`` stops after that many optimizer steps (training between pruning steps).
     """
     torch.manual_seed(int(recipe["seed"]))
+    dev = device.of(model)
+    amp = str(recipe.get("amp") or "off")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp == "fp16")
+    layout = torch.channels_last if recipe.get("channels_last") else None
+    if layout is not None:
+        model.to(memory_format=layout)
     opt = _optimizer(model, recipe)
     sched = _scheduler(opt, recipe)
     history: list[dict[str, float]] = []
@@ -85,24 +96,33 @@ def fit(
         model.train()
         total_loss = n = 0.0
         lr_used = opt.param_groups[0]["lr"]
+        t_epoch = time.perf_counter()
         for batch in train_loader:
+            batch = device.to(batch, dev)
+            if layout is not None and isinstance(batch, tuple | list) and batch[0].dim() == 4:
+                batch = type(batch)([batch[0].contiguous(memory_format=layout), *batch[1:]])
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model, batch)
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise PbkitError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate")
-            loss.backward()
+            scaler.scale(loss).backward()
             if after_backward is not None:
+                scaler.unscale_(opt)  # a regularizer's gradient is added to the true gradient
                 after_backward()
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             total_loss += loss.item() * len(batch[0])
             n += len(batch[0])
             iters += 1
             if max_iters is not None and iters >= max_iters:
                 break
+        seconds = time.perf_counter() - t_epoch
         sched.step()
         if after_epoch is not None:
             after_epoch()
-        row = {"epoch": epoch, "loss": total_loss / max(n, 1), "lr": opt.param_groups[0]["lr"], "lr_used": lr_used}
+        row = {"epoch": epoch, "loss": total_loss / max(n, 1), "lr": opt.param_groups[0]["lr"], "lr_used": lr_used,
+               "images_per_s": n / seconds if seconds > 0 else 0.0}
         if evaluate is not None:
             row[metric_key] = evaluate(model)
         history.append(row)
