@@ -114,7 +114,8 @@ def test_segmentation_models_are_listed_and_resolved() -> None:
     assert "tv:deeplabv3_mobilenet_v3_large"[3:] in segment.torchvision_names()
 
 
-@pytest.mark.parametrize("scope", ["local", "global", "protected"])
+@pytest.mark.parametrize("scope", [pytest.param("local", marks=pytest.mark.slow),
+                                   pytest.param("global", marks=pytest.mark.slow), "protected"])
 def test_a_segmentation_model_prunes_2x_in_each_scope_with_its_head_untouched(scope: str) -> None:
     spec = registry.resolve("tv:lraspp_mobilenet_v3_large", num_classes=4, input_size=SIZE)
     model = registry.build(spec).eval()
@@ -129,6 +130,7 @@ def test_a_segmentation_model_prunes_2x_in_each_scope_with_its_head_untouched(sc
         assert model(torch.randn(2, 3, SIZE, SIZE)).shape == (2, 4, SIZE, SIZE)
 
 
+@pytest.mark.slow
 def test_the_vit_backbone_with_a_head_prunes_too() -> None:
     spec = registry.resolve("timmseg:vit_tiny_patch16_224", num_classes=4, input_size=SIZE)
     model = registry.build(spec).eval()
@@ -203,8 +205,8 @@ def test_the_leaderboard_reports_miou(seg_run: Path, pbkit) -> None:  # type: ig
 def test_every_method_prunes_a_segmentation_model(tmp_path: Path, key: str) -> None:
     """Data-driven criteria and regularizers use the segmentation loss on shapes-seg batches."""
     sets = [f"out={tmp_path / 'runs'}", "model.name=tv:lraspp_mobilenet_v3_large", "dataset.name=shapes-seg",
-            "dataset.image_size=32", "dataset.train_limit=64", "dataset.test_limit=32", f"prune.method={key}",
-            "prune.iterative_steps=20", "prune.calibration.batches=2", "prune.calibration.batch_size=8",
+            "dataset.image_size=32", "dataset.train_limit=64", "dataset.test_limit=16", f"prune.method={key}",
+            "prune.iterative_steps=10", "prune.calibration.batches=1", "prune.calibration.batch_size=8",
             "sparsify.epochs=1", "sparsify.batch_size=32", "finetune.epochs=0"]
     if key == "bnscale":  # a random init has every BatchNorm gamma at 1: train briefly first
         sets += ["base.epochs=1", "base.batch_size=32"]

@@ -102,7 +102,9 @@ class RayExecutor(Executor):
             level = ray_log.level
             ray_log.setLevel(logging.ERROR)  # its start-up notes (token auth, addresses) are not ours to print
             try:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                # no address: a new local Ray of our own ("local"), never another process's cluster
+                # that happens to run on this machine (ray.init() alone would join it)
+                ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False,
                          logging_level=logging.ERROR)
             except (ConnectionError, ValueError, RuntimeError) as e:
                 where = self.address or "a local Ray"
