@@ -26,7 +26,6 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function
 
-from pbkit.core.errors import PbkitError
 from pbkit.prune.calibration import Batch, Calibration
 
 CONV_OUT = (function.prune_conv_out_channels,)
@@ -360,6 +359,18 @@ class HessianImportance(tp.importance.GroupHessianImportance):
         return acc, n
 
 
+def obdc_precheck(model: nn.Module) -> str | None:
+    """Why OBD-C cannot prune ``model``: torch-pruning's Kronecker factors unfold plain
+    convolutions only (no groups, no dilation)."""
+    odd = next(((n, m) for n, m in model.named_modules()
+                if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.dilation != (1, 1))), None)
+    if odd is None:
+        return None
+    return (f"obdc (torch-pruning's EigenDamage) handles ungrouped, undilated convolutions only; {odd[0]} has "
+            f"groups={odd[1].groups}, dilation={odd[1].dilation} (depthwise or atrous models: use another "
+            "criterion, e.g. hessian or taylor)")
+
+
 def collect_obdc(imp: Any, model: nn.Module, pruner: Any, batches: list[Batch]) -> None:
     """OBD-C (EigenDamage): Kronecker-factored Fisher re-estimated before every step, labels
     sampled from the model's own softmax (the true Fisher, not the empirical one).
@@ -377,13 +388,6 @@ def collect_obdc(imp: Any, model: nn.Module, pruner: Any, batches: list[Batch]) 
             if isinstance(m, tuple(imp.target_types)):
                 layers[m] = None
     imp.modules = list(layers)
-    odd = next(((n, m) for n, m in model.named_modules() if m in layers and isinstance(m, nn.Conv2d)
-                and (m.groups != 1 or m.dilation != (1, 1))), None)
-    if odd is not None:  # torch-pruning's Kronecker factors unfold plain convolutions only
-        raise PbkitError(f"obdc (torch-pruning's EigenDamage) handles ungrouped, undilated convolutions only; "
-                         f"{odd[0]} has groups={odd[1].groups}, dilation={odd[1].dilation} (depthwise or atrous "
-                         "models: use another criterion, e.g. hessian or taylor)")
-
     def fwd(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         imp.A[m] = inputs[0].detach()
         if out.requires_grad:

@@ -32,10 +32,6 @@ from pbkit.report.cells import si
 FILTERS = ("model", "dataset", "scope", "target")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def anchor(run_id: str) -> str:
     return "run-" + re.sub(r"[^A-Za-z0-9_-]", "_", run_id)
 
@@ -55,7 +51,7 @@ def markdown_html(lines: list[str]) -> str:
 
     def flush() -> None:
         if table:
-            head, body = table[0], [r for r in table[2:]]
+            head, body = table[0], table[2:]
             out.append('<table class="plain"><thead><tr>' + "".join(f"<th>{_inline_md(c)}</th>" for c in head) +
                        "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{_inline_md(c)}</td>" for c in r) +
                                                         "</tr>" for r in body) + "</tbody></table>")
@@ -312,14 +308,15 @@ def page(records: list[tuple[Path, record.Record]], sources: list[str]) -> str:
     packed: dict[str, dict[str, Any]] = {"records": {}, "pages": {}}
     run_page = env.from_string(tpl.joinpath("run.html.j2").read_text(encoding="utf-8"))
     for path, r in records:
-        sha = _sha256(path)
+        raw = path.read_bytes()  # read once: hashed for the page, packed whole for its reader
+        sha = hashlib.sha256(raw).hexdigest()
         provenance.append({"path": str(path), "sha256": sha, "run_id": r.run_id, "used": str(path) in used,
                            "anchor": anchor(r.run_id)})
         if str(path) in used:
             run = _run(path, r, sha)
             runs.append({k: run[k] for k in ("id", "anchor", "summary")})
             packed["pages"][r.run_id] = run_page.render(r=run)
-            packed["records"][r.run_id] = json.loads(path.read_text(encoding="utf-8"))
+            packed["records"][r.run_id] = json.loads(raw)
     # the run pages and full records: gzip + base64, unpacked in the browser when a run is opened
     blob = base64.b64encode(gzip.compress(json.dumps(packed, separators=(",", ":")).encode(), 9, mtime=0)).decode()
     entries = [e for _, g in board for e in g]

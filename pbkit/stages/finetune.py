@@ -53,9 +53,7 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
                          on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)),
                          teacher=teacher, kd=cfg.finetune.kd if teacher is not None else None)
     steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
-    measured = prune.scores(task, model, bundle, spec, cfg)
-    rec.accuracy = prune.accuracy(task, {"base": _point(rec.accuracy, "base"), "pruned": _point(rec.accuracy, "pruned"),
-                                         "finetuned": measured})
+    prune.put_scores(rec.accuracy, task, "finetuned", prune.scores(task, model, bundle, spec, cfg))
     checkpoint.save_model(model, spec, run_dir / FINETUNED_FILE)
     rec.finetune = {**history, **extra, "kd": cfg.finetune.kd.model_dump() if teacher is not None else {"enabled": False},
                     "augmentation": bundle.info.get("augmentation", "none"),
@@ -66,14 +64,6 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
     clock.finish(rec, cfg, env, device=device.name(dev))
     record.write(run_dir, rec)
     return rec
-
-
-def _point(acc: record.Accuracy, point: str) -> dict[str, float] | None:
-    """The scores the record holds for one point (base, pruned), as :func:`prune.scores` gives them."""
-    main = getattr(acc, point)
-    if main is None or acc.metric is None:
-        return None
-    return {acc.metric: main, **{k: v[point] for k, v in acc.others.items() if v.get(point) is not None}}
 
 
 def scratch_recipe(rec: record.Record, cfg: config.Config) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -60,16 +60,16 @@ def scores(task: Task, model: Any, bundle: DataBundle | None, spec: ModelSpec, c
     return None if bundle is None else task.scores(model, bundle, spec, cfg.dataset.eval_batch_size)
 
 
-def accuracy(task: Task, when: dict[str, dict[str, float] | None]) -> record.Accuracy:
-    """The record's accuracy from the scores at each point (base, pruned, finetuned)."""
-    got = {k: v for k, v in when.items() if v is not None}
-    others: dict[str, dict[str, float | None]] = {}
-    for point, values in got.items():
+def put_scores(acc: record.Accuracy, task: Task, point: str, values: dict[str, float] | None) -> record.Accuracy:
+    """The task's scores at one point (base, pruned, finetuned) into the record's accuracy: the
+    main metric in its field, the others under ``others``; nothing for a data-free run."""
+    if values is not None:
+        acc.metric = task.metric
+        setattr(acc, point, values[task.metric])
         for name, value in values.items():
             if name != task.metric:
-                others.setdefault(name, {})[point] = value
-    return record.Accuracy(metric=task.metric if got else None, others=others,
-                           **{point: values[task.metric] for point, values in got.items()})
+                acc.others.setdefault(name, {})[point] = value
+    return acc
 
 
 def run(plan: Plan, quiet: bool = False) -> record.Record:
@@ -228,7 +228,7 @@ def _record(plan: Plan, spec: ModelSpec, task: Task, method: Method, res: PruneR
             name=bundle.name, image_size=bundle.image_size, num_classes=bundle.num_classes,
             train_size=bundle.info.get("train_size"), test_size=bundle.info.get("test_size"), task=bundle.task,
             yaml=bundle.info.get("yaml")),
-        accuracy=accuracy(task, {"base": measured[0], "pruned": measured[1]}),
+        accuracy=put_scores(put_scores(record.Accuracy(), task, "base", measured[0]), task, "pruned", measured[1]),
         finetune={**cfg.finetune.model_dump(), "epochs_run": 0},
         base_training=base_training,
         artifacts={v: {"path": f, "sha256": sha256_file(folder / f)} for v, f in MODEL_FILES.items()},
