@@ -230,7 +230,14 @@ FORCE_HELP = "Start the run again from scratch when its folder exists (default: 
 @cli.command(context_settings=CONTEXT)
 @click.option("--model", "model", required=True, help="Model name (`pbkit list models`).")
 @click.option("--method", required=True, help="Pruning method key (`pbkit list methods`).")
-@click.option("--speedup", type=float, required=True, help="Target MACs speed-up, > 1 (base MACs / pruned MACs).")
+@click.option("--speedup", type=float, required=True,
+              help="Target speed-up, > 1: base MACs / pruned MACs, or with --target latency the measured one.")
+@click.option("--target", default=None, help="macs (default) | latency: prune until the pruned model measures "
+              "--speedup times faster on --backend.")
+@click.option("--backend", default=None, help="Latency target: where it is measured (`pbkit list backends`; "
+              "default ort-cpu).")
+@click.option("--batch", type=int, default=None, help="Latency target: the batch size (default 1).")
+@click.option("--precision", default=None, help="Latency target: fp32 (default) | fp16.")
 @click.option("--scope", default=None, help="local | global | protected (default: protected).")
 @click.option("--round-to", type=int, default=None, help="Keep channel counts multiples of N.")
 @click.option("--dataset", default=None, help="Dataset (`pbkit list datasets`); none: data-free, accuracy null.")
@@ -242,10 +249,12 @@ FORCE_HELP = "Start the run again from scratch when its folder exists (default: 
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. finetune.epochs=5.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def prune(model: str, method: str, speedup: float, scope: str | None, round_to: int | None, dataset: str | None,
+def prune(model: str, method: str, speedup: float, target: str | None, backend: str | None, batch: int | None,
+          precision: str | None, scope: str | None, round_to: int | None, dataset: str | None,
           data_root: str | None, checkpoint: str | None, pretrained: bool, out: str | None, run_id: str | None,
           force: bool, overrides: tuple[str, ...], as_json: bool) -> int:
-    """Prune a model to a MACs speed-up target (and finetune, if a dataset and epochs are given).
+    """Prune a model to a speed-up target, in MACs or measured on a backend (and finetune, if a
+    dataset and epochs are given).
 
     Writes a run folder with dense.pt, pruned.pt (finetuned.pt) and record.json, and prints its
     summary. The same configuration again continues or reports that run; --force starts it again.
@@ -255,13 +264,15 @@ def prune(model: str, method: str, speedup: float, scope: str | None, round_to: 
       pbkit prune --model resnet56_cifar --method fpgm --speedup 2 --scope local
       pbkit prune --model resnet20_cifar --method l1 --speedup 2 --dataset digits \\
           --set base.epochs=10 --set finetune.epochs=5
+      pbkit prune --model resnet18_cifar --method l2 --speedup 2 --target latency --backend ort-cpu
     """
     from pbkit.core import config
     from pbkit.stages import run as run_stages
 
     values: dict[str, Any] = {"model.name": model, "prune.method": method, "prune.speedup": speedup}
     options = {"prune.scope": scope, "prune.round_to": round_to, "dataset.name": dataset, "dataset.root": data_root,
-               "out": out, "run_id": run_id}
+               "out": out, "run_id": run_id, "prune.target": target, "prune.backend": backend, "prune.batch": batch,
+               "prune.precision": precision}
     values.update({k: v for k, v in options.items() if v is not None})
     if checkpoint:
         values.update({"model.weights": "checkpoint", "model.checkpoint": checkpoint})

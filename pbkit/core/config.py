@@ -100,6 +100,17 @@ class CalibrationCfg(_Strict):
     seed: int
 
 
+class LatencyCfg(_Strict):
+    """How a latency target is reached (prune.target: latency)."""
+
+    rounds: int = Field(ge=1)
+    step: float = Field(gt=0, lt=1)
+    min_step: float = Field(gt=0, lt=1)
+    max_checks: int = Field(ge=1)
+    anchors: int = Field(ge=2, le=20)
+    cache: str | None
+
+
 class PruneCfg(_Strict):
     method: str
     scope: Literal["local", "global", "protected"]
@@ -112,6 +123,11 @@ class PruneCfg(_Strict):
     interleave_iters: int = Field(ge=1)
     max_memory_gib: float | None = Field(gt=0)  # stop a run past this resident memory; null: 75% of the machine's
     max_graph_s: float | None = Field(gt=0)  # stop building the dependency graph past this many seconds
+    target: Literal["macs", "latency"] = "macs"  # what speedup means: fewer MACs, or a measured speed-up on backend
+    backend: str = "ort-cpu"
+    batch: int = Field(default=1, ge=1)
+    precision: Literal["fp32", "fp16"] = "fp32"
+    latency: LatencyCfg
 
 
 class SparsifyCfg(_TrainingCfg):

@@ -17,6 +17,14 @@ pruning steps, CPD); ``finetune`` carries the whole recipe as run: ``kd`` (disti
 decay); ``latency[].speedup_ci``, ``median_ci``, ``ci``, ``outliers``, ``blocks`` (how well each
 figure is known) and ``bench.cpu_state`` (load, frequency, steal time around the measurement).
 1.1 records read as oneshot runs without intervals.
+
+1.3: ``accuracy.others`` (a task's other metrics), ``model.notes``, ``stages.<s>.device``.
+
+1.4: ``method.target`` (macs | latency) and ``method.latency``: for a latency target, the backend,
+precision and batch, the per-layer table's summary (``latency-table.json`` in the run folder), the
+trajectory (per step MACs, predicted and, where measured, measured speed-up), the prediction
+error, the final measured speed-up with its interval and CoV, and the realisation ratio (measured
+/ MACs speed-up).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write_json
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 RECORD_NAME = "record.json"
 
 
@@ -82,6 +90,8 @@ class MethodInfo(_Open):
     reg_time_s: float | None = None  # sparse-training wall time, apart from step time
     schedule: str = "oneshot"  # oneshot: prune, then finetune; interleaved: train between pruning steps (CPD)
     interleave: dict[str, Any] | None = None  # iters_per_step, iterations, epochs, time_s, kd, recipe (interleaved)
+    target: str = "macs"  # macs: target_speedup is in MACs | latency: a measured speed-up on latency.backend
+    latency: dict[str, Any] | None = None  # latency target: backend, table, trajectory, measured_speedup, realisation
 
 
 class Counts(_Open):

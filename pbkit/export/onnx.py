@@ -20,13 +20,15 @@ INPUT_NAME = "input"
 
 
 def to_onnx(model: nn.Module, input_size: int, path: str | Path, opset: int = 18,
-            exporter: str = "dynamo", dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+            exporter: str = "dynamo", dtype: torch.dtype = torch.float32,
+            example: torch.Tensor | None = None) -> dict[str, Any]:
     """Export with a dynamic batch axis; atomically. Returns the artifact's description.
 
     ``dtype`` torch.float16 writes a strongly typed fp16 model (weights, inputs and outputs in
-    fp16), which is how TensorRT 11 builds fp16 engines."""
+    fp16), which is how TensorRT 11 builds fp16 engines. ``example`` replaces the image batch
+    traced (a single layer's input, for latency tables)."""
     model.eval()
-    x = counts.example_input(input_size, batch=2).to(dtype)
+    x = (counts.example_input(input_size, batch=2) if example is None else example).to(dtype)
     with torch.no_grad():
         n_out = len(output_tensors(model(x)))
     if n_out == 0:

@@ -26,6 +26,7 @@ class RunSpec:
     compile_mode: str = "default"
     cache_dir: Path | None = None  # engine and timing caches (ort-trt)
     device_index: int = 0
+    module: Any = None  # an in-memory model instead of the file (latency tables, closed-loop checks)
 
 
 class Runner:
@@ -61,13 +62,15 @@ class Runner:
 
 
 def load_torch(spec: RunSpec, device: str) -> Any:
-    """The run's model file as an eval-mode module on ``device``, in the spec's precision and
-    memory format."""
+    """The run's model file (or the spec's in-memory module, copied) as an eval-mode module on
+    ``device``, in the spec's precision and memory format."""
+    import copy
+
     import torch
 
     from pbkit.models.checkpoint import load_model
 
-    model, _, _ = load_model(spec.path)
+    model = copy.deepcopy(spec.module) if spec.module is not None else load_model(spec.path)[0]
     model = model.eval().to(device)
     if spec.precision == "fp16":
         model = model.half()

@@ -21,7 +21,7 @@ from torch import nn
 from pbkit.core import budget, device
 from pbkit.core.errors import PbkitError
 from pbkit.models import counts
-from pbkit.prune import methods
+from pbkit.prune import knapsack, latency, methods
 from pbkit.prune.calibration import Calibration
 
 PROTECTED_MAX_RATIO = 0.9  # the protected-global scope keeps at least 10% of every group
@@ -41,6 +41,7 @@ class PruneSettings:
     delta_reg: float = 1e-4
     max_memory_gib: float | None = None  # budgets (None: 75% of the machine's memory; no time limit)
     max_graph_s: float | None = None
+    latency: latency.LatencySettings | None = None  # prune to a measured speed-up on a backend (else MACs)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class PruneResult:
     max_pruning_ratio: float = 1.0
     sparsify: dict[str, Any] | None = None  # the sparse-training run, its time apart ("reg time")
     interleave: dict[str, Any] | None = None  # training between pruning steps (interleaved schedule)
+    latency: dict[str, Any] | None = None  # a latency target: the table, the trajectory, the final measurement
 
     @property
     def achieved_speedup(self) -> float:
@@ -121,6 +123,8 @@ def prune_to_target(
     on_step: Callable[[int, float], None] | None = None,
     between_steps: Callable[[int], float] | None = None,
     name: str = "the model",
+    latency_tools: knapsack.Tools | None = None,
+    on_text: Callable[[int, str], None] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place until base MACs / pruned MACs >= ``settings.speedup``, never
     touching the ``protected`` modules (the task's heads).
@@ -131,6 +135,11 @@ def prune_to_target(
     ``between_steps(i)`` runs before pruning step ``i`` (from 1) and returns the seconds it took,
     which are kept out of the step and prune times: training between pruning steps (CPD's
     interleaved schedule).
+
+    With ``settings.latency`` the target is a measured speed-up on a backend instead:
+    :func:`pbkit.prune.knapsack.run` prunes with ``latency_tools`` (the table, the end-to-end
+    measurement), reporting each step through ``on_text``; the table's build and the measurements
+    are kept out of the prune time like training between steps.
     """
     s = settings
     if s.speedup <= 1.0:
@@ -171,8 +180,23 @@ def prune_to_target(
     if sparsified is not None:
         t_start += sparsified["time_s"]  # prune time excludes the regularized training ("reg time")
     steps, macs, step_times = 0, macs_base, []
+    latency_info = None
     with budget.guarded(f"pruning {name}", memory, None):
-        while steps < s.iterative_steps:
+        if s.latency is not None:
+            if latency_tools is None:
+                raise PbkitError("a latency target needs the backend's table and measurement (no tools given)")
+
+            def collect() -> None:
+                assert calibration is not None and method.collect is not None
+                method.collect(importance, model, pruner, calibration)
+
+            steps, step_times, trained, latency_info = knapsack.run(
+                model, pruner, importance, latency_tools, s.latency, s.speedup, s.scope, max_ratio, input_size,
+                collect=collect if method.collect is not None else None, between_steps=between_steps,
+                after_prune=lambda: _fix_attention(model, pruner), on_step=on_text)
+            t_start += trained + latency_info["table"]["time_s"] + latency_info["measure_s"]
+            macs = counts.count_macs(model, input_size)
+        while s.latency is None and steps < s.iterative_steps:
             if between_steps is not None:
                 t_start += between_steps(steps + 1)
             t0 = time.perf_counter()
@@ -190,6 +214,8 @@ def prune_to_target(
                 break
 
     achieved = macs_base / max(macs, 1)
+    if latency_info is not None:
+        achieved = latency_info["measured_speedup"]  # (the MACs speed-up is the result's achieved_speedup)
     if macs == macs_base:
         raise PbkitError(f"nothing was pruned in {steps} steps: the {method.key} criterion could not rank the "
                          "channels (every score equal?)")
@@ -208,4 +234,5 @@ def prune_to_target(
         ignored_layers=sorted(names.get(m, "?") for m in protected),
         max_pruning_ratio=max_ratio,
         sparsify=sparsified,
+        latency=latency_info,
     )

@@ -15,7 +15,10 @@ from pbkit.report.cells import acc, delta, si
 def run_table(rec: record.Record) -> Table:
     """What ``pbkit run`` / ``bench`` print: dense vs pruned, achieved vs measured speed-up."""
     m, c = rec.method, rec.counts
-    t = Table(title=f"{rec.model.name} · {m.key} · {m.scope} · target {m.target_speedup:g}x", title_justify="left")
+    lt = m.latency if m.target == "latency" else None
+    what = f"target {m.target_speedup:g}x" + (f" measured on {lt['backend']} {lt['precision']} b{lt['batch']}"
+                                              if lt else "")
+    t = Table(title=f"{rec.model.name} · {m.key} · {m.scope} · {what}", title_justify="left")
     t.add_column("")
     t.add_column("dense", justify="right")
     t.add_column("pruned", justify="right")
@@ -23,6 +26,11 @@ def run_table(rec: record.Record) -> Table:
     t.add_row("params", si(c.params_base), si(c.params_pruned), f"{c.params_base / max(c.params_pruned, 1):.2f}x fewer")
     t.add_row(f"MACs @{c.input_size}px", si(c.macs_base), si(c.macs_pruned),
               f"{m.achieved_speedup:.3f}x achieved ({m.steps} steps)")
+    if lt:
+        lo, hi = lt["measured_ci"]
+        t.add_row(f"latency target on {lt['backend']}", f"{lt['dense_ms']:.3f} ms", f"{lt['pruned_ms']:.3f} ms",
+                  f"{lt['measured_speedup']:.3f}x [{lo:.3f}, {hi:.3f}] ({lt['checks']} checks)")
+        t.add_row("  table prediction error", "", "", f"{lt['prediction_error']['mean_abs']:.1%} mean abs")
     a = rec.accuracy
     if a.metric is not None and rec.dataset is not None:
         name = f"{a.metric} ({rec.dataset.name})"

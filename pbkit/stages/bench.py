@@ -48,6 +48,16 @@ def pairs(cfg: config.Config, quiet: bool = False) -> list[tuple[backends.Backen
     return out
 
 
+def protocol_settings(cfg: config.Config, device: str) -> dict[str, Any]:
+    """The measurement protocol's settings for a CPU or a GPU backend (bench.quick honoured)."""
+    b = cfg.bench
+    quick = protocol.QUICK if b.quick else {}
+    if device == "cuda":
+        return {**b.model_dump(), "min_time_s": b.gpu_min_time_s, "min_iters": b.gpu_min_iters,
+                "max_time_s": b.gpu_max_time_s, **quick}
+    return {**b.model_dump(), **quick}
+
+
 def _artifact(run_dir: Path, rec: record.Record, be: backends.Backend, variant: str, precision: str) -> Path:
     if be.artifact == "model":
         return model_file(run_dir, rec, variant)
@@ -125,10 +135,7 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
     clock = StageClock("bench")
     b = cfg.bench
     strict_fp32()  # the parity references are fp32 (the stage's isolated() scope restores it)
-    quick = protocol.QUICK if b.quick else {}
-    cpu_settings = {**b.model_dump(), **quick}
-    gpu_settings = {**b.model_dump(), "min_time_s": b.gpu_min_time_s, "min_iters": b.gpu_min_iters,
-                    "max_time_s": b.gpu_max_time_s, **quick}
+    cpu_settings, gpu_settings = protocol_settings(cfg, "cpu"), protocol_settings(cfg, "cuda")
     threads = b.threads or protocol.default_threads()
     env = envinfo.collect()  # the machine that measures, GPU state at the start
     cpu_before = cpustate.snapshot()

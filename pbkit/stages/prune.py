@@ -21,15 +21,20 @@ from pbkit import __version__
 from pbkit.core import config, device, record
 from pbkit.core.console import Steps, note
 from pbkit.core.errors import PbkitError
-from pbkit.core.fileio import sha256_file
+from pbkit.core.fileio import atomic_write_json, sha256_file
 from pbkit.data import DataBundle
 from pbkit.data import load as load_data
 from pbkit.machine import envinfo
+from pbkit.measure import backends, layers, protocol
+from pbkit.measure.backends import Backend
 from pbkit.models import ModelSpec, checkpoint, counts, resolve
 from pbkit.prune import Calibration, PruneResult, PruneSettings, prune_to_target
+from pbkit.prune.knapsack import Tools
+from pbkit.prune.latency import LatencySettings
 from pbkit.prune.methods import Method
 from pbkit.stages import bases
-from pbkit.stages.rundir import DENSE, MODEL_FILES, PRUNED, Plan, StageClock, utc_now
+from pbkit.stages import bench as bench_stage
+from pbkit.stages.rundir import DENSE, LATENCY_TABLE, MODEL_FILES, PRUNED, Plan, StageClock, utc_now
 from pbkit.tasks import Task
 from pbkit.tasks import get as get_task
 
@@ -77,6 +82,7 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
     cfg, method = plan.cfg, plan.method
     clock = StageClock("prune")
     dev = device.resolve(cfg.device)  # a device that is not there: one line before any work
+    target_backend = _latency_backend(cfg)  # a backend that is not there: one line before any work
     bundle = dataset(cfg)
     spec = resolve_spec(cfg, bundle)
     task = get_task(spec.task)
@@ -94,14 +100,27 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
     try:
         acc_base = scores(task, model, bundle, spec, cfg)
         checkpoint.save_model(model, spec, tmp / MODEL_FILES[DENSE])
-        steps = Steps(f"pruning {spec.name} ({method.key}, {cfg.prune.scope}) to {cfg.prune.speedup:g}x",
-                      cfg.prune.iterative_steps, quiet)
+        p = cfg.prune
+        where = f" on {p.backend} {p.precision} b{p.batch}" if target_backend is not None else ""
+        steps = Steps(f"pruning {spec.name} ({method.key}, {p.scope}) to {p.speedup:g}x{where}",
+                      p.latency.rounds + p.latency.max_checks if target_backend is not None else p.iterative_steps,
+                      quiet)
         widths = counts.layer_widths(model)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module="torch_pruning")
-            res, calibration = _prune(model, method, spec, task, cfg, bundle, steps, quiet)
+        timings = None if target_backend is None else _timings(cfg, target_backend, spec, quiet)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", module="torch_pruning")
+                res, calibration = _prune(model, method, spec, task, cfg, bundle, steps, quiet, timings)
+            if timings is not None and timings.table_built is not None:
+                atomic_write_json(tmp / LATENCY_TABLE, timings.table_built.to_json())
+                assert res.latency is not None
+                res.latency["table"]["file"] = LATENCY_TABLE
+        finally:
+            if timings is not None:
+                timings.close()
         alignment = counts.channel_alignment(widths, counts.layer_widths(model))
-        steps.close(f"{res.achieved_speedup:.3f}x in {res.steps} steps")
+        steps.close(f"{res.achieved_speedup:.3f}x in MACs, {res.latency['measured_speedup']:.3f}x measured, in "
+                    f"{res.steps} steps" if res.latency else f"{res.achieved_speedup:.3f}x in {res.steps} steps")
         acc_pruned = scores(task, model, bundle, spec, cfg)
         checkpoint.save_model(model, spec, tmp / MODEL_FILES[PRUNED])
         rec = _record(plan, spec, task, method, res, calibration, alignment, bundle, weights, base_training,
@@ -128,8 +147,32 @@ def _pruning_data(cfg: config.Config, bundle: DataBundle | None, spec: ModelSpec
     return other
 
 
+def _latency_backend(cfg: config.Config) -> Backend | None:
+    """The backend a latency target is measured on (available, and running the precision asked),
+    or None for a MACs target."""
+    p = cfg.prune
+    if p.target != "latency":
+        return None
+    be = backends.get(p.backend)
+    if p.precision not in be.precisions:
+        raise PbkitError(f"prune.backend {be.name!r} runs {', '.join(be.precisions)}, not prune.precision={p.precision}")
+    return be
+
+
+def _timings(cfg: config.Config, be: Backend, spec: ModelSpec, quiet: bool) -> layers.Timings:
+    p = cfg.prune
+    t = cfg.export.tensorrt
+    return layers.Timings(
+        backend=be, precision=p.precision, batch=p.batch, threads=cfg.bench.threads or protocol.default_threads(),
+        model_settings=bench_stage.protocol_settings(cfg, be.device), input_size=spec.input_size, quick=cfg.bench.quick,
+        exporter=cfg.export.exporter, opset=cfg.export.opset, anchors=p.latency.anchors,
+        cache_dir=Path(p.latency.cache).expanduser() if p.latency.cache else layers.default_cache(),
+        device_index=cfg.bench.device, quiet=quiet,
+        trt={"workspace_bytes": int(t.workspace_gib * (1 << 30)), "optimization_level": t.optimization_level})
+
+
 def _prune(model: Any, method: Method, spec: ModelSpec, task: Task, cfg: config.Config, bundle: DataBundle | None,
-           steps: Steps, quiet: bool) -> tuple[PruneResult, Calibration | None]:
+           steps: Steps, quiet: bool, timings: layers.Timings | None = None) -> tuple[PruneResult, Calibration | None]:
     pdata = _pruning_data(cfg, bundle, spec) if method.needs_data else None
     calibration = task.calibration(pdata, cfg.prune.calibration, spec) \
         if method.collect is not None and pdata is not None else None
@@ -154,12 +197,17 @@ def _prune(model: Any, method: Method, spec: ModelSpec, task: Task, cfg: config.
     p = cfg.prune
     between, interleave = _interleaved(model, spec, task, cfg, bundle, quiet) if p.schedule == "interleaved" else \
         (None, None)
+    lat = None if timings is None else LatencySettings(
+        backend=p.backend, precision=p.precision, batch=p.batch, rounds=p.latency.rounds, step=p.latency.step,
+        min_step=p.latency.min_step, max_checks=p.latency.max_checks, anchors=p.latency.anchors)
     settings = PruneSettings(speedup=p.speedup, scope=p.scope, iterative_steps=p.iterative_steps, round_to=p.round_to,
                              seed=p.seed, reg=cfg.sparsify.reg, delta_reg=cfg.sparsify.delta_reg,
-                             max_memory_gib=p.max_memory_gib, max_graph_s=p.max_graph_s)
+                             max_memory_gib=p.max_memory_gib, max_graph_s=p.max_graph_s, latency=lat)
+    tools = None if timings is None else Tools(table=timings.table, measure=timings.pair)
     res = prune_to_target(model, method, settings, input_size=spec.input_size, num_classes=spec.num_classes,
                           protected=task.protected(model, spec), calibration=calibration, sparse_train=sparse_train,
-                          on_step=lambda i, s: steps.update(i, f"{s:.3f}x"), between_steps=between, name=spec.name)
+                          on_step=lambda i, s: steps.update(i, f"{s:.3f}x"), between_steps=between, name=spec.name,
+                          latency_tools=tools, on_text=steps.update)
     res.interleave = interleave
     return res, calibration
 
@@ -220,7 +268,8 @@ def _record(plan: Plan, spec: ModelSpec, task: Task, method: Method, res: PruneR
                                  ignored_layers=res.ignored_layers, data=method.data, regularizer=method.regularizer,
                                  calibration=calibration.info if calibration is not None else None,
                                  sparsify=res.sparsify, reg_time_s=res.sparsify["time_s"] if res.sparsify else None,
-                                 schedule=cfg.prune.schedule, interleave=res.interleave),
+                                 schedule=cfg.prune.schedule, interleave=res.interleave,
+                                 target=cfg.prune.target, latency=res.latency),
         counts=record.Counts(macs_base=res.macs_base, macs_pruned=res.macs_pruned, params_base=res.params_base,
                              params_pruned=res.params_pruned, input_size=spec.input_size, counter=counts.COUNTER,
                              channel_alignment=alignment),

@@ -40,6 +40,7 @@ DENSE, PRUNED = "dense", "pruned"
 MODEL_FILES = {DENSE: "dense.pt", PRUNED: "pruned.pt"}
 FINETUNED_FILE = "finetuned.pt"
 ONNX_FILES = {DENSE: "dense.onnx", PRUNED: "pruned.onnx"}
+LATENCY_TABLE = "latency-table.json"  # a latency-targeted run's per-layer table, as it pruned with it
 ID_HASH_CHARS = 10
 
 # the configuration sections each stage runs with (what its record entry keeps)
@@ -81,6 +82,9 @@ def recipe_fields(section: Any, **dump: Any) -> dict[str, Any]:
     return {k: v for k, v in out.items() if not (k in _NEUTRAL and v == _NEUTRAL[k])}
 
 
+LATENCY_KEYS = ("target", "backend", "batch", "precision", "latency")
+
+
 def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
     """Everything that determines the run's result, and nothing else."""
     m, d, p = cfg.model, cfg.dataset, cfg.prune
@@ -103,7 +107,11 @@ def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
             fields["dataset"]["persistent_workers"] = True
     if trains_base(cfg):
         fields["base"] = recipe_fields(cfg.base)
-    prune = p.model_dump(exclude={"calibration", "schedule", "interleave_iters", "max_memory_gib", "max_graph_s"})
+    prune = p.model_dump(exclude={"calibration", "schedule", "interleave_iters", "max_memory_gib", "max_graph_s",
+                                  *LATENCY_KEYS})
+    if p.target == "latency":  # (absent for MACs targets, so ids made before it existed still hold)
+        prune.update(target=p.target, backend=p.backend, batch=p.batch, precision=p.precision,
+                     latency=p.latency.model_dump(exclude={"cache"}))
     if p.schedule != "oneshot":  # (absent at the default, so ids made before it existed still hold)
         prune.update(schedule=p.schedule, interleave_iters=p.interleave_iters)
     if method.needs_data:
@@ -152,7 +160,8 @@ def run_id_for(cfg: config.Config, digest: str) -> str:
             raise PbkitError(f"run_id {cfg.run_id!r} may hold only letters, digits, '.', '_' and '-'")
         return cfg.run_id
     p = cfg.prune
-    return f"{slug(cfg.model.name)}-{p.method}-{p.scope}-{p.speedup:g}x-{digest[:ID_HASH_CHARS]}"
+    target = "" if p.target == "macs" else f"-{p.backend}"  # a measured speed-up names its backend
+    return f"{slug(cfg.model.name)}-{p.method}-{p.scope}-{p.speedup:g}x{target}-{digest[:ID_HASH_CHARS]}"
 
 
 def lock_path(run_dir: Path) -> Path:

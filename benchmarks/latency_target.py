@@ -1,0 +1,147 @@
+"""Latency-targeted against MACs-targeted pruning, per model, backend and target: the measured
+speed-up reached (goal: at least the target, at most 10% above), the MACs speed-up it took, the
+table's prediction error, and the wall time of pruning against a MACs-targeted run at the same
+nominal target (measured afterwards on the same backend with ``pbkit bench``). Each run is a
+``pbkit prune`` in its own process; the latency tables are cached between targets. Writes
+``latency-target-<machine>.{json,md,png}`` under ``--out``.
+
+    python benchmarks/latency_target.py --models resnet18_cifar resnet50_cifar --backends ort-cpu torch-cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pbkit.core.fileio import atomic_write_json, atomic_write_text  # noqa: E402
+from pbkit.machine import envinfo  # noqa: E402
+
+MODEL_ARGS = {  # a small timm ViT at a CPU-friendly size
+    "vit_tiny_patch16_224": ["--set", "model.input_size=96", "--set", "model.num_classes=10"],
+}
+
+
+def pbkit(*args: str) -> tuple[dict[str, Any] | None, float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "pbkit.cli", *args, "--json"], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines()
+        return None, seconds, lines[-1] if lines else f"exit {out.returncode}"
+    return json.loads(out.stdout), seconds, ""
+
+
+def record(run: dict[str, Any]) -> dict[str, Any]:
+    return json.loads((Path(run["run_dir"]) / "record.json").read_text())  # type: ignore[no-any-return]
+
+
+def one(model: str, backend: str, target: float, method: str, work: Path, cache: Path) -> dict[str, Any]:
+    common = ["--model", model, "--method", method, "--speedup", str(target), "--out", str(work / "runs"),
+              *MODEL_ARGS.get(model, [])]
+    row: dict[str, Any] = {"model": model, "backend": backend, "target": target, "method": method}
+    lat, lat_s, err = pbkit("prune", *common, "--target", "latency", "--backend", backend,
+                            "--set", f"prune.latency.cache={cache}")
+    if lat is None:
+        row["error"] = err
+        return row
+    lt = record(lat)["method"]["latency"]
+    row.update(latency_wall_s=round(lat_s, 1), measured=lt["measured_speedup"], measured_ci=lt["measured_ci"],
+               macs_it_took=lt["macs_speedup"], realisation=lt["realisation"], checks=lt["checks"],
+               steps=len(lt["trajectory"]), prediction_error=lt["prediction_error"]["mean_abs"],
+               table_s=lt["table"]["time_s"], table_timed=lt["table"]["timed"], measure_s=lt["measure_s"],
+               within_10pct=target <= lt["measured_speedup"] <= 1.1 * target)
+    macs, macs_s, err = pbkit("prune", *common)
+    if macs is not None:
+        bench, _, berr = pbkit("bench", macs["run_dir"], "--backend", backend, "--batch", "1")
+        row["macs_wall_s"] = round(macs_s, 1)
+        if bench is not None:
+            pts = [p for p in record(macs)["latency"] if p["backend"] == backend and p["variant"] == "pruned"]
+            row["macs_target_measured"] = pts[0]["speedup_vs_dense"] if pts else None
+        else:
+            row["macs_error"] = berr
+    else:
+        row["macs_error"] = err
+    return row
+
+
+def markdown(rows: list[dict[str, Any]], machine: str) -> str:
+    lines = [f"# Latency-targeted vs MACs-targeted pruning ({machine})", "",
+             "`pbkit prune --target latency --backend B --speedup X` (l2, protected scope, batch 1, fp32, random "
+             "weights) against `--target macs` at the same X, then `pbkit bench` on B. Measured speed-ups are "
+             "the bench protocol's (alternating dense/pruned blocks, 95% paired-bootstrap interval).", "",
+             "| model | backend | target | measured (latency target) | 95% CI | within [X, 1.1X] | MACs it took | "
+             "realisation | prediction error | checks | wall s (table, measuring) | MACs target: measured | "
+             "MACs target: wall s |", "|" + "---|" * 13]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['backend']} | {r['target']:g}x | failed: {r['error']} |" + " |" * 9)
+            continue
+        ci = r["measured_ci"]
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {r['target']:g}x | {r['measured']:.3f}x | [{ci[0]:.3f}, {ci[1]:.3f}] "
+            f"| {'yes' if r['within_10pct'] else 'no'} | {r['macs_it_took']:.2f}x | {r['realisation']:.2f} "
+            f"| {r['prediction_error']:.1%} | {r['checks']} | {r['latency_wall_s']:.0f} ({r['table_s']:.0f}, "
+            f"{r['measure_s']:.0f}) | "
+            + (f"{r['macs_target_measured']:.3f}x" if r.get("macs_target_measured") else r.get("macs_error", "?"))
+            + f" | {r.get('macs_wall_s', float('nan')):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if "error" not in r]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in ok:
+        label = f"{r['model']} {r['backend']} {r['target']:g}x"
+        ax.scatter(r["target"], r["measured"], marker="o", label=label)
+        if r.get("macs_target_measured"):
+            ax.scatter(r["target"], r["macs_target_measured"], marker="x", color="gray")
+    top = max([r["target"] for r in ok] + [2.0]) * 1.15
+    ax.plot([1, top], [1, top], "k-", lw=0.8, label="target")
+    ax.plot([1, top], [1.1, 1.1 * top], "k:", lw=0.8, label="target + 10%")
+    ax.set_xlabel("speed-up target")
+    ax.set_ylabel("measured speed-up (o: latency target, x: MACs target)")
+    ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["resnet18_cifar", "resnet50_cifar", "vit_tiny_patch16_224"])
+    ap.add_argument("--backends", nargs="+", default=["ort-cpu", "torch-cpu"])
+    ap.add_argument("--targets", nargs="+", type=float, default=[1.5, 2.0])
+    ap.add_argument("--method", default="l2")
+    ap.add_argument("--out", type=Path, default=Path("results/perf"))
+    args = ap.parse_args()
+    machine = envinfo.machine(envinfo.collect()).replace(" ", "-")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="pbkit-latency-target-") as tmp:
+        work = Path(tmp)
+        for model in args.models:
+            for backend in args.backends:
+                for target in args.targets:
+                    row = one(model, backend, target, args.method, work, work / "cache")
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    stem = args.out / f"latency-target-{machine}"
+                    atomic_write_json(stem.with_suffix(".json"), {"machine": machine, "rows": rows})
+                    atomic_write_text(stem.with_suffix(".md"), markdown(rows, machine))
+    plot(rows, args.out / f"latency-target-{machine}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
