@@ -47,7 +47,7 @@ def test_overrides_parse_yaml_values() -> None:
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("prune.scoope=local", "unknown key 'prune.scoope'; valid keys here: calibration, interleave_iters, iterative_steps"),
+    ("prune.scoope=local", "unknown key 'prune.scoope'; valid keys here: backend, batch, calibration, interleave_iters"),
     ("prune.scope=wide", "prune.scope: invalid value 'wide'; choose 'local', 'global' or 'protected'"),
     ("prune.speedup=1", "prune.speedup"),
     ("nosuch.key=1", "unknown config section 'nosuch'"),
