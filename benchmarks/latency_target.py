@@ -25,7 +25,7 @@ from pbkit.core.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from pbkit.machine import envinfo  # noqa: E402
 
 MODEL_ARGS = {  # a small timm ViT at a CPU-friendly size
-    "vit_tiny_patch16_224": ["--set", "model.input_size=96", "--set", "model.num_classes=10"],
+    "timm:vit_tiny_patch16_224": ["--set", "model.input_size=96", "--set", "model.num_classes=10"],
 }
 
 
@@ -120,26 +120,29 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet18_cifar", "resnet50_cifar", "vit_tiny_patch16_224"])
+    ap.add_argument("--models", nargs="+", default=["resnet18_cifar", "resnet50_cifar", "timm:vit_tiny_patch16_224"])
     ap.add_argument("--backends", nargs="+", default=["ort-cpu", "torch-cpu"])
     ap.add_argument("--targets", nargs="+", type=float, default=[1.5, 2.0])
     ap.add_argument("--method", default="l2")
     ap.add_argument("--out", type=Path, default=Path("results/perf"))
     args = ap.parse_args()
     machine = envinfo.machine(envinfo.collect()).replace(" ", "-")
-    rows: list[dict[str, Any]] = []
+    stem = args.out / f"latency-target-{machine}"
+    rows: list[dict[str, Any]] = []  # rows of earlier invocations are kept unless measured again
+    if stem.with_suffix(".json").is_file():
+        rows = json.loads(stem.with_suffix(".json").read_text())["rows"]
     with tempfile.TemporaryDirectory(prefix="pbkit-latency-target-") as tmp:
         work = Path(tmp)
         for model in args.models:
             for backend in args.backends:
                 for target in args.targets:
                     row = one(model, backend, target, args.method, work, work / "cache")
-                    rows.append(row)
+                    same = ("model", "backend", "target", "method")
+                    rows = [r for r in rows if any(r[k] != row[k] for k in same)] + [row]
                     print(json.dumps(row), flush=True)
-                    stem = args.out / f"latency-target-{machine}"
                     atomic_write_json(stem.with_suffix(".json"), {"machine": machine, "rows": rows})
                     atomic_write_text(stem.with_suffix(".md"), markdown(rows, machine))
-    plot(rows, args.out / f"latency-target-{machine}.png")
+    plot(rows, stem.with_suffix(".png"))
     return 0
 
 

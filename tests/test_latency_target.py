@@ -112,19 +112,19 @@ def test_the_knapsack_picks_the_least_importance_per_millisecond_saved() -> None
 # --- the closed loop ---
 
 
-def _stub_tools(speedups: list[float] | None = None) -> tuple[Tools, list[Measured]]:
+def _stub_tools(size: int = 32) -> tuple[Tools, list[Measured]]:
     """A backend whose latency is ``model_ms`` of the widths; the interval is +-1%."""
     seen: list[Measured] = []
 
     def table(model: torch.nn.Module) -> Table:
-        layers = latency.probe(model, torch.randn(1, 3, 32, 32))
+        layers = latency.probe(model, torch.randn(1, 3, size, size))
         t, _ = latency.build_table(layers, lambda _l, ci, co: staircase(ci, co), anchors=6)
         dense = model_ms(latency.widths_of(model, layers))
         t.scale = dense / t.raw(latency.widths_of(model, layers))
         return t
 
     def measure(dense: torch.nn.Module, pruned: torch.nn.Module) -> Measured:
-        names = latency.probe(dense, torch.randn(1, 3, 32, 32))
+        names = latency.probe(dense, torch.randn(1, 3, size, size))
         d, p = model_ms(latency.widths_of(dense, names)), model_ms(latency.widths_of(pruned, names))
         sp = d / p
         m = Measured(speedup=sp, ci=(sp * 0.99, sp * 1.01), dense_ms=d, pruned_ms=p, cov=0.01, seconds=0.0)
@@ -134,13 +134,14 @@ def _stub_tools(speedups: list[float] | None = None) -> tuple[Tools, list[Measur
     return Tools(table=table, measure=measure), seen
 
 
-def _prune(speedup: float, scope: str = "global", **lat: object) -> tuple[object, list[Measured], torch.nn.Module]:
-    spec = resolve("resnet20_cifar")
+def _prune(speedup: float, scope: str = "global", name: str = "resnet20_cifar", size: int = 32,
+           **lat: object) -> tuple[object, list[Measured], torch.nn.Module]:
+    spec = resolve(name, num_classes=10, input_size=size)
     model = build(spec, pretrained=False, seed=0)
-    tools, seen = _stub_tools()
+    tools, seen = _stub_tools(size)
     settings = PruneSettings(speedup=speedup, scope=scope,
                              latency=LatencySettings(backend="stub", **lat))  # type: ignore[arg-type]
-    res = prune_to_target(model, get_method("l1"), settings, input_size=32, num_classes=10,
+    res = prune_to_target(model, get_method("l1"), settings, input_size=size, num_classes=10,
                           protected=get_task(spec.task).protected(model, spec), latency_tools=tools)
     return res, seen, model
 
@@ -163,6 +164,15 @@ def test_widths_snap_to_the_steps_the_table_shows_are_faster() -> None:
     _, _, model = _prune(1.5)
     widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w % 8 == 0 for w in widths), widths  # the stub penalises unaligned widths: none is left
+
+
+def test_a_vit_prunes_to_a_latency_target_with_whole_aligned_head_dims() -> None:
+    res, seen, model = _prune(1.4, name="timm:vit_tiny_patch16_224", size=64)
+    assert seen[-1].ci[0] >= 1.4 and res.macs_pruned < res.macs_base  # type: ignore[attr-defined]
+    heads = [b.attn for b in model.blocks]  # type: ignore[union-attr]
+    assert all(a.qkv.out_features == 3 * a.num_heads * a.head_dim and a.head_dim % 8 == 0 for a in heads)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
 
 
 def test_an_unreachable_latency_target_is_one_clear_error() -> None:

@@ -114,7 +114,7 @@ class Knapsack:
             init_units = (init // ch_groups) if init else size
             floor = max(1, math.ceil(init_units * (1 - self.max_ratio) - 1e-9))
             slow = any(self.table.penalty(n, d) > latency.PENALTY for n, (d, _) in effects.items())
-            step = latency.ALIGN if slow and ch_groups == 1 and size >= latency.ALIGN else 1
+            step = latency.ALIGN if slow and size >= latency.ALIGN else 1  # (per head: head_dim aligned)
             self.units.append(_Unit(len(self.units), root, handler, ch_groups, dim_imp,
                                     [(n, d, k) for n, (d, k) in effects.items()], floor, step))
 

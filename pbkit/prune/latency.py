@@ -11,10 +11,11 @@ In the spirit of NetAdapt and HALP, checked by measurement:
   importance per predicted millisecond saved, in whole steps of the width grid the table shows is
   faster (aligned widths where unaligned ones cost more; this is where alignment comes from,
   without a hand-set ``round_to``);
-- a **closed loop**: once the prediction meets the target, the whole model is measured end to end
-  against the dense one (the bench protocol); while the measured speed-up falls short of the
-  target beyond its noise (the lower bound of its interval), pruning goes on in small predicted
-  steps, each measured, and stops at the first that meets it.
+- a **closed loop**: once the prediction reaches ``target ** FIRST_CHECK`` (short of the target,
+  since predictions run optimistic), the whole model is measured end to end against the dense one
+  (the bench protocol); while the measured speed-up falls short of the target beyond its noise
+  (the lower bound of its interval), pruning goes on in measured steps, damped far from the
+  target and small near it, and stops at the first that meets it.
 
 Nothing here runs a backend: the table's timings and the end-to-end measurement come in as
 callables (:mod:`pbkit.measure.layers` makes them for every backend ``pbkit bench`` has).
