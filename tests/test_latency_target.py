@@ -226,3 +226,16 @@ def test_prune_to_a_measured_speedup_on_onnx_runtime(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     lt2 = json.loads((tmp_path / "runs" / "again" / "record.json").read_text())["method"]["latency"]
     assert lt2["table"]["timed"] == 0 and lt2["table"]["cached"] == lt["table"]["entries"]
+
+
+def test_reports_rank_latency_targets_apart_from_macs_targets() -> None:
+    from types import SimpleNamespace
+
+    from pbkit.report import setups
+
+    def rec(target: str) -> object:
+        lat = {"backend": "ort-cpu"} if target == "latency" else None
+        return SimpleNamespace(method=SimpleNamespace(scope="protected", target=target, latency=lat))
+
+    assert setups.scope_of(rec("macs")) == "protected"  # MACs-targeted runs group as before
+    assert setups.scope_of(rec("latency")) == "protected, ort-cpu latency"

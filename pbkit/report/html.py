@@ -26,7 +26,7 @@ from pbkit.core import record
 from pbkit.machine import envinfo
 from pbkit.measure import uncertainty
 from pbkit.report import leaderboard as lb
-from pbkit.report import machines, svg
+from pbkit.report import machines, setups, svg
 from pbkit.report.cells import si
 
 FILTERS = ("model", "dataset", "scope", "target")
@@ -265,7 +265,7 @@ def _run(path: Path, r: record.Record, sha: str) -> dict[str, Any]:
                envinfo.machine(s.env) if s.env else "-", s.kit_version] for name, s in r.stages.items()]
     c = r.counts
     facts = [("model", f"{r.model.name} ({r.model.source}, {r.model.weights} weights, sha256 {r.model.weights_sha256[:12]})"),
-             ("method", f"{r.method.key} ({r.method.name}), {r.method.scope}, target {r.method.target_speedup:g}x, "
+             ("method", f"{r.method.key} ({r.method.name}), {setups.scope_of(r)}, target {r.method.target_speedup:g}x, "
                         f"achieved {r.method.achieved_speedup:.3f}x in {r.method.steps} steps, {r.method.schedule}"),
              ("dataset", r.dataset.name if r.dataset else "none (data-free)"),
              ("accuracy", f"{r.accuracy.metric}: base {_f(r.accuracy.base)}, pruned {_f(r.accuracy.pruned)}, "
@@ -284,7 +284,7 @@ def _run(path: Path, r: record.Record, sha: str) -> dict[str, Any]:
     env = r.stage_env("bench")
     return {"id": r.run_id, "anchor": anchor(r.run_id), "facts": facts, "curves": curves, "latency": latency,
             "memory": memory, "stages": stages, "env": json.dumps(env, indent=1, default=str),
-            "summary": f"{r.run_id} · {r.method.key} · {r.model.name} · {r.method.scope} · "
+            "summary": f"{r.run_id} · {r.method.key} · {r.model.name} · {setups.scope_of(r)} · "
                        f"{r.method.target_speedup:g}x · seed {lb.seed_of(r)}"}
 
 

@@ -141,7 +141,7 @@ def rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str, Any]]:
         identity = _strip_seeds(r.identity.fields) if r.identity is not None else r.run_id
         entry = {"method": r.method.key, **{k: v for k, v in facts.items() if k != "base"}, "identity": identity}
         out.append({
-            "model": r.model.name, "dataset": r.dataset.name if r.dataset else None, "scope": r.method.scope,
+            "model": r.model.name, "dataset": r.dataset.name if r.dataset else None, "scope": setups.scope_of(r),
             "target": r.method.target_speedup, "base_sha256": r.model.weights_sha256[:12], "recipe": recipe_hash(r),
             "method": r.method.key, "metric": a.metric, "base": a.base, "pruned": a.pruned, "finetuned": a.finetuned,
             "delta": (after - a.base) if after is not None and a.base is not None else None,

@@ -15,6 +15,7 @@ from rich.table import Table
 from pbkit.core import record
 from pbkit.machine import envinfo
 from pbkit.measure import uncertainty
+from pbkit.report import setups
 
 
 def machine_rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str, Any]]:
@@ -27,7 +28,7 @@ def machine_rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str
             if p.variant != "pruned" or d is None:
                 continue
             out.append({
-                "model": r.model.name, "method": r.method.key, "scope": r.method.scope,
+                "model": r.model.name, "method": r.method.key, "scope": setups.scope_of(r),
                 "target": r.method.target_speedup, "macs_speedup": round(r.method.achieved_speedup, 3),
                 "pruned_sha256": (r.artifacts.get("pruned") or {}).get("sha256", "")[:12],
                 "backend": p.backend, "precision": p.precision, "batch": p.batch,

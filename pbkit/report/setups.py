@@ -78,6 +78,15 @@ def finetune_facts(recipe: dict[str, Any], augmentation: str | None) -> dict[str
     return {"ft_epochs": int(recipe.get("epochs") or 0), "ft_schedule": schedule, "ft_recipe": rest}
 
 
+def scope_of(rec: Any) -> str:
+    """The scope as reports group and show it: a latency-targeted run's names the backend its
+    speed-up was measured on (its target is not a MACs ratio, so it is ranked apart)."""
+    m = rec.method
+    if m.target == "latency" and m.latency:
+        return f"{m.scope}, {m.latency['backend']} latency"
+    return m.scope
+
+
 def from_record(rec: Any) -> dict[str, Any]:
     """The facts of a record (a :class:`pbkit.core.record.Record`)."""
     ft = dict(rec.finetune or {})
@@ -95,7 +104,7 @@ def from_record(rec: Any) -> dict[str, Any]:
     interleave_epochs = int(interleave.get("epochs") or 0)  # the training between pruning steps, in epochs
     init = ft.get("init") or "pruned"
     facts = {
-        "s1": (rec.model.name, rec.dataset.name if rec.dataset else None, m.scope, m.target_speedup),
+        "s1": (rec.model.name, rec.dataset.name if rec.dataset else None, scope_of(rec), m.target_speedup),
         "base": rec.model.weights_sha256,
         **finetune_facts(ft, ft.get("augmentation")),
         "prune_epochs": prune_epochs + interleave_epochs,
