@@ -74,6 +74,7 @@ class Timings:
     def __post_init__(self) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="pbkit-latency-"))
         self.count = 0
+        self.torch_threads = torch.get_num_threads()  # the CPU runners set theirs; pruning gets its own back
 
     def close(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
@@ -110,6 +111,7 @@ class Timings:
         finally:
             for r in runners.values():
                 r.close()
+            torch.set_num_threads(self.torch_threads)
             for f in self.work.iterdir():
                 if f.is_file() and not f.name.startswith("keep-"):
                     f.unlink()
