@@ -26,6 +26,7 @@ from pbkit.machine import envinfo  # noqa: E402
 
 MODEL_ARGS = {  # a small timm ViT at a CPU-friendly size
     "timm:vit_tiny_patch16_224": ["--set", "model.input_size=96", "--set", "model.num_classes=10"],
+    "yolov8n": ["--set", "model.input_size=320"],  # detection at a CPU-friendly size
 }
 
 
