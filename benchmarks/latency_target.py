@@ -97,6 +97,8 @@ def markdown(rows: list[dict[str, Any]], machine: str) -> str:
             + (f"{r['macs_target_measured']:.3f}x | {r['macs_target_measured'] / r['target']:.2f}"
                if r.get("macs_target_measured") else f"{r.get('macs_error', '?')} |")
             + f" | {r.get('macs_wall_s', float('nan')):.0f} |")
+    lines += ["", "Model settings: " + "; ".join(f"{m}: {' '.join(a for a in args if a != '--set')}"
+                                            for m, args in MODEL_ARGS.items())]
     return "\n".join(lines) + "\n"
 
 
