@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -45,8 +46,6 @@ LAYER_QUICK = {**LAYER_SETTINGS, "warmup_iters": 2, "min_time_s": 0.005, "min_it
 
 
 def default_cache() -> Path:
-    import os
-
     root = os.environ.get("PBKIT_CACHE") or Path.home() / ".cache" / "pbkit"
     return Path(root) / "latency-tables"
 
@@ -118,8 +117,10 @@ class Timings:
 
     def time_layer(self, layer: Layer, cin: int, cout: int) -> float:
         """Median ms of one layer at these widths, on the backend."""
-        torch.manual_seed(0)
-        runner = self._runner(layer.module(cin, cout), layer.input(cin), "torchscript")
+        with torch.random.fork_rng():  # the layer's random weights leave the pruning run's RNG as it was
+            torch.manual_seed(0)
+            module = layer.module(cin, cout)
+        runner = self._runner(module, layer.input(cin), "torchscript")
         return float(self._measure({"layer": runner}, LAYER_QUICK if self.quick else LAYER_SETTINGS)["layer"]["median_ms"])
 
     def example(self) -> torch.Tensor:

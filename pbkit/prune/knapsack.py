@@ -179,10 +179,10 @@ class Knapsack:
         def plan(keep: float) -> dict[int, int]:
             out = {}
             for u in self.units:
-                want = max(u.floor, int(math.floor(sizes[u.key] * keep)))
-                if u.step > 1 and want < u.size:
-                    want = max(u.floor, want - want % u.step) if want >= u.step else want
-                out[u.key] = max(u.size - want, 0)
+                want = int(math.floor(sizes[u.key] * keep))
+                if u.step <= want < u.size:
+                    want -= want % u.step  # onto the group's step grid
+                out[u.key] = max(u.size - max(u.floor, want), 0)
             return out
 
         def predict(cuts: dict[int, int]) -> float:

@@ -196,22 +196,23 @@ def prune_to_target(
                 after_prune=lambda: _fix_attention(model, pruner), on_step=on_text)
             t_start += trained + latency_info["table"]["time_s"] + latency_info["measure_s"]
             macs = counts.count_macs(model, input_size)
-        while s.latency is None and steps < s.iterative_steps:
-            if between_steps is not None:
-                t_start += between_steps(steps + 1)
-            t0 = time.perf_counter()
-            if method.collect is not None:
-                assert calibration is not None
-                method.collect(importance, model, pruner, calibration)
-            pruner.step()
-            _fix_attention(model, pruner)
-            step_times.append(time.perf_counter() - t0)
-            steps += 1
-            macs = counts.count_macs(model, input_size)
-            if on_step is not None:
-                on_step(steps, macs_base / max(macs, 1))
-            if macs_base / max(macs, 1) >= s.speedup:
-                break
+        else:
+            while steps < s.iterative_steps:
+                if between_steps is not None:
+                    t_start += between_steps(steps + 1)
+                t0 = time.perf_counter()
+                if method.collect is not None:
+                    assert calibration is not None
+                    method.collect(importance, model, pruner, calibration)
+                pruner.step()
+                _fix_attention(model, pruner)
+                step_times.append(time.perf_counter() - t0)
+                steps += 1
+                macs = counts.count_macs(model, input_size)
+                if on_step is not None:
+                    on_step(steps, macs_base / max(macs, 1))
+                if macs_base / max(macs, 1) >= s.speedup:
+                    break
 
     achieved = macs_base / max(macs, 1)
     if latency_info is not None:
