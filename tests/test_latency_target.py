@@ -88,6 +88,26 @@ def test_noise_that_makes_a_wider_layer_faster_is_smoothed_away() -> None:
     assert float(cost(64, 56)) <= float(cost(64, 64))
 
 
+def test_the_per_call_overhead_is_taken_off_so_small_layers_are_not_priced_as_fixed_cost() -> None:
+    # a layer alone pays a launch cost (0.01 ms) that it does not pay inside a model: taken off,
+    # the table prices its compute, and the model's own launch cost is the one fixed part
+    layer = Layer("conv", "conv", 64, 64, (1, 64, 8, 8), (3, 3), (1, 1), (1, 1), (1, 1), False)
+    cost = latency.time_cost(layer, lambda _l, ci, co: staircase(ci, co), anchors=6, overhead=0.01)
+    assert cost.overhead_ms == 0.01
+    assert float(cost(64, 64)) == pytest.approx(staircase(64, 64) - 0.01)
+    assert float(cost(32, 32)) == pytest.approx(staircase(32, 32) - 0.01, rel=1e-6)  # a quarter of the compute
+    assert Cost.from_json(json.loads(json.dumps(cost.to_json()))).overhead_ms == 0.01
+    # noise can make a timing come out below the overhead: a share of it is kept, never zero or less
+    floor = latency.time_cost(layer, lambda _l, ci, co: 0.005, anchors=4, overhead=0.01)
+    assert float(floor(64, 64)) == pytest.approx(0.005 * latency.MIN_COMPUTE)
+    table = Table({"conv": layer}, {layer.signature: cost})
+    table.calibrate(dense_ms=0.02 + float(cost(64, 64)), widths={"conv": (64, 64)}, overhead_ms=0.02)
+    assert table.fixed_ms == 0.02 and table.scale == pytest.approx(1.0)
+    assert table.predict({"conv": (32, 32)}) == pytest.approx(0.02 + float(cost(32, 32)))
+    table.calibrate(dense_ms=0.01, widths={"conv": (64, 64)}, overhead_ms=0.02)  # an overhead above the model's
+    assert table.fixed_ms == 0.0 and table.predict({"conv": (64, 64)}) == pytest.approx(0.01)
+
+
 # --- the knapsack ---
 
 

@@ -37,7 +37,7 @@ from pbkit.models import counts
 from pbkit.prune import latency
 from pbkit.prune.latency import Cost, Layer, Measured, Table
 
-TABLE_FORMAT = 1
+TABLE_FORMAT = 2  # 2: timings less the per-call overhead
 # one layer at one width: short, since hundreds are timed; the whole model uses the bench settings
 LAYER_SETTINGS = {"warmup_s": 0.01, "warmup_iters": 5, "min_time_s": 0.04, "min_iters": 15, "rounds": 1,
                   "block_s": 0.04, "ci_target": None, "max_time_s": 0.04, "cov_limit": 1.0, "max_repeats": 1}
@@ -123,6 +123,12 @@ class Timings:
         runner = self._runner(module, layer.input(cin), "torchscript")
         return float(self._measure({"layer": runner}, LAYER_QUICK if self.quick else LAYER_SETTINGS)["layer"]["median_ms"])
 
+    def time_overhead(self, x: torch.Tensor) -> float:
+        """Median ms of a call that does next to nothing with ``x``: the backend's per-call overhead
+        (feeding the input, launching, returning), which the table takes off its timings."""
+        runner = self._runner(_Null(), x, "torchscript")
+        return float(self._measure({"null": runner}, LAYER_QUICK if self.quick else LAYER_SETTINGS)["null"]["median_ms"])
+
     def example(self) -> torch.Tensor:
         return counts.example_input(self.input_size, batch=self.batch, seed=2)
 
@@ -191,20 +197,31 @@ class Timings:
                 done[0] += 1
                 steps.update(done[0], sig.split(":in")[0])
 
-        table, n = latency.build_table(layers, self.time_layer, self.anchors, cached, timed)
+        table, n = latency.build_table(layers, self.time_layer, self.anchors, cached, timed,
+                                       overhead=lambda layer: self.time_overhead(layer.input(layer.cin)))
         steps.close()
         if path is not None and n:
             merged = {**{s: c.to_json() for s, c in cached.items()}, **{s: c.to_json() for s, c in table.costs.items()}}
             atomic_write_json(path, {"key": key, "costs": merged})
         dense_ms = self.time_model(model)
-        raw = table.raw(latency.widths_of(model, layers))
-        table.scale = dense_ms / raw if raw > 0 else 1.0
+        overhead_ms = self.time_overhead(self.example())
+        widths = latency.widths_of(model, layers)
+        table.calibrate(dense_ms, widths, overhead_ms)
+        raw = table.raw(widths)
         table.info = {"backend": self.backend.name, "precision": self.precision, "batch": self.batch,
                       "threads": self.threads, "timed": n, "cached": len(table.costs) - n,
                       "cache_file": str(path) if path else None, "dense_ms": dense_ms, "layers_ms": raw,
+                      "overhead_ms": overhead_ms, "fixed_ms": table.fixed_ms,
                       "build_s": round(time.perf_counter() - t0, 3), "anchors": self.anchors}
         self.table_built = table
         return table
+
+
+class _Null(nn.Module):
+    """Next to nothing: one element of the input, plus one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten()[:1] + 1.0
 
 
 def _trt_fp16_onnx() -> bool:

@@ -5,8 +5,10 @@ In the spirit of NetAdapt and HALP, checked by measurement:
 - a per-layer **latency table**: each prunable convolution and linear layer, at the run's input
   shape, timed on the target backend over a grid of widths, aligned (multiples of ``align``) and
   unaligned, for its input and for its output width (a separable model: ``T(cin, cout) =
-  T(cin, C_out) * T(C_in, cout) / T(C_in, C_out)``); the model's predicted latency is the sum over
-  its layers, scaled to the whole model's measured latency;
+  T(cin, C_out) * T(C_in, cout) / T(C_in, C_out)``), each timing less the backend's per-call
+  overhead (which a layer timed alone pays and a layer inside a model does not); the model's
+  predicted latency is its own per-call overhead plus the sum over its layers, scaled to the whole
+  model's measured latency;
 - **group selection** as a greedy knapsack: the next channels to go are those with the least
   importance per predicted millisecond saved, in whole steps of the width grid the table shows is
   faster (aligned widths where unaligned ones cost more; this is where alignment comes from,
@@ -36,6 +38,7 @@ ALIGN = 8  # the width step probed for alignment (SIMD lanes of fp32 AVX2, tenso
 FIRST_CHECK = 0.7  # the knapsack rounds prune to a predicted speed-up of target ** this; measured steps follow
 DAMPING, FAR_STEP = 0.6, 0.25  # far from the target, a measured step removes this share of the gap, at most this
 PENALTY = 0.03  # an unaligned width that costs this much more than the aligned one below it counts as slower
+MIN_COMPUTE = 0.05  # a layer's compute (its time alone less the per-call overhead) is kept at least this share of it
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,7 @@ class Cost:
     full_ms: float
     out: Axis  # at full input width (for depthwise: the channels)
     inp: Axis | None  # at full output width (None for depthwise)
+    overhead_ms: float = 0.0  # the per-call cost taken off every timing (a layer alone pays it, one in a model not)
 
     def __call__(self, cin: Any, cout: Any) -> Any:
         if self.inp is None:
@@ -210,7 +214,7 @@ class Cost:
         out = axis(d["out"])
         assert out is not None
         full = (int(d["full"][0]), int(d["full"][1]))
-        return cls(d["kind"], full, float(d["full_ms"]), out, axis(d["inp"]))
+        return cls(d["kind"], full, float(d["full_ms"]), out, axis(d["inp"]), float(d.get("overhead_ms", 0.0)))
 
 
 Timer = Callable[[Layer, int, int], float]  # (layer, cin, cout) -> median ms on the backend
@@ -229,10 +233,13 @@ def monotone(ms: list[float]) -> list[float]:
     return [b[0] / b[1] for b in blocks for _ in range(int(b[1]))]
 
 
-def time_cost(layer: Layer, timer: Timer, anchors: int, align: int = ALIGN) -> Cost:
+def time_cost(layer: Layer, timer: Timer, anchors: int, align: int = ALIGN, overhead: float = 0.0) -> Cost:
     """Time one signature over its width grid, twice (widest first, then narrowest first; the
     lower of the two kept, so that neither a cold start nor a drift in the machine's speed bends
-    the curves), then make each curve non-decreasing and pass through the full width's time."""
+    the curves), take the per-call ``overhead`` off (what running anything costs on the backend:
+    a layer timed alone pays it, a layer inside a model does not; on small inputs it is most of
+    the time, and left in it would make every layer look cheaper to prune than it is), then make
+    each curve non-decreasing and pass through the full width's time."""
     dw = layer.kind == "depthwise"
     out_w, inp_w = grid(layer.cout, anchors, align), None if dw else grid(layer.cin, anchors, align)
     points = [(layer.cin, layer.cout)]
@@ -243,6 +250,7 @@ def time_cost(layer: Layer, timer: Timer, anchors: int, align: int = ALIGN) -> C
     timed = {p: timer(layer, *p) for p in ordered}
     for p in reversed(ordered):
         timed[p] = min(timed[p], timer(layer, *p))
+    timed = {p: max(t - overhead, MIN_COMPUTE * t) for p, t in timed.items()}
     full_ms = timed[(layer.cin, layer.cout)]
 
     def axis(widths: tuple[list[int], list[int]], full: int, at: Callable[[int], tuple[int, int]]) -> Axis:
@@ -259,7 +267,7 @@ def time_cost(layer: Layer, timer: Timer, anchors: int, align: int = ALIGN) -> C
 
     out = axis(out_w, layer.cout, (lambda w: (w, w)) if dw else (lambda w: (layer.cin, w)))
     inp = None if inp_w is None else axis(inp_w, layer.cin, lambda w: (w, layer.cout))
-    return Cost(layer.kind, (layer.cin, layer.cout), full_ms, out, inp)
+    return Cost(layer.kind, (layer.cin, layer.cout), full_ms, out, inp, overhead)
 
 
 @dataclass
@@ -268,7 +276,8 @@ class Table:
 
     layers: dict[str, Layer]
     costs: dict[str, Cost]  # by signature
-    scale: float = 1.0  # measured whole-model latency / sum of the layers' (calibrated on the dense model)
+    scale: float = 1.0  # (measured whole-model latency - fixed_ms) / sum of the layers' (calibrated on the dense model)
+    fixed_ms: float = 0.0  # the whole model's per-call overhead: no pruning saves it
     info: dict[str, Any] = field(default_factory=dict)  # backend, precision, batch, cache hits, build time
 
     def layer_ms(self, name: str, cin: Any, cout: Any) -> Any:
@@ -280,7 +289,15 @@ class Table:
 
     def predict(self, widths: dict[str, tuple[int, int]]) -> float:
         """The model's predicted latency (ms) at these layer widths."""
-        return self.scale * self.raw(widths)
+        return self.fixed_ms + self.scale * self.raw(widths)
+
+    def calibrate(self, dense_ms: float, widths: dict[str, tuple[int, int]], overhead_ms: float = 0.0) -> None:
+        """Fit the table to the dense model's measured latency: its per-call ``overhead_ms`` is
+        fixed, the rest scales with the layers' sum (the untabled operations along with them)."""
+        raw = self.raw(widths)
+        fixed = overhead_ms if 0 <= overhead_ms < dense_ms else 0.0
+        self.fixed_ms = fixed
+        self.scale = (dense_ms - fixed) / raw if raw > 0 else 1.0
 
     def penalty(self, name: str, dim: str) -> float:
         c = self.costs[self.layers[name].signature]
@@ -288,14 +305,16 @@ class Table:
         return axis.penalty()
 
     def to_json(self) -> dict[str, Any]:
-        return {"info": self.info, "scale": self.scale,
+        return {"info": self.info, "scale": self.scale, "fixed_ms": self.fixed_ms,
                 "layers": {n: {**asdict(layer), "signature": layer.signature} for n, layer in self.layers.items()},
                 "costs": {s: c.to_json() for s, c in self.costs.items()}}
 
 
 def build_table(layers: dict[str, Layer], timer: Timer, anchors: int, cached: dict[str, Cost] | None = None,
-                on_entry: Callable[[int, int, str], None] | None = None) -> tuple[Table, int]:
-    """Time every signature not already in ``cached``; returns the table and how many were timed."""
+                on_entry: Callable[[int, int, str], None] | None = None,
+                overhead: Callable[[Layer], float] | None = None) -> tuple[Table, int]:
+    """Time every signature not already in ``cached`` (less its per-call ``overhead``, if given);
+    returns the table and how many were timed."""
     costs: dict[str, Cost] = {}
     todo = sorted({layer.signature: layer for layer in layers.values()}.items())
     timed = 0
@@ -303,7 +322,7 @@ def build_table(layers: dict[str, Layer], timer: Timer, anchors: int, cached: di
         if cached is not None and sig in cached:
             costs[sig] = cached[sig]
         else:
-            costs[sig] = time_cost(layer, timer, anchors)
+            costs[sig] = time_cost(layer, timer, anchors, overhead=overhead(layer) if overhead is not None else 0.0)
             timed += 1
         if on_entry is not None:
             on_entry(i + 1, len(todo), sig)
