@@ -32,7 +32,7 @@ BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set mo
 	$(if $(BATCH),--set bench.batches=[$(BATCH)]) \
 	$(if $(ROUND_TO),--set prune.round_to=$(ROUND_TO))
 
-.PHONY: help setup browser bench test test-slow test-all report-html study-perf reference-study reference-fairness zoo lint lock report perf fidelity reference clean docker-build docker-bench docker-pin
+.PHONY: help setup browser bench test test-slow test-all report-html study-perf reference-study reference-fairness reference-latency zoo lint lock report perf fidelity reference clean docker-build docker-bench docker-pin
 
 help:
 	@echo "make setup                      create $(VENV)/ from the pinned lock ($(LOCK), hashes checked)"
@@ -52,6 +52,7 @@ help:
 	@echo "make study-perf                 a study on Ray with 1 vs 2 workers: scaling and overhead (results/perf/)"
 	@echo "make reference-study            the offline digits study (results/reference/digits-study-<tag>/)"
 	@echo "make reference-fairness         the fairness evidence on digits: seeds, 2 LRs, KD, scratch (~35 min)"
+	@echo "make reference-latency          latency- vs MACs-targeted pruning on digits, same measured speed-up (~20 min)"
 	@echo "make zoo                        every torchvision classifier and a timm sample: prune 1.5x + export, or why not"
 	@echo "make lock                       re-resolve requirements/*.in into the lock files (needs uv)"
 
@@ -129,6 +130,7 @@ study-perf: setup ## the same 8-trial study on Ray with 1 and 2 workers -> resul
 
 REF_STUDY := results/reference/digits-study-cpu-$(shell nproc)core
 REF_FAIR := results/reference/digits-fairness-cpu-$(shell nproc)core
+REF_LAT := results/reference/digits-latency-cpu-$(shell nproc)core
 reference-study: setup ## every method x 2 targets x 3 seeds on digits, on a local Ray, then its leaderboard
 	$(BIN)/pbkit study run configs/study/digits-reference.study.yaml --out $(REF_STUDY)
 	$(BIN)/pbkit report $(REF_STUDY) --format md --plot $(REF_STUDY)/speedups.png > $(REF_STUDY)/LEADERBOARD.md
@@ -137,6 +139,10 @@ reference-fairness: setup ## 6 methods x 2 finetune LRs x 3 seeds, KD on/off, sc
 	$(BIN)/pbkit study run configs/study/digits-fairness.study.yaml --out $(REF_FAIR)
 	$(BIN)/pbkit report $(REF_FAIR) --format md --accuracy-plot $(REF_FAIR)/accuracy.png > $(REF_FAIR)/LEADERBOARD.md
 	$(BIN)/pbkit report $(REF_FAIR) --format html -o $(REF_FAIR)/report.html
+
+reference-latency: setup ## latency- vs MACs-targeted pruning on digits at the same measured speed-up, 3 seeds
+	$(BIN)/python benchmarks/latency_vs_macs.py --out $(REF_LAT)
+	$(BIN)/pbkit report $(REF_LAT) $(REF_LAT)/matched --format md > $(REF_LAT)/LEADERBOARD.md
 
 zoo: setup ## every torchvision classifier and a timm sample, each in its own process -> results/perf/zoo-*
 	$(BIN)/python benchmarks/zoo.py

@@ -177,6 +177,20 @@ def test_extends_exclude_and_set_shape_the_trials(tmp_path: Path) -> None:
         spec.read(_study_file(tmp_path, "nofile", extends="missing.yaml"))
 
 
+def test_the_target_is_a_study_axis_latency_trials_are_their_own_runs() -> None:
+    st = spec.read(Path(__file__).resolve().parents[1] / "configs/study/digits-latency.study.yaml")
+    by = {(t.params["prune.target"], t.params["seed"]): t for t in st.trials}
+    assert len(st.trials) == 6 and set(by) == {(x, s) for x in ("latency", "macs") for s in (0, 1, 2)}
+    lat, macs = by[("latency", 0)], by[("macs", 0)]
+    assert (lat.cfg.prune.target, lat.cfg.prune.backend, macs.cfg.prune.target) == ("latency", "ort-cpu", "macs")
+    assert lat.hash != macs.hash and "-ort-cpu-" in lat.run_id and "-ort-cpu-" not in macs.run_id
+    assert lat.base_key == macs.base_key  # one base per seed, shared by both targets (held equal)
+    macs_only = spec.read(Path(__file__).resolve().parents[1] / "configs/study/digits-latency.study.yaml",
+                          ["prune.backend=torch-cpu"])  # the backend is not part of a MACs run's identity
+    assert {t.hash for t in macs_only.trials if t.params["prune.target"] == "macs"} == \
+        {t.hash for t in st.trials if t.params["prune.target"] == "macs"}
+
+
 # ------------------------------------------------------------------------------------------------
 # killed drivers, dying workers, a two-node cluster
 
