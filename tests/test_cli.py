@@ -33,6 +33,25 @@ def test_list_models_json_includes_prefixed_families(pbkit) -> None:  # type: ig
     assert "vit_small_patch16_224" in data["prefixes"]["timm:"]["names"]
 
 
+def test_list_models_marks_the_names_known_not_to_prune_with_the_reason(pbkit) -> None:  # type: ignore[no-untyped-def]
+    known = pbkit("list", "models", "--json").json()["prefixes"]["tv:"]["known_not_to_prune"]
+    assert "shifted-window attention" in known["tv:swin_t"] and "(tried: tv:swin_t)" in known["tv:swin_v2_b"]
+    assert "channel shuffle" in known["tv:shufflenet_v2_x0_5"] and "tv:maxvit_t" in known
+    assert "tv:resnet50" not in known and "tv:vit_b_16" not in known  # the zoo passed them
+    table = pbkit("list", "models").out
+    assert "known not to prune here" in table and "tv:swin_t" in table
+
+
+def test_a_model_known_not_to_prune_says_so_first_then_fails_in_one_line(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = pbkit("prune", "--model", "tv:shufflenet_v2_x0_5", "--method", "l2", "--speedup", "1.5",
+              "--out", tmp_path / "runs", "--set", "model.input_size=64")
+    assert r.code == 2 and "Traceback" not in r.err
+    assert "note: tv:shufflenet_v2_x0_5 is known not to prune here" in r.err
+    errors = [line for line in r.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "could not trace this model: ZeroDivisionError" in errors[0]
+    assert not any((tmp_path / "runs").glob("tv-shufflenet*"))
+
+
 def test_list_methods_says_stage_data_and_families(pbkit) -> None:  # type: ignore[no-untyped-def]
     rows = {m["key"]: m for m in pbkit("list", "methods", "--json").json()["methods"]}
     assert set(rows) >= {"l1", "l2", "lamp", "fpgm", "bnscale", "random"}

@@ -2,6 +2,7 @@
 prunable, model files that reload pruned models, weights from files, MACs and parameter counts."""
 
 from pbkit.models.registry import (
+    KNOWN_FAILURES,
     MODELS,
     PREFIXES,
     YOLO_MODELS,
@@ -9,11 +10,12 @@ from pbkit.models.registry import (
     ModelSpec,
     build,
     classifier_heads,
+    known_failure,
     prepare,
     resolve,
     timm_names,
     torchvision_names,
 )
 
-__all__ = ["MODELS", "PREFIXES", "YOLO_MODELS", "ModelEntry", "ModelSpec", "build", "classifier_heads", "prepare",
-           "resolve", "timm_names", "torchvision_names"]
+__all__ = ["KNOWN_FAILURES", "MODELS", "PREFIXES", "YOLO_MODELS", "ModelEntry", "ModelSpec", "build",
+           "classifier_heads", "known_failure", "prepare", "resolve", "timm_names", "torchvision_names"]

@@ -60,6 +60,28 @@ PREFIXES = {
                 "(224x224, 21 classes)",
 }
 
+# Families a zoo run (benchmarks/zoo.py, results/perf/zoo-*.md) found not to prune here: the pattern,
+# the name that was tried, and the reason a user can act on. `pbkit list models` marks them and
+# `pbkit prune` says so before it tries (under the memory and time budgets, which stop it in one line).
+KNOWN_FAILURES: list[tuple[re.Pattern[str], str, str]] = [
+    (re.compile(r"^tv:swin_"), "tv:swin_t",
+     "torch-pruning's dependency graph cannot follow shifted-window attention: it recurses without end and "
+     "outgrows the memory budget"),
+    (re.compile(r"^tv:maxvit_"), "tv:maxvit_t",
+     "torch-pruning's dependency graph cannot follow grid and window attention: it outgrows the memory budget"),
+    (re.compile(r"^tv:shufflenet_v2_"), "tv:shufflenet_v2_x1_0",
+     "torch-pruning's dependency graph fails on the channel shuffle (ZeroDivisionError mapping its reshape)"),
+]
+
+
+def known_failure(name: str) -> str | None:
+    """Why ``name`` is known not to prune here (with the name that was tried), or None."""
+    for pattern, tried, reason in KNOWN_FAILURES:
+        if pattern.match(name):
+            return reason + ("" if name == tried else f" (tried: {tried})")
+    return None
+
+
 _VIT_NAME = re.compile(r"^(vit|swin|maxvit|deit|beit|eva|cait|convit|xcit|levit|pvt|twins)")
 
 

@@ -27,7 +27,7 @@ from pbkit.data import load as load_data
 from pbkit.machine import envinfo
 from pbkit.measure import backends, layers, protocol
 from pbkit.measure.backends import Backend
-from pbkit.models import ModelSpec, checkpoint, counts, resolve
+from pbkit.models import ModelSpec, checkpoint, counts, known_failure, resolve
 from pbkit.prune import Calibration, PruneResult, PruneSettings, prune_to_target
 from pbkit.prune.knapsack import Tools
 from pbkit.prune.latency import LatencySettings
@@ -86,6 +86,9 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
     bundle = dataset(cfg)
     spec = resolve_spec(cfg, bundle)
     task = get_task(spec.task)
+    if (why := known_failure(spec.name)) is not None:
+        note(f"note: {spec.name} is known not to prune here: {why}; trying anyway, within "
+             "prune.max_memory_gib and prune.max_graph_s", quiet)
     if bundle is not None:
         task.check_data(bundle, "pruning")
     if cfg.prune.schedule == "interleaved" and not task.trains_by_iterations:
