@@ -238,8 +238,9 @@ def time_cost(layer: Layer, timer: Timer, anchors: int, align: int = ALIGN, over
     lower of the two kept, so that neither a cold start nor a drift in the machine's speed bends
     the curves), take the per-call ``overhead`` off (what running anything costs on the backend:
     a layer timed alone pays it, a layer inside a model does not; on small inputs it is most of
-    the time, and left in it would make every layer look cheaper to prune than it is), then make
-    each curve non-decreasing and pass through the full width's time."""
+    the time, and left in it would look like a cost no pruning saves: every predicted saving would
+    come out too small and the first measurement overshoot), then make each curve non-decreasing
+    and pass through the full width's time."""
     dw = layer.kind == "depthwise"
     out_w, inp_w = grid(layer.cout, anchors, align), None if dw else grid(layer.cin, anchors, align)
     points = [(layer.cin, layer.cout)]
