@@ -23,7 +23,6 @@ Both studies resume: finished trials are never run again. Writes ``<out>/compari
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -34,15 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pbkit.core.fileio import atomic_write_json, atomic_write_text  # noqa: E402
+from pbkit.report import leaderboard  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
 def study(path: Path, out: Path) -> None:
     cmd = [sys.executable, "-m", "pbkit.cli", "study", "run", str(path), "--out", str(out)]
     print("$ " + " ".join(cmd[2:]), flush=True)
@@ -53,17 +51,15 @@ def study(path: Path, out: Path) -> None:
 def trials(out: Path, backend: str) -> list[dict[str, Any]]:
     """One row per finished trial: arm, seed, MACs speed-up, measured speed-up (bench) and top-1."""
     rows = []
-    for f in sorted((out / "runs").glob("*/record.json")):
-        r = json.loads(f.read_text())
-        pts = [p for p in r.get("latency") or [] if p["backend"] == backend and p["variant"] == "pruned"]
-        if not pts or r["accuracy"].get("finetuned") is None:
+    for _, r in leaderboard.find_records(out / "runs"):
+        pts = [p for p in r.latency if p.backend == backend and p.variant == "pruned" and p.speedup_vs_dense]
+        a, m = r.accuracy, r.method
+        if not pts or a.finetuned is None:
             continue
-        m = r["method"]
-        rows.append({"run_id": r["run_id"], "target": m.get("target") or "macs", "nominal": m["target_speedup"],
-                     "seed": m["seed"], "macs_speedup": r["counts"]["macs_base"] / r["counts"]["macs_pruned"],
-                     "measured": pts[0]["speedup_vs_dense"], "measured_ci": pts[0]["speedup_ci"],
-                     "top1": r["accuracy"]["finetuned"], "top1_base": r["accuracy"]["base"],
-                     "top1_pruned": r["accuracy"]["pruned"]})
+        rows.append({"run_id": r.run_id, "target": m.target or "macs", "nominal": m.target_speedup, "seed": m.seed,
+                     "macs_speedup": r.counts.macs_base / r.counts.macs_pruned, "measured": pts[0].speedup_vs_dense,
+                     "measured_ci": pts[0].speedup_ci, "top1": a.finetuned, "top1_base": a.base,
+                     "top1_pruned": a.pruned})
     return rows
 
 
@@ -98,7 +94,7 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
     seeds = sorted(set(a) & set(b))
     d = [a[s] - b[s] for s in seeds]
     s = summary(d)
-    half = T95.get(len(d) - 1, 1.96) * s["sd"] / math.sqrt(len(d)) if len(d) > 1 else math.nan
+    half = float(stats.t.ppf(0.975, len(d) - 1)) * s["sd"] / math.sqrt(len(d)) if len(d) > 1 else math.nan
     return {**s, "seeds": seeds, "diffs": d, "ci95": [s["mean"] - half, s["mean"] + half]}
 
 
