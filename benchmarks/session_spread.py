@@ -39,6 +39,9 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--out", type=Path, default=Path("results/perf"))
     args = ap.parse_args()
+    missing = [f for f in ("dense.pt", "pruned.pt", *ONNX_FILES.values()) if not (args.run / f).is_file()]
+    if missing:
+        raise SystemExit(f"error: {args.run} lacks {', '.join(missing)}: give a run folder exported with `pbkit export`")
     be = backends.get(args.backend)
     cfg = config.load(None, ["model.name=resnet18_cifar"])  # only its bench defaults are used
     settings = protocol_settings(cfg, "cpu")

@@ -205,9 +205,7 @@ class Timings:
             atomic_write_json(path, {"key": key, "costs": merged})
         dense_ms = self.time_model(model)
         overhead_ms = self.time_overhead(self.example())
-        widths = latency.widths_of(model, layers)
-        table.calibrate(dense_ms, widths, overhead_ms)
-        raw = table.raw(widths)
+        raw = table.calibrate(dense_ms, latency.widths_of(model, layers), overhead_ms)
         table.info = {"backend": self.backend.name, "precision": self.precision, "batch": self.batch,
                       "threads": self.threads, "timed": n, "cached": len(table.costs) - n,
                       "cache_file": str(path) if path else None, "dense_ms": dense_ms, "layers_ms": raw,

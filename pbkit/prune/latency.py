@@ -292,13 +292,14 @@ class Table:
         """The model's predicted latency (ms) at these layer widths."""
         return self.fixed_ms + self.scale * self.raw(widths)
 
-    def calibrate(self, dense_ms: float, widths: dict[str, tuple[int, int]], overhead_ms: float = 0.0) -> None:
+    def calibrate(self, dense_ms: float, widths: dict[str, tuple[int, int]], overhead_ms: float = 0.0) -> float:
         """Fit the table to the dense model's measured latency: its per-call ``overhead_ms`` is
-        fixed, the rest scales with the layers' sum (the untabled operations along with them)."""
+        fixed, the rest scales with the layers' sum (the untabled operations along with them).
+        Returns that sum (ms)."""
         raw = self.raw(widths)
-        fixed = overhead_ms if 0 <= overhead_ms < dense_ms else 0.0
-        self.fixed_ms = fixed
-        self.scale = (dense_ms - fixed) / raw if raw > 0 else 1.0
+        self.fixed_ms = overhead_ms if 0 <= overhead_ms < dense_ms else 0.0
+        self.scale = (dense_ms - self.fixed_ms) / raw if raw > 0 else 1.0
+        return raw
 
     def penalty(self, name: str, dim: str) -> float:
         c = self.costs[self.layers[name].signature]
