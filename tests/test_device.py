@@ -25,8 +25,22 @@ SETS = ["model.name=resnet20_cifar", "dataset.name=digits", "dataset.image_size=
         "base.batch_size=64", "prune.method=taylor", "prune.iterative_steps=20", "finetune.epochs=1",
         "finetune.batch_size=64"]
 # what the kit gave for SETS (one torch thread) before the device, AMP and loader settings existed
-BEFORE = {"acc": [37.111111111111114, 10.444444444444445, 55.111111111111114], "macs": 4996712, "params": 59554,
-          "loss": 1.7955181947352714}
+# (commit d4dbb51^), per family of CPU kernels: a short training at lr 0.1 turns the last bit of a
+# kernel's arithmetic into points of accuracy, so each machine matches the figures its own kernels
+# gave. A machine with other kernels: run d4dbb51^ on it with SETS and add its figures here.
+BEFORE = {
+    "first CI machines (AMD EPYC)": {"acc": [37.111111111111114, 10.444444444444445, 55.111111111111114],
+                                     "macs": 4996712, "params": 59554, "loss": 1.7955181947352714},
+    "AMD EPYC with AVX-512": {"acc": [76.66666666666667, 11.333333333333334, 93.33333333333333], "macs": 4982356,
+                              "params": 91174, "loss": 0.8006439222369977},
+}
+KEYS = ("acc", "macs", "params", "loss")
+
+
+def _matches_before(facts: dict[str, Any]) -> str | None:
+    """The name of the pre-device figures these facts equal exactly, or None."""
+    got = {k: facts[k] for k in KEYS}
+    return next((name for name, ref in BEFORE.items() if ref == got), None)
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +83,7 @@ def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_device_cpu_keeps_the_results_exactly(cpu_run: dict[str, Any]) -> None:
-    assert {k: cpu_run[k] for k in BEFORE} == BEFORE
+    assert _matches_before(cpu_run) is not None, f"{ {k: cpu_run[k] for k in KEYS} } matches no figures in BEFORE"
     assert cpu_run["devices"] == ["cpu", "cpu"]
     assert cpu_run["images_per_s"] > 0  # throughput per epoch
     assert "amp" not in cpu_run["identity_finetune"]  # at the default, run ids made before AMP existed hold
@@ -86,7 +100,7 @@ def test_device_auto_is_the_cpu_here() -> None:
 @pytest.mark.slow
 def test_workers_give_the_same_batches(cpu_run: dict[str, Any], tmp_path: Path) -> None:
     rec = _fresh(tmp_path / "w", "device=cpu", "dataset.workers=2")
-    assert {k: rec[k] for k in BEFORE} == BEFORE
+    assert {k: rec[k] for k in KEYS} == {k: cpu_run[k] for k in KEYS} and _matches_before(rec) is not None
     assert rec["identity"] == cpu_run["identity"]  # worker processes do not change a result...
 
 
