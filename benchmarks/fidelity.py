@@ -110,6 +110,7 @@ def main() -> int:
                         speedups.setdefault(p.backend, []).append({
                             "repeat": i + 1, "speedup": p.speedup_vs_dense, "ci": p.speedup_ci,
                             "stop": (p.ci or {}).get("stop"), "blocks": p.blocks,
+                            "sessions": (p.ci or {}).get("sessions", 1),
                             "bench_s": rec.stages["bench"].seconds})
             if "ort-cpu" in names:
                 s = rec.bench or {}
@@ -152,12 +153,14 @@ def main() -> int:
                      f"{s['cov']:.2%} | <= {s['goal']:.0%} | {'yes' if s['ok'] else 'NO'} |")
     for b, rows in speedups.items():
         c = runs_check[b]
-        lines += ["", f"{b}: the speed-up of each repeat, its 95% interval (paired block bootstrap) and why measuring "
-                  "stopped:", "", "| repeat | speed-up | 95% interval | stopped by | block pairs | bench s |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", f"{b}: the speed-up of each repeat, its 95% interval (over the fresh sessions of that bench; "
+                  "one session: a paired block bootstrap) and why measuring stopped (bench s: the whole bench stage, "
+                  "every backend):", "",
+                  "| repeat | speed-up | 95% interval | stopped by | sessions | block pairs | bench s |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['repeat']} | {r['speedup']:.3f}x | [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['stop']} | "
-                  f"{r['blocks']} | {r['bench_s']:.1f} |" if r["ci"] else f"| {r['repeat']} | {r['speedup']:.3f}x | - | "
-                  f"- | - | {r['bench_s']:.1f} |" for r in rows]
+                  f"{r.get('sessions', 1)} | {r['blocks']} | {r['bench_s']:.1f} |" if r["ci"] else
+                  f"| {r['repeat']} | {r['speedup']:.3f}x | - | - | - | - | {r['bench_s']:.1f} |" for r in rows]
         lines += ["", f"Spread of the {len(rows)} speed-ups: {c['spread']:.2%} (largest / smallest - 1; goal within "
                   f"{RUN_TO_RUN_GOAL:.0%}: {'met' if c['spread'] <= RUN_TO_RUN_GOAL else 'NOT MET'}); one repeat's "
                   f"interval covers another's speed-up in {c['covered']}/{c['pairs']} pairs "

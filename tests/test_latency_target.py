@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from pbkit.core import record
 from pbkit.models import build, resolve
 from pbkit.prune import PruneSettings, latency, prune_to_target
 from pbkit.prune.knapsack import Tools
@@ -240,7 +241,7 @@ def test_prune_to_a_measured_speedup_on_onnx_runtime(tmp_path: Path) -> None:
     assert lt["table"]["timed"] > 0 and (run / lt["table"]["file"]).is_file()
     table = json.loads((run / "latency-table.json").read_text())
     assert set(table["costs"]) == {v["signature"] for v in table["layers"].values()}
-    assert rec["schema_version"] == "1.4"
+    assert rec["schema_version"] == record.SCHEMA_VERSION
     # a second run with the same machine, backend, precision and batch reuses the cached table
     again = _cli(tmp_path, *args, "--run-id", "again")
     assert again.returncode == 0, again.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import numpy as np
 import pytest
 
 from pbkit.core.errors import PbkitError
@@ -97,3 +98,81 @@ def test_stable_points_are_measured_once() -> None:
                 "cov_limit": 10.0, "max_repeats": 3}
     res = measure.measure_point({"a": lambda: None, "b": lambda: None}, settings)
     assert res["a"]["attempts"] == res["b"]["attempts"] == 1
+
+
+class _Stub:
+    """A runner whose latency is simulated: ``ms`` times the session's factor, with 2% jitter per
+    query; each call sleeps 0.2 ms of real time so blocks hold a bounded number of queries."""
+
+    def __init__(self, ms: float, rng: np.random.Generator) -> None:
+        self.ms, self.rng, self.closed = ms, rng, False
+
+    def __call__(self) -> None:
+        self.timed()
+
+    def timed(self) -> tuple[float, None]:
+        time.sleep(0.0002)
+        return float(self.ms * np.exp(self.rng.normal(0, 0.02))), None
+
+
+def _opener(factors: list[float], opened: list[dict[str, _Stub]]):  # type: ignore[no-untyped-def]
+    """Session k: dense 4 ms, pruned 2 ms, the pruned one slowed by ``factors[k]`` (what a fresh
+    session changes)."""
+    import contextlib
+
+    rng = np.random.default_rng(0)
+
+    @contextlib.contextmanager
+    def session(k: int):  # type: ignore[no-untyped-def]
+        runners = {"dense": _Stub(4.0, rng), "pruned": _Stub(2.0 * factors[k % len(factors)], rng)}
+        opened.append(runners)
+        try:
+            yield runners, None
+        finally:
+            for r in runners.values():
+                r.closed = True
+    return session
+
+
+SESSIONS = {"warmup_s": 0.0, "warmup_iters": 2, "min_time_s": 0.06, "min_iters": 30, "rounds": 2, "cov_limit": 0.5,
+            "block_s": 0.01, "confidence": 0.95, "sessions": 3}
+
+
+def test_a_point_is_measured_over_fresh_sessions_until_the_speedup_is_known_well_enough() -> None:
+    factors = [1.0, 1.03, 0.97, 1.01, 0.99, 1.02, 0.98]
+    opened: list[dict[str, _Stub]] = []
+    seen: list[int] = []
+    res = measure.measure_sessions(_opener(factors, opened), {**SESSIONS, "ci_target": 0.03, "max_time_s": 5.0},
+                                   on_session=lambda k, r: seen.append(k))
+    pruned, dense = res["pruned"], res["dense"]
+    ci = pruned["ci"]
+    assert ci["method"].startswith("t-interval over fresh sessions") and ci["stop"] == "ci" and ci["met"]
+    assert ci["sessions"] == len(opened) == len(seen) >= 3 and seen == list(range(1, len(opened) + 1))
+    assert all(r.closed for s in opened for r in s.values())  # every session's runners were closed
+    assert ci["relative_half_width"] <= 0.03 and pruned["stable"] and pruned["sessions"] == ci["sessions"]
+    # the speed-up is the ratio of the two medians, each the geometric mean of the sessions' medians
+    assert pruned["speedup"] == pytest.approx(dense["median_ms"] / pruned["median_ms"])
+    assert pruned["median_ms"] == pytest.approx(float(np.exp(np.mean(np.log(pruned["session_medians_ms"])))))
+    truth = 2.0 / float(np.exp(np.mean(np.log(factors[:ci["sessions"]]))))
+    assert pruned["speedup_ci"][0] <= truth <= pruned["speedup_ci"][1]
+    assert pruned["n"] == sum(1 for _ in range(pruned["n"])) and "_samples" not in pruned
+    # per session, a share of the minimum: the sessions together measured at least min_time_s
+    assert dense["duration_s"] >= 0.06 and dense["n"] >= 30
+
+
+def test_a_point_whose_sessions_disagree_stops_at_the_budget_and_says_so() -> None:
+    opened: list[dict[str, _Stub]] = []
+    res = measure.measure_sessions(_opener([1.0, 1.3, 0.7], opened),
+                                   {**SESSIONS, "ci_target": 0.01, "max_time_s": 0.2})
+    ci = res["pruned"]["ci"]
+    assert ci["stop"] == "budget" and not ci["met"] and not res["pruned"]["stable"]
+    assert "sessions (time budget)" in res["pruned"]["unstable_reasons"][0]
+    assert res["pruned"]["duration_s"] >= 0.2 and len(opened) == ci["sessions"] >= 3
+
+
+def test_one_session_is_the_block_bootstrap_of_one_measure_point() -> None:
+    opened: list[dict[str, _Stub]] = []
+    res = measure.measure_sessions(_opener([1.0], opened), {**SESSIONS, "sessions": 1, "ci_target": 0.05,
+                                                             "max_time_s": 2.0})
+    assert len(opened) == 1 and res["pruned"]["ci"]["method"].startswith("paired block bootstrap")
+    assert "sessions" not in res["pruned"]

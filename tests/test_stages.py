@@ -103,6 +103,26 @@ def test_bench_after_export_keeps_parity_and_replaces_only_its_points(pruned_run
     assert rec.bench is not None and rec.bench["quick"] is True
 
 
+def test_bench_measures_each_point_over_fresh_sessions(pruned_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(pruned_run, run)
+    rec = stages.bench_run(run, ["bench.backends=[ort-cpu]", "bench.quick=false", "bench.sessions=2", "bench.min_time_s=0.1",
+                                 "bench.min_iters=10", "bench.max_time_s=0.1", "bench.warmup_s=0",
+                                 "bench.warmup_iters=2", "bench.block_s=0.02"], quiet=True)
+    pts = {p.variant: p for p in rec.latency if p.backend == "ort-cpu"}
+    dense, pruned = pts["dense"], pts["pruned"]
+    extra = pruned.model_extra or {}
+    assert extra["sessions"] == 2 and len(extra["session_medians_ms"]) == 2
+    assert pruned.ci is not None and pruned.ci["sessions"] == 2 and len(pruned.ci["session_speedups"]) == 2
+    assert pruned.speedup_vs_dense == pytest.approx(dense.median_ms / pruned.median_ms)
+    assert pruned.speedup_ci is not None and pruned.speedup_ci[0] <= pruned.speedup_vs_dense <= pruned.speedup_ci[1]
+    assert dense.memory is not None and pruned.memory is not None  # recorded while the first session was built
+    assert len([c for c in rec.parity if c.backend == "ort-cpu" and c.batch == 1]) == 2  # once per variant
+    assert rec.bench is not None and rec.bench["sessions"] == 2
+
+
 def test_bad_run_id(tmp_path: Path) -> None:
     with pytest.raises(PbkitError, match="run_id"):
         stages.run(config.load(None, [f"out={tmp_path}", "run_id=../escape"]), quiet=True)

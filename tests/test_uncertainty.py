@@ -38,6 +38,33 @@ def test_the_interval_covers_a_known_ratio_about_95_percent_of_the_time() -> Non
     assert uncertainty.ratio_ci(a, b, draws=400)["relative_half_width"] < float(np.median(widths))
 
 
+def test_over_fresh_sessions_the_interval_holds_the_session_effect_a_single_session_misses() -> None:
+    """Each fresh session shifts the speed-up (sd 1%, as measured on the 2-core VM) and knows its
+    own only to its block noise (sd 0.3%): the t-interval over 5 sessions covers the true ratio
+    about 95% of the time; any one session's interval alone covers it far less often."""
+    rng = np.random.default_rng(1)
+    sims, covered, alone = 2000, 0, 0
+    z = 1.959964
+    for _ in range(sims):
+        true = np.log(1.8) + rng.normal(0, 0.01, 5)  # each session's own speed-up
+        seen = true + rng.normal(0, 0.003, 5)  # ... measured with its block noise
+        within = [[float(np.exp(x - z * 0.003)), float(np.exp(x + z * 0.003))] for x in seen]
+        est = uncertainty.session_ci(list(np.exp(seen)), within)  # type: ignore[arg-type]
+        covered += est["ci"][0] <= 1.8 <= est["ci"][1]
+        alone += within[0][0] <= 1.8 <= within[0][1]
+        assert est["ci"][0] <= est["value"] <= est["ci"][1] and est["sessions"] == 5
+    assert 0.93 <= covered / sims <= 0.97
+    assert alone / sims < 0.5  # expected 43%: its +-0.6% misses the 1% between sessions
+
+
+def test_sessions_that_agree_by_chance_never_beat_their_own_noise() -> None:
+    within = [[1.70, 1.90]] * 3  # each session: +-5.5%
+    est = uncertainty.session_ci([1.8, 1.8, 1.8], within)  # type: ignore[arg-type]
+    assert est["relative_half_width"] > 0.05  # the floor: 5.5% / sqrt(3) * t(2) = 13%
+    with np.testing.assert_raises(ValueError):
+        uncertainty.session_ci([1.8], [None])
+
+
 def test_outliers_are_counted_not_dropped() -> None:
     samples = [1.0] * 50 + [1.1] * 50 + [5.0, 50.0]
     out = uncertainty.outliers(samples)

@@ -25,6 +25,12 @@ precision and batch, the per-layer table's summary (``latency-table.json`` in th
 trajectory (per step MACs, predicted and, where measured, measured speed-up), the prediction
 error, the final measured speed-up with its interval and CoV, and the realisation ratio (measured
 / MACs speed-up).
+
+1.5: ``bench.sessions``; a point measured over several fresh sessions carries ``sessions``,
+``session_medians_ms`` and ``pooled_median_ms`` (the median of all its samples); its ``median_ms``
+is then the geometric mean of the sessions' medians, so the speed-up stays the ratio of the two
+medians, and ``ci`` (method: t-interval over fresh sessions) lists ``session_speedups`` and
+``session_cis``. Points of one session read as before.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write_json
 
-SCHEMA_VERSION = "1.4"
+SCHEMA_VERSION = "1.5"
 RECORD_NAME = "record.json"
 
 

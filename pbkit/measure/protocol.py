@@ -2,11 +2,13 @@
 models are in :mod:`pbkit.backends`.
 
 Protocol: warm up by time AND count (the first call timed apart); measure by time AND count,
-dense and pruned alternating in short blocks (ABBA) in the same session; per query, host wall
+dense and pruned alternating in short blocks (ABBA) in the same session, over several fresh sessions (``sessions``); per query, host wall
 clock end to end and, on a GPU, CUDA-event compute time; statistics with nearest-rank
 percentiles. The gate judges what matters, the speed-up: measuring goes on until its confidence
-interval (a paired block bootstrap, :mod:`pbkit.measure.uncertainty`) is narrower than
-``ci_target`` or ``max_time_s`` is spent, and says which. A GPU throttle reason other than idle
+interval is narrower than ``ci_target`` or ``max_time_s`` is spent, and says which. In one session
+the interval is a paired block bootstrap; over fresh sessions it is a t-interval over the sessions'
+speed-ups, which also holds what changes from one session to the next
+(:mod:`pbkit.measure.uncertainty`). A GPU throttle reason other than idle
 seen while measuring marks a point unstable; it is measured again, up to ``max_repeats``.
 """
 
@@ -26,9 +28,13 @@ from pbkit.measure import uncertainty
 
 Runner = Callable[[], Any]  # a plain callable (wall clock), or a backends.Runner (also GPU time)
 Monitor = Callable[[], AbstractContextManager[Any]]  # a context whose .bad_reasons() mark a point unstable
+# opens fresh session number i: its runners and, for those already warmed up, (first-call ms, count);
+# leaving the context closes them
+Session = Callable[[int], AbstractContextManager[tuple[dict[str, Runner], dict[str, tuple[float, int]] | None]]]
 
 QUICK = {"warmup_s": 0.02, "warmup_iters": 3, "min_time_s": 0.1, "min_iters": 10, "gpu_min_time_s": 0.1,
-         "gpu_min_iters": 10, "rounds": 2, "max_repeats": 1, "block_s": 0.02, "max_time_s": 0.1, "ci_target": None}
+         "gpu_min_iters": 10, "rounds": 2, "max_repeats": 1, "block_s": 0.02, "max_time_s": 0.1, "ci_target": None,
+         "sessions": 1}
 
 
 def cores() -> int:
@@ -174,6 +180,8 @@ def measure_alternating(runners: dict[str, Runner], settings: dict[str, Any],
         out[name] = {**s, "first_call_ms": firsts[name][0], "warmup_n": firsts[name][1], "duration_s": wall[name],
                      "stable": True, "unstable_reasons": [], "gpu_compute": stats(gpu[name]) if gpu[name] else None,
                      "outliers": uncertainty.outliers(flat), "blocks": len(blocks[name])}
+        if settings.get("keep_samples"):  # for measure_sessions, which pools the sessions' samples
+            out[name].update(_samples=flat, _gpu_samples=list(gpu[name]))
     if paired:
         a, b = names
         est = uncertainty.ratio_ci(blocks[a], blocks[b], confidence)
@@ -233,4 +241,97 @@ def measure_point(runners: dict[str, Runner], settings: dict[str, Any], monitor:
             gmed = [a[name]["gpu_compute"]["median_ms"] for a in attempts if a[name].get("gpu_compute")]
             last["gpu_compute"] = {**last["gpu_compute"], "median_ms": float(np.median(gmed)), "medians_ms": gmed}
         out[name] = last
+    return out
+
+
+def measure_sessions(open_session: Session, settings: dict[str, Any], monitor: Monitor | None = None,
+                     on_session: Callable[[int, dict[str, dict[str, Any]]], None] | None = None
+                     ) -> dict[str, dict[str, Any]]:
+    """Measure a point over fresh sessions: ``settings["sessions"]`` of them at least, each a
+    :func:`measure_point` of ``min_time_s / sessions`` (and ``min_iters / sessions``) per runner,
+    then one more while the speed-up's interval over the sessions is wider than ``ci_target`` and
+    less than ``max_time_s`` per runner was measured. With ``sessions`` 1 this is one
+    :func:`measure_point` in one session (the interval is then the block bootstrap's).
+
+    Each runner's figures pool the samples of every session (percentiles, mean, CoV, outliers),
+    except ``median_ms``: the geometric mean of the sessions' medians, so that the speed-up is the
+    ratio of the two medians; ``session_medians_ms`` lists them and ``pooled_median_ms`` is the
+    median of all samples. ``ci`` says how the interval was made, the sessions' speed-ups and why
+    measuring stopped."""
+    n_min = max(int(settings.get("sessions") or 1), 1)
+    if n_min == 1:
+        with open_session(0) as (runners, warmed):
+            return measure_point(runners, settings, monitor=monitor, warmed=warmed)
+    min_time, min_iters = float(settings["min_time_s"]), int(settings["min_iters"])
+    per = {**settings, "min_time_s": min_time / n_min, "min_iters": max(math.ceil(min_iters / n_min), 1),
+           "max_time_s": 0.0, "ci_target": None, "keep_samples": True}
+    target = settings.get("ci_target")
+    budget = max(float(settings.get("max_time_s") or 0.0), min_time)
+    confidence = float(settings.get("confidence") or 0.95)
+    results: list[dict[str, dict[str, Any]]] = []
+    stop, est = "time", None
+    while True:
+        with open_session(len(results)) as (runners, warmed):
+            results.append(measure_point(runners, per, monitor=monitor, warmed=warmed))
+        if on_session is not None:
+            on_session(len(results), results[-1])
+        names = list(results[0])
+        if len(results) < n_min:
+            continue
+        if len(names) != 2 or target is None:
+            break
+        est = _session_speedup(results, names, confidence)
+        if est["relative_half_width"] <= float(target):
+            stop = "ci"
+            break
+        if min(sum(r[k]["duration_s"] for r in results) for k in names) >= budget:
+            stop = "budget"
+            break
+    return _pool(results, names, confidence, target, stop, float(per["block_s"]))
+
+
+def _session_speedup(results: list[dict[str, dict[str, Any]]], names: list[str], confidence: float) -> dict[str, Any]:
+    a, b = names
+    return uncertainty.session_ci([r[a]["median_ms"] / r[b]["median_ms"] for r in results],
+                                  [r[b].get("speedup_ci") for r in results], confidence)
+
+
+def _pool(results: list[dict[str, dict[str, Any]]], names: list[str], confidence: float, target: Any, stop: str,
+          block_s: float) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        rs = [r[name] for r in results]
+        flat = [x for r in rs for x in r["_samples"]]
+        gflat = [x for r in rs for x in r["_gpu_samples"]]
+        med = uncertainty.session_ci([r["median_ms"] for r in rs], [r.get("median_ci") for r in rs], confidence)
+        gpu = None
+        if gflat:
+            gmed = [r["gpu_compute"]["median_ms"] for r in rs if r.get("gpu_compute")]
+            gpu = {**stats(gflat), "median_ms": float(np.exp(np.mean(np.log(gmed)))), "session_medians_ms": gmed}
+        s = stats(flat)
+        out[name] = {**s, "median_ms": med["value"], "pooled_median_ms": s["median_ms"], "median_ci": med["ci"],
+                     "session_medians_ms": [r["median_ms"] for r in rs], "first_call_ms": rs[0]["first_call_ms"],
+                     "warmup_n": rs[0]["warmup_n"], "duration_s": sum(r["duration_s"] for r in rs),
+                     "stable": all(r["stable"] for r in rs),
+                     "unstable_reasons": list(dict.fromkeys(x for r in rs for x in r["unstable_reasons"])),
+                     "gpu_compute": gpu, "outliers": uncertainty.outliers(flat), "blocks": sum(r["blocks"] for r in rs),
+                     "attempts": sum(r["attempts"] for r in rs), "medians_ms": [r["median_ms"] for r in rs],
+                     "spread_ms": max(r["median_ms"] for r in rs) - min(r["median_ms"] for r in rs),
+                     "throttle_reasons": sorted({x for r in rs for x in r["throttle_reasons"]}), "sessions": len(rs)}
+    if len(names) == 2:
+        a, b = names
+        est = _session_speedup(results, names, confidence)
+        half = est["relative_half_width"]
+        met = target is None or half <= float(target)
+        out[b].update(speedup=out[a]["median_ms"] / out[b]["median_ms"], speedup_ci=est["ci"],
+                      ci={"method": "t-interval over fresh sessions (log speed-ups)", "confidence": confidence,
+                          "sessions": len(results), "session_speedups": [r[b]["speedup"] for r in results],
+                          "session_cis": [r[b].get("speedup_ci") for r in results], "blocks": out[b]["blocks"],
+                          "block_s": block_s, "relative_half_width": half, "target": target, "stop": stop, "met": met})
+        if not met:
+            reason = (f"speed-up CI ±{half:.1%} > {float(target):.1%} after {out[b]['duration_s']:.1f} s, "
+                      f"{len(results)} sessions (time budget)")
+            for name in names:
+                out[name]["stable"] = False
+                out[name]["unstable_reasons"].append(reason)
     return out

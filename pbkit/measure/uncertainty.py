@@ -7,6 +7,13 @@ medians over the samples of the chosen blocks and their ratio. The percentile in
 draws is the confidence interval of the speed-up (and of each median). ``relative_half_width`` is
 what the adaptive stop compares with ``bench.ci_target``.
 
+Within one session that interval misses what changes between fresh sessions of the same files
+(where the runtime lays out memory, which kernels it picks): measured on a 2-core VM, a new
+session pair moves the speed-up by about 1% (CoV) while one session repeats within 0.5%. A point
+measured over several fresh sessions (``bench.sessions``) is therefore summarised per session and
+its interval is a t-interval over the sessions' log speed-ups (:func:`session_ci`), which holds
+both the between-session and the within-session variation.
+
 Outliers are classified, never dropped: Tukey's fences on each model's samples (mild beyond 1.5
 IQR, severe beyond 3 IQR), reported as counts.
 """
@@ -44,6 +51,28 @@ def ratio_ci(blocks_a: list[list[float]], blocks_b: list[list[float]], confidenc
     return {"ratio": ratio, "ci": ci, "a_ci": [float(np.percentile(ra, lo)), float(np.percentile(ra, hi))],
             "b_ci": [float(np.percentile(rb, lo)), float(np.percentile(rb, hi))], "blocks": k, "draws": draws,
             "confidence": confidence, "relative_half_width": relative_half_width(ratio, ci)}
+
+
+def session_ci(values: list[float], within: list[list[float] | None], confidence: float = 0.95) -> dict[str, Any]:
+    """The geometric mean of per-session estimates (speed-ups or medians, all > 0) with a
+    t-interval over their logs (S - 1 degrees of freedom). Each session's own interval
+    (``within``, may be None) sets a floor under the variance: sessions can agree by chance, but
+    none is known better than its own samples allow, so a handful of lucky sessions never yields an
+    interval narrower than the noise inside them."""
+    from scipy import stats as st
+
+    x = np.log(np.asarray(values, dtype=float))
+    s = len(x)
+    if s < 2:
+        raise ValueError("need at least 2 sessions")
+    z = float(st.norm.ppf(0.5 + confidence / 2))
+    floors = [((np.log(c[1]) - np.log(c[0])) / (2 * z)) ** 2 for c in within if c and c[0] > 0]
+    var = max(float(x.var(ddof=1)), float(np.mean(floors)) if floors else 0.0)
+    half = float(st.t.ppf(0.5 + confidence / 2, s - 1)) * (var / s) ** 0.5
+    m = float(x.mean())
+    value, ci = float(np.exp(m)), [float(np.exp(m - half)), float(np.exp(m + half))]
+    return {"value": value, "ci": ci, "sessions": s, "relative_half_width": relative_half_width(value, ci),
+            "confidence": confidence}
 
 
 def relative_half_width(value: float, ci: list[float]) -> float:

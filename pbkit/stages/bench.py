@@ -4,6 +4,8 @@ measures is recorded in the bench stage's own entry; the prune stage keeps the o
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from pbkit.tasks import get as get_task
 VARIANTS = (DENSE, PRUNED)
 SETTINGS_KEPT = ("warmup_s", "warmup_iters", "min_time_s", "min_iters", "gpu_min_time_s", "gpu_min_iters", "rounds",
                  "cov_limit", "max_repeats", "channels_last", "compile_mode", "memory", "block_s", "ci_target",
-                 "confidence", "max_time_s", "gpu_max_time_s")
+                 "confidence", "max_time_s", "gpu_max_time_s", "sessions")
 
 
 def pairs(cfg: config.Config, quiet: bool = False) -> list[tuple[backends.Backend, str]]:
@@ -113,10 +115,13 @@ class _Point:
         self.memory: dict[str, Any] = {}
         self.warmed: dict[str, tuple[float, int]] = {}
         self.flags: dict[str, dict[str, Any]] = {}
+        self.core: int | None = None  # the core the measuring thread was pinned to
 
     def build(self, variant: str, spec: RunSpec, settings: dict[str, Any], gpu: _Gpu, track: bool) -> Runner:
         runner, mem, warm = build_runner(self.be, spec, settings, gpu.handle, track)
-        self.runners[variant], self.memory[variant], self.warmed[variant] = runner, mem, warm
+        self.runners[variant], self.warmed[variant] = runner, warm
+        if track:  # memory is recorded while the first session's runners are built
+            self.memory[variant] = mem
         self.flags[variant] = dict(runner.flags)
         return runner
 
@@ -145,34 +150,52 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
     ref_models = {v: checkpoint.load_model(model_file(run_dir, rec, v))[0] for v in VARIANTS}
     points: list[record.LatencyPoint] = []
     checks: list[record.Parity] = []
+
+    def opener(point: _Point, settings: dict[str, Any]) -> protocol.Session:
+        """Fresh runners for each session of a point; the first session's are also watched for
+        memory and checked for parity against fp32 torch."""
+        be, precision, batch = point.be, point.precision, point.batch
+
+        @contextlib.contextmanager
+        def session(k: int) -> Iterator[tuple[dict[str, protocol.Runner], dict[str, tuple[float, int]] | None]]:
+            try:
+                for v in VARIANTS:
+                    spec = RunSpec(path=_artifact(run_dir, rec, be, v, precision), x=point.x, precision=precision,
+                                   threads=threads, channels_last=b.channels_last, compile_mode=b.compile_mode,
+                                   cache_dir=run_dir / "trt-cache", device_index=b.device)
+                    runner = point.build(v, spec, settings, gpu, b.memory and k == 0)
+                    if k == 0:
+                        if (v, batch) not in refs:
+                            refs[(v, batch)] = parity.reference_outputs(ref_models[v], point.x)
+                        checks.append(_parity(task, runner, refs[(v, batch)], cfg.export, be.name, v, precision, batch))
+                with protocol.pinned(threads if be.device == "cpu" else 0) as point.core:
+                    yield dict[str, protocol.Runner](point.runners), dict(point.warmed)
+            finally:
+                point.close()
+        return session
+
     grid = [(be, precision, batch) for be, precision in todo for batch in b.batches]
     steps = Steps("measuring latency (dense and pruned alternate)", len(grid), quiet)
     for i, (be, precision, batch) in enumerate(grid):
         settings = gpu_settings if be.device == "cuda" else cpu_settings
         point = _Point(be, precision, batch, counts.example_input(rec.model.input_size, batch=batch, seed=2))
-        try:
-            for v in VARIANTS:
-                spec = RunSpec(path=_artifact(run_dir, rec, be, v, precision), x=point.x, precision=precision,
-                               threads=threads, channels_last=b.channels_last, compile_mode=b.compile_mode,
-                               cache_dir=run_dir / "trt-cache", device_index=b.device)
-                runner = point.build(v, spec, settings, gpu, b.memory)
-                if (v, batch) not in refs:
-                    refs[(v, batch)] = parity.reference_outputs(ref_models[v], point.x)
-                checks.append(_parity(task, runner, refs[(v, batch)], cfg.export, be.name, v, precision, batch))
-            with protocol.pinned(threads if be.device == "cpu" else 0) as core:
-                res = protocol.measure_point(point.runners, settings,
-                                             monitor=gpu.monitor() if be.device == "cuda" else None, warmed=point.warmed)
-            point.flags = {v: {**f, "pinned_core": core} for v, f in point.flags.items()}
-        finally:
-            point.close()
+
+        def progress(k: int, r: dict[str, dict[str, Any]], i: int = i, label: str = f"{be.name}/{precision} b{batch}"
+                     ) -> None:
+            steps.update(i, f"{label}: session {k}: {r[DENSE]['median_ms']:.3f} -> {r[PRUNED]['median_ms']:.3f} ms")
+
+        res = protocol.measure_sessions(opener(point, settings), settings,
+                                        monitor=gpu.monitor() if be.device == "cuda" else None, on_session=progress)
+        point.flags = {v: {**f, "pinned_core": point.core} for v, f in point.flags.items()}
         for v in VARIANTS:
             gpu.reasons.update(res[v]["throttle_reasons"])
             points.append(_latency(point, v, res, run_dir, rec, threads if be.device == "cpu" else None, b.quick))
         sp = res[DENSE]["median_ms"] / res[PRUNED]["median_ms"]
         ci = res[PRUNED].get("ci") or {}
+        how = f"{ci['sessions']} sessions, " if ci.get("sessions") else ""
         steps.update(i + 1, f"{be.name}/{precision} b{batch}: {res[DENSE]['median_ms']:.3f} -> "
                             f"{res[PRUNED]['median_ms']:.3f} ms ({uncertainty.fmt(sp, res[PRUNED].get('speedup_ci'))}"
-                            + (f", {ci['blocks']} block pairs, stopped by {ci['stop']}" if ci else "") + ")")
+                            + (f", {how}{ci['blocks']} block pairs, stopped by {ci['stop']}" if ci else "") + ")")
     steps.close()
 
     def key(p: record.LatencyPoint) -> tuple[Any, ...]:
