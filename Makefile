@@ -39,8 +39,9 @@ help:
 	@echo "make bench [MODEL=m METHOD=k SPEEDUP=x SCOPE=s BACKEND=b BATCH=n ROUND_TO=n TARGET=gpu FORCE=1]"
 	@echo "                                prune, export, check parity, measure, record, print the table"
 	@echo "                                (again: reports the same run; FORCE=1 starts it again)"
-	@echo "make test [JOBS=n]              the test suite without the slow end-to-end cases (pytest-xdist, n workers)"
-	@echo "make test-slow / make test-all  the slow end-to-end cases / everything (CI runs test, then test-slow)"
+	@echo "make test [JOBS=n] [SLOW=1]     the test suite without the slow end-to-end cases (pytest-xdist, n workers);"
+	@echo "                                SLOW=1: with them, in one session (what CI runs)"
+	@echo "make test-slow / make test-all  the slow end-to-end cases / everything"
 	@echo "make lint                       ruff, import-linter (the layering), hadolint, mypy (TensorRT code vs tensorrt-stubs)"
 	@echo "make docker-build [OWNER=o]     build ghcr.io/<owner>/pbkit (CUDA) and pbkit-cpu images"
 	@echo "make docker-bench MODEL=m       make bench inside the GPU image, records into ./results"
@@ -84,14 +85,16 @@ browser:
 	  || echo "could not install chromium: the browser tests will skip (see pytest's summary)"; \
 	else echo "no chromium + chromedriver and no apt-get as root: the browser tests will skip (see pytest's summary)"; fi
 
+# SLOW=1: the slow end-to-end cases too, in the same pytest session (CI: the session-scoped fixtures
+# are built once, and the work-stealing scheduler keeps both workers busy to the end)
 test: setup browser ## the suite a developer runs often: every test but the slow end-to-end ones, in parallel
-	$(BIN)/python -m pytest -q -n $(JOBS) -m "not slow"
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal $(if $(SLOW),,-m "not slow")
 
 test-slow: setup ## the heavy end-to-end cases (CI runs them after `make test`)
-	$(BIN)/python -m pytest -q -n $(JOBS) -m slow
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal -m slow
 
-test-all: setup browser
-	$(BIN)/python -m pytest -q -n $(JOBS)
+test-all:
+	$(MAKE) test SLOW=1
 
 lint: setup
 	$(BIN)/ruff check pbkit tests benchmarks
