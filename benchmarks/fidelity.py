@@ -12,7 +12,10 @@
    (headline: the median over the repeats of each; every repeat is listed too).
 
     python benchmarks/fidelity.py [--run RUN_DIR] [--repeats 5] [--backends ort-cpu torch-cpu]
-                                  [--out results/perf]
+                                  [--out results/perf] [--set bench.sessions=1 ...]
+
+``--set`` changes the bench settings of every repeat (``bench.sessions=1``: the one-session
+protocol, to compare with on the same machine).
 
 Without --run, a resnet18_cifar run (l1, protected, 2x, random weights) is made first. Writes
 fidelity-<tag>.json / .md / .png under --out (tag: the GPU name, else cpu-<cores>core).
@@ -88,6 +91,8 @@ def main() -> int:
     ap.add_argument("--backends", nargs="+", default=None, help="default: ort-cpu, torch-cpu and available GPU ones")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("results/perf"))
+    ap.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="bench settings for every repeat, e.g. bench.sessions=1 (the one-session protocol)")
     args = ap.parse_args()
 
     names = args.backends or [n for n in ("ort-cpu", "torch-cpu", "torch-cuda", "torch-cuda-graph")
@@ -101,8 +106,8 @@ def main() -> int:
         speedups: dict[str, list[dict[str, Any]]] = {}
         agreement: list[dict[str, Any]] = []
         for i in range(args.repeats):
-            rec = stages.bench_run(run, values={"bench.backends": names, "bench.batches": [args.batch],
-                                                "bench.threads": threads}, quiet=True)
+            rec = stages.bench_run(run, list(args.sets), values={"bench.backends": names, "bench.batches": [args.batch],
+                                                                 "bench.threads": threads}, quiet=True)
             for p in rec.latency:
                 if p.backend in names and p.batch == args.batch:
                     medians.setdefault((p.backend, p.variant), []).append(p.median_ms)

@@ -123,6 +123,20 @@ def test_bench_measures_each_point_over_fresh_sessions(pruned_run: Path, tmp_pat
     assert rec.bench is not None and rec.bench["sessions"] == 2
 
 
+def test_a_run_made_before_a_bench_key_existed_is_measured_with_its_default(pruned_run: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(pruned_run, run)
+    data = json.loads((run / "record.json").read_text())
+    for key in ("sessions", "session_warmup_iters"):
+        del data["config"]["bench"][key]  # as a record written before these keys existed
+    (run / "record.json").write_text(json.dumps(data))
+    rec = stages.bench_run(run, ["bench.backends=[torch-cpu]"], quiet=True)
+    assert rec.bench is not None and rec.bench["quick"] is True and "session_warmup_iters" in rec.bench
+
+
 def test_bad_run_id(tmp_path: Path) -> None:
     with pytest.raises(PbkitError, match="run_id"):
         stages.run(config.load(None, [f"out={tmp_path}", "run_id=../escape"]), quiet=True)

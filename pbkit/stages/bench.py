@@ -30,7 +30,7 @@ from pbkit.tasks import get as get_task
 VARIANTS = (DENSE, PRUNED)
 SETTINGS_KEPT = ("warmup_s", "warmup_iters", "min_time_s", "min_iters", "gpu_min_time_s", "gpu_min_iters", "rounds",
                  "cov_limit", "max_repeats", "channels_last", "compile_mode", "memory", "block_s", "ci_target",
-                 "confidence", "max_time_s", "gpu_max_time_s", "sessions")
+                 "confidence", "max_time_s", "gpu_max_time_s", "sessions", "session_warmup_iters")
 
 
 def pairs(cfg: config.Config, quiet: bool = False) -> list[tuple[backends.Backend, str]]:
@@ -155,23 +155,30 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
         """Fresh runners for each session of a point; the first session's are also watched for
         memory and checked for parity against fp32 torch."""
         be, precision, batch = point.be, point.precision, point.batch
+        # a later session re-warms for warmup_s and session_warmup_iters calls: what a fresh runner
+        # needs (allocation, first-call effects), not the whole first warm-up again
+        later = {**settings, "warmup_iters": min(int(settings["warmup_iters"]), b.session_warmup_iters)}
 
         @contextlib.contextmanager
         def session(k: int) -> Iterator[tuple[dict[str, protocol.Runner], dict[str, tuple[float, int]] | None]]:
-            try:
-                for v in VARIANTS:
-                    spec = RunSpec(path=_artifact(run_dir, rec, be, v, precision), x=point.x, precision=precision,
-                                   threads=threads, channels_last=b.channels_last, compile_mode=b.compile_mode,
-                                   cache_dir=run_dir / "trt-cache", device_index=b.device)
-                    runner = point.build(v, spec, settings, gpu, b.memory and k == 0)
-                    if k == 0:
-                        if (v, batch) not in refs:
-                            refs[(v, batch)] = parity.reference_outputs(ref_models[v], point.x)
-                        checks.append(_parity(task, runner, refs[(v, batch)], cfg.export, be.name, v, precision, batch))
-                with protocol.pinned(threads if be.device == "cpu" else 0) as point.core:
+            # pinned from the start: built and warmed up on the core it is measured on (a thread moved
+            # to another core after its warm-up runs its first blocks on cold caches)
+            with protocol.pinned(threads if be.device == "cpu" else 0) as point.core:
+                try:
+                    for v in VARIANTS:
+                        spec = RunSpec(path=_artifact(run_dir, rec, be, v, precision), x=point.x,
+                                       precision=precision, threads=threads, channels_last=b.channels_last,
+                                       compile_mode=b.compile_mode, cache_dir=run_dir / "trt-cache",
+                                       device_index=b.device)
+                        runner = point.build(v, spec, settings if k == 0 else later, gpu, b.memory and k == 0)
+                        if k == 0:
+                            if (v, batch) not in refs:
+                                refs[(v, batch)] = parity.reference_outputs(ref_models[v], point.x)
+                            checks.append(_parity(task, runner, refs[(v, batch)], cfg.export, be.name, v, precision,
+                                                  batch))
                     yield dict[str, protocol.Runner](point.runners), dict(point.warmed)
-            finally:
-                point.close()
+                finally:
+                    point.close()
         return session
 
     grid = [(be, precision, batch) for be, precision in todo for batch in b.batches]

@@ -314,8 +314,10 @@ def model_file(run_dir: Path, rec: record.Record, variant: str) -> Path:
 
 def run_config(rec: record.Record, overrides: list[str] | tuple[str, ...] = (),
                values: dict[str, Any] | None = None) -> config.Config:
-    """The run's configuration with a later stage's typed values and ``--set`` overrides."""
-    data = copy.deepcopy(rec.config)
+    """The run's configuration with a later stage's typed values and ``--set`` overrides. Keys the
+    kit gained after the run was made take their defaults (a run made by an older kit is measured
+    with today's protocol, e.g. ``bench.sessions``)."""
+    data = config.merge(config.defaults(), copy.deepcopy(rec.config))
     for key, value in (values or {}).items():
         data = config.set_value(data, key, value)
     for item in overrides:
