@@ -150,6 +150,7 @@ def test_a_point_is_measured_over_fresh_sessions_until_the_speedup_is_known_well
     assert ci["sessions"] == len(opened) == len(seen) >= 3 and seen == list(range(1, len(opened) + 1))
     assert all(r.closed for s in opened for r in s.values())  # every session's runners were closed
     assert ci["relative_half_width"] <= 0.03 and pruned["stable"] and pruned["sessions"] == ci["sessions"]
+    assert pruned["attempts"] == 1  # sessions are not tries: nothing was measured again
     # the speed-up is the ratio of the two medians, each the geometric mean of the sessions' medians
     assert pruned["speedup"] == pytest.approx(dense["median_ms"] / pruned["median_ms"])
     assert pruned["median_ms"] == pytest.approx(float(np.exp(np.mean(np.log(pruned["session_medians_ms"])))))

@@ -121,6 +121,9 @@ def test_bench_measures_each_point_over_fresh_sessions(pruned_run: Path, tmp_pat
     assert dense.memory is not None and pruned.memory is not None  # recorded while the first session was built
     assert len([c for c in rec.parity if c.backend == "ort-cpu" and c.batch == 1]) == 2  # once per variant
     assert rec.bench is not None and rec.bench["sessions"] == 2
+    from pbkit.report import tables
+
+    assert "2 sessions" in tables.speedup_cell(dense, pruned) and "tries" not in tables.speedup_cell(dense, pruned)
 
 
 def test_a_run_made_before_a_bench_key_existed_is_measured_with_its_default(pruned_run: Path, tmp_path: Path) -> None:

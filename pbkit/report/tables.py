@@ -91,7 +91,7 @@ def _ms(p: record.LatencyPoint) -> str:
 
 
 def speedup_cell(d: record.LatencyPoint, p: record.LatencyPoint) -> str:
-    """``1.75x [1.71, 1.79] measured (CI ±1.1%, 24 block pairs)``; a speed-up whose interval holds
+    """``1.75x [1.71, 1.79] measured (CI ±1.1%, 5 sessions, 24 block pairs)``; a speed-up whose interval holds
     1.0 says so; an interval wider than the target is flagged with how wide it stayed (records
     made before intervals: the CoV gate's words)."""
     tries = max(d.attempts, p.attempts)
@@ -102,9 +102,11 @@ def speedup_cell(d: record.LatencyPoint, p: record.LatencyPoint) -> str:
         text += " [yellow](not distinguishable from 1.0)[/]"
     ci = p.ci or {}
     if ci:
-        why = f"CI ±{ci['relative_half_width']:.1%}, {ci['blocks']} block pairs"
+        sessions = f"{ci['sessions']} sessions, " if ci.get("sessions") else ""
+        why = f"CI ±{ci['relative_half_width']:.1%}, {sessions}{ci['blocks']} block pairs"
         if ci.get("met") is False:
-            why = f"CI ±{ci['relative_half_width']:.1%} > {ci['target']:.1%} within the time budget"
+            why = f"CI ±{ci['relative_half_width']:.1%} > {ci['target']:.1%} within the time budget" + (
+                f", {ci['sessions']} sessions" if ci.get("sessions") else "")
     else:
         why = f"cov {max(d.cov, p.cov):.1%}"
     outliers = sum((d.outliers or {}).values()) + sum((p.outliers or {}).values())
