@@ -162,12 +162,14 @@ def test_fp16_onnx_is_strongly_typed_and_close(tmp_path: Path) -> None:
 def test_torch_compile_cpu_backend_measures_with_parity(pruned_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(pruned_run, run)
-    rec = stages.bench_run(run, ["bench.backends=[torch-compile-cpu]", "bench.quick=true", "bench.memory=false"],
-                           quiet=True)
+    rec = stages.bench_run(run, ["bench.backends=[torch-compile-cpu]", "bench.quick=false", "bench.memory=false",
+                                 "bench.sessions=3", "bench.min_time_s=0.05", "bench.min_iters=5",
+                                 "bench.max_time_s=0.05", "bench.warmup_s=0", "bench.warmup_iters=2"], quiet=True)
     pts = [p for p in rec.latency if p.backend == "torch-compile-cpu"]
     assert {p.variant for p in pts} == {"dense", "pruned"}
     assert all(p.flags["compile_mode"] == "default" and p.first_call_ms > p.median_ms for p in pts)
     assert all(p.memory is None for p in pts)
+    assert all("sessions" not in (p.model_extra or {}) for p in pts)  # compiled once: one session, not three
     par = [p for p in rec.parity if p.backend == "torch-compile-cpu"]
     assert len(par) == 2 and all(p.passed for p in par)
 

@@ -33,6 +33,9 @@ class Backend:
     install_hint: str
     check: Callable[[], str | None] = field(repr=False)  # None when available, else the reason
     make: Callable[[RunSpec], Runner] = field(repr=False)
+    # False: a fresh runner compiles again (torch.compile: minutes, and dynamo's recompile limit), so
+    # a point is measured in one session whatever bench.sessions says
+    fresh_sessions: bool = True
 
 
 def has_module(module: str) -> str | None:
@@ -125,7 +128,8 @@ BACKENDS: dict[str, Backend] = {
                 lambda: has_module("torch"), TorchCPU),
         Backend("torch-compile-cpu", "cpu", ("fp32",), "model",
                 "torch.compile (inductor) on the CPU; compile time is the first call",
-                "pip install torch; a C++ compiler (gcc)", lambda: has_module("torch"), lambda s: TorchCPU(s, compile_=True)),
+                "pip install torch; a C++ compiler (gcc)", lambda: has_module("torch"), lambda s: TorchCPU(s, compile_=True),
+                fresh_sessions=False),
         Backend("ort-cpu", "cpu", ("fp32",), "onnx", "ONNX Runtime, CPUExecutionProvider, all graph optimisations",
                 "pip install onnxruntime", lambda: has_module("onnxruntime"), OrtCPU),
         Backend("torch-cuda", "cuda", PRECISIONS, "model", "PyTorch eager on the GPU (fp32 without TF32, fp16; "
@@ -136,7 +140,7 @@ BACKENDS: dict[str, Backend] = {
                 _cuda("graph")),
         Backend("torch-compile", "cuda", PRECISIONS, "model", "torch.compile (inductor, bench.compile_mode) on "
                 "the GPU; compile time is the first call", GPU_HINT + "; triton",
-                cuda_reason, _cuda("compile")),
+                cuda_reason, _cuda("compile"), fresh_sessions=False),
         Backend("ort-cuda", "cuda", ("fp32",), "onnx", "ONNX Runtime, CUDAExecutionProvider, IO binding on our "
                 "stream", "pip install onnxruntime-gpu (requirements/gpu.lock) on an NVIDIA GPU machine",
                 lambda: ort_provider_reason("CUDAExecutionProvider"), _ort_cuda("CUDAExecutionProvider")),

@@ -2,8 +2,8 @@
 models are in :mod:`pbkit.backends`.
 
 Protocol: warm up by time AND count (the first call timed apart); measure by time AND count,
-dense and pruned alternating in short blocks (ABBA) in the same session, over several fresh sessions (``sessions``); per query, host wall
-clock end to end and, on a GPU, CUDA-event compute time; statistics with nearest-rank
+dense and pruned alternating in short blocks (ABBA) in the same session, over several fresh
+sessions (``sessions``); per query, host wall clock end to end and, on a GPU, CUDA-event compute time; statistics with nearest-rank
 percentiles. The gate judges what matters, the speed-up: measuring goes on until its confidence
 interval is narrower than ``ci_target`` or ``max_time_s`` is spent, and says which. In one session
 the interval is a paired block bootstrap; over fresh sessions it is a t-interval over the sessions'
@@ -251,7 +251,7 @@ def measure_sessions(open_session: Session, settings: dict[str, Any], monitor: M
     :func:`measure_point` of ``min_time_s / sessions`` (and ``min_iters / sessions``) per runner,
     then one more while the speed-up's interval over the sessions is wider than ``ci_target`` and
     the point took less than ``max_time_s`` per runner (wall clock: the sessions' builds and
-    warm-ups count, so a bench over sessions takes no longer than one in a single session). With ``sessions`` 1 this is one
+    warm-ups count, so the budget bounds the point's whole time). With ``sessions`` 1 this is one
     :func:`measure_point` in one session (the interval is then the block bootstrap's).
 
     Each runner's figures pool the samples of every session (percentiles, mean, CoV, outliers),
@@ -270,7 +270,7 @@ def measure_sessions(open_session: Session, settings: dict[str, Any], monitor: M
     budget = max(float(settings.get("max_time_s") or 0.0), min_time)
     confidence = float(settings.get("confidence") or 0.95)
     results: list[dict[str, dict[str, Any]]] = []
-    stop, est = "time", None
+    stop = "time"
     started = time.perf_counter()
     while True:
         with open_session(len(results)) as (runners, warmed):

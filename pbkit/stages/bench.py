@@ -185,6 +185,8 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
     steps = Steps("measuring latency (dense and pruned alternate)", len(grid), quiet)
     for i, (be, precision, batch) in enumerate(grid):
         settings = gpu_settings if be.device == "cuda" else cpu_settings
+        if not be.fresh_sessions:
+            settings = {**settings, "sessions": 1}
         point = _Point(be, precision, batch, counts.example_input(rec.model.input_size, batch=batch, seed=2))
 
         def progress(k: int, r: dict[str, dict[str, Any]], i: int = i, label: str = f"{be.name}/{precision} b{batch}"
