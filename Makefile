@@ -88,7 +88,7 @@ browser:
 # SLOW=1: the slow end-to-end cases too, in the same pytest session (CI: the session-scoped fixtures
 # are built once, and the work-stealing scheduler keeps both workers busy to the end)
 test: setup browser ## the suite a developer runs often: every test but the slow end-to-end ones, in parallel
-	$(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal $(if $(SLOW),,-m "not slow")
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal --durations=15 $(if $(SLOW),,-m "not slow")
 
 test-slow: setup ## the heavy end-to-end cases (CI runs them after `make test`)
 	$(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal -m slow

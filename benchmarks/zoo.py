@@ -106,7 +106,7 @@ def write(rows: list[dict[str, Any]], out: Path, tag: str, settings: dict[str, A
     passed = [r for r in rows if r["status"] == "pass"]
     by_source: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        by_source.setdefault(r["model"].split(":")[0], []).append(r)
+        by_source.setdefault(r["model"].split(":")[0] if ":" in r["model"] else "pbkit", []).append(r)
     summary = {src: {"tried": len(rs), "passed": sum(r["status"] == "pass" for r in rs)} for src, rs in by_source.items()}
     atomic_write_json(out / f"zoo-{tag}.json", {"settings": settings, "summary": summary, "rows": rows})
     lines = [f"# Model zoo: l2, protected, 1.5x, ONNX export with parity ({tag})", "",

@@ -53,16 +53,36 @@ def pbkit(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
     return run
 
 
+def once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]) -> Any:
+    """What ``build(folder)`` returns (JSON), built once per test session even across
+    pytest-xdist workers: the first worker to ask builds it under a file lock in the session's
+    shared temporary folder; the others wait and read what it wrote. For fixtures whose tests only
+    read what was built (a heavy run made twice on two cores costs the suite its time twice)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/, shared by gw0, gw1...
+    done = root / f"once-{name}.json"
+    with FileLock(str(root / f"once-{name}.lock")):
+        if not done.is_file():
+            folder = root / f"once-{name}"
+            folder.mkdir(exist_ok=True)
+            done.write_text(json.dumps(build(folder)))
+    return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def pruned_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One pruned + exported + benched run of resnet20_cifar, shared by read-only tests."""
     from pbkit import stages
     from pbkit.core import config
 
-    out = tmp_path_factory.mktemp("runs")
-    cfg = config.load(None, [f"out={out}", "model.name=resnet20_cifar", "prune.method=l1", "prune.speedup=2",
-                             "bench.quick=true", "export.exporter=torchscript"])
-    return stages.run(cfg, quiet=True).run_dir
+    def build(out: Path) -> str:
+        cfg = config.load(None, [f"out={out}", "model.name=resnet20_cifar", "prune.method=l1", "prune.speedup=2",
+                                 "bench.quick=true", "export.exporter=torchscript"])
+        return str(stages.run(cfg, quiet=True).run_dir)
+
+    return Path(once(tmp_path_factory, "pruned_run", build))
 
 
 def prune_model(model: Any, spec: Any, method: str | Any = "l1", protected: list[Any] | None = None,

@@ -18,7 +18,7 @@ import torch
 
 from pbkit import stages
 from pbkit.core import config, record
-from tests.conftest import REPO
+from tests.conftest import REPO, once
 
 # resnet20_cifar on digits 16x16: a 2-epoch base, taylor (calibrated) to 2x, 1 epoch of finetuning
 SETS = ["model.name=resnet20_cifar", "dataset.name=digits", "dataset.image_size=16", "base.epochs=2",
@@ -79,7 +79,7 @@ def _fresh(folder: Path, *extra: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _fresh(tmp_path_factory.mktemp("cpu"), "device=cpu")
+    return once(tmp_path_factory, "device_cpu_run", lambda folder: _fresh(folder, "device=cpu"))  # type: ignore[no-any-return]
 
 
 def test_device_cpu_keeps_the_results_exactly(cpu_run: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from pbkit.models import checkpoint, counts, registry, segment
 from pbkit.prune import methods
 from pbkit.tasks import get as get_task
 from pbkit.tasks.segment import confusion, kd_loss_dense, miou
-from tests.conftest import REPO, output_in_fresh_process, prune_model
+from tests.conftest import REPO, once, output_in_fresh_process, prune_model
 
 SIZE = 64
 
@@ -158,9 +158,12 @@ def test_kd_for_dense_outputs() -> None:
 def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`make bench MODEL=seg`'s configuration (lraspp on shapes-seg: a base trained here, pruned 2x,
     finetuned with per-pixel KD, exported), with a quick measurement on ONNX Runtime."""
-    out = tmp_path_factory.mktemp("seg") / "runs"
-    cfg = config.load(REPO / "configs/bench/seg.yaml", [f"out={out}", "bench.quick=true", "bench.backends=[ort-cpu]"])
-    return stages.run(cfg, quiet=True).run_dir
+    def build(folder: Path) -> str:
+        cfg = config.load(REPO / "configs/bench/seg.yaml", [f"out={folder / 'runs'}", "bench.quick=true",
+                                                             "bench.backends=[ort-cpu]"])
+        return str(stages.run(cfg, quiet=True).run_dir)
+
+    return Path(once(tmp_path_factory, "seg_run", build))
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import pytest
 from pbkit import stages
 from pbkit.core import config, record
 from pbkit.core.errors import PbkitError
+from tests.conftest import once
 
 DIGITS = ["model.name=resnet20_cifar", "dataset.name=digits", "dataset.image_size=16",
           "base.epochs=15", "base.lr=0.05", "base.batch_size=64",
@@ -27,8 +28,11 @@ DIGITS = ["model.name=resnet20_cifar", "dataset.name=digits", "dataset.image_siz
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, record.Record]:
-    out = tmp_path_factory.mktemp("digits") / "runs"
-    run_dir = stages.run(config.load(None, [*DIGITS, f"out={out}"]), until="finetune", quiet=True).run_dir
+    def build(folder: Path) -> str:
+        return str(stages.run(config.load(None, [*DIGITS, f"out={folder / 'runs'}"]), until="finetune",
+                              quiet=True).run_dir)
+
+    run_dir = Path(once(tmp_path_factory, "digits_run", build))
     return run_dir, record.read(run_dir)
 
 

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pbkit.core import record
 from pbkit.measure import uncertainty
@@ -119,3 +120,14 @@ def test_records_made_before_intervals_still_read_and_render(pruned_run: Path, t
     rows = machines.machine_rows(leaderboard.find_records(d))
     assert rows and rows[0]["speedup_ci"] is None
     assert isinstance(machines.render_machines(rows, "md"), str)
+
+
+def test_the_fidelity_check_counts_covered_speedups_and_overlapping_intervals() -> None:
+    from benchmarks import fidelity
+
+    rows = [{"speedup": 1.90, "ci": [1.88, 1.92]}, {"speedup": 1.91, "ci": [1.89, 1.93]},
+            {"speedup": 2.00, "ci": [1.98, 2.02]}]
+    c = fidelity.repeat_check(rows)
+    assert c["covered"] == 2 and c["pairs"] == 6  # 1.91 in the first's interval and 1.90 in the second's
+    assert c["overlapping"] == 1 and c["interval_pairs"] == 3  # only the first two intervals meet
+    assert c["spread"] == pytest.approx(2.00 / 1.90 - 1) and not c["ok"]  # 5.3% > 3%

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import output_in_fresh_process, prune_model
+from conftest import once, output_in_fresh_process, prune_model
 
 from pbkit import models, stages
 from pbkit.core import config, record
@@ -87,11 +87,13 @@ def test_obdc_is_refused_for_yolo_as_in_the_study() -> None:
 
 @pytest.fixture(scope="module")
 def yolo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("yolo") / "runs"
-    cfg = config.load(None, [f"out={out}", "model.name=yolov8n", f"model.input_size={SIZE}", "prune.method=l2",
-                             "prune.iterative_steps=50", "bench.quick=true", "bench.backends=[ort-cpu]"])
-    run_dir = stages.run(cfg, quiet=True).run_dir
-    return run_dir
+    def build(folder: Path) -> str:
+        cfg = config.load(None, [f"out={folder / 'runs'}", "model.name=yolov8n", f"model.input_size={SIZE}",
+                                 "prune.method=l2", "prune.iterative_steps=50", "bench.quick=true",
+                                 "bench.backends=[ort-cpu]"])
+        return str(stages.run(cfg, quiet=True).run_dir)
+
+    return Path(once(tmp_path_factory, "yolo_run", build))
 
 
 def test_export_records_raw_head_parity(yolo_run: Path) -> None:
