@@ -70,7 +70,7 @@ def _fresh(folder: Path, *extra: str) -> dict[str, Any]:
     code = ("import json, sys, torch\ntorch.set_num_threads(1)\nfrom pathlib import Path\n"
             "from tests.test_device import _run, _facts\nrec = _run(Path(sys.argv[1]), *sys.argv[2:])\n"
             "print(json.dumps({**_facts(rec), 'devices': [rec.stages[s].device for s in ('prune', 'finetune')], "
-            "'identity': rec.identity.hash, 'images_per_s': rec.finetune['history'][-1]['images_per_s'], "
+            "'identity': rec.identity.hash, 'run_id': rec.run_id, 'images_per_s': rec.finetune['history'][-1]['images_per_s'], "
             "'identity_finetune': rec.identity.fields['finetune']}))\n")
     out = subprocess.run([sys.executable, "-c", code, str(folder), *extra], check=True, capture_output=True, text=True,
                          cwd=REPO)
@@ -79,7 +79,10 @@ def _fresh(folder: Path, *extra: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return once(tmp_path_factory, "device_cpu_run", lambda folder: _fresh(folder, "device=cpu"))  # type: ignore[no-any-return]
+    def build(folder: Path) -> dict[str, Any]:
+        return {**_fresh(folder, "device=cpu"), "folder": str(folder)}  # its base is in folder/bases
+
+    return once(tmp_path_factory, "device_cpu_run", build)  # type: ignore[no-any-return]
 
 
 def test_device_cpu_keeps_the_results_exactly(cpu_run: dict[str, Any]) -> None:
@@ -118,7 +121,9 @@ def test_persistent_workers_name_another_run(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_trains_and_is_part_of_the_recipe(cpu_run: dict[str, Any], tmp_path: Path, amp: str) -> None:
-    rec = _run(tmp_path, f"finetune.amp={amp}", "finetune.channels_last=true")
+    # next to cpu_run, whose base it reuses (AMP is part of the finetuning recipe only): a run of its own
+    rec = _run(Path(cpu_run["folder"]), f"finetune.amp={amp}", "finetune.channels_last=true")
+    assert rec.model.weights_sha256 == record.read(Path(cpu_run["folder"]) / "runs" / cpu_run["run_id"]).model.weights_sha256
     ft = rec.finetune or {}
     assert ft["amp"] == amp and ft["channels_last"] is True
     assert all(math.isfinite(row["loss"]) for row in ft["history"]) and rec.accuracy.finetuned is not None
