@@ -130,6 +130,24 @@ def test_bench_measures_each_point_over_fresh_sessions(pruned_run: Path, tmp_pat
     assert "2 sessions" in tables.speedup_cell(dense, pruned) and "tries" not in tables.speedup_cell(dense, pruned)
 
 
+def test_a_runs_bench_stage_measures_in_a_fresh_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pbkit.stages import bench, orchestrate
+
+    def in_this_process(*a: object, **k: object) -> None:
+        raise AssertionError("the bench stage ran in the process that pruned")
+
+    monkeypatch.setattr(bench, "run", in_this_process)  # a fresh interpreter imports the real one
+    cfg = _cfg(tmp_path / "runs", "bench.quick=false", "bench.sessions=2", "bench.min_time_s=0.05",
+               "bench.min_iters=5", "bench.max_time_s=0.05", "bench.warmup_s=0", "bench.warmup_iters=2")
+    out = stages.run(cfg, quiet=True)
+    assert "bench" in out.ran and {p.variant for p in out.record.latency} == {"dense", "pruned"}
+    assert out.record.bench is not None and out.record.bench["sessions"] == 2
+    # what fails in that process comes back as one line
+    with pytest.raises(PbkitError, match="not a run folder|record") as e:
+        orchestrate._bench_in_fresh_process(tmp_path / "nothing", cfg, True)
+    assert "\n" not in str(e.value)
+
+
 def test_a_run_made_before_a_bench_key_existed_is_measured_with_its_default(pruned_run: Path, tmp_path: Path) -> None:
     import json
     import shutil

