@@ -351,7 +351,9 @@ def bench(run_dir: str, backends: tuple[str, ...], batches: tuple[int, ...], pre
           channels_last: bool | None, quick: bool, threads: int | None, overrides: tuple[str, ...],
           as_json: bool) -> int:
     """Measure dense and pruned latency, alternating, on each backend, precision and batch size,
-    with memory and parity against fp32 torch at every point.
+    with memory and parity against fp32 torch at every point. Each point is measured over fresh
+    sessions (--set bench.sessions=N, 5 by default) until its speed-up's 95% interval is within
+    bench.ci_target, in a process of its own (--quick: one short session, in this process).
 
     \b
     Example:

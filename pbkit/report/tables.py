@@ -102,11 +102,10 @@ def speedup_cell(d: record.LatencyPoint, p: record.LatencyPoint) -> str:
         text += " [yellow](not distinguishable from 1.0)[/]"
     ci = p.ci or {}
     if ci:
-        sessions = f"{ci['sessions']} sessions, " if ci.get("sessions") else ""
-        why = f"CI ±{ci['relative_half_width']:.1%}, {sessions}{ci['blocks']} block pairs"
+        sessions = f", {ci['sessions']} sessions" if ci.get("sessions") else ""
+        why = f"CI ±{ci['relative_half_width']:.1%}{sessions}, {ci['blocks']} block pairs"
         if ci.get("met") is False:
-            why = f"CI ±{ci['relative_half_width']:.1%} > {ci['target']:.1%} within the time budget" + (
-                f", {ci['sessions']} sessions" if ci.get("sessions") else "")
+            why = f"CI ±{ci['relative_half_width']:.1%} > {ci['target']:.1%} within the time budget{sessions}"
     else:
         why = f"cov {max(d.cov, p.cov):.1%}"
     outliers = sum((d.outliers or {}).values()) + sum((p.outliers or {}).values())

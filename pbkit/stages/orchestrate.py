@@ -2,7 +2,7 @@
 
 ``run(cfg)`` names the run from its configuration (:mod:`pbkit.stages.rundir`), takes the run's
 lock, and runs prune -> finetune -> export -> bench, skipping each stage the record shows as done
-with the same configuration; a measuring bench stage runs in a fresh process. ``export_run`` and
+with the same configuration; a measuring (not quick) bench runs in a fresh process. ``export_run`` and
 ``bench_run`` run one stage on an existing run folder. Everything a stage sets process-wide is
 restored when it returns (``isolated``).
 """
@@ -53,19 +53,20 @@ def run(cfg: config.Config, until: str = "bench", force: bool = False, quiet: bo
                      quiet)
             for stage in wanted[1:]:
                 if not _done(plan.run_dir, out.record, stage, cfg):
-                    if stage == "bench" and not cfg.bench.quick:
-                        out.record = _bench_in_fresh_process(plan.run_dir, cfg, quiet)
-                    else:
-                        out.record = _STAGE_RUNNERS[stage](plan.run_dir, out.record, cfg, quiet)
+                    out.record = _STAGE_RUNNERS[stage](plan.run_dir, out.record, cfg, quiet)
                     out.ran.append(stage)
     return out
 
 
+def _bench(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool) -> record.Record:
+    """The bench stage: quick measurements in this process, real ones in a fresh one."""
+    return bench.run(run_dir, rec, cfg, quiet) if cfg.bench.quick else _bench_in_fresh_process(run_dir, cfg, quiet)
+
+
 def _bench_in_fresh_process(run_dir: Path, cfg: config.Config, quiet: bool) -> record.Record:
-    """The bench stage of a run, in a new Python process: it measures as ``pbkit bench`` on the run
-    folder would, whatever the pruning and export before it left in this one (measured on a 2-core
-    VM: torch-cpu's dense model ran 20.4 ms after pruning and exporting in the same process and
-    18.5 ms in a fresh one, the speed-up 1.60x against 1.47x). Quick measurements stay in process."""
+    """The bench stage in a new Python process: it measures the same whatever this process did
+    before (measured on a 2-core VM: torch-cpu's dense model ran 20.4 ms after pruning and
+    exporting in the same process and 18.5 ms in a fresh one, the speed-up 1.60x against 1.47x)."""
     import multiprocessing as mp
 
     import torch
@@ -79,8 +80,8 @@ def _bench_in_fresh_process(run_dir: Path, cfg: config.Config, quiet: bool) -> r
     child.start()
     send.close()
     try:
-        message = receive.recv() if receive.poll(None) else None
-    except EOFError:
+        message = receive.recv()
+    except EOFError:  # it ended without a word (killed): its exit code says how
         message = None
     child.join()
     if message is not None or child.exitcode != 0:
@@ -110,7 +111,7 @@ def _done(run_dir: Path, rec: record.Record, stage: str, cfg: config.Config) -> 
 
 
 StageRunner = Callable[[Path, record.Record, config.Config, bool], record.Record]
-_STAGE_RUNNERS: dict[str, StageRunner] = {"finetune": finetune.run, "export": export.run, "bench": bench.run}
+_STAGE_RUNNERS: dict[str, StageRunner] = {"finetune": finetune.run, "export": export.run, "bench": _bench}
 
 
 def _on_run_folder(stage: str, run_dir: str | Path, overrides: list[str] | tuple[str, ...],
