@@ -156,7 +156,7 @@ def test_a_point_is_measured_over_fresh_sessions_until_the_speedup_is_known_well
     assert pruned["median_ms"] == pytest.approx(float(np.exp(np.mean(np.log(pruned["session_medians_ms"])))))
     truth = 2.0 / float(np.exp(np.mean(np.log(factors[:ci["sessions"]]))))
     assert pruned["speedup_ci"][0] <= truth <= pruned["speedup_ci"][1]
-    assert pruned["n"] == sum(1 for _ in range(pruned["n"])) and "_samples" not in pruned
+    assert pruned["n"] > dense["n"] and "_samples" not in pruned  # pooled: the faster model ran more queries
     # per session, a share of the minimum: the sessions together measured at least min_time_s
     assert dense["duration_s"] >= 0.06 and dense["n"] >= 30
 
