@@ -142,8 +142,14 @@ def test_a_point_is_measured_over_fresh_sessions_until_the_speedup_is_known_well
     factors = [1.0, 1.03, 0.97, 1.01, 0.99, 1.02, 0.98]
     opened: list[dict[str, _Stub]] = []
     seen: list[int] = []
+    per_session: list[dict[str, int]] = []
+
+    def on_session(k: int, r: dict[str, dict[str, object]]) -> None:
+        seen.append(k)
+        per_session.append({name: int(r[name]["n"]) for name in r})  # type: ignore[call-overload]
+
     res = measure.measure_sessions(_opener(factors, opened), {**SESSIONS, "ci_target": 0.03, "max_time_s": 5.0},
-                                   on_session=lambda k, r: seen.append(k))
+                                   on_session=on_session)
     pruned, dense = res["pruned"], res["dense"]
     ci = pruned["ci"]
     assert ci["method"].startswith("t-interval over fresh sessions") and ci["stop"] == "ci" and ci["met"]
@@ -156,7 +162,9 @@ def test_a_point_is_measured_over_fresh_sessions_until_the_speedup_is_known_well
     assert pruned["median_ms"] == pytest.approx(float(np.exp(np.mean(np.log(pruned["session_medians_ms"])))))
     truth = 2.0 / float(np.exp(np.mean(np.log(factors[:ci["sessions"]]))))
     assert pruned["speedup_ci"][0] <= truth <= pruned["speedup_ci"][1]
-    assert pruned["n"] > dense["n"] and "_samples" not in pruned  # pooled: the faster model ran more queries
+    # pooled: every session's queries count once, and the raw samples are not kept in the result
+    assert pruned["n"] == sum(s["pruned"] for s in per_session) and dense["n"] == sum(s["dense"] for s in per_session)
+    assert "_samples" not in pruned
     # per session, a share of the minimum: the sessions together measured at least min_time_s
     assert dense["duration_s"] >= 0.06 and dense["n"] >= 30
 
