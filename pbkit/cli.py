@@ -376,28 +376,86 @@ def bench(run_dir: str, backends: tuple[str, ...], batches: tuple[int, ...], pre
     return _finish(path, as_json)
 
 
+NPROC_HELP = "Train (base, finetune) across N processes on this machine, one per GPU (DDP via torchrun)."
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("config_file", type=click.Path())
 @click.option("--force", is_flag=True, help=FORCE_HELP)
+@click.option("--nproc-per-node", type=int, default=None, metavar="N", help=NPROC_HELP)
+@click.option("--nnodes", type=int, default=None, metavar="M",
+              help="Machines training together; the others run `pbkit join` (needs --rdzv-endpoint).")
+@click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT", help="Rendezvous every machine reaches.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def run(config_file: str, force: bool, overrides: tuple[str, ...], as_json: bool) -> int:
+def run(config_file: str, force: bool, nproc_per_node: int | None, nnodes: int | None, rdzv_endpoint: str | None,
+        overrides: tuple[str, ...], as_json: bool) -> int:
     """Run every step from a YAML config: base, prune, finetune, export, measure, record.
 
     A configuration that already has a run folder continues it from the first stage not finished
     (prune -> finetune -> export -> bench), or reports it when complete; --force starts it again.
+    With --nproc-per-node N, base training and finetuning run across N processes
+    (DistributedDataParallel; batch_size is the global batch); pruning runs once, here.
 
     \b
     Example:
       pbkit run configs/bench/resnet18_cifar.yaml
       pbkit run configs/bench/resnet18_cifar.yaml --set prune.method=lamp --set prune.speedup=4
+      pbkit run configs/study/cifar100-resnet18.yaml --nproc-per-node 8
     """
     from pbkit.core import config
     from pbkit.stages import run as run_stages
 
-    cfg = config.load(config_file, overrides)
+    values = {f"distributed.{k}": v for k, v in (("nproc_per_node", nproc_per_node), ("nnodes", nnodes),
+                                                 ("rdzv_endpoint", rdzv_endpoint)) if v is not None}
+    cfg = config.load(config_file, overrides, values)
     outcome = run_stages(cfg, until="bench", force=force)
     return _finish(outcome.run_dir, as_json, outcome)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("rdzv_endpoint", metavar="HOST:PORT")
+@click.option("--nnodes", type=int, required=True, metavar="M", help="Machines in the job, this one included.")
+@click.option("--nproc-per-node", type=int, default=1, show_default=True, metavar="N", help=NPROC_HELP)
+@click.option("--backend", type=click.Choice(["auto", "gloo", "nccl"]), default="auto", show_default=True,
+              help="auto: nccl where CUDA is visible, else gloo (every machine must agree).")
+@click.option("--timeout-s", type=float, default=1800.0, show_default=True,
+              help="A collective waiting longer than this fails the job.")
+def join(rdzv_endpoint: str, nnodes: int, nproc_per_node: int, backend: str, timeout_s: float) -> int:
+    """Lend this machine's processes to a distributed training that `pbkit run --nnodes M
+    --rdzv-endpoint HOST:PORT` started elsewhere: they receive the model, recipe and configuration
+    from the run's machine (no shared storage needed; the dataset must be readable here). Ends when
+    that training stage ends; run it once per training stage.
+
+    \b
+    Example (machine 2 of 2, while machine 1 runs `pbkit run CFG --nnodes 2 --rdzv-endpoint node1:29400`):
+      pbkit join node1:29400 --nnodes 2 --nproc-per-node 8
+    """
+    import tempfile
+
+    import torch
+    from pydantic import ValidationError
+
+    from pbkit.core import config
+    from pbkit.core.console import note
+    from pbkit.core.errors import PbkitError
+    from pbkit.stages import distributed
+
+    try:
+        d = config.DistributedCfg(nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
+                                  backend=backend, timeout_s=timeout_s)  # type: ignore[arg-type]
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise PbkitError(f"join: {'.'.join(map(str, first['loc'])) or 'arguments'}: {first['msg']}") from None
+    chosen = backend if backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
+    note(f"joining {rdzv_endpoint} with {nproc_per_node} process(es) ({chosen})")
+    with tempfile.TemporaryDirectory(prefix="pbkit-join-") as tmp:  # what torchrun leaves goes with it
+        code, error, tail = distributed.run_torchrun(distributed.launch_command(d, chosen, None, "auto"), None,
+                                                     tmp=Path(tmp))
+    if code != 0:
+        raise PbkitError(f"joining {rdzv_endpoint} failed: {error or (tail[-1] if tail else f'exit code {code}')}")
+    note("the training this machine joined has finished")
+    return 0
 
 
 # ------------------------------------------------------------------------------------- study

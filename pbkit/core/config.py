@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pbkit.core.errors import PbkitError
 
@@ -190,6 +190,29 @@ class BenchCfg(_Strict):
         return v
 
 
+class DistributedCfg(_Strict):
+    """Training-type stages (base training, finetuning) across processes with DistributedDataParallel,
+    launched by torch.distributed's own launcher (torchrun)."""
+
+    nproc_per_node: int = Field(1, ge=1)  # processes on this machine (one per GPU)
+    nnodes: int = Field(1, ge=1)  # machines; the others join with `pbkit join`
+    rdzv_endpoint: str | None = None  # host:port every machine reaches (needed with nnodes > 1)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, gloo on the CPU
+    timeout_s: float = Field(1800.0, gt=0)  # a collective waiting longer than this fails the run
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> DistributedCfg:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port that every machine reaches)")
+        if self.rdzv_endpoint and not re.fullmatch(r"[A-Za-z0-9._\-\[\]:]+:\d{1,5}", self.rdzv_endpoint):
+            raise ValueError(f"rdzv_endpoint must be host:port, not {self.rdzv_endpoint!r}")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
 class Config(_Strict):
     model: ModelCfg
     dataset: DatasetCfg
@@ -204,6 +227,7 @@ class Config(_Strict):
     seed: int | None = None  # every section's seed that the configuration does not set itself
     init: Literal["pruned", "scratch"] = "pruned"  # scratch: the pruned architecture re-initialised (SX-A)
     device: str = "auto"  # where training, evaluation, calibration and pruning compute: auto | cpu | cuda | cuda:N
+    distributed: DistributedCfg = DistributedCfg()
 
     @field_validator("device")
     @classmethod

@@ -1,6 +1,6 @@
 """Datasets by name (``pbkit list datasets``) and detection datasets by their yaml."""
 
 from pbkit.data.bundle import DataBundle
-from pbkit.data.datasets import DATASETS, DEFAULT_ROOT, DatasetEntry, load
+from pbkit.data.datasets import DATASETS, DEFAULT_ROOT, DatasetEntry, configured, load
 
-__all__ = ["DATASETS", "DEFAULT_ROOT", "DataBundle", "DatasetEntry", "load"]
+__all__ = ["DATASETS", "DEFAULT_ROOT", "DataBundle", "DatasetEntry", "configured", "load"]

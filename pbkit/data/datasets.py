@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from pbkit.core.config import DatasetCfg
 from pbkit.core.errors import PbkitError, choices_error
 from pbkit.data import segmentation as seg
 from pbkit.data.bundle import DataBundle
@@ -150,6 +151,16 @@ DATASETS: dict[str, DatasetEntry] = {
                      "segmentation: Cityscapes fine, 19 classes (mIoU)", seg.cityscapes),
     ]
 }
+
+
+def configured(d: DatasetCfg, num_classes: int | None = None) -> DataBundle | None:
+    """The dataset a run's ``dataset`` section names, with its loader settings; None without one."""
+    if not d.name:
+        return None
+    bundle = load(d.name, root=d.root, image_size=d.image_size, seed=d.seed, train_limit=d.train_limit,
+                  test_limit=d.test_limit, download=d.download, num_classes=num_classes)
+    bundle.workers, bundle.pin_memory, bundle.persistent_workers = d.workers, d.pin_memory, d.persistent_workers
+    return bundle
 
 
 def load(name: str, root: str | None = None, image_size: int | None = None, seed: int = 0,

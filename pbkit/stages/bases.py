@@ -19,8 +19,10 @@ from pbkit.core.console import Steps, note
 from pbkit.core.fileio import ensure_writable_dir, sha256_file
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec, build, checkpoint, weights
-from pbkit.stages.rundir import recipe_fields, slug, teacher_file, trains_base
+from pbkit.stages import distributed
+from pbkit.stages.rundir import slug, teacher_file, trained_fields, trains_base
 from pbkit.tasks import Task
+from pbkit.tasks.base import OnEpoch
 
 Weights = dict[str, Any]  # weights, weights_path, weights_sha256 (record.ModelInfo fields)
 
@@ -49,7 +51,7 @@ def _obtain(cfg: config.Config, spec: ModelSpec, task: Task, bundle: DataBundle 
     if bundle is None or not trains_base(cfg):
         return model, {"weights": "random", "weights_path": None, "weights_sha256": weights.state_sha256(model)}, None
     key = json.dumps({"spec": spec.to_dict(), "seed": m.seed, "dataset": _data_key(cfg),
-                      "recipe": recipe_fields(cfg.base)}, sort_keys=True)
+                      "recipe": trained_fields(cfg, cfg.base)}, sort_keys=True)
     path = bases_dir / f"{slug(spec.name)}__{bundle.name}__{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     ensure_writable_dir(bases_dir)
     with lock.exclusive(bases_dir / f".{path.name}.lock",
@@ -58,10 +60,13 @@ def _obtain(cfg: config.Config, spec: ModelSpec, task: Task, bundle: DataBundle 
             note(f"reusing base model {path}", quiet)
             model, _, extra = checkpoint.load_model(path)
             return model, _trained(path), extra.get("training")
-        steps = Steps(f"training base {spec.name} on {bundle.name}", cfg.base.epochs, quiet)
+        steps = Steps(f"training base {spec.name} on {bundle.name}{distributed.label(cfg)}", cfg.base.epochs, quiet)
         model.to(dev)
-        history = task.train(model, bundle, spec, cfg.base.model_dump(), eval_batch_size=cfg.dataset.eval_batch_size,
-                             on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)))
+        on_epoch: OnEpoch = lambda e, row: steps.update(e, task.epoch_line(row))  # noqa: E731
+        history = distributed.train(cfg, task, model, spec, cfg.base.model_dump(), what="base training",
+                                    on_epoch=on_epoch) if distributed.across(cfg) else \
+            task.train(model, bundle, spec, cfg.base.model_dump(), eval_batch_size=cfg.dataset.eval_batch_size,
+                       on_epoch=on_epoch)
         steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
         checkpoint.save_model(model, spec, path, extra={"training": history})
     return model, _trained(path), history

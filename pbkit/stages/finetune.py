@@ -24,8 +24,8 @@ from pbkit.core.fileio import sha256_file
 from pbkit.machine import envinfo
 from pbkit.models import checkpoint
 from pbkit.models.weights import reinitialize
-from pbkit.stages import bases, prune
-from pbkit.stages.rundir import DENSE, FINETUNED_FILE, MODEL_FILES, PRUNED, StageClock
+from pbkit.stages import bases, distributed, prune
+from pbkit.stages.rundir import DENSE, FINETUNED_FILE, MODEL_FILES, PRUNED, StageClock, teacher_file
 from pbkit.tasks import get as get_task
 from pbkit.train.loop import trainability
 
@@ -48,10 +48,16 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
         extra = {"init": "pruned"}
         teacher = bases.teacher(cfg, lambda: checkpoint.load_model(run_dir / MODEL_FILES[DENSE])[0], dev)
         title = f"finetuning {recipe['epochs']} epochs" + (" with distillation" if teacher is not None else "")
-    steps = Steps(title, int(recipe["epochs"]), quiet)
-    history = task.train(model, bundle, spec, recipe, eval_batch_size=cfg.dataset.eval_batch_size,
-                         on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)),
-                         teacher=teacher, kd=cfg.finetune.kd if teacher is not None else None)
+    steps = Steps(title + distributed.label(cfg), int(recipe["epochs"]), quiet)
+    kd = cfg.finetune.kd if teacher is not None else None
+    if distributed.across(cfg):
+        history = distributed.train(cfg, task, model, spec, recipe, what="finetuning",
+                                    on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)), kd=kd,
+                                    teacher_file=None if kd is None else (teacher_file(kd.teacher) if kd.teacher else
+                                                                          run_dir / MODEL_FILES[DENSE]))
+    else:
+        history = task.train(model, bundle, spec, recipe, eval_batch_size=cfg.dataset.eval_batch_size,
+                             on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)), teacher=teacher, kd=kd)
     steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
     prune.put_scores(rec.accuracy, task, "finetuned", prune.scores(task, model, bundle, spec, cfg))
     checkpoint.save_model(model, spec, run_dir / FINETUNED_FILE)
@@ -61,7 +67,7 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
                                                  str(recipe.get("schedule")))}
     rec.artifacts["pruned_as_pruned"] = rec.artifacts.get("pruned_as_pruned") or rec.artifacts[PRUNED]
     rec.artifacts[PRUNED] = {"path": FINETUNED_FILE, "sha256": sha256_file(run_dir / FINETUNED_FILE), "finetuned": True}
-    clock.finish(rec, cfg, env, device=device.name(dev))
+    clock.finish(rec, cfg, env, device=(history.get("distributed") or {}).get("device") or device.name(dev))
     record.write(run_dir, rec)
     return rec
 

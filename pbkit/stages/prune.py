@@ -22,7 +22,7 @@ from pbkit.core import config, device, record
 from pbkit.core.console import Steps, note
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write_json, sha256_file
-from pbkit.data import DataBundle
+from pbkit.data import DataBundle, configured
 from pbkit.data import load as load_data
 from pbkit.machine import envinfo
 from pbkit.measure import backends, layers, protocol
@@ -40,13 +40,7 @@ from pbkit.tasks import get as get_task
 
 
 def dataset(cfg: config.Config) -> DataBundle | None:
-    d = cfg.dataset
-    if not d.name:
-        return None
-    bundle = load_data(d.name, root=d.root, image_size=d.image_size, seed=d.seed, train_limit=d.train_limit,
-                       test_limit=d.test_limit, download=d.download, num_classes=cfg.model.num_classes)
-    bundle.workers, bundle.pin_memory, bundle.persistent_workers = d.workers, d.pin_memory, d.persistent_workers
-    return bundle
+    return configured(cfg.dataset, cfg.model.num_classes)
 
 
 def resolve_spec(cfg: config.Config, bundle: DataBundle | None) -> ModelSpec:

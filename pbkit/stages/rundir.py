@@ -82,6 +82,16 @@ def recipe_fields(section: Any, **dump: Any) -> dict[str, Any]:
     return {k: v for k, v in out.items() if not (k in _NEUTRAL and v == _NEUTRAL[k])}
 
 
+def trained_fields(cfg: config.Config, section: Any, **dump: Any) -> dict[str, Any]:
+    """A distributed training section (base, finetune) as it names a run or a base: its recipe, and
+    the number of processes it trains across when more than one (each rank's batch statistics and
+    share of the data order depend on it)."""
+    out = recipe_fields(section, **dump)
+    if cfg.distributed.world_size > 1:
+        out["world_size"] = cfg.distributed.world_size
+    return out
+
+
 LATENCY_KEYS = ("target", "backend", "batch", "precision", "latency")
 
 
@@ -106,7 +116,7 @@ def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
         if d.persistent_workers and d.workers:  # one seed fewer drawn per epoch: another data order from epoch 2
             fields["dataset"]["persistent_workers"] = True
     if trains_base(cfg):
-        fields["base"] = recipe_fields(cfg.base)
+        fields["base"] = trained_fields(cfg, cfg.base)
     prune = p.model_dump(exclude={"calibration", "schedule", "interleave_iters", "max_memory_gib", "max_graph_s",
                                   *LATENCY_KEYS})
     if p.target == "latency":  # (absent for MACs targets, so ids made before it existed still hold)
@@ -122,10 +132,10 @@ def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
         fields["sparsify"] = recipe_fields(cfg.sparsify)
     if cfg.init != "pruned":  # the scratch model trains with the base recipe, as long as base + pruning + finetune
         fields["init"] = cfg.init
-        fields["base"] = recipe_fields(cfg.base)
+        fields["base"] = trained_fields(cfg, cfg.base)
         fields["finetune"] = {"epochs": cfg.finetune.epochs}
     elif finetunes(cfg):
-        fields["finetune"] = recipe_fields(cfg.finetune, exclude=set() if cfg.finetune.kd.enabled else {"kd"})
+        fields["finetune"] = trained_fields(cfg, cfg.finetune, exclude=set() if cfg.finetune.kd.enabled else {"kd"})
         if cfg.finetune.kd.enabled and cfg.finetune.kd.teacher:
             fields["finetune"]["kd"]["teacher_sha256"] = sha256_file(teacher_file(cfg.finetune.kd.teacher))
     return fields

@@ -26,6 +26,7 @@ from pbkit.core.errors import PbkitError
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec
 from pbkit.prune import Calibration
+from pbkit.train.distributed import Dist
 
 OnEpoch = Callable[[int, dict[str, float]], None]
 
@@ -39,6 +40,7 @@ class Task(ABC):
     metric: str  # the evaluation metric, in percent: top1 | mAP50-95 | mIoU
     history_metric: str  # the metric's key in a training history's per-epoch rows
     trains_by_iterations: bool = True  # train(max_iters=...) works: the interleaved pruning schedule
+    trains_distributed: bool = True  # train(dist=...) works: DistributedDataParallel across processes
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -63,12 +65,13 @@ class Task(ABC):
               eval_batch_size: int, evaluate_each_epoch: bool = True, on_epoch: OnEpoch | None = None,
               regularize: Callable[[], None] | None = None, after_epoch: Callable[[], None] | None = None,
               teacher: nn.Module | None = None, kd: KDCfg | None = None,
-              max_iters: int | None = None) -> dict[str, Any]:
+              max_iters: int | None = None, dist: Dist | None = None) -> dict[str, Any]:
         """Train ``model`` in place with ``recipe``; return the recipe as run with its history.
         ``regularize`` runs between backward and the optimizer step, ``after_epoch`` after each
         epoch (sparse training); with ``teacher`` and ``kd`` the loss distils the teacher's
         outputs into the model's; ``max_iters`` stops after that many optimizer steps (training
-        between pruning steps)."""
+        between pruning steps); with ``dist`` this process is one rank of a DistributedDataParallel
+        job (``recipe["batch_size"]`` is the global batch)."""
 
     @abstractmethod
     def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:

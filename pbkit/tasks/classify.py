@@ -18,6 +18,7 @@ from pbkit.data import DataBundle
 from pbkit.models import ModelSpec, classifier_heads
 from pbkit.prune import Calibration
 from pbkit.tasks.base import OnEpoch, Task
+from pbkit.train.distributed import Dist, shard_loader
 from pbkit.train.loop import fit
 
 
@@ -109,23 +110,42 @@ class Classify(Task):
         """The metric evaluated after every training epoch."""
         return top1(model, loader)
 
+    # the metric is a mean over test samples: across processes each rank evaluates its share and the
+    # shares are weighted by their sizes (False: every rank evaluates the whole test split)
+    metric_is_sample_mean = True
+
     def train(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, recipe: dict[str, Any], *,
               eval_batch_size: int, evaluate_each_epoch: bool = True, on_epoch: OnEpoch | None = None,
               regularize: Callable[[], None] | None = None, after_epoch: Callable[[], None] | None = None,
               teacher: nn.Module | None = None, kd: KDCfg | None = None,
-              max_iters: int | None = None) -> dict[str, Any]:
+              max_iters: int | None = None, dist: Dist | None = None) -> dict[str, Any]:
         self.check_data(bundle, "training")
+        seed = int(recipe["seed"])
+        train = bundle.loader("train", dist.local_batch(int(recipe["batch_size"])) if dist else int(recipe["batch_size"]),
+                              seed=seed)
         test = bundle.loader("test", eval_batch_size) if evaluate_each_epoch else None
+        if dist is not None:
+            train = shard_loader(train, dist, seed, train=True)
+            if test is not None and self.metric_is_sample_mean:
+                test = shard_loader(test, dist, seed, train=False)
 
         def task_loss(m: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
             out = m(batch[0])
             return self.loss(out, batch[1], recipe), out
 
-        return fit(model, bundle.loader("train", int(recipe["batch_size"]), seed=int(recipe["seed"])), recipe,
-                   loss_fn=distilled(task_loss, teacher, kd, term=self.kd_term),
-                   evaluate=(lambda m: self.test_metric(m, test, spec)) if test is not None else None,
+        def evaluate(m: nn.Module) -> float:
+            assert test is not None
+            value = self.test_metric(m, test, spec)
+            if dist is None or not self.metric_is_sample_mean:
+                return value
+            share = len(test.dataset)
+            weighted, total = dist.sum([value * share, float(share)])
+            return weighted / total
+
+        return fit(model, train, recipe, loss_fn=distilled(task_loss, teacher, kd, term=self.kd_term),
+                   evaluate=evaluate if test is not None else None,
                    metric_key=self.history_metric, on_epoch=on_epoch, after_backward=regularize,
-                   after_epoch=after_epoch, max_iters=max_iters)
+                   after_epoch=after_epoch, max_iters=max_iters, dist=dist)
 
     def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:
         self.check_data(bundle, "calibrating")

@@ -28,6 +28,7 @@ from pbkit.models import ModelSpec, yolo
 from pbkit.prune import Calibration
 from pbkit.tasks.base import OnEpoch, Task
 from pbkit.tasks.classify import classification_batches
+from pbkit.train.distributed import Dist
 
 
 class Detect(Task):
@@ -36,6 +37,10 @@ class Detect(Task):
     metric = "mAP50-95"
     history_metric = "mAP50-95"
     trains_by_iterations = False  # the ultralytics trainer trains by epochs
+
+    trains_distributed = False
+    NOT_DISTRIBUTED = ("detectors train with the ultralytics trainer, which runs across processes by itself (not "
+                       "through pbkit's torchrun launch); set distributed.nproc_per_node=1 and distributed.nnodes=1")
 
     def protected(self, model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
         return yolo.detect_head(model)
@@ -49,8 +54,10 @@ class Detect(Task):
               eval_batch_size: int, evaluate_each_epoch: bool = True, on_epoch: OnEpoch | None = None,
               regularize: Callable[[], None] | None = None, after_epoch: Callable[[], None] | None = None,
               teacher: nn.Module | None = None, kd: KDCfg | None = None,
-              max_iters: int | None = None) -> dict[str, Any]:
+              max_iters: int | None = None, dist: Dist | None = None) -> dict[str, Any]:
         self.check_data(bundle, "training")
+        if dist is not None:
+            raise PbkitError(self.NOT_DISTRIBUTED)
         if max_iters is not None:
             raise PbkitError("training for a number of iterations between pruning steps (prune.schedule: interleaved) "
                              "is available for classification; detectors train with the ultralytics trainer by epochs")

@@ -73,6 +73,7 @@ class Segment(Classify):
     metric = "mIoU"
     history_metric = "mIoU"
     kd_term = staticmethod(kd_loss_dense)
+    metric_is_sample_mean = False  # mIoU pools intersections and unions over the whole split
 
     def protected(self, model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
         return segment.heads(model, spec.num_classes)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from pbkit.core import device
 from pbkit.core.errors import PbkitError
+from pbkit.train.distributed import Dist, set_epoch
 
 
 def milestones(recipe: dict[str, Any]) -> list[int]:
@@ -67,6 +68,7 @@ def fit(
     after_backward: Callable[[], None] | None = None,
     after_epoch: Callable[[], None] | None = None,
     max_iters: int | None = None,
+    dist: Dist | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with ``recipe`` and the task's ``loss_fn``; return the recipe as
     run, its timing and per-epoch history (loss, the learning rate the epoch used, images per
@@ -78,6 +80,10 @@ def fit(
     ``after_backward`` runs between ``loss.backward()`` and ``optimizer.step()`` (a regularizer's
     gradient), ``after_epoch`` after every epoch (e.g. GrowingReg's penalty update);
     ``max_iters`` stops after that many optimizer steps (training between pruning steps).
+
+    With ``dist`` (a rank of a torchrun job; ``train_loader`` already sharded) the model trains
+    wrapped in DistributedDataParallel, each epoch's loss and images are summed over the ranks and
+    ``evaluate`` runs on every rank (it reduces what it measures itself).
     """
     torch.manual_seed(int(recipe["seed"]))
     dev = device.of(model)
@@ -87,7 +93,8 @@ def fit(
     layout = torch.channels_last if recipe.get("channels_last") else None
     if layout is not None:
         model.to(memory_format=layout)
-    opt = _optimizer(model, recipe)
+    net = dist.wrap(model) if dist is not None else model  # the forward and backward pass; the optimizer
+    opt = _optimizer(model, recipe)  # steps the parameters themselves
     sched = _scheduler(opt, recipe)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
@@ -97,13 +104,14 @@ def fit(
         total_loss = n = 0.0
         lr_used = opt.param_groups[0]["lr"]
         t_epoch = time.perf_counter()
+        set_epoch(train_loader, epoch)
         for batch in train_loader:
             batch = device.to(batch, dev)
             if layout is not None and isinstance(batch, tuple | list) and batch[0].dim() == 4:
                 batch = type(batch)([batch[0].contiguous(memory_format=layout), *batch[1:]])
             opt.zero_grad(set_to_none=True)
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(model, batch)
+                loss = loss_fn(net, batch)
             if not torch.isfinite(loss):
                 raise PbkitError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate")
             scaler.scale(loss).backward()
@@ -118,6 +126,9 @@ def fit(
             if max_iters is not None and iters >= max_iters:
                 break
         seconds = time.perf_counter() - t_epoch
+        if dist is not None:  # every rank's images, in the ranks' mean time (they step together)
+            total_loss, n, seconds = dist.sum([total_loss, n, seconds])
+            seconds /= dist.world
         sched.step()
         if after_epoch is not None:
             after_epoch()
