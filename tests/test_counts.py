@@ -35,3 +35,42 @@ def test_counting_restores_training_mode() -> None:
     counts.count_macs(m, 8)
     assert m.training
     assert torch.backends.mha.get_fastpath_enabled()
+
+
+# one model of every family the kit prunes, small enough to count quickly (name, input size, kwargs)
+FAMILIES = [("resnet20_cifar", 32, {}), ("vgg19_cifar", 32, {}), ("tv:mobilenet_v3_small", 64, {}),
+            ("tv:densenet121", 64, {}), ("tv:convnext_tiny", 64, {}), ("tv:vit_b_16", 224, {}),
+            ("timm:vit_tiny_patch16_224", 64, {"depth": 2}), ("timm:efficientnet_b0", 64, {}),
+            ("timm:convnext_atto", 64, {}), ("tv:lraspp_mobilenet_v3_large", 64, {}),
+            ("timmseg:vit_tiny_patch16_224", 64, {"depth": 2}), ("yolov8n", 64, {})]
+
+
+def test_the_meta_counter_gives_every_family_the_real_count_and_leaves_the_model_alone() -> None:
+    from pbkit.models import registry
+
+    for name, size, kwargs in FAMILIES:
+        spec = registry.resolve(name, input_size=size, kwargs=kwargs)
+        model = registry.build(spec, seed=0).eval()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        count, real, which = counts.macs_counter(model, size)
+        assert which == "meta" and count(model) == real == counts.count_macs(model, size), name
+        # nothing of the meta copy stays on the model: its tensors, and what a forward pass caches
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), name
+        assert all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()]), name
+        with torch.no_grad():
+            model(counts.example_input(size))  # a real forward pass still runs (yolo caches its anchors)
+
+
+def test_a_model_the_meta_device_cannot_run_is_counted_for_real() -> None:
+    class DataDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return y * float(y.abs().max().item() > -1)  # needs real data
+
+    m = DataDependent()
+    count, real, which = counts.macs_counter(m, 8)
+    assert which == "real" and count(m) == real == 3 * 4 * 64

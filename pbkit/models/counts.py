@@ -10,7 +10,8 @@ MACs = FLOPs / 2.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import copy
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -50,17 +51,50 @@ def example_input(input_size: int, batch: int = 1, seed: int = 0) -> torch.Tenso
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: int) -> int:
+    """MACs of one forward pass at batch 1, computed for real on the model's device."""
+    return _count(model, example_input(input_size).to(device.of(model)))
+
+
+def _count(model: nn.Module, x: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
     model.eval()
-    x = example_input(input_size).to(device.of(model))
     try:
         with _no_mha_fastpath(), FlopCounterMode(display=False, custom_mapping=_mapping()) as fc:
             model(x)
     finally:
         model.train(was_training)
     return int(fc.get_total_flops() // 2)
+
+
+@torch.no_grad()
+def count_macs_meta(model: nn.Module, input_size: int) -> int:
+    """The same count on the ``meta`` device: a structural copy of the model whose parameters and
+    buffers are meta tensors (no data, no arithmetic) runs the same aten operators with the same
+    shapes, so the figure is the same at a small part of the cost. Raises what the forward pass
+    raises where a model needs real data (a ``.item()``, a data-dependent shape)."""
+    memo: dict[int, Any] = {}
+    cached = [v for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)]  # yolo's strides
+    for t in [*model.parameters(), *model.buffers(), *cached]:
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    shadow = copy.deepcopy(model, memo)  # what a forward pass caches on its modules stays on the copy
+    return _count(shadow, example_input(input_size).to("meta"))
+
+
+def macs_counter(model: nn.Module, input_size: int) -> tuple[Callable[[nn.Module], int], int, str]:
+    """The counter a pruning loop calls after every step, the model's MACs now, and which counter
+    it is: the meta-device count where it gives this model exactly the real count (checked here,
+    once), else the real one."""
+    real = count_macs(model, input_size)
+    try:
+        meta = count_macs_meta(model, input_size)
+    except Exception:  # noqa: BLE001 - a forward pass that needs real data: count for real
+        meta = None
+    if meta == real:
+        return (lambda m: count_macs_meta(m, input_size)), real, "meta"
+    return (lambda m: count_macs(m, input_size)), real, "real"
 
 
 def count_params(model: nn.Module) -> int:

@@ -58,6 +58,8 @@ class PruneResult:
     sparsify: dict[str, Any] | None = None  # the sparse-training run, its time apart ("reg time")
     interleave: dict[str, Any] | None = None  # training between pruning steps (interleaved schedule)
     latency: dict[str, Any] | None = None  # a latency target: the table, the trajectory, the final measurement
+    macs_counter: str = "real"  # how MACs were counted after each step: meta (checked equal to real) | real
+    loop_time_s: float = 0.0  # the pruning loop's wall time (steps, counting, checks), training between steps excluded
 
     @property
     def achieved_speedup(self) -> float:
@@ -151,7 +153,7 @@ def prune_to_target(
     if method.precheck is not None and (problem := method.precheck(model)) is not None:
         raise PbkitError(problem)
     names = {m: n for n, m in model.named_modules()}
-    macs_base = counts.count_macs(model, input_size)
+    count, macs_base, counter = counts.macs_counter(model, input_size)
     params_base = counts.count_params(model)
     dev = device.of(model)
     example = counts.example_input(input_size).to(dev)
@@ -181,6 +183,7 @@ def prune_to_target(
         t_start += sparsified["time_s"]  # prune time excludes the regularized training ("reg time")
     steps, macs, step_times = 0, macs_base, []
     latency_info = None
+    t_loop, excluded_from = time.perf_counter(), t_start  # t_start moves on by what the times exclude
     with budget.guarded(f"pruning {name}", memory, None):
         if s.latency is not None:
             if latency_tools is None:
@@ -195,7 +198,7 @@ def prune_to_target(
                 collect=collect if method.collect is not None else None, between_steps=between_steps,
                 after_prune=lambda: _fix_attention(model, pruner), on_step=on_text)
             t_start += trained + latency_info["table"]["time_s"] + latency_info["measure_s"]
-            macs = counts.count_macs(model, input_size)
+            macs = count(model)
         else:
             while steps < s.iterative_steps:
                 if between_steps is not None:
@@ -208,12 +211,13 @@ def prune_to_target(
                 _fix_attention(model, pruner)
                 step_times.append(time.perf_counter() - t0)
                 steps += 1
-                macs = counts.count_macs(model, input_size)
+                macs = count(model)
                 if on_step is not None:
                     on_step(steps, macs_base / max(macs, 1))
                 if macs_base / max(macs, 1) >= s.speedup:
                     break
 
+    loop_s = time.perf_counter() - t_loop - (t_start - excluded_from)
     achieved = macs_base / max(macs, 1)
     if latency_info is not None:
         achieved = latency_info["measured_speedup"]  # (the MACs speed-up is the result's achieved_speedup)
@@ -236,4 +240,6 @@ def prune_to_target(
         max_pruning_ratio=max_ratio,
         sparsify=sparsified,
         latency=latency_info,
+        macs_counter=counter,
+        loop_time_s=loop_s,
     )
