@@ -10,7 +10,6 @@ MACs = FLOPs / 2.
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -51,50 +50,72 @@ def example_input(input_size: int, batch: int = 1, seed: int = 0) -> torch.Tenso
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: int) -> int:
-    """MACs of one forward pass at batch 1, computed for real on the model's device."""
-    return _count(model, example_input(input_size).to(device.of(model)))
+    """MACs of one forward pass at batch 1, counted on the model's device."""
+    return _count(model, input_size)[0]
 
 
-def _count(model: nn.Module, x: torch.Tensor) -> int:
+def _count(model: nn.Module, input_size: int) -> tuple[int, dict[str, dict[Any, int]]]:
+    """MACs, and the FLOPs per module (``<RootClass>.<name>``) and operator."""
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
     model.eval()
     try:
         with _no_mha_fastpath(), FlopCounterMode(display=False, custom_mapping=_mapping()) as fc:
-            model(x)
+            model(example_input(input_size).to(device.of(model)))
     finally:
         model.train(was_training)
-    return int(fc.get_total_flops() // 2)
+    return int(fc.get_total_flops() // 2), fc.get_flop_counts()
 
 
-@torch.no_grad()
-def count_macs_meta(model: nn.Module, input_size: int) -> int:
-    """The same count on the ``meta`` device: a structural copy of the model whose parameters and
-    buffers are meta tensors (no data, no arithmetic) runs the same aten operators with the same
-    shapes, so the figure is the same at a small part of the cost. Raises what the forward pass
-    raises where a model needs real data (a ``.item()``, a data-dependent shape)."""
-    memo: dict[int, Any] = {}
-    cached = [v for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)]  # yolo's strides
-    for t in [*model.parameters(), *model.buffers(), *cached]:
-        meta = torch.empty_like(t, device="meta")
-        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    shadow = copy.deepcopy(model, memo)  # what a forward pass caches on its modules stays on the copy
-    return _count(shadow, example_input(input_size).to("meta"))
+class StepCounter:
+    """MACs after each pruning step, as exact as the loop needs them at a part of the cost.
 
+    One real count attributes the MACs to the convolution and linear layers that perform them; a
+    layer's MACs are its weight's size times a factor pruning does not change (output positions,
+    tokens), so after a step they are known from the weights' shapes alone. What no such layer
+    performs (attention matmuls on activations) is the ``free`` part, which pruning only shrinks.
+    :meth:`after_step` returns the exact count where every MAC is in a layer (CNNs), and otherwise
+    counts for real only when the layers' part alone no longer shows the target missed; in
+    between it returns an upper bound (``exact`` False) with the last real count's free part. The
+    loop stops at the same step, with the same figure, as counting for real after every step.
+    """
 
-def macs_counter(model: nn.Module, input_size: int) -> tuple[Callable[[nn.Module], int], int, str]:
-    """The counter a pruning loop calls after every step, the model's MACs now, and which counter
-    it is: the meta-device count where it gives this model exactly the real count (checked here,
-    once), else the real one."""
-    real = count_macs(model, input_size)
-    try:
-        meta = count_macs_meta(model, input_size)
-    except Exception:  # noqa: BLE001 - a forward pass that needs real data: count for real
-        meta = None
-    if meta == real:
-        return (lambda m: count_macs_meta(m, input_size)), real, "meta"
-    return (lambda m: count_macs(m, input_size)), real, "real"
+    def __init__(self, model: nn.Module, input_size: int) -> None:
+        self.model, self.input_size = model, input_size
+        self.base, flops = _count(model, input_size)
+        root = type(model).__name__
+        self.rate: dict[nn.Module, int] = {}
+        for name, m in model.named_modules():
+            w = getattr(m, "weight", None)
+            if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear) or not isinstance(w, torch.Tensor):
+                continue
+            macs = sum(flops.get(f"{root}.{name}", {}).values()) // 2
+            if macs and macs % w.numel() == 0:
+                self.rate[m] = macs // w.numel()
+        self.free = self.base - self.layers()
+        self.real_counts = 1
+
+    def layers(self) -> int:
+        """The MACs the convolution and linear layers perform now."""
+        return sum(r * m.weight.numel() for m, r in self.rate.items())  # type: ignore[union-attr]
+
+    def exact(self) -> int:
+        total = count_macs(self.model, self.input_size)
+        self.real_counts += 1
+        self.free = total - self.layers()
+        return total
+
+    def after_step(self, reached: Callable[[int], bool]) -> tuple[int, bool]:
+        """The MACs now and whether exact: exact when every MAC is in a layer, or when the layers'
+        MACs alone would reach the target (``reached(macs)``), which a real count then settles;
+        else the layers' MACs plus the last free part, an upper bound that misses the target."""
+        layers = self.layers()
+        if self.free == 0:
+            return layers, True
+        if not reached(layers):  # the whole model has at least these MACs: the target is missed
+            return layers + self.free, False
+        return self.exact(), True
 
 
 def count_params(model: nn.Module) -> int:

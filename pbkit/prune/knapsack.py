@@ -229,7 +229,7 @@ def run(model: nn.Module, pruner: Any, importance: Any, tools: Tools, s: Latency
     table_s = time.perf_counter() - t0
     ks = Knapsack(model, pruner, importance, table, max_ratio)
     p0 = ks.predicted()
-    count, macs0, _ = counts.macs_counter(model, input_size)
+    macs0 = counts.count_macs(model, input_size)
     trajectory: list[dict[str, Any]] = []
     step_times: list[float] = []
     trained = 0.0
@@ -248,7 +248,7 @@ def run(model: nn.Module, pruner: Any, importance: Any, tools: Tools, s: Latency
         reached = ks.prune_to(goal_ms, scope)
         after_prune()
         step_times.append(time.perf_counter() - t)
-        macs = count(model)
+        macs = counts.count_macs(model, input_size)
         now = ks.predicted()
         trajectory.append({"step": len(step_times), "kind": kind, "macs": macs, "macs_speedup": macs0 / max(macs, 1),
                            "predicted_ms": now, "predicted_speedup": p0 / now})

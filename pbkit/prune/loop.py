@@ -58,7 +58,7 @@ class PruneResult:
     sparsify: dict[str, Any] | None = None  # the sparse-training run, its time apart ("reg time")
     interleave: dict[str, Any] | None = None  # training between pruning steps (interleaved schedule)
     latency: dict[str, Any] | None = None  # a latency target: the table, the trajectory, the final measurement
-    macs_counter: str = "real"  # how MACs were counted after each step: meta (checked equal to real) | real
+    real_counts: int = 0  # forward passes that counted MACs (the others were known from the layers' shapes)
     loop_time_s: float = 0.0  # the pruning loop's wall time (steps, counting, checks), training between steps excluded
 
     @property
@@ -153,7 +153,8 @@ def prune_to_target(
     if method.precheck is not None and (problem := method.precheck(model)) is not None:
         raise PbkitError(problem)
     names = {m: n for n, m in model.named_modules()}
-    count, macs_base, counter = counts.macs_counter(model, input_size)
+    counter = counts.StepCounter(model, input_size)
+    macs_base = counter.base
     params_base = counts.count_params(model)
     dev = device.of(model)
     example = counts.example_input(input_size).to(dev)
@@ -198,8 +199,12 @@ def prune_to_target(
                 collect=collect if method.collect is not None else None, between_steps=between_steps,
                 after_prune=lambda: _fix_attention(model, pruner), on_step=on_text)
             t_start += trained + latency_info["table"]["time_s"] + latency_info["measure_s"]
-            macs = count(model)
+            macs = counter.exact()
         else:
+            def reached(m: int) -> bool:
+                return macs_base / max(m, 1) >= s.speedup
+
+            exact = True
             while steps < s.iterative_steps:
                 if between_steps is not None:
                     t_start += between_steps(steps + 1)
@@ -211,11 +216,13 @@ def prune_to_target(
                 _fix_attention(model, pruner)
                 step_times.append(time.perf_counter() - t0)
                 steps += 1
-                macs = count(model)
+                macs, exact = counter.after_step(reached)
                 if on_step is not None:
-                    on_step(steps, macs_base / max(macs, 1))
-                if macs_base / max(macs, 1) >= s.speedup:
+                    on_step(steps, macs_base / max(macs, 1))  # (a lower bound while not exact)
+                if exact and reached(macs):
                     break
+            if not exact:
+                macs = counter.exact()
 
     loop_s = time.perf_counter() - t_loop - (t_start - excluded_from)
     achieved = macs_base / max(macs, 1)
@@ -240,6 +247,6 @@ def prune_to_target(
         max_pruning_ratio=max_ratio,
         sparsify=sparsified,
         latency=latency_info,
-        macs_counter=counter,
+        real_counts=counter.real_counts,
         loop_time_s=loop_s,
     )
