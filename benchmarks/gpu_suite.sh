@@ -15,7 +15,7 @@ GPU=$($PYTHON -c 'import torch; print(torch.cuda.get_device_name(0).replace(" ",
 OUT=${OUT:-results/gpu/$GPU}
 mkdir -p "$OUT/runs"
 if [ -z "${SKIP_TESTS:-}" ]; then
-  $PYTHON -m pytest -q -m gpu tests/test_gpu.py tests/test_device.py
+  $PYTHON -m pytest -q -m gpu tests/test_gpu.py tests/test_device.py tests/test_distributed.py
   $PYTHON benchmarks/train_throughput.py --device cuda --out "$OUT"
 fi
 SETS=()

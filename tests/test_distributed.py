@@ -49,8 +49,24 @@ def test_two_processes_finetune_like_one_with_the_same_global_batch(digits_run, 
     run_dir = tmp_path / "runs" / rec.run_id
     assert sorted(p.name for p in run_dir.iterdir()) == ["dense.pt", "finetuned.pt", "pruned.pt", "record.json"]
     assert record.read(run_dir).stages["finetune"].device == "cpu x2"
-    # the number of processes is part of the recipe (batch statistics per rank, the data order)
+    # the number of processes is part of the recipe (batch statistics per rank, the data order): it names
+    # the run, and fair comparisons hold it equal like the rest of the finetuning recipe
     assert rec.identity is not None and rec.identity.fields["finetune"]["world_size"] == 2
+    from pbkit.report import setups
+
+    assert setups.from_record(rec)["ft_recipe"]["world_size"] == 2
+    assert setups.from_record(single)["ft_recipe"]["world_size"] == 1
+
+
+@pytest.mark.slow
+def test_distillation_trains_across_processes(digits_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    _, single = digits_run
+    cfg = config.load(None, _from_base(single.model.weights_path, tmp_path / "runs", "distributed.nproc_per_node=2",
+                                       "finetune.epochs=1", "finetune.kd.enabled=true", "dataset.train_limit=512"))
+    rec = stages.run(cfg, until="finetune", quiet=True).record
+    ft = rec.finetune or {}
+    assert ft["kd"]["enabled"] and ft["distributed"]["world_size"] == 2 and len(ft["history"]) == 1
+    assert rec.accuracy.finetuned is not None and rec.accuracy.finetuned > rec.accuracy.pruned  # type: ignore[operator]
 
 
 def test_the_number_of_processes_names_another_run_and_one_keeps_the_old_ids() -> None:
@@ -166,3 +182,17 @@ def test_two_machines_train_together_without_sharing_files(tmp_path: Path) -> No
     assert ft["distributed"]["world_size"] == 2 and ft["distributed"]["nnodes"] == 2
     assert ft["distributed"]["nproc_per_node"] == 1 and len(ft["history"]) == 2
     assert sorted(p.name for p in other.iterdir()) == []  # the joining machine kept nothing
+
+
+@pytest.mark.gpu
+def test_two_gpus_train_with_nccl(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 CUDA devices, one process each ({torch.cuda.device_count()} visible)")
+    cfg = config.load(None, [*DIGITS, "base.epochs=2", "finetune.epochs=2", "device=cuda", f"out={tmp_path / 'runs'}",
+                             "distributed.nproc_per_node=2"])
+    rec = stages.run(cfg, until="finetune", quiet=True).record
+    for part in (rec.base_training or {}, rec.finetune or {}):
+        assert part["distributed"]["backend"] == "nccl" and part["distributed"]["device"].startswith("cuda:")
+    assert rec.accuracy.finetuned is not None and rec.accuracy.finetuned > 50.0

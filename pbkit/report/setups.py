@@ -73,6 +73,8 @@ def finetune_facts(recipe: dict[str, Any], augmentation: str | None) -> dict[str
         schedule.pop("gamma", None)
     rest = {k: recipe.get(k) for k in RECIPE_KEYS if k not in ("augmentation", "kd", "amp")}
     rest["amp"] = recipe.get("amp") or "off"  # records made before AMP trained without it
+    # processes trained across (batch statistics per rank): 1 for records made before distributed training
+    rest["world_size"] = int((recipe.get("distributed") or {}).get("world_size") or 1)
     rest["augmentation"] = augmentation
     rest["kd"] = _kd(recipe.get("kd"))
     return {"ft_epochs": int(recipe.get("epochs") or 0), "ft_schedule": schedule, "ft_recipe": rest}

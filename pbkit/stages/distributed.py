@@ -2,7 +2,7 @@
 
 With ``distributed.nproc_per_node`` (or ``nnodes``) above one, base training and finetuning do not
 train in the run's own process. :func:`train` writes a job (the model as it is now, the recipe,
-the configuration, the distillation teacher's file) to a private folder and starts
+the configuration, where the distillation teacher's file is) to a private folder and starts
 ``python -m torch.distributed.run ... -m pbkit.stages.distributed JOB``; every rank then
 
 - receives the job from the rank that holds it (:func:`_receive`; with several machines, those
@@ -62,8 +62,8 @@ def train(cfg: config.Config, task: Task, model: nn.Module, spec: ModelSpec, rec
     """Train ``model`` (in place) with ``recipe`` across ``cfg.distributed``'s processes; return the
     recipe as run with its history, as ``task.train`` does, and ``distributed`` (how it ran)."""
     d = cfg.distributed
-    if not task.trains_distributed:
-        raise PbkitError(f"{what} across processes: {getattr(task, 'NOT_DISTRIBUTED', task.title + ' cannot')}")
+    if task.not_distributed:
+        raise PbkitError(f"{what} across processes: {task.not_distributed}")
     if int(recipe["batch_size"]) % d.world_size:
         raise PbkitError(f"{what} across {d.world_size} processes: batch_size {recipe['batch_size']} is the global "
                          f"batch and must split evenly among them")
@@ -72,11 +72,9 @@ def train(cfg: config.Config, task: Task, model: nn.Module, spec: ModelSpec, rec
     with tempfile.TemporaryDirectory(prefix="pbkit-ddp-") as tmp:
         folder = Path(tmp)
         checkpoint.save_model(model.cpu(), spec, folder / "model.pt")
-        job = {"config": cfg.model_dump(mode="json"), "recipe": recipe, "what": what,
+        job = {"config": cfg.model_dump(mode="json"), "recipe": recipe,
                "kd": kd.model_dump() if kd is not None and kd.enabled else None,
-               "teacher": teacher_file.name if teacher_file is not None else None}
-        if teacher_file is not None:
-            (folder / "teacher.pt").write_bytes(teacher_file.read_bytes())
+               "teacher": str(teacher_file) if teacher_file is not None else None}
         (folder / "job.json").write_text(json.dumps(job))
         _launch(d, backend, folder, what, on_epoch)
         trained, _, extra = checkpoint.load_model(folder / "trained.pt")
@@ -193,7 +191,9 @@ def _receive(job_dir: Path | None, dev: torch.device) -> tuple[dict[str, Any], d
     if dist.get_rank() == source:
         assert job_dir is not None
         job = json.loads((job_dir / "job.json").read_text())
-        files = {name: (job_dir / name).read_bytes() for name in ("model.pt", "teacher.pt") if (job_dir / name).is_file()}
+        files = {"model.pt": (job_dir / "model.pt").read_bytes()}
+        if job.get("teacher"):  # the distillation teacher's file, wherever it is on this machine
+            files["teacher.pt"] = Path(job["teacher"]).read_bytes()
         payload = [(job, files)]
     dist.broadcast_object_list(payload, src=source, device=dev if dev.type == "cuda" else None)
     job, files = payload[0]

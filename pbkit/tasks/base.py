@@ -40,7 +40,7 @@ class Task(ABC):
     metric: str  # the evaluation metric, in percent: top1 | mAP50-95 | mIoU
     history_metric: str  # the metric's key in a training history's per-epoch rows
     trains_by_iterations: bool = True  # train(max_iters=...) works: the interleaved pruning schedule
-    trains_distributed: bool = True  # train(dist=...) works: DistributedDataParallel across processes
+    not_distributed: str | None = None  # why train(dist=...) (DDP across processes) is not available, if it is not
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -38,8 +38,7 @@ class Detect(Task):
     history_metric = "mAP50-95"
     trains_by_iterations = False  # the ultralytics trainer trains by epochs
 
-    trains_distributed = False
-    NOT_DISTRIBUTED = ("detectors train with the ultralytics trainer, which runs across processes by itself (not "
+    not_distributed = ("detectors train with the ultralytics trainer, which runs across processes by itself (not "
                        "through pbkit's torchrun launch); set distributed.nproc_per_node=1 and distributed.nnodes=1")
 
     def protected(self, model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
@@ -57,7 +56,7 @@ class Detect(Task):
               max_iters: int | None = None, dist: Dist | None = None) -> dict[str, Any]:
         self.check_data(bundle, "training")
         if dist is not None:
-            raise PbkitError(self.NOT_DISTRIBUTED)
+            raise PbkitError(self.not_distributed)
         if max_iters is not None:
             raise PbkitError("training for a number of iterations between pruning steps (prune.schedule: interleaved) "
                              "is available for classification; detectors train with the ultralytics trainer by epochs")
