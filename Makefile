@@ -122,6 +122,9 @@ clean:
 perf: setup ## per-step time of every method on the ResNet-50 CIFAR shape -> results/perf/
 	$(BIN)/python benchmarks/perf_methods.py
 
+prune-overhead: setup ## the pruning loop's wall time against the pruner's own step times -> results/perf/prune-overhead-*
+	$(BIN)/python benchmarks/prune_overhead.py --tag cpu-2core
+
 fidelity: setup ## run-to-run spread of the measurement and agreement with an independent loop -> results/perf/
 	$(BIN)/python benchmarks/fidelity.py
 
