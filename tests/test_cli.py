@@ -35,11 +35,13 @@ def test_list_models_json_includes_prefixed_families(pbkit) -> None:  # type: ig
 
 def test_list_models_marks_the_names_known_not_to_prune_with_the_reason(pbkit) -> None:  # type: ignore[no-untyped-def]
     known = pbkit("list", "models", "--json").json()["prefixes"]["tv:"]["known_not_to_prune"]
-    assert "shifted-window attention" in known["tv:swin_t"] and "(tried: tv:swin_t)" in known["tv:swin_v2_b"]
-    assert "channel shuffle" in known["tv:shufflenet_v2_x0_5"] and "tv:maxvit_t" in known
+    assert "grid and window attention" in known["tv:maxvit_t"]
+    assert "channel shuffle" in known["tv:shufflenet_v2_x0_5"] and "(tried: tv:shufflenet_v2_x1_0)" in known[
+        "tv:shufflenet_v2_x0_5"]
     assert "tv:resnet50" not in known and "tv:vit_b_16" not in known  # the zoo passed them
+    assert "tv:swin_t" not in known and "tv:swin_v2_b" not in known  # they prune now (tests/test_swin.py)
     table = pbkit("list", "models").out
-    assert "known not to prune here" in table and "tv:swin_t" in table
+    assert "known not to prune here" in table and "tv:maxvit_t" in table
 
 
 def test_a_model_known_not_to_prune_says_so_first_then_fails_in_one_line(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

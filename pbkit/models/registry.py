@@ -64,9 +64,6 @@ PREFIXES = {
 # the name that was tried, and the reason a user can act on. `pbkit list models` marks them and
 # `pbkit prune` says so before it tries (under the memory and time budgets, which stop it in one line).
 KNOWN_FAILURES: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(r"^tv:swin_"), "tv:swin_t",
-     "torch-pruning's dependency graph cannot follow shifted-window attention: it recurses without end and "
-     "outgrows the memory budget"),
     (re.compile(r"^tv:maxvit_"), "tv:maxvit_t",
      "torch-pruning's dependency graph cannot follow grid and window attention: it outgrows the memory budget"),
     (re.compile(r"^tv:shufflenet_v2_"), "tv:shufflenet_v2_x1_0",
@@ -183,11 +180,16 @@ def build(spec: ModelSpec, pretrained: bool = False, seed: int = 0,
 
 
 def prepare(model: nn.Module, spec: ModelSpec) -> nn.Module:
-    """Pruning-friendly, function-preserving rewrites of an architecture."""
+    """Pruning-friendly, function-preserving rewrites of an architecture (YOLOv8's C2f, torchvision
+    Swin's window attention)."""
     if spec.source == "ultralytics":
         from pbkit.models import yolo
 
         return yolo.make_prunable(model)
+    if spec.name.startswith("tv:swin_"):
+        from pbkit.models import swin
+
+        return swin.make_prunable(model)  # widths read from the weights (the same outputs)
     return model
 
 

@@ -20,8 +20,8 @@ from torch import nn
 
 from pbkit.core import budget, device
 from pbkit.core.errors import PbkitError
-from pbkit.models import counts
-from pbkit.prune import knapsack, latency, methods
+from pbkit.models import counts, swin
+from pbkit.prune import knapsack, latency, methods, opaque
 from pbkit.prune.calibration import Calibration
 
 PROTECTED_MAX_RATIO = 0.9  # the protected-global scope keeps at least 10% of every group
@@ -67,9 +67,10 @@ class PruneResult:
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
-    """timm-style attention blocks: a fused ``qkv`` Linear and a ``num_heads`` attribute."""
-    return [m for m in model.modules()
-            if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)]
+    """timm-style attention blocks: a fused ``qkv`` Linear and a ``num_heads`` attribute (Swin's
+    window attention is pruned as one block instead: :mod:`pbkit.prune.opaque`)."""
+    return [m for m in model.modules() if not isinstance(m, swin.ATTENTION)
+            and isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)]
 
 
 def _fix_attention(model: nn.Module, pruner: Any) -> None:
@@ -97,9 +98,13 @@ def _graph(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
            protected: list[nn.Module], num_heads: dict[nn.Module, int], extra: dict[str, Any]) -> tuple[Any, list[Any]]:
     """Build the Pruner (its dependency graph) and list the prunable groups."""
     try:
-        pruner = pruner_cls(model, example, importance=importance, global_pruning=s.scope != "local",
-                            pruning_ratio=1.0, max_pruning_ratio=max_ratio, iterative_steps=s.iterative_steps,
-                            ignored_layers=protected, round_to=s.round_to, num_heads=num_heads, **extra)
+        custom = opaque.pruners(model)
+        if custom:
+            extra = {**extra, "customized_pruners": {**custom, **extra.get("customized_pruners", {})}}
+        with opaque.hidden(model):  # blocks it cannot trace, as single layers with pruners of their own
+            pruner = pruner_cls(model, example, importance=importance, global_pruning=s.scope != "local",
+                                pruning_ratio=1.0, max_pruning_ratio=max_ratio, iterative_steps=s.iterative_steps,
+                                ignored_layers=protected, round_to=s.round_to, num_heads=num_heads, **extra)
     except PbkitError:
         raise
     except Exception as e:  # tracing failures come in many types
