@@ -40,7 +40,7 @@ def test_counting_restores_training_mode() -> None:
 
 # one model of every family the kit prunes, small enough to count quickly (name, input size, kwargs)
 FAMILIES = [("resnet20_cifar", 32, {}), ("vgg19_cifar", 32, {}), ("tv:mobilenet_v3_small", 64, {}),
-            ("tv:densenet121", 64, {}), ("tv:convnext_tiny", 64, {}), ("tv:vit_b_16", 224, {}),
+            ("tv:densenet121", 32, {}), ("tv:convnext_tiny", 32, {}), ("tv:vit_b_16", 32, {"image_size": 32}),
             ("timm:vit_tiny_patch16_224", 64, {"depth": 2}), ("timm:efficientnet_b0", 64, {}),
             ("timm:convnext_atto", 64, {}), ("tv:lraspp_mobilenet_v3_large", 64, {}),
             ("timmseg:vit_tiny_patch16_224", 64, {"depth": 2}), ("yolov8n", 64, {})]

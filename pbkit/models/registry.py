@@ -190,6 +190,10 @@ def prepare(model: nn.Module, spec: ModelSpec) -> nn.Module:
         from pbkit.models import swin
 
         return swin.make_prunable(model)  # widths read from the weights (the same outputs)
+    if spec.name.startswith("timm:swinv2_") and not spec.name.startswith("timm:swinv2_cr"):
+        from pbkit.models import swin
+
+        return swin.make_timm_prunable(model)
     return model
 
 

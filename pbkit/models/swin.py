@@ -16,6 +16,7 @@ own weights.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -116,4 +117,53 @@ def make_prunable(model: nn.Module) -> nn.Module:
             m.__class__ = WindowAttentionV2
         elif type(m) is tvs.ShiftedWindowAttention:
             m.__class__ = WindowAttention
+    return model
+
+
+def _timm_v2_attention(m: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """timm's Swin v2 window attention on windows ``x`` [B*windows, N, C], its inner width read from
+    ``qkv`` (timm's own forward takes it from the input's C)."""
+    n = x.shape[1]
+    heads = int(m.num_heads)
+    if m.q_bias is None:
+        qkv = m.qkv(x)
+    elif m.qkv_bias_separate:
+        qkv = m.qkv(x) + torch.cat((m.q_bias, m.k_bias, m.v_bias))
+    else:
+        qkv = F.linear(x, m.qkv.weight, torch.cat((m.q_bias, m.k_bias, m.v_bias)))
+    q, k, v = qkv.reshape(x.shape[0], n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    scores = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+    scores = scores * torch.clamp(m.logit_scale, max=math.log(1.0 / 0.01)).exp()
+    table = m.cpb_mlp(m.relative_coords_table).view(-1, heads)
+    bias = table[m.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
+    scores = scores + 16 * torch.sigmoid(bias).unsqueeze(0)
+    if mask is not None:
+        scores = scores.view(-1, mask.shape[0], heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+        scores = scores.view(-1, heads, n, n)
+    out = (m.attn_drop(m.softmax(scores)) @ v).transpose(1, 2).reshape(x.shape[0], n, -1)
+    return m.proj_drop(m.proj(out))  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _timm_v2() -> type:
+    from timm.models import swin_transformer_v2 as v2
+
+    class TimmWindowAttentionV2(v2.WindowAttention):  # type: ignore[misc]
+        """timm's Swin v2 window attention whose inner width comes from its weights."""
+
+        def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+            return _timm_v2_attention(self, x, mask)
+
+    return TimmWindowAttentionV2
+
+
+def make_timm_prunable(model: nn.Module) -> nn.Module:
+    """timm's Swin v2 window attention given the width-reading forward pass (in place); timm's
+    Swin v1 attention reads its widths from its weights already."""
+    from timm.models import swin_transformer_v2 as v2
+
+    cls = _timm_v2()
+    for m in model.modules():
+        if type(m) is v2.WindowAttention:
+            m.__class__ = cls
     return model

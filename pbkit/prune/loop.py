@@ -20,7 +20,7 @@ from torch import nn
 
 from pbkit.core import budget, device
 from pbkit.core.errors import PbkitError
-from pbkit.models import counts, swin
+from pbkit.models import counts
 from pbkit.prune import knapsack, latency, methods, opaque
 from pbkit.prune.calibration import Calibration
 
@@ -69,7 +69,8 @@ class PruneResult:
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
     """timm-style attention blocks: a fused ``qkv`` Linear and a ``num_heads`` attribute (Swin's
     window attention is pruned as one block instead: :mod:`pbkit.prune.opaque`)."""
-    return [m for m in model.modules() if not isinstance(m, swin.ATTENTION)
+    windowed = opaque.attention_classes()
+    return [m for m in model.modules() if not isinstance(m, windowed)
             and isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)]
 
 

@@ -2,7 +2,7 @@
 
 torch-pruning learns which channels belong together by walking the autograd graph of one forward
 pass. Inside a Swin block's window attention (window partition, cyclic shift, masks) and patch
-merging (a strided pad and a concatenation on the channel axis) that walk does not end: it
+merging (a strided pad and a concatenation on the channel axis), torchvision's and timm's, that walk does not end: it
 recurses until memory runs out. While the graph is built, :func:`hidden` runs each such block
 inside one autograd node whose only input is the block's input, so the graph sees a single
 layer; the pruners here (:data:`PRUNERS`, passed as ``customized_pruners``) then prune that
@@ -35,23 +35,64 @@ class _Opaque(torch.autograd.Function):
         raise RuntimeError("an opaque block is for tracing the dependency graph, not for training")
 
 
+def _timm() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """timm's Swin (v1, v2) classes: blocks, their window attention, patch merging."""
+    from timm.models import swin_transformer as v1
+    from timm.models import swin_transformer_v2 as v2
+
+    return ((v1.SwinTransformerBlock, v2.SwinTransformerV2Block), (v1.WindowAttention, v2.WindowAttention),
+            (v1.PatchMerging, v2.PatchMerging))
+
+
+def attention_classes() -> tuple[type, ...]:
+    """Window attention, torchvision's and timm's: pruned as one layer, never by heads."""
+    return swin.ATTENTION + _timm()[1]
+
+
 def blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks of ``model`` the dependency graph must see as single layers."""
-    return [m for m in model.modules() if isinstance(m, swin.ATTENTION + swin.MERGING)]
+    kinds = attention_classes() + swin.MERGING + _timm()[2]
+    return [m for m in model.modules() if isinstance(m, kinds)]
 
 
 @contextlib.contextmanager
 def hidden(model: nn.Module) -> Iterator[None]:
-    """Within: every block of :func:`blocks` is one autograd node (its instance's forward wrapped)."""
-    wrapped = blocks(model)
-    for m in wrapped:
-        inner = m.forward
-        m.forward = (lambda f: lambda x: _Opaque.apply(x, f))(inner)  # type: ignore[method-assign]
+    """Within: every block of :func:`blocks` is one autograd node on its [B, H, W, C] input. timm's
+    blocks partition windows before calling their attention, so there the attention module is
+    made to take the unpartitioned input and run the whole windowed path inside its node."""
+    timm_blocks, _, _ = _timm()
+    patched: list[tuple[nn.Module, str]] = []
+    for blk in [m for m in model.modules() if isinstance(m, timm_blocks)]:
+        attn, path, original = blk.attn, blk._attn, blk.attn.forward
+        inside = [False]
+
+        def forward(x: torch.Tensor, mask: Any = None, *, _path: Any = path, _orig: Any = original,
+                    _inside: list[bool] = inside) -> torch.Tensor:
+            if _inside[0]:  # the windowed path calling its attention on the windows
+                return _orig(x, mask=mask)  # type: ignore[no-any-return]
+
+            def run(t: torch.Tensor) -> torch.Tensor:
+                _inside[0] = True
+                try:
+                    return _path(t)  # type: ignore[no-any-return]
+                finally:
+                    _inside[0] = False
+
+            return _Opaque.apply(x, run)  # type: ignore[no-any-return]
+
+        attn.forward = forward  # type: ignore[method-assign]
+        blk._attn = (lambda a: lambda x: a(x))(attn)  # type: ignore[method-assign]
+        patched += [(attn, "forward"), (blk, "_attn")]
+    for m in blocks(model):
+        if not any(m is p for p, _ in patched):
+            inner = m.forward
+            m.forward = (lambda f: lambda x: _Opaque.apply(x, f))(inner)  # type: ignore[method-assign]
+            patched.append((m, "forward"))
     try:
         yield
     finally:
-        for m in wrapped:
-            del m.forward
+        for m, name in patched:
+            delattr(m, name)
 
 
 def _linear() -> Any:
@@ -72,7 +113,7 @@ def _base() -> type:
     return tp.pruner.function.BasePruningFunc  # type: ignore[no-any-return]
 
 
-def _pruners() -> dict[type, Any]:
+def _pruners() -> dict[str, Any]:
     base = _base()
 
     class AttentionPruner(base):  # type: ignore[misc, valid-type]
@@ -99,16 +140,20 @@ def _pruners() -> dict[type, Any]:
         def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
             c = int(layer.reduction.in_features) // 4  # type: ignore[union-attr]
             merged = [i + k * c for k in range(4) for i in idxs]
+            before = _norm_width(layer) == 4 * c  # v1: the norm before the reduction (v2: after)
             _linear().prune_in_channels(layer.reduction, merged)
-            if isinstance(layer, swin.MERGING[0]):  # v1: the norm before the reduction
+            if before:
                 _norm().prune_out_channels(layer.norm, merged)
             layer.dim = c - len(idxs)  # type: ignore[assignment]
             return layer
 
         def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            after = _norm_width(layer) == layer.reduction.out_features  # type: ignore[union-attr]
             _linear().prune_out_channels(layer.reduction, idxs)
-            if isinstance(layer, swin.MERGING[1]):  # v2: the norm after it
+            if after:
                 _norm().prune_out_channels(layer.norm, idxs)
+            if hasattr(layer, "out_dim"):
+                layer.out_dim = int(layer.reduction.out_features)  # type: ignore[union-attr, assignment]
             return layer
 
         def get_out_channels(self, layer: nn.Module) -> int:
@@ -117,10 +162,21 @@ def _pruners() -> dict[type, Any]:
         def get_in_channels(self, layer: nn.Module) -> int:
             return int(layer.reduction.in_features) // 4  # type: ignore[union-attr]
 
-    attention, merging = AttentionPruner(), MergingPruner()
-    return {**{cls: attention for cls in swin.ATTENTION}, **{cls: merging for cls in swin.MERGING}}
+    return {"attention": AttentionPruner(), "merging": MergingPruner()}
+
+
+def _norm_width(layer: nn.Module) -> int:
+    norm = getattr(layer, "norm", None)
+    shape = getattr(norm, "normalized_shape", None)
+    return int(shape[0]) if shape else -1
 
 
 def pruners(model: nn.Module) -> dict[type, Any]:
-    """``customized_pruners`` for the blocks ``model`` has (none: an empty dict)."""
-    return _pruners() if blocks(model) else {}
+    """``customized_pruners`` for the blocks ``model`` has, by their exact classes (torch-pruning
+    looks pruners up by ``type(module)``); none: an empty dict."""
+    present = blocks(model)
+    if not present:
+        return {}
+    made = _pruners()
+    windowed = attention_classes()
+    return {type(m): made["attention" if isinstance(m, windowed) else "merging"] for m in present}
