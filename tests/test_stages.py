@@ -417,17 +417,18 @@ def test_a_run_killed_at_any_stage_resumes_and_ends_as_an_uninterrupted_run(tmp_
 
 def test_two_processes_on_one_configuration_do_not_corrupt_it(tmp_path: Path) -> None:
     out = tmp_path / "runs"
-    first = _start(out, "dataset.name=null")
-    t0 = time.monotonic()
-    while not list(out.glob(".*.lock")):  # the first holds the run's lock
-        assert first.poll() is None and time.monotonic() - t0 < 60
-        time.sleep(0.05)
-    second = _start(out, "dataset.name=null")
-    (out1, err1), (out2, err2) = first.communicate(timeout=300), second.communicate(timeout=300)
-    assert first.returncode == 0 and second.returncode == 0, err1 + err2
-    a, b = json.loads(out1), json.loads(out2)
-    assert a["run_dir"] == b["run_dir"] and a["stages_run"] == ["prune", "export", "bench"]
-    assert b["stages_run"] == [] and f"in use by process {first.pid}" in err2 and "waiting" in err2
+    # started together (both import for seconds, then one takes the run's lock and works for seconds
+    # while the other waits): waiting for the lock file before starting the second let a fast run
+    # finish before the second even looked
+    procs = [_start(out, "dataset.name=null"), _start(out, "dataset.name=null")]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), "".join(err for _, err in results)
+    done = [json.loads(o) for o, _ in results]
+    worker = next(i for i, d in enumerate(done) if d["stages_run"])
+    waiter = 1 - worker
+    a, b = done[worker], done[waiter]
+    assert a["run_dir"] == b["run_dir"] and a["stages_run"] == ["prune", "export", "bench"] and b["stages_run"] == []
+    assert f"in use by process {procs[worker].pid}" in results[waiter][1] and "waiting" in results[waiter][1]
     assert a["record"] == b["record"] == json.loads((Path(a["run_dir"]) / "record.json").read_text())
     assert [p.name for p in out.iterdir()] == [Path(a["run_dir"]).name]  # no lock, no temp folder left
 

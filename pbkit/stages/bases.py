@@ -22,7 +22,6 @@ from pbkit.models import ModelSpec, build, checkpoint, weights
 from pbkit.stages import distributed
 from pbkit.stages.rundir import slug, teacher_file, trained_fields, trains_base
 from pbkit.tasks import Task
-from pbkit.tasks.base import OnEpoch
 
 Weights = dict[str, Any]  # weights, weights_path, weights_sha256 (record.ModelInfo fields)
 
@@ -62,11 +61,8 @@ def _obtain(cfg: config.Config, spec: ModelSpec, task: Task, bundle: DataBundle 
             return model, _trained(path), extra.get("training")
         steps = Steps(f"training base {spec.name} on {bundle.name}{distributed.label(cfg)}", cfg.base.epochs, quiet)
         model.to(dev)
-        on_epoch: OnEpoch = lambda e, row: steps.update(e, task.epoch_line(row))  # noqa: E731
-        history = distributed.train(cfg, task, model, spec, cfg.base.model_dump(), what="base training",
-                                    on_epoch=on_epoch) if distributed.across(cfg) else \
-            task.train(model, bundle, spec, cfg.base.model_dump(), eval_batch_size=cfg.dataset.eval_batch_size,
-                       on_epoch=on_epoch)
+        history = distributed.train(cfg, task, model, bundle, spec, cfg.base.model_dump(), what="base training",
+                                    on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)))
         steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
         checkpoint.save_model(model, spec, path, extra={"training": history})
     return model, _trained(path), history

@@ -39,6 +39,7 @@ from torch import nn
 from pbkit.core import config, device
 from pbkit.core.config import DistributedCfg, KDCfg
 from pbkit.core.errors import PbkitError
+from pbkit.data import DataBundle
 from pbkit.models import ModelSpec, checkpoint
 from pbkit.tasks import Task
 
@@ -56,11 +57,23 @@ def label(cfg: config.Config) -> str:
     return f" across {cfg.distributed.world_size} processes" if across(cfg) else ""
 
 
-def train(cfg: config.Config, task: Task, model: nn.Module, spec: ModelSpec, recipe: dict[str, Any], *,
-          what: str, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-          teacher_file: Path | None = None, kd: KDCfg | None = None) -> dict[str, Any]:
-    """Train ``model`` (in place) with ``recipe`` across ``cfg.distributed``'s processes; return the
-    recipe as run with its history, as ``task.train`` does, and ``distributed`` (how it ran)."""
+def train(cfg: config.Config, task: Task, model: nn.Module, bundle: DataBundle, spec: ModelSpec,
+          recipe: dict[str, Any], *, what: str, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+          teacher: nn.Module | None = None, teacher_file: Path | None = None, kd: KDCfg | None = None
+          ) -> dict[str, Any]:
+    """The task's training of ``model`` (in place) with ``recipe``: in this process, or across
+    ``cfg.distributed``'s processes (the teacher then comes from ``teacher_file``). Returns the
+    recipe as run with its history, and across processes ``distributed`` (how it ran)."""
+    if not across(cfg):
+        return task.train(model, bundle, spec, recipe, eval_batch_size=cfg.dataset.eval_batch_size,
+                          on_epoch=on_epoch, teacher=teacher, kd=kd)
+    return _train_across(cfg, task, model, spec, recipe, what=what, on_epoch=on_epoch, teacher_file=teacher_file,
+                         kd=kd)
+
+
+def _train_across(cfg: config.Config, task: Task, model: nn.Module, spec: ModelSpec, recipe: dict[str, Any], *,
+                  what: str, on_epoch: Callable[[int, dict[str, float]], None] | None,
+                  teacher_file: Path | None, kd: KDCfg | None) -> dict[str, Any]:
     d = cfg.distributed
     if task.not_distributed:
         raise PbkitError(f"{what} across processes: {task.not_distributed}")
@@ -76,7 +89,7 @@ def train(cfg: config.Config, task: Task, model: nn.Module, spec: ModelSpec, rec
                "kd": kd.model_dump() if kd is not None and kd.enabled else None,
                "teacher": str(teacher_file) if teacher_file is not None else None}
         (folder / "job.json").write_text(json.dumps(job))
-        _launch(d, backend, folder, what, on_epoch)
+        _launch(d, backend, folder, cfg.device, what, on_epoch)
         trained, _, extra = checkpoint.load_model(folder / "trained.pt")
         model.load_state_dict(trained.state_dict())
         model.to(home)
@@ -113,10 +126,9 @@ def launch_command(d: DistributedCfg, backend: str, job: Path | None, device_nam
     return cmd + ([str(job)] if job is not None else [])
 
 
-def _launch(d: DistributedCfg, backend: str, folder: Path, what: str,
+def _launch(d: DistributedCfg, backend: str, folder: Path, device_name: str, what: str,
             on_epoch: Callable[[int, dict[str, float]], None] | None) -> None:
-    job = json.loads((folder / "job.json").read_text())
-    cmd = launch_command(d, backend, folder, str(job["config"]["device"]))
+    cmd = launch_command(d, backend, folder, device_name)
     code, error, tail = run_torchrun(cmd, on_epoch, tmp=folder)  # what torchrun leaves goes with the job
     if code != 0 or not (folder / "trained.pt").is_file():
         cause = error or _torchrun_cause(tail) or (tail[-1] if tail else f"torchrun ended with exit code {code}")

@@ -50,14 +50,10 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
         title = f"finetuning {recipe['epochs']} epochs" + (" with distillation" if teacher is not None else "")
     steps = Steps(title + distributed.label(cfg), int(recipe["epochs"]), quiet)
     kd = cfg.finetune.kd if teacher is not None else None
-    if distributed.across(cfg):
-        history = distributed.train(cfg, task, model, spec, recipe, what="finetuning",
-                                    on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)), kd=kd,
-                                    teacher_file=None if kd is None else (teacher_file(kd.teacher) if kd.teacher else
-                                                                          run_dir / MODEL_FILES[DENSE]))
-    else:
-        history = task.train(model, bundle, spec, recipe, eval_batch_size=cfg.dataset.eval_batch_size,
-                             on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)), teacher=teacher, kd=kd)
+    history = distributed.train(cfg, task, model, bundle, spec, recipe, what="finetuning",
+                                on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)), teacher=teacher, kd=kd,
+                                teacher_file=None if kd is None else (teacher_file(kd.teacher) if kd.teacher else
+                                                                      run_dir / MODEL_FILES[DENSE]))
     steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
     prune.put_scores(rec.accuracy, task, "finetuned", prune.scores(task, model, bundle, spec, cfg))
     checkpoint.save_model(model, spec, run_dir / FINETUNED_FILE)
