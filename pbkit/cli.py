@@ -450,7 +450,8 @@ def join(rdzv_endpoint: str, nnodes: int, nproc_per_node: int, backend: str, tim
     chosen = backend if backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
     note(f"joining {rdzv_endpoint} with {nproc_per_node} process(es) ({chosen})")
     with tempfile.TemporaryDirectory(prefix="pbkit-join-") as tmp:  # what torchrun leaves goes with it
-        code, error, tail = distributed.run_torchrun(distributed.launch_command(d, chosen, None, "auto"), None,
+        code, error, tail = distributed.run_torchrun(distributed.launch_command(d, chosen, None, "auto"),
+                                                     nproc_per_node, None,
                                                      tmp=Path(tmp))
     if code != 0:
         raise PbkitError(f"joining {rdzv_endpoint} failed: {error or (tail[-1] if tail else f'exit code {code}')}")

@@ -14,6 +14,7 @@ the weights, :mod:`pbkit.models.swin`).
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -36,12 +37,18 @@ class _Opaque(torch.autograd.Function):
 
 
 def _timm() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
-    """timm's Swin (v1, v2) classes: blocks, their window attention, patch merging."""
-    from timm.models import swin_transformer as v1
-    from timm.models import swin_transformer_v2 as v2
-
-    return ((v1.SwinTransformerBlock, v2.SwinTransformerV2Block), (v1.WindowAttention, v2.WindowAttention),
-            (v1.PatchMerging, v2.PatchMerging))
+    """timm's Swin (v1, v2) classes: blocks, their window attention, patch merging. Only those of
+    the modules already imported: a model cannot hold a class whose module was never imported, and
+    a run of any other model does not import timm for this (it is called after every step)."""
+    blocks_, attention, merging = [], [], []
+    for module, block in (("timm.models.swin_transformer", "SwinTransformerBlock"),
+                          ("timm.models.swin_transformer_v2", "SwinTransformerV2Block")):
+        m = sys.modules.get(module)
+        if m is not None:
+            blocks_.append(getattr(m, block))
+            attention.append(m.WindowAttention)
+            merging.append(m.PatchMerging)
+    return tuple(blocks_), tuple(attention), tuple(merging)
 
 
 def attention_classes() -> tuple[type, ...]:

@@ -129,18 +129,19 @@ def launch_command(d: DistributedCfg, backend: str, job: Path | None, device_nam
 def _launch(d: DistributedCfg, backend: str, folder: Path, device_name: str, what: str,
             on_epoch: Callable[[int, dict[str, float]], None] | None) -> None:
     cmd = launch_command(d, backend, folder, device_name)
-    code, error, tail = run_torchrun(cmd, on_epoch, tmp=folder)  # what torchrun leaves goes with the job
+    code, error, tail = run_torchrun(cmd, d.nproc_per_node, on_epoch, tmp=folder)  # torchrun's files go with the job
     if code != 0 or not (folder / "trained.pt").is_file():
         cause = error or _torchrun_cause(tail) or (tail[-1] if tail else f"torchrun ended with exit code {code}")
         raise PbkitError(f"{what} across {d.world_size} processes failed: {cause}; nothing of it was written")
 
 
-def run_torchrun(cmd: list[str], on_epoch: Callable[[int, dict[str, float]], None] | None,
+def run_torchrun(cmd: list[str], nproc: int, on_epoch: Callable[[int, dict[str, float]], None] | None,
                  tmp: Path | None = None) -> tuple[int, str | None, list[str]]:
     """Run torchrun (its temporary files under ``tmp``); epochs reported go to ``on_epoch``; return
     its exit code, the first rank's one-line error (if a rank said one) and the last lines it
     printed otherwise."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(_threads(cmd))}
+    threads = max((os.cpu_count() or 1) // nproc, 1)  # this machine's cores shared by its processes
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(threads)}
     if tmp is not None:
         env["TMPDIR"] = str(tmp)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -164,11 +165,6 @@ def run_torchrun(cmd: list[str], on_epoch: Callable[[int, dict[str, float]], Non
         proc.wait()
         raise
     return proc.wait(), (error[0] if error else None), list(tail)
-
-
-def _threads(cmd: list[str]) -> int:
-    n = next(int(a.split("=", 1)[1]) for a in cmd if a.startswith("--nproc-per-node="))
-    return max((os.cpu_count() or 1) // n, 1)
 
 
 _SIGNALS = {int(s): s.name for s in signal.Signals}
