@@ -30,9 +30,15 @@ from pbkit.core.fileio import atomic_write_json, atomic_write_text
 
 
 def torchvision_names() -> list[str]:
+    """Every torchvision classifier, smallest first (by parameter count on its weights' card), so a
+    zoo cut short has tried the most models."""
     import torchvision
+    from torchvision.models import get_model_weights
 
-    return [f"tv:{n}" for n in sorted(torchvision.models.list_models(module=torchvision.models))]
+    def size(name: str) -> int:
+        return int(next(iter(get_model_weights(name))).meta.get("num_params") or 0)
+
+    return [f"tv:{n}" for n in sorted(torchvision.models.list_models(module=torchvision.models), key=size)]
 
 
 def timm_sample(n: int) -> list[str]:
@@ -138,6 +144,10 @@ def main() -> int:
     ap.add_argument("--timeout-s", type=float, default=600.0)
     ap.add_argument("--out", type=Path, default=Path("results/perf"))
     ap.add_argument("--tag", default=f"cpu-{os.cpu_count()}core")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the rows of zoo-<tag>.json for models not tried this time (re-try a few, keep the rest)")
+    ap.add_argument("--skip-done", action="store_true",
+                    help="with --update: do not re-try the models zoo-<tag>.json already has")
     args = ap.parse_args()
     names = args.names or [*(torchvision_names() if "tv" in args.source else []),
                            *(timm_sample(args.timm_sample) if "timm" in args.source else [])]
@@ -145,12 +155,18 @@ def main() -> int:
     settings = {"method": "l2", "scope": "protected", "speedup": 1.5, "max_memory_gib": args.max_memory_gib,
                 "timeout_s": args.timeout_s}
     args.out.mkdir(parents=True, exist_ok=True)
+    kept: list[dict[str, Any]] = []
+    if args.update and (args.out / f"zoo-{args.tag}.json").exists():
+        kept = json.loads((args.out / f"zoo-{args.tag}.json").read_text())["rows"]
+        if args.skip_done:
+            names = [n for n in names if n not in {r["model"] for r in kept}]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="pbkit-zoo-") as tmp:
         for i, name in enumerate(names, 1):
             row = try_model(name, Path(tmp) / "runs", args.max_memory_gib, args.timeout_s)
             rows.append(row)
-            write(rows, args.out, args.tag, settings)
+            tried = {r["model"] for r in rows}
+            write([r for r in kept if r["model"] not in tried] + rows, args.out, args.tag, settings)
             print(f"[{i}/{len(names)}] {name}: {row['status']}"
                   + (f" ({row['stage']}: {row['reason']})" if row["reason"] else f" {row.get('speedup', 0):.2f}x")
                   + f" {row.get('prune_s', 0) + row.get('export_s', 0):.0f} s, {row['peak_rss_gib']} GiB",

@@ -23,6 +23,12 @@ def test_parity_gate() -> None:
     assert bad["max_rel"] == pytest.approx(0.1 / 3, rel=1e-3)
     assert not parity.compare([np.array([np.nan, 0, 0], dtype=np.float32)], ref, 1e-3, 1e-5)["passed"]
     assert not parity.compare([ref[0][:2]], ref, 1e-3, 1e-5)["passed"]
+    # outputs of 1e12 (Inception v3 at random init): fp32 rounding of that size passes on a near-zero
+    # element, an error of 1e-4 of the scale does not
+    huge = [np.array([1e12, -1e12, 3.0], dtype=np.float32)]
+    fine = parity.compare([huge[0] + np.array([0, 0, 5e5], dtype=np.float32)], huge, 1e-3, 1e-5)
+    assert fine["passed"] and fine["atol_scale"] == pytest.approx(1e12)
+    assert not parity.compare([huge[0] + np.array([0, 0, 1e8], dtype=np.float32)], huge, 1e-3, 1e-5)["passed"]
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])

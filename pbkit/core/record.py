@@ -187,8 +187,9 @@ class Parity(_Open):
     rtol: float
     atol: float
     passed: bool
-    gate: str = "fp32"  # fp32: |a-b| <= atol + rtol*|b|; fp16: cosine >= cosine_min
+    gate: str = "fp32"  # fp32: |a-b| <= atol*atol_scale + rtol*|b|; fp16: cosine >= cosine_min
     cosine_min: float | None = None
+    atol_scale: float | None = None  # the reference's largest magnitude where above 1 (else 1); absent: 1
 
 
 class StageInfo(_Open):

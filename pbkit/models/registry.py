@@ -64,10 +64,6 @@ PREFIXES = {
 # the name that was tried, and the reason a user can act on. `pbkit list models` marks them and
 # `pbkit prune` says so before it tries (under the memory and time budgets, which stop it in one line).
 KNOWN_FAILURES: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(r"^tv:maxvit_"), "tv:maxvit_t",
-     "torch-pruning's dependency graph cannot follow grid and window attention: it outgrows the memory budget"),
-    (re.compile(r"^tv:shufflenet_v2_"), "tv:shufflenet_v2_x1_0",
-     "torch-pruning's dependency graph fails on the channel shuffle (ZeroDivisionError mapping its reshape)"),
 ]
 
 
@@ -146,8 +142,8 @@ def resolve(name: str, num_classes: int | None = None, input_size: int | None = 
         if short not in torchvision_names():
             raise PbkitError(f"unknown torchvision classification model {short!r} (see `pbkit list models --json` for the names)")
         family = "vit" if _VIT_NAME.match(short) else "cnn"
-        default_size = 299 if short.startswith("inception") else 224
-        return ModelSpec(name, num_classes or 1000, input_size or default_size, family, "torchvision", kwargs)
+        return ModelSpec(name, num_classes or 1000, input_size or _tv_default_size(short), family, "torchvision",
+                         kwargs)
     if name.startswith("timm:"):
         import timm
 
@@ -158,6 +154,18 @@ def resolve(name: str, num_classes: int | None = None, input_size: int | None = 
         family = "vit" if _VIT_NAME.match(short) else "cnn"
         return ModelSpec(name, num_classes or 1000, size, family, "timm", kwargs)
     raise choices_error("model", name, [*MODELS, *YOLO_MODELS, *(p + "<name>" for p in PREFIXES)])
+
+
+def _tv_default_size(short: str) -> int:
+    """The model's own input size: the crop its default weights were evaluated at (EfficientNet-B7
+    600, ViT-H/14 518, Inception 299, most 224)."""
+    from torchvision.models import get_model_weights
+
+    try:
+        crop = get_model_weights(short).DEFAULT.transforms.keywords.get("crop_size")
+    except (AttributeError, ValueError, KeyError):
+        crop = None
+    return int(crop[0] if isinstance(crop, (list, tuple)) else crop) if crop else 224
 
 
 def _timm_default_size(short: str) -> int:
@@ -181,7 +189,7 @@ def build(spec: ModelSpec, pretrained: bool = False, seed: int = 0,
 
 def prepare(model: nn.Module, spec: ModelSpec) -> nn.Module:
     """Pruning-friendly, function-preserving rewrites of an architecture (YOLOv8's C2f, torchvision
-    Swin's window attention)."""
+    Swin's window attention, MaxViT's attention, ShuffleNetV2's channel shuffle)."""
     if spec.source == "ultralytics":
         from pbkit.models import yolo
 
@@ -190,6 +198,14 @@ def prepare(model: nn.Module, spec: ModelSpec) -> nn.Module:
         from pbkit.models import swin
 
         return swin.make_prunable(model)  # widths read from the weights (the same outputs)
+    if spec.name.startswith("tv:maxvit_"):
+        from pbkit.models import maxvit
+
+        return maxvit.make_prunable(model)  # attention widths read from the weights (the same outputs)
+    if spec.name.startswith("tv:shufflenet_v2_"):
+        from pbkit.models import shufflenet
+
+        return shufflenet.make_prunable(model)  # its channel shuffle a module of its own (the same outputs)
     if spec.name.startswith("timm:swinv2_") and not spec.name.startswith("timm:swinv2_cr"):
         from pbkit.models import swin
 
@@ -223,8 +239,11 @@ def _build_hub(spec: ModelSpec, pretrained: bool) -> nn.Module:
 
         if pretrained and spec.num_classes != 1000:
             raise PbkitError(f"{spec.name}: pretrained torchvision weights have 1000 classes, not {spec.num_classes}")
+        kw = dict(spec.kwargs)
+        if not pretrained and spec.name.startswith("tv:vit_") and "image_size" not in kw:
+            kw["image_size"] = spec.input_size  # its position embedding is sized for the input
         return torchvision.models.get_model(spec.name[3:], weights="DEFAULT" if pretrained else None,
-                                            num_classes=spec.num_classes, **spec.kwargs)
+                                            num_classes=spec.num_classes, **kw)
     import timm
 
     kw = dict(spec.kwargs)

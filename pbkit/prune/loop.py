@@ -105,7 +105,8 @@ def _graph(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
         with opaque.hidden(model):  # blocks it cannot trace, as single layers with pruners of their own
             pruner = pruner_cls(model, example, importance=importance, global_pruning=s.scope != "local",
                                 pruning_ratio=1.0, max_pruning_ratio=max_ratio, iterative_steps=s.iterative_steps,
-                                ignored_layers=protected, round_to=s.round_to, num_heads=num_heads, **extra)
+                                ignored_layers=[*protected, *opaque.fixed(model)], round_to=s.round_to,
+                                num_heads=num_heads, **extra)
     except PbkitError:
         raise
     except Exception as e:  # tracing failures come in many types

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pbkit.models import swin
+from pbkit.models import maxvit, shufflenet, swin
 
 
 class _Opaque(torch.autograd.Function):
@@ -52,13 +52,14 @@ def _timm() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
 
 
 def attention_classes() -> tuple[type, ...]:
-    """Window attention, torchvision's and timm's: pruned as one layer, never by heads."""
-    return swin.ATTENTION + _timm()[1]
+    """Window attention, torchvision's and timm's Swin, torchvision's MaxViT: pruned as one layer,
+    never by heads."""
+    return swin.ATTENTION + maxvit.ATTENTION + _timm()[1]
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks of ``model`` the dependency graph must see as single layers."""
-    kinds = attention_classes() + swin.MERGING + _timm()[2]
+    kinds = attention_classes() + swin.MERGING + _timm()[2] + maxvit.PARTITION
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
@@ -93,7 +94,7 @@ def hidden(model: nn.Module) -> Iterator[None]:
     for m in blocks(model):
         if not any(m is p for p, _ in patched):
             inner = m.forward
-            m.forward = (lambda f: lambda x: _Opaque.apply(x, f))(inner)  # type: ignore[method-assign]
+            m.forward = (lambda f: lambda x, *a: _Opaque.apply(x, lambda t: f(t, *a)))(inner)  # type: ignore[method-assign]
             patched.append((m, "forward"))
     try:
         yield
@@ -124,21 +125,36 @@ def _pruners() -> dict[str, Any]:
     base = _base()
 
     class AttentionPruner(base):  # type: ignore[misc, valid-type]
-        """Window attention: its input channels are ``qkv``'s columns, its output channels ``proj``'s rows."""
+        """Window attention: its input channels are ``qkv``'s columns, its output channels ``proj``'s
+        rows (MaxViT: ``to_qkv``, ``merge``)."""
 
         def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-            _linear().prune_out_channels(layer.proj, idxs)
+            _linear().prune_out_channels(_proj(layer), idxs)
             return layer
 
         def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-            _linear().prune_in_channels(layer.qkv, idxs)
+            _linear().prune_in_channels(_qkv(layer), idxs)
             return layer
 
         def get_out_channels(self, layer: nn.Module) -> int:
-            return int(layer.proj.out_features)  # type: ignore[union-attr]
+            return int(_proj(layer).out_features)
 
         def get_in_channels(self, layer: nn.Module) -> int:
-            return int(layer.qkv.in_features)  # type: ignore[union-attr]
+            return int(_qkv(layer).in_features)
+
+    class PassThroughPruner(base):  # type: ignore[misc, valid-type]
+        """A reshape or permute that keeps each channel as it is (MaxViT's window and grid
+        partitions): no weights; its input and output channels are the same channels."""
+
+        def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            return layer
+
+        prune_in_channels = prune_out_channels  # one function: in and out channels coupled
+
+        def get_out_channels(self, layer: nn.Module) -> None:
+            return None  # the graph infers it from the layer's input
+
+        get_in_channels = get_out_channels
 
     class MergingPruner(base):  # type: ignore[misc, valid-type]
         """Patch merging: C input channels, each four times in the merged 4C (v1 normalises those),
@@ -169,7 +185,30 @@ def _pruners() -> dict[str, Any]:
         def get_in_channels(self, layer: nn.Module) -> int:
             return int(layer.reduction.in_features) // 4  # type: ignore[union-attr]
 
-    return {"attention": AttentionPruner(), "merging": MergingPruner()}
+    class FixedPruner(base):  # type: ignore[misc, valid-type]
+        """A layer whose channels never change (ShuffleNet's channel shuffle): listed in
+        :func:`fixed`, so no group that reaches it is pruned."""
+
+        def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            raise RuntimeError(f"{type(layer).__name__} keeps its channels; it should have been held fixed")
+
+        prune_in_channels = prune_out_channels
+
+        def get_out_channels(self, layer: nn.Module) -> int:
+            return int(layer.channels)  # type: ignore[arg-type]
+
+        get_in_channels = get_out_channels
+
+    return {"attention": AttentionPruner(), "merging": MergingPruner(), "passthrough": PassThroughPruner(),
+            "fixed": FixedPruner()}
+
+
+def _qkv(layer: nn.Module) -> nn.Linear:
+    return getattr(layer, "qkv", None) or layer.to_qkv  # type: ignore[return-value]
+
+
+def _proj(layer: nn.Module) -> nn.Linear:
+    return getattr(layer, "proj", None) or layer.merge  # type: ignore[return-value]
 
 
 def _norm_width(layer: nn.Module) -> int:
@@ -178,12 +217,21 @@ def _norm_width(layer: nn.Module) -> int:
     return int(shape[0]) if shape else -1
 
 
+def fixed(model: nn.Module) -> list[nn.Module]:
+    """Layers whose output channels must keep their number (held as ignored layers): ShuffleNet's
+    shuffles and the convolutions feeding them."""
+    return shufflenet.fixed(model)
+
+
 def pruners(model: nn.Module) -> dict[type, Any]:
     """``customized_pruners`` for the blocks ``model`` has, by their exact classes (torch-pruning
     looks pruners up by ``type(module)``); none: an empty dict."""
     present = blocks(model)
-    if not present:
+    shuffles = [m for m in model.modules() if isinstance(m, shufflenet.ChannelShuffle)]
+    if not present and not shuffles:
         return {}
     made = _pruners()
     windowed = attention_classes()
-    return {type(m): made["attention" if isinstance(m, windowed) else "merging"] for m in present}
+    kind = {**dict.fromkeys(swin.MERGING + _timm()[2], "merging"), **dict.fromkeys(maxvit.PARTITION, "passthrough")}
+    return {**{type(m): made["attention" if isinstance(m, windowed) else kind[type(m)]] for m in present},
+            **({shufflenet.ChannelShuffle: made["fixed"]} if shuffles else {})}

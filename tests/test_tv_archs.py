@@ -1,0 +1,96 @@
+"""torchvision's MaxViT and ShuffleNetV2 prune: their rewrites compute what torchvision computes,
+what the dependency graph cannot follow is held as single layers (MaxViT's partitions and
+attention) or held fixed (ShuffleNet's channel shuffle), and the pruned models reload and export
+with parity."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from pbkit import stages
+from pbkit.core import config
+from pbkit.models import checkpoint, counts, maxvit, registry, shufflenet
+from tests.conftest import output_in_fresh_process
+
+
+def test_the_prunable_maxvit_computes_what_torchvision_computes() -> None:
+    torch.manual_seed(0)
+    original = torchvision.models.maxvit_t().eval()
+    prunable = maxvit.make_prunable(copy.deepcopy(original))
+    assert sum(isinstance(m, maxvit.Attention) for m in prunable.modules()) == 22
+    x = torch.randn(2, 3, 224, 224)  # MaxViT-T takes multiples of 224 only (7x7 windows at 1/32)
+    with torch.no_grad():
+        assert torch.equal(prunable(x), original(x))
+    assert prunable.state_dict().keys() == original.state_dict().keys()
+    assert registry.resolve("tv:maxvit_t").input_size == 224
+    assert any(isinstance(m, maxvit.Attention) for m in registry.build(registry.resolve("tv:maxvit_t")).modules())
+
+
+def test_the_prunable_shufflenet_computes_what_torchvision_computes() -> None:
+    torch.manual_seed(0)
+    original = torchvision.models.shufflenet_v2_x0_5().eval()
+    prunable = shufflenet.make_prunable(copy.deepcopy(original))
+    units = [m for m in prunable.modules() if isinstance(m, shufflenet.ShuffleUnit)]
+    assert len(units) == 16 and all(u.shuffle.channels in (48, 96, 192) for u in units)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(prunable(x), original(x))
+    assert prunable.state_dict().keys() == original.state_dict().keys()  # the same checkpoints load
+    fixed = shufflenet.fixed(prunable)
+    assert len([m for m in fixed if isinstance(m, nn.Conv2d)]) == 16 + 3  # each unit's branch2, the 3 branch1s
+
+
+def _run(tmp_path: Path, name: str, size: int, scope: str, until: str) -> stages.Outcome:
+    cfg = config.load(None, [f"model.name={name}", f"model.input_size={size}", "prune.method=l2",
+                             "prune.speedup=1.5", f"prune.scope={scope}", "prune.iterative_steps=10",
+                             f"out={tmp_path / 'runs'}"])
+    return stages.run(cfg, until=until, quiet=True)
+
+
+def _reloads(out: stages.Outcome, size: int, tmp_path: Path) -> nn.Module:
+    model, _, _ = checkpoint.load_model(out.run_dir / "pruned.pt")
+    x = counts.example_input(size, batch=2)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 1000)
+    assert torch.allclose(output_in_fresh_process(out.run_dir / "pruned.pt", x, tmp_path), y, atol=1e-5)
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scope", ["local", "protected"])
+def test_maxvit_prunes_reloads_and_exports_with_parity(scope: str, tmp_path: Path) -> None:
+    until = "export" if scope == "protected" else "prune"
+    out = _run(tmp_path, "tv:maxvit_t", 224, scope, until)
+    rec = out.record
+    assert rec.method.achieved_speedup >= 1.5 and rec.counts.params_pruned < rec.counts.params_base
+    model = _reloads(out, 224, tmp_path)
+    widths = [a.to_qkv.in_features for a in model.modules() if isinstance(a, maxvit.Attention)]
+    inner = [a.to_qkv.out_features for a in model.modules() if isinstance(a, maxvit.Attention)]
+    assert inner == [192] * 4 + [384] * 4 + [768] * 10 + [1536] * 4  # heads and head width as they were
+    if scope == "local":  # every stage's residual stream, entering its attention, is narrower
+        assert all(w < d for w, d in zip(widths, [64] * 4 + [128] * 4 + [256] * 10 + [512] * 4, strict=True))
+    if until == "export":
+        assert rec.parity and all(p.passed for p in rec.parity)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scope", ["local", "global", "protected"])
+def test_shufflenet_prunes_its_units_inner_widths_reloads_and_exports_with_parity(scope: str, tmp_path: Path) -> None:
+    until = "export" if scope == "protected" else "prune"
+    out = _run(tmp_path, "tv:shufflenet_v2_x0_5", 64, scope, until)
+    rec = out.record
+    assert rec.method.achieved_speedup >= 1.5
+    model = _reloads(out, 64, tmp_path)
+    units = [m for m in model.modules() if isinstance(m, shufflenet.ShuffleUnit)]
+    assert all(u.shuffle.channels in (48, 96, 192) for u in units)  # the stream between units keeps its width
+    inner = [u.branch2[0].out_channels for u in units]
+    assert sum(inner) < sum(u.shuffle.channels // 2 for u in units)  # the bottlenecks were pruned
+    if until == "export":
+        assert rec.parity and all(p.passed for p in rec.parity)
