@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,16 +42,33 @@ def torchvision_names() -> list[str]:
     return [f"tv:{n}" for n in sorted(torchvision.models.list_models(module=torchvision.models), key=size)]
 
 
+_SIZE_WORDS = {"atto": 0, "femto": 1, "pico": 2, "nano": 3, "micro": 4, "xxs": 4, "xxsmall": 4, "tiny": 5, "xs": 5,
+               "xsmall": 5, "t": 5, "small": 6, "s": 6, "medium": 7, "m": 7, "base": 8, "b": 8, "large": 9, "l": 9,
+               "xlarge": 10, "huge": 11, "h": 11, "giant": 12, "g": 12}
+
+
+def _smallness(name: str) -> tuple[int, int, int]:
+    """A sort key that puts a family's smallest variant first, from the name alone (building every
+    timm model to count its parameters would take an hour): its size word (atto ... giant), then its
+    first number after the family word (resnet10t before resnet50), then its length."""
+    tokens = re.split(r"[_.]", name)
+    words = [_SIZE_WORDS[t] for t in tokens if t in _SIZE_WORDS]
+    numbers = [int(x) for x in re.findall(r"\d+", name)]
+    return (min(words) if words else 7, numbers[0] if numbers else 0, len(name))
+
+
 def timm_sample(n: int) -> list[str]:
-    """One name per timm family (the name's first word), in order, up to ``n``: CNNs, ViTs,
-    hierarchical transformers, hybrids and mobile nets alike."""
+    """One name per timm family (the name's leading letters: resnet50d is a resnet), its smallest
+    variant (:func:`_smallness`), families in alphabetical order, up to ``n``: CNNs, ViTs,
+    hierarchical transformers, hybrids and mobile nets alike (timm's ``test_*`` toys left out)."""
     import timm
 
-    seen: dict[str, str] = {}
+    families: dict[str, list[str]] = {}
     for name in timm.list_models():
-        family = name.split("_")[0].rstrip("0123456789")
-        seen.setdefault(family, name)
-    return [f"timm:{name}" for name in list(seen.values())[:n]]
+        family = re.match(r"[a-z]+", name)
+        if family and family.group(0) != "test":
+            families.setdefault(family.group(0), []).append(name)
+    return [f"timm:{min(names, key=_smallness)}" for _, names in sorted(families.items())][:n]
 
 
 def _peak_rss(pid: int) -> int:
