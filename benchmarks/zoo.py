@@ -157,7 +157,7 @@ def main() -> int:
     ap.add_argument("--source", nargs="+", default=["tv", "timm"], choices=["tv", "timm"])
     ap.add_argument("--names", nargs="+", default=None, help="these models only")
     ap.add_argument("--limit", type=int, default=None, help="the first N names only")
-    ap.add_argument("--timm-sample", type=int, default=120)
+    ap.add_argument("--timm-sample", type=int, default=200, help="at most this many timm families (all 160 by default)")
     ap.add_argument("--max-memory-gib", type=float, default=8.0)
     ap.add_argument("--timeout-s", type=float, default=600.0)
     ap.add_argument("--out", type=Path, default=Path("results/perf"))

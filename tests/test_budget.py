@@ -76,6 +76,17 @@ def test_a_prune_past_its_memory_budget_exits_2_and_leaves_no_run_folder(pbkit: 
     assert not any((tmp_path / "runs").glob("resnet20*")) and not any((tmp_path / "runs").glob(".tmp-*"))
 
 
+def test_past_the_graph_budget_a_model_too_large_for_it_is_told_so_not_blamed_on_its_structure() -> None:
+    from torch import nn
+
+    from pbkit.prune import loop
+
+    big = nn.Linear(1024, 1024)  # 4 MiB of weights
+    assert loop._graph_hint(big, 1.0) == loop.GRAPH_HINT  # a small share of the budget: hard to trace
+    hint = loop._graph_hint(big, 0.01)  # 10 MiB: the weights alone take over a third
+    assert hint.startswith("the model's weights alone take 0.0 GiB") and "raise prune.max_memory_gib" in hint
+
+
 @pytest.mark.slow
 def test_the_zoo_script_writes_its_table_with_passes_and_one_line_reasons(tmp_path: Path) -> None:
     import json

@@ -95,6 +95,17 @@ GRAPH_HINT = ("a structure the dependency graph cannot follow (window attention 
               "prune.max_memory_gib / prune.max_graph_s only if the machine has room")
 
 
+def _graph_hint(model: nn.Module, memory_gib: float) -> str:
+    """What to do past a graph budget: a model whose weights alone take a third of the memory
+    budget is too large for it (its structure is not at fault), any other is hard to trace."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if weights * 3 < memory_gib * budget.GIB:
+        return GRAPH_HINT
+    return (f"the model's weights alone take {weights / budget.GIB:.1f} GiB and tracing holds them several times "
+            f"over: raise prune.max_memory_gib (this machine has {budget.total_memory_bytes() / budget.GIB:.0f} GiB) "
+            "or prune it on a machine with more memory")
+
+
 def _graph(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: PruneSettings, max_ratio: float,
            protected: list[nn.Module], num_heads: dict[nn.Module, int], extra: dict[str, Any]) -> tuple[Any, list[Any]]:
     """Build the Pruner (its dependency graph) and list the prunable groups."""
@@ -184,7 +195,7 @@ def prune_to_target(
     max_ratio = PROTECTED_MAX_RATIO if s.scope == "protected" else 1.0
     memory = s.max_memory_gib if s.max_memory_gib is not None else budget.default_memory_gib()
     t_start = time.perf_counter()
-    with budget.guarded(f"dependency graph of {name}", memory, s.max_graph_s, hint=GRAPH_HINT):
+    with budget.guarded(f"dependency graph of {name}", memory, s.max_graph_s, hint=_graph_hint(model, memory)):
         pruner, groups = _graph(pruner_cls, model, example, importance, s, max_ratio, protected, num_heads, extra)
     sparsified = sparse_train(pruner) if method.stage == "sparsify" and sparse_train is not None else None
     if sparsified is not None:
