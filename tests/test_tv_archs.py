@@ -94,3 +94,47 @@ def test_shufflenet_prunes_its_units_inner_widths_reloads_and_exports_with_parit
     assert sum(inner) < sum(u.shuffle.channels // 2 for u in units)  # the bottlenecks were pruned
     if until == "export":
         assert rec.parity and all(p.passed for p in rec.parity)
+
+
+class ShuffleAttn(nn.Module):
+    """An attention-like block the dependency graph cannot follow: a stand-in that fails when
+    traced with autograd (as CaiT's talking heads fail inside torch-pruning), a channel shuffle
+    otherwise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError("this block cannot be traced")
+        b, c, h, w = x.shape
+        return x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class Hybrid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.mix = ShuffleAttn()
+        self.body = nn.Sequential(nn.Conv2d(16, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 16, 3, padding=1),
+                                  nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.mix(self.stem(x))))
+
+
+def test_a_model_the_graph_cannot_trace_prunes_around_its_attention_blocks_held_fixed() -> None:
+    import torch_pruning as tp
+
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+
+    torch.manual_seed(0)
+    model = Hybrid().eval()
+    with pytest.raises(RuntimeError, match="cannot be traced"):  # as it is, torch-pruning cannot trace it
+        tp.DependencyGraph().build_dependency(copy.deepcopy(model), example_inputs=torch.randn(1, 3, 16, 16))
+    x = torch.randn(2, 3, 16, 16)
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=10), input_size=16,
+                          num_classes=10, protected=[model.head])
+    assert res.achieved_speedup >= 1.5 and res.held_fixed == ["mix"]
+    assert model.stem[0].out_channels == 16 and model.body[0].in_channels == 16  # what enters and leaves it
+    assert model.body[0].out_channels < 64  # the rest pruned
+    with torch.no_grad():
+        assert model(x).shape == (2, 10)

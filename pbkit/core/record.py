@@ -89,6 +89,7 @@ class MethodInfo(_Open):
     step_time_s: float
     prune_time_s: float
     ignored_layers: list[str] = []
+    held_fixed: list[str] = []  # attention-like blocks the dependency graph could not follow: channels kept
     data: str = "none"  # what the criterion needed
     regularizer: str | None = None
     calibration: dict[str, Any] | None = None  # dataset, batches, batch_size, seed, samples

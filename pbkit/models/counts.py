@@ -60,11 +60,19 @@ def _count(model: nn.Module, input_size: int) -> tuple[int, dict[str, dict[Any, 
 
     was_training = model.training
     model.eval()
+    # parameters that need no gradient: the counter's module tracker hooks each module's tensor inputs
+    # for the backward pass, which fails on a parameter passed in as an input under no_grad (CaiT's
+    # class token)
+    grads = [(p, p.requires_grad) for p in model.parameters()]
     try:
+        for p, _ in grads:
+            p.requires_grad_(False)
         with _no_mha_fastpath(), FlopCounterMode(display=False, custom_mapping=_mapping()) as fc:
             model(example_input(input_size).to(device.of(model)))
     finally:
         model.train(was_training)
+        for p, needed in grads:
+            p.requires_grad_(needed)
     return int(fc.get_total_flops() // 2), fc.get_flop_counts()
 
 

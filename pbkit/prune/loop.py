@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -60,6 +60,7 @@ class PruneResult:
     latency: dict[str, Any] | None = None  # a latency target: the table, the trajectory, the final measurement
     real_counts: int = 0  # forward passes that counted MACs (the others were known from the layers' shapes)
     loop_time_s: float = 0.0  # the pruning loop's wall time (steps, counting, checks), training between steps excluded
+    held_fixed: list[str] = field(default_factory=list)  # blocks the graph could not follow: their channels kept
 
     @property
     def achieved_speedup(self) -> float:
@@ -107,24 +108,52 @@ def _graph_hint(model: nn.Module, memory_gib: float) -> str:
 
 
 def _graph(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: PruneSettings, max_ratio: float,
-           protected: list[nn.Module], num_heads: dict[nn.Module, int], extra: dict[str, Any]) -> tuple[Any, list[Any]]:
-    """Build the Pruner (its dependency graph) and list the prunable groups."""
+           protected: list[nn.Module], num_heads: dict[nn.Module, int],
+           extra: dict[str, Any]) -> tuple[Any, list[Any], list[nn.Module]]:
+    """Build the Pruner (its dependency graph) and list the prunable groups, with the blocks held
+    fixed. Where the whole model cannot be traced, its attention-like blocks are held fixed (each
+    one node whose input and output channels stay) and it is traced again: the rest prunes."""
     try:
-        custom = opaque.pruners(model)
+        return (*_build(pruner_cls, model, example, importance, s, max_ratio, protected, num_heads, extra, ()), [])
+    except _Untraceable as first:
+        held = opaque.untraceable(model)
+        if not held:
+            raise PbkitError(str(first)) from first
+        try:
+            return (*_build(pruner_cls, model, example, importance, s, max_ratio, protected, num_heads, extra,
+                            held), held)
+        except _Untraceable:
+            raise PbkitError(f"{first} (and with its {len(held)} attention blocks held fixed)") from first
+
+
+class _Untraceable(Exception):
+    """The dependency graph failed on this model (one line)."""
+
+
+def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: PruneSettings, max_ratio: float,
+           protected: list[nn.Module], num_heads: dict[nn.Module, int], extra: dict[str, Any],
+           held: Sequence[nn.Module]) -> tuple[Any, list[Any]]:
+    try:
+        custom = opaque.pruners(model, held)
         if custom:
             extra = {**extra, "customized_pruners": {**custom, **extra.get("customized_pruners", {})}}
-        with opaque.hidden(model):  # blocks it cannot trace, as single layers with pruners of their own
+        with opaque.hidden(model, also=held):  # blocks it cannot trace, as single layers with pruners of their own
             pruner = pruner_cls(model, example, importance=importance, global_pruning=s.scope != "local",
                                 pruning_ratio=1.0, max_pruning_ratio=max_ratio, iterative_steps=s.iterative_steps,
-                                ignored_layers=[*protected, *opaque.fixed(model)], round_to=s.round_to,
+                                ignored_layers=[*protected, *opaque.fixed(model), *held], round_to=s.round_to,
                                 num_heads=num_heads, **extra)
+        groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                               root_module_types=pruner.root_module_types))
+        import torch_pruning as tp
+
+        check = tp.importance.MagnitudeImportance(p=2)  # every group's channel indices map onto its layers
+        for group in groups:
+            check(group)
     except PbkitError:
         raise
     except Exception as e:  # tracing failures come in many types
-        raise PbkitError(f"the dependency graph could not trace this model: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
-    groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                           root_module_types=pruner.root_module_types))
+        raise _Untraceable(f"the dependency graph could not trace this model: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
     if not groups:
         raise PbkitError("the dependency graph found no prunable channel group in this model")
     return pruner, groups
@@ -196,7 +225,8 @@ def prune_to_target(
     memory = s.max_memory_gib if s.max_memory_gib is not None else budget.default_memory_gib()
     t_start = time.perf_counter()
     with budget.guarded(f"dependency graph of {name}", memory, s.max_graph_s, hint=_graph_hint(model, memory)):
-        pruner, groups = _graph(pruner_cls, model, example, importance, s, max_ratio, protected, num_heads, extra)
+        pruner, groups, held = _graph(pruner_cls, model, example, importance, s, max_ratio, protected, num_heads,
+                                      extra)
     sparsified = sparse_train(pruner) if method.stage == "sparsify" and sparse_train is not None else None
     if sparsified is not None:
         t_start += sparsified["time_s"]  # prune time excludes the regularized training ("reg time")
@@ -262,6 +292,7 @@ def prune_to_target(
         step_time_s=sum(step_times) / len(step_times),
         total_time_s=time.perf_counter() - t_start,
         ignored_layers=sorted(names.get(m, "?") for m in protected),
+        held_fixed=sorted(names.get(m, "?") for m in held),
         max_pruning_ratio=max_ratio,
         sparsify=sparsified,
         latency=latency_info,

@@ -14,6 +14,7 @@ the weights, :mod:`pbkit.models.swin`).
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -63,8 +64,27 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
+_UNTRACEABLE = re.compile(r"attn|attention|lambdalayer|nonlocal", re.IGNORECASE)
+
+
+def untraceable(model: nn.Module) -> list[nn.Module]:
+    """Attention-like blocks (by class name: ...Attn, ...Attention, LambdaLayer, NonLocal...) the
+    dependency graph may fail to follow, innermost first: what :func:`hidden` holds fixed when a
+    trace of the whole model fails (talking-heads, class, non-local, halo, lambda attention...).
+    Those already handled (:func:`blocks`) are not listed."""
+    handled = blocks(model)
+    found = [m for m in model.modules() if m is not model and _UNTRACEABLE.search(type(m).__name__)
+             and not any(m is h for h in handled)]
+    return [m for m in found if not _has_candidate_inside(m, found)]
+
+
+def _has_candidate_inside(m: nn.Module, found: list[nn.Module]) -> bool:
+    ids = {id(f) for f in found if f is not m}
+    return any(id(c) in ids for c in m.modules() if c is not m)
+
+
 @contextlib.contextmanager
-def hidden(model: nn.Module) -> Iterator[None]:
+def hidden(model: nn.Module, also: Sequence[nn.Module] = ()) -> Iterator[None]:
     """Within: every block of :func:`blocks` is one autograd node on its [B, H, W, C] input. timm's
     blocks partition windows before calling their attention, so there the attention module is
     made to take the unpartitioned input and run the whole windowed path inside its node."""
@@ -91,16 +111,30 @@ def hidden(model: nn.Module) -> Iterator[None]:
         attn.forward = forward  # type: ignore[method-assign]
         blk._attn = (lambda a: lambda x: a(x))(attn)  # type: ignore[method-assign]
         patched += [(attn, "forward"), (blk, "_attn")]
-    for m in blocks(model):
+    for m in [*blocks(model), *also]:
         if not any(m is p for p, _ in patched):
-            inner = m.forward
-            m.forward = (lambda f: lambda x, *a: _Opaque.apply(x, lambda t: f(t, *a)))(inner)  # type: ignore[method-assign]
+            m.forward = _one_node(m.forward)  # type: ignore[method-assign]
             patched.append((m, "forward"))
     try:
         yield
     finally:
         for m, name in patched:
             delattr(m, name)
+
+
+def _one_node(f: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``f`` run as one autograd node on its first argument; another tensor argument would be an
+    input the graph could not see, so it is refused."""
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if any(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values())):
+            raise TypeError("a block held as one node takes one tensor")
+        out = _Opaque.apply(x, lambda t: f(t, *args, **kwargs))
+        if not isinstance(out, torch.Tensor):
+            raise TypeError("a block held as one node gives one tensor")
+        return out  # type: ignore[no-any-return]
+
+    return forward
 
 
 def _linear() -> Any:
@@ -186,16 +220,19 @@ def _pruners() -> dict[str, Any]:
             return int(layer.reduction.in_features) // 4  # type: ignore[union-attr]
 
     class FixedPruner(base):  # type: ignore[misc, valid-type]
-        """A layer whose channels never change (ShuffleNet's channel shuffle): listed in
-        :func:`fixed`, so no group that reaches it is pruned."""
+        """A layer whose channels never change (ShuffleNet's channel shuffle, a block held fixed):
+        an ignored layer, so no group that reaches it is pruned. Its input and output channels are
+        coupled (one function), so a group that reaches its input reaches its output, which is
+        what marks the group as not to be pruned."""
 
         def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
             raise RuntimeError(f"{type(layer).__name__} keeps its channels; it should have been held fixed")
 
         prune_in_channels = prune_out_channels
 
-        def get_out_channels(self, layer: nn.Module) -> int:
-            return int(layer.channels)  # type: ignore[arg-type]
+        def get_out_channels(self, layer: nn.Module) -> int | None:
+            channels = getattr(layer, "channels", None)  # (None: the graph infers it from the input)
+            return int(channels) if isinstance(channels, int) else None
 
         get_in_channels = get_out_channels
 
@@ -223,15 +260,15 @@ def fixed(model: nn.Module) -> list[nn.Module]:
     return shufflenet.fixed(model)
 
 
-def pruners(model: nn.Module) -> dict[type, Any]:
-    """``customized_pruners`` for the blocks ``model`` has, by their exact classes (torch-pruning
-    looks pruners up by ``type(module)``); none: an empty dict."""
+def pruners(model: nn.Module, held: Sequence[nn.Module] = ()) -> dict[type, Any]:
+    """``customized_pruners`` for the blocks ``model`` has and those ``held`` fixed, by their exact
+    classes (torch-pruning looks pruners up by ``type(module)``); none: an empty dict."""
     present = blocks(model)
-    shuffles = [m for m in model.modules() if isinstance(m, shufflenet.ChannelShuffle)]
+    shuffles = [m for m in model.modules() if isinstance(m, shufflenet.ChannelShuffle)] + list(held)
     if not present and not shuffles:
         return {}
     made = _pruners()
     windowed = attention_classes()
     kind = {**dict.fromkeys(swin.MERGING + _timm()[2], "merging"), **dict.fromkeys(maxvit.PARTITION, "passthrough")}
     return {**{type(m): made["attention" if isinstance(m, windowed) else kind[type(m)]] for m in present},
-            **({shufflenet.ChannelShuffle: made["fixed"]} if shuffles else {})}
+            **{type(m): made["fixed"] for m in shuffles}}

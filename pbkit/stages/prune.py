@@ -206,6 +206,10 @@ def _prune(model: Any, method: Method, spec: ModelSpec, task: Task, cfg: config.
                           on_step=lambda i, s: steps.update(i, f"{s:.3f}x"), between_steps=between, name=spec.name,
                           latency_tools=tools, on_text=steps.update)
     res.interleave = interleave
+    if res.held_fixed:
+        note(f"note: the dependency graph could not follow {len(res.held_fixed)} attention blocks of {spec.name} "
+             f"({type(model.get_submodule(res.held_fixed[0])).__name__}, ...): their input and output channels were "
+             "kept, the rest pruned (method.held_fixed in the record)", quiet)
     return res, calibration
 
 
@@ -262,7 +266,8 @@ def _record(plan: Plan, spec: ModelSpec, task: Task, method: Method, res: PruneR
                                  steps=res.steps, round_to=cfg.prune.round_to,
                                  iterative_steps=cfg.prune.iterative_steps, max_pruning_ratio=res.max_pruning_ratio,
                                  seed=cfg.prune.seed, step_time_s=res.step_time_s, prune_time_s=res.total_time_s,
-                                 ignored_layers=res.ignored_layers, data=method.data, regularizer=method.regularizer,
+                                 ignored_layers=res.ignored_layers, held_fixed=res.held_fixed, data=method.data,
+                                 regularizer=method.regularizer,
                                  calibration=calibration.info if calibration is not None else None,
                                  sparsify=res.sparsify, reg_time_s=res.sparsify["time_s"] if res.sparsify else None,
                                  schedule=cfg.prune.schedule, interleave=res.interleave,
