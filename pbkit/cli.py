@@ -445,8 +445,7 @@ def join(rdzv_endpoint: str, nnodes: int, nproc_per_node: int, backend: str, tim
         d = config.DistributedCfg(nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
                                   backend=backend, timeout_s=timeout_s)  # type: ignore[arg-type]
     except ValidationError as e:
-        first = e.errors()[0]
-        raise PbkitError(f"join: {'.'.join(map(str, first['loc'])) or 'arguments'}: {first['msg']}") from None
+        raise PbkitError(f"join: {config.one_line(e)}") from None
     chosen = backend if backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
     note(f"joining {rdzv_endpoint} with {nproc_per_node} process(es) ({chosen})")
     with tempfile.TemporaryDirectory(prefix="pbkit-join-") as tmp:  # what torchrun leaves goes with it

@@ -324,12 +324,17 @@ def validate(data: dict[str, Any], where: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise PbkitError(f"{where}: {_one_line(e, data)}") from e
+        raise PbkitError(f"{where}: {one_line(e, data)}") from e
 
 
-def _one_line(e: ValidationError, data: dict[str, Any]) -> str:
+def one_line(e: ValidationError, data: dict[str, Any] | None = None) -> str:
+    """A validation error as one line a user can act on (its first error)."""
+    data = data or {}
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "value_error":  # a validator's own words
+        msg = err["msg"].removeprefix("Value error, ")
+        return f"{loc}: {msg}" if loc else msg
     if err["type"] == "extra_forbidden":
         section: Any = data
         for p in err["loc"][:-1]:
