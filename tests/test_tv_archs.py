@@ -138,3 +138,31 @@ def test_a_model_the_graph_cannot_trace_prunes_around_its_attention_blocks_held_
     assert model.body[0].out_channels < 64  # the rest pruned
     with torch.no_grad():
         assert model(x).shape == (2, 10)
+
+
+def test_a_graph_that_runs_away_is_traced_again_with_its_attention_blocks_held_fixed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import psutil
+
+    from pbkit.core import budget
+    from pbkit.prune import PruneSettings, loop, methods, prune_to_target
+
+    real = loop._graph
+
+    def graph(*args: object, held: object = None) -> object:
+        if held is None:  # the whole model: memory grows without end, as Swin's did
+            hog = []
+            while True:
+                hog.append(bytearray(8 * 2**20))
+                time.sleep(0.002)
+        return real(*args, held=held)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "_graph", graph)
+    model = Hybrid().eval()
+    limit = psutil.Process().memory_info().rss / budget.GIB + 0.3
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=10,
+                                                                  max_memory_gib=limit),
+                          input_size=16, num_classes=10, protected=[model.head])
+    assert res.achieved_speedup >= 1.5 and res.held_fixed == ["mix"] and model.stem[0].out_channels == 16

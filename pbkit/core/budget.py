@@ -91,7 +91,20 @@ def guarded(what: str, max_memory_gib: float | None, max_seconds: float | None, 
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if watch.reason is not None:
         cause = f"; it warned: {'; '.join(repr(_first(w)) for w in watch.warnings[-2:])}" if watch.warnings else ""
-        raise PbkitError(f"{what}: stopped: {watch.reason}{cause}" + (f"; {hint}" if hint else ""))
+        raise OverBudget(f"{what}: stopped: {watch.reason}{cause}" + (f"; {hint}" if hint else ""))
+
+
+class OverBudget(PbkitError):
+    """Work stopped past its memory or time budget (one line)."""
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the system (after work stopped past its budget, before more)."""
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _first(text: str, width: int = 100) -> str:

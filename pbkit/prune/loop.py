@@ -10,6 +10,7 @@ arguments: nothing here knows which task a model serves.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -109,10 +110,17 @@ def _graph_hint(model: nn.Module, memory_gib: float) -> str:
 
 def _graph(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: PruneSettings, max_ratio: float,
            protected: list[nn.Module], num_heads: dict[nn.Module, int],
-           extra: dict[str, Any]) -> tuple[Any, list[Any], list[nn.Module]]:
+           extra: dict[str, Any], held: Sequence[nn.Module] | None = None) -> tuple[Any, list[Any], list[nn.Module]]:
     """Build the Pruner (its dependency graph) and list the prunable groups, with the blocks held
     fixed. Where the whole model cannot be traced, its attention-like blocks are held fixed (each
-    one node whose input and output channels stay) and it is traced again: the rest prunes."""
+    one node whose input and output channels stay) and it is traced again: the rest prunes.
+    ``held``: hold those fixed from the start."""
+    if held is not None:
+        try:
+            return (*_build(pruner_cls, model, example, importance, s, max_ratio, protected, num_heads, extra,
+                            held), list(held))
+        except _Untraceable as e:
+            raise PbkitError(str(e)) from e
     try:
         return (*_build(pruner_cls, model, example, importance, s, max_ratio, protected, num_heads, extra, ()), [])
     except _Untraceable as first:
@@ -224,9 +232,21 @@ def prune_to_target(
     max_ratio = PROTECTED_MAX_RATIO if s.scope == "protected" else 1.0
     memory = s.max_memory_gib if s.max_memory_gib is not None else budget.default_memory_gib()
     t_start = time.perf_counter()
-    with budget.guarded(f"dependency graph of {name}", memory, s.max_graph_s, hint=_graph_hint(model, memory)):
-        pruner, groups, held = _graph(pruner_cls, model, example, importance, s, max_ratio, protected, num_heads,
-                                      extra)
+    graph = functools.partial(_graph, pruner_cls, model, example, importance, s, max_ratio, protected, num_heads, extra)
+    what, hint = f"dependency graph of {name}", _graph_hint(model, memory)
+    try:
+        with budget.guarded(what, memory, s.max_graph_s, hint=hint):
+            pruner, groups, held = graph()
+    except budget.OverBudget as over:  # the graph ran away: trace it again with attention-like blocks held fixed
+        candidates = opaque.untraceable(model)
+        if not candidates or hint != GRAPH_HINT:
+            raise
+        budget.release_memory()
+        try:
+            with budget.guarded(what, memory, s.max_graph_s, hint=hint):
+                pruner, groups, held = graph(held=candidates)
+        except PbkitError:
+            raise PbkitError(f"{over} (and with its {len(candidates)} attention blocks held fixed)") from over
     sparsified = sparse_train(pruner) if method.stage == "sparsify" and sparse_train is not None else None
     if sparsified is not None:
         t_start += sparsified["time_s"]  # prune time excludes the regularized training ("reg time")
