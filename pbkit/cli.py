@@ -88,7 +88,7 @@ def list_cmd(what: str, as_json: bool) -> None:
         for r in rows:
             t.add_row(r["name"], r["family"], r["task"], r["source"], str(r["input_size"]), str(r["num_classes"]),
                       r["description"])
-        t.add_row("tv:<name>", "cnn/vit", "classify", "torchvision", "224", "1000",
+        t.add_row("tv:<name>", "cnn/vit", "classify", "torchvision", "per model", "1000",
                   f"{models.PREFIXES['tv:']} [{len(models.torchvision_names())} names]")
         t.add_row("timm:<name>", "cnn/vit", "classify", "timm", "per model", "1000",
                   f"{models.PREFIXES['timm:']} [{len(models.timm_names())} names]")
