@@ -8,7 +8,12 @@ inside one autograd node whose only input is the block's input, so the graph see
 layer; the pruners here (:data:`PRUNERS`, passed as ``customized_pruners``) then prune that
 layer's input channels (the residual stream entering it) and output channels (the stream
 leaving it). The attention's inner width stays as it is (its forward pass reads each width from
-the weights, :mod:`pbkit.models.swin`).
+the weights, :mod:`pbkit.models.swin`). MaxViT's window and grid partitions are single nodes that
+keep each channel (:mod:`pbkit.models.maxvit`); ShuffleNet's channel shuffle is a node held fixed.
+
+Where the graph fails on a model pbkit has no rewrite for, :func:`untraceable` names its
+attention-like blocks and the prune loop traces the model again with those held fixed: each one
+node whose input and output channels stay, the rest pruned.
 """
 
 from __future__ import annotations
@@ -85,9 +90,10 @@ def _has_candidate_inside(m: nn.Module, found: list[nn.Module]) -> bool:
 
 @contextlib.contextmanager
 def hidden(model: nn.Module, also: Sequence[nn.Module] = ()) -> Iterator[None]:
-    """Within: every block of :func:`blocks` is one autograd node on its [B, H, W, C] input. timm's
-    blocks partition windows before calling their attention, so there the attention module is
-    made to take the unpartitioned input and run the whole windowed path inside its node."""
+    """Within: every block of :func:`blocks`, and every module of ``also``, is one autograd node on
+    its input. timm's Swin blocks partition windows before calling their attention, so there the
+    attention module is made to take the unpartitioned input and run the whole windowed path
+    inside its node."""
     timm_blocks, _, _ = _timm()
     patched: list[tuple[nn.Module, str]] = []
     for blk in [m for m in model.modules() if isinstance(m, timm_blocks)]:
