@@ -107,3 +107,19 @@ def test_the_zoo_script_writes_its_table_with_passes_and_one_line_reasons(tmp_pa
     assert data["summary"] == {"pbkit": {"tried": 1, "passed": 1}, "tv": {"tried": 1, "passed": 0}}
     md = (tmp_path / "zoo-t.md").read_text()
     assert "| resnet20_cifar | pass | 1.5" in md and "| tv:no_such_net | fail (prune) |" in md
+
+
+def test_the_zoo_samples_every_timm_family_by_its_smallest_variant() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("zoo", Path(__file__).resolve().parents[1] / "benchmarks" / "zoo.py")
+    assert spec is not None and spec.loader is not None
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    sample = zoo.timm_sample(1000)
+    assert len(sample) >= 100 and len(set(sample)) == len(sample)
+    assert {"timm:vit_tiny_patch16_224", "timm:resnet10t", "timm:convnext_atto", "timm:efficientnet_b0",
+            "timm:mobilevit_xxs"} <= set(sample)  # the smallest, not the family's first name
+    assert not any(n.startswith("timm:test_") for n in sample) and zoo.timm_sample(5) == sample[:5]
+    tv = zoo.torchvision_names()
+    assert len(tv) == 80 and tv[0] == "tv:squeezenet1_1" and tv[-1] == "tv:regnet_y_128gf"  # smallest first
