@@ -117,7 +117,8 @@ def try_model(name: str, work: Path, max_memory_gib: float, timeout_s: float) ->
     counts = rec.get("counts", {})
     row.update(macs_base=counts.get("macs_base"), macs_pruned=counts.get("macs_pruned"),
                params_base=counts.get("params_base"), params_pruned=counts.get("params_pruned"),
-               speedup=(rec.get("method") or {}).get("achieved_speedup"))
+               speedup=(rec.get("method") or {}).get("achieved_speedup"),
+               held_fixed=len((rec.get("method") or {}).get("held_fixed") or []))
     run_dir = result.get("run_dir") or str(work / rec["run_id"])
     code, out, err, peak2, seconds = _run([pbkit, "export", run_dir], timeout_s)
     row.update(export_s=round(seconds, 1), peak_rss_gib=round(max(peak, peak2) / 2**30, 2))
@@ -146,7 +147,8 @@ def write(rows: list[dict[str, Any]], out: Path, tag: str, settings: dict[str, A
     for r in rows:
         sp = f"{r['speedup']:.2f}" if r.get("speedup") else "-"
         left = f"{r['params_pruned'] / r['params_base']:.0%}" if r.get("params_base") else "-"
-        why = (r["reason"] or "").replace("|", "/")
+        why = (r["reason"] or (f"{r['held_fixed']} attention blocks held fixed" if r.get("held_fixed") else ""))
+        why = why.replace("|", "/")
         lines.append(f"| {r['model']} | {r['status']}{' (' + r['stage'] + ')' if r['stage'] else ''} | {sp} | {left} | "
                      f"{r.get('prune_s', '-')} | {r.get('export_s', '-')} | {r.get('peak_rss_gib', '-')} | {why} |")
     atomic_write_text(out / f"zoo-{tag}.md", "\n".join(lines) + "\n")
