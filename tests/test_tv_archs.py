@@ -166,3 +166,17 @@ def test_a_graph_that_runs_away_is_traced_again_with_its_attention_blocks_held_f
                                                                   max_memory_gib=limit),
                           input_size=16, num_classes=10, protected=[model.head])
     assert res.achieved_speedup >= 1.5 and res.held_fixed == ["mix"] and model.stem[0].out_channels == 16
+
+
+def test_an_error_inside_a_pruning_step_or_the_pruned_forward_is_one_line_naming_the_step_and_the_cause() -> None:
+    from pbkit.core.errors import PbkitError
+    from pbkit.prune import loop
+
+    with pytest.raises(PbkitError) as e:
+        with loop._failing("after pruning step 3 the model no longer runs", loop.CUT_WRONG):
+            raise RuntimeError("shape '[1, 16]' is invalid for input of size 9\nand more")
+    assert str(e.value) == ("after pruning step 3 the model no longer runs: RuntimeError: shape '[1, 16]' is "
+                            f"invalid for input of size 9; {loop.CUT_WRONG}")
+    with pytest.raises(PbkitError, match="^kept$"):  # the kit's own errors pass as they are
+        with loop._failing("pruning step 1 failed inside torch-pruning", loop.MAPPED_WRONG):
+            raise PbkitError("kept")

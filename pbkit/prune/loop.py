@@ -9,10 +9,11 @@ arguments: nothing here knows which task a model serves.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,24 @@ def _fix_attention(model: nn.Module, pruner: Any) -> None:
 
 GRAPH_HINT = ("a structure the dependency graph cannot follow (window attention and similar); raise "
               "prune.max_memory_gib / prune.max_graph_s only if the machine has room")
+
+
+MAPPED_WRONG = "the dependency graph mapped this model's channels wrong (a structure it cannot follow)"
+CUT_WRONG = ("a layer reads a width the dependency graph does not know of (a reshape to a fixed size, a width "
+             "taken from the input)")
+
+
+@contextlib.contextmanager
+def _failing(what: str, why: str) -> Iterator[None]:
+    """An error inside torch-pruning or in the pruned model's forward pass as one line: what
+    failed, the error's first line, and its likely cause."""
+    try:
+        yield
+    except PbkitError:
+        raise
+    except (RuntimeError, IndexError, ValueError, TypeError, AttributeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise PbkitError(f"{what}: {type(e).__name__}: {first}; {why}") from e
 
 
 def _graph_hint(model: nn.Module, memory_gib: float) -> str:
@@ -280,17 +299,20 @@ def prune_to_target(
                 if method.collect is not None:
                     assert calibration is not None
                     method.collect(importance, model, pruner, calibration)
-                pruner.step()
-                _fix_attention(model, pruner)
+                with _failing(f"pruning step {steps + 1} failed inside torch-pruning", MAPPED_WRONG):
+                    pruner.step()
+                    _fix_attention(model, pruner)
                 step_times.append(time.perf_counter() - t0)
                 steps += 1
-                macs, exact = counter.after_step(reached)
+                with _failing(f"after pruning step {steps} the model no longer runs", CUT_WRONG):
+                    macs, exact = counter.after_step(reached)
                 if on_step is not None:
                     on_step(steps, macs_base / max(macs, 1))  # (a lower bound while not exact)
                 if exact and reached(macs):
                     break
             if not exact:
-                macs = counter.exact()
+                with _failing(f"after pruning step {steps} the model no longer runs", CUT_WRONG):
+                    macs = counter.exact()
 
     loop_s = time.perf_counter() - t_loop - (t_start - excluded_from)
     achieved = macs_base / max(macs, 1)
