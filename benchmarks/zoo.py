@@ -141,7 +141,12 @@ def write(rows: list[dict[str, Any]], out: Path, tag: str, settings: dict[str, A
              "| source | tried | passed |", "|---|---|---|"]
     lines += [f"| {src} | {s['tried']} | {s['passed']} ({s['passed'] / max(s['tried'], 1):.0%}) |"
               for src, s in summary.items()]
-    lines += ["", f"{len(passed)}/{len(rows)} pass.", "",
+    lines += ["", f"{len(passed)}/{len(rows)} pass."]
+    if settings.get("not_tried"):
+        lines += ["", f"Not tried (the zoo was stopped before them): {', '.join(settings['not_tried'])}."]
+    if settings.get("remark"):
+        lines += ["", settings["remark"]]
+    lines += ["",
               "| model | result | MACs x | params left | prune s | export s | peak GiB | reason |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:

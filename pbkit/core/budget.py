@@ -98,6 +98,13 @@ class OverBudget(PbkitError):
     """Work stopped past its memory or time budget (one line)."""
 
 
+def resident_gib() -> float:
+    """This process's resident memory, GiB."""
+    import psutil
+
+    return float(psutil.Process().memory_info().rss / GIB)
+
+
 def release_memory() -> None:
     """Hand freed memory back to the system (after work stopped past its budget, before more)."""
     import gc

@@ -160,6 +160,7 @@ class _Untraceable(Exception):
 def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: PruneSettings, max_ratio: float,
            protected: list[nn.Module], num_heads: dict[nn.Module, int], extra: dict[str, Any],
            held: Sequence[nn.Module]) -> tuple[Any, list[Any]]:
+    hooks = {id(m): set(m._forward_hooks) for m in model.modules()}
     try:
         custom = opaque.pruners(model, held)
         if custom:
@@ -179,6 +180,9 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
     except PbkitError:
         raise
     except Exception as e:  # tracing failures come in many types
+        for m in model.modules():  # the hooks a trace that failed mid-forward left behind
+            for key in set(m._forward_hooks) - hooks.get(id(m), set()):
+                del m._forward_hooks[key]
         raise _Untraceable(f"the dependency graph could not trace this model: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from e
     if not groups:
@@ -253,6 +257,7 @@ def prune_to_target(
     t_start = time.perf_counter()
     graph = functools.partial(_graph, pruner_cls, model, example, importance, s, max_ratio, protected, num_heads, extra)
     what, hint = f"dependency graph of {name}", _graph_hint(model, memory)
+    rss = budget.resident_gib()
     try:
         with budget.guarded(what, memory, s.max_graph_s, hint=hint):
             pruner, groups, held = graph()
@@ -261,8 +266,9 @@ def prune_to_target(
         if not candidates or hint != GRAPH_HINT:
             raise
         budget.release_memory()
+        kept = max(0.0, budget.resident_gib() - rss)  # freed but not handed back: the retry reuses it first
         try:
-            with budget.guarded(what, memory, s.max_graph_s, hint=hint):
+            with budget.guarded(what, memory + kept, s.max_graph_s, hint=hint):
                 pruner, groups, held = graph(held=candidates)
         except PbkitError:
             raise PbkitError(f"{over} (and with its {len(candidates)} attention blocks held fixed)") from over
