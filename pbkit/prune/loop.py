@@ -23,7 +23,7 @@ from torch import nn
 from pbkit.core import budget, device
 from pbkit.core.errors import PbkitError
 from pbkit.models import counts
-from pbkit.prune import knapsack, latency, methods, opaque
+from pbkit.prune import graphfix, knapsack, latency, methods, opaque
 from pbkit.prune.calibration import Calibration
 
 PROTECTED_MAX_RATIO = 0.9  # the protected-global scope keeps at least 10% of every group
@@ -165,11 +165,13 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
         custom = opaque.pruners(model, held)
         if custom:
             extra = {**extra, "customized_pruners": {**custom, **extra.get("customized_pruners", {})}}
-        with opaque.hidden(model, also=held):  # blocks it cannot trace, as single layers with pruners of their own
+        # hidden: blocks it cannot trace, as single layers with pruners of their own
+        with opaque.hidden(model, also=held), graphfix.exact_concat_sizes():
             pruner = pruner_cls(model, example, importance=importance, global_pruning=s.scope != "local",
                                 pruning_ratio=1.0, max_pruning_ratio=max_ratio, iterative_steps=s.iterative_steps,
                                 ignored_layers=[*protected, *opaque.fixed(model), *held], round_to=s.round_to,
                                 num_heads=num_heads, **extra)
+        pruner.ignored_layers.extend(graphfix.channel_splits(pruner.DG))  # the groups reaching them stay
         groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                                root_module_types=pruner.root_module_types))
         import torch_pruning as tp

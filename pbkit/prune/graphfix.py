@@ -1,0 +1,99 @@
+"""Repairs to torch-pruning's dependency graph, applied only while pbkit builds one.
+
+torch-pruning (1.6) maps a channel concatenation's inputs onto its output channels with widths it
+infers by walking the graph. Where an input comes from a ``split`` (timm's cross-stage-partial nets:
+CSPDarkNet, the CS3 nets; Res2Net) that walk reads the wrong chunk's width, or none, and then adds
+``None`` to an integer and the whole trace fails. The autograd graph of the traced forward pass
+knows every input's real shape: :func:`exact_concat_sizes` takes a feature-map concatenation's
+widths from it, and for other concatenations fills only the widths torch-pruning could not infer
+where it would otherwise fail (it still checks that they add up to the output's width).
+
+The patch is undone when the block ends, so nothing outlives the graph build. Splits of a feature
+map's channels are found by :func:`channel_splits` and held fixed"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+
+def _feature_map_channels(node: Any) -> bool:
+    """Whether a concatenation joins feature maps (N, C, H, W) along their channels."""
+    shape = tuple(node.grad_fn._input_metadata[0].shape) if getattr(node.grad_fn, "_input_metadata", None) else ()
+    dim = int(getattr(node.grad_fn, "_saved_dim", 0))
+    dim = dim - 2**64 if dim >= 2**63 else dim  # negative dims are saved unsigned
+    return len(shape) == 4 and dim in (1, -3)
+
+
+def _traced_sizes(node: Any) -> list[int] | None:
+    """Each input's width along the concatenated axis, read from the autograd graph; None where
+    the node's inputs cannot be matched one to one with the concatenation's operands."""
+    fn = node.grad_fn
+    try:
+        operands = list(fn.next_functions)
+        if not operands or any(f is None for f, _ in operands) or len(operands) != len(node.inputs):
+            return None
+        if any(n.grad_fn is not f for n, (f, _) in zip(node.inputs, operands, strict=True)):
+            return None
+        shapes = [tuple(f._input_metadata[nr].shape) for f, nr in operands]
+        dim = int(getattr(fn, "_saved_dim", 1))
+        dim = dim - 2**64 if dim >= 2**63 else dim
+        dim = dim + len(shapes[0]) if dim < 0 else dim
+        return [int(s[dim]) for s in shapes]
+    except (AttributeError, IndexError, TypeError, RuntimeError):
+        return None
+
+
+@contextlib.contextmanager
+def exact_concat_sizes() -> Iterator[None]:
+    """While the block runs, concatenations whose input widths torch-pruning cannot infer get
+    them from the traced shapes (see the module's docstring)."""
+    from torch_pruning import ops
+    from torch_pruning.dependency import index_mapping, shape_infer
+
+    original = index_mapping.update_concat_index_mapping
+
+    def update(graph: Any, node: Any) -> Any:
+        if node.type == ops.OPTYPE.CONCAT and node.module.concat_sizes is None:
+            traced = _traced_sizes(node)
+            if traced is not None and _feature_map_channels(node):
+                node.module.concat_sizes = traced  # exact; torch-pruning's walk can misread split chunks
+            elif traced is not None:
+                inferred = [shape_infer.infer_channels_between(graph, n, node) for n in node.inputs]
+                # only where torch-pruning would fail: it knows the output's width (and checks the
+                # filled sizes add up to it) but not every input's
+                if None in inferred and \
+                        shape_infer.infer_in_channels_recursively(graph, node, recursive_depth=[0]) is not None:
+                    node.module.concat_sizes = [t if i is None else i for i, t in zip(inferred, traced, strict=True)]
+        return original(graph, node)
+
+    index_mapping.update_concat_index_mapping = update
+    try:
+        yield
+    finally:
+        index_mapping.update_concat_index_mapping = original
+
+
+def channel_splits(graph: Any) -> list[Any]:
+    """The graph's splits (``split``, ``chunk``) of a feature map's channels.
+
+    Model code splits with widths it fixed when it was built (``x.split(self.width, 1)``), and
+    torch-pruning maps a split's chunks onto the nodes that take them by the order it met those
+    nodes, one per chunk: where a chunk feeds two layers (Res2Net's and the cross-stage-partial
+    nets' residual branches) the indices land in the wrong layers, and wherever a split's input
+    loses channels the model's own split no longer fits it. Every channel group that reaches one of
+    these is held fixed (:func:`pbkit.prune.loop._build` adds them to the ignored layers): the rest
+    of the model prunes."""
+    from torch_pruning import ops
+
+    found = []
+    for node in graph.module2node.values():
+        if node.type != ops.OPTYPE.SPLIT:
+            continue
+        sizes = tuple(getattr(node.grad_fn, "_saved_self_sym_sizes", ()) or ())
+        dim = int(getattr(node.grad_fn, "_saved_dim", 0))
+        dim = dim - 2**64 if dim >= 2**63 else dim  # negative dims are saved unsigned
+        if len(sizes) == 4 and dim in (1, -3):
+            found.append(node.module)
+    return found
