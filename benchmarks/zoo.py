@@ -8,6 +8,7 @@ memory of the process, MACs and params before and after.
 
     python benchmarks/zoo.py [--source tv timm] [--names tv:resnet18 ...] [--limit N]
                              [--timm-sample 120] [--max-memory-gib 8] [--timeout-s 600] [--max-graph-s S]
+                             [--iterative-steps N]
                              [--out results/perf] [--tag TAG]
 
 Writes zoo-<tag>.json and .md under --out (tag: cpu-<cores>core unless given), rewriting them
@@ -104,14 +105,15 @@ def _reason(err: str) -> str:
 
 
 def try_model(name: str, work: Path, max_memory_gib: float, timeout_s: float,
-              max_graph_s: float | None = None) -> dict[str, Any]:
+              max_graph_s: float | None = None, iterative_steps: int | None = None) -> dict[str, Any]:
     pbkit = str(Path(sys.executable).with_name("pbkit"))
     row: dict[str, Any] = {"model": name}
     code, out, err, peak, seconds = _run(
         [pbkit, "prune", "--model", name, "--method", "l2", "--scope", "protected", "--speedup", "1.5",
          "--out", str(work), "--json", "--set", f"prune.max_memory_gib={max_memory_gib}",
-         *(["--set", f"prune.max_graph_s={max_graph_s:g}"] if max_graph_s else [])], timeout_s)
-    row.update(prune_s=round(seconds, 1), peak_rss_gib=round(peak / 2**30, 2))
+         *(["--set", f"prune.max_graph_s={max_graph_s:g}"] if max_graph_s else []),
+         *(["--set", f"prune.iterative_steps={iterative_steps}"] if iterative_steps else [])], timeout_s)
+    row.update(prune_s=round(seconds, 1), peak_rss_gib=round(peak / 2**30, 2), iterative_steps=iterative_steps)
     if code != 0:
         return {**row, "status": "fail", "stage": "prune", "reason": _reason(err)}
     result = json.loads(out)
@@ -139,7 +141,8 @@ def write(rows: list[dict[str, Any]], out: Path, tag: str, settings: dict[str, A
     lines = [f"# Model zoo: l2, protected, 1.5x, ONNX export with parity ({tag})", "",
              "Each model in its own process with random weights at its own input size, under the kit's budgets "
              f"(prune.max_memory_gib={settings['max_memory_gib']}, "
-             f"prune.max_graph_s={settings.get('max_graph_s') or 'default'}) and a wall-clock "
+             f"prune.max_graph_s={settings.get('max_graph_s') or 'default'}, "
+             f"prune.iterative_steps={settings.get('iterative_steps') or 'default'}) and a wall-clock "
              f"limit of {settings['timeout_s']:g} s.", "",
              "| source | tried | passed |", "|---|---|---|"]
     lines += [f"| {src} | {s['tried']} | {s['passed']} ({s['passed'] / max(s['tried'], 1):.0%}) |"
@@ -170,6 +173,9 @@ def main() -> int:
     ap.add_argument("--timm-sample", type=int, default=200, help="at most this many timm families (all 160 by default)")
     ap.add_argument("--max-memory-gib", type=float, default=8.0)
     ap.add_argument("--timeout-s", type=float, default=600.0)
+    ap.add_argument("--iterative-steps", type=int, default=None,
+                    help="prune.iterative_steps for each model (the kit's default unless given): fewer, larger steps "
+                         "reach the target sooner where most of a model is held fixed")
     ap.add_argument("--max-graph-s", type=float, default=None,
                     help="prune.max_graph_s for each model (the kit's default unless given): under a third of "
                          "--timeout-s leaves room for the retry with attention blocks held fixed")
@@ -184,7 +190,7 @@ def main() -> int:
                            *(timm_sample(args.timm_sample) if "timm" in args.source else [])]
     names = names[:args.limit] if args.limit else names
     settings = {"method": "l2", "scope": "protected", "speedup": 1.5, "max_memory_gib": args.max_memory_gib,
-                "timeout_s": args.timeout_s, "max_graph_s": args.max_graph_s}
+                "timeout_s": args.timeout_s, "max_graph_s": args.max_graph_s, "iterative_steps": args.iterative_steps}
     args.out.mkdir(parents=True, exist_ok=True)
     kept: list[dict[str, Any]] = []
     if args.update and (args.out / f"zoo-{args.tag}.json").exists():
@@ -194,7 +200,8 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="pbkit-zoo-") as tmp:
         for i, name in enumerate(names, 1):
-            row = try_model(name, Path(tmp) / "runs", args.max_memory_gib, args.timeout_s, args.max_graph_s)
+            row = try_model(name, Path(tmp) / "runs", args.max_memory_gib, args.timeout_s, args.max_graph_s,
+                            args.iterative_steps)
             rows.append(row)
             tried = {r["model"] for r in rows}
             write([r for r in kept if r["model"] not in tried] + rows, args.out, args.tag, settings)
