@@ -141,6 +141,40 @@ def test_a_model_the_graph_cannot_trace_prunes_around_its_attention_blocks_held_
         assert model(x).shape == (2, 10)
 
 
+class WidthAttn(nn.Module):
+    """An attention-like block that takes its inner width from its input (as CrossViT's and many
+    timm attentions do): the graph traces it, but once its ``qk`` loses channels the reshape fails."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.qk = nn.Conv2d(c, 2 * c, 1)
+        self.proj = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k = self.qk(x).reshape(b, 2, c, h, w).unbind(1)
+        return x + self.proj(q * k.sigmoid())
+
+
+def test_a_step_that_breaks_the_model_starts_again_with_its_attention_blocks_held_fixed() -> None:
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+
+    torch.manual_seed(0)
+    model = Hybrid().eval()
+    model.mix = WidthAttn(16)
+    head = model.head
+    seen: list[int] = []
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=10), input_size=16,
+                          num_classes=10, protected=[head], on_step=lambda i, _: seen.append(i))
+    restart = seen.index(1, 1)  # the first try's steps, then the second's from 1 again
+    assert restart >= 1 and seen[restart:] == list(range(1, len(seen) - restart + 1))
+    assert res.held_fixed == ["mix"] and res.achieved_speedup >= 1.5
+    assert model.mix.qk.out_channels == 32 and model.mix.proj.out_channels == 16  # back as it was, then kept
+    assert model.body[0].out_channels < 64 and model.head is not head  # the rest pruned, on the restored copy
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
 def test_a_graph_that_runs_away_is_traced_again_with_its_attention_blocks_held_fixed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import time

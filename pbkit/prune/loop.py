@@ -10,6 +10,7 @@ arguments: nothing here knows which task a model serves.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import time
@@ -103,8 +104,12 @@ CUT_WRONG = ("a layer reads a width the dependency graph does not know of (a res
              "taken from the input)")
 
 
+class _StepFailed(PbkitError):
+    """A pruning step failed inside torch-pruning, or the model no longer runs after one."""
+
+
 @contextlib.contextmanager
-def _failing(what: str, why: str) -> Iterator[None]:
+def _failing(what: str, why: str, error: type[PbkitError] = PbkitError) -> Iterator[None]:
     """An error inside torch-pruning or in the pruned model's forward pass as one line: what
     failed, the error's first line, and its likely cause."""
     try:
@@ -113,7 +118,13 @@ def _failing(what: str, why: str) -> Iterator[None]:
         raise
     except (RuntimeError, IndexError, ValueError, TypeError, AttributeError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise PbkitError(f"{what}: {type(e).__name__}: {first}; {why}") from e
+        raise error(f"{what}: {type(e).__name__}: {first}; {why}") from e
+
+
+def _restore(model: nn.Module, backup: nn.Module) -> None:
+    """Make ``model`` the copy taken before pruning, in place (callers keep the same object)."""
+    model.__dict__.clear()
+    model.__dict__.update(backup.__dict__)
 
 
 def _graph_hint(model: nn.Module, memory_gib: float) -> str:
@@ -207,6 +218,7 @@ def prune_to_target(
     name: str = "the model",
     latency_tools: knapsack.Tools | None = None,
     on_text: Callable[[int, str], None] | None = None,
+    hold: Sequence[str] = (),
 ) -> PruneResult:
     """Prune ``model`` in place until base MACs / pruned MACs >= ``settings.speedup``, never
     touching the ``protected`` modules (the task's heads).
@@ -222,6 +234,10 @@ def prune_to_target(
     :func:`pbkit.prune.knapsack.run` prunes with ``latency_tools`` (the table, the end-to-end
     measurement), reporting each step through ``on_text``; the table's build and the measurements
     are kept out of the prune time like training between steps.
+
+    Where a step fails inside torch-pruning or leaves a model that no longer runs (a layer that
+    reads a width from its input), the model is put back as it was and pruned again with its
+    attention-like blocks held fixed (``hold``: their names), as where the graph cannot be traced.
     """
     s = settings
     if s.speedup <= 1.0:
@@ -262,7 +278,7 @@ def prune_to_target(
     rss = budget.resident_gib()
     try:
         with budget.guarded(what, memory, s.max_graph_s, hint=hint):
-            pruner, groups, held = graph()
+            pruner, groups, held = graph(held=[model.get_submodule(n) for n in hold]) if hold else graph()
     except budget.OverBudget as over:  # the graph ran away: trace it again with attention-like blocks held fixed
         candidates = opaque.untraceable(model)
         if not candidates or hint != GRAPH_HINT:
@@ -274,6 +290,11 @@ def prune_to_target(
                 pruner, groups, held = graph(held=candidates)
         except PbkitError:
             raise PbkitError(f"{over} (and with its {len(candidates)} attention blocks held fixed)") from over
+    retry = [] if held else opaque.untraceable(model)  # what to hold fixed should a step fail
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    backup = copy.deepcopy(model) if retry and method.stage != "sparsify" and s.latency is None \
+        and between_steps is None and weights < memory * budget.GIB / 3 else None
+    failed: _StepFailed | None = None
     sparsified = sparse_train(pruner) if method.stage == "sparsify" and sparse_train is not None else None
     if sparsified is not None:
         t_start += sparsified["time_s"]  # prune time excludes the regularized training ("reg time")
@@ -299,28 +320,45 @@ def prune_to_target(
             def reached(m: int) -> bool:
                 return macs_base / max(m, 1) >= s.speedup
 
-            exact = True
-            while steps < s.iterative_steps:
-                if between_steps is not None:
-                    t_start += between_steps(steps + 1)
-                t0 = time.perf_counter()
-                if method.collect is not None:
-                    assert calibration is not None
-                    method.collect(importance, model, pruner, calibration)
-                with _failing(f"pruning step {steps + 1} failed inside torch-pruning", MAPPED_WRONG):
-                    pruner.step()
-                    _fix_attention(model, pruner)
-                step_times.append(time.perf_counter() - t0)
-                steps += 1
-                with _failing(f"after pruning step {steps} the model no longer runs", CUT_WRONG):
-                    macs, exact = counter.after_step(reached)
-                if on_step is not None:
-                    on_step(steps, macs_base / max(macs, 1))  # (a lower bound while not exact)
-                if exact and reached(macs):
-                    break
-            if not exact:
-                with _failing(f"after pruning step {steps} the model no longer runs", CUT_WRONG):
-                    macs = counter.exact()
+            try:
+                exact = True
+                while steps < s.iterative_steps:
+                    if between_steps is not None:
+                        t_start += between_steps(steps + 1)
+                    t0 = time.perf_counter()
+                    if method.collect is not None:
+                        assert calibration is not None
+                        method.collect(importance, model, pruner, calibration)
+                    with _failing(f"pruning step {steps + 1} failed inside torch-pruning", MAPPED_WRONG,
+                                  _StepFailed):
+                        pruner.step()
+                        _fix_attention(model, pruner)
+                    step_times.append(time.perf_counter() - t0)
+                    steps += 1
+                    with _failing(f"after pruning step {steps} the model no longer runs", CUT_WRONG, _StepFailed):
+                        macs, exact = counter.after_step(reached)
+                    if on_step is not None:
+                        on_step(steps, macs_base / max(macs, 1))  # (a lower bound while not exact)
+                    if exact and reached(macs):
+                        break
+                if not exact:
+                    with _failing(f"after pruning step {steps} the model no longer runs", CUT_WRONG, _StepFailed):
+                        macs = counter.exact()
+            except _StepFailed as e:
+                if backup is None:
+                    raise
+                failed = e
+    if failed is not None and backup is not None:  # again, with the attention-like blocks held fixed
+        again = [names[m] for m in retry]
+        _restore(model, backup)
+        del backup, pruner, groups
+        protected[:] = [model.get_submodule(names[m]) for m in protected]
+        try:
+            return prune_to_target(model, method, settings, input_size=input_size, num_classes=num_classes,
+                                   protected=protected, calibration=calibration, on_step=on_step, name=name,
+                                   on_text=on_text, hold=again)
+        except PbkitError as e:
+            raise PbkitError(f"{failed} (and with its {len(again)} attention blocks held fixed: {e})") from failed
 
     loop_s = time.perf_counter() - t_loop - (t_start - excluded_from)
     achieved = macs_base / max(macs, 1)
