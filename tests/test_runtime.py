@@ -46,3 +46,17 @@ def test_the_random_stream_continues_as_if_nothing_ran() -> None:
     with runtime.isolated():
         torch.rand(1000)
     assert torch.equal(torch.rand(2), expected)
+
+
+def test_strict_fp32_leaves_a_precision_torch_export_can_read() -> None:
+    # torch refuses to read its legacy cuDNN flag where it disagrees with the conv and RNN precisions;
+    # torch.export reads it, so the dynamo ONNX exporter failed on every model after strict_fp32
+    before = runtime.snapshot()
+    with runtime.isolated():
+        runtime.strict_fp32()
+        assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+        model = torch.nn.Conv2d(3, 4, 1).eval()
+        exported = torch.export.export(model, (torch.randn(1, 3, 4, 4),), strict=False).run_decompositions()
+        assert exported.graph_module is not None
+    assert runtime.snapshot() == before

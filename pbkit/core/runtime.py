@@ -45,6 +45,15 @@ def _backend_attr(path: str) -> tuple[Any, str]:
     return obj, leaf
 
 
+def _cudnn_allow_tf32() -> bool | None:
+    """torch's legacy cuDNN TF32 flag, or None where torch refuses to read it (its conv and RNN
+    precisions disagree with it)."""
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        return None
+
+
 def _torch_flags() -> dict[str, Any]:
     flags: dict[str, Any] = {
         "num_threads": torch.get_num_threads(),
@@ -54,6 +63,7 @@ def _torch_flags() -> dict[str, Any]:
         "mha_fastpath": torch.backends.mha.get_fastpath_enabled(),
         "grad_enabled": torch.is_grad_enabled(),
         "default_dtype": str(torch.get_default_dtype()),
+        "cudnn.allow_tf32": _cudnn_allow_tf32(),
     }
     for path in PRECISION_FLAGS:
         obj, leaf = _backend_attr(path)
@@ -74,6 +84,9 @@ def _set_torch_flags(f: dict[str, Any]) -> None:
     torch.backends.mha.set_fastpath_enabled(f["mha_fastpath"])
     torch.set_grad_enabled(f["grad_enabled"])
     torch.set_default_dtype(getattr(torch, f["default_dtype"].removeprefix("torch.")))
+    if f["cudnn.allow_tf32"] is not None and now["cudnn.allow_tf32"] != f["cudnn.allow_tf32"]:
+        torch.backends.cudnn.allow_tf32 = f["cudnn.allow_tf32"]  # (this resets cuDNN's conv and RNN precisions)
+        now = _torch_flags()
     for path in PRECISION_FLAGS:
         if now[path] != f[path] and f[path] is not None:
             obj, leaf = _backend_attr(path)
@@ -82,7 +95,11 @@ def _set_torch_flags(f: dict[str, Any]) -> None:
 
 def strict_fp32() -> None:
     """fp32 means fp32: no TF32 in convolutions or matmuls (parity gates need it). Call it inside
-    :func:`isolated`, which puts the previous precision back."""
+    :func:`isolated`, which puts the previous precision back.
+
+    cuDNN's legacy flag is turned off first and agrees with the conv and RNN precisions: torch
+    reads it (``torch.export`` does, for the dynamo ONNX exporter) and refuses to where they differ."""
+    torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.fp32_precision = "ieee"
     torch.backends.cudnn.conv.fp32_precision = "ieee"
     torch.backends.cudnn.rnn.fp32_precision = "ieee"
