@@ -131,6 +131,10 @@ def try_model(name: str, work: Path, max_memory_gib: float, timeout_s: float,
     return {**row, "status": "pass", "stage": None, "reason": None}
 
 
+def _or_default(value: float | None) -> str:
+    return f"{value:g}" if value else "default"
+
+
 def write(rows: list[dict[str, Any]], out: Path, tag: str, settings: dict[str, Any]) -> None:
     passed = [r for r in rows if r["status"] == "pass"]
     by_source: dict[str, list[dict[str, Any]]] = {}
@@ -141,8 +145,8 @@ def write(rows: list[dict[str, Any]], out: Path, tag: str, settings: dict[str, A
     lines = [f"# Model zoo: l2, protected, 1.5x, ONNX export with parity ({tag})", "",
              "Each model in its own process with random weights at its own input size, under the kit's budgets "
              f"(prune.max_memory_gib={settings['max_memory_gib']}, "
-             f"prune.max_graph_s={settings.get('max_graph_s') or 'default'}, "
-             f"prune.iterative_steps={settings.get('iterative_steps') or 'default'}) and a wall-clock "
+             f"prune.max_graph_s={_or_default(settings.get('max_graph_s'))}, "
+             f"prune.iterative_steps={_or_default(settings.get('iterative_steps'))}) and a wall-clock "
              f"limit of {settings['timeout_s']:g} s.", "",
              "| source | tried | passed |", "|---|---|---|"]
     lines += [f"| {src} | {s['tried']} | {s['passed']} ({s['passed'] / max(s['tried'], 1):.0%}) |"

@@ -96,7 +96,8 @@ def test_the_zoo_script_writes_its_table_with_passes_and_one_line_reasons(tmp_pa
     repo = Path(__file__).resolve().parents[1]
     # a small model of pbkit's own registry keeps this quick; the zoo itself runs tv: and timm: names
     r = subprocess.run([sys.executable, str(repo / "benchmarks" / "zoo.py"), "--names", "resnet20_cifar",
-                        "tv:no_such_net", "--out", str(tmp_path), "--tag", "t", "--timeout-s", "300"],
+                        "tv:no_such_net", "--out", str(tmp_path), "--tag", "t", "--timeout-s", "300",
+                        "--iterative-steps", "50", "--max-graph-s", "120"],
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads((tmp_path / "zoo-t.json").read_text())
@@ -107,6 +108,8 @@ def test_the_zoo_script_writes_its_table_with_passes_and_one_line_reasons(tmp_pa
     assert data["summary"] == {"pbkit": {"tried": 1, "passed": 1}, "tv": {"tried": 1, "passed": 0}}
     md = (tmp_path / "zoo-t.md").read_text()
     assert "| resnet20_cifar | pass | 1.5" in md and "| tv:no_such_net | fail (prune) |" in md
+    assert data["settings"]["iterative_steps"] == 50 and ok["iterative_steps"] == 50
+    assert "prune.max_graph_s=120, prune.iterative_steps=50)" in md
 
 
 def test_the_zoo_samples_every_timm_family_by_its_smallest_variant() -> None:
