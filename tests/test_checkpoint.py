@@ -104,3 +104,20 @@ def test_missing_checkpoint(tmp_path: Path) -> None:
 def test_pickle_module_is_what_torch_refuses() -> None:
     # guard for the test above: the payload really is a code-running pickle
     assert b"touch" in pickle.dumps(_Evil())
+
+
+def test_a_module_shared_between_two_places_reloads() -> None:
+    # CoaT's serial blocks share their convolutional position encoding with the model: its state
+    # dict lists those tensors under both names
+    class Shared(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pe = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4)
+            self.blocks = torch.nn.ModuleList([torch.nn.Sequential(self.pe, torch.nn.Conv2d(4, 4, 1))])
+
+    saved, fresh = Shared(), Shared()
+    assert "blocks.0.0.weight" in saved.state_dict() and "pe.weight" in saved.state_dict()
+    obj = {"spec": {"name": "shared"}, "modules": checkpoint.module_attributes(saved), "state": saved.state_dict()}
+    checkpoint.apply_file(fresh, obj, "shared.pt")
+    assert fresh.blocks[0][0] is fresh.pe and torch.equal(fresh.pe.weight, saved.pe.weight)
+    assert torch.equal(fresh.blocks[0][1].weight, saved.blocks[0][1].weight)

@@ -74,8 +74,10 @@ def load_model(path: str | Path) -> tuple[nn.Module, models.ModelSpec, dict[str,
 
 
 def apply_file(model: nn.Module, obj: dict[str, Any], where: str) -> None:
-    """Reshape ``model`` in place to the saved attributes and tensors."""
-    named = dict(model.named_modules())
+    """Reshape ``model`` in place to the saved attributes and tensors. A module shared between
+    two places (CoaT's convolutional position encodings) is found under each of its names, as the
+    state dict lists its tensors under each."""
+    named = dict(model.named_modules(remove_duplicate=False))
     for name, attrs in obj["modules"].items():
         m = named.get(name)
         if m is None:
