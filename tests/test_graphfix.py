@@ -126,3 +126,71 @@ def test_only_splits_of_a_feature_maps_channels_are_held() -> None:
     with graphfix.exact_concat_sizes():
         dg = tp.DependencyGraph().build_dependency(Splits().eval(), example_inputs=torch.randn(1, 3, 4, 4))
     assert len(graphfix.channel_splits(dg)) == 1
+
+
+def _thin_groups() -> nn.Sequential:
+    """A grouped convolution with one input channel per group and four outputs per group (as DPN's
+    and, once pruned, ResNeXt-64x4d's are)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                         nn.Conv2d(8, 32, 3, padding=1, groups=8), nn.ReLU(), nn.Conv2d(32, 16, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+def test_torch_pruning_alone_fails_on_a_grouped_conv_with_one_input_channel_per_group() -> None:
+    import torch_pruning as tp
+
+    model = _thin_groups()
+    pruner = tp.pruner.MagnitudePruner(model, torch.randn(1, 3, 8, 8), importance=tp.importance.MagnitudeImportance(),
+                                       pruning_ratio=0.5, ignored_layers=[model[-1]])
+    with pytest.raises(IndexError):
+        pruner.step()
+
+
+def test_a_grouped_conv_with_one_input_channel_per_group_keeps_its_inputs_and_the_rest_prunes() -> None:
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+
+    torch.manual_seed(0)
+    model = _thin_groups()
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.3, iterative_steps=10), input_size=8,
+                          num_classes=10, protected=[model[-1]])
+    assert res.achieved_speedup >= 1.3
+    assert model[3].in_channels == model[3].groups == 8 and model[0].out_channels == 8  # its input group stays
+    assert model[3].out_channels < 32 and model[5].out_channels < 16  # its outputs and the rest pruned
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_channel_slices_are_held_like_splits() -> None:
+    import torch_pruning as tp
+
+    from pbkit.prune import graphfix
+
+    class Slices(nn.Module):  # as DPN slices its dense path
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return y[:, :4] * y[:, 4:]
+
+    with graphfix.exact_concat_sizes():
+        dg = tp.DependencyGraph().build_dependency(Slices().eval(), example_inputs=torch.randn(1, 3, 4, 4))
+    assert len(graphfix.channel_splits(dg)) == 2
+
+
+def test_an_efficient_channel_attention_gate_prunes_with_the_channels_through_it() -> None:
+    from timm.layers import EcaModule
+
+    from pbkit.prune import PruneSettings, methods, opaque, prune_to_target
+
+    torch.manual_seed(0)
+    model = nn.Sequential(cbr(3, 32, 3), nn.Conv2d(32, 32, 3, padding=1), EcaModule(32), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+    assert model[2] in opaque.blocks(model)  # one node while traced (its reshapes make groups take minutes)
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=10), input_size=16,
+                          num_classes=10, protected=[model[6]])
+    assert res.achieved_speedup >= 1.5 and not res.held_fixed
+    assert model[1].out_channels < 32 and model[6].in_features == model[1].out_channels  # pruned through the gate
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)

@@ -89,7 +89,7 @@ def channel_splits(graph: Any) -> list[Any]:
 
     found = []
     for node in graph.module2node.values():
-        if node.type != ops.OPTYPE.SPLIT:
+        if node.type not in (ops.OPTYPE.SPLIT, ops.OPTYPE.SLICE):
             continue
         sizes = tuple(getattr(node.grad_fn, "_saved_self_sym_sizes", ()) or ())
         dim = int(getattr(node.grad_fn, "_saved_dim", 0))
@@ -97,3 +97,20 @@ def channel_splits(graph: Any) -> list[Any]:
         if len(sizes) == 4 and dim in (1, -3):
             found.append(node.module)
     return found
+
+
+def one_channel_groups(group: Any) -> bool:
+    """Whether a channel group prunes the input of a grouped convolution left with one input
+    channel per group (and more outputs than inputs). torch-pruning's magnitude importance indexes
+    such a layer's input scores past their end (it repeats them per group only while a group has
+    more than one channel); the prune loop leaves these groups as they are from then on
+    (ResNeXt-64x4d and DPN reach it)."""
+    from torch import nn
+    from torch_pruning.pruner import function
+
+    for dep, _ in group:
+        m = dep.target.module
+        if dep.handler == function.prune_conv_in_channels and isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) \
+                and m.groups > 1 and m.in_channels == m.groups and m.out_channels != m.in_channels:
+            return True
+    return False

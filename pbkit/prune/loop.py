@@ -183,13 +183,16 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
                                 ignored_layers=[*protected, *opaque.fixed(model), *held], round_to=s.round_to,
                                 num_heads=num_heads, **extra)
         pruner.ignored_layers.extend(graphfix.channel_splits(pruner.DG))  # the groups reaching them stay
+        score = pruner.estimate_importance  # (no score: torch-pruning leaves the group as it is)
+        pruner.estimate_importance = lambda g: None if graphfix.one_channel_groups(g) else score(g)
         groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                                root_module_types=pruner.root_module_types))
         import torch_pruning as tp
 
         check = tp.importance.MagnitudeImportance(p=2)  # every group's channel indices map onto its layers
         for group in groups:
-            check(group)
+            if not graphfix.one_channel_groups(group):
+                check(group)
     except PbkitError:
         raise
     except Exception as e:  # tracing failures come in many types

@@ -57,6 +57,15 @@ def _timm() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
     return tuple(blocks_), tuple(attention), tuple(merging)
 
 
+def _gates() -> tuple[type, ...]:
+    """timm's efficient channel attention (ECA, circular ECA): a gate computed by a 1-D convolution
+    that runs along the channel axis itself, so it fits any number of channels; traced, its
+    reshapes make torch-pruning's groups take minutes. Each is one node that keeps channel i as
+    channel i (pruned with the stream through it). Only if timm's module is already imported."""
+    m = sys.modules.get("timm.layers.eca")
+    return (m.EcaModule, m.CecaModule) if m is not None else ()
+
+
 def attention_classes() -> tuple[type, ...]:
     """Window attention, torchvision's and timm's Swin, torchvision's MaxViT: pruned as one layer,
     never by heads."""
@@ -65,7 +74,7 @@ def attention_classes() -> tuple[type, ...]:
 
 def blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks of ``model`` the dependency graph must see as single layers."""
-    kinds = attention_classes() + swin.MERGING + _timm()[2] + maxvit.PARTITION
+    kinds = attention_classes() + swin.MERGING + _timm()[2] + maxvit.PARTITION + _gates()
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
@@ -184,7 +193,8 @@ def _pruners() -> dict[str, Any]:
 
     class PassThroughPruner(base):  # type: ignore[misc, valid-type]
         """A reshape or permute that keeps each channel as it is (MaxViT's window and grid
-        partitions): no weights; its input and output channels are the same channels."""
+        partitions), or a channel gate that fits any width (ECA): no channel weights; its input and
+        output channels are the same channels."""
 
         def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
             return layer
@@ -275,6 +285,7 @@ def pruners(model: nn.Module, held: Sequence[nn.Module] = ()) -> dict[type, Any]
         return {}
     made = _pruners()
     windowed = attention_classes()
-    kind = {**dict.fromkeys(swin.MERGING + _timm()[2], "merging"), **dict.fromkeys(maxvit.PARTITION, "passthrough")}
+    kind = {**dict.fromkeys(swin.MERGING + _timm()[2], "merging"),
+            **dict.fromkeys(maxvit.PARTITION + _gates(), "passthrough")}
     return {**{type(m): made["attention" if isinstance(m, windowed) else kind[type(m)]] for m in present},
             **{type(m): made["fixed"] for m in shuffles}}
