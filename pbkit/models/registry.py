@@ -63,11 +63,9 @@ PREFIXES = {
 # Families a zoo run (benchmarks/zoo.py, results/perf/zoo-*.md) found not to prune here: the pattern,
 # the name that was tried, and the reason a user can act on. `pbkit list models` marks them and
 # `pbkit prune` says so before it tries (under the memory and time budgets, which stop it in one line).
-KNOWN_FAILURES: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(r"^tv:resnext101_64x4d$"), "tv:resnext101_64x4d",
-     "torch-pruning fails in pruning step 44 (l2, protected, 1.5x) on its 64-group convolutions of 4 channels "
-     "each: IndexError: index 1 is out of bounds for dimension 0 with size 1"),
-]
+# (tv:resnext101_64x4d was one until its grouped convolutions left with one input channel per group
+# were kept from torch-pruning's importance: pbkit/prune/graphfix.py)
+KNOWN_FAILURES: list[tuple[re.Pattern[str], str, str]] = []
 
 
 def known_failure(name: str) -> str | None:
