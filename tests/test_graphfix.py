@@ -194,3 +194,36 @@ def test_an_efficient_channel_attention_gate_prunes_with_the_channels_through_it
     assert model[1].out_channels < 32 and model[6].in_features == model[1].out_channels  # pruned through the gate
     with torch.no_grad():
         assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_a_layer_with_a_per_channel_tensor_torch_pruning_leaves_whole_keeps_its_outputs() -> None:
+    from timm.layers import ScaledStdConv2d
+
+    from pbkit.prune import PruneSettings, graphfix, methods, prune_to_target
+
+    torch.manual_seed(0)
+    model = nn.Sequential(ScaledStdConv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(32, 16, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 10)).eval()
+    assert graphfix.extra_channel_parameters(model) == [(model[0], "gain")]  # its gain: one entry per output
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.3, iterative_steps=20), input_size=16,
+                          num_classes=10, protected=[model[7]])
+    assert res.achieved_speedup >= 1.3
+    assert model[0].out_channels == model[0].gain.shape[0] == 16 and model[2].out_channels < 32
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_a_pruned_cnn_that_no_longer_runs_is_caught_before_it_is_saved(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a CNN's MACs are read from its weights' shapes, so nothing ran it after the last step
+    from timm.layers import ScaledStdConv2d
+
+    from pbkit.core.errors import PbkitError
+    from pbkit.prune import PruneSettings, graphfix, methods, prune_to_target
+
+    monkeypatch.setattr(graphfix, "extra_channel_parameters", lambda model: [])  # as before the hold
+    model = nn.Sequential(ScaledStdConv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    with pytest.raises(PbkitError, match="the model no longer runs: RuntimeError"):
+        prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.3, iterative_steps=20), input_size=16,
+                        num_classes=10, protected=[model[5]])

@@ -114,3 +114,27 @@ def one_channel_groups(group: Any) -> bool:
                 and m.groups > 1 and m.in_channels == m.groups and m.out_channels != m.in_channels:
             return True
     return False
+
+
+_KNOWN_TENSORS = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+
+
+def extra_channel_parameters(model: Any) -> list[tuple[Any, str]]:
+    """Convolution, linear and norm layers with a parameter or buffer of their own, other than the
+    weight and bias torch-pruning prunes, that has one entry per output channel (timm's scaled
+    weight-standardised convolutions' ``gain``, NFNet's): (layer, name). torch-pruning would cut
+    the layer's outputs and leave that tensor whole, so the model no longer runs; the prune loop
+    holds these layers' outputs fixed."""
+    from torch import nn
+
+    found = []
+    for m in model.modules():
+        if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear | nn.modules.batchnorm._BatchNorm
+                          | nn.LayerNorm | nn.GroupNorm):
+            continue
+        width = getattr(m, "out_channels", None) or getattr(m, "out_features", None) \
+            or getattr(m, "num_features", None)
+        for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+            if name not in _KNOWN_TENSORS and t is not None and t.dim() >= 1 and t.shape[0] == width:
+                found.append((m, name))
+    return found

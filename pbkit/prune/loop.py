@@ -183,6 +183,8 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
                                 ignored_layers=[*protected, *opaque.fixed(model), *held], round_to=s.round_to,
                                 num_heads=num_heads, **extra)
         pruner.ignored_layers.extend(graphfix.channel_splits(pruner.DG))  # the groups reaching them stay
+        whole = graphfix.extra_channel_parameters(model)
+        pruner.ignored_layers.extend(m for m, _ in whole)
         score = pruner.estimate_importance  # (no score: torch-pruning leaves the group as it is)
         pruner.estimate_importance = lambda g: None if graphfix.one_channel_groups(g) else score(g)
         groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
@@ -202,7 +204,9 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
         raise _Untraceable(f"the dependency graph could not trace this model: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from e
     if not groups:
-        raise PbkitError("the dependency graph found no prunable channel group in this model")
+        kept = f" ({len(whole)} layers carry per-channel tensors torch-pruning would leave whole, e.g. " \
+               f"{type(whole[0][0]).__name__}.{whole[0][1]}: their outputs were held fixed)" if whole else ""
+        raise PbkitError(f"the dependency graph found no prunable channel group in this model{kept}")
     return pruner, groups
 
 
@@ -344,9 +348,12 @@ def prune_to_target(
                         on_step(steps, macs_base / max(macs, 1))  # (a lower bound while not exact)
                     if exact and reached(macs):
                         break
-                if not exact:
-                    with _failing(f"after pruning step {steps} the model no longer runs", CUT_WRONG, _StepFailed):
+                with _failing(f"after pruning step {steps} the model no longer runs", CUT_WRONG, _StepFailed):
+                    if not exact:
                         macs = counter.exact()
+                    elif counter.free == 0:  # MACs read from the weights' shapes alone: run it once
+                        with torch.no_grad():
+                            model(example)
             except _StepFailed as e:
                 if backup is None:
                     raise
@@ -372,6 +379,10 @@ def prune_to_target(
                          "channels (every score equal?)")
     if achieved < s.speedup:
         floor = " (the protected scope keeps >= 10% of every group)" if s.scope == "protected" else ""
+        whole = graphfix.extra_channel_parameters(model)
+        if whole:
+            floor += (f"; {len(whole)} layers keep their outputs: they carry per-channel tensors torch-pruning "
+                      f"would leave whole (e.g. {type(whole[0][0]).__name__}.{whole[0][1]})")
         raise PbkitError(f"speed-up target {s.speedup}x is unreachable: {achieved:.2f}x after "
                          f"{steps} steps in the {s.scope} scope{floor}")
     return PruneResult(
