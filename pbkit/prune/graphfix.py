@@ -8,8 +8,10 @@ knows every input's real shape: :func:`exact_concat_sizes` takes a feature-map c
 widths from it, and for other concatenations fills only the widths torch-pruning could not infer
 where it would otherwise fail (it still checks that they add up to the output's width).
 
-The patch is undone when the block ends, so nothing outlives the graph build. Splits of a feature
-map's channels are found by :func:`channel_splits` and held fixed"""
+The patch is undone when the block ends, so nothing outlives the graph build. Splits and slices of
+a feature map's channels are found by :func:`channel_splits` and held fixed; so are grouped
+convolutions torch-pruning's importance cannot score (:func:`one_channel_groups`) and layers with
+per-channel tensors it would leave whole (:func:`extra_channel_parameters`)."""
 
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ def exact_concat_sizes() -> Iterator[None]:
 
 
 def channel_splits(graph: Any) -> list[Any]:
-    """The graph's splits (``split``, ``chunk``) of a feature map's channels.
+    """The graph's splits (``split``, ``chunk``) and slices (``x[:, :k]``) of a feature map's channels.
 
     Model code splits with widths it fixed when it was built (``x.split(self.width, 1)``), and
     torch-pruning maps a split's chunks onto the nodes that take them by the order it met those
