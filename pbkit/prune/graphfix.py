@@ -20,12 +20,16 @@ from collections.abc import Iterator
 from typing import Any
 
 
+def _saved_dim(fn: Any, default: int) -> int:
+    """The dimension an autograd node (cat, split, slice) worked on; negative dims are saved unsigned."""
+    dim = int(getattr(fn, "_saved_dim", default))
+    return dim - 2**64 if dim >= 2**63 else dim
+
+
 def _feature_map_channels(node: Any) -> bool:
     """Whether a concatenation joins feature maps (N, C, H, W) along their channels."""
     shape = tuple(node.grad_fn._input_metadata[0].shape) if getattr(node.grad_fn, "_input_metadata", None) else ()
-    dim = int(getattr(node.grad_fn, "_saved_dim", 0))
-    dim = dim - 2**64 if dim >= 2**63 else dim  # negative dims are saved unsigned
-    return len(shape) == 4 and dim in (1, -3)
+    return len(shape) == 4 and _saved_dim(node.grad_fn, 0) in (1, -3)
 
 
 def _traced_sizes(node: Any) -> list[int] | None:
@@ -39,8 +43,7 @@ def _traced_sizes(node: Any) -> list[int] | None:
         if any(n.grad_fn is not f for n, (f, _) in zip(node.inputs, operands, strict=True)):
             return None
         shapes = [tuple(f._input_metadata[nr].shape) for f, nr in operands]
-        dim = int(getattr(fn, "_saved_dim", 1))
-        dim = dim - 2**64 if dim >= 2**63 else dim
+        dim = _saved_dim(fn, 1)
         dim = dim + len(shapes[0]) if dim < 0 else dim
         return [int(s[dim]) for s in shapes]
     except (AttributeError, IndexError, TypeError, RuntimeError):
@@ -94,9 +97,7 @@ def channel_splits(graph: Any) -> list[Any]:
         if node.type not in (ops.OPTYPE.SPLIT, ops.OPTYPE.SLICE):
             continue
         sizes = tuple(getattr(node.grad_fn, "_saved_self_sym_sizes", ()) or ())
-        dim = int(getattr(node.grad_fn, "_saved_dim", 0))
-        dim = dim - 2**64 if dim >= 2**63 else dim  # negative dims are saved unsigned
-        if len(sizes) == 4 and dim in (1, -3):
+        if len(sizes) == 4 and _saved_dim(node.grad_fn, 0) in (1, -3):
             found.append(node.module)
     return found
 
@@ -140,3 +141,9 @@ def extra_channel_parameters(model: Any) -> list[tuple[Any, str]]:
             if name not in _KNOWN_TENSORS and t is not None and t.dim() >= 1 and t.shape[0] == width:
                 found.append((m, name))
     return found
+
+
+def whole_note(whole: list[tuple[Any, str]]) -> str:
+    """How many layers :func:`extra_channel_parameters` held fixed, and one example, for an error."""
+    return (f"{len(whole)} layers keep their outputs: they carry per-channel tensors torch-pruning would leave "
+            f"whole (e.g. {type(whole[0][0]).__name__}.{whole[0][1]})")

@@ -204,8 +204,7 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
         raise _Untraceable(f"the dependency graph could not trace this model: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from e
     if not groups:
-        kept = f" ({len(whole)} layers carry per-channel tensors torch-pruning would leave whole, e.g. " \
-               f"{type(whole[0][0]).__name__}.{whole[0][1]}: their outputs were held fixed)" if whole else ""
+        kept = f" ({graphfix.whole_note(whole)})" if whole else ""
         raise PbkitError(f"the dependency graph found no prunable channel group in this model{kept}")
     return pruner, groups
 
@@ -381,8 +380,7 @@ def prune_to_target(
         floor = " (the protected scope keeps >= 10% of every group)" if s.scope == "protected" else ""
         whole = graphfix.extra_channel_parameters(model)
         if whole:
-            floor += (f"; {len(whole)} layers keep their outputs: they carry per-channel tensors torch-pruning "
-                      f"would leave whole (e.g. {type(whole[0][0]).__name__}.{whole[0][1]})")
+            floor += f"; {graphfix.whole_note(whole)}"
         raise PbkitError(f"speed-up target {s.speedup}x is unreachable: {achieved:.2f}x after "
                          f"{steps} steps in the {s.scope} scope{floor}")
     return PruneResult(
