@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -196,7 +197,7 @@ def test_an_efficient_channel_attention_gate_prunes_with_the_channels_through_it
         assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
 
 
-def test_a_layer_with_a_per_channel_tensor_torch_pruning_leaves_whole_keeps_its_outputs() -> None:
+def test_a_per_channel_tensor_torch_pruning_leaves_whole_is_cut_with_its_layers_outputs() -> None:
     from timm.layers import ScaledStdConv2d
 
     from pbkit.prune import PruneSettings, graphfix, methods, prune_to_target
@@ -205,13 +206,22 @@ def test_a_layer_with_a_per_channel_tensor_torch_pruning_leaves_whole_keeps_its_
     model = nn.Sequential(ScaledStdConv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
                           nn.ReLU(), nn.Conv2d(32, 16, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(16, 10)).eval()
-    assert graphfix.extra_channel_parameters(model) == [(model[0], "gain")]  # its gain: one entry per output
-    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.3, iterative_steps=20), input_size=16,
+    assert graphfix.extra_channel_tensors(model[0]) == ["gain"]  # its gain: one entry per output
+    with torch.no_grad():
+        model[0].gain.copy_(torch.arange(16.0).view(16, 1, 1, 1) + 1)  # gain i + 1 on channel i
+    weights = model[0].weight.detach().clone()
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.6, iterative_steps=20), input_size=16,
                           num_classes=10, protected=[model[7]])
-    assert res.achieved_speedup >= 1.3
-    assert model[0].out_channels == model[0].gain.shape[0] == 16 and model[2].out_channels < 32
+    assert res.achieved_speedup >= 1.6
+    assert model[0].out_channels == model[0].gain.shape[0] < 16  # the gain was cut with the outputs
+    assert isinstance(model[0].gain, nn.Parameter) and model[0].gain.requires_grad
+    kept = [next(i for i in range(16) if torch.equal(weights[i], w)) for w in model[0].weight.detach()]
+    assert model[0].gain.flatten().tolist() == [i + 1.0 for i in kept]  # each kept channel keeps its own gain
     with torch.no_grad():
         assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    from torch_pruning.dependency import dependency
+
+    assert dependency.Dependency.__call__.__module__.startswith("torch_pruning")  # the patch is undone
 
 
 def test_a_pruned_cnn_that_no_longer_runs_is_caught_before_it_is_saved(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,9 +231,115 @@ def test_a_pruned_cnn_that_no_longer_runs_is_caught_before_it_is_saved(monkeypat
     from pbkit.core.errors import PbkitError
     from pbkit.prune import PruneSettings, graphfix, methods, prune_to_target
 
-    monkeypatch.setattr(graphfix, "extra_channel_parameters", lambda model: [])  # as before the hold
+    monkeypatch.setattr(graphfix, "cuts_follow", contextlib.nullcontext)  # as before the fix
     model = nn.Sequential(ScaledStdConv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
     with pytest.raises(PbkitError, match="the model no longer runs: RuntimeError"):
         prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.3, iterative_steps=20), input_size=16,
                         num_classes=10, protected=[model[5]])
+
+
+def test_a_blur_pool_prunes_with_the_stream_through_it_and_reloads() -> None:
+    # timm's BlurPool2d: a depth-wise filter held in a non-persistent buffer, one row per channel
+    from timm.layers import BlurPool2d
+
+    from pbkit.models import checkpoint
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+
+    def net() -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), BlurPool2d(16), nn.Conv2d(16, 32, 3, padding=1),
+                             nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+
+    torch.manual_seed(0)
+    model = net()
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=20), input_size=16,
+                          num_classes=10, protected=[model[7]])
+    assert res.achieved_speedup >= 1.5
+    assert model[0].out_channels < 16 and model[2].channels == model[2].filt.shape[0] == model[0].out_channels
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        y = model(x)
+    obj = {"spec": {"name": "blur"}, "modules": checkpoint.module_attributes(model), "state": model.state_dict(),
+           "buffers": checkpoint.non_persistent_buffers(model)}
+    assert "2.filt" in obj["buffers"] and "2.filt" not in obj["state"]  # the state dict leaves it out
+    fresh = net()
+    checkpoint.apply_file(fresh, obj, "blur.pt")
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), y)
+
+
+def test_a_gated_mlp_chunked_in_two_prunes_value_and_gate_together_step_after_step() -> None:
+    # timm's GluMlp: fc1 gives [value | gate], chunked on the last axis; torch-pruning counts the new
+    # chunk sizes after a step but maps the next step's indices with the traced offsets
+    from timm.layers import GluMlp
+
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Conv2d(3, 32, 4, 4)
+            self.mlp = GluMlp(32, 128, act_layer=nn.SiLU)
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.embed(x).flatten(2).transpose(1, 2)
+            return self.head((x + self.mlp(x)).mean(1))
+
+    torch.manual_seed(0)
+    model = Tokens().eval()
+    with torch.no_grad():  # tags: value row j has bias j, gate row j has bias 1000 + j; fc2's column j is j / 64
+        model.mlp.fc1.bias.copy_(torch.cat([torch.arange(64.0), 1000 + torch.arange(64.0)]))
+        model.mlp.fc2.weight.copy_(torch.arange(64.0).expand(32, 64) / 64)
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.3, iterative_steps=20), input_size=16,
+                          num_classes=10, protected=[model.head])
+    assert res.steps > 1 and res.achieved_speedup >= 1.3
+    hidden = model.mlp.fc2.in_features
+    assert hidden < 64 and model.mlp.fc1.out_features == 2 * hidden
+    value, gate = model.mlp.fc1.bias[:hidden].tolist(), model.mlp.fc1.bias[hidden:].tolist()
+    assert [g - 1000 for g in gate] == value  # hidden unit j keeps its value and its gate
+    assert (model.mlp.fc2.weight[0] * 64).round().tolist() == value  # and fc2's column j
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_a_group_torch_pruning_maps_past_a_layers_end_is_held_and_the_rest_prunes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch_pruning as tp
+
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    score = tp.importance.MagnitudeImportance.__call__
+
+    def check(self: object, group: object) -> object:  # the first convolution's group maps astray
+        if group[0].dep.target.module is model[0]:  # type: ignore[index]
+            raise IndexError("index 16 is out of bounds for dimension 0 with size 16")
+        return score(self, group)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tp.importance.MagnitudeImportance, "__call__", check)
+    prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.2, iterative_steps=20), input_size=16,
+                    num_classes=10, protected=[model[6]])
+    assert model[0].out_channels == 16 and model[2].out_channels < 16
+
+
+def test_a_block_held_as_one_node_takes_constant_tensors_but_not_ones_that_need_a_gradient() -> None:
+    from pbkit.prune import opaque
+
+    class Rotary(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+            return self.proj(x) * rope
+
+    block, x = Rotary(), torch.randn(2, 3, 4, requires_grad=True)
+    rope = torch.rand(3, 4)
+    with opaque.hidden(block, also=[block]):
+        y = block(x, rope=rope)
+        assert type(y.grad_fn).__name__ == "_OpaqueBackward"  # one node on x; the table is its constant
+        with pytest.raises(TypeError, match="needs a gradient"):
+            block(x, rope=rope.requires_grad_())
+    assert torch.allclose(y, block(x, rope=rope.detach()))

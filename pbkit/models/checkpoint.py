@@ -2,9 +2,11 @@
 
 A pbkit model file is a ``torch.save`` of plain containers, tensors and numbers:
 ``{"format": "pbkit-model/1", "spec": ModelSpec dict, "modules": {module_name: {attr: value}},
-"state": state_dict}``. Loading rebuilds the dense architecture from the spec, writes the saved
-per-module attributes (channel counts, ``num_heads``, ...) and swaps in tensors of the saved
-shapes, so a pruned model reloads in a fresh process although it no longer matches its class.
+"state": state_dict, "buffers": {name: tensor}}``. Loading rebuilds the dense architecture from the
+spec, writes the saved per-module attributes (channel counts, ``num_heads``, ...) and swaps in
+tensors of the saved shapes, so a pruned model reloads in a fresh process although it no longer
+matches its class. ``buffers`` holds the non-persistent buffers the state dict leaves out (a blur
+pool's per-channel filter, cut with its channels); files written before it existed load as before.
 Every file is read with ``torch.load(weights_only=True)``: no unrestricted unpickling.
 """
 
@@ -46,12 +48,19 @@ def module_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
+def non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers ``state_dict`` leaves out, by their state-dict-style names."""
+    return {f"{name}.{b}" if name else b: t for name, m in model.named_modules()
+            for b, t in m._buffers.items() if t is not None and b in m._non_persistent_buffers_set}
+
+
 def save_model(model: nn.Module, spec: models.ModelSpec, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     payload = {
         "format": FORMAT,
         "spec": spec.to_dict(),
         "modules": module_attributes(model),
         "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "buffers": {k: v.detach().cpu().clone() for k, v in non_persistent_buffers(model).items()},
         "extra": extra or {},
     }
     return atomic_write(path, lambda p: torch.save(payload, p))
@@ -85,7 +94,7 @@ def apply_file(model: nn.Module, obj: dict[str, Any], where: str) -> None:
         for k, v in attrs.items():
             setattr(m, k, tuple(v) if isinstance(v, list) and isinstance(getattr(m, k, None), tuple) else v)
     state = obj["state"]
-    for key, tensor in state.items():
+    for key, tensor in [*state.items(), *obj.get("buffers", {}).items()]:
         owner_name, _, leaf = key.rpartition(".")
         owner = named.get(owner_name)
         if owner is None:

@@ -10,8 +10,9 @@ where it would otherwise fail (it still checks that they add up to the output's 
 
 The patch is undone when the block ends, so nothing outlives the graph build. Splits and slices of
 a feature map's channels are found by :func:`channel_splits` and held fixed; so are grouped
-convolutions torch-pruning's importance cannot score (:func:`one_channel_groups`) and layers with
-per-channel tensors it would leave whole (:func:`extra_channel_parameters`)."""
+convolutions torch-pruning's importance cannot score (:func:`one_channel_groups`). While the prune
+loop runs, per-channel tensors torch-pruning would leave whole (NFNet's ``gain``) are cut with the
+layer's outputs, and chunk offsets follow their input's cuts (:func:`cuts_follow`)."""
 
 from __future__ import annotations
 
@@ -122,28 +123,82 @@ def one_channel_groups(group: Any) -> bool:
 _KNOWN_TENSORS = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
 
 
-def extra_channel_parameters(model: Any) -> list[tuple[Any, str]]:
-    """Convolution, linear and norm layers with a parameter or buffer of their own, other than the
-    weight and bias torch-pruning prunes, that has one entry per output channel (timm's scaled
-    weight-standardised convolutions' ``gain``, NFNet's): (layer, name). torch-pruning would cut
-    the layer's outputs and leave that tensor whole, so the model no longer runs; the prune loop
-    holds these layers' outputs fixed."""
+def _width(m: Any) -> int | None:
+    """The output width of a convolution, linear or norm layer; None for any other module."""
     from torch import nn
 
-    found = []
-    for m in model.modules():
-        if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear | nn.modules.batchnorm._BatchNorm
-                          | nn.LayerNorm | nn.GroupNorm):
-            continue
-        width = getattr(m, "out_channels", None) or getattr(m, "out_features", None) \
-            or getattr(m, "num_features", None)
-        for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
-            if name not in _KNOWN_TENSORS and t is not None and t.dim() >= 1 and t.shape[0] == width:
-                found.append((m, name))
-    return found
+    if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear | nn.modules.batchnorm._BatchNorm
+                      | nn.LayerNorm | nn.GroupNorm):
+        return None
+    width = getattr(m, "out_channels", None) or getattr(m, "out_features", None) or getattr(m, "num_features", None)
+    return int(width) if width else None
 
 
-def whole_note(whole: list[tuple[Any, str]]) -> str:
-    """How many layers :func:`extra_channel_parameters` held fixed, and one example, for an error."""
-    return (f"{len(whole)} layers keep their outputs: they carry per-channel tensors torch-pruning would leave "
-            f"whole (e.g. {type(whole[0][0]).__name__}.{whole[0][1]})")
+def extra_channel_tensors(m: Any) -> list[str]:
+    """The parameters and buffers of a convolution, linear or norm layer ``m``, other than the weight
+    and bias torch-pruning prunes, with one entry per output channel (timm's scaled
+    weight-standardised convolutions' ``gain``, NFNet's)."""
+    width = _width(m)
+    if width is None:
+        return []
+    return [name for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+            if name not in _KNOWN_TENSORS and t is not None and t.dim() >= 1 and t.shape[0] == width]
+
+
+@contextlib.contextmanager
+def cuts_follow() -> Iterator[None]:
+    """While the block runs, what torch-pruning leaves behind when it cuts channels is brought in
+    line after each cut, and the patch on its dependency call is undone when the block ends:
+
+    - a layer whose outputs it cuts has its other per-channel tensors (:func:`extra_channel_tensors`,
+      NFNet's ``gain``) cut to the same channels; left whole, the model would no longer run;
+    - a split (``chunk``: a gated MLP's value and gate halves) whose input loses channels gets its
+      chunk offsets moved: torch-pruning counts the new chunk sizes but keeps mapping indices with
+      the traced offsets, so the next step's indices would run past the layers' ends."""
+    from torch_pruning import ops
+    from torch_pruning.dependency import dependency, index_mapping
+
+    original = dependency.Dependency.__call__
+
+    def call(dep: Any, idxs: Any) -> Any:
+        m = dep.target.module
+        before, extra = _width(m), extra_channel_tensors(m)
+        out = original(dep, idxs)
+        if extra and before is not None and (_width(m) or before) < before:
+            _cut_to(m, extra, _kept(idxs, before))
+        if isinstance(m, ops._SplitOp) and m.split_sizes is not None and len(idxs):
+            m.offsets = [0]
+            for size in m.split_sizes:
+                m.offsets.append(m.offsets[-1] + size)
+            index_mapping.update_split_index_mapping(None, dep.target)  # (it reads only the node)
+        return out
+
+    dependency.Dependency.__call__ = call
+    try:
+        yield
+    finally:
+        dependency.Dependency.__call__ = original
+
+
+def _kept(idxs: Any, width: int) -> list[int]:
+    """The channels of ``width`` that torch-pruning's indices ``idxs`` leave."""
+    from torch_pruning import _helpers
+
+    plain = _helpers.to_plain_idxs(idxs) if len(idxs) and isinstance(idxs[0], _helpers._HybridIndex) else idxs
+    cut = {int(i) for i in plain}
+    return [i for i in range(width) if i not in cut]
+
+
+def _cut_to(m: Any, names: list[str], keep: list[int]) -> None:
+    """Keep only the rows ``keep`` of each tensor ``names`` of ``m`` (a parameter stays a parameter)."""
+    import torch
+    from torch import nn
+
+    index = torch.tensor(keep, dtype=torch.long)
+    for name in names:
+        t = getattr(m, name)
+        rows = t.detach()[index.to(t.device)].clone()
+        if isinstance(t, nn.Parameter):
+            setattr(m, name, nn.Parameter(rows, requires_grad=t.requires_grad))
+        else:
+            m._buffers[name] = rows

@@ -183,8 +183,6 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
                                 ignored_layers=[*protected, *opaque.fixed(model), *held], round_to=s.round_to,
                                 num_heads=num_heads, **extra)
         pruner.ignored_layers.extend(graphfix.channel_splits(pruner.DG))  # the groups reaching them stay
-        whole = graphfix.extra_channel_parameters(model)
-        pruner.ignored_layers.extend(m for m, _ in whole)
         score = pruner.estimate_importance  # (no score: torch-pruning leaves the group as it is)
         pruner.estimate_importance = lambda g: None if graphfix.one_channel_groups(g) else score(g)
         groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
@@ -192,9 +190,17 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
         import torch_pruning as tp
 
         check = tp.importance.MagnitudeImportance(p=2)  # every group's channel indices map onto its layers
+        astray = []
         for group in groups:
             if not graphfix.one_channel_groups(group):
-                check(group)
+                try:
+                    check(group)
+                except IndexError:  # indices mapped past a layer's end (a chunked MLP): the group stays
+                    astray.append(group[0].dep.target.module)
+        if astray:
+            pruner.ignored_layers.extend(astray)
+            groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                                   root_module_types=pruner.root_module_types))
     except PbkitError:
         raise
     except Exception as e:  # tracing failures come in many types
@@ -204,8 +210,7 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
         raise _Untraceable(f"the dependency graph could not trace this model: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from e
     if not groups:
-        kept = f" ({graphfix.whole_note(whole)})" if whole else ""
-        raise PbkitError(f"the dependency graph found no prunable channel group in this model{kept}")
+        raise PbkitError("the dependency graph found no prunable channel group in this model")
     return pruner, groups
 
 
@@ -307,7 +312,8 @@ def prune_to_target(
     steps, macs, step_times = 0, macs_base, []
     latency_info = None
     t_loop, excluded_from = time.perf_counter(), t_start  # t_start moves on by what the times exclude
-    with budget.guarded(f"pruning {name}", memory, None):
+    # (what torch-pruning leaves behind a cut, per-channel tensors and chunk offsets, follows it)
+    with budget.guarded(f"pruning {name}", memory, None), graphfix.cuts_follow():
         if s.latency is not None:
             if latency_tools is None:
                 raise PbkitError("a latency target needs the backend's table and measurement (no tools given)")
@@ -378,9 +384,6 @@ def prune_to_target(
                          "channels (every score equal?)")
     if achieved < s.speedup:
         floor = " (the protected scope keeps >= 10% of every group)" if s.scope == "protected" else ""
-        whole = graphfix.extra_channel_parameters(model)
-        if whole:
-            floor += f"; {graphfix.whole_note(whole)}"
         raise PbkitError(f"speed-up target {s.speedup}x is unreachable: {achieved:.2f}x after "
                          f"{steps} steps in the {s.scope} scope{floor}")
     return PruneResult(

@@ -9,7 +9,8 @@ layer; the pruners here (:data:`PRUNERS`, passed as ``customized_pruners``) then
 layer's input channels (the residual stream entering it) and output channels (the stream
 leaving it). The attention's inner width stays as it is (its forward pass reads each width from
 the weights, :mod:`pbkit.models.swin`). MaxViT's window and grid partitions are single nodes that
-keep each channel (:mod:`pbkit.models.maxvit`); ShuffleNet's channel shuffle is a node held fixed.
+keep each channel (:mod:`pbkit.models.maxvit`), as are timm's channel gates (ECA) and blur pools
+(whose per-channel filter is cut with the stream); ShuffleNet's channel shuffle is a node held fixed.
 
 Where the graph fails on a model pbkit has no rewrite for, :func:`untraceable` names its
 attention-like blocks and the prune loop traces the model again with those held fixed: each one
@@ -66,6 +67,15 @@ def _gates() -> tuple[type, ...]:
     return (m.EcaModule, m.CecaModule) if m is not None else ()
 
 
+def _blur() -> tuple[type, ...]:
+    """timm's blur pool: a fixed low-pass filter run on each channel alone (a depth-wise
+    convolution whose weight is a non-persistent buffer, one row per channel). One node that keeps
+    channel i as channel i; its pruner cuts the filter's rows with the stream through it. Only if
+    timm's module is already imported."""
+    m = sys.modules.get("timm.layers.blur_pool")
+    return (m.BlurPool2d,) if m is not None else ()
+
+
 def attention_classes() -> tuple[type, ...]:
     """Window attention, torchvision's and timm's Swin, torchvision's MaxViT: pruned as one layer,
     never by heads."""
@@ -74,7 +84,7 @@ def attention_classes() -> tuple[type, ...]:
 
 def blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks of ``model`` the dependency graph must see as single layers."""
-    kinds = attention_classes() + swin.MERGING + _timm()[2] + maxvit.PARTITION + _gates()
+    kinds = attention_classes() + swin.MERGING + _timm()[2] + maxvit.PARTITION + _gates() + _blur()
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
@@ -138,12 +148,13 @@ def hidden(model: nn.Module, also: Sequence[nn.Module] = ()) -> Iterator[None]:
 
 
 def _one_node(f: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """``f`` run as one autograd node on its first argument; another tensor argument would be an
-    input the graph could not see, so it is refused."""
+    """``f`` run as one autograd node on its first argument. Other tensor arguments that need no
+    gradient (rotary position tables, masks) are constants of the node; one that needs a gradient
+    would be an input the graph could not see, so it is refused."""
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if any(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values())):
-            raise TypeError("a block held as one node takes one tensor")
+        if any(isinstance(a, torch.Tensor) and a.requires_grad for a in (*args, *kwargs.values())):
+            raise TypeError("a block held as one node takes one tensor that needs a gradient")
         out = _Opaque.apply(x, lambda t: f(t, *args, **kwargs))
         if not isinstance(out, torch.Tensor):
             raise TypeError("a block held as one node gives one tensor")
@@ -206,6 +217,21 @@ def _pruners() -> dict[str, Any]:
 
         get_in_channels = get_out_channels
 
+    class BlurPruner(PassThroughPruner):
+        """A filter applied to each channel alone (timm's BlurPool2d): its input and output channels
+        are the same channels, and the filter loses the rows of those cut."""
+
+        def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            channels = getattr(layer, "channels", None)
+            if channels is not None:
+                cut = {int(i) for i in idxs}
+                keep = torch.tensor([i for i in range(channels) if i not in cut], dtype=torch.long)
+                layer.filt = layer.filt[keep.to(layer.filt.device)].clone()
+                layer.channels = len(keep)
+            return layer
+
+        prune_in_channels = prune_out_channels
+
     class MergingPruner(base):  # type: ignore[misc, valid-type]
         """Patch merging: C input channels, each four times in the merged 4C (v1 normalises those),
         2C output channels (v2 normalises those)."""
@@ -253,7 +279,7 @@ def _pruners() -> dict[str, Any]:
         get_in_channels = get_out_channels
 
     return {"attention": AttentionPruner(), "merging": MergingPruner(), "passthrough": PassThroughPruner(),
-            "fixed": FixedPruner()}
+            "blur": BlurPruner(), "fixed": FixedPruner()}
 
 
 def _qkv(layer: nn.Module) -> nn.Linear:
@@ -286,6 +312,6 @@ def pruners(model: nn.Module, held: Sequence[nn.Module] = ()) -> dict[type, Any]
     made = _pruners()
     windowed = attention_classes()
     kind = {**dict.fromkeys(swin.MERGING + _timm()[2], "merging"),
-            **dict.fromkeys(maxvit.PARTITION + _gates(), "passthrough")}
+            **dict.fromkeys(maxvit.PARTITION + _gates(), "passthrough"), **dict.fromkeys(_blur(), "blur")}
     return {**{type(m): made["attention" if isinstance(m, windowed) else kind[type(m)]] for m in present},
             **{type(m): made["fixed"] for m in shuffles}}
