@@ -343,3 +343,13 @@ def test_a_block_held_as_one_node_takes_constant_tensors_but_not_ones_that_need_
         with pytest.raises(TypeError, match="needs a gradient"):
             block(x, rope=rope.requires_grad_())
     assert torch.allclose(y, block(x, rope=rope.detach()))
+
+
+def test_focal_modulation_is_among_the_blocks_held_when_the_graph_runs_away() -> None:
+    import timm
+
+    from pbkit.prune import opaque
+
+    model = timm.models.focalnet.FocalNet(depths=(1, 1, 1, 1), embed_dim=16)
+    held = opaque.untraceable(model)
+    assert [type(m).__name__ for m in held] == ["FocalModulation"] * 4
