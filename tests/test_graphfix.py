@@ -268,9 +268,11 @@ def test_a_blur_pool_prunes_with_the_stream_through_it_and_reloads() -> None:
         assert torch.allclose(fresh(x), y)
 
 
-def test_a_gated_mlp_chunked_in_two_prunes_value_and_gate_together_step_after_step() -> None:
-    # timm's GluMlp: fc1 gives [value | gate], chunked on the last axis; torch-pruning counts the new
-    # chunk sizes after a step but maps the next step's indices with the traced offsets
+@pytest.mark.parametrize("gate_last", [True, False])
+def test_a_gated_mlp_chunked_in_two_prunes_value_and_gate_together_step_after_step(gate_last: bool) -> None:
+    # timm's GluMlp: fc1 gives [value | gate] (EVA-02's: [gate | value]), chunked on the last axis;
+    # torch-pruning maps no split downstream of a position embedding, and after a step it counts the
+    # new chunk sizes but maps the next step's indices with the traced offsets
     from timm.layers import GluMlp
 
     from pbkit.prune import PruneSettings, methods, prune_to_target
@@ -279,16 +281,17 @@ def test_a_gated_mlp_chunked_in_two_prunes_value_and_gate_together_step_after_st
         def __init__(self) -> None:
             super().__init__()
             self.embed = nn.Conv2d(3, 32, 4, 4)
-            self.mlp = GluMlp(32, 128, act_layer=nn.SiLU)
+            self.pos = nn.Parameter(torch.zeros(1, 16, 32))
+            self.mlp = GluMlp(32, 128, act_layer=nn.SiLU, gate_last=gate_last)
             self.head = nn.Linear(32, 10)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = self.embed(x).flatten(2).transpose(1, 2)
+            x = self.embed(x).flatten(2).transpose(1, 2) + self.pos
             return self.head((x + self.mlp(x)).mean(1))
 
     torch.manual_seed(0)
     model = Tokens().eval()
-    with torch.no_grad():  # tags: value row j has bias j, gate row j has bias 1000 + j; fc2's column j is j / 64
+    with torch.no_grad():  # tags: fc1's row j has bias j, its row 64 + j has 1000 + j; fc2's column j is j / 64
         model.mlp.fc1.bias.copy_(torch.cat([torch.arange(64.0), 1000 + torch.arange(64.0)]))
         model.mlp.fc2.weight.copy_(torch.arange(64.0).expand(32, 64) / 64)
     res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.3, iterative_steps=20), input_size=16,
@@ -296,9 +299,9 @@ def test_a_gated_mlp_chunked_in_two_prunes_value_and_gate_together_step_after_st
     assert res.steps > 1 and res.achieved_speedup >= 1.3
     hidden = model.mlp.fc2.in_features
     assert hidden < 64 and model.mlp.fc1.out_features == 2 * hidden
-    value, gate = model.mlp.fc1.bias[:hidden].tolist(), model.mlp.fc1.bias[hidden:].tolist()
-    assert [g - 1000 for g in gate] == value  # hidden unit j keeps its value and its gate
-    assert (model.mlp.fc2.weight[0] * 64).round().tolist() == value  # and fc2's column j
+    first, second = model.mlp.fc1.bias[:hidden].tolist(), model.mlp.fc1.bias[hidden:].tolist()
+    assert [b - 1000 for b in second] == first  # hidden unit j keeps its value and its gate
+    assert (model.mlp.fc2.weight[0] * 64).round().tolist() == first  # and fc2's column j
     with torch.no_grad():
         assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
 
@@ -353,3 +356,25 @@ def test_focal_modulation_is_among_the_blocks_held_when_the_graph_runs_away() ->
     model = timm.models.focalnet.FocalNet(depths=(1, 1, 1, 1), embed_dim=16)
     held = opaque.untraceable(model)
     assert [type(m).__name__ for m in held] == ["FocalModulation"] * 4
+
+
+def test_a_global_context_block_prunes_with_the_stream_through_it() -> None:
+    # timm's GlobalContext (GCNet): traced, its pooling reshapes send the graph past its budgets
+    from timm.layers import GlobalContext
+
+    from pbkit.prune import PruneSettings, methods, opaque, prune_to_target
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), GlobalContext(16, fuse_add=True, fuse_scale=True),
+                          nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(32, 10)).eval()
+    assert opaque.blocks(model) == [model[2]]
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=20), input_size=16,
+                          num_classes=10, protected=[model[7]])
+    assert res.achieved_speedup >= 1.5
+    gc, width = model[2], model[0].out_channels
+    assert width < 16 and gc.conv_attn.in_channels == width
+    assert gc.mlp_add.fc1.in_channels == gc.mlp_scale.fc1.in_channels == width
+    assert gc.mlp_add.fc2.out_channels == gc.mlp_scale.fc2.out_channels == gc.mlp_scale.fc2.bias.shape[0] == width
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)

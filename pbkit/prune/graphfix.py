@@ -103,6 +103,89 @@ def channel_splits(graph: Any) -> list[Any]:
     return found
 
 
+def _chunks_reached(fn: Any, split: Any, depth: int) -> set[int]:
+    """The outputs of the autograd node ``split`` that ``fn`` reads, walking back at most ``depth`` nodes."""
+    found: set[int] = set()
+    frontier, seen = [fn], set()
+    for _ in range(depth):
+        nxt = []
+        for f in frontier:
+            if f is None or id(f) in seen:
+                continue
+            seen.add(id(f))
+            for g, nr in getattr(f, "next_functions", ()):
+                if g is split:
+                    found.add(int(nr))
+                elif g is not None and type(g).__name__ != "AccumulateGrad":
+                    nxt.append(g)
+        frontier = nxt
+    return found
+
+
+def _last_axis_width(fn: Any) -> int | None:
+    """The width a split of a token tensor (..., N, C) cuts along its last axis; None for any other split."""
+    sizes = tuple(getattr(fn, "_saved_self_sym_sizes", ()) or ())
+    if len(sizes) not in (2, 3):
+        return None
+    dim = _saved_dim(fn, 0)
+    return int(sizes[-1]) if dim in (len(sizes) - 1, -1) else None
+
+
+def token_splits(graph: Any) -> None:
+    """Give torch-pruning the two halves of each gated split of a token tensor's channels (a gated
+    MLP's ``fc1(x).chunk(2, dim=-1)``, :func:`gated`): it maps only splits of a feature map's channel
+    axis, and none at all downstream of a ViT's position embedding, so a group from ``fc1`` reached
+    the value half alone and ran on past the layers' ends. :func:`split_mapping` maps the halves."""
+    from torch_pruning import ops
+
+    for node in graph.module2node.values():
+        if node.type != ops.OPTYPE.SPLIT or node.grad_fn is None:
+            continue
+        width = _last_axis_width(node.grad_fn)
+        if width is None or width % 2 or not gated(node):
+            continue  # (other token splits are left to torch-pruning: q, k, v and the like)
+        node.module.split_sizes = [width // 2, width // 2]
+        node.module.offsets = [0, width // 2, width]
+        node.module.pbkit_token_split = True
+
+
+def gated(node: Any) -> bool:
+    """Whether a token split's two chunks meet again in one element-wise product (a gated MLP:
+    value times the activated gate), which keeps their channels paired."""
+    if len(node.outputs) != 2:
+        return False
+    return any(type(out.grad_fn).__name__ == "MulBackward0" and _chunks_reached(out.grad_fn, node.grad_fn, 3)
+               == {0, 1} for out in node.outputs)
+
+
+@contextlib.contextmanager
+def split_mapping() -> Iterator[None]:
+    """While the block runs, the token splits :func:`token_splits` sized map indices chunk by chunk,
+    as torch-pruning does for a feature map's channel splits."""
+    from torch_pruning.dependency import index_mapping
+
+    original = index_mapping.update_split_index_mapping
+
+    def update(graph: Any, node: Any) -> Any:
+        if not getattr(node.module, "pbkit_token_split", False) or node.module.offsets is None:
+            return original(graph, node)
+        offsets = node.module.offsets
+        for i, out in enumerate(node.outputs):
+            for dep in node.dependencies:
+                if dep.target is out:
+                    dep.index_mapping[0] = index_mapping._SplitIndexMapping(offset=offsets[i:i + 2], reverse=False)
+            for dep in out.dependencies:
+                if dep.target is node:
+                    dep.index_mapping[0] = index_mapping._SplitIndexMapping(offset=offsets[i:i + 2], reverse=True)
+        return None
+
+    index_mapping.update_split_index_mapping = update
+    try:
+        yield
+    finally:
+        index_mapping.update_split_index_mapping = original
+
+
 def one_channel_groups(group: Any) -> bool:
     """Whether a channel group prunes the input of a grouped convolution left with one input
     channel per group (and more outputs than inputs). torch-pruning's magnitude importance indexes

@@ -10,7 +10,8 @@ layer's input channels (the residual stream entering it) and output channels (th
 leaving it). The attention's inner width stays as it is (its forward pass reads each width from
 the weights, :mod:`pbkit.models.swin`). MaxViT's window and grid partitions are single nodes that
 keep each channel (:mod:`pbkit.models.maxvit`), as are timm's channel gates (ECA) and blur pools
-(whose per-channel filter is cut with the stream); ShuffleNet's channel shuffle is a node held fixed.
+(whose per-channel filter is cut with the stream) and global context blocks (whose pooling and MLP
+weights are); ShuffleNet's channel shuffle is a node held fixed.
 
 Where the graph fails on a model pbkit has no rewrite for, :func:`untraceable` names its
 attention-like blocks and the prune loop traces the model again with those held fixed: each one
@@ -76,6 +77,16 @@ def _blur() -> tuple[type, ...]:
     return (m.BlurPool2d,) if m is not None else ()
 
 
+def _context() -> tuple[type, ...]:
+    """timm's global context block (GCNet): attention pooling to one context vector per image, a
+    small MLP on it, then each channel scaled (or shifted) by its result. Traced, its pooling
+    reshapes send torch-pruning's graph past its memory and time budgets. One node that keeps
+    channel i as channel i; its pruner cuts the pooling's and the MLP's weights of the channels
+    cut. Only if timm's module is already imported."""
+    m = sys.modules.get("timm.layers.global_context")
+    return (m.GlobalContext,) if m is not None else ()
+
+
 def attention_classes() -> tuple[type, ...]:
     """Window attention, torchvision's and timm's Swin, torchvision's MaxViT: pruned as one layer,
     never by heads."""
@@ -84,7 +95,7 @@ def attention_classes() -> tuple[type, ...]:
 
 def blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks of ``model`` the dependency graph must see as single layers."""
-    kinds = attention_classes() + swin.MERGING + _timm()[2] + maxvit.PARTITION + _gates() + _blur()
+    kinds = attention_classes() + swin.MERGING + _timm()[2] + maxvit.PARTITION + _gates() + _blur() + _context()
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
@@ -170,6 +181,12 @@ def _linear() -> Any:
     return tp.pruner.function.LinearPruner()
 
 
+def _conv() -> Any:
+    import torch_pruning as tp
+
+    return tp.pruner.function.ConvPruner()
+
+
 def _norm() -> Any:
     import torch_pruning as tp
 
@@ -233,6 +250,23 @@ def _pruners() -> dict[str, Any]:
 
         prune_in_channels = prune_out_channels
 
+    class ContextPruner(PassThroughPruner):
+        """A global context block: its input and output channels are the same channels; the cut
+        ones leave the attention pooling's input columns, each MLP's input columns and the MLP's
+        output rows."""
+
+        def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            conv = _conv()
+            if layer.conv_attn is not None:
+                conv.prune_in_channels(layer.conv_attn, idxs)
+            for mlp in (layer.mlp_add, layer.mlp_scale):
+                if mlp is not None:
+                    conv.prune_in_channels(mlp.fc1, idxs)
+                    conv.prune_out_channels(mlp.fc2, idxs)
+            return layer
+
+        prune_in_channels = prune_out_channels
+
     class MergingPruner(base):  # type: ignore[misc, valid-type]
         """Patch merging: C input channels, each four times in the merged 4C (v1 normalises those),
         2C output channels (v2 normalises those)."""
@@ -280,7 +314,7 @@ def _pruners() -> dict[str, Any]:
         get_in_channels = get_out_channels
 
     return {"attention": AttentionPruner(), "merging": MergingPruner(), "passthrough": PassThroughPruner(),
-            "blur": BlurPruner(), "fixed": FixedPruner()}
+            "blur": BlurPruner(), "context": ContextPruner(), "fixed": FixedPruner()}
 
 
 def _qkv(layer: nn.Module) -> nn.Linear:
@@ -313,6 +347,7 @@ def pruners(model: nn.Module, held: Sequence[nn.Module] = ()) -> dict[type, Any]
     made = _pruners()
     windowed = attention_classes()
     kind = {**dict.fromkeys(swin.MERGING + _timm()[2], "merging"),
-            **dict.fromkeys(maxvit.PARTITION + _gates(), "passthrough"), **dict.fromkeys(_blur(), "blur")}
+            **dict.fromkeys(maxvit.PARTITION + _gates(), "passthrough"), **dict.fromkeys(_blur(), "blur"),
+            **dict.fromkeys(_context(), "context")}
     return {**{type(m): made["attention" if isinstance(m, windowed) else kind[type(m)]] for m in present},
             **{type(m): made["fixed"] for m in shuffles}}
