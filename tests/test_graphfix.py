@@ -378,3 +378,22 @@ def test_a_global_context_block_prunes_with_the_stream_through_it() -> None:
     assert gc.mlp_add.fc2.out_channels == gc.mlp_scale.fc2.out_channels == gc.mlp_scale.fc2.bias.shape[0] == width
     with torch.no_grad():
         assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_an_expand_that_repeats_no_channels_passes_indices_through() -> None:
+    # torch-pruning takes any 5-D expand for a language model's grouped-query heads; where it repeats
+    # none of the channels (GCViT's global query over the batch's windows) its map divides by zero
+    from torch_pruning import _helpers
+    from torch_pruning.dependency import index_mapping
+
+    from pbkit.prune import graphfix
+
+    mapping, idxs = index_mapping._GQAIndexMapping(repeat=0, head_dim=8, reverse=True), \
+        [_helpers._HybridIndex(idx=i, root_idx=i) for i in (1, 5)]
+    with pytest.raises(ZeroDivisionError):
+        mapping(idxs)
+    with graphfix.index_maps():
+        assert [i.idx for i in mapping(idxs)] == [1, 5]
+        assert [i.idx for i in index_mapping._GQAIndexMapping(repeat=2, head_dim=2, reverse=True)(idxs)] == [1, 3]
+    with pytest.raises(ZeroDivisionError):  # undone after the block
+        mapping(idxs)

@@ -135,7 +135,7 @@ def token_splits(graph: Any) -> None:
     """Give torch-pruning the two halves of each gated split of a token tensor's channels (a gated
     MLP's ``fc1(x).chunk(2, dim=-1)``, :func:`gated`): it maps only splits of a feature map's channel
     axis, and none at all downstream of a ViT's position embedding, so a group from ``fc1`` reached
-    the value half alone and ran on past the layers' ends. :func:`split_mapping` maps the halves."""
+    the value half alone and ran on past the layers' ends. :func:`index_maps` maps the halves."""
     from torch_pruning import ops
 
     for node in graph.module2node.values():
@@ -159,12 +159,17 @@ def gated(node: Any) -> bool:
 
 
 @contextlib.contextmanager
-def split_mapping() -> Iterator[None]:
-    """While the block runs, the token splits :func:`token_splits` sized map indices chunk by chunk,
-    as torch-pruning does for a feature map's channel splits."""
+def index_maps() -> Iterator[None]:
+    """While the block runs, torch-pruning's index maps are repaired where they fail:
+
+    - the token splits :func:`token_splits` sized map indices chunk by chunk, as torch-pruning
+      does for a feature map's channel splits;
+    - an expand it takes for a language model's grouped-query heads but that repeats nothing of
+      the channels (GCViT's global query, expanded over the batch's windows) passes indices
+      through; torch-pruning would divide by its zero repeat."""
     from torch_pruning.dependency import index_mapping
 
-    original = index_mapping.update_split_index_mapping
+    original, expand = index_mapping.update_split_index_mapping, index_mapping._GQAIndexMapping.__call__
 
     def update(graph: Any, node: Any) -> Any:
         if not getattr(node.module, "pbkit_token_split", False) or node.module.offsets is None:
@@ -179,11 +184,16 @@ def split_mapping() -> Iterator[None]:
                     dep.index_mapping[0] = index_mapping._SplitIndexMapping(offset=offsets[i:i + 2], reverse=True)
         return None
 
+    def repeat(mapping: Any, idxs: Any) -> Any:
+        return list(idxs) if mapping.head_dim * mapping.repeat == 0 else expand(mapping, idxs)
+
     index_mapping.update_split_index_mapping = update
+    index_mapping._GQAIndexMapping.__call__ = repeat
     try:
         yield
     finally:
         index_mapping.update_split_index_mapping = original
+        index_mapping._GQAIndexMapping.__call__ = expand
 
 
 def one_channel_groups(group: Any) -> bool:

@@ -215,18 +215,18 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
     return pruner, groups
 
 
-def _split_mapped(f: Callable[..., PruneResult]) -> Callable[..., PruneResult]:
-    """``f`` run with torch-pruning's index maps repaired for token splits (:func:`graphfix.split_mapping`)."""
+def _index_mapped(f: Callable[..., PruneResult]) -> Callable[..., PruneResult]:
+    """``f`` run with torch-pruning's index maps repaired (:func:`graphfix.index_maps`)."""
 
     @functools.wraps(f)
     def run(*args: Any, **kwargs: Any) -> PruneResult:
-        with graphfix.split_mapping():
+        with graphfix.index_maps():
             return f(*args, **kwargs)
 
     return run
 
 
-@_split_mapped
+@_index_mapped
 def prune_to_target(
     model: nn.Module,
     method: methods.Method,
