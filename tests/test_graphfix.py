@@ -348,14 +348,15 @@ def test_a_block_held_as_one_node_takes_constant_tensors_but_not_ones_that_need_
     assert torch.allclose(y, block(x, rope=rope.detach()))
 
 
-def test_focal_modulation_is_among_the_blocks_held_when_the_graph_runs_away() -> None:
+def test_focal_modulation_and_spatial_gating_are_among_the_blocks_held_when_the_graph_fails() -> None:
     import timm
 
     from pbkit.prune import opaque
 
     model = timm.models.focalnet.FocalNet(depths=(1, 1, 1, 1), embed_dim=16)
-    held = opaque.untraceable(model)
-    assert [type(m).__name__ for m in held] == ["FocalModulation"] * 4
+    assert [type(m).__name__ for m in opaque.untraceable(model)] == ["FocalModulation"] * 4
+    gmlp = nn.Sequential(nn.Linear(8, 16), timm.models.mlp_mixer.SpatialGatingUnit(16, seq_len=4), nn.Linear(8, 8))
+    assert opaque.untraceable(gmlp) == [gmlp[1]]
 
 
 def test_a_global_context_block_prunes_with_the_stream_through_it() -> None:
