@@ -196,7 +196,7 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
             if not graphfix.one_channel_groups(group):
                 try:
                     check(group)
-                except IndexError:  # indices mapped past a layer's end (a chunked MLP): the group stays
+                except IndexError:  # indices mapped past a layer's end (a structure it cannot follow): held
                     astray.append(group[0].dep.target.module)
         if astray:
             pruner.ignored_layers.extend(astray)
@@ -244,6 +244,25 @@ def prune_to_target(
     on_text: Callable[[int, str], None] | None = None,
     hold: Sequence[str] = (),
 ) -> PruneResult:
+    """Prune ``model`` in place until base MACs / pruned MACs >= ``settings.speedup``, never
+    touching the ``protected`` modules (the task's heads).
+
+    Data-driven criteria run ``method.collect`` on the pinned ``calibration`` batches before every
+    step (inside the step time). Sparsifying methods call ``sparse_train(pruner)`` once, before
+    pruning, with the method's regularizing Pruner (its time is recorded apart).
+    ``between_steps(i)`` runs before pruning step ``i`` (from 1) and returns the seconds it took,
+    which are kept out of the step and prune times: training between pruning steps (CPD's
+    interleaved schedule).
+
+    With ``settings.latency`` the target is a measured speed-up on a backend instead:
+    :func:`pbkit.prune.knapsack.run` prunes with ``latency_tools`` (the table, the end-to-end
+    measurement), reporting each step through ``on_text``; the table's build and the measurements
+    are kept out of the prune time like training between steps.
+
+    Where a step fails inside torch-pruning or leaves a model that no longer runs (a layer that
+    reads a width from its input), the model is put back as it was and pruned again with its
+    attention-like blocks held fixed (``hold``: their names), as where the graph cannot be traced.
+    """
     s = settings
     if s.speedup <= 1.0:
         raise PbkitError(f"speed-up target must be > 1, got {s.speedup}")
