@@ -398,3 +398,27 @@ def test_an_expand_that_repeats_no_channels_passes_indices_through() -> None:
         assert [i.idx for i in index_mapping._GQAIndexMapping(repeat=2, head_dim=2, reverse=True)(idxs)] == [1, 3]
     with pytest.raises(ZeroDivisionError):  # undone after the block
         mapping(idxs)
+
+
+def test_the_copy_a_failed_step_restores_from_holds_a_cache_of_tensors_that_track_gradients() -> None:
+    # LeViT caches its attention biases from the first forward pass in eval mode: under the graph's
+    # trace they track gradients, and torch refuses to deep-copy such a tensor
+    from pbkit.prune import loop
+
+    class Cached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = nn.Parameter(torch.ones(4))
+            self.cache: dict[str, torch.Tensor] = {}
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.cache.setdefault("cpu", self.bias * 2)
+            return x + self.cache["cpu"]
+
+    model = Cached().eval()
+    model(torch.zeros(4))
+    with pytest.raises(RuntimeError, match="deepcopy"):
+        copy.deepcopy(model)
+    twin = loop._copy(model)
+    assert torch.equal(twin.cache["cpu"], model.cache["cpu"]) and twin.cache["cpu"].grad_fn is None
+    assert twin.bias is not model.bias and model.cache["cpu"].grad_fn is not None  # the original is untouched

@@ -121,6 +121,19 @@ def _failing(what: str, why: str, error: type[PbkitError] = PbkitError) -> Itera
         raise error(f"{what}: {type(e).__name__}: {first}; {why}") from e
 
 
+def _copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``. Tensors a module caches from a forward pass that tracked gradients
+    (LeViT's attention biases) cannot be deep-copied: the copy holds them detached."""
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        for value in vars(m).values():
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else [value]
+            for t in items:
+                if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                    memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def _restore(model: nn.Module, backup: nn.Module) -> None:
     """Make ``model`` the copy taken before pruning, in place (callers keep the same object)."""
     model.__dict__.clear()
@@ -316,7 +329,7 @@ def prune_to_target(
             raise PbkitError(f"{over} (and with its {len(candidates)} attention blocks held fixed)") from over
     retry = [] if held else opaque.untraceable(model)  # what to hold fixed should a step fail
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    backup = copy.deepcopy(model) if retry and method.stage != "sparsify" and s.latency is None \
+    backup = _copy(model) if retry and method.stage != "sparsify" and s.latency is None \
         and between_steps is None and weights < memory * budget.GIB / 3 else None
     failed: _StepFailed | None = None
     sparsified = sparse_train(pruner) if method.stage == "sparsify" and sparse_train is not None else None
