@@ -348,7 +348,7 @@ def test_a_block_held_as_one_node_takes_constant_tensors_but_not_ones_that_need_
     assert torch.allclose(y, block(x, rope=rope.detach()))
 
 
-def test_focal_modulation_and_spatial_gating_are_among_the_blocks_held_when_the_graph_fails() -> None:
+def test_focal_modulation_spatial_gating_and_2d_lstms_are_among_the_blocks_held_when_the_graph_fails() -> None:
     import timm
 
     from pbkit.prune import opaque
@@ -357,6 +357,8 @@ def test_focal_modulation_and_spatial_gating_are_among_the_blocks_held_when_the_
     assert [type(m).__name__ for m in opaque.untraceable(model)] == ["FocalModulation"] * 4
     gmlp = nn.Sequential(nn.Linear(8, 16), timm.models.mlp_mixer.SpatialGatingUnit(16, seq_len=4), nn.Linear(8, 8))
     assert opaque.untraceable(gmlp) == [gmlp[1]]
+    sequencer = nn.Sequential(timm.models.sequencer.LSTM2d(8, 4), nn.Linear(8, 8))
+    assert opaque.untraceable(sequencer) == [sequencer[0]]  # (the whole 2-D block, not its nn.LSTM)
 
 
 def test_a_global_context_block_prunes_with_the_stream_through_it() -> None:
