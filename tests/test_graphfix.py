@@ -359,6 +359,8 @@ def test_focal_modulation_spatial_gating_and_2d_lstms_are_among_the_blocks_held_
     assert opaque.untraceable(gmlp) == [gmlp[1]]
     sequencer = nn.Sequential(timm.models.sequencer.LSTM2d(8, 4), nn.Linear(8, 8))
     assert opaque.untraceable(sequencer) == [sequencer[0]]  # (the whole 2-D block, not its nn.LSTM)
+    xca = nn.Sequential(timm.models.xcit.XCA(8, num_heads=2), nn.Linear(8, 8))
+    assert opaque.untraceable(xca) == [xca[0]]
 
 
 def test_a_global_context_block_prunes_with_the_stream_through_it() -> None:
