@@ -361,6 +361,8 @@ def test_focal_modulation_spatial_gating_and_2d_lstms_are_among_the_blocks_held_
     assert opaque.untraceable(sequencer) == [sequencer[0]]  # (the whole 2-D block, not its nn.LSTM)
     xca = nn.Sequential(timm.models.xcit.XCA(8, num_heads=2), nn.Linear(8, 8))
     assert opaque.untraceable(xca) == [xca[0]]
+    shvit = timm.create_model("shvit_s1")
+    assert {type(m).__name__ for m in opaque.untraceable(shvit)} == {"SHSA"}
 
 
 def test_a_global_context_block_prunes_with_the_stream_through_it() -> None:
@@ -426,3 +428,19 @@ def test_the_copy_a_failed_step_restores_from_holds_a_cache_of_tensors_that_trac
     twin = loop._copy(model)
     assert torch.equal(twin.cache["cpu"], model.cache["cpu"]) and twin.cache["cpu"].grad_fn is None
     assert twin.bias is not model.bias and model.cache["cpu"].grad_fn is not None  # the original is untouched
+
+
+def test_a_reshape_torch_pruning_would_divide_by_zero_for_gets_no_map(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch-pruning infers 0 channels on a path from the model's input (SHViT's) and divides by them
+    from torch_pruning.dependency import index_mapping
+
+    from pbkit.prune import graphfix
+
+    def divides(graph: object, node: object) -> None:
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(index_mapping, "update_reshape_index_mapping", divides)
+    with graphfix.index_maps():
+        assert index_mapping.update_reshape_index_mapping(None, None) is None
+    with pytest.raises(ZeroDivisionError):
+        index_mapping.update_reshape_index_mapping(None, None)

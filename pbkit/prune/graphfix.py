@@ -166,10 +166,19 @@ def index_maps() -> Iterator[None]:
       does for a feature map's channel splits;
     - an expand it takes for a language model's grouped-query heads but that repeats nothing of
       the channels (GCViT's global query, expanded over the batch's windows) passes indices
-      through; torch-pruning would divide by its zero repeat."""
+      through; torch-pruning would divide by its zero repeat;
+    - a reshape whose side it infers as 0 channels (a path from the model's input: SHViT's) gets
+      no map; torch-pruning would divide by zero."""
     from torch_pruning.dependency import index_mapping
 
     original, expand = index_mapping.update_split_index_mapping, index_mapping._GQAIndexMapping.__call__
+    reshape = index_mapping.update_reshape_index_mapping
+
+    def reshaped(graph: Any, node: Any) -> Any:
+        try:
+            return reshape(graph, node)
+        except ZeroDivisionError:
+            return None
 
     def update(graph: Any, node: Any) -> Any:
         if not getattr(node.module, "pbkit_token_split", False) or node.module.offsets is None:
@@ -189,11 +198,13 @@ def index_maps() -> Iterator[None]:
 
     index_mapping.update_split_index_mapping = update
     index_mapping._GQAIndexMapping.__call__ = repeat
+    index_mapping.update_reshape_index_mapping = reshaped
     try:
         yield
     finally:
         index_mapping.update_split_index_mapping = original
         index_mapping._GQAIndexMapping.__call__ = expand
+        index_mapping.update_reshape_index_mapping = reshape
 
 
 def one_channel_groups(group: Any) -> bool:

@@ -99,12 +99,12 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
-_UNTRACEABLE = re.compile(r"attn|attention|lambdalayer|nonlocal|mhsa|gpsa|modulation|gatingunit|lstm2d|^xca$", re.IGNORECASE)
+_UNTRACEABLE = re.compile(r"attn|attention|lambdalayer|nonlocal|mhsa|gpsa|modulation|gatingunit|lstm2d|^xca$|^shsa$", re.IGNORECASE)
 
 
 def untraceable(model: nn.Module) -> list[nn.Module]:
     """Attention-like blocks (by class name: ...Attn, ...Attention, LambdaLayer, NonLocal..., MHSA, GPSA,
-    FocalNet's FocalModulation, gMLP's SpatialGatingUnit, Sequencer's LSTM2d, XCiT's XCA) the
+    FocalNet's FocalModulation, gMLP's SpatialGatingUnit, Sequencer's LSTM2d, XCiT's XCA, SHViT's SHSA) the
     dependency graph may fail to follow, innermost first: what :func:`hidden` holds fixed when a
     trace of the whole model fails (talking-heads, class, non-local, halo, lambda attention...).
     Those already handled (:func:`blocks`) are not listed."""
