@@ -104,10 +104,20 @@ def _reason(err: str) -> str:
     return lines[-1] if lines else (err.strip().splitlines() or ["no output"])[-1][:300]
 
 
+def code_version() -> str | None:
+    """The commit of the pbkit the zoo's processes import (``-dirty`` with uncommitted changes); None outside git."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def try_model(name: str, work: Path, max_memory_gib: float, timeout_s: float,
               max_graph_s: float | None = None, iterative_steps: int | None = None) -> dict[str, Any]:
     pbkit = str(Path(sys.executable).with_name("pbkit"))
-    row: dict[str, Any] = {"model": name}
+    row: dict[str, Any] = {"model": name, "code": code_version()}  # (rows of one table may come from several)
     code, out, err, peak, seconds = _run(
         [pbkit, "prune", "--model", name, "--method", "l2", "--scope", "protected", "--speedup", "1.5",
          "--out", str(work), "--json", "--set", f"prune.max_memory_gib={max_memory_gib}",

@@ -110,6 +110,8 @@ def test_the_zoo_script_writes_its_table_with_passes_and_one_line_reasons(tmp_pa
     assert "| resnet20_cifar | pass | 1.5" in md and "| tv:no_such_net | fail (prune) |" in md
     assert data["settings"]["iterative_steps"] == 50 and ok["iterative_steps"] == 50
     assert "prune.max_graph_s=120, prune.iterative_steps=50)" in md
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=repo).stdout
+    assert ok["code"].startswith(head.strip()[:7])  # the code each row was made with
 
 
 def test_the_zoo_samples_every_timm_family_by_its_smallest_variant() -> None:
