@@ -82,7 +82,8 @@ def exact_concat_sizes() -> Iterator[None]:
 
 
 def channel_splits(graph: Any) -> list[Any]:
-    """The graph's splits (``split``, ``chunk``) and slices (``x[:, :k]``) of a feature map's channels.
+    """The graph's splits (``split``, ``chunk``) and slices (``x[:, :k]``) of a feature map's channels
+    (channels first, or last as in MambaOut's gated convolution).
 
     Model code splits with widths it fixed when it was built (``x.split(self.width, 1)``), and
     torch-pruning maps a split's chunks onto the nodes that take them by the order it met those
@@ -98,8 +99,9 @@ def channel_splits(graph: Any) -> list[Any]:
         if node.type not in (ops.OPTYPE.SPLIT, ops.OPTYPE.SLICE):
             continue
         sizes = tuple(getattr(node.grad_fn, "_saved_self_sym_sizes", ()) or ())
-        if len(sizes) == 4 and _saved_dim(node.grad_fn, 0) in (1, -3):
-            found.append(node.module)
+        dim = _saved_dim(node.grad_fn, 0)
+        if len(sizes) == 4 and (dim in (1, -3) or node.type == ops.OPTYPE.SPLIT and dim in (3, -1)):
+            found.append(node.module)  # (N, C, H, W); a split of the last axis: (N, H, W, C)
     return found
 
 

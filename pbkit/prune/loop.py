@@ -209,7 +209,9 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
             if not graphfix.one_channel_groups(group):
                 try:
                     check(group)
-                except IndexError:  # indices mapped past a layer's end (a structure it cannot follow): held
+                except (IndexError, RuntimeError) as e:  # indices mapped past a layer's end: the group is held
+                    if "out of bounds" not in str(e):
+                        raise
                     astray.append(group[0].dep.target.module)
         if astray:
             pruner.ignored_layers.extend(astray)
