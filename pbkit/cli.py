@@ -74,11 +74,14 @@ def list_cmd(what: str, as_json: bool) -> None:
         seg_names = ["tv:" + n for n in segment.torchvision_names()]
         known = {n: why for n in ("tv:" + m for m in models.torchvision_names())
                  if (why := models.known_failure(n)) is not None}
+        known_timm = {n: why for n in ("timm:" + m for m in models.timm_names())
+                      if (why := models.known_failure(n)) is not None}
         if as_json:
             _emit_json({"models": rows, "prefixes": {
                 "tv:": {"description": models.PREFIXES["tv:"], "names": models.torchvision_names(),
                         "segmentation": seg_names, "known_not_to_prune": known},
-                "timm:": {"description": models.PREFIXES["timm:"], "names": models.timm_names()},
+                "timm:": {"description": models.PREFIXES["timm:"], "names": models.timm_names(),
+                          "known_not_to_prune": known_timm},
                 "timmseg:": {"description": models.PREFIXES["timmseg:"],
                              "names": [n for n in models.timm_names() if n.startswith("vit_")]}}})
             return
@@ -97,9 +100,9 @@ def list_cmd(what: str, as_json: bool) -> None:
                   f"{', '.join(seg_names)}")
         t.add_row("timmseg:<vit>", "vit", "segment", "timm", "per model", "21", models.PREFIXES["timmseg:"])
         for pattern, tried, reason in models.KNOWN_FAILURES:
-            family = sorted(n for n in known if pattern.match(n))
-            t.add_row(", ".join(family), "-", "classify", "torchvision", "-", "-",
-                      f"[bold]known not to prune here[/bold] ({tried} tried): {reason}")
+            family = sorted(n for n in {**known, **known_timm} if pattern.match(n))
+            t.add_row(", ".join(family), "-", "classify", "torchvision" if tried.startswith("tv:") else "timm", "-",
+                      "-", f"[bold]known not to prune here[/bold] ({tried} tried): {reason}")
         _print(t)
     elif what == "methods":
         from pbkit.prune import methods

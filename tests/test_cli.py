@@ -41,7 +41,8 @@ def known_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     from pbkit import models
     from pbkit.models import registry
 
-    entries = [(re.compile(r"^tv:shufflenet_v2_"), "tv:shufflenet_v2_x1_0", "a reason a user can act on")]
+    entries = [(re.compile(r"^tv:shufflenet_v2_"), "tv:shufflenet_v2_x1_0", "a reason a user can act on"),
+               (re.compile(r"^timm:gcvit_tiny$"), "timm:gcvit_tiny", "another reason")]
     monkeypatch.setattr(registry, "KNOWN_FAILURES", entries)
     monkeypatch.setattr(models, "KNOWN_FAILURES", entries)
 
@@ -53,6 +54,9 @@ def test_list_models_marks_the_names_known_not_to_prune_with_the_reason(pbkit, k
     assert "tv:resnet50" not in known and "tv:maxvit_t" not in known
     table = pbkit("list", "models").out
     assert "known not to prune here" in table and "tv:shufflenet_v2_x0_5" in table
+    assert pbkit("list", "models", "--json").json()["prefixes"]["timm:"]["known_not_to_prune"] == {
+        "timm:gcvit_tiny": "another reason"}  # the timm names the zoo tried and saw fail
+    assert "timm:gcvit_tiny" in table
 
 
 def test_no_torchvision_classifier_is_listed_as_known_not_to_prune_that_the_zoo_saw_pass(pbkit) -> None:  # type: ignore[no-untyped-def]
