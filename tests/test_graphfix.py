@@ -463,3 +463,44 @@ def test_a_split_of_a_channels_last_feature_map_is_held_and_the_rest_prunes() ->
     assert [blk.fc1.out_features for blk in model.modules() if type(blk).__name__ == "GatedConvBlock"] == hidden
     with torch.no_grad():
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_a_mixed_depthwise_convolution_prunes_channel_by_channel_and_reloads() -> None:
+    # MixNet's MDConv splits its channels into groups with kernels of their own; traced, the split held
+    # every group reaching it
+    from timm.layers import MixedConv2d
+
+    from pbkit.models import checkpoint, mixconv
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+
+    def net() -> nn.Sequential:
+        return mixconv.make_prunable(nn.Sequential(
+            nn.Conv2d(3, 24, 1), nn.ReLU(), MixedConv2d(24, 24, [3, 5, 7], padding="", depthwise=True), nn.ReLU(),
+            nn.Conv2d(24, 32, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval())
+
+    torch.manual_seed(0)
+    model = net()
+    assert type(model[2]) is mixconv.MixedDepthwiseConv2d
+    assert type(mixconv.make_prunable(nn.Sequential(MixedConv2d(24, 32, [1, 1])))[0]) is MixedConv2d  # (pointwise)
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.4, iterative_steps=20), input_size=16,
+                          num_classes=10, protected=[model[8]])
+    assert res.achieved_speedup >= 1.4
+    widths = [c.out_channels for c in model[2].values()]
+    assert model[2].splits == widths and sum(widths) == model[0].out_channels < 24
+    assert all(c.groups == c.in_channels == c.out_channels for c in model[2].values())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        y = model(x)
+    obj = {"spec": {"name": "mix"}, "modules": checkpoint.module_attributes(model), "state": model.state_dict()}
+    fresh = net()
+    checkpoint.apply_file(fresh, obj, "mix.pt")
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), y)
+
+
+def test_pbkit_builds_timm_models_with_their_depthwise_mixed_convolutions_prunable() -> None:
+    from pbkit import models
+    from pbkit.models import mixconv
+
+    built = models.build(models.resolve("timm:mixnet_s"))
+    assert sum(type(m) is mixconv.MixedDepthwiseConv2d for m in built.modules()) == 13

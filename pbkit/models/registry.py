@@ -190,7 +190,8 @@ def build(spec: ModelSpec, pretrained: bool = False, seed: int = 0,
 
 def prepare(model: nn.Module, spec: ModelSpec) -> nn.Module:
     """Pruning-friendly, function-preserving rewrites of an architecture (YOLOv8's C2f, torchvision
-    Swin's window attention, MaxViT's attention, ShuffleNetV2's channel shuffle)."""
+    Swin's window attention, MaxViT's attention, ShuffleNetV2's channel shuffle, timm's mixed
+    depth-wise convolutions)."""
     if spec.source == "ultralytics":
         from pbkit.models import yolo
 
@@ -211,6 +212,10 @@ def prepare(model: nn.Module, spec: ModelSpec) -> nn.Module:
         from pbkit.models import swin
 
         return swin.make_timm_prunable(model)
+    if spec.source == "timm" and any(type(m).__name__ == "MixedConv2d" for m in model.modules()):
+        from pbkit.models import mixconv
+
+        return mixconv.make_prunable(model)  # its depth-wise mixed convolutions prune channel by channel
     return model
 
 

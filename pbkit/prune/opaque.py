@@ -87,6 +87,14 @@ def _context() -> tuple[type, ...]:
     return (m.GlobalContext,) if m is not None else ()
 
 
+def _mixed() -> tuple[type, ...]:
+    """timm's depth-wise mixed convolutions, as :mod:`pbkit.models.mixconv` gives them a class of their own:
+    one node that keeps channel i as channel i; its pruner cuts channel i from the group holding it.
+    Only if that module is already imported."""
+    m = sys.modules.get("pbkit.models.mixconv")
+    return (m.MixedDepthwiseConv2d,) if m is not None else ()
+
+
 def attention_classes() -> tuple[type, ...]:
     """Window attention, torchvision's and timm's Swin, torchvision's MaxViT: pruned as one layer,
     never by heads."""
@@ -95,7 +103,8 @@ def attention_classes() -> tuple[type, ...]:
 
 def blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks of ``model`` the dependency graph must see as single layers."""
-    kinds = attention_classes() + swin.MERGING + _timm()[2] + maxvit.PARTITION + _gates() + _blur() + _context()
+    kinds = (attention_classes() + swin.MERGING + _timm()[2] + maxvit.PARTITION + _gates() + _blur() + _context()
+             + _mixed())
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
@@ -187,6 +196,12 @@ def _conv() -> Any:
     return tp.pruner.function.ConvPruner()
 
 
+def _depthwise(conv: nn.Module, idxs: Sequence[int]) -> None:
+    import torch_pruning as tp
+
+    tp.pruner.function.DepthwiseConvPruner().prune_out_channels(conv, idxs)
+
+
 def _norm() -> Any:
     import torch_pruning as tp
 
@@ -267,6 +282,30 @@ def _pruners() -> dict[str, Any]:
 
         prune_in_channels = prune_out_channels
 
+    class MixedPruner(PassThroughPruner):
+        """A depth-wise mixed convolution: its input and output channels are the same channels; a
+        cut channel leaves the group's convolution that holds it, and the split sizes follow."""
+
+        def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            cut, start, sizes = {int(i) for i in idxs}, 0, []
+            for conv in layer.values():
+                width = conv.out_channels
+                local = [i - start for i in sorted(cut) if start <= i < start + width]
+                if local:
+                    _depthwise(conv, local)
+                sizes.append(int(conv.out_channels))
+                start += width
+            layer.splits = sizes
+            layer.in_channels = layer.out_channels = sum(sizes)
+            return layer
+
+        prune_in_channels = prune_out_channels
+
+        def get_out_channels(self, layer: nn.Module) -> int:
+            return int(sum(layer.splits))
+
+        get_in_channels = get_out_channels
+
     class MergingPruner(base):  # type: ignore[misc, valid-type]
         """Patch merging: C input channels, each four times in the merged 4C (v1 normalises those),
         2C output channels (v2 normalises those)."""
@@ -314,7 +353,7 @@ def _pruners() -> dict[str, Any]:
         get_in_channels = get_out_channels
 
     return {"attention": AttentionPruner(), "merging": MergingPruner(), "passthrough": PassThroughPruner(),
-            "blur": BlurPruner(), "context": ContextPruner(), "fixed": FixedPruner()}
+            "blur": BlurPruner(), "context": ContextPruner(), "mixed": MixedPruner(), "fixed": FixedPruner()}
 
 
 def _qkv(layer: nn.Module) -> nn.Linear:
@@ -348,6 +387,6 @@ def pruners(model: nn.Module, held: Sequence[nn.Module] = ()) -> dict[type, Any]
     windowed = attention_classes()
     kind = {**dict.fromkeys(swin.MERGING + _timm()[2], "merging"),
             **dict.fromkeys(maxvit.PARTITION + _gates(), "passthrough"), **dict.fromkeys(_blur(), "blur"),
-            **dict.fromkeys(_context(), "context")}
+            **dict.fromkeys(_context(), "context"), **dict.fromkeys(_mixed(), "mixed")}
     return {**{type(m): made["attention" if isinstance(m, windowed) else kind[type(m)]] for m in present},
             **{type(m): made["fixed"] for m in shuffles}}
