@@ -504,3 +504,20 @@ def test_pbkit_builds_timm_models_with_their_depthwise_mixed_convolutions_prunab
 
     built = models.build(models.resolve("timm:mixnet_s"))
     assert sum(type(m) is mixconv.MixedDepthwiseConv2d for m in built.modules()) == 13
+
+
+def test_a_view_shape_stored_for_a_per_channel_scale_follows_the_cut() -> None:
+    # timm's metaformer Scale (PoolFormer's layer scale) views its scale with a shape fixed when built
+    from timm.models.metaformer import Scale
+
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), Scale(16), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=20), input_size=16,
+                          num_classes=10, protected=[model[7]])
+    assert res.achieved_speedup >= 1.5 and model[0].out_channels < 16
+    assert model[1].shape == (model[0].out_channels, 1, 1) == (model[1].scale.numel(), 1, 1)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)

@@ -308,3 +308,19 @@ def _cut_to(m: Any, names: list[str], keep: list[int]) -> None:
             setattr(m, name, nn.Parameter(rows, requires_grad=t.requires_grad))
         else:
             m._buffers[name] = rows
+
+
+def view_shapes(model: Any) -> None:
+    """Bring a view shape a module stored for its one per-channel parameter in line with that
+    parameter's new length (timm's metaformer ``Scale``: ``x * scale.view(self.shape)`` with
+    ``shape = (dim, 1, 1)`` fixed when built; torch-pruning cuts ``scale`` and leaves ``shape``)."""
+    import math
+
+    for m in model.modules():
+        shape = getattr(m, "shape", None)
+        params = list(m.parameters(recurse=False))
+        if not (isinstance(shape, tuple) and shape and all(type(d) is int for d in shape)) or len(params) != 1:
+            continue
+        n = params[0].numel()
+        if params[0].dim() == 1 and math.prod(shape) != n and math.prod(shape[1:]) == 1:
+            m.shape = (n, *shape[1:])

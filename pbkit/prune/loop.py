@@ -79,7 +79,9 @@ def _attention_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def _fix_attention(model: nn.Module, pruner: Any) -> None:
-    """Keep num_heads / head_dim / attn_dim in step with the pruned qkv projection."""
+    """Keep num_heads / head_dim / attn_dim in step with the pruned qkv projection, and stored view
+    shapes with their parameters (:func:`graphfix.view_shapes`)."""
+    graphfix.view_shapes(model)
     for m in _attention_modules(model):
         qkv: nn.Linear = m.qkv  # type: ignore[assignment]
         heads = int(pruner.num_heads.get(qkv, m.num_heads))
