@@ -521,3 +521,25 @@ def test_a_view_shape_stored_for_a_per_channel_scale_follows_the_cut() -> None:
     assert model[1].shape == (model[0].out_channels, 1, 1) == (model[1].scale.numel(), 1, 1)
     with torch.no_grad():
         assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_a_grouped_convolution_pruned_to_one_channel_per_group_is_left_as_it_is() -> None:
+    # RegNet's grouped 3x3 (8 channels per group) pruned down to one per group looks depth-wise, and
+    # torch-pruning's importance indexes past its scores (timm:regnetx_002 failed in step 19)
+    import torch_pruning as tp
+
+    from pbkit import models
+    from pbkit.prune import PruneSettings, graphfix, methods, prune_to_target
+
+    shrunk = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 4, 1))
+    graph = tp.DependencyGraph().build_dependency(shrunk, torch.randn(1, 3, 8, 8))
+    group = graph.get_pruning_group(shrunk[0], tp.prune_conv_out_channels, [0])
+    assert not graphfix.one_channel_groups(group)  # a depth-wise convolution as built prunes
+    assert graphfix.one_channel_groups(group, {id(shrunk[1])})  # one that was grouped is left as it is
+    assert graphfix.grouped_convolutions(nn.Sequential(nn.Conv2d(16, 16, 3, groups=2), shrunk)) != set()
+
+    spec = models.resolve("timm:regnetx_002")
+    model = models.build(spec).eval()
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=100), input_size=224,
+                          num_classes=1000, protected=models.classifier_heads(model, 1000))
+    assert res.achieved_speedup >= 1.5

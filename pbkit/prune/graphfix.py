@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 
@@ -209,19 +210,30 @@ def index_maps() -> Iterator[None]:
         index_mapping.update_reshape_index_mapping = reshape
 
 
-def one_channel_groups(group: Any) -> bool:
-    """Whether a channel group prunes the input of a grouped convolution left with one input
-    channel per group (and more outputs than inputs). torch-pruning's magnitude importance indexes
-    such a layer's input scores past their end (it repeats them per group only while a group has
-    more than one channel); the prune loop leaves these groups as they are from then on
-    (ResNeXt-64x4d and DPN reach it)."""
+def grouped_convolutions(model: Any) -> set[int]:
+    """The ids of ``model``'s grouped convolutions with more than one input channel per group (as
+    built, before any pruning), for :func:`one_channel_groups`."""
+    from torch import nn
+
+    return {id(m) for m in model.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+            and m.groups > 1 and m.in_channels != m.groups}
+
+
+def one_channel_groups(group: Any, grouped: AbstractSet[int] = frozenset()) -> bool:
+    """Whether a channel group reaches a grouped convolution left with one input channel per group:
+    one that has more outputs than inputs, whose input the group prunes, or one of ``grouped``
+    (:func:`grouped_convolutions`: built with more channels per group; it now looks depth-wise).
+    torch-pruning's magnitude importance indexes such a layer's scores past their end (it repeats
+    them per group only while a group has more than one channel); the prune loop leaves these
+    groups as they are from then on (ResNeXt-64x4d, DPN and RegNet reach it)."""
     from torch import nn
     from torch_pruning.pruner import function
 
     for dep, _ in group:
         m = dep.target.module
-        if dep.handler == function.prune_conv_in_channels and isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) \
-                and m.groups > 1 and m.in_channels == m.groups and m.out_channels != m.in_channels:
+        if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) or m.groups <= 1 or m.in_channels != m.groups:
+            continue
+        if id(m) in grouped or dep.handler == function.prune_conv_in_channels and m.out_channels != m.in_channels:
             return True
     return False
 

@@ -200,7 +200,8 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
         graphfix.token_splits(pruner.DG)
         pruner.ignored_layers.extend(graphfix.channel_splits(pruner.DG))  # the groups reaching them stay
         score = pruner.estimate_importance  # (no score: torch-pruning leaves the group as it is)
-        pruner.estimate_importance = lambda g: None if graphfix.one_channel_groups(g) else score(g)
+        grouped = graphfix.grouped_convolutions(model)
+        pruner.estimate_importance = lambda g: None if graphfix.one_channel_groups(g, grouped) else score(g)
         groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                                root_module_types=pruner.root_module_types))
         import torch_pruning as tp
@@ -208,7 +209,7 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
         check = tp.importance.MagnitudeImportance(p=2)  # every group's channel indices map onto its layers
         astray = []
         for group in groups:
-            if not graphfix.one_channel_groups(group):
+            if not graphfix.one_channel_groups(group, grouped):
                 try:
                     check(group)
                 except (IndexError, RuntimeError) as e:  # indices mapped past a layer's end: the group is held
