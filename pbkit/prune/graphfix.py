@@ -274,7 +274,7 @@ def cuts_follow() -> Iterator[None]:
       chunk offsets moved: torch-pruning counts the new chunk sizes but keeps mapping indices with
       the traced offsets, so the next step's indices would run past the layers' ends."""
     from torch_pruning import ops
-    from torch_pruning.dependency import dependency, index_mapping
+    from torch_pruning.dependency import dependency
 
     original = dependency.Dependency.__call__
 
@@ -283,12 +283,10 @@ def cuts_follow() -> Iterator[None]:
         before, extra = _width(m), extra_channel_tensors(m)
         out = original(dep, idxs)
         if extra and before is not None and (_width(m) or before) < before:
-            _cut_to(m, extra, _kept(idxs, before))
+            _cut_to(m, extra, kept(idxs, before))
         if isinstance(m, ops._SplitOp) and m.split_sizes is not None and len(idxs):
-            m.offsets = [0]
-            for size in m.split_sizes:
-                m.offsets.append(m.offsets[-1] + size)
-            index_mapping.update_split_index_mapping(None, dep.target)  # (it reads only the node)
+            # (torch-pruning maps each next group's indices from these offsets)
+            m.offsets = [sum(m.split_sizes[:i]) for i in range(len(m.split_sizes) + 1)]
         return out
 
     dependency.Dependency.__call__ = call
@@ -298,7 +296,7 @@ def cuts_follow() -> Iterator[None]:
         dependency.Dependency.__call__ = original
 
 
-def _kept(idxs: Any, width: int) -> list[int]:
+def kept(idxs: Any, width: int) -> list[int]:
     """The channels of ``width`` that torch-pruning's indices ``idxs`` leave."""
     from torch_pruning import _helpers
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from pbkit.models import maxvit, shufflenet, swin
+from pbkit.prune import graphfix
 
 
 class _Opaque(torch.autograd.Function):
@@ -257,8 +258,7 @@ def _pruners() -> dict[str, Any]:
         def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
             channels = getattr(layer, "channels", None)
             if channels is not None:
-                cut = {int(i) for i in idxs}
-                keep = torch.tensor([i for i in range(channels) if i not in cut], dtype=torch.long)
+                keep = torch.tensor(graphfix.kept(idxs, channels), dtype=torch.long)
                 layer.filt = layer.filt[keep.to(layer.filt.device)].clone()
                 layer.channels = len(keep)
             return layer
