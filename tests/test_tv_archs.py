@@ -215,3 +215,41 @@ def test_an_error_inside_a_pruning_step_or_the_pruned_forward_is_one_line_naming
     with pytest.raises(PbkitError, match="^kept$"):  # the kit's own errors pass as they are
         with loop._failing("pruning step 1 failed inside torch-pruning", loop.MAPPED_WRONG):
             raise PbkitError("kept")
+
+
+class HaloAttn(nn.Module):
+    """Attention the graph cannot trace whose input only its own projections read (as timm's
+    HaloAttn's ``q`` and ``kv``)."""
+
+    def __init__(self, c: int, residual: bool = False) -> None:
+        super().__init__()
+        self.q, self.kv, self.residual = nn.Conv2d(c, 8, 1), nn.Conv2d(c, 16, 1, bias=False), residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError("this block cannot be traced")
+        k, v = self.kv(x).chunk(2, 1)
+        out = v * (self.q(x) * k).softmax(1)
+        return out + x[:, :8] if self.residual else out
+
+
+def test_a_held_block_whose_input_only_its_projections_read_has_its_input_channels_pruned() -> None:
+    from pbkit.prune import PruneSettings, methods, opaque, prune_to_target
+
+    torch.manual_seed(0)
+    model = Hybrid().eval()
+    model.mix = HaloAttn(16)
+    model.body[0] = nn.Conv2d(8, 64, 3, padding=1)
+    assert opaque.entries(model, [model.mix], torch.randn(1, 3, 16, 16)) == {model.mix: [model.mix.kv, model.mix.q]}
+    x = torch.randn(2, 3, 16, 16)
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=10), input_size=16,
+                          num_classes=10, protected=[model.head])
+    assert res.achieved_speedup >= 1.5 and res.held_fixed == ["mix"]
+    assert model.stem[0].out_channels < 16  # the stream entering it is pruned...
+    assert model.mix.q.in_channels == model.mix.kv.in_channels == model.stem[0].out_channels
+    assert model.mix.q.out_channels == 8 and model.mix.kv.out_channels == 16 and model.body[0].in_channels == 8
+    with torch.no_grad():  # ...and what leaves it stays
+        assert model(x).shape == (2, 10)
+    residual = Hybrid().eval()
+    residual.mix = HaloAttn(16, residual=True)  # its input also added to its output: held in and out
+    assert opaque.entries(residual, [residual.mix], torch.randn(1, 3, 16, 16)) == {}

@@ -188,7 +188,7 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
            held: Sequence[nn.Module]) -> tuple[Any, list[Any]]:
     hooks = {id(m): set(m._forward_hooks) for m in model.modules()}
     try:
-        custom = opaque.pruners(model, held)
+        custom = opaque.pruners(model, held, opaque.entries(model, held, example) if held else None)
         if custom:
             extra = {**extra, "customized_pruners": {**custom, **extra.get("customized_pruners", {})}}
         # hidden: blocks it cannot trace, as single layers with pruners of their own

@@ -352,8 +352,27 @@ def _pruners() -> dict[str, Any]:
 
         get_in_channels = get_out_channels
 
+    class HeldPruner(FixedPruner):
+        """A block held fixed whose input only its own convolutions or linear layers read
+        (:func:`entries`, timm's HaloAttn: ``q`` and ``kv``): its input channels are those layers'
+        input channels, cut with the stream; its output channels stay (in and out not coupled, so
+        only the groups reaching its output are held)."""
+
+        def __init__(self, reads: dict[nn.Module, list[nn.Module]]) -> None:
+            super().__init__()
+            self.reads = reads
+
+        def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            for m in self.reads[layer]:
+                (_conv() if isinstance(m, nn.Conv2d) else _linear()).prune_in_channels(m, idxs)
+            return layer
+
+        def get_in_channels(self, layer: nn.Module) -> int:
+            return _in_width(self.reads[layer][0])
+
     return {"attention": AttentionPruner(), "merging": MergingPruner(), "passthrough": PassThroughPruner(),
-            "blur": BlurPruner(), "context": ContextPruner(), "mixed": MixedPruner(), "fixed": FixedPruner()}
+            "blur": BlurPruner(), "context": ContextPruner(), "mixed": MixedPruner(), "fixed": FixedPruner(),
+            "held": HeldPruner}
 
 
 def _qkv(layer: nn.Module) -> nn.Linear:
@@ -376,9 +395,12 @@ def fixed(model: nn.Module) -> list[nn.Module]:
     return shufflenet.fixed(model)
 
 
-def pruners(model: nn.Module, held: Sequence[nn.Module] = ()) -> dict[type, Any]:
+def pruners(model: nn.Module, held: Sequence[nn.Module] = (),
+            reads: dict[nn.Module, list[nn.Module]] | None = None) -> dict[type, Any]:
     """``customized_pruners`` for the blocks ``model`` has and those ``held`` fixed, by their exact
-    classes (torch-pruning looks pruners up by ``type(module)``); none: an empty dict."""
+    classes (torch-pruning looks pruners up by ``type(module)``); none: an empty dict. A held class
+    whose every instance has the layers that read its input in ``reads`` (:func:`entries`) has its
+    input channels pruned with the stream."""
     present = blocks(model)
     shuffles = [m for m in model.modules() if isinstance(m, shufflenet.ChannelShuffle)] + list(held)
     if not present and not shuffles:
@@ -388,5 +410,83 @@ def pruners(model: nn.Module, held: Sequence[nn.Module] = ()) -> dict[type, Any]
     kind = {**dict.fromkeys(swin.MERGING + _timm()[2], "merging"),
             **dict.fromkeys(maxvit.PARTITION + _gates(), "passthrough"), **dict.fromkeys(_blur(), "blur"),
             **dict.fromkeys(_context(), "context"), **dict.fromkeys(_mixed(), "mixed")}
+    reads = reads or {}
+    held_pruner = made["held"](reads)
+    entered = {t for t in {type(m) for m in held}
+               if all(m in reads for m in model.modules() if type(m) is t)}
     return {**{type(m): made["attention" if isinstance(m, windowed) else kind[type(m)]] for m in present},
-            **{type(m): made["fixed"] for m in shuffles}}
+            **{type(m): held_pruner if type(m) in entered else made["fixed"] for m in shuffles}}
+
+
+def _in_width(layer: nn.Module) -> int:
+    return int(layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features)
+
+
+def entries(model: nn.Module, held: Sequence[nn.Module], example: torch.Tensor) -> dict[nn.Module, list[nn.Module]]:
+    """For each block in ``held``, the convolutions and linear layers inside it that read its input
+    as it is (a view with every channel in place: timm's HaloAttn's ``q`` and ``kv``), found by one
+    forward pass of ``example``; kept only where the block, with one input channel removed from
+    those layers and from its input, gives what it gives with that channel zeroed: nothing else in
+    it reads that channel (no residual, norm or width taken from the input). A block called more
+    than once, or with none such, is left out (held fixed in and out)."""
+    seen: dict[nn.Module, list[Any]] = {m: [] for m in held}
+    reading: dict[nn.Module, list[tuple[nn.Module, torch.Tensor]]] = {m: [] for m in held}
+    handles = []
+    for block in held:
+        handles.append(block.register_forward_pre_hook(lambda m, a: seen[m].append(a[0] if a else None)))
+        for layer in block.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)) and not (isinstance(layer, nn.Conv2d) and layer.groups != 1):
+                handles.append(layer.register_forward_pre_hook(
+                    lambda m, a, _b=block: reading[_b].append((m, a[0])) if a and len(seen[_b]) == 1 else None))
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except Exception:  # (the caller's trace says what fails)
+        return {}
+    finally:
+        for h in handles:
+            h.remove()
+    found = {}
+    for block in held:
+        if len(seen[block]) != 1 or not isinstance(x := seen[block][0], torch.Tensor) or x.dim() < 2:
+            continue
+        layers = list(dict.fromkeys(m for m, t in reading[block] if _reads(m, t, x)))
+        if layers and _cut_matches(block, layers, x):
+            found[block] = layers
+    return found
+
+
+def _reads(layer: nn.Module, t: Any, x: torch.Tensor) -> bool:
+    """Whether ``layer``'s input ``t`` is ``x`` itself, or a view of it with its channels in place."""
+    if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+        return False
+    c = x.shape[1] if x.dim() == 4 else x.shape[-1]  # the graph's channel axis: 1 of an image, last of tokens
+    if isinstance(layer, nn.Conv2d):
+        return x.dim() == 4 and t.dim() == 4 and t.shape[:2] == x.shape[:2]
+    return t.shape[-1] == c
+
+
+def _cut_matches(block: nn.Module, layers: list[nn.Module], x: torch.Tensor) -> bool:
+    import copy
+
+    axis = 1 if x.dim() == 4 else x.dim() - 1
+    c = x.shape[axis]
+    if c < 2:
+        return False
+    names = {id(m): n for n, m in block.named_modules()}
+    zeroed = x.clone()
+    zeroed.select(axis, 0).zero_()
+    try:
+        with torch.no_grad():
+            want = block(zeroed)
+            cut = copy.deepcopy(block)
+            for m in layers:
+                layer = cut.get_submodule(names[id(m)])
+                (_conv() if isinstance(layer, nn.Conv2d) else _linear()).prune_in_channels(layer, [0])
+            got = cut(x.narrow(axis, 1, c - 1))
+    except Exception:  # the block takes a width from its input, or adds it: held fixed as it is
+        return False
+    if not (isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor)) or got.shape != want.shape:
+        return False
+    scale = float(want.abs().max()) if want.numel() else 0.0
+    return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0)))
