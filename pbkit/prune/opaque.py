@@ -15,7 +15,8 @@ weights are); ShuffleNet's channel shuffle is a node held fixed.
 
 Where the graph fails on a model pbkit has no rewrite for, :func:`untraceable` names its
 attention-like blocks and the prune loop traces the model again with those held fixed: each one
-node whose input and output channels stay, the rest pruned.
+node whose output channels stay, and whose input channels stay too unless only its own projections
+read them (:func:`entries`), the rest pruned.
 """
 
 from __future__ import annotations

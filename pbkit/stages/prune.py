@@ -208,8 +208,9 @@ def _prune(model: Any, method: Method, spec: ModelSpec, task: Task, cfg: config.
     res.interleave = interleave
     if res.held_fixed:
         note(f"note: the dependency graph could not follow {len(res.held_fixed)} attention blocks of {spec.name} "
-             f"({type(model.get_submodule(res.held_fixed[0])).__name__}, ...): their input and output channels were "
-             "kept, the rest pruned (method.held_fixed in the record)", quiet)
+             f"({type(model.get_submodule(res.held_fixed[0])).__name__}, ...): their output channels were kept "
+             "(their input channels too, unless only their own projections read them), the rest pruned "
+             "(method.held_fixed in the record)", quiet)
     return res, calibration
 
 
