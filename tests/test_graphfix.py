@@ -543,3 +543,33 @@ def test_a_grouped_convolution_pruned_to_one_channel_per_group_is_left_as_it_is(
     res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=100), input_size=224,
                           num_classes=1000, protected=models.classifier_heads(model, 1000))
     assert res.achieved_speedup >= 1.5
+
+
+class _MapEmbedded(nn.Module):
+    """A position embedding laid out as an image map, (1, C, S, S) with S smaller than C, as
+    Visformer's: added to a convolution's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, stride=2, padding=1)
+        self.pos = nn.Parameter(torch.randn(1, 12, 8, 8))
+        self.body = nn.Sequential(nn.Conv2d(12, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 12, 3, padding=1))
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x) + self.pos
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def test_a_position_embedding_laid_out_as_an_image_map_loses_channels_not_columns() -> None:
+    from pbkit.prune import PruneSettings, graphfix, methods, prune_to_target
+
+    torch.manual_seed(0)
+    model = _MapEmbedded().eval()
+    assert [u.parameters for u in graphfix.square_maps(model, set())] == [model.pos]
+    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=2.0, iterative_steps=20), input_size=16,
+                          num_classes=10, protected=[model.head])
+    assert res.achieved_speedup >= 2.0 and model.stem.out_channels < 12  # (torch-pruning alone cut the map's columns)
+    assert model.pos.shape == (1, model.stem.out_channels, 8, 8)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)

@@ -12,7 +12,8 @@ The patch is undone when the block ends, so nothing outlives the graph build. Sp
 a feature map's channels are found by :func:`channel_splits` and held fixed; so are grouped
 convolutions torch-pruning's importance cannot score (:func:`one_channel_groups`). While the prune
 loop runs, per-channel tensors torch-pruning would leave whole (NFNet's ``gain``) are cut with the
-layer's outputs, and chunk offsets follow their input's cuts (:func:`cuts_follow`)."""
+layer's outputs, and chunk offsets follow their input's cuts (:func:`cuts_follow`). Parameters laid
+out as an image map lose channels, not columns (:func:`square_maps`)."""
 
 from __future__ import annotations
 
@@ -334,3 +335,21 @@ def view_shapes(model: Any) -> None:
         n = params[0].numel()
         if params[0].dim() == 1 and math.prod(shape) != n and math.prod(shape[1:]) == 1:
             m.shape = (n, *shape[1:])
+
+
+def square_maps(model: Any, customized: AbstractSet[type]) -> list[Any]:
+    """torch-pruning's pruning dimension for the parameters outside its layers that are laid out as
+    an image map, ``(1, C, S, S)`` with ``C != S`` (Visformer's position embeddings): their
+    channels, dimension 1. Left to itself it cuts the last dimension of more than one, a column of
+    the map, and the model fails once a cut meets the map's side. The others (a ViT's ``(1, N, C)``
+    embedding, a ``(C,)`` scale) keep torch-pruning's choice."""
+    import torch_pruning as tp
+
+    wrapped: set[int] = set()
+    for m in model.modules():
+        kind = tp.ops.module2type(m)
+        if (kind in tp.pruner.function.PrunerBox and kind != tp.ops.OPTYPE.ELEMENTWISE) or type(m) in customized:
+            wrapped |= {id(p) for p in m.parameters()}
+    return [tp._helpers.UnwrappedParameters(parameters=p, pruning_dim=1) for p in model.parameters()
+            if id(p) not in wrapped and p.dim() == 4 and p.shape[0] == 1 and p.shape[2] == p.shape[3] > 1
+            and p.shape[1] != p.shape[2]]

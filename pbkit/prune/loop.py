@@ -191,6 +191,9 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
         custom = opaque.pruners(model, held, opaque.entries(model, held, example) if held else None)
         if custom:
             extra = {**extra, "customized_pruners": {**custom, **extra.get("customized_pruners", {})}}
+        maps = graphfix.square_maps(model, set(extra.get("customized_pruners", {})))
+        if maps:  # (torch-pruning finds the other parameters outside its layers itself)
+            extra = {**extra, "unwrapped_parameters": [*maps, *extra.get("unwrapped_parameters", [])]}
         # hidden: blocks it cannot trace, as single layers with pruners of their own
         with opaque.hidden(model, also=held), graphfix.exact_concat_sizes():
             pruner = pruner_cls(model, example, importance=importance, global_pruning=s.scope != "local",
