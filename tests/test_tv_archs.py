@@ -250,6 +250,7 @@ def test_a_held_block_whose_input_only_its_projections_read_has_its_input_channe
     assert model.mix.q.out_channels == 8 and model.mix.kv.out_channels == 16 and model.body[0].in_channels == 8
     with torch.no_grad():  # ...and what leaves it stays
         assert model(x).shape == (2, 10)
-    residual = Hybrid().eval()
+    residual = Hybrid().train()
     residual.mix = HaloAttn(16, residual=True)  # its input also added to its output: held in and out
     assert opaque.entries(residual, [residual.mix], torch.randn(1, 3, 16, 16)) == {}
+    assert residual.training  # (its probe leaves the model's mode as it was)

@@ -439,12 +439,14 @@ def entries(model: nn.Module, held: Sequence[nn.Module], example: torch.Tensor) 
             if isinstance(layer, (nn.Conv2d, nn.Linear)) and not (isinstance(layer, nn.Conv2d) and layer.groups != 1):
                 handles.append(layer.register_forward_pre_hook(
                     lambda m, a, _b=block: reading[_b].append((m, a[0])) if a and len(seen[_b]) == 1 else None))
+    training = model.training
     try:
         with torch.no_grad():
             model.eval()(example)
     except Exception:  # (the caller's trace says what fails)
         return {}
     finally:
+        model.train(training)
         for h in handles:
             h.remove()
     found = {}
