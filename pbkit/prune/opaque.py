@@ -216,7 +216,7 @@ def _base() -> type:
     return tp.pruner.function.BasePruningFunc  # type: ignore[no-any-return]
 
 
-def _pruners() -> dict[str, Any]:
+def _pruners(reads: dict[nn.Module, list[nn.Module]]) -> dict[str, Any]:
     base = _base()
 
     class AttentionPruner(base):  # type: ignore[misc, valid-type]
@@ -359,21 +359,18 @@ def _pruners() -> dict[str, Any]:
         input channels, cut with the stream; its output channels stay (in and out not coupled, so
         only the groups reaching its output are held)."""
 
-        def __init__(self, reads: dict[nn.Module, list[nn.Module]]) -> None:
-            super().__init__()
-            self.reads = reads
-
         def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-            for m in self.reads[layer]:
-                (_conv() if isinstance(m, nn.Conv2d) else _linear()).prune_in_channels(m, idxs)
+            for m in reads[layer]:
+                _cut_inputs(m, idxs)
             return layer
 
         def get_in_channels(self, layer: nn.Module) -> int:
-            return _in_width(self.reads[layer][0])
+            m = reads[layer][0]
+            return int(m.in_channels if isinstance(m, nn.Conv2d) else m.in_features)
 
     return {"attention": AttentionPruner(), "merging": MergingPruner(), "passthrough": PassThroughPruner(),
             "blur": BlurPruner(), "context": ContextPruner(), "mixed": MixedPruner(), "fixed": FixedPruner(),
-            "held": HeldPruner}
+            "held": HeldPruner()}
 
 
 def _qkv(layer: nn.Module) -> nn.Linear:
@@ -406,21 +403,21 @@ def pruners(model: nn.Module, held: Sequence[nn.Module] = (),
     shuffles = [m for m in model.modules() if isinstance(m, shufflenet.ChannelShuffle)] + list(held)
     if not present and not shuffles:
         return {}
-    made = _pruners()
+    reads = reads or {}
+    made = _pruners(reads)
     windowed = attention_classes()
     kind = {**dict.fromkeys(swin.MERGING + _timm()[2], "merging"),
             **dict.fromkeys(maxvit.PARTITION + _gates(), "passthrough"), **dict.fromkeys(_blur(), "blur"),
             **dict.fromkeys(_context(), "context"), **dict.fromkeys(_mixed(), "mixed")}
-    reads = reads or {}
-    held_pruner = made["held"](reads)
     entered = {t for t in {type(m) for m in held}
                if all(m in reads for m in model.modules() if type(m) is t)}
     return {**{type(m): made["attention" if isinstance(m, windowed) else kind[type(m)]] for m in present},
-            **{type(m): held_pruner if type(m) in entered else made["fixed"] for m in shuffles}}
+            **{type(m): made["held" if type(m) in entered else "fixed"] for m in shuffles}}
 
 
-def _in_width(layer: nn.Module) -> int:
-    return int(layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features)
+def _cut_inputs(layer: nn.Module, idxs: Sequence[int]) -> None:
+    """Cut input channels ``idxs`` of a convolution or linear layer."""
+    (_conv() if isinstance(layer, nn.Conv2d) else _linear()).prune_in_channels(layer, idxs)
 
 
 def entries(model: nn.Module, held: Sequence[nn.Module], example: torch.Tensor) -> dict[nn.Module, list[nn.Module]]:
@@ -484,8 +481,7 @@ def _cut_matches(block: nn.Module, layers: list[nn.Module], x: torch.Tensor) -> 
             want = block(zeroed)
             cut = copy.deepcopy(block)
             for m in layers:
-                layer = cut.get_submodule(names[id(m)])
-                (_conv() if isinstance(layer, nn.Conv2d) else _linear()).prune_in_channels(layer, [0])
+                _cut_inputs(cut.get_submodule(names[id(m)]), [0])
             got = cut(x.narrow(axis, 1, c - 1))
     except Exception:  # the block takes a width from its input, or adds it: held fixed as it is
         return False
