@@ -41,6 +41,40 @@ def test_a_memory_budget_stops_runaway_python_with_one_line() -> None:
     assert _rss_gib() < limit + 0.5  # the hog's memory went with it
 
 
+def _libc() -> Any:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018  (glibc's)
+    except (OSError, AttributeError):
+        pytest.skip("glibc's allocator only")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    return libc
+
+
+def test_memory_freed_but_kept_by_the_allocator_is_handed_back_not_counted_against_the_budget() -> None:
+    libc = _libc()
+    base = _rss_gib()
+    chunks, pins = [], []
+    for _ in range(4000):  # 250 MiB in the heap (below the mmap threshold), each chunk pinned by a small one
+        chunks.append(libc.malloc(64 * 1024))
+        libc.memset(chunks[-1], 1, 64 * 1024)
+        pins.append(libc.malloc(1024))  # (freed chunks between them cannot merge and shrink the heap)
+    try:
+        for c in chunks:
+            libc.free(c)
+        assert _rss_gib() > base + 0.2  # freed, but still resident
+        with budget.guarded("pruning stub", round(base + 0.1, 3), None) as watch:
+            time.sleep(0.3)
+        assert watch.reason is None and _rss_gib() < base + 0.1
+    finally:
+        for c in pins:
+            libc.free(c)
+
+
 def test_a_time_budget_stops_work_that_never_ends() -> None:
     t0 = time.monotonic()
     with pytest.raises(PbkitError, match=r"stopped: it ran past the time budget of 0.3 s \(prune.max_graph_s\)"):

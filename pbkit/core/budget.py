@@ -1,7 +1,8 @@
 """Memory and time budgets for work that may never end: a watchdog thread samples the process's
 resident memory and the elapsed time; past a budget it interrupts the guarded thread (an
 exception raised at its next Python bytecode) and the guard turns that into one line that says
-what was stopped, where, and why. Work that runs away inside Python (torch-pruning's dependency
+what was stopped, where, and why. Memory the allocator holds freed (glibc keeps what a process
+frees in its heap) is handed back before the budget counts it. Work that runs away inside Python (torch-pruning's dependency
 graph recursing on a structure it cannot follow) is stopped long before the machine runs out of
 memory; one huge allocation inside a C call is interrupted only when that call returns."""
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pbkit.core.errors import PbkitError
 
 GIB = 2**30
+TRIM_EVERY_S = 0.5  # the freed memory handed back at most this often (a trim locks the allocator)
 
 
 class _Stop(BaseException):
@@ -60,12 +62,20 @@ def guarded(what: str, max_memory_gib: float | None, max_seconds: float | None, 
     target = threading.get_ident()
     done = threading.Event()
     t0 = time.monotonic()
+    trimmed = -TRIM_EVERY_S
 
     def sample() -> None:
+        nonlocal trimmed
         while not done.wait(poll_s):
             rss = proc.memory_info().rss
             watch.peak_bytes = max(watch.peak_bytes, rss)
             elapsed = time.monotonic() - t0
+            if limit is not None and rss > limit:  # memory freed but kept by the allocator is not over budget
+                if elapsed - trimmed < TRIM_EVERY_S:
+                    continue
+                trimmed = elapsed
+                _trim()
+                rss = proc.memory_info().rss
             if limit is not None and rss > limit:
                 watch.reason = (f"its memory reached {rss / GIB:.1f} GiB after {elapsed:.0f} s, over the budget of "
                                 f"{max_memory_gib:g} GiB (prune.max_memory_gib)")
@@ -110,6 +120,11 @@ def release_memory() -> None:
     import gc
 
     gc.collect()
+    _trim()
+
+
+def _trim() -> None:
+    """Hand the memory the C allocator keeps freed back to the system (glibc; elsewhere nothing)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
