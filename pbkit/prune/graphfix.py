@@ -13,7 +13,12 @@ a feature map's channels are found by :func:`channel_splits` and held fixed; so 
 convolutions torch-pruning's importance cannot score (:func:`one_channel_groups`). While the prune
 loop runs, per-channel tensors torch-pruning would leave whole (NFNet's ``gain``) are cut with the
 layer's outputs, and chunk offsets follow their input's cuts (:func:`cuts_follow`). Parameters laid
-out as an image map lose channels, not columns (:func:`square_maps`)."""
+out as an image map lose channels, not columns (:func:`square_maps`).
+
+The graph keeps the traced forward pass's autograd nodes for as long as the pruner lives, and with
+them every activation that pass saved for a backward pass that never comes: 12 GiB for a ViT at
+768 px. Traced under :func:`shapes_only`, those activations are not kept (the nodes keep their
+dims and sizes, all that torch-pruning and these repairs read)."""
 
 from __future__ import annotations
 
@@ -21,6 +26,22 @@ import contextlib
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 from typing import Any
+
+
+@contextlib.contextmanager
+def shapes_only() -> Iterator[None]:
+    """While the block runs, autograd saves no tensor for a backward pass, only its shape and type
+    (an unused saved tensor, read anyway, comes back as an empty one on the meta device)."""
+    import torch
+
+    def pack(t: torch.Tensor) -> tuple[torch.Size, torch.dtype]:
+        return t.shape, t.dtype
+
+    def unpack(saved: tuple[torch.Size, torch.dtype]) -> torch.Tensor:
+        return torch.empty(saved[0], dtype=saved[1], device="meta")
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield
 
 
 def _saved_dim(fn: Any, default: int) -> int:

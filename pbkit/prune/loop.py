@@ -194,8 +194,9 @@ def _build(pruner_cls: Any, model: nn.Module, example: Any, importance: Any, s: 
         maps = graphfix.square_maps(model, set(extra.get("customized_pruners", {})))
         if maps:  # (torch-pruning finds the other parameters outside its layers itself)
             extra = {**extra, "unwrapped_parameters": [*maps, *extra.get("unwrapped_parameters", [])]}
-        # hidden: blocks it cannot trace, as single layers with pruners of their own
-        with opaque.hidden(model, also=held), graphfix.exact_concat_sizes():
+        # hidden: blocks it cannot trace, as single layers with pruners of their own; shapes_only: the graph
+        # keeps no activation of its traced forward pass
+        with opaque.hidden(model, also=held), graphfix.exact_concat_sizes(), graphfix.shapes_only():
             pruner = pruner_cls(model, example, importance=importance, global_pruning=s.scope != "local",
                                 pruning_ratio=1.0, max_pruning_ratio=max_ratio, iterative_steps=s.iterative_steps,
                                 ignored_layers=[*protected, *opaque.fixed(model), *held], round_to=s.round_to,
