@@ -2,9 +2,10 @@
 resident memory and the elapsed time; past a budget it interrupts the guarded thread (an
 exception raised at its next Python bytecode) and the guard turns that into one line that says
 what was stopped, where, and why. Memory the allocator holds freed (glibc keeps what a process
-frees in its heap) is handed back before the budget counts it. Work that runs away inside Python (torch-pruning's dependency
-graph recursing on a structure it cannot follow) is stopped long before the machine runs out of
-memory; one huge allocation inside a C call is interrupted only when that call returns."""
+frees in its heap) is handed back before the budget counts it. Work that runs away inside Python
+(torch-pruning's dependency graph recursing on a structure it cannot follow) is stopped long
+before the machine runs out of memory; one huge allocation inside a C call is interrupted only
+when that call returns."""
 
 from __future__ import annotations
 
