@@ -71,9 +71,10 @@ def guarded(what: str, max_memory_gib: float | None, max_seconds: float | None, 
             rss = proc.memory_info().rss
             watch.peak_bytes = max(watch.peak_bytes, rss)
             elapsed = time.monotonic() - t0
+            # memory freed but kept by the allocator is not over budget (just after a trim, memory over it is)
             if limit is not None and rss > limit and elapsed - trimmed >= TRIM_EVERY_S:
-                trimmed = elapsed  # memory freed but kept by the allocator is not over budget (just after a
-                _trim()  # trim, memory over it is)
+                trimmed = elapsed
+                _trim()
                 rss = proc.memory_info().rss
             if limit is not None and rss > limit:
                 watch.reason = (f"its memory reached {rss / GIB:.1f} GiB after {elapsed:.0f} s, over the budget of "
