@@ -28,13 +28,24 @@ def main() -> int:
     args = ap.parse_args()
     rows = []
     for i in range(args.repeats):
-        rec = stages.bench_run(args.run, values={"bench.backends": args.backends, "bench.batches": [1],
-                                                 "bench.threads": args.threads}, quiet=True)
+        rec = stages.bench_run(
+            args.run,
+            values={
+                "bench.backends": args.backends,
+                "bench.batches": [1],
+                "bench.threads": args.threads,
+            },
+            quiet=True,
+        )
         row = {"repeat": i + 1, "bench_s": rec.stages["bench"].seconds}
         for p in rec.latency:
             if p.variant == "pruned" and p.backend in args.backends:
-                row[p.backend] = {"speedup": p.speedup_vs_dense, "ci": getattr(p, "speedup_ci", None),
-                                  "stable": p.stable, "attempts": p.attempts}
+                row[p.backend] = {
+                    "speedup": p.speedup_vs_dense,
+                    "ci": getattr(p, "speedup_ci", None),
+                    "stable": p.stable,
+                    "attempts": p.attempts,
+                }
         rows.append(row)
         print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

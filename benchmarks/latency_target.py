@@ -32,7 +32,9 @@ MODEL_ARGS = {  # a small timm ViT at a CPU-friendly size
 
 def pbkit(*args: str) -> tuple[dict[str, Any] | None, float, str]:
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "pbkit.cli", *args, "--json"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "pbkit.cli", *args, "--json"], capture_output=True, text=True
+    )
     seconds = time.perf_counter() - t0
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines()
@@ -44,27 +46,59 @@ def record(run: dict[str, Any]) -> dict[str, Any]:
     return json.loads((Path(run["run_dir"]) / "record.json").read_text())  # type: ignore[no-any-return]
 
 
-def one(model: str, backend: str, target: float, method: str, work: Path, cache: Path) -> dict[str, Any]:
-    common = ["--model", model, "--method", method, "--speedup", str(target), "--out", str(work / "runs"),
-              *MODEL_ARGS.get(model, [])]
+def one(
+    model: str, backend: str, target: float, method: str, work: Path, cache: Path
+) -> dict[str, Any]:
+    common = [
+        "--model",
+        model,
+        "--method",
+        method,
+        "--speedup",
+        str(target),
+        "--out",
+        str(work / "runs"),
+        *MODEL_ARGS.get(model, []),
+    ]
     row: dict[str, Any] = {"model": model, "backend": backend, "target": target, "method": method}
-    lat, lat_s, err = pbkit("prune", *common, "--target", "latency", "--backend", backend,
-                            "--set", f"prune.latency.cache={cache}")
+    lat, lat_s, err = pbkit(
+        "prune",
+        *common,
+        "--target",
+        "latency",
+        "--backend",
+        backend,
+        "--set",
+        f"prune.latency.cache={cache}",
+    )
     if lat is None:
         row["error"] = err
         return row
     lt = record(lat)["method"]["latency"]
-    row.update(latency_wall_s=round(lat_s, 1), measured=lt["measured_speedup"], measured_ci=lt["measured_ci"],
-               macs_it_took=lt["macs_speedup"], realisation=lt["realisation"], checks=lt["checks"],
-               steps=len(lt["trajectory"]), prediction_error=lt["prediction_error"]["mean_abs"],
-               table_s=lt["table"]["time_s"], table_timed=lt["table"]["timed"], measure_s=lt["measure_s"],
-               within_10pct=target <= lt["measured_speedup"] <= 1.1 * target)
+    row.update(
+        latency_wall_s=round(lat_s, 1),
+        measured=lt["measured_speedup"],
+        measured_ci=lt["measured_ci"],
+        macs_it_took=lt["macs_speedup"],
+        realisation=lt["realisation"],
+        checks=lt["checks"],
+        steps=len(lt["trajectory"]),
+        prediction_error=lt["prediction_error"]["mean_abs"],
+        table_s=lt["table"]["time_s"],
+        table_timed=lt["table"]["timed"],
+        measure_s=lt["measure_s"],
+        within_10pct=target <= lt["measured_speedup"] <= 1.1 * target,
+    )
     macs, macs_s, err = pbkit("prune", *common)
     if macs is not None:
         bench, _, berr = pbkit("bench", macs["run_dir"], "--backend", backend, "--batch", "1")
         row["macs_wall_s"] = round(macs_s, 1)
         if bench is not None:
-            pts = [p for p in record(macs)["latency"] if p["backend"] == backend and p["variant"] == "pruned"]
+            pts = [
+                p
+                for p in record(macs)["latency"]
+                if p["backend"] == backend and p["variant"] == "pruned"
+            ]
             row["macs_target_measured"] = pts[0]["speedup_vs_dense"] if pts else None
         else:
             row["macs_error"] = berr
@@ -74,31 +108,58 @@ def one(model: str, backend: str, target: float, method: str, work: Path, cache:
 
 
 def markdown(rows: list[dict[str, Any]], machine: str) -> str:
-    lines = [f"# Latency-targeted vs MACs-targeted pruning ({machine})", "",
-             "Realisation: measured speed-up / MACs speed-up (for the MACs target, measured / target). "
-             "Wall s: the whole `pbkit prune` process (the table's build and the end-to-end measurements in "
-             "brackets); the MACs-targeted wall time excludes its `pbkit bench`.", "",
-             "`pbkit prune --target latency --backend B --speedup X` (l2, protected scope, batch 1, fp32, random "
-             "weights) against `--target macs` at the same X, then `pbkit bench` on B. Measured speed-ups are "
-             "the bench protocol's (alternating dense/pruned blocks, 95% paired-bootstrap interval).", "",
-             "| model | backend | target | measured (latency target) | 95% CI | within [X, 1.1X] | MACs it took | "
-             "realisation | prediction error | checks | wall s (table, measuring) | MACs target: measured | "
-             "MACs target: realisation | MACs target: wall s |", "|" + "---|" * 14, ]
+    lines = [
+        f"# Latency-targeted vs MACs-targeted pruning ({machine})",
+        "",
+        (
+            "Realisation: measured speed-up / MACs speed-up (for the MACs target, measured /"
+            " target). Wall s: the whole `pbkit prune` process (the table's build and the"
+            " end-to-end measurements in brackets); the MACs-targeted wall time excludes its `pbkit"
+            " bench`."
+        ),
+        "",
+        (
+            "`pbkit prune --target latency --backend B --speedup X` (l2, protected scope, batch 1,"
+            " fp32, random weights) against `--target macs` at the same X, then `pbkit bench` on B."
+            " Measured speed-ups are the bench protocol's (alternating dense/pruned blocks, 95%"
+            " paired-bootstrap interval)."
+        ),
+        "",
+        (
+            "| model | backend | target | measured (latency target) | 95% CI | within [X, 1.1X] |"
+            " MACs it took | realisation | prediction error | checks | wall s (table, measuring) |"
+            " MACs target: measured | MACs target: realisation | MACs target: wall s |"
+        ),
+        "|" + "---|" * 14,
+    ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['backend']} | {r['target']:g}x | failed: {r['error']} |" + " |" * 10)
+            lines.append(
+                f"| {r['model']} | {r['backend']} | {r['target']:g}x | failed: {r['error']} |"
+                + " |" * 10
+            )
             continue
         ci = r["measured_ci"]
         lines.append(
-            f"| {r['model']} | {r['backend']} | {r['target']:g}x | {r['measured']:.3f}x | [{ci[0]:.3f}, {ci[1]:.3f}] "
-            f"| {'yes' if r['within_10pct'] else 'no'} | {r['macs_it_took']:.2f}x | {r['realisation']:.2f} "
-            f"| {r['prediction_error']:.1%} | {r['checks']} | {r['latency_wall_s']:.0f} ({r['table_s']:.0f}, "
-            f"{r['measure_s']:.0f}) | "
-            + (f"{r['macs_target_measured']:.3f}x | {r['macs_target_measured'] / r['target']:.2f}"
-               if r.get("macs_target_measured") else f"{r.get('macs_error', '?')} |")
-            + f" | {r.get('macs_wall_s', float('nan')):.0f} |")
-    lines += ["", "Model settings: " + "; ".join(f"{m}: {' '.join(a for a in args if a != '--set')}"
-                                            for m, args in MODEL_ARGS.items())]
+            f"| {r['model']} | {r['backend']} | {r['target']:g}x | {r['measured']:.3f}x |"
+            f" [{ci[0]:.3f}, {ci[1]:.3f}] | {'yes' if r['within_10pct'] else 'no'} |"
+            f" {r['macs_it_took']:.2f}x | {r['realisation']:.2f} | {r['prediction_error']:.1%} |"
+            f" {r['checks']} | {r['latency_wall_s']:.0f} ({r['table_s']:.0f},"
+            f" {r['measure_s']:.0f}) | "
+            + (
+                f"{r['macs_target_measured']:.3f}x | {r['macs_target_measured'] / r['target']:.2f}"
+                if r.get("macs_target_measured")
+                else f"{r.get('macs_error', '?')} |"
+            )
+            + f" | {r.get('macs_wall_s', float('nan')):.0f} |"
+        )
+    lines += [
+        "",
+        "Model settings: "
+        + "; ".join(
+            f"{m}: {' '.join(a for a in args if a != '--set')}" for m, args in MODEL_ARGS.items()
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -127,7 +188,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet18_cifar", "resnet50_cifar", "timm:vit_tiny_patch16_224"])
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        default=["resnet18_cifar", "resnet50_cifar", "timm:vit_tiny_patch16_224"],
+    )
     ap.add_argument("--backends", nargs="+", default=["ort-cpu", "torch-cpu"])
     ap.add_argument("--targets", nargs="+", type=float, default=[1.5, 2.0])
     ap.add_argument("--method", default="l2")

@@ -43,9 +43,17 @@ def step_times(key: str, calibration: object, steps: int, model_name: str) -> di
     ctx = {"num_classes": spec.num_classes, "seed": 0, "reg": 5e-4, "delta_reg": 1e-4}
     cls, extra = method.pruner_class(ctx)
     imp = method.importance(ctx)
-    pruner = cls(model, counts.example_input(spec.input_size), importance=imp, global_pruning=True,
-                 pruning_ratio=1.0, max_pruning_ratio=0.9, iterative_steps=400,
-                 ignored_layers=tasks.get(spec.task).protected(model, spec), **extra)
+    pruner = cls(
+        model,
+        counts.example_input(spec.input_size),
+        importance=imp,
+        global_pruning=True,
+        pruning_ratio=1.0,
+        max_pruning_ratio=0.9,
+        iterative_steps=400,
+        ignored_layers=tasks.get(spec.task).protected(model, spec),
+        **extra,
+    )
     times, reg_ms = [], None
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -61,8 +69,14 @@ def step_times(key: str, calibration: object, steps: int, model_name: str) -> di
         pruner.update_regularizer() if hasattr(pruner, "update_regularizer") else None
         pruner.regularize(model)
         reg_ms = (time.perf_counter() - t0) * 1e3
-    return {"method": key, "stage": method.stage, "data": method.data, "step_time_s": statistics.median(times),
-            "step_times_s": times, "regularize_ms_per_batch": reg_ms}
+    return {
+        "method": key,
+        "stage": method.stage,
+        "data": method.data,
+        "step_time_s": statistics.median(times),
+        "step_times_s": times,
+        "regularize_ms_per_batch": reg_ms,
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -77,15 +91,21 @@ def plot(result: dict, path: Path) -> None:
     taylor = next(r["step_time_s"] for r in rows if r["method"] == "taylor")
     colors = {"none": "C0", "training data": "C2"}
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
-    ax.barh([r["method"] for r in rows], [r["step_time_s"] for r in rows],
-            color=[colors.get(r["data"], "C1") for r in rows])
+    ax.barh(
+        [r["method"] for r in rows],
+        [r["step_time_s"] for r in rows],
+        color=[colors.get(r["data"], "C1") for r in rows],
+    )
     ax.axvline(taylor, color="k", lw=0.8, ls="--", label="taylor")
     ax.axvline(taylor * GOAL, color="C3", lw=0.8, ls="--", label=f"{GOAL:g}x taylor (goal)")
     ax.set_xscale("log")
     ax.set_xlabel("seconds per pruning step (calibration pass + step), log scale")
     cal = result["calibration"]
-    ax.set_title(f"{result['model']}: per-step time, {cal['batches']}x{cal['batch_size']} calibration images",
-                 fontsize=10)
+    ax.set_title(
+        f"{result['model']}: per-step time, {cal['batches']}x{cal['batch_size']} calibration"
+        " images",
+        fontsize=10,
+    )
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -94,7 +114,9 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default="resnet50_cifar")
     ap.add_argument("--batches", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -110,35 +132,75 @@ def main() -> int:
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     bundle = data.load("synthetic", image_size=32, num_classes=100, seed=0)
     spec = models.resolve(args.model, num_classes=100)
-    calibration = tasks.get(spec.task).calibration(bundle, CalibrationCfg(dataset="synthetic", batches=args.batches,
-                                                                          batch_size=args.batch_size, seed=0), spec)
+    calibration = tasks.get(spec.task).calibration(
+        bundle,
+        CalibrationCfg(
+            dataset="synthetic", batches=args.batches, batch_size=args.batch_size, seed=0
+        ),
+        spec,
+    )
     keys = ["taylor"] + [k for k in args.methods if k != "taylor"]
     rows = []
     for i, key in enumerate(keys, 1):
         r = step_times(key, calibration, args.steps, args.model)
         rows.append(r)
-        print(f"[{i}/{len(keys)}] {key:12s} step {r['step_time_s']:8.3f} s", file=sys.stderr, flush=True)
+        print(
+            f"[{i}/{len(keys)}] {key:12s} step {r['step_time_s']:8.3f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     taylor = rows[0]["step_time_s"]
     for r in rows:
         r["ratio_vs_taylor"] = r["step_time_s"] / taylor
-        r["within_goal"] = r["data"] == "none" or r["stage"] == "sparsify" or r["ratio_vs_taylor"] <= GOAL
+        r["within_goal"] = (
+            r["data"] == "none" or r["stage"] == "sparsify" or r["ratio_vs_taylor"] <= GOAL
+        )
     env = envinfo.collect()
-    result = {"benchmark": "per-step time of every method", "model": args.model, "input_size": 32,
-              "num_classes": 100, "calibration": {"dataset": "synthetic", "batches": args.batches,
-                                                  "batch_size": args.batch_size, "seed": 0},
-              "steps_timed": args.steps, "goal": f"data-driven criteria within {GOAL:g}x of taylor",
-              "rows": rows, "env": env}
-    tag = f"cpu-{env['host']['cores_logical']}core" if not env["gpus"] else env["gpus"][0]["name"].replace(" ", "_")
+    result = {
+        "benchmark": "per-step time of every method",
+        "model": args.model,
+        "input_size": 32,
+        "num_classes": 100,
+        "calibration": {
+            "dataset": "synthetic",
+            "batches": args.batches,
+            "batch_size": args.batch_size,
+            "seed": 0,
+        },
+        "steps_timed": args.steps,
+        "goal": f"data-driven criteria within {GOAL:g}x of taylor",
+        "rows": rows,
+        "env": env,
+    }
+    tag = (
+        f"cpu-{env['host']['cores_logical']}core"
+        if not env["gpus"]
+        else env["gpus"][0]["name"].replace(" ", "_")
+    )
     out = Path(args.out)
     atomic_write_json(out / f"methods-{args.model}-{tag}.json", result)
-    lines = [f"# Per-step time, {args.model} (32x32, 100 classes), {tag}", "",
-             f"Calibration: {args.batches} x {args.batch_size} synthetic images, the same for every data-driven "
-             f"criterion; median of {args.steps} steps (calibration pass + one pruning step).", "",
-             "| method | stage | data | step s | x taylor | goal (<= 10x) |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Per-step time, {args.model} (32x32, 100 classes), {tag}",
+        "",
+        (
+            f"Calibration: {args.batches} x {args.batch_size} synthetic images, the same for every"
+            f" data-driven criterion; median of {args.steps} steps (calibration pass + one pruning"
+            " step)."
+        ),
+        "",
+        "| method | stage | data | step s | x taylor | goal (<= 10x) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: r["step_time_s"]):
-        goal = "-" if r["data"] == "none" or r["stage"] == "sparsify" else ("ok" if r["within_goal"] else "MISSED")
-        lines.append(f"| {r['method']} | {r['stage']} | {r['data']} | {r['step_time_s']:.3f} | "
-                     f"{r['ratio_vs_taylor']:.2f} | {goal} |")
+        goal = (
+            "-"
+            if r["data"] == "none" or r["stage"] == "sparsify"
+            else ("ok" if r["within_goal"] else "MISSED")
+        )
+        lines.append(
+            f"| {r['method']} | {r['stage']} | {r['data']} | {r['step_time_s']:.3f} | "
+            f"{r['ratio_vs_taylor']:.2f} | {goal} |"
+        )
     table = "\n".join(lines) + "\n"
     atomic_write_text(out / f"methods-{args.model}-{tag}.md", table)
     plot(result, out / f"methods-{args.model}-{tag}.png")

@@ -37,17 +37,32 @@ def one(name: str, size: int, counter: str, speedup: float, method: str) -> dict
         counts.StepCounter.after_step = lambda self, reached: (self.exact(), True)  # type: ignore[method-assign]
     try:
         t0 = time.perf_counter()
-        res = prune_to_target(model, methods.get(method), PruneSettings(speedup=speedup), input_size=size,
-                              num_classes=spec.num_classes, protected=get_task(spec.task).protected(model, spec),
-                              name=spec.name)
+        res = prune_to_target(
+            model,
+            methods.get(method),
+            PruneSettings(speedup=speedup),
+            input_size=size,
+            num_classes=spec.num_classes,
+            protected=get_task(spec.task).protected(model, spec),
+            name=spec.name,
+        )
         wall = time.perf_counter() - t0
     finally:
         counts.StepCounter.after_step = real  # type: ignore[method-assign]
     steps_s = res.step_time_s * res.steps
-    return {"model": name, "input_size": size, "counter": counter, "real_counts": res.real_counts, "steps": res.steps,
-            "achieved": round(res.achieved_speedup, 3), "loop_s": round(res.loop_time_s, 3),
-            "steps_s": round(steps_s, 3), "ratio": round(res.loop_time_s / steps_s, 3),
-            "prune_total_s": round(wall, 2), "macs_pruned": res.macs_pruned}
+    return {
+        "model": name,
+        "input_size": size,
+        "counter": counter,
+        "real_counts": res.real_counts,
+        "steps": res.steps,
+        "achieved": round(res.achieved_speedup, 3),
+        "loop_s": round(res.loop_time_s, 3),
+        "steps_s": round(steps_s, 3),
+        "ratio": round(res.loop_time_s / steps_s, 3),
+        "prune_total_s": round(wall, 2),
+        "macs_pruned": res.macs_pruned,
+    }
 
 
 def main() -> int:
@@ -64,28 +79,56 @@ def main() -> int:
         for counter in ("real", "shapes"):
             row = one(name, int(size), counter, args.speedup, args.method)
             rows.append(row)
-            print(f"{name}@{size} counter={row['counter']}: {row['steps']} steps ({row['real_counts']} counted for real), "
-                  f"loop {row['loop_s']:.2f} s, "
-                  f"steps {row['steps_s']:.2f} s, ratio {row['ratio']:.2f}x", flush=True)
+            print(
+                f"{name}@{size} counter={row['counter']}: {row['steps']} steps"
+                f" ({row['real_counts']} counted for real), loop {row['loop_s']:.2f} s, steps"
+                f" {row['steps_s']:.2f} s, ratio {row['ratio']:.2f}x",
+                flush=True,
+            )
     machine = envinfo.machine(envinfo.collect())
     tag = args.tag or f"cpu-{torch.get_num_threads()}thread-{machine.replace(' ', '-')}"
-    doc = {"machine": machine, "threads": torch.get_num_threads(), "method": args.method, "speedup": args.speedup,
-           "scope": "protected", "goal_ratio": 1.10, "rows": rows}
+    doc = {
+        "machine": machine,
+        "threads": torch.get_num_threads(),
+        "method": args.method,
+        "speedup": args.speedup,
+        "scope": "protected",
+        "goal_ratio": 1.10,
+        "rows": rows,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / f"prune-overhead-{tag}.json", doc)
-    same = all(a["macs_pruned"] == b["macs_pruned"] and a["steps"] == b["steps"]
-               for a, b in zip(rows[::2], rows[1::2], strict=True))
-    md = [f"# Pruning-loop overhead ({args.method}, protected, {args.speedup}x; {machine}, "
-          f"{doc['threads']} torch threads)", "",
-          "The pruning loop's wall time (steps, MAC counting after every step, checks) against the sum of "
-          "the pruner's own step times. `real`: MACs counted by a forward pass after every step (before); "
-          "`shapes`: the convolution and linear layers' MACs from their weights' shapes, a real count only where "
-          "the target may be met (pbkit.models.counts.StepCounter). Goal: <= 1.10x.", "",
-          f"Same steps and the same MACs with either counter: {'yes' if same else 'NO'}.", "",
-          "| model | px | counter | steps | real counts | achieved | loop s | steps s | loop / steps |",
-          "|---|---|---|---|---|---|---|---|---|"]
-    md += [f"| {r['model']} | {r['input_size']} | {r['counter']} | {r['steps']} | {r['real_counts']} | {r['achieved']:.3f}x | "
-           f"{r['loop_s']:.2f} | {r['steps_s']:.2f} | {r['ratio']:.2f}x |" for r in rows]
+    same = all(
+        a["macs_pruned"] == b["macs_pruned"] and a["steps"] == b["steps"]
+        for a, b in zip(rows[::2], rows[1::2], strict=True)
+    )
+    md = [
+        (
+            f"# Pruning-loop overhead ({args.method}, protected, {args.speedup}x; {machine}, "
+            f"{doc['threads']} torch threads)"
+        ),
+        "",
+        (
+            "The pruning loop's wall time (steps, MAC counting after every step, checks) against"
+            " the sum of the pruner's own step times. `real`: MACs counted by a forward pass after"
+            " every step (before); `shapes`: the convolution and linear layers' MACs from their"
+            " weights' shapes, a real count only where the target may be met"
+            " (pbkit.models.counts.StepCounter). Goal: <= 1.10x."
+        ),
+        "",
+        f"Same steps and the same MACs with either counter: {'yes' if same else 'NO'}.",
+        "",
+        (
+            "| model | px | counter | steps | real counts | achieved | loop s | steps s | loop /"
+            " steps |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['model']} | {r['input_size']} | {r['counter']} | {r['steps']} | {r['real_counts']} |"
+        f" {r['achieved']:.3f}x | {r['loop_s']:.2f} | {r['steps_s']:.2f} | {r['ratio']:.2f}x |"
+        for r in rows
+    ]
     atomic_write_text(args.out / f"prune-overhead-{tag}.md", "\n".join(md) + "\n")
     print(f"wrote {args.out}/prune-overhead-{tag}.{{json,md}}")
     return 0 if same else 1

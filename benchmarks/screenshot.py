@@ -1,6 +1,6 @@
 """A screenshot of an HTML report, taken in the system's chromium (for the README).
 
-    python benchmarks/screenshot.py report.html report.png [--at plots] [--width 1400 --height 1000]
+python benchmarks/screenshot.py report.html report.png [--at plots] [--width 1400 --height 1000]
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("page", type=Path)
     ap.add_argument("png", type=Path)
-    ap.add_argument("--at", help="the id of the section to scroll to first (e.g. plots, machines, runs)")
+    ap.add_argument(
+        "--at", help="the id of the section to scroll to first (e.g. plots, machines, runs)"
+    )
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=1000)
     args = ap.parse_args()
@@ -33,8 +35,10 @@ def main() -> int:
     try:
         driver.get(args.page.resolve().as_uri())
         if args.at:
-            driver.execute_script("var e = document.getElementById(arguments[0]); if (e) { e.scrollIntoView(); }",
-                                  args.at)
+            driver.execute_script(
+                "var e = document.getElementById(arguments[0]); if (e) { e.scrollIntoView(); }",
+                args.at,
+            )
         time.sleep(0.3)
         errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         if errors:

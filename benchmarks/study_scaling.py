@@ -30,9 +30,12 @@ from pbkit.study import runner, spec, state
 
 STUDY = {
     "name": "scaling",
-    "config": {"model": {"name": "resnet56_cifar"}, "prune": {"iterative_steps": 400},
-               "bench": {"quick": True, "backends": ["torch-cpu", "ort-cpu"]},
-               "export": {"exporter": "torchscript"}},
+    "config": {
+        "model": {"name": "resnet56_cifar"},
+        "prune": {"iterative_steps": 400},
+        "bench": {"quick": True, "backends": ["torch-cpu", "ort-cpu"]},
+        "export": {"exporter": "torchscript"},
+    },
     "grid": {"prune.method": ["l1", "l2", "lamp", "fpgm"], "prune.speedup": [2, 3]},
     "resources": {"cpu": 1},
 }
@@ -52,10 +55,17 @@ def run_once(workers: int, tmp: Path) -> dict[str, Any]:
         raise SystemExit(f"{workers} worker(s): {summary.counts}")
     own = [t["wall_s"] for t in trials]
     over = [t["overhead_s"] for t in trials]
-    return {"workers": workers, "wall_s": wall, "trials": len(trials), "trial_s": own, "overhead_s": over,
-            "trial_s_median": statistics.median(own), "overhead_s_median": statistics.median(over),
-            "overhead_share_median": statistics.median(o / w for o, w in zip(over, own, strict=True)),
-            "nodes": sorted({t["node_id"] for t in trials})}
+    return {
+        "workers": workers,
+        "wall_s": wall,
+        "trials": len(trials),
+        "trial_s": own,
+        "overhead_s": over,
+        "trial_s_median": statistics.median(own),
+        "overhead_s_median": statistics.median(over),
+        "overhead_share_median": statistics.median(o / w for o, w in zip(over, own, strict=True)),
+        "nodes": sorted({t["node_id"] for t in trials}),
+    }
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -69,13 +79,26 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     for i, w in enumerate(workers):
         mine = [r for r in runs if r["workers"] == w]
-        a.scatter([r["repeat"] for r in mine], [r["wall_s"] for r in mine], label=f"{w} worker(s)", color=f"C{i}", s=40)
-        b.scatter([t for r in mine for t in r["trial_s"]], [o * 1000 for r in mine for o in r["overhead_s"]],
-                  label=f"{w} worker(s)", color=f"C{i}", alpha=0.7)
+        a.scatter(
+            [r["repeat"] for r in mine],
+            [r["wall_s"] for r in mine],
+            label=f"{w} worker(s)",
+            color=f"C{i}",
+            s=40,
+        )
+        b.scatter(
+            [t for r in mine for t in r["trial_s"]],
+            [o * 1000 for r in mine for o in r["overhead_s"]],
+            label=f"{w} worker(s)",
+            color=f"C{i}",
+            alpha=0.7,
+        )
     a.set_xlabel("repeat")
     a.set_ylabel("study wall time (s)")
     a.set_ylim(bottom=0)
-    a.set_title(f"8 trials: median speed-up {result['speedup']:.2f}x (goal {SPEEDUP_GOAL}x)", fontsize=10)
+    a.set_title(
+        f"8 trials: median speed-up {result['speedup']:.2f}x (goal {SPEEDUP_GOAL}x)", fontsize=10
+    )
     a.legend(fontsize=8)
     b.set_xlabel("trial's own time on the worker (s)")
     b.set_ylabel("Ray overhead per trial (ms)")
@@ -103,33 +126,69 @@ def main() -> int:
             for w in args.workers:
                 r = run_once(w, Path(tmp) / f"rep{rep}")
                 r["repeat"] = rep + 1
-                print(f"repeat {rep + 1}, {w} worker(s): {r['wall_s']:.1f} s, trial median {r['trial_s_median']:.1f} s,"
-                      f" Ray overhead median {r['overhead_s_median'] * 1000:.0f} ms ({r['overhead_share_median']:.2%})",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"repeat {rep + 1}, {w} worker(s): {r['wall_s']:.1f} s, trial median"
+                    f" {r['trial_s_median']:.1f} s, Ray overhead median"
+                    f" {r['overhead_s_median'] * 1000:.0f} ms ({r['overhead_share_median']:.2%})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 runs.append(r)
     lo, hi = args.workers[0], args.workers[-1]
-    ratios = [next(r["wall_s"] for r in runs if r["repeat"] == k and r["workers"] == lo) /
-              next(r["wall_s"] for r in runs if r["repeat"] == k and r["workers"] == hi) for k in range(1, args.repeats + 1)]
+    ratios = [
+        next(r["wall_s"] for r in runs if r["repeat"] == k and r["workers"] == lo)
+        / next(r["wall_s"] for r in runs if r["repeat"] == k and r["workers"] == hi)
+        for k in range(1, args.repeats + 1)
+    ]
     speedup = statistics.median(ratios)
     share = statistics.median(r["overhead_share_median"] for r in runs)
-    result = {"benchmark": "study scaling on Ray", "study": STUDY, "runs": runs, "speedups": ratios, "speedup": speedup,
-              "speedup_goal": SPEEDUP_GOAL, "overhead_share_median": share, "overhead_goal": OVERHEAD_GOAL,
-              "host": env["host"], "software": {k: env["software"].get(k) for k in ("torch", "python")},
-              "ray": __import__("ray").__version__}
+    result = {
+        "benchmark": "study scaling on Ray",
+        "study": STUDY,
+        "runs": runs,
+        "speedups": ratios,
+        "speedup": speedup,
+        "speedup_goal": SPEEDUP_GOAL,
+        "overhead_share_median": share,
+        "overhead_goal": OVERHEAD_GOAL,
+        "host": env["host"],
+        "software": {k: env["software"].get(k) for k in ("torch", "python")},
+        "ray": __import__("ray").__version__,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"study-scaling-{tag}"
     atomic_write_json(stem.with_suffix(".json"), result)
-    lines = [f"# Study scaling on Ray ({tag})", "",
-             "The same 8-trial study (resnet56_cifar; l1, l2, lamp, fpgm; 2x and 3x; quick bench; one CPU per trial) "
-             f"on a local Ray, each run in a fresh study folder; {args.repeats} repeats of the pair.", "",
-             "| repeat | workers | wall s | trial s (median) | Ray overhead per trial (median) | share of the trial |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['repeat']} | {r['workers']} | {r['wall_s']:.1f} | {r['trial_s_median']:.2f} | "
-              f"{r['overhead_s_median'] * 1000:.0f} ms | {r['overhead_share_median']:.2%} |" for r in runs]
-    lines += ["", f"Speed-up {hi} vs {lo} worker(s), per repeat: {', '.join(f'{x:.2f}x' for x in ratios)}; median "
-              f"**{speedup:.2f}x** (goal >= {SPEEDUP_GOAL}x: {'met' if speedup >= SPEEDUP_GOAL else 'NOT met'}). Ray "
-              f"overhead: {share:.2%} of a trial's time at the median (goal under {OVERHEAD_GOAL:.0%}: "
-              f"{'met' if share < OVERHEAD_GOAL else 'NOT met'}).", ""]
+    lines = [
+        f"# Study scaling on Ray ({tag})",
+        "",
+        (
+            "The same 8-trial study (resnet56_cifar; l1, l2, lamp, fpgm; 2x and 3x; quick bench;"
+            f" one CPU per trial) on a local Ray, each run in a fresh study folder; {args.repeats}"
+            " repeats of the pair."
+        ),
+        "",
+        (
+            "| repeat | workers | wall s | trial s (median) | Ray overhead per trial (median) |"
+            " share of the trial |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['repeat']} | {r['workers']} | {r['wall_s']:.1f} | {r['trial_s_median']:.2f} | "
+        f"{r['overhead_s_median'] * 1000:.0f} ms | {r['overhead_share_median']:.2%} |"
+        for r in runs
+    ]
+    lines += [
+        "",
+        (
+            f"Speed-up {hi} vs {lo} worker(s), per repeat:"
+            f" {', '.join(f'{x:.2f}x' for x in ratios)}; median **{speedup:.2f}x** (goal >="
+            f" {SPEEDUP_GOAL}x: {'met' if speedup >= SPEEDUP_GOAL else 'NOT met'}). Ray overhead:"
+            f" {share:.2%} of a trial's time at the median (goal under {OVERHEAD_GOAL:.0%}:"
+            f" {'met' if share < OVERHEAD_GOAL else 'NOT met'})."
+        ),
+        "",
+    ]
     atomic_write_text(stem.with_suffix(".md"), "\n".join(lines))
     plot(result, stem.with_suffix(".png"))
     print("\n".join(lines))

@@ -40,12 +40,38 @@ def torchvision_names() -> list[str]:
     def size(name: str) -> int:
         return int(next(iter(get_model_weights(name))).meta.get("num_params") or 0)
 
-    return [f"tv:{n}" for n in sorted(torchvision.models.list_models(module=torchvision.models), key=size)]
+    return [
+        f"tv:{n}"
+        for n in sorted(torchvision.models.list_models(module=torchvision.models), key=size)
+    ]
 
 
-_SIZE_WORDS = {"atto": 0, "femto": 1, "pico": 2, "nano": 3, "micro": 4, "xxs": 4, "xxsmall": 4, "tiny": 5, "xs": 5,
-               "xsmall": 5, "t": 5, "small": 6, "s": 6, "medium": 7, "m": 7, "base": 8, "b": 8, "large": 9, "l": 9,
-               "xlarge": 10, "huge": 11, "h": 11, "giant": 12, "g": 12}
+_SIZE_WORDS = {
+    "atto": 0,
+    "femto": 1,
+    "pico": 2,
+    "nano": 3,
+    "micro": 4,
+    "xxs": 4,
+    "xxsmall": 4,
+    "tiny": 5,
+    "xs": 5,
+    "xsmall": 5,
+    "t": 5,
+    "small": 6,
+    "s": 6,
+    "medium": 7,
+    "m": 7,
+    "base": 8,
+    "b": 8,
+    "large": 9,
+    "l": 9,
+    "xlarge": 10,
+    "huge": 11,
+    "h": 11,
+    "giant": 12,
+    "g": 12,
+}
 
 
 def _smallness(name: str) -> tuple[int, int, int]:
@@ -77,7 +103,9 @@ def _peak_rss(pid: int) -> int:
 
     try:
         p = psutil.Process(pid)
-        return int(p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True)))
+        return int(
+            p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+        )
     except psutil.Error:
         return 0
 
@@ -92,8 +120,13 @@ def _run(cmd: list[str], timeout_s: float) -> tuple[int, str, str, int, float]:
             if time.perf_counter() - t0 > timeout_s:
                 proc.kill()
                 out, err = proc.communicate()
-                return -9, out, err + f"\nerror: killed past the zoo's wall-clock limit of {timeout_s:g} s", peak, \
-                    time.perf_counter() - t0
+                return (
+                    -9,
+                    out,
+                    err + f"\nerror: killed past the zoo's wall-clock limit of {timeout_s:g} s",
+                    peak,
+                    time.perf_counter() - t0,
+                )
             time.sleep(0.2)
         out, err = proc.communicate()
     return proc.returncode, out, err, peak, time.perf_counter() - t0
@@ -107,32 +140,71 @@ def _reason(err: str) -> str:
 def code_version() -> str | None:
     """The commit of the pbkit the zoo's processes import (``-dirty`` with uncommitted changes); None outside git."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return out.stdout.strip() or None
 
 
-def try_model(name: str, work: Path, max_memory_gib: float, timeout_s: float,
-              max_graph_s: float | None = None, iterative_steps: int | None = None) -> dict[str, Any]:
+def try_model(
+    name: str,
+    work: Path,
+    max_memory_gib: float,
+    timeout_s: float,
+    max_graph_s: float | None = None,
+    iterative_steps: int | None = None,
+) -> dict[str, Any]:
     pbkit = str(Path(sys.executable).with_name("pbkit"))
-    row: dict[str, Any] = {"model": name, "code": code_version()}  # (rows of one table may come from several)
+    row: dict[str, Any] = {
+        "model": name,
+        "code": code_version(),
+    }  # (rows of one table may come from several)
     code, out, err, peak, seconds = _run(
-        [pbkit, "prune", "--model", name, "--method", "l2", "--scope", "protected", "--speedup", "1.5",
-         "--out", str(work), "--json", "--set", f"prune.max_memory_gib={max_memory_gib}",
-         *(["--set", f"prune.max_graph_s={max_graph_s:g}"] if max_graph_s else []),
-         *(["--set", f"prune.iterative_steps={iterative_steps}"] if iterative_steps else [])], timeout_s)
-    row.update(prune_s=round(seconds, 1), peak_rss_gib=round(peak / 2**30, 2), iterative_steps=iterative_steps)
+        [
+            pbkit,
+            "prune",
+            "--model",
+            name,
+            "--method",
+            "l2",
+            "--scope",
+            "protected",
+            "--speedup",
+            "1.5",
+            "--out",
+            str(work),
+            "--json",
+            "--set",
+            f"prune.max_memory_gib={max_memory_gib}",
+            *(["--set", f"prune.max_graph_s={max_graph_s:g}"] if max_graph_s else []),
+            *(["--set", f"prune.iterative_steps={iterative_steps}"] if iterative_steps else []),
+        ],
+        timeout_s,
+    )
+    row.update(
+        prune_s=round(seconds, 1),
+        peak_rss_gib=round(peak / 2**30, 2),
+        iterative_steps=iterative_steps,
+    )
     if code != 0:
         return {**row, "status": "fail", "stage": "prune", "reason": _reason(err)}
     result = json.loads(out)
     rec = result.get("record", result)
     counts = rec.get("counts", {})
-    row.update(macs_base=counts.get("macs_base"), macs_pruned=counts.get("macs_pruned"),
-               params_base=counts.get("params_base"), params_pruned=counts.get("params_pruned"),
-               speedup=(rec.get("method") or {}).get("achieved_speedup"),
-               held_fixed=len((rec.get("method") or {}).get("held_fixed") or []))
+    row.update(
+        macs_base=counts.get("macs_base"),
+        macs_pruned=counts.get("macs_pruned"),
+        params_base=counts.get("params_base"),
+        params_pruned=counts.get("params_pruned"),
+        speedup=(rec.get("method") or {}).get("achieved_speedup"),
+        held_fixed=len((rec.get("method") or {}).get("held_fixed") or []),
+    )
     run_dir = result.get("run_dir") or str(work / rec["run_id"])
     code, out, err, peak2, seconds = _run([pbkit, "export", run_dir], timeout_s)
     row.update(export_s=round(seconds, 1), peak_rss_gib=round(max(peak, peak2) / 2**30, 2))
@@ -149,33 +221,59 @@ def write(rows: list[dict[str, Any]], out: Path, tag: str, settings: dict[str, A
     passed = [r for r in rows if r["status"] == "pass"]
     by_source: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        by_source.setdefault(r["model"].split(":")[0] if ":" in r["model"] else "pbkit", []).append(r)
-    summary = {src: {"tried": len(rs), "passed": sum(r["status"] == "pass" for r in rs)} for src, rs in by_source.items()}
-    atomic_write_json(out / f"zoo-{tag}.json", {"settings": settings, "summary": summary, "rows": rows})
-    lines = [f"# Model zoo: l2, protected, 1.5x, ONNX export with parity ({tag})", "",
-             "Each model in its own process with random weights at its own input size, under the kit's budgets "
-             f"(prune.max_memory_gib={settings['max_memory_gib']}, "
-             f"prune.max_graph_s={_or_default(settings.get('max_graph_s'))}, "
-             f"prune.iterative_steps={_or_default(settings.get('iterative_steps'))}) and a wall-clock "
-             f"limit of {settings['timeout_s']:g} s.", "",
-             "| source | tried | passed |", "|---|---|---|"]
-    lines += [f"| {src} | {s['tried']} | {s['passed']} ({s['passed'] / max(s['tried'], 1):.0%}) |"
-              for src, s in summary.items()]
+        by_source.setdefault(r["model"].split(":")[0] if ":" in r["model"] else "pbkit", []).append(
+            r
+        )
+    summary = {
+        src: {"tried": len(rs), "passed": sum(r["status"] == "pass" for r in rs)}
+        for src, rs in by_source.items()
+    }
+    atomic_write_json(
+        out / f"zoo-{tag}.json", {"settings": settings, "summary": summary, "rows": rows}
+    )
+    lines = [
+        f"# Model zoo: l2, protected, 1.5x, ONNX export with parity ({tag})",
+        "",
+        (
+            "Each model in its own process with random weights at its own input size, under the"
+            f" kit's budgets (prune.max_memory_gib={settings['max_memory_gib']},"
+            f" prune.max_graph_s={_or_default(settings.get('max_graph_s'))},"
+            f" prune.iterative_steps={_or_default(settings.get('iterative_steps'))}) and a"
+            f" wall-clock limit of {settings['timeout_s']:g} s."
+        ),
+        "",
+        "| source | tried | passed |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {src} | {s['tried']} | {s['passed']} ({s['passed'] / max(s['tried'], 1):.0%}) |"
+        for src, s in summary.items()
+    ]
     lines += ["", f"{len(passed)}/{len(rows)} pass."]
     if settings.get("not_tried"):
-        lines += ["", f"Not tried (the zoo was stopped before them): {', '.join(settings['not_tried'])}."]
+        lines += [
+            "",
+            f"Not tried (the zoo was stopped before them): {', '.join(settings['not_tried'])}.",
+        ]
     if settings.get("remark"):
         lines += ["", settings["remark"]]
-    lines += ["",
-              "| model | result | MACs x | params left | prune s | export s | peak GiB | reason |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| model | result | MACs x | params left | prune s | export s | peak GiB | reason |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         sp = f"{r['speedup']:.2f}" if r.get("speedup") else "-"
         left = f"{r['params_pruned'] / r['params_base']:.0%}" if r.get("params_base") else "-"
-        why = (r["reason"] or (f"{r['held_fixed']} attention blocks held fixed" if r.get("held_fixed") else ""))
+        why = r["reason"] or (
+            f"{r['held_fixed']} attention blocks held fixed" if r.get("held_fixed") else ""
+        )
         why = why.replace("|", "/")
-        lines.append(f"| {r['model']} | {r['status']}{' (' + r['stage'] + ')' if r['stage'] else ''} | {sp} | {left} | "
-                     f"{r.get('prune_s', '-')} | {r.get('export_s', '-')} | {r.get('peak_rss_gib', '-')} | {why} |")
+        lines.append(
+            f"| {r['model']} | {r['status']}{' (' + r['stage'] + ')' if r['stage'] else ''} | {sp}"
+            f" | {left} | {r.get('prune_s', '-')} | {r.get('export_s', '-')} |"
+            f" {r.get('peak_rss_gib', '-')} | {why} |"
+        )
     atomic_write_text(out / f"zoo-{tag}.md", "\n".join(lines) + "\n")
 
 
@@ -184,27 +282,62 @@ def main() -> int:
     ap.add_argument("--source", nargs="+", default=["tv", "timm"], choices=["tv", "timm"])
     ap.add_argument("--names", nargs="+", default=None, help="these models only")
     ap.add_argument("--limit", type=int, default=None, help="the first N names only")
-    ap.add_argument("--timm-sample", type=int, default=200, help="at most this many timm families (all 160 by default)")
+    ap.add_argument(
+        "--timm-sample",
+        type=int,
+        default=200,
+        help="at most this many timm families (all 160 by default)",
+    )
     ap.add_argument("--max-memory-gib", type=float, default=8.0)
     ap.add_argument("--timeout-s", type=float, default=600.0)
-    ap.add_argument("--iterative-steps", type=int, default=None,
-                    help="prune.iterative_steps for each model (the kit's default unless given): fewer, larger steps "
-                         "reach the target sooner where most of a model is held fixed")
-    ap.add_argument("--max-graph-s", type=float, default=None,
-                    help="prune.max_graph_s for each model (the kit's default unless given): under a third of "
-                         "--timeout-s leaves room for the retry with attention blocks held fixed")
+    ap.add_argument(
+        "--iterative-steps",
+        type=int,
+        default=None,
+        help=(
+            "prune.iterative_steps for each model (the kit's default unless given): fewer, larger"
+            " steps reach the target sooner where most of a model is held fixed"
+        ),
+    )
+    ap.add_argument(
+        "--max-graph-s",
+        type=float,
+        default=None,
+        help=(
+            "prune.max_graph_s for each model (the kit's default unless given): under a third of "
+            "--timeout-s leaves room for the retry with attention blocks held fixed"
+        ),
+    )
     ap.add_argument("--out", type=Path, default=Path("results/perf"))
     ap.add_argument("--tag", default=f"cpu-{os.cpu_count()}core")
-    ap.add_argument("--update", action="store_true",
-                    help="keep the rows of zoo-<tag>.json for models not tried this time (re-try a few, keep the rest)")
-    ap.add_argument("--skip-done", action="store_true",
-                    help="with --update: do not re-try the models zoo-<tag>.json already has")
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help=(
+            "keep the rows of zoo-<tag>.json for models not tried this time (re-try a few, keep the"
+            " rest)"
+        ),
+    )
+    ap.add_argument(
+        "--skip-done",
+        action="store_true",
+        help="with --update: do not re-try the models zoo-<tag>.json already has",
+    )
     args = ap.parse_args()
-    names = args.names or [*(torchvision_names() if "tv" in args.source else []),
-                           *(timm_sample(args.timm_sample) if "timm" in args.source else [])]
-    names = names[:args.limit] if args.limit else names
-    settings = {"method": "l2", "scope": "protected", "speedup": 1.5, "max_memory_gib": args.max_memory_gib,
-                "timeout_s": args.timeout_s, "max_graph_s": args.max_graph_s, "iterative_steps": args.iterative_steps}
+    names = args.names or [
+        *(torchvision_names() if "tv" in args.source else []),
+        *(timm_sample(args.timm_sample) if "timm" in args.source else []),
+    ]
+    names = names[: args.limit] if args.limit else names
+    settings = {
+        "method": "l2",
+        "scope": "protected",
+        "speedup": 1.5,
+        "max_memory_gib": args.max_memory_gib,
+        "timeout_s": args.timeout_s,
+        "max_graph_s": args.max_graph_s,
+        "iterative_steps": args.iterative_steps,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     kept: list[dict[str, Any]] = []
     if args.update and (args.out / f"zoo-{args.tag}.json").exists():
@@ -214,16 +347,32 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="pbkit-zoo-") as tmp:
         for i, name in enumerate(names, 1):
-            row = try_model(name, Path(tmp) / "runs", args.max_memory_gib, args.timeout_s, args.max_graph_s,
-                            args.iterative_steps)
+            row = try_model(
+                name,
+                Path(tmp) / "runs",
+                args.max_memory_gib,
+                args.timeout_s,
+                args.max_graph_s,
+                args.iterative_steps,
+            )
             rows.append(row)
             tried = {r["model"] for r in rows}
             write([r for r in kept if r["model"] not in tried] + rows, args.out, args.tag, settings)
-            print(f"[{i}/{len(names)}] {name}: {row['status']}"
-                  + (f" ({row['stage']}: {row['reason']})" if row["reason"] else f" {row.get('speedup', 0):.2f}x")
-                  + f" {row.get('prune_s', 0) + row.get('export_s', 0):.0f} s, {row['peak_rss_gib']} GiB",
-                  file=sys.stderr, flush=True)
-            for run in (Path(tmp) / "runs").glob("*"):  # model files of a finished entry are not kept
+            print(
+                f"[{i}/{len(names)}] {name}: {row['status']}"
+                + (
+                    f" ({row['stage']}: {row['reason']})"
+                    if row["reason"]
+                    else f" {row.get('speedup', 0):.2f}x"
+                )
+                + f" {row.get('prune_s', 0) + row.get('export_s', 0):.0f} s,"
+                f" {row['peak_rss_gib']} GiB",
+                file=sys.stderr,
+                flush=True,
+            )
+            for run in (Path(tmp) / "runs").glob(
+                "*"
+            ):  # model files of a finished entry are not kept
                 subprocess.run(["rm", "-rf", str(run)], check=False)
     return 0
 

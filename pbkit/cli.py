@@ -65,44 +65,128 @@ def list_cmd(what: str, as_json: bool) -> None:
     if what == "models":
         from pbkit import models
 
-        rows = [dict(name=e.name, family=e.family, task=e.task, source=e.source, input_size=e.input_size,
-                     num_classes=e.num_classes, description=e.description) for e in models.MODELS.values()]
-        rows += [dict(name=n, family="yolo", task="detect", source="ultralytics", input_size=640, num_classes=80,
-                      description=d) for n, d in models.YOLO_MODELS.items()]
+        rows = [
+            dict(
+                name=e.name,
+                family=e.family,
+                task=e.task,
+                source=e.source,
+                input_size=e.input_size,
+                num_classes=e.num_classes,
+                description=e.description,
+            )
+            for e in models.MODELS.values()
+        ]
+        rows += [
+            dict(
+                name=n,
+                family="yolo",
+                task="detect",
+                source="ultralytics",
+                input_size=640,
+                num_classes=80,
+                description=d,
+            )
+            for n, d in models.YOLO_MODELS.items()
+        ]
         from pbkit.models import segment
 
         seg_names = ["tv:" + n for n in segment.torchvision_names()]
-        known = {n: why for n in ("tv:" + m for m in models.torchvision_names())
-                 if (why := models.known_failure(n)) is not None}
-        known_timm = {n: why for n in ("timm:" + m for m in models.timm_names())
-                      if (why := models.known_failure(n)) is not None}
+        known = {
+            n: why
+            for n in ("tv:" + m for m in models.torchvision_names())
+            if (why := models.known_failure(n)) is not None
+        }
+        known_timm = {
+            n: why
+            for n in ("timm:" + m for m in models.timm_names())
+            if (why := models.known_failure(n)) is not None
+        }
         if as_json:
-            _emit_json({"models": rows, "prefixes": {
-                "tv:": {"description": models.PREFIXES["tv:"], "names": models.torchvision_names(),
-                        "segmentation": seg_names, "known_not_to_prune": known},
-                "timm:": {"description": models.PREFIXES["timm:"], "names": models.timm_names(),
-                          "known_not_to_prune": known_timm},
-                "timmseg:": {"description": models.PREFIXES["timmseg:"],
-                             "names": [n for n in models.timm_names() if n.startswith("vit_")]}}})
+            _emit_json(
+                {
+                    "models": rows,
+                    "prefixes": {
+                        "tv:": {
+                            "description": models.PREFIXES["tv:"],
+                            "names": models.torchvision_names(),
+                            "segmentation": seg_names,
+                            "known_not_to_prune": known,
+                        },
+                        "timm:": {
+                            "description": models.PREFIXES["timm:"],
+                            "names": models.timm_names(),
+                            "known_not_to_prune": known_timm,
+                        },
+                        "timmseg:": {
+                            "description": models.PREFIXES["timmseg:"],
+                            "names": [n for n in models.timm_names() if n.startswith("vit_")],
+                        },
+                    },
+                }
+            )
             return
         t = Table(title="models")
         for c in ("name", "family", "task", "source", "input", "classes", "description"):
             t.add_column(c)
         for r in rows:
-            t.add_row(r["name"], r["family"], r["task"], r["source"], str(r["input_size"]), str(r["num_classes"]),
-                      r["description"])
-        t.add_row("tv:<name>", "cnn/vit", "classify", "torchvision", "per model", "1000",
-                  f"{models.PREFIXES['tv:']} [{len(models.torchvision_names())} names]")
-        t.add_row("timm:<name>", "cnn/vit", "classify", "timm", "per model", "1000",
-                  f"{models.PREFIXES['timm:']} [{len(models.timm_names())} names]")
-        t.add_row("tv:<seg name>", "cnn", "segment", "torchvision", "520", "21",
-                  f"torchvision's segmentation models, the main head's logits (aux head dropped): "
-                  f"{', '.join(seg_names)}")
-        t.add_row("timmseg:<vit>", "vit", "segment", "timm", "per model", "21", models.PREFIXES["timmseg:"])
+            t.add_row(
+                r["name"],
+                r["family"],
+                r["task"],
+                r["source"],
+                str(r["input_size"]),
+                str(r["num_classes"]),
+                r["description"],
+            )
+        t.add_row(
+            "tv:<name>",
+            "cnn/vit",
+            "classify",
+            "torchvision",
+            "per model",
+            "1000",
+            f"{models.PREFIXES['tv:']} [{len(models.torchvision_names())} names]",
+        )
+        t.add_row(
+            "timm:<name>",
+            "cnn/vit",
+            "classify",
+            "timm",
+            "per model",
+            "1000",
+            f"{models.PREFIXES['timm:']} [{len(models.timm_names())} names]",
+        )
+        t.add_row(
+            "tv:<seg name>",
+            "cnn",
+            "segment",
+            "torchvision",
+            "520",
+            "21",
+            "torchvision's segmentation models, the main head's logits (aux head dropped): "
+            f"{', '.join(seg_names)}",
+        )
+        t.add_row(
+            "timmseg:<vit>",
+            "vit",
+            "segment",
+            "timm",
+            "per model",
+            "21",
+            models.PREFIXES["timmseg:"],
+        )
         for pattern, tried, reason in models.KNOWN_FAILURES:
             family = sorted(n for n in {**known, **known_timm} if pattern.match(n))
-            t.add_row(", ".join(family), "-", "classify", "torchvision" if tried.startswith("tv:") else "timm", "-",
-                      "-", f"[bold]known not to prune here[/bold] ({tried} tried): {reason}")
+            t.add_row(
+                ", ".join(family),
+                "-",
+                "classify",
+                "torchvision" if tried.startswith("tv:") else "timm",
+                "-",
+                "-",
+                f"[bold]known not to prune here[/bold] ({tried} tried): {reason}",
+            )
         _print(t)
     elif what == "methods":
         from pbkit.prune import methods
@@ -115,8 +199,15 @@ def list_cmd(what: str, as_json: bool) -> None:
         for c in ("key", "name", "paper", "stage", "regularizer", "data", "families"):
             t.add_column(c)
         for r in rows:
-            t.add_row(r["key"], r["name"], r["paper"], r["stage"], r["regularizer"] or "-", r["data"],
-                      ", ".join(r["families"]))
+            t.add_row(
+                r["key"],
+                r["name"],
+                r["paper"],
+                r["stage"],
+                r["regularizer"] or "-",
+                r["data"],
+                ", ".join(r["families"]),
+            )
         _print(t)
     elif what == "scopes":
         from pbkit.prune import methods
@@ -136,9 +227,18 @@ def list_cmd(what: str, as_json: bool) -> None:
         rows = []
         for b in backends.BACKENDS.values():
             reason = b.check()
-            rows.append(dict(name=b.name, device=b.device, precisions=list(b.precisions), artifact=b.artifact,
-                             description=b.description, available=reason is None, reason=reason,
-                             install=None if reason is None else b.install_hint))
+            rows.append(
+                dict(
+                    name=b.name,
+                    device=b.device,
+                    precisions=list(b.precisions),
+                    artifact=b.artifact,
+                    description=b.description,
+                    available=reason is None,
+                    reason=reason,
+                    install=None if reason is None else b.install_hint,
+                )
+            )
         if as_json:
             _emit_json({"backends": rows})
             return
@@ -146,14 +246,28 @@ def list_cmd(what: str, as_json: bool) -> None:
         for c in ("name", "device", "precisions", "runs", "available", "description"):
             t.add_column(c)
         for r in rows:
-            t.add_row(r["name"], r["device"], ", ".join(r["precisions"]), r["artifact"],
-                      "yes" if r["available"] else f"no: {r['reason']}; to use it: {r['install']}", r["description"])
+            t.add_row(
+                r["name"],
+                r["device"],
+                ", ".join(r["precisions"]),
+                r["artifact"],
+                "yes" if r["available"] else f"no: {r['reason']}; to use it: {r['install']}",
+                r["description"],
+            )
         _print(t)
     else:
         from pbkit import data
 
-        rows = [dict(name=e.name, num_classes=e.num_classes, image_size=e.image_size, needs=e.needs,
-                     description=e.description) for e in data.DATASETS.values()]
+        rows = [
+            dict(
+                name=e.name,
+                num_classes=e.num_classes,
+                image_size=e.image_size,
+                needs=e.needs,
+                description=e.description,
+            )
+            for e in data.DATASETS.values()
+        ]
         if as_json:
             _emit_json({"datasets": rows, "default_root": data.DEFAULT_ROOT})
             return
@@ -161,7 +275,9 @@ def list_cmd(what: str, as_json: bool) -> None:
         for c in ("name", "classes", "size", "needs", "description"):
             t.add_column(c)
         for r in rows:
-            t.add_row(r["name"], str(r["num_classes"]), str(r["image_size"]), r["needs"], r["description"])
+            t.add_row(
+                r["name"], str(r["num_classes"]), str(r["image_size"]), r["needs"], r["description"]
+            )
         _print(t)
 
 
@@ -193,8 +309,10 @@ def env(as_json: bool) -> None:
             t.add_row(f"{section}.{k}", str(v))
     for gpu in info["gpus"]:
         for k, v in gpu.items():
-            t.add_row(f"gpu{gpu.get('index', '')}.{k}", ", ".join(f"{a}={b}" for a, b in v.items())
-                      if isinstance(v, dict) else str(v))
+            t.add_row(
+                f"gpu{gpu.get('index', '')}.{k}",
+                ", ".join(f"{a}={b}" for a, b in v.items()) if isinstance(v, dict) else str(v),
+            )
     if not info["gpus"]:
         t.add_row("gpus", "none")
     t.add_row("onnxruntime providers", ", ".join(info["onnxruntime_providers"]))
@@ -226,42 +344,106 @@ def _finish(run_dir: Path, as_json: bool, outcome: Any = None) -> int:
         from pbkit.core.console import err
 
         worst = max(failed, key=lambda p: p.max_abs)
-        err.print(f"[bold red]error: ONNX parity FAILED[/] for {', '.join(f'{p.backend}/{p.variant}' for p in failed)} "
-                  f"(max abs {worst.max_abs:.2e}, cosine {worst.cosine:.6f}); results were recorded")
+        err.print(
+            "[bold red]error: ONNX parity FAILED[/] for"
+            f" {', '.join(f'{p.backend}/{p.variant}' for p in failed)} (max abs"
+            f" {worst.max_abs:.2e}, cosine {worst.cosine:.6f}); results were recorded"
+        )
         return EXIT_PARITY
     return 0
 
 
-FORCE_HELP = "Start the run again from scratch when its folder exists (default: continue it from the first " \
-             "unfinished stage, or report it when complete)."
+FORCE_HELP = (
+    "Start the run again from scratch when its folder exists (default: continue it from the first "
+    "unfinished stage, or report it when complete)."
+)
 
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--model", "model", required=True, help="Model name (`pbkit list models`).")
 @click.option("--method", required=True, help="Pruning method key (`pbkit list methods`).")
-@click.option("--speedup", type=float, required=True,
-              help="Target speed-up, > 1: base MACs / pruned MACs, or with --target latency the measured one.")
-@click.option("--target", default=None, help="macs (default) | latency: prune until the pruned model measures "
-              "--speedup times faster on --backend.")
-@click.option("--backend", default=None, help="Latency target: where it is measured (`pbkit list backends`; "
-              "default ort-cpu).")
+@click.option(
+    "--speedup",
+    type=float,
+    required=True,
+    help=(
+        "Target speed-up, > 1: base MACs / pruned MACs, or with --target latency the measured one."
+    ),
+)
+@click.option(
+    "--target",
+    default=None,
+    help=(
+        "macs (default) | latency: prune until the pruned model measures "
+        "--speedup times faster on --backend."
+    ),
+)
+@click.option(
+    "--backend",
+    default=None,
+    help="Latency target: where it is measured (`pbkit list backends`; default ort-cpu).",
+)
 @click.option("--batch", type=int, default=None, help="Latency target: the batch size (default 1).")
 @click.option("--precision", default=None, help="Latency target: fp32 (default) | fp16.")
 @click.option("--scope", default=None, help="local | global | protected (default: protected).")
 @click.option("--round-to", type=int, default=None, help="Keep channel counts multiples of N.")
-@click.option("--dataset", default=None, help="Dataset (`pbkit list datasets`); none: data-free, accuracy null.")
-@click.option("--data-root", type=click.Path(), default=None, help="Where datasets live (default $PBKIT_DATA or ~/.cache/pbkit/data).")
-@click.option("--checkpoint", type=click.Path(), default=None, help="Base weights file (state dict or pbkit model file).")
-@click.option("--pretrained", is_flag=True, help="Use the hub's pretrained weights (needs the network).")
-@click.option("--out", type=click.Path(), default=None, help="Folder for run folders (default results/runs).")
-@click.option("--run-id", default=None, help="Name the run folder (default: <model>-<method>-<scope>-<x>x-<config hash>).")
+@click.option(
+    "--dataset",
+    default=None,
+    help="Dataset (`pbkit list datasets`); none: data-free, accuracy null.",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(),
+    default=None,
+    help="Where datasets live (default $PBKIT_DATA or ~/.cache/pbkit/data).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(),
+    default=None,
+    help="Base weights file (state dict or pbkit model file).",
+)
+@click.option(
+    "--pretrained", is_flag=True, help="Use the hub's pretrained weights (needs the network)."
+)
+@click.option(
+    "--out", type=click.Path(), default=None, help="Folder for run folders (default results/runs)."
+)
+@click.option(
+    "--run-id",
+    default=None,
+    help="Name the run folder (default: <model>-<method>-<scope>-<x>x-<config hash>).",
+)
 @click.option("--force", is_flag=True, help=FORCE_HELP)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. finetune.epochs=5.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any config key, e.g. finetune.epochs=5.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def prune(model: str, method: str, speedup: float, target: str | None, backend: str | None, batch: int | None,
-          precision: str | None, scope: str | None, round_to: int | None, dataset: str | None,
-          data_root: str | None, checkpoint: str | None, pretrained: bool, out: str | None, run_id: str | None,
-          force: bool, overrides: tuple[str, ...], as_json: bool) -> int:
+def prune(
+    model: str,
+    method: str,
+    speedup: float,
+    target: str | None,
+    backend: str | None,
+    batch: int | None,
+    precision: str | None,
+    scope: str | None,
+    round_to: int | None,
+    dataset: str | None,
+    data_root: str | None,
+    checkpoint: str | None,
+    pretrained: bool,
+    out: str | None,
+    run_id: str | None,
+    force: bool,
+    overrides: tuple[str, ...],
+    as_json: bool,
+) -> int:
     """Prune a model to a speed-up target, in MACs or measured on a backend (and finetune, if a
     dataset and epochs are given).
 
@@ -279,9 +461,18 @@ def prune(model: str, method: str, speedup: float, target: str | None, backend: 
     from pbkit.stages import run as run_stages
 
     values: dict[str, Any] = {"model.name": model, "prune.method": method, "prune.speedup": speedup}
-    options = {"prune.scope": scope, "prune.round_to": round_to, "dataset.name": dataset, "dataset.root": data_root,
-               "out": out, "run_id": run_id, "prune.target": target, "prune.backend": backend, "prune.batch": batch,
-               "prune.precision": precision}
+    options = {
+        "prune.scope": scope,
+        "prune.round_to": round_to,
+        "dataset.name": dataset,
+        "dataset.root": data_root,
+        "out": out,
+        "run_id": run_id,
+        "prune.target": target,
+        "prune.backend": backend,
+        "prune.batch": batch,
+        "prune.precision": precision,
+    }
     values.update({k: v for k, v in options.items() if v is not None})
     if checkpoint:
         values.update({"model.weights": "checkpoint", "model.checkpoint": checkpoint})
@@ -295,24 +486,57 @@ def prune(model: str, method: str, speedup: float, target: str | None, backend: 
 def _run_dir(path: str) -> Path:
     p = Path(path)
     if not (p / "record.json").is_file():
-        raise PbkitError(f"{path!r} is not a run folder (no record.json); make one with `pbkit prune` or `pbkit run`")
+        raise PbkitError(
+            f"{path!r} is not a run folder (no record.json); make one with `pbkit prune` or `pbkit"
+            " run`"
+        )
     return p
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt"]), default="onnx", show_default=True,
-              help="tensorrt: engines built from the ONNX files (exported first if missing).")
-@click.option("--precision", "precisions", type=click.Choice(["fp32", "fp16"]), multiple=True,
-              help="TensorRT engine precision (repeatable, or several after one flag; default fp32).")
-@click.option("--batch", "batches", type=int, multiple=True,
-              help="TensorRT: one optimisation profile per batch size (default: the run's bench.batches).")
-@click.option("--opset", type=int, default=None, help="ONNX opset (>= 17; default from the run's config: 18).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Any export.* key, e.g. export.tensorrt.workspace_gib=8.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "tensorrt"]),
+    default="onnx",
+    show_default=True,
+    help="tensorrt: engines built from the ONNX files (exported first if missing).",
+)
+@click.option(
+    "--precision",
+    "precisions",
+    type=click.Choice(["fp32", "fp16"]),
+    multiple=True,
+    help="TensorRT engine precision (repeatable, or several after one flag; default fp32).",
+)
+@click.option(
+    "--batch",
+    "batches",
+    type=int,
+    multiple=True,
+    help="TensorRT: one optimisation profile per batch size (default: the run's bench.batches).",
+)
+@click.option(
+    "--opset", type=int, default=None, help="ONNX opset (>= 17; default from the run's config: 18)."
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any export.* key, e.g. export.tensorrt.workspace_gib=8.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def export(run_dir: str, fmt: str, precisions: tuple[str, ...], batches: tuple[int, ...], opset: int | None,
-           overrides: tuple[str, ...], as_json: bool) -> int:
+def export(
+    run_dir: str,
+    fmt: str,
+    precisions: tuple[str, ...],
+    batches: tuple[int, ...],
+    opset: int | None,
+    overrides: tuple[str, ...],
+    as_json: bool,
+) -> int:
     """Export a run's dense and pruned models to ONNX (parity checked against torch) or to
     TensorRT engines (sha256 recorded; parity is checked when they are benchmarked).
 
@@ -339,20 +563,52 @@ def export(run_dir: str, fmt: str, precisions: tuple[str, ...], batches: tuple[i
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path())
-@click.option("--backend", "backends", multiple=True,
-              help="Backend (repeatable, or several after one flag; `pbkit list backends`).")
-@click.option("--batch", "batches", type=int, multiple=True,
-              help="Batch size of the sweep (repeatable, or several after one flag: --batch 1 8 32).")
-@click.option("--precision", "precisions", type=click.Choice(["fp32", "fp16"]), multiple=True,
-              help="fp32 | fp16 (repeatable, or several after one flag), on backends that run it.")
-@click.option("--channels-last", is_flag=True, default=None, help="torch backends: NHWC memory format.")
-@click.option("--quick", is_flag=True, help="Short warm-up and measurement (flagged in the record).")
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    help="Backend (repeatable, or several after one flag; `pbkit list backends`).",
+)
+@click.option(
+    "--batch",
+    "batches",
+    type=int,
+    multiple=True,
+    help="Batch size of the sweep (repeatable, or several after one flag: --batch 1 8 32).",
+)
+@click.option(
+    "--precision",
+    "precisions",
+    type=click.Choice(["fp32", "fp16"]),
+    multiple=True,
+    help="fp32 | fp16 (repeatable, or several after one flag), on backends that run it.",
+)
+@click.option(
+    "--channels-last", is_flag=True, default=None, help="torch backends: NHWC memory format."
+)
+@click.option(
+    "--quick", is_flag=True, help="Short warm-up and measurement (flagged in the record)."
+)
 @click.option("--threads", type=int, default=None, help="CPU threads (default: all cores but one).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any bench.* key, e.g. bench.min_time_s=10.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any bench.* key, e.g. bench.min_time_s=10.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def bench(run_dir: str, backends: tuple[str, ...], batches: tuple[int, ...], precisions: tuple[str, ...],
-          channels_last: bool | None, quick: bool, threads: int | None, overrides: tuple[str, ...],
-          as_json: bool) -> int:
+def bench(
+    run_dir: str,
+    backends: tuple[str, ...],
+    batches: tuple[int, ...],
+    precisions: tuple[str, ...],
+    channels_last: bool | None,
+    quick: bool,
+    threads: int | None,
+    overrides: tuple[str, ...],
+    as_json: bool,
+) -> int:
     """Measure dense and pruned latency, alternating, on each backend, precision and batch size,
     with memory and parity against fp32 torch at every point. Each point is measured over fresh
     sessions (--set bench.sessions=N, 5 by default) until its speed-up's 95% interval is within
@@ -366,8 +622,15 @@ def bench(run_dir: str, backends: tuple[str, ...], batches: tuple[int, ...], pre
     """
     from pbkit.stages import bench_run
 
-    values: dict[str, Any] = {k: list(v) for k, v in (("bench.backends", backends), ("bench.batches", batches),
-                                                       ("bench.precisions", precisions)) if v}
+    values: dict[str, Any] = {
+        k: list(v)
+        for k, v in (
+            ("bench.backends", backends),
+            ("bench.batches", batches),
+            ("bench.precisions", precisions),
+        )
+        if v
+    }
     if channels_last:
         values["bench.channels_last"] = True
     if quick:
@@ -379,20 +642,38 @@ def bench(run_dir: str, backends: tuple[str, ...], batches: tuple[int, ...], pre
     return _finish(path, as_json)
 
 
-NPROC_HELP = "Train (base, finetune) across N processes on this machine, one per GPU (DDP via torchrun)."
+NPROC_HELP = (
+    "Train (base, finetune) across N processes on this machine, one per GPU (DDP via torchrun)."
+)
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("config_file", type=click.Path())
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--nproc-per-node", type=int, default=None, metavar="N", help=NPROC_HELP)
-@click.option("--nnodes", type=int, default=None, metavar="M",
-              help="Machines training together; the others run `pbkit join` (needs --rdzv-endpoint).")
-@click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT", help="Rendezvous every machine reaches.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key.")
+@click.option(
+    "--nnodes",
+    type=int,
+    default=None,
+    metavar="M",
+    help="Machines training together; the others run `pbkit join` (needs --rdzv-endpoint).",
+)
+@click.option(
+    "--rdzv-endpoint", default=None, metavar="HOST:PORT", help="Rendezvous every machine reaches."
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def run(config_file: str, force: bool, nproc_per_node: int | None, nnodes: int | None, rdzv_endpoint: str | None,
-        overrides: tuple[str, ...], as_json: bool) -> int:
+def run(
+    config_file: str,
+    force: bool,
+    nproc_per_node: int | None,
+    nnodes: int | None,
+    rdzv_endpoint: str | None,
+    overrides: tuple[str, ...],
+    as_json: bool,
+) -> int:
     """Run every step from a YAML config: base, prune, finetune, export, measure, record.
 
     A configuration that already has a run folder continues it from the first stage not finished
@@ -409,8 +690,15 @@ def run(config_file: str, force: bool, nproc_per_node: int | None, nnodes: int |
     from pbkit.core import config
     from pbkit.stages import run as run_stages
 
-    values = {f"distributed.{k}": v for k, v in (("nproc_per_node", nproc_per_node), ("nnodes", nnodes),
-                                                 ("rdzv_endpoint", rdzv_endpoint)) if v is not None}
+    values = {
+        f"distributed.{k}": v
+        for k, v in (
+            ("nproc_per_node", nproc_per_node),
+            ("nnodes", nnodes),
+            ("rdzv_endpoint", rdzv_endpoint),
+        )
+        if v is not None
+    }
     cfg = config.load(config_file, overrides, values)
     outcome = run_stages(cfg, until="bench", force=force)
     return _finish(outcome.run_dir, as_json, outcome)
@@ -418,13 +706,29 @@ def run(config_file: str, force: bool, nproc_per_node: int | None, nnodes: int |
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("rdzv_endpoint", metavar="HOST:PORT")
-@click.option("--nnodes", type=int, required=True, metavar="M", help="Machines in the job, this one included.")
-@click.option("--nproc-per-node", type=int, default=1, show_default=True, metavar="N", help=NPROC_HELP)
-@click.option("--backend", type=click.Choice(["auto", "gloo", "nccl"]), default="auto", show_default=True,
-              help="auto: nccl where CUDA is visible, else gloo (every machine must agree).")
-@click.option("--timeout-s", type=float, default=1800.0, show_default=True,
-              help="A collective waiting longer than this fails the job.")
-def join(rdzv_endpoint: str, nnodes: int, nproc_per_node: int, backend: str, timeout_s: float) -> int:
+@click.option(
+    "--nnodes", type=int, required=True, metavar="M", help="Machines in the job, this one included."
+)
+@click.option(
+    "--nproc-per-node", type=int, default=1, show_default=True, metavar="N", help=NPROC_HELP
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "gloo", "nccl"]),
+    default="auto",
+    show_default=True,
+    help="auto: nccl where CUDA is visible, else gloo (every machine must agree).",
+)
+@click.option(
+    "--timeout-s",
+    type=float,
+    default=1800.0,
+    show_default=True,
+    help="A collective waiting longer than this fails the job.",
+)
+def join(
+    rdzv_endpoint: str, nnodes: int, nproc_per_node: int, backend: str, timeout_s: float
+) -> int:
     """Lend this machine's processes to a distributed training that `pbkit run --nnodes M
     --rdzv-endpoint HOST:PORT` started elsewhere: they receive the model, recipe and configuration
     from the run's machine (no shared storage needed; the dataset must be readable here). Ends when
@@ -445,18 +749,28 @@ def join(rdzv_endpoint: str, nnodes: int, nproc_per_node: int, backend: str, tim
     from pbkit.stages import distributed
 
     try:
-        d = config.DistributedCfg(nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
-                                  backend=backend, timeout_s=timeout_s)  # type: ignore[arg-type]
+        d = config.DistributedCfg(
+            nproc_per_node=nproc_per_node,
+            nnodes=nnodes,
+            rdzv_endpoint=rdzv_endpoint,
+            backend=backend,
+            timeout_s=timeout_s,
+        )  # type: ignore[arg-type]
     except ValidationError as e:
         raise PbkitError(f"join: {config.one_line(e)}") from None
     chosen = backend if backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
     note(f"joining {rdzv_endpoint} with {nproc_per_node} process(es) ({chosen})")
-    with tempfile.TemporaryDirectory(prefix="pbkit-join-") as tmp:  # what torchrun leaves goes with it
-        code, error, tail = distributed.run_torchrun(distributed.launch_command(d, chosen, None, "auto"),
-                                                     nproc_per_node, None,
-                                                     tmp=Path(tmp))
+    with tempfile.TemporaryDirectory(
+        prefix="pbkit-join-"
+    ) as tmp:  # what torchrun leaves goes with it
+        code, error, tail = distributed.run_torchrun(
+            distributed.launch_command(d, chosen, None, "auto"), nproc_per_node, None, tmp=Path(tmp)
+        )
     if code != 0:
-        raise PbkitError(f"joining {rdzv_endpoint} failed: {error or (tail[-1] if tail else f'exit code {code}')}")
+        raise PbkitError(
+            f"joining {rdzv_endpoint} failed:"
+            f" {error or (tail[-1] if tail else f'exit code {code}')}"
+        )
     note("the training this machine joined has finished")
     return 0
 
@@ -479,19 +793,56 @@ def study() -> None:
 
 @study.command("run", context_settings=CONTEXT)
 @click.argument("study_file", type=click.Path())
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a key of the config every trial shares (not a grid axis).")
-@click.option("--address", default=None,
-              help="A Ray cluster: auto, ray://HOST:10001 (default: the study's address, $RAY_ADDRESS, else a "
-                   "local Ray started for the study).")
-@click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
-              help="local: the trials one by one in this process (debugging).")
-@click.option("--max-parallel", type=int, default=None, help="At most N trials at once (default: as resources fit).")
-@click.option("--out", type=click.Path(), default=None, help="The study folder (default results/studies/<name>).")
-@click.option("--retry-failed", is_flag=True, help="Run the failed trials again (finished ones are never rerun).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a key of the config every trial shares (not a grid axis).",
+)
+@click.option(
+    "--address",
+    default=None,
+    help=(
+        "A Ray cluster: auto, ray://HOST:10001 (default: the study's address, $RAY_ADDRESS, else a "
+        "local Ray started for the study)."
+    ),
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["ray", "local"]),
+    default="ray",
+    show_default=True,
+    help="local: the trials one by one in this process (debugging).",
+)
+@click.option(
+    "--max-parallel",
+    type=int,
+    default=None,
+    help="At most N trials at once (default: as resources fit).",
+)
+@click.option(
+    "--out",
+    type=click.Path(),
+    default=None,
+    help="The study folder (default results/studies/<name>).",
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Run the failed trials again (finished ones are never rerun).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def study_run(study_file: str, overrides: tuple[str, ...], address: str | None, executor: str,
-              max_parallel: int | None, out: str | None, retry_failed: bool, as_json: bool) -> int:
+def study_run(
+    study_file: str,
+    overrides: tuple[str, ...],
+    address: str | None,
+    executor: str,
+    max_parallel: int | None,
+    out: str | None,
+    retry_failed: bool,
+    as_json: bool,
+) -> int:
     """Expand a study's grid and run its trials; finished trials are skipped (by their hash).
 
     Writes <out>/study.json (every trial's hash, status, run id, error, wall time, node) and each
@@ -513,16 +864,21 @@ def study_run(study_file: str, overrides: tuple[str, ...], address: str | None, 
     if as_json:
         _emit_json(summary.as_json())
     else:
-        _print(f"study {st.name}: {c['done']} done, {c['failed']} failed, {c['skipped']} skipped, {c['pending']} "
-               f"pending ({summary.ran} run now, executor {summary.executor}"
-               f"{', ' + summary.address if summary.address else ''})\nstudy folder: {summary.study_dir}")
+        _print(
+            f"study {st.name}: {c['done']} done, {c['failed']} failed, {c['skipped']} skipped,"
+            f" {c['pending']} pending ({summary.ran} run now, executor"
+            f" {summary.executor}{', ' + summary.address if summary.address else ''})\nstudy"
+            f" folder: {summary.study_dir}"
+        )
     if summary.failures:
         from pbkit.core.console import err
 
         for f in summary.failures:
             err.print(f"[bold red]failed[/] {f['run_id']} {f['params']}: {f['error']}")
-        err.print(f"error: {len(summary.failures)} trial(s) failed; `pbkit study run {study_file} --retry-failed` "
-                  "runs them again")
+        err.print(
+            f"error: {len(summary.failures)} trial(s) failed; `pbkit study run {study_file}"
+            " --retry-failed` runs them again"
+        )
         return EXIT_TRIALS_FAILED
     return 0
 
@@ -544,17 +900,35 @@ def study_status(study_dir: str, as_json: bool) -> None:
     doc = state.read(study_dir)
     counts = state.counts(doc["trials"])
     if as_json:
-        _emit_json({"study_dir": study_dir, "name": doc["name"], "executor": doc.get("executor"),
-                    "address": doc.get("address"), **counts, "trials": doc["trials"]})
+        _emit_json(
+            {
+                "study_dir": study_dir,
+                "name": doc["name"],
+                "executor": doc.get("executor"),
+                "address": doc.get("address"),
+                **counts,
+                "trials": doc["trials"],
+            }
+        )
         return
-    t = Table(title=f"study {doc['name']}: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} "
-                    f"skipped, {counts['pending']} pending", title_justify="left")
+    t = Table(
+        title=(
+            f"study {doc['name']}: {counts['done']} done, {counts['failed']} failed,"
+            f" {counts['skipped']} skipped, {counts['pending']} pending"
+        ),
+        title_justify="left",
+    )
     for c in ("status", "run", "grid point", "wall s", "node", "error / note"):
         t.add_column(c)
     for e in doc["trials"]:
-        t.add_row(e["status"], e.get("run_id") or "-", ", ".join(f"{k}={v}" for k, v in e["params"].items()),
-                  f"{e['wall_s']:.0f}" if e.get("wall_s") is not None else "-", (e.get("node_id") or "-")[:12],
-                  e.get("error") or e.get("note") or "")
+        t.add_row(
+            e["status"],
+            e.get("run_id") or "-",
+            ", ".join(f"{k}={v}" for k, v in e["params"].items()),
+            f"{e['wall_s']:.0f}" if e.get("wall_s") is not None else "-",
+            (e.get("node_id") or "-")[:12],
+            e.get("error") or e.get("note") or "",
+        )
     _print(t)
 
 
@@ -563,18 +937,58 @@ def study_status(study_dir: str, as_json: bool) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("folders", nargs=-1, type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json", "html"]), default="table",
-              show_default=True, help="html: one self-contained page (leaderboards, plots, machines, runs).")
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
-              help="Write the report to this file (atomically) instead of standard output (md, csv, json, html).")
-@click.option("--plot", "plot_path", type=click.Path(), default=None, help="Also write a PNG: MACs vs measured speed-up.")
-@click.option("--accuracy-plot", "accuracy_plot", type=click.Path(), default=None,
-              help="Also write a PNG: accuracy (mean ± std over seeds) per method, recipe and the scratch baseline.")
-@click.option("--across-machines", is_flag=True,
-              help="Compare each pruned model's measured speed-up across the machines (GPUs, CPUs) of the records "
-                   "(the HTML page always has this view).")
-def report(folders: tuple[str, ...], fmt: str, output: str | None, plot_path: str | None, accuracy_plot: str | None,
-           across_machines: bool) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "md", "csv", "json", "html"]),
+    default="table",
+    show_default=True,
+    help="html: one self-contained page (leaderboards, plots, machines, runs).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=(
+        "Write the report to this file (atomically) instead of standard output (md, csv, json,"
+        " html)."
+    ),
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(),
+    default=None,
+    help="Also write a PNG: MACs vs measured speed-up.",
+)
+@click.option(
+    "--accuracy-plot",
+    "accuracy_plot",
+    type=click.Path(),
+    default=None,
+    help=(
+        "Also write a PNG: accuracy (mean ± std over seeds) per method, recipe and the scratch"
+        " baseline."
+    ),
+)
+@click.option(
+    "--across-machines",
+    is_flag=True,
+    help=(
+        "Compare each pruned model's measured speed-up across the machines (GPUs, CPUs) of the"
+        " records (the HTML page always has this view)."
+    ),
+)
+def report(
+    folders: tuple[str, ...],
+    fmt: str,
+    output: str | None,
+    plot_path: str | None,
+    accuracy_plot: str | None,
+    across_machines: bool,
+) -> None:
     """Leaderboards from records, grouped by model, dataset, scope and target.
 
     FOLDERS: runs folders, study folders or record files (default: results/runs); several are
@@ -604,7 +1018,9 @@ def report(folders: tuple[str, ...], fmt: str, output: str | None, plot_path: st
     from pbkit.report import machines, plots
 
     if output and fmt == "table":
-        raise PbkitError("-o writes md, csv, json or html (--format); the table is for the terminal")
+        raise PbkitError(
+            "-o writes md, csv, json or html (--format); the table is for the terminal"
+        )
     sources = list(folders) or ["results/runs"]
     records = rep.find_records(*sources)
     where = ", ".join(repr(s) for s in sources)
@@ -620,7 +1036,9 @@ def report(folders: tuple[str, ...], fmt: str, output: str | None, plot_path: st
     if across_machines and fmt != "html":
         mrows = machines.machine_rows(records)
         if not mrows:
-            raise PbkitError(f"no latency measurements in the records under {where} (run `pbkit bench` first)")
+            raise PbkitError(
+                f"no latency measurements in the records under {where} (run `pbkit bench` first)"
+            )
         shown = machines.render_machines(mrows, fmt)
         if isinstance(shown, str):
             emit(shown)
@@ -632,7 +1050,10 @@ def report(folders: tuple[str, ...], fmt: str, output: str | None, plot_path: st
     rs = rep.rows(records)
     waiting = sum(1 for _, r in records if rep.unfinished(r))
     if waiting:
-        note(f"{waiting} record(s) whose finetuning has not run yet (a study still running?) are left out")
+        note(
+            f"{waiting} record(s) whose finetuning has not run yet (a study still running?) are"
+            " left out"
+        )
     if not rs:
         raise PbkitError(f"no finished runs under {where}")
     if fmt == "html":
@@ -674,7 +1095,11 @@ def _is_backend(tok: str) -> bool:
     return tok in BACKENDS
 
 
-GREEDY = {"--batch": str.isdigit, "--precision": {"fp32", "fp16"}.__contains__, "--backend": _is_backend}
+GREEDY = {
+    "--batch": str.isdigit,
+    "--precision": {"fp32", "fp16"}.__contains__,
+    "--backend": _is_backend,
+}
 
 
 def expand_greedy(argv: list[str]) -> list[str]:
@@ -719,7 +1144,11 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("PBKIT_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        click.echo(f"error: internal error: {type(e).__name__}: {msg} (set PBKIT_DEBUG=1 for the traceback)", err=True)
+        click.echo(
+            f"error: internal error: {type(e).__name__}: {msg} (set PBKIT_DEBUG=1 for the"
+            " traceback)",
+            err=True,
+        )
         sys.exit(1)
     finally:
         if warnings_env is None:

@@ -61,7 +61,9 @@ def once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[P
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/, shared by gw0, gw1...
+    root = (
+        base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    )  # pytest-N/, shared by gw0, gw1...
     done = root / f"once-{name}.json"
     with FileLock(str(root / f"once-{name}.lock")):
         if not done.is_file():
@@ -78,15 +80,31 @@ def pruned_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pbkit.core import config
 
     def build(out: Path) -> str:
-        cfg = config.load(None, [f"out={out}", "model.name=resnet20_cifar", "prune.method=l1", "prune.speedup=2",
-                                 "bench.quick=true", "export.exporter=torchscript"])
+        cfg = config.load(
+            None,
+            [
+                f"out={out}",
+                "model.name=resnet20_cifar",
+                "prune.method=l1",
+                "prune.speedup=2",
+                "bench.quick=true",
+                "export.exporter=torchscript",
+            ],
+        )
         return str(stages.run(cfg, quiet=True).run_dir)
 
     return Path(once(tmp_path_factory, "pruned_run", build))
 
 
-def prune_model(model: Any, spec: Any, method: str | Any = "l1", protected: list[Any] | None = None,
-                calibration: Any = None, sparse_train: Any = None, **settings: Any) -> Any:
+def prune_model(
+    model: Any,
+    spec: Any,
+    method: str | Any = "l1",
+    protected: list[Any] | None = None,
+    calibration: Any = None,
+    sparse_train: Any = None,
+    **settings: Any,
+) -> Any:
     """Prune ``model`` (of ``spec``) in place with the library call the prune stage makes: the
     model's task names the protected modules; ``settings`` are PruneSettings fields
     (speedup defaults to 2)."""
@@ -95,12 +113,21 @@ def prune_model(model: Any, spec: Any, method: str | Any = "l1", protected: list
 
     m = methods.get(method) if isinstance(method, str) else method
     heads = protected if protected is not None else tasks.get(spec.task).protected(model, spec)
-    return prune_to_target(model, m, PruneSettings(**{"speedup": 2.0, **settings}), input_size=spec.input_size,
-                           num_classes=spec.num_classes, protected=heads, calibration=calibration,
-                           sparse_train=sparse_train)
+    return prune_to_target(
+        model,
+        m,
+        PruneSettings(**{"speedup": 2.0, **settings}),
+        input_size=spec.input_size,
+        num_classes=spec.num_classes,
+        protected=heads,
+        calibration=calibration,
+        sparse_train=sparse_train,
+    )
 
 
-def output_in_fresh_process(model_file: Path, x: Any, tmp: Path, expr: str = "m(x)", imports: str = "") -> Any:
+def output_in_fresh_process(
+    model_file: Path, x: Any, tmp: Path, expr: str = "m(x)", imports: str = ""
+) -> Any:
     """``expr`` (of the model ``m`` loaded from ``model_file`` and the input ``x``) computed in a new
     Python process: a pruned model must reload without the process that pruned it."""
     import subprocess
@@ -109,11 +136,16 @@ def output_in_fresh_process(model_file: Path, x: Any, tmp: Path, expr: str = "m(
     import torch
 
     torch.save(x, tmp / "x.pt")
-    code = (f"import sys, torch\nfrom pbkit.models.checkpoint import load_model\n{imports}\n"
-            "m, _, _ = load_model(sys.argv[1])\nx = torch.load(sys.argv[2], weights_only=True)\n"
-            f"with torch.no_grad():\n    torch.save({expr}, sys.argv[3])\n")
-    subprocess.run([sys.executable, "-c", code, str(model_file), str(tmp / "x.pt"), str(tmp / "y.pt")], check=True,
-                   capture_output=True)
+    code = (
+        f"import sys, torch\nfrom pbkit.models.checkpoint import load_model\n{imports}\n"
+        "m, _, _ = load_model(sys.argv[1])\nx = torch.load(sys.argv[2], weights_only=True)\n"
+        f"with torch.no_grad():\n    torch.save({expr}, sys.argv[3])\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(model_file), str(tmp / "x.pt"), str(tmp / "y.pt")],
+        check=True,
+        capture_output=True,
+    )
     return torch.load(tmp / "y.pt", weights_only=True)
 
 

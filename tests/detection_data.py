@@ -29,10 +29,15 @@ def make(root: Path, n_train: int = 16, n_val: int = 8, size: int = 128, seed: i
                     draw.rectangle(box, fill=(200, 30, 30))
                 else:
                     draw.ellipse(box, fill=(30, 30, 200))
-                lines.append(f"{cls} {(x0 + w / 2) / size:.6f} {(y0 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
+                lines.append(
+                    f"{cls} {(x0 + w / 2) / size:.6f} {(y0 + h / 2) / size:.6f} {w / size:.6f}"
+                    f" {h / size:.6f}"
+                )
             img.save(root / "images" / split / f"{i:03d}.png")
             (root / "labels" / split / f"{i:03d}.txt").write_text("\n".join(lines) + "\n")
     yaml_path = root / "data.yaml"
-    yaml_path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n"
-                         + "".join(f"  {k}: {v}\n" for k, v in NAMES.items()))
+    yaml_path.write_text(
+        f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n"
+        + "".join(f"  {k}: {v}\n" for k, v in NAMES.items())
+    )
     return yaml_path

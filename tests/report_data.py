@@ -8,10 +8,26 @@ import json
 from pathlib import Path
 from typing import Any
 
-RECIPE = {"epochs": 4, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": False, "schedule": "cosine",
-          "milestones": [0.5, 0.75], "milestones_epochs": [2, 3], "step_size": 30, "gamma": 0.1, "batch_size": 64,
-          "label_smoothing": 0.0, "seed": 0, "weight_decay": 0.0005, "kd": {"enabled": False},
-          "augmentation": "none", "init": "pruned", "trainability": None}
+RECIPE = {
+    "epochs": 4,
+    "optimizer": "sgd",
+    "lr": 0.01,
+    "momentum": 0.9,
+    "nesterov": False,
+    "schedule": "cosine",
+    "milestones": [0.5, 0.75],
+    "milestones_epochs": [2, 3],
+    "step_size": 30,
+    "gamma": 0.1,
+    "batch_size": 64,
+    "label_smoothing": 0.0,
+    "seed": 0,
+    "weight_decay": 0.0005,
+    "kd": {"enabled": False},
+    "augmentation": "none",
+    "init": "pruned",
+    "trainability": None,
+}
 
 # (run folder, method, target, seed, finetune lr, final top1, measured torch-cpu speed-up, its interval)
 RUNS = [
@@ -34,11 +50,23 @@ def make_study(src: Path, dst: Path, unfinished: bool = True) -> list[Path]:
         data["run_id"] = name
         data["method"]["key"] = method
         data["method"]["target_speedup"] = target
-        data["dataset"] = {"name": "digits", "image_size": 32, "num_classes": 10, "train_size": 1347, "test_size": 450}
+        data["dataset"] = {
+            "name": "digits",
+            "image_size": 32,
+            "num_classes": 10,
+            "train_size": 1347,
+            "test_size": 450,
+        }
         data["accuracy"] = {"metric": "top1", "base": 97.5, "pruned": 20.0 + i, "finetuned": acc}
-        data["finetune"] = {**copy.deepcopy(RECIPE), "lr": lr, "seed": seed,
-                            "history": [{"epoch": e, "loss": 1.0 / e, "lr": lr, "accuracy": acc - 4 + e}
-                                        for e in range(1, 5)]}
+        data["finetune"] = {
+            **copy.deepcopy(RECIPE),
+            "lr": lr,
+            "seed": seed,
+            "history": [
+                {"epoch": e, "loss": 1.0 / e, "lr": lr, "accuracy": acc - 4 + e}
+                for e in range(1, 5)
+            ],
+        }
         data["config"]["seed"] = seed
         data["stages"].setdefault("finetune", data["stages"]["prune"])
         for p in data["latency"]:
@@ -61,4 +89,3 @@ def _write(folder: Path, data: dict[str, Any]) -> Path:
     path = folder / "record.json"
     path.write_text(json.dumps(data))
     return path
-

@@ -31,72 +31,141 @@ def test_list_backends_says_which_are_available_and_why_not(pbkit: Callable[...,
     r = pbkit("list", "backends", "--json")
     assert r.code == 0
     rows = {b["name"]: b for b in r.json()["backends"]}
-    assert set(rows) == {"torch-cpu", "torch-compile-cpu", "ort-cpu", "torch-cuda", "torch-cuda-graph",
-                         "torch-compile", "ort-cuda", "ort-trt", "tensorrt"}
+    assert set(rows) == {
+        "torch-cpu",
+        "torch-compile-cpu",
+        "ort-cpu",
+        "torch-cuda",
+        "torch-cuda-graph",
+        "torch-compile",
+        "ort-cuda",
+        "ort-trt",
+        "tensorrt",
+    }
     for name in ("torch-cpu", "ort-cpu"):
         assert rows[name]["available"] and rows[name]["reason"] is None
     for b in rows.values():
         assert b["available"] == (b["reason"] is None)
         if not b["available"]:
             assert b["install"] and "install" in b["install"]  # names what to install
-    assert set(rows["torch-cuda"]["precisions"]) == {"fp32", "fp16"} and rows["ort-cpu"]["precisions"] == ["fp32"]
+    assert set(rows["torch-cuda"]["precisions"]) == {"fp32", "fp16"} and rows["ort-cpu"][
+        "precisions"
+    ] == ["fp32"]
     if backends.cuda_reason():
         assert not rows["torch-cuda"]["available"] and "CUDA" in rows["torch-cuda"]["reason"]
 
 
 @pytest.mark.parametrize("name", ["torch-cuda", "tensorrt", "ort-trt"])
-def test_choosing_an_unavailable_backend_is_one_clear_line(pbkit: Callable[..., Result], pruned_run: Path,
-                                                           name: str) -> None:
+def test_choosing_an_unavailable_backend_is_one_clear_line(
+    pbkit: Callable[..., Result], pruned_run: Path, name: str
+) -> None:
     if backends.BACKENDS[name].check() is None:
         pytest.skip(f"{name} is available here")
     before = (pruned_run / "record.json").read_bytes()
     r = pbkit("bench", pruned_run, "--backend", name, "--quick")
     assert r.code == 2
     line = r.err.strip()
-    assert "\n" not in line and line.startswith("error: backend") and "to use it:" in line and "pip install" in line
-    assert (pruned_run / "record.json").read_bytes() == before  # nothing measured, nothing rewritten
+    assert (
+        "\n" not in line
+        and line.startswith("error: backend")
+        and "to use it:" in line
+        and "pip install" in line
+    )
+    assert (
+        pruned_run / "record.json"
+    ).read_bytes() == before  # nothing measured, nothing rewritten
 
 
-def test_a_precision_no_chosen_backend_runs_is_an_error(pbkit: Callable[..., Result], pruned_run: Path) -> None:
+def test_a_precision_no_chosen_backend_runs_is_an_error(
+    pbkit: Callable[..., Result], pruned_run: Path
+) -> None:
     r = pbkit("bench", pruned_run, "--backend", "torch-cpu", "--precision", "fp16", "--quick")
     assert r.code == 2 and "torch-cpu' runs fp32" in r.err
 
 
-def test_unsupported_pairs_of_a_sweep_are_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    both = dataclasses.replace(backends.BACKENDS["torch-cpu"], name="fake-fp16", precisions=("fp32", "fp16"))
+def test_unsupported_pairs_of_a_sweep_are_skipped_with_a_note(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    both = dataclasses.replace(
+        backends.BACKENDS["torch-cpu"], name="fake-fp16", precisions=("fp32", "fp16")
+    )
     monkeypatch.setitem(backends.BACKENDS, "fake-fp16", both)
-    cfg = config.load(None, ["bench.backends=[torch-cpu,fake-fp16]", "bench.precisions=[fp32,fp16]"])
+    cfg = config.load(
+        None, ["bench.backends=[torch-cpu,fake-fp16]", "bench.precisions=[fp32,fp16]"]
+    )
     pairs = bench.pairs(cfg, quiet=False)
-    assert [(b.name, p) for b, p in pairs] == [("torch-cpu", "fp32"), ("fake-fp16", "fp32"), ("fake-fp16", "fp16")]
+    assert [(b.name, p) for b, p in pairs] == [
+        ("torch-cpu", "fp32"),
+        ("fake-fp16", "fp32"),
+        ("fake-fp16", "fp16"),
+    ]
     assert "torch-cpu/fp16" in capsys.readouterr().err
 
 
 def test_several_values_after_one_flag() -> None:
-    assert cli.expand_greedy(["bench", "r", "--batch", "1", "8", "32", "--precision", "fp32", "fp16", "--quick"]) == [
-        "bench", "r", "--batch", "1", "--batch", "8", "--batch", "32", "--precision", "fp32", "--precision", "fp16",
-        "--quick"]
+    assert cli.expand_greedy(
+        ["bench", "r", "--batch", "1", "8", "32", "--precision", "fp32", "fp16", "--quick"]
+    ) == [
+        "bench",
+        "r",
+        "--batch",
+        "1",
+        "--batch",
+        "8",
+        "--batch",
+        "32",
+        "--precision",
+        "fp32",
+        "--precision",
+        "fp16",
+        "--quick",
+    ]
     assert cli.expand_greedy(["bench", "--backend", "torch-cpu", "ort-cpu", "run7"]) == [
-        "bench", "--backend", "torch-cpu", "--backend", "ort-cpu", "run7"]  # the run folder is not a backend
+        "bench",
+        "--backend",
+        "torch-cpu",
+        "--backend",
+        "ort-cpu",
+        "run7",
+    ]  # the run folder is not a backend
     assert cli.expand_greedy(["bench", "--batch", "1", "--batch", "8", "x", "9"]) == [
-        "bench", "--batch", "1", "--batch", "8", "x", "9"]
+        "bench",
+        "--batch",
+        "1",
+        "--batch",
+        "8",
+        "x",
+        "9",
+    ]
 
 
-def test_batch_sweep_on_two_backends_records_every_point_with_memory(pbkit: Callable[..., Result],
-                                                                     pruned_run: Path, tmp_path: Path) -> None:
+def test_batch_sweep_on_two_backends_records_every_point_with_memory(
+    pbkit: Callable[..., Result], pruned_run: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(pruned_run, run)
-    r = pbkit("bench", run, "--backend", "torch-cpu", "ort-cpu", "--batch", "1", "3", "--quick", "--json")
+    r = pbkit(
+        "bench", run, "--backend", "torch-cpu", "ort-cpu", "--batch", "1", "3", "--quick", "--json"
+    )
     assert r.code == 0, r.err
     rec = record.validate(r.json()["record"])
     got = {(p.backend, p.batch, p.variant) for p in rec.latency}
-    assert got == {(b, n, v) for b in ("torch-cpu", "ort-cpu") for n in (1, 3) for v in ("dense", "pruned")}
+    assert got == {
+        (b, n, v) for b in ("torch-cpu", "ort-cpu") for n in (1, 3) for v in ("dense", "pruned")
+    }
     for p in rec.latency:
         assert p.input_shape == [p.batch, 3, 32, 32] and p.dtype == "fp32" and p.gpu_compute is None
         m = p.memory or {}
-        assert m["rss_before_bytes"] > 0 and m["rss_peak_bytes"] >= m["rss_before_bytes"] and m["samples"] >= 2
+        assert (
+            m["rss_before_bytes"] > 0
+            and m["rss_peak_bytes"] >= m["rss_before_bytes"]
+            and m["samples"] >= 2
+        )
         assert p.throughput_ips > 0 and p.flags
-    assert {p.batch for p in rec.parity if p.backend == "ort-cpu"} >= {1, 3}  # parity at every point
+    assert {p.batch for p in rec.parity if p.backend == "ort-cpu"} >= {
+        1,
+        3,
+    }  # parity at every point
     assert all(p.passed for p in rec.parity)
     assert rec.counts.channel_alignment is not None
 
@@ -121,8 +190,16 @@ def test_channel_alignment_counts_pruned_layers_only() -> None:
 
 
 def test_round_to_8_aligns_every_pruned_width(tmp_path: Path) -> None:
-    cfg = config.load(None, [f"out={tmp_path}", "model.name=resnet20_cifar", "prune.round_to=8",
-                             "prune.speedup=1.5", "bench.quick=true"])
+    cfg = config.load(
+        None,
+        [
+            f"out={tmp_path}",
+            "model.name=resnet20_cifar",
+            "prune.round_to=8",
+            "prune.speedup=1.5",
+            "bench.quick=true",
+        ],
+    )
     rec = stages.run(cfg, until="finetune", quiet=True).record
     al = rec.counts.channel_alignment or {}
     assert al["pruned_layers"] > 0 and al["share"] == 1.0
@@ -162,22 +239,43 @@ def test_fp16_onnx_is_strongly_typed_and_close(tmp_path: Path) -> None:
 def test_torch_compile_cpu_backend_measures_with_parity(pruned_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(pruned_run, run)
-    rec = stages.bench_run(run, ["bench.backends=[torch-compile-cpu]", "bench.quick=false", "bench.memory=false",
-                                 "bench.sessions=3", "bench.min_time_s=0.05", "bench.min_iters=5",
-                                 "bench.max_time_s=0.05", "bench.warmup_s=0", "bench.warmup_iters=2"], quiet=True)
+    rec = stages.bench_run(
+        run,
+        [
+            "bench.backends=[torch-compile-cpu]",
+            "bench.quick=false",
+            "bench.memory=false",
+            "bench.sessions=3",
+            "bench.min_time_s=0.05",
+            "bench.min_iters=5",
+            "bench.max_time_s=0.05",
+            "bench.warmup_s=0",
+            "bench.warmup_iters=2",
+        ],
+        quiet=True,
+    )
     pts = [p for p in rec.latency if p.backend == "torch-compile-cpu"]
     assert {p.variant for p in pts} == {"dense", "pruned"}
     assert all(p.flags["compile_mode"] == "default" and p.first_call_ms > p.median_ms for p in pts)
     assert all(p.memory is None for p in pts)
-    assert all("sessions" not in (p.model_extra or {}) for p in pts)  # compiled once: one session, not three
+    assert all(
+        "sessions" not in (p.model_extra or {}) for p in pts
+    )  # compiled once: one session, not three
     par = [p for p in rec.parity if p.backend == "torch-compile-cpu"]
     assert len(par) == 2 and all(p.passed for p in par)
 
 
 def test_record_carries_the_new_fields_in_its_schema() -> None:
     props = json.dumps(record.json_schema())
-    for field in ("gpu_compute", "gpu_speedup_vs_dense", "throttle_reasons", "memory", "channel_alignment",
-                  "cosine_min", "flags"):
+    for field in (
+        "gpu_compute",
+        "gpu_speedup_vs_dense",
+        "throttle_reasons",
+        "memory",
+        "channel_alignment",
+        "cosine_min",
+        "flags",
+    ):
         assert field in props
 
 
@@ -201,7 +299,9 @@ def test_bench_fills_alignment_for_records_made_before_it(pruned_run: Path, tmp_
     assert rec.counts.channel_alignment == record.read(pruned_run).counts.channel_alignment
 
 
-def test_export_tensorrt_without_tensorrt_is_a_clear_error(pbkit: Callable[..., Result], pruned_run: Path) -> None:
+def test_export_tensorrt_without_tensorrt_is_a_clear_error(
+    pbkit: Callable[..., Result], pruned_run: Path
+) -> None:
     from pbkit.export import tensorrt as trt
 
     if trt.unavailable_reason() is None and backends.cuda_reason() is None:
@@ -211,14 +311,22 @@ def test_export_tensorrt_without_tensorrt_is_a_clear_error(pbkit: Callable[..., 
     assert "tensorrt-cu13" in r.err or "NVIDIA GPU" in r.err
 
 
-def test_precision_and_batch_need_tensorrt_format(pbkit: Callable[..., Result], pruned_run: Path) -> None:
+def test_precision_and_batch_need_tensorrt_format(
+    pbkit: Callable[..., Result], pruned_run: Path
+) -> None:
     r = pbkit("export", pruned_run, "--precision", "fp16")
     assert r.code == 2 and "--format tensorrt" in r.err
 
 
-def test_unknown_backend_in_a_config_fails_before_pruning(pbkit: Callable[..., Result], tmp_path: Path) -> None:
-    r = pbkit("prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "2", "--out", tmp_path)
+def test_unknown_backend_in_a_config_fails_before_pruning(
+    pbkit: Callable[..., Result], tmp_path: Path
+) -> None:
+    r = pbkit(
+        "prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "2", "--out", tmp_path
+    )
     assert r.code == 0  # prune alone does not need backends
     with pytest.raises(PbkitError, match="unknown backend"):
-        stages.run(config.load(None, [f"out={tmp_path}", "bench.backends=[tensorrt-fast]"]), quiet=True)
+        stages.run(
+            config.load(None, [f"out={tmp_path}", "bench.backends=[tensorrt-fast]"]), quiet=True
+        )
     assert len(list(tmp_path.iterdir())) == 1  # the failed run made no folder

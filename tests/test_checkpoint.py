@@ -23,7 +23,9 @@ with torch.no_grad():
 """
 
 
-def _pruned(tmp_path: Path, name: str = "resnet20_cifar", **kw: object) -> tuple[torch.nn.Module, Path]:
+def _pruned(
+    tmp_path: Path, name: str = "resnet20_cifar", **kw: object
+) -> tuple[torch.nn.Module, Path]:
     spec = models.resolve(name, **kw)  # type: ignore[arg-type]
     m = models.build(spec).eval()
     prune_model(m, spec, "l2", scope="global", iterative_steps=100)
@@ -32,16 +34,26 @@ def _pruned(tmp_path: Path, name: str = "resnet20_cifar", **kw: object) -> tuple
     return m, path
 
 
-@pytest.mark.parametrize("name,kw", [("resnet20_cifar", {}),
-                                     ("timm:vit_small_patch16_224", {"input_size": 32, "num_classes": 10,
-                                                                     "kwargs": {"depth": 2, "patch_size": 8}})])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("resnet20_cifar", {}),
+        (
+            "timm:vit_small_patch16_224",
+            {"input_size": 32, "num_classes": 10, "kwargs": {"depth": 2, "patch_size": 8}},
+        ),
+    ],
+)
 def test_pruned_model_reloads_in_a_fresh_process(tmp_path: Path, name: str, kw: dict) -> None:
     m, path = _pruned(tmp_path, name, **kw)
     size = 32
     x = torch.randn(2, 3, size, size)
     torch.save(x, tmp_path / "x.pt")
-    subprocess.run([sys.executable, "-c", RELOAD, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", RELOAD, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        check=True,
+        capture_output=True,
+    )
     with torch.no_grad():
         expected = m(x)
     assert torch.allclose(torch.load(tmp_path / "y.pt", weights_only=True), expected, atol=1e-6)
@@ -93,7 +105,9 @@ def test_plain_state_dicts_load_and_mismatches_are_named(tmp_path: Path) -> None
 
 def test_state_hash_depends_on_values() -> None:
     spec = models.resolve("resnet20_cifar")
-    assert weights.state_sha256(models.build(spec, seed=1)) != weights.state_sha256(models.build(spec, seed=2))
+    assert weights.state_sha256(models.build(spec, seed=1)) != weights.state_sha256(
+        models.build(spec, seed=2)
+    )
 
 
 def test_missing_checkpoint(tmp_path: Path) -> None:
@@ -113,11 +127,17 @@ def test_a_module_shared_between_two_places_reloads() -> None:
         def __init__(self) -> None:
             super().__init__()
             self.pe = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4)
-            self.blocks = torch.nn.ModuleList([torch.nn.Sequential(self.pe, torch.nn.Conv2d(4, 4, 1))])
+            self.blocks = torch.nn.ModuleList(
+                [torch.nn.Sequential(self.pe, torch.nn.Conv2d(4, 4, 1))]
+            )
 
     saved, fresh = Shared(), Shared()
     assert "blocks.0.0.weight" in saved.state_dict() and "pe.weight" in saved.state_dict()
-    obj = {"spec": {"name": "shared"}, "modules": checkpoint.module_attributes(saved), "state": saved.state_dict()}
+    obj = {
+        "spec": {"name": "shared"},
+        "modules": checkpoint.module_attributes(saved),
+        "state": saved.state_dict(),
+    }
     checkpoint.apply_file(fresh, obj, "shared.pt")
     assert fresh.blocks[0][0] is fresh.pe and torch.equal(fresh.pe.weight, saved.pe.weight)
     assert torch.equal(fresh.blocks[0][1].weight, saved.blocks[0][1].weight)

@@ -16,8 +16,11 @@ def test_defaults_are_one_yaml_linked_from_configs() -> None:
     assert (cfg.prune.scope, cfg.prune.speedup, cfg.export.opset) == ("protected", 2.0, 18)
 
 
-RUN_CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
-                     if not p.name.endswith(".study.yaml"))
+RUN_CONFIGS = sorted(
+    str(p.relative_to(REPO))
+    for p in (REPO / "configs").rglob("*.yaml")
+    if not p.name.endswith(".study.yaml")
+)
 STUDIES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.study.yaml"))
 
 
@@ -33,27 +36,53 @@ def test_every_shipped_config_is_valid(path: str) -> None:
 
     assert all(b in BACKENDS for b in cfg.bench.backends)
     gpu = [BACKENDS[b].device == "cuda" for b in cfg.bench.backends]
-    assert all(gpu) == ("/gpu/" in path) and any(gpu) == all(gpu)  # GPU configs live in configs/bench/gpu/
+    assert all(gpu) == ("/gpu/" in path) and any(gpu) == all(
+        gpu
+    )  # GPU configs live in configs/bench/gpu/
     if all(gpu):
         assert cfg.prune.round_to == 8  # tensor-core friendly widths for GPU targets
         assert {1, 32} <= set(cfg.bench.batches) and set(cfg.bench.precisions) == {"fp32", "fp16"}
 
 
 def test_overrides_parse_yaml_values() -> None:
-    cfg = config.load(None, ["prune.speedup=4", "bench.batches=[1, 8]", "model.kwargs.depth=2",
-                             "prune.round_to=null", "dataset.name=digits"])
+    cfg = config.load(
+        None,
+        [
+            "prune.speedup=4",
+            "bench.batches=[1, 8]",
+            "model.kwargs.depth=2",
+            "prune.round_to=null",
+            "dataset.name=digits",
+        ],
+    )
     assert cfg.prune.speedup == 4.0 and cfg.bench.batches == [1, 8]
-    assert cfg.model.kwargs == {"depth": 2} and cfg.prune.round_to is None and cfg.dataset.name == "digits"
+    assert (
+        cfg.model.kwargs == {"depth": 2}
+        and cfg.prune.round_to is None
+        and cfg.dataset.name == "digits"
+    )
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("prune.scoope=local", "unknown key 'prune.scoope'; valid keys here: backend, batch, calibration, interleave_iters"),
-    ("prune.scope=wide", "prune.scope: invalid value 'wide'; choose 'local', 'global' or 'protected'"),
-    ("prune.speedup=1", "prune.speedup"),
-    ("nosuch.key=1", "unknown config section 'nosuch'"),
-    ("prune=3", "prune"),
-    ("justtext", "key=value"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        (
+            "prune.scoope=local",
+            (
+                "unknown key 'prune.scoope'; valid keys here: backend, batch, calibration,"
+                " interleave_iters"
+            ),
+        ),
+        (
+            "prune.scope=wide",
+            "prune.scope: invalid value 'wide'; choose 'local', 'global' or 'protected'",
+        ),
+        ("prune.speedup=1", "prune.speedup"),
+        ("nosuch.key=1", "unknown config section 'nosuch'"),
+        ("prune=3", "prune"),
+        ("justtext", "key=value"),
+    ],
+)
 def test_bad_overrides_name_the_key_and_choices(override: str, needle: str) -> None:
     with pytest.raises(PbkitError) as e:
         config.load(None, [override])
@@ -78,8 +107,16 @@ def test_missing_and_non_mapping_configs(tmp_path: Path) -> None:
 
 
 def test_text_keys_keep_what_was_written_and_other_keys_parse_as_yaml() -> None:
-    cfg = config.load(None, ["run_id=2026-01-01", "model.checkpoint=w #2.pt", "dataset.name=null",
-                             "prune.method=l1", "prune.speedup=4"])
+    cfg = config.load(
+        None,
+        [
+            "run_id=2026-01-01",
+            "model.checkpoint=w #2.pt",
+            "dataset.name=null",
+            "prune.method=l1",
+            "prune.speedup=4",
+        ],
+    )
     assert cfg.run_id == "2026-01-01" and isinstance(cfg.run_id, str)  # YAML would make it a date
     assert cfg.model.checkpoint == "w #2.pt"  # YAML would cut it at the comment
     assert cfg.dataset.name is None and cfg.prune.speedup == 4.0
@@ -87,8 +124,15 @@ def test_text_keys_keep_what_was_written_and_other_keys_parse_as_yaml() -> None:
 
 
 def test_typed_values_reach_the_config_as_they_are() -> None:
-    cfg = config.load(None, values={"model.checkpoint": "dir with spaces/w #2.pt", "run_id": "2026-01-01",
-                                    "bench.batches": [1, 8], "prune.speedup": 3})
+    cfg = config.load(
+        None,
+        values={
+            "model.checkpoint": "dir with spaces/w #2.pt",
+            "run_id": "2026-01-01",
+            "bench.batches": [1, 8],
+            "prune.speedup": 3,
+        },
+    )
     assert cfg.model.checkpoint == "dir with spaces/w #2.pt" and cfg.run_id == "2026-01-01"
     assert cfg.bench.batches == [1, 8] and cfg.prune.speedup == 3.0
     # --set still wins over an option, as before
@@ -99,8 +143,13 @@ def test_typed_values_reach_the_config_as_they_are() -> None:
 
 def test_the_top_level_seed_sets_every_seed_a_section_leaves_alone(tmp_path: Path) -> None:
     cfg = config.load(None, ["seed=3", "prune.seed=7"])
-    assert (cfg.model.seed, cfg.base.seed, cfg.prune.calibration.seed, cfg.sparsify.seed, cfg.finetune.seed) == \
-        (3, 3, 3, 3, 3)
+    assert (
+        cfg.model.seed,
+        cfg.base.seed,
+        cfg.prune.calibration.seed,
+        cfg.sparsify.seed,
+        cfg.finetune.seed,
+    ) == (3, 3, 3, 3, 3)
     assert cfg.prune.seed == 7  # set by the configuration itself
     assert cfg.dataset.seed == 0  # the split stays: every seed tests on the same images
     p = tmp_path / "c.yaml"
@@ -124,11 +173,22 @@ def test_every_shipped_study_expands_to_its_grid(path: str, tmp_path: Path) -> N
     raw = config.read_yaml(REPO / path)
     sets = [f"model.checkpoint={weights}"] if "coco" in path else []
     st = spec.read(REPO / path, sets)
-    points = [dict(zip(raw["grid"], values, strict=True)) for values in itertools.product(*raw["grid"].values())]
-    kept = [p for p in points if not any(all(p.get(k) == v for k, v in rule.items()) for rule in raw.get("exclude", []))]
-    assert st.name == raw["name"] and len(st.trials) == len(kept) <= math.prod(len(v) for v in raw["grid"].values())
+    points = [
+        dict(zip(raw["grid"], values, strict=True))
+        for values in itertools.product(*raw["grid"].values())
+    ]
+    kept = [
+        p
+        for p in points
+        if not any(all(p.get(k) == v for k, v in rule.items()) for rule in raw.get("exclude", []))
+    ]
+    assert st.name == raw["name"] and len(st.trials) == len(kept) <= math.prod(
+        len(v) for v in raw["grid"].values()
+    )
     family = models.resolve(st.trials[0].cfg.model.name).family
     for t in st.trials:
         applies = family in methods.get(t.cfg.prune.method).families
-        assert (t.skip is None) == applies  # non-applicable methods are listed as skipped, not failed
+        assert (
+            t.skip is None
+        ) == applies  # non-applicable methods are listed as skipped, not failed
     assert len({t.hash for t in st.trials}) == len(st.trials)  # every grid point is its own run

@@ -9,8 +9,13 @@ from pbkit.models import counts
 
 
 def test_conv_and_linear_macs_are_exact() -> None:
-    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                      nn.Flatten(), nn.Linear(8, 5))
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    )
     # conv: 8 out * 3 in * 9 taps * 8*8 positions; linear: 8*5
     assert counts.count_macs(m, 8) == 8 * 3 * 9 * 64 + 8 * 5
     assert counts.count_params(m) == 8 * 3 * 9 + 8 * 5 + 5
@@ -21,7 +26,9 @@ def test_vit_attention_matmuls_are_counted() -> None:
     fused = counts.count_macs(m, 64)
     for mod in m.modules():
         if hasattr(mod, "fused_attn"):
-            mod.fused_attn = False  # explicit q@k^T and attn@v, which the aten counter sees natively
+            mod.fused_attn = (
+                False  # explicit q@k^T and attn@v, which the aten counter sees natively
+            )
     explicit = counts.count_macs(m, 64)
     assert fused == explicit
     tokens, dim, depth = 17, 192, 2
@@ -39,11 +46,20 @@ def test_counting_restores_training_mode() -> None:
 
 
 # one model of every family the kit prunes, small enough to count quickly (name, input size, kwargs)
-FAMILIES = [("resnet20_cifar", 32, {}), ("vgg19_cifar", 32, {}), ("tv:mobilenet_v3_small", 64, {}),
-            ("tv:densenet121", 32, {}), ("tv:convnext_tiny", 32, {}), ("tv:vit_b_16", 32, {"image_size": 32}),
-            ("timm:vit_tiny_patch16_224", 64, {"depth": 2}), ("timm:efficientnet_b0", 64, {}),
-            ("timm:convnext_atto", 64, {}), ("tv:lraspp_mobilenet_v3_large", 64, {}),
-            ("timmseg:vit_tiny_patch16_224", 64, {"depth": 2}), ("yolov8n", 64, {})]
+FAMILIES = [
+    ("resnet20_cifar", 32, {}),
+    ("vgg19_cifar", 32, {}),
+    ("tv:mobilenet_v3_small", 64, {}),
+    ("tv:densenet121", 32, {}),
+    ("tv:convnext_tiny", 32, {}),
+    ("tv:vit_b_16", 32, {"image_size": 32}),
+    ("timm:vit_tiny_patch16_224", 64, {"depth": 2}),
+    ("timm:efficientnet_b0", 64, {}),
+    ("timm:convnext_atto", 64, {}),
+    ("tv:lraspp_mobilenet_v3_large", 64, {}),
+    ("timmseg:vit_tiny_patch16_224", 64, {"depth": 2}),
+    ("yolov8n", 64, {}),
+]
 
 # nn.MultiheadAttention multiplies by its weights functionally (in_proj_weight, out_proj.weight): no
 # layer holds those MACs, so the counter counts for real wherever the target may be near
@@ -64,8 +80,14 @@ def _prune(name: str, size: int, kwargs: dict[str, object], real: bool) -> tuple
     if real:
         counts.StepCounter.after_step = lambda self, reached: (self.exact(), True)  # type: ignore[method-assign]
     try:
-        res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.3, iterative_steps=12), input_size=size,
-                              num_classes=spec.num_classes, protected=get_task(spec.task).protected(model, spec))
+        res = prune_to_target(
+            model,
+            methods.get("l2"),
+            PruneSettings(speedup=1.3, iterative_steps=12),
+            input_size=size,
+            num_classes=spec.num_classes,
+            protected=get_task(spec.task).protected(model, spec),
+        )
     finally:
         counts.StepCounter.after_step = before  # type: ignore[method-assign]
     assert res.macs_pruned == counts.count_macs(model, size)
@@ -74,7 +96,9 @@ def _prune(name: str, size: int, kwargs: dict[str, object], real: bool) -> tuple
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "size", "kwargs"), FAMILIES, ids=[f[0] for f in FAMILIES])
-def test_the_step_counter_stops_where_counting_every_step_stops(name: str, size: int, kwargs: dict[str, object]) -> None:
+def test_the_step_counter_stops_where_counting_every_step_stops(
+    name: str, size: int, kwargs: dict[str, object]
+) -> None:
     real_steps, real_macs, every = _prune(name, size, kwargs, real=True)
     steps, macs, counted = _prune(name, size, kwargs, real=False)
     assert (steps, macs) == (real_steps, real_macs) and every == real_steps + 1
@@ -85,8 +109,14 @@ def test_the_step_counter_stops_where_counting_every_step_stops(name: str, size:
 
 
 def test_the_step_counter_knows_a_cnn_from_its_layers_and_bounds_the_rest() -> None:
-    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    )
     c = counts.StepCounter(cnn, 8)
     assert c.free == 0 and c.base == counts.count_macs(cnn, 8) == c.layers()
     # a layer made narrower (as a pruning step does): known exactly from its weight, without a forward pass

@@ -18,8 +18,17 @@ from pbkit.tasks import get as get_task
 class Tiny(nn.Module):
     """conv1 (the pruned group: its out channels) -> bn -> relu -> conv2 -> pool -> fc."""
 
-    def __init__(self, c_in: int = 3, c1: int = 6, c2: int = 8, classes: int = 4, bn: bool = True,
-                 relu: bool = True, k1: int = 3, k2: int = 3) -> None:
+    def __init__(
+        self,
+        c_in: int = 3,
+        c1: int = 6,
+        c2: int = 8,
+        classes: int = 4,
+        bn: bool = True,
+        relu: bool = True,
+        k1: int = 3,
+        k2: int = 3,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c1, k1, padding=k1 // 2, bias=False)
         self.bn = nn.BatchNorm2d(c1) if bn else nn.Identity()
@@ -34,8 +43,10 @@ class Tiny(nn.Module):
 
 def _batches(n: int = 2, bs: int = 16, size: int = 8, classes: int = 4, seed: int = 0) -> list[Any]:
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(bs, 3, size, size, generator=g), torch.randint(0, classes, (bs,), generator=g))
-            for _ in range(n)]
+    return [
+        (torch.randn(bs, 3, size, size, generator=g), torch.randint(0, classes, (bs,), generator=g))
+        for _ in range(n)
+    ]
 
 
 def _calib(batches: list[Any]) -> Calibration:
@@ -46,12 +57,14 @@ def _scores(model: nn.Module, key: str, batches: list[Any] | None = None) -> tor
     """Scores of conv1's output channels (the group rooted at conv1) under method ``key``."""
     m = methods.get(key)
     imp = m.importance({"num_classes": 4, "seed": 0, "reg": 1e-3, "delta_reg": 1e-4})
-    pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 8, 8), importance=imp, pruning_ratio=0.5,
-                                  ignored_layers=[model.fc])
+    pruner = tp.pruner.MetaPruner(
+        model, torch.randn(1, 3, 8, 8), importance=imp, pruning_ratio=0.5, ignored_layers=[model.fc]
+    )
     if m.collect is not None:
         m.collect(imp, model, pruner, _calib(batches or _batches()))
-    group = pruner.DG.get_pruning_group(model.conv1, tp.prune_conv_out_channels,
-                                        idxs=list(range(model.conv1.out_channels)))
+    group = pruner.DG.get_pruning_group(
+        model.conv1, tp.prune_conv_out_channels, idxs=list(range(model.conv1.out_channels))
+    )
     return imp(group)
 
 
@@ -86,10 +99,18 @@ def test_fpgm_drops_the_filter_at_the_geometric_median() -> None:
         shape = model.conv1.weight[0].shape
         center = torch.empty(shape).uniform_(1.0, 2.0)
         offset = torch.empty(shape).uniform_(-0.5, 0.5)
-        points = [center + offset, center - offset, center + offset.roll(1, 0), center - offset.roll(1, 0), center]
+        points = [
+            center + offset,
+            center - offset,
+            center + offset.roll(1, 0),
+            center - offset.roll(1, 0),
+            center,
+        ]
         for i, p in enumerate(points):
             model.conv1.weight[i] = p.sqrt()
-        model.conv2.weight[:] = model.conv2.weight[:, :1].clone()  # consumers see every channel alike
+        model.conv2.weight[:] = model.conv2.weight[
+            :, :1
+        ].clone()  # consumers see every channel alike
     assert int(_scores(model, "fpgm").argmin()) == 4
     norms = model.conv1.weight.flatten(1).norm(dim=1)
     assert int(norms.argmin()) != 4
@@ -122,13 +143,15 @@ def test_hessian_averages_squared_per_sample_gradients() -> None:
     model = Tiny().eval()
     batches = _batches(n=1, bs=6)
     imp = criteria.HessianImportance(chunk=4)
-    pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 8, 8), importance=imp, ignored_layers=[model.fc])
+    pruner = tp.pruner.MetaPruner(
+        model, torch.randn(1, 3, 8, 8), importance=imp, ignored_layers=[model.fc]
+    )
     imp.collect(model, pruner, _calib(batches))
     x, y = batches[0]
     expected = torch.zeros_like(model.conv1.weight)
     for i in range(len(x)):
         model.zero_grad()
-        nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
         expected += model.conv1.weight.grad.pow(2)
     got = imp._accu_grad[model.conv1.weight] / imp._counter[model.conv1.weight]
     assert torch.allclose(got, expected / len(x), rtol=1e-4, atol=1e-10)
@@ -201,7 +224,9 @@ def test_hrank_orders_channels_by_feature_map_rank() -> None:
         model.conv1.weight[2, :3] = torch.tensor([0.1, 0.2, 0.3]).view(3, 1, 1)  # rank 3
         # channel 3 stays zero: rank 0
     g = torch.Generator().manual_seed(0)
-    x = torch.einsum("ncu,ncv->ncuv", torch.randn(8, 3, 8, generator=g), torch.randn(8, 3, 8, generator=g))
+    x = torch.einsum(
+        "ncu,ncv->ncuv", torch.randn(8, 3, 8, generator=g), torch.randn(8, 3, 8, generator=g)
+    )
     s = _scores(model, "hrank", [(x, torch.zeros(8, dtype=torch.long))])
     assert s.argsort().tolist() == [3, 0, 1, 2]
 
@@ -210,13 +235,27 @@ def test_hrank_orders_channels_by_feature_map_rank() -> None:
 
 
 def _norms(model: Tiny) -> dict[str, torch.Tensor]:
-    return {"gamma": model.bn.weight.detach().abs().clone(),
-            "group": (model.conv1.weight.detach().flatten(1).pow(2).sum(1)
-                      + model.conv2.weight.detach().transpose(0, 1).flatten(1).pow(2).sum(1)).sqrt()}
+    return {
+        "gamma": model.bn.weight.detach().abs().clone(),
+        "group": (
+            (
+                model.conv1.weight.detach().flatten(1).pow(2).sum(1)
+                + model.conv2.weight.detach().transpose(0, 1).flatten(1).pow(2).sum(1)
+            ).sqrt()
+        ),
+    }
 
 
-@pytest.mark.parametrize("key,target", [("slim", "gamma"), ("group_slim", "gamma"), ("l2_lasso", "group"),
-                                        ("group_norm", "group"), ("growing_reg", "group")])
+@pytest.mark.parametrize(
+    "key,target",
+    [
+        ("slim", "gamma"),
+        ("group_slim", "gamma"),
+        ("l2_lasso", "group"),
+        ("group_norm", "group"),
+        ("growing_reg", "group"),
+    ],
+)
 def test_regularizers_shrink_the_norms_they_target(key: str, target: str) -> None:
     torch.manual_seed(0)
     model = Tiny()
@@ -225,7 +264,13 @@ def test_regularizers_shrink_the_norms_they_target(key: str, target: str) -> Non
     m = methods.get(key)
     ctx = {"num_classes": 4, "seed": 0, "reg": 0.05, "delta_reg": 0.05}
     cls, extra = m.pruner(ctx)  # type: ignore[misc]
-    pruner = cls(model, torch.randn(1, 3, 8, 8), importance=m.importance(ctx), ignored_layers=[model.fc], **extra)
+    pruner = cls(
+        model,
+        torch.randn(1, 3, 8, 8),
+        importance=m.importance(ctx),
+        ignored_layers=[model.fc],
+        **extra,
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     before = _norms(model)[target]
     for _ in range(5):
@@ -245,15 +290,25 @@ def test_group_lasso_gradient_is_reg_times_w_over_group_norm() -> None:
 
     torch.manual_seed(0)
     model = Tiny()
-    pruner = GroupLassoPruner(model, torch.randn(1, 3, 8, 8), importance=tp.importance.MagnitudeImportance(p=2),
-                              ignored_layers=[model.fc], reg=0.1)
+    pruner = GroupLassoPruner(
+        model,
+        torch.randn(1, 3, 8, 8),
+        importance=tp.importance.MagnitudeImportance(p=2),
+        ignored_layers=[model.fc],
+        reg=0.1,
+    )
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     pruner.regularize(model)
     with torch.no_grad():
-        norm = (model.conv1.weight.flatten(1).pow(2).sum(1) + model.bn.weight.pow(2)
-                + model.conv2.weight.transpose(0, 1).flatten(1).pow(2).sum(1)).sqrt()  # conv1's group
-        assert torch.allclose(model.conv1.weight.grad, 0.1 * model.conv1.weight / norm.view(-1, 1, 1, 1), rtol=1e-4)
+        norm = (
+            model.conv1.weight.flatten(1).pow(2).sum(1)
+            + model.bn.weight.pow(2)
+            + model.conv2.weight.transpose(0, 1).flatten(1).pow(2).sum(1)
+        ).sqrt()  # conv1's group
+        assert torch.allclose(
+            model.conv1.weight.grad, 0.1 * model.conv1.weight / norm.view(-1, 1, 1, 1), rtol=1e-4
+        )
         assert torch.allclose(model.bn.weight.grad, 0.1 * model.bn.weight / norm, rtol=1e-4)
 
 
@@ -262,7 +317,13 @@ def test_growing_reg_penalty_grows_for_weak_channels() -> None:
     model = Tiny()
     m = methods.get("growing_reg")
     cls, extra = m.pruner({"num_classes": 4, "seed": 0, "reg": 1e-3, "delta_reg": 1e-2})  # type: ignore[misc]
-    pruner = cls(model, torch.randn(1, 3, 8, 8), importance=m.importance({}), ignored_layers=[model.fc], **extra)
+    pruner = cls(
+        model,
+        torch.randn(1, 3, 8, 8),
+        importance=m.importance({}),
+        ignored_layers=[model.fc],
+        **extra,
+    )
     group = next(g for g in pruner._groups if g[0].dep.target.module is model.conv1)
     with torch.no_grad():
         model.conv1.weight[0].mul_(0.01)  # the weakest channel

@@ -22,7 +22,11 @@ def test_digits_is_real_offline_data_scaled_up() -> None:
 
 
 def test_synthetic_is_seeded() -> None:
-    a, b, c = data.load("synthetic", seed=1), data.load("synthetic", seed=1), data.load("synthetic", seed=2)
+    a, b, c = (
+        data.load("synthetic", seed=1),
+        data.load("synthetic", seed=1),
+        data.load("synthetic", seed=2),
+    )
     assert torch.equal(a.train[0][0], b.train[0][0])
     assert not torch.equal(a.train[0][0], c.train[0][0])
 
@@ -39,7 +43,9 @@ def test_imagenet_folder_layout_loads(tmp_path: Path) -> None:
             d = tmp_path / split / cls
             d.mkdir(parents=True)
             for i in range(2):
-                Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(d / f"{i}.png")
+                Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
+                    d / f"{i}.png"
+                )
     b = data.load("imagenet", root=str(tmp_path), image_size=32)
     assert b.num_classes == 3 and len(b.train) == 6 and len(b.test) == 6
     x, y = next(iter(b.loader("test", 4)))
@@ -52,7 +58,9 @@ def test_missing_imagenet_folder_is_a_clear_error(tmp_path: Path) -> None:
         data.load("imagenet", root=str(tmp_path))
 
 
-def test_cifar_offline_without_a_copy_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cifar_offline_without_a_copy_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torchvision.datasets.cifar as cifar
 
     def offline(*a: object, **k: object) -> None:
@@ -69,10 +77,19 @@ def test_cifar_reads_an_extracted_copy(tmp_path: Path, monkeypatch: pytest.Monke
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for name, n in [("data_batch_1", 8), ("data_batch_2", 8), ("data_batch_3", 8), ("data_batch_4", 8),
-                    ("data_batch_5", 8), ("test_batch", 6)]:
+    for name, n in [
+        ("data_batch_1", 8),
+        ("data_batch_2", 8),
+        ("data_batch_3", 8),
+        ("data_batch_4", 8),
+        ("data_batch_5", 8),
+        ("test_batch", 6),
+    ]:
         with open(folder / name, "wb") as f:
-            pickle.dump({"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), "labels": list(range(n))}, f)
+            pickle.dump(
+                {"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), "labels": list(range(n))},
+                f,
+            )
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
     # the real files carry md5 sums; the generated ones cannot match them

@@ -74,7 +74,9 @@ def test_the_lock_is_installed_with_hashes_and_nothing_else_is_pinned_apart(kind
     assert f"--require-hashes -r {LOCKS[kind]}" in text
     for cmd in re.findall(r"pip install ([^&;]+)", text):
         # only the lock (with hashes) or pbkit itself (".", no dependencies) may be installed
-        assert "--require-hashes -r requirements/" in cmd or (cmd.rstrip().endswith(" .") and "--no-deps" in cmd), cmd
+        assert "--require-hashes -r requirements/" in cmd or (
+            cmd.rstrip().endswith(" .") and "--no-deps" in cmd
+        ), cmd
         assert "==" not in cmd, f"{kind}: a version pinned outside the lock: {cmd}"
 
 
@@ -96,8 +98,14 @@ def test_locks_agree_on_every_shared_version() -> None:
 
 def test_a_dockerfile_pin_that_disagrees_with_the_lock_is_caught(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
-    bad.write_text(DOCKERFILES["cpu"].read_text().replace(
-        "pip install --no-deps --no-build-isolation .", "pip install --no-deps torch==2.12.0 && pip install ."))
+    bad.write_text(
+        DOCKERFILES["cpu"]
+        .read_text()
+        .replace(
+            "pip install --no-deps --no-build-isolation .",
+            "pip install --no-deps torch==2.12.0 && pip install .",
+        )
+    )
     text = " ".join(rest for ins, rest in instructions(bad) if ins == "RUN")
     assert any("==" in cmd for cmd in re.findall(r"pip install ([^&;]+)", text))
 
@@ -126,7 +134,9 @@ def test_hadolint_passes() -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(hadolint).exists():
         pytest.skip("hadolint is not installed (make setup installs it)")
-    r = subprocess.run([hadolint, *map(str, DOCKERFILES.values())], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run(
+        [hadolint, *map(str, DOCKERFILES.values())], cwd=REPO, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -138,13 +148,22 @@ def test_the_entrypoint_runs_natively_as_in_the_image(kind: str, tmp_path: Path)
     entry = json.loads(next(rest for ins, rest in final if ins == "ENTRYPOINT"))
     cmd = json.loads(next(rest for ins, rest in final if ins == "CMD"))
     exe = str(Path(sys.executable).parent / entry[0])
-    env = {**os.environ, "PBKIT_IMAGE": f"ghcr.io/pbkit/{kind}:test", "PBKIT_LOCK_DIR": str(REPO / "requirements"),
-           "PBKIT_IMAGE_DIGEST": "sha256:" + "0" * 64}
+    env = {
+        **os.environ,
+        "PBKIT_IMAGE": f"ghcr.io/pbkit/{kind}:test",
+        "PBKIT_LOCK_DIR": str(REPO / "requirements"),
+        "PBKIT_IMAGE_DIGEST": "sha256:" + "0" * 64,
+    }
     r = subprocess.run([exe, *cmd], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0 and "Usage: pbkit" in r.stdout
-    r = subprocess.run([exe, "env", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [exe, "env", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     info = json.loads(r.stdout)
-    assert info["container"] == {"image": f"ghcr.io/pbkit/{kind}:test", "digest": "sha256:" + "0" * 64}
+    assert info["container"] == {
+        "image": f"ghcr.io/pbkit/{kind}:test",
+        "digest": "sha256:" + "0" * 64,
+    }
     assert info["lock_sha256"][LOCKS[kind]]
 
 
@@ -155,7 +174,9 @@ def test_the_workflow_builds_both_images_with_sbom_and_provenance() -> None:
     build = wf["jobs"]["build"]
     files = {e["dockerfile"] for e in build["strategy"]["matrix"]["include"]}
     assert files == {"docker/Dockerfile", "docker/Dockerfile.cpu"}
-    push = next(s for s in build["steps"] if s.get("uses", "").startswith("docker/build-push-action"))
+    push = next(
+        s for s in build["steps"] if s.get("uses", "").startswith("docker/build-push-action")
+    )
     assert push["with"]["sbom"] is True and push["with"]["provenance"] == "mode=max"
     smoke = " ".join(s.get("run", "") for s in wf["jobs"]["smoke"]["steps"])
     assert " env --json" in smoke and "bench" in smoke

@@ -30,19 +30,27 @@ def run(pruned_run: Path, tmp_path: Path) -> Path:
 def _bench(run: Path, backend: str, *sets: str) -> record.Record:
     if backends.BACKENDS[backend].check() is not None:
         pytest.skip(f"{backend}: {backends.BACKENDS[backend].check()}")
-    return stages.bench_run(run, [f"bench.backends=[{backend}]", "bench.quick=true", "bench.batches=[1,4]", *sets],
-                            quiet=True)
+    return stages.bench_run(
+        run,
+        [f"bench.backends=[{backend}]", "bench.quick=true", "bench.batches=[1,4]", *sets],
+        quiet=True,
+    )
 
 
 def _check(rec: record.Record, backend: str, precisions: set[str]) -> None:
     pts = [p for p in rec.latency if p.backend == backend]
     assert {(p.precision, p.batch, p.variant) for p in pts} == {
-        (pr, b, v) for pr in precisions for b in (1, 4) for v in ("dense", "pruned")}
+        (pr, b, v) for pr in precisions for b in (1, 4) for v in ("dense", "pruned")
+    }
     for p in pts:
         assert p.device == "cuda" and p.gpu_compute is not None
-        assert 0 < p.gpu_compute["median_ms"] <= p.median_ms * 1.05  # the engine call fits in the round trip
+        assert (
+            0 < p.gpu_compute["median_ms"] <= p.median_ms * 1.05
+        )  # the engine call fits in the round trip
         m = p.memory or {}
-        assert m["torch_peak_reserved_bytes"] >= m["torch_peak_allocated_bytes"] > 0 or backend.startswith(("ort", "tensorrt"))
+        assert m["torch_peak_reserved_bytes"] >= m[
+            "torch_peak_allocated_bytes"
+        ] > 0 or backend.startswith(("ort", "tensorrt"))
         if rec.env["gpus"][0].get("driver_version"):  # NVML present
             assert m["nvml_used_peak_bytes"] >= m["nvml_used_before_bytes"]
     par = [p for p in rec.parity if p.backend == backend]
@@ -57,7 +65,9 @@ def test_torch_gpu_backends_fp32_and_fp16(run: Path, backend: str) -> None:
     rec = _bench(run, backend, "bench.precisions=[fp32,fp16]")
     _check(rec, backend, {"fp32", "fp16"})
     flags = [p.flags for p in rec.latency if p.backend == backend]
-    assert all(f["cuda_graph"] == (backend == "torch-cuda-graph") and f["tf32"] is False for f in flags)
+    assert all(
+        f["cuda_graph"] == (backend == "torch-cuda-graph") and f["tf32"] is False for f in flags
+    )
 
 
 def test_channels_last_is_recorded_and_correct(run: Path) -> None:
@@ -87,10 +97,18 @@ def test_tensorrt_engines_build_run_and_record(run: Path) -> None:
     for precision in ("fp32", "fp16"):
         for variant in ("dense", "pruned"):
             info = built[precision][variant]
-            assert (run / info["path"]).is_file() and len(info["sha256"]) == 64 and set(info["profiles"]) >= {1, 4}
+            assert (
+                (run / info["path"]).is_file()
+                and len(info["sha256"]) == 64
+                and set(info["profiles"]) >= {1, 4}
+            )
     for p in rec.latency:
         if p.backend == "tensorrt":
-            assert p.memory and p.memory["plan_bytes"] > 0 and p.memory["engine_device_memory_bytes"] >= 0
+            assert (
+                p.memory
+                and p.memory["plan_bytes"] > 0
+                and p.memory["engine_device_memory_bytes"] >= 0
+            )
 
 
 def test_machine_record_on_a_gpu() -> None:

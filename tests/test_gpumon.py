@@ -19,14 +19,18 @@ class NVMLError(Exception):
 
 def fake_nvml(reasons: int = 0x1, broken: tuple[str, ...] = ()) -> Any:
     """An NVML with one H100-like device; functions named in ``broken`` raise NotSupported."""
-    nv = types.SimpleNamespace(NVML_CLOCK_GRAPHICS=0, NVML_CLOCK_SM=1, NVML_CLOCK_MEM=2, NVML_TEMPERATURE_GPU=0)
+    nv = types.SimpleNamespace(
+        NVML_CLOCK_GRAPHICS=0, NVML_CLOCK_SM=1, NVML_CLOCK_MEM=2, NVML_TEMPERATURE_GPU=0
+    )
     used = {"bytes": 1 << 30}
     funcs = {
         "nvmlDeviceGetCount": lambda: 1,
         "nvmlDeviceGetHandleByIndex": lambda i: ("handle", i),
         "nvmlDeviceGetUUID": lambda h: b"GPU-1234-abcd",
         "nvmlDeviceGetName": lambda h: "NVIDIA H100 80GB HBM3",
-        "nvmlDeviceGetMemoryInfo": lambda h: types.SimpleNamespace(total=80 << 30, used=used["bytes"]),
+        "nvmlDeviceGetMemoryInfo": lambda h: types.SimpleNamespace(
+            total=80 << 30, used=used["bytes"]
+        ),
         "nvmlSystemGetDriverVersion": lambda: "580.65.06",
         "nvmlSystemGetCudaDriverVersion_v2": lambda: 13000,
         "nvmlDeviceGetPersistenceMode": lambda h: 1,
@@ -45,8 +49,10 @@ def fake_nvml(reasons: int = 0x1, broken: tuple[str, ...] = ()) -> Any:
     }
     for name, fn in funcs.items():
         if name in broken:
+
             def fail(*a: Any, _n: str = name) -> Any:
                 raise NVMLError("Not Supported")
+
             fn = fail
         setattr(nv, name, fn)
     nv.used = used
@@ -60,6 +66,7 @@ def nvml(monkeypatch: pytest.MonkeyPatch) -> Any:
         monkeypatch.setattr(gpumon, "_nvml", nv)
         monkeypatch.setattr(gpumon, "_nvml_error", None)
         return nv
+
     return install
 
 
@@ -75,7 +82,11 @@ def test_gpu_record_reads_every_field(nvml: Any) -> None:
     miss: dict[str, str] = {}
     g = gpumon.gpu_record(0, {"index": 0, "name": "NVIDIA H100", "uuid": "GPU-1234-ABCD"}, miss)
     assert miss == {}
-    assert g["uuid"] == "GPU-1234-abcd" and g["driver_version"] == "580.65.06" and g["cuda_driver_version"] == "13.0"
+    assert (
+        g["uuid"] == "GPU-1234-abcd"
+        and g["driver_version"] == "580.65.06"
+        and g["cuda_driver_version"] == "13.0"
+    )
     assert g["persistence_mode"] is True and g["mig_mode"] is False and g["ecc_mode"] is True
     assert g["power_limit_w"] == 700.0 and (g["pcie_gen"], g["pcie_width"]) == (5, 16)
     s = g["state_start"]
@@ -93,7 +104,9 @@ def test_fields_that_cannot_be_read_are_null_with_a_reason(nvml: Any) -> None:
     assert g["driver_version"] == "580.65.06"
 
 
-def test_without_nvml_every_gpu_field_is_null_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_nvml_every_gpu_field_is_null_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(gpumon, "_nvml", None)
     monkeypatch.setattr(gpumon, "_nvml_error", "nvidia-ml-py (pynvml) is not installed")
     miss: dict[str, str] = {}
@@ -137,13 +150,23 @@ class _Watch:
         return self.reasons
 
 
-SETTINGS = {"warmup_s": 0.0, "warmup_iters": 1, "min_time_s": 0.0, "min_iters": 10, "rounds": 1,
-            "cov_limit": 10.0, "max_repeats": 3}
+SETTINGS = {
+    "warmup_s": 0.0,
+    "warmup_iters": 1,
+    "min_time_s": 0.0,
+    "min_iters": 10,
+    "rounds": 1,
+    "cov_limit": 10.0,
+    "max_repeats": 3,
+}
 
 
 def test_a_throttle_reason_other_than_idle_makes_a_point_unstable_and_repeated() -> None:
-    res = measure.measure_point({"a": lambda: None, "b": lambda: None}, SETTINGS,
-                                monitor=lambda: _Watch(["sw_thermal_slowdown"]))
+    res = measure.measure_point(
+        {"a": lambda: None, "b": lambda: None},
+        SETTINGS,
+        monitor=lambda: _Watch(["sw_thermal_slowdown"]),
+    )
     for r in res.values():
         assert not r["stable"] and r["attempts"] == 3
         assert r["throttle_reasons"] == ["sw_thermal_slowdown"]

@@ -39,7 +39,9 @@ def test_grid_samples_aligned_widths_and_the_unaligned_one_above_each() -> None:
     aligned, unaligned = latency.grid(64, anchors=6)
     assert aligned[-1] == 64 and all(w % 8 == 0 for w in aligned)
     assert set(unaligned) == {w + 1 for w in aligned if w + 1 < 64}
-    plain, none = latency.grid(10, anchors=4)  # narrower than two steps: plain anchors, the full width included
+    plain, none = latency.grid(
+        10, anchors=4
+    )  # narrower than two steps: plain anchors, the full width included
     assert none == [] and plain[-1] == 10 and plain == sorted(set(plain))
 
 
@@ -53,7 +55,11 @@ def test_the_table_interpolates_a_synthetic_latency_function() -> None:
 
     cost = latency.time_cost(layer, timer, anchors=6)
     half = len(calls) // 2  # a separable grid, timed twice: widest first, then narrowest first
-    assert len(set(calls)) == half < 40 and calls[:half] == calls[half:][::-1] and calls[0] == (64, 128)
+    assert (
+        len(set(calls)) == half < 40
+        and calls[:half] == calls[half:][::-1]
+        and calls[0] == (64, 128)
+    )
     # timed points come back exactly; aligned widths in between are interpolated closely
     for cin, cout in [(64, 128), (64, 64), (32, 128)]:
         assert float(cost(cin, cout)) == pytest.approx(staircase(cin, cout), rel=1e-9)
@@ -79,13 +85,17 @@ def test_noise_that_makes_a_wider_layer_faster_is_smoothed_away() -> None:
     layer = Layer("fc", "linear", 64, 64, (1, 64))
     first = [True]
 
-    def cold_first(_l: Layer, cin: int, cout: int) -> float:  # the first run of all is slow (cold caches)
+    def cold_first(
+        _l: Layer, cin: int, cout: int
+    ) -> float:  # the first run of all is slow (cold caches)
         ms = staircase(cin, cout) * (3.0 if first[0] else 1.0)
         first[0] = False
         return ms
 
     cost = latency.time_cost(layer, cold_first, anchors=4)
-    assert cost.full_ms == pytest.approx(staircase(64, 64))  # timed again at the end, the lower kept
+    assert cost.full_ms == pytest.approx(
+        staircase(64, 64)
+    )  # timed again at the end, the lower kept
     assert float(cost(64, 56)) <= float(cost(64, 64))
 
 
@@ -96,16 +106,22 @@ def test_the_per_call_overhead_is_taken_off_so_small_layers_are_not_priced_as_fi
     cost = latency.time_cost(layer, lambda _l, ci, co: staircase(ci, co), anchors=6, overhead=0.01)
     assert cost.overhead_ms == 0.01
     assert float(cost(64, 64)) == pytest.approx(staircase(64, 64) - 0.01)
-    assert float(cost(32, 32)) == pytest.approx(staircase(32, 32) - 0.01, rel=1e-6)  # a quarter of the compute
+    assert float(cost(32, 32)) == pytest.approx(
+        staircase(32, 32) - 0.01, rel=1e-6
+    )  # a quarter of the compute
     assert Cost.from_json(json.loads(json.dumps(cost.to_json()))).overhead_ms == 0.01
     # noise can make a timing come out below the overhead: a share of it is kept, never zero or less
     floor = latency.time_cost(layer, lambda _l, ci, co: 0.005, anchors=4, overhead=0.01)
     assert float(floor(64, 64)) == pytest.approx(0.005 * latency.MIN_COMPUTE)
     table = Table({"conv": layer}, {layer.signature: cost})
-    table.calibrate(dense_ms=0.02 + float(cost(64, 64)), widths={"conv": (64, 64)}, overhead_ms=0.02)
+    table.calibrate(
+        dense_ms=0.02 + float(cost(64, 64)), widths={"conv": (64, 64)}, overhead_ms=0.02
+    )
     assert table.fixed_ms == 0.02 and table.scale == pytest.approx(1.0)
     assert table.predict({"conv": (32, 32)}) == pytest.approx(0.02 + float(cost(32, 32)))
-    table.calibrate(dense_ms=0.01, widths={"conv": (64, 64)}, overhead_ms=0.02)  # an overhead above the model's
+    table.calibrate(
+        dense_ms=0.01, widths={"conv": (64, 64)}, overhead_ms=0.02
+    )  # an overhead above the model's
     assert table.fixed_ms == 0.0 and table.predict({"conv": (64, 64)}) == pytest.approx(0.01)
 
 
@@ -114,20 +130,37 @@ def test_the_per_call_overhead_is_taken_off_so_small_layers_are_not_priced_as_fi
 
 def test_the_knapsack_picks_the_least_importance_per_millisecond_saved() -> None:
     # group a: cheap to remove but saves little; group b: costs more, saves much more; c saves nothing
-    a = latency.best_option("a", np.array([0.1, 0.2, 0.3]), np.array([0.01, 0.02, 0.03]), np.array([1, 2, 3]))
-    b = latency.best_option("b", np.array([0.3, 0.3, 5.0]), np.array([0.0, 1.0, 1.1]), np.array([1, 2, 3]))
+    a = latency.best_option(
+        "a", np.array([0.1, 0.2, 0.3]), np.array([0.01, 0.02, 0.03]), np.array([1, 2, 3])
+    )
+    b = latency.best_option(
+        "b", np.array([0.3, 0.3, 5.0]), np.array([0.0, 1.0, 1.1]), np.array([1, 2, 3])
+    )
     c = latency.best_option("c", np.array([0.0, 0.0]), np.array([0.0, 0.0]), np.array([1, 2]))
     assert c is None
-    assert b is not None and b.k == 2  # one unit saves nothing (an unaligned width); two cross the step
+    assert (
+        b is not None and b.k == 2
+    )  # one unit saves nothing (an unaligned width); two cross the step
     assert a is not None and a.ratio == pytest.approx(10.0)
     best = latency.pick([a, b, c])
     assert best is not None and best.key == "b" and best.ratio == pytest.approx(0.6)
     # one choice never saves more than the goal still needs (the smallest saving one is always allowed)
     flat = np.array([0.1, 0.1, 0.1, 0.1])
     big = latency.best_option("d", flat, np.array([0.5, 2.0, 3.0, 4.5]), np.array([1, 2, 3, 4]))
-    capped = latency.best_option("d", flat, np.array([0.5, 2.0, 3.0, 4.5]), np.array([1, 2, 3, 4]), need=2.5)
-    tiny = latency.best_option("d", flat, np.array([0.5, 2.0, 3.0, 4.5]), np.array([1, 2, 3, 4]), need=0.1)
-    assert big is not None and big.k == 4 and capped is not None and capped.k == 2 and tiny is not None and tiny.k == 1
+    capped = latency.best_option(
+        "d", flat, np.array([0.5, 2.0, 3.0, 4.5]), np.array([1, 2, 3, 4]), need=2.5
+    )
+    tiny = latency.best_option(
+        "d", flat, np.array([0.5, 2.0, 3.0, 4.5]), np.array([1, 2, 3, 4]), need=0.1
+    )
+    assert (
+        big is not None
+        and big.k == 4
+        and capped is not None
+        and capped.k == 2
+        and tiny is not None
+        and tiny.k == 1
+    )
 
 
 # --- the closed loop ---
@@ -148,22 +181,37 @@ def _stub_tools(size: int = 32) -> tuple[Tools, list[Measured]]:
         names = latency.probe(dense, torch.randn(1, 3, size, size))
         d, p = model_ms(latency.widths_of(dense, names)), model_ms(latency.widths_of(pruned, names))
         sp = d / p
-        m = Measured(speedup=sp, ci=(sp * 0.99, sp * 1.01), dense_ms=d, pruned_ms=p, cov=0.01, seconds=0.0)
+        m = Measured(
+            speedup=sp, ci=(sp * 0.99, sp * 1.01), dense_ms=d, pruned_ms=p, cov=0.01, seconds=0.0
+        )
         seen.append(m)
         return m
 
     return Tools(table=table, measure=measure), seen
 
 
-def _prune(speedup: float, scope: str = "global", name: str = "resnet20_cifar", size: int = 32,
-           **lat: object) -> tuple[object, list[Measured], torch.nn.Module]:
+def _prune(
+    speedup: float,
+    scope: str = "global",
+    name: str = "resnet20_cifar",
+    size: int = 32,
+    **lat: object,
+) -> tuple[object, list[Measured], torch.nn.Module]:
     spec = resolve(name, num_classes=10, input_size=size)
     model = build(spec, pretrained=False, seed=0)
     tools, seen = _stub_tools(size)
-    settings = PruneSettings(speedup=speedup, scope=scope,
-                             latency=LatencySettings(backend="stub", **lat))  # type: ignore[arg-type]
-    res = prune_to_target(model, get_method("l1"), settings, input_size=size, num_classes=10,
-                          protected=get_task(spec.task).protected(model, spec), latency_tools=tools)
+    settings = PruneSettings(
+        speedup=speedup, scope=scope, latency=LatencySettings(backend="stub", **lat)
+    )  # type: ignore[arg-type]
+    res = prune_to_target(
+        model,
+        get_method("l1"),
+        settings,
+        input_size=size,
+        num_classes=10,
+        protected=get_task(spec.task).protected(model, spec),
+        latency_tools=tools,
+    )
     return res, seen, model
 
 
@@ -184,14 +232,18 @@ def test_the_closed_loop_stops_at_the_first_measured_step_that_meets_the_target(
 def test_widths_snap_to_the_steps_the_table_shows_are_faster() -> None:
     _, _, model = _prune(1.5)
     widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert all(w % 8 == 0 for w in widths), widths  # the stub penalises unaligned widths: none is left
+    assert all(w % 8 == 0 for w in widths), (
+        widths
+    )  # the stub penalises unaligned widths: none is left
 
 
 def test_a_vit_prunes_to_a_latency_target_with_whole_aligned_head_dims() -> None:
     res, seen, model = _prune(1.4, name="timm:vit_tiny_patch16_224", size=64)
     assert seen[-1].ci[0] >= 1.4 and res.macs_pruned < res.macs_base  # type: ignore[attr-defined]
     heads = [b.attn for b in model.blocks]  # type: ignore[union-attr]
-    assert all(a.qkv.out_features == 3 * a.num_heads * a.head_dim and a.head_dim % 8 == 0 for a in heads)
+    assert all(
+        a.qkv.out_features == 3 * a.num_heads * a.head_dim and a.head_dim % 8 == 0 for a in heads
+    )
     with torch.no_grad():
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
 
@@ -207,28 +259,63 @@ def test_an_unreachable_latency_target_is_one_clear_error() -> None:
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pbkit.cli", "prune", "--model", "resnet20_cifar", "--method", "l2",
-                           "--out", str(tmp_path / "runs"), "--set", "bench.quick=true",
-                           "--set", f"prune.latency.cache={tmp_path / 'cache'}", *args],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pbkit.cli",
+            "prune",
+            "--model",
+            "resnet20_cifar",
+            "--method",
+            "l2",
+            "--out",
+            str(tmp_path / "runs"),
+            "--set",
+            "bench.quick=true",
+            "--set",
+            f"prune.latency.cache={tmp_path / 'cache'}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_a_backend_that_is_not_here_or_a_bad_target_is_one_line(tmp_path: Path) -> None:
-    for args, words in [(("--speedup", "2", "--target", "latency", "--backend", "ort-cuda"), "not available here"),
-                        (("--speedup", "2", "--target", "flops"), "prune.target"),
-                        (("--speedup", "2", "--target", "latency", "--backend", "nope"), "backend"),
-                        (("--speedup", "2", "--target", "latency", "--precision", "fp16"), "fp16")]:
+    for args, words in [
+        (("--speedup", "2", "--target", "latency", "--backend", "ort-cuda"), "not available here"),
+        (("--speedup", "2", "--target", "flops"), "prune.target"),
+        (("--speedup", "2", "--target", "latency", "--backend", "nope"), "backend"),
+        (("--speedup", "2", "--target", "latency", "--precision", "fp16"), "fp16"),
+    ]:
         out = _cli(tmp_path, *args)
         assert out.returncode != 0, args
         lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-        assert len(lines) == 1 and words in lines[0] and "Traceback" not in out.stderr, (args, out.stderr)
+        assert len(lines) == 1 and words in lines[0] and "Traceback" not in out.stderr, (
+            args,
+            out.stderr,
+        )
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("resnet20*"))
 
 
 def test_prune_to_a_measured_speedup_on_onnx_runtime(tmp_path: Path) -> None:
-    args = ("--speedup", "1.3", "--target", "latency", "--backend", "ort-cpu", "--json",
-            "--set", "prune.latency.anchors=2", "--set", "prune.latency.rounds=2",
-            "--set", "export.exporter=torchscript")
+    args = (
+        "--speedup",
+        "1.3",
+        "--target",
+        "latency",
+        "--backend",
+        "ort-cpu",
+        "--json",
+        "--set",
+        "prune.latency.anchors=2",
+        "--set",
+        "prune.latency.rounds=2",
+        "--set",
+        "export.exporter=torchscript",
+    )
     out = _cli(tmp_path, *args)
     assert out.returncode == 0, out.stderr
     run = next((tmp_path / "runs").glob("resnet20-cifar-l2-protected-1.3x-ort-cpu-*"))
@@ -256,7 +343,9 @@ def test_reports_rank_latency_targets_apart_from_macs_targets() -> None:
 
     def rec(target: str) -> object:
         lat = {"backend": "ort-cpu"} if target == "latency" else None
-        return SimpleNamespace(method=SimpleNamespace(scope="protected", target=target, latency=lat))
+        return SimpleNamespace(
+            method=SimpleNamespace(scope="protected", target=target, latency=lat)
+        )
 
     assert setups.scope_of(rec("macs")) == "protected"  # MACs-targeted runs group as before
     assert setups.scope_of(rec("latency")) == "protected, ort-cpu latency"

@@ -27,13 +27,22 @@ def test_dense_and_pruned_alternate_and_respect_time_and_count() -> None:
         def run() -> None:
             calls.append(name)
             time.sleep(seconds)
+
         return run
 
-    settings = {"warmup_s": 0.01, "warmup_iters": 3, "min_time_s": 0.04, "min_iters": 8, "rounds": 4,
-                "cov_limit": 0.5}
-    res = measure.measure_alternating({"dense": runner("dense", 0.002), "pruned": runner("pruned", 0.001)}, settings)
+    settings = {
+        "warmup_s": 0.01,
+        "warmup_iters": 3,
+        "min_time_s": 0.04,
+        "min_iters": 8,
+        "rounds": 4,
+        "cov_limit": 0.5,
+    }
+    res = measure.measure_alternating(
+        {"dense": runner("dense", 0.002), "pruned": runner("pruned", 0.001)}, settings
+    )
     # after warm-up, the measured sequence switches model at least 2 * rounds - 1 times
-    measured = calls[res["dense"]["warmup_n"] + res["pruned"]["warmup_n"]:]
+    measured = calls[res["dense"]["warmup_n"] + res["pruned"]["warmup_n"] :]
     switches = sum(1 for a, b in zip(measured, measured[1:], strict=False) if a != b)
     assert switches >= 3
     assert res["dense"]["warmup_n"] >= 3 and res["dense"]["n"] >= 8
@@ -44,8 +53,14 @@ def test_dense_and_pruned_alternate_and_respect_time_and_count() -> None:
 
 def test_unstable_points_are_flagged() -> None:
     seq = iter([0.0005, 0.006] * 1000)
-    settings = {"warmup_s": 0.0, "warmup_iters": 1, "min_time_s": 0.0, "min_iters": 20, "rounds": 1,
-                "cov_limit": 0.025}
+    settings = {
+        "warmup_s": 0.0,
+        "warmup_iters": 1,
+        "min_time_s": 0.0,
+        "min_iters": 20,
+        "rounds": 1,
+        "cov_limit": 0.025,
+    }
     res = measure.measure_alternating({"x": lambda: time.sleep(next(seq))}, settings)
     assert not res["x"]["stable"] and res["x"]["unstable_reasons"][0].startswith("cov")
 
@@ -57,8 +72,11 @@ def test_unknown_backend_lists_choices() -> None:
 
 def test_unavailable_backend_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     b = backends.BACKENDS["ort-cpu"]
-    monkeypatch.setitem(backends.BACKENDS, "ort-cpu",
-                        dataclasses.replace(b, check=lambda: "python package 'onnxruntime' is not installed"))
+    monkeypatch.setitem(
+        backends.BACKENDS,
+        "ort-cpu",
+        dataclasses.replace(b, check=lambda: "python package 'onnxruntime' is not installed"),
+    )
     with pytest.raises(PbkitError, match="not available here.*install onnxruntime"):
         backends.get("ort-cpu")
 
@@ -71,22 +89,41 @@ def test_a_cpu_point_is_measured_until_its_speedup_is_known_well_enough() -> Non
     def sleeper(ms: float):  # type: ignore[no-untyped-def]
         return lambda: time.sleep(ms / 1e3)
 
-    settings = {"warmup_s": 0.0, "warmup_iters": 2, "min_time_s": 0.05, "min_iters": 10, "rounds": 2,
-                "cov_limit": 0.5, "block_s": 0.02, "ci_target": 0.05, "max_time_s": 3.0, "confidence": 0.95}
+    settings = {
+        "warmup_s": 0.0,
+        "warmup_iters": 2,
+        "min_time_s": 0.05,
+        "min_iters": 10,
+        "rounds": 2,
+        "cov_limit": 0.5,
+        "block_s": 0.02,
+        "ci_target": 0.05,
+        "max_time_s": 3.0,
+        "confidence": 0.95,
+    }
     res = measure.measure_point({"dense": sleeper(4.0), "pruned": sleeper(2.0)}, settings)
     pruned = res["pruned"]
     ci = pruned["ci"]
-    assert ci["stop"] == "ci" and ci["met"] and ci["relative_half_width"] <= 0.05 and pruned["stable"]
+    assert (
+        ci["stop"] == "ci" and ci["met"] and ci["relative_half_width"] <= 0.05 and pruned["stable"]
+    )
     lo, hi = pruned["speedup_ci"]
     speedup = res["dense"]["median_ms"] / pruned["median_ms"]
-    assert lo <= speedup <= hi and 1.5 < speedup < 2.1  # 4 ms vs 2 ms sleeps (plus the timer's overhead)
+    assert (
+        lo <= speedup <= hi and 1.5 < speedup < 2.1
+    )  # 4 ms vs 2 ms sleeps (plus the timer's overhead)
     assert res["dense"]["median_ci"][0] <= res["dense"]["median_ms"] <= res["dense"]["median_ci"][1]
-    assert res["dense"]["attempts"] == 1 and pruned["blocks"] >= 2 and set(pruned["outliers"]) == {
-        "low_mild", "low_severe", "high_mild", "high_severe"}
+    assert (
+        res["dense"]["attempts"] == 1
+        and pruned["blocks"] >= 2
+        and set(pruned["outliers"]) == {"low_mild", "low_severe", "high_mild", "high_severe"}
+    )
     # a target no noisy machine meets: measuring stops at the budget and says so
     noisy = iter([0.0005, 0.004] * 100000)
     tight = {**settings, "ci_target": 0.0001, "max_time_s": 0.3}
-    res = measure.measure_point({"dense": lambda: time.sleep(next(noisy)), "pruned": sleeper(1.0)}, tight)
+    res = measure.measure_point(
+        {"dense": lambda: time.sleep(next(noisy)), "pruned": sleeper(1.0)}, tight
+    )
     ci = res["pruned"]["ci"]
     assert ci["stop"] == "budget" and not ci["met"] and not res["pruned"]["stable"]
     assert res["pruned"]["unstable_reasons"][0].startswith("speed-up CI ±")
@@ -94,8 +131,15 @@ def test_a_cpu_point_is_measured_until_its_speedup_is_known_well_enough() -> Non
 
 
 def test_stable_points_are_measured_once() -> None:
-    settings = {"warmup_s": 0.0, "warmup_iters": 1, "min_time_s": 0.0, "min_iters": 10, "rounds": 1,
-                "cov_limit": 10.0, "max_repeats": 3}
+    settings = {
+        "warmup_s": 0.0,
+        "warmup_iters": 1,
+        "min_time_s": 0.0,
+        "min_iters": 10,
+        "rounds": 1,
+        "cov_limit": 10.0,
+        "max_repeats": 3,
+    }
     res = measure.measure_point({"a": lambda: None, "b": lambda: None}, settings)
     assert res["a"]["attempts"] == res["b"]["attempts"] == 1
 
@@ -131,11 +175,21 @@ def _opener(factors: list[float], opened: list[dict[str, _Stub]]):  # type: igno
         finally:
             for r in runners.values():
                 r.closed = True
+
     return session
 
 
-SESSIONS = {"warmup_s": 0.0, "warmup_iters": 2, "min_time_s": 0.06, "min_iters": 30, "rounds": 2, "cov_limit": 0.5,
-            "block_s": 0.01, "confidence": 0.95, "sessions": 3}
+SESSIONS = {
+    "warmup_s": 0.0,
+    "warmup_iters": 2,
+    "min_time_s": 0.06,
+    "min_iters": 30,
+    "rounds": 2,
+    "cov_limit": 0.5,
+    "block_s": 0.01,
+    "confidence": 0.95,
+    "sessions": 3,
+}
 
 
 def test_a_point_is_measured_over_fresh_sessions_until_the_speedup_is_known_well_enough() -> None:
@@ -148,22 +202,39 @@ def test_a_point_is_measured_over_fresh_sessions_until_the_speedup_is_known_well
         seen.append(k)
         per_session.append({name: int(r[name]["n"]) for name in r})  # type: ignore[call-overload]
 
-    res = measure.measure_sessions(_opener(factors, opened), {**SESSIONS, "ci_target": 0.03, "max_time_s": 5.0},
-                                   on_session=on_session)
+    res = measure.measure_sessions(
+        _opener(factors, opened),
+        {**SESSIONS, "ci_target": 0.03, "max_time_s": 5.0},
+        on_session=on_session,
+    )
     pruned, dense = res["pruned"], res["dense"]
     ci = pruned["ci"]
-    assert ci["method"].startswith("t-interval over fresh sessions") and ci["stop"] == "ci" and ci["met"]
-    assert ci["sessions"] == len(opened) == len(seen) >= 3 and seen == list(range(1, len(opened) + 1))
+    assert (
+        ci["method"].startswith("t-interval over fresh sessions")
+        and ci["stop"] == "ci"
+        and ci["met"]
+    )
+    assert ci["sessions"] == len(opened) == len(seen) >= 3 and seen == list(
+        range(1, len(opened) + 1)
+    )
     assert all(r.closed for s in opened for r in s.values())  # every session's runners were closed
-    assert ci["relative_half_width"] <= 0.03 and pruned["stable"] and pruned["sessions"] == ci["sessions"]
+    assert (
+        ci["relative_half_width"] <= 0.03
+        and pruned["stable"]
+        and pruned["sessions"] == ci["sessions"]
+    )
     assert pruned["attempts"] == 1  # sessions are not tries: nothing was measured again
     # the speed-up is the ratio of the two medians, each the geometric mean of the sessions' medians
     assert pruned["speedup"] == pytest.approx(dense["median_ms"] / pruned["median_ms"])
-    assert pruned["median_ms"] == pytest.approx(float(np.exp(np.mean(np.log(pruned["session_medians_ms"])))))
-    truth = 2.0 / float(np.exp(np.mean(np.log(factors[:ci["sessions"]]))))
+    assert pruned["median_ms"] == pytest.approx(
+        float(np.exp(np.mean(np.log(pruned["session_medians_ms"]))))
+    )
+    truth = 2.0 / float(np.exp(np.mean(np.log(factors[: ci["sessions"]]))))
     assert pruned["speedup_ci"][0] <= truth <= pruned["speedup_ci"][1]
     # pooled: every session's queries count once, and the raw samples are not kept in the result
-    assert pruned["n"] == sum(s["pruned"] for s in per_session) and dense["n"] == sum(s["dense"] for s in per_session)
+    assert pruned["n"] == sum(s["pruned"] for s in per_session) and dense["n"] == sum(
+        s["dense"] for s in per_session
+    )
     assert "_samples" not in pruned
     # per session, a share of the minimum: the sessions together measured at least min_time_s
     assert dense["duration_s"] >= 0.06 and dense["n"] >= 30
@@ -172,8 +243,9 @@ def test_a_point_is_measured_over_fresh_sessions_until_the_speedup_is_known_well
 def test_a_point_whose_sessions_disagree_stops_at_the_budget_and_says_so() -> None:
     opened: list[dict[str, _Stub]] = []
     t0 = time.perf_counter()
-    res = measure.measure_sessions(_opener([1.0, 1.3, 0.7], opened),
-                                   {**SESSIONS, "ci_target": 0.01, "max_time_s": 0.2})
+    res = measure.measure_sessions(
+        _opener([1.0, 1.3, 0.7], opened), {**SESSIONS, "ci_target": 0.01, "max_time_s": 0.2}
+    )
     wall = time.perf_counter() - t0
     ci = res["pruned"]["ci"]
     assert ci["stop"] == "budget" and not ci["met"] and not res["pruned"]["stable"]
@@ -184,7 +256,8 @@ def test_a_point_whose_sessions_disagree_stops_at_the_budget_and_says_so() -> No
 
 def test_one_session_is_the_block_bootstrap_of_one_measure_point() -> None:
     opened: list[dict[str, _Stub]] = []
-    res = measure.measure_sessions(_opener([1.0], opened), {**SESSIONS, "sessions": 1, "ci_target": 0.05,
-                                                             "max_time_s": 2.0})
+    res = measure.measure_sessions(
+        _opener([1.0], opened), {**SESSIONS, "sessions": 1, "ci_target": 0.05, "max_time_s": 2.0}
+    )
     assert len(opened) == 1 and res["pruned"]["ci"]["method"].startswith("paired block bootstrap")
     assert "sessions" not in res["pruned"]

@@ -12,12 +12,22 @@ from pbkit.core import config, record
 from pbkit.core.errors import PbkitError
 from pbkit.prune import methods
 
-FAST = ["prune.speedup=2", "prune.iterative_steps=40", "prune.calibration.dataset=synthetic",
-        "prune.calibration.batches=2", "prune.calibration.batch_size=8", "sparsify.epochs=1",
-        "sparsify.batch_size=64"]
+FAST = [
+    "prune.speedup=2",
+    "prune.iterative_steps=40",
+    "prune.calibration.dataset=synthetic",
+    "prune.calibration.batches=2",
+    "prune.calibration.batch_size=8",
+    "sparsify.epochs=1",
+    "sparsify.batch_size=64",
+]
 CNN = ["model.name=resnet20_cifar", "model.input_size=16"]
-VIT = ["model.name=timm:vit_small_patch16_224", "model.input_size=32", "model.num_classes=10",
-       "model.kwargs={depth: 2, patch_size: 8, embed_dim: 96, num_heads: 3}"]
+VIT = [
+    "model.name=timm:vit_small_patch16_224",
+    "model.input_size=32",
+    "model.num_classes=10",
+    "model.kwargs={depth: 2, patch_size: 8, embed_dim: 96, num_heads: 3}",
+]
 
 
 def _run(tmp_path: Path, *sets: str) -> record.Record:
@@ -37,7 +47,13 @@ def test_every_method_reaches_2x_on_a_cnn(tmp_path: Path, key: str, scope: str) 
     assert m.key == key and m.scope == scope and m.achieved_speedup >= 2.0
     spec = methods.get(key)
     if spec.collect is not None:
-        assert m.calibration == {"dataset": "synthetic", "batches": 2, "batch_size": 8, "seed": 0, "samples": 16}
+        assert m.calibration == {
+            "dataset": "synthetic",
+            "batches": 2,
+            "batch_size": 8,
+            "seed": 0,
+            "samples": 16,
+        }
     if spec.stage == "sparsify":
         assert m.reg_time_s is not None and m.reg_time_s > 0 and m.sparsify is not None
         assert m.sparsify["weight_decay"] == 0.0 and m.sparsify["reg"] == 5e-4
@@ -48,16 +64,34 @@ def test_every_method_reaches_2x_on_a_cnn(tmp_path: Path, key: str, scope: str) 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scope", ["local", "global", "protected"])
-@pytest.mark.parametrize("key", sorted(k for k, m in methods.METHODS.items() if "vit" in m.families))
+@pytest.mark.parametrize(
+    "key", sorted(k for k, m in methods.METHODS.items() if "vit" in m.families)
+)
 def test_every_vit_method_reaches_2x_on_a_small_vit(tmp_path: Path, key: str, scope: str) -> None:
     rec = _run(tmp_path, *VIT, f"prune.method={key}", f"prune.scope={scope}")
-    assert rec.method.achieved_speedup >= 2.0 and rec.model.family == "vit" and rec.method.scope == scope
+    assert (
+        rec.method.achieved_speedup >= 2.0
+        and rec.model.family == "vit"
+        and rec.method.scope == scope
+    )
 
 
 def test_vit_applicability_follows_the_study() -> None:
     vit = {k for k, m in methods.METHODS.items() if "vit" in m.families}
-    assert vit == {"l1", "l2", "lamp", "fpgm", "random", "taylor", "hessian", "thinet", "cp",
-                   "l2_lasso", "group_norm", "growing_reg"}
+    assert vit == {
+        "l1",
+        "l2",
+        "lamp",
+        "fpgm",
+        "random",
+        "taylor",
+        "hessian",
+        "thinet",
+        "cp",
+        "l2_lasso",
+        "group_norm",
+        "growing_reg",
+    }
     assert {k for k, m in methods.METHODS.items() if "yolo" not in m.families} == {"obdc"}
     stages = [m.stage for m in methods.METHODS.values()]
     # the study's 16 methods: 12 criteria and 4 regularizers, GroupLASSO used in two combinations
@@ -72,9 +106,13 @@ def test_methods_refuse_vits_clearly(tmp_path: Path, key: str) -> None:
         _run(tmp_path, *VIT, f"prune.method={key}")
 
 
-@pytest.mark.parametrize("key,needs", [("taylor", "calibration data"), ("thinet", "calibration data"),
-                                       ("slim", "regularizer")])
-def test_data_driven_methods_without_data_are_a_clear_error(tmp_path: Path, key: str, needs: str) -> None:
+@pytest.mark.parametrize(
+    "key,needs",
+    [("taylor", "calibration data"), ("thinet", "calibration data"), ("slim", "regularizer")],
+)
+def test_data_driven_methods_without_data_are_a_clear_error(
+    tmp_path: Path, key: str, needs: str
+) -> None:
     cfg = config.load(None, [f"out={tmp_path / 'runs'}", *CNN, f"prune.method={key}"])
     with pytest.raises(PbkitError, match=needs):
         stages.run(cfg, until="finetune", quiet=True)

@@ -40,8 +40,14 @@ def test_prefixed_models_resolve_with_family() -> None:
     assert models.resolve("tv:vit_b_16").family == "vit"
 
 
-@pytest.mark.parametrize("name,needle", [("resnet999", "choose one of"), ("tv:nope", "unknown torchvision"),
-                                         ("timm:nope", "unknown timm")])
+@pytest.mark.parametrize(
+    "name,needle",
+    [
+        ("resnet999", "choose one of"),
+        ("tv:nope", "unknown torchvision"),
+        ("timm:nope", "unknown timm"),
+    ],
+)
 def test_unknown_models_are_clear_errors(name: str, needle: str) -> None:
     with pytest.raises(PbkitError, match=needle):
         models.resolve(name)

@@ -38,7 +38,9 @@ def test_local_scope_prunes_every_layer_alike_and_global_does_not() -> None:
         model, spec = _r20()
         before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
         _prune(model, spec, scope=scope, speedup=3.0)
-        return [m.out_channels / before[n] for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        return [
+            m.out_channels / before[n] for n, m in model.named_modules() if isinstance(m, nn.Conv2d)
+        ]
 
     local, glob = kept("local"), kept("global")
     assert max(local) - min(local) < 0.15
@@ -59,7 +61,9 @@ def _ramped_r20() -> tuple[nn.Module, models.ModelSpec, nn.Conv2d]:
 
 
 @pytest.mark.parametrize("scope,low,high", [("protected", 0.09, 0.2), ("global", 0.0, 0.05)])
-def test_protected_scope_keeps_a_ten_percent_floor_global_does_not(scope: str, low: float, high: float) -> None:
+def test_protected_scope_keeps_a_ten_percent_floor_global_does_not(
+    scope: str, low: float, high: float
+) -> None:
     model, spec, conv = _ramped_r20()
     _prune(model, spec, scope=scope, speedup=2.0)
     kept = conv.out_channels / 64
@@ -103,7 +107,9 @@ def test_model_without_prunable_groups_is_a_clear_error() -> None:
 
 
 def test_vit_attention_attributes_follow_the_pruned_qkv() -> None:
-    spec = models.resolve("timm:vit_small_patch16_224", input_size=64, num_classes=10, kwargs={"depth": 2})
+    spec = models.resolve(
+        "timm:vit_small_patch16_224", input_size=64, num_classes=10, kwargs={"depth": 2}
+    )
     model = models.build(spec).eval()
     res = prune_model(model, spec, "l2", scope="local", iterative_steps=100)
     assert res.achieved_speedup >= 2.0

@@ -11,18 +11,50 @@ from pbkit.core.errors import PbkitError
 
 def test_record_on_disk_validates_and_carries_the_contract(pruned_run: Path) -> None:
     data = json.loads((pruned_run / "record.json").read_text())
-    for key in ("schema_version", "run_id", "created_utc", "model", "method", "counts", "accuracy", "finetune",
-                "artifacts", "latency", "parity", "env"):
+    for key in (
+        "schema_version",
+        "run_id",
+        "created_utc",
+        "model",
+        "method",
+        "counts",
+        "accuracy",
+        "finetune",
+        "artifacts",
+        "latency",
+        "parity",
+        "env",
+    ):
         assert key in data
     assert set(data["model"]) >= {"name", "source", "weights", "weights_sha256"}
-    assert set(data["method"]) >= {"key", "scope", "target_speedup", "achieved_speedup", "steps", "round_to"}
+    assert set(data["method"]) >= {
+        "key",
+        "scope",
+        "target_speedup",
+        "achieved_speedup",
+        "steps",
+        "round_to",
+    }
     assert set(data["counts"]) >= {"macs_base", "macs_pruned", "params_base", "params_pruned"}
     assert set(data["accuracy"]) >= {"metric", "base", "pruned", "finetuned"}
     assert data["accuracy"]["base"] is None  # data-free run
     assert len(data["artifacts"]["onnx_sha256"]) == 64
     point = data["latency"][0]
-    assert set(point) >= {"backend", "device", "batch", "precision", "median_ms", "mean_ms", "p90_ms", "p99_ms",
-                          "std_ms", "cov", "n", "stable", "speedup_vs_dense"}
+    assert set(point) >= {
+        "backend",
+        "device",
+        "batch",
+        "precision",
+        "median_ms",
+        "mean_ms",
+        "p90_ms",
+        "p99_ms",
+        "std_ms",
+        "cov",
+        "n",
+        "stable",
+        "speedup_vs_dense",
+    }
     assert set(data["parity"][0]) >= {"backend", "max_abs", "max_rel", "cosine", "passed"}
     assert data["env"]["software"]["torch"].startswith("2.13")
     rec = record.read(pruned_run)
@@ -37,7 +69,9 @@ def test_records_of_another_major_schema_are_refused(pruned_run: Path, tmp_path:
         record.read(tmp_path)
 
 
-def test_unknown_fields_are_kept_for_forward_compatibility(pruned_run: Path, tmp_path: Path) -> None:
+def test_unknown_fields_are_kept_for_forward_compatibility(
+    pruned_run: Path, tmp_path: Path
+) -> None:
     data = json.loads((pruned_run / "record.json").read_text())
     data["added_later"] = {"x": 1}
     (tmp_path / "record.json").write_text(json.dumps(data))

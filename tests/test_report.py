@@ -14,7 +14,13 @@ def _variant(src: Path, dst: Path, method: str, acc: float, recipe_lr: float = 0
     data = json.loads((dst / "record.json").read_text())
     data["method"]["key"] = method
     data["run_id"] = dst.name
-    data["dataset"] = {"name": "digits", "image_size": 32, "num_classes": 10, "train_size": 1, "test_size": 1}
+    data["dataset"] = {
+        "name": "digits",
+        "image_size": 32,
+        "num_classes": 10,
+        "train_size": 1,
+        "test_size": 1,
+    }
     data["accuracy"] = {"metric": "top1", "base": 90.0, "pruned": acc - 5, "finetuned": acc}
     data["finetune"]["lr"] = recipe_lr
     (dst / "record.json").write_text(json.dumps(data))
@@ -55,8 +61,15 @@ def test_run_table_shows_counted_and_measured_speedups(pruned_run: Path) -> None
     console = Console(record=True, width=160)
     console.print(tables.run_table(record.read(pruned_run)))
     text = console.export_text()
-    for needle in ("params", "MACs @32px", "achieved", "latency torch-cpu fp32 b1", "latency ort-cpu fp32 b1", "measured",
-                   "parity ort-cpu"):
+    for needle in (
+        "params",
+        "MACs @32px",
+        "achieved",
+        "latency torch-cpu fp32 b1",
+        "latency ort-cpu fp32 b1",
+        "measured",
+        "parity ort-cpu",
+    ):
         assert needle in text
 
 
@@ -71,42 +84,63 @@ def _on_gpu(src: Path, dst: Path, gpu: str, factor: float, when: str) -> Path:
     shutil.copytree(src, dst)
     data = json.loads((dst / "record.json").read_text())
     data["env"]["gpus"] = [{"index": 0, "name": gpu}]
-    data["stages"]["bench"]["env"]["gpus"] = [{"index": 0, "name": gpu}]  # the machine that measured
+    data["stages"]["bench"]["env"]["gpus"] = [
+        {"index": 0, "name": gpu}
+    ]  # the machine that measured
     data["bench"]["measured_utc"] = when
     for p in data["latency"]:
         if p["variant"] == "pruned":
             p["median_ms"] *= factor
-            dense = next(q for q in data["latency"] if q["variant"] == "dense" and
-                         (q["backend"], q["precision"], q["batch"]) == (p["backend"], p["precision"], p["batch"]))
+            dense = next(
+                q
+                for q in data["latency"]
+                if q["variant"] == "dense"
+                and (q["backend"], q["precision"], q["batch"])
+                == (p["backend"], p["precision"], p["batch"])
+            )
             p["speedup_vs_dense"] = dense["median_ms"] / p["median_ms"]
     (dst / "record.json").write_text(json.dumps(data))
     return dst
 
 
-def test_across_machines_puts_each_gpu_in_its_own_column(pruned_run: Path, tmp_path: Path, pbkit) -> None:  # type: ignore[no-untyped-def]
+def test_across_machines_puts_each_gpu_in_its_own_column(
+    pruned_run: Path, tmp_path: Path, pbkit
+) -> None:  # type: ignore[no-untyped-def]
     _on_gpu(pruned_run, tmp_path / "h100", "NVIDIA H100 80GB HBM3", 0.5, "2026-11-20T10:00:00Z")
     _on_gpu(pruned_run, tmp_path / "l4-old", "NVIDIA L4", 2.0, "2026-11-19T10:00:00Z")
-    _on_gpu(pruned_run, tmp_path / "l4", "NVIDIA L4", 0.8, "2026-11-21T10:00:00Z")  # newest L4 run wins
+    _on_gpu(
+        pruned_run, tmp_path / "l4", "NVIDIA L4", 0.8, "2026-11-21T10:00:00Z"
+    )  # newest L4 run wins
     rows = machines.machine_rows(report.find_records(tmp_path))
     names, table = machines.across_machines(rows)
     assert names == ["NVIDIA H100 80GB HBM3", "NVIDIA L4"]
     base = record.read(pruned_run)
     for key, cells in table.items():
         backend, precision, batch = key[4:]
-        dense = next(p for p in base.latency if (p.backend, p.precision, p.batch, p.variant) ==
-                     (backend, precision, batch, "dense"))
-        pruned = next(p for p in base.latency if (p.backend, p.precision, p.batch, p.variant) ==
-                      (backend, precision, batch, "pruned"))
+        dense = next(
+            p
+            for p in base.latency
+            if (p.backend, p.precision, p.batch, p.variant) == (backend, precision, batch, "dense")
+        )
+        pruned = next(
+            p
+            for p in base.latency
+            if (p.backend, p.precision, p.batch, p.variant) == (backend, precision, batch, "pruned")
+        )
         h100, l4 = cells["NVIDIA H100 80GB HBM3"], cells["NVIDIA L4"]
         assert abs(h100["speedup"] - dense.median_ms / (pruned.median_ms * 0.5)) < 1e-9
         assert abs(l4["speedup"] - dense.median_ms / (pruned.median_ms * 0.8)) < 1e-9
-    r = pbkit("report", tmp_path, "--across-machines", "--format", "md", "--plot", tmp_path / "across.png")
+    r = pbkit(
+        "report", tmp_path, "--across-machines", "--format", "md", "--plot", tmp_path / "across.png"
+    )
     assert r.code == 0, r.err
     assert "| NVIDIA H100 80GB HBM3 | NVIDIA L4 |" in r.out.splitlines()[2]
     assert (tmp_path / "across.png").stat().st_size > 10_000
 
 
-def test_across_machines_without_measurements_is_an_error(pruned_run: Path, tmp_path: Path, pbkit) -> None:  # type: ignore[no-untyped-def]
+def test_across_machines_without_measurements_is_an_error(
+    pruned_run: Path, tmp_path: Path, pbkit
+) -> None:  # type: ignore[no-untyped-def]
     shutil.copytree(pruned_run, tmp_path / "a")
     data = json.loads((tmp_path / "a" / "record.json").read_text())
     data["latency"] = []

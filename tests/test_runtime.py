@@ -57,6 +57,8 @@ def test_strict_fp32_leaves_a_precision_torch_export_can_read() -> None:
         assert torch.backends.cudnn.allow_tf32 is False
         assert torch.backends.cudnn.conv.fp32_precision == "ieee"
         model = torch.nn.Conv2d(3, 4, 1).eval()
-        exported = torch.export.export(model, (torch.randn(1, 3, 4, 4),), strict=False).run_decompositions()
+        exported = torch.export.export(
+            model, (torch.randn(1, 3, 4, 4),), strict=False
+        ).run_decompositions()
         assert exported.graph_module is not None
     assert runtime.snapshot() == before

@@ -38,10 +38,16 @@ def test_miou_and_pixel_accuracy_exactly_on_hand_made_predictions() -> None:
 
 
 def test_shapes_seg_is_deterministic_by_seed() -> None:
-    a, b, c = datasets.load("shapes-seg"), datasets.load("shapes-seg"), datasets.load("shapes-seg", seed=1)
+    a, b, c = (
+        datasets.load("shapes-seg"),
+        datasets.load("shapes-seg"),
+        datasets.load("shapes-seg", seed=1),
+    )
     assert a.task == "segment" and a.num_classes == 4 and a.image_size == SIZE
     x, y = a.train.tensors  # type: ignore[union-attr]
-    assert x.shape == (384, 3, SIZE, SIZE) and y.shape == (384, SIZE, SIZE) and y.dtype == torch.long
+    assert (
+        x.shape == (384, 3, SIZE, SIZE) and y.shape == (384, SIZE, SIZE) and y.dtype == torch.long
+    )
     assert torch.equal(x, b.train.tensors[0]) and torch.equal(y, b.train.tensors[1])  # type: ignore[union-attr]
     assert not torch.equal(y, c.train.tensors[1])  # type: ignore[union-attr]
     assert set(y.unique().tolist()) == {0, 1, 2, 3}
@@ -70,7 +76,9 @@ def test_voc_ade20k_and_cityscapes_load_from_their_layouts(tmp_path: Path) -> No
     b = datasets.load("voc", root=str(tmp_path), image_size=32)
     x, y = b.train[0]
     assert (b.num_classes, len(b.train), len(b.test), b.task) == (21, 2, 1, "segment")
-    assert x.shape == (3, 32, 32) and y.shape == (32, 32) and set(y.unique().tolist()) <= {0, 15, 255}
+    assert (
+        x.shape == (3, 32, 32) and y.shape == (32, 32) and set(y.unique().tolist()) <= {0, 15, 255}
+    )
     assert 15 in b.test[0][1].unique().tolist()
 
     ade = tmp_path / "ADEChallengeData2016"
@@ -92,12 +100,17 @@ def test_voc_ade20k_and_cityscapes_load_from_their_layouts(tmp_path: Path) -> No
     assert set(y.unique().tolist()) == {0, 13, 255}
 
 
-@pytest.mark.parametrize("name, needle", [
-    ("voc", "VOCdevkit/VOC2012/ with JPEGImages/"),
-    ("ade20k", "ADEChallengeData2016/images/{training,validation}"),
-    ("cityscapes", "leftImg8bit/{train,val}/<city>/"),
-])
-def test_missing_segmentation_data_is_one_line_naming_the_layout(tmp_path: Path, name: str, needle: str) -> None:
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("voc", "VOCdevkit/VOC2012/ with JPEGImages/"),
+        ("ade20k", "ADEChallengeData2016/images/{training,validation}"),
+        ("cityscapes", "leftImg8bit/{train,val}/<city>/"),
+    ],
+)
+def test_missing_segmentation_data_is_one_line_naming_the_layout(
+    tmp_path: Path, name: str, needle: str
+) -> None:
     with pytest.raises(PbkitError, match=name) as e:
         datasets.load(name, root=str(tmp_path))
     assert needle in str(e.value) and "\n" not in str(e.value)
@@ -114,8 +127,14 @@ def test_segmentation_models_are_listed_and_resolved() -> None:
     assert "tv:deeplabv3_mobilenet_v3_large"[3:] in segment.torchvision_names()
 
 
-@pytest.mark.parametrize("scope", [pytest.param("local", marks=pytest.mark.slow),
-                                   pytest.param("global", marks=pytest.mark.slow), "protected"])
+@pytest.mark.parametrize(
+    "scope",
+    [
+        pytest.param("local", marks=pytest.mark.slow),
+        pytest.param("global", marks=pytest.mark.slow),
+        "protected",
+    ],
+)
 def test_a_segmentation_model_prunes_2x_in_each_scope_with_its_head_untouched(scope: str) -> None:
     spec = registry.resolve("tv:lraspp_mobilenet_v3_large", num_classes=4, input_size=SIZE)
     model = registry.build(spec).eval()
@@ -124,7 +143,9 @@ def test_a_segmentation_model_prunes_2x_in_each_scope_with_its_head_untouched(sc
     before = [h.bias.detach().clone() for h in heads]
     res = prune_model(model, spec, "l2", scope=scope, iterative_steps=40)
     assert res.achieved_speedup >= 2.0
-    for h, bias in zip(heads, before, strict=True):  # every class kept (its inputs may narrow, as a classifier's)
+    for h, bias in zip(
+        heads, before, strict=True
+    ):  # every class kept (its inputs may narrow, as a classifier's)
         assert h.out_channels == 4 and torch.equal(h.bias, bias)
     with torch.no_grad():
         assert model(torch.randn(2, 3, SIZE, SIZE)).shape == (2, 4, SIZE, SIZE)
@@ -150,17 +171,21 @@ def test_kd_for_dense_outputs() -> None:
     assert float(loss) > 0 and student.grad is not None and float(student.grad.abs().sum()) > 0
     # a per-pixel mean: the same images at twice the resolution give the same loss
     up = torch.nn.functional.interpolate
-    assert float(kd_loss_dense(up(student.detach(), scale_factor=2), up(teacher, scale_factor=2), 2.0)) == \
-        pytest.approx(float(loss), rel=0.05)
+    assert float(
+        kd_loss_dense(up(student.detach(), scale_factor=2), up(teacher, scale_factor=2), 2.0)
+    ) == pytest.approx(float(loss), rel=0.05)
 
 
 @pytest.fixture(scope="module")
 def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`make bench MODEL=seg`'s configuration (lraspp on shapes-seg: a base trained here, pruned 2x,
     finetuned with per-pixel KD, exported), with a quick measurement on ONNX Runtime."""
+
     def build(folder: Path) -> str:
-        cfg = config.load(REPO / "configs/bench/seg.yaml", [f"out={folder / 'runs'}", "bench.quick=true",
-                                                             "bench.backends=[ort-cpu]"])
+        cfg = config.load(
+            REPO / "configs/bench/seg.yaml",
+            [f"out={folder / 'runs'}", "bench.quick=true", "bench.backends=[ort-cpu]"],
+        )
         return str(stages.run(cfg, quiet=True).run_dir)
 
     return Path(once(tmp_path_factory, "seg_run", build))
@@ -170,13 +195,23 @@ def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_segmentation_run_records_miou_kd_parity_and_speed(seg_run: Path) -> None:
     rec = record.read(seg_run)
     a = rec.accuracy
-    assert rec.model.task == "segment" and a.metric == "mIoU" and rec.dataset and rec.dataset.task == "segment"
+    assert (
+        rec.model.task == "segment"
+        and a.metric == "mIoU"
+        and rec.dataset
+        and rec.dataset.task == "segment"
+    )
     assert a.base is not None and a.pruned is not None and a.finetuned is not None
     assert a.base > 70  # the base learned the shapes
-    assert a.finetuned > a.pruned + 30 and a.finetuned > a.base - 5  # finetuning recovers what pruning lost
+    assert (
+        a.finetuned > a.pruned + 30 and a.finetuned > a.base - 5
+    )  # finetuning recovers what pruning lost
     assert set(a.others["pixel_acc"]) == {"base", "pruned", "finetuned"}
-    assert rec.finetune and rec.finetune["kd"]["enabled"] and rec.finetune["history"][-1]["mIoU"] == pytest.approx(
-        a.finetuned)
+    assert (
+        rec.finetune
+        and rec.finetune["kd"]["enabled"]
+        and rec.finetune["history"][-1]["mIoU"] == pytest.approx(a.finetuned)
+    )
     assert rec.model.notes["bn_momentum"] == [0.1]
     assert rec.parity and all(p.passed for p in rec.parity)
     assert any(p.variant == "pruned" and p.speedup_vs_dense for p in rec.latency)
@@ -184,7 +219,9 @@ def test_a_segmentation_run_records_miou_kd_parity_and_speed(seg_run: Path) -> N
 
 
 @pytest.mark.slow
-def test_a_pruned_segmentation_model_reloads_in_a_fresh_process(seg_run: Path, tmp_path: Path) -> None:
+def test_a_pruned_segmentation_model_reloads_in_a_fresh_process(
+    seg_run: Path, tmp_path: Path
+) -> None:
     model, _, _ = checkpoint.load_model(seg_run / "pruned.pt")
     x = counts.example_input(SIZE, batch=1)
     got = output_in_fresh_process(seg_run / "finetuned.pt", x, tmp_path, "m.eval()(x)")
@@ -204,22 +241,43 @@ def test_the_leaderboard_reports_miou(seg_run: Path, pbkit) -> None:  # type: ig
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", sorted(k for k, m in methods.METHODS.items() if "cnn" in m.families))
+@pytest.mark.parametrize(
+    "key", sorted(k for k, m in methods.METHODS.items() if "cnn" in m.families)
+)
 def test_every_method_prunes_a_segmentation_model(tmp_path: Path, key: str) -> None:
     """Data-driven criteria and regularizers use the segmentation loss on shapes-seg batches."""
-    sets = [f"out={tmp_path / 'runs'}", "model.name=tv:lraspp_mobilenet_v3_large", "dataset.name=shapes-seg",
-            "dataset.image_size=32", "dataset.train_limit=64", "dataset.test_limit=16", f"prune.method={key}",
-            "prune.iterative_steps=10", "prune.calibration.batches=1", "prune.calibration.batch_size=8",
-            "sparsify.epochs=1", "sparsify.batch_size=32", "finetune.epochs=0"]
+    sets = [
+        f"out={tmp_path / 'runs'}",
+        "model.name=tv:lraspp_mobilenet_v3_large",
+        "dataset.name=shapes-seg",
+        "dataset.image_size=32",
+        "dataset.train_limit=64",
+        "dataset.test_limit=16",
+        f"prune.method={key}",
+        "prune.iterative_steps=10",
+        "prune.calibration.batches=1",
+        "prune.calibration.batch_size=8",
+        "sparsify.epochs=1",
+        "sparsify.batch_size=32",
+        "finetune.epochs=0",
+    ]
     if key == "bnscale":  # a random init has every BatchNorm gamma at 1: train briefly first
         sets += ["base.epochs=1", "base.batch_size=32"]
-    if key == "obdc":  # torch-pruning's EigenDamage unfolds plain convolutions only: MobileNetV3 is depthwise
-        with pytest.raises(PbkitError, match="obdc .* handles ungrouped, undilated convolutions only; .* groups="):
+    if (
+        key == "obdc"
+    ):  # torch-pruning's EigenDamage unfolds plain convolutions only: MobileNetV3 is depthwise
+        with pytest.raises(
+            PbkitError, match="obdc .* handles ungrouped, undilated convolutions only; .* groups="
+        ):
             stages.run(config.load(None, sets), until="prune", quiet=True)
         return
     rec = stages.run(config.load(None, sets), until="prune", quiet=True).record
     m = rec.method
-    assert m.achieved_speedup >= 2.0 and rec.accuracy.metric == "mIoU" and rec.accuracy.pruned is not None
+    assert (
+        m.achieved_speedup >= 2.0
+        and rec.accuracy.metric == "mIoU"
+        and rec.accuracy.pruned is not None
+    )
     if methods.get(key).collect is not None:
         assert m.calibration is not None and m.calibration["dataset"] == "shapes-seg"
     if methods.get(key).stage == "sparsify":

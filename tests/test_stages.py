@@ -20,17 +20,30 @@ from pbkit.core import config, record
 from pbkit.core.errors import PbkitError
 from tests.conftest import once
 
-DIGITS = ["model.name=resnet20_cifar", "dataset.name=digits", "dataset.image_size=16",
-          "base.epochs=15", "base.lr=0.05", "base.batch_size=64",
-          "finetune.epochs=6", "finetune.lr=0.01", "finetune.batch_size=64", "finetune.schedule=cosine",
-          "prune.method=l1", "prune.speedup=2"]
+DIGITS = [
+    "model.name=resnet20_cifar",
+    "dataset.name=digits",
+    "dataset.image_size=16",
+    "base.epochs=15",
+    "base.lr=0.05",
+    "base.batch_size=64",
+    "finetune.epochs=6",
+    "finetune.lr=0.01",
+    "finetune.batch_size=64",
+    "finetune.schedule=cosine",
+    "prune.method=l1",
+    "prune.speedup=2",
+]
 
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, record.Record]:
     def build(folder: Path) -> str:
-        return str(stages.run(config.load(None, [*DIGITS, f"out={folder / 'runs'}"]), until="finetune",
-                              quiet=True).run_dir)
+        return str(
+            stages.run(
+                config.load(None, [*DIGITS, f"out={folder / 'runs'}"]), until="finetune", quiet=True
+            ).run_dir
+        )
 
     run_dir = Path(once(tmp_path_factory, "digits_run", build))
     return run_dir, record.read(run_dir)
@@ -53,7 +66,9 @@ def test_digits_base_pruned_2x_and_finetuned_stays_within_3_points(digits_run) -
 @pytest.mark.slow
 def test_every_method_prunes_the_same_saved_base(digits_run) -> None:  # type: ignore[no-untyped-def]
     run_dir, first = digits_run
-    cfg = config.load(None, [*DIGITS, f"out={run_dir.parent}", "prune.method=fpgm", "finetune.epochs=0"])
+    cfg = config.load(
+        None, [*DIGITS, f"out={run_dir.parent}", "prune.method=fpgm", "finetune.epochs=0"]
+    )
     second = stages.run(cfg, until="finetune", quiet=True).record
     assert second.model.weights_path == first.model.weights_path
     assert second.model.weights_sha256 == first.model.weights_sha256
@@ -61,7 +76,9 @@ def test_every_method_prunes_the_same_saved_base(digits_run) -> None:  # type: i
     assert second.method.key == "fpgm" and second.accuracy.finetuned is None
 
 
-def test_interrupted_run_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_run_leaves_nothing_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import pbkit.models.checkpoint as ck
 
     calls = {"n": 0}
@@ -76,7 +93,11 @@ def test_interrupted_run_leaves_nothing_half_written(tmp_path: Path, monkeypatch
     monkeypatch.setattr(ck, "save_model", save_then_die)
     out = tmp_path / "runs"
     with pytest.raises(KeyboardInterrupt):
-        stages.run(config.load(None, ["model.name=resnet20_cifar", f"out={out}"]), until="finetune", quiet=True)
+        stages.run(
+            config.load(None, ["model.name=resnet20_cifar", f"out={out}"]),
+            until="finetune",
+            quiet=True,
+        )
     assert list(out.iterdir()) == []
 
 
@@ -85,11 +106,16 @@ def test_existing_run_folder_is_never_overwritten(tmp_path: Path) -> None:
     (out / "taken").mkdir(parents=True)
     (out / "taken" / "record.json").write_text("{}")
     with pytest.raises(PbkitError, match="already exists"):
-        stages.run(config.load(None, ["model.name=resnet20_cifar", f"out={out}", "run_id=taken"]), quiet=True)
+        stages.run(
+            config.load(None, ["model.name=resnet20_cifar", f"out={out}", "run_id=taken"]),
+            quiet=True,
+        )
     assert (out / "taken" / "record.json").read_text() == "{}"
 
 
-def test_bench_after_export_keeps_parity_and_replaces_only_its_points(pruned_run: Path, tmp_path: Path) -> None:
+def test_bench_after_export_keeps_parity_and_replaces_only_its_points(
+    pruned_run: Path, tmp_path: Path
+) -> None:
     import shutil
 
     run = tmp_path / "run"
@@ -100,9 +126,15 @@ def test_bench_after_export_keeps_parity_and_replaces_only_its_points(pruned_run
     def keyed(ps: list[record.Parity]) -> dict[tuple[str, str, str, int], record.Parity]:
         return {(p.backend, p.variant, p.precision, p.batch): p for p in ps}
 
-    assert keyed(rec.parity).keys() == keyed(before.parity).keys()  # torch-cpu checked again, nothing lost
-    assert [p for p in rec.parity if p.backend == "ort-cpu"] == [p for p in before.parity if p.backend == "ort-cpu"]
-    assert {(p.backend, p.variant) for p in rec.latency} == {(p.backend, p.variant) for p in before.latency}
+    assert (
+        keyed(rec.parity).keys() == keyed(before.parity).keys()
+    )  # torch-cpu checked again, nothing lost
+    assert [p for p in rec.parity if p.backend == "ort-cpu"] == [
+        p for p in before.parity if p.backend == "ort-cpu"
+    ]
+    assert {(p.backend, p.variant) for p in rec.latency} == {
+        (p.backend, p.variant) for p in before.latency
+    }
     assert list(rec.stages)[-1] == "bench"
     assert rec.bench is not None and rec.bench["quick"] is True
 
@@ -112,33 +144,68 @@ def test_bench_measures_each_point_over_fresh_sessions(pruned_run: Path, tmp_pat
 
     run = tmp_path / "run"
     shutil.copytree(pruned_run, run)
-    rec = stages.bench_run(run, ["bench.backends=[ort-cpu]", "bench.quick=false", "bench.sessions=2", "bench.min_time_s=0.1",
-                                 "bench.min_iters=10", "bench.max_time_s=0.1", "bench.warmup_s=0",
-                                 "bench.warmup_iters=2", "bench.block_s=0.02"], quiet=True)
+    rec = stages.bench_run(
+        run,
+        [
+            "bench.backends=[ort-cpu]",
+            "bench.quick=false",
+            "bench.sessions=2",
+            "bench.min_time_s=0.1",
+            "bench.min_iters=10",
+            "bench.max_time_s=0.1",
+            "bench.warmup_s=0",
+            "bench.warmup_iters=2",
+            "bench.block_s=0.02",
+        ],
+        quiet=True,
+    )
     pts = {p.variant: p for p in rec.latency if p.backend == "ort-cpu"}
     dense, pruned = pts["dense"], pts["pruned"]
     extra = pruned.model_extra or {}
     assert extra["sessions"] == 2 and len(extra["session_medians_ms"]) == 2
-    assert pruned.ci is not None and pruned.ci["sessions"] == 2 and len(pruned.ci["session_speedups"]) == 2
+    assert (
+        pruned.ci is not None
+        and pruned.ci["sessions"] == 2
+        and len(pruned.ci["session_speedups"]) == 2
+    )
     assert pruned.speedup_vs_dense == pytest.approx(dense.median_ms / pruned.median_ms)
-    assert pruned.speedup_ci is not None and pruned.speedup_ci[0] <= pruned.speedup_vs_dense <= pruned.speedup_ci[1]
-    assert dense.memory is not None and pruned.memory is not None  # recorded while the first session was built
-    assert len([c for c in rec.parity if c.backend == "ort-cpu" and c.batch == 1]) == 2  # once per variant
+    assert (
+        pruned.speedup_ci is not None
+        and pruned.speedup_ci[0] <= pruned.speedup_vs_dense <= pruned.speedup_ci[1]
+    )
+    assert (
+        dense.memory is not None and pruned.memory is not None
+    )  # recorded while the first session was built
+    assert (
+        len([c for c in rec.parity if c.backend == "ort-cpu" and c.batch == 1]) == 2
+    )  # once per variant
     assert rec.bench is not None and rec.bench["sessions"] == 2
     from pbkit.report import tables
 
-    assert "2 sessions" in tables.speedup_cell(dense, pruned) and "tries" not in tables.speedup_cell(dense, pruned)
+    assert "2 sessions" in tables.speedup_cell(
+        dense, pruned
+    ) and "tries" not in tables.speedup_cell(dense, pruned)
 
 
-def test_a_runs_bench_stage_measures_in_a_fresh_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_runs_bench_stage_measures_in_a_fresh_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pbkit.stages import bench, orchestrate
 
     def in_this_process(*a: object, **k: object) -> None:
         raise AssertionError("the bench stage ran in the process that pruned")
 
     monkeypatch.setattr(bench, "run", in_this_process)  # a fresh interpreter imports the real one
-    cfg = _cfg(tmp_path / "runs", "bench.quick=false", "bench.sessions=2", "bench.min_time_s=0.05",
-               "bench.min_iters=5", "bench.max_time_s=0.05", "bench.warmup_s=0", "bench.warmup_iters=2")
+    cfg = _cfg(
+        tmp_path / "runs",
+        "bench.quick=false",
+        "bench.sessions=2",
+        "bench.min_time_s=0.05",
+        "bench.min_iters=5",
+        "bench.max_time_s=0.05",
+        "bench.warmup_s=0",
+        "bench.warmup_iters=2",
+    )
     out = stages.run(cfg, quiet=True)
     assert "bench" in out.ran and {p.variant for p in out.record.latency} == {"dense", "pruned"}
     assert out.record.bench is not None and out.record.bench["sessions"] == 2
@@ -148,7 +215,9 @@ def test_a_runs_bench_stage_measures_in_a_fresh_process(tmp_path: Path, monkeypa
     assert "\n" not in str(e.value)
 
 
-def test_a_run_made_before_a_bench_key_existed_is_measured_with_its_default(pruned_run: Path, tmp_path: Path) -> None:
+def test_a_run_made_before_a_bench_key_existed_is_measured_with_its_default(
+    pruned_run: Path, tmp_path: Path
+) -> None:
     import json
     import shutil
 
@@ -159,7 +228,9 @@ def test_a_run_made_before_a_bench_key_existed_is_measured_with_its_default(prun
         del data["config"]["bench"][key]  # as a record written before these keys existed
     (run / "record.json").write_text(json.dumps(data))
     rec = stages.bench_run(run, ["bench.backends=[torch-cpu]"], quiet=True)
-    assert rec.bench is not None and rec.bench["quick"] is True and "session_warmup_iters" in rec.bench
+    assert (
+        rec.bench is not None and rec.bench["quick"] is True and "session_warmup_iters" in rec.bench
+    )
 
 
 def test_bad_run_id(tmp_path: Path) -> None:
@@ -170,15 +241,24 @@ def test_bad_run_id(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 # content-addressed, resumable runs
 
-SMALL = ["model.name=resnet20_cifar", "prune.method=l1", "prune.speedup=2", "prune.iterative_steps=40",
-         "bench.quick=true", "bench.backends=[torch-cpu]", "export.exporter=torchscript"]
+SMALL = [
+    "model.name=resnet20_cifar",
+    "prune.method=l1",
+    "prune.speedup=2",
+    "prune.iterative_steps=40",
+    "bench.quick=true",
+    "bench.backends=[torch-cpu]",
+    "export.exporter=torchscript",
+]
 
 
 def _cfg(out: Path, *sets: str) -> config.Config:
     return config.load(None, [*SMALL, f"out={out}", *sets])
 
 
-def test_run_id_is_a_readable_prefix_and_the_hash_of_what_determines_the_result(tmp_path: Path) -> None:
+def test_run_id_is_a_readable_prefix_and_the_hash_of_what_determines_the_result(
+    tmp_path: Path,
+) -> None:
     from pbkit.stages import rundir
 
     def plan(*sets: str) -> rundir.Plan:
@@ -189,20 +269,42 @@ def test_run_id_is_a_readable_prefix_and_the_hash_of_what_determines_the_result(
     assert p.run_id.endswith(p.identity.hash[:10]) and len(p.identity.hash) == 64
     assert plan().run_id == p.run_id  # the same configuration, the same run
     # what cannot change a data-free l1 result does not change its id
-    for same in ("finetune.epochs=5", "sparsify.reg=0.1", "prune.calibration.batches=3", "bench.batches=[1,8]",
-                 "export.opset=17", "dataset.eval_batch_size=7"):
+    for same in (
+        "finetune.epochs=5",
+        "sparsify.reg=0.1",
+        "prune.calibration.batches=3",
+        "bench.batches=[1,8]",
+        "export.opset=17",
+        "dataset.eval_batch_size=7",
+    ):
         assert plan(same).run_id == p.run_id, same
-    for other in ("prune.speedup=3", "prune.scope=local", "prune.round_to=8", "prune.seed=1", "model.seed=1",
-                  "prune.iterative_steps=41", "dataset.name=synthetic"):
+    for other in (
+        "prune.speedup=3",
+        "prune.scope=local",
+        "prune.round_to=8",
+        "prune.seed=1",
+        "model.seed=1",
+        "prune.iterative_steps=41",
+        "dataset.name=synthetic",
+    ):
         assert plan(other).identity.hash != p.identity.hash, other
     # where they matter, recipes, calibration and sparse training are part of it
     slim = plan("prune.method=slim", "dataset.name=synthetic")
-    assert plan("prune.method=slim", "dataset.name=synthetic", "sparsify.reg=0.1").run_id != slim.run_id
-    assert plan("dataset.name=synthetic", "finetune.epochs=2").run_id != \
-        plan("dataset.name=synthetic", "finetune.epochs=3").run_id
+    assert (
+        plan("prune.method=slim", "dataset.name=synthetic", "sparsify.reg=0.1").run_id
+        != slim.run_id
+    )
+    assert (
+        plan("dataset.name=synthetic", "finetune.epochs=2").run_id
+        != plan("dataset.name=synthetic", "finetune.epochs=3").run_id
+    )
     taylor = plan("prune.method=taylor", "prune.calibration.dataset=synthetic")
-    assert plan("prune.method=taylor", "prune.calibration.dataset=synthetic",
-                "prune.calibration.seed=1").run_id != taylor.run_id
+    assert (
+        plan(
+            "prune.method=taylor", "prune.calibration.dataset=synthetic", "prune.calibration.seed=1"
+        ).run_id
+        != taylor.run_id
+    )
 
 
 def test_checkpoint_weights_enter_the_identity_by_content(tmp_path: Path) -> None:
@@ -214,13 +316,20 @@ def test_checkpoint_weights_enter_the_identity_by_content(tmp_path: Path) -> Non
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     torch.save(models.build(models.resolve("resnet20_cifar"), seed=1).state_dict(), a)
     torch.save(models.build(models.resolve("resnet20_cifar"), seed=2).state_dict(), b)
-    ids = {name: rundir.plan(_cfg(tmp_path, "model.weights=checkpoint", f"model.checkpoint={p}")).run_id
-           for name, p in (("a", a), ("b", b))}
+    ids = {
+        name: (
+            rundir.plan(_cfg(tmp_path, "model.weights=checkpoint", f"model.checkpoint={p}")).run_id
+        )
+        for name, p in (("a", a), ("b", b))
+    }
     assert ids["a"] != ids["b"]
     (tmp_path / "copy").mkdir()
     copy = tmp_path / "copy" / "renamed.pt"
     copy.write_bytes(a.read_bytes())  # another path, the same bytes: the same run
-    assert rundir.plan(_cfg(tmp_path, "model.weights=checkpoint", f"model.checkpoint={copy}")).run_id == ids["a"]
+    assert (
+        rundir.plan(_cfg(tmp_path, "model.weights=checkpoint", f"model.checkpoint={copy}")).run_id
+        == ids["a"]
+    )
 
 
 def test_a_configuration_run_twice_reports_the_existing_run(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -234,22 +343,34 @@ def test_a_configuration_run_twice_reports_the_existing_run(pbkit, tmp_path: Pat
     before = (run_dir / "record.json").read_bytes()
     again = pbkit("run", cfg_file, *sets, "--set", f"out={tmp_path / 'runs'}", "--json")
     assert again.code == 0, again.err
-    assert again.json()["stages_run"] == [] and again.json()["stages_done_before"] == ["prune", "export", "bench"]
+    assert again.json()["stages_run"] == [] and again.json()["stages_done_before"] == [
+        "prune",
+        "export",
+        "bench",
+    ]
     assert "complete" in again.err and "--force" in again.err
     assert (run_dir / "record.json").read_bytes() == before  # nothing was run or rewritten
     table = pbkit("run", cfg_file, *sets, "--set", f"out={tmp_path / 'runs'}")
     assert table.code == 0 and "achieved" in table.out and run_dir.name in table.out
 
 
-def test_a_pruned_run_continues_with_export_and_bench_and_force_starts_again(tmp_path: Path) -> None:
+def test_a_pruned_run_continues_with_export_and_bench_and_force_starts_again(
+    tmp_path: Path,
+) -> None:
     out = tmp_path / "runs"
     pruned = stages.run(_cfg(out), until="finetune", quiet=True)
     assert pruned.ran == ["prune"] and list(pruned.record.stages) == ["prune"]
     prune_facts = pruned.record.stages["prune"]
-    (pruned.run_dir / ".record.json.k1ll3d.tmp").write_text('{"half')  # what a killed write leaves behind
+    (pruned.run_dir / ".record.json.k1ll3d.tmp").write_text(
+        '{"half'
+    )  # what a killed write leaves behind
     done = stages.run(_cfg(out), quiet=True)
     assert not list(done.run_dir.glob(".*.tmp"))
-    assert done.run_dir == pruned.run_dir and done.done_before == ["prune"] and done.ran == ["export", "bench"]
+    assert (
+        done.run_dir == pruned.run_dir
+        and done.done_before == ["prune"]
+        and done.ran == ["export", "bench"]
+    )
     assert done.record.stages["prune"] == prune_facts  # the prune stage was not run again
     assert list(done.record.stages) == ["prune", "export", "bench"]
     # a bench asked for with other settings measures again; prune and export stay
@@ -258,7 +379,9 @@ def test_a_pruned_run_continues_with_export_and_bench_and_force_starts_again(tmp
     forced = stages.run(_cfg(out), force=True, quiet=True)
     assert forced.ran == ["prune", "export", "bench"]
     assert forced.record.stages["prune"].started_utc >= prune_facts.started_utc
-    assert forced.record.created_utc >= pruned.record.created_utc and len(forced.record.latency) == 2
+    assert (
+        forced.record.created_utc >= pruned.record.created_utc and len(forced.record.latency) == 2
+    )
 
 
 def test_a_run_folder_of_another_configuration_is_refused_and_kept(tmp_path: Path) -> None:
@@ -281,19 +404,37 @@ def test_finetuning_is_its_own_stage_and_the_finetuned_model_is_exported(tmp_pat
     from pbkit.core.fileio import sha256_file
     from pbkit.models import checkpoint, counts
 
-    cfg = _cfg(tmp_path / "runs", "dataset.name=synthetic", "dataset.train_limit=64", "dataset.test_limit=32",
-               "finetune.epochs=1", "finetune.batch_size=32")
+    cfg = _cfg(
+        tmp_path / "runs",
+        "dataset.name=synthetic",
+        "dataset.train_limit=64",
+        "dataset.test_limit=32",
+        "finetune.epochs=1",
+        "finetune.batch_size=32",
+    )
     out = stages.run(cfg, quiet=True)
     rec = out.record
     assert out.ran == ["prune", "finetune", "export", "bench"] and list(rec.stages) == out.ran
-    assert rec.artifacts["pruned"]["path"] == "finetuned.pt" and rec.artifacts["pruned_as_pruned"]["path"] == "pruned.pt"
+    assert (
+        rec.artifacts["pruned"]["path"] == "finetuned.pt"
+        and rec.artifacts["pruned_as_pruned"]["path"] == "pruned.pt"
+    )
     assert rec.accuracy.finetuned is not None and len((rec.finetune or {})["history"]) == 1
-    assert rec.stages["finetune"].config == {"dataset": cfg.dataset.model_dump(), "finetune": cfg.finetune.model_dump()}
+    assert rec.stages["finetune"].config == {
+        "dataset": cfg.dataset.model_dump(),
+        "finetune": cfg.finetune.model_dump(),
+    }
     finetuned, _, _ = checkpoint.load_model(out.run_dir / "finetuned.pt")
     as_pruned, _, _ = checkpoint.load_model(out.run_dir / "pruned.pt")
-    assert counts.layer_widths(finetuned) == counts.layer_widths(as_pruned)  # same architecture, trained weights
-    assert any(not torch.equal(a, b) for a, b in zip(finetuned.state_dict().values(),
-                                                       as_pruned.state_dict().values(), strict=True))
+    assert counts.layer_widths(finetuned) == counts.layer_widths(
+        as_pruned
+    )  # same architecture, trained weights
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(
+            finetuned.state_dict().values(), as_pruned.state_dict().values(), strict=True
+        )
+    )
     pruned_point = next(p for p in rec.latency if p.variant == "pruned")
     assert pruned_point.artifact_sha256 == sha256_file(out.run_dir / "finetuned.pt")
 
@@ -302,8 +443,9 @@ def test_finetuning_is_its_own_stage_and_the_finetuned_model_is_exported(tmp_pat
 # each stage keeps its own facts
 
 
-def test_a_record_pruned_on_one_machine_and_measured_on_another_says_both(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_record_pruned_on_one_machine_and_measured_on_another_says_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pbkit.machine import envinfo
     from pbkit.report import leaderboard
 
@@ -317,17 +459,27 @@ def test_a_record_pruned_on_one_machine_and_measured_on_another_says_both(tmp_pa
         return env
 
     monkeypatch.setattr(envinfo, "collect", elsewhere)
-    rec = stages.bench_run(run_dir, ["bench.backends=[torch-cpu]", "bench.quick=true", "bench.rounds=1"], quiet=True)
+    rec = stages.bench_run(
+        run_dir, ["bench.backends=[torch-cpu]", "bench.quick=true", "bench.rounds=1"], quiet=True
+    )
     prune_env, bench_env = rec.stages["prune"].env or {}, rec.stages["bench"].env or {}
     assert prune_env["host"]["hostname"] == real()["host"]["hostname"] != "bench-box"
-    assert bench_env["host"]["hostname"] == "bench-box" and rec.env["host"]["hostname"] == "bench-box"
+    assert (
+        bench_env["host"]["hostname"] == "bench-box" and rec.env["host"]["hostname"] == "bench-box"
+    )
     assert rec.stages["prune"].config["prune"]["method"] == "l1"  # type: ignore[index]
     assert rec.stages["bench"].config == {"bench": rec.config["bench"]}
     assert rec.stages["bench"].started_utc and rec.stages["bench"].seconds > 0  # type: ignore[operator]
     row = leaderboard.rows(leaderboard.find_records(run_dir))[0]
-    assert row["machine"] == "NVIDIA H100 80GB HBM3"  # latency is named by the machine that measured it
-    assert set(record.json_schema()["$defs"]["StageInfo"]["properties"]) >= {"config", "env", "started_utc",
-                                                                            "seconds"}
+    assert (
+        row["machine"] == "NVIDIA H100 80GB HBM3"
+    )  # latency is named by the machine that measured it
+    assert set(record.json_schema()["$defs"]["StageInfo"]["properties"]) >= {
+        "config",
+        "env",
+        "started_utc",
+        "seconds",
+    }
 
 
 def test_records_of_schema_1_0_are_read_and_upgraded() -> None:
@@ -336,7 +488,11 @@ def test_records_of_schema_1_0_are_read_and_upgraded() -> None:
     old = sorted((REPO / "results/reference/cpu-2core/runs").glob("*/record.json"))
     assert old
     raw = json.loads(old[0].read_text())
-    assert raw["schema_version"] == "1.0" and isinstance(raw["stages"], list) and "task" not in raw["model"]
+    assert (
+        raw["schema_version"] == "1.0"
+        and isinstance(raw["stages"], list)
+        and "task" not in raw["model"]
+    )
     rec = record.read(old[0])
     assert list(rec.stages)[:2] == ["prune", "export"] and rec.stages["bench"].kit_version
     assert rec.model.task == "classify" and rec.identity is None
@@ -358,14 +514,24 @@ def test_a_run_of_an_older_pbkit_is_not_resumed(tmp_path: Path) -> None:
 # killed runs, concurrent runs
 
 PBKIT = str(Path(sys.executable).parent / "pbkit")
-KILLABLE = [*SMALL, "dataset.name=synthetic", "dataset.train_limit=256", "dataset.test_limit=64",
-            "finetune.epochs=4", "finetune.batch_size=32"]
+KILLABLE = [
+    *SMALL,
+    "dataset.name=synthetic",
+    "dataset.train_limit=256",
+    "dataset.test_limit=64",
+    "finetune.epochs=4",
+    "finetune.batch_size=32",
+]
 
 
 def _start(out: Path, *sets: str) -> subprocess.Popen[str]:
     args = [x for s in [*KILLABLE, *sets, f"out={out}"] for x in ("--set", s)]
-    return subprocess.Popen([PBKIT, "run", str(Path(__file__).parent / "empty.yaml"), *args,
-                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [PBKIT, "run", str(Path(__file__).parent / "empty.yaml"), *args, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _stages_on_disk(out: Path) -> list[str]:
@@ -375,10 +541,14 @@ def _stages_on_disk(out: Path) -> list[str]:
     return list(record.read(recs[0]).stages)  # never half-written: it always validates
 
 
-def _kill_when(proc: subprocess.Popen[str], out: Path, ready: Callable[[], bool], timeout: float = 120) -> None:
+def _kill_when(
+    proc: subprocess.Popen[str], out: Path, ready: Callable[[], bool], timeout: float = 120
+) -> None:
     t0 = time.monotonic()
     while not ready():
-        assert proc.poll() is None, f"finished before the kill point: {proc.communicate()[1][-2000:]}"
+        assert proc.poll() is None, (
+            f"finished before the kill point: {proc.communicate()[1][-2000:]}"
+        )
         assert time.monotonic() - t0 < timeout, "kill point never reached"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -405,11 +575,18 @@ def test_a_run_killed_at_any_stage_resumes_and_ends_as_an_uninterrupted_run(tmp_
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     done = json.loads(stdout)
-    assert done["stages_run"] == ["bench"] and done["stages_done_before"] == ["prune", "finetune", "export"]
+    assert done["stages_run"] == ["bench"] and done["stages_done_before"] == [
+        "prune",
+        "finetune",
+        "export",
+    ]
     rec = record.validate(done["record"])
     assert rec.stages["prune"] == prune_facts  # resumed, never redone
     assert rec.run_id == ref.run_id and rec.identity == ref.identity
-    assert (rec.counts.macs_pruned, rec.counts.params_pruned) == (ref.counts.macs_pruned, ref.counts.params_pruned)
+    assert (rec.counts.macs_pruned, rec.counts.params_pruned) == (
+        ref.counts.macs_pruned,
+        ref.counts.params_pruned,
+    )
     assert rec.accuracy.pruned == ref.accuracy.pruned
     assert rec.accuracy.finetuned == pytest.approx(ref.accuracy.finetuned, abs=2.0)
     assert not list(out.glob(".tmp-*")) and not list(out.glob(".*.lock"))
@@ -427,10 +604,21 @@ def test_two_processes_on_one_configuration_do_not_corrupt_it(tmp_path: Path) ->
     worker = next(i for i, d in enumerate(done) if d["stages_run"])
     waiter = 1 - worker
     a, b = done[worker], done[waiter]
-    assert a["run_dir"] == b["run_dir"] and a["stages_run"] == ["prune", "export", "bench"] and b["stages_run"] == []
-    assert f"in use by process {procs[worker].pid}" in results[waiter][1] and "waiting" in results[waiter][1]
-    assert a["record"] == b["record"] == json.loads((Path(a["run_dir"]) / "record.json").read_text())
-    assert [p.name for p in out.iterdir()] == [Path(a["run_dir"]).name]  # no lock, no temp folder left
+    assert (
+        a["run_dir"] == b["run_dir"]
+        and a["stages_run"] == ["prune", "export", "bench"]
+        and b["stages_run"] == []
+    )
+    assert (
+        f"in use by process {procs[worker].pid}" in results[waiter][1]
+        and "waiting" in results[waiter][1]
+    )
+    assert (
+        a["record"] == b["record"] == json.loads((Path(a["run_dir"]) / "record.json").read_text())
+    )
+    assert [p.name for p in out.iterdir()] == [
+        Path(a["run_dir"]).name
+    ]  # no lock, no temp folder left
 
 
 def test_the_lock_says_who_holds_it_and_waits(tmp_path: Path) -> None:
@@ -464,8 +652,9 @@ def _take(lock: object, path: Path, told: list[str], order: list[str]) -> None:
 # no process state leaks from one run into the next
 
 
-def test_a_second_run_in_the_same_process_sees_the_state_it_would_see_alone(tmp_path: Path,
-                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_run_in_the_same_process_sees_the_state_it_would_see_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Run B alone, then A (a detector: ultralytics settings; one bench thread; strict fp32;
     seeds), then B again: B starts from the same process state and gives the same run."""
     import cv2
@@ -477,7 +666,12 @@ def test_a_second_run_in_the_same_process_sees_the_state_it_would_see_alone(tmp_
         import ultralytics.utils as ul
         import ultralytics.utils.checks as checks
     # a process that uses ultralytics online itself, with its own OpenCV threads and print options
-    for mod, flag in ((ul, "ONLINE"), (ul, "AUTOINSTALL"), (checks, "ONLINE"), (checks, "AUTOINSTALL")):
+    for mod, flag in (
+        (ul, "ONLINE"),
+        (ul, "AUTOINSTALL"),
+        (checks, "ONLINE"),
+        (checks, "AUTOINSTALL"),
+    ):
         monkeypatch.setattr(mod, flag, True)
     cv2_threads = cv2.getNumThreads()
     cv2.setNumThreads(3)
@@ -490,20 +684,40 @@ def test_a_second_run_in_the_same_process_sees_the_state_it_would_see_alone(tmp_
         return real(plan, quiet)
 
     monkeypatch.setattr(prune, "run", watched)
-    b = [*SMALL, "prune.method=random", "dataset.name=synthetic", "dataset.train_limit=64", "dataset.test_limit=32",
-         "finetune.epochs=1", "finetune.batch_size=32"]
-    a = ["model.name=yolov8n", "model.input_size=64", "prune.method=l1", "prune.iterative_steps=20",
-         "bench.backends=[torch-cpu]", "bench.threads=1", "bench.quick=true", "export.exporter=torchscript"]
+    b = [
+        *SMALL,
+        "prune.method=random",
+        "dataset.name=synthetic",
+        "dataset.train_limit=64",
+        "dataset.test_limit=32",
+        "finetune.epochs=1",
+        "finetune.batch_size=32",
+    ]
+    a = [
+        "model.name=yolov8n",
+        "model.input_size=64",
+        "prune.method=l1",
+        "prune.iterative_steps=20",
+        "bench.backends=[torch-cpu]",
+        "bench.threads=1",
+        "bench.quick=true",
+        "export.exporter=torchscript",
+    ]
     before = runtime.snapshot()
     alone = stages.run(config.load(None, [*b, f"out={tmp_path / 'alone'}"]), quiet=True).record
     assert runtime.snapshot() == before
     stages.run(config.load(None, [*a, f"out={tmp_path / 'a'}"]), quiet=True)
-    assert runtime.snapshot() == before  # threads, fp32 precision, RNGs, environment, ultralytics flags
+    assert (
+        runtime.snapshot() == before
+    )  # threads, fp32 precision, RNGs, environment, ultralytics flags
     again = stages.run(config.load(None, [*b, f"out={tmp_path / 'b'}"]), quiet=True).record
     assert runtime.snapshot() == before
     assert starts[0] == starts[1] == starts[2] == before
     assert again.identity == alone.identity and again.counts == alone.counts
-    assert (again.accuracy.pruned, again.accuracy.finetuned) == (alone.accuracy.pruned, alone.accuracy.finetuned)
+    assert (again.accuracy.pruned, again.accuracy.finetuned) == (
+        alone.accuracy.pruned,
+        alone.accuracy.finetuned,
+    )
     assert again.stages["prune"].env["torch_threads"] == alone.stages["prune"].env["torch_threads"]  # type: ignore[index]
     assert ul.ONLINE is True and cv2.getNumThreads() == 3  # the process's own settings, untouched
     cv2.setNumThreads(cv2_threads)
@@ -512,20 +726,29 @@ def test_a_second_run_in_the_same_process_sees_the_state_it_would_see_alone(tmp_
 def test_a_run_whose_model_files_are_gone_says_so(tmp_path: Path) -> None:
     first = stages.run(_cfg(tmp_path / "runs"), until="finetune", quiet=True)
     (first.run_dir / "pruned.pt").unlink()
-    with pytest.raises(PbkitError, match=r"has a record but not its model files \(pruned.pt; .*pass --force"):
+    with pytest.raises(
+        PbkitError, match=r"has a record but not its model files \(pruned.pt; .*pass --force"
+    ):
         stages.run(_cfg(tmp_path / "runs"), quiet=True)
     done = stages.run(_cfg(tmp_path / "runs"), force=True, quiet=True)
     assert done.ran == ["prune", "export", "bench"]
 
 
-def test_concurrent_runs_that_need_the_same_base_train_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_runs_that_need_the_same_base_train_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import threading
 
     from pbkit import tasks
     from pbkit.stages import bases, prune
 
-    cfg = _cfg(tmp_path / "runs", "dataset.name=synthetic", "dataset.train_limit=32", "base.epochs=1",
-               "base.batch_size=32")
+    cfg = _cfg(
+        tmp_path / "runs",
+        "dataset.name=synthetic",
+        "dataset.train_limit=32",
+        "base.epochs=1",
+        "base.batch_size=32",
+    )
     bundle = prune.dataset(cfg)
     spec = prune.resolve_spec(cfg, bundle)
     task = tasks.get(spec.task)
@@ -553,7 +776,9 @@ def test_concurrent_runs_that_need_the_same_base_train_it_once(tmp_path: Path, m
     assert got[0]["weights"] == "trained" and len(list((tmp_path / "bases").glob("*.pt"))) == 1
 
 
-def test_an_empty_folder_in_a_runs_place_is_reused_and_a_foreign_one_refused(tmp_path: Path) -> None:
+def test_an_empty_folder_in_a_runs_place_is_reused_and_a_foreign_one_refused(
+    tmp_path: Path,
+) -> None:
     from pbkit.stages import rundir
 
     plan = rundir.plan(_cfg(tmp_path / "runs"))

@@ -31,7 +31,9 @@ class FakeEngine:
 def test_each_batch_runs_on_its_own_profile() -> None:
     engine = FakeEngine([(1, 1), (8, 8), (32, 32), (1, 64)])
     assert [trt_run.profile_for_batch(engine, "input", b) for b in (1, 8, 32, 16)] == [0, 1, 2, 3]  # type: ignore[arg-type]
-    with pytest.raises(PbkitError, match="no optimisation profile for batch 128.*--format tensorrt"):
+    with pytest.raises(
+        PbkitError, match="no optimisation profile for batch 128.*--format tensorrt"
+    ):
         trt_run.profile_for_batch(engine, "input", 128)  # type: ignore[arg-type]
 
 

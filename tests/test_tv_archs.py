@@ -29,7 +29,10 @@ def test_the_prunable_maxvit_computes_what_torchvision_computes() -> None:
         assert torch.equal(prunable(x), original(x))
     assert prunable.state_dict().keys() == original.state_dict().keys()
     assert registry.resolve("tv:maxvit_t").input_size == 224
-    assert any(isinstance(m, maxvit.Attention) for m in registry.build(registry.resolve("tv:maxvit_t")).modules())
+    assert any(
+        isinstance(m, maxvit.Attention)
+        for m in registry.build(registry.resolve("tv:maxvit_t")).modules()
+    )
 
 
 def test_the_prunable_shufflenet_computes_what_torchvision_computes() -> None:
@@ -43,13 +46,24 @@ def test_the_prunable_shufflenet_computes_what_torchvision_computes() -> None:
         assert torch.equal(prunable(x), original(x))
     assert prunable.state_dict().keys() == original.state_dict().keys()  # the same checkpoints load
     fixed = shufflenet.fixed(prunable)
-    assert len([m for m in fixed if isinstance(m, nn.Conv2d)]) == 16 + 3  # each unit's branch2, the 3 branch1s
+    assert (
+        len([m for m in fixed if isinstance(m, nn.Conv2d)]) == 16 + 3
+    )  # each unit's branch2, the 3 branch1s
 
 
 def _run(tmp_path: Path, name: str, size: int, scope: str, until: str) -> stages.Outcome:
-    cfg = config.load(None, [f"model.name={name}", f"model.input_size={size}", "prune.method=l2",
-                             "prune.speedup=1.5", f"prune.scope={scope}", "prune.iterative_steps=10",
-                             f"out={tmp_path / 'runs'}"])
+    cfg = config.load(
+        None,
+        [
+            f"model.name={name}",
+            f"model.input_size={size}",
+            "prune.method=l2",
+            "prune.speedup=1.5",
+            f"prune.scope={scope}",
+            "prune.iterative_steps=10",
+            f"out={tmp_path / 'runs'}",
+        ],
+    )
     return stages.run(cfg, until=until, quiet=True)
 
 
@@ -59,7 +73,9 @@ def _reloads(out: stages.Outcome, size: int, tmp_path: Path) -> nn.Module:
     with torch.no_grad():
         y = model(x)
     assert y.shape == (2, 1000)
-    assert torch.allclose(output_in_fresh_process(out.run_dir / "pruned.pt", x, tmp_path), y, atol=1e-5)
+    assert torch.allclose(
+        output_in_fresh_process(out.run_dir / "pruned.pt", x, tmp_path), y, atol=1e-5
+    )
     return model
 
 
@@ -73,23 +89,32 @@ def test_maxvit_prunes_reloads_and_exports_with_parity(scope: str, tmp_path: Pat
     model = _reloads(out, 224, tmp_path)
     widths = [a.to_qkv.in_features for a in model.modules() if isinstance(a, maxvit.Attention)]
     inner = [a.to_qkv.out_features for a in model.modules() if isinstance(a, maxvit.Attention)]
-    assert inner == [192] * 4 + [384] * 4 + [768] * 10 + [1536] * 4  # heads and head width as they were
+    assert (
+        inner == [192] * 4 + [384] * 4 + [768] * 10 + [1536] * 4
+    )  # heads and head width as they were
     if scope == "local":  # every stage's residual stream, entering its attention, is narrower
-        assert all(w < d for w, d in zip(widths, [64] * 4 + [128] * 4 + [256] * 10 + [512] * 4, strict=True))
+        assert all(
+            w < d
+            for w, d in zip(widths, [64] * 4 + [128] * 4 + [256] * 10 + [512] * 4, strict=True)
+        )
     if until == "export":
         assert rec.parity and all(p.passed for p in rec.parity)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scope", ["local", "global", "protected"])
-def test_shufflenet_prunes_its_units_inner_widths_reloads_and_exports_with_parity(scope: str, tmp_path: Path) -> None:
+def test_shufflenet_prunes_its_units_inner_widths_reloads_and_exports_with_parity(
+    scope: str, tmp_path: Path
+) -> None:
     until = "export" if scope == "protected" else "prune"
     out = _run(tmp_path, "tv:shufflenet_v2_x0_5", 64, scope, until)
     rec = out.record
     assert rec.method.achieved_speedup >= 1.5
     model = _reloads(out, 64, tmp_path)
     units = [m for m in model.modules() if isinstance(m, shufflenet.ShuffleUnit)]
-    assert all(u.shuffle.channels in (48, 96, 192) for u in units)  # the stream between units keeps its width
+    assert all(
+        u.shuffle.channels in (48, 96, 192) for u in units
+    )  # the stream between units keeps its width
     inner = [u.branch2[0].out_channels for u in units]
     assert sum(inner) < sum(u.shuffle.channels // 2 for u in units)  # the bottlenecks were pruned
     if until == "export":
@@ -113,8 +138,14 @@ class Hybrid(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
         self.mix = ShuffleAttn()
-        self.body = nn.Sequential(nn.Conv2d(16, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 16, 3, padding=1),
-                                  nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv2d(16, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Linear(16, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,14 +159,26 @@ def test_a_model_the_graph_cannot_trace_prunes_around_its_attention_blocks_held_
 
     torch.manual_seed(0)
     model = Hybrid().eval()
-    with pytest.raises(RuntimeError, match="cannot be traced"):  # as it is, torch-pruning cannot trace it
-        tp.DependencyGraph().build_dependency(copy.deepcopy(model), example_inputs=torch.randn(1, 3, 16, 16))
+    with pytest.raises(
+        RuntimeError, match="cannot be traced"
+    ):  # as it is, torch-pruning cannot trace it
+        tp.DependencyGraph().build_dependency(
+            copy.deepcopy(model), example_inputs=torch.randn(1, 3, 16, 16)
+        )
     x = torch.randn(2, 3, 16, 16)
-    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=10), input_size=16,
-                          num_classes=10, protected=[model.head])
+    res = prune_to_target(
+        model,
+        methods.get("l2"),
+        PruneSettings(speedup=1.5, iterative_steps=10),
+        input_size=16,
+        num_classes=10,
+        protected=[model.head],
+    )
     assert res.achieved_speedup >= 1.5 and res.held_fixed == ["mix"]
     assert not any(m._forward_hooks for m in model.modules())  # the failed trace's hooks are gone
-    assert model.stem[0].out_channels == 16 and model.body[0].in_channels == 16  # what enters and leaves it
+    assert (
+        model.stem[0].out_channels == 16 and model.body[0].in_channels == 16
+    )  # what enters and leaves it
     assert model.body[0].out_channels < 64  # the rest pruned
     with torch.no_grad():
         assert model(x).shape == (2, 10)
@@ -143,7 +186,8 @@ def test_a_model_the_graph_cannot_trace_prunes_around_its_attention_blocks_held_
 
 class WidthAttn(nn.Module):
     """An attention-like block that takes its inner width from its input (as CrossViT's and many
-    timm attentions do): the graph traces it, but once its ``qk`` loses channels the reshape fails."""
+    timm attentions do): the graph traces it, but once its ``qk`` loses channels the reshape fails.
+    """
 
     def __init__(self, c: int) -> None:
         super().__init__()
@@ -164,19 +208,31 @@ def test_a_step_that_breaks_the_model_starts_again_with_its_attention_blocks_hel
     model.mix = WidthAttn(16)
     head = model.head
     seen: list[int] = []
-    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=10), input_size=16,
-                          num_classes=10, protected=[head], on_step=lambda i, _: seen.append(i))
+    res = prune_to_target(
+        model,
+        methods.get("l2"),
+        PruneSettings(speedup=1.5, iterative_steps=10),
+        input_size=16,
+        num_classes=10,
+        protected=[head],
+        on_step=lambda i, _: seen.append(i),
+    )
     restart = seen.index(1, 1)  # the first try's steps, then the second's from 1 again
     assert restart >= 1 and seen[restart:] == list(range(1, len(seen) - restart + 1))
     assert res.held_fixed == ["mix"] and res.achieved_speedup >= 1.5
-    assert model.mix.qk.out_channels == 32 and model.mix.proj.out_channels == 16  # back as it was, then kept
-    assert model.body[0].out_channels < 64 and model.head is not head  # the rest pruned, on the restored copy
+    assert (
+        model.mix.qk.out_channels == 32 and model.mix.proj.out_channels == 16
+    )  # back as it was, then kept
+    assert (
+        model.body[0].out_channels < 64 and model.head is not head
+    )  # the rest pruned, on the restored copy
     with torch.no_grad():
         assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
 
 
 def test_a_graph_that_runs_away_is_traced_again_with_its_attention_blocks_held_fixed(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import time
 
     import psutil
@@ -197,21 +253,35 @@ def test_a_graph_that_runs_away_is_traced_again_with_its_attention_blocks_held_f
     monkeypatch.setattr(loop, "_graph", graph)
     model = Hybrid().eval()
     limit = psutil.Process().memory_info().rss / budget.GIB + 0.3
-    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=10,
-                                                                  max_memory_gib=limit),
-                          input_size=16, num_classes=10, protected=[model.head])
-    assert res.achieved_speedup >= 1.5 and res.held_fixed == ["mix"] and model.stem[0].out_channels == 16
+    res = prune_to_target(
+        model,
+        methods.get("l2"),
+        PruneSettings(speedup=1.5, iterative_steps=10, max_memory_gib=limit),
+        input_size=16,
+        num_classes=10,
+        protected=[model.head],
+    )
+    assert (
+        res.achieved_speedup >= 1.5
+        and res.held_fixed == ["mix"]
+        and model.stem[0].out_channels == 16
+    )
 
 
-def test_an_error_inside_a_pruning_step_or_the_pruned_forward_is_one_line_naming_the_step_and_the_cause() -> None:
+def test_an_error_inside_a_pruning_step_or_the_pruned_forward_is_one_line_naming_the_step_and_the_cause() -> (
+    None
+):
     from pbkit.core.errors import PbkitError
     from pbkit.prune import loop
 
     with pytest.raises(PbkitError) as e:
         with loop._failing("after pruning step 3 the model no longer runs", loop.CUT_WRONG):
             raise RuntimeError("shape '[1, 16]' is invalid for input of size 9\nand more")
-    assert str(e.value) == ("after pruning step 3 the model no longer runs: RuntimeError: shape '[1, 16]' is "
-                            f"invalid for input of size 9; {loop.CUT_WRONG}")
+    assert (
+        str(e.value)
+        == "after pruning step 3 the model no longer runs: RuntimeError: shape '[1, 16]' is "
+        f"invalid for input of size 9; {loop.CUT_WRONG}"
+    )
     with pytest.raises(PbkitError, match="^kept$"):  # the kit's own errors pass as they are
         with loop._failing("pruning step 1 failed inside torch-pruning", loop.MAPPED_WRONG):
             raise PbkitError("kept")
@@ -223,7 +293,11 @@ class HaloAttn(nn.Module):
 
     def __init__(self, c: int, residual: bool = False) -> None:
         super().__init__()
-        self.q, self.kv, self.residual = nn.Conv2d(c, 8, 1), nn.Conv2d(c, 16, 1, bias=False), residual
+        self.q, self.kv, self.residual = (
+            nn.Conv2d(c, 8, 1),
+            nn.Conv2d(c, 16, 1, bias=False),
+            residual,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
@@ -240,17 +314,31 @@ def test_a_held_block_whose_input_only_its_projections_read_has_its_input_channe
     model = Hybrid().eval()
     model.mix = HaloAttn(16)
     model.body[0] = nn.Conv2d(8, 64, 3, padding=1)
-    assert opaque.entries(model, [model.mix], torch.randn(1, 3, 16, 16)) == {model.mix: [model.mix.kv, model.mix.q]}
+    assert opaque.entries(model, [model.mix], torch.randn(1, 3, 16, 16)) == {
+        model.mix: [model.mix.kv, model.mix.q]
+    }
     x = torch.randn(2, 3, 16, 16)
-    res = prune_to_target(model, methods.get("l2"), PruneSettings(speedup=1.5, iterative_steps=10), input_size=16,
-                          num_classes=10, protected=[model.head])
+    res = prune_to_target(
+        model,
+        methods.get("l2"),
+        PruneSettings(speedup=1.5, iterative_steps=10),
+        input_size=16,
+        num_classes=10,
+        protected=[model.head],
+    )
     assert res.achieved_speedup >= 1.5 and res.held_fixed == ["mix"]
     assert model.stem[0].out_channels < 16  # the stream entering it is pruned...
     assert model.mix.q.in_channels == model.mix.kv.in_channels == model.stem[0].out_channels
-    assert model.mix.q.out_channels == 8 and model.mix.kv.out_channels == 16 and model.body[0].in_channels == 8
+    assert (
+        model.mix.q.out_channels == 8
+        and model.mix.kv.out_channels == 16
+        and model.body[0].in_channels == 8
+    )
     with torch.no_grad():  # ...and what leaves it stays
         assert model(x).shape == (2, 10)
     residual = Hybrid().train()
-    residual.mix = HaloAttn(16, residual=True)  # its input also added to its output: held in and out
+    residual.mix = HaloAttn(
+        16, residual=True
+    )  # its input also added to its output: held in and out
     assert opaque.entries(residual, [residual.mix], torch.randn(1, 3, 16, 16)) == {}
     assert residual.training  # (its probe leaves the model's mode as it was)

@@ -14,7 +14,9 @@ from pbkit.core import record
 from pbkit.measure import uncertainty
 
 
-def _blocks(rng: np.random.Generator, k: int, n: int, ratio: float) -> tuple[list[list[float]], list[list[float]]]:
+def _blocks(
+    rng: np.random.Generator, k: int, n: int, ratio: float
+) -> tuple[list[list[float]], list[list[float]]]:
     """k block pairs of n samples: lognormal jitter per query, a drift shared by each pair (the
     machine slowing down for both), dense median 2 ms, pruned 2 / ratio."""
     a, b = [], []
@@ -39,7 +41,9 @@ def test_the_interval_covers_a_known_ratio_about_95_percent_of_the_time() -> Non
     assert uncertainty.ratio_ci(a, b, draws=400)["relative_half_width"] < float(np.median(widths))
 
 
-def test_over_fresh_sessions_the_interval_holds_the_session_effect_a_single_session_misses() -> None:
+def test_over_fresh_sessions_the_interval_holds_the_session_effect_a_single_session_misses() -> (
+    None
+):
     """Each fresh session shifts the speed-up (sd 1%, as measured on the 2-core VM) and knows its
     own only to its block noise (sd 0.3%): the t-interval over 5 sessions covers the true ratio
     about 95% of the time; any one session's interval alone covers it far less often."""
@@ -72,7 +76,9 @@ def test_outliers_are_counted_not_dropped() -> None:
     assert out["high_severe"] == 2 and out["low_mild"] == out["low_severe"] == 0
 
 
-def test_a_speedup_whose_interval_holds_one_renders_as_not_distinguishable(pruned_run: Path, tmp_path: Path) -> None:
+def test_a_speedup_whose_interval_holds_one_renders_as_not_distinguishable(
+    pruned_run: Path, tmp_path: Path
+) -> None:
     from rich.console import Console
 
     from pbkit.report import leaderboard, tables
@@ -84,8 +90,17 @@ def test_a_speedup_whose_interval_holds_one_renders_as_not_distinguishable(prune
     data = json.loads((d / "record.json").read_text())
     for p in data["latency"]:
         if p["variant"] == "pruned":
-            p.update(speedup_vs_dense=1.01, speedup_ci=[0.97, 1.05],
-                     ci={"relative_half_width": 0.04, "blocks": 12, "target": 0.02, "met": False, "stop": "budget"})
+            p.update(
+                speedup_vs_dense=1.01,
+                speedup_ci=[0.97, 1.05],
+                ci={
+                    "relative_half_width": 0.04,
+                    "blocks": 12,
+                    "target": 0.02,
+                    "met": False,
+                    "stop": "budget",
+                },
+            )
     (d / "record.json").write_text(json.dumps(data))
     console = Console(record=True, width=200)
     console.print(tables.run_table(record.read(d)))
@@ -96,7 +111,9 @@ def test_a_speedup_whose_interval_holds_one_renders_as_not_distinguishable(prune
     assert "1.01 [0.97, 1.05] ~1" in md
 
 
-def test_records_made_before_intervals_still_read_and_render(pruned_run: Path, tmp_path: Path) -> None:
+def test_records_made_before_intervals_still_read_and_render(
+    pruned_run: Path, tmp_path: Path
+) -> None:
     from rich.console import Console
 
     from pbkit.report import leaderboard, machines, tables
@@ -114,7 +131,9 @@ def test_records_made_before_intervals_still_read_and_render(pruned_run: Path, t
     console = Console(record=True, width=200)
     console.print(tables.run_table(rec))
     text = console.export_text()
-    assert "x measured (cov" in text or "x measured (unstable: cov" in text  # the CoV gate's words, no interval
+    assert (
+        "x measured (cov" in text or "x measured (unstable: cov" in text
+    )  # the CoV gate's words, no interval
     md = leaderboard.markdown(leaderboard.rows(leaderboard.find_records(d)))
     assert "| - | l1 | 1 |" in md and " ~1" not in md
     rows = machines.machine_rows(leaderboard.find_records(d))
@@ -125,9 +144,14 @@ def test_records_made_before_intervals_still_read_and_render(pruned_run: Path, t
 def test_the_fidelity_check_counts_covered_speedups_and_overlapping_intervals() -> None:
     from benchmarks import fidelity
 
-    rows = [{"speedup": 1.90, "ci": [1.88, 1.92]}, {"speedup": 1.91, "ci": [1.89, 1.93]},
-            {"speedup": 2.00, "ci": [1.98, 2.02]}]
+    rows = [
+        {"speedup": 1.90, "ci": [1.88, 1.92]},
+        {"speedup": 1.91, "ci": [1.89, 1.93]},
+        {"speedup": 2.00, "ci": [1.98, 2.02]},
+    ]
     c = fidelity.repeat_check(rows)
-    assert c["covered"] == 2 and c["pairs"] == 6  # 1.91 in the first's interval and 1.90 in the second's
+    assert (
+        c["covered"] == 2 and c["pairs"] == 6
+    )  # 1.91 in the first's interval and 1.90 in the second's
     assert c["overlapping"] == 1 and c["interval_pairs"] == 3  # only the first two intervals meet
     assert c["spread"] == pytest.approx(2.00 / 1.90 - 1) and not c["ok"]  # 5.3% > 3%

@@ -26,6 +26,7 @@ SIZE = 256  # a smaller square than 640 keeps the tests short; the code path is 
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to resolve or reach a host fails the test loudly."""
+
     def refuse(*a: object, **k: object) -> None:
         raise AssertionError(f"network access attempted: {a[:2]}")
 
@@ -69,7 +70,9 @@ def test_prune_2x_in_each_scope_keeps_detect(scope: str) -> None:
     spec = models.resolve("yolov8n", input_size=SIZE)
     model = models.build(spec).eval()
     head = model.model[-1]
-    head_state = {k: v.clone() for k, v in head.state_dict().items() if "cv2.0.2" in k or "cv3.0.2" in k}
+    head_state = {
+        k: v.clone() for k, v in head.state_dict().items() if "cv2.0.2" in k or "cv3.0.2" in k
+    }
     res = prune_model(model, spec, "l1", scope=scope, iterative_steps=50)
     assert res.achieved_speedup >= 2.0 and res.ignored_layers == ["model.22"]
     assert model.model[-1] is head
@@ -88,9 +91,18 @@ def test_obdc_is_refused_for_yolo_as_in_the_study() -> None:
 @pytest.fixture(scope="module")
 def yolo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     def build(folder: Path) -> str:
-        cfg = config.load(None, [f"out={folder / 'runs'}", "model.name=yolov8n", f"model.input_size={SIZE}",
-                                 "prune.method=l2", "prune.iterative_steps=50", "bench.quick=true",
-                                 "bench.backends=[ort-cpu]"])
+        cfg = config.load(
+            None,
+            [
+                f"out={folder / 'runs'}",
+                "model.name=yolov8n",
+                f"model.input_size={SIZE}",
+                "prune.method=l2",
+                "prune.iterative_steps=50",
+                "bench.quick=true",
+                "bench.backends=[ort-cpu]",
+            ],
+        )
         return str(stages.run(cfg, quiet=True).run_dir)
 
     return Path(once(tmp_path_factory, "yolo_run", build))
@@ -110,8 +122,13 @@ def test_pruned_detector_reloads_in_a_fresh_process(yolo_run: Path, tmp_path: Pa
 
     model, spec, _ = checkpoint.load_model(yolo_run / "pruned.pt")
     x = counts.example_input(SIZE, batch=1)
-    got = output_in_fresh_process(yolo_run / "pruned.pt", x, tmp_path, "yolo.raw_outputs(m(x))[1]",
-                                  "from pbkit.models import yolo")
+    got = output_in_fresh_process(
+        yolo_run / "pruned.pt",
+        x,
+        tmp_path,
+        "yolo.raw_outputs(m(x))[1]",
+        "from pbkit.models import yolo",
+    )
     with torch.no_grad():
         expected = yolo.raw_outputs(model(x))[1]
     assert torch.allclose(got, expected, atol=1e-5)
@@ -125,10 +142,21 @@ def test_finetune_and_val_on_a_generated_dataset_offline(tmp_path: Path, no_netw
     from detection_data import make
 
     data_yaml = make(tmp_path / "shapes")
-    cfg = config.load(None, [f"out={tmp_path / 'runs'}", "model.name=yolov8n", "model.input_size=128",
-                             f"dataset.name={data_yaml}", "dataset.eval_batch_size=8", "prune.method=l1",
-                             "prune.iterative_steps=50", "finetune.epochs=1", "finetune.batch_size=8",
-                             "finetune.lr=0.01"])
+    cfg = config.load(
+        None,
+        [
+            f"out={tmp_path / 'runs'}",
+            "model.name=yolov8n",
+            "model.input_size=128",
+            f"dataset.name={data_yaml}",
+            "dataset.eval_batch_size=8",
+            "prune.method=l1",
+            "prune.iterative_steps=50",
+            "finetune.epochs=1",
+            "finetune.batch_size=8",
+            "finetune.lr=0.01",
+        ],
+    )
     rec = stages.run(cfg, until="finetune", quiet=True).record
     a = rec.accuracy
     assert a.metric == "mAP50-95" and rec.dataset is not None and rec.dataset.num_classes == 2
@@ -140,23 +168,30 @@ def test_finetune_and_val_on_a_generated_dataset_offline(tmp_path: Path, no_netw
 
 
 def test_missing_dataset_yaml_is_a_clear_error(tmp_path: Path) -> None:
-    cfg = config.load(None, [f"out={tmp_path}", "model.name=yolov8n", f"dataset.name={tmp_path / 'nope.yaml'}"])
+    cfg = config.load(
+        None, [f"out={tmp_path}", "model.name=yolov8n", f"dataset.name={tmp_path / 'nope.yaml'}"]
+    )
     with pytest.raises(PbkitError, match="nope.yaml' not found"):
         stages.run(cfg, until="finetune", quiet=True)
 
 
 def test_dataset_without_images_is_refused_before_any_download(tmp_path: Path) -> None:
     y = tmp_path / "d.yaml"
-    y.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames: {{0: a}}\n"
-                 "download: https://example.invalid/d.zip\n")
+    y.write_text(
+        f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames: {{0: a}}\n"
+        "download: https://example.invalid/d.zip\n"
+    )
     with pytest.raises(PbkitError, match="pbkit never downloads"):
         check_dataset(y)
 
 
-def test_network_only_weights_offline_are_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        no_network: None) -> None:
+def test_network_only_weights_offline_are_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
+) -> None:
     monkeypatch.chdir(tmp_path)  # no yolov8n.pt lying around
-    cfg = config.load(None, [f"out={tmp_path / 'runs'}", "model.name=yolov8n", "model.weights=pretrained"])
+    cfg = config.load(
+        None, [f"out={tmp_path / 'runs'}", "model.name=yolov8n", "model.weights=pretrained"]
+    )
     with pytest.raises(PbkitError, match="yolov8n.pt need the network"):
         stages.run(cfg, until="finetune", quiet=True)
 
@@ -207,46 +242,103 @@ def test_detection_loss_gives_gradients_on_calibration_batches(shapes_yaml: Path
     loss = detect.detection_loss(model, batches[0][1])
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
-    assert model.model[0].conv.weight.grad is not None and model.model[0].conv.weight.grad.abs().sum() > 0
+    assert (
+        model.model[0].conv.weight.grad is not None
+        and model.model[0].conv.weight.grad.abs().sum() > 0
+    )
     one = detect.sample(batches[0][1], 1)
     assert one["img"].shape[0] == 1 and bool((one["batch_idx"] == 0).all())
 
 
-def test_sparse_training_calls_the_regularizer_inside_the_ultralytics_trainer(shapes_yaml: Path,
-                                                                             tmp_path: Path) -> None:
+def test_sparse_training_calls_the_regularizer_inside_the_ultralytics_trainer(
+    shapes_yaml: Path, tmp_path: Path
+) -> None:
     model = models.build(models.resolve("yolov8n", input_size=128, num_classes=2))
     calls = {"reg": 0, "epoch": 0}
-    recipe = {"epochs": 1, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
-              "schedule": "constant", "batch_size": 8, "seed": 0}
-    detect.finetune(model, str(shapes_yaml), 128, recipe, tmp_path,
-                  regularize=lambda: calls.__setitem__("reg", calls["reg"] + 1),
-                  after_epoch=lambda: calls.__setitem__("epoch", calls["epoch"] + 1))
+    recipe = {
+        "epochs": 1,
+        "optimizer": "sgd",
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+        "batch_size": 8,
+        "seed": 0,
+    }
+    detect.finetune(
+        model,
+        str(shapes_yaml),
+        128,
+        recipe,
+        tmp_path,
+        regularize=lambda: calls.__setitem__("reg", calls["reg"] + 1),
+        after_epoch=lambda: calls.__setitem__("epoch", calls["epoch"] + 1),
+    )
     # once per optimizer step (ultralytics accumulates gradients up to a nominal batch of 64: 16 images
     # give one step), and once per epoch
     assert calls == {"reg": 1, "epoch": 1}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", ["taylor", "hessian", "thinet", "cp", "hrank", "slim", "group_slim", "l2_lasso",
-                                 "group_norm", "growing_reg"])
-def test_every_data_driven_and_sparsifying_method_reaches_2x_on_yolov8n(key: str, shapes_yaml: Path,
-                                                                       tmp_path: Path) -> None:
-    cfg = config.load(None, [f"out={tmp_path}", "model.name=yolov8n", "model.input_size=128", "model.num_classes=2",
-                             f"prune.method={key}", f"prune.calibration.dataset={shapes_yaml}",
-                             "prune.calibration.batches=1", "prune.calibration.batch_size=4",
-                             "prune.iterative_steps=30", "sparsify.epochs=1", "sparsify.batch_size=8"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "taylor",
+        "hessian",
+        "thinet",
+        "cp",
+        "hrank",
+        "slim",
+        "group_slim",
+        "l2_lasso",
+        "group_norm",
+        "growing_reg",
+    ],
+)
+def test_every_data_driven_and_sparsifying_method_reaches_2x_on_yolov8n(
+    key: str, shapes_yaml: Path, tmp_path: Path
+) -> None:
+    cfg = config.load(
+        None,
+        [
+            f"out={tmp_path}",
+            "model.name=yolov8n",
+            "model.input_size=128",
+            "model.num_classes=2",
+            f"prune.method={key}",
+            f"prune.calibration.dataset={shapes_yaml}",
+            "prune.calibration.batches=1",
+            "prune.calibration.batch_size=4",
+            "prune.iterative_steps=30",
+            "sparsify.epochs=1",
+            "sparsify.batch_size=8",
+        ],
+    )
     rec = stages.run(cfg, until="finetune", quiet=True).record
     assert rec.method.achieved_speedup >= 2.0
     if methods.get(key).stage == "sparsify":
-        assert rec.method.reg_time_s and rec.method.sparsify and rec.method.sparsify["weight_decay"] == 0.0
+        assert (
+            rec.method.reg_time_s
+            and rec.method.sparsify
+            and rec.method.sparsify["weight_decay"] == 0.0
+        )
     else:
         assert rec.method.calibration and rec.method.calibration["dataset"] == "data"
 
 
 def test_gradient_criteria_on_yolo_refuse_classification_calibration(tmp_path: Path) -> None:
-    cfg = config.load(None, [f"out={tmp_path}", "model.name=yolov8n", "model.input_size=128",
-                             "prune.method=taylor", "prune.calibration.dataset=synthetic",
-                             "prune.calibration.batches=1", "prune.calibration.batch_size=2"])
+    cfg = config.load(
+        None,
+        [
+            f"out={tmp_path}",
+            "model.name=yolov8n",
+            "model.input_size=128",
+            "prune.method=taylor",
+            "prune.calibration.dataset=synthetic",
+            "prune.calibration.batches=1",
+            "prune.calibration.batch_size=2",
+        ],
+    )
     with pytest.raises(PbkitError, match="needs the detection loss"):
         stages.run(cfg, until="finetune", quiet=True)
 

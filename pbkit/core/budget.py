@@ -50,8 +50,13 @@ class Watch:
 
 
 @contextlib.contextmanager
-def guarded(what: str, max_memory_gib: float | None, max_seconds: float | None, hint: str = "",
-            poll_s: float = 0.02) -> Iterator[Watch]:
+def guarded(
+    what: str,
+    max_memory_gib: float | None,
+    max_seconds: float | None,
+    hint: str = "",
+    poll_s: float = 0.02,
+) -> Iterator[Watch]:
     """Run the block under a memory budget (resident memory of the whole process, GiB) and a time
     budget (seconds); either may be None. Past one: ``PbkitError`` with ``what``, the budget, the
     peak, the warnings seen (their cause) and ``hint``."""
@@ -77,12 +82,18 @@ def guarded(what: str, max_memory_gib: float | None, max_seconds: float | None, 
                 _trim()
                 rss = proc.memory_info().rss
             if limit is not None and rss > limit:
-                watch.reason = (f"its memory reached {rss / GIB:.1f} GiB after {elapsed:.0f} s, over the budget of "
-                                f"{max_memory_gib:g} GiB (prune.max_memory_gib)")
+                watch.reason = (
+                    f"its memory reached {rss / GIB:.1f} GiB after {elapsed:.0f} s, over the budget"
+                    f" of {max_memory_gib:g} GiB (prune.max_memory_gib)"
+                )
             elif max_seconds is not None and elapsed > max_seconds:
-                watch.reason = f"it ran past the time budget of {max_seconds:g} s (prune.max_graph_s)"
+                watch.reason = (
+                    f"it ran past the time budget of {max_seconds:g} s (prune.max_graph_s)"
+                )
             if watch.reason is not None:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(_Stop))
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(target), ctypes.py_object(_Stop)
+                )
                 return
 
     sampler = threading.Thread(target=sample, name="pbkit-budget", daemon=True)
@@ -100,7 +111,11 @@ def guarded(what: str, max_memory_gib: float | None, max_seconds: float | None, 
         if "torch_pruning" not in w.filename:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if watch.reason is not None:
-        cause = f"; it warned: {'; '.join(repr(_first(w)) for w in watch.warnings[-2:])}" if watch.warnings else ""
+        cause = (
+            f"; it warned: {'; '.join(repr(_first(w)) for w in watch.warnings[-2:])}"
+            if watch.warnings
+            else ""
+        )
         raise OverBudget(f"{what}: stopped: {watch.reason}{cause}" + (f"; {hint}" if hint else ""))
 
 
@@ -131,7 +146,7 @@ def _trim() -> None:
 
 def _first(text: str, width: int = 100) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= width else line[:width - 1] + "…"
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _settle(done: threading.Event, sampler: threading.Thread, target: int) -> None:

@@ -46,7 +46,9 @@ class DatasetCfg(_Strict):
     test_limit: int | None = Field(ge=1)
     eval_batch_size: int = Field(ge=1)
     seed: int
-    workers: int = Field(0, ge=0)  # DataLoader worker processes (seeded: the same seed, the same data)
+    workers: int = Field(
+        0, ge=0
+    )  # DataLoader worker processes (seeded: the same seed, the same data)
     pin_memory: bool = False  # page-locked batches for faster copies to a GPU
     persistent_workers: bool = False  # keep the workers between epochs
 
@@ -66,7 +68,9 @@ class _TrainingCfg(_Strict):
     batch_size: int = Field(ge=1)
     label_smoothing: float = Field(ge=0, lt=1)
     seed: int
-    amp: Literal["off", "bf16", "fp16"] = "off"  # mixed precision (autocast; fp16 with a gradient scaler)
+    amp: Literal["off", "bf16", "fp16"] = (
+        "off"  # mixed precision (autocast; fp16 with a gradient scaler)
+    )
     channels_last: bool = False  # train in the channels-last memory format
 
     @field_validator("amp", mode="before")
@@ -121,9 +125,15 @@ class PruneCfg(_Strict):
     calibration: CalibrationCfg
     schedule: Literal["oneshot", "interleaved"]
     interleave_iters: int = Field(ge=1)
-    max_memory_gib: float | None = Field(gt=0)  # stop a run past this resident memory; null: 75% of the machine's
-    max_graph_s: float | None = Field(gt=0)  # stop building the dependency graph past this many seconds
-    target: Literal["macs", "latency"] = "macs"  # what speedup means: fewer MACs, or a measured speed-up on backend
+    max_memory_gib: float | None = Field(
+        gt=0
+    )  # stop a run past this resident memory; null: 75% of the machine's
+    max_graph_s: float | None = Field(
+        gt=0
+    )  # stop building the dependency graph past this many seconds
+    target: Literal["macs", "latency"] = (
+        "macs"  # what speedup means: fewer MACs, or a measured speed-up on backend
+    )
     backend: str = "ort-cpu"
     batch: int = Field(default=1, ge=1)
     precision: Literal["fp32", "fp16"] = "fp32"
@@ -160,7 +170,9 @@ class BenchCfg(_Strict):
     batches: list[int]
     precisions: list[Literal["fp32", "fp16"]] = Field(min_length=1)
     channels_last: bool
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ]
     device: int = Field(ge=0)
     memory: bool
     quick: bool
@@ -203,8 +215,12 @@ class DistributedCfg(_Strict):
     @model_validator(mode="after")
     def _endpoint(self) -> DistributedCfg:
         if self.nnodes > 1 and not self.rdzv_endpoint:
-            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port that every machine reaches)")
-        if self.rdzv_endpoint and not re.fullmatch(r"[A-Za-z0-9._\-\[\]:]+:\d{1,5}", self.rdzv_endpoint):
+            raise ValueError(
+                "nnodes > 1 needs rdzv_endpoint (host:port that every machine reaches)"
+            )
+        if self.rdzv_endpoint and not re.fullmatch(
+            r"[A-Za-z0-9._\-\[\]:]+:\d{1,5}", self.rdzv_endpoint
+        ):
             raise ValueError(f"rdzv_endpoint must be host:port, not {self.rdzv_endpoint!r}")
         return self
 
@@ -225,8 +241,12 @@ class Config(_Strict):
     out: str
     run_id: str | None
     seed: int | None = None  # every section's seed that the configuration does not set itself
-    init: Literal["pruned", "scratch"] = "pruned"  # scratch: the pruned architecture re-initialised (SX-A)
-    device: str = "auto"  # where training, evaluation, calibration and pruning compute: auto | cpu | cuda | cuda:N
+    init: Literal["pruned", "scratch"] = (
+        "pruned"  # scratch: the pruned architecture re-initialised (SX-A)
+    )
+    device: str = (  # where training, evaluation, calibration and pruning compute: auto | cpu | cuda | cuda:N
+        "auto"
+    )
     distributed: DistributedCfg = DistributedCfg()
 
     @field_validator("device")
@@ -310,11 +330,15 @@ def _put(cfg: dict[str, Any], parts: list[str], value: Any, item: str) -> dict[s
     node = cfg
     for i, p in enumerate(parts[:-1]):
         if node is cfg and p not in cfg:
-            raise PbkitError(f"unknown config section {p!r}; valid sections: {', '.join(sorted(cfg))}")
+            raise PbkitError(
+                f"unknown config section {p!r}; valid sections: {', '.join(sorted(cfg))}"
+            )
         if node.get(p) is None:
             node[p] = {}  # a new mapping (e.g. model.kwargs.depth); validation names unknown keys
         if not isinstance(node[p], dict):
-            raise PbkitError(f"override {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            raise PbkitError(
+                f"override {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section"
+            )
         node = node[p]
     node[parts[-1]] = value
     return cfg
@@ -345,7 +369,10 @@ def one_line(e: ValidationError, data: dict[str, Any] | None = None) -> str:
         valid = ", ".join(sorted(model.model_fields)) if hasattr(model, "model_fields") else ""
         return f"unknown key {loc!r}; valid keys here: {valid}"
     if err["type"] == "literal_error":
-        return f"{loc}: invalid value {err.get('input')!r}; {err['msg'].replace('Input should be', 'choose')}"
+        return (
+            f"{loc}: invalid value {err.get('input')!r};"
+            f" {err['msg'].replace('Input should be', 'choose')}"
+        )
     if err["type"] == "missing":
         return f"{loc}: required key is missing"
     return f"{loc}: {err['msg']} (got {err.get('input')!r})"
@@ -386,8 +413,11 @@ def _spread_seed(data: dict[str, Any], explicit: set[str]) -> None:
             node["seed"] = seed
 
 
-def assemble(layers: list[dict[str, Any]], overrides: list[str] | tuple[str, ...] = (),
-             values: dict[str, Any] | None = None) -> tuple[dict[str, Any], set[str]]:
+def assemble(
+    layers: list[dict[str, Any]],
+    overrides: list[str] | tuple[str, ...] = (),
+    values: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], set[str]]:
     """Defaults <- ``layers`` (parsed config files or mappings, in order) <- typed ``values``
     (CLI options) <- ``overrides`` (``--set``), not yet validated; and the keys they set."""
     data = defaults()
@@ -410,9 +440,15 @@ def finish(data: dict[str, Any], explicit: set[str], where: str = "config") -> C
     return validate(data, where)
 
 
-def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-         values: dict[str, Any] | None = None) -> Config:
+def load(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    values: dict[str, Any] | None = None,
+) -> Config:
     """Defaults <- run config file <- typed ``values`` (CLI options) <- ``overrides`` (``--set``);
     validated."""
     layers = [] if path is None else [read_yaml(path)]
-    return finish(*assemble(layers, overrides, values), where="config" if path is None else f"config {str(path)!r}")
+    return finish(
+        *assemble(layers, overrides, values),
+        where="config" if path is None else f"config {str(path)!r}",
+    )

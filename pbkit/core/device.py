@@ -19,12 +19,16 @@ def resolve(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise PbkitError(f"device {name}: no CUDA device is visible (torch.cuda.is_available() is False); "
-                         "use device=cpu or device=auto")
+        raise PbkitError(
+            f"device {name}: no CUDA device is visible (torch.cuda.is_available() is False); "
+            "use device=cpu or device=auto"
+        )
     dev = torch.device(name)
     index = dev.index if dev.index is not None else 0
     if index >= torch.cuda.device_count():
-        raise PbkitError(f"device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        raise PbkitError(
+            f"device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
     return torch.device("cuda", index)
 
 

@@ -32,8 +32,11 @@ def holder(path: str | os.PathLike[str]) -> str:
 
 
 @contextlib.contextmanager
-def exclusive(path: str | os.PathLike[str], on_wait: Callable[[str], None] | None = None,
-              timeout_s: float | None = None) -> Iterator[None]:
+def exclusive(
+    path: str | os.PathLike[str],
+    on_wait: Callable[[str], None] | None = None,
+    timeout_s: float | None = None,
+) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` for the block; wait for it if another process holds it
     (``on_wait`` is told who, once). ``timeout_s`` turns a long wait into a one-line error."""
     path = Path(path)
@@ -52,7 +55,9 @@ def exclusive(path: str | os.PathLike[str], on_wait: Callable[[str], None] | Non
                 on_wait(holder(path))
                 told = True
             if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-                raise PbkitError(f"{str(path)!r} is locked by {holder(path)}; gave up after {timeout_s:g} s") from e
+                raise PbkitError(
+                    f"{str(path)!r} is locked by {holder(path)}; gave up after {timeout_s:g} s"
+                ) from e
             time.sleep(0.2)
             continue
         try:  # the file may have been removed by the previous holder between open and flock
@@ -65,7 +70,10 @@ def exclusive(path: str | os.PathLike[str], on_wait: Callable[[str], None] | Non
     try:
         since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
+        os.write(
+            fd,
+            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode(),
+        )
         yield
     finally:
         with contextlib.suppress(OSError):

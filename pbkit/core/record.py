@@ -64,7 +64,9 @@ class ModelInfo(_Open):
     weights_sha256: str
     seed: int = 0
     task: str = "classify"  # classify | detect | segment (1.0 records: detect for the yolo family)
-    notes: dict[str, Any] = {}  # the task's facts about its heads (segmentation: the auxiliary head dropped)
+    notes: dict[
+        str, Any
+    ] = {}  # the task's facts about its heads (segmentation: the auxiliary head dropped)
 
     @model_validator(mode="before")
     @classmethod
@@ -89,16 +91,26 @@ class MethodInfo(_Open):
     step_time_s: float
     prune_time_s: float
     ignored_layers: list[str] = []
-    held_fixed: list[str] = []  # attention-like blocks the dependency graph could not follow: channels kept
+    held_fixed: list[
+        str
+    ] = []  # attention-like blocks the dependency graph could not follow: channels kept
     data: str = "none"  # what the criterion needed
     regularizer: str | None = None
     calibration: dict[str, Any] | None = None  # dataset, batches, batch_size, seed, samples
     sparsify: dict[str, Any] | None = None  # the sparse-training recipe, reg, history, time_s
     reg_time_s: float | None = None  # sparse-training wall time, apart from step time
-    schedule: str = "oneshot"  # oneshot: prune, then finetune; interleaved: train between pruning steps (CPD)
-    interleave: dict[str, Any] | None = None  # iters_per_step, iterations, epochs, time_s, kd, recipe (interleaved)
-    target: str = "macs"  # macs: target_speedup is in MACs | latency: a measured speed-up on latency.backend
-    latency: dict[str, Any] | None = None  # latency target: backend, table, trajectory, measured_speedup, realisation
+    schedule: str = (
+        "oneshot"  # oneshot: prune, then finetune; interleaved: train between pruning steps (CPD)
+    )
+    interleave: dict[str, Any] | None = (
+        None  # iters_per_step, iterations, epochs, time_s, kd, recipe (interleaved)
+    )
+    target: str = (
+        "macs"  # macs: target_speedup is in MACs | latency: a measured speed-up on latency.backend
+    )
+    latency: dict[str, Any] | None = (
+        None  # latency target: backend, table, trajectory, measured_speedup, realisation
+    )
 
 
 class Counts(_Open):
@@ -109,7 +121,6 @@ class Counts(_Open):
     input_size: int
     counter: str
     channel_alignment: dict[str, Any] | None = None  # share of pruned layers with widths % 8 == 0
-
 
 
 class DatasetInfo(_Open):
@@ -126,7 +137,9 @@ class Accuracy(_Open):
     base: float | None = None
     pruned: float | None = None
     finetuned: float | None = None
-    others: dict[str, dict[str, float | None]] = {}  # the task's other metrics: {pixel_acc: {base, pruned, finetuned}}
+    others: dict[
+        str, dict[str, float | None]
+    ] = {}  # the task's other metrics: {pixel_acc: {base, pruned, finetuned}}
 
 
 class LatencyPoint(_Open):
@@ -162,8 +175,12 @@ class LatencyPoint(_Open):
     gpu_compute: dict[str, Any] | None = None  # CUDA-event statistics (median_ms, p99_ms, cov, ...)
     gpu_speedup_vs_dense: float | None = None
     throttle_reasons: list[str] = []  # GPU throttle reasons other than idle seen while measuring
-    flags: dict[str, Any] = {}  # how it ran: cuda_graph, io_binding, channels_last, compile_mode, ...
-    memory: dict[str, Any] | None = None  # NVML used before/peak/after, torch peaks, RSS, engine bytes
+    flags: dict[
+        str, Any
+    ] = {}  # how it ran: cuda_graph, io_binding, channels_last, compile_mode, ...
+    memory: dict[str, Any] | None = (
+        None  # NVML used before/peak/after, torch peaks, RSS, engine bytes
+    )
     input_shape: list[int] = []
     dtype: str | None = None
     # how well the figures are known (1.2; absent in older records): the 95% interval of the speed-up
@@ -190,7 +207,9 @@ class Parity(_Open):
     passed: bool
     gate: str = "fp32"  # fp32: |a-b| <= atol*atol_scale + rtol*|b|; fp16: cosine >= cosine_min
     cosine_min: float | None = None
-    atol_scale: float | None = None  # the reference's largest magnitude where above 1 (else 1); absent: 1
+    atol_scale: float | None = (
+        None  # the reference's largest magnitude where above 1 (else 1); absent: 1
+    )
 
 
 class StageInfo(_Open):
@@ -202,7 +221,9 @@ class StageInfo(_Open):
     kit_version: str
     config: dict[str, Any] | None = None  # the configuration sections the stage ran with
     env: dict[str, Any] | None = None  # the machine record where it ran
-    device: str | None = None  # where the stage computed with the model (prune, finetune): cpu, cuda:0 (name)
+    device: str | None = (
+        None  # where the stage computed with the model (prune, finetune): cpu, cuda:0 (name)
+    )
 
 
 class Identity(_Open):
@@ -241,7 +262,11 @@ class Record(_Open):
     def _stages_of_older_records(cls, v: Any) -> Any:
         """1.0 kept a list of {name, utc, kit_version}: the latest entry of each name wins."""
         if isinstance(v, list):
-            return {s["name"]: {k: val for k, val in s.items() if k != "name"} for s in v if isinstance(s, dict)}
+            return {
+                s["name"]: {k: val for k, val in s.items() if k != "name"}
+                for s in v
+                if isinstance(s, dict)
+            }
         return v
 
     def stage_env(self, name: str) -> dict[str, Any]:
@@ -273,14 +298,19 @@ def read(run_dir: str | Path) -> Record:
     if path.is_dir():
         path = path / RECORD_NAME
     if not path.is_file():
-        raise PbkitError(f"no record at {str(path)!r} (is this a run folder made by `pbkit prune`?)")
+        raise PbkitError(
+            f"no record at {str(path)!r} (is this a run folder made by `pbkit prune`?)"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PbkitError(f"{str(path)!r} is not valid JSON ({e})") from e
     major = str(data.get("schema_version", "")).split(".")[0]
     if major != SCHEMA_VERSION.split(".")[0]:
-        raise PbkitError(f"{str(path)!r} has schema {data.get('schema_version')!r}; this pbkit reads {SCHEMA_VERSION}")
+        raise PbkitError(
+            f"{str(path)!r} has schema {data.get('schema_version')!r}; this pbkit reads"
+            f" {SCHEMA_VERSION}"
+        )
     return validate(data, str(path))
 
 

@@ -32,9 +32,17 @@ _ULTRALYTICS_FONT = ("ultralytics.utils.checks", "ultralytics.data.utils")
 
 # torch's fp32 precision settings (TF32 and friends), new API only: torch 2.9+ refuses to read the
 # legacy flags (allow_tf32, get_float32_matmul_precision) once the new ones were set
-PRECISION_FLAGS = ("fp32_precision", "cuda.matmul.fp32_precision", "cudnn.fp32_precision",
-                   "cudnn.conv.fp32_precision", "cudnn.rnn.fp32_precision", "mkldnn.fp32_precision",
-                   "mkldnn.matmul.fp32_precision", "mkldnn.conv.fp32_precision", "mkldnn.rnn.fp32_precision")
+PRECISION_FLAGS = (
+    "fp32_precision",
+    "cuda.matmul.fp32_precision",
+    "cudnn.fp32_precision",
+    "cudnn.conv.fp32_precision",
+    "cudnn.rnn.fp32_precision",
+    "mkldnn.fp32_precision",
+    "mkldnn.matmul.fp32_precision",
+    "mkldnn.conv.fp32_precision",
+    "mkldnn.rnn.fp32_precision",
+)
 
 
 def _backend_attr(path: str) -> tuple[Any, str]:
@@ -85,7 +93,9 @@ def _set_torch_flags(f: dict[str, Any]) -> None:
     torch.set_grad_enabled(f["grad_enabled"])
     torch.set_default_dtype(getattr(torch, f["default_dtype"].removeprefix("torch.")))
     if f["cudnn.allow_tf32"] is not None and now["cudnn.allow_tf32"] != f["cudnn.allow_tf32"]:
-        torch.backends.cudnn.allow_tf32 = f["cudnn.allow_tf32"]  # (this resets cuDNN's conv and RNN precisions)
+        torch.backends.cudnn.allow_tf32 = f[
+            "cudnn.allow_tf32"
+        ]  # (this resets cuDNN's conv and RNN precisions)
         now = _torch_flags()
     for path in PRECISION_FLAGS:
         if now[path] != f[path] and f[path] is not None:
@@ -98,7 +108,8 @@ def strict_fp32() -> None:
     :func:`isolated`, which puts the previous precision back.
 
     cuDNN's legacy flag is turned off first and agrees with the conv and RNN precisions: torch
-    reads it (``torch.export`` does, for the dynamo ONNX exporter) and refuses to where they differ."""
+    reads it (``torch.export`` does, for the dynamo ONNX exporter) and refuses to where they differ.
+    """
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.fp32_precision = "ieee"
     torch.backends.cudnn.conv.fp32_precision = "ieee"
@@ -130,8 +141,11 @@ def _set_ultralytics_state(state: dict[tuple[str, str], Any]) -> None:
 
 
 def _print_options() -> dict[str, Any]:
-    torch_opts = dataclasses.asdict(torch._tensor_str.PRINT_OPTS) if dataclasses.is_dataclass(
-        torch._tensor_str.PRINT_OPTS) else dict(vars(torch._tensor_str.PRINT_OPTS))
+    torch_opts = (
+        dataclasses.asdict(torch._tensor_str.PRINT_OPTS)
+        if dataclasses.is_dataclass(torch._tensor_str.PRINT_OPTS)
+        else dict(vars(torch._tensor_str.PRINT_OPTS))
+    )
     return {"numpy": np.get_printoptions(), "torch": torch_opts}
 
 
@@ -203,6 +217,7 @@ def isolated() -> Iterator[None]:
 
 def snapshot() -> dict[str, Any]:
     """What :func:`isolated` guards, in comparable form (random states as digests)."""
+
     def digest(b: bytes) -> str:
         return hashlib.sha256(b).hexdigest()[:16]
 
@@ -244,14 +259,18 @@ def ultralytics_offline() -> Iterator[None]:
         os.environ["YOLO_OFFLINE"] = "1"
         os.environ["YOLO_AUTOINSTALL"] = "false"
         os.environ.setdefault("YOLO_VERBOSE", "false")
-        os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(os.environ.get("PBKIT_CACHE", "~/.cache/pbkit"))
-                                                     .expanduser() / "ultralytics"))
+        os.environ.setdefault(
+            "YOLO_CONFIG_DIR",
+            str(Path(os.environ.get("PBKIT_CACHE", "~/.cache/pbkit")).expanduser() / "ultralytics"),
+        )
         import ultralytics.data.utils  # noqa: F401  (imported under the offline environment)
         import ultralytics.utils.checks  # noqa: F401
         import ultralytics.utils.events  # noqa: F401
 
-        before = _ultralytics_state()  # flags as ultralytics set them (isolated() restores them too)
-        _set_ultralytics_state({k: (_local_font if k[1] == "check_font" else False) for k in before})
+        before = (
+            _ultralytics_state()
+        )  # flags as ultralytics set them (isolated() restores them too)
+        _set_ultralytics_state({k: _local_font if k[1] == "check_font" else False for k in before})
         logger = logging.getLogger("ultralytics")
         level = logger.level
         logger.setLevel(logging.WARNING)

@@ -19,22 +19,36 @@ class DataBundle:
     train: Dataset[Any] | None
     test: Dataset[Any] | None
     info: dict[str, Any] = field(default_factory=dict)
-    task: str = "classify"  # the pbkit.tasks key it serves; detect: info["yaml"] is the ultralytics dataset yaml
+    task: str = (  # the pbkit.tasks key it serves; detect: info["yaml"] is the ultralytics dataset yaml
+        "classify"
+    )
     workers: int = 0  # DataLoader worker processes (dataset.workers)
     pin_memory: bool = False
     persistent_workers: bool = False
 
-    def loader(self, split: str, batch_size: int, seed: int = 0, shuffle: bool | None = None) -> DataLoader[Any]:
+    def loader(
+        self, split: str, batch_size: int, seed: int = 0, shuffle: bool | None = None
+    ) -> DataLoader[Any]:
         """Batches of a split; the order comes from ``seed`` (and each worker's random state from
         the seed and its index), so the same seed gives the same batches with any worker count."""
         ds = self.train if split == "train" else self.test
         if ds is None:
-            raise PbkitError(f"{self.name} is a {self.task} dataset: it has no image/label tensors to load")
+            raise PbkitError(
+                f"{self.name} is a {self.task} dataset: it has no image/label tensors to load"
+            )
         shuffle = (split == "train") if shuffle is None else shuffle
         g = torch.Generator().manual_seed(seed)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=self.workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.persistent_workers and self.workers > 0,
-                          worker_init_fn=_seed_worker if self.workers else None, drop_last=False)
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=g,
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.workers > 0,
+            worker_init_fn=_seed_worker if self.workers else None,
+            drop_last=False,
+        )
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -58,18 +58,38 @@ def _cifar(name: str, classes: int) -> Callable[..., DataBundle]:
 
         size = image_size or 32
         norm = T.Normalize(CIFAR_MEAN, CIFAR_STD)
-        train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.Resize(size), T.ToTensor(), norm])
+        train_tf = T.Compose(
+            [
+                T.RandomCrop(32, padding=4),
+                T.RandomHorizontalFlip(),
+                T.Resize(size),
+                T.ToTensor(),
+                norm,
+            ]
+        )
         test_tf = T.Compose([T.Resize(size), T.ToTensor(), norm])
         cls = torchvision.datasets.CIFAR10 if classes == 10 else torchvision.datasets.CIFAR100
         root_path = Path(root).expanduser()
         try:
             train = cls(str(root_path), train=True, download=download, transform=train_tf)
             test = cls(str(root_path), train=False, download=download, transform=test_tf)
-        except (OSError, RuntimeError) as e:  # URLError is an OSError; a missing offline copy a RuntimeError
+        except (
+            OSError,
+            RuntimeError,
+        ) as e:  # URLError is an OSError; a missing offline copy a RuntimeError
             folder = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
-            raise PbkitError(f"{name}: not found under {str(root_path)!r} and could not be downloaded "
-                             f"({type(e).__name__}); place the extracted {folder}/ there or pass --data-root") from e
-        return DataBundle(name, classes, size, train, test, {"root": str(root_path), "augmentation": CIFAR_AUGMENT})
+            raise PbkitError(
+                f"{name}: not found under {str(root_path)!r} and could not be downloaded "
+                f"({type(e).__name__}); place the extracted {folder}/ there or pass --data-root"
+            ) from e
+        return DataBundle(
+            name,
+            classes,
+            size,
+            train,
+            test,
+            {"root": str(root_path), "augmentation": CIFAR_AUGMENT},
+        )
 
     return load
 
@@ -82,11 +102,15 @@ def _imagenet(root: str, image_size: int | None, **_: Any) -> DataBundle:
     root_path = Path(root).expanduser()
     for split in ("train", "val"):
         if not (root_path / split).is_dir():
-            raise PbkitError(f"imagenet: folder {str(root_path / split)!r} not found; --data-root must hold "
-                             "train/ and val/ in ImageFolder layout (one folder per class)")
+            raise PbkitError(
+                f"imagenet: folder {str(root_path / split)!r} not found; --data-root must hold "
+                "train/ and val/ in ImageFolder layout (one folder per class)"
+            )
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    test_tf = T.Compose([T.Resize(int(round(size / 0.875))), T.CenterCrop(size), T.ToTensor(), norm])
+    test_tf = T.Compose(
+        [T.Resize(int(round(size / 0.875))), T.CenterCrop(size), T.ToTensor(), norm]
+    )
     try:
         train = datasets.ImageFolder(str(root_path / "train"), transform=train_tf)
         test = datasets.ImageFolder(str(root_path / "val"), transform=test_tf)
@@ -94,8 +118,14 @@ def _imagenet(root: str, image_size: int | None, **_: Any) -> DataBundle:
         raise PbkitError(f"imagenet: {e}") from e
     if train.classes != test.classes:
         raise PbkitError("imagenet: train/ and val/ hold different class folders")
-    return DataBundle("imagenet", len(train.classes), size, train, test,
-                      {"root": str(root_path), "augmentation": IMAGENET_AUGMENT})
+    return DataBundle(
+        "imagenet",
+        len(train.classes),
+        size,
+        train,
+        test,
+        {"root": str(root_path), "augmentation": IMAGENET_AUGMENT},
+    )
 
 
 def _digits(image_size: int | None, seed: int = 0, **_: Any) -> DataBundle:
@@ -108,16 +138,30 @@ def _digits(image_size: int | None, seed: int = 0, **_: Any) -> DataBundle:
 
     def tensors(xs: Any, ys: Any) -> TensorDataset:
         t = torch.tensor(xs, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-        t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+        t = torch.nn.functional.interpolate(
+            t, size=(size, size), mode="bilinear", align_corners=False
+        )
         t = ((t - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
         return TensorDataset(t, torch.tensor(ys, dtype=torch.long))
 
-    return DataBundle("digits", 10, size, tensors(xtr, ytr), tensors(xte, yte),
-                      {"source": "sklearn.datasets.load_digits", "split_seed": seed, "augmentation": "none"})
+    return DataBundle(
+        "digits",
+        10,
+        size,
+        tensors(xtr, ytr),
+        tensors(xte, yte),
+        {"source": "sklearn.datasets.load_digits", "split_seed": seed, "augmentation": "none"},
+    )
 
 
-def _synthetic(image_size: int | None, seed: int = 0, num_classes: int = 10, n_train: int = 512,
-               n_test: int = 256, **_: Any) -> DataBundle:
+def _synthetic(
+    image_size: int | None,
+    seed: int = 0,
+    num_classes: int = 10,
+    n_train: int = 512,
+    n_test: int = 256,
+    **_: Any,
+) -> DataBundle:
     size = image_size or 32
     g = torch.Generator().manual_seed(seed)
     protos = torch.randn(num_classes, 3, size, size, generator=g)
@@ -127,28 +171,99 @@ def _synthetic(image_size: int | None, seed: int = 0, num_classes: int = 10, n_t
         x = protos[y] + 1.5 * torch.randn(n, 3, size, size, generator=g)
         return TensorDataset(x, y)
 
-    return DataBundle("synthetic", num_classes, size, make(n_train), make(n_test),
-                      {"seed": seed, "augmentation": "none"})
+    return DataBundle(
+        "synthetic",
+        num_classes,
+        size,
+        make(n_train),
+        make(n_test),
+        {"seed": seed, "augmentation": "none"},
+    )
 
 
 DATASETS: dict[str, DatasetEntry] = {
     e.name: e
     for e in [
-        DatasetEntry("cifar10", 10, 32, "download or --data-root", "CIFAR-10 (torchvision)", _cifar("cifar10", 10)),
-        DatasetEntry("cifar100", 100, 32, "download or --data-root", "CIFAR-100 (torchvision)", _cifar("cifar100", 100)),
-        DatasetEntry("imagenet", 1000, 224, "--data-root with train/ val/", "ImageNet-1K, ImageFolder layout", _imagenet),
-        DatasetEntry("digits", 10, 32, "nothing (ships with scikit-learn)", "scikit-learn 8x8 digits, scaled up: offline real data", _digits),
-        DatasetEntry("synthetic", 10, 32, "nothing", "seeded Gaussian class prototypes (smoke tests)", _synthetic),
-        DatasetEntry("coco", 80, 640, "--data-root holding coco/ (ultralytics layout)",
-                     "COCO 2017 detection via ultralytics' coco.yaml (mAP50-95)", coco),
-        DatasetEntry("shapes-seg", 4, 64, "nothing (generated, seeded)",
-                     "segmentation: shapes on a textured background, per-pixel labels (mIoU)", seg.shapes_seg),
-        DatasetEntry("voc", 21, 512, "--data-root holding VOCdevkit/VOC2012/",
-                     "segmentation: Pascal VOC 2012 (mIoU)", seg.voc),
-        DatasetEntry("ade20k", 150, 512, "--data-root holding ADEChallengeData2016/",
-                     "segmentation: ADE20K scene parsing, 150 classes (mIoU)", seg.ade20k),
-        DatasetEntry("cityscapes", 19, 512, "--data-root holding leftImg8bit/ and gtFine/",
-                     "segmentation: Cityscapes fine, 19 classes (mIoU)", seg.cityscapes),
+        DatasetEntry(
+            "cifar10",
+            10,
+            32,
+            "download or --data-root",
+            "CIFAR-10 (torchvision)",
+            _cifar("cifar10", 10),
+        ),
+        DatasetEntry(
+            "cifar100",
+            100,
+            32,
+            "download or --data-root",
+            "CIFAR-100 (torchvision)",
+            _cifar("cifar100", 100),
+        ),
+        DatasetEntry(
+            "imagenet",
+            1000,
+            224,
+            "--data-root with train/ val/",
+            "ImageNet-1K, ImageFolder layout",
+            _imagenet,
+        ),
+        DatasetEntry(
+            "digits",
+            10,
+            32,
+            "nothing (ships with scikit-learn)",
+            "scikit-learn 8x8 digits, scaled up: offline real data",
+            _digits,
+        ),
+        DatasetEntry(
+            "synthetic",
+            10,
+            32,
+            "nothing",
+            "seeded Gaussian class prototypes (smoke tests)",
+            _synthetic,
+        ),
+        DatasetEntry(
+            "coco",
+            80,
+            640,
+            "--data-root holding coco/ (ultralytics layout)",
+            "COCO 2017 detection via ultralytics' coco.yaml (mAP50-95)",
+            coco,
+        ),
+        DatasetEntry(
+            "shapes-seg",
+            4,
+            64,
+            "nothing (generated, seeded)",
+            "segmentation: shapes on a textured background, per-pixel labels (mIoU)",
+            seg.shapes_seg,
+        ),
+        DatasetEntry(
+            "voc",
+            21,
+            512,
+            "--data-root holding VOCdevkit/VOC2012/",
+            "segmentation: Pascal VOC 2012 (mIoU)",
+            seg.voc,
+        ),
+        DatasetEntry(
+            "ade20k",
+            150,
+            512,
+            "--data-root holding ADEChallengeData2016/",
+            "segmentation: ADE20K scene parsing, 150 classes (mIoU)",
+            seg.ade20k,
+        ),
+        DatasetEntry(
+            "cityscapes",
+            19,
+            512,
+            "--data-root holding leftImg8bit/ and gtFine/",
+            "segmentation: Cityscapes fine, 19 classes (mIoU)",
+            seg.cityscapes,
+        ),
     ]
 }
 
@@ -157,15 +272,34 @@ def configured(d: DatasetCfg, num_classes: int | None = None) -> DataBundle | No
     """The dataset a run's ``dataset`` section names, with its loader settings; None without one."""
     if not d.name:
         return None
-    bundle = load(d.name, root=d.root, image_size=d.image_size, seed=d.seed, train_limit=d.train_limit,
-                  test_limit=d.test_limit, download=d.download, num_classes=num_classes)
-    bundle.workers, bundle.pin_memory, bundle.persistent_workers = d.workers, d.pin_memory, d.persistent_workers
+    bundle = load(
+        d.name,
+        root=d.root,
+        image_size=d.image_size,
+        seed=d.seed,
+        train_limit=d.train_limit,
+        test_limit=d.test_limit,
+        download=d.download,
+        num_classes=num_classes,
+    )
+    bundle.workers, bundle.pin_memory, bundle.persistent_workers = (
+        d.workers,
+        d.pin_memory,
+        d.persistent_workers,
+    )
     return bundle
 
 
-def load(name: str, root: str | None = None, image_size: int | None = None, seed: int = 0,
-         train_limit: int | None = None, test_limit: int | None = None, download: bool = True,
-         num_classes: int | None = None) -> DataBundle:
+def load(
+    name: str,
+    root: str | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    download: bool = True,
+    num_classes: int | None = None,
+) -> DataBundle:
     """Load a dataset by name, or a detection dataset by its yaml path (``path/to/data.yaml``).
     ``num_classes`` only shapes ``synthetic`` (to match a model)."""
     if name.endswith((".yaml", ".yml")):
@@ -174,7 +308,9 @@ def load(name: str, root: str | None = None, image_size: int | None = None, seed
         raise choices_error("dataset", name, list(DATASETS))
     root = str(Path(root or DEFAULT_ROOT).expanduser())
     extra = {"num_classes": num_classes} if name == "synthetic" and num_classes else {}
-    bundle = DATASETS[name].loader(root=root, image_size=image_size, seed=seed, download=download, **extra)
+    bundle = DATASETS[name].loader(
+        root=root, image_size=image_size, seed=seed, download=download, **extra
+    )
     if bundle.task == "detect":
         return bundle
     bundle.train = _limit(bundle.train, train_limit)  # type: ignore[arg-type]

@@ -29,22 +29,35 @@ def check_dataset(yaml_path: str | Path) -> dict[str, Any]:
     if not root.is_absolute():
         root = (path.parent / root).resolve()
     for split in ("train", "val"):
-        for rel in (cfg[split] if isinstance(cfg[split], list) else [cfg[split]]):
+        for rel in cfg[split] if isinstance(cfg[split], list) else [cfg[split]]:
             p = Path(rel) if Path(rel).is_absolute() else root / rel
             if not p.exists():
-                raise PbkitError(f"detection dataset: {split} images {str(p)!r} not found; pbkit never downloads "
-                                 "datasets: fetch them (see the yaml's 'download' key) and retry")
+                raise PbkitError(
+                    f"detection dataset: {split} images {str(p)!r} not found; pbkit never downloads"
+                    " datasets: fetch them (see the yaml's 'download' key) and retry"
+                )
     names = cfg["names"]
     n = len(names) if isinstance(names, list | dict) else int(cfg.get("nc", 0))
-    return {"yaml": str(path), "root": str(root), "num_classes": n,
-            "augmentation": "ultralytics trainer defaults (mosaic, HSV, flip, scale, translate)"}
+    return {
+        "yaml": str(path),
+        "root": str(root),
+        "num_classes": n,
+        "augmentation": "ultralytics trainer defaults (mosaic, HSV, flip, scale, translate)",
+    }
 
 
 def detection(yaml_path: str, image_size: int | None = None, name: str | None = None) -> DataBundle:
     """A detection dataset from an ultralytics-style yaml (images must be there: never downloaded)."""
     info = check_dataset(yaml_path)
-    return DataBundle(name or Path(yaml_path).stem, info["num_classes"], image_size or 640, None, None, info,
-                      task="detect")
+    return DataBundle(
+        name or Path(yaml_path).stem,
+        info["num_classes"],
+        image_size or 640,
+        None,
+        None,
+        info,
+        task="detect",
+    )
 
 
 def coco(root: str, image_size: int | None, **_: Any) -> DataBundle:
@@ -62,7 +75,10 @@ def coco(root: str, image_size: int | None, **_: Any) -> DataBundle:
     cfg.pop("download", None)
     out = Path(root).expanduser() / "coco.pbkit.yaml"
     if not (Path(cfg["path"]) / cfg["val"]).exists():
-        raise PbkitError(f"coco: images not found under {cfg['path']!r}; pbkit never downloads datasets: place COCO "
-                         "2017 there (images/ and labels/ as ultralytics lays them out) or pass --data-root")
+        raise PbkitError(
+            f"coco: images not found under {cfg['path']!r}; pbkit never downloads datasets: place"
+            " COCO 2017 there (images/ and labels/ as ultralytics lays them out) or pass"
+            " --data-root"
+        )
     atomic_write_text(out, yaml.safe_dump(cfg, sort_keys=False))
     return detection(str(out), image_size, name="coco")

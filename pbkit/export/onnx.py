@@ -19,9 +19,15 @@ from pbkit.models.outputs import output_tensors
 INPUT_NAME = "input"
 
 
-def to_onnx(model: nn.Module, input_size: int, path: str | Path, opset: int = 18,
-            exporter: str = "dynamo", dtype: torch.dtype = torch.float32,
-            example: torch.Tensor | None = None) -> dict[str, Any]:
+def to_onnx(
+    model: nn.Module,
+    input_size: int,
+    path: str | Path,
+    opset: int = 18,
+    exporter: str = "dynamo",
+    dtype: torch.dtype = torch.float32,
+    example: torch.Tensor | None = None,
+) -> dict[str, Any]:
     """Export with a dynamic batch axis; atomically. Returns the artifact's description.
 
     ``dtype`` torch.float16 writes a strongly typed fp16 model (weights, inputs and outputs in
@@ -38,22 +44,33 @@ def to_onnx(model: nn.Module, input_size: int, path: str | Path, opset: int = 18
     order = ["dynamo", "torchscript"] if exporter == "dynamo" else ["torchscript"]
     for kind in order:
         try:
+
             def write(tmp: Path, kind: str = kind) -> None:
                 _export(model, x, tmp, opset, kind, out_names)
                 _check_dynamic_batch(tmp)
 
             atomic_write(path, write)
         except Exception as e:  # exporter failures come in many types; try the next exporter
-            errors.append(f"{kind}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
+            errors.append(
+                f"{kind}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            )
             continue
         import onnx
 
         m = onnx.load(str(path), load_external_data=False)
-        return {"path": Path(path).name, "sha256": sha256_file(path), "bytes": Path(path).stat().st_size,
-                "opset": max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")),
-                "exporter": f"torch.onnx ({kind})", "torch": torch.__version__, "input_name": INPUT_NAME,
-                "output_names": out_names, "dynamic_batch": True, "fallback_errors": errors,
-                "dtype": str(dtype).removeprefix("torch.")}
+        return {
+            "path": Path(path).name,
+            "sha256": sha256_file(path),
+            "bytes": Path(path).stat().st_size,
+            "opset": max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")),
+            "exporter": f"torch.onnx ({kind})",
+            "torch": torch.__version__,
+            "input_name": INPUT_NAME,
+            "output_names": out_names,
+            "dynamic_batch": True,
+            "fallback_errors": errors,
+            "dtype": str(dtype).removeprefix("torch."),
+        }
     raise PbkitError(f"ONNX export failed: {'; '.join(errors)}")
 
 
@@ -65,21 +82,46 @@ def _check_dynamic_batch(path: Path) -> None:
     """The batch sweep needs a symbolic batch axis; an exporter may specialise it silently."""
     import onnx
 
-    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    dim = (
+        onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    )
     if not dim.dim_param:
         raise FixedBatchError(f"the batch axis was specialised to {dim.dim_value}")
 
 
-def _export(model: nn.Module, x: torch.Tensor, path: Path, opset: int, kind: str, out_names: list[str]) -> None:
+def _export(
+    model: nn.Module, x: torch.Tensor, path: Path, opset: int, kind: str, out_names: list[str]
+) -> None:
     sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+    ):
         warnings.simplefilter("ignore")
         if kind == "dynamo":
             batch = torch.export.Dim("batch", min=1, max=4096)
-            torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=out_names, dynamic_shapes=({0: batch},), external_data=False,
-                              optimize=True)
+            torch.onnx.export(
+                model,
+                (x,),
+                str(path),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=out_names,
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+                optimize=True,
+            )
         else:
             axes = {n: {0: "batch"} for n in [INPUT_NAME, *out_names]}
-            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=out_names, dynamic_axes=axes)
+            torch.onnx.export(
+                model,
+                (x,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=out_names,
+                dynamic_axes=axes,
+            )

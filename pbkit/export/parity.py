@@ -21,11 +21,19 @@ from pbkit.core.config import ExportCfg
 from pbkit.models.outputs import output_tensors
 
 
-def compare(out: list[np.ndarray], ref: list[np.ndarray], rtol: float, atol: float) -> dict[str, Any]:
+def compare(
+    out: list[np.ndarray], ref: list[np.ndarray], rtol: float, atol: float
+) -> dict[str, Any]:
     """max abs error, max error relative to the reference's largest magnitude, cosine, and the gate
     (with the scale its atol was multiplied by)."""
     if len(out) != len(ref) or any(a.shape != b.shape for a, b in zip(out, ref, strict=False)):
-        return {"max_abs": float("inf"), "max_rel": float("inf"), "cosine": 0.0, "passed": False, "atol_scale": 1.0}
+        return {
+            "max_abs": float("inf"),
+            "max_rel": float("inf"),
+            "cosine": 0.0,
+            "passed": False,
+            "atol_scale": 1.0,
+        }
     a = np.concatenate([o.astype(np.float64).ravel() for o in out])
     b = np.concatenate([r.astype(np.float64).ravel() for r in ref])
     diff = np.abs(a - b)
@@ -48,12 +56,23 @@ def reference_outputs(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
         return [t.float().numpy() for t in output_tensors(model(x))]
 
 
-def check(got: list[np.ndarray], ref: list[np.ndarray], e: ExportCfg, precision: str,
-          outputs: str = "all outputs") -> dict[str, Any]:
+def check(
+    got: list[np.ndarray],
+    ref: list[np.ndarray],
+    e: ExportCfg,
+    precision: str,
+    outputs: str = "all outputs",
+) -> dict[str, Any]:
     """The parity record fields: the fp32 gate (rtol/atol), or for fp16 cosine >= fp16_cosine."""
     cmp = compare(got, ref, e.rtol, e.atol)
     out = {**cmp, "rtol": e.rtol, "atol": e.atol, "outputs": outputs, "gate": precision}
     if precision == "fp16":
-        out.update(passed=bool(np.isfinite(cmp["cosine"]) and cmp["cosine"] >= e.fp16_cosine and
-                               cmp["max_abs"] != float("inf")), cosine_min=e.fp16_cosine)
+        out.update(
+            passed=bool(
+                np.isfinite(cmp["cosine"])
+                and cmp["cosine"] >= e.fp16_cosine
+                and cmp["max_abs"] != float("inf")
+            ),
+            cosine_min=e.fp16_cosine,
+        )
     return out

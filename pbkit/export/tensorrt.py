@@ -37,9 +37,14 @@ def load() -> Any:
     try:
         module = importlib.import_module("tensorrt")
     except Exception as e:  # ImportError, or a library that fails to load
-        raise PbkitError(f"TensorRT is not available ({type(e).__name__}: {e}); to use it: {INSTALL_HINT}") from e
+        raise PbkitError(
+            f"TensorRT is not available ({type(e).__name__}: {e}); to use it: {INSTALL_HINT}"
+        ) from e
     if not hasattr(module, "Builder"):
-        raise PbkitError(f"the installed 'tensorrt' package has no Builder (stubs only?); to use it: {INSTALL_HINT}")
+        raise PbkitError(
+            "the installed 'tensorrt' package has no Builder (stubs only?); to use it:"
+            f" {INSTALL_HINT}"
+        )
     globals()["trt"] = module
     return module
 
@@ -103,7 +108,9 @@ def build_engine(onnx_path: Path, plan_path: Path, opts: BuildOptions) -> dict[s
     if tf32 is not None and opts.precision == "fp32":
         config.clear_flag(tf32)
         builder_flags.append("-TF32")
-    cache_bytes = opts.timing_cache.read_bytes() if opts.timing_cache and opts.timing_cache.is_file() else b""
+    cache_bytes = (
+        opts.timing_cache.read_bytes() if opts.timing_cache and opts.timing_cache.is_file() else b""
+    )
     cache: trt.ITimingCache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, False)
     inp: trt.ITensor = network.get_input(0)
@@ -111,24 +118,38 @@ def build_engine(onnx_path: Path, plan_path: Path, opts: BuildOptions) -> dict[s
     for b in opts.batches:
         profile: trt.IOptimizationProfile = builder.create_optimization_profile()
         fixed = (b, *shape[1:])
-        profile.set_shape(inp.name, trt.Dims(list(fixed)), trt.Dims(list(fixed)), trt.Dims(list(fixed)))
+        profile.set_shape(
+            inp.name, trt.Dims(list(fixed)), trt.Dims(list(fixed)), trt.Dims(list(fixed))
+        )
         config.add_optimization_profile(profile)
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     build_s = time.perf_counter() - t0
     if plan is None:
-        raise PbkitError(f"TensorRT failed to build an engine from {onnx_path.name} (see the log above)")
+        raise PbkitError(
+            f"TensorRT failed to build an engine from {onnx_path.name} (see the log above)"
+        )
     data = bytes(memoryview(plan))
     _write_bytes(plan_path, data)
     if opts.timing_cache is not None:
         _write_bytes(opts.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
-    return {"path": plan_path.name, "sha256": sha256_file(plan_path), "bytes": len(data),
-            "tensorrt": trt.__version__, "precision": opts.precision, "strongly_typed": strongly_typed,
-            "builder_flags": builder_flags, "workspace_bytes": opts.workspace_bytes,
-            "builder_optimization_level": opts.optimization_level, "profiles": list(opts.batches),
-            "input": {"name": inp.name, "shape": list(shape)}, "onnx": onnx_path.name,
-            "onnx_sha256": sha256_file(onnx_path), "timing_cache": opts.timing_cache.name if opts.timing_cache else None,
-            "build_s": build_s}
+    return {
+        "path": plan_path.name,
+        "sha256": sha256_file(plan_path),
+        "bytes": len(data),
+        "tensorrt": trt.__version__,
+        "precision": opts.precision,
+        "strongly_typed": strongly_typed,
+        "builder_flags": builder_flags,
+        "workspace_bytes": opts.workspace_bytes,
+        "builder_optimization_level": opts.optimization_level,
+        "profiles": list(opts.batches),
+        "input": {"name": inp.name, "shape": list(shape)},
+        "onnx": onnx_path.name,
+        "onnx_sha256": sha256_file(onnx_path),
+        "timing_cache": opts.timing_cache.name if opts.timing_cache else None,
+        "build_s": build_s,
+    }
 
 
 def _write_bytes(path: Path, data: bytes) -> None:

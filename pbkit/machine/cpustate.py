@@ -29,8 +29,11 @@ def _freqs_mhz() -> list[float] | None:
     if found:
         return found
     try:  # VMs without cpufreq: what /proc/cpuinfo reports
-        mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("cpu MHz")]
+        mhz = [
+            float(line.split(":")[1])
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("cpu MHz")
+        ]
     except (OSError, ValueError, IndexError):
         return None
     return mhz or None
@@ -39,8 +42,11 @@ def _freqs_mhz() -> list[float] | None:
 def snapshot() -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     freqs = _freqs_mhz()
-    return {"loadavg_1m": round(load[0], 2) if load else None, "cpu_mhz": [round(f) for f in freqs] if freqs else None,
-            "_times": _cpu_times()}
+    return {
+        "loadavg_1m": round(load[0], 2) if load else None,
+        "cpu_mhz": [round(f) for f in freqs] if freqs else None,
+        "_times": _cpu_times(),
+    }
 
 
 def between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

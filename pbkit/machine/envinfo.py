@@ -17,17 +17,44 @@ from pbkit.machine import gpumon
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCK_FILES = ("requirements/base.lock", "requirements/gpu.lock", "requirements/dev.lock")
-PACKAGES = ("torch", "torchvision", "timm", "torch-pruning", "onnx", "onnxscript", "onnxruntime",
-            "onnxruntime-gpu", "ultralytics", "numpy", "nvidia-ml-py", "pydantic", "click", "triton")
-TENSORRT_DISTS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12")  # one of them provides `import tensorrt`
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "torch-pruning",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "ultralytics",
+    "numpy",
+    "nvidia-ml-py",
+    "pydantic",
+    "click",
+    "triton",
+)
+TENSORRT_DISTS = (
+    "tensorrt",
+    "tensorrt-cu13",
+    "tensorrt-cu12",
+)  # one of them provides `import tensorrt`
 
 
 def git_revision() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("PBKIT_REVISION")
@@ -87,7 +114,11 @@ def collect() -> dict[str, Any]:
     except ImportError:
         providers = []
     locks: dict[str, str | None] = {}
-    lock_dir = Path(os.environ["PBKIT_LOCK_DIR"]) if os.environ.get("PBKIT_LOCK_DIR") else REPO_ROOT / "requirements"
+    lock_dir = (
+        Path(os.environ["PBKIT_LOCK_DIR"])
+        if os.environ.get("PBKIT_LOCK_DIR")
+        else REPO_ROOT / "requirements"
+    )
     for rel in LOCK_FILES:
         p = lock_dir / Path(rel).name
         locks[rel] = sha256_file(p) if p.is_file() else None
@@ -99,9 +130,14 @@ def collect() -> dict[str, Any]:
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             uuid = str(getattr(p, "uuid", "") or "") or None
-            props = {"index": i, "name": p.name, "compute_capability": f"{p.major}.{p.minor}",
-                     "memory_bytes": p.total_memory, "uuid": f"GPU-{uuid}" if uuid and not uuid.startswith("GPU-") else uuid,
-                     "multiprocessors": p.multi_processor_count}
+            props = {
+                "index": i,
+                "name": p.name,
+                "compute_capability": f"{p.major}.{p.minor}",
+                "memory_bytes": p.total_memory,
+                "uuid": f"GPU-{uuid}" if uuid and not uuid.startswith("GPU-") else uuid,
+                "multiprocessors": p.multi_processor_count,
+            }
             gpus.append(gpumon.gpu_record(i, props, unavailable))
     else:
         unavailable["gpu"] = "torch.cuda.is_available() is False"
@@ -115,7 +151,9 @@ def collect() -> dict[str, Any]:
             "cpu": _cpu_model(),
             "cores_logical": psutil.cpu_count(logical=True),
             "cores_physical": psutil.cpu_count(logical=False),
-            "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "cpu_affinity": (
+                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+            ),
             "memory_bytes": vm.total,
             "os": platform.platform(),
             "kernel": platform.release(),

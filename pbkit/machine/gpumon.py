@@ -15,9 +15,15 @@ from typing import Any
 
 # nvmlClocksEventReason* bits (formerly ClocksThrottleReason*), in NVML's order.
 REASONS = {
-    0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
-    0x10: "sync_boost", 0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown",
-    0x80: "hw_power_brake_slowdown", 0x100: "display_clock_setting",
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
 }
 BENIGN = {"gpu_idle"}  # measurement.md: any reason other than idle marks a point unstable
 
@@ -81,7 +87,9 @@ def _read(unavailable: dict[str, str], key: str, fn: Callable[[], Any]) -> Any:
         return None
 
 
-def state(handle: Any, unavailable: dict[str, str] | None = None, prefix: str = "gpu.state") -> dict[str, Any]:
+def state(
+    handle: Any, unavailable: dict[str, str] | None = None, prefix: str = "gpu.state"
+) -> dict[str, Any]:
     """Clocks (MHz), temperature (C), power (W), used memory and throttle reasons now."""
     nv, _ = nvml()
     miss: dict[str, str] = {} if unavailable is None else unavailable
@@ -95,11 +103,20 @@ def state(handle: Any, unavailable: dict[str, str] | None = None, prefix: str = 
     return {
         "sm_clock_mhz": _read(miss, f"{prefix}.sm_clock_mhz", clock(nv.NVML_CLOCK_SM)),
         "mem_clock_mhz": _read(miss, f"{prefix}.mem_clock_mhz", clock(nv.NVML_CLOCK_MEM)),
-        "graphics_clock_mhz": _read(miss, f"{prefix}.graphics_clock_mhz", clock(nv.NVML_CLOCK_GRAPHICS)),
-        "temperature_c": _read(miss, f"{prefix}.temperature_c",
-                               lambda: int(nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU))),
-        "power_w": _read(miss, f"{prefix}.power_w", lambda: nv.nvmlDeviceGetPowerUsage(handle) / 1000.0),
-        "memory_used_bytes": _read(miss, f"{prefix}.memory_used_bytes", lambda: used_memory(handle)),
+        "graphics_clock_mhz": _read(
+            miss, f"{prefix}.graphics_clock_mhz", clock(nv.NVML_CLOCK_GRAPHICS)
+        ),
+        "temperature_c": _read(
+            miss,
+            f"{prefix}.temperature_c",
+            lambda: int(nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU)),
+        ),
+        "power_w": _read(
+            miss, f"{prefix}.power_w", lambda: nv.nvmlDeviceGetPowerUsage(handle) / 1000.0
+        ),
+        "memory_used_bytes": _read(
+            miss, f"{prefix}.memory_used_bytes", lambda: used_memory(handle)
+        ),
         "throttle_reasons": decode_reasons(mask) if mask is not None else None,
     }
 
@@ -113,7 +130,10 @@ def used_memory(handle: Any) -> int | None:
 
 
 def _reasons_mask(nv: Any, handle: Any) -> int:
-    fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or nv.nvmlDeviceGetCurrentClocksThrottleReasons
+    fn = (
+        getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
+        or nv.nvmlDeviceGetCurrentClocksThrottleReasons
+    )
     return int(fn(handle))
 
 
@@ -123,7 +143,9 @@ def _mode(value: Any) -> Any:
     return bool(current) if current in (0, 1) else current
 
 
-def gpu_record(index: int, torch_props: dict[str, Any], unavailable: dict[str, str]) -> dict[str, Any]:
+def gpu_record(
+    index: int, torch_props: dict[str, Any], unavailable: dict[str, str]
+) -> dict[str, Any]:
     """Static facts of the GPU torch sees as ``index``, merged over what torch reported."""
     out: dict[str, Any] = dict(torch_props)
     h = handle_for(torch_props.get("uuid"), index, unavailable)
@@ -135,7 +157,9 @@ def gpu_record(index: int, torch_props: dict[str, Any], unavailable: dict[str, s
             "nvml_name": lambda: _str(nv.nvmlDeviceGetName(h)),
             "memory_bytes": lambda: int(nv.nvmlDeviceGetMemoryInfo(h).total),
             "driver_version": lambda: _str(nv.nvmlSystemGetDriverVersion()),
-            "cuda_driver_version": lambda: _cuda_version(int(nv.nvmlSystemGetCudaDriverVersion_v2())),
+            "cuda_driver_version": lambda: _cuda_version(
+                int(nv.nvmlSystemGetCudaDriverVersion_v2())
+            ),
             "persistence_mode": lambda: _mode(nv.nvmlDeviceGetPersistenceMode(h)),
             "mig_mode": lambda: _mode(nv.nvmlDeviceGetMigMode(h)),
             "ecc_mode": lambda: _mode(nv.nvmlDeviceGetEccMode(h)),
@@ -152,8 +176,17 @@ def gpu_record(index: int, torch_props: dict[str, Any], unavailable: dict[str, s
                 out[key] = value
         out["state_start"] = state(h, unavailable, "gpu.state_start")
     else:
-        for key in ("driver_version", "cuda_driver_version", "persistence_mode", "mig_mode", "ecc_mode",
-                    "power_limit_w", "pcie_gen", "pcie_width", "state_start"):
+        for key in (
+            "driver_version",
+            "cuda_driver_version",
+            "persistence_mode",
+            "mig_mode",
+            "ecc_mode",
+            "power_limit_w",
+            "pcie_gen",
+            "pcie_width",
+            "state_start",
+        ):
             out.setdefault(key, None)
     return out
 

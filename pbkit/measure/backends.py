@@ -19,8 +19,10 @@ from pbkit.measure.runner import Runner, RunSpec, load_torch, ort_session
 from pbkit.models.outputs import output_tensors
 
 PRECISIONS = ("fp32", "fp16")
-GPU_HINT = ("an NVIDIA GPU machine with a CUDA build of torch (pip install -r requirements/gpu.lock, "
-            "or the GPU image)")
+GPU_HINT = (
+    "an NVIDIA GPU machine with a CUDA build of torch (pip install -r requirements/gpu.lock, "
+    "or the GPU image)"
+)
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,11 @@ class Backend:
 
 
 def has_module(module: str) -> str | None:
-    return None if importlib.util.find_spec(module) is not None else f"python package {module!r} is not installed"
+    return (
+        None
+        if importlib.util.find_spec(module) is not None
+        else f"python package {module!r} is not installed"
+    )
 
 
 def cuda_reason() -> str | None:
@@ -69,10 +75,14 @@ class TorchCPU(Runner):
         super().__init__()
         import torch
 
-        torch.set_num_threads(spec.threads)  # process-wide: the stage's isolated() scope restores it
+        torch.set_num_threads(
+            spec.threads
+        )  # process-wide: the stage's isolated() scope restores it
         strict_fp32()
         model = load_torch(spec, "cpu")
-        self.x = spec.x.contiguous(memory_format=torch.channels_last) if spec.channels_last else spec.x
+        self.x = (
+            spec.x.contiguous(memory_format=torch.channels_last) if spec.channels_last else spec.x
+        )
         if compile_:
             model = torch.compile(model, mode=spec.compile_mode)
             self.flags["compile_mode"] = spec.compile_mode
@@ -124,34 +134,102 @@ def _tensorrt_runner(spec: RunSpec) -> Runner:
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in [
-        Backend("torch-cpu", "cpu", ("fp32",), "model", "PyTorch eager on the CPU (inference_mode)", "pip install torch",
-                lambda: has_module("torch"), TorchCPU),
-        Backend("torch-compile-cpu", "cpu", ("fp32",), "model",
-                "torch.compile (inductor) on the CPU; compile time is the first call",
-                "pip install torch; a C++ compiler (gcc)", lambda: has_module("torch"), lambda s: TorchCPU(s, compile_=True),
-                fresh_sessions=False),
-        Backend("ort-cpu", "cpu", ("fp32",), "onnx", "ONNX Runtime, CPUExecutionProvider, all graph optimisations",
-                "pip install onnxruntime", lambda: has_module("onnxruntime"), OrtCPU),
-        Backend("torch-cuda", "cuda", PRECISIONS, "model", "PyTorch eager on the GPU (fp32 without TF32, fp16; "
-                "bench.channels_last)", GPU_HINT, cuda_reason,
-                _cuda("eager")),
-        Backend("torch-cuda-graph", "cuda", PRECISIONS, "model", "PyTorch, one forward captured as a CUDA graph "
-                "and replayed", GPU_HINT, cuda_reason,
-                _cuda("graph")),
-        Backend("torch-compile", "cuda", PRECISIONS, "model", "torch.compile (inductor, bench.compile_mode) on "
-                "the GPU; compile time is the first call", GPU_HINT + "; triton",
-                cuda_reason, _cuda("compile"), fresh_sessions=False),
-        Backend("ort-cuda", "cuda", ("fp32",), "onnx", "ONNX Runtime, CUDAExecutionProvider, IO binding on our "
-                "stream", "pip install onnxruntime-gpu (requirements/gpu.lock) on an NVIDIA GPU machine",
-                lambda: ort_provider_reason("CUDAExecutionProvider"), _ort_cuda("CUDAExecutionProvider")),
-        Backend("ort-trt", "cuda", PRECISIONS, "onnx", "ONNX Runtime, TensorrtExecutionProvider (engine and "
-                "timing caches, IO binding); the engine build is the first call",
-                "pip install onnxruntime-gpu and tensorrt-cu13 (requirements/gpu.lock) on an NVIDIA GPU machine",
-                lambda: ort_provider_reason("TensorrtExecutionProvider"),
-                _ort_cuda("TensorrtExecutionProvider")),
-        Backend("tensorrt", "cuda", PRECISIONS, "engine", "TensorRT 10/11 engine built by `pbkit export --format "
-                "tensorrt`, tensor-address API, execute_async_v3 on our stream",
-                "pip install tensorrt-cu13 (requirements/gpu.lock) on an NVIDIA GPU machine", lambda: _tensorrt_reason(), _tensorrt_runner),
+        Backend(
+            "torch-cpu",
+            "cpu",
+            ("fp32",),
+            "model",
+            "PyTorch eager on the CPU (inference_mode)",
+            "pip install torch",
+            lambda: has_module("torch"),
+            TorchCPU,
+        ),
+        Backend(
+            "torch-compile-cpu",
+            "cpu",
+            ("fp32",),
+            "model",
+            "torch.compile (inductor) on the CPU; compile time is the first call",
+            "pip install torch; a C++ compiler (gcc)",
+            lambda: has_module("torch"),
+            lambda s: TorchCPU(s, compile_=True),
+            fresh_sessions=False,
+        ),
+        Backend(
+            "ort-cpu",
+            "cpu",
+            ("fp32",),
+            "onnx",
+            "ONNX Runtime, CPUExecutionProvider, all graph optimisations",
+            "pip install onnxruntime",
+            lambda: has_module("onnxruntime"),
+            OrtCPU,
+        ),
+        Backend(
+            "torch-cuda",
+            "cuda",
+            PRECISIONS,
+            "model",
+            "PyTorch eager on the GPU (fp32 without TF32, fp16; bench.channels_last)",
+            GPU_HINT,
+            cuda_reason,
+            _cuda("eager"),
+        ),
+        Backend(
+            "torch-cuda-graph",
+            "cuda",
+            PRECISIONS,
+            "model",
+            "PyTorch, one forward captured as a CUDA graph and replayed",
+            GPU_HINT,
+            cuda_reason,
+            _cuda("graph"),
+        ),
+        Backend(
+            "torch-compile",
+            "cuda",
+            PRECISIONS,
+            "model",
+            "torch.compile (inductor, bench.compile_mode) on "
+            "the GPU; compile time is the first call",
+            GPU_HINT + "; triton",
+            cuda_reason,
+            _cuda("compile"),
+            fresh_sessions=False,
+        ),
+        Backend(
+            "ort-cuda",
+            "cuda",
+            ("fp32",),
+            "onnx",
+            "ONNX Runtime, CUDAExecutionProvider, IO binding on our stream",
+            "pip install onnxruntime-gpu (requirements/gpu.lock) on an NVIDIA GPU machine",
+            lambda: ort_provider_reason("CUDAExecutionProvider"),
+            _ort_cuda("CUDAExecutionProvider"),
+        ),
+        Backend(
+            "ort-trt",
+            "cuda",
+            PRECISIONS,
+            "onnx",
+            "ONNX Runtime, TensorrtExecutionProvider (engine and "
+            "timing caches, IO binding); the engine build is the first call",
+            "pip install onnxruntime-gpu and tensorrt-cu13 (requirements/gpu.lock) on an NVIDIA GPU"
+            " machine",
+            lambda: ort_provider_reason("TensorrtExecutionProvider"),
+            _ort_cuda("TensorrtExecutionProvider"),
+        ),
+        Backend(
+            "tensorrt",
+            "cuda",
+            PRECISIONS,
+            "engine",
+            "TensorRT 10/11 engine built by `pbkit export --format "
+            "tensorrt`, tensor-address API, execute_async_v3 on our stream",
+            "pip install tensorrt-cu13 (requirements/gpu.lock) on an NVIDIA GPU machine",
+            lambda: _tensorrt_reason(),
+            _tensorrt_runner,
+        ),
     ]
 }
 
@@ -168,5 +246,7 @@ def get(name: str) -> Backend:
     b = BACKENDS[name]
     reason = b.check()
     if reason is not None:
-        raise PbkitError(f"backend {name!r} is not available here: {reason}; to use it: {b.install_hint}")
+        raise PbkitError(
+            f"backend {name!r} is not available here: {reason}; to use it: {b.install_hint}"
+        )
     return b

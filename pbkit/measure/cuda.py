@@ -39,8 +39,14 @@ class CudaRunner(Runner):
         self.ev0 = torch.cuda.Event(enable_timing=True)
         self.ev1 = torch.cuda.Event(enable_timing=True)
         self.h_out: list[Any] = []
-        self.flags.update(cuda_graph=False, io_binding=False, data_transfers=True, channels_last=spec.channels_last,
-                          sync="cudaStreamSynchronize", tf32=False)
+        self.flags.update(
+            cuda_graph=False,
+            io_binding=False,
+            data_transfers=True,
+            channels_last=spec.channels_last,
+            sync="cudaStreamSynchronize",
+            tf32=False,
+        )
 
     def _compute(self) -> list[Any]:
         """Enqueue the engine call on ``self.stream``; return the device output tensors."""
@@ -123,12 +129,17 @@ class OrtCuda(CudaRunner):
     (the provider runs on it too), the outputs are allocated and kept on the device."""
 
     def __init__(self, spec: RunSpec, provider: str = "CUDAExecutionProvider") -> None:
-        spec = dataclasses.replace(spec, channels_last=False)  # ONNX Runtime binds a contiguous NCHW input
+        spec = dataclasses.replace(
+            spec, channels_last=False
+        )  # ONNX Runtime binds a contiguous NCHW input
         super().__init__(spec, in_dtype=dtype_of("fp32"))
         self.d_in.copy_(self.h_in)
         stream = str(self.stream.cuda_stream)
-        cuda_opts = {"device_id": str(spec.device_index), "user_compute_stream": stream,
-                     "has_user_compute_stream": "1"}
+        cuda_opts = {
+            "device_id": str(spec.device_index),
+            "user_compute_stream": stream,
+            "has_user_compute_stream": "1",
+        }
         providers: list[Any] = []
         if provider == "TensorrtExecutionProvider":
             cache = Path(spec.cache_dir or spec.path.parent / "trt-cache") / "ort-trt"
@@ -136,23 +147,47 @@ class OrtCuda(CudaRunner):
             self.cache_hit = any(cache.glob("*.engine"))
             name = self._input_name(spec.path)
             shape = "x".join(str(d) for d in spec.x.shape)
-            providers.append(("TensorrtExecutionProvider", {
-                "device_id": str(spec.device_index), "user_compute_stream": stream, "has_user_compute_stream": "1",
-                "trt_fp16_enable": spec.precision == "fp16", "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
-                "trt_timing_cache_path": str(cache),
-                "trt_profile_min_shapes": f"{name}:{shape}", "trt_profile_opt_shapes": f"{name}:{shape}",
-                "trt_profile_max_shapes": f"{name}:{shape}"}))
-            self.flags.update(trt_fp16_enable=spec.precision == "fp16", engine_cache=str(cache),
-                              engine_cache_hit=self.cache_hit, timing_cache=True)
+            providers.append(
+                (
+                    "TensorrtExecutionProvider",
+                    {
+                        "device_id": str(spec.device_index),
+                        "user_compute_stream": stream,
+                        "has_user_compute_stream": "1",
+                        "trt_fp16_enable": spec.precision == "fp16",
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(cache),
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": str(cache),
+                        "trt_profile_min_shapes": f"{name}:{shape}",
+                        "trt_profile_opt_shapes": f"{name}:{shape}",
+                        "trt_profile_max_shapes": f"{name}:{shape}",
+                    },
+                )
+            )
+            self.flags.update(
+                trt_fp16_enable=spec.precision == "fp16",
+                engine_cache=str(cache),
+                engine_cache_hit=self.cache_hit,
+                timing_cache=True,
+            )
         providers.append(("CUDAExecutionProvider", cuda_opts))
         self.sess = ort_session(spec.path, spec.threads, providers)
         self.flags.update(provider=provider, providers=self.sess.get_providers(), io_binding=True)
         if self.sess.get_providers()[0] != provider:
-            raise PbkitError(f"onnxruntime did not take {provider} (got {self.sess.get_providers()})")
+            raise PbkitError(
+                f"onnxruntime did not take {provider} (got {self.sess.get_providers()})"
+            )
         self.io = self.sess.io_binding()
         inp = self.sess.get_inputs()[0]
-        self.io.bind_input(inp.name, "cuda", spec.device_index, np.float32, list(self.d_in.shape), self.d_in.data_ptr())
+        self.io.bind_input(
+            inp.name,
+            "cuda",
+            spec.device_index,
+            np.float32,
+            list(self.d_in.shape),
+            self.d_in.data_ptr(),
+        )
         for o in self.sess.get_outputs():
             self.io.bind_output(o.name, "cuda", spec.device_index)
 

@@ -39,10 +39,26 @@ from pbkit.prune.latency import Cost, Layer, Measured, Table
 
 TABLE_FORMAT = 2  # 2: timings less the per-call overhead
 # one layer at one width: short, since hundreds are timed; the whole model uses the bench settings
-LAYER_SETTINGS = {"warmup_s": 0.01, "warmup_iters": 5, "min_time_s": 0.04, "min_iters": 15, "rounds": 1,
-                  "block_s": 0.04, "ci_target": None, "max_time_s": 0.04, "cov_limit": 1.0, "max_repeats": 1}
-LAYER_QUICK = {**LAYER_SETTINGS, "warmup_iters": 2, "min_time_s": 0.005, "min_iters": 5, "block_s": 0.005,
-               "max_time_s": 0.005}
+LAYER_SETTINGS = {
+    "warmup_s": 0.01,
+    "warmup_iters": 5,
+    "min_time_s": 0.04,
+    "min_iters": 15,
+    "rounds": 1,
+    "block_s": 0.04,
+    "ci_target": None,
+    "max_time_s": 0.04,
+    "cov_limit": 1.0,
+    "max_repeats": 1,
+}
+LAYER_QUICK = {
+    **LAYER_SETTINGS,
+    "warmup_iters": 2,
+    "min_time_s": 0.005,
+    "min_iters": 5,
+    "block_s": 0.005,
+    "max_time_s": 0.005,
+}
 
 
 def default_cache() -> Path:
@@ -73,36 +89,64 @@ class Timings:
     def __post_init__(self) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="pbkit-latency-"))
         self.count = 0
-        self.torch_threads = torch.get_num_threads()  # the CPU runners set theirs; pruning gets its own back
+        self.torch_threads = (
+            torch.get_num_threads()
+        )  # the CPU runners set theirs; pruning gets its own back
 
     def close(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
 
     # --- artifacts and runners ---
 
-    def _runner(self, module: nn.Module, x: torch.Tensor, exporter: str, keep: str | None = None) -> Runner:
+    def _runner(
+        self, module: nn.Module, x: torch.Tensor, exporter: str, keep: str | None = None
+    ) -> Runner:
         """A runner for ``module`` on the backend; ``keep`` names an artifact made once and reused
         (the dense model, measured at every check)."""
         self.count += 1
         stem = self.work / (f"keep-{keep}" if keep else f"m{self.count}")
         module = module.eval()
-        path = stem.with_suffix({"model": ".pt", "onnx": ".onnx", "engine": ".plan"}[self.backend.artifact])
+        path = stem.with_suffix(
+            {"model": ".pt", "onnx": ".onnx", "engine": ".plan"}[self.backend.artifact]
+        )
         if self.backend.artifact != "model" and not (keep and path.is_file()):
             onnx_path = stem.with_suffix(".onnx")
-            fp16 = self.backend.artifact == "engine" and self.precision == "fp16" and _trt_fp16_onnx()
-            to_onnx(copy.deepcopy(module).half() if fp16 else module, self.input_size, onnx_path, self.opset, exporter,
-                    dtype=torch.float16 if fp16 else torch.float32, example=x)
+            fp16 = (
+                self.backend.artifact == "engine" and self.precision == "fp16" and _trt_fp16_onnx()
+            )
+            to_onnx(
+                copy.deepcopy(module).half() if fp16 else module,
+                self.input_size,
+                onnx_path,
+                self.opset,
+                exporter,
+                dtype=torch.float16 if fp16 else torch.float32,
+                example=x,
+            )
             if self.backend.artifact == "engine":
                 from pbkit.export import tensorrt
 
-                tensorrt.build_engine(onnx_path, path, tensorrt.BuildOptions(precision=self.precision,
-                                                                             batches=(self.batch,), **self.trt))
-        spec = RunSpec(path=path, x=x, precision=self.precision, threads=self.threads,
-                       cache_dir=self.work / "trt-cache", device_index=self.device_index,
-                       module=module if self.backend.artifact == "model" else None)
+                tensorrt.build_engine(
+                    onnx_path,
+                    path,
+                    tensorrt.BuildOptions(
+                        precision=self.precision, batches=(self.batch,), **self.trt
+                    ),
+                )
+        spec = RunSpec(
+            path=path,
+            x=x,
+            precision=self.precision,
+            threads=self.threads,
+            cache_dir=self.work / "trt-cache",
+            device_index=self.device_index,
+            module=module if self.backend.artifact == "model" else None,
+        )
         return self.backend.make(spec)
 
-    def _measure(self, runners: dict[str, Runner], settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def _measure(
+        self, runners: dict[str, Runner], settings: dict[str, Any]
+    ) -> dict[str, dict[str, Any]]:
         cpu = self.backend.device == "cpu"
         try:
             with protocol.pinned(self.threads if cpu else 0):
@@ -117,17 +161,27 @@ class Timings:
 
     def time_layer(self, layer: Layer, cin: int, cout: int) -> float:
         """Median ms of one layer at these widths, on the backend."""
-        with torch.random.fork_rng():  # the layer's random weights leave the pruning run's RNG as it was
+        with (
+            torch.random.fork_rng()
+        ):  # the layer's random weights leave the pruning run's RNG as it was
             torch.manual_seed(0)
             module = layer.module(cin, cout)
         runner = self._runner(module, layer.input(cin), "torchscript")
-        return float(self._measure({"layer": runner}, LAYER_QUICK if self.quick else LAYER_SETTINGS)["layer"]["median_ms"])
+        return float(
+            self._measure({"layer": runner}, LAYER_QUICK if self.quick else LAYER_SETTINGS)[
+                "layer"
+            ]["median_ms"]
+        )
 
     def time_overhead(self, x: torch.Tensor) -> float:
         """Median ms of a call that does next to nothing with ``x``: the backend's per-call overhead
         (feeding the input, launching, returning), which the table takes off its timings."""
         runner = self._runner(_Null(), x, "torchscript")
-        return float(self._measure({"null": runner}, LAYER_QUICK if self.quick else LAYER_SETTINGS)["null"]["median_ms"])
+        return float(
+            self._measure({"null": runner}, LAYER_QUICK if self.quick else LAYER_SETTINGS)["null"][
+                "median_ms"
+            ]
+        )
 
     def example(self) -> torch.Tensor:
         return counts.example_input(self.input_size, batch=self.batch, seed=2)
@@ -135,36 +189,72 @@ class Timings:
     def time_model(self, model: nn.Module) -> float:
         """Median ms of the whole model, alone (the table's scale)."""
         runner = self._runner(model, self.example(), self.exporter)
-        return float(self._measure({"model": runner}, {**self.model_settings, "ci_target": None})["model"]["median_ms"])
+        return float(
+            self._measure({"model": runner}, {**self.model_settings, "ci_target": None})["model"][
+                "median_ms"
+            ]
+        )
 
     def pair(self, dense: nn.Module, pruned: nn.Module) -> Measured:
         """The pruned model against the dense one, alternating, as ``pbkit bench`` measures them."""
         t0 = time.perf_counter()
         x = self.example()
-        runners = {"dense": self._runner(dense, x, self.exporter, keep="dense"),
-                   "pruned": self._runner(pruned, x, self.exporter)}
+        runners = {
+            "dense": self._runner(dense, x, self.exporter, keep="dense"),
+            "pruned": self._runner(pruned, x, self.exporter),
+        }
         res = self._measure(runners, self.model_settings)
         p = res["pruned"]
         ci = p["ci"]
-        return Measured(speedup=float(p["speedup"]), ci=(float(p["speedup_ci"][0]), float(p["speedup_ci"][1])),
-                        dense_ms=float(res["dense"]["median_ms"]), pruned_ms=float(p["median_ms"]), cov=float(p["cov"]),
-                        seconds=time.perf_counter() - t0,
-                        extra={"blocks": ci["blocks"], "stop": ci["stop"], "relative_half_width": ci["relative_half_width"]})
+        return Measured(
+            speedup=float(p["speedup"]),
+            ci=(float(p["speedup_ci"][0]), float(p["speedup_ci"][1])),
+            dense_ms=float(res["dense"]["median_ms"]),
+            pruned_ms=float(p["median_ms"]),
+            cov=float(p["cov"]),
+            seconds=time.perf_counter() - t0,
+            extra={
+                "blocks": ci["blocks"],
+                "stop": ci["stop"],
+                "relative_half_width": ci["relative_half_width"],
+            },
+        )
 
     # --- the table ---
 
     def key(self) -> dict[str, Any]:
         env = envinfo.collect()
         versions = {}
-        for dist in ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-cu12", "tensorrt-cu13"):
+        for dist in (
+            "torch",
+            "onnxruntime",
+            "onnxruntime-gpu",
+            "tensorrt",
+            "tensorrt-cu12",
+            "tensorrt-cu13",
+        ):
             try:
                 versions[dist] = md.version(dist)
             except md.PackageNotFoundError:
                 continue
-        gpu = env["gpus"][self.device_index]["name"] if self.backend.device == "cuda" and env.get("gpus") else None
-        return {"format": TABLE_FORMAT, "cpu": env["host"].get("cpu"), "cores": env["host"].get("cores_logical"),
-                "gpu": gpu, "backend": self.backend.name, "precision": self.precision, "batch": self.batch,
-                "threads": self.threads, "quick": self.quick, "anchors": self.anchors, "versions": versions}
+        gpu = (
+            env["gpus"][self.device_index]["name"]
+            if self.backend.device == "cuda" and env.get("gpus")
+            else None
+        )
+        return {
+            "format": TABLE_FORMAT,
+            "cpu": env["host"].get("cpu"),
+            "cores": env["host"].get("cores_logical"),
+            "gpu": gpu,
+            "backend": self.backend.name,
+            "precision": self.precision,
+            "batch": self.batch,
+            "threads": self.threads,
+            "quick": self.quick,
+            "anchors": self.anchors,
+            "versions": versions,
+        }
 
     def _cache_file(self, key: dict[str, Any]) -> Path | None:
         if self.cache_dir is None:
@@ -180,16 +270,24 @@ class Timings:
         cached: dict[str, Cost] = {}
         if path is not None and path.is_file():
             try:
-                cached = {s: Cost.from_json(c) for s, c in json.loads(path.read_text())["costs"].items()}
+                cached = {
+                    s: Cost.from_json(c) for s, c in json.loads(path.read_text())["costs"].items()
+                }
             except (ValueError, KeyError, TypeError):
                 cached = {}  # an unreadable cache is rebuilt, not trusted
         layers = latency.probe(model, self.example())
         if not layers:
-            raise PbkitError("a latency target needs convolution or linear layers to table; this model has none")
+            raise PbkitError(
+                "a latency target needs convolution or linear layers to table; this model has none"
+            )
         t0 = time.perf_counter()
         todo = len({layer.signature for layer in layers.values()} - set(cached))
-        steps = Steps(f"latency table on {self.backend.name}/{self.precision} b{self.batch}: {todo} layer "
-                      f"signature(s) to time, {len(cached)} cached", max(todo, 1), self.quiet or todo == 0)
+        steps = Steps(
+            f"latency table on {self.backend.name}/{self.precision} b{self.batch}: {todo} layer "
+            f"signature(s) to time, {len(cached)} cached",
+            max(todo, 1),
+            self.quiet or todo == 0,
+        )
         done = [0]
 
         def timed(i: int, n: int, sig: str) -> None:
@@ -197,20 +295,39 @@ class Timings:
                 done[0] += 1
                 steps.update(done[0], sig.split(":in")[0])
 
-        table, n = latency.build_table(layers, self.time_layer, self.anchors, cached, timed,
-                                       overhead=lambda layer: self.time_overhead(layer.input(layer.cin)))
+        table, n = latency.build_table(
+            layers,
+            self.time_layer,
+            self.anchors,
+            cached,
+            timed,
+            overhead=lambda layer: self.time_overhead(layer.input(layer.cin)),
+        )
         steps.close()
         if path is not None and n:
-            merged = {**{s: c.to_json() for s, c in cached.items()}, **{s: c.to_json() for s, c in table.costs.items()}}
+            merged = {
+                **{s: c.to_json() for s, c in cached.items()},
+                **{s: c.to_json() for s, c in table.costs.items()},
+            }
             atomic_write_json(path, {"key": key, "costs": merged})
         dense_ms = self.time_model(model)
         overhead_ms = self.time_overhead(self.example())
         raw = table.calibrate(dense_ms, latency.widths_of(model, layers), overhead_ms)
-        table.info = {"backend": self.backend.name, "precision": self.precision, "batch": self.batch,
-                      "threads": self.threads, "timed": n, "cached": len(table.costs) - n,
-                      "cache_file": str(path) if path else None, "dense_ms": dense_ms, "layers_ms": raw,
-                      "overhead_ms": overhead_ms, "fixed_ms": table.fixed_ms,
-                      "build_s": round(time.perf_counter() - t0, 3), "anchors": self.anchors}
+        table.info = {
+            "backend": self.backend.name,
+            "precision": self.precision,
+            "batch": self.batch,
+            "threads": self.threads,
+            "timed": n,
+            "cached": len(table.costs) - n,
+            "cache_file": str(path) if path else None,
+            "dense_ms": dense_ms,
+            "layers_ms": raw,
+            "overhead_ms": overhead_ms,
+            "fixed_ms": table.fixed_ms,
+            "build_s": round(time.perf_counter() - t0, 3),
+            "anchors": self.anchors,
+        }
         self.table_built = table
         return table
 

@@ -27,18 +27,35 @@ import numpy as np
 from pbkit.measure import uncertainty
 
 Runner = Callable[[], Any]  # a plain callable (wall clock), or a backends.Runner (also GPU time)
-Monitor = Callable[[], AbstractContextManager[Any]]  # a context whose .bad_reasons() mark a point unstable
+Monitor = Callable[
+    [], AbstractContextManager[Any]
+]  # a context whose .bad_reasons() mark a point unstable
 # opens fresh session number i: its runners and, for those already warmed up, (first-call ms, count);
 # leaving the context closes them
-Session = Callable[[int], AbstractContextManager[tuple[dict[str, Runner], dict[str, tuple[float, int]] | None]]]
+Session = Callable[
+    [int], AbstractContextManager[tuple[dict[str, Runner], dict[str, tuple[float, int]] | None]]
+]
 
-QUICK = {"warmup_s": 0.02, "warmup_iters": 3, "min_time_s": 0.1, "min_iters": 10, "gpu_min_time_s": 0.1,
-         "gpu_min_iters": 10, "rounds": 2, "max_repeats": 1, "block_s": 0.02, "max_time_s": 0.1, "ci_target": None,
-         "sessions": 1}
+QUICK = {
+    "warmup_s": 0.02,
+    "warmup_iters": 3,
+    "min_time_s": 0.1,
+    "min_iters": 10,
+    "gpu_min_time_s": 0.1,
+    "gpu_min_iters": 10,
+    "rounds": 2,
+    "max_repeats": 1,
+    "block_s": 0.02,
+    "max_time_s": 0.1,
+    "ci_target": None,
+    "sessions": 1,
+}
 
 
 def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 def default_threads() -> int:
@@ -84,9 +101,18 @@ def stats(samples_ms: list[float]) -> dict[str, float | int]:
 
     mean = float(a.mean())
     std = float(a.std(ddof=1)) if n > 1 else 0.0
-    return {"median_ms": float(np.median(a)), "mean_ms": mean, "min_ms": float(a[0]), "p90_ms": pct(90),
-            "p95_ms": pct(95), "p99_ms": pct(99), "max_ms": float(a[-1]), "std_ms": std,
-            "cov": std / mean if mean > 0 else 0.0, "n": n}
+    return {
+        "median_ms": float(np.median(a)),
+        "mean_ms": mean,
+        "min_ms": float(a[0]),
+        "p90_ms": pct(90),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+        "max_ms": float(a[-1]),
+        "std_ms": std,
+        "cov": std / mean if mean > 0 else 0.0,
+        "n": n,
+    }
 
 
 def _timed(fn: Runner) -> tuple[float, float | None]:
@@ -122,9 +148,12 @@ def _block(fn: Runner, seconds: float, iters: int, gpu: list[float]) -> tuple[li
     return out, time.perf_counter() - t0
 
 
-def measure_alternating(runners: dict[str, Runner], settings: dict[str, Any],
-                        on_progress: Callable[[str], None] | None = None,
-                        warmed: dict[str, tuple[float, int]] | None = None) -> dict[str, dict[str, Any]]:
+def measure_alternating(
+    runners: dict[str, Runner],
+    settings: dict[str, Any],
+    on_progress: Callable[[str], None] | None = None,
+    warmed: dict[str, tuple[float, int]] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Measure the runners in short alternating blocks (ABBA: the order flips every pair) until
     each has run ``min_time_s`` AND ``min_iters`` and at least ``rounds`` blocks, then on, while
     the speed-up of the second runner over the first is known less well than ``ci_target`` (the
@@ -137,7 +166,9 @@ def measure_alternating(runners: dict[str, Runner], settings: dict[str, Any],
     names = list(runners)
     min_time, min_iters = float(settings["min_time_s"]), int(settings["min_iters"])
     rounds = max(int(settings.get("rounds") or 1), 1)
-    block_s = min(float(settings.get("block_s") or 0.1), min_time / rounds)  # blocks never outlast min_time_s
+    block_s = min(
+        float(settings.get("block_s") or 0.1), min_time / rounds
+    )  # blocks never outlast min_time_s
     block_iters = max(int(settings.get("block_iters") or 3), 1)
     target = settings.get("ci_target")
     budget = max(float(settings.get("max_time_s") or 0.0), min_time)
@@ -156,8 +187,10 @@ def measure_alternating(runners: dict[str, Runner], settings: dict[str, Any],
             samples, seconds = _block(runners[name], block_s, block_iters, gpu[name])
             blocks[name].append(samples)
             wall[name] += seconds
-        done_min = all(wall[k] >= min_time and sum(map(len, blocks[k])) >= min_iters for k in names) and \
-            len(blocks[names[0]]) >= rounds
+        done_min = (
+            all(wall[k] >= min_time and sum(map(len, blocks[k])) >= min_iters for k in names)
+            and len(blocks[names[0]]) >= rounds
+        )
         if on_progress is not None:
             on_progress(f"block {len(blocks[names[0]])}")
         if not done_min:
@@ -165,7 +198,9 @@ def measure_alternating(runners: dict[str, Runner], settings: dict[str, Any],
         if not paired or target is None:
             break
         if min(wall.values()) >= next_check:
-            est = uncertainty.ratio_ci(blocks[names[0]], blocks[names[1]], confidence, uncertainty.CHECK_DRAWS)
+            est = uncertainty.ratio_ci(
+                blocks[names[0]], blocks[names[1]], confidence, uncertainty.CHECK_DRAWS
+            )
             if est["relative_half_width"] <= float(target):
                 stop = "ci"
                 break
@@ -177,9 +212,17 @@ def measure_alternating(runners: dict[str, Runner], settings: dict[str, Any],
     for name in names:
         flat = [x for b in blocks[name] for x in b]
         s = stats(flat)
-        out[name] = {**s, "first_call_ms": firsts[name][0], "warmup_n": firsts[name][1], "duration_s": wall[name],
-                     "stable": True, "unstable_reasons": [], "gpu_compute": stats(gpu[name]) if gpu[name] else None,
-                     "outliers": uncertainty.outliers(flat), "blocks": len(blocks[name])}
+        out[name] = {
+            **s,
+            "first_call_ms": firsts[name][0],
+            "warmup_n": firsts[name][1],
+            "duration_s": wall[name],
+            "stable": True,
+            "unstable_reasons": [],
+            "gpu_compute": stats(gpu[name]) if gpu[name] else None,
+            "outliers": uncertainty.outliers(flat),
+            "blocks": len(blocks[name]),
+        }
         if settings.get("keep_samples"):  # for measure_sessions, which pools the sessions' samples
             out[name].update(_samples=flat, _gpu_samples=list(gpu[name]))
     if paired:
@@ -188,12 +231,25 @@ def measure_alternating(runners: dict[str, Runner], settings: dict[str, Any],
         out[a]["median_ci"], out[b]["median_ci"] = est["a_ci"], est["b_ci"]
         half = est["relative_half_width"]
         met = target is None or half <= float(target)
-        out[b].update(speedup=est["ratio"], speedup_ci=est["ci"],
-                      ci={"method": "paired block bootstrap (percentile)", "confidence": confidence,
-                          "draws": est["draws"], "blocks": est["blocks"], "block_s": block_s,
-                          "relative_half_width": half, "target": target, "stop": stop, "met": met})
+        out[b].update(
+            speedup=est["ratio"],
+            speedup_ci=est["ci"],
+            ci={
+                "method": "paired block bootstrap (percentile)",
+                "confidence": confidence,
+                "draws": est["draws"],
+                "blocks": est["blocks"],
+                "block_s": block_s,
+                "relative_half_width": half,
+                "target": target,
+                "stop": stop,
+                "met": met,
+            },
+        )
         if not met:
-            reason = f"speed-up CI ±{half:.1%} > {float(target):.1%} after {wall[b]:.1f} s (time budget)"
+            reason = (
+                f"speed-up CI ±{half:.1%} > {float(target):.1%} after {wall[b]:.1f} s (time budget)"
+            )
             for name in names:
                 out[name]["stable"] = False
                 out[name]["unstable_reasons"].append(reason)
@@ -201,12 +257,18 @@ def measure_alternating(runners: dict[str, Runner], settings: dict[str, Any],
         for name in names:
             if out[name]["cov"] > settings["cov_limit"]:
                 out[name]["stable"] = False
-                out[name]["unstable_reasons"].append(f"cov {out[name]['cov']:.1%} > {settings['cov_limit']:.1%}")
+                out[name]["unstable_reasons"].append(
+                    f"cov {out[name]['cov']:.1%} > {settings['cov_limit']:.1%}"
+                )
     return out
 
 
-def measure_point(runners: dict[str, Runner], settings: dict[str, Any], monitor: Monitor | None = None,
-                  warmed: dict[str, tuple[float, int]] | None = None) -> dict[str, dict[str, Any]]:
+def measure_point(
+    runners: dict[str, Runner],
+    settings: dict[str, Any],
+    monitor: Monitor | None = None,
+    warmed: dict[str, tuple[float, int]] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Measure a point (:func:`measure_alternating`, which keeps going until the speed-up's
     interval is narrow enough or the time budget is spent). A GPU throttle reason other than idle
     reported by ``monitor`` while measuring marks the point unstable and it is measured again, up
@@ -226,7 +288,9 @@ def measure_point(runners: dict[str, Runner], settings: dict[str, Any], monitor:
             if bad:
                 r["stable"] = False
                 r["unstable_reasons"].append(f"gpu throttle: {', '.join(bad)}")
-        warmed = {k: (v["first_call_ms"], v["warmup_n"]) for k, v in res.items()}  # warm from now on
+        warmed = {
+            k: (v["first_call_ms"], v["warmup_n"]) for k, v in res.items()
+        }  # warm from now on
         attempts.append(res)
         if not bad:
             break
@@ -234,19 +298,34 @@ def measure_point(runners: dict[str, Runner], settings: dict[str, Any], monitor:
     for name in runners:
         medians = [a[name]["median_ms"] for a in attempts]
         last = dict(attempts[-1][name])
-        last.update(median_ms=float(np.median(medians)), attempts=len(attempts), medians_ms=medians,
-                    spread_ms=max(medians) - min(medians), throttle_reasons=sorted(throttled),
-                    n=sum(a[name]["n"] for a in attempts), duration_s=sum(a[name]["duration_s"] for a in attempts))
+        last.update(
+            median_ms=float(np.median(medians)),
+            attempts=len(attempts),
+            medians_ms=medians,
+            spread_ms=max(medians) - min(medians),
+            throttle_reasons=sorted(throttled),
+            n=sum(a[name]["n"] for a in attempts),
+            duration_s=sum(a[name]["duration_s"] for a in attempts),
+        )
         if last.get("gpu_compute"):
-            gmed = [a[name]["gpu_compute"]["median_ms"] for a in attempts if a[name].get("gpu_compute")]
-            last["gpu_compute"] = {**last["gpu_compute"], "median_ms": float(np.median(gmed)), "medians_ms": gmed}
+            gmed = [
+                a[name]["gpu_compute"]["median_ms"] for a in attempts if a[name].get("gpu_compute")
+            ]
+            last["gpu_compute"] = {
+                **last["gpu_compute"],
+                "median_ms": float(np.median(gmed)),
+                "medians_ms": gmed,
+            }
         out[name] = last
     return out
 
 
-def measure_sessions(open_session: Session, settings: dict[str, Any], monitor: Monitor | None = None,
-                     on_session: Callable[[int, dict[str, dict[str, Any]]], None] | None = None
-                     ) -> dict[str, dict[str, Any]]:
+def measure_sessions(
+    open_session: Session,
+    settings: dict[str, Any],
+    monitor: Monitor | None = None,
+    on_session: Callable[[int, dict[str, dict[str, Any]]], None] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Measure a point over fresh sessions: ``settings["sessions"]`` of them at least, each a
     :func:`measure_point` of ``min_time_s / sessions`` (and ``min_iters / sessions``) per runner,
     then one more while the speed-up's interval over the sessions is wider than ``ci_target`` and
@@ -264,8 +343,14 @@ def measure_sessions(open_session: Session, settings: dict[str, Any], monitor: M
         with open_session(0) as (runners, warmed):
             return measure_point(runners, settings, monitor=monitor, warmed=warmed)
     min_time, min_iters = float(settings["min_time_s"]), int(settings["min_iters"])
-    per = {**settings, "min_time_s": min_time / n_min, "min_iters": max(math.ceil(min_iters / n_min), 1),
-           "max_time_s": 0.0, "ci_target": None, "keep_samples": True}
+    per = {
+        **settings,
+        "min_time_s": min_time / n_min,
+        "min_iters": max(math.ceil(min_iters / n_min), 1),
+        "max_time_s": 0.0,
+        "ci_target": None,
+        "keep_samples": True,
+    }
     target = settings.get("ci_target")
     budget = max(float(settings.get("max_time_s") or 0.0), min_time)
     confidence = float(settings.get("confidence") or 0.95)
@@ -292,48 +377,91 @@ def measure_sessions(open_session: Session, settings: dict[str, Any], monitor: M
     return _pool(results, names, confidence, target, stop, float(per["block_s"]))
 
 
-def _session_speedup(results: list[dict[str, dict[str, Any]]], names: list[str], confidence: float) -> dict[str, Any]:
+def _session_speedup(
+    results: list[dict[str, dict[str, Any]]], names: list[str], confidence: float
+) -> dict[str, Any]:
     a, b = names
-    return uncertainty.session_ci([r[a]["median_ms"] / r[b]["median_ms"] for r in results],
-                                  [r[b].get("speedup_ci") for r in results], confidence)
+    return uncertainty.session_ci(
+        [r[a]["median_ms"] / r[b]["median_ms"] for r in results],
+        [r[b].get("speedup_ci") for r in results],
+        confidence,
+    )
 
 
-def _pool(results: list[dict[str, dict[str, Any]]], names: list[str], confidence: float, target: Any, stop: str,
-          block_s: float) -> dict[str, dict[str, Any]]:
+def _pool(
+    results: list[dict[str, dict[str, Any]]],
+    names: list[str],
+    confidence: float,
+    target: Any,
+    stop: str,
+    block_s: float,
+) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         rs = [r[name] for r in results]
         flat = [x for r in rs for x in r["_samples"]]
         gflat = [x for r in rs for x in r["_gpu_samples"]]
-        med = uncertainty.session_ci([r["median_ms"] for r in rs], [r.get("median_ci") for r in rs], confidence)
+        med = uncertainty.session_ci(
+            [r["median_ms"] for r in rs], [r.get("median_ci") for r in rs], confidence
+        )
         gpu = None
         if gflat:
             gmed = [r["gpu_compute"]["median_ms"] for r in rs if r.get("gpu_compute")]
-            gpu = {**stats(gflat), "median_ms": float(np.exp(np.mean(np.log(gmed)))), "session_medians_ms": gmed}
+            gpu = {
+                **stats(gflat),
+                "median_ms": float(np.exp(np.mean(np.log(gmed)))),
+                "session_medians_ms": gmed,
+            }
         s = stats(flat)
-        out[name] = {**s, "median_ms": med["value"], "pooled_median_ms": s["median_ms"], "median_ci": med["ci"],
-                     "session_medians_ms": [r["median_ms"] for r in rs], "first_call_ms": rs[0]["first_call_ms"],
-                     "warmup_n": rs[0]["warmup_n"], "duration_s": sum(r["duration_s"] for r in rs),
-                     "stable": all(r["stable"] for r in rs),
-                     "unstable_reasons": list(dict.fromkeys(x for r in rs for x in r["unstable_reasons"])),
-                     "gpu_compute": gpu, "outliers": uncertainty.outliers(flat), "blocks": sum(r["blocks"] for r in rs),
-                     "attempts": 1 + sum(r["attempts"] - 1 for r in rs),  # > 1: a session measured again (GPU throttle)
-                     "medians_ms": [r["median_ms"] for r in rs],
-                     "spread_ms": max(r["median_ms"] for r in rs) - min(r["median_ms"] for r in rs),
-                     "throttle_reasons": sorted({x for r in rs for x in r["throttle_reasons"]}), "sessions": len(rs)}
+        out[name] = {
+            **s,
+            "median_ms": med["value"],
+            "pooled_median_ms": s["median_ms"],
+            "median_ci": med["ci"],
+            "session_medians_ms": [r["median_ms"] for r in rs],
+            "first_call_ms": rs[0]["first_call_ms"],
+            "warmup_n": rs[0]["warmup_n"],
+            "duration_s": sum(r["duration_s"] for r in rs),
+            "stable": all(r["stable"] for r in rs),
+            "unstable_reasons": list(dict.fromkeys(x for r in rs for x in r["unstable_reasons"])),
+            "gpu_compute": gpu,
+            "outliers": uncertainty.outliers(flat),
+            "blocks": sum(r["blocks"] for r in rs),
+            "attempts": (
+                1 + sum(r["attempts"] - 1 for r in rs)
+            ),  # > 1: a session measured again (GPU throttle)
+            "medians_ms": [r["median_ms"] for r in rs],
+            "spread_ms": max(r["median_ms"] for r in rs) - min(r["median_ms"] for r in rs),
+            "throttle_reasons": sorted({x for r in rs for x in r["throttle_reasons"]}),
+            "sessions": len(rs),
+        }
     if len(names) == 2:
         a, b = names
         est = _session_speedup(results, names, confidence)
         half = est["relative_half_width"]
         met = target is None or half <= float(target)
-        out[b].update(speedup=out[a]["median_ms"] / out[b]["median_ms"], speedup_ci=est["ci"],
-                      ci={"method": "t-interval over fresh sessions (log speed-ups)", "confidence": confidence,
-                          "sessions": len(results), "session_speedups": [r[b]["speedup"] for r in results],
-                          "session_cis": [r[b].get("speedup_ci") for r in results], "blocks": out[b]["blocks"],
-                          "block_s": block_s, "relative_half_width": half, "target": target, "stop": stop, "met": met})
+        out[b].update(
+            speedup=out[a]["median_ms"] / out[b]["median_ms"],
+            speedup_ci=est["ci"],
+            ci={
+                "method": "t-interval over fresh sessions (log speed-ups)",
+                "confidence": confidence,
+                "sessions": len(results),
+                "session_speedups": [r[b]["speedup"] for r in results],
+                "session_cis": [r[b].get("speedup_ci") for r in results],
+                "blocks": out[b]["blocks"],
+                "block_s": block_s,
+                "relative_half_width": half,
+                "target": target,
+                "stop": stop,
+                "met": met,
+            },
+        )
         if not met:
-            reason = (f"speed-up CI ±{half:.1%} > {float(target):.1%} after {out[b]['duration_s']:.1f} s, "
-                      f"{len(results)} sessions (time budget)")
+            reason = (
+                f"speed-up CI ±{half:.1%} > {float(target):.1%} after {out[b]['duration_s']:.1f} s,"
+                f" {len(results)} sessions (time budget)"
+            )
             for name in names:
                 out[name]["stable"] = False
                 out[name]["unstable_reasons"].append(reason)

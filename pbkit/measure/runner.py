@@ -26,7 +26,9 @@ class RunSpec:
     compile_mode: str = "default"
     cache_dir: Path | None = None  # engine and timing caches (ort-trt)
     device_index: int = 0
-    module: Any = None  # an in-memory model instead of the file (latency tables, closed-loop checks)
+    module: Any = (
+        None  # an in-memory model instead of the file (latency tables, closed-loop checks)
+    )
 
 
 class Runner:
@@ -94,4 +96,6 @@ def ort_session(path: Path, threads: int, providers: list[Any] | None = None) ->
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=providers or ["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path), sess_options=so, providers=providers or ["CPUExecutionProvider"]
+    )

@@ -25,9 +25,15 @@ def _load() -> None:
 def _torch_dtype(dt: trt.DataType) -> Any:
     import torch
 
-    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
-             trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool, trt.DataType.INT8: torch.int8,
-             trt.DataType.BF16: torch.bfloat16}
+    table = {
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.INT64: torch.int64,
+        trt.DataType.BOOL: torch.bool,
+        trt.DataType.INT8: torch.int8,
+        trt.DataType.BF16: torch.bfloat16,
+    }
     if dt not in table:
         raise PbkitError(f"TensorRT tensor type {dt} is not supported by pbkit's runner")
     return table[dt]
@@ -35,14 +41,22 @@ def _torch_dtype(dt: trt.DataType) -> Any:
 
 def profile_for_batch(engine: trt.ICudaEngine, name: str, batch: int) -> int:
     """The optimisation profile whose batch range holds ``batch`` (exact fit first)."""
-    ranges = [(k, build.dims(engine.get_tensor_profile_shape(name, k)[0])[0],
-               build.dims(engine.get_tensor_profile_shape(name, k)[2])[0]) for k in range(engine.num_optimization_profiles)]
+    ranges = [
+        (
+            k,
+            build.dims(engine.get_tensor_profile_shape(name, k)[0])[0],
+            build.dims(engine.get_tensor_profile_shape(name, k)[2])[0],
+        )
+        for k in range(engine.num_optimization_profiles)
+    ]
     for k, lo, hi in sorted(ranges, key=lambda r: r[2] - r[1]):
         if lo <= batch <= hi:
             return k
     have = ", ".join(f"{lo}-{hi}" if lo != hi else str(lo) for _, lo, hi in ranges)
-    raise PbkitError(f"the engine has no optimisation profile for batch {batch} (profiles: {have}); rebuild it with "
-                     f"`pbkit export RUN_DIR --format tensorrt` after setting bench.batches")
+    raise PbkitError(
+        f"the engine has no optimisation profile for batch {batch} (profiles: {have}); rebuild it"
+        " with `pbkit export RUN_DIR --format tensorrt` after setting bench.batches"
+    )
 
 
 class EngineRunner(CudaRunner):
@@ -56,20 +70,27 @@ class EngineRunner(CudaRunner):
         self.runtime: trt.Runtime = trt.Runtime(logger)
         engine = self.runtime.deserialize_cuda_engine(spec.path.read_bytes())
         if engine is None:
-            raise PbkitError(f"TensorRT could not load {spec.path.name} (built by another TensorRT version or GPU?)")
+            raise PbkitError(
+                f"TensorRT could not load {spec.path.name} (built by another TensorRT version or"
+                " GPU?)"
+            )
         self.engine: trt.ICudaEngine = engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         if len(inputs) != 1:
             raise PbkitError(f"expected one input tensor in {spec.path.name}, found {len(inputs)}")
         self.in_name = inputs[0]
-        super().__init__(dataclasses.replace(spec, channels_last=False),
-                         in_dtype=_torch_dtype(engine.get_tensor_dtype(self.in_name)))
+        super().__init__(
+            dataclasses.replace(spec, channels_last=False),
+            in_dtype=_torch_dtype(engine.get_tensor_dtype(self.in_name)),
+        )
         import torch
 
         context = engine.create_execution_context()
         if context is None:
-            raise PbkitError("TensorRT could not create an execution context (out of device memory?)")
+            raise PbkitError(
+                "TensorRT could not create an execution context (out of device memory?)"
+            )
         self.context: trt.IExecutionContext = context
         batch = int(spec.x.shape[0])
         self.profile = profile_for_batch(engine, self.in_name, batch)
@@ -80,11 +101,16 @@ class EngineRunner(CudaRunner):
         for n in names:
             if n == self.in_name:
                 continue
-            t = torch.empty(build.dims(context.get_tensor_shape(n)), dtype=_torch_dtype(engine.get_tensor_dtype(n)),
-                            device=self.device)
+            t = torch.empty(
+                build.dims(context.get_tensor_shape(n)),
+                dtype=_torch_dtype(engine.get_tensor_dtype(n)),
+                device=self.device,
+            )
             context.set_tensor_address(n, t.data_ptr())
             self.d_out.append(t)
-        self.flags.update(engine="tensorrt", tensorrt=trt.__version__, profile=self.profile, io_binding=True)
+        self.flags.update(
+            engine="tensorrt", tensorrt=trt.__version__, profile=self.profile, io_binding=True
+        )
 
     def _compute(self) -> list[Any]:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
@@ -92,4 +118,7 @@ class EngineRunner(CudaRunner):
         return self.d_out
 
     def memory(self) -> dict[str, Any]:
-        return {"engine_device_memory_bytes": int(self.engine.device_memory_size_v2), "plan_bytes": self.plan_bytes}
+        return {
+            "engine_device_memory_bytes": int(self.engine.device_memory_size_v2),
+            "plan_bytes": self.plan_bytes,
+        }

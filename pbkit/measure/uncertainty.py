@@ -28,8 +28,13 @@ DRAWS = 1000
 CHECK_DRAWS = 200  # while measuring: a cheaper estimate decides whether to go on
 
 
-def ratio_ci(blocks_a: list[list[float]], blocks_b: list[list[float]], confidence: float = 0.95,
-             draws: int = DRAWS, seed: int = 0) -> dict[str, Any]:
+def ratio_ci(
+    blocks_a: list[list[float]],
+    blocks_b: list[list[float]],
+    confidence: float = 0.95,
+    draws: int = DRAWS,
+    seed: int = 0,
+) -> dict[str, Any]:
     """median(a) / median(b) over all samples, with its paired block-bootstrap interval and the
     intervals of both medians. ``blocks_a[i]`` and ``blocks_b[i]`` were measured back to back."""
     if len(blocks_a) != len(blocks_b) or not blocks_a:
@@ -48,12 +53,21 @@ def ratio_ci(blocks_a: list[list[float]], blocks_b: list[list[float]], confidenc
     ratios = ra / rb
     ratio = med_a / med_b
     ci = [float(np.percentile(ratios, lo)), float(np.percentile(ratios, hi))]
-    return {"ratio": ratio, "ci": ci, "a_ci": [float(np.percentile(ra, lo)), float(np.percentile(ra, hi))],
-            "b_ci": [float(np.percentile(rb, lo)), float(np.percentile(rb, hi))], "blocks": k, "draws": draws,
-            "confidence": confidence, "relative_half_width": relative_half_width(ratio, ci)}
+    return {
+        "ratio": ratio,
+        "ci": ci,
+        "a_ci": [float(np.percentile(ra, lo)), float(np.percentile(ra, hi))],
+        "b_ci": [float(np.percentile(rb, lo)), float(np.percentile(rb, hi))],
+        "blocks": k,
+        "draws": draws,
+        "confidence": confidence,
+        "relative_half_width": relative_half_width(ratio, ci),
+    }
 
 
-def session_ci(values: list[float], within: list[list[float] | None], confidence: float = 0.95) -> dict[str, Any]:
+def session_ci(
+    values: list[float], within: list[list[float] | None], confidence: float = 0.95
+) -> dict[str, Any]:
     """The geometric mean of per-session estimates (speed-ups or medians, all > 0) with a
     t-interval over their logs (S - 1 degrees of freedom). Each session's own interval
     (``within``, may be None) sets a floor under the variance: sessions can agree by chance, but
@@ -71,8 +85,13 @@ def session_ci(values: list[float], within: list[list[float] | None], confidence
     half = float(st.t.ppf(0.5 + confidence / 2, s - 1)) * (var / s) ** 0.5
     m = float(x.mean())
     value, ci = float(np.exp(m)), [float(np.exp(m - half)), float(np.exp(m + half))]
-    return {"value": value, "ci": ci, "sessions": s, "relative_half_width": relative_half_width(value, ci),
-            "confidence": confidence}
+    return {
+        "value": value,
+        "ci": ci,
+        "sessions": s,
+        "relative_half_width": relative_half_width(value, ci),
+        "confidence": confidence,
+    }
 
 
 def relative_half_width(value: float, ci: list[float]) -> float:
@@ -91,9 +110,12 @@ def outliers(samples: list[float]) -> dict[str, int]:
         return {"low_mild": 0, "low_severe": 0, "high_mild": 0, "high_severe": 0}
     q1, q3 = np.percentile(x, [25, 75])
     iqr = q3 - q1
-    return {"low_severe": int((x < q1 - 3 * iqr).sum()), "low_mild": int(((x < q1 - 1.5 * iqr) & (x >= q1 - 3 * iqr)).sum()),
-            "high_mild": int(((x > q3 + 1.5 * iqr) & (x <= q3 + 3 * iqr)).sum()),
-            "high_severe": int((x > q3 + 3 * iqr).sum())}
+    return {
+        "low_severe": int((x < q1 - 3 * iqr).sum()),
+        "low_mild": int(((x < q1 - 1.5 * iqr) & (x >= q1 - 3 * iqr)).sum()),
+        "high_mild": int(((x > q3 + 1.5 * iqr) & (x <= q3 + 3 * iqr)).sum()),
+        "high_severe": int((x > q3 + 3 * iqr).sum()),
+    }
 
 
 def fmt(value: float | None, ci: list[float] | None, digits: int = 2) -> str:

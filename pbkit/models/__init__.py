@@ -17,5 +17,18 @@ from pbkit.models.registry import (
     torchvision_names,
 )
 
-__all__ = ["KNOWN_FAILURES", "MODELS", "PREFIXES", "YOLO_MODELS", "ModelEntry", "ModelSpec", "build",
-           "classifier_heads", "known_failure", "prepare", "resolve", "timm_names", "torchvision_names"]
+__all__ = [
+    "KNOWN_FAILURES",
+    "MODELS",
+    "PREFIXES",
+    "YOLO_MODELS",
+    "ModelEntry",
+    "ModelSpec",
+    "build",
+    "classifier_heads",
+    "known_failure",
+    "prepare",
+    "resolve",
+    "timm_names",
+    "torchvision_names",
+]

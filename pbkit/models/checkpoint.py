@@ -42,7 +42,11 @@ def module_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Plain attributes of every module (in_channels, num_features, num_heads, head_dim, ...)."""
     out: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
-        attrs = {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training" and _plain(v)}
+        attrs = {
+            k: v
+            for k, v in vars(m).items()
+            if not k.startswith("_") and k != "training" and _plain(v)
+        }
         if attrs:
             out[name] = attrs
     return out
@@ -50,11 +54,17 @@ def module_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 def non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     """The buffers ``state_dict`` leaves out, by their state-dict-style names."""
-    return {f"{name}.{b}" if name else b: t for name, m in model.named_modules()
-            for b, t in m._buffers.items() if t is not None and b in m._non_persistent_buffers_set}
+    return {
+        f"{name}.{b}" if name else b: t
+        for name, m in model.named_modules()
+        for b, t in m._buffers.items()
+        if t is not None and b in m._non_persistent_buffers_set
+    }
 
 
-def save_model(model: nn.Module, spec: models.ModelSpec, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def save_model(
+    model: nn.Module, spec: models.ModelSpec, path: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
     payload = {
         "format": FORMAT,
         "spec": spec.to_dict(),
@@ -92,7 +102,11 @@ def apply_file(model: nn.Module, obj: dict[str, Any], where: str) -> None:
         if m is None:
             raise PbkitError(f"{where}: module {name!r} does not exist in {obj['spec']['name']}")
         for k, v in attrs.items():
-            setattr(m, k, tuple(v) if isinstance(v, list) and isinstance(getattr(m, k, None), tuple) else v)
+            setattr(
+                m,
+                k,
+                tuple(v) if isinstance(v, list) and isinstance(getattr(m, k, None), tuple) else v,
+            )
     state = obj["state"]
     for key, tensor in [*state.items(), *obj.get("buffers", {}).items()]:
         owner_name, _, leaf = key.rpartition(".")
@@ -101,7 +115,9 @@ def apply_file(model: nn.Module, obj: dict[str, Any], where: str) -> None:
             raise PbkitError(f"{where}: tensor {key!r} has no module in {obj['spec']['name']}")
         if leaf in owner._parameters:
             old = owner._parameters[leaf]
-            owner._parameters[leaf] = nn.Parameter(tensor.clone(), requires_grad=old.requires_grad if old is not None else True)
+            owner._parameters[leaf] = nn.Parameter(
+                tensor.clone(), requires_grad=old.requires_grad if old is not None else True
+            )
         elif leaf in owner._buffers:
             owner._buffers[leaf] = tensor.clone()
         else:
@@ -111,7 +127,9 @@ def apply_file(model: nn.Module, obj: dict[str, Any], where: str) -> None:
         raise PbkitError(f"{where}: file lacks tensors {sorted(missing)[:3]}...")
 
 
-def load_base(spec: models.ModelSpec, path: str | Path, trust: bool = False, seed: int = 0) -> nn.Module:
+def load_base(
+    spec: models.ModelSpec, path: str | Path, trust: bool = False, seed: int = 0
+) -> nn.Module:
     """Build ``spec`` with the user's weights: a pbkit model file, a state dict (possibly wrapped:
     ``state_dict``, ``model``, ``ema``...), or, trusted, a pickled model (ultralytics ``.pt``)."""
     # a trusted ultralytics .pt imports ultralytics while it is unpickled: keep that offline

@@ -96,7 +96,9 @@ class StepCounter:
         self.rate: dict[nn.Module, int] = {}
         for name, m in model.named_modules():
             w = getattr(m, "weight", None)
-            if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear) or not isinstance(w, torch.Tensor):
+            if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear) or not isinstance(
+                w, torch.Tensor
+            ):
                 continue
             macs = sum(flops.get(f"{root}.{name}", {}).values()) // 2
             if macs and macs % w.numel() == 0:
@@ -141,8 +143,9 @@ def layer_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
     return out
 
 
-def channel_alignment(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
-                      multiple: int = 8) -> dict[str, Any]:
+def channel_alignment(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], multiple: int = 8
+) -> dict[str, Any]:
     """Share of pruned layers whose pruned widths are all multiples of ``multiple``: GPU kernels
     (tensor cores) run best on widths that are multiples of 8, so a pruned model whose widths are
     not can be slower than its MACs suggest."""
@@ -152,5 +155,9 @@ def channel_alignment(before: dict[str, tuple[int, int]], after: dict[str, tuple
         if changed:
             pruned += 1
             aligned += all(w % multiple == 0 for w in changed)
-    return {"multiple": multiple, "pruned_layers": pruned, "aligned_layers": aligned,
-            "share": aligned / pruned if pruned else 1.0}
+    return {
+        "multiple": multiple,
+        "pruned_layers": pruned,
+        "aligned_layers": aligned,
+        "share": aligned / pruned if pruned else 1.0,
+    }

@@ -41,23 +41,69 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     e.name: e
     for e in [
-        ModelEntry("resnet18_cifar", "cnn", "pbkit", 32, 100, "ResNet-18, CIFAR stem (study: CIFAR-100)", archs.resnet18_cifar),
-        ModelEntry("resnet50_cifar", "cnn", "pbkit", 32, 100, "ResNet-50, CIFAR stem (study: CIFAR-100)", archs.resnet50_cifar),
-        ModelEntry("resnet56_cifar", "cnn", "pbkit", 32, 10, "ResNet-56, He et al. CIFAR ResNet (16-32-64)", archs.resnet56_cifar),
-        ModelEntry("resnet20_cifar", "cnn", "pbkit", 32, 10, "ResNet-20, He et al. CIFAR ResNet (small, for tests)", archs.resnet20_cifar),
-        ModelEntry("vgg19_cifar", "cnn", "pbkit", 32, 100, "VGG-19-BN, one linear classifier (study: CIFAR-100)", archs.vgg19_cifar),
+        ModelEntry(
+            "resnet18_cifar",
+            "cnn",
+            "pbkit",
+            32,
+            100,
+            "ResNet-18, CIFAR stem (study: CIFAR-100)",
+            archs.resnet18_cifar,
+        ),
+        ModelEntry(
+            "resnet50_cifar",
+            "cnn",
+            "pbkit",
+            32,
+            100,
+            "ResNet-50, CIFAR stem (study: CIFAR-100)",
+            archs.resnet50_cifar,
+        ),
+        ModelEntry(
+            "resnet56_cifar",
+            "cnn",
+            "pbkit",
+            32,
+            10,
+            "ResNet-56, He et al. CIFAR ResNet (16-32-64)",
+            archs.resnet56_cifar,
+        ),
+        ModelEntry(
+            "resnet20_cifar",
+            "cnn",
+            "pbkit",
+            32,
+            10,
+            "ResNet-20, He et al. CIFAR ResNet (small, for tests)",
+            archs.resnet20_cifar,
+        ),
+        ModelEntry(
+            "vgg19_cifar",
+            "cnn",
+            "pbkit",
+            32,
+            100,
+            "VGG-19-BN, one linear classifier (study: CIFAR-100)",
+            archs.vgg19_cifar,
+        ),
     ]
 }
 
-YOLO_MODELS = {f"yolov8{s}": f"YOLOv8-{s}, ultralytics' own yaml, 640x640, 80 classes (study: yolov8m on COCO)"
-               for s in "nsmlx"}
+YOLO_MODELS = {
+    f"yolov8{s}": f"YOLOv8-{s}, ultralytics' own yaml, 640x640, 80 classes (study: yolov8m on COCO)"
+    for s in "nsmlx"
+}
 
 PREFIXES = {
-    "tv:": "any torchvision classification model, e.g. tv:resnet50 (224x224, 1000 classes); its segmentation "
-           "models too, e.g. tv:lraspp_mobilenet_v3_large (520x520, 21 classes)",
+    "tv:": (
+        "any torchvision classification model, e.g. tv:resnet50 (224x224, 1000 classes); its"
+        " segmentation models too, e.g. tv:lraspp_mobilenet_v3_large (520x520, 21 classes)"
+    ),
     "timm:": "any timm model, e.g. timm:vit_small_patch16_224 (224x224, 1000 classes)",
-    "timmseg:": "a timm ViT backbone with a light segmentation head, e.g. timmseg:vit_tiny_patch16_224 "
-                "(224x224, 21 classes)",
+    "timmseg:": (
+        "a timm ViT backbone with a light segmentation head, e.g. timmseg:vit_tiny_patch16_224 "
+        "(224x224, 21 classes)"
+    ),
 }
 
 # Families a zoo run (benchmarks/zoo.py, results/perf/zoo-*.md) found not to prune here: the pattern,
@@ -70,33 +116,85 @@ PREFIXES = {
 # failures of the committed zoo tables.
 _SLOW = "pruning it stays within 10 GiB but runs past the zoo's 480 s on 2 CPU cores"
 _GRAPH = "torch-pruning's dependency graph of it runs past the zoo's 150 s"
-_PARITY = ("it prunes (1.5x), but the ONNX export of the dense model already misses fp32 parity with random "
-           "weights")
+_PARITY = (
+    "it prunes (1.5x), but the ONNX export of the dense model already misses fp32 parity with"
+    " random weights"
+)
 KNOWN_FAILURES: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(r"^timm:aimv2_(1b|3b)_"), "timm:aimv2_1b_patch14_224", f"a 1.2B-parameter ViT: {_SLOW}"),
-    (re.compile(r"^timm:deepseek_vit_"), "timm:deepseek_vit_412m",
-     f"{_GRAPH} even with its 32 attention blocks held fixed; raise prune.max_graph_s to wait longer"),
-    (re.compile(r"^timm:edgenext_"), "timm:edgenext_small",
-     "torch-pruning maps the channels of its cross-covariance attention wrong (a step fails), and with those "
-     "blocks held fixed its dependency graph runs past the zoo's 150 s"),
-    (re.compile(r"^timm:efficientnetv2_rw_t$"), "timm:efficientnetv2_rw_t", f"{_PARITY} (max error 0.63 on logits "
-     "near 1e3); not checked with trained weights"),
-    (re.compile(r"^timm:efficientvim_"), "timm:efficientvim_m1",
-     f"{_GRAPH} (its state-space mixers hold parameters the graph cannot see); raise prune.max_graph_s to wait "
-     "longer"),
-    (re.compile(r"^timm:gcvit_"), "timm:gcvit_tiny",
-     "its attention takes its width from its input and a global query from another branch: it can be neither "
-     "traced nor held fixed"),
-    (re.compile(r"^timm:gemma4_vit_"), "timm:gemma4_vit_167m", "it prunes (1.5x at 768 px within 3.4 GiB), but "
-     "torch's ONNX exporter writes an invalid graph of the dense model (ONNX Runtime rejects it)"),
-    (re.compile(r"^timm:(hieradet_|sam2_hiera_)"), "timm:hieradet_small",
-     "its blocks partition windows around their attention in channels-last layout: the dependency graph runs "
-     "past the zoo's budgets even with the attention held fixed"),
-    (re.compile(r"^timm:iformer_"), "timm:iformer_t", f"{_GRAPH}; raise prune.max_graph_s to wait longer"),
-    (re.compile(r"^timm:samvit_"), "timm:samvit_base_patch16",
-     f"a ViT at 1024x1024: {_SLOW}; give it longer, or prune it at a smaller model.input_size"),
-    (re.compile(r"^timm:visformer_tiny$"), "timm:visformer_tiny", f"{_PARITY} (max error 0.06); not checked with "
-     "trained weights"),
+    (
+        re.compile(r"^timm:aimv2_(1b|3b)_"),
+        "timm:aimv2_1b_patch14_224",
+        f"a 1.2B-parameter ViT: {_SLOW}",
+    ),
+    (
+        re.compile(r"^timm:deepseek_vit_"),
+        "timm:deepseek_vit_412m",
+        (
+            f"{_GRAPH} even with its 32 attention blocks held fixed; raise prune.max_graph_s to"
+            " wait longer"
+        ),
+    ),
+    (
+        re.compile(r"^timm:edgenext_"),
+        "timm:edgenext_small",
+        (
+            "torch-pruning maps the channels of its cross-covariance attention wrong (a step"
+            " fails), and with those blocks held fixed its dependency graph runs past the zoo's"
+            " 150 s"
+        ),
+    ),
+    (
+        re.compile(r"^timm:efficientnetv2_rw_t$"),
+        "timm:efficientnetv2_rw_t",
+        f"{_PARITY} (max error 0.63 on logits near 1e3); not checked with trained weights",
+    ),
+    (
+        re.compile(r"^timm:efficientvim_"),
+        "timm:efficientvim_m1",
+        (
+            f"{_GRAPH} (its state-space mixers hold parameters the graph cannot see); raise"
+            " prune.max_graph_s to wait longer"
+        ),
+    ),
+    (
+        re.compile(r"^timm:gcvit_"),
+        "timm:gcvit_tiny",
+        (
+            "its attention takes its width from its input and a global query from another branch:"
+            " it can be neither traced nor held fixed"
+        ),
+    ),
+    (
+        re.compile(r"^timm:gemma4_vit_"),
+        "timm:gemma4_vit_167m",
+        (
+            "it prunes (1.5x at 768 px within 3.4 GiB), but torch's ONNX exporter writes an invalid"
+            " graph of the dense model (ONNX Runtime rejects it)"
+        ),
+    ),
+    (
+        re.compile(r"^timm:(hieradet_|sam2_hiera_)"),
+        "timm:hieradet_small",
+        (
+            "its blocks partition windows around their attention in channels-last layout: the"
+            " dependency graph runs past the zoo's budgets even with the attention held fixed"
+        ),
+    ),
+    (
+        re.compile(r"^timm:iformer_"),
+        "timm:iformer_t",
+        f"{_GRAPH}; raise prune.max_graph_s to wait longer",
+    ),
+    (
+        re.compile(r"^timm:samvit_"),
+        "timm:samvit_base_patch16",
+        f"a ViT at 1024x1024: {_SLOW}; give it longer, or prune it at a smaller model.input_size",
+    ),
+    (
+        re.compile(r"^timm:visformer_tiny$"),
+        "timm:visformer_tiny",
+        f"{_PARITY} (max error 0.06); not checked with trained weights",
+    ),
 ]
 
 
@@ -124,14 +222,26 @@ class ModelSpec:
     task: str = "classify"  # the pbkit.tasks implementation that trains, evaluates and protects it
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(name=self.name, num_classes=self.num_classes, input_size=self.input_size,
-                    family=self.family, source=self.source, kwargs=dict(self.kwargs), task=self.task)
+        return dict(
+            name=self.name,
+            num_classes=self.num_classes,
+            input_size=self.input_size,
+            family=self.family,
+            source=self.source,
+            kwargs=dict(self.kwargs),
+            task=self.task,
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        task = d.get("task") or ("detect" if d.get("source") == "ultralytics" else "classify")  # older files
-        return cls(**{k: d[k] for k in ("name", "num_classes", "input_size", "family", "source")},
-                   kwargs=dict(d.get("kwargs") or {}), task=task)
+        task = d.get("task") or (
+            "detect" if d.get("source") == "ultralytics" else "classify"
+        )  # older files
+        return cls(
+            **{k: d[k] for k in ("name", "num_classes", "input_size", "family", "source")},
+            kwargs=dict(d.get("kwargs") or {}),
+            task=task,
+        )
 
 
 def torchvision_names() -> list[str]:
@@ -146,43 +256,84 @@ def timm_names() -> list[str]:
     return sorted(timm.list_models())
 
 
-def resolve(name: str, num_classes: int | None = None, input_size: int | None = None,
-            kwargs: dict[str, Any] | None = None) -> ModelSpec:
+def resolve(
+    name: str,
+    num_classes: int | None = None,
+    input_size: int | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> ModelSpec:
     """Check that ``name`` exists and fill in its defaults; raise a one-line error otherwise."""
     kwargs = dict(kwargs or {})
     if name in MODELS:
         e = MODELS[name]
-        return ModelSpec(name, num_classes or e.num_classes, input_size or e.input_size, e.family, e.source, kwargs,
-                         task=e.task)
+        return ModelSpec(
+            name,
+            num_classes or e.num_classes,
+            input_size or e.input_size,
+            e.family,
+            e.source,
+            kwargs,
+            task=e.task,
+        )
     if name.startswith("yolov8"):
         from pbkit.models import yolo
 
         yolo.size_of(name)  # a clear error for an unknown size
-        return ModelSpec(name, num_classes or 80, input_size or yolo.INPUT_SIZE, "yolo", "ultralytics", kwargs,
-                         task="detect")
+        return ModelSpec(
+            name,
+            num_classes or 80,
+            input_size or yolo.INPUT_SIZE,
+            "yolo",
+            "ultralytics",
+            kwargs,
+            task="detect",
+        )
     if name.startswith("tv:") and name[3:] in segment.torchvision_names():
-        return ModelSpec(name, num_classes or 21, input_size or 520, "cnn", "torchvision", kwargs, task="segment")
+        return ModelSpec(
+            name, num_classes or 21, input_size or 520, "cnn", "torchvision", kwargs, task="segment"
+        )
     if name.startswith("timmseg:"):
         import timm
 
         short = name[8:]
         if not timm.is_model(short) or not _VIT_NAME.match(short):
-            raise PbkitError(f"timmseg: takes a timm ViT ({short!r} is not one; e.g. timmseg:vit_tiny_patch16_224)")
-        return ModelSpec(name, num_classes or 21, input_size or _timm_default_size(short), "vit", "timm", kwargs,
-                         task="segment")
+            raise PbkitError(
+                f"timmseg: takes a timm ViT ({short!r} is not one; e.g."
+                " timmseg:vit_tiny_patch16_224)"
+            )
+        return ModelSpec(
+            name,
+            num_classes or 21,
+            input_size or _timm_default_size(short),
+            "vit",
+            "timm",
+            kwargs,
+            task="segment",
+        )
     if name.startswith("tv:"):
         short = name[3:]
         if short not in torchvision_names():
-            raise PbkitError(f"unknown torchvision classification model {short!r} (see `pbkit list models --json` for the names)")
+            raise PbkitError(
+                f"unknown torchvision classification model {short!r} (see `pbkit list models"
+                " --json` for the names)"
+            )
         family = "vit" if _VIT_NAME.match(short) else "cnn"
-        return ModelSpec(name, num_classes or 1000, input_size or _tv_default_size(short), family, "torchvision",
-                         kwargs)
+        return ModelSpec(
+            name,
+            num_classes or 1000,
+            input_size or _tv_default_size(short),
+            family,
+            "torchvision",
+            kwargs,
+        )
     if name.startswith("timm:"):
         import timm
 
         short = name[5:]
         if not timm.is_model(short):
-            raise PbkitError(f"unknown timm model {short!r} (see `pbkit list models --json` for the names)")
+            raise PbkitError(
+                f"unknown timm model {short!r} (see `pbkit list models --json` for the names)"
+            )
         size = input_size or int(kwargs.get("img_size") or _timm_default_size(short))
         family = "vit" if _VIT_NAME.match(short) else "cnn"
         return ModelSpec(name, num_classes or 1000, size, family, "timm", kwargs)
@@ -209,8 +360,12 @@ def _timm_default_size(short: str) -> int:
     return int(size[-1]) if size else 224
 
 
-def build(spec: ModelSpec, pretrained: bool = False, seed: int = 0,
-          load: Callable[[nn.Module], None] | None = None) -> nn.Module:
+def build(
+    spec: ModelSpec,
+    pretrained: bool = False,
+    seed: int = 0,
+    load: Callable[[nn.Module], None] | None = None,
+) -> nn.Module:
     """Build the model as pbkit prunes it: the dense architecture (seeded random init, or the hub's
     pretrained weights), ``load`` applied to it (user weights in the original layout), then
     ``prepare``d (YOLOv8: C2f made prunable)."""
@@ -235,11 +390,15 @@ def prepare(model: nn.Module, spec: ModelSpec) -> nn.Module:
     if spec.name.startswith("tv:maxvit_"):
         from pbkit.models import maxvit
 
-        return maxvit.make_prunable(model)  # attention widths read from the weights (the same outputs)
+        return maxvit.make_prunable(
+            model
+        )  # attention widths read from the weights (the same outputs)
     if spec.name.startswith("tv:shufflenet_v2_"):
         from pbkit.models import shufflenet
 
-        return shufflenet.make_prunable(model)  # its channel shuffle a module of its own (the same outputs)
+        return shufflenet.make_prunable(
+            model
+        )  # its channel shuffle a module of its own (the same outputs)
     if spec.name.startswith("timm:swinv2_") and not spec.name.startswith("timm:swinv2_cr"):
         from pbkit.models import swin
 
@@ -247,26 +406,37 @@ def prepare(model: nn.Module, spec: ModelSpec) -> nn.Module:
     if spec.source == "timm" and any(type(m).__name__ == "MixedConv2d" for m in model.modules()):
         from pbkit.models import mixconv
 
-        return mixconv.make_prunable(model)  # its depth-wise mixed convolutions prune channel by channel
+        return mixconv.make_prunable(
+            model
+        )  # its depth-wise mixed convolutions prune channel by channel
     return model
 
 
 def _build_dense(spec: ModelSpec, pretrained: bool, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     if spec.task == "segment":
-        return _fetching(spec, pretrained, lambda: segment.build(spec.name, spec.num_classes, spec.input_size,
-                                                                 pretrained, spec.kwargs))
+        return _fetching(
+            spec,
+            pretrained,
+            lambda: segment.build(
+                spec.name, spec.num_classes, spec.input_size, pretrained, spec.kwargs
+            ),
+        )
     if spec.source == "pbkit":
         if pretrained:
-            raise PbkitError(f"no pretrained weights are published for {spec.name}; "
-                             "pass a checkpoint (weights=checkpoint) or train a base (base.epochs > 0)")
+            raise PbkitError(
+                f"no pretrained weights are published for {spec.name}; "
+                "pass a checkpoint (weights=checkpoint) or train a base (base.epochs > 0)"
+            )
         return MODELS[spec.name].builder(num_classes=spec.num_classes, **spec.kwargs)
     if spec.source == "ultralytics":
         from pbkit.models import weights, yolo
 
         model = yolo.build(spec.name, spec.num_classes)
         if pretrained:  # the official file, explicitly asked for: a pickled ultralytics checkpoint
-            weights.load_state(model, weights.read_file(yolo.pretrained_file(spec.name), trust=True), spec.name)
+            weights.load_state(
+                model, weights.read_file(yolo.pretrained_file(spec.name), trust=True), spec.name
+            )
         return model
     return _fetching(spec, pretrained, lambda: _build_hub(spec, pretrained))
 
@@ -276,12 +446,19 @@ def _build_hub(spec: ModelSpec, pretrained: bool) -> nn.Module:
         import torchvision
 
         if pretrained and spec.num_classes != 1000:
-            raise PbkitError(f"{spec.name}: pretrained torchvision weights have 1000 classes, not {spec.num_classes}")
+            raise PbkitError(
+                f"{spec.name}: pretrained torchvision weights have 1000 classes, not"
+                f" {spec.num_classes}"
+            )
         kw = dict(spec.kwargs)
         if not pretrained and spec.name.startswith("tv:vit_") and "image_size" not in kw:
             kw["image_size"] = spec.input_size  # its position embedding is sized for the input
-        return torchvision.models.get_model(spec.name[3:], weights="DEFAULT" if pretrained else None,
-                                            num_classes=spec.num_classes, **kw)
+        return torchvision.models.get_model(
+            spec.name[3:],
+            weights="DEFAULT" if pretrained else None,
+            num_classes=spec.num_classes,
+            **kw,
+        )
     import timm
 
     kw = dict(spec.kwargs)
@@ -289,7 +466,9 @@ def _build_hub(spec: ModelSpec, pretrained: bool) -> nn.Module:
         default = _timm_default_size(spec.name[5:])
         if spec.input_size != default:
             kw["img_size"] = spec.input_size
-    return timm.create_model(spec.name[5:], pretrained=pretrained, num_classes=spec.num_classes, **kw)
+    return timm.create_model(
+        spec.name[5:], pretrained=pretrained, num_classes=spec.num_classes, **kw
+    )
 
 
 def _fetching(spec: ModelSpec, pretrained: bool, make: Callable[[], nn.Module]) -> nn.Module:
@@ -300,9 +479,11 @@ def _fetching(spec: ModelSpec, pretrained: bool, make: Callable[[], nn.Module]) 
         raise
     except (OSError, RuntimeError, ConnectionError) as e:
         if pretrained:
-            raise PbkitError(f"could not fetch pretrained weights for {spec.name} (offline?): "
-                             f"{type(e).__name__}; download them elsewhere and pass weights=checkpoint "
-                             "with model.checkpoint=<file>") from e
+            raise PbkitError(
+                f"could not fetch pretrained weights for {spec.name} (offline?): "
+                f"{type(e).__name__}; download them elsewhere and pass weights=checkpoint "
+                "with model.checkpoint=<file>"
+            ) from e
         raise PbkitError(f"could not build {spec.name}: {e}") from e
     except TypeError as e:
         raise PbkitError(f"could not build {spec.name} with kwargs {spec.kwargs}: {e}") from e
@@ -319,8 +500,15 @@ def classifier_heads(model: nn.Module, num_classes: int) -> list[nn.Module]:
         head = get()
         if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
             return [head]
-    heads: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    heads: list[nn.Module] = [
+        m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes
+    ]
     if not heads:
-        heads = [m for m in model.modules()
-                 if isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m.kernel_size == (1, 1)]
+        heads = [
+            m
+            for m in model.modules()
+            if isinstance(m, nn.Conv2d)
+            and m.out_channels == num_classes
+            and m.kernel_size == (1, 1)
+        ]
     return heads

@@ -39,13 +39,15 @@ def _unwindows(x: torch.Tensor, size: tuple[int, int], b: int, h: int, w: int) -
     return x.reshape(b, h, w, c)
 
 
-def _shift_mask(h: int, w: int, size: tuple[int, int], shift: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+def _shift_mask(
+    h: int, w: int, size: tuple[int, int], shift: tuple[int, int], like: torch.Tensor
+) -> torch.Tensor:
     """-100 between positions of a window that came from different regions before the cyclic shift."""
     region = like.new_zeros((h, w))
     label = 0
     for hs in ((0, -size[0]), (-size[0], -shift[0]), (-shift[0], None)):
         for ws in ((0, -size[1]), (-size[1], -shift[1]), (-shift[1], None)):
-            region[hs[0]:hs[1], ws[0]:ws[1]] = label
+            region[hs[0] : hs[1], ws[0] : ws[1]] = label
             label += 1
     ids = _windows(region.view(1, h, w, 1), size).squeeze(-1)  # [windows, N]
     diff = ids.unsqueeze(1) - ids.unsqueeze(2)
@@ -67,15 +69,22 @@ def window_attention(m: tvs.ShiftedWindowAttention, x: torch.Tensor) -> torch.Te
     bias = m.qkv.bias
     v2 = isinstance(m, tvs.ShiftedWindowAttentionV2)
     if v2 and bias is not None:  # v2 has no key bias
-        bias = torch.cat([bias[:heads * head_dim], torch.zeros_like(bias[heads * head_dim:2 * heads * head_dim]),
-                          bias[2 * heads * head_dim:]])
+        bias = torch.cat(
+            [
+                bias[: heads * head_dim],
+                torch.zeros_like(bias[heads * head_dim : 2 * heads * head_dim]),
+                bias[2 * heads * head_dim :],
+            ]
+        )
     qkv = F.linear(tokens, m.qkv.weight, bias)
-    q, k, v = qkv.reshape(tokens.shape[0], tokens.shape[1], 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.reshape(tokens.shape[0], tokens.shape[1], 3, heads, head_dim).permute(
+        2, 0, 3, 1, 4
+    )
     if v2:
         scores = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
         scores = scores * torch.clamp(m.logit_scale, max=math.log(100.0)).exp()
     else:
-        scores = (q * head_dim ** -0.5).matmul(k.transpose(-2, -1))
+        scores = (q * head_dim**-0.5).matmul(k.transpose(-2, -1))
     scores = scores + m.get_relative_position_bias()
     if sum(shift):
         mask = _shift_mask(ph, pw, size, (shift[0], shift[1]), x)

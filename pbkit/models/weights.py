@@ -24,11 +24,17 @@ def read_file(path: str | Path, trust: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):
-            raise PbkitError(f"checkpoint {str(path)!r} holds pickled Python objects, which pbkit does not "
-                             "load by default; if you trust the file set model.trust_checkpoint=true") from e
-        raise PbkitError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})") from e
+            raise PbkitError(
+                f"checkpoint {str(path)!r} holds pickled Python objects, which pbkit does not "
+                "load by default; if you trust the file set model.trust_checkpoint=true"
+            ) from e
+        raise PbkitError(
+            f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})"
+        ) from e
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError) as e:
-        raise PbkitError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})") from e
+        raise PbkitError(
+            f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})"
+        ) from e
 
 
 def _first_line(e: BaseException) -> str:
@@ -53,8 +59,10 @@ def load_state(model: nn.Module, obj: Any, where: str) -> None:
     unexpected = sorted(set(obj) - set(own))
     wrong = sorted(k for k, v in obj.items() if k in own and own[k].shape != v.shape)
     if missing or unexpected or wrong:
-        raise PbkitError(f"checkpoint {where!r} does not fit the model: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}")
+        raise PbkitError(
+            f"checkpoint {where!r} does not fit the model: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}"
+        )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in obj.items()}, strict=True)
 
 

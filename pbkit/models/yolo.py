@@ -32,7 +32,10 @@ INPUT_SIZE = 640
 def size_of(name: str) -> str:
     m = NAME.match(name)
     if m is None:
-        raise PbkitError(f"unknown YOLOv8 model {name!r}; choose one of: {', '.join('yolov8' + s for s in SIZES)}")
+        raise PbkitError(
+            f"unknown YOLOv8 model {name!r}; choose one of:"
+            f" {', '.join('yolov8' + s for s in SIZES)}"
+        )
     return m.group(1)
 
 
@@ -56,12 +59,16 @@ def pretrained_file(name: str) -> Path:
     except Exception as e:  # no network: requests/urllib errors of many kinds
         path = Path(f"yolov8{size}.pt")
         if not path.is_file():
-            raise PbkitError(f"pretrained weights yolov8{size}.pt need the network ({type(e).__name__}); download "
-                             f"yolov8{size}.pt elsewhere and pass --checkpoint yolov8{size}.pt "
-                             "--set model.trust_checkpoint=true") from e
+            raise PbkitError(
+                f"pretrained weights yolov8{size}.pt need the network ({type(e).__name__});"
+                f" download yolov8{size}.pt elsewhere and pass --checkpoint yolov8{size}.pt --set"
+                " model.trust_checkpoint=true"
+            ) from e
     if not path.is_file():
-        raise PbkitError(f"pretrained weights yolov8{size}.pt could not be fetched (offline?); download it elsewhere "
-                         f"and pass --checkpoint yolov8{size}.pt --set model.trust_checkpoint=true")
+        raise PbkitError(
+            f"pretrained weights yolov8{size}.pt could not be fetched (offline?); download it"
+            f" elsewhere and pass --checkpoint yolov8{size}.pt --set model.trust_checkpoint=true"
+        )
     return path
 
 

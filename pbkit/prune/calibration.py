@@ -25,5 +25,9 @@ class Calibration:
     task: str  # the task's title, for messages ("classification", "detection")
     loss: Callable[[nn.Module, Batch], torch.Tensor] | None = None
     sample: Callable[[Batch, int], Batch] | None = None  # image i of a batch, as a batch of one
-    output_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # vmap-able (out, y)
-    info: dict[str, Any] = field(default_factory=dict)  # dataset, batches, batch_size, seed, samples
+    output_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = (
+        None  # vmap-able (out, y)
+    )
+    info: dict[str, Any] = field(
+        default_factory=dict
+    )  # dataset, batches, batch_size, seed, samples

@@ -34,8 +34,11 @@ IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
 
 
 def _groups(pruner: Any) -> list[Any]:
-    return list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                         root_module_types=pruner.root_module_types))
+    return list(
+        pruner.DG.get_all_groups(
+            ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+        )
+    )
 
 
 def _consumers(pruner: Any) -> list[nn.Module]:
@@ -78,7 +81,9 @@ class _GroupScores(tp.importance.GroupMagnitudeImportance):
                 group_imp.append(local.float())
                 group_idxs.append(group[i].root_idxs)
         if not group_imp:
-            return super().__call__(group)  # no statistics for this group: fall back to L2 magnitude
+            return super().__call__(
+                group
+            )  # no statistics for this group: fall back to L2 magnitude
         return self._normalize(self._reduce(group_imp, group_idxs), self.normalizer)
 
 
@@ -116,8 +121,12 @@ class _Contributions(_GroupScores):
         parts: dict[nn.Module, list[torch.Tensor]] = {}
         consumers = _consumers(pruner)
         per_batch = max(math.ceil(self.rows / max(len(batches), 1)), 1)
-        handles = [m.register_forward_pre_hook(self._hook(torch.Generator().manual_seed(self.seed + i), per_batch, parts))
-                   for i, m in enumerate(consumers)]
+        handles = [
+            m.register_forward_pre_hook(
+                self._hook(torch.Generator().manual_seed(self.seed + i), per_batch, parts)
+            )
+            for i, m in enumerate(consumers)
+        ]
         _run(model, batches, handles)
         self.z = {m: torch.cat(p).double() for m, p in parts.items()}
         self._cache = {}
@@ -208,8 +217,14 @@ def lasso_entry_order(z: torch.Tensor, max_iter: int = 1000) -> torch.Tensor:
     C = z.shape[1]
     zn = z / (z.norm() + 1e-12)
     y = zn.sum(1)
-    _, _, coefs = lars_path_gram(Xy=(zn.T @ y).numpy(), Gram=(zn.T @ zn).numpy(), n_samples=zn.shape[0],
-                                 method="lasso", max_iter=min(max_iter, C), return_path=True)
+    _, _, coefs = lars_path_gram(
+        Xy=(zn.T @ y).numpy(),
+        Gram=(zn.T @ zn).numpy(),
+        n_samples=zn.shape[0],
+        method="lasso",
+        max_iter=min(max_iter, C),
+        return_path=True,
+    )
     nz = np.abs(coefs) > 0
     entered = np.array([np.flatnonzero(nz[c])[0] if nz[c].any() else np.inf for c in range(C)])
     finite = np.isfinite(entered)
@@ -257,8 +272,11 @@ class HRankImportance(_GroupScores):
             ranks = torch.linalg.matrix_rank(o).float().sum(0)  # (C,)
             mags = o.abs().mean(dim=(2, 3)).sum(0)
             prev = sums.get(m)
-            sums[m] = [ranks, mags, torch.tensor(float(o.shape[0]))] if prev is None else \
-                [prev[0] + ranks, prev[1] + mags, prev[2] + o.shape[0]]
+            sums[m] = (
+                [ranks, mags, torch.tensor(float(o.shape[0]))]
+                if prev is None
+                else [prev[0] + ranks, prev[1] + mags, prev[2] + o.shape[0]]
+            )
 
         _run(model, batches, [m.register_forward_hook(hook) for m in convs])
         for m, (ranks, mags, n) in sums.items():
@@ -311,7 +329,9 @@ class HessianImportance(tp.importance.GroupHessianImportance):
             self._counter[p] = n
 
     @staticmethod
-    def _per_sample_loop(model: nn.Module, calib: Calibration) -> tuple[dict[str, torch.Tensor], int]:
+    def _per_sample_loop(
+        model: nn.Module, calib: Calibration
+    ) -> tuple[dict[str, torch.Tensor], int]:
         loss = _task_loss(calib)
         if calib.sample is None:
             raise ValueError(f"the {calib.task} task cannot cut a batch into samples")
@@ -327,15 +347,17 @@ class HessianImportance(tp.importance.GroupHessianImportance):
                 n += 1
         return acc, n
 
-    def _per_sample_vmap(self, model: nn.Module, batches: list[Batch],
-                         output_loss: Any) -> tuple[dict[str, torch.Tensor], int]:
+    def _per_sample_vmap(
+        self, model: nn.Module, batches: list[Batch], output_loss: Any
+    ) -> tuple[dict[str, torch.Tensor], int]:
         from torch.func import functional_call, grad, vmap
 
         params = {k: v.detach() for k, v in model.named_parameters()}
         buffers = {k: v.detach() for k, v in model.named_buffers()}
 
-        def sample_loss(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor,
-                        y: torch.Tensor) -> torch.Tensor:
+        def sample_loss(
+            p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+        ) -> torch.Tensor:
             out = functional_call(model, (p, b), (x.unsqueeze(0),))
             return output_loss(out, y.unsqueeze(0))  # type: ignore[no-any-return]
 
@@ -349,10 +371,10 @@ class HessianImportance(tp.importance.GroupHessianImportance):
         try:
             for x, y in batches:
                 for s in range(0, len(x), self.chunk):
-                    g = per_sample(params, buffers, x[s:s + self.chunk], y[s:s + self.chunk])
+                    g = per_sample(params, buffers, x[s : s + self.chunk], y[s : s + self.chunk])
                     for k in acc:
                         acc[k] += g[k].pow(2).sum(0)
-                    n += len(x[s:s + self.chunk])
+                    n += len(x[s : s + self.chunk])
         finally:
             for m in fused:
                 m.fused_attn = True  # type: ignore[assignment]
@@ -362,13 +384,21 @@ class HessianImportance(tp.importance.GroupHessianImportance):
 def obdc_precheck(model: nn.Module) -> str | None:
     """Why OBD-C cannot prune ``model``: torch-pruning's Kronecker factors unfold plain
     convolutions only (no groups, no dilation)."""
-    odd = next(((n, m) for n, m in model.named_modules()
-                if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.dilation != (1, 1))), None)
+    odd = next(
+        (
+            (n, m)
+            for n, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.dilation != (1, 1))
+        ),
+        None,
+    )
     if odd is None:
         return None
-    return (f"obdc (torch-pruning's EigenDamage) handles ungrouped, undilated convolutions only; {odd[0]} has "
-            f"groups={odd[1].groups}, dilation={odd[1].dilation} (depthwise or atrous models: use another "
-            "criterion, e.g. hessian or taylor)")
+    return (
+        "obdc (torch-pruning's EigenDamage) handles ungrouped, undilated convolutions only;"
+        f" {odd[0]} has groups={odd[1].groups}, dilation={odd[1].dilation} (depthwise or atrous"
+        " models: use another criterion, e.g. hessian or taylor)"
+    )
 
 
 def collect_obdc(imp: Any, model: nn.Module, pruner: Any, batches: list[Batch]) -> None:
@@ -388,6 +418,7 @@ def collect_obdc(imp: Any, model: nn.Module, pruner: Any, batches: list[Batch]) 
             if isinstance(m, tuple(imp.target_types)):
                 layers[m] = None
     imp.modules = list(layers)
+
     def fwd(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         imp.A[m] = inputs[0].detach()
         if out.requires_grad:

@@ -52,7 +52,11 @@ def _saved_dim(fn: Any, default: int) -> int:
 
 def _feature_map_channels(node: Any) -> bool:
     """Whether a concatenation joins feature maps (N, C, H, W) along their channels."""
-    shape = tuple(node.grad_fn._input_metadata[0].shape) if getattr(node.grad_fn, "_input_metadata", None) else ()
+    shape = (
+        tuple(node.grad_fn._input_metadata[0].shape)
+        if getattr(node.grad_fn, "_input_metadata", None)
+        else ()
+    )
     return len(shape) == 4 and _saved_dim(node.grad_fn, 0) in (1, -3)
 
 
@@ -87,14 +91,21 @@ def exact_concat_sizes() -> Iterator[None]:
         if node.type == ops.OPTYPE.CONCAT and node.module.concat_sizes is None:
             traced = _traced_sizes(node)
             if traced is not None and _feature_map_channels(node):
-                node.module.concat_sizes = traced  # exact; torch-pruning's walk can misread split chunks
+                node.module.concat_sizes = (
+                    traced  # exact; torch-pruning's walk can misread split chunks
+                )
             elif traced is not None:
                 inferred = [shape_infer.infer_channels_between(graph, n, node) for n in node.inputs]
                 # only where torch-pruning would fail: it knows the output's width (and checks the
                 # filled sizes add up to it) but not every input's
-                if None in inferred and \
-                        shape_infer.infer_in_channels_recursively(graph, node, recursive_depth=[0]) is not None:
-                    node.module.concat_sizes = [t if i is None else i for i, t in zip(inferred, traced, strict=True)]
+                if (
+                    None in inferred
+                    and shape_infer.infer_in_channels_recursively(graph, node, recursive_depth=[0])
+                    is not None
+                ):
+                    node.module.concat_sizes = [
+                        t if i is None else i for i, t in zip(inferred, traced, strict=True)
+                    ]
         return original(graph, node)
 
     index_mapping.update_concat_index_mapping = update
@@ -179,8 +190,11 @@ def gated(node: Any) -> bool:
     value times the activated gate), which keeps their channels paired."""
     if len(node.outputs) != 2:
         return False
-    return any(type(out.grad_fn).__name__ == "MulBackward0" and _chunks_reached(out.grad_fn, node.grad_fn, 3)
-               == {0, 1} for out in node.outputs)
+    return any(
+        type(out.grad_fn).__name__ == "MulBackward0"
+        and _chunks_reached(out.grad_fn, node.grad_fn, 3) == {0, 1}
+        for out in node.outputs
+    )
 
 
 @contextlib.contextmanager
@@ -196,7 +210,10 @@ def index_maps() -> Iterator[None]:
       no map; torch-pruning would divide by zero."""
     from torch_pruning.dependency import index_mapping
 
-    original, expand = index_mapping.update_split_index_mapping, index_mapping._GQAIndexMapping.__call__
+    original, expand = (
+        index_mapping.update_split_index_mapping,
+        index_mapping._GQAIndexMapping.__call__,
+    )
     reshape = index_mapping.update_reshape_index_mapping
 
     def reshaped(graph: Any, node: Any) -> Any:
@@ -212,10 +229,14 @@ def index_maps() -> Iterator[None]:
         for i, out in enumerate(node.outputs):
             for dep in node.dependencies:
                 if dep.target is out:
-                    dep.index_mapping[0] = index_mapping._SplitIndexMapping(offset=offsets[i:i + 2], reverse=False)
+                    dep.index_mapping[0] = index_mapping._SplitIndexMapping(
+                        offset=offsets[i : i + 2], reverse=False
+                    )
             for dep in out.dependencies:
                 if dep.target is node:
-                    dep.index_mapping[0] = index_mapping._SplitIndexMapping(offset=offsets[i:i + 2], reverse=True)
+                    dep.index_mapping[0] = index_mapping._SplitIndexMapping(
+                        offset=offsets[i : i + 2], reverse=True
+                    )
         return None
 
     def repeat(mapping: Any, idxs: Any) -> Any:
@@ -237,8 +258,13 @@ def grouped_convolutions(model: Any) -> set[int]:
     built, before any pruning), for :func:`one_channel_groups`."""
     from torch import nn
 
-    return {id(m) for m in model.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-            and m.groups > 1 and m.in_channels != m.groups}
+    return {
+        id(m)
+        for m in model.modules()
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+        and m.groups > 1
+        and m.in_channels != m.groups
+    }
 
 
 def one_channel_groups(group: Any, grouped: AbstractSet[int] = frozenset()) -> bool:
@@ -253,9 +279,17 @@ def one_channel_groups(group: Any, grouped: AbstractSet[int] = frozenset()) -> b
 
     for dep, _ in group:
         m = dep.target.module
-        if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) or m.groups <= 1 or m.in_channels != m.groups:
+        if (
+            not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+            or m.groups <= 1
+            or m.in_channels != m.groups
+        ):
             continue
-        if id(m) in grouped or dep.handler == function.prune_conv_in_channels and m.out_channels != m.in_channels:
+        if (
+            id(m) in grouped
+            or dep.handler == function.prune_conv_in_channels
+            and m.out_channels != m.in_channels
+        ):
             return True
     return False
 
@@ -267,10 +301,22 @@ def _width(m: Any) -> int | None:
     """The output width of a convolution, linear or norm layer; None for any other module."""
     from torch import nn
 
-    if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear | nn.modules.batchnorm._BatchNorm
-                      | nn.LayerNorm | nn.GroupNorm):
+    if not isinstance(
+        m,
+        nn.Conv1d
+        | nn.Conv2d
+        | nn.Conv3d
+        | nn.Linear
+        | nn.modules.batchnorm._BatchNorm
+        | nn.LayerNorm
+        | nn.GroupNorm,
+    ):
         return None
-    width = getattr(m, "out_channels", None) or getattr(m, "out_features", None) or getattr(m, "num_features", None)
+    width = (
+        getattr(m, "out_channels", None)
+        or getattr(m, "out_features", None)
+        or getattr(m, "num_features", None)
+    )
     return int(width) if width else None
 
 
@@ -281,8 +327,11 @@ def extra_channel_tensors(m: Any) -> list[str]:
     width = _width(m)
     if width is None:
         return []
-    return [name for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
-            if name not in _KNOWN_TENSORS and t is not None and t.dim() >= 1 and t.shape[0] == width]
+    return [
+        name
+        for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+        if name not in _KNOWN_TENSORS and t is not None and t.dim() >= 1 and t.shape[0] == width
+    ]
 
 
 @contextlib.contextmanager
@@ -322,7 +371,11 @@ def kept(idxs: Any, width: int) -> list[int]:
     """The channels of ``width`` that torch-pruning's indices ``idxs`` leave."""
     from torch_pruning import _helpers
 
-    plain = _helpers.to_plain_idxs(idxs) if len(idxs) and isinstance(idxs[0], _helpers._HybridIndex) else idxs
+    plain = (
+        _helpers.to_plain_idxs(idxs)
+        if len(idxs) and isinstance(idxs[0], _helpers._HybridIndex)
+        else idxs
+    )
     cut = {int(i) for i in plain}
     return [i for i in range(width) if i not in cut]
 
@@ -351,7 +404,10 @@ def view_shapes(model: Any) -> None:
     for m in model.modules():
         shape = getattr(m, "shape", None)
         params = list(m.parameters(recurse=False))
-        if not (isinstance(shape, tuple) and shape and all(type(d) is int for d in shape)) or len(params) != 1:
+        if (
+            not (isinstance(shape, tuple) and shape and all(type(d) is int for d in shape))
+            or len(params) != 1
+        ):
             continue
         n = params[0].numel()
         if params[0].dim() == 1 and math.prod(shape) != n and math.prod(shape[1:]) == 1:
@@ -369,8 +425,16 @@ def square_maps(model: Any, customized: AbstractSet[type]) -> list[Any]:
     wrapped: set[int] = set()
     for m in model.modules():
         kind = tp.ops.module2type(m)
-        if (kind in tp.pruner.function.PrunerBox and kind != tp.ops.OPTYPE.ELEMENTWISE) or type(m) in customized:
+        if (kind in tp.pruner.function.PrunerBox and kind != tp.ops.OPTYPE.ELEMENTWISE) or type(
+            m
+        ) in customized:
             wrapped |= {id(p) for p in m.parameters()}
-    return [tp._helpers.UnwrappedParameters(parameters=p, pruning_dim=1) for p in model.parameters()
-            if id(p) not in wrapped and p.dim() == 4 and p.shape[0] == 1 and p.shape[2] == p.shape[3] > 1
-            and p.shape[1] != p.shape[2]]
+    return [
+        tp._helpers.UnwrappedParameters(parameters=p, pruning_dim=1)
+        for p in model.parameters()
+        if id(p) not in wrapped
+        and p.dim() == 4
+        and p.shape[0] == 1
+        and p.shape[2] == p.shape[3] > 1
+        and p.shape[1] != p.shape[2]
+    ]

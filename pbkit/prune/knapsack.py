@@ -35,7 +35,9 @@ class Tools:
     calibrated on the dense model's measured latency) and the end-to-end measurement."""
 
     table: Callable[[nn.Module], Table]
-    measure: Callable[[nn.Module, nn.Module], Measured]  # (dense, pruned) -> the pruned model's speed-up
+    measure: Callable[
+        [nn.Module, nn.Module], Measured
+    ]  # (dense, pruned) -> the pruned model's speed-up
 
 
 @dataclass
@@ -69,7 +71,9 @@ class _Unit:
 class Knapsack:
     """The groups of one pruner, scored against a latency table."""
 
-    def __init__(self, model: nn.Module, pruner: Any, importance: Any, table: Table, max_ratio: float) -> None:
+    def __init__(
+        self, model: nn.Module, pruner: Any, importance: Any, table: Table, max_ratio: float
+    ) -> None:
         self.model, self.pruner, self.importance, self.table = model, pruner, importance, table
         self.max_ratio = max_ratio
         self.mods = {n: m for n, m in model.named_modules() if n in table.layers}
@@ -86,7 +90,9 @@ class Knapsack:
         """Importance of every prunable group, now (call after the method's collect)."""
         p, dg = self.pruner, self.pruner.DG
         self.units = []
-        for group in dg.get_all_groups(ignored_layers=p.ignored_layers, root_module_types=p.root_module_types):
+        for group in dg.get_all_groups(
+            ignored_layers=p.ignored_layers, root_module_types=p.root_module_types
+        ):
             is_attn, _ = p._is_atten_group(group)
             if is_attn:
                 group = p._downstream_node_as_root_if_attention(group)
@@ -98,7 +104,13 @@ class Knapsack:
             if imp is None:
                 continue
             size = len(imp) // ch_groups
-            dim_imp = (imp.view(ch_groups, -1).mean(0) if ch_groups > 1 else imp).detach().float().cpu().numpy()
+            dim_imp = (
+                (imp.view(ch_groups, -1).mean(0) if ch_groups > 1 else imp)
+                .detach()
+                .float()
+                .cpu()
+                .numpy()
+            )
             root, handler = group[0].dep.target.module, group[0].dep.handler
             effects: dict[str, tuple[str, float]] = {}
             for dep, idxs in group:
@@ -110,13 +122,27 @@ class Knapsack:
                     dim = "out"
                 per_unit = len(idxs) / size
                 effects[name] = (dim, max(per_unit, effects.get(name, (dim, 0.0))[1]))
-            init = (p.layer_init_out_ch if dg.is_out_channel_pruning_fn(handler) else p.layer_init_in_ch).get(root)
+            init = (
+                p.layer_init_out_ch if dg.is_out_channel_pruning_fn(handler) else p.layer_init_in_ch
+            ).get(root)
             init_units = (init // ch_groups) if init else size
             floor = max(1, math.ceil(init_units * (1 - self.max_ratio) - 1e-9))
             slow = any(self.table.penalty(n, d) > latency.PENALTY for n, (d, _) in effects.items())
-            step = latency.ALIGN if slow and size >= latency.ALIGN else 1  # (per head: head_dim aligned)
-            self.units.append(_Unit(len(self.units), root, handler, ch_groups, dim_imp,
-                                    [(n, d, k) for n, (d, k) in effects.items()], floor, step))
+            step = (
+                latency.ALIGN if slow and size >= latency.ALIGN else 1
+            )  # (per head: head_dim aligned)
+            self.units.append(
+                _Unit(
+                    len(self.units),
+                    root,
+                    handler,
+                    ch_groups,
+                    dim_imp,
+                    [(n, d, k) for n, (d, k) in effects.items()],
+                    floor,
+                    step,
+                )
+            )
 
     def saved(self, unit: _Unit, ks: np.ndarray, widths: dict[str, tuple[int, int]]) -> np.ndarray:
         """Predicted ms saved by removing each of ``ks`` units of ``unit``, other widths held."""
@@ -138,11 +164,15 @@ class Knapsack:
         out: np.ndarray = total * self.table.scale
         return out
 
-    def option(self, unit: _Unit, widths: dict[str, tuple[int, int]], need: float) -> latency.Option | None:
+    def option(
+        self, unit: _Unit, widths: dict[str, tuple[int, int]], need: float
+    ) -> latency.Option | None:
         ks = unit.ks()
         if not unit.effects or len(ks) == 0:
             return None
-        return latency.best_option(unit.key, np.sort(unit.imp), self.saved(unit, ks, widths), ks, need)
+        return latency.best_option(
+            unit.key, np.sort(unit.imp), self.saved(unit, ks, widths), ks, need
+        )
 
     def remove(self, unit: _Unit, k: int) -> bool:
         """Prune the ``k`` least important units of ``unit``; False if the graph refuses."""
@@ -168,7 +198,9 @@ class Knapsack:
             if best is None:
                 return False
             if not self.remove(self.units[best.key], best.k):
-                self.units[best.key].floor = self.units[best.key].size  # the graph refuses: leave it
+                self.units[best.key].floor = self.units[
+                    best.key
+                ].size  # the graph refuses: leave it
         return True
 
     def _uniform(self, goal_ms: float) -> bool:
@@ -217,10 +249,22 @@ class Knapsack:
         return self.predicted() <= goal_ms
 
 
-def run(model: nn.Module, pruner: Any, importance: Any, tools: Tools, s: LatencySettings, speedup: float,
-        scope: str, max_ratio: float, input_size: int, *, collect: Callable[[], None] | None,
-        between_steps: Callable[[int], float] | None, after_prune: Callable[[], None],
-        on_step: Callable[[int, str], None] | None) -> tuple[int, list[float], float, dict[str, Any]]:
+def run(
+    model: nn.Module,
+    pruner: Any,
+    importance: Any,
+    tools: Tools,
+    s: LatencySettings,
+    speedup: float,
+    scope: str,
+    max_ratio: float,
+    input_size: int,
+    *,
+    collect: Callable[[], None] | None,
+    between_steps: Callable[[int], float] | None,
+    after_prune: Callable[[], None],
+    on_step: Callable[[int, str], None] | None,
+) -> tuple[int, list[float], float, dict[str, Any]]:
     """Prune ``model`` until its measured speed-up on the backend meets ``speedup``. Returns
     (steps, step seconds, seconds spent training between steps, the record's ``method.latency``)."""
     t0 = time.perf_counter()
@@ -250,31 +294,58 @@ def run(model: nn.Module, pruner: Any, importance: Any, tools: Tools, s: Latency
         step_times.append(time.perf_counter() - t)
         macs = counts.count_macs(model, input_size)
         now = ks.predicted()
-        trajectory.append({"step": len(step_times), "kind": kind, "macs": macs, "macs_speedup": macs0 / max(macs, 1),
-                           "predicted_ms": now, "predicted_speedup": p0 / now})
+        trajectory.append(
+            {
+                "step": len(step_times),
+                "kind": kind,
+                "macs": macs,
+                "macs_speedup": macs0 / max(macs, 1),
+                "predicted_ms": now,
+                "predicted_speedup": p0 / now,
+            }
+        )
         if on_step is not None:
-            on_step(len(step_times), f"{kind}: predicted {p0 / now:.3f}x, MACs {macs0 / max(macs, 1):.3f}x")
+            on_step(
+                len(step_times),
+                f"{kind}: predicted {p0 / now:.3f}x, MACs {macs0 / max(macs, 1):.3f}x",
+            )
         if not reached:
-            floor = " (the protected scope keeps >= 10% of every group)" if scope == "protected" else ""
-            raise PbkitError(f"latency target {speedup:g}x on {s.backend} is unreachable: predicted {p0 / now:.2f}x "
-                             f"when nothing more can be pruned in the {scope} scope{floor}")
+            floor = (
+                " (the protected scope keeps >= 10% of every group)" if scope == "protected" else ""
+            )
+            raise PbkitError(
+                f"latency target {speedup:g}x on {s.backend} is unreachable: predicted"
+                f" {p0 / now:.2f}x when nothing more can be pruned in the {scope} scope{floor}"
+            )
 
     def check() -> Measured:
         if len(checks) >= s.max_checks:
             best = max(c.speedup for c in checks)
-            raise PbkitError(f"latency target {speedup:g}x on {s.backend} not met after {s.max_checks} end-to-end "
-                             f"measurements (best {best:.3f}x); raise prune.latency.max_checks or lower the target")
+            raise PbkitError(
+                f"latency target {speedup:g}x on {s.backend} not met after {s.max_checks}"
+                f" end-to-end measurements (best {best:.3f}x); raise prune.latency.max_checks or"
+                " lower the target"
+            )
         m = tools.measure(dense, model)
         checks.append(m)
-        trajectory[-1].update(measured_speedup=m.speedup, measured_ci=list(m.ci), dense_ms=m.dense_ms,
-                              measured_ms=m.pruned_ms, cov=m.cov, measure_s=round(m.seconds, 3))
+        trajectory[-1].update(
+            measured_speedup=m.speedup,
+            measured_ci=list(m.ci),
+            dense_ms=m.dense_ms,
+            measured_ms=m.pruned_ms,
+            cov=m.cov,
+            measure_s=round(m.seconds, 3),
+        )
         if on_step is not None:
-            on_step(len(step_times), f"measured {m.speedup:.3f}x [{m.ci[0]:.3f}, {m.ci[1]:.3f}] "
-                                     f"(predicted {trajectory[-1]['predicted_speedup']:.3f}x)")
+            on_step(
+                len(step_times),
+                f"measured {m.speedup:.3f}x [{m.ci[0]:.3f}, {m.ci[1]:.3f}] "
+                f"(predicted {trajectory[-1]['predicted_speedup']:.3f}x)",
+            )
         return m
 
     rounds = max(s.rounds, 1)
-    first = speedup ** latency.FIRST_CHECK  # predicted; the measured steps take it from there
+    first = speedup**latency.FIRST_CHECK  # predicted; the measured steps take it from there
     for r in range(1, rounds + 1):
         step(p0 / first ** (r / rounds), "round")
     while True:
@@ -284,20 +355,42 @@ def run(model: nn.Module, pruner: Any, importance: Any, tools: Tools, s: Latency
         now = ks.predicted()
         step(latency.next_goal(now, p0 / now, m, speedup, s), "closed loop")
     met = m
-    errors = [t["predicted_speedup"] / t["measured_speedup"] - 1 for t in trajectory if "measured_speedup" in t]
+    errors = [
+        t["predicted_speedup"] / t["measured_speedup"] - 1
+        for t in trajectory
+        if "measured_speedup" in t
+    ]
     macs_sp = trajectory[-1]["macs_speedup"]
     info = {
-        "target": "latency", "backend": s.backend, "precision": s.precision, "batch": s.batch,
-        "settings": {k: v for k, v in vars(s).items() if k not in ("backend", "precision", "batch")},
-        "table": {**table.info, "entries": len(table.costs), "layers": len(table.layers), "scale": table.scale,
-                  "time_s": round(table_s, 3)},
+        "target": "latency",
+        "backend": s.backend,
+        "precision": s.precision,
+        "batch": s.batch,
+        "settings": {
+            k: v for k, v in vars(s).items() if k not in ("backend", "precision", "batch")
+        },
+        "table": {
+            **table.info,
+            "entries": len(table.costs),
+            "layers": len(table.layers),
+            "scale": table.scale,
+            "time_s": round(table_s, 3),
+        },
         "trajectory": trajectory,
-        "prediction_error": {"mean_abs": float(np.mean(np.abs(errors))), "max_abs": float(np.max(np.abs(errors))),
-                             "per_check": errors},
-        "measured_speedup": met.speedup, "measured_ci": list(met.ci), "dense_ms": met.dense_ms,
-        "pruned_ms": met.pruned_ms, "cov": met.cov, "checks": len(checks),
+        "prediction_error": {
+            "mean_abs": float(np.mean(np.abs(errors))),
+            "max_abs": float(np.max(np.abs(errors))),
+            "per_check": errors,
+        },
+        "measured_speedup": met.speedup,
+        "measured_ci": list(met.ci),
+        "dense_ms": met.dense_ms,
+        "pruned_ms": met.pruned_ms,
+        "cov": met.cov,
+        "checks": len(checks),
         "measure_s": round(sum(c.seconds for c in checks), 3),
-        "macs_speedup": macs_sp, "realisation": met.speedup / macs_sp,
+        "macs_speedup": macs_sp,
+        "realisation": met.speedup / macs_sp,
         "measurement": met.extra,
     }
     return len(step_times), step_times, trained, info

@@ -36,7 +36,10 @@ from torch import nn
 
 ALIGN = 8  # the width step probed for alignment (SIMD lanes of fp32 AVX2, tensor-core tiles)
 FIRST_CHECK = 0.7  # the knapsack rounds prune to a predicted speed-up of target ** this; measured steps follow
-DAMPING, FAR_STEP = 0.6, 0.25  # far from the target, a measured step removes this share of the gap, at most this
+DAMPING, FAR_STEP = (
+    0.6,
+    0.25,
+)  # far from the target, a measured step removes this share of the gap, at most this
 PENALTY = 0.03  # an unaligned width that costs this much more than the aligned one below it counts as slower
 MIN_COMPUTE = 0.05  # a layer's compute (its time alone less the per-call overhead) is kept at least this share of it
 
@@ -49,7 +52,9 @@ class Layer:
     kind: str  # conv | depthwise | linear
     cin: int
     cout: int
-    shape: tuple[int, ...]  # its input at the run's batch and input size (channels at dim 1, or last for linear)
+    shape: tuple[
+        int, ...
+    ]  # its input at the run's batch and input size (channels at dim 1, or last for linear)
     kernel: tuple[int, ...] = ()
     stride: tuple[int, ...] = ()
     padding: tuple[int, ...] = ()
@@ -60,17 +65,26 @@ class Layer:
     def signature(self) -> str:
         """Everything but its widths: layers that share it share a table entry."""
         spatial = self.shape[2:] if self.kind != "linear" else self.shape[1:-1]
-        return (f"{self.kind}:{self.cin}x{self.cout}:in{list(self.shape[:1]) + list(spatial)}:k{list(self.kernel)}"
-                f":s{list(self.stride)}:p{list(self.padding)}:d{list(self.dilation)}:b{int(self.bias)}")
+        return (
+            f"{self.kind}:{self.cin}x{self.cout}:in{list(self.shape[:1]) + list(spatial)}:k{list(self.kernel)}"
+            f":s{list(self.stride)}:p{list(self.padding)}:d{list(self.dilation)}:b{int(self.bias)}"
+        )
 
     def module(self, cin: int, cout: int) -> nn.Module:
         """A fresh layer of this kind with these widths (for timing)."""
         if self.kind == "linear":
             return nn.Linear(cin, cout, bias=self.bias)
         groups = cin if self.kind == "depthwise" else 1
-        return nn.Conv2d(cin, cout if self.kind != "depthwise" else cin, self.kernel,
-                         stride=self.stride, padding=self.padding, dilation=self.dilation,
-                         groups=groups, bias=self.bias)
+        return nn.Conv2d(
+            cin,
+            cout if self.kind != "depthwise" else cin,
+            self.kernel,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=groups,
+            bias=self.bias,
+        )
 
     def input(self, cin: int) -> torch.Tensor:
         shape = list(self.shape)
@@ -93,11 +107,23 @@ def probe(model: nn.Module, example: torch.Tensor) -> dict[str, Layer]:
                 depthwise = m.groups == m.in_channels == m.out_channels and m.groups > 1
                 if m.groups != 1 and not depthwise:
                     return
-                found[name] = Layer(name, "depthwise" if depthwise else "conv", m.in_channels, m.out_channels, shape,
-                                    tuple(m.kernel_size), tuple(m.stride), tuple(m.padding), tuple(m.dilation),
-                                    m.bias is not None)
+                found[name] = Layer(
+                    name,
+                    "depthwise" if depthwise else "conv",
+                    m.in_channels,
+                    m.out_channels,
+                    shape,
+                    tuple(m.kernel_size),
+                    tuple(m.stride),
+                    tuple(m.padding),
+                    tuple(m.dilation),
+                    m.bias is not None,
+                )
             elif isinstance(m, nn.Linear):
-                found[name] = Layer(name, "linear", m.in_features, m.out_features, shape, bias=m.bias is not None)
+                found[name] = Layer(
+                    name, "linear", m.in_features, m.out_features, shape, bias=m.bias is not None
+                )
+
         return record
 
     for name, m in model.named_modules():
@@ -132,8 +158,10 @@ def grid(full: int, anchors: int, align: int = ALIGN) -> tuple[list[int], list[i
     if full < 2 * align:
         plain = sorted({max(1, round(full * f)) for f in fractions} | {full})
         return plain, []
-    aligned = sorted({max(align, align * round(full * f / align)) for f in fractions if full * f >= align / 2} |
-                     ({full} if full % align == 0 else set()))
+    aligned = sorted(
+        {max(align, align * round(full * f / align)) for f in fractions if full * f >= align / 2}
+        | ({full} if full % align == 0 else set())
+    )
     aligned = [w for w in aligned if w <= full]
     unaligned = sorted({w + 1 for w in aligned if w + 1 < full})
     if full % align:
@@ -178,10 +206,16 @@ class Axis:
         grid); 0 where the axis has no aligned/unaligned pairs."""
         if self.aligned is None or self.unaligned is None:
             return 0.0
-        pairs = [(a, self.aligned(a)) for a in self.aligned.widths if a + 1 in self.unaligned.widths]
+        pairs = [
+            (a, self.aligned(a)) for a in self.aligned.widths if a + 1 in self.unaligned.widths
+        ]
         if not pairs:
             return 0.0
-        return float(np.median([float(self.unaligned(a + 1)) / max(float(ms), 1e-12) - 1.0 for a, ms in pairs]))
+        return float(
+            np.median(
+                [float(self.unaligned(a + 1)) / max(float(ms), 1e-12) - 1.0 for a, ms in pairs]
+            )
+        )
 
 
 @dataclass
@@ -193,7 +227,9 @@ class Cost:
     full_ms: float
     out: Axis  # at full input width (for depthwise: the channels)
     inp: Axis | None  # at full output width (None for depthwise)
-    overhead_ms: float = 0.0  # the per-call cost taken off every timing (a layer alone pays it, one in a model not)
+    overhead_ms: float = (
+        0.0  # the per-call cost taken off every timing (a layer alone pays it, one in a model not)
+    )
 
     def __call__(self, cin: Any, cout: Any) -> Any:
         if self.inp is None:
@@ -214,7 +250,14 @@ class Cost:
         out = axis(d["out"])
         assert out is not None
         full = (int(d["full"][0]), int(d["full"][1]))
-        return cls(d["kind"], full, float(d["full_ms"]), out, axis(d["inp"]), float(d.get("overhead_ms", 0.0)))
+        return cls(
+            d["kind"],
+            full,
+            float(d["full_ms"]),
+            out,
+            axis(d["inp"]),
+            float(d.get("overhead_ms", 0.0)),
+        )
 
 
 Timer = Callable[[Layer, int, int], float]  # (layer, cin, cout) -> median ms on the backend
@@ -233,7 +276,9 @@ def monotone(ms: list[float]) -> list[float]:
     return [b[0] / b[1] for b in blocks for _ in range(int(b[1]))]
 
 
-def time_cost(layer: Layer, timer: Timer, anchors: int, align: int = ALIGN, overhead: float = 0.0) -> Cost:
+def time_cost(
+    layer: Layer, timer: Timer, anchors: int, align: int = ALIGN, overhead: float = 0.0
+) -> Cost:
     """Time one signature over its width grid, twice (widest first, then narrowest first; the
     lower of the two kept, so that neither a cold start nor a drift in the machine's speed bends
     the curves), take the per-call ``overhead`` off (what running anything costs on the backend:
@@ -244,7 +289,9 @@ def time_cost(layer: Layer, timer: Timer, anchors: int, align: int = ALIGN, over
     dw = layer.kind == "depthwise"
     out_w, inp_w = grid(layer.cout, anchors, align), None if dw else grid(layer.cin, anchors, align)
     points = [(layer.cin, layer.cout)]
-    points += [(w, w) if dw else (layer.cin, w) for w in sorted(set(out_w[0] + out_w[1]) - {layer.cout})]
+    points += [
+        (w, w) if dw else (layer.cin, w) for w in sorted(set(out_w[0] + out_w[1]) - {layer.cout})
+    ]
     if inp_w is not None:
         points += [(w, layer.cout) for w in sorted(set(inp_w[0] + inp_w[1]) - {layer.cin})]
     ordered = sorted(points, key=lambda p: -p[0] * p[1])
@@ -254,14 +301,18 @@ def time_cost(layer: Layer, timer: Timer, anchors: int, align: int = ALIGN, over
     timed = {p: max(t - overhead, MIN_COMPUTE * t) for p, t in timed.items()}
     full_ms = timed[(layer.cin, layer.cout)]
 
-    def axis(widths: tuple[list[int], list[int]], full: int, at: Callable[[int], tuple[int, int]]) -> Axis:
+    def axis(
+        widths: tuple[list[int], list[int]], full: int, at: Callable[[int], tuple[int, int]]
+    ) -> Axis:
         made: list[Curve | None] = []
         for ws in widths:
             if not ws:
                 made.append(None)
                 continue
             ms = monotone([full_ms if w == full else timed[at(w)] for w in ws])
-            if full in ws:  # the curve meets the full width's time there (the separable model's anchor)
+            if (
+                full in ws
+            ):  # the curve meets the full width's time there (the separable model's anchor)
                 ms = [v * full_ms / ms[ws.index(full)] for v in ms]
             made.append(Curve(ws, ms))
         return Axis(made[0], made[1], align)
@@ -279,20 +330,26 @@ class Table:
     costs: dict[str, Cost]  # by signature
     scale: float = 1.0  # (measured whole-model latency - fixed_ms) / sum of the layers' (calibrated on the dense model)
     fixed_ms: float = 0.0  # the whole model's per-call overhead: no pruning saves it
-    info: dict[str, Any] = field(default_factory=dict)  # backend, precision, batch, cache hits, build time
+    info: dict[str, Any] = field(
+        default_factory=dict
+    )  # backend, precision, batch, cache hits, build time
 
     def layer_ms(self, name: str, cin: Any, cout: Any) -> Any:
         layer = self.layers[name]
         return self.costs[layer.signature](cin, cout)
 
     def raw(self, widths: dict[str, tuple[int, int]]) -> float:
-        return sum((float(self.layer_ms(n, *w)) for n, w in widths.items() if n in self.layers), 0.0)
+        return sum(
+            (float(self.layer_ms(n, *w)) for n, w in widths.items() if n in self.layers), 0.0
+        )
 
     def predict(self, widths: dict[str, tuple[int, int]]) -> float:
         """The model's predicted latency (ms) at these layer widths."""
         return self.fixed_ms + self.scale * self.raw(widths)
 
-    def calibrate(self, dense_ms: float, widths: dict[str, tuple[int, int]], overhead_ms: float = 0.0) -> float:
+    def calibrate(
+        self, dense_ms: float, widths: dict[str, tuple[int, int]], overhead_ms: float = 0.0
+    ) -> float:
         """Fit the table to the dense model's measured latency: its per-call ``overhead_ms`` is
         fixed, the rest scales with the layers' sum (the untabled operations along with them).
         Returns that sum (ms)."""
@@ -307,14 +364,26 @@ class Table:
         return axis.penalty()
 
     def to_json(self) -> dict[str, Any]:
-        return {"info": self.info, "scale": self.scale, "fixed_ms": self.fixed_ms,
-                "layers": {n: {**asdict(layer), "signature": layer.signature} for n, layer in self.layers.items()},
-                "costs": {s: c.to_json() for s, c in self.costs.items()}}
+        return {
+            "info": self.info,
+            "scale": self.scale,
+            "fixed_ms": self.fixed_ms,
+            "layers": {
+                n: {**asdict(layer), "signature": layer.signature}
+                for n, layer in self.layers.items()
+            },
+            "costs": {s: c.to_json() for s, c in self.costs.items()},
+        }
 
 
-def build_table(layers: dict[str, Layer], timer: Timer, anchors: int, cached: dict[str, Cost] | None = None,
-                on_entry: Callable[[int, int, str], None] | None = None,
-                overhead: Callable[[Layer], float] | None = None) -> tuple[Table, int]:
+def build_table(
+    layers: dict[str, Layer],
+    timer: Timer,
+    anchors: int,
+    cached: dict[str, Cost] | None = None,
+    on_entry: Callable[[int, int, str], None] | None = None,
+    overhead: Callable[[Layer], float] | None = None,
+) -> tuple[Table, int]:
     """Time every signature not already in ``cached`` (less its per-call ``overhead``, if given);
     returns the table and how many were timed."""
     costs: dict[str, Cost] = {}
@@ -324,7 +393,9 @@ def build_table(layers: dict[str, Layer], timer: Timer, anchors: int, cached: di
         if cached is not None and sig in cached:
             costs[sig] = cached[sig]
         else:
-            costs[sig] = time_cost(layer, timer, anchors, overhead=overhead(layer) if overhead is not None else 0.0)
+            costs[sig] = time_cost(
+                layer, timer, anchors, overhead=overhead(layer) if overhead is not None else 0.0
+            )
             timed += 1
         if on_entry is not None:
             on_entry(i + 1, len(todo), sig)
@@ -348,8 +419,9 @@ class Option:
         return self.importance / self.saved_ms if self.saved_ms > 0 else math.inf
 
 
-def best_option(key: Any, sorted_imp: np.ndarray, saved: np.ndarray, ks: np.ndarray,
-                need: float | None = None) -> Option | None:
+def best_option(
+    key: Any, sorted_imp: np.ndarray, saved: np.ndarray, ks: np.ndarray, need: float | None = None
+) -> Option | None:
     """The group's best removal among ``ks`` (counts of units; ``saved[i]`` the predicted ms the
     i-th saves): least importance per millisecond saved, saving no more than ``need`` ms (the
     smallest removal that saves anything is always allowed), so that one choice does not overshoot
@@ -387,7 +459,9 @@ class LatencySettings:
     backend: str
     precision: str = "fp32"
     batch: int = 1
-    rounds: int = 6  # knapsack rounds (importance re-scored between them) before the first measurement
+    rounds: int = (
+        6  # knapsack rounds (importance re-scored between them) before the first measurement
+    )
     step: float = 0.04  # closed loop: most predicted latency removed per measured step (fraction)
     min_step: float = 0.01  # ... and least
     max_checks: int = 12  # end-to-end measurements before giving up
@@ -415,14 +489,21 @@ def realisation(predicted: float, measured: float) -> float:
     return max(math.log(max(measured, 1e-6)) / math.log(predicted), 0.05)
 
 
-def next_goal(current_ms: float, predicted_speedup: float, measured: Measured, target: float,
-              s: LatencySettings) -> float:
+def next_goal(
+    current_ms: float,
+    predicted_speedup: float,
+    measured: Measured,
+    target: float,
+    s: LatencySettings,
+) -> float:
     """The predicted latency to prune to next, when ``measured`` falls short of ``target``: the
     gap in measured speed-up mapped through the realisation seen so far, approached from below
     (far away, part of the way there, at most ``FAR_STEP``; near, in steps of ``min_step`` to
     ``step``), so that the loop overshoots by at most about one small step."""
     alpha = realisation(predicted_speedup, measured.speedup)
-    needed = float((target / max(measured.ci[0], 1e-6)) ** (1.0 / alpha))  # predicted factor still to go
+    needed = float(
+        (target / max(measured.ci[0], 1e-6)) ** (1.0 / alpha)
+    )  # predicted factor still to go
     gap = 1.0 - 1.0 / needed
     cut = min(gap * DAMPING, FAR_STEP) if gap > s.step else min(max(gap, s.min_step), s.step)
     return current_ms * (1.0 - cut)

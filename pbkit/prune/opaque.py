@@ -38,7 +38,9 @@ class _Opaque(torch.autograd.Function):
     """``fn(x)`` as one autograd node whose only input is ``x`` (for tracing; no backward)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
         return fn(x)
 
     @staticmethod
@@ -51,8 +53,10 @@ def _timm() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
     the modules already imported: a model cannot hold a class whose module was never imported, and
     a run of any other model does not import timm for this (it is called after every step)."""
     blocks_, attention, merging = [], [], []
-    for module, block in (("timm.models.swin_transformer", "SwinTransformerBlock"),
-                          ("timm.models.swin_transformer_v2", "SwinTransformerV2Block")):
+    for module, block in (
+        ("timm.models.swin_transformer", "SwinTransformerBlock"),
+        ("timm.models.swin_transformer_v2", "SwinTransformerV2Block"),
+    ):
         m = sys.modules.get(module)
         if m is not None:
             blocks_.append(getattr(m, block))
@@ -105,12 +109,23 @@ def attention_classes() -> tuple[type, ...]:
 
 def blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks of ``model`` the dependency graph must see as single layers."""
-    kinds = (attention_classes() + swin.MERGING + _timm()[2] + maxvit.PARTITION + _gates() + _blur() + _context()
-             + _mixed())
+    kinds = (
+        attention_classes()
+        + swin.MERGING
+        + _timm()[2]
+        + maxvit.PARTITION
+        + _gates()
+        + _blur()
+        + _context()
+        + _mixed()
+    )
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
-_UNTRACEABLE = re.compile(r"attn|attention|lambdalayer|nonlocal|mhsa|gpsa|modulation|gatingunit|lstm2d|^xca$|^shsa$", re.IGNORECASE)
+_UNTRACEABLE = re.compile(
+    r"attn|attention|lambdalayer|nonlocal|mhsa|gpsa|modulation|gatingunit|lstm2d|^xca$|^shsa$",
+    re.IGNORECASE,
+)
 
 
 def untraceable(model: nn.Module) -> list[nn.Module]:
@@ -120,8 +135,13 @@ def untraceable(model: nn.Module) -> list[nn.Module]:
     trace of the whole model fails (talking-heads, class, non-local, halo, lambda attention...).
     Those already handled (:func:`blocks`) are not listed."""
     handled = blocks(model)
-    found = [m for m in model.modules() if m is not model and _UNTRACEABLE.search(type(m).__name__)
-             and not any(m is h for h in handled)]
+    found = [
+        m
+        for m in model.modules()
+        if m is not model
+        and _UNTRACEABLE.search(type(m).__name__)
+        and not any(m is h for h in handled)
+    ]
     return [m for m in found if not _has_candidate_inside(m, found)]
 
 
@@ -142,8 +162,14 @@ def hidden(model: nn.Module, also: Sequence[nn.Module] = ()) -> Iterator[None]:
         attn, path, original = blk.attn, blk._attn, blk.attn.forward
         inside = [False]
 
-        def forward(x: torch.Tensor, mask: Any = None, *, _path: Any = path, _orig: Any = original,
-                    _inside: list[bool] = inside) -> torch.Tensor:
+        def forward(
+            x: torch.Tensor,
+            mask: Any = None,
+            *,
+            _path: Any = path,
+            _orig: Any = original,
+            _inside: list[bool] = inside,
+        ) -> torch.Tensor:
             if _inside[0]:  # the windowed path calling its attention on the windows
                 return _orig(x, mask=mask)  # type: ignore[no-any-return]
 
@@ -343,12 +369,16 @@ def _pruners(reads: dict[nn.Module, list[nn.Module]]) -> dict[str, Any]:
         what marks the group as not to be pruned."""
 
         def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-            raise RuntimeError(f"{type(layer).__name__} keeps its channels; it should have been held fixed")
+            raise RuntimeError(
+                f"{type(layer).__name__} keeps its channels; it should have been held fixed"
+            )
 
         prune_in_channels = prune_out_channels
 
         def get_out_channels(self, layer: nn.Module) -> int | None:
-            channels = getattr(layer, "channels", None)  # (None: the graph infers it from the input)
+            channels = getattr(
+                layer, "channels", None
+            )  # (None: the graph infers it from the input)
             return int(channels) if isinstance(channels, int) else None
 
         get_in_channels = get_out_channels
@@ -368,9 +398,16 @@ def _pruners(reads: dict[nn.Module, list[nn.Module]]) -> dict[str, Any]:
             m = reads[layer][0]
             return int(m.in_channels if isinstance(m, nn.Conv2d) else m.in_features)
 
-    return {"attention": AttentionPruner(), "merging": MergingPruner(), "passthrough": PassThroughPruner(),
-            "blur": BlurPruner(), "context": ContextPruner(), "mixed": MixedPruner(), "fixed": FixedPruner(),
-            "held": HeldPruner()}
+    return {
+        "attention": AttentionPruner(),
+        "merging": MergingPruner(),
+        "passthrough": PassThroughPruner(),
+        "blur": BlurPruner(),
+        "context": ContextPruner(),
+        "mixed": MixedPruner(),
+        "fixed": FixedPruner(),
+        "held": HeldPruner(),
+    }
 
 
 def _qkv(layer: nn.Module) -> nn.Linear:
@@ -393,8 +430,11 @@ def fixed(model: nn.Module) -> list[nn.Module]:
     return shufflenet.fixed(model)
 
 
-def pruners(model: nn.Module, held: Sequence[nn.Module] = (),
-            reads: dict[nn.Module, list[nn.Module]] | None = None) -> dict[type, Any]:
+def pruners(
+    model: nn.Module,
+    held: Sequence[nn.Module] = (),
+    reads: dict[nn.Module, list[nn.Module]] | None = None,
+) -> dict[type, Any]:
     """``customized_pruners`` for the blocks ``model`` has and those ``held`` fixed, by their exact
     classes (torch-pruning looks pruners up by ``type(module)``); none: an empty dict. A held class
     whose every instance has the layers that read its input in ``reads`` (:func:`entries`) has its
@@ -406,13 +446,25 @@ def pruners(model: nn.Module, held: Sequence[nn.Module] = (),
     reads = reads or {}
     made = _pruners(reads)
     windowed = attention_classes()
-    kind = {**dict.fromkeys(swin.MERGING + _timm()[2], "merging"),
-            **dict.fromkeys(maxvit.PARTITION + _gates(), "passthrough"), **dict.fromkeys(_blur(), "blur"),
-            **dict.fromkeys(_context(), "context"), **dict.fromkeys(_mixed(), "mixed")}
-    entered = {t for t in {type(m) for m in held}
-               if all(m in reads for m in model.modules() if type(m) is t)}
-    return {**{type(m): made["attention" if isinstance(m, windowed) else kind[type(m)]] for m in present},
-            **{type(m): made["held" if type(m) in entered else "fixed"] for m in shuffles}}
+    kind = {
+        **dict.fromkeys(swin.MERGING + _timm()[2], "merging"),
+        **dict.fromkeys(maxvit.PARTITION + _gates(), "passthrough"),
+        **dict.fromkeys(_blur(), "blur"),
+        **dict.fromkeys(_context(), "context"),
+        **dict.fromkeys(_mixed(), "mixed"),
+    }
+    entered = {
+        t
+        for t in {type(m) for m in held}
+        if all(m in reads for m in model.modules() if type(m) is t)
+    }
+    return {
+        **{
+            type(m): made["attention" if isinstance(m, windowed) else kind[type(m)]]
+            for m in present
+        },
+        **{type(m): made["held" if type(m) in entered else "fixed"] for m in shuffles},
+    }
 
 
 def _cut_inputs(layer: nn.Module, idxs: Sequence[int]) -> None:
@@ -420,7 +472,9 @@ def _cut_inputs(layer: nn.Module, idxs: Sequence[int]) -> None:
     (_conv() if isinstance(layer, nn.Conv2d) else _linear()).prune_in_channels(layer, idxs)
 
 
-def entries(model: nn.Module, held: Sequence[nn.Module], example: torch.Tensor) -> dict[nn.Module, list[nn.Module]]:
+def entries(
+    model: nn.Module, held: Sequence[nn.Module], example: torch.Tensor
+) -> dict[nn.Module, list[nn.Module]]:
     """For each block in ``held``, the convolutions and linear layers inside it that read its input
     as it is (a view with every channel in place: timm's HaloAttn's ``q`` and ``kv``), found by one
     forward pass of ``example``; kept only where the block, with one input channel removed from
@@ -431,11 +485,20 @@ def entries(model: nn.Module, held: Sequence[nn.Module], example: torch.Tensor) 
     reading: dict[nn.Module, list[tuple[nn.Module, torch.Tensor]]] = {m: [] for m in held}
     handles = []
     for block in held:
-        handles.append(block.register_forward_pre_hook(lambda m, a: seen[m].append(a[0] if a else None)))
+        handles.append(
+            block.register_forward_pre_hook(lambda m, a: seen[m].append(a[0] if a else None))
+        )
         for layer in block.modules():
-            if isinstance(layer, (nn.Conv2d, nn.Linear)) and not (isinstance(layer, nn.Conv2d) and layer.groups != 1):
-                handles.append(layer.register_forward_pre_hook(
-                    lambda m, a, _b=block: reading[_b].append((m, a[0])) if a and len(seen[_b]) == 1 else None))
+            if isinstance(layer, (nn.Conv2d, nn.Linear)) and not (
+                isinstance(layer, nn.Conv2d) and layer.groups != 1
+            ):
+                handles.append(
+                    layer.register_forward_pre_hook(
+                        lambda m, a, _b=block: (
+                            reading[_b].append((m, a[0])) if a and len(seen[_b]) == 1 else None
+                        )
+                    )
+                )
     training = model.training
     try:
         with torch.no_grad():
@@ -448,7 +511,11 @@ def entries(model: nn.Module, held: Sequence[nn.Module], example: torch.Tensor) 
             h.remove()
     found = {}
     for block in held:
-        if len(seen[block]) != 1 or not isinstance(x := seen[block][0], torch.Tensor) or x.dim() < 2:
+        if (
+            len(seen[block]) != 1
+            or not isinstance(x := seen[block][0], torch.Tensor)
+            or x.dim() < 2
+        ):
             continue
         layers = list(dict.fromkeys(m for m, t in reading[block] if _reads(m, t, x)))
         if layers and _cut_matches(block, layers, x):
@@ -458,9 +525,14 @@ def entries(model: nn.Module, held: Sequence[nn.Module], example: torch.Tensor) 
 
 def _reads(layer: nn.Module, t: Any, x: torch.Tensor) -> bool:
     """Whether ``layer``'s input ``t`` is ``x`` itself, or a view of it with its channels in place."""
-    if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+    if (
+        not isinstance(t, torch.Tensor)
+        or t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    ):
         return False
-    c = x.shape[1] if x.dim() == 4 else x.shape[-1]  # the graph's channel axis: 1 of an image, last of tokens
+    c = (
+        x.shape[1] if x.dim() == 4 else x.shape[-1]
+    )  # the graph's channel axis: 1 of an image, last of tokens
     if isinstance(layer, nn.Conv2d):
         return x.dim() == 4 and t.dim() == 4 and t.shape[:2] == x.shape[:2]
     return t.shape[-1] == c
@@ -485,7 +557,10 @@ def _cut_matches(block: nn.Module, layers: list[nn.Module], x: torch.Tensor) -> 
             got = cut(x.narrow(axis, 1, c - 1))
     except Exception:  # the block takes a width from its input, or adds it: held fixed as it is
         return False
-    if not (isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor)) or got.shape != want.shape:
+    if (
+        not (isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor))
+        or got.shape != want.shape
+    ):
         return False
     scale = float(want.abs().max()) if want.numel() else 0.0
     return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0)))

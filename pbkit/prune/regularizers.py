@@ -23,12 +23,17 @@ class GroupLassoPruner(tp.pruner.MetaPruner):
     def __init__(self, *args: Any, reg: float = 5e-4, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reg = reg
-        self._sq = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="sum", normalizer=None)
+        self._sq = tp.importance.GroupMagnitudeImportance(
+            p=2, group_reduction="sum", normalizer=None
+        )
         self.update_regularizer()
 
     def update_regularizer(self) -> None:
-        self._groups = list(self.DG.get_all_groups(root_module_types=self.root_module_types,
-                                                   ignored_layers=self.ignored_layers))
+        self._groups = list(
+            self.DG.get_all_groups(
+                root_module_types=self.root_module_types, ignored_layers=self.ignored_layers
+            )
+        )
 
     @torch.no_grad()
     def regularize(self, model: nn.Module, bias: bool = False) -> None:
@@ -50,7 +55,9 @@ class GroupLassoPruner(tp.pruner.MetaPruner):
                     if w.shape[1] < int(idx.max()) + 1:
                         continue  # flattened or grouped inputs: index mapping we do not regularize
                     w.grad[:, idx] += s.view(1, -1, *([1] * (w.dim() - 2))) * w[:, idx]
-                elif fn == function.prune_batchnorm_out_channels and getattr(layer, "affine", False):
+                elif fn == function.prune_batchnorm_out_channels and getattr(
+                    layer, "affine", False
+                ):
                     w.grad[idx] += s * w[idx]
 
 
@@ -72,7 +79,11 @@ class GroupSlimPruner(tp.pruner.BNScalePruner):
             gamma = reg / (sq + 1e-9).sqrt()
             for i, (dep, _) in enumerate(group):
                 layer = dep.layer
-                if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.affine and \
-                        layer not in self.ignored_layers and layer.weight.grad is not None:
+                if (
+                    isinstance(layer, nn.modules.batchnorm._BatchNorm)
+                    and layer.affine
+                    and layer not in self.ignored_layers
+                    and layer.weight.grad is not None
+                ):
                     g = torch.index_select(gamma, 0, torch.as_tensor(group[i].root_idxs))
                     layer.weight.grad.add_(g * layer.weight)

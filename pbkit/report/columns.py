@@ -48,7 +48,9 @@ def measured_cell(e: Entry, b: str) -> str:
         return "-"
     ci = e["measured_ci"].get(b)
     if ci:
-        return f"{e['measured'][b]:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" + (" ~1" if uncertainty.covers_one(ci) else "")
+        return f"{e['measured'][b]:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" + (
+            " ~1" if uncertainty.covers_one(ci) else ""
+        )
     sd = e["std"].get("measured", {}).get(b)
     return f"{e['measured'][b]:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
 
@@ -85,34 +87,114 @@ def leaderboard_columns(entries: list[Entry], backends: list[str]) -> list[Colum
     """The columns of a leaderboard over ``entries`` (every group of one report, so that all its
     tables agree); regularizer and regularization time appear when some row has them."""
     cols = [
-        Column("rank", "rank", lambda e: e["rank_label"], lambda e: e["rank"],
-               about="1 + the rows above that are separably better; =k: not separable from a row above"),
+        Column(
+            "rank",
+            "rank",
+            lambda e: e["rank_label"],
+            lambda e: e["rank"],
+            about=(
+                "1 + the rows above that are separably better; =k: not separable from a row above"
+            ),
+        ),
         Column("method", "method", _method, _method, align="left"),
     ]
     if any(e.get("regularizer") for e in entries):
-        cols.append(Column("regularizer", "regularizer", _regularizer, _regularizer, align="left",
-                           about="the sparse-training regularizer of the sparsify step"))
+        cols.append(
+            Column(
+                "regularizer",
+                "regularizer",
+                _regularizer,
+                _regularizer,
+                align="left",
+                about="the sparse-training regularizer of the sparsify step",
+            )
+        )
     cols += [
         Column("n", "n", lambda e: str(e["n"]), _num("n"), about="runs (seeds) in the row"),
         Column("machine", "machine", lambda e: e["machine"], lambda e: e["machine"], align="left"),
-        Column("base", "base", lambda e: pm(e, "base"), _num("base"), about="the dense model's metric"),
-        Column("pruned", "pruned", lambda e: pm(e, "pruned"), _num("pruned"), about="right after pruning"),
-        Column("finetuned", "finetuned", lambda e: pm(e, "finetuned"), _num("finetuned"), about="after finetuning"),
-        Column("delta", "delta", lambda e: "-" if e["delta"] is None else f"{round(e['delta'], 2) + 0.0:+.2f}",
-               _num("delta"), about="final minus base, in points"),
-        Column("ta", "TA", ta, _num("ta"), about="trainability: the mean metric over the first LR stage"),
-        Column("params_left", "params left", lambda e: f"{e['params_left']:.1%}", _num("params_left")),
-        Column("macs_speedup", "MACs x", lambda e: f"{e['macs_speedup']:.2f}", _num("macs_speedup"),
-               about="counted: dense MACs / pruned MACs"),
+        Column(
+            "base", "base", lambda e: pm(e, "base"), _num("base"), about="the dense model's metric"
+        ),
+        Column(
+            "pruned",
+            "pruned",
+            lambda e: pm(e, "pruned"),
+            _num("pruned"),
+            about="right after pruning",
+        ),
+        Column(
+            "finetuned",
+            "finetuned",
+            lambda e: pm(e, "finetuned"),
+            _num("finetuned"),
+            about="after finetuning",
+        ),
+        Column(
+            "delta",
+            "delta",
+            lambda e: "-" if e["delta"] is None else f"{round(e['delta'], 2) + 0.0:+.2f}",
+            _num("delta"),
+            about="final minus base, in points",
+        ),
+        Column(
+            "ta",
+            "TA",
+            ta,
+            _num("ta"),
+            about="trainability: the mean metric over the first LR stage",
+        ),
+        Column(
+            "params_left", "params left", lambda e: f"{e['params_left']:.1%}", _num("params_left")
+        ),
+        Column(
+            "macs_speedup",
+            "MACs x",
+            lambda e: f"{e['macs_speedup']:.2f}",
+            _num("macs_speedup"),
+            about="counted: dense MACs / pruned MACs",
+        ),
     ]
     for b in backends:
-        cols.append(Column(f"measured:{b}", f"measured x {b}", lambda e, b=b: measured_cell(e, b),
-                           lambda e, b=b: measured_value(e, b), backend=b,
-                           about="dense / pruned median latency with its 95% interval; ~1: the interval holds 1.0"))
-    cols.append(Column("step_time_s", "step s", lambda e: f"{e['step_time_s']:.3f}", _num("step_time_s"),
-                       about="wall time of the pruning steps"))
+        cols.append(
+            Column(
+                f"measured:{b}",
+                f"measured x {b}",
+                lambda e, b=b: measured_cell(e, b),
+                lambda e, b=b: measured_value(e, b),
+                backend=b,
+                about=(
+                    "dense / pruned median latency with its 95% interval; ~1: the interval"
+                    " holds 1.0"
+                ),
+            )
+        )
+    cols.append(
+        Column(
+            "step_time_s",
+            "step s",
+            lambda e: f"{e['step_time_s']:.3f}",
+            _num("step_time_s"),
+            about="wall time of the pruning steps",
+        )
+    )
     if any(e.get("reg_time_s") for e in entries):
-        cols.append(Column("reg_time_s", "reg s", _reg_time, _num("reg_time_s"), about="sparse-training wall time"))
-    cols.append(Column("parity", "parity", _parity, _parity, alert=lambda e: e["parity_ok"] is False,
-                       about="the exported models agree with torch"))
+        cols.append(
+            Column(
+                "reg_time_s",
+                "reg s",
+                _reg_time,
+                _num("reg_time_s"),
+                about="sparse-training wall time",
+            )
+        )
+    cols.append(
+        Column(
+            "parity",
+            "parity",
+            _parity,
+            _parity,
+            alert=lambda e: e["parity_ok"] is False,
+            about="the exported models agree with torch",
+        )
+    )
     return cols

@@ -52,9 +52,15 @@ def markdown_html(lines: list[str]) -> str:
     def flush() -> None:
         if table:
             head, body = table[0], table[2:]
-            out.append('<table class="plain"><thead><tr>' + "".join(f"<th>{_inline_md(c)}</th>" for c in head) +
-                       "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{_inline_md(c)}</td>" for c in r) +
-                                                        "</tr>" for r in body) + "</tbody></table>")
+            out.append(
+                '<table class="plain"><thead><tr>'
+                + "".join(f"<th>{_inline_md(c)}</th>" for c in head)
+                + "</tr></thead><tbody>"
+                + "".join(
+                    "<tr>" + "".join(f"<td>{_inline_md(c)}</td>" for c in r) + "</tr>" for r in body
+                )
+                + "</tbody></table>"
+            )
             table.clear()
 
     for line in lines:
@@ -83,23 +89,60 @@ def _groups(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[di
         shas = info["base_sha256"].split(",")
         rows = []
         for e in g:
-            runs = [{"id": r, "anchor": anchor(r), "seed": s} for r, s in zip(e["runs"], e["seeds"], strict=True)]
-            rows.append({
-                "attrs": {"model": e["model"], "dataset": e["dataset"] or "-", "scope": e["scope"],
-                          "target": f"{e['target']:g}x", "method": e["method"]},
-                "runs": runs,
-                "cells": [{"col": c.key, "text": c.text(e), "sort": _sort(c.value(e)), "align": c.align,
-                           "alert": c.alert(e), "backend": c.backend} for c in cols],
-            })
-        out.append({
-            "title": lb.title(info), "setup": _inline_md(lb.setup_line(info)), "split_by": info["split_by"],
-            "recipe_line": info["recipe_line"], "seeds": info["seeds"], "bases": shas,
-            "attrs": {"model": info["model"], "dataset": info["dataset"] or "-", "scope": info["scope"],
-                      "target": f"{info['target']:g}x"},
-            "columns": [{"key": c.key, "head": c.head, "about": c.about, "align": c.align, "backend": c.backend}
-                        for c in cols],
-            "rows": rows,
-        })
+            runs = [
+                {"id": r, "anchor": anchor(r), "seed": s}
+                for r, s in zip(e["runs"], e["seeds"], strict=True)
+            ]
+            rows.append(
+                {
+                    "attrs": {
+                        "model": e["model"],
+                        "dataset": e["dataset"] or "-",
+                        "scope": e["scope"],
+                        "target": f"{e['target']:g}x",
+                        "method": e["method"],
+                    },
+                    "runs": runs,
+                    "cells": [
+                        {
+                            "col": c.key,
+                            "text": c.text(e),
+                            "sort": _sort(c.value(e)),
+                            "align": c.align,
+                            "alert": c.alert(e),
+                            "backend": c.backend,
+                        }
+                        for c in cols
+                    ],
+                }
+            )
+        out.append(
+            {
+                "title": lb.title(info),
+                "setup": _inline_md(lb.setup_line(info)),
+                "split_by": info["split_by"],
+                "recipe_line": info["recipe_line"],
+                "seeds": info["seeds"],
+                "bases": shas,
+                "attrs": {
+                    "model": info["model"],
+                    "dataset": info["dataset"] or "-",
+                    "scope": info["scope"],
+                    "target": f"{info['target']:g}x",
+                },
+                "columns": [
+                    {
+                        "key": c.key,
+                        "head": c.head,
+                        "about": c.about,
+                        "align": c.align,
+                        "backend": c.backend,
+                    }
+                    for c in cols
+                ],
+                "rows": rows,
+            }
+        )
     return out
 
 
@@ -129,35 +172,76 @@ def _plots(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[dic
             score = lb.score(e)
             if accuracy and score is None:
                 continue
-            attrs = {"model": model, "dataset": dataset, "scope": e["scope"], "target": f"{e['target']:g}x",
-                     "method": e["method"], "run": ",".join(e["runs"]), "n": e["n"]}
-            name = f"{e['method']} · {e['scope']} · {e['target']:g}x" + \
-                ("" if e["n"] == 1 else f" · mean of {e['n']} seeds")
+            attrs = {
+                "model": model,
+                "dataset": dataset,
+                "scope": e["scope"],
+                "target": f"{e['target']:g}x",
+                "method": e["method"],
+                "run": ",".join(e["runs"]),
+                "n": e["n"],
+            }
+            name = f"{e['method']} · {e['scope']} · {e['target']:g}x" + (
+                "" if e["n"] == 1 else f" · mean of {e['n']} seeds"
+            )
             runs = f"\nruns: {', '.join(e['runs'])}"
             for b in sorted(e["measured"]):
                 x, ci = e["measured"][b], e["measured_ci"].get(b)
-                label = f"{name}\n{b}: measured {uncertainty.fmt(x, ci)}, MACs {e['macs_speedup']:.2f}x"
+                label = (
+                    f"{name}\n{b}: measured {uncertainty.fmt(x, ci)}, MACs {e['macs_speedup']:.2f}x"
+                )
                 if score is not None and accuracy:  # metric (y) against measured speed-up (x)
                     sd = lb.spread(e)
                     label += f"\n{metric} {score:.2f}" + (f" ± {sd:.2f}" if e["n"] > 1 else "")
-                    points.append(svg.Point(x, score, b, label + runs, x_err=(ci[0], ci[1]) if ci else None,
-                                            y_err=sd or None, attrs={**attrs, "backend": b}))
+                    points.append(
+                        svg.Point(
+                            x,
+                            score,
+                            b,
+                            label + runs,
+                            x_err=(ci[0], ci[1]) if ci else None,
+                            y_err=sd or None,
+                            attrs={**attrs, "backend": b},
+                        )
+                    )
                 else:  # measured (y) against counted (x) speed-up
-                    points.append(svg.Point(e["macs_speedup"], x, b, label + runs, attrs={**attrs, "backend": b}))
+                    points.append(
+                        svg.Point(
+                            e["macs_speedup"], x, b, label + runs, attrs={**attrs, "backend": b}
+                        )
+                    )
             if score is not None and accuracy:
-                points.append(svg.Point(e["macs_speedup"], score, "MACs", f"{name}\nMACs speed-up "
-                                        f"{e['macs_speedup']:.2f}x\n{metric} {score:.2f}{runs}", "macs",
-                                        attrs={**attrs, "backend": "macs"}))
+                points.append(
+                    svg.Point(
+                        e["macs_speedup"],
+                        score,
+                        "MACs",
+                        f"{name}\nMACs speed-up "
+                        f"{e['macs_speedup']:.2f}x\n{metric} {score:.2f}{runs}",
+                        "macs",
+                        attrs={**attrs, "backend": "macs"},
+                    )
+                )
         if not points:
             continue
         if accuracy:
             title = f"{model} · {dataset}: {metric} against measured speed-up"
-            chart = svg.scatter(points, "speed-up (dense / pruned latency; diamonds: MACs)", metric, title)
+            chart = svg.scatter(
+                points, "speed-up (dense / pruned latency; diamonds: MACs)", metric, title
+            )
         else:
             title = f"{model} · {dataset}: measured against counted speed-up"
-            chart = svg.scatter(points, "MACs speed-up (counted)", "measured speed-up", title, front=False,
-                                diagonal=True)
-        out.append({"title": title, "svg": chart, "points": sum(p.kind == "measured" for p in points)})
+            chart = svg.scatter(
+                points,
+                "MACs speed-up (counted)",
+                "measured speed-up",
+                title,
+                front=False,
+                diagonal=True,
+            )
+        out.append(
+            {"title": title, "svg": chart, "points": sum(p.kind == "measured" for p in points)}
+        )
     return out
 
 
@@ -173,14 +257,31 @@ def _machines(records: list[tuple[Path, record.Record]]) -> dict[str, Any] | Non
     body = []
     dots = []
     for k, per in table.items():
-        label = f"{k[0]} · {k[1]} · {k[2]} · {k[3]:g}x · {k[4]}{'' if k[5] == 'fp32' else '/' + k[5]}@b{k[6]}"
+        label = (
+            f"{k[0]} · {k[1]} · {k[2]} · {k[3]:g}x ·"
+            f" {k[4]}{'' if k[5] == 'fp32' else '/' + k[5]}@b{k[6]}"
+        )
         if len({key[0] for key in table}) == 1:  # one model: it is in the heading
             label = label.split(" · ", 1)[1]
-        body.append({"key": [str(k[0]), str(k[1]), str(k[2]), f"{k[3]:g}x", str(k[4]), str(k[5]), str(k[6])],
-                     "macs": f"{next(iter(per.values()))['macs_speedup']:.2f}",
-                     "cells": [machines.cell(per.get(m), False) for m in names],
-                     "verdict": machines.verdict(list(per.values())) if len(names) > 1 else None})
-        dots.append((label, {m: (r["speedup"] or 0.0, r.get("speedup_ci")) for m, r in per.items()}))
+        body.append(
+            {
+                "key": [
+                    str(k[0]),
+                    str(k[1]),
+                    str(k[2]),
+                    f"{k[3]:g}x",
+                    str(k[4]),
+                    str(k[5]),
+                    str(k[6]),
+                ],
+                "macs": f"{next(iter(per.values()))['macs_speedup']:.2f}",
+                "cells": [machines.cell(per.get(m), False) for m in names],
+                "verdict": machines.verdict(list(per.values())) if len(names) > 1 else None,
+            }
+        )
+        dots.append(
+            (label, {m: (r["speedup"] or 0.0, r.get("speedup_ci")) for m, r in per.items()})
+        )
     specs: dict[str, dict[str, Any]] = {}
     throttles: dict[str, set[str]] = {}
     for _, r in records:
@@ -194,31 +295,59 @@ def _machines(records: list[tuple[Path, record.Record]]) -> dict[str, Any] | Non
         spec["throttling seen"] = ", ".join(sorted(throttles[name])) or "none"
     fields = list(dict.fromkeys(k for s in specs.values() for k in s))
     models = sorted({k[0] for k in table})
-    chart = svg.dots(dots, "measured speed-up per machine" + (f" ({models[0]})" if len(models) == 1 else ""),
-                     "measured speed-up (bars: 95% interval)") if len(dots) <= 60 else ""
-    return {"machines": names, "rows": body, "svg": chart,
-            "specs": {"fields": fields, "machines": list(specs),
-                      "values": [[str(specs[m].get(f, "-")) for m in specs] for f in fields]}}
+    chart = (
+        svg.dots(
+            dots,
+            "measured speed-up per machine" + (f" ({models[0]})" if len(models) == 1 else ""),
+            "measured speed-up (bars: 95% interval)",
+        )
+        if len(dots) <= 60
+        else ""
+    )
+    return {
+        "machines": names,
+        "rows": body,
+        "svg": chart,
+        "specs": {
+            "fields": fields,
+            "machines": list(specs),
+            "values": [[str(specs[m].get(f, "-")) for m in specs] for f in fields],
+        },
+    }
 
 
 def _machine_spec(env: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
     host = env.get("host") or {}
     sw = env.get("software") or {}
-    out: dict[str, Any] = {"CPU": f"{host.get('cpu', '?')} ({host.get('cores_logical', '?')} logical cores)",
-                           "memory": si(host.get("memory_bytes") or 0) + "B", "OS": host.get("os", "-"),
-                           "torch": sw.get("torch"), "onnxruntime": sw.get("onnxruntime") or sw.get("onnxruntime-gpu"),
-                           "TensorRT": sw.get("tensorrt") or "-"}
+    out: dict[str, Any] = {
+        "CPU": f"{host.get('cpu', '?')} ({host.get('cores_logical', '?')} logical cores)",
+        "memory": si(host.get("memory_bytes") or 0) + "B",
+        "OS": host.get("os", "-"),
+        "torch": sw.get("torch"),
+        "onnxruntime": sw.get("onnxruntime") or sw.get("onnxruntime-gpu"),
+        "TensorRT": sw.get("tensorrt") or "-",
+    }
     for g in (env.get("gpus") or [])[:1]:
-        out.update({"GPU": g.get("name"), "driver": g.get("driver_version"), "CUDA driver": g.get("cuda_driver_version"),
-                    "max SM clock MHz": g.get("max_sm_clock_mhz"), "power limit W": g.get("power_limit_w"),
-                    "persistence mode": g.get("persistence_mode"), "MIG": g.get("mig_mode")})
+        out.update(
+            {
+                "GPU": g.get("name"),
+                "driver": g.get("driver_version"),
+                "CUDA driver": g.get("cuda_driver_version"),
+                "max SM clock MHz": g.get("max_sm_clock_mhz"),
+                "power limit W": g.get("power_limit_w"),
+                "persistence mode": g.get("persistence_mode"),
+                "MIG": g.get("mig_mode"),
+            }
+        )
         start = g.get("state_start") or {}
         if start:
             out["SM clock at start MHz"] = start.get("sm_clock_mhz")
     state = bench.get("cpu_state") or {}
     if state:
-        out["CPU load before / after"] = f"{(state.get('before') or {}).get('loadavg_1m')} / " \
-                                         f"{(state.get('after') or {}).get('loadavg_1m')}"
+        out["CPU load before / after"] = (
+            f"{(state.get('before') or {}).get('loadavg_1m')} / "
+            f"{(state.get('after') or {}).get('loadavg_1m')}"
+        )
         if state.get("steal_share") is not None:
             out["steal time"] = f"{state['steal_share']:.2%}"
     return out
@@ -231,61 +360,164 @@ def _machine_spec(env: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
 def _run(path: Path, r: record.Record, sha: str) -> dict[str, Any]:
     ft = r.finetune or {}
     curves = []
-    for name, hist in (("finetuning", ft.get("history")), ("sparse training", (r.method.sparsify or {}).get("history")),
-                       ("base training", (r.base_training or {}).get("history"))):
+    for name, hist in (
+        ("finetuning", ft.get("history")),
+        ("sparse training", (r.method.sparsify or {}).get("history")),
+        ("base training", (r.base_training or {}).get("history")),
+    ):
         if not hist:
             continue
-        key = next((k for k in hist[-1] if k not in ("epoch", "loss", "lr", "lr_used", "time_s", "images_per_s")), "accuracy")
+        key = next(
+            (
+                k
+                for k in hist[-1]
+                if k not in ("epoch", "loss", "lr", "lr_used", "time_s", "images_per_s")
+            ),
+            "accuracy",
+        )
         acc = [(h["epoch"], h[key]) for h in hist if h.get(key) is not None and "epoch" in h]
         loss = [(h["epoch"], h["loss"]) for h in hist if h.get("loss") is not None and "epoch" in h]
         metric = r.accuracy.metric or key
-        charts = [svg.lines({metric: acc}, "epoch", metric, f"{name}: {metric} per epoch") if acc else "",
-                  svg.lines({"loss": loss}, "epoch", "loss", f"{name}: loss per epoch") if loss else ""]
+        charts = [
+            svg.lines({metric: acc}, "epoch", metric, f"{name}: {metric} per epoch") if acc else "",
+            svg.lines({"loss": loss}, "epoch", "loss", f"{name}: loss per epoch") if loss else "",
+        ]
         if any(charts):
             curves.append({"name": name, "svg": [c for c in charts if c]})
     latency = []
     for p in r.latency:
         ci = p.ci or {}
-        latency.append([p.backend, p.precision, str(p.batch), p.variant, p.device,
-                        f"{p.median_ms:.3f}" + (f" [{p.median_ci[0]:.3f}, {p.median_ci[1]:.3f}]" if p.median_ci else ""),
-                        f"{p.p90_ms:.3f}", f"{p.p99_ms:.3f}", f"{p.cov:.1%}", str(p.n), str(p.attempts), str(p.blocks or "-"),
-                        str(sum((p.outliers or {}).values())), str(ci.get("stop", "-")),
-                        "-" if p.speedup_vs_dense is None else uncertainty.fmt(p.speedup_vs_dense, p.speedup_ci),
-                        "stable" if p.stable else "unstable: " + "; ".join(p.unstable_reasons)])
+        latency.append(
+            [
+                p.backend,
+                p.precision,
+                str(p.batch),
+                p.variant,
+                p.device,
+                f"{p.median_ms:.3f}"
+                + (f" [{p.median_ci[0]:.3f}, {p.median_ci[1]:.3f}]" if p.median_ci else ""),
+                f"{p.p90_ms:.3f}",
+                f"{p.p99_ms:.3f}",
+                f"{p.cov:.1%}",
+                str(p.n),
+                str(p.attempts),
+                str(p.blocks or "-"),
+                str(sum((p.outliers or {}).values())),
+                str(ci.get("stop", "-")),
+                (
+                    "-"
+                    if p.speedup_vs_dense is None
+                    else uncertainty.fmt(p.speedup_vs_dense, p.speedup_ci)
+                ),
+                "stable" if p.stable else "unstable: " + "; ".join(p.unstable_reasons),
+            ]
+        )
     memory = []
     for p in r.latency:
         if p.memory:
             m = p.memory
-            keys = [k for k in ("nvml_used_before_bytes", "nvml_used_peak_bytes", "torch_peak_allocated_bytes",
-                                "torch_peak_reserved_bytes", "rss_peak_bytes", "engine_bytes") if m.get(k) is not None]
-            memory.append([f"{p.backend} {p.precision} b{p.batch} {p.variant}",
-                           "; ".join(f"{k.replace('_bytes', '').replace('_', ' ')} {m[k] / 2**20:.0f} MiB"
-                                     for k in keys) or "-"])
-    stages = [[name, s.started_utc or "-", s.utc, "-" if s.seconds is None else f"{s.seconds:.1f}",
-               envinfo.machine(s.env) if s.env else "-", s.kit_version] for name, s in r.stages.items()]
+            keys = [
+                k
+                for k in (
+                    "nvml_used_before_bytes",
+                    "nvml_used_peak_bytes",
+                    "torch_peak_allocated_bytes",
+                    "torch_peak_reserved_bytes",
+                    "rss_peak_bytes",
+                    "engine_bytes",
+                )
+                if m.get(k) is not None
+            ]
+            memory.append(
+                [
+                    f"{p.backend} {p.precision} b{p.batch} {p.variant}",
+                    "; ".join(
+                        f"{k.replace('_bytes', '').replace('_', ' ')} {m[k] / 2**20:.0f} MiB"
+                        for k in keys
+                    )
+                    or "-",
+                ]
+            )
+    stages = [
+        [
+            name,
+            s.started_utc or "-",
+            s.utc,
+            "-" if s.seconds is None else f"{s.seconds:.1f}",
+            envinfo.machine(s.env) if s.env else "-",
+            s.kit_version,
+        ]
+        for name, s in r.stages.items()
+    ]
     c = r.counts
-    facts = [("model", f"{r.model.name} ({r.model.source}, {r.model.weights} weights, sha256 {r.model.weights_sha256[:12]})"),
-             ("method", f"{r.method.key} ({r.method.name}), {setups.scope_of(r)}, target {r.method.target_speedup:g}x, "
-                        f"achieved {r.method.achieved_speedup:.3f}x in {r.method.steps} steps, {r.method.schedule}"),
-             ("dataset", r.dataset.name if r.dataset else "none (data-free)"),
-             ("accuracy", f"{r.accuracy.metric}: base {_f(r.accuracy.base)}, pruned {_f(r.accuracy.pruned)}, "
-                          f"finetuned {_f(r.accuracy.finetuned)}" if r.accuracy.metric else "not measured"),
-             *[(name, f"base {_f(v.get('base'))}, pruned {_f(v.get('pruned'))}, finetuned {_f(v.get('finetuned'))}")
-               for name, v in r.accuracy.others.items()],
-             *[(k.replace("_", " "), str(v)) for k, v in r.model.notes.items()],
-             ("params", f"{si(c.params_base)} -> {si(c.params_pruned)}"),
-             ("MACs", f"{si(c.macs_base)} -> {si(c.macs_pruned)} at {c.input_size}px ({c.counter})"),
-             ("recipe", lb.recipe_line(r)),
-             ("seed", str(lb.seed_of(r))),
-             ("parity", "; ".join(f"{p.backend} {p.precision} {p.variant}: {'ok' if p.passed else 'FAILED'} "
-                                  f"(max abs {p.max_abs:.1e})" for p in r.parity) or "-"),
-             ("record", f"{path} (sha256 {sha})"),
-             ("kit", f"{r.kit_version}, git {r.git_revision or '-'}, schema {r.schema_version}")]
+    facts = [
+        (
+            "model",
+            (
+                f"{r.model.name} ({r.model.source}, {r.model.weights} weights, sha256"
+                f" {r.model.weights_sha256[:12]})"
+            ),
+        ),
+        (
+            "method",
+            (
+                f"{r.method.key} ({r.method.name}), {setups.scope_of(r)}, target"
+                f" {r.method.target_speedup:g}x, achieved {r.method.achieved_speedup:.3f}x in"
+                f" {r.method.steps} steps, {r.method.schedule}"
+            ),
+        ),
+        ("dataset", r.dataset.name if r.dataset else "none (data-free)"),
+        (
+            "accuracy",
+            (
+                f"{r.accuracy.metric}: base {_f(r.accuracy.base)}, pruned {_f(r.accuracy.pruned)}, "
+                f"finetuned {_f(r.accuracy.finetuned)}"
+                if r.accuracy.metric
+                else "not measured"
+            ),
+        ),
+        *[
+            (
+                name,
+                (
+                    f"base {_f(v.get('base'))}, pruned {_f(v.get('pruned'))}, finetuned"
+                    f" {_f(v.get('finetuned'))}"
+                ),
+            )
+            for name, v in r.accuracy.others.items()
+        ],
+        *[(k.replace("_", " "), str(v)) for k, v in r.model.notes.items()],
+        ("params", f"{si(c.params_base)} -> {si(c.params_pruned)}"),
+        ("MACs", f"{si(c.macs_base)} -> {si(c.macs_pruned)} at {c.input_size}px ({c.counter})"),
+        ("recipe", lb.recipe_line(r)),
+        ("seed", str(lb.seed_of(r))),
+        (
+            "parity",
+            "; ".join(
+                f"{p.backend} {p.precision} {p.variant}: {'ok' if p.passed else 'FAILED'} "
+                f"(max abs {p.max_abs:.1e})"
+                for p in r.parity
+            )
+            or "-",
+        ),
+        ("record", f"{path} (sha256 {sha})"),
+        ("kit", f"{r.kit_version}, git {r.git_revision or '-'}, schema {r.schema_version}"),
+    ]
     env = r.stage_env("bench")
-    return {"id": r.run_id, "anchor": anchor(r.run_id), "facts": facts, "curves": curves, "latency": latency,
-            "memory": memory, "stages": stages, "env": json.dumps(env, indent=1, default=str),
-            "summary": f"{r.run_id} · {r.method.key} · {r.model.name} · {setups.scope_of(r)} · "
-                       f"{r.method.target_speedup:g}x · seed {lb.seed_of(r)}"}
+    return {
+        "id": r.run_id,
+        "anchor": anchor(r.run_id),
+        "facts": facts,
+        "curves": curves,
+        "latency": latency,
+        "memory": memory,
+        "stages": stages,
+        "env": json.dumps(env, indent=1, default=str),
+        "summary": (
+            f"{r.run_id} · {r.method.key} · {r.model.name} · {setups.scope_of(r)} · "
+            f"{r.method.target_speedup:g}x · seed {lb.seed_of(r)}"
+        ),
+    }
 
 
 def _f(v: float | None) -> str:
@@ -300,7 +532,9 @@ def page(records: list[tuple[Path, record.Record]], sources: list[str]) -> str:
     import jinja2
 
     tpl = resources.files("pbkit.report").joinpath("templates")
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
     rs = lb.rows(records)
     board = lb.leaderboard(rs) if rs else []
     used = {r["record"] for r in rs}
@@ -310,27 +544,59 @@ def page(records: list[tuple[Path, record.Record]], sources: list[str]) -> str:
     for path, r in records:
         raw = path.read_bytes()  # read once: hashed for the page, packed whole for its reader
         sha = hashlib.sha256(raw).hexdigest()
-        provenance.append({"path": str(path), "sha256": sha, "run_id": r.run_id, "used": str(path) in used,
-                           "anchor": anchor(r.run_id)})
+        provenance.append(
+            {
+                "path": str(path),
+                "sha256": sha,
+                "run_id": r.run_id,
+                "used": str(path) in used,
+                "anchor": anchor(r.run_id),
+            }
+        )
         if str(path) in used:
             run = _run(path, r, sha)
             runs.append({k: run[k] for k in ("id", "anchor", "summary")})
             packed["pages"][r.run_id] = run_page.render(r=run)
             packed["records"][r.run_id] = json.loads(raw)
     # the run pages and full records: gzip + base64, unpacked in the browser when a run is opened
-    blob = base64.b64encode(gzip.compress(json.dumps(packed, separators=(",", ":")).encode(), 9, mtime=0)).decode()
+    blob = base64.b64encode(
+        gzip.compress(json.dumps(packed, separators=(",", ":")).encode(), 9, mtime=0)
+    ).decode()
     entries = [e for _, g in board for e in g]
-    filters = {k: sorted({(e["dataset"] or "-") if k == "dataset" else
-                          f"{e['target']:g}x" if k == "target" else e[k] for e in entries}, key=str) for k in FILTERS}
+    filters = {
+        k: sorted(
+            {
+                (
+                    (e["dataset"] or "-")
+                    if k == "dataset"
+                    else f"{e['target']:g}x"
+                    if k == "target"
+                    else e[k]
+                )
+                for e in entries
+            },
+            key=str,
+        )
+        for k in FILTERS
+    }
     filters["backend"] = sorted({b for e in entries for b in e["measured"]})
     template = env.from_string(tpl.joinpath("report.html.j2").read_text(encoding="utf-8"))
     return template.render(
-        title="pbkit report · " + ", ".join(sources), sources=sources, kit=__version__,
+        title="pbkit report · " + ", ".join(sources),
+        sources=sources,
+        kit=__version__,
         generated=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         css=tpl.joinpath("report.css").read_text(encoding="utf-8"),
         js=tpl.joinpath("report.js").read_text(encoding="utf-8"),
-        groups=_groups(board), plots=_plots(board), across=_machines([(p, r) for p, r in records
-                                                                     if str(p) in used]),
-        recipes=markdown_html(lb.markdown_across(board)), runs=runs, provenance=provenance,
-        left_out=sum(1 for p in provenance if not p["used"]), filters=filters, blob=blob,
-        n_rows=len(entries), n_runs=len(runs))
+        groups=_groups(board),
+        plots=_plots(board),
+        across=_machines([(p, r) for p, r in records if str(p) in used]),
+        recipes=markdown_html(lb.markdown_across(board)),
+        runs=runs,
+        provenance=provenance,
+        left_out=sum(1 for p in provenance if not p["used"]),
+        filters=filters,
+        blob=blob,
+        n_rows=len(entries),
+        n_runs=len(runs),
+    )

@@ -27,26 +27,50 @@ def machine_rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str
             d = dense.get((p.backend, p.precision, p.batch))
             if p.variant != "pruned" or d is None:
                 continue
-            out.append({
-                "model": r.model.name, "method": r.method.key, "scope": setups.scope_of(r),
-                "target": r.method.target_speedup, "macs_speedup": round(r.method.achieved_speedup, 3),
-                "pruned_sha256": (r.artifacts.get("pruned") or {}).get("sha256", "")[:12],
-                "backend": p.backend, "precision": p.precision, "batch": p.batch,
-                "machine": envinfo.machine(r.stage_env("bench")), "dense_ms": d.median_ms, "pruned_ms": p.median_ms,
-                "speedup": p.speedup_vs_dense, "speedup_ci": p.speedup_ci, "gpu_speedup": p.gpu_speedup_vs_dense,
-                "stable": d.stable and p.stable, "quick": p.quick, "measured_utc": (r.bench or {}).get("measured_utc"),
-                "run_id": r.run_id, "record": str(path),
-            })
+            out.append(
+                {
+                    "model": r.model.name,
+                    "method": r.method.key,
+                    "scope": setups.scope_of(r),
+                    "target": r.method.target_speedup,
+                    "macs_speedup": round(r.method.achieved_speedup, 3),
+                    "pruned_sha256": (r.artifacts.get("pruned") or {}).get("sha256", "")[:12],
+                    "backend": p.backend,
+                    "precision": p.precision,
+                    "batch": p.batch,
+                    "machine": envinfo.machine(r.stage_env("bench")),
+                    "dense_ms": d.median_ms,
+                    "pruned_ms": p.median_ms,
+                    "speedup": p.speedup_vs_dense,
+                    "speedup_ci": p.speedup_ci,
+                    "gpu_speedup": p.gpu_speedup_vs_dense,
+                    "stable": d.stable and p.stable,
+                    "quick": p.quick,
+                    "measured_utc": (r.bench or {}).get("measured_utc"),
+                    "run_id": r.run_id,
+                    "record": str(path),
+                }
+            )
     return out
 
 
-def across_machines(rows_: list[dict[str, Any]]) -> tuple[list[str], dict[tuple[Any, ...], dict[str, dict[str, Any]]]]:
+def across_machines(
+    rows_: list[dict[str, Any]],
+) -> tuple[list[str], dict[tuple[Any, ...], dict[str, dict[str, Any]]]]:
     """Machines (columns) and, per (model, method, scope, target, backend, precision, batch), the
     newest row of each machine. Ratios are compared, never milliseconds across machines."""
     machines = sorted({r["machine"] for r in rows_})
     table: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
     for r in sorted(rows_, key=lambda r: str(r["measured_utc"])):
-        key = (r["model"], r["method"], r["scope"], r["target"], r["backend"], r["precision"], r["batch"])
+        key = (
+            r["model"],
+            r["method"],
+            r["scope"],
+            r["target"],
+            r["backend"],
+            r["precision"],
+            r["batch"],
+        )
         table.setdefault(key, {})[r["machine"]] = r  # newest wins
     return machines, dict(sorted(table.items(), key=lambda kv: tuple(str(x) for x in kv[0])))
 
@@ -54,7 +78,10 @@ def across_machines(rows_: list[dict[str, Any]]) -> tuple[list[str], dict[tuple[
 def cell(r: dict[str, Any] | None, rich: bool) -> str:
     if r is None:
         return "-"
-    text = f"{uncertainty.fmt(r['speedup'] or 0.0, r.get('speedup_ci'))} ({r['dense_ms']:.3f} -> {r['pruned_ms']:.3f} ms)"
+    text = (
+        f"{uncertainty.fmt(r['speedup'] or 0.0, r.get('speedup_ci'))} ({r['dense_ms']:.3f} ->"
+        f" {r['pruned_ms']:.3f} ms)"
+    )
     if not r["stable"]:
         text += " [yellow]unstable[/]" if rich else " unstable"
     return text
@@ -81,21 +108,50 @@ def render_machines(rows_: list[dict[str, Any]], fmt: str) -> str | Table:
         w.writeheader()
         w.writerows(rows_)
         return buf.getvalue()
-    head = ["model", "method", "scope", "target", "MACs x", "backend", "precision", "batch", *machines,
-            *(["machines differ?"] if len(machines) > 1 else [])]
-    body = [[str(k[0]), str(k[1]), str(k[2]), f"{k[3]:g}x", f"{next(iter(v.values()))['macs_speedup']:.2f}",
-             str(k[4]), str(k[5]), str(k[6]), *[cell(v.get(m), fmt == "table") for m in machines],
-             *([verdict(list(v.values()))] if len(machines) > 1 else [])]
-            for k, v in table.items()]
+    head = [
+        "model",
+        "method",
+        "scope",
+        "target",
+        "MACs x",
+        "backend",
+        "precision",
+        "batch",
+        *machines,
+        *(["machines differ?"] if len(machines) > 1 else []),
+    ]
+    body = [
+        [
+            str(k[0]),
+            str(k[1]),
+            str(k[2]),
+            f"{k[3]:g}x",
+            f"{next(iter(v.values()))['macs_speedup']:.2f}",
+            str(k[4]),
+            str(k[5]),
+            str(k[6]),
+            *[cell(v.get(m), fmt == "table") for m in machines],
+            *([verdict(list(v.values()))] if len(machines) > 1 else []),
+        ]
+        for k, v in table.items()
+    ]
     if fmt == "md":
-        lines = ["Measured speed-up (dense / pruned median latency, same machine, same session) per machine, with "
-                 "its 95% interval; compare the ratios across machines, not the milliseconds. Two machines differ "
-                 "only where their intervals are apart.", "",
-                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines = [
+            (
+                "Measured speed-up (dense / pruned median latency, same machine, same session) per"
+                " machine, with its 95% interval; compare the ratios across machines, not the"
+                " milliseconds. Two machines differ only where their intervals are apart."
+            ),
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in body]
         return "\n".join(lines) + "\n"
-    t = Table(title="measured speed-up across machines (dense / pruned, each measured on one machine)",
-              title_justify="left")
+    t = Table(
+        title="measured speed-up across machines (dense / pruned, each measured on one machine)",
+        title_justify="left",
+    )
     for c in head:
         t.add_column(c, justify="left" if c in ("model", "method", "backend") else "right")
     for row in body:

@@ -24,7 +24,9 @@ def plot(rs: list[dict[str, Any]], path: str | Path) -> Path:
 
     backends = sorted({b for r in rs for b in r["measured"]})
     if not backends:
-        raise PbkitError("no latency measurements in these records to plot (run `pbkit bench` first)")
+        raise PbkitError(
+            "no latency measurements in these records to plot (run `pbkit bench` first)"
+        )
     panels = sorted({(r["model"], r["dataset"] or "data-free") for r in rs if r["measured"]})
     cols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / cols)
@@ -34,18 +36,46 @@ def plot(rs: list[dict[str, Any]], path: str | Path) -> Path:
         mine = [r for r in rs if r["model"] == model and (r["dataset"] or "data-free") == dataset]
         top = 1.0
         for b in backends:
-            pts = [(r["macs_speedup"], r["measured"][b], r["method"]) for r in mine if b in r["measured"]]
+            pts = [
+                (r["macs_speedup"], r["measured"][b], r["method"])
+                for r in mine
+                if b in r["measured"]
+            ]
             if not pts:
                 continue
             top = max(top, *(max(x, y) for x, y, _ in pts))
             cis = [(r.get("measured_ci") or {}).get(b) for r in mine if b in r["measured"]]
-            err = [[max(y - ci[0], 0.0) if ci else 0.0 for (_, y, _), ci in zip(pts, cis, strict=True)],
-                   [max(ci[1] - y, 0.0) if ci else 0.0 for (_, y, _), ci in zip(pts, cis, strict=True)]]
-            ax.errorbar([x for x, _, _ in pts], [y for _, y, _ in pts], yerr=err, fmt="o", color=colors[b], label=b,
-                        alpha=0.8, capsize=2, ms=5)
+            err = [
+                [
+                    max(y - ci[0], 0.0) if ci else 0.0
+                    for (_, y, _), ci in zip(pts, cis, strict=True)
+                ],
+                [
+                    max(ci[1] - y, 0.0) if ci else 0.0
+                    for (_, y, _), ci in zip(pts, cis, strict=True)
+                ],
+            ]
+            ax.errorbar(
+                [x for x, _, _ in pts],
+                [y for _, y, _ in pts],
+                yerr=err,
+                fmt="o",
+                color=colors[b],
+                label=b,
+                alpha=0.8,
+                capsize=2,
+                ms=5,
+            )
             for x, y, method in pts:
-                ax.annotate(method, (x, y), fontsize=7, alpha=0.75, xytext=(4, 0), textcoords="offset points",
-                            va="center")
+                ax.annotate(
+                    method,
+                    (x, y),
+                    fontsize=7,
+                    alpha=0.75,
+                    xytext=(4, 0),
+                    textcoords="offset points",
+                    va="center",
+                )
         ax.plot([1, top * 1.1], [1, top * 1.1], "k--", lw=0.8, label="measured = MACs")
         ax.axhline(1.0, color="grey", lw=0.6)
         ax.set_xlim(0.9, top * 1.15)
@@ -55,9 +85,11 @@ def plot(rs: list[dict[str, Any]], path: str | Path) -> Path:
         ax.set_ylabel("measured speed-up (dense / pruned latency)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.suptitle("Counted vs measured speed-up (batch 1 unless stated; bars: 95% interval)", fontsize=11)
+    fig.suptitle(
+        "Counted vs measured speed-up (batch 1 unless stated; bars: 95% interval)", fontsize=11
+    )
     fig.tight_layout()
     out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
@@ -73,22 +105,42 @@ def plot_machines(rows_: list[dict[str, Any]], path: str | Path) -> Path:
 
     machines, table = across_machines(rows_)
     if not table:
-        raise PbkitError("no latency measurements in these records to compare (run `pbkit bench` first)")
+        raise PbkitError(
+            "no latency measurements in these records to compare (run `pbkit bench` first)"
+        )
     keys = list(table)
     width = 0.8 / len(machines)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(keys) * max(len(machines), 2) / 2 + 2), 4.6), dpi=110)
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 0.9 * len(keys) * max(len(machines), 2) / 2 + 2), 4.6), dpi=110
+    )
     for i, m in enumerate(machines):
         xs = [k for k, key in enumerate(keys) if m in table[key]]
         ys = [table[keys[x]][m]["speedup"] or 0 for x in xs]
         cis = [table[keys[x]][m].get("speedup_ci") for x in xs]
-        err = [[max(y - ci[0], 0.0) if ci else 0.0 for y, ci in zip(ys, cis, strict=True)],
-               [max(ci[1] - y, 0.0) if ci else 0.0 for y, ci in zip(ys, cis, strict=True)]]
-        ax.bar([x - 0.4 + width * (i + 0.5) for x in xs], ys, width=width, label=m, color=f"C{i}", yerr=err,
-               capsize=3)
+        err = [
+            [max(y - ci[0], 0.0) if ci else 0.0 for y, ci in zip(ys, cis, strict=True)],
+            [max(ci[1] - y, 0.0) if ci else 0.0 for y, ci in zip(ys, cis, strict=True)],
+        ]
+        ax.bar(
+            [x - 0.4 + width * (i + 0.5) for x in xs],
+            ys,
+            width=width,
+            label=m,
+            color=f"C{i}",
+            yerr=err,
+            capsize=3,
+        )
     for x, key in enumerate(keys):
         macs = next(iter(table[key].values()))["macs_speedup"]
-        ax.hlines(macs, x - 0.45, x + 0.45, colors="k", linestyles="--", lw=0.9,
-                  label="MACs speed-up" if x == 0 else None)
+        ax.hlines(
+            macs,
+            x - 0.45,
+            x + 0.45,
+            colors="k",
+            linestyles="--",
+            lw=0.9,
+            label="MACs speed-up" if x == 0 else None,
+        )
     ax.axhline(1.0, color="grey", lw=0.6)
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels([f"{k[0]}\n{k[1]} {k[4]}\n{k[5]} b{k[6]}" for k in keys], fontsize=7)
@@ -102,7 +154,9 @@ def plot_machines(rows_: list[dict[str, Any]], path: str | Path) -> Path:
     return out
 
 
-def plot_accuracy(board: list[tuple[dict[str, Any], list[dict[str, Any]]]], path: str | Path) -> Path:
+def plot_accuracy(
+    board: list[tuple[dict[str, Any], list[dict[str, Any]]]], path: str | Path
+) -> Path:
     """Accuracy after finetuning, mean +- std over seeds, one panel per comparison (model, dataset,
     scope, target): a row per method, a colour per finetuning recipe, the scratch baseline as a
     black cross, the dense base as a dotted line. Overlapping bars are the "not separable" marks
@@ -116,42 +170,70 @@ def plot_accuracy(board: list[tuple[dict[str, Any], list[dict[str, Any]]]], path
 
     panels: dict[tuple[Any, ...], list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {}
     for info, g in board:
-        panels.setdefault((info["model"], info["dataset"], info["scope"], info["target"]), []).append((info, g))
+        panels.setdefault(
+            (info["model"], info["dataset"], info["scope"], info["target"]), []
+        ).append((info, g))
     if not any(e["finetuned"] is not None or e["pruned"] is not None for _, g in board for e in g):
-        raise PbkitError("no accuracy in these records to plot (runs without a dataset measure none)")
+        raise PbkitError(
+            "no accuracy in these records to plot (runs without a dataset measure none)"
+        )
     cols = min(len(panels), 2)
     nrows = math.ceil(len(panels) / cols)
-    height = max(3.5, 0.45 * max(len({e["method"] for _, g in groups for e in g}) for groups in panels.values()) + 1.6)
-    fig, axes = plt.subplots(nrows, cols, figsize=(7.0 * cols, height * nrows), dpi=110, squeeze=False)
+    height = max(
+        3.5,
+        0.45 * max(len({e["method"] for _, g in groups for e in g}) for groups in panels.values())
+        + 1.6,
+    )
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(7.0 * cols, height * nrows), dpi=110, squeeze=False
+    )
     for ax, (key, groups) in zip(axes.flat, panels.items(), strict=False):
-        methods = sorted({e["method"] for _, g in groups for e in g},
-                         key=lambda m: max((score(e) or 0) for _, g in groups for e in g if e["method"] == m))
+        methods = sorted(
+            {e["method"] for _, g in groups for e in g},
+            key=lambda m: max((score(e) or 0) for _, g in groups for e in g if e["method"] == m),
+        )
         y = {m: i for i, m in enumerate(methods)}
         recipes = [info for info, _ in groups if info["init"] == "pruned"]
         offset = 0.6 / max(len(recipes), 1)
         labelled = False
         for i, (info, g) in enumerate(groups):
             scratch = info["init"] == "scratch"
-            label = "scratch (SX-A)" if scratch and not labelled else None if scratch else \
-                info["recipe_label"] or "finetuned"
+            label = (
+                "scratch (SX-A)"
+                if scratch and not labelled
+                else None
+                if scratch
+                else info["recipe_label"] or "finetuned"
+            )
             labelled = labelled or scratch
             shift = 0.0 if scratch else -0.3 + offset * (i + 0.5)
             pts = [(y[e["method"]] + shift, score(e), spread(e)) for e in g if score(e) is not None]
-            ax.errorbar([p[1] for p in pts], [p[0] for p in pts], xerr=[p[2] for p in pts],
-                        fmt="x" if scratch else "o", color="k" if scratch else f"C{i}", capsize=3, ms=6, label=label)
+            ax.errorbar(
+                [p[1] for p in pts],
+                [p[0] for p in pts],
+                xerr=[p[2] for p in pts],
+                fmt="x" if scratch else "o",
+                color="k" if scratch else f"C{i}",
+                capsize=3,
+                ms=6,
+                label=label,
+            )
         bases = [e["base"] for _, g in groups for e in g if e["base"] is not None]
         if bases:
-            ax.axvline(sum(bases) / len(bases), color="grey", ls=":", lw=1, label="dense base (mean)")
+            ax.axvline(
+                sum(bases) / len(bases), color="grey", ls=":", lw=1, label="dense base (mean)"
+            )
         ax.set_yticks(range(len(methods)))
         ax.set_yticklabels(methods)
-        ax.set_xlabel(f"{groups[0][1][0]['metric'] or 'metric'} after finetuning (mean ± std over seeds)")
+        ax.set_xlabel(
+            f"{groups[0][1][0]['metric'] or 'metric'} after finetuning (mean ± std over seeds)"
+        )
         ax.set_title(f"{key[0]} · {key[1]} · {key[2]} · {key[3]:g}x", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
     return out
-

@@ -30,16 +30,48 @@ HOLDS = {  # what each level adds to the one before it
     "S4.2": "same pruning-stage schedule",
 }
 # the facts each level holds equal (beyond the levels before it)
-LEVEL_FACTS = {"S1": ("s1",), "S2": ("base",), "S3.1": ("ft_epochs",), "S3.2": ("ft_schedule", "ft_recipe"),
-               "S4.1": ("prune_epochs",), "S4.2": ("prune_schedule",)}
-FACT_NAMES = {"s1": "dataset/network/scope/target", "base": "base model", "ft_epochs": "finetune epochs",
-              "ft_schedule": "finetune LR schedule", "ft_recipe": "finetune recipe", "prune_epochs":
-              "pruning-stage epochs", "prune_schedule": "pruning-stage schedule", "init": "initialisation",
-              "total_epochs": "total epochs (base + pruning stage + finetune)"}
-SCHEDULE_KEYS = ("optimizer", "lr", "momentum", "nesterov", "schedule", "milestones_epochs", "step_size", "gamma")
+LEVEL_FACTS = {
+    "S1": ("s1",),
+    "S2": ("base",),
+    "S3.1": ("ft_epochs",),
+    "S3.2": ("ft_schedule", "ft_recipe"),
+    "S4.1": ("prune_epochs",),
+    "S4.2": ("prune_schedule",),
+}
+FACT_NAMES = {
+    "s1": "dataset/network/scope/target",
+    "base": "base model",
+    "ft_epochs": "finetune epochs",
+    "ft_schedule": "finetune LR schedule",
+    "ft_recipe": "finetune recipe",
+    "prune_epochs": "pruning-stage epochs",
+    "prune_schedule": "pruning-stage schedule",
+    "init": "initialisation",
+    "total_epochs": "total epochs (base + pruning stage + finetune)",
+}
+SCHEDULE_KEYS = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "nesterov",
+    "schedule",
+    "milestones_epochs",
+    "step_size",
+    "gamma",
+)
 RECIPE_KEYS = ("weight_decay", "batch_size", "label_smoothing", "augmentation", "kd", "amp")
-PRUNE_SCHEDULE_KEYS = ("optimizer", "lr", "momentum", "schedule", "milestones", "step_size", "gamma", "batch_size",
-                       "reg", "delta_reg")
+PRUNE_SCHEDULE_KEYS = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "schedule",
+    "milestones",
+    "step_size",
+    "gamma",
+    "batch_size",
+    "reg",
+    "delta_reg",
+)
 
 
 def level_index(level: str) -> int:
@@ -52,8 +84,10 @@ def _milestones(recipe: dict[str, Any]) -> list[int]:
     if recipe.get("milestones_epochs") is not None:
         return list(recipe["milestones_epochs"])
     epochs = int(recipe.get("epochs") or 0)
-    return [int(round(m * epochs)) if isinstance(m, float) and 0 < m < 1 else int(m)
-            for m in recipe.get("milestones") or []]
+    return [
+        int(round(m * epochs)) if isinstance(m, float) and 0 < m < 1 else int(m)
+        for m in recipe.get("milestones") or []
+    ]
 
 
 def _kd(value: Any) -> dict[str, Any]:
@@ -100,20 +134,33 @@ def from_record(rec: Any) -> dict[str, Any]:
     if m.stage == "sparsify":
         prune_schedule["sparsify"] = {k: sparsify.get(k) for k in PRUNE_SCHEDULE_KEYS}
     if interleave:
-        prune_schedule["interleave"] = {"iters_per_step": interleave.get("iters_per_step"),
-                                        "kd": _kd(interleave.get("kd")), **(interleave.get("recipe") or {})}
+        prune_schedule["interleave"] = {
+            "iters_per_step": interleave.get("iters_per_step"),
+            "kd": _kd(interleave.get("kd")),
+            **(interleave.get("recipe") or {}),
+        }
     base_epochs = int((rec.base_training or {}).get("epochs") or 0)
-    interleave_epochs = int(interleave.get("epochs") or 0)  # the training between pruning steps, in epochs
+    interleave_epochs = int(
+        interleave.get("epochs") or 0
+    )  # the training between pruning steps, in epochs
     init = ft.get("init") or "pruned"
     facts = {
-        "s1": (rec.model.name, rec.dataset.name if rec.dataset else None, scope_of(rec), m.target_speedup),
+        "s1": (
+            rec.model.name,
+            rec.dataset.name if rec.dataset else None,
+            scope_of(rec),
+            m.target_speedup,
+        ),
         "base": rec.model.weights_sha256,
         **finetune_facts(ft, ft.get("augmentation")),
         "prune_epochs": prune_epochs + interleave_epochs,
         "prune_schedule": prune_schedule,
         "init": init,
-        "total_epochs": ft.get("epochs_total") if init == "scratch" else
-        base_epochs + prune_epochs + interleave_epochs + int(ft.get("epochs") or 0),
+        "total_epochs": (
+            ft.get("epochs_total")
+            if init == "scratch"
+            else base_epochs + prune_epochs + interleave_epochs + int(ft.get("epochs") or 0)
+        ),
     }
     if init == "scratch":  # what the scratch row trained with is the base recipe
         facts["ft_epochs"] = int(ft.get("epochs_total") or ft.get("epochs") or 0)
@@ -129,14 +176,23 @@ def from_config(cfg: Any, method: Any, base_id: str) -> dict[str, Any]:
         sp = cfg.sparsify.model_dump()
         prune_schedule["sparsify"] = {k: sp.get(k) for k in PRUNE_SCHEDULE_KEYS}
     if p.schedule == "interleaved":
-        prune_schedule["interleave"] = {"iters_per_step": p.interleave_iters, "kd": _kd(cfg.finetune.kd.model_dump())}
+        prune_schedule["interleave"] = {
+            "iters_per_step": p.interleave_iters,
+            "kd": _kd(cfg.finetune.kd.model_dump()),
+        }
     return {
         "s1": (cfg.model.name, cfg.dataset.name, p.scope, p.speedup),
         "base": base_id,
         **finetune_facts({**cfg.finetune.model_dump(), "kd": cfg.finetune.kd.model_dump()}, None),
         # (interleaved training is counted in iterations per pruning step until the steps are known)
-        "prune_epochs": (cfg.sparsify.epochs if method.stage == "sparsify" else 0) if p.schedule == "oneshot" else
-        f"{cfg.sparsify.epochs if method.stage == 'sparsify' else 0} + {p.interleave_iters} iterations/step",
+        "prune_epochs": (
+            (cfg.sparsify.epochs if method.stage == "sparsify" else 0)
+            if p.schedule == "oneshot"
+            else (
+                f"{cfg.sparsify.epochs if method.stage == 'sparsify' else 0} + {p.interleave_iters}"
+                " iterations/step"
+            )
+        ),
         "prune_schedule": prune_schedule,
         "init": cfg.init,
         "total_epochs": None,
@@ -157,8 +213,11 @@ def infer(facts: list[dict[str, Any]]) -> tuple[str | None, str | None]:
     if "scratch" in inits and "pruned" in inits:
         if not _same(f["s1"] for f in facts):
             return None, differs_line(facts, ["s1"])
-        return ("SX-A", None) if _same(f["total_epochs"] for f in facts) else \
-            (None, differs_line(facts, ["total_epochs"]))
+        return (
+            ("SX-A", None)
+            if _same(f["total_epochs"] for f in facts)
+            else (None, differs_line(facts, ["total_epochs"]))
+        )
     reached = None
     for level in LEVELS:
         differs = [k for k in LEVEL_FACTS[level] if not _same(f.get(k) for f in facts)]
@@ -181,7 +240,9 @@ def differs_line(facts: list[dict[str, Any]], keys: list[str]) -> str:
 def _detail(values: list[Any]) -> str:
     """Which sub-field differs among dict values, and its distinct values."""
     if all(isinstance(v, dict) for v in values):
-        keys = sorted({k for v in values for k in v}, key=lambda k: (k != "enabled", k))  # KD on/off says it all
+        keys = sorted(
+            {k for v in values for k in v}, key=lambda k: (k != "enabled", k)
+        )  # KD on/off says it all
         for k in keys:
             sub = [v.get(k) for v in values]
             if not _same(sub):
@@ -208,8 +269,10 @@ def _short(v: Any) -> str:
 
 def split_key(f: dict[str, Any], level: str) -> str:
     """What rows must share to be ranked together at ``level`` (and the initialisation)."""
-    keys = [k for lv in LEVELS[:level_index(level) + 1] for k in LEVEL_FACTS[lv]]
-    return json.dumps({"init": f["init"], **{k: f.get(k) for k in keys}}, sort_keys=True, default=str)
+    keys = [k for lv in LEVELS[: level_index(level) + 1] for k in LEVEL_FACTS[lv]]
+    return json.dumps(
+        {"init": f["init"], **{k: f.get(k) for k in keys}}, sort_keys=True, default=str
+    )
 
 
 def unmet(trials: list[tuple[str, dict[str, Any]]], level: str) -> str | None:
@@ -228,13 +291,15 @@ def unmet(trials: list[tuple[str, dict[str, Any]]], level: str) -> str | None:
         for m, f in members:
             meets.setdefault(split_key(f, level), set()).add(m)
         for i, a in enumerate(methods):
-            for b in methods[i + 1:]:
+            for b in methods[i + 1 :]:
                 if any(a in ms and b in ms for ms in meets.values()):
                     continue
                 fa = [f for m, f in members if m == a]
                 fb = [f for m, f in members if m == b]
                 got, why = infer([fa[0], fb[0]])
                 s1 = members[0][1]["s1"]
-                return (f"{a} and {b} ({s1[0]}, {s1[1]}, {s1[2]}, {s1[3]:g}x) are never compared at {level}: "
-                        f"at best {got or 'no setup'}; they differ in {why}")
+                return (
+                    f"{a} and {b} ({s1[0]}, {s1[1]}, {s1[2]}, {s1[3]:g}x) are never compared at"
+                    f" {level}: at best {got or 'no setup'}; they differ in {why}"
+                )
     return None

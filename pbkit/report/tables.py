@@ -16,59 +16,113 @@ def run_table(rec: record.Record) -> Table:
     """What ``pbkit run`` / ``bench`` print: dense vs pruned, achieved vs measured speed-up."""
     m, c = rec.method, rec.counts
     lt = m.latency if m.target == "latency" else None
-    what = f"target {m.target_speedup:g}x" + (f" measured on {lt['backend']} {lt['precision']} b{lt['batch']}"
-                                              if lt else "")
+    what = f"target {m.target_speedup:g}x" + (
+        f" measured on {lt['backend']} {lt['precision']} b{lt['batch']}" if lt else ""
+    )
     t = Table(title=f"{rec.model.name} · {m.key} · {m.scope} · {what}", title_justify="left")
     t.add_column("")
     t.add_column("dense", justify="right")
     t.add_column("pruned", justify="right")
     t.add_column("speed-up / change", justify="right")
-    t.add_row("params", si(c.params_base), si(c.params_pruned), f"{c.params_base / max(c.params_pruned, 1):.2f}x fewer")
-    t.add_row(f"MACs @{c.input_size}px", si(c.macs_base), si(c.macs_pruned),
-              f"{m.achieved_speedup:.3f}x achieved ({m.steps} steps)")
+    t.add_row(
+        "params",
+        si(c.params_base),
+        si(c.params_pruned),
+        f"{c.params_base / max(c.params_pruned, 1):.2f}x fewer",
+    )
+    t.add_row(
+        f"MACs @{c.input_size}px",
+        si(c.macs_base),
+        si(c.macs_pruned),
+        f"{m.achieved_speedup:.3f}x achieved ({m.steps} steps)",
+    )
     if lt:
         lo, hi = lt["measured_ci"]
-        t.add_row(f"latency target on {lt['backend']}", f"{lt['dense_ms']:.3f} ms", f"{lt['pruned_ms']:.3f} ms",
-                  f"{lt['measured_speedup']:.3f}x [{lo:.3f}, {hi:.3f}] ({lt['checks']} checks)")
-        t.add_row("  table prediction error", "", "", f"{lt['prediction_error']['mean_abs']:.1%} mean abs")
+        t.add_row(
+            f"latency target on {lt['backend']}",
+            f"{lt['dense_ms']:.3f} ms",
+            f"{lt['pruned_ms']:.3f} ms",
+            f"{lt['measured_speedup']:.3f}x [{lo:.3f}, {hi:.3f}] ({lt['checks']} checks)",
+        )
+        t.add_row(
+            "  table prediction error", "", "", f"{lt['prediction_error']['mean_abs']:.1%} mean abs"
+        )
     a = rec.accuracy
     if a.metric is not None and rec.dataset is not None:
         name = f"{a.metric} ({rec.dataset.name})"
         t.add_row(f"{name} after pruning", acc(a.base), acc(a.pruned), delta(a.base, a.pruned))
         if a.finetuned is not None:
             ft = rec.finetune or {}
-            how = "from scratch" if ft.get("init") == "scratch" else \
-                "finetuned" + (" with KD" if (ft.get("kd") or {}).get("enabled") else "")
-            t.add_row(f"{name} {how} {ft.get('epochs', '?')} ep", acc(a.base), acc(a.finetuned),
-                      delta(a.base, a.finetuned))
-        for other, values in a.others.items():  # the task's other metrics (segmentation: pixel accuracy)
+            how = (
+                "from scratch"
+                if ft.get("init") == "scratch"
+                else "finetuned" + (" with KD" if (ft.get("kd") or {}).get("enabled") else "")
+            )
+            t.add_row(
+                f"{name} {how} {ft.get('epochs', '?')} ep",
+                acc(a.base),
+                acc(a.finetuned),
+                delta(a.base, a.finetuned),
+            )
+        for (
+            other,
+            values,
+        ) in a.others.items():  # the task's other metrics (segmentation: pixel accuracy)
             after = values.get("finetuned", values.get("pruned"))
-            t.add_row(f"{other} ({rec.dataset.name}) {'finetuned' if 'finetuned' in values else 'pruned'}",
-                      acc(values.get("base")), acc(after), delta(values.get("base"), after))
+            t.add_row(
+                f"{other} ({rec.dataset.name})"
+                f" {'finetuned' if 'finetuned' in values else 'pruned'}",
+                acc(values.get("base")),
+                acc(after),
+                delta(values.get("base"), after),
+            )
     al = c.channel_alignment
     if al and al.get("pruned_layers"):
-        t.add_row(f"pruned widths multiple of {al['multiple']}", "", f"{al['aligned_layers']}/{al['pruned_layers']} layers",
-                  f"{al['share']:.0%} aligned" + (" (GPU targets: prune.round_to=8)" if al["share"] < 1 else ""))
+        t.add_row(
+            f"pruned widths multiple of {al['multiple']}",
+            "",
+            f"{al['aligned_layers']}/{al['pruned_layers']} layers",
+            f"{al['share']:.0%} aligned"
+            + (" (GPU targets: prune.round_to=8)" if al["share"] < 1 else ""),
+        )
     pts = {(p.backend, p.precision, p.batch, p.variant): p for p in rec.latency}
     for key in dict.fromkeys((p.backend, p.precision, p.batch) for p in rec.latency):
         d, p = pts.get((*key, "dense")), pts.get((*key, "pruned"))
         if d is None or p is None:
             continue
         backend, precision, batch = key
-        t.add_row(f"latency {backend} {precision} b{batch}{' quick' if p.quick else ''}", _ms(d), _ms(p),
-                  speedup_cell(d, p))
+        t.add_row(
+            f"latency {backend} {precision} b{batch}{' quick' if p.quick else ''}",
+            _ms(d),
+            _ms(p),
+            speedup_cell(d, p),
+        )
         if d.gpu_compute and p.gpu_compute:
-            t.add_row("  GPU compute (CUDA events)", f"{d.gpu_compute['median_ms']:.3f} ms",
-                      f"{p.gpu_compute['median_ms']:.3f} ms", f"{p.gpu_speedup_vs_dense or 0:.2f}x")
+            t.add_row(
+                "  GPU compute (CUDA events)",
+                f"{d.gpu_compute['median_ms']:.3f} ms",
+                f"{p.gpu_compute['median_ms']:.3f} ms",
+                f"{p.gpu_speedup_vs_dense or 0:.2f}x",
+            )
         if d.memory and p.memory and d.device == "cuda":
             t.add_row("  GPU memory (NVML peak - before)", _mem(d.memory), _mem(p.memory), "")
     for backend, precision in sorted({(p.backend, p.precision) for p in rec.parity}):
         mine = [p for p in rec.parity if (p.backend, p.precision) == (backend, precision)]
-        cells = {v: max((p for p in mine if p.variant == v), key=lambda p: p.max_abs, default=None)
-                 for v in ("dense", "pruned")}
-        gate = f"fp16 gate (cosine >= {mine[0].cosine_min:g})" if precision == "fp16" and mine[0].cosine_min else "fp32 gate"
-        t.add_row(f"parity {backend} {precision} (max abs)", _parity_cell(cells["dense"]), _parity_cell(cells["pruned"]),
-                  gate if all(p.passed for p in mine) else "[bold red]parity FAILED[/]")
+        cells = {
+            v: max((p for p in mine if p.variant == v), key=lambda p: p.max_abs, default=None)
+            for v in ("dense", "pruned")
+        }
+        gate = (
+            f"fp16 gate (cosine >= {mine[0].cosine_min:g})"
+            if precision == "fp16" and mine[0].cosine_min
+            else "fp32 gate"
+        )
+        t.add_row(
+            f"parity {backend} {precision} (max abs)",
+            _parity_cell(cells["dense"]),
+            _parity_cell(cells["pruned"]),
+            gate if all(p.passed for p in mine) else "[bold red]parity FAILED[/]",
+        )
     return t
 
 
@@ -87,7 +141,9 @@ def _parity_cell(p: record.Parity | None) -> str:
 
 
 def _ms(p: record.LatencyPoint) -> str:
-    return f"{p.median_ms:.3f} ms" + (f" [{p.median_ci[0]:.3f}, {p.median_ci[1]:.3f}]" if p.median_ci else "")
+    return f"{p.median_ms:.3f} ms" + (
+        f" [{p.median_ci[0]:.3f}, {p.median_ci[1]:.3f}]" if p.median_ci else ""
+    )
 
 
 def speedup_cell(d: record.LatencyPoint, p: record.LatencyPoint) -> str:
@@ -105,7 +161,10 @@ def speedup_cell(d: record.LatencyPoint, p: record.LatencyPoint) -> str:
         sessions = f", {ci['sessions']} sessions" if ci.get("sessions") else ""
         why = f"CI ±{ci['relative_half_width']:.1%}{sessions}, {ci['blocks']} block pairs"
         if ci.get("met") is False:
-            why = f"CI ±{ci['relative_half_width']:.1%} > {ci['target']:.1%} within the time budget{sessions}"
+            why = (
+                f"CI ±{ci['relative_half_width']:.1%} > {ci['target']:.1%} within the time"
+                f" budget{sessions}"
+            )
     else:
         why = f"cov {max(d.cov, p.cov):.1%}"
     outliers = sum((d.outliers or {}).values()) + sum((p.outliers or {}).values())
@@ -113,4 +172,6 @@ def speedup_cell(d: record.LatencyPoint, p: record.LatencyPoint) -> str:
         why += f", {outliers} outliers kept"
     if throttle:
         why += f", GPU throttle: {', '.join(throttle)}"
-    return text + (f" ({why}{again})" if d.stable and p.stable else f" [yellow](unstable: {why}{again})[/]")
+    return text + (
+        f" ({why}{again})" if d.stable and p.stable else f" [yellow](unstable: {why}{again})[/]"
+    )

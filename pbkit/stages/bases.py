@@ -26,43 +26,102 @@ from pbkit.tasks import Task
 Weights = dict[str, Any]  # weights, weights_path, weights_sha256 (record.ModelInfo fields)
 
 
-def obtain(cfg: config.Config, spec: ModelSpec, task: Task, bundle: DataBundle | None, bases_dir: Path,
-           quiet: bool = False, dev: torch.device | None = None) -> tuple[nn.Module, Weights, dict[str, Any] | None]:
+def obtain(
+    cfg: config.Config,
+    spec: ModelSpec,
+    task: Task,
+    bundle: DataBundle | None,
+    bases_dir: Path,
+    quiet: bool = False,
+    dev: torch.device | None = None,
+) -> tuple[nn.Module, Weights, dict[str, Any] | None]:
     """The dense base model on ``dev`` (trained there when pbkit trains it), how its weights came
     to be, and its training history if trained."""
-    model, w, history = _obtain(cfg, spec, task, bundle, bases_dir, quiet, dev or torch.device("cpu"))
+    model, w, history = _obtain(
+        cfg, spec, task, bundle, bases_dir, quiet, dev or torch.device("cpu")
+    )
     return model.to(dev or torch.device("cpu")), w, history
 
 
-def _obtain(cfg: config.Config, spec: ModelSpec, task: Task, bundle: DataBundle | None, bases_dir: Path,
-            quiet: bool, dev: torch.device) -> tuple[nn.Module, Weights, dict[str, Any] | None]:
+def _obtain(
+    cfg: config.Config,
+    spec: ModelSpec,
+    task: Task,
+    bundle: DataBundle | None,
+    bases_dir: Path,
+    quiet: bool,
+    dev: torch.device,
+) -> tuple[nn.Module, Weights, dict[str, Any] | None]:
     m = cfg.model
     if m.weights == "checkpoint":
         assert m.checkpoint is not None  # the run's identity checked it
         model = checkpoint.load_base(spec, m.checkpoint, trust=m.trust_checkpoint, seed=m.seed)
         path = str(Path(m.checkpoint).expanduser().resolve())
-        return model, {"weights": "checkpoint", "weights_path": path, "weights_sha256": sha256_file(path)}, None
+        return (
+            model,
+            {"weights": "checkpoint", "weights_path": path, "weights_sha256": sha256_file(path)},
+            None,
+        )
     if m.weights == "pretrained":
         model = build(spec, pretrained=True, seed=m.seed)
-        return model, {"weights": "pretrained", "weights_path": None,
-                       "weights_sha256": weights.state_sha256(model)}, None
+        return (
+            model,
+            {
+                "weights": "pretrained",
+                "weights_path": None,
+                "weights_sha256": weights.state_sha256(model),
+            },
+            None,
+        )
     model = build(spec, seed=m.seed)
     if bundle is None or not trains_base(cfg):
-        return model, {"weights": "random", "weights_path": None, "weights_sha256": weights.state_sha256(model)}, None
-    key = json.dumps({"spec": spec.to_dict(), "seed": m.seed, "dataset": _data_key(cfg),
-                      "recipe": trained_fields(cfg, cfg.base)}, sort_keys=True)
-    path = bases_dir / f"{slug(spec.name)}__{bundle.name}__{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        return (
+            model,
+            {
+                "weights": "random",
+                "weights_path": None,
+                "weights_sha256": weights.state_sha256(model),
+            },
+            None,
+        )
+    key = json.dumps(
+        {
+            "spec": spec.to_dict(),
+            "seed": m.seed,
+            "dataset": _data_key(cfg),
+            "recipe": trained_fields(cfg, cfg.base),
+        },
+        sort_keys=True,
+    )
+    path = (
+        bases_dir
+        / f"{slug(spec.name)}__{bundle.name}__{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    )
     ensure_writable_dir(bases_dir)
-    with lock.exclusive(bases_dir / f".{path.name}.lock",
-                        on_wait=lambda who: note(f"base {path.name} is being trained by {who}; waiting", quiet)):
+    with lock.exclusive(
+        bases_dir / f".{path.name}.lock",
+        on_wait=lambda who: note(f"base {path.name} is being trained by {who}; waiting", quiet),
+    ):
         if path.is_file():
             note(f"reusing base model {path}", quiet)
             model, _, extra = checkpoint.load_model(path)
             return model, _trained(path), extra.get("training")
-        steps = Steps(f"training base {spec.name} on {bundle.name}{distributed.label(cfg)}", cfg.base.epochs, quiet)
+        steps = Steps(
+            f"training base {spec.name} on {bundle.name}{distributed.label(cfg)}",
+            cfg.base.epochs,
+            quiet,
+        )
         model.to(dev)
-        history = distributed.train(cfg, task, model, bundle, spec, cfg.base.model_dump(), what="base training",
-                                    on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)))
+        history = distributed.train(
+            cfg,
+            task,
+            model,
+            bundle,
+            spec,
+            cfg.base.model_dump(),
+            what="base training",
+            on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)),
+        )
         steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
         checkpoint.save_model(model, spec, path, extra={"training": history})
     return model, _trained(path), history
@@ -77,7 +136,9 @@ def _data_key(cfg: config.Config) -> dict[str, Any]:
     return d
 
 
-def teacher(cfg: config.Config, dense: Callable[[], nn.Module], dev: torch.device | None = None) -> nn.Module | None:
+def teacher(
+    cfg: config.Config, dense: Callable[[], nn.Module], dev: torch.device | None = None
+) -> nn.Module | None:
     """The distillation teacher when ``finetune.kd`` is on: the named model file, else the run's own
     dense base (``dense()``); on ``dev`` (the student's), in eval mode, without gradients."""
     kd = cfg.finetune.kd

@@ -28,9 +28,27 @@ from pbkit.tasks import Task
 from pbkit.tasks import get as get_task
 
 VARIANTS = (DENSE, PRUNED)
-SETTINGS_KEPT = ("warmup_s", "warmup_iters", "min_time_s", "min_iters", "gpu_min_time_s", "gpu_min_iters", "rounds",
-                 "cov_limit", "max_repeats", "channels_last", "compile_mode", "memory", "block_s", "ci_target",
-                 "confidence", "max_time_s", "gpu_max_time_s", "sessions", "session_warmup_iters")
+SETTINGS_KEPT = (
+    "warmup_s",
+    "warmup_iters",
+    "min_time_s",
+    "min_iters",
+    "gpu_min_time_s",
+    "gpu_min_iters",
+    "rounds",
+    "cov_limit",
+    "max_repeats",
+    "channels_last",
+    "compile_mode",
+    "memory",
+    "block_s",
+    "ci_target",
+    "confidence",
+    "max_time_s",
+    "gpu_max_time_s",
+    "sessions",
+    "session_warmup_iters",
+)
 
 
 def pairs(cfg: config.Config, quiet: bool = False) -> list[tuple[backends.Backend, str]]:
@@ -41,8 +59,10 @@ def pairs(cfg: config.Config, quiet: bool = False) -> list[tuple[backends.Backen
     for be in chosen:
         mine = [p for p in b.precisions if p in be.precisions]
         if not mine:
-            raise PbkitError(f"backend {be.name!r} runs {', '.join(be.precisions)}; bench.precisions asks for "
-                             f"{', '.join(b.precisions)}")
+            raise PbkitError(
+                f"backend {be.name!r} runs {', '.join(be.precisions)}; bench.precisions asks for "
+                f"{', '.join(b.precisions)}"
+            )
         out += [(be, p) for p in mine]
         skipped += [f"{be.name}/{p}" for p in b.precisions if p not in be.precisions]
     if skipped:
@@ -55,12 +75,19 @@ def protocol_settings(cfg: config.Config, device: str) -> dict[str, Any]:
     b = cfg.bench
     quick = protocol.QUICK if b.quick else {}
     if device == "cuda":
-        return {**b.model_dump(), "min_time_s": b.gpu_min_time_s, "min_iters": b.gpu_min_iters,
-                "max_time_s": b.gpu_max_time_s, **quick}
+        return {
+            **b.model_dump(),
+            "min_time_s": b.gpu_min_time_s,
+            "min_iters": b.gpu_min_iters,
+            "max_time_s": b.gpu_max_time_s,
+            **quick,
+        }
     return {**b.model_dump(), **quick}
 
 
-def _artifact(run_dir: Path, rec: record.Record, be: backends.Backend, variant: str, precision: str) -> Path:
+def _artifact(
+    run_dir: Path, rec: record.Record, be: backends.Backend, variant: str, precision: str
+) -> Path:
     if be.artifact == "model":
         return model_file(run_dir, rec, variant)
     if be.artifact == "onnx":
@@ -68,15 +95,24 @@ def _artifact(run_dir: Path, rec: record.Record, be: backends.Backend, variant: 
     return run_dir / export.engine_file(variant, precision)
 
 
-def _ensure_artifacts(run_dir: Path, rec: record.Record, cfg: config.Config, todo: list[tuple[backends.Backend, str]],
-                      quiet: bool) -> record.Record:
+def _ensure_artifacts(
+    run_dir: Path,
+    rec: record.Record,
+    cfg: config.Config,
+    todo: list[tuple[backends.Backend, str]],
+    quiet: bool,
+) -> record.Record:
     """Export what the chosen backends run and is missing: ONNX files, TensorRT engines."""
     if any(be.artifact != "model" for be, _ in todo) and not export.onnx_ready(run_dir):
         note("no ONNX files yet: exporting first", quiet)
         rec = export.to_onnx(run_dir, rec, cfg, quiet)
     for precision in dict.fromkeys(p for be, p in todo if be.artifact == "engine"):
         if not export.engines_ready(rec, run_dir, precision, cfg.bench.batches):
-            note(f"no TensorRT {precision} engines for batches {cfg.bench.batches} yet: building them first", quiet)
+            note(
+                f"no TensorRT {precision} engines for batches {cfg.bench.batches} yet: building"
+                " them first",
+                quiet,
+            )
             rec = export.to_tensorrt(run_dir, rec, cfg, [precision], cfg.bench.batches, quiet)
     return rec
 
@@ -92,7 +128,9 @@ class _Gpu:
             return
         self.info = next((g for g in env["gpus"] if g.get("index") == device), None)
         if self.info is None:
-            raise PbkitError(f"bench.device={device}: no such CUDA device (found {len(env['gpus'])})")
+            raise PbkitError(
+                f"bench.device={device}: no such CUDA device (found {len(env['gpus'])})"
+            )
         self.handle = gpumon.handle_for(self.info.get("uuid"), device, env["unavailable"])
 
     def monitor(self) -> protocol.Monitor | None:
@@ -101,8 +139,11 @@ class _Gpu:
 
     def finish(self, env: dict[str, Any]) -> None:
         if self.info is not None:
-            self.info["state_end"] = gpumon.state(self.handle, env["unavailable"], "gpu.state_end") \
-                if self.handle is not None else None
+            self.info["state_end"] = (
+                gpumon.state(self.handle, env["unavailable"], "gpu.state_end")
+                if self.handle is not None
+                else None
+            )
             self.info["throttle_reasons_seen"] = sorted(self.reasons)
 
 
@@ -117,7 +158,9 @@ class _Point:
         self.flags: dict[str, dict[str, Any]] = {}
         self.core: int | None = None  # the core the measuring thread was pinned to
 
-    def build(self, variant: str, spec: RunSpec, settings: dict[str, Any], gpu: _Gpu, track: bool) -> Runner:
+    def build(
+        self, variant: str, spec: RunSpec, settings: dict[str, Any], gpu: _Gpu, track: bool
+    ) -> Runner:
         runner, mem, warm = build_runner(self.be, spec, settings, gpu.handle, track)
         self.runners[variant], self.warmed[variant] = runner, warm
         if track:  # memory is recorded while the first session's runners are built
@@ -133,7 +176,9 @@ class _Point:
             torch.cuda.empty_cache()
 
 
-def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = False) -> record.Record:
+def run(
+    run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = False
+) -> record.Record:
     """Measure every (backend, precision, batch) point; replace those points in the record."""
     todo = pairs(cfg, quiet)
     rec = _ensure_artifacts(run_dir, rec, cfg, todo, quiet)
@@ -157,28 +202,52 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
         be, precision, batch = point.be, point.precision, point.batch
         # a later session re-warms for warmup_s and session_warmup_iters calls: what a fresh runner
         # needs (allocation, first-call effects), not the whole first warm-up again
-        later = {**settings, "warmup_iters": min(int(settings["warmup_iters"]), b.session_warmup_iters)}
+        later = {
+            **settings,
+            "warmup_iters": min(int(settings["warmup_iters"]), b.session_warmup_iters),
+        }
 
         @contextlib.contextmanager
-        def session(k: int) -> Iterator[tuple[dict[str, protocol.Runner], dict[str, tuple[float, int]] | None]]:
+        def session(
+            k: int,
+        ) -> Iterator[tuple[dict[str, protocol.Runner], dict[str, tuple[float, int]] | None]]:
             # pinned from the start: built and warmed up on the core it is measured on (a thread moved
             # to another core after its warm-up runs its first blocks on cold caches)
             with protocol.pinned(threads if be.device == "cpu" else 0) as point.core:
                 try:
                     for v in VARIANTS:
-                        spec = RunSpec(path=_artifact(run_dir, rec, be, v, precision), x=point.x,
-                                       precision=precision, threads=threads, channels_last=b.channels_last,
-                                       compile_mode=b.compile_mode, cache_dir=run_dir / "trt-cache",
-                                       device_index=b.device)
-                        runner = point.build(v, spec, settings if k == 0 else later, gpu, b.memory and k == 0)
+                        spec = RunSpec(
+                            path=_artifact(run_dir, rec, be, v, precision),
+                            x=point.x,
+                            precision=precision,
+                            threads=threads,
+                            channels_last=b.channels_last,
+                            compile_mode=b.compile_mode,
+                            cache_dir=run_dir / "trt-cache",
+                            device_index=b.device,
+                        )
+                        runner = point.build(
+                            v, spec, settings if k == 0 else later, gpu, b.memory and k == 0
+                        )
                         if k == 0:
                             if (v, batch) not in refs:
                                 refs[(v, batch)] = parity.reference_outputs(ref_models[v], point.x)
-                            checks.append(_parity(task, runner, refs[(v, batch)], cfg.export, be.name, v, precision,
-                                                  batch))
+                            checks.append(
+                                _parity(
+                                    task,
+                                    runner,
+                                    refs[(v, batch)],
+                                    cfg.export,
+                                    be.name,
+                                    v,
+                                    precision,
+                                    batch,
+                                )
+                            )
                     yield dict[str, protocol.Runner](point.runners), dict(point.warmed)
                 finally:
                     point.close()
+
         return session
 
     grid = [(be, precision, batch) for be, precision in todo for batch in b.batches]
@@ -187,24 +256,47 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
         settings = gpu_settings if be.device == "cuda" else cpu_settings
         if not be.fresh_sessions:
             settings = {**settings, "sessions": 1}
-        point = _Point(be, precision, batch, counts.example_input(rec.model.input_size, batch=batch, seed=2))
+        point = _Point(
+            be, precision, batch, counts.example_input(rec.model.input_size, batch=batch, seed=2)
+        )
 
-        def progress(k: int, r: dict[str, dict[str, Any]], i: int = i, label: str = f"{be.name}/{precision} b{batch}"
-                     ) -> None:
-            steps.update(i, f"{label}: session {k}: {r[DENSE]['median_ms']:.3f} -> {r[PRUNED]['median_ms']:.3f} ms")
+        def progress(
+            k: int,
+            r: dict[str, dict[str, Any]],
+            i: int = i,
+            label: str = f"{be.name}/{precision} b{batch}",
+        ) -> None:
+            steps.update(
+                i,
+                f"{label}: session {k}: {r[DENSE]['median_ms']:.3f} ->"
+                f" {r[PRUNED]['median_ms']:.3f} ms",
+            )
 
-        res = protocol.measure_sessions(opener(point, settings), settings,
-                                        monitor=gpu.monitor() if be.device == "cuda" else None, on_session=progress)
+        res = protocol.measure_sessions(
+            opener(point, settings),
+            settings,
+            monitor=gpu.monitor() if be.device == "cuda" else None,
+            on_session=progress,
+        )
         point.flags = {v: {**f, "pinned_core": point.core} for v, f in point.flags.items()}
         for v in VARIANTS:
             gpu.reasons.update(res[v]["throttle_reasons"])
-            points.append(_latency(point, v, res, run_dir, rec, threads if be.device == "cpu" else None, b.quick))
+            points.append(
+                _latency(
+                    point, v, res, run_dir, rec, threads if be.device == "cpu" else None, b.quick
+                )
+            )
         sp = res[DENSE]["median_ms"] / res[PRUNED]["median_ms"]
         ci = res[PRUNED].get("ci") or {}
         how = f"{ci['sessions']} sessions, " if ci.get("sessions") else ""
-        steps.update(i + 1, f"{be.name}/{precision} b{batch}: {res[DENSE]['median_ms']:.3f} -> "
-                            f"{res[PRUNED]['median_ms']:.3f} ms ({uncertainty.fmt(sp, res[PRUNED].get('speedup_ci'))}"
-                            + (f", {how}{ci['blocks']} block pairs, stopped by {ci['stop']}" if ci else "") + ")")
+        steps.update(
+            i + 1,
+            f"{be.name}/{precision} b{batch}: {res[DENSE]['median_ms']:.3f} ->"
+            f" {res[PRUNED]['median_ms']:.3f} ms"
+            f" ({uncertainty.fmt(sp, res[PRUNED].get('speedup_ci'))}"
+            + (f", {how}{ci['blocks']} block pairs, stopped by {ci['stop']}" if ci else "")
+            + ")",
+        )
     steps.close()
 
     def key(p: record.LatencyPoint) -> tuple[Any, ...]:
@@ -214,36 +306,78 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
     rec.latency = [p for p in rec.latency if key(p) not in fresh] + points
     export.merge_parity(rec, checks)
     if rec.counts.channel_alignment is None:  # records made before alignment was recorded
-        rec.counts.channel_alignment = counts.channel_alignment(counts.layer_widths(ref_models[DENSE]),
-                                                                counts.layer_widths(ref_models[PRUNED]))
+        rec.counts.channel_alignment = counts.channel_alignment(
+            counts.layer_widths(ref_models[DENSE]), counts.layer_widths(ref_models[PRUNED])
+        )
     gpu.finish(env)
     rec.bench = {k: v for k, v in cpu_settings.items() if k in SETTINGS_KEPT}
-    rec.bench.update(quick=b.quick, threads=threads, measured_utc=utc_now(), host=env["host"],
-                     cpu_state=cpustate.between(cpu_before, cpustate.snapshot()),
-                     gpu=None if gpu.info is None else {k: gpu.info.get(k) for k in ("index", "name", "uuid")})
+    rec.bench.update(
+        quick=b.quick,
+        threads=threads,
+        measured_utc=utc_now(),
+        host=env["host"],
+        cpu_state=cpustate.between(cpu_before, cpustate.snapshot()),
+        gpu=None if gpu.info is None else {k: gpu.info.get(k) for k in ("index", "name", "uuid")},
+    )
     clock.finish(rec, cfg, env)
     record.write(run_dir, rec)
     return rec
 
 
-def _parity(task: Task, runner: Runner, ref: list[Any], e: config.ExportCfg, backend: str, variant: str,
-            precision: str, batch: int) -> record.Parity:
+def _parity(
+    task: Task,
+    runner: Runner,
+    ref: list[Any],
+    e: config.ExportCfg,
+    backend: str,
+    variant: str,
+    precision: str,
+    batch: int,
+) -> record.Parity:
     got, label = task.parity_outputs(runner.outputs())
     ref, _ = task.parity_outputs(ref)
-    return record.Parity(backend=backend, variant=variant, precision=precision, batch=batch,
-                         **parity.check(got, ref, e, precision, label))
+    return record.Parity(
+        backend=backend,
+        variant=variant,
+        precision=precision,
+        batch=batch,
+        **parity.check(got, ref, e, precision, label),
+    )
 
 
-def _latency(point: _Point, v: str, res: dict[str, dict[str, Any]], run_dir: Path, rec: record.Record,
-             threads: int | None, quick: bool) -> record.LatencyPoint:
-    r = {k: x for k, x in res[v].items() if k != "speedup"}  # (the speed-up is the ratio of the medians below)
+def _latency(
+    point: _Point,
+    v: str,
+    res: dict[str, dict[str, Any]],
+    run_dir: Path,
+    rec: record.Record,
+    threads: int | None,
+    quick: bool,
+) -> record.LatencyPoint:
+    r = {
+        k: x for k, x in res[v].items() if k != "speedup"
+    }  # (the speed-up is the ratio of the medians below)
     be, batch, precision = point.be, point.batch, point.precision
     dense_gpu, mine_gpu = res[DENSE].get("gpu_compute"), r.get("gpu_compute")
     return record.LatencyPoint(
-        backend=be.name, device=be.device, variant=v, batch=batch, precision=precision, threads=threads,
-        throughput_ips=batch * r["n"] / r["duration_s"] if r["duration_s"] > 0 else 0.0, quick=quick,
+        backend=be.name,
+        device=be.device,
+        variant=v,
+        batch=batch,
+        precision=precision,
+        threads=threads,
+        throughput_ips=batch * r["n"] / r["duration_s"] if r["duration_s"] > 0 else 0.0,
+        quick=quick,
         artifact_sha256=sha256_file(_artifact(run_dir, rec, be, v, precision)),
         speedup_vs_dense=(res[DENSE]["median_ms"] / r["median_ms"]) if v == PRUNED else None,
-        gpu_speedup_vs_dense=(dense_gpu["median_ms"] / mine_gpu["median_ms"])
-        if v == PRUNED and dense_gpu and mine_gpu else None,
-        flags=point.flags[v], memory=point.memory.get(v), input_shape=list(point.x.shape), dtype=precision, **r)
+        gpu_speedup_vs_dense=(
+            (dense_gpu["median_ms"] / mine_gpu["median_ms"])
+            if v == PRUNED and dense_gpu and mine_gpu
+            else None
+        ),
+        flags=point.flags[v],
+        memory=point.memory.get(v),
+        input_shape=list(point.x.shape),
+        dtype=precision,
+        **r,
+    )

@@ -57,37 +57,78 @@ def label(cfg: config.Config) -> str:
     return f" across {cfg.distributed.world_size} processes" if across(cfg) else ""
 
 
-def train(cfg: config.Config, task: Task, model: nn.Module, bundle: DataBundle, spec: ModelSpec,
-          recipe: dict[str, Any], *, what: str, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-          teacher: nn.Module | None = None, teacher_file: Path | None = None, kd: KDCfg | None = None
-          ) -> dict[str, Any]:
+def train(
+    cfg: config.Config,
+    task: Task,
+    model: nn.Module,
+    bundle: DataBundle,
+    spec: ModelSpec,
+    recipe: dict[str, Any],
+    *,
+    what: str,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    teacher: nn.Module | None = None,
+    teacher_file: Path | None = None,
+    kd: KDCfg | None = None,
+) -> dict[str, Any]:
     """The task's training of ``model`` (in place) with ``recipe``: in this process, or across
     ``cfg.distributed``'s processes (the teacher then comes from ``teacher_file``). Returns the
     recipe as run with its history, and across processes ``distributed`` (how it ran)."""
     if not across(cfg):
-        return task.train(model, bundle, spec, recipe, eval_batch_size=cfg.dataset.eval_batch_size,
-                          on_epoch=on_epoch, teacher=teacher, kd=kd)
-    return _train_across(cfg, task, model, spec, recipe, what=what, on_epoch=on_epoch, teacher_file=teacher_file,
-                         kd=kd)
+        return task.train(
+            model,
+            bundle,
+            spec,
+            recipe,
+            eval_batch_size=cfg.dataset.eval_batch_size,
+            on_epoch=on_epoch,
+            teacher=teacher,
+            kd=kd,
+        )
+    return _train_across(
+        cfg,
+        task,
+        model,
+        spec,
+        recipe,
+        what=what,
+        on_epoch=on_epoch,
+        teacher_file=teacher_file,
+        kd=kd,
+    )
 
 
-def _train_across(cfg: config.Config, task: Task, model: nn.Module, spec: ModelSpec, recipe: dict[str, Any], *,
-                  what: str, on_epoch: Callable[[int, dict[str, float]], None] | None,
-                  teacher_file: Path | None, kd: KDCfg | None) -> dict[str, Any]:
+def _train_across(
+    cfg: config.Config,
+    task: Task,
+    model: nn.Module,
+    spec: ModelSpec,
+    recipe: dict[str, Any],
+    *,
+    what: str,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+    teacher_file: Path | None,
+    kd: KDCfg | None,
+) -> dict[str, Any]:
     d = cfg.distributed
     if task.not_distributed:
         raise PbkitError(f"{what} across processes: {task.not_distributed}")
     if int(recipe["batch_size"]) % d.world_size:
-        raise PbkitError(f"{what} across {d.world_size} processes: batch_size {recipe['batch_size']} is the global "
-                         f"batch and must split evenly among them")
+        raise PbkitError(
+            f"{what} across {d.world_size} processes: batch_size {recipe['batch_size']} is the"
+            " global batch and must split evenly among them"
+        )
     backend = _backend(cfg)
     home = device.of(model)
     with tempfile.TemporaryDirectory(prefix="pbkit-ddp-") as tmp:
         folder = Path(tmp)
         checkpoint.save_model(model.cpu(), spec, folder / "model.pt")
-        job = {"config": cfg.model_dump(mode="json"), "recipe": recipe,
-               "kd": kd.model_dump() if kd is not None and kd.enabled else None,
-               "teacher": str(teacher_file) if teacher_file is not None else None}
+        job = {
+            "config": cfg.model_dump(mode="json"),
+            "recipe": recipe,
+            "kd": kd.model_dump() if kd is not None and kd.enabled else None,
+            "teacher": str(teacher_file) if teacher_file is not None else None,
+        }
         (folder / "job.json").write_text(json.dumps(job))
         _launch(d, backend, folder, cfg.device, what, on_epoch)
         trained, _, extra = checkpoint.load_model(folder / "trained.pt")
@@ -101,42 +142,80 @@ def _backend(cfg: config.Config) -> str:
     d = cfg.distributed
     cuda = cfg.device != "cpu" and torch.cuda.is_available()
     if re.fullmatch(r"cuda:\d+", cfg.device) and d.nproc_per_node > 1:
-        raise PbkitError(f"device {cfg.device} names one GPU, but distributed.nproc_per_node={d.nproc_per_node} "
-                         "runs one process per GPU; use device=auto or device=cuda")
+        raise PbkitError(
+            f"device {cfg.device} names one GPU, but distributed.nproc_per_node={d.nproc_per_node} "
+            "runs one process per GPU; use device=auto or device=cuda"
+        )
     if cfg.device == "cuda" and not cuda:
         device.resolve(cfg.device)  # raises its one line
     if cuda and d.nproc_per_node > torch.cuda.device_count():
-        raise PbkitError(f"distributed.nproc_per_node={d.nproc_per_node} but only {torch.cuda.device_count()} CUDA "
-                         "device(s) are visible (one process per GPU)")
+        raise PbkitError(
+            f"distributed.nproc_per_node={d.nproc_per_node} but only {torch.cuda.device_count()}"
+            " CUDA device(s) are visible (one process per GPU)"
+        )
     backend = d.backend if d.backend != "auto" else ("nccl" if cuda else "gloo")
     if backend == "nccl" and not cuda:
-        raise PbkitError("distributed.backend=nccl needs CUDA devices; use gloo (or auto) on the CPU")
+        raise PbkitError(
+            "distributed.backend=nccl needs CUDA devices; use gloo (or auto) on the CPU"
+        )
     return backend
 
 
-def launch_command(d: DistributedCfg, backend: str, job: Path | None, device_name: str) -> list[str]:
+def launch_command(
+    d: DistributedCfg, backend: str, job: Path | None, device_name: str
+) -> list[str]:
     """torchrun's command line for this machine's share of the job (``job`` None: join one)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={d.nproc_per_node}",
-           f"--nnodes={d.nnodes}", "--max-restarts=0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={d.nproc_per_node}",
+        f"--nnodes={d.nnodes}",
+        "--max-restarts=0",
+    ]
     if d.nnodes == 1:
         cmd.append("--standalone")
     else:
         cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={d.rdzv_endpoint}", "--rdzv-id=pbkit"]
-    cmd += ["-m", WORKER, f"--backend={backend}", f"--timeout-s={d.timeout_s}", f"--device={device_name}"]
+    cmd += [
+        "-m",
+        WORKER,
+        f"--backend={backend}",
+        f"--timeout-s={d.timeout_s}",
+        f"--device={device_name}",
+    ]
     return cmd + ([str(job)] if job is not None else [])
 
 
-def _launch(d: DistributedCfg, backend: str, folder: Path, device_name: str, what: str,
-            on_epoch: Callable[[int, dict[str, float]], None] | None) -> None:
+def _launch(
+    d: DistributedCfg,
+    backend: str,
+    folder: Path,
+    device_name: str,
+    what: str,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+) -> None:
     cmd = launch_command(d, backend, folder, device_name)
-    code, error, tail = run_torchrun(cmd, d.nproc_per_node, on_epoch, tmp=folder)  # torchrun's files go with the job
+    code, error, tail = run_torchrun(
+        cmd, d.nproc_per_node, on_epoch, tmp=folder
+    )  # torchrun's files go with the job
     if code != 0 or not (folder / "trained.pt").is_file():
-        cause = error or _torchrun_cause(tail) or (tail[-1] if tail else f"torchrun ended with exit code {code}")
-        raise PbkitError(f"{what} across {d.world_size} processes failed: {cause}; nothing of it was written")
+        cause = (
+            error
+            or _torchrun_cause(tail)
+            or (tail[-1] if tail else f"torchrun ended with exit code {code}")
+        )
+        raise PbkitError(
+            f"{what} across {d.world_size} processes failed: {cause}; nothing of it was written"
+        )
 
 
-def run_torchrun(cmd: list[str], nproc: int, on_epoch: Callable[[int, dict[str, float]], None] | None,
-                 tmp: Path | None = None) -> tuple[int, str | None, list[str]]:
+def run_torchrun(
+    cmd: list[str],
+    nproc: int,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+    tmp: Path | None = None,
+) -> tuple[int, str | None, list[str]]:
     """Run torchrun (its temporary files under ``tmp``); epochs reported go to ``on_epoch``; return
     its exit code, the first rank's one-line error (if a rank said one) and the last lines it
     printed otherwise."""
@@ -144,8 +223,14 @@ def run_torchrun(cmd: list[str], nproc: int, on_epoch: Callable[[int, dict[str, 
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(threads)}
     if tmp is not None:
         env["TMPDIR"] = str(tmp)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=False)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=False,
+    )
     tail: collections.deque[str] = collections.deque(maxlen=60)
     error: list[str] = []
     assert proc.stdout is not None
@@ -154,10 +239,10 @@ def run_torchrun(cmd: list[str], nproc: int, on_epoch: Callable[[int, dict[str, 
             line = raw.rstrip("\n")
             at = line.find(EPOCH)
             if at >= 0 and on_epoch is not None:
-                row = json.loads(line[at + len(EPOCH):])
+                row = json.loads(line[at + len(EPOCH) :])
                 on_epoch(int(row["epoch"]), row)
             elif (at := line.find(ERROR)) >= 0:
-                error.append(line[at + len(ERROR):])
+                error.append(line[at + len(ERROR) :])
             elif line.strip():
                 tail.append(line)
     except BaseException:
@@ -185,7 +270,9 @@ def _torchrun_cause(tail: list[str]) -> str | None:
 # ------------------------------------------------------------------------------------------ a rank
 
 
-def _receive(job_dir: Path | None, dev: torch.device) -> tuple[dict[str, Any], dict[str, bytes], int]:
+def _receive(
+    job_dir: Path | None, dev: torch.device
+) -> tuple[dict[str, Any], dict[str, bytes], int]:
     """The job and its files on every rank, from the lowest rank that holds them; and that rank."""
     import torch.distributed as dist
 
@@ -194,7 +281,9 @@ def _receive(job_dir: Path | None, dev: torch.device) -> tuple[dict[str, Any], d
     dist.all_gather(flags, holds)
     source = next((i for i, f in enumerate(flags) if int(f.item())), None)
     if source is None:
-        raise PbkitError("no process of this job holds it (every machine joined; start the run with `pbkit run`)")
+        raise PbkitError(
+            "no process of this job holds it (every machine joined; start the run with `pbkit run`)"
+        )
     payload: list[Any] = [None]
     if dist.get_rank() == source:
         assert job_dir is not None
@@ -216,14 +305,23 @@ def _rank_main(job_dir: Path | None, backend: str, timeout_s: float, device_name
     from pbkit.train.distributed import Dist
 
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device("cuda", local) if backend == "nccl" or (
-        device_name != "cpu" and torch.cuda.is_available()) else torch.device("cpu")
+    dev = (
+        torch.device("cuda", local)
+        if backend == "nccl" or (device_name != "cpu" and torch.cuda.is_available())
+        else torch.device("cpu")
+    )
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     try:
         job, files, source = _receive(job_dir, dev)
-        d = Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local, device=dev, writer=source)
+        d = Dist(
+            rank=dist.get_rank(),
+            world=dist.get_world_size(),
+            local_rank=local,
+            device=dev,
+            writer=source,
+        )
         cfg = config.validate(job["config"], "distributed job")
         with tempfile.TemporaryDirectory(prefix="pbkit-rank-") as tmp:
             for name, data in files.items():
@@ -237,16 +335,31 @@ def _rank_main(job_dir: Path | None, backend: str, timeout_s: float, device_name
         assert bundle is not None
         task = get_task(spec.task)
         kd = KDCfg(**job["kd"]) if job.get("kd") else None
-        history = task.train(model, bundle, spec, job["recipe"], eval_batch_size=cfg.dataset.eval_batch_size,
-                             on_epoch=_report if d.is_writer else None, teacher=teacher, kd=kd, dist=d)
-        history["distributed"] = {"world_size": d.world, "nnodes": int(os.environ.get("GROUP_WORLD_SIZE", "1")),
-                                  "nproc_per_node": int(os.environ.get("LOCAL_WORLD_SIZE", str(d.world))),
-                                  "backend": backend, "global_batch": int(job["recipe"]["batch_size"]),
-                                  "per_rank_batch": d.local_batch(int(job["recipe"]["batch_size"])),
-                                  "device": f"{device.name(dev)} x{d.world}"}
+        history = task.train(
+            model,
+            bundle,
+            spec,
+            job["recipe"],
+            eval_batch_size=cfg.dataset.eval_batch_size,
+            on_epoch=_report if d.is_writer else None,
+            teacher=teacher,
+            kd=kd,
+            dist=d,
+        )
+        history["distributed"] = {
+            "world_size": d.world,
+            "nnodes": int(os.environ.get("GROUP_WORLD_SIZE", "1")),
+            "nproc_per_node": int(os.environ.get("LOCAL_WORLD_SIZE", str(d.world))),
+            "backend": backend,
+            "global_batch": int(job["recipe"]["batch_size"]),
+            "per_rank_batch": d.local_batch(int(job["recipe"]["batch_size"])),
+            "device": f"{device.name(dev)} x{d.world}",
+        }
         if d.is_writer:
             assert job_dir is not None
-            checkpoint.save_model(model.cpu(), spec, job_dir / "trained.pt", extra={"training": history})
+            checkpoint.save_model(
+                model.cpu(), spec, job_dir / "trained.pt", extra={"training": history}
+            )
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -263,8 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     rest = [a for a in args if not a.startswith("--")]
     rank = os.environ.get("RANK", "?")
     try:
-        _rank_main(Path(rest[0]) if rest else None, opts.get("backend", "gloo"), float(opts.get("timeout-s", 1800)),
-                   opts.get("device", "auto"))
+        _rank_main(
+            Path(rest[0]) if rest else None,
+            opts.get("backend", "gloo"),
+            float(opts.get("timeout-s", 1800)),
+            opts.get("device", "auto"),
+        )
     except PbkitError as e:
         print(f"{ERROR}rank {rank}: {e}", flush=True)
         return 1

@@ -34,6 +34,7 @@ def engine_file(variant: str, precision: str) -> str:
 
 def merge_parity(rec: record.Record, fresh: list[record.Parity]) -> None:
     """Replace the parity entries of the same (backend, variant, precision, batch), keep the rest."""
+
     def key(p: record.Parity) -> tuple[Any, ...]:
         return p.backend, p.variant, p.precision, p.batch
 
@@ -41,12 +42,16 @@ def merge_parity(rec: record.Record, fresh: list[record.Parity]) -> None:
     rec.parity = [p for p in rec.parity if key(p) not in keep] + fresh
 
 
-def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = False) -> record.Record:
+def run(
+    run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = False
+) -> record.Record:
     """Export to each format of ``export.formats`` (ONNX always first when its files are missing)."""
     if "onnx" in cfg.export.formats or not onnx_ready(run_dir):
         rec = to_onnx(run_dir, rec, cfg, quiet)
     if "tensorrt" in cfg.export.formats:
-        rec = to_tensorrt(run_dir, rec, cfg, cfg.export.tensorrt.precisions, cfg.bench.batches, quiet)
+        rec = to_tensorrt(
+            run_dir, rec, cfg, cfg.export.tensorrt.precisions, cfg.bench.batches, quiet
+        )
     return rec
 
 
@@ -60,13 +65,22 @@ def to_onnx(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool) 
     steps = Steps("exporting to ONNX", len(VARIANTS), quiet)
     for i, variant in enumerate(VARIANTS):
         model, spec, _ = checkpoint.load_model(model_file(run_dir, rec, variant))
-        onnx_info[variant] = onnx.to_onnx(model, spec.input_size, run_dir / ONNX_FILES[variant], e.opset, e.exporter)
+        onnx_info[variant] = onnx.to_onnx(
+            model, spec.input_size, run_dir / ONNX_FILES[variant], e.opset, e.exporter
+        )
         x = counts.example_input(spec.input_size, batch=e.parity_batch, seed=2)
         ref, label = task.parity_outputs(parity.reference_outputs(model, x))
         sess = ort_session(run_dir / ONNX_FILES[variant], cfg.bench.threads or default_threads())
         got, _ = task.parity_outputs(list(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})))
-        checks.append(record.Parity(backend="ort-cpu", variant=variant, precision="fp32", batch=e.parity_batch,
-                                    **parity.check(got, ref, e, "fp32", label)))
+        checks.append(
+            record.Parity(
+                backend="ort-cpu",
+                variant=variant,
+                precision="fp32",
+                batch=e.parity_batch,
+                **parity.check(got, ref, e, "fp32", label),
+            )
+        )
         steps.update(i + 1, variant)
     steps.close()
     rec.artifacts["onnx"] = onnx_info
@@ -77,8 +91,14 @@ def to_onnx(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool) 
     return rec
 
 
-def to_tensorrt(run_dir: Path, rec: record.Record, cfg: config.Config, precisions: list[str], batches: list[int],
-                quiet: bool) -> record.Record:
+def to_tensorrt(
+    run_dir: Path,
+    rec: record.Record,
+    cfg: config.Config,
+    precisions: list[str],
+    batches: list[int],
+    quiet: bool,
+) -> record.Record:
     """Build a TensorRT engine per model and precision, one optimisation profile per batch."""
     from pbkit.export import tensorrt
 
@@ -88,27 +108,46 @@ def to_tensorrt(run_dir: Path, rec: record.Record, cfg: config.Config, precision
     clock = StageClock("export-tensorrt")
     t = cfg.export.tensorrt
     info: dict[str, Any] = dict(rec.artifacts.get("tensorrt") or {})
-    steps = Steps(f"building TensorRT {version} engines (batches {', '.join(map(str, batches))})",
-                  len(VARIANTS) * len(precisions), quiet)
+    steps = Steps(
+        f"building TensorRT {version} engines (batches {', '.join(map(str, batches))})",
+        len(VARIANTS) * len(precisions),
+        quiet,
+    )
     done = 0
     for precision in precisions:
         for variant in VARIANTS:
             onnx_path = run_dir / ONNX_FILES[variant]
-            if tensorrt.needs_fp16_onnx(precision, version):  # TensorRT 11: a strongly typed fp16 model
+            if tensorrt.needs_fp16_onnx(
+                precision, version
+            ):  # TensorRT 11: a strongly typed fp16 model
                 model, spec, _ = checkpoint.load_model(model_file(run_dir, rec, variant))
                 onnx_path = run_dir / f"{variant}.fp16.onnx"
-                onnx.to_onnx(model.half(), spec.input_size, onnx_path, cfg.export.opset, cfg.export.exporter,
-                             dtype=torch.float16)
-            opts = tensorrt.BuildOptions(precision=precision, batches=tuple(sorted(set(batches))),
-                                         workspace_bytes=int(t.workspace_gib * (1 << 30)),
-                                         optimization_level=t.optimization_level,
-                                         timing_cache=run_dir / "trt-cache" / "timing.cache" if t.timing_cache else None)
+                onnx.to_onnx(
+                    model.half(),
+                    spec.input_size,
+                    onnx_path,
+                    cfg.export.opset,
+                    cfg.export.exporter,
+                    dtype=torch.float16,
+                )
+            opts = tensorrt.BuildOptions(
+                precision=precision,
+                batches=tuple(sorted(set(batches))),
+                workspace_bytes=int(t.workspace_gib * (1 << 30)),
+                optimization_level=t.optimization_level,
+                timing_cache=run_dir / "trt-cache" / "timing.cache" if t.timing_cache else None,
+            )
             if opts.timing_cache is not None:
                 opts.timing_cache.parent.mkdir(exist_ok=True)
-            built = tensorrt.build_engine(onnx_path, run_dir / engine_file(variant, precision), opts)
+            built = tensorrt.build_engine(
+                onnx_path, run_dir / engine_file(variant, precision), opts
+            )
             info.setdefault(precision, {})[variant] = built
             done += 1
-            steps.update(done, f"{variant} {precision}: {built['bytes'] / 1e6:.1f} MB in {built['build_s']:.0f} s")
+            steps.update(
+                done,
+                f"{variant} {precision}: {built['bytes'] / 1e6:.1f} MB in {built['build_s']:.0f} s",
+            )
     steps.close()
     rec.artifacts["tensorrt"] = info
     clock.finish(rec, cfg, envinfo.collect())
@@ -118,5 +157,9 @@ def to_tensorrt(run_dir: Path, rec: record.Record, cfg: config.Config, precision
 
 def engines_ready(rec: record.Record, run_dir: Path, precision: str, batches: list[int]) -> bool:
     built = (rec.artifacts.get("tensorrt") or {}).get(precision, {})
-    return all(v in built and (run_dir / built[v]["path"]).is_file() and set(batches) <= set(built[v]["profiles"])
-               for v in VARIANTS)
+    return all(
+        v in built
+        and (run_dir / built[v]["path"]).is_file()
+        and set(batches) <= set(built[v]["profiles"])
+        for v in VARIANTS
+    )

@@ -30,7 +30,9 @@ from pbkit.tasks import get as get_task
 from pbkit.train.loop import trainability
 
 
-def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = False) -> record.Record:
+def run(
+    run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = False
+) -> record.Record:
     clock = StageClock("finetune")
     dev = device.resolve(cfg.device)
     bundle = prune.dataset(cfg)
@@ -42,28 +44,61 @@ def run(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = Fal
     if cfg.init == "scratch":
         recipe, extra = scratch_recipe(rec, cfg)
         reinitialize(model, int(recipe["seed"]))
-        teacher, title = None, f"training the pruned architecture from scratch, {recipe['epochs']} epochs"
+        teacher, title = (
+            None,
+            f"training the pruned architecture from scratch, {recipe['epochs']} epochs",
+        )
     else:
         recipe = cfg.finetune.model_dump(exclude={"kd"})
         extra = {"init": "pruned"}
-        teacher = bases.teacher(cfg, lambda: checkpoint.load_model(run_dir / MODEL_FILES[DENSE])[0], dev)
-        title = f"finetuning {recipe['epochs']} epochs" + (" with distillation" if teacher is not None else "")
+        teacher = bases.teacher(
+            cfg, lambda: checkpoint.load_model(run_dir / MODEL_FILES[DENSE])[0], dev
+        )
+        title = f"finetuning {recipe['epochs']} epochs" + (
+            " with distillation" if teacher is not None else ""
+        )
     steps = Steps(title + distributed.label(cfg), int(recipe["epochs"]), quiet)
     kd = cfg.finetune.kd if teacher is not None else None
-    history = distributed.train(cfg, task, model, bundle, spec, recipe, what="finetuning",
-                                on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)), teacher=teacher, kd=kd,
-                                teacher_file=None if kd is None else (teacher_file(kd.teacher) if kd.teacher else
-                                                                      run_dir / MODEL_FILES[DENSE]))
+    history = distributed.train(
+        cfg,
+        task,
+        model,
+        bundle,
+        spec,
+        recipe,
+        what="finetuning",
+        on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)),
+        teacher=teacher,
+        kd=kd,
+        teacher_file=(
+            None
+            if kd is None
+            else (teacher_file(kd.teacher) if kd.teacher else run_dir / MODEL_FILES[DENSE])
+        ),
+    )
     steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
     prune.put_scores(rec.accuracy, task, "finetuned", prune.scores(task, model, bundle, spec, cfg))
     checkpoint.save_model(model, spec, run_dir / FINETUNED_FILE)
-    rec.finetune = {**history, **extra, "kd": cfg.finetune.kd.model_dump() if teacher is not None else {"enabled": False},
-                    "augmentation": bundle.info.get("augmentation", "none"),
-                    "trainability": trainability(history.get("history") or [], task.history_metric,
-                                                 str(recipe.get("schedule")))}
-    rec.artifacts["pruned_as_pruned"] = rec.artifacts.get("pruned_as_pruned") or rec.artifacts[PRUNED]
-    rec.artifacts[PRUNED] = {"path": FINETUNED_FILE, "sha256": sha256_file(run_dir / FINETUNED_FILE), "finetuned": True}
-    clock.finish(rec, cfg, env, device=(history.get("distributed") or {}).get("device") or device.name(dev))
+    rec.finetune = {
+        **history,
+        **extra,
+        "kd": cfg.finetune.kd.model_dump() if teacher is not None else {"enabled": False},
+        "augmentation": bundle.info.get("augmentation", "none"),
+        "trainability": trainability(
+            history.get("history") or [], task.history_metric, str(recipe.get("schedule"))
+        ),
+    }
+    rec.artifacts["pruned_as_pruned"] = (
+        rec.artifacts.get("pruned_as_pruned") or rec.artifacts[PRUNED]
+    )
+    rec.artifacts[PRUNED] = {
+        "path": FINETUNED_FILE,
+        "sha256": sha256_file(run_dir / FINETUNED_FILE),
+        "finetuned": True,
+    }
+    clock.finish(
+        rec, cfg, env, device=(history.get("distributed") or {}).get("device") or device.name(dev)
+    )
     record.write(run_dir, rec)
     return rec
 
@@ -72,14 +107,24 @@ def scratch_recipe(rec: record.Record, cfg: config.Config) -> tuple[dict[str, An
     """The base recipe, for the epochs base training, the pruning stage (sparse training; the
     training between interleaved pruning steps, in epochs rounded up) and finetuning took."""
     if rec.base_training is None:
-        raise PbkitError("init: scratch trains for as many epochs as the base took, so the base must be trained by "
-                         "pbkit (model.weights: random, base.epochs > 0, a dataset); this run's base was "
-                         f"{rec.model.weights}")
-    parts = {"base": int(rec.base_training.get("epochs") or cfg.base.epochs), "sparsify": 0, "interleave": 0,
-             "finetune": cfg.finetune.epochs}
+        raise PbkitError(
+            "init: scratch trains for as many epochs as the base took, so the base must be trained"
+            " by pbkit (model.weights: random, base.epochs > 0, a dataset); this run's base was"
+            f" {rec.model.weights}"
+        )
+    parts = {
+        "base": int(rec.base_training.get("epochs") or cfg.base.epochs),
+        "sparsify": 0,
+        "interleave": 0,
+        "finetune": cfg.finetune.epochs,
+    }
     if rec.method.sparsify:
         parts["sparsify"] = int(rec.method.sparsify.get("epochs") or 0)
     if rec.method.interleave:
         parts["interleave"] = int(rec.method.interleave.get("epochs") or 0)
     total = sum(parts.values())
-    return {**cfg.base.model_dump(), "epochs": total}, {"init": "scratch", "epochs_total": total, "epochs_from": parts}
+    return {**cfg.base.model_dump(), "epochs": total}, {
+        "init": "scratch",
+        "epochs_total": total,
+        "epochs_from": parts,
+    }

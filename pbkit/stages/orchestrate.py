@@ -29,7 +29,9 @@ class Outcome:
     done_before: list[str] = field(default_factory=list)  # the stages the record already had
 
 
-def run(cfg: config.Config, until: str = "bench", force: bool = False, quiet: bool = False) -> Outcome:
+def run(
+    cfg: config.Config, until: str = "bench", force: bool = False, quiet: bool = False
+) -> Outcome:
     """Run (or continue) the configuration's run up to the stage ``until``; ``force`` starts it
     again from scratch."""
     wanted = rundir.wanted_stages(cfg, until)
@@ -45,12 +47,22 @@ def run(cfg: config.Config, until: str = "bench", force: bool = False, quiet: bo
                 out = Outcome(plan.run_dir, prune.run(plan, quiet), ran=["prune"])
             else:
                 rundir.check_resumable(plan.run_dir, rec)
-                out = Outcome(plan.run_dir, rec, done_before=[s for s in wanted if _done(plan.run_dir, rec, s, cfg)])
+                out = Outcome(
+                    plan.run_dir,
+                    rec,
+                    done_before=[s for s in wanted if _done(plan.run_dir, rec, s, cfg)],
+                )
                 rest = [s for s in wanted if s not in out.done_before]
                 done = ", ".join(out.done_before)
-                note(f"run {plan.run_id}: " + (f"resuming ({done} done); running {', '.join(rest)}" if rest else
-                                               f"complete ({done} done); nothing to run (--force starts it again)"),
-                     quiet)
+                note(
+                    f"run {plan.run_id}: "
+                    + (
+                        f"resuming ({done} done); running {', '.join(rest)}"
+                        if rest
+                        else f"complete ({done} done); nothing to run (--force starts it again)"
+                    ),
+                    quiet,
+                )
             for stage in wanted[1:]:
                 if not _done(plan.run_dir, out.record, stage, cfg):
                     out.record = _STAGE_RUNNERS[stage](plan.run_dir, out.record, cfg, quiet)
@@ -60,7 +72,11 @@ def run(cfg: config.Config, until: str = "bench", force: bool = False, quiet: bo
 
 def _bench(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool) -> record.Record:
     """The bench stage: quick measurements in this process, real ones in a fresh one."""
-    return bench.run(run_dir, rec, cfg, quiet) if cfg.bench.quick else _bench_in_fresh_process(run_dir, cfg, quiet)
+    return (
+        bench.run(run_dir, rec, cfg, quiet)
+        if cfg.bench.quick
+        else _bench_in_fresh_process(run_dir, cfg, quiet)
+    )
 
 
 def _bench_in_fresh_process(run_dir: Path, cfg: config.Config, quiet: bool) -> record.Record:
@@ -75,8 +91,11 @@ def _bench_in_fresh_process(run_dir: Path, cfg: config.Config, quiet: bool) -> r
         torch.cuda.empty_cache()  # what this process still holds on the GPU is not the models' to carry
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_bench_child, args=(str(run_dir), cfg.model_dump(mode="json"), quiet, send),
-                        name="pbkit-bench")
+    child = ctx.Process(
+        target=_bench_child,
+        args=(str(run_dir), cfg.model_dump(mode="json"), quiet, send),
+        name="pbkit-bench",
+    )
     child.start()
     send.close()
     try:
@@ -111,28 +130,47 @@ def _done(run_dir: Path, rec: record.Record, stage: str, cfg: config.Config) -> 
 
 
 StageRunner = Callable[[Path, record.Record, config.Config, bool], record.Record]
-_STAGE_RUNNERS: dict[str, StageRunner] = {"finetune": finetune.run, "export": export.run, "bench": _bench}
+_STAGE_RUNNERS: dict[str, StageRunner] = {
+    "finetune": finetune.run,
+    "export": export.run,
+    "bench": _bench,
+}
 
 
-def _on_run_folder(stage: str, run_dir: str | Path, overrides: list[str] | tuple[str, ...],
-                   values: dict[str, Any] | None, quiet: bool) -> record.Record:
+def _on_run_folder(
+    stage: str,
+    run_dir: str | Path,
+    overrides: list[str] | tuple[str, ...],
+    values: dict[str, Any] | None,
+    quiet: bool,
+) -> record.Record:
     run_dir = Path(run_dir)
     if not (run_dir / record.RECORD_NAME).is_file():
-        raise PbkitError(f"{str(run_dir)!r} is not a run folder (no record.json); make one with `pbkit prune` "
-                         "or `pbkit run`")
+        raise PbkitError(
+            f"{str(run_dir)!r} is not a run folder (no record.json); make one with `pbkit prune` "
+            "or `pbkit run`"
+        )
     with isolated(), rundir.locked(run_dir, quiet):
         rec = record.read(run_dir)
         cfg = rundir.run_config(rec, overrides, values)
         return _STAGE_RUNNERS[stage](run_dir, rec, cfg, quiet)
 
 
-def export_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), values: dict[str, Any] | None = None,
-               quiet: bool = False) -> record.Record:
+def export_run(
+    run_dir: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    values: dict[str, Any] | None = None,
+    quiet: bool = False,
+) -> record.Record:
     """Export an existing run (``export.*`` from its config, with these overrides)."""
     return _on_run_folder("export", run_dir, overrides, values, quiet)
 
 
-def bench_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), values: dict[str, Any] | None = None,
-              quiet: bool = False) -> record.Record:
+def bench_run(
+    run_dir: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    values: dict[str, Any] | None = None,
+    quiet: bool = False,
+) -> record.Record:
     """Measure an existing run (``bench.*`` from its config, with these overrides)."""
     return _on_run_folder("bench", run_dir, overrides, values, quiet)

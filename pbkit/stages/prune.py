@@ -45,21 +45,31 @@ def dataset(cfg: config.Config) -> DataBundle | None:
 
 def resolve_spec(cfg: config.Config, bundle: DataBundle | None) -> ModelSpec:
     """The model spec with classes and input size from the dataset where the config leaves them."""
-    spec = resolve(cfg.model.name, num_classes=cfg.model.num_classes or (bundle.num_classes if bundle else None),
-                   input_size=cfg.model.input_size or (bundle.image_size if bundle else None), kwargs=cfg.model.kwargs)
+    spec = resolve(
+        cfg.model.name,
+        num_classes=cfg.model.num_classes or (bundle.num_classes if bundle else None),
+        input_size=cfg.model.input_size or (bundle.image_size if bundle else None),
+        kwargs=cfg.model.kwargs,
+    )
     if bundle is not None and spec.num_classes != bundle.num_classes:
-        raise PbkitError(f"model.num_classes={spec.num_classes} but dataset {bundle.name} has {bundle.num_classes} classes")
+        raise PbkitError(
+            f"model.num_classes={spec.num_classes} but dataset {bundle.name} has"
+            f" {bundle.num_classes} classes"
+        )
     return spec
 
 
-def scores(task: Task, model: Any, bundle: DataBundle | None, spec: ModelSpec, cfg: config.Config
-           ) -> dict[str, float] | None:
+def scores(
+    task: Task, model: Any, bundle: DataBundle | None, spec: ModelSpec, cfg: config.Config
+) -> dict[str, float] | None:
     """The task's metrics in percent (its main ``metric`` and the others it reports); None for a
     data-free run."""
     return None if bundle is None else task.scores(model, bundle, spec, cfg.dataset.eval_batch_size)
 
 
-def put_scores(acc: record.Accuracy, task: Task, point: str, values: dict[str, float] | None) -> record.Accuracy:
+def put_scores(
+    acc: record.Accuracy, task: Task, point: str, values: dict[str, float] | None
+) -> record.Accuracy:
     """The task's scores at one point (base, pruned, finetuned) into the record's accuracy: the
     main metric in its field, the others under ``others``; nothing for a data-free run."""
     if values is not None:
@@ -81,16 +91,22 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
     spec = resolve_spec(cfg, bundle)
     task = get_task(spec.task)
     if (why := known_failure(spec.name)) is not None:
-        note(f"note: {spec.name} is known not to prune here: {why}; trying anyway, within "
-             "prune.max_memory_gib and prune.max_graph_s", quiet)
+        note(
+            f"note: {spec.name} is known not to prune here: {why}; trying anyway, within "
+            "prune.max_memory_gib and prune.max_graph_s",
+            quiet,
+        )
     if bundle is not None:
         task.check_data(bundle, "pruning")
     if cfg.prune.schedule == "interleaved" and not task.trains_by_iterations:
-        raise PbkitError(f"prune.schedule: interleaved trains a few iterations between pruning steps, which "
-                         f"{task.title} models cannot (they train by epochs); use prune.schedule: oneshot")
+        raise PbkitError(
+            "prune.schedule: interleaved trains a few iterations between pruning steps, which "
+            f"{task.title} models cannot (they train by epochs); use prune.schedule: oneshot"
+        )
     env = envinfo.collect()
-    model, weights, base_training = bases.obtain(cfg, spec, task, bundle, plan.run_dir.parent.parent / "bases", quiet,
-                                                 dev)
+    model, weights, base_training = bases.obtain(
+        cfg, spec, task, bundle, plan.run_dir.parent.parent / "bases", quiet, dev
+    )
     tmp = plan.run_dir.parent / f".tmp-{plan.run_id}"
     shutil.rmtree(tmp, ignore_errors=True)  # what a killed run left
     tmp.mkdir(parents=True)
@@ -99,15 +115,23 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
         checkpoint.save_model(model, spec, tmp / MODEL_FILES[DENSE])
         p = cfg.prune
         where = f" on {p.backend} {p.precision} b{p.batch}" if target_backend is not None else ""
-        steps = Steps(f"pruning {spec.name} ({method.key}, {p.scope}) to {p.speedup:g}x{where}",
-                      p.latency.rounds + p.latency.max_checks if target_backend is not None else p.iterative_steps,
-                      quiet)
+        steps = Steps(
+            f"pruning {spec.name} ({method.key}, {p.scope}) to {p.speedup:g}x{where}",
+            (
+                p.latency.rounds + p.latency.max_checks
+                if target_backend is not None
+                else p.iterative_steps
+            ),
+            quiet,
+        )
         widths = counts.layer_widths(model)
         timings = None if target_backend is None else _timings(cfg, target_backend, spec, quiet)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", module="torch_pruning")
-                res, calibration = _prune(model, method, spec, task, cfg, bundle, steps, quiet, timings)
+                res, calibration = _prune(
+                    model, method, spec, task, cfg, bundle, steps, quiet, timings
+                )
             if timings is not None and timings.table_built is not None:
                 atomic_write_json(tmp / LATENCY_TABLE, timings.table_built.to_json())
                 assert res.latency is not None
@@ -116,12 +140,30 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
             if timings is not None:
                 timings.close()
         alignment = counts.channel_alignment(widths, counts.layer_widths(model))
-        steps.close(f"{res.achieved_speedup:.3f}x in MACs, {res.latency['measured_speedup']:.3f}x measured, in "
-                    f"{res.steps} steps" if res.latency else f"{res.achieved_speedup:.3f}x in {res.steps} steps")
+        steps.close(
+            f"{res.achieved_speedup:.3f}x in MACs, {res.latency['measured_speedup']:.3f}x measured,"
+            f" in {res.steps} steps"
+            if res.latency
+            else f"{res.achieved_speedup:.3f}x in {res.steps} steps"
+        )
         acc_pruned = scores(task, model, bundle, spec, cfg)
         checkpoint.save_model(model, spec, tmp / MODEL_FILES[PRUNED])
-        rec = _record(plan, spec, task, method, res, calibration, alignment, bundle, weights, base_training,
-                      (acc_base, acc_pruned), tmp, env, task.notes(model, spec))
+        rec = _record(
+            plan,
+            spec,
+            task,
+            method,
+            res,
+            calibration,
+            alignment,
+            bundle,
+            weights,
+            base_training,
+            (acc_base, acc_pruned),
+            tmp,
+            env,
+            task.notes(model, spec),
+        )
         clock.finish(rec, cfg, env, device=device.name(dev))
         record.write(tmp, rec)
         os.replace(tmp, plan.run_dir)
@@ -131,16 +173,27 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
     return rec
 
 
-def _pruning_data(cfg: config.Config, bundle: DataBundle | None, spec: ModelSpec) -> DataBundle | None:
+def _pruning_data(
+    cfg: config.Config, bundle: DataBundle | None, spec: ModelSpec
+) -> DataBundle | None:
     """Data for calibration and sparse training: prune.calibration.dataset, else the run's dataset."""
     name = cfg.prune.calibration.dataset
     if name is None or (bundle is not None and name == bundle.name):
         return bundle
     d = cfg.dataset
-    other = load_data(name, root=d.root, image_size=spec.input_size, seed=cfg.prune.calibration.seed,
-                      download=d.download, num_classes=spec.num_classes)
+    other = load_data(
+        name,
+        root=d.root,
+        image_size=spec.input_size,
+        seed=cfg.prune.calibration.seed,
+        download=d.download,
+        num_classes=spec.num_classes,
+    )
     if other.num_classes != spec.num_classes:
-        raise PbkitError(f"calibration dataset {name} has {other.num_classes} classes, the model {spec.num_classes}")
+        raise PbkitError(
+            f"calibration dataset {name} has {other.num_classes} classes, the model"
+            f" {spec.num_classes}"
+        )
     return other
 
 
@@ -152,7 +205,10 @@ def _latency_backend(cfg: config.Config) -> Backend | None:
         return None
     be = backends.get(p.backend)
     if p.precision not in be.precisions:
-        raise PbkitError(f"prune.backend {be.name!r} runs {', '.join(be.precisions)}, not prune.precision={p.precision}")
+        raise PbkitError(
+            f"prune.backend {be.name!r} runs {', '.join(be.precisions)}, not"
+            f" prune.precision={p.precision}"
+        )
     return be
 
 
@@ -160,130 +216,310 @@ def _timings(cfg: config.Config, be: Backend, spec: ModelSpec, quiet: bool) -> l
     p = cfg.prune
     t = cfg.export.tensorrt
     return layers.Timings(
-        backend=be, precision=p.precision, batch=p.batch, threads=cfg.bench.threads or protocol.default_threads(),
-        model_settings=bench_stage.protocol_settings(cfg, be.device), input_size=spec.input_size, quick=cfg.bench.quick,
-        exporter=cfg.export.exporter, opset=cfg.export.opset, anchors=p.latency.anchors,
+        backend=be,
+        precision=p.precision,
+        batch=p.batch,
+        threads=cfg.bench.threads or protocol.default_threads(),
+        model_settings=bench_stage.protocol_settings(cfg, be.device),
+        input_size=spec.input_size,
+        quick=cfg.bench.quick,
+        exporter=cfg.export.exporter,
+        opset=cfg.export.opset,
+        anchors=p.latency.anchors,
         cache_dir=Path(p.latency.cache).expanduser() if p.latency.cache else layers.default_cache(),
-        device_index=cfg.bench.device, quiet=quiet,
-        trt={"workspace_bytes": int(t.workspace_gib * (1 << 30)), "optimization_level": t.optimization_level})
+        device_index=cfg.bench.device,
+        quiet=quiet,
+        trt={
+            "workspace_bytes": int(t.workspace_gib * (1 << 30)),
+            "optimization_level": t.optimization_level,
+        },
+    )
 
 
-def _prune(model: Any, method: Method, spec: ModelSpec, task: Task, cfg: config.Config, bundle: DataBundle | None,
-           steps: Steps, quiet: bool, timings: layers.Timings | None = None) -> tuple[PruneResult, Calibration | None]:
+def _prune(
+    model: Any,
+    method: Method,
+    spec: ModelSpec,
+    task: Task,
+    cfg: config.Config,
+    bundle: DataBundle | None,
+    steps: Steps,
+    quiet: bool,
+    timings: layers.Timings | None = None,
+) -> tuple[PruneResult, Calibration | None]:
     pdata = _pruning_data(cfg, bundle, spec) if method.needs_data else None
-    calibration = task.calibration(pdata, cfg.prune.calibration, spec) \
-        if method.collect is not None and pdata is not None else None
+    calibration = (
+        task.calibration(pdata, cfg.prune.calibration, spec)
+        if method.collect is not None and pdata is not None
+        else None
+    )
     sparse_train = None
     if method.stage == "sparsify" and pdata is not None:
         sp = cfg.sparsify
 
         def sparse_train(pruner: Any) -> dict[str, Any]:
             recipe = {**sp.model_dump(exclude={"reg", "delta_reg"}), "weight_decay": 0.0}
-            progress = Steps(f"sparse training {sp.epochs} epochs ({method.regularizer}, reg {sp.reg:g})",
-                             sp.epochs, quiet)
+            progress = Steps(
+                f"sparse training {sp.epochs} epochs ({method.regularizer}, reg {sp.reg:g})",
+                sp.epochs,
+                quiet,
+            )
             epoch_hook = getattr(pruner, method.per_epoch) if method.per_epoch else None
-            result = task.train(model, pdata, spec, recipe, eval_batch_size=cfg.dataset.eval_batch_size,
-                                evaluate_each_epoch=False,
-                                on_epoch=lambda e, row: progress.update(e, task.epoch_line(row)),
-                                regularize=lambda: pruner.regularize(model), after_epoch=epoch_hook)
+            result = task.train(
+                model,
+                pdata,
+                spec,
+                recipe,
+                eval_batch_size=cfg.dataset.eval_batch_size,
+                evaluate_each_epoch=False,
+                on_epoch=lambda e, row: progress.update(e, task.epoch_line(row)),
+                regularize=lambda: pruner.regularize(model),
+                after_epoch=epoch_hook,
+            )
             progress.close()
             model.eval()
-            return {**result, "dataset": pdata.name, "reg": sp.reg, "delta_reg": sp.delta_reg,
-                    "regularizer": method.regularizer}
+            return {
+                **result,
+                "dataset": pdata.name,
+                "reg": sp.reg,
+                "delta_reg": sp.delta_reg,
+                "regularizer": method.regularizer,
+            }
 
     p = cfg.prune
-    between, interleave = _interleaved(model, spec, task, cfg, bundle, quiet) if p.schedule == "interleaved" else \
-        (None, None)
-    lat = None if timings is None else LatencySettings(
-        backend=p.backend, precision=p.precision, batch=p.batch, rounds=p.latency.rounds, step=p.latency.step,
-        min_step=p.latency.min_step, max_checks=p.latency.max_checks, anchors=p.latency.anchors)
-    settings = PruneSettings(speedup=p.speedup, scope=p.scope, iterative_steps=p.iterative_steps, round_to=p.round_to,
-                             seed=p.seed, reg=cfg.sparsify.reg, delta_reg=cfg.sparsify.delta_reg,
-                             max_memory_gib=p.max_memory_gib, max_graph_s=p.max_graph_s, latency=lat)
+    between, interleave = (
+        _interleaved(model, spec, task, cfg, bundle, quiet)
+        if p.schedule == "interleaved"
+        else (None, None)
+    )
+    lat = (
+        None
+        if timings is None
+        else LatencySettings(
+            backend=p.backend,
+            precision=p.precision,
+            batch=p.batch,
+            rounds=p.latency.rounds,
+            step=p.latency.step,
+            min_step=p.latency.min_step,
+            max_checks=p.latency.max_checks,
+            anchors=p.latency.anchors,
+        )
+    )
+    settings = PruneSettings(
+        speedup=p.speedup,
+        scope=p.scope,
+        iterative_steps=p.iterative_steps,
+        round_to=p.round_to,
+        seed=p.seed,
+        reg=cfg.sparsify.reg,
+        delta_reg=cfg.sparsify.delta_reg,
+        max_memory_gib=p.max_memory_gib,
+        max_graph_s=p.max_graph_s,
+        latency=lat,
+    )
     tools = None if timings is None else Tools(table=timings.table, measure=timings.pair)
-    res = prune_to_target(model, method, settings, input_size=spec.input_size, num_classes=spec.num_classes,
-                          protected=task.protected(model, spec), calibration=calibration, sparse_train=sparse_train,
-                          on_step=lambda i, s: steps.update(i, f"{s:.3f}x"), between_steps=between, name=spec.name,
-                          latency_tools=tools, on_text=steps.update)
+    res = prune_to_target(
+        model,
+        method,
+        settings,
+        input_size=spec.input_size,
+        num_classes=spec.num_classes,
+        protected=task.protected(model, spec),
+        calibration=calibration,
+        sparse_train=sparse_train,
+        on_step=lambda i, s: steps.update(i, f"{s:.3f}x"),
+        between_steps=between,
+        name=spec.name,
+        latency_tools=tools,
+        on_text=steps.update,
+    )
     res.interleave = interleave
     if res.held_fixed:
-        note(f"note: the dependency graph could not follow {len(res.held_fixed)} attention blocks of {spec.name} "
-             f"({type(model.get_submodule(res.held_fixed[0])).__name__}, ...): their output channels were kept "
-             "(their input channels too, unless only their own projections read them), the rest pruned "
-             "(method.held_fixed in the record)", quiet)
+        note(
+            f"note: the dependency graph could not follow {len(res.held_fixed)} attention blocks of"
+            f" {spec.name} ({type(model.get_submodule(res.held_fixed[0])).__name__}, ...): their"
+            " output channels were kept (their input channels too, unless only their own"
+            " projections read them), the rest pruned (method.held_fixed in the record)",
+            quiet,
+        )
     return res, calibration
 
 
-def _interleaved(model: Any, spec: ModelSpec, task: Task, cfg: config.Config, bundle: DataBundle | None,
-                 quiet: bool) -> tuple[Callable[[int], float], dict[str, Any]]:
+def _interleaved(
+    model: Any,
+    spec: ModelSpec,
+    task: Task,
+    cfg: config.Config,
+    bundle: DataBundle | None,
+    quiet: bool,
+) -> tuple[Callable[[int], float], dict[str, Any]]:
     """CPD's schedule: before every pruning step, ``prune.interleave_iters`` training iterations
     with the finetuning recipe at its base rate (constant; a fresh optimizer per step, since the
     shapes change) and its distillation from the dense model (a copy taken before pruning, or
     ``finetune.kd.teacher``). Returns the hook and the facts it fills in as it runs."""
     if bundle is None:
-        raise PbkitError("prune.schedule: interleaved trains between pruning steps: pass --dataset D")
+        raise PbkitError(
+            "prune.schedule: interleaved trains between pruning steps: pass --dataset D"
+        )
     ft, p = cfg.finetune, cfg.prune
-    teacher = bases.teacher(cfg, lambda: copy.deepcopy(model), device.of(model))  # the dense model, copied before pruning
+    teacher = bases.teacher(
+        cfg, lambda: copy.deepcopy(model), device.of(model)
+    )  # the dense model, copied before pruning
     recipe = {**ft.model_dump(exclude={"kd"}), "schedule": "constant", "epochs": p.interleave_iters}
     per_epoch = max(1, math.ceil(len(bundle.train) / ft.batch_size))  # type: ignore[arg-type]
-    facts: dict[str, Any] = {"iters_per_step": p.interleave_iters, "steps_trained": 0, "iterations": 0, "epochs": 0,
-                             "time_s": 0.0, "kd": ft.kd.model_dump(), "dataset": bundle.name,
-                             "recipe": {k: recipe[k] for k in ("optimizer", "lr", "momentum", "weight_decay",
-                                                               "batch_size", "label_smoothing", "schedule")}}
+    facts: dict[str, Any] = {
+        "iters_per_step": p.interleave_iters,
+        "steps_trained": 0,
+        "iterations": 0,
+        "epochs": 0,
+        "time_s": 0.0,
+        "kd": ft.kd.model_dump(),
+        "dataset": bundle.name,
+        "recipe": {
+            k: recipe[k]
+            for k in (
+                "optimizer",
+                "lr",
+                "momentum",
+                "weight_decay",
+                "batch_size",
+                "label_smoothing",
+                "schedule",
+            )
+        },
+    }
 
     def between(step: int) -> float:
         t0 = time.perf_counter()
-        out = task.train(model, bundle, spec, {**recipe, "seed": ft.seed + step}, evaluate_each_epoch=False,
-                         eval_batch_size=cfg.dataset.eval_batch_size, teacher=teacher,
-                         kd=ft.kd if teacher is not None else None, max_iters=p.interleave_iters)
+        out = task.train(
+            model,
+            bundle,
+            spec,
+            {**recipe, "seed": ft.seed + step},
+            evaluate_each_epoch=False,
+            eval_batch_size=cfg.dataset.eval_batch_size,
+            teacher=teacher,
+            kd=ft.kd if teacher is not None else None,
+            max_iters=p.interleave_iters,
+        )
         model.eval()
         seconds = time.perf_counter() - t0
         iterations = facts["iterations"] + int(out["iterations"])
-        facts.update(steps_trained=facts["steps_trained"] + 1, iterations=iterations,
-                     epochs=math.ceil(iterations / per_epoch),  # as the scratch baseline and setups count them
-                     time_s=round(facts["time_s"] + seconds, 3), last_loss=out["history"][-1]["loss"])
+        facts.update(
+            steps_trained=facts["steps_trained"] + 1,
+            iterations=iterations,
+            epochs=math.ceil(
+                iterations / per_epoch
+            ),  # as the scratch baseline and setups count them
+            time_s=round(facts["time_s"] + seconds, 3),
+            last_loss=out["history"][-1]["loss"],
+        )
         return seconds
 
-    note(f"interleaved schedule: {p.interleave_iters} training iterations before every pruning step"
-         + (" with distillation" if teacher is not None else ""), quiet)
+    note(
+        f"interleaved schedule: {p.interleave_iters} training iterations before every pruning step"
+        + (" with distillation" if teacher is not None else ""),
+        quiet,
+    )
     return between, facts
 
 
-def _record(plan: Plan, spec: ModelSpec, task: Task, method: Method, res: PruneResult,
-            calibration: Calibration | None, alignment: dict[str, Any], bundle: DataBundle | None,
-            weights: dict[str, Any], base_training: dict[str, Any] | None,
-            measured: tuple[dict[str, float] | None, dict[str, float] | None], folder: Path, env: dict[str, Any],
-            notes: dict[str, Any]) -> record.Record:
+def _record(
+    plan: Plan,
+    spec: ModelSpec,
+    task: Task,
+    method: Method,
+    res: PruneResult,
+    calibration: Calibration | None,
+    alignment: dict[str, Any],
+    bundle: DataBundle | None,
+    weights: dict[str, Any],
+    base_training: dict[str, Any] | None,
+    measured: tuple[dict[str, float] | None, dict[str, float] | None],
+    folder: Path,
+    env: dict[str, Any],
+    notes: dict[str, Any],
+) -> record.Record:
     cfg = plan.cfg
     now = utc_now()
     return record.Record(
-        schema_version=record.SCHEMA_VERSION, kit_version=__version__, git_revision=env["git_revision"],
-        run_id=plan.run_id, created_utc=now, updated_utc=now, stages={}, identity=plan.identity,
-        model=record.ModelInfo(name=spec.name, source=spec.source, family=spec.family, input_size=spec.input_size,
-                               num_classes=spec.num_classes, kwargs=spec.kwargs, seed=cfg.model.seed, task=spec.task,
-                               notes=notes, **weights),
-        method=record.MethodInfo(key=method.key, name=method.name, stage=method.stage, scope=cfg.prune.scope,
-                                 target_speedup=cfg.prune.speedup, achieved_speedup=res.achieved_speedup,
-                                 steps=res.steps, round_to=cfg.prune.round_to,
-                                 iterative_steps=cfg.prune.iterative_steps, max_pruning_ratio=res.max_pruning_ratio,
-                                 seed=cfg.prune.seed, step_time_s=res.step_time_s, prune_time_s=res.total_time_s,
-                                 ignored_layers=res.ignored_layers, held_fixed=res.held_fixed, data=method.data,
-                                 regularizer=method.regularizer,
-                                 calibration=calibration.info if calibration is not None else None,
-                                 sparsify=res.sparsify, reg_time_s=res.sparsify["time_s"] if res.sparsify else None,
-                                 schedule=cfg.prune.schedule, interleave=res.interleave,
-                                 target=cfg.prune.target, latency=res.latency),
-        counts=record.Counts(macs_base=res.macs_base, macs_pruned=res.macs_pruned, params_base=res.params_base,
-                             params_pruned=res.params_pruned, input_size=spec.input_size, counter=counts.COUNTER,
-                             channel_alignment=alignment),
-        dataset=None if bundle is None else record.DatasetInfo(
-            name=bundle.name, image_size=bundle.image_size, num_classes=bundle.num_classes,
-            train_size=bundle.info.get("train_size"), test_size=bundle.info.get("test_size"), task=bundle.task,
-            yaml=bundle.info.get("yaml")),
-        accuracy=put_scores(put_scores(record.Accuracy(), task, "base", measured[0]), task, "pruned", measured[1]),
+        schema_version=record.SCHEMA_VERSION,
+        kit_version=__version__,
+        git_revision=env["git_revision"],
+        run_id=plan.run_id,
+        created_utc=now,
+        updated_utc=now,
+        stages={},
+        identity=plan.identity,
+        model=record.ModelInfo(
+            name=spec.name,
+            source=spec.source,
+            family=spec.family,
+            input_size=spec.input_size,
+            num_classes=spec.num_classes,
+            kwargs=spec.kwargs,
+            seed=cfg.model.seed,
+            task=spec.task,
+            notes=notes,
+            **weights,
+        ),
+        method=record.MethodInfo(
+            key=method.key,
+            name=method.name,
+            stage=method.stage,
+            scope=cfg.prune.scope,
+            target_speedup=cfg.prune.speedup,
+            achieved_speedup=res.achieved_speedup,
+            steps=res.steps,
+            round_to=cfg.prune.round_to,
+            iterative_steps=cfg.prune.iterative_steps,
+            max_pruning_ratio=res.max_pruning_ratio,
+            seed=cfg.prune.seed,
+            step_time_s=res.step_time_s,
+            prune_time_s=res.total_time_s,
+            ignored_layers=res.ignored_layers,
+            held_fixed=res.held_fixed,
+            data=method.data,
+            regularizer=method.regularizer,
+            calibration=calibration.info if calibration is not None else None,
+            sparsify=res.sparsify,
+            reg_time_s=res.sparsify["time_s"] if res.sparsify else None,
+            schedule=cfg.prune.schedule,
+            interleave=res.interleave,
+            target=cfg.prune.target,
+            latency=res.latency,
+        ),
+        counts=record.Counts(
+            macs_base=res.macs_base,
+            macs_pruned=res.macs_pruned,
+            params_base=res.params_base,
+            params_pruned=res.params_pruned,
+            input_size=spec.input_size,
+            counter=counts.COUNTER,
+            channel_alignment=alignment,
+        ),
+        dataset=(
+            None
+            if bundle is None
+            else record.DatasetInfo(
+                name=bundle.name,
+                image_size=bundle.image_size,
+                num_classes=bundle.num_classes,
+                train_size=bundle.info.get("train_size"),
+                test_size=bundle.info.get("test_size"),
+                task=bundle.task,
+                yaml=bundle.info.get("yaml"),
+            )
+        ),
+        accuracy=put_scores(
+            put_scores(record.Accuracy(), task, "base", measured[0]), task, "pruned", measured[1]
+        ),
         finetune={**cfg.finetune.model_dump(), "epochs_run": 0},
         base_training=base_training,
-        artifacts={v: {"path": f, "sha256": sha256_file(folder / f)} for v, f in MODEL_FILES.items()},
+        artifacts={
+            v: {"path": f, "sha256": sha256_file(folder / f)} for v, f in MODEL_FILES.items()
+        },
         env=env,
         config=cfg.model_dump(mode="json"),
     )

@@ -40,7 +40,9 @@ DENSE, PRUNED = "dense", "pruned"
 MODEL_FILES = {DENSE: "dense.pt", PRUNED: "pruned.pt"}
 FINETUNED_FILE = "finetuned.pt"
 ONNX_FILES = {DENSE: "dense.onnx", PRUNED: "pruned.onnx"}
-LATENCY_TABLE = "latency-table.json"  # a latency-targeted run's per-layer table, as it pruned with it
+LATENCY_TABLE = (  # a latency-targeted run's per-layer table, as it pruned with it
+    "latency-table.json"
+)
 ID_HASH_CHARS = 10
 
 # the configuration sections each stage runs with (what its record entry keeps)
@@ -98,11 +100,19 @@ LATENCY_KEYS = ("target", "backend", "batch", "precision", "latency")
 def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
     """Everything that determines the run's result, and nothing else."""
     m, d, p = cfg.model, cfg.dataset, cfg.prune
-    model: dict[str, Any] = {"name": m.name, "weights": m.weights, "num_classes": m.num_classes,
-                             "input_size": m.input_size, "kwargs": m.kwargs, "seed": m.seed}
+    model: dict[str, Any] = {
+        "name": m.name,
+        "weights": m.weights,
+        "num_classes": m.num_classes,
+        "input_size": m.input_size,
+        "kwargs": m.kwargs,
+        "seed": m.seed,
+    }
     if m.weights == "checkpoint":
         if not m.checkpoint:
-            raise PbkitError("model.weights is 'checkpoint' but model.checkpoint (a file path) is not set")
+            raise PbkitError(
+                "model.weights is 'checkpoint' but model.checkpoint (a file path) is not set"
+            )
         path = Path(m.checkpoint).expanduser()
         if not path.is_file():
             raise PbkitError(f"checkpoint {str(path)!r} not found")
@@ -111,33 +121,62 @@ def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
         model["pretrained_from"] = _library(m.name)
     fields: dict[str, Any] = {"model": model}
     if d.name:
-        fields["dataset"] = {"name": d.name, "image_size": d.image_size, "train_limit": d.train_limit,
-                             "test_limit": d.test_limit, "seed": d.seed}
-        if d.persistent_workers and d.workers:  # one seed fewer drawn per epoch: another data order from epoch 2
+        fields["dataset"] = {
+            "name": d.name,
+            "image_size": d.image_size,
+            "train_limit": d.train_limit,
+            "test_limit": d.test_limit,
+            "seed": d.seed,
+        }
+        if (
+            d.persistent_workers and d.workers
+        ):  # one seed fewer drawn per epoch: another data order from epoch 2
             fields["dataset"]["persistent_workers"] = True
     if trains_base(cfg):
         fields["base"] = trained_fields(cfg, cfg.base)
-    prune = p.model_dump(exclude={"calibration", "schedule", "interleave_iters", "max_memory_gib", "max_graph_s",
-                                  *LATENCY_KEYS})
+    prune = p.model_dump(
+        exclude={
+            "calibration",
+            "schedule",
+            "interleave_iters",
+            "max_memory_gib",
+            "max_graph_s",
+            *LATENCY_KEYS,
+        }
+    )
     if p.target == "latency":  # (absent for MACs targets, so ids made before it existed still hold)
-        prune.update(target=p.target, backend=p.backend, batch=p.batch, precision=p.precision,
-                     latency=p.latency.model_dump(exclude={"cache"}))
+        prune.update(
+            target=p.target,
+            backend=p.backend,
+            batch=p.batch,
+            precision=p.precision,
+            latency=p.latency.model_dump(exclude={"cache"}),
+        )
     if p.schedule != "oneshot":  # (absent at the default, so ids made before it existed still hold)
         prune.update(schedule=p.schedule, interleave_iters=p.interleave_iters)
     if method.needs_data:
-        prune["calibration"] = p.calibration.model_dump() if method.collect is not None else \
-            {"dataset": p.calibration.dataset}
+        prune["calibration"] = (
+            p.calibration.model_dump()
+            if method.collect is not None
+            else {"dataset": p.calibration.dataset}
+        )
     fields["prune"] = prune
     if method.stage == "sparsify":
         fields["sparsify"] = recipe_fields(cfg.sparsify)
-    if cfg.init != "pruned":  # the scratch model trains with the base recipe, as long as base + pruning + finetune
+    if (
+        cfg.init != "pruned"
+    ):  # the scratch model trains with the base recipe, as long as base + pruning + finetune
         fields["init"] = cfg.init
         fields["base"] = trained_fields(cfg, cfg.base)
         fields["finetune"] = {"epochs": cfg.finetune.epochs}
     elif finetunes(cfg):
-        fields["finetune"] = trained_fields(cfg, cfg.finetune, exclude=set() if cfg.finetune.kd.enabled else {"kd"})
+        fields["finetune"] = trained_fields(
+            cfg, cfg.finetune, exclude=set() if cfg.finetune.kd.enabled else {"kd"}
+        )
         if cfg.finetune.kd.enabled and cfg.finetune.kd.teacher:
-            fields["finetune"]["kd"]["teacher_sha256"] = sha256_file(teacher_file(cfg.finetune.kd.teacher))
+            fields["finetune"]["kd"]["teacher_sha256"] = sha256_file(
+                teacher_file(cfg.finetune.kd.teacher)
+            )
     return fields
 
 
@@ -145,15 +184,22 @@ def teacher_file(path: str) -> Path:
     """finetune.kd.teacher, which must exist."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise PbkitError(f"finetune.kd.teacher {path!r} not found (a pbkit model file, e.g. a run's dense.pt)")
+        raise PbkitError(
+            f"finetune.kd.teacher {path!r} not found (a pbkit model file, e.g. a run's dense.pt)"
+        )
     return file
 
 
 def _library(model_name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    dist = "torchvision" if model_name.startswith("tv:") else "timm" if model_name.startswith("timm:") \
+    dist = (
+        "torchvision"
+        if model_name.startswith("tv:")
+        else "timm"
+        if model_name.startswith("timm:")
         else "ultralytics"
+    )
     try:
         return f"{dist}=={version(dist)}"
     except PackageNotFoundError:
@@ -167,7 +213,9 @@ def identity_hash(fields: dict[str, Any]) -> str:
 def run_id_for(cfg: config.Config, digest: str) -> str:
     if cfg.run_id:
         if not _RUN_ID.fullmatch(cfg.run_id):
-            raise PbkitError(f"run_id {cfg.run_id!r} may hold only letters, digits, '.', '_' and '-'")
+            raise PbkitError(
+                f"run_id {cfg.run_id!r} may hold only letters, digits, '.', '_' and '-'"
+            )
         return cfg.run_id
     p = cfg.prune
     target = "" if p.target == "macs" else f"-{p.backend}"  # a measured speed-up names its backend
@@ -181,8 +229,12 @@ def lock_path(run_dir: Path) -> Path:
 @contextlib.contextmanager
 def locked(run_dir: Path, quiet: bool = False) -> Iterator[None]:
     """Hold the run's lock: a second process on the same run waits, and is told who holds it."""
-    with lock.exclusive(lock_path(run_dir), on_wait=lambda who: note(
-            f"run {run_dir.name} is in use by {who}; waiting for it to finish", quiet)):
+    with lock.exclusive(
+        lock_path(run_dir),
+        on_wait=lambda who: note(
+            f"run {run_dir.name} is in use by {who}; waiting for it to finish", quiet
+        ),
+    ):
         yield
 
 
@@ -208,18 +260,30 @@ class Plan:
         if not d.exists():
             return None
         if not (d / record.RECORD_NAME).is_file():
-            raise PbkitError(f"run folder {str(d)!r} already exists and holds no record; choose another run_id "
-                             "or remove it")
+            raise PbkitError(
+                f"run folder {str(d)!r} already exists and holds no record; choose another run_id "
+                "or remove it"
+            )
         try:
             rec = record.read(d)
         except PbkitError as e:
-            raise PbkitError(f"run folder {str(d)!r} already exists and holds another run ({e}); choose another "
-                             "run_id, or pass --force to start it again") from e
+            raise PbkitError(
+                f"run folder {str(d)!r} already exists and holds another run ({e}); choose another "
+                "run_id, or pass --force to start it again"
+            ) from e
         if rec.identity is None or rec.identity.hash != self.identity.hash:
-            what = "made by an older pbkit" if rec.identity is None else \
-                f"configuration {rec.identity.hash[:ID_HASH_CHARS]}, not {self.identity.hash[:ID_HASH_CHARS]}"
-            raise PbkitError(f"run folder {str(d)!r} already exists and holds another run ({what}); choose another "
-                             "run_id, or pass --force to start it again")
+            what = (
+                "made by an older pbkit"
+                if rec.identity is None
+                else (
+                    f"configuration {rec.identity.hash[:ID_HASH_CHARS]}, not"
+                    f" {self.identity.hash[:ID_HASH_CHARS]}"
+                )
+            )
+            raise PbkitError(
+                f"run folder {str(d)!r} already exists and holds another run ({what}); choose"
+                " another run_id, or pass --force to start it again"
+            )
         return rec
 
     def remove(self) -> None:
@@ -237,13 +301,19 @@ def plan(cfg: config.Config) -> Plan:
     from pbkit.prune import methods
 
     methods.get(cfg.prune.method)  # a typo fails first, before the model is even looked up
-    spec = resolve(cfg.model.name, num_classes=cfg.model.num_classes, input_size=cfg.model.input_size,
-                   kwargs=cfg.model.kwargs)
+    spec = resolve(
+        cfg.model.name,
+        num_classes=cfg.model.num_classes,
+        input_size=cfg.model.input_size,
+        kwargs=cfg.model.kwargs,
+    )
     method = methods.get(cfg.prune.method, spec.family)
     fields = identity_fields(cfg, method)
     digest = identity_hash(fields)
     out = ensure_writable_dir(cfg.out)
-    return Plan(cfg, method, record.Identity(hash=digest, fields=fields), out / run_id_for(cfg, digest))
+    return Plan(
+        cfg, method, record.Identity(hash=digest, fields=fields), out / run_id_for(cfg, digest)
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,7 +338,7 @@ def wanted_stages(cfg: config.Config, until: str = "bench") -> list[str]:
     """The stages a configuration runs, in order, up to ``until`` (no finetune without data)."""
     if until not in STAGES:
         raise PbkitError(f"unknown stage {until!r}; choose one of: {', '.join(STAGES)}")
-    todo = list(STAGES[:STAGES.index(until) + 1])
+    todo = list(STAGES[: STAGES.index(until) + 1])
     return todo if finetunes(cfg) else [s for s in todo if s != "finetune"]
 
 
@@ -288,16 +358,22 @@ class StageClock:
         self.started_utc = utc_now()
         self._t0 = time.perf_counter()
 
-    def finish(self, rec: record.Record, cfg: config.Config, env: dict[str, Any],
-               device: str | None = None) -> record.Record:
+    def finish(
+        self, rec: record.Record, cfg: config.Config, env: dict[str, Any], device: str | None = None
+    ) -> record.Record:
         """The stage's facts into the record: when, how long, its settings, the machine and, for
         the stages that compute with the model (prune, finetune), the device."""
         now = utc_now()
         rec.stages.pop(self.name, None)  # the latest run of a stage goes last, in running order
-        rec.stages[self.name] = record.StageInfo(utc=now, started_utc=self.started_utc,
-                                                 seconds=round(time.perf_counter() - self._t0, 3),
-                                                 kit_version=__version__, config=section_slice(cfg, self.name),
-                                                 env=env, device=device)
+        rec.stages[self.name] = record.StageInfo(
+            utc=now,
+            started_utc=self.started_utc,
+            seconds=round(time.perf_counter() - self._t0, 3),
+            kit_version=__version__,
+            config=section_slice(cfg, self.name),
+            env=env,
+            device=device,
+        )
         rec.updated_utc = now
         rec.env = env
         rec.config = cfg.model_dump(mode="json")
@@ -307,10 +383,17 @@ class StageClock:
 def check_resumable(run_dir: Path, rec: record.Record) -> None:
     """A run is continued from its files: say so when its model files are gone, and remove what a
     killed process left half-written (pbkit's own ``.*.tmp`` files)."""
-    missing = [path.name for path in (model_file(run_dir, rec, v) for v in MODEL_FILES) if not path.is_file()]
+    missing = [
+        path.name
+        for path in (model_file(run_dir, rec, v) for v in MODEL_FILES)
+        if not path.is_file()
+    ]
     if missing:
-        raise PbkitError(f"run {rec.run_id} has a record but not its model files ({', '.join(missing)}; model files "
-                         "are not kept in git); pass --force to start it again, or set another out or run_id")
+        raise PbkitError(
+            f"run {rec.run_id} has a record but not its model files ({', '.join(missing)}; model"
+            " files are not kept in git); pass --force to start it again, or set another out or"
+            " run_id"
+        )
     for tmp in run_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
 
@@ -319,11 +402,16 @@ def model_file(run_dir: Path, rec: record.Record, variant: str) -> Path:
     """The model file of a variant: the record's artifact (the finetuned model for ``pruned`` after
     finetuning), else the standard name."""
     art = rec.artifacts.get(variant)
-    return run_dir / (art["path"] if isinstance(art, dict) and art.get("path") else MODEL_FILES[variant])
+    return run_dir / (
+        art["path"] if isinstance(art, dict) and art.get("path") else MODEL_FILES[variant]
+    )
 
 
-def run_config(rec: record.Record, overrides: list[str] | tuple[str, ...] = (),
-               values: dict[str, Any] | None = None) -> config.Config:
+def run_config(
+    rec: record.Record,
+    overrides: list[str] | tuple[str, ...] = (),
+    values: dict[str, Any] | None = None,
+) -> config.Config:
     """The run's configuration with a later stage's typed values and ``--set`` overrides. Keys the
     kit gained after the run was made take their defaults (a run made by an older kit is measured
     with today's protocol, e.g. ``bench.sessions``)."""

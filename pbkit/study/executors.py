@@ -82,15 +82,21 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, address: str | None, resources: Resources, max_parallel: int | None, max_retries: int) -> None:
+    def __init__(
+        self, address: str | None, resources: Resources, max_parallel: int | None, max_retries: int
+    ) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
-        self.shared_storage = self.address is None  # a Ray started here: its workers share this disk
+        self.shared_storage = (
+            self.address is None
+        )  # a Ray started here: its workers share this disk
         self.resources, self.max_parallel, self.max_retries = resources, max_parallel, max_retries
         self._refs: dict[Any, Job] = {}
         self._started_here = False
         self._attempts: Any = None
         self._fns: dict[str, Any] = {}
-        self._bases: dict[str, Any] = {}  # base file name -> its bytes in Ray's object store (put once)
+        self._bases: dict[
+            str, Any
+        ] = {}  # base file name -> its bytes in Ray's object store (put once)
 
     def start(self) -> None:
         import ray
@@ -100,15 +106,23 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             ray_log = logging.getLogger("ray")
             level = ray_log.level
-            ray_log.setLevel(logging.ERROR)  # its start-up notes (token auth, addresses) are not ours to print
+            ray_log.setLevel(
+                logging.ERROR
+            )  # its start-up notes (token auth, addresses) are not ours to print
             try:
                 # no address: a new local Ray of our own ("local"), never another process's cluster
                 # that happens to run on this machine (ray.init() alone would join it)
-                ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.ERROR)
+                ray.init(
+                    address=self.address or "local",
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                )
             except (ConnectionError, ValueError, RuntimeError) as e:
                 where = self.address or "a local Ray"
-                raise PbkitError(f"could not start or reach {where}: {str(e).splitlines()[0]}") from e
+                raise PbkitError(
+                    f"could not start or reach {where}: {str(e).splitlines()[0]}"
+                ) from e
             finally:
                 ray_log.setLevel(level)
             self._started_here = True
@@ -117,13 +131,23 @@ class RayExecutor(Executor):
         cpus, gpus = float(have.get("CPU", 0.0)), float(have.get("GPU", 0.0))
         if self.resources.cpu > cpus or self.resources.gpu > gpus:
             self.stop()
-            raise PbkitError(f"each trial asks {self.resources.cpu:g} CPU and {self.resources.gpu:g} GPU (the study's "
-                             f"resources) but the Ray cluster at {self.address} has {cpus:g} CPU and {gpus:g} GPU")
+            raise PbkitError(
+                f"each trial asks {self.resources.cpu:g} CPU and {self.resources.gpu:g} GPU (the"
+                f" study's resources) but the Ray cluster at {self.address} has {cpus:g} CPU and"
+                f" {gpus:g} GPU"
+            )
         self._attempts = _attempts_actor()
-        options = dict(num_cpus=self.resources.cpu, num_gpus=self.resources.gpu, max_retries=self.max_retries,
-                       retry_exceptions=False, scheduling_strategy="SPREAD")
-        self._fns = {"base": ray.remote(worker.train_base).options(**options),
-                     "trial": ray.remote(worker.run_trial).options(**options)}
+        options = dict(
+            num_cpus=self.resources.cpu,
+            num_gpus=self.resources.gpu,
+            max_retries=self.max_retries,
+            retry_exceptions=False,
+            scheduling_strategy="SPREAD",
+        )
+        self._fns = {
+            "base": ray.remote(worker.train_base).options(**options),
+            "trial": ray.remote(worker.run_trial).options(**options),
+        }
 
     def slots(self) -> int:
         import ray
@@ -131,7 +155,10 @@ class RayExecutor(Executor):
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         fit = max(int(cpus // self.resources.cpu), 1)
         if self.resources.gpu:
-            fit = min(fit, max(int(float(ray.cluster_resources().get("GPU", 0.0)) // self.resources.gpu), 1))
+            fit = min(
+                fit,
+                max(int(float(ray.cluster_resources().get("GPU", 0.0)) // self.resources.gpu), 1),
+            )
         return min(fit, self.max_parallel) if self.max_parallel else fit
 
     def submit(self, job: Job) -> None:
@@ -157,9 +184,13 @@ class RayExecutor(Executor):
             return job, ray.get(ref)
         except Exception as e:  # the worker died on every attempt, or Ray lost the task
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            return job, {"status": "failed", "error": f"worker lost after {self.max_retries + 1} attempts: "
-                                                      f"{type(e).__name__}: {first}"[:400],
-                         "attempt": self.max_retries + 1}
+            return job, {
+                "status": "failed",
+                "error": f"worker lost after {self.max_retries + 1} attempts: {type(e).__name__}: {first}"[
+                    :400
+                ],
+                "attempt": self.max_retries + 1,
+            }
 
     def running(self) -> int:
         return len(self._refs)

@@ -37,16 +37,30 @@ class Summary:
     ran: int = 0
 
     def as_json(self) -> dict[str, Any]:
-        return {"study_dir": str(self.study_dir), "executor": self.executor, "address": self.address, **self.counts,
-                "ran": self.ran, "failures": [{k: f.get(k) for k in ("hash", "run_id", "params", "error")}
-                                              for f in self.failures]}
+        return {
+            "study_dir": str(self.study_dir),
+            "executor": self.executor,
+            "address": self.address,
+            **self.counts,
+            "ran": self.ran,
+            "failures": [
+                {k: f.get(k) for k in ("hash", "run_id", "params", "error")} for f in self.failures
+            ],
+        }
 
 
-def make_executor(kind: str, study: Study, address: str | None, max_parallel: int | None) -> Executor:
+def make_executor(
+    kind: str, study: Study, address: str | None, max_parallel: int | None
+) -> Executor:
     if kind == "local":
         return LocalExecutor()
     if kind == "ray":
-        return RayExecutor(address or study.file.address, study.file.resources, max_parallel, study.file.max_retries)
+        return RayExecutor(
+            address or study.file.address,
+            study.file.resources,
+            max_parallel,
+            study.file.max_retries,
+        )
     raise PbkitError(f"unknown executor {kind!r}; choose one of: local, ray")
 
 
@@ -59,7 +73,9 @@ def _complete(study_dir: Path, trial: Trial, old: dict[str, Any]) -> bool:
     return all(rundir.stage_done(rec, s, trial.cfg) for s in rundir.wanted_stages(trial.cfg))
 
 
-def _entries(study: Study, study_dir: Path, prev: dict[str, Any] | None, retry_failed: bool) -> list[dict[str, Any]]:
+def _entries(
+    study: Study, study_dir: Path, prev: dict[str, Any] | None, retry_failed: bool
+) -> list[dict[str, Any]]:
     before = {t["hash"]: t for t in (prev or {}).get("trials", [])}
     entries: dict[str, dict[str, Any]] = {}
     for t in study.trials:
@@ -67,7 +83,13 @@ def _entries(study: Study, study_dir: Path, prev: dict[str, Any] | None, retry_f
             entries[t.hash].setdefault("same_as", []).append(t.params)
             continue
         old = before.get(t.hash, {})
-        entry = {"hash": t.hash, "run_id": t.run_id, "params": t.params, "status": "pending", "error": None}
+        entry = {
+            "hash": t.hash,
+            "run_id": t.run_id,
+            "params": t.params,
+            "status": "pending",
+            "error": None,
+        }
         if t.skip:
             entry.update(status="skipped", note=t.skip)
         elif _complete(study_dir, t, old):
@@ -78,23 +100,43 @@ def _entries(study: Study, study_dir: Path, prev: dict[str, Any] | None, retry_f
     return list(entries.values())
 
 
-def run(study: Study, out: str | Path | None = None, executor: str = "ray", address: str | None = None,
-        max_parallel: int | None = None, retry_failed: bool = False, quiet: bool = False) -> Summary:
+def run(
+    study: Study,
+    out: str | Path | None = None,
+    executor: str = "ray",
+    address: str | None = None,
+    max_parallel: int | None = None,
+    retry_failed: bool = False,
+    quiet: bool = False,
+) -> Summary:
     study_dir = ensure_writable_dir(Path(out) if out else DEFAULT_ROOT / study.name)
-    with isolated(), lock.exclusive(study_dir / ".study.lock", on_wait=lambda who: note(
-            f"study {study.name} is being run by {who}; waiting for it", quiet)):
+    with (
+        isolated(),
+        lock.exclusive(
+            study_dir / ".study.lock",
+            on_wait=lambda who: note(
+                f"study {study.name} is being run by {who}; waiting for it", quiet
+            ),
+        ),
+    ):
         prev = state.read_if_any(study_dir)
         entries = _entries(study, study_dir, prev, retry_failed)
         ex = make_executor(executor, study, address, max_parallel)
         doc: dict[str, Any] = {
-            "format": state.FORMAT, "name": study.name, "study_file": str(study.path.resolve()),
+            "format": state.FORMAT,
+            "name": study.name,
+            "study_file": str(study.path.resolve()),
             # where trials last ran (a rerun with nothing to run keeps it)
-            "executor": (prev or {}).get("executor", ex.name), "address": (prev or {}).get("address"),
+            "executor": (prev or {}).get("executor", ex.name),
+            "address": (prev or {}).get("address"),
             "resources": study.file.resources.model_dump(),
-            "storage": study.file.storage, "max_parallel": max_parallel, "grid": study.file.grid,
+            "storage": study.file.storage,
+            "max_parallel": max_parallel,
+            "grid": study.file.grid,
             "exclude": study.file.exclude,
             "config": {k: v for k, v in study.shared.items() if k not in ("out", "run_id")},
-            "bases": (prev or {}).get("bases", {}), "trials": entries,
+            "bases": (prev or {}).get("bases", {}),
+            "trials": entries,
             "created_utc": (prev or {}).get("created_utc", state.utc_now()),
         }
         state.write(study_dir, doc)
@@ -122,11 +164,18 @@ def _work(ex: Executor, study: Study, study_dir: Path) -> str | None:
 
 
 def _payload(trial: Trial, study: Study, work: str | None) -> dict[str, Any]:
-    return {"hash": trial.hash, "study": study.name, "work": work, "threads": study.file.resources.threads,
-            "cfg": trial.cfg.model_dump(mode="json")}
+    return {
+        "hash": trial.hash,
+        "study": study.name,
+        "work": work,
+        "threads": study.file.resources.threads,
+        "cfg": trial.cfg.model_dump(mode="json"),
+    }
 
 
-def _drive(ex: Executor, study: Study, study_dir: Path, doc: dict[str, Any], todo: list[Trial], quiet: bool) -> int:
+def _drive(
+    ex: Executor, study: Study, study_dir: Path, doc: dict[str, Any], todo: list[Trial], quiet: bool
+) -> int:
     work = _work(ex, study, study_dir)
     board = Board(f"study {study.name}", quiet)
     entries = {e["hash"]: e for e in doc["trials"]}
@@ -140,7 +189,9 @@ def _drive(ex: Executor, study: Study, study_dir: Path, doc: dict[str, Any], tod
             while queue and ex.running() < slots:
                 t = queue.pop(0)
                 submitted[t.hash] = time.perf_counter()
-                ex.submit(Job("trial", t.hash, _payload(t, study, work), blobs.get(t.base_key or "")))
+                ex.submit(
+                    Job("trial", t.hash, _payload(t, study, work), blobs.get(t.base_key or ""))
+                )
             got = ex.next_result(timeout_s=1.0)
             if got is not None:
                 job, res = got
@@ -148,21 +199,32 @@ def _drive(ex: Executor, study: Study, study_dir: Path, doc: dict[str, Any], tod
                 walls.append(float(res.get("wall_s") or 0.0))
                 board.line(_finish(study_dir, entries[job.key], res, finished, len(todo)))
                 # what the executor added to the trial's own time: scheduling, transfer, worker start
-                entries[job.key]["overhead_s"] = round(time.perf_counter() - submitted[job.key] - walls[-1], 3)
+                entries[job.key]["overhead_s"] = round(
+                    time.perf_counter() - submitted[job.key] - walls[-1], 3
+                )
                 state.write(study_dir, doc)
             c = state.counts(doc["trials"])
             elapsed = time.perf_counter() - t0
             left = len(queue) + ex.running()
             eta = f", ETA {sum(walls) / len(walls) * left / max(slots, 1):.0f} s" if walls else ""
-            board.status(f"{c['done']} done, {c['failed']} failed, {ex.running()} running, {len(queue)} pending, "
-                         f"{elapsed:.0f} s{eta}")
+            board.status(
+                f"{c['done']} done, {c['failed']} failed, {ex.running()} running, {len(queue)}"
+                f" pending, {elapsed:.0f} s{eta}"
+            )
         return finished
     finally:
         board.close()
 
 
-def _bases(ex: Executor, study: Study, study_dir: Path, doc: dict[str, Any], todo: list[Trial], work: str | None,
-           board: Board) -> dict[str, tuple[str, bytes]]:
+def _bases(
+    ex: Executor,
+    study: Study,
+    study_dir: Path,
+    doc: dict[str, Any],
+    todo: list[Trial],
+    work: str | None,
+    board: Board,
+) -> dict[str, tuple[str, bytes]]:
     """Train (or find) each base the pending trials share, once, before them; keep its file in
     the study folder and hand its bytes to every trial that needs it."""
     needed = {t.base_key: t for t in todo if t.base_key}
@@ -185,15 +247,22 @@ def _bases(ex: Executor, study: Study, study_dir: Path, doc: dict[str, Any], tod
             for t in todo:
                 if t.base_key == job.key:
                     doc_entry = next(e for e in doc["trials"] if e["hash"] == t.hash)
-                    doc_entry.update(status="failed", error=f"its base could not be made: {res.get('error')}")
+                    doc_entry.update(
+                        status="failed", error=f"its base could not be made: {res.get('error')}"
+                    )
             board.line(f"base {job.key[:10]} failed: {res.get('error')}")
             continue
         data: bytes = res["data"]
         path = study_dir / "bases" / res["file"]
         if not path.is_file():
             atomic_write(path, lambda p, data=data: p.write_bytes(data))
-        doc["bases"][job.key] = {"file": res["file"], "sha256": res["sha256"], "node_id": res.get("node_id"),
-                                 "host": res.get("host"), "wall_s": res.get("wall_s")}
+        doc["bases"][job.key] = {
+            "file": res["file"],
+            "sha256": res["sha256"],
+            "node_id": res.get("node_id"),
+            "host": res.get("host"),
+            "wall_s": res.get("wall_s"),
+        }
         blobs[job.key] = (res["file"], data)
         board.line(f"base {res['file']} ready ({res.get('wall_s', 0):.0f} s on {res.get('host')})")
         state.write(study_dir, doc)
@@ -202,16 +271,22 @@ def _bases(ex: Executor, study: Study, study_dir: Path, doc: dict[str, Any], tod
 
 def _finish(study_dir: Path, entry: dict[str, Any], res: dict[str, Any], i: int, n: int) -> str:
     """Record a finished trial in its entry (and its record in the study folder); its line."""
-    entry.update({k: res.get(k) for k in ("node_id", "host", "started_utc", "finished_utc", "work")},
-                 wall_s=round(float(res.get("wall_s") or 0.0), 3), attempts=res.get("attempt", 1),
-                 error=res.get("error"), status=res.get("status", "failed"))
+    entry.update(
+        {k: res.get(k) for k in ("node_id", "host", "started_utc", "finished_utc", "work")},
+        wall_s=round(float(res.get("wall_s") or 0.0), 3),
+        attempts=res.get("attempt", 1),
+        error=res.get("error"),
+        status=res.get("status", "failed"),
+    )
     if entry["attempts"] and entry["attempts"] > 1:
         entry["retried"] = entry["attempts"] - 1
     where = f"{entry['wall_s']:.0f} s on {res.get('host', '?')}"
     if entry["status"] != "done":
         return f"[{i}/{n}] FAILED {entry['run_id']} {entry['params']}: {entry['error']} ({where})"
     path = state.write_record(study_dir, res["record"])
-    entry.update(run_id=res["run_id"], record=str(path.relative_to(study_dir)), stages_run=res.get("ran"))
+    entry.update(
+        run_id=res["run_id"], record=str(path.relative_to(study_dir)), stages_run=res.get("ran")
+    )
     row = leaderboard.rows([(path, record.read(path))])[0]
     measured = max(row["measured"].items(), key=lambda kv: kv[1]) if row["measured"] else None
     acc = row["finetuned"] if row["finetuned"] is not None else row["pruned"]

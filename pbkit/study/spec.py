@@ -79,7 +79,9 @@ class StudyFile(BaseModel):
     @classmethod
     def _axes(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
         if not v:
-            raise ValueError("the grid needs at least one axis (a dotted config key and its values)")
+            raise ValueError(
+                "the grid needs at least one axis (a dotted config key and its values)"
+            )
         for key, values in v.items():
             if not values:
                 raise ValueError(f"grid axis {key!r} has no values")
@@ -135,7 +137,9 @@ def read(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Study
     layers.append(spec.config)
     shared, explicit = config.assemble(layers, overrides)
     if shared.get("run_id"):
-        raise PbkitError(f"study {spec.name}: a study names its runs by their configuration; remove run_id")
+        raise PbkitError(
+            f"study {spec.name}: a study names its runs by their configuration; remove run_id"
+        )
     study = Study(spec, path, shared, explicit, expand(spec, shared, explicit))
     if spec.min_setup is not None:
         check_setup(study)
@@ -152,7 +156,9 @@ def check_setup(study: Study) -> None:
     for t in study.trials:
         if t.skip is None:
             method = methods.get(t.cfg.prune.method)
-            base = t.base_key or rundir.identity_hash({"model": rundir.identity_fields(t.cfg, method)["model"]})
+            base = t.base_key or rundir.identity_hash(
+                {"model": rundir.identity_fields(t.cfg, method)["model"]}
+            )
             trials.append((method.key, setups.from_config(t.cfg, method, base)))
     why = setups.unmet(trials, level)
     if why is not None:
@@ -193,14 +199,28 @@ def expand(spec: StudyFile, shared: dict[str, Any], explicit: set[str]) -> list[
 
 
 def _trial(index: int, point: dict[str, Any], cfg: config.Config) -> Trial:
-    spec = resolve(cfg.model.name, num_classes=cfg.model.num_classes, input_size=cfg.model.input_size,
-                   kwargs=cfg.model.kwargs)
+    spec = resolve(
+        cfg.model.name,
+        num_classes=cfg.model.num_classes,
+        input_size=cfg.model.input_size,
+        kwargs=cfg.model.kwargs,
+    )
     method = methods.get(cfg.prune.method)  # an unknown name is an error of the whole study
     skip = None
     if spec.family not in method.families:
-        skip = f"{method.key} does not apply to {spec.family} models (it applies to {', '.join(method.families)})"
+        skip = (
+            f"{method.key} does not apply to {spec.family} models (it applies to"
+            f" {', '.join(method.families)})"
+        )
     fields = rundir.identity_fields(cfg, method)
     digest = rundir.identity_hash(fields)
-    base_key = rundir.identity_hash({"model": fields["model"], "dataset": fields.get("dataset"),
-                                     "base": fields.get("base")}) if rundir.trains_base(cfg) else None
-    return Trial(index, point, cfg, digest, rundir.run_id_for(cfg, digest), skip=skip, base_key=base_key)
+    base_key = (
+        rundir.identity_hash(
+            {"model": fields["model"], "dataset": fields.get("dataset"), "base": fields.get("base")}
+        )
+        if rundir.trains_base(cfg)
+        else None
+    )
+    return Trial(
+        index, point, cfg, digest, rundir.run_id_for(cfg, digest), skip=skip, base_key=base_key
+    )

@@ -24,8 +24,10 @@ def utc_now() -> str:
 def read(study_dir: str | Path) -> dict[str, Any]:
     path = Path(study_dir).expanduser() / STATE_NAME
     if not path.is_file():
-        raise PbkitError(f"{str(path.parent)!r} is not a study folder (no {STATE_NAME}); make one with "
-                         "`pbkit study run STUDY.yaml`")
+        raise PbkitError(
+            f"{str(path.parent)!r} is not a study folder (no {STATE_NAME}); make one with "
+            "`pbkit study run STUDY.yaml`"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -17,7 +17,9 @@ from pbkit.core.fileio import atomic_write
 from pbkit.core.runtime import isolated
 from pbkit.study.state import utc_now
 
-FAULT_ENV = "PBKIT_FAULT_EXIT_TRIAL"  # fault injection for tests: a trial hash prefix whose first attempt dies
+FAULT_ENV = (  # fault injection for tests: a trial hash prefix whose first attempt dies
+    "PBKIT_FAULT_EXIT_TRIAL"
+)
 
 
 def node_id() -> str:
@@ -61,7 +63,9 @@ def _place_base(root: Path, base: tuple[str, bytes] | None) -> None:
         atomic_write(path, lambda p: p.write_bytes(data))
 
 
-def run_trial(job: dict[str, Any], base: tuple[str, bytes] | None = None, attempts: Any = None) -> dict[str, Any]:
+def run_trial(
+    job: dict[str, Any], base: tuple[str, bytes] | None = None, attempts: Any = None
+) -> dict[str, Any]:
     """Run one trial to the end (resuming what this node has of it) and return its record."""
     from pbkit import stages
 
@@ -69,11 +73,18 @@ def run_trial(job: dict[str, Any], base: tuple[str, bytes] | None = None, attemp
     attempt = int(_ray_get(attempts.bump.remote(job["hash"]))) if attempts is not None else 1
     if attempt == 1 and os.environ.get(FAULT_ENV) and job["hash"].startswith(os.environ[FAULT_ENV]):
         os._exit(1)  # simulated worker death (tests): Ray retries the task
-    out: dict[str, Any] = {"hash": job["hash"], "attempt": attempt, "started_utc": started, **_where()}
+    out: dict[str, Any] = {
+        "hash": job["hash"],
+        "attempt": attempt,
+        "started_utc": started,
+        **_where(),
+    }
     try:
         root = work_dir(job.get("work"), job["study"])
         _place_base(root, base)
-        cfg = config.validate({**job["cfg"], "out": str(root / "runs")}, f"trial {job['hash'][:10]}")
+        cfg = config.validate(
+            {**job["cfg"], "out": str(root / "runs")}, f"trial {job['hash'][:10]}"
+        )
         threads = int(job["threads"])
         with isolated():
             import torch
@@ -81,8 +92,14 @@ def run_trial(job: dict[str, Any], base: tuple[str, bytes] | None = None, attemp
             torch.set_num_threads(threads)
             outcome = stages.run(cfg, quiet=True)
         rec = outcome.record.model_dump(mode="json")
-        rec["artifacts"]["location"] = {"host": out["host"], "node_id": out["node_id"], "run_dir": str(outcome.run_dir)}
-        out.update(status="done", record=rec, run_id=outcome.run_dir.name, ran=outcome.ran, work=str(root))
+        rec["artifacts"]["location"] = {
+            "host": out["host"],
+            "node_id": out["node_id"],
+            "run_dir": str(outcome.run_dir),
+        }
+        out.update(
+            status="done", record=rec, run_id=outcome.run_dir.name, ran=outcome.ran, work=str(root)
+        )
     except BaseException as e:  # noqa: BLE001  (reported as the trial's one-line error)
         if isinstance(e, KeyboardInterrupt | SystemExit):
             raise
@@ -107,9 +124,13 @@ def train_base(job: dict[str, Any]) -> dict[str, Any]:
             torch.set_num_threads(int(job["threads"]))
             bundle = prune.dataset(cfg)
             spec = prune.resolve_spec(cfg, bundle)
-            _, weights, _ = bases.obtain(cfg, spec, tasks.get(spec.task), bundle, root / "bases", quiet=True)
+            _, weights, _ = bases.obtain(
+                cfg, spec, tasks.get(spec.task), bundle, root / "bases", quiet=True
+            )
         path = Path(weights["weights_path"])
-        out.update(status="done", file=path.name, data=path.read_bytes(), sha256=weights["weights_sha256"])
+        out.update(
+            status="done", file=path.name, data=path.read_bytes(), sha256=weights["weights_sha256"]
+        )
     except BaseException as e:  # noqa: BLE001
         if isinstance(e, KeyboardInterrupt | SystemExit):
             raise

@@ -39,8 +39,12 @@ class Task(ABC):
     title: str  # in messages: classification | detection | segmentation
     metric: str  # the evaluation metric, in percent: top1 | mAP50-95 | mIoU
     history_metric: str  # the metric's key in a training history's per-epoch rows
-    trains_by_iterations: bool = True  # train(max_iters=...) works: the interleaved pruning schedule
-    not_distributed: str | None = None  # why train(dist=...) (DDP across processes) is not available, if it is not
+    trains_by_iterations: bool = (
+        True  # train(max_iters=...) works: the interleaved pruning schedule
+    )
+    not_distributed: str | None = (
+        None  # why train(dist=...) (DDP across processes) is not available, if it is not
+    )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -49,23 +53,39 @@ class Task(ABC):
     def check_data(self, bundle: DataBundle, purpose: str) -> None:
         """Refuse a dataset that serves another task, naming both."""
         if bundle.task != self.name:
-            raise PbkitError(f"{purpose} a {self.title} model needs a {self.title} dataset; {bundle.name} is a "
-                             f"{_TITLES.get(bundle.task, bundle.task)} dataset")
+            raise PbkitError(
+                f"{purpose} a {self.title} model needs a {self.title} dataset; {bundle.name} is a "
+                f"{_TITLES.get(bundle.task, bundle.task)} dataset"
+            )
 
     @abstractmethod
     def protected(self, model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
         """Modules pruning never touches (they produce the task's outputs)."""
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int) -> float:
+    def evaluate(
+        self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int
+    ) -> float:
         """The task's metric of ``model`` on the test split, in percent."""
 
     @abstractmethod
-    def train(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, recipe: dict[str, Any], *,
-              eval_batch_size: int, evaluate_each_epoch: bool = True, on_epoch: OnEpoch | None = None,
-              regularize: Callable[[], None] | None = None, after_epoch: Callable[[], None] | None = None,
-              teacher: nn.Module | None = None, kd: KDCfg | None = None,
-              max_iters: int | None = None, dist: Dist | None = None) -> dict[str, Any]:
+    def train(
+        self,
+        model: nn.Module,
+        bundle: DataBundle,
+        spec: ModelSpec,
+        recipe: dict[str, Any],
+        *,
+        eval_batch_size: int,
+        evaluate_each_epoch: bool = True,
+        on_epoch: OnEpoch | None = None,
+        regularize: Callable[[], None] | None = None,
+        after_epoch: Callable[[], None] | None = None,
+        teacher: nn.Module | None = None,
+        kd: KDCfg | None = None,
+        max_iters: int | None = None,
+        dist: Dist | None = None,
+    ) -> dict[str, Any]:
         """Train ``model`` in place with ``recipe``; return the recipe as run with its history.
         ``regularize`` runs between backward and the optimizer step, ``after_epoch`` after each
         epoch (sparse training); with ``teacher`` and ``kd`` the loss distils the teacher's
@@ -78,7 +98,9 @@ class Task(ABC):
         """Pinned calibration batches (same seed, same inputs) with the task's loss where the
         dataset carries the task's labels."""
 
-    def scores(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int) -> dict[str, float]:
+    def scores(
+        self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int
+    ) -> dict[str, float]:
         """Every metric the task reports, the main one (``metric``) included; one pass where the
         task computes several at once (segmentation: mIoU and pixel accuracy)."""
         return {self.metric: self.evaluate(model, bundle, spec, batch_size)}
@@ -93,6 +115,8 @@ class Task(ABC):
 
     def epoch_line(self, row: dict[str, float]) -> str:
         """One progress line for a finished training epoch."""
-        return " ".join(f"{k} {v:.3f}" if k == "loss" else f"{k} {v:.2f}" for k, v in row.items()
-                        if k not in ("epoch", "lr"))
-
+        return " ".join(
+            f"{k} {v:.3f}" if k == "loss" else f"{k} {v:.2f}"
+            for k, v in row.items()
+            if k not in ("epoch", "lr")
+        )

@@ -45,7 +45,9 @@ def speed(row: dict[str, float]) -> str:
     return f" {row['images_per_s']:.0f} img/s" if row.get("images_per_s") else ""
 
 
-def classification_batches(bundle: DataBundle, batches: int, batch_size: int, seed: int) -> list[Any]:
+def classification_batches(
+    bundle: DataBundle, batches: int, batch_size: int, seed: int
+) -> list[Any]:
     """The pinned calibration set: the same seed gives the same images and labels."""
     torch.manual_seed(seed)  # augmentations draw from torch's generator (restored after the run)
     out = []
@@ -60,13 +62,23 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
     """Hinton's distillation term on logits: T^2 * KL(softmax(teacher/T) || softmax(student/T)),
     averaged over the batch; the teacher's logits carry no gradient."""
     t = temperature
-    return F.kl_div(F.log_softmax(student / t, dim=1), F.softmax(teacher.detach() / t, dim=1),
-                    reduction="batchmean") * t * t
+    return (
+        F.kl_div(
+            F.log_softmax(student / t, dim=1),
+            F.softmax(teacher.detach() / t, dim=1),
+            reduction="batchmean",
+        )
+        * t
+        * t
+    )
 
 
-def distilled(task_loss: Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]], teacher: nn.Module | None,
-              kd: KDCfg | None, term: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] = kd_loss
-              ) -> Callable[[nn.Module, Any], torch.Tensor]:
+def distilled(
+    task_loss: Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]],
+    teacher: nn.Module | None,
+    kd: KDCfg | None,
+    term: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] = kd_loss,
+) -> Callable[[nn.Module, Any], torch.Tensor]:
     """(1 - alpha) * task loss + alpha * ``term`` (:func:`kd_loss` on logits by default), the
     teacher in eval mode without gradients; the task loss alone without a teacher or with KD off."""
     if teacher is None or kd is None or not kd.enabled:
@@ -93,10 +105,15 @@ class Classify(Task):
     def protected(self, model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
         heads = classifier_heads(model, spec.num_classes)
         if not heads:
-            raise PbkitError(f"could not find the classifier head (a layer with {spec.num_classes} outputs) to protect")
+            raise PbkitError(
+                f"could not find the classifier head (a layer with {spec.num_classes} outputs) to"
+                " protect"
+            )
         return heads
 
-    def evaluate(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int) -> float:
+    def evaluate(
+        self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int
+    ) -> float:
         self.check_data(bundle, "evaluating")
         return top1(model, bundle.loader("test", batch_size))
 
@@ -104,7 +121,9 @@ class Classify(Task):
 
     def loss(self, out: torch.Tensor, target: torch.Tensor, recipe: dict[str, Any]) -> torch.Tensor:
         """The task's training loss on a batch's outputs (cross-entropy, the recipe's label smoothing)."""
-        return F.cross_entropy(out, target, label_smoothing=float(recipe.get("label_smoothing") or 0.0))
+        return F.cross_entropy(
+            out, target, label_smoothing=float(recipe.get("label_smoothing") or 0.0)
+        )
 
     def test_metric(self, model: nn.Module, loader: DataLoader[Any], spec: ModelSpec) -> float:
         """The metric evaluated after every training epoch."""
@@ -114,15 +133,30 @@ class Classify(Task):
     # shares are weighted by their sizes (False: every rank evaluates the whole test split)
     metric_is_sample_mean = True
 
-    def train(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, recipe: dict[str, Any], *,
-              eval_batch_size: int, evaluate_each_epoch: bool = True, on_epoch: OnEpoch | None = None,
-              regularize: Callable[[], None] | None = None, after_epoch: Callable[[], None] | None = None,
-              teacher: nn.Module | None = None, kd: KDCfg | None = None,
-              max_iters: int | None = None, dist: Dist | None = None) -> dict[str, Any]:
+    def train(
+        self,
+        model: nn.Module,
+        bundle: DataBundle,
+        spec: ModelSpec,
+        recipe: dict[str, Any],
+        *,
+        eval_batch_size: int,
+        evaluate_each_epoch: bool = True,
+        on_epoch: OnEpoch | None = None,
+        regularize: Callable[[], None] | None = None,
+        after_epoch: Callable[[], None] | None = None,
+        teacher: nn.Module | None = None,
+        kd: KDCfg | None = None,
+        max_iters: int | None = None,
+        dist: Dist | None = None,
+    ) -> dict[str, Any]:
         self.check_data(bundle, "training")
         seed = int(recipe["seed"])
-        train = bundle.loader("train", dist.local_batch(int(recipe["batch_size"])) if dist else int(recipe["batch_size"]),
-                              seed=seed)
+        train = bundle.loader(
+            "train",
+            dist.local_batch(int(recipe["batch_size"])) if dist else int(recipe["batch_size"]),
+            seed=seed,
+        )
         test = bundle.loader("test", eval_batch_size) if evaluate_each_epoch else None
         if dist is not None:
             train = shard_loader(train, dist, seed, train=True)
@@ -142,23 +176,44 @@ class Classify(Task):
             weighted, total = dist.sum([value * share, float(share)])
             return weighted / total
 
-        return fit(model, train, recipe, loss_fn=distilled(task_loss, teacher, kd, term=self.kd_term),
-                   evaluate=evaluate if test is not None else None,
-                   metric_key=self.history_metric, on_epoch=on_epoch, after_backward=regularize,
-                   after_epoch=after_epoch, max_iters=max_iters, dist=dist)
+        return fit(
+            model,
+            train,
+            recipe,
+            loss_fn=distilled(task_loss, teacher, kd, term=self.kd_term),
+            evaluate=evaluate if test is not None else None,
+            metric_key=self.history_metric,
+            on_epoch=on_epoch,
+            after_backward=regularize,
+            after_epoch=after_epoch,
+            max_iters=max_iters,
+            dist=dist,
+        )
 
     def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:
         self.check_data(bundle, "calibrating")
         batches = classification_batches(bundle, cfg.batches, cfg.batch_size, cfg.seed)
-        return self.calibration_of(batches, {"dataset": bundle.name, "batches": len(batches),
-                                             "batch_size": cfg.batch_size, "seed": cfg.seed,
-                                             "samples": sum(len(y) for _, y in batches)})
+        return self.calibration_of(
+            batches,
+            {
+                "dataset": bundle.name,
+                "batches": len(batches),
+                "batch_size": cfg.batch_size,
+                "seed": cfg.seed,
+                "samples": sum(len(y) for _, y in batches),
+            },
+        )
 
     def calibration_of(self, batches: list[Any], info: dict[str, Any] | None = None) -> Calibration:
         """Labelled batches as a calibration set with the task's loss (without label smoothing)."""
-        return Calibration(batches, self.title, loss=lambda m, b: self.loss(m(b[0]), b[1], {}),
-                           sample=lambda b, i: (b[0][i:i + 1], b[1][i:i + 1]),
-                           output_loss=lambda out, y: self.loss(out, y, {}), info=info or {})
+        return Calibration(
+            batches,
+            self.title,
+            loss=lambda m, b: self.loss(m(b[0]), b[1], {}),
+            sample=lambda b, i: (b[0][i : i + 1], b[1][i : i + 1]),
+            output_loss=lambda out, y: self.loss(out, y, {}),
+            info=info or {},
+        )
 
     def epoch_line(self, row: dict[str, float]) -> str:
         acc = f" acc {row['accuracy']:.2f}" if "accuracy" in row else ""

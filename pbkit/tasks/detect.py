@@ -38,31 +38,58 @@ class Detect(Task):
     history_metric = "mAP50-95"
     trains_by_iterations = False  # the ultralytics trainer trains by epochs
 
-    not_distributed = ("detectors train with the ultralytics trainer, which runs across processes by itself (not "
-                       "through pbkit's torchrun launch); set distributed.nproc_per_node=1 and distributed.nnodes=1")
+    not_distributed = (
+        "detectors train with the ultralytics trainer, which runs across processes by itself (not"
+        " through pbkit's torchrun launch); set distributed.nproc_per_node=1 and"
+        " distributed.nnodes=1"
+    )
 
     def protected(self, model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
         return yolo.detect_head(model)
 
-    def evaluate(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int) -> float:
+    def evaluate(
+        self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int
+    ) -> float:
         self.check_data(bundle, "evaluating")
         with ultralytics_offline():
             return map50_95(model, bundle.info["yaml"], spec.input_size, batch=batch_size)
 
-    def train(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, recipe: dict[str, Any], *,
-              eval_batch_size: int, evaluate_each_epoch: bool = True, on_epoch: OnEpoch | None = None,
-              regularize: Callable[[], None] | None = None, after_epoch: Callable[[], None] | None = None,
-              teacher: nn.Module | None = None, kd: KDCfg | None = None,
-              max_iters: int | None = None, dist: Dist | None = None) -> dict[str, Any]:
+    def train(
+        self,
+        model: nn.Module,
+        bundle: DataBundle,
+        spec: ModelSpec,
+        recipe: dict[str, Any],
+        *,
+        eval_batch_size: int,
+        evaluate_each_epoch: bool = True,
+        on_epoch: OnEpoch | None = None,
+        regularize: Callable[[], None] | None = None,
+        after_epoch: Callable[[], None] | None = None,
+        teacher: nn.Module | None = None,
+        kd: KDCfg | None = None,
+        max_iters: int | None = None,
+        dist: Dist | None = None,
+    ) -> dict[str, Any]:
         self.check_data(bundle, "training")
         if dist is not None:
             raise PbkitError(self.not_distributed)
         if max_iters is not None:
-            raise PbkitError("training for a number of iterations between pruning steps (prune.schedule: interleaved) "
-                             "is available for classification; detectors train with the ultralytics trainer by epochs")
+            raise PbkitError(
+                "training for a number of iterations between pruning steps (prune.schedule:"
+                " interleaved) is available for classification; detectors train with the"
+                " ultralytics trainer by epochs"
+            )
         with distilling(model, teacher, kd):
-            return finetune(model, bundle.info["yaml"], spec.input_size, recipe, on_epoch=on_epoch,
-                            regularize=regularize, after_epoch=after_epoch)
+            return finetune(
+                model,
+                bundle.info["yaml"],
+                spec.input_size,
+                recipe,
+                on_epoch=on_epoch,
+                regularize=regularize,
+                after_epoch=after_epoch,
+            )
 
     def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:
         info = {"dataset": bundle.name, "batch_size": cfg.batch_size, "seed": cfg.seed}
@@ -70,11 +97,16 @@ class Detect(Task):
             batches = classification_batches(bundle, cfg.batches, cfg.batch_size, cfg.seed)
             return Calibration(batches, self.title, info=_counted(info, batches, lambda y: len(y)))
         with ultralytics_offline():
-            batches = calibration_batches(bundle.info["yaml"], spec.input_size, cfg.batches, cfg.batch_size,
-                                          cfg.seed)
-        return Calibration(batches, self.title, loss=lambda m, b: detection_loss(m, b[1]),
-                           sample=lambda b, i: (b[0][i:i + 1], sample(b[1], i)),
-                           info=_counted(info, batches, lambda y: len(y["img"])))
+            batches = calibration_batches(
+                bundle.info["yaml"], spec.input_size, cfg.batches, cfg.batch_size, cfg.seed
+            )
+        return Calibration(
+            batches,
+            self.title,
+            loss=lambda m, b: detection_loss(m, b[1]),
+            sample=lambda b, i: (b[0][i : i + 1], sample(b[1], i)),
+            info=_counted(info, batches, lambda y: len(y["img"])),
+        )
 
     def parity_outputs(self, outputs: list[Any]) -> tuple[list[Any], str]:
         if len(outputs) > max(yolo.RAW_HEAD):
@@ -85,8 +117,12 @@ class Detect(Task):
         return f"mAP50-95 {row['mAP50-95']:.2f}" if "mAP50-95" in row else ""
 
 
-def detection_kd_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], reg_max: int,
-                      temperature: float) -> torch.Tensor:
+def detection_kd_loss(
+    student: dict[str, torch.Tensor],
+    teacher: dict[str, torch.Tensor],
+    reg_max: int,
+    temperature: float,
+) -> torch.Tensor:
     """Distillation on a YOLOv8 head's raw outputs, per anchor: the box side distributions
     (``reg_max`` bins per side, softmax) by T^2 * KL(teacher_T || student_T), summed over bins and
     averaged over sides, anchors and images; the class logits (independent sigmoids) by T^2 times
@@ -96,7 +132,11 @@ def detection_kd_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch
     b, _, a = student["boxes"].shape
     sb = student["boxes"].view(b, 4, reg_max, a)
     tb = teacher["boxes"].detach().view(b, 4, reg_max, a)
-    box = F.kl_div(F.log_softmax(sb / t, dim=2), F.softmax(tb / t, dim=2), reduction="none").sum(2).mean()
+    box = (
+        F.kl_div(F.log_softmax(sb / t, dim=2), F.softmax(tb / t, dim=2), reduction="none")
+        .sum(2)
+        .mean()
+    )
     pt = torch.sigmoid(teacher["scores"].detach() / t)
     entropy = F.binary_cross_entropy(pt, pt, reduction="mean")
     cls = F.binary_cross_entropy_with_logits(student["scores"] / t, pt, reduction="mean") - entropy
@@ -112,7 +152,9 @@ class DistilledCriterion:
 
     def __init__(self, model: nn.Module, teacher: nn.Module, kd: KDCfg, reg_max: int) -> None:
         self.model, self.teacher, self.kd, self.reg_max = model, teacher, kd, reg_max
-        self.own: Any = None  # built on first use, once the trainer has given the model its hyperparameters
+        self.own: Any = (
+            None  # built on first use, once the trainer has given the model its hyperparameters
+        )
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
         if self.own is None:
@@ -122,7 +164,10 @@ class DistilledCriterion:
             target = self.teacher(batch["img"])
         student = preds[1] if isinstance(preds, tuple) else preds
         target = target[1] if isinstance(target, tuple) else target
-        distil = detection_kd_loss(student, target, self.reg_max, self.kd.temperature) * batch["img"].shape[0]
+        distil = (
+            detection_kd_loss(student, target, self.reg_max, self.kd.temperature)
+            * batch["img"].shape[0]
+        )
         return (1 - self.kd.alpha) * value.sum() + self.kd.alpha * distil, items
 
     def update(self) -> None:
@@ -141,14 +186,18 @@ def distilling(model: nn.Module, teacher: nn.Module | None, kd: KDCfg | None) ->
     for p in teacher.parameters():
         p.requires_grad_(False)
     own = getattr(model, "criterion", None)
-    model.criterion = DistilledCriterion(model, teacher, kd, int(yolo.detect_head(model)[0].reg_max))
+    model.criterion = DistilledCriterion(
+        model, teacher, kd, int(yolo.detect_head(model)[0].reg_max)
+    )
     try:
         yield
     finally:
         model.criterion = own
 
 
-def _counted(info: dict[str, Any], batches: list[Any], size: Callable[[Any], int]) -> dict[str, Any]:
+def _counted(
+    info: dict[str, Any], batches: list[Any], size: Callable[[Any], int]
+) -> dict[str, Any]:
     return {**info, "batches": len(batches), "samples": sum(size(y) for _, y in batches)}
 
 
@@ -163,9 +212,18 @@ def map50_95(model: nn.Module, yaml_path: str, imgsz: int, batch: int = 16) -> f
     """mAP50-95 (percent) of a model object on the dataset's val split, on the model's device."""
     from ultralytics.models.yolo.detect import DetectionValidator
 
-    args = {"data": yaml_path, "imgsz": imgsz, "batch": batch, "device": str(device.of(model)), "plots": False,
-            "verbose": False,
-            "save_json": False, "workers": 0, "half": False, "rect": False}
+    args = {
+        "data": yaml_path,
+        "imgsz": imgsz,
+        "batch": batch,
+        "device": str(device.of(model)),
+        "plots": False,
+        "verbose": False,
+        "save_json": False,
+        "workers": 0,
+        "half": False,
+        "rect": False,
+    }
     validator = DetectionValidator(args=args)
     m = copy.deepcopy(model).float().eval()  # the validator fuses conv+bn in place
     with _quiet():
@@ -173,8 +231,9 @@ def map50_95(model: nn.Module, yaml_path: str, imgsz: int, batch: int = 16) -> f
     return 100.0 * float(stats["metrics/mAP50-95(B)"])
 
 
-def calibration_batches(yaml_path: str, imgsz: int, batches: int, batch_size: int,
-                        seed: int) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+def calibration_batches(
+    yaml_path: str, imgsz: int, batches: int, batch_size: int, seed: int
+) -> list[tuple[torch.Tensor, dict[str, Any]]]:
     """Pinned calibration batches from the dataset's train split, ultralytics' loader without
     augmentation: (images in [0, 1], the batch dict the detection loss reads)."""
     from ultralytics.cfg import get_cfg
@@ -188,8 +247,14 @@ def calibration_batches(yaml_path: str, imgsz: int, batches: int, batch_size: in
         cfg = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "fraction": 1.0, "cache": False})
         ds = build_yolo_dataset(cfg, data["train"], batch_size, data, mode="val")
     g = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g, num_workers=0,
-                                         collate_fn=ds.collate_fn)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=g,
+        num_workers=0,
+        collate_fn=ds.collate_fn,
+    )
     out = []
     for batch in loader:
         batch["img"] = batch["img"].float() / 255.0
@@ -213,14 +278,25 @@ def detection_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
 def sample(batch: dict[str, Any], i: int) -> dict[str, Any]:
     """Image ``i`` of a detection batch, with its own targets, as a batch of one."""
     keep = batch["batch_idx"] == i
-    return {**batch, "img": batch["img"][i:i + 1], "cls": batch["cls"][keep], "bboxes": batch["bboxes"][keep],
-            "batch_idx": torch.zeros(int(keep.sum()), dtype=batch["batch_idx"].dtype)}
+    return {
+        **batch,
+        "img": batch["img"][i : i + 1],
+        "cls": batch["cls"][keep],
+        "bboxes": batch["bboxes"][keep],
+        "batch_idx": torch.zeros(int(keep.sum()), dtype=batch["batch_idx"].dtype),
+    }
 
 
-def finetune(model: nn.Module, yaml_path: str, imgsz: int, recipe: dict[str, Any], workdir: Path | None = None,
-             on_epoch: OnEpoch | None = None,
-             regularize: Callable[[], None] | None = None,
-             after_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
+def finetune(
+    model: nn.Module,
+    yaml_path: str,
+    imgsz: int,
+    recipe: dict[str, Any],
+    workdir: Path | None = None,
+    on_epoch: OnEpoch | None = None,
+    regularize: Callable[[], None] | None = None,
+    after_epoch: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Finetune the pruned object itself with the ultralytics trainer; load its EMA weights back.
 
     ``regularize`` runs after every backward pass, before the optimizer step (sparse training);
@@ -230,50 +306,87 @@ def finetune(model: nn.Module, yaml_path: str, imgsz: int, recipe: dict[str, Any
 
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="pbkit-yolo-") as work:
-            return finetune(model, yaml_path, imgsz, recipe, Path(work), on_epoch, regularize, after_epoch)
+            return finetune(
+                model, yaml_path, imgsz, recipe, Path(work), on_epoch, regularize, after_epoch
+            )
     with ultralytics_offline():
         return _train(model, yaml_path, imgsz, recipe, workdir, on_epoch, regularize, after_epoch)
 
 
-def _train(model: nn.Module, yaml_path: str, imgsz: int, recipe: dict[str, Any], workdir: Path,
-           on_epoch: OnEpoch | None, regularize: Callable[[], None] | None,
-           after_epoch: Callable[[], None] | None) -> dict[str, Any]:
+def _train(
+    model: nn.Module,
+    yaml_path: str,
+    imgsz: int,
+    recipe: dict[str, Any],
+    workdir: Path,
+    on_epoch: OnEpoch | None,
+    regularize: Callable[[], None] | None,
+    after_epoch: Callable[[], None] | None,
+) -> dict[str, Any]:
     import time
 
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    class PrunedTrainer(DetectionTrainer):  # the trainer's model is our object, never a yaml rebuild
-        def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
+    class PrunedTrainer(
+        DetectionTrainer
+    ):  # the trainer's model is our object, never a yaml rebuild
+        def get_model(
+            self, cfg: Any = None, weights: Any = None, verbose: bool = True
+        ) -> nn.Module:
             return model
 
         def optimizer_step(self) -> None:
             if regularize is not None:
-                self.scaler.unscale_(self.optimizer)  # a no-op without AMP; the penalty sees true gradients
+                self.scaler.unscale_(
+                    self.optimizer
+                )  # a no-op without AMP; the penalty sees true gradients
                 regularize()
             super().optimizer_step()
 
     schedule = recipe.get("schedule")
     overrides = {
         # a name only (the trainer's model is set to our object below and never built from it)
-        "model": str(getattr(model, "yaml", {}).get("yaml_file", "yolov8n.yaml")), "data": yaml_path,
-        "epochs": int(recipe["epochs"]), "imgsz": imgsz,
+        "model": str(getattr(model, "yaml", {}).get("yaml_file", "yolov8n.yaml")),
+        "data": yaml_path,
+        "epochs": int(recipe["epochs"]),
+        "imgsz": imgsz,
         # the model's device; AMP stays off: ultralytics' AMP check would download a model to test with
-        "batch": int(recipe["batch_size"]), "device": str(device.of(model)), "workers": 0, "amp": False,
+        "batch": int(recipe["batch_size"]),
+        "device": str(device.of(model)),
+        "workers": 0,
+        "amp": False,
         "plots": False,
-        "val": True, "project": str(workdir), "name": "finetune", "exist_ok": True, "seed": int(recipe["seed"]),
-        "deterministic": True, "optimizer": {"sgd": "SGD", "adamw": "AdamW", "adam": "Adam"}[recipe["optimizer"]],
-        "lr0": float(recipe["lr"]), "momentum": float(recipe["momentum"]), "weight_decay": float(recipe["weight_decay"]),
-        "cos_lr": schedule == "cosine", "lrf": 1.0 if schedule == "constant" else 0.01, "warmup_epochs": 0,
-        "close_mosaic": 0, "verbose": False, "save": True, "pretrained": False,
+        "val": True,
+        "project": str(workdir),
+        "name": "finetune",
+        "exist_ok": True,
+        "seed": int(recipe["seed"]),
+        "deterministic": True,
+        "optimizer": {"sgd": "SGD", "adamw": "AdamW", "adam": "Adam"}[recipe["optimizer"]],
+        "lr0": float(recipe["lr"]),
+        "momentum": float(recipe["momentum"]),
+        "weight_decay": float(recipe["weight_decay"]),
+        "cos_lr": schedule == "cosine",
+        "lrf": 1.0 if schedule == "constant" else 0.01,
+        "warmup_epochs": 0,
+        "close_mosaic": 0,
+        "verbose": False,
+        "save": True,
+        "pretrained": False,
     }
     trainer = PrunedTrainer(overrides=overrides)
     trainer.model = model
     history: list[dict[str, float]] = []
 
     def epoch_end(tr: Any) -> None:
-        if int(tr.epoch) + 1 > int(recipe["epochs"]) or any(r["epoch"] == int(tr.epoch) + 1 for r in history):
+        if int(tr.epoch) + 1 > int(recipe["epochs"]) or any(
+            r["epoch"] == int(tr.epoch) + 1 for r in history
+        ):
             return  # the trainer's final evaluation fires the event once more
-        row = {"epoch": int(tr.epoch) + 1, "mAP50-95": 100.0 * float(tr.metrics.get("metrics/mAP50-95(B)", 0.0))}
+        row = {
+            "epoch": int(tr.epoch) + 1,
+            "mAP50-95": 100.0 * float(tr.metrics.get("metrics/mAP50-95(B)", 0.0)),
+        }
         history.append(row)
         if on_epoch is not None:
             on_epoch(row["epoch"], row)
@@ -290,5 +403,9 @@ def _train(model: nn.Module, yaml_path: str, imgsz: int, recipe: dict[str, Any],
     model.float().eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    return {**recipe, "trainer": "ultralytics DetectionTrainer (pruned object)", "time_s": time.perf_counter() - t0,
-            "history": history}
+    return {
+        **recipe,
+        "trainer": "ultralytics DetectionTrainer (pruned object)",
+        "time_s": time.perf_counter() - t0,
+        "history": history,
+    }

@@ -36,7 +36,9 @@ def miou(conf: torch.Tensor) -> tuple[float, float]:
     seen = union > 0
     if not bool(seen.any()):
         raise PbkitError("evaluation set has no labelled pixels")
-    return float(100.0 * (inter[seen] / union[seen]).mean()), float(100.0 * inter.sum() / conf.sum())
+    return float(100.0 * (inter[seen] / union[seen]).mean()), float(
+        100.0 * inter.sum() / conf.sum()
+    )
 
 
 @torch.no_grad()
@@ -60,7 +62,9 @@ def kd_loss_dense(student: torch.Tensor, teacher: torch.Tensor, temperature: flo
     """Distillation per pixel: T^2 * KL(softmax(teacher/T) || softmax(student/T)) over the classes
     (dim 1) of each pixel, averaged over pixels and images; no gradient into the teacher."""
     t = temperature
-    kl = F.kl_div(F.log_softmax(student / t, dim=1), F.softmax(teacher.detach() / t, dim=1), reduction="none")
+    kl = F.kl_div(
+        F.log_softmax(student / t, dim=1), F.softmax(teacher.detach() / t, dim=1), reduction="none"
+    )
     return kl.sum(dim=1).mean() * t * t
 
 
@@ -78,10 +82,14 @@ class Segment(Classify):
     def protected(self, model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
         return segment.heads(model, spec.num_classes)
 
-    def evaluate(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int) -> float:
+    def evaluate(
+        self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int
+    ) -> float:
         return self.scores(model, bundle, spec, batch_size)[self.metric]
 
-    def scores(self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int) -> dict[str, float]:
+    def scores(
+        self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int
+    ) -> dict[str, float]:
         self.check_data(bundle, "evaluating")
         return scores_of(model, bundle.loader("test", batch_size), spec.num_classes)
 

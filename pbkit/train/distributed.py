@@ -36,8 +36,10 @@ class Dist:
     def local_batch(self, global_batch: int) -> int:
         """This rank's share of the global batch (which must split evenly)."""
         if global_batch % self.world:
-            raise PbkitError(f"batch_size {global_batch} is the global batch and must split evenly among "
-                             f"{self.world} processes")
+            raise PbkitError(
+                f"batch_size {global_batch} is the global batch and must split evenly among "
+                f"{self.world} processes"
+            )
         return global_batch // self.world
 
     def sum(self, values: list[float]) -> list[float]:
@@ -63,11 +65,18 @@ def shard_loader(loader: DataLoader[Any], d: Dist, seed: int, train: bool) -> Da
     ``DistributedSampler`` (same seed, same global order; ``set_epoch`` reshuffles), for evaluation
     every ``world``-th sample from ``rank`` (no sample counted twice)."""
     ds = loader.dataset
-    common: dict[str, Any] = {"batch_size": loader.batch_size, "num_workers": loader.num_workers,
-                              "pin_memory": loader.pin_memory, "worker_init_fn": loader.worker_init_fn,
-                              "persistent_workers": loader.persistent_workers, "generator": loader.generator}
+    common: dict[str, Any] = {
+        "batch_size": loader.batch_size,
+        "num_workers": loader.num_workers,
+        "pin_memory": loader.pin_memory,
+        "worker_init_fn": loader.worker_init_fn,
+        "persistent_workers": loader.persistent_workers,
+        "generator": loader.generator,
+    }
     if train:
-        sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=seed, drop_last=False)
+        sampler = DistributedSampler(
+            ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=seed, drop_last=False
+        )
         return DataLoader(ds, sampler=sampler, **common)
     return DataLoader(Subset(ds, range(d.rank, len(ds), d.world)), shuffle=False, **common)
 

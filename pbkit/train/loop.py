@@ -32,8 +32,13 @@ def milestones(recipe: dict[str, Any]) -> list[int]:
 def _optimizer(model: nn.Module, r: dict[str, Any]) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if r["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=r["lr"], momentum=r["momentum"], weight_decay=r["weight_decay"],
-                               nesterov=bool(r.get("nesterov")) and r["momentum"] > 0)
+        return torch.optim.SGD(
+            params,
+            lr=r["lr"],
+            momentum=r["momentum"],
+            weight_decay=r["weight_decay"],
+            nesterov=bool(r.get("nesterov")) and r["momentum"] > 0,
+        )
     if r["optimizer"] == "adamw":
         return torch.optim.AdamW(params, lr=r["lr"], weight_decay=r["weight_decay"])
     if r["optimizer"] == "adam":
@@ -41,12 +46,16 @@ def _optimizer(model: nn.Module, r: dict[str, Any]) -> torch.optim.Optimizer:
     raise PbkitError(f"unknown optimizer {r['optimizer']!r}; choose one of: adam, adamw, sgd")
 
 
-def _scheduler(opt: torch.optim.Optimizer, r: dict[str, Any]) -> torch.optim.lr_scheduler.LRScheduler:
+def _scheduler(
+    opt: torch.optim.Optimizer, r: dict[str, Any]
+) -> torch.optim.lr_scheduler.LRScheduler:
     s = r["schedule"]
     if s == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones(r), gamma=r["gamma"])
     if s == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(int(r["step_size"]), 1), gamma=r["gamma"])
+        return torch.optim.lr_scheduler.StepLR(
+            opt, step_size=max(int(r["step_size"]), 1), gamma=r["gamma"]
+        )
     if s == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(r["epochs"]), 1))
     if s == "constant":
@@ -93,7 +102,9 @@ def fit(
     layout = torch.channels_last if recipe.get("channels_last") else None
     if layout is not None:
         model.to(memory_format=layout)
-    net = dist.wrap(model) if dist is not None else model  # the forward and backward pass; the optimizer
+    net = (
+        dist.wrap(model) if dist is not None else model
+    )  # the forward and backward pass; the optimizer
     opt = _optimizer(model, recipe)  # steps the parameters themselves
     sched = _scheduler(opt, recipe)
     history: list[dict[str, float]] = []
@@ -113,7 +124,10 @@ def fit(
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
                 loss = loss_fn(net, batch)
             if not torch.isfinite(loss):
-                raise PbkitError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate")
+                raise PbkitError(
+                    f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning"
+                    " rate"
+                )
             scaler.scale(loss).backward()
             if after_backward is not None:
                 scaler.unscale_(opt)  # a regularizer's gradient is added to the true gradient
@@ -132,8 +146,13 @@ def fit(
         sched.step()
         if after_epoch is not None:
             after_epoch()
-        row = {"epoch": epoch, "loss": total_loss / max(n, 1), "lr": opt.param_groups[0]["lr"], "lr_used": lr_used,
-               "images_per_s": n / seconds if seconds > 0 else 0.0}
+        row = {
+            "epoch": epoch,
+            "loss": total_loss / max(n, 1),
+            "lr": opt.param_groups[0]["lr"],
+            "lr_used": lr_used,
+            "images_per_s": n / seconds if seconds > 0 else 0.0,
+        }
         if evaluate is not None:
             row[metric_key] = evaluate(model)
         history.append(row)
@@ -142,14 +161,21 @@ def fit(
         if max_iters is not None and iters >= max_iters:
             break
     model.eval()
-    return {**recipe, "milestones_epochs": milestones(recipe), "time_s": time.perf_counter() - t0, "history": history,
-            "iterations": iters}
+    return {
+        **recipe,
+        "milestones_epochs": milestones(recipe),
+        "time_s": time.perf_counter() - t0,
+        "history": history,
+        "iterations": iters,
+    }
 
 
 STAGED = ("multistep", "step")  # schedules whose learning rate falls in stages
 
 
-def trainability(history: list[dict[str, Any]], metric: str, schedule: str | None) -> dict[str, Any] | None:
+def trainability(
+    history: list[dict[str, Any]], metric: str, schedule: str | None
+) -> dict[str, Any] | None:
     """The trainability accuracy of Wang et al. (2023): the mean test metric over the epochs of
     the first learning-rate stage (the epochs trained at the first rate of a step schedule; for a
     schedule without stages, cosine or constant, every epoch), and whether the metric was still
@@ -159,8 +185,11 @@ def trainability(history: list[dict[str, Any]], metric: str, schedule: str | Non
     if not rows:
         return None
     first = rows[0].get("lr_used")
-    staged = schedule in STAGED and first is not None and any(
-        r.get("lr_used") is not None and r["lr_used"] < first * 0.999 for r in rows)
+    staged = (
+        schedule in STAGED
+        and first is not None
+        and any(r.get("lr_used") is not None and r["lr_used"] < first * 0.999 for r in rows)
+    )
     stage = [r for r in rows if not staged or r["lr_used"] >= first * 0.999]
     values = [float(r[metric]) for r in stage]
     rising = None
@@ -168,7 +197,14 @@ def trainability(history: list[dict[str, Any]], metric: str, schedule: str | Non
         tail = values[-3:]
         xs = list(range(len(tail)))
         mx, my = sum(xs) / len(xs), sum(tail) / len(tail)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, tail, strict=True)) / sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, tail, strict=True)) / sum(
+            (x - mx) ** 2 for x in xs
+        )
         rising = slope > 0
-    return {"ta": sum(values) / len(values), "metric": metric, "stage_epochs": len(stage), "staged": staged,
-            "rising_at_first_decay": rising}
+    return {
+        "ta": sum(values) / len(values),
+        "metric": metric,
+        "stage_epochs": len(stage),
+        "staged": staged,
+        "rising_at_first_decay": rising,
+    }
