@@ -42,7 +42,7 @@ help:
 	@echo "make test [JOBS=n] [SLOW=1]     the test suite without the slow end-to-end cases (pytest-xdist, n workers);"
 	@echo "                                SLOW=1: with them, in one session (what CI runs)"
 	@echo "make test-slow / make test-all  the slow end-to-end cases / everything"
-	@echo "make lint                       ruff, import-linter (the layering), hadolint, mypy (TensorRT code vs tensorrt-stubs)"
+	@echo "make lint                       ruff format + check, import-linter (the layering), hadolint, mypy (TensorRT code vs tensorrt-stubs)"
 	@echo "make docker-build [OWNER=o]     build ghcr.io/<owner>/pbkit (CUDA) and pbkit-cpu images"
 	@echo "make docker-bench MODEL=m       make bench inside the GPU image, records into ./results"
 	@echo "make docker-pin                 refresh the base-image digests (needs a registry)"
@@ -97,6 +97,7 @@ test-all:
 	$(MAKE) test SLOW=1
 
 lint: setup
+	$(BIN)/ruff format --check pbkit tests benchmarks
 	$(BIN)/ruff check pbkit tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu
