@@ -5,7 +5,8 @@ nominal target (measured afterwards on the same backend with ``pbkit bench``). E
 ``pbkit prune`` in its own process; the latency tables are cached between targets. Writes
 ``latency-target-<machine>.{json,md,png}`` under ``--out``.
 
-    python benchmarks/latency_target.py --models resnet18_cifar resnet50_cifar --backends ort-cpu torch-cpu
+    python benchmarks/latency_target.py --models resnet18_cifar resnet50_cifar \
+        --backends ort-cpu torch-cpu
 """
 
 from __future__ import annotations

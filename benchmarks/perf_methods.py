@@ -6,7 +6,8 @@ steps and reported as the median. The study's figures (ResNet-50, CIFAR-100, GPU
 ThiNet 34 s, CP 2 min 51 s, OBD-Hessian 5 min against Taylor's 3.7 s per step. Goal here: every
 data-driven criterion within 10x of Taylor's step time in the same run.
 
-    python benchmarks/perf_methods.py [--batches 2] [--batch-size 32] [--steps 3] [--out results/perf]
+    python benchmarks/perf_methods.py [--batches 2] [--batch-size 32] [--steps 3] \
+        [--out results/perf]
 """
 
 from __future__ import annotations

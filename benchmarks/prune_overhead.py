@@ -1,9 +1,10 @@
 """Pruning-loop overhead: the wall time of the whole pruning loop (steps, MAC counting after every
 step, checks, bookkeeping) against the sum of the pruner's own step times, with MACs counted for
-real after every step (the counter before) and from the layers' shapes (pbkit.models.counts.StepCounter).
-Goal: loop / steps <= 1.10x. Writes ``prune-overhead-<tag>.{json,md}`` under ``--out``.
+real after every step (the counter before) and from the layers' shapes
+(pbkit.models.counts.StepCounter). Goal: loop / steps <= 1.10x. Writes
+``prune-overhead-<tag>.{json,md}`` under ``--out``.
 
-    python benchmarks/prune_overhead.py                       # resnet18_cifar, tv:densenet121, a timm ViT
+    python benchmarks/prune_overhead.py     # resnet18_cifar, tv:densenet121, a timm ViT
     python benchmarks/prune_overhead.py --models resnet18_cifar@32 --speedup 2
 """
 

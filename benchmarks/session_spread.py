@@ -7,7 +7,8 @@ benches is a property of the session (its memory placement, its kernel choices) 
 measuring inside one session averages away, and a bench's interval, computed within one session,
 cannot cover it. Writes ``session-spread-<tag>.{json,md}`` under ``--out``.
 
-    pbkit prune --model resnet18_cifar --method l2 --speedup 2 --out /tmp/ss && pbkit export /tmp/ss/<run>
+    pbkit prune --model resnet18_cifar --method l2 --speedup 2 --out /tmp/ss
+    pbkit export /tmp/ss/<run>
     python benchmarks/session_spread.py --run /tmp/ss/<run> [--pairs 6] [--backend ort-cpu]
 """
 

@@ -7,8 +7,8 @@ what hangs anyway. Per model: pass / fail with the one-line reason, wall time, p
 memory of the process, MACs and params before and after.
 
     python benchmarks/zoo.py [--source tv timm] [--names tv:resnet18 ...] [--limit N]
-                             [--timm-sample 120] [--max-memory-gib 8] [--timeout-s 600] [--max-graph-s S]
-                             [--iterative-steps N]
+                             [--timm-sample 120] [--max-memory-gib 8] [--timeout-s 600]
+                             [--max-graph-s S] [--iterative-steps N]
                              [--out results/perf] [--tag TAG]
 
 Writes zoo-<tag>.json and .md under --out (tag: cpu-<cores>core unless given), rewriting them
@@ -111,7 +111,8 @@ def _peak_rss(pid: int) -> int:
 
 
 def _run(cmd: list[str], timeout_s: float) -> tuple[int, str, str, int, float]:
-    """Run a command; (exit code, stdout, stderr, peak RSS bytes, seconds). Killed past the limit."""
+    """Run a command; (exit code, stdout, stderr, peak RSS bytes, seconds). Killed past the
+    limit."""
     t0 = time.perf_counter()
     peak = 0
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
@@ -138,7 +139,8 @@ def _reason(err: str) -> str:
 
 
 def code_version() -> str | None:
-    """The commit of the pbkit the zoo's processes import (``-dirty`` with uncommitted changes); None outside git."""
+    """The commit of the pbkit the zoo's processes import (``-dirty`` with uncommitted changes);
+    None outside git."""
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty"],

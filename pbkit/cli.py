@@ -617,8 +617,8 @@ def bench(
     \b
     Example:
       pbkit bench results/runs/<run_id> --backend torch-cpu --backend ort-cpu --batch 1 8
-      pbkit bench results/runs/<run_id> --backend torch-cuda --backend tensorrt --precision fp32 fp16 \\
-          --batch 1 32
+      pbkit bench results/runs/<run_id> --backend torch-cuda --backend tensorrt \\
+          --precision fp32 fp16 --batch 1 32
     """
     from pbkit.stages import bench_run
 
@@ -735,7 +735,8 @@ def join(
     that training stage ends; run it once per training stage.
 
     \b
-    Example (machine 2 of 2, while machine 1 runs `pbkit run CFG --nnodes 2 --rdzv-endpoint node1:29400`):
+    Example (machine 2 of 2, while machine 1 runs `pbkit run CFG --nnodes 2 --rdzv-endpoint
+    node1:29400`):
       pbkit join node1:29400 --nnodes 2 --nproc-per-node 8
     """
     import tempfile

@@ -128,8 +128,8 @@ def prune_model(
 def output_in_fresh_process(
     model_file: Path, x: Any, tmp: Path, expr: str = "m(x)", imports: str = ""
 ) -> Any:
-    """``expr`` (of the model ``m`` loaded from ``model_file`` and the input ``x``) computed in a new
-    Python process: a pruned model must reload without the process that pruned it."""
+    """``expr`` (of the model ``m`` loaded from ``model_file`` and the input ``x``) computed in a
+    new Python process: a pruned model must reload without the process that pruned it."""
     import subprocess
     import sys
 

@@ -29,7 +29,8 @@ RECIPE = {
     "trainability": None,
 }
 
-# (run folder, method, target, seed, finetune lr, final top1, measured torch-cpu speed-up, its interval)
+# (run folder, method, target, seed, finetune lr, final top1, measured torch-cpu speed-up, its
+# interval)
 RUNS = [
     ("l1-s0", "l1", 2.0, 0, 0.01, 96.0, 1.60, [1.55, 1.65]),
     ("l1-s1", "l1", 2.0, 1, 0.01, 95.0, 1.70, [1.66, 1.74]),

@@ -133,7 +133,7 @@ def test_a_prune_past_its_memory_budget_exits_2_and_leaves_no_run_folder(
     )
 
 
-def test_past_the_graph_budget_a_model_too_large_for_it_is_told_so_not_blamed_on_its_structure() -> (
+def test_past_the_graph_budget_a_model_too_large_for_it_is_told_so_not_blamed_on_structure() -> (
     None
 ):
     from torch import nn
@@ -158,7 +158,8 @@ def test_the_zoo_script_writes_its_table_with_passes_and_one_line_reasons(tmp_pa
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    # a small model of pbkit's own registry keeps this quick; the zoo itself runs tv: and timm: names
+    # a small model of pbkit's own registry keeps this quick; the zoo itself runs tv: and timm:
+    # names
     r = subprocess.run(
         [
             sys.executable,

@@ -119,7 +119,8 @@ def test_the_step_counter_knows_a_cnn_from_its_layers_and_bounds_the_rest() -> N
     )
     c = counts.StepCounter(cnn, 8)
     assert c.free == 0 and c.base == counts.count_macs(cnn, 8) == c.layers()
-    # a layer made narrower (as a pruning step does): known exactly from its weight, without a forward pass
+    # a layer made narrower (as a pruning step does): known exactly from its weight, without a
+    # forward pass
     cnn[0] = c.model[0]
     conv = cnn[0]
     conv.weight = nn.Parameter(conv.weight[:4].clone())
@@ -131,7 +132,8 @@ def test_the_step_counter_knows_a_cnn_from_its_layers_and_bounds_the_rest() -> N
     cnn[5].weight = nn.Parameter(cnn[5].weight[:, :4].clone())
     cnn[5].in_features = 4
     assert c.after_step(lambda m: False) == (counts.count_macs(cnn, 8), True) and c.real_counts == 1
-    # attention matmuls on activations belong to no layer: the free part, an upper bound until a real count
+    # attention matmuls on activations belong to no layer: the free part, an upper bound until a
+    # real count
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, img_size=64).eval()
     v = counts.StepCounter(vit, 64)
     assert v.free > 0 and v.after_step(lambda m: False) == (v.base, False) and v.real_counts == 1

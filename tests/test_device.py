@@ -164,7 +164,8 @@ def test_persistent_workers_name_another_run(tmp_path: Path) -> None:
 def test_mixed_precision_trains_and_is_part_of_the_recipe(
     cpu_run: dict[str, Any], tmp_path: Path, amp: str
 ) -> None:
-    # next to cpu_run, whose base it reuses (AMP is part of the finetuning recipe only): a run of its own
+    # next to cpu_run, whose base it reuses (AMP is part of the finetuning recipe only): a run of
+    # its own
     rec = _run(Path(cpu_run["folder"]), f"finetune.amp={amp}", "finetune.channels_last=true")
     assert (
         rec.model.weights_sha256

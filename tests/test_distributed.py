@@ -78,8 +78,8 @@ def test_two_processes_finetune_like_one_with_the_same_global_batch(
         "record.json",
     ]
     assert record.read(run_dir).stages["finetune"].device == "cpu x2"
-    # the number of processes is part of the recipe (batch statistics per rank, the data order): it names
-    # the run, and fair comparisons hold it equal like the rest of the finetuning recipe
+    # the number of processes is part of the recipe (batch statistics per rank, the data order): it
+    # names the run, and fair comparisons hold it equal like the rest of the finetuning recipe
     assert rec.identity is not None and rec.identity.fields["finetune"]["world_size"] == 2
     from pbkit.report import setups
 

@@ -27,8 +27,8 @@ def test_parity_gate() -> None:
         "passed"
     ]
     assert not parity.compare([ref[0][:2]], ref, 1e-3, 1e-5)["passed"]
-    # outputs of 1e12 (Inception v3 at random init): fp32 rounding of that size passes on a near-zero
-    # element, an error of 1e-4 of the scale does not
+    # outputs of 1e12 (Inception v3 at random init): fp32 rounding of that size passes on a
+    # near-zero element, an error of 1e-4 of the scale does not
     huge = [np.array([1e12, -1e12, 3.0], dtype=np.float32)]
     fine = parity.compare([huge[0] + np.array([0, 0, 5e5], dtype=np.float32)], huge, 1e-3, 1e-5)
     assert fine["passed"] and fine["atol_scale"] == pytest.approx(1e12)

@@ -413,7 +413,10 @@ def test_kd_is_part_of_the_identity_only_when_on(tmp_path: Path) -> None:
 
 STUDY = """
 name: fair
-config: {{model: {{name: resnet20_cifar, input_size: 16}}, dataset: {{name: synthetic}}, finetune: {{epochs: 2}}}}
+config:
+  model: {{name: resnet20_cifar, input_size: 16}}
+  dataset: {{name: synthetic}}
+  finetune: {{epochs: 2}}
 min_setup: {level}
 grid:
   prune.method: [l1, fpgm, slim]

@@ -1,4 +1,5 @@
-"""Channel splits and concatenations torch-pruning gets wrong on its own (timm's CSP nets, Res2Net)."""
+"""Channel splits and concatenations torch-pruning gets wrong on its own (timm's CSP nets,
+Res2Net)."""
 
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ def test_a_cross_stage_split_prunes_around_it_and_the_model_still_computes_the_s
     assert stage.block[0][0].out_channels < 48  # the block's inner width pruned
     with torch.no_grad():
         assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
-    # the kept inner channels are the same ones in the conv that makes them and the conv that reads them
+    # the kept inner channels are the same ones in the conv that makes them and the conv that reads
+    # them
     kept = stage.block[0][0].out_channels
     assert stage.block[1][0].in_channels == kept and before.stage.block[0][0].out_channels == 48
 
@@ -495,9 +497,7 @@ def test_a_block_held_as_one_node_takes_constant_tensors_but_not_ones_that_need_
     assert torch.allclose(y, block(x, rope=rope.detach()))
 
 
-def test_focal_modulation_spatial_gating_and_2d_lstms_are_among_the_blocks_held_when_the_graph_fails() -> (
-    None
-):
+def test_focal_modulation_spatial_gating_and_2d_lstms_are_held_when_the_graph_fails() -> None:
     import timm
 
     from pbkit.prune import opaque
@@ -557,8 +557,9 @@ def test_a_global_context_block_prunes_with_the_stream_through_it() -> None:
 
 
 def test_an_expand_that_repeats_no_channels_passes_indices_through() -> None:
-    # torch-pruning takes any 5-D expand for a language model's grouped-query heads; where it repeats
-    # none of the channels (GCViT's global query over the batch's windows) its map divides by zero
+    # torch-pruning takes any 5-D expand for a language model's grouped-query heads; where it
+    # repeats none of the channels (GCViT's global query over the batch's windows) its map divides
+    # by zero
     from torch_pruning import _helpers
     from torch_pruning.dependency import index_mapping
 
@@ -656,8 +657,8 @@ def test_a_split_of_a_channels_last_feature_map_is_held_and_the_rest_prunes() ->
 
 
 def test_a_mixed_depthwise_convolution_prunes_channel_by_channel_and_reloads() -> None:
-    # MixNet's MDConv splits its channels into groups with kernels of their own; traced, the split held
-    # every group reaching it
+    # MixNet's MDConv splits its channels into groups with kernels of their own; traced, the split
+    # held every group reaching it
     from timm.layers import MixedConv2d
 
     from pbkit.models import checkpoint, mixconv
@@ -719,7 +720,8 @@ def test_pbkit_builds_timm_models_with_their_depthwise_mixed_convolutions_prunab
 
 
 def test_a_view_shape_stored_for_a_per_channel_scale_follows_the_cut() -> None:
-    # timm's metaformer Scale (PoolFormer's layer scale) views its scale with a shape fixed when built
+    # timm's metaformer Scale (PoolFormer's layer scale) views its scale with a shape fixed when
+    # built
     from timm.models.metaformer import Scale
 
     from pbkit.prune import PruneSettings, methods, prune_to_target

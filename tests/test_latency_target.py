@@ -129,7 +129,8 @@ def test_the_per_call_overhead_is_taken_off_so_small_layers_are_not_priced_as_fi
 
 
 def test_the_knapsack_picks_the_least_importance_per_millisecond_saved() -> None:
-    # group a: cheap to remove but saves little; group b: costs more, saves much more; c saves nothing
+    # group a: cheap to remove but saves little; group b: costs more, saves much more; c saves
+    # nothing
     a = latency.best_option(
         "a", np.array([0.1, 0.2, 0.3]), np.array([0.01, 0.02, 0.03]), np.array([1, 2, 3])
     )
@@ -144,7 +145,8 @@ def test_the_knapsack_picks_the_least_importance_per_millisecond_saved() -> None
     assert a is not None and a.ratio == pytest.approx(10.0)
     best = latency.pick([a, b, c])
     assert best is not None and best.key == "b" and best.ratio == pytest.approx(0.6)
-    # one choice never saves more than the goal still needs (the smallest saving one is always allowed)
+    # one choice never saves more than the goal still needs (the smallest saving one is always
+    # allowed)
     flat = np.array([0.1, 0.1, 0.1, 0.1])
     big = latency.best_option("d", flat, np.array([0.5, 2.0, 3.0, 4.5]), np.array([1, 2, 3, 4]))
     capped = latency.best_option(

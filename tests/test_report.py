@@ -80,7 +80,8 @@ def test_report_skips_unfinished_temp_folders(pruned_run: Path, tmp_path: Path) 
 
 
 def _on_gpu(src: Path, dst: Path, gpu: str, factor: float, when: str) -> Path:
-    """The same run as if measured on another machine: its GPU in the env, its pruned latency scaled."""
+    """The same run as if measured on another machine: its GPU in the env, its pruned latency
+    scaled."""
     shutil.copytree(src, dst)
     data = json.loads((dst / "record.json").read_text())
     data["env"]["gpus"] = [{"index": 0, "name": gpu}]

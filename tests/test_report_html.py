@@ -38,7 +38,8 @@ def _unpack(text: str) -> dict:
 
 
 def test_the_page_fetches_nothing(page: str) -> None:
-    # nothing that a browser would load from elsewhere: no src, no stylesheet link, no url(), no import
+    # nothing that a browser would load from elsewhere: no src, no stylesheet link, no url(), no
+    # import
     assert not re.search(r"<(script|img|iframe|link|source|video|audio)\b[^>]*\b(src|href)=", page)
     assert "url(" not in page and "@import" not in page
     assert "default-src 'none'" in page  # and the page forbids it anyway
@@ -84,7 +85,8 @@ def test_plot_points_carry_their_coordinates(page: str) -> None:
     scatter = re.search(r'<svg class="plot scatter".*?</svg>', page, re.S)
     assert scatter is not None
     pts = re.findall(r'<circle class="pt measured"([^>]*)>', scatter.group(0))
-    # one point per leaderboard row and backend: l1 (2 seeds), fpgm, lamp, l1 at lr=0.001, l1 at 3x; 2 backends
+    # one point per leaderboard row and backend: l1 (2 seeds), fpgm, lamp, l1 at lr=0.001, l1 at 3x;
+    # 2 backends
     assert len(pts) == 10
     fpgm = [p for p in pts if 'data-method="fpgm"' in p and 'data-backend="torch-cpu@b1"' in p]
     assert len(fpgm) == 1 and 'data-x="1.4"' in fpgm[0] and 'data-y="97"' in fpgm[0]

@@ -49,8 +49,9 @@ def test_the_random_stream_continues_as_if_nothing_ran() -> None:
 
 
 def test_strict_fp32_leaves_a_precision_torch_export_can_read() -> None:
-    # torch refuses to read its legacy cuDNN flag where it disagrees with the conv and RNN precisions;
-    # torch.export reads it, so the dynamo ONNX exporter failed on every model after strict_fp32
+    # torch refuses to read its legacy cuDNN flag where it disagrees with the conv and RNN
+    # precisions; torch.export reads it, so the dynamo ONNX exporter failed on every model after
+    # strict_fp32
     before = runtime.snapshot()
     with runtime.isolated():
         runtime.strict_fp32()

@@ -52,7 +52,8 @@ def test_timm_swin_v2_with_widths_from_its_weights_computes_what_timm_computes()
         assert torch.equal(prunable(x), original(x))
 
 
-# (model, input size, kwargs, scope): torchvision's Swin-T in every scope; timm's Swin v1 and v2, shallow
+# (model, input size, kwargs, scope): torchvision's Swin-T in every scope; timm's Swin v1 and v2,
+# shallow
 CASES = [
     ("tv:swin_t", 32, "{}", "local"),
     ("tv:swin_t", 32, "{}", "global"),

@@ -268,9 +268,7 @@ def test_a_graph_that_runs_away_is_traced_again_with_its_attention_blocks_held_f
     )
 
 
-def test_an_error_inside_a_pruning_step_or_the_pruned_forward_is_one_line_naming_the_step_and_the_cause() -> (
-    None
-):
+def test_an_error_inside_a_pruning_step_or_the_pruned_forward_is_one_line_naming_the_step() -> None:
     from pbkit.core.errors import PbkitError
     from pbkit.prune import loop
 

@@ -274,8 +274,8 @@ def test_sparse_training_calls_the_regularizer_inside_the_ultralytics_trainer(
         regularize=lambda: calls.__setitem__("reg", calls["reg"] + 1),
         after_epoch=lambda: calls.__setitem__("epoch", calls["epoch"] + 1),
     )
-    # once per optimizer step (ultralytics accumulates gradients up to a nominal batch of 64: 16 images
-    # give one step), and once per epoch
+    # once per optimizer step (ultralytics accumulates gradients up to a nominal batch of 64: 16
+    # images give one step), and once per epoch
     assert calls == {"reg": 1, "epoch": 1}
 
 

@@ -76,7 +76,8 @@ def guarded(
             rss = proc.memory_info().rss
             watch.peak_bytes = max(watch.peak_bytes, rss)
             elapsed = time.monotonic() - t0
-            # memory freed but kept by the allocator is not over budget (just after a trim, memory over it is)
+            # memory freed but kept by the allocator is not over budget (just after a trim, memory
+            # over it is)
             if limit is not None and rss > limit and elapsed - trimmed >= TRIM_EVERY_S:
                 trimmed = elapsed
                 _trim()

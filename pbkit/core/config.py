@@ -203,8 +203,8 @@ class BenchCfg(_Strict):
 
 
 class DistributedCfg(_Strict):
-    """Training-type stages (base training, finetuning) across processes with DistributedDataParallel,
-    launched by torch.distributed's own launcher (torchrun)."""
+    """Training-type stages (base training, finetuning) across processes with
+    DistributedDataParallel, launched by torch.distributed's own launcher (torchrun)."""
 
     nproc_per_node: int = Field(1, ge=1)  # processes on this machine (one per GPU)
     nnodes: int = Field(1, ge=1)  # machines; the others join with `pbkit join`
@@ -244,9 +244,8 @@ class Config(_Strict):
     init: Literal["pruned", "scratch"] = (
         "pruned"  # scratch: the pruned architecture re-initialised (SX-A)
     )
-    device: str = (  # where training, evaluation, calibration and pruning compute: auto | cpu | cuda | cuda:N
-        "auto"
-    )
+    # where training, evaluation, calibration and pruning compute: auto | cpu | cuda | cuda:N
+    device: str = "auto"
     distributed: DistributedCfg = DistributedCfg()
 
     @field_validator("device")

@@ -183,10 +183,11 @@ class LatencyPoint(_Open):
     )
     input_shape: list[int] = []
     dtype: str | None = None
-    # how well the figures are known (1.2; absent in older records): the 95% interval of the speed-up
-    # (pruned points) and of each median, from a paired block bootstrap; how it was made and why
-    # measuring stopped (ci: method, confidence, draws, blocks, block_s, relative_half_width, target,
-    # stop = ci | budget | time, met); outliers by Tukey's fences (counted, kept)
+    # how well the figures are known (1.2; absent in older records): the 95% interval of the
+    # speed-up (pruned points) and of each median, from a paired block bootstrap; how it was made
+    # and why measuring stopped (ci: method, confidence, draws, blocks, block_s,
+    # relative_half_width, target, stop = ci | budget | time, met); outliers by Tukey's fences
+    # (counted, kept)
     speedup_ci: list[float] | None = None
     median_ci: list[float] | None = None
     ci: dict[str, Any] | None = None

@@ -3,10 +3,10 @@
 A run changes state that belongs to the whole process: torch's thread count, the TF32 and
 matmul-precision flags, cuDNN switches, the random generators, environment variables, warning
 filters, print options, OpenCV's thread count and ultralytics' module settings (importing
-ultralytics sets several of these itself). In a worker that runs many trials one after another, whatever one
-trial leaves behind would change the next. :func:`isolated` captures all of it on entry and puts
-it back on exit; every stage runs inside it. :func:`ultralytics_offline` is the scope in which
-ultralytics may be imported and used: no installs, no network, no font downloads.
+ultralytics sets several of these itself). In a worker that runs many trials one after another,
+whatever one trial leaves behind would change the next. :func:`isolated` captures all of it on entry
+and puts it back on exit; every stage runs inside it. :func:`ultralytics_offline` is the scope in
+which ultralytics may be imported and used: no installs, no network, no font downloads.
 """
 
 from __future__ import annotations

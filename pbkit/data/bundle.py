@@ -19,9 +19,8 @@ class DataBundle:
     train: Dataset[Any] | None
     test: Dataset[Any] | None
     info: dict[str, Any] = field(default_factory=dict)
-    task: str = (  # the pbkit.tasks key it serves; detect: info["yaml"] is the ultralytics dataset yaml
-        "classify"
-    )
+    # the pbkit.tasks key it serves; detect: info["yaml"] is the ultralytics dataset yaml
+    task: str = "classify"
     workers: int = 0  # DataLoader worker processes (dataset.workers)
     pin_memory: bool = False
     persistent_workers: bool = False

@@ -6,7 +6,8 @@
   the offline real dataset;
 - ``synthetic``: seeded tensors with learnable class structure (for smoke tests);
 - ``coco`` or a ``data.yaml``: detection (:mod:`pbkit.data.detection`);
-- ``shapes-seg``, ``voc``, ``ade20k``, ``cityscapes``: segmentation (:mod:`pbkit.data.segmentation`).
+- ``shapes-seg``, ``voc``, ``ade20k``, ``cityscapes``: segmentation
+  (:mod:`pbkit.data.segmentation`).
 """
 
 from __future__ import annotations

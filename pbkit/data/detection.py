@@ -47,7 +47,8 @@ def check_dataset(yaml_path: str | Path) -> dict[str, Any]:
 
 
 def detection(yaml_path: str, image_size: int | None = None, name: str | None = None) -> DataBundle:
-    """A detection dataset from an ultralytics-style yaml (images must be there: never downloaded)."""
+    """A detection dataset from an ultralytics-style yaml (images must be there: never
+    downloaded)."""
     info = check_dataset(yaml_path)
     return DataBundle(
         name or Path(yaml_path).stem,

@@ -4,7 +4,8 @@
   background (4 classes with the background), the offline dataset of the tests and ``make bench
   MODEL=seg``;
 - ``voc``: Pascal VOC 2012 segmentation from a local root (``VOCdevkit/VOC2012/`` with
-  ``JPEGImages/``, ``SegmentationClass/`` and ``ImageSets/Segmentation/{train,val}.txt``), 21 classes;
+  ``JPEGImages/``, ``SegmentationClass/`` and ``ImageSets/Segmentation/{train,val}.txt``), 21
+  classes;
 - ``ade20k``: ADE20K scene parsing from a local root (``ADEChallengeData2016/images/{training,
   validation}/*.jpg`` and ``annotations/{training,validation}/*.png``), 150 classes (label 0,
   "other", is ignored);

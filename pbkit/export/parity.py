@@ -1,12 +1,12 @@
 """Parity: a backend's outputs against fp32 torch on the same fixed batch.
 
-Gates (measurement.md): fp32 ``|a-b| <= atol*scale + rtol*|b|`` element-wise, where ``scale`` is
-the reference's largest magnitude when that exceeds 1 (else 1): an output element that is the
-small difference of terms far larger than itself carries fp32 rounding of their size, which no
+Gates (measurement.md): fp32 ``|a-b| <= atol*scale + rtol*|b|`` element-wise, where ``scale`` is the
+reference's largest magnitude when that exceeds 1 (else 1): an output element that is the small
+difference of terms far larger than itself carries fp32 rounding of their size, which no
 element-wise relative bound can admit (torchvision's Inception v3 at random init gives logits of
 1e12: errors of 5e5 are 4e-7 of its scale); for logits of order 1 the gate is measurement.md's.
-fp16: cosine similarity >= ``fp16_cosine``. Which outputs are compared is the task's choice (a detector's raw head
-outputs, a classifier's logits); the record names them.
+fp16: cosine similarity >= ``fp16_cosine``. Which outputs are compared is the task's choice (a
+detector's raw head outputs, a classifier's logits); the record names them.
 """
 
 from __future__ import annotations

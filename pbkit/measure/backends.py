@@ -35,8 +35,8 @@ class Backend:
     install_hint: str
     check: Callable[[], str | None] = field(repr=False)  # None when available, else the reason
     make: Callable[[RunSpec], Runner] = field(repr=False)
-    # False: a fresh runner compiles again (torch.compile: minutes, and dynamo's recompile limit), so
-    # a point is measured in one session whatever bench.sessions says
+    # False: a fresh runner compiles again (torch.compile: minutes, and dynamo's recompile limit),
+    # so a point is measured in one session whatever bench.sessions says
     fresh_sessions: bool = True
 
 

@@ -1,15 +1,15 @@
 """Latency measurement, following ../shared/reference/measurement.md. The backends that run the
 models are in :mod:`pbkit.backends`.
 
-Protocol: warm up by time AND count (the first call timed apart); measure by time AND count,
-dense and pruned alternating in short blocks (ABBA) in the same session, over several fresh
-sessions (``sessions``); per query, host wall clock end to end and, on a GPU, CUDA-event compute time; statistics with nearest-rank
-percentiles. The gate judges what matters, the speed-up: measuring goes on until its confidence
-interval is narrower than ``ci_target`` or ``max_time_s`` is spent, and says which. In one session
-the interval is a paired block bootstrap; over fresh sessions it is a t-interval over the sessions'
-speed-ups, which also holds what changes from one session to the next
-(:mod:`pbkit.measure.uncertainty`). A GPU throttle reason other than idle
-seen while measuring marks a point unstable; it is measured again, up to ``max_repeats``.
+Protocol: warm up by time AND count (the first call timed apart); measure by time AND count, dense
+and pruned alternating in short blocks (ABBA) in the same session, over several fresh sessions
+(``sessions``); per query, host wall clock end to end and, on a GPU, CUDA-event compute time;
+statistics with nearest-rank percentiles. The gate judges what matters, the speed-up: measuring goes
+on until its confidence interval is narrower than ``ci_target`` or ``max_time_s`` is spent, and says
+which. In one session the interval is a paired block bootstrap; over fresh sessions it is a
+t-interval over the sessions' speed-ups, which also holds what changes from one session to the next
+(:mod:`pbkit.measure.uncertainty`). A GPU throttle reason other than idle seen while measuring marks
+a point unstable; it is measured again, up to ``max_repeats``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ Runner = Callable[[], Any]  # a plain callable (wall clock), or a backends.Runne
 Monitor = Callable[
     [], AbstractContextManager[Any]
 ]  # a context whose .bad_reasons() mark a point unstable
-# opens fresh session number i: its runners and, for those already warmed up, (first-call ms, count);
-# leaving the context closes them
+# opens fresh session number i: its runners and, for those already warmed up, (first-call ms,
+# count); leaving the context closes them
 Session = Callable[
     [int], AbstractContextManager[tuple[dict[str, Runner], dict[str, tuple[float, int]] | None]]
 ]

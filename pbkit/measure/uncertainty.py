@@ -104,7 +104,8 @@ def covers_one(ci: list[float] | None) -> bool:
 
 
 def outliers(samples: list[float]) -> dict[str, int]:
-    """Tukey's fences: how many samples lie beyond 1.5 IQR (mild) and 3 IQR (severe), low or high."""
+    """Tukey's fences: how many samples lie beyond 1.5 IQR (mild) and 3 IQR (severe), low or
+    high."""
     x = np.asarray(samples, dtype=float)
     if x.size < 4:
         return {"low_mild": 0, "low_severe": 0, "high_mild": 0, "high_severe": 0}

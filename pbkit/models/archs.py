@@ -1,8 +1,9 @@
 """CIFAR architectures as the PruningBench study used them (32x32 input, 3x3 stem, no max-pool).
 
 ResNet-18/50 follow the Torch-Pruning ``reproduce/`` CIFAR models (64-wide stem, four stages);
-ResNet-20/56 are He et al.'s 16-32-64 CIFAR ResNets with 1x1-conv shortcuts; VGG-19 is VGG-19-BN (conv biases,
-as in Torch-Pruning) with one linear classifier: 20.09 M parameters for 100 classes, as in the study.
+ResNet-20/56 are He et al.'s 16-32-64 CIFAR ResNets with 1x1-conv shortcuts; VGG-19 is VGG-19-BN
+(conv biases, as in Torch-Pruning) with one linear classifier: 20.09 M parameters for 100 classes,
+as in the study.
 """
 
 from __future__ import annotations

@@ -60,9 +60,9 @@ def _count(model: nn.Module, input_size: int) -> tuple[int, dict[str, dict[Any, 
 
     was_training = model.training
     model.eval()
-    # parameters that need no gradient: the counter's module tracker hooks each module's tensor inputs
-    # for the backward pass, which fails on a parameter passed in as an input under no_grad (CaiT's
-    # class token)
+    # parameters that need no gradient: the counter's module tracker hooks each module's tensor
+    # inputs for the backward pass, which fails on a parameter passed in as an input under no_grad
+    # (CaiT's class token)
     grads = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for p, _ in grads:

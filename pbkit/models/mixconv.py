@@ -22,14 +22,16 @@ class MixedDepthwiseConv2d(MixedConv2d):  # type: ignore[misc]
 
 
 def depthwise(m: nn.Module) -> bool:
-    """Whether ``m`` is a mixed convolution whose every group is depth-wise (one channel per group, in = out)."""
+    """Whether ``m`` is a mixed convolution whose every group is depth-wise (one channel per
+    group, in = out)."""
     return isinstance(m, MixedConv2d) and all(
         isinstance(c, nn.Conv2d) and c.groups == c.in_channels == c.out_channels for c in m.values()
     )
 
 
 def make_prunable(model: nn.Module) -> nn.Module:
-    """Every depth-wise mixed convolution of ``model`` given :class:`MixedDepthwiseConv2d` (in place)."""
+    """Every depth-wise mixed convolution of ``model`` given :class:`MixedDepthwiseConv2d` (in
+    place)."""
     for m in model.modules():
         if type(m) is MixedConv2d and depthwise(m):
             m.__class__ = MixedDepthwiseConv2d

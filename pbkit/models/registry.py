@@ -1,6 +1,6 @@
-"""Models by name: one registry, ``create_model(name)``, everything discoverable with ``pbkit list``.
-Each entry carries its metadata: family (cnn, vit, yolo), source, input size, classes and the task
-it serves (classify, detect), which picks the :mod:`pbkit.tasks` implementation.
+"""Models by name: one registry, ``create_model(name)``, everything discoverable with ``pbkit
+list``. Each entry carries its metadata: family (cnn, vit, yolo), source, input size, classes and
+the task it serves (classify, detect), which picks the :mod:`pbkit.tasks` implementation.
 
 Names:
 - the study's CIFAR variants (``resnet18_cifar``, ``resnet50_cifar``, ``resnet56_cifar``,
@@ -106,14 +106,14 @@ PREFIXES = {
     ),
 }
 
-# Families a zoo run (benchmarks/zoo.py, results/perf/zoo-*.md) found not to prune here: the pattern,
-# the name that was tried, and the reason a user can act on. `pbkit list models` marks them and
-# `pbkit prune` says so before it tries (under the memory and time budgets, which stop it in one line).
-# (tv:resnext101_64x4d was one until its grouped convolutions left with one input channel per group
-# were kept from torch-pruning's importance: pbkit/prune/graphfix.py; tv:vit_h_14 until the memory budget stopped
-# counting memory the allocator keeps freed and the graph kept no activation: pbkit/core/budget.py,
-# graphfix.shapes_only; timm:coatnext_nano_rw_224 with those). tests/test_cli.py holds this list to the
-# failures of the committed zoo tables.
+# Families a zoo run (benchmarks/zoo.py, results/perf/zoo-*.md) found not to prune here: the
+# pattern, the name that was tried, and the reason a user can act on. `pbkit list models` marks them
+# and `pbkit prune` says so before it tries (under the memory and time budgets, which stop it in one
+# line). (tv:resnext101_64x4d was one until its grouped convolutions left with one input channel per
+# group were kept from torch-pruning's importance: pbkit/prune/graphfix.py; tv:vit_h_14 until the
+# memory budget stopped counting memory the allocator keeps freed and the graph kept no activation:
+# pbkit/core/budget.py, graphfix.shapes_only; timm:coatnext_nano_rw_224 with those).
+# tests/test_cli.py holds this list to the failures of the committed zoo tables.
 _SLOW = "pruning it stays within 10 GiB but runs past the zoo's 480 s on 2 CPU cores"
 _GRAPH = "torch-pruning's dependency graph of it runs past the zoo's 150 s"
 _PARITY = (

@@ -42,7 +42,8 @@ def _unwindows(x: torch.Tensor, size: tuple[int, int], b: int, h: int, w: int) -
 def _shift_mask(
     h: int, w: int, size: tuple[int, int], shift: tuple[int, int], like: torch.Tensor
 ) -> torch.Tensor:
-    """-100 between positions of a window that came from different regions before the cyclic shift."""
+    """-100 between positions of a window that came from different regions before the cyclic
+    shift."""
     region = like.new_zeros((h, w))
     label = 0
     for hs in ((0, -size[0]), (-size[0], -shift[0]), (-shift[0], None)):
@@ -55,7 +56,8 @@ def _shift_mask(
 
 
 def window_attention(m: tvs.ShiftedWindowAttention, x: torch.Tensor) -> torch.Tensor:
-    """(Shifted) window self-attention of ``m`` on ``x`` [B, H, W, C], every width from the weights."""
+    """(Shifted) window self-attention of ``m`` on ``x`` [B, H, W, C], every width from the
+    weights."""
     b, h, w, _ = x.shape
     size = (int(m.window_size[0]), int(m.window_size[1]))
     x = F.pad(x, (0, 0, 0, (size[1] - w % size[1]) % size[1], 0, (size[0] - h % size[0]) % size[0]))
@@ -108,7 +110,8 @@ class WindowAttention(tvs.ShiftedWindowAttention):
 
 
 class WindowAttentionV2(tvs.ShiftedWindowAttentionV2):
-    """torchvision's v2 block (cosine attention, continuous position bias) whose widths come from its weights."""
+    """torchvision's v2 block (cosine attention, continuous position bias) whose widths come from
+    its weights."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return window_attention(self, x)

@@ -67,7 +67,8 @@ def load_state(model: nn.Module, obj: Any, where: str) -> None:
 
 
 def state_sha256(model: nn.Module) -> str:
-    """A hash of the weights themselves (names, shapes, dtypes, bytes), independent of file format."""
+    """A hash of the weights themselves (names, shapes, dtypes, bytes), independent of file
+    format."""
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         t = v.detach().cpu().contiguous()

@@ -49,7 +49,8 @@ def _consumers(pruner: Any) -> list[nn.Module]:
             m = dep.target.module
             if dep.handler in IN_FNS and isinstance(m, nn.Conv2d | nn.Linear):
                 if isinstance(m, nn.Conv2d) and m.groups != 1:
-                    continue  # depthwise: every output sees one input channel; nothing to reconstruct
+                    # depthwise: every output sees one input channel; nothing to reconstruct
+                    continue
                 seen[m] = None
     return list(seen)
 
@@ -200,7 +201,8 @@ def thinet_removal_order(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 def _deletion_costs(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Rise of the least-squares error of y = z @ 1 when one column alone is dropped: 1 / (G^-1)_cc."""
+    """Rise of the least-squares error of y = z @ 1 when one column alone is dropped: 1 /
+    (G^-1)_cc."""
     G = z.T @ z
     G = G + eps * (G.diagonal().mean() + eps) * torch.eye(G.shape[0], dtype=G.dtype)
     return 1.0 / torch.linalg.inv(G).diagonal().clamp_min(1e-30)

@@ -45,7 +45,8 @@ def shapes_only() -> Iterator[None]:
 
 
 def _saved_dim(fn: Any, default: int) -> int:
-    """The dimension an autograd node (cat, split, slice) worked on; negative dims are saved unsigned."""
+    """The dimension an autograd node (cat, split, slice) worked on; negative dims are saved
+    unsigned."""
     dim = int(getattr(fn, "_saved_dim", default))
     return dim - 2**64 if dim >= 2**63 else dim
 
@@ -116,8 +117,8 @@ def exact_concat_sizes() -> Iterator[None]:
 
 
 def channel_splits(graph: Any) -> list[Any]:
-    """The graph's splits (``split``, ``chunk``) and slices (``x[:, :k]``) of a feature map's channels
-    (channels first, or last as in MambaOut's gated convolution).
+    """The graph's splits (``split``, ``chunk``) and slices (``x[:, :k]``) of a feature map's
+    channels (channels first, or last as in MambaOut's gated convolution).
 
     Model code splits with widths it fixed when it was built (``x.split(self.width, 1)``), and
     torch-pruning maps a split's chunks onto the nodes that take them by the order it met those
@@ -140,7 +141,8 @@ def channel_splits(graph: Any) -> list[Any]:
 
 
 def _chunks_reached(fn: Any, split: Any, depth: int) -> set[int]:
-    """The outputs of the autograd node ``split`` that ``fn`` reads, walking back at most ``depth`` nodes."""
+    """The outputs of the autograd node ``split`` that ``fn`` reads, walking back at most
+    ``depth`` nodes."""
     found: set[int] = set()
     frontier, seen = [fn], set()
     for _ in range(depth):
@@ -159,7 +161,8 @@ def _chunks_reached(fn: Any, split: Any, depth: int) -> set[int]:
 
 
 def _last_axis_width(fn: Any) -> int | None:
-    """The width a split of a token tensor (..., N, C) cuts along its last axis; None for any other split."""
+    """The width a split of a token tensor (..., N, C) cuts along its last axis; None for any
+    other split."""
     sizes = tuple(getattr(fn, "_saved_self_sym_sizes", ()) or ())
     if len(sizes) not in (2, 3):
         return None
@@ -169,9 +172,10 @@ def _last_axis_width(fn: Any) -> int | None:
 
 def token_splits(graph: Any) -> None:
     """Give torch-pruning the two halves of each gated split of a token tensor's channels (a gated
-    MLP's ``fc1(x).chunk(2, dim=-1)``, :func:`gated`): it maps only splits of a feature map's channel
-    axis, and none at all downstream of a ViT's position embedding, so a group from ``fc1`` reached
-    the value half alone and ran on past the layers' ends. :func:`index_maps` maps the halves."""
+    MLP's ``fc1(x).chunk(2, dim=-1)``, :func:`gated`): it maps only splits of a feature map's
+    channel axis, and none at all downstream of a ViT's position embedding, so a group from ``fc1``
+    reached the value half alone and ran on past the layers' ends. :func:`index_maps` maps the
+    halves."""
     from torch_pruning import ops
 
     for node in graph.module2node.values():
@@ -321,8 +325,8 @@ def _width(m: Any) -> int | None:
 
 
 def extra_channel_tensors(m: Any) -> list[str]:
-    """The parameters and buffers of a convolution, linear or norm layer ``m``, other than the weight
-    and bias torch-pruning prunes, with one entry per output channel (timm's scaled
+    """The parameters and buffers of a convolution, linear or norm layer ``m``, other than the
+    weight and bias torch-pruning prunes, with one entry per output channel (timm's scaled
     weight-standardised convolutions' ``gain``, NFNet's)."""
     width = _width(m)
     if width is None:
@@ -339,8 +343,9 @@ def cuts_follow() -> Iterator[None]:
     """While the block runs, what torch-pruning leaves behind when it cuts channels is brought in
     line after each cut, and the patch on its dependency call is undone when the block ends:
 
-    - a layer whose outputs it cuts has its other per-channel tensors (:func:`extra_channel_tensors`,
-      NFNet's ``gain``) cut to the same channels; left whole, the model would no longer run;
+    - a layer whose outputs it cuts has its other per-channel tensors
+      (:func:`extra_channel_tensors`, NFNet's ``gain``) cut to the same channels; left whole, the
+      model would no longer run;
     - a split (``chunk``: a gated MLP's value and gate halves) whose input loses channels gets its
       chunk offsets moved: torch-pruning counts the new chunk sizes but keeps mapping indices with
       the traced offsets, so the next step's indices would run past the layers' ends."""
@@ -381,7 +386,8 @@ def kept(idxs: Any, width: int) -> list[int]:
 
 
 def _cut_to(m: Any, names: list[str], keep: list[int]) -> None:
-    """Keep only the rows ``keep`` of each tensor ``names`` of ``m`` (a parameter stays a parameter)."""
+    """Keep only the rows ``keep`` of each tensor ``names`` of ``m`` (a parameter stays a
+    parameter)."""
     import torch
     from torch import nn
 

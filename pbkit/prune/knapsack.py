@@ -189,7 +189,8 @@ class Knapsack:
         return True
 
     def prune_to(self, goal_ms: float, scope: str) -> bool:
-        """Prune until the predicted latency is at most ``goal_ms``; False if it cannot get there."""
+        """Prune until the predicted latency is at most ``goal_ms``; False if it cannot get
+        there."""
         if scope == "local":
             return self._uniform(goal_ms)
         while (now := self.predicted()) > goal_ms:

@@ -35,13 +35,16 @@ import torch
 from torch import nn
 
 ALIGN = 8  # the width step probed for alignment (SIMD lanes of fp32 AVX2, tensor-core tiles)
-FIRST_CHECK = 0.7  # the knapsack rounds prune to a predicted speed-up of target ** this; measured steps follow
+# the knapsack rounds prune to a predicted speed-up of target ** this; measured steps follow
+FIRST_CHECK = 0.7
 DAMPING, FAR_STEP = (
     0.6,
     0.25,
 )  # far from the target, a measured step removes this share of the gap, at most this
-PENALTY = 0.03  # an unaligned width that costs this much more than the aligned one below it counts as slower
-MIN_COMPUTE = 0.05  # a layer's compute (its time alone less the per-call overhead) is kept at least this share of it
+# an unaligned width that costs this much more than the aligned one below it counts as slower
+PENALTY = 0.03
+# a layer's compute (its time alone less the per-call overhead) is kept at least this share of it
+MIN_COMPUTE = 0.05
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class Layer:
         """Everything but its widths: layers that share it share a table entry."""
         spatial = self.shape[2:] if self.kind != "linear" else self.shape[1:-1]
         return (
-            f"{self.kind}:{self.cin}x{self.cout}:in{list(self.shape[:1]) + list(spatial)}:k{list(self.kernel)}"
+            f"{self.kind}:{self.cin}x{self.cout}:in{list(self.shape[:1]) + list(spatial)}"
+            f":k{list(self.kernel)}"
             f":s{list(self.stride)}:p{list(self.padding)}:d{list(self.dilation)}:b{int(self.bias)}"
         )
 
@@ -187,7 +191,8 @@ class Curve:
 
 @dataclass
 class Axis:
-    """One dimension (input or output width) of a layer's cost: the aligned and the unaligned curve."""
+    """One dimension (input or output width) of a layer's cost: the aligned and the unaligned
+    curve."""
 
     aligned: Curve | None
     unaligned: Curve | None
@@ -328,7 +333,8 @@ class Table:
 
     layers: dict[str, Layer]
     costs: dict[str, Cost]  # by signature
-    scale: float = 1.0  # (measured whole-model latency - fixed_ms) / sum of the layers' (calibrated on the dense model)
+    # (measured whole-model latency - fixed_ms) / sum of the layers' (calibrated on the dense model)
+    scale: float = 1.0
     fixed_ms: float = 0.0  # the whole model's per-call overhead: no pruning saves it
     info: dict[str, Any] = field(
         default_factory=dict
@@ -510,5 +516,6 @@ def next_goal(
 
 
 def meets(m: Measured, target: float) -> bool:
-    """The measured speed-up meets the target beyond the measured noise: its interval's lower bound."""
+    """The measured speed-up meets the target beyond the measured noise: its interval's lower
+    bound."""
     return m.ci[0] >= target

@@ -72,7 +72,8 @@ class PruneResult:
     real_counts: int = (
         0  # forward passes that counted MACs (the others were known from the layers' shapes)
     )
-    loop_time_s: float = 0.0  # the pruning loop's wall time (steps, counting, checks), training between steps excluded
+    # the pruning loop's wall time (steps, counting, checks), training between steps excluded
+    loop_time_s: float = 0.0
     held_fixed: list[str] = field(
         default_factory=list
     )  # blocks the graph could not follow: their channels kept
@@ -292,8 +293,8 @@ def _build(
                 **extra,
                 "unwrapped_parameters": [*maps, *extra.get("unwrapped_parameters", [])],
             }
-        # hidden: blocks it cannot trace, as single layers with pruners of their own; shapes_only: the graph
-        # keeps no activation of its traced forward pass
+        # hidden: blocks it cannot trace, as single layers with pruners of their own; shapes_only:
+        # the graph keeps no activation of its traced forward pass
         with opaque.hidden(model, also=held), graphfix.exact_concat_sizes(), graphfix.shapes_only():
             pruner = pruner_cls(
                 model,

@@ -34,10 +34,12 @@ class Method:
     name: str
     paper: str
     stage: str  # "prune" (criterion only) or "sparsify" (regularised training, then a criterion)
-    data: str  # what it needs: "none", "gradients", "per-sample gradients", "feature maps", "training data"
+    # what it needs: "none", "gradients", "per-sample gradients", "feature maps", "training data"
+    data: str
     families: tuple[str, ...]
     importance: Callable[[Ctx], Any] = field(repr=False)
-    # data-driven criteria: (importance, model, pruner, calibration) -> None, before every pruning step
+    # data-driven criteria: (importance, model, pruner, calibration) -> None, before every pruning
+    # step
     collect: Callable[[Any, nn.Module, Any, Calibration], None] | None = field(
         default=None, repr=False
     )

@@ -2,16 +2,16 @@
 
 torch-pruning learns which channels belong together by walking the autograd graph of one forward
 pass. Inside a Swin block's window attention (window partition, cyclic shift, masks) and patch
-merging (a strided pad and a concatenation on the channel axis), torchvision's and timm's, that walk does not end: it
-recurses until memory runs out. While the graph is built, :func:`hidden` runs each such block
-inside one autograd node whose only input is the block's input, so the graph sees a single
-layer; the pruners here (:data:`PRUNERS`, passed as ``customized_pruners``) then prune that
-layer's input channels (the residual stream entering it) and output channels (the stream
-leaving it). The attention's inner width stays as it is (its forward pass reads each width from
-the weights, :mod:`pbkit.models.swin`). MaxViT's window and grid partitions are single nodes that
-keep each channel (:mod:`pbkit.models.maxvit`), as are timm's channel gates (ECA) and blur pools
-(whose per-channel filter is cut with the stream) and global context blocks (whose pooling and MLP
-weights are); ShuffleNet's channel shuffle is a node held fixed.
+merging (a strided pad and a concatenation on the channel axis), torchvision's and timm's, that walk
+does not end: it recurses until memory runs out. While the graph is built, :func:`hidden` runs each
+such block inside one autograd node whose only input is the block's input, so the graph sees a
+single layer; the pruners here (:data:`PRUNERS`, passed as ``customized_pruners``) then prune that
+layer's input channels (the residual stream entering it) and output channels (the stream leaving
+it). The attention's inner width stays as it is (its forward pass reads each width from the weights,
+:mod:`pbkit.models.swin`). MaxViT's window and grid partitions are single nodes that keep each
+channel (:mod:`pbkit.models.maxvit`), as are timm's channel gates (ECA) and blur pools (whose
+per-channel filter is cut with the stream) and global context blocks (whose pooling and MLP weights
+are); ShuffleNet's channel shuffle is a node held fixed.
 
 Where the graph fails on a model pbkit has no rewrite for, :func:`untraceable` names its
 attention-like blocks and the prune loop traces the model again with those held fixed: each one
@@ -94,9 +94,9 @@ def _context() -> tuple[type, ...]:
 
 
 def _mixed() -> tuple[type, ...]:
-    """timm's depth-wise mixed convolutions, as :mod:`pbkit.models.mixconv` gives them a class of their own:
-    one node that keeps channel i as channel i; its pruner cuts channel i from the group holding it.
-    Only if that module is already imported."""
+    """timm's depth-wise mixed convolutions, as :mod:`pbkit.models.mixconv` gives them a class of
+    their own: one node that keeps channel i as channel i; its pruner cuts channel i from the group
+    holding it. Only if that module is already imported."""
     m = sys.modules.get("pbkit.models.mixconv")
     return (m.MixedDepthwiseConv2d,) if m is not None else ()
 
@@ -129,11 +129,11 @@ _UNTRACEABLE = re.compile(
 
 
 def untraceable(model: nn.Module) -> list[nn.Module]:
-    """Attention-like blocks (by class name: ...Attn, ...Attention, LambdaLayer, NonLocal..., MHSA, GPSA,
-    FocalNet's FocalModulation, gMLP's SpatialGatingUnit, Sequencer's LSTM2d, XCiT's XCA, SHViT's SHSA) the
-    dependency graph may fail to follow, innermost first: what :func:`hidden` holds fixed when a
-    trace of the whole model fails (talking-heads, class, non-local, halo, lambda attention...).
-    Those already handled (:func:`blocks`) are not listed."""
+    """Attention-like blocks (by class name: ...Attn, ...Attention, LambdaLayer, NonLocal..., MHSA,
+    GPSA, FocalNet's FocalModulation, gMLP's SpatialGatingUnit, Sequencer's LSTM2d, XCiT's XCA,
+    SHViT's SHSA) the dependency graph may fail to follow, innermost first: what :func:`hidden`
+    holds fixed when a trace of the whole model fails (talking-heads, class, non-local, halo, lambda
+    attention...). Those already handled (:func:`blocks`) are not listed."""
     handled = blocks(model)
     found = [
         m
@@ -246,8 +246,8 @@ def _pruners(reads: dict[nn.Module, list[nn.Module]]) -> dict[str, Any]:
     base = _base()
 
     class AttentionPruner(base):  # type: ignore[misc, valid-type]
-        """Window attention: its input channels are ``qkv``'s columns, its output channels ``proj``'s
-        rows (MaxViT: ``to_qkv``, ``merge``)."""
+        """Window attention: its input channels are ``qkv``'s columns, its output channels
+        ``proj``'s rows (MaxViT: ``to_qkv``, ``merge``)."""
 
         def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
             _linear().prune_out_channels(_proj(layer), idxs)
@@ -524,7 +524,8 @@ def entries(
 
 
 def _reads(layer: nn.Module, t: Any, x: torch.Tensor) -> bool:
-    """Whether ``layer``'s input ``t`` is ``x`` itself, or a view of it with its channels in place."""
+    """Whether ``layer``'s input ``t`` is ``x`` itself, or a view of it with its channels in
+    place."""
     if (
         not isinstance(t, torch.Tensor)
         or t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()

@@ -162,7 +162,8 @@ def unfinished(r: record.Record) -> bool:
 
 
 def rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str, Any]]:
-    """One row per record (runs whose finetuning has not run yet are left out: :func:`unfinished`)."""
+    """One row per record (runs whose finetuning has not run yet are left out:
+    :func:`unfinished`)."""
     out = []
     for path, r in records:
         if unfinished(r):

@@ -97,7 +97,8 @@ def plot(rs: list[dict[str, Any]], path: str | Path) -> Path:
 
 
 def plot_machines(rows_: list[dict[str, Any]], path: str | Path) -> Path:
-    """Grouped bars: per measured point, one bar per machine; the dashed mark is the MACs speed-up."""
+    """Grouped bars: per measured point, one bar per machine; the dashed mark is the MACs speed-
+    up."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -107,7 +107,8 @@ def finetune_facts(recipe: dict[str, Any], augmentation: str | None) -> dict[str
         schedule.pop("gamma", None)
     rest = {k: recipe.get(k) for k in RECIPE_KEYS if k not in ("augmentation", "kd", "amp")}
     rest["amp"] = recipe.get("amp") or "off"  # records made before AMP trained without it
-    # processes trained across (batch statistics per rank): 1 for records made before distributed training
+    # processes trained across (batch statistics per rank): 1 for records made before distributed
+    # training
     rest["world_size"] = int((recipe.get("distributed") or {}).get("world_size") or 1)
     rest["augmentation"] = augmentation
     rest["kd"] = _kd(recipe.get("kd"))
@@ -247,7 +248,8 @@ def _detail(values: list[Any]) -> str:
             sub = [v.get(k) for v in values]
             if not _same(sub):
                 inner = _detail(sub)
-                return f"{k}{'.' + inner if inner and all(isinstance(s, dict) for s in sub) else ': ' + inner}"
+                nested = inner and all(isinstance(s, dict) for s in sub)
+                return f"{k}{'.' + inner if nested else ': ' + inner}"
         return ""
     distinct: list[str] = []
     for v in values:

@@ -147,9 +147,9 @@ def _ms(p: record.LatencyPoint) -> str:
 
 
 def speedup_cell(d: record.LatencyPoint, p: record.LatencyPoint) -> str:
-    """``1.75x [1.71, 1.79] measured (CI ±1.1%, 5 sessions, 24 block pairs)``; a speed-up whose interval holds
-    1.0 says so; an interval wider than the target is flagged with how wide it stayed (records
-    made before intervals: the CoV gate's words)."""
+    """``1.75x [1.71, 1.79] measured (CI ±1.1%, 5 sessions, 24 block pairs)``; a speed-up whose
+    interval holds 1.0 says so; an interval wider than the target is flagged with how wide it stayed
+    (records made before intervals: the CoV gate's words)."""
     tries = max(d.attempts, p.attempts)
     again = f", {tries} tries" if tries > 1 else ""
     throttle = sorted(set(d.throttle_reasons) | set(p.throttle_reasons))

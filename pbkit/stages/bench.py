@@ -211,8 +211,8 @@ def run(
         def session(
             k: int,
         ) -> Iterator[tuple[dict[str, protocol.Runner], dict[str, tuple[float, int]] | None]]:
-            # pinned from the start: built and warmed up on the core it is measured on (a thread moved
-            # to another core after its warm-up runs its first blocks on cold caches)
+            # pinned from the start: built and warmed up on the core it is measured on (a thread
+            # moved to another core after its warm-up runs its first blocks on cold caches)
             with protocol.pinned(threads if be.device == "cpu" else 0) as point.core:
                 try:
                     for v in VARIANTS:

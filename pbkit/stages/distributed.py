@@ -256,7 +256,8 @@ _SIGNALS = {int(s): s.name for s in signal.Signals}
 
 
 def _torchrun_cause(tail: list[str]) -> str | None:
-    """'rank 1 ended with exit code -9 (SIGKILL)' from torchrun's failure summary, if it printed one."""
+    """'rank 1 ended with exit code -9 (SIGKILL)' from torchrun's failure summary, if it printed
+    one."""
     text = "\n".join(tail)
     rank = re.search(r"rank\s*:\s*(\d+)", text)
     code = re.search(r"exitcode\s*:\s*(-?\d+)", text)

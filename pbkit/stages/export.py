@@ -33,7 +33,8 @@ def engine_file(variant: str, precision: str) -> str:
 
 
 def merge_parity(rec: record.Record, fresh: list[record.Parity]) -> None:
-    """Replace the parity entries of the same (backend, variant, precision, batch), keep the rest."""
+    """Replace the parity entries of the same (backend, variant, precision, batch), keep the
+    rest."""
 
     def key(p: record.Parity) -> tuple[Any, ...]:
         return p.backend, p.variant, p.precision, p.batch
@@ -45,7 +46,8 @@ def merge_parity(rec: record.Record, fresh: list[record.Parity]) -> None:
 def run(
     run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = False
 ) -> record.Record:
-    """Export to each format of ``export.formats`` (ONNX always first when its files are missing)."""
+    """Export to each format of ``export.formats`` (ONNX always first when its files are
+    missing)."""
     if "onnx" in cfg.export.formats or not onnx_ready(run_dir):
         rec = to_onnx(run_dir, rec, cfg, quiet)
     if "tensorrt" in cfg.export.formats:

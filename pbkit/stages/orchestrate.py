@@ -2,8 +2,8 @@
 
 ``run(cfg)`` names the run from its configuration (:mod:`pbkit.stages.rundir`), takes the run's
 lock, and runs prune -> finetune -> export -> bench, skipping each stage the record shows as done
-with the same configuration; a measuring (not quick) bench runs in a fresh process. ``export_run`` and
-``bench_run`` run one stage on an existing run folder. Everything a stage sets process-wide is
+with the same configuration; a measuring (not quick) bench runs in a fresh process. ``export_run``
+and ``bench_run`` run one stage on an existing run folder. Everything a stage sets process-wide is
 restored when it returns (``isolated``).
 """
 
@@ -88,7 +88,8 @@ def _bench_in_fresh_process(run_dir: Path, cfg: config.Config, quiet: bool) -> r
     import torch
 
     if torch.cuda.is_initialized():
-        torch.cuda.empty_cache()  # what this process still holds on the GPU is not the models' to carry
+        # what this process still holds on the GPU is not the models' to carry
+        torch.cuda.empty_cache()
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(

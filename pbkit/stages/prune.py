@@ -176,7 +176,8 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
 def _pruning_data(
     cfg: config.Config, bundle: DataBundle | None, spec: ModelSpec
 ) -> DataBundle | None:
-    """Data for calibration and sparse training: prune.calibration.dataset, else the run's dataset."""
+    """Data for calibration and sparse training: prune.calibration.dataset, else the run's
+    dataset."""
     name = cfg.prune.calibration.dataset
     if name is None or (bundle is not None and name == bundle.name):
         return bundle

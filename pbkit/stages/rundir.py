@@ -65,7 +65,8 @@ def slug(text: str) -> str:
 
 
 def finetunes(cfg: config.Config) -> bool:
-    """Whether the run has a finetuning stage (a scratch run trains there, from re-drawn weights)."""
+    """Whether the run has a finetuning stage (a scratch run trains there, from re-drawn
+    weights)."""
     return bool(cfg.dataset.name) and (cfg.finetune.epochs > 0 or cfg.init == "scratch")
 
 
@@ -219,7 +220,8 @@ def run_id_for(cfg: config.Config, digest: str) -> str:
         return cfg.run_id
     p = cfg.prune
     target = "" if p.target == "macs" else f"-{p.backend}"  # a measured speed-up names its backend
-    return f"{slug(cfg.model.name)}-{p.method}-{p.scope}-{p.speedup:g}x{target}-{digest[:ID_HASH_CHARS]}"
+    short = digest[:ID_HASH_CHARS]
+    return f"{slug(cfg.model.name)}-{p.method}-{p.scope}-{p.speedup:g}x{target}-{short}"
 
 
 def lock_path(run_dir: Path) -> Path:

@@ -186,9 +186,10 @@ class RayExecutor(Executor):
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             return job, {
                 "status": "failed",
-                "error": f"worker lost after {self.max_retries + 1} attempts: {type(e).__name__}: {first}"[
-                    :400
-                ],
+                "error": (
+                    f"worker lost after {self.max_retries + 1} attempts: "
+                    f"{type(e).__name__}: {first}"
+                )[:400],
                 "attempt": self.max_retries + 1,
             }
 

@@ -65,7 +65,8 @@ def make_executor(
 
 
 def _complete(study_dir: Path, trial: Trial, old: dict[str, Any]) -> bool:
-    """A trial the last run finished, whose record is here and shows every stage done as now asked."""
+    """A trial the last run finished, whose record is here and shows every stage done as now
+    asked."""
     path = state.record_path(study_dir, old.get("run_id") or trial.run_id)
     if old.get("status") != "done" or not path.is_file():
         return False
@@ -198,7 +199,8 @@ def _drive(
                 finished += 1
                 walls.append(float(res.get("wall_s") or 0.0))
                 board.line(_finish(study_dir, entries[job.key], res, finished, len(todo)))
-                # what the executor added to the trial's own time: scheduling, transfer, worker start
+                # what the executor added to the trial's own time: scheduling, transfer, worker
+                # start
                 entries[job.key]["overhead_s"] = round(
                     time.perf_counter() - submitted[job.key] - walls[-1], 3
                 )

@@ -11,10 +11,10 @@ A study file is YAML::
       seed: [0, 1, 2]
     exclude:                        # optional: partial key=value mappings whose trials are dropped
       - {prune.method: taylor, prune.speedup: 4}
-    resources: {cpu: 1, gpu: 0}     # what each trial asks of a worker (its torch threads follow cpu)
-    address: null                   # a Ray cluster (auto, ray://host:10001); null: a local Ray
-    storage: null                   # a path every node sees; null: artifacts stay where they are made
-    min_setup: S3.2                 # optional: refuse a grid whose methods never meet at this setup
+    resources: {cpu: 1, gpu: 0}  # what each trial asks of a worker (its torch threads follow cpu)
+    address: null                # a Ray cluster (auto, ray://host:10001); null: a local Ray
+    storage: null                # a path every node sees; null: artifacts stay where they are made
+    min_setup: S3.2              # optional: refuse a grid whose methods never meet at this setup
 
 A grid value that is a mapping is merged into the key's section (``finetune: [{lr: 0.01},
 {lr: 0.001, kd: {enabled: true}}]``: whole finetuning recipes as one axis).

@@ -120,7 +120,8 @@ class Classify(Task):
     kd_term = staticmethod(kd_loss)  # the distillation term on the model's outputs
 
     def loss(self, out: torch.Tensor, target: torch.Tensor, recipe: dict[str, Any]) -> torch.Tensor:
-        """The task's training loss on a batch's outputs (cross-entropy, the recipe's label smoothing)."""
+        """The task's training loss on a batch's outputs (cross-entropy, the recipe's label
+        smoothing)."""
         return F.cross_entropy(
             out, target, label_smoothing=float(recipe.get("label_smoothing") or 0.0)
         )

@@ -350,7 +350,8 @@ def _train(
         "data": yaml_path,
         "epochs": int(recipe["epochs"]),
         "imgsz": imgsz,
-        # the model's device; AMP stays off: ultralytics' AMP check would download a model to test with
+        # the model's device; AMP stays off: ultralytics' AMP check would download a model to test
+        # with
         "batch": int(recipe["batch_size"]),
         "device": str(device.of(model)),
         "workers": 0,

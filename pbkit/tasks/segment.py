@@ -29,7 +29,8 @@ def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> tor
 
 
 def miou(conf: torch.Tensor) -> tuple[float, float]:
-    """(mean IoU over the classes present in the labels or the predictions, pixel accuracy), in percent."""
+    """(mean IoU over the classes present in the labels or the predictions, pixel accuracy), in
+    percent."""
     conf = conf.double()
     inter = conf.diag()
     union = conf.sum(0) + conf.sum(1) - inter
