@@ -12,7 +12,15 @@ memory of the process, MACs and params before and after.
                              [--out results/perf] [--tag TAG]
 
 Writes zoo-<tag>.json and .md under --out (tag: cpu-<cores>core unless given), rewriting them
-after every model, so a zoo stopped halfway keeps what it measured.
+after every model, so a zoo stopped halfway keeps what it measured. Each row records the settings
+it ran with and the commit of the code it was measured with (rows of one table may come from
+several: ``--update`` re-tries some names and keeps the rest). The markdown is written from the json
+alone (:func:`render`), nothing in it by hand;
+
+    python benchmarks/zoo.py --backfill-commits [results/perf/zoo-<tag>.json ...]
+
+runs no model: it gives the rows from before rows recorded their commit the commit that first
+recorded them (from git history) and writes each table's markdown again from its json.
 """
 
 from __future__ import annotations
@@ -193,6 +201,9 @@ def try_model(
         prune_s=round(seconds, 1),
         peak_rss_gib=round(peak / 2**30, 2),
         iterative_steps=iterative_steps,
+        max_graph_s=max_graph_s,
+        max_memory_gib=max_memory_gib,
+        timeout_s=timeout_s,
     )
     if code != 0:
         return {**row, "status": "fail", "stage": "prune", "reason": _reason(err)}
@@ -219,22 +230,87 @@ def _or_default(value: float | None) -> str:
     return f"{value:g}" if value else "default"
 
 
-def write(rows: list[dict[str, Any]], out: Path, tag: str, settings: dict[str, Any]) -> None:
-    passed = [r for r in rows if r["status"] == "pass"]
+# What a table's json holds: the settings the zoo ran with (``not_tried``: the names a stopped zoo
+# had not reached), and per row the result, the settings it ran with, and the code it was measured
+# with: ``code`` (the commit, ``-dirty`` with uncommitted changes), or for a row from before rows
+# recorded it, ``recorded_in`` (the commit that first recorded its result; --backfill-commits).
+SETTINGS = (
+    "method",
+    "scope",
+    "speedup",
+    "max_memory_gib",
+    "timeout_s",
+    "max_graph_s",
+    "iterative_steps",
+    "not_tried",
+)
+ROW_SETTINGS = ("max_memory_gib", "max_graph_s", "iterative_steps", "timeout_s")
+MEASURED = (  # what a row's result is: a row whose fields all match is the same measurement
+    "status",
+    "stage",
+    "prune_s",
+    "export_s",
+    "peak_rss_gib",
+    "speedup",
+    "macs_base",
+    "macs_pruned",
+    "params_base",
+    "params_pruned",
+)
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     by_source: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_source.setdefault(r["model"].split(":")[0] if ":" in r["model"] else "pbkit", []).append(
             r
         )
-    summary = {
+    return {
         src: {"tried": len(rs), "passed": sum(r["status"] == "pass" for r in rs)}
         for src, rs in by_source.items()
     }
-    atomic_write_json(
-        out / f"zoo-{tag}.json", {"settings": settings, "summary": summary, "rows": rows}
-    )
+
+
+def _commit(r: dict[str, Any]) -> str:
+    """The code a row was measured with, as its table shows it."""
+    if r.get("code"):
+        return str(r["code"])
+    if r.get("recorded_in"):
+        return f"before {r['recorded_in'][:7]}"
+    return "unknown"
+
+
+def _setting(key: str, value: Any) -> str:
+    if key == "timeout_s":
+        return f"a wall-clock limit of {value:g} s"
+    return f"prune.{key}={_or_default(value)}"
+
+
+def _notes(r: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """What a row's last column says besides its reason: the settings it ran with where they are
+    not the table's, and a stage that ran past the table's limit without being stopped (a row
+    from before rows recorded their limit: it ran under a larger one)."""
+    notes = [_setting(k, r[k]) for k in ROW_SETTINGS if k in r and r[k] != settings.get(k)]
+    limit = settings.get("timeout_s")
+    if "timeout_s" not in r and limit and "wall-clock limit" not in (r.get("reason") or ""):
+        for stage in ("prune", "export"):
+            took = r.get(f"{stage}_s")
+            if took is not None and took > limit:
+                notes.append(
+                    f"{stage} ran {took:g} s, past this table's {limit:g} s limit: it ran under a"
+                    " larger limit, not recorded"
+                )
+    return notes
+
+
+def render(doc: dict[str, Any], tag: str) -> str:
+    """The markdown table of a zoo json (``settings``, ``rows``): every word of it from the json."""
+    settings, rows = doc["settings"], doc["rows"]
+    summary = summarize(rows)
+    passed = sum(r["status"] == "pass" for r in rows)
     lines = [
-        f"# Model zoo: l2, protected, 1.5x, ONNX export with parity ({tag})",
+        f"# Model zoo: {settings['method']}, {settings['scope']}, {settings['speedup']:g}x, ONNX"
+        f" export with parity ({tag})",
         "",
         (
             "Each model in its own process with random weights at its own input size, under the"
@@ -251,18 +327,40 @@ def write(rows: list[dict[str, Any]], out: Path, tag: str, settings: dict[str, A
         f"| {src} | {s['tried']} | {s['passed']} ({s['passed'] / max(s['tried'], 1):.0%}) |"
         for src, s in summary.items()
     ]
-    lines += ["", f"{len(passed)}/{len(rows)} pass."]
+    lines += ["", f"{passed}/{len(rows)} pass."]
     if settings.get("not_tried"):
         lines += [
             "",
             f"Not tried (the zoo was stopped before them): {', '.join(settings['not_tried'])}.",
         ]
-    if settings.get("remark"):
-        lines += ["", settings["remark"]]
+    coded = [r for r in rows if r.get("code")]
+    backfilled = [r for r in rows if not r.get("code") and r.get("recorded_in")]
+    unknown = len(rows) - len(coded) - len(backfilled)
+    versions = len({_commit(r) for r in rows})
+    said = [
+        f"{len(coded)} name the commit (`-dirty`: with changes not yet committed on top of it)"
+        if coded
+        else "",
+        f"{len(backfilled)} are from before the zoo recorded it: they name the commit that first"
+        " recorded their result, found in git history (`before <commit>`: measured with the code"
+        " as it stood before that commit)"
+        if backfilled
+        else "",
+        f"{unknown} do not say" if unknown else "",
+    ]
     lines += [
         "",
-        "| model | result | MACs x | params left | prune s | export s | peak GiB | reason |",
-        "|---|---|---|---|---|---|---|---|",
+        (
+            f"Column `commit`: the code each row was measured with ({versions} version"
+            f"{'s' if versions != 1 else ''} in this table). Of the {len(rows)} rows,"
+            f" {'; '.join(s for s in said if s)}. A row measured under other settings than the"
+            " table's says so in its last column. Wall times are of one run per model, and the zoo"
+            " does not keep the machine to itself: work beside it lengthens them."
+        ),
+        "",
+        "| model | result | MACs x | params left | prune s | export s | peak GiB | commit"
+        " | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         sp = f"{r['speedup']:.2f}" if r.get("speedup") else "-"
@@ -270,13 +368,77 @@ def write(rows: list[dict[str, Any]], out: Path, tag: str, settings: dict[str, A
         why = r["reason"] or (
             f"{r['held_fixed']} attention blocks held fixed" if r.get("held_fixed") else ""
         )
-        why = why.replace("|", "/")
+        why = "; ".join(s for s in [why, *_notes(r, settings)] if s).replace("|", "/")
         lines.append(
             f"| {r['model']} | {r['status']}{' (' + r['stage'] + ')' if r['stage'] else ''} | {sp}"
             f" | {left} | {r.get('prune_s', '-')} | {r.get('export_s', '-')} |"
-            f" {r.get('peak_rss_gib', '-')} | {why} |"
+            f" {r.get('peak_rss_gib', '-')} | {_commit(r)} | {why} |"
         )
-    atomic_write_text(out / f"zoo-{tag}.md", "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: list[dict[str, Any]], out: Path, tag: str, settings: dict[str, Any]) -> None:
+    doc = {"settings": settings, "summary": summarize(rows), "rows": rows}
+    atomic_write_json(out / f"zoo-{tag}.json", doc)
+    atomic_write_text(out / f"zoo-{tag}.md", render(doc, tag))
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], capture_output=True, text=True, check=True, cwd=cwd
+    ).stdout
+
+
+def _measured(r: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(r.get(k) for k in MEASURED)
+
+
+def first_recorded(path: Path) -> dict[str, str]:
+    """For each row of the zoo json ``path`` (as it is on disk), the commit that first recorded its
+    result: walking the file's git history back from the newest commit, the oldest commit of the
+    unbroken run of commits in which the row has the same measured fields (:data:`MEASURED`).
+    Rows not in the newest commit's file, or measured differently there, have none."""
+    path = path.resolve()
+    top = Path(_git(path.parent, "rev-parse", "--show-toplevel").strip())
+    rel = path.relative_to(top).as_posix()
+    current = {r["model"]: _measured(r) for r in json.loads(path.read_text())["rows"]}
+    first: dict[str, str] = {}
+    open_ = set(current)  # rows whose run of equal commits has not ended
+    for commit in _git(top, "log", "--format=%H", "--", rel).split():
+        try:
+            rows = {r["model"]: r for r in json.loads(_git(top, "show", f"{commit}:{rel}"))["rows"]}
+        except (subprocess.CalledProcessError, ValueError, KeyError):
+            rows = {}
+        for m in list(open_):
+            r = rows.get(m)
+            if r is None or _measured(r) != current[m]:
+                open_.discard(m)
+            else:
+                first[m] = commit
+        if not open_:
+            break
+    return first
+
+
+def backfill_commits(path: Path) -> tuple[int, int, list[str]]:
+    """Rows of the zoo json ``path`` without their commit get ``recorded_in`` from git history
+    (:func:`first_recorded`); settings no code writes are dropped; the json and its markdown table
+    are written again. Returns (rows filled, rows left without, the settings dropped)."""
+    doc = json.loads(path.read_text())
+    first = first_recorded(path)
+    filled = left = 0
+    for r in doc["rows"]:
+        if r.get("code") or r.get("recorded_in"):
+            continue
+        if r["model"] in first:
+            r["recorded_in"] = first[r["model"]]
+            filled += 1
+        else:
+            left += 1
+    dropped = [k for k in doc["settings"] if k not in SETTINGS]
+    settings = {k: v for k, v in doc["settings"].items() if k in SETTINGS}
+    write(doc["rows"], path.parent, path.name.removeprefix("zoo-").removesuffix(".json"), settings)
+    return filled, left, dropped
 
 
 def main() -> int:
@@ -325,7 +487,29 @@ def main() -> int:
         action="store_true",
         help="with --update: do not re-try the models zoo-<tag>.json already has",
     )
+    ap.add_argument(
+        "--backfill-commits",
+        nargs="*",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help=(
+            "run no model: give the rows of these zoo tables (default: every zoo-*.json under"
+            " --out) that do not name their commit the commit that first recorded them (from git"
+            " history), and write each table's markdown again from its json"
+        ),
+    )
     args = ap.parse_args()
+    if args.backfill_commits is not None:
+        for path in args.backfill_commits or sorted(args.out.glob("zoo-*.json")):
+            filled, left, dropped = backfill_commits(path)
+            print(
+                f"{path}: {filled} row(s) given the commit that first recorded them"
+                + (f", {left} left without (not in git history as they are)" if left else "")
+                + (f"; dropped settings no code writes: {', '.join(dropped)}" if dropped else ""),
+                file=sys.stderr,
+            )
+        return 0
     names = args.names or [
         *(torchvision_names() if "tv" in args.source else []),
         *(timm_sample(args.timm_sample) if "timm" in args.source else []),
@@ -349,6 +533,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="pbkit-zoo-") as tmp:
         for i, name in enumerate(names, 1):
+            settings["not_tried"] = names[i:]  # what a zoo stopped after this model did not reach
             row = try_model(
                 name,
                 Path(tmp) / "runs",

@@ -1,4 +1,9 @@
-"""Shared fixtures: a CLI runner that captures output and exit code, and small run folders."""
+"""Shared fixtures: a CLI runner that captures output and exit code, and small run folders.
+
+``tests`` is a package: a test module imports what it shares with others from here as
+``from tests.conftest import ...`` (one module object, whether pytest, an xdist worker or a
+subprocess started in the repository root imports it); fixtures defined here reach every test
+without an import."""
 
 from __future__ import annotations
 
@@ -94,6 +99,41 @@ def pruned_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return str(stages.run(cfg, quiet=True).run_dir)
 
     return Path(once(tmp_path_factory, "pruned_run", build))
+
+
+# The digits run: a base trained on real data, pruned 2x and finetuned (tests/test_stages.py), and
+# the single-process run the distributed tests compare with (tests/test_distributed.py).
+DIGITS = [
+    "model.name=resnet20_cifar",
+    "dataset.name=digits",
+    "dataset.image_size=16",
+    "base.epochs=15",
+    "base.lr=0.05",
+    "base.batch_size=64",
+    "finetune.epochs=6",
+    "finetune.lr=0.01",
+    "finetune.batch_size=64",
+    "finetune.schedule=cosine",
+    "prune.method=l1",
+    "prune.speedup=2",
+]
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """The digits run's folder and record, up to finetuning, built once per session."""
+    from pbkit import stages
+    from pbkit.core import config, record
+
+    def build(folder: Path) -> str:
+        return str(
+            stages.run(
+                config.load(None, [*DIGITS, f"out={folder / 'runs'}"]), until="finetune", quiet=True
+            ).run_dir
+        )
+
+    run_dir = Path(once(tmp_path_factory, "digits_run", build))
+    return run_dir, record.read(run_dir)
 
 
 def prune_model(

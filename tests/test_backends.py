@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import Result
 
 from pbkit import cli, models, stages
 from pbkit.core import config, record
@@ -25,6 +24,7 @@ from pbkit.measure import backends
 from pbkit.measure.runner import ort_session
 from pbkit.models import counts
 from pbkit.stages import bench
+from tests.conftest import Result
 
 
 def test_list_backends_says_which_are_available_and_why_not(pbkit: Callable[..., Result]) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import prune_model
 
 from pbkit import models
 from pbkit.core.errors import PbkitError
 from pbkit.models import checkpoint, weights
+from tests.conftest import prune_model
 
 RELOAD = """
 import sys, torch

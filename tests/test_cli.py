@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import QUICK
+
+from tests.conftest import QUICK
 
 COMMANDS = ["list", "env", "prune", "export", "bench", "run", "report", "schema", "study"]
 
@@ -505,7 +506,7 @@ def test_data_driven_and_sparsifying_methods_from_the_cli(pbkit, tmp_path: Path)
 
 
 def test_bench_config_runs_a_data_driven_method_offline(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from conftest import REPO
+    from tests.conftest import REPO
 
     r = pbkit(
         "run",

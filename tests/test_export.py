@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import prune_model
 
 from pbkit.export import onnx as onnx_export
 from pbkit.export import parity
 from pbkit.measure.runner import ort_session
 from pbkit.models import checkpoint, counts
+from tests.conftest import prune_model
 
 
 def test_parity_gate() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from pbkit.machine import envinfo, gpumon
 from pbkit.measure import protocol as measure
+from pbkit.measure.settings import BenchSettings
 
 
 class NVMLError(Exception):
@@ -115,11 +116,19 @@ def test_without_nvml_every_gpu_field_is_null_with_the_reason(
     assert "pynvml" in miss["gpu.nvml"]
 
 
+def _samples_after(s: gpumon.Sampler, n: int, timeout_s: float = 10.0) -> None:
+    """Wait until the sampler's thread has finished ``n`` more samples (or fail past a deadline)."""
+    target, deadline = s.samples + n, time.monotonic() + timeout_s
+    while s.samples < target:
+        assert time.monotonic() < deadline, f"the sampler took {s.samples} of {target} samples"
+        time.sleep(0.001)
+
+
 def test_sampler_tracks_nvml_peak_and_reasons(nvml: Any) -> None:
     nv = nvml(reasons=0x4)
     with gpumon.Sampler("handle", 0.001) as s:
         nv.used["bytes"] = 3 << 30
-        time.sleep(0.02)
+        _samples_after(s, 2)  # one that may have begun before the change, then one after it
         nv.used["bytes"] = 2 << 30
     assert s.nvml_peak == 3 << 30 and s.bad_reasons() == ["sw_power_cap"]
 
@@ -150,15 +159,15 @@ class _Watch:
         return self.reasons
 
 
-SETTINGS = {
-    "warmup_s": 0.0,
-    "warmup_iters": 1,
-    "min_time_s": 0.0,
-    "min_iters": 10,
-    "rounds": 1,
-    "cov_limit": 10.0,
-    "max_repeats": 3,
-}
+SETTINGS = BenchSettings(
+    warmup_s=0.0,
+    warmup_iters=1,
+    min_time_s=0.0,
+    min_iters=10,
+    rounds=1,
+    cov_limit=10.0,
+    max_repeats=3,
+)
 
 
 def test_a_throttle_reason_other_than_idle_makes_a_point_unstable_and_repeated() -> None:
@@ -167,15 +176,15 @@ def test_a_throttle_reason_other_than_idle_makes_a_point_unstable_and_repeated()
         SETTINGS,
         monitor=lambda: _Watch(["sw_thermal_slowdown"]),
     )
-    for r in res.values():
-        assert not r["stable"] and r["attempts"] == 3
-        assert r["throttle_reasons"] == ["sw_thermal_slowdown"]
-        assert any("gpu throttle" in why for why in r["unstable_reasons"])
+    for r in res.runners.values():
+        assert not r.stable and r.attempts == 3
+        assert r.throttle_reasons == ["sw_thermal_slowdown"]
+        assert any("gpu throttle" in why for why in r.unstable_reasons)
 
 
 def test_no_throttle_keeps_a_steady_point_stable() -> None:
     res = measure.measure_point({"a": lambda: None}, SETTINGS, monitor=lambda: _Watch([]))
-    assert res["a"]["stable"] and res["a"]["attempts"] == 1 and res["a"]["throttle_reasons"] == []
+    assert res["a"].stable and res["a"].attempts == 1 and res["a"].throttle_reasons == []
 
 
 def test_gpu_compute_samples_get_their_own_statistics() -> None:
@@ -187,5 +196,6 @@ def test_gpu_compute_samples_get_their_own_statistics() -> None:
             return 2.0, 1.5
 
     res = measure.measure_point({"x": Timed()}, SETTINGS)
-    g = res["x"]["gpu_compute"]
-    assert res["x"]["median_ms"] == 2.0 and g["median_ms"] == 1.5 and g["n"] == res["x"]["n"] >= 10
+    g = res["x"].gpu_compute
+    assert g is not None and g.medians_ms == [1.5]
+    assert res["x"].median_ms == 2.0 and g.median_ms == 1.5 and g.n == res["x"].n >= 10

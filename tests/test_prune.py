@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import prune_model
 from torch import nn
 
 from pbkit import models
 from pbkit.core.errors import PbkitError
 from pbkit.models import counts
 from pbkit.prune import methods
+from tests.conftest import prune_model
 
 
 def _r20() -> tuple[nn.Module, models.ModelSpec]:

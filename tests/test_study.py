@@ -294,20 +294,51 @@ def test_a_killed_driver_leaves_nothing_half_written_and_the_rerun_finishes(tmp_
     assert not list(out.rglob(".*.tmp")) and not list(out.glob("runs/.tmp-*"))
 
 
+def _dies_once_mid_trial(victim: str, died: Path) -> Any:
+    """A stand-in for ``worker.run_trial`` that Ray ships to its worker processes (a function
+    defined in a function is pickled by value, so no worker imports this module): the first
+    attempt at trial ``victim`` prunes, leaves the file ``died`` and ends its worker process there,
+    mid-trial; every other call is the real ``run_trial`` of the worker's own, unpatched
+    ``pbkit.study.worker``."""
+
+    def run_trial(job: dict[str, Any], base: Any = None, attempts: Any = None) -> dict[str, Any]:
+        import os
+
+        from pbkit import stages
+        from pbkit.study import worker
+
+        if job["hash"] == victim and not died.exists():
+            prune_only = stages.run
+
+            def prune_then_die(cfg: Any, **_: Any) -> Any:
+                prune_only(cfg, until="prune", quiet=True)
+                died.write_text(str(os.getpid()))
+                os._exit(1)  # the worker process dies: Ray retries the task
+
+            stages.run = prune_then_die
+        return worker.run_trial(job, base, attempts)
+
+    return run_trial
+
+
 @pytest.mark.slow
 def test_a_worker_that_dies_is_retried_by_ray_and_the_retry_is_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pbkit.study.worker import FAULT_ENV
+    from pbkit.study import worker
 
     grid = {"prune.method": ["l1", "random"]}
     path = _study_file(tmp_path, "retry", grid=grid, config={**SHARED, "dataset": {"name": None}})
     victim = spec.read(path).trials[1].hash
-    monkeypatch.setenv(FAULT_ENV, victim[:12])  # its first attempt's worker process exits
+    died = tmp_path / "died.pid"
+    # the executor hands Ray ``worker.run_trial`` when it starts: the stand-in goes instead
+    monkeypatch.setattr(worker, "run_trial", _dies_once_mid_trial(victim, died))
     summary = runner.run(spec.read(path), tmp_path / "out", executor="ray", quiet=True)
+    assert died.is_file() and int(died.read_text()) > 0  # a worker did die in the victim's trial
     assert summary.counts["done"] == 2
     trials = {t["hash"]: t for t in state.read(tmp_path / "out")["trials"]}
     assert trials[victim]["attempts"] == 2 and trials[victim]["retried"] == 1
+    assert "prune" not in trials[victim]["stages_run"]  # the retry went on from the pruned model
     assert all(t["attempts"] == 1 for h, t in trials.items() if h != victim)
 
 

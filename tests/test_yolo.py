@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import once, output_in_fresh_process, prune_model
 
 from pbkit import models, stages
 from pbkit.core import config, record
@@ -19,6 +18,7 @@ from pbkit.models import counts, yolo
 from pbkit.models.outputs import output_tensors
 from pbkit.prune import methods
 from pbkit.tasks import detect
+from tests.conftest import once, output_in_fresh_process, prune_model
 
 SIZE = 256  # a smaller square than 640 keeps the tests short; the code path is the same
 
@@ -139,7 +139,7 @@ def test_pruned_detector_reloads_in_a_fresh_process(yolo_run: Path, tmp_path: Pa
 
 @pytest.mark.slow
 def test_finetune_and_val_on_a_generated_dataset_offline(tmp_path: Path, no_network: None) -> None:
-    from detection_data import make
+    from tests.detection_data import make
 
     data_yaml = make(tmp_path / "shapes")
     cfg = config.load(
@@ -229,7 +229,7 @@ def test_every_data_free_method_reaches_2x_on_yolov8n(key: str) -> None:
 
 @pytest.fixture(scope="module")
 def shapes_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from detection_data import make
+    from tests.detection_data import make
 
     return make(tmp_path_factory.mktemp("shapes"))
 

@@ -17,10 +17,6 @@ from pbkit.core.fileio import atomic_write
 from pbkit.core.runtime import isolated
 from pbkit.study.state import utc_now
 
-FAULT_ENV = (  # fault injection for tests: a trial hash prefix whose first attempt dies
-    "PBKIT_FAULT_EXIT_TRIAL"
-)
-
 
 def node_id() -> str:
     try:
@@ -71,8 +67,6 @@ def run_trial(
 
     t0, started = time.perf_counter(), utc_now()
     attempt = int(_ray_get(attempts.bump.remote(job["hash"]))) if attempts is not None else 1
-    if attempt == 1 and os.environ.get(FAULT_ENV) and job["hash"].startswith(os.environ[FAULT_ENV]):
-        os._exit(1)  # simulated worker death (tests): Ray retries the task
     out: dict[str, Any] = {
         "hash": job["hash"],
         "attempt": attempt,
