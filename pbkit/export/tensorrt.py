@@ -1,12 +1,13 @@
 """TensorRT: build an engine from an ONNX file (running it: :mod:`pbkit.measure.tensorrt`). Written
-against the TensorRT 10/11 Python API and type-checked with mypy against ``tensorrt-stubs``
-(``make lint``).
+against the TensorRT 10/11 Python API and type-checked with mypy (``make lint``) against
+``typings/tensorrt``, our stubs of the TensorRT version the GPU image installs (11.4); the TensorRT
+10 path reaches what 11 removed by name (``_trt10_builder_flag``).
 
 - Build: builder -> network (OnnxParser) -> builder config (workspace limit, timing cache,
   builder optimisation level, one optimisation profile per batch of the sweep) -> serialised plan,
   written atomically with its sha256.
-- fp16: TensorRT 10 takes the fp32 ONNX and the FP16 builder flag; TensorRT 11 removed that flag,
-  so it builds a strongly typed network from an fp16 ONNX model (``needs_fp16_onnx``).
+- fp16: TensorRT 10 takes the fp32 ONNX and the FP16 builder flag; TensorRT 11 removed that flag
+  (every network is strongly typed), so it builds from an fp16 ONNX model (``needs_fp16_onnx``).
 - fp32 means fp32: the TF32 builder flag is cleared where it exists.
 """
 
@@ -14,14 +15,16 @@ from __future__ import annotations
 
 import importlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
 
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write, sha256_file
 
-if TYPE_CHECKING:  # mypy checks every use of `trt` below against tensorrt-stubs
+if TYPE_CHECKING:  # mypy checks every use of `trt` below against typings/tensorrt
     import tensorrt as trt
 else:
     trt = None  # imported on first use by load(): importing pbkit never needs TensorRT
@@ -29,7 +32,7 @@ else:
 INSTALL_HINT = "pip install tensorrt-cu13 (requirements/gpu.lock), or use the GPU image"
 
 
-def load() -> Any:
+def load() -> ModuleType:
     """Import the real ``tensorrt`` module (a stubs-only namespace package does not count) and
     return it."""
     if trt is not None:
@@ -51,7 +54,7 @@ def load() -> Any:
 
 def version() -> str:
     load()
-    return str(trt.__version__)
+    return trt.__version__
 
 
 def unavailable_reason() -> str | None:
@@ -80,8 +83,17 @@ class BuildOptions:
     timing_cache: Path | None = None
 
 
-def dims(d: Any) -> tuple[int, ...]:
+def dims(d: Iterable[int]) -> tuple[int, ...]:
     return tuple(int(v) for v in d)
+
+
+def _trt10_builder_flag(name: str) -> trt.BuilderFlag:
+    """A builder flag that TensorRT 11 removed (FP16, INT8, ...), for the TensorRT 10 path: looked
+    up by name, since the stubs describe TensorRT 11 and type-checking rejects the attribute."""
+    flag = getattr(trt.BuilderFlag, name, None)
+    if flag is None:
+        raise PbkitError(f"TensorRT {trt.__version__} has no BuilderFlag.{name}")
+    return cast("trt.BuilderFlag", flag)
 
 
 def build_engine(onnx_path: Path, plan_path: Path, opts: BuildOptions) -> dict[str, Any]:
@@ -89,34 +101,33 @@ def build_engine(onnx_path: Path, plan_path: Path, opts: BuildOptions) -> dict[s
     load()
     strongly_typed = major_version(trt.__version__) >= 11
     logger = trt.Logger(trt.Logger.WARNING)
-    builder: trt.Builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-    network: trt.INetworkDefinition = builder.create_network(flags)
-    parser: trt.OnnxParser = trt.OnnxParser(network, logger)
+    builder = trt.Builder(logger)
+    # TensorRT 11: every network is strongly typed (the STRONGLY_TYPED creation flag is deprecated
+    # and ignored); TensorRT 10: weakly typed, the precision comes from the builder flags below
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise PbkitError(f"TensorRT could not parse {onnx_path.name}: {errors or 'unknown error'}")
-    config: trt.IBuilderConfig = builder.create_builder_config()
+    config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_bytes)
     config.builder_optimization_level = opts.optimization_level
     builder_flags: list[str] = []
-    if not strongly_typed:
-        if opts.precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-            builder_flags.append("FP16")
-    tf32 = getattr(trt.BuilderFlag, "TF32", None)
-    if tf32 is not None and opts.precision == "fp32":
-        config.clear_flag(tf32)
+    if not strongly_typed and opts.precision == "fp16":
+        config.set_flag(_trt10_builder_flag("FP16"))
+        builder_flags.append("FP16")
+    if opts.precision == "fp32":  # TF32 is a builder flag in TensorRT 10 and 11
+        config.clear_flag(trt.BuilderFlag.TF32)
         builder_flags.append("-TF32")
     cache_bytes = (
         opts.timing_cache.read_bytes() if opts.timing_cache and opts.timing_cache.is_file() else b""
     )
-    cache: trt.ITimingCache = config.create_timing_cache(cache_bytes)
+    cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, False)
-    inp: trt.ITensor = network.get_input(0)
+    inp = network.get_input(0)
     shape = dims(inp.shape)
     for b in opts.batches:
-        profile: trt.IOptimizationProfile = builder.create_optimization_profile()
+        profile = builder.create_optimization_profile()
         fixed = (b, *shape[1:])
         profile.set_shape(
             inp.name, trt.Dims(list(fixed)), trt.Dims(list(fixed)), trt.Dims(list(fixed))
@@ -132,7 +143,8 @@ def build_engine(onnx_path: Path, plan_path: Path, opts: BuildOptions) -> dict[s
     data = bytes(memoryview(plan))
     _write_bytes(plan_path, data)
     if opts.timing_cache is not None:
-        _write_bytes(opts.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        used = config.get_timing_cache() or cache  # the config's cache, updated by the build
+        _write_bytes(opts.timing_cache, bytes(memoryview(used.serialize())))
     return {
         "path": plan_path.name,
         "sha256": sha256_file(plan_path),

@@ -1,6 +1,7 @@
 """Running TensorRT engines: the tensor-address API (``set_tensor_address``) and
 ``execute_async_v3`` on our CUDA stream; the binding-index API and ``execute_async_v2`` are gone
-since TensorRT 10. Type-checked with mypy against ``tensorrt-stubs`` (``make lint``)."""
+since TensorRT 10. Type-checked with mypy (``make lint``) against ``typings/tensorrt``, our stubs of
+the TensorRT version the GPU image installs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pbkit.export import tensorrt as build
 from pbkit.measure.cuda import CudaRunner
 from pbkit.measure.runner import RunSpec
 
-if TYPE_CHECKING:  # mypy checks every use of `trt` below against tensorrt-stubs
+if TYPE_CHECKING:  # mypy checks every use of `trt` below against typings/tensorrt
     import tensorrt as trt
 else:
     trt = None  # set by _load(): importing pbkit never needs TensorRT
