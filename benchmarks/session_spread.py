@@ -27,9 +27,9 @@ from pbkit.core.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from pbkit.machine import envinfo  # noqa: E402
 from pbkit.measure import backends, protocol  # noqa: E402
 from pbkit.measure.runner import RunSpec  # noqa: E402
+from pbkit.measure.settings import for_device  # noqa: E402
 from pbkit.models import counts  # noqa: E402
 from pbkit.models.checkpoint import load_model  # noqa: E402
-from pbkit.stages.bench import protocol_settings  # noqa: E402
 from pbkit.stages.rundir import ONNX_FILES  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def main() -> int:
         )
     be = backends.get(args.backend)
     cfg = config.load(None, ["model.name=resnet18_cifar"])  # only its bench defaults are used
-    settings = protocol_settings(cfg, "cpu")
+    settings = for_device(cfg.bench, "cpu")
     threads = protocol.default_threads()
     _, spec, _ = load_model(args.run / "dense.pt")
     x = counts.example_input(spec.input_size, batch=1, seed=2)
@@ -75,9 +75,8 @@ def main() -> int:
                     res = protocol.measure_alternating(
                         dict[str, protocol.Runner](runners), settings
                     )
-                twice.append(
-                    {"speedup": res["pruned"]["speedup"], "ci": res["pruned"]["speedup_ci"]}
-                )
+                assert res.speedup is not None  # two runners
+                twice.append({"speedup": res.speedup.value, "ci": res.speedup.ci})
         finally:
             for r in runners.values():
                 r.close()

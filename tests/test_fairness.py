@@ -139,14 +139,14 @@ def test_rows_apart_in_what_s32_holds_are_never_ranked_together_and_the_report_s
         _record(pruned_run, 97.5, "lamp", finetune__lr=0.1),
     ]
     board = leaderboard.leaderboard(leaderboard.rows((tmp_path / r.run_id, r) for r in recs))
-    assert [[e["method"] for e in g] for _, g in board] == [["l1", "fpgm"], ["lamp"]] or sorted(
-        [[e["method"] for e in g] for _, g in board]
+    assert [[e.method for e in g] for _, g in board] == [["l1", "fpgm"], ["lamp"]] or sorted(
+        [[e.method for e in g] for _, g in board]
     ) == [["l1", "fpgm"], ["lamp"]]
     for info, _ in board:
         assert (
-            info["setup"] == "S4.2"
-            and info["split_by"] == ["finetune LR schedule (lr: 0.01 | 0.1)"]
-            or info["split_by"] == ["finetune LR schedule (lr: 0.1 | 0.01)"]
+            info.setup == "S4.2"
+            and info.split_by == ["finetune LR schedule (lr: 0.01 | 0.1)"]
+            or info.split_by == ["finetune LR schedule (lr: 0.1 | 0.01)"]
         )
     md = leaderboard.markdown(leaderboard.rows((tmp_path / r.run_id, r) for r in recs))
     assert (
@@ -172,21 +172,21 @@ def test_seeds_aggregate_to_mean_std_n_and_overlapping_neighbours_share_a_rank(
     board = leaderboard.leaderboard(rs)
     assert len(board) == 1  # the seeds' bases differ per seed, the same for every method: one group
     info, g = board[0]
-    assert [e["method"] for e in g] == ["l1", "fpgm", "lamp"]
+    assert [e.method for e in g] == ["l1", "fpgm", "lamp"]
     l1 = g[0]
     assert (
-        l1["n"] == 3
-        and l1["finetuned"] == pytest.approx(97.0)
-        and l1["std"]["finetuned"] == pytest.approx(1.0)
+        l1.n == 3
+        and l1.finetuned == pytest.approx(97.0)
+        and l1.std["finetuned"] == pytest.approx(1.0)
     )
-    assert l1["seeds"] == [0, 1, 2] and len(l1["runs"]) == 3
-    assert [e["rank_label"] for e in g] == [
+    assert l1.seeds == [0, 1, 2] and len(l1.runs) == 3
+    assert [e.rank_label for e in g] == [
         "1",
         "=1",
         "3",
     ]  # fpgm 96.17 +- 1.26 overlaps l1 97 +- 1
-    assert [e["separable_from_above"] for e in g] == [True, False, True]
-    assert info["seeds"] == ["0", "1", "2"]
+    assert [e.separable_from_above for e in g] == [True, False, True]
+    assert info.seeds == ["0", "1", "2"]
     md = leaderboard.markdown(rs)
     assert "| 1 | l1 | 3 |" in md and "| =1 | fpgm | 3 |" in md and "97.00 ± 1.00" in md
     rows_csv = leaderboard.render(rs, "csv")
@@ -498,29 +498,29 @@ def test_cross_finetuning_says_whether_the_order_holds_under_every_recipe(
         )
     )
     board = leaderboard.leaderboard(leaderboard.rows((tmp_path / r.run_id, r) for r in recs))
-    labels = sorted(info["recipe_label"] for info, _ in board)
+    labels = sorted(info.recipe_label for info, _ in board)
     assert labels == ["lr=0.001 & kd off", "lr=0.01 & kd off", "lr=0.01 & kd on", "scratch"]
     [cross] = leaderboard.cross_finetuning(board)
-    assert cross["setup"] == "S3.1" and cross["top"][:2] == ["A", "B"]
-    verdict = next(v for v in cross["verdicts"] if {v["a"], v["b"]} == {"A", "B"})
-    assert not verdict["holds"] and verdict["verdict"].startswith(
+    assert cross.setup == "S3.1" and cross.top[:2] == ["A", "B"]
+    verdict = next(v for v in cross.verdicts if {v.a, v.b} == {"A", "B"})
+    assert not verdict.holds and verdict.verdict.startswith(
         "the order flips: A wins with lr=0.01 & kd off"
     )
-    a_c = next(v for v in cross["verdicts"] if {v["a"], v["b"]} == {"A", "C"})
-    assert a_c["holds"] and a_c["verdict"].startswith("A beats C under every recipe")
-    effects = {(x["from"], x["to"]): x for x in leaderboard.recipe_effects(board)}
+    a_c = next(v for v in cross.verdicts if {v.a, v.b} == {"A", "C"})
+    assert a_c.holds and a_c.verdict.startswith("A beats C under every recipe")
+    effects = {(x.from_recipe, x.to_recipe): x for x in leaderboard.recipe_effects(board)}
     kd = effects[("lr=0.01 & kd off", "lr=0.01 & kd on")]
-    assert kd["field"] == "kd" and kd["mean_change"] == pytest.approx(-1.0)
+    assert kd.field == "kd" and kd.mean_change == pytest.approx(-1.0)
     lr = effects[("lr=0.001 & kd off", "lr=0.01 & kd off")]  # read as: what the larger LR gave
-    assert lr["field"] == "lr" and {p["method"]: p["change"] for p in lr["per_method"]} == {
+    assert lr.field == "lr" and {p.method: p.change for p in lr.per_method} == {
         "A": 5.0,
         "B": -1.0,
         "C": 1.0,
     }
     [scratch] = leaderboard.scratch_rows(board)
-    assert scratch["method"] == "A" and scratch["epochs"] == 23
-    assert scratch["pruned"]["lr=0.01 & kd off"]["setup"] == "SX-A"
-    assert scratch["pruned"]["lr=0.01 & kd off"]["gap"] == pytest.approx(4.0)
+    assert scratch.method == "A" and scratch.epochs == 23
+    assert scratch.pruned["lr=0.01 & kd off"].setup == "SX-A"
+    assert scratch.pruned["lr=0.01 & kd off"].gap == pytest.approx(4.0)
     md = leaderboard.markdown(leaderboard.rows((tmp_path / r.run_id, r) for r in recs))
     for needle in (
         "### Cross-finetuning",
@@ -551,12 +551,11 @@ def test_report_cli_writes_the_accuracy_plot(pruned_run: Path, tmp_path: Path, p
 def test_yolo_finetunes_with_distillation_inside_the_ultralytics_trainer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from detection_data import make
-
     from pbkit import models, tasks
     from pbkit.core.config import KDCfg
     from pbkit.data.detection import detection
     from pbkit.tasks import detect
+    from tests.detection_data import make
 
     calls = []
     real = detect.detection_kd_loss

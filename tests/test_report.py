@@ -34,8 +34,8 @@ def test_leaderboard_ranks_within_one_comparison_setup(pruned_run: Path, tmp_pat
     board = report.leaderboard(report.rows(report.find_records(tmp_path)))
     assert len(board) == 2  # the lr=0.1 row is never ranked against the others
     same = next(g for _, g in board if len(g) == 2)
-    assert [(r["rank"], r["method"]) for r in same] == [(1, "fpgm"), (2, "l1")]
-    assert same[0]["delta"] == 89.5 - 90.0
+    assert [(r.rank, r.method) for r in same] == [(1, "fpgm"), (2, "l1")]
+    assert same[0].delta == 89.5 - 90.0
 
 
 def test_formats(pruned_run: Path, tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_run_table_shows_counted_and_measured_speedups(pruned_run: Path) -> None
 def test_report_skips_unfinished_temp_folders(pruned_run: Path, tmp_path: Path) -> None:
     _variant(pruned_run, tmp_path / "a", "l1", 88.0)
     _variant(pruned_run, tmp_path / ".tmp-b", "l2", 80.0)
-    assert [r["method"] for r in report.rows(report.find_records(tmp_path))] == ["l1"]
+    assert [r.method for r in report.rows(report.find_records(tmp_path))] == ["l1"]
 
 
 def _on_gpu(src: Path, dst: Path, gpu: str, factor: float, when: str) -> Path:
@@ -129,8 +129,8 @@ def test_across_machines_puts_each_gpu_in_its_own_column(
             if (p.backend, p.precision, p.batch, p.variant) == (backend, precision, batch, "pruned")
         )
         h100, l4 = cells["NVIDIA H100 80GB HBM3"], cells["NVIDIA L4"]
-        assert abs(h100["speedup"] - dense.median_ms / (pruned.median_ms * 0.5)) < 1e-9
-        assert abs(l4["speedup"] - dense.median_ms / (pruned.median_ms * 0.8)) < 1e-9
+        assert abs((h100.speedup or 0) - dense.median_ms / (pruned.median_ms * 0.5)) < 1e-9
+        assert abs((l4.speedup or 0) - dense.median_ms / (pruned.median_ms * 0.8)) < 1e-9
     r = pbkit(
         "report", tmp_path, "--across-machines", "--format", "md", "--plot", tmp_path / "across.png"
     )
@@ -155,4 +155,4 @@ def test_old_records_that_finetuned_inside_their_prune_stage_are_finished() -> N
 
     recs = report.find_records(REPO / "results/reference/cpu-2core/runs")
     assert len(recs) == 11 and not any(report.unfinished(r) for _, r in recs)
-    assert sum(1 for r in report.rows(recs) if r["finetuned"] is not None) == 6
+    assert sum(1 for r in report.rows(recs) if r.finetuned is not None) == 6

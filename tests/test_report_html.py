@@ -5,6 +5,7 @@ it in a real browser)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -111,7 +112,7 @@ def test_one_column_definition_for_every_renderer(
     html_heads = re.findall(r'<th scope="col" data-col="[^"]+"[^>]*>([^<]+)</th>', page)
     assert html_heads[: len(heads)] == heads
     # a regularizer column appears once some row has one
-    entries = [{**e, "regularizer": "BNScale"} for _, g in board for e in g]
+    entries = [dataclasses.replace(e, regularizer="BNScale") for _, g in board for e in g]
     assert [c.head for c in columns.leaderboard_columns(entries, [])][2] == "regularizer"
 
 

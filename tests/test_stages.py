@@ -18,35 +18,7 @@ import pytest
 from pbkit import stages
 from pbkit.core import config, record
 from pbkit.core.errors import PbkitError
-from tests.conftest import once
-
-DIGITS = [
-    "model.name=resnet20_cifar",
-    "dataset.name=digits",
-    "dataset.image_size=16",
-    "base.epochs=15",
-    "base.lr=0.05",
-    "base.batch_size=64",
-    "finetune.epochs=6",
-    "finetune.lr=0.01",
-    "finetune.batch_size=64",
-    "finetune.schedule=cosine",
-    "prune.method=l1",
-    "prune.speedup=2",
-]
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, record.Record]:
-    def build(folder: Path) -> str:
-        return str(
-            stages.run(
-                config.load(None, [*DIGITS, f"out={folder / 'runs'}"]), until="finetune", quiet=True
-            ).run_dir
-        )
-
-    run_dir = Path(once(tmp_path_factory, "digits_run", build))
-    return run_dir, record.read(run_dir)
+from tests.conftest import DIGITS
 
 
 @pytest.mark.slow
@@ -161,12 +133,12 @@ def test_bench_measures_each_point_over_fresh_sessions(pruned_run: Path, tmp_pat
     )
     pts = {p.variant: p for p in rec.latency if p.backend == "ort-cpu"}
     dense, pruned = pts["dense"], pts["pruned"]
-    extra = pruned.model_extra or {}
-    assert extra["sessions"] == 2 and len(extra["session_medians_ms"]) == 2
+    assert pruned.sessions == 2 and len(pruned.session_medians_ms or []) == 2
+    assert not pruned.model_extra  # every field is declared (pbkit schema)
     assert (
         pruned.ci is not None
-        and pruned.ci["sessions"] == 2
-        and len(pruned.ci["session_speedups"]) == 2
+        and pruned.ci.sessions == 2
+        and len(pruned.ci.session_speedups or []) == 2
     )
     assert pruned.speedup_vs_dense == pytest.approx(dense.median_ms / pruned.median_ms)
     assert (
@@ -472,7 +444,7 @@ def test_a_record_pruned_on_one_machine_and_measured_on_another_says_both(
     assert rec.stages["bench"].started_utc and rec.stages["bench"].seconds > 0  # type: ignore[operator]
     row = leaderboard.rows(leaderboard.find_records(run_dir))[0]
     assert (
-        row["machine"] == "NVIDIA H100 80GB HBM3"
+        row.machine == "NVIDIA H100 80GB HBM3"
     )  # latency is named by the machine that measured it
     assert set(record.json_schema()["$defs"]["StageInfo"]["properties"]) >= {
         "config",
@@ -483,7 +455,7 @@ def test_a_record_pruned_on_one_machine_and_measured_on_another_says_both(
 
 
 def test_records_of_schema_1_0_are_read_and_upgraded() -> None:
-    from conftest import REPO
+    from tests.conftest import REPO
 
     old = sorted((REPO / "results/reference/cpu-2core/runs").glob("*/record.json"))
     assert old
@@ -633,7 +605,10 @@ def test_the_lock_says_who_holds_it_and_waits(tmp_path: Path) -> None:
         assert f"process {os.getpid()}" in lock.holder(path)
         waiter = threading.Thread(target=lambda: _take(lock, path, told, order))
         waiter.start()
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while not told:  # the waiter says it is waiting (who holds the lock) before it waits
+            assert time.monotonic() < deadline, "the second taker never reported waiting"
+            time.sleep(0.01)
         order.append("first done")
     waiter.join(timeout=10)
     assert order == ["first done", "second got it"] and told and f"process {os.getpid()}" in told[0]
@@ -754,12 +729,25 @@ def test_concurrent_runs_that_need_the_same_base_train_it_once(
     task = tasks.get(spec.task)
     calls: list[int] = []
     real = type(task).train
+    from pbkit.core import lock
+
+    waiting = threading.Event()
+    exclusive = lock.exclusive
+
+    def telling(path, on_wait=None, timeout_s=None):  # type: ignore[no-untyped-def]
+        def told(who: str) -> None:
+            waiting.set()
+            if on_wait is not None:
+                on_wait(who)
+
+        return exclusive(path, on_wait=told, timeout_s=timeout_s)
 
     def slow_train(self, *a, **k):  # type: ignore[no-untyped-def]
         calls.append(1)
-        time.sleep(1.0)  # long enough for the other thread to arrive and wait
+        assert waiting.wait(60), "the other run never came to wait for the base"
         return real(self, *a, **k)
 
+    monkeypatch.setattr(lock, "exclusive", telling)
     monkeypatch.setattr(type(task), "train", slow_train)
     got: list[dict[str, object]] = []
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pbkit.core import record
+from pbkit.core import intervals, record
 from pbkit.measure import uncertainty
 
 
@@ -33,12 +33,12 @@ def test_the_interval_covers_a_known_ratio_about_95_percent_of_the_time() -> Non
     for i in range(sims):
         a, b = _blocks(rng, k=16, n=15, ratio=1.5)
         est = uncertainty.ratio_ci(a, b, draws=400, seed=i)
-        covered += est["ci"][0] <= 1.5 <= est["ci"][1]
-        widths.append(est["relative_half_width"])
+        covered += est.ci[0] <= 1.5 <= est.ci[1]
+        widths.append(est.relative_half_width)
     assert 0.88 <= covered / sims <= 0.995
     assert 0.0 < float(np.median(widths)) < 0.05
     a, b = _blocks(rng, k=64, n=15, ratio=1.5)  # more blocks: a narrower interval
-    assert uncertainty.ratio_ci(a, b, draws=400)["relative_half_width"] < float(np.median(widths))
+    assert uncertainty.ratio_ci(a, b, draws=400).relative_half_width < float(np.median(widths))
 
 
 def test_over_fresh_sessions_the_interval_holds_the_session_effect_a_single_session_misses() -> (
@@ -55,9 +55,9 @@ def test_over_fresh_sessions_the_interval_holds_the_session_effect_a_single_sess
         seen = true + rng.normal(0, 0.003, 5)  # ... measured with its block noise
         within = [[float(np.exp(x - z * 0.003)), float(np.exp(x + z * 0.003))] for x in seen]
         est = uncertainty.session_ci(list(np.exp(seen)), within)  # type: ignore[arg-type]
-        covered += est["ci"][0] <= 1.8 <= est["ci"][1]
+        covered += est.ci[0] <= 1.8 <= est.ci[1]
         alone += within[0][0] <= 1.8 <= within[0][1]
-        assert est["ci"][0] <= est["value"] <= est["ci"][1] and est["sessions"] == 5
+        assert est.ci[0] <= est.value <= est.ci[1] and est.sessions == 5
     assert 0.93 <= covered / sims <= 0.97
     assert alone / sims < 0.5  # expected 43%: its +-0.6% misses the 1% between sessions
 
@@ -65,7 +65,7 @@ def test_over_fresh_sessions_the_interval_holds_the_session_effect_a_single_sess
 def test_sessions_that_agree_by_chance_never_beat_their_own_noise() -> None:
     within = [[1.70, 1.90]] * 3  # each session: +-5.5%
     est = uncertainty.session_ci([1.8, 1.8, 1.8], within)  # type: ignore[arg-type]
-    assert est["relative_half_width"] > 0.05  # the floor: 5.5% / sqrt(3) * t(2) = 13%
+    assert est.relative_half_width > 0.05  # the floor: 5.5% / sqrt(3) * t(2) = 13%
     with np.testing.assert_raises(ValueError):
         uncertainty.session_ci([1.8], [None])
 
@@ -83,8 +83,9 @@ def test_a_speedup_whose_interval_holds_one_renders_as_not_distinguishable(
 
     from pbkit.report import leaderboard, tables
 
-    assert uncertainty.fmt(1.01, [0.97, 1.05]) == "1.01x [0.97, 1.05] ~1"
-    assert uncertainty.fmt(1.75, [1.71, 1.79]) == "1.75x [1.71, 1.79]"
+    assert intervals.fmt(1.01, [0.97, 1.05]) == "1.01x [0.97, 1.05] ~1"
+    assert intervals.fmt(1.75, [1.71, 1.79]) == "1.75x [1.71, 1.79]"
+    assert intervals.fmt(None, None) == "-" and intervals.covers_one([0.99, 1.01])
     d = tmp_path / "r"
     shutil.copytree(pruned_run, d)
     data = json.loads((d / "record.json").read_text())
@@ -137,7 +138,7 @@ def test_records_made_before_intervals_still_read_and_render(
     md = leaderboard.markdown(leaderboard.rows(leaderboard.find_records(d)))
     assert "| - | l1 | 1 |" in md and " ~1" not in md
     rows = machines.machine_rows(leaderboard.find_records(d))
-    assert rows and rows[0]["speedup_ci"] is None
+    assert rows and rows[0].speedup_ci is None
     assert isinstance(machines.render_machines(rows, "md"), str)
 
 

@@ -11,6 +11,7 @@ what a TensorRT table costs).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,33 +33,35 @@ from pbkit.export.onnx import to_onnx
 from pbkit.machine import envinfo
 from pbkit.measure import protocol
 from pbkit.measure.backends import Backend
+from pbkit.measure.results import PointResult
 from pbkit.measure.runner import Runner, RunSpec
+from pbkit.measure.settings import BenchSettings
 from pbkit.models import counts
 from pbkit.prune import latency
 from pbkit.prune.latency import Cost, Layer, Measured, Table
 
 TABLE_FORMAT = 2  # 2: timings less the per-call overhead
 # one layer at one width: short, since hundreds are timed; the whole model uses the bench settings
-LAYER_SETTINGS = {
-    "warmup_s": 0.01,
-    "warmup_iters": 5,
-    "min_time_s": 0.04,
-    "min_iters": 15,
-    "rounds": 1,
-    "block_s": 0.04,
-    "ci_target": None,
-    "max_time_s": 0.04,
-    "cov_limit": 1.0,
-    "max_repeats": 1,
-}
-LAYER_QUICK = {
-    **LAYER_SETTINGS,
-    "warmup_iters": 2,
-    "min_time_s": 0.005,
-    "min_iters": 5,
-    "block_s": 0.005,
-    "max_time_s": 0.005,
-}
+LAYER_SETTINGS = BenchSettings(
+    warmup_s=0.01,
+    warmup_iters=5,
+    min_time_s=0.04,
+    min_iters=15,
+    rounds=1,
+    block_s=0.04,
+    ci_target=None,
+    max_time_s=0.04,
+    cov_limit=1.0,
+    max_repeats=1,
+)
+LAYER_QUICK = dataclasses.replace(
+    LAYER_SETTINGS,
+    warmup_iters=2,
+    min_time_s=0.005,
+    min_iters=5,
+    block_s=0.005,
+    max_time_s=0.005,
+)
 
 
 def default_cache() -> Path:
@@ -74,7 +77,7 @@ class Timings:
     precision: str
     batch: int
     threads: int
-    model_settings: dict[str, Any]  # the bench protocol's (cpu or gpu, quick honoured)
+    model_settings: BenchSettings  # the bench protocol's (cpu or gpu, quick honoured)
     input_size: int
     quick: bool = False
     exporter: str = "dynamo"
@@ -144,9 +147,7 @@ class Timings:
         )
         return self.backend.make(spec)
 
-    def _measure(
-        self, runners: dict[str, Runner], settings: dict[str, Any]
-    ) -> dict[str, dict[str, Any]]:
+    def _measure(self, runners: dict[str, Runner], settings: BenchSettings) -> PointResult:
         cpu = self.backend.device == "cpu"
         try:
             with protocol.pinned(self.threads if cpu else 0):
@@ -167,21 +168,16 @@ class Timings:
             torch.manual_seed(0)
             module = layer.module(cin, cout)
         runner = self._runner(module, layer.input(cin), "torchscript")
-        return float(
-            self._measure({"layer": runner}, LAYER_QUICK if self.quick else LAYER_SETTINGS)[
-                "layer"
-            ]["median_ms"]
-        )
+        return self._measure({"layer": runner}, self._layer_settings())["layer"].median_ms
 
     def time_overhead(self, x: torch.Tensor) -> float:
         """Median ms of a call that does next to nothing with ``x``: the backend's per-call overhead
         (feeding the input, launching, returning), which the table takes off its timings."""
         runner = self._runner(_Null(), x, "torchscript")
-        return float(
-            self._measure({"null": runner}, LAYER_QUICK if self.quick else LAYER_SETTINGS)["null"][
-                "median_ms"
-            ]
-        )
+        return self._measure({"null": runner}, self._layer_settings())["null"].median_ms
+
+    def _layer_settings(self) -> BenchSettings:
+        return LAYER_QUICK if self.quick else LAYER_SETTINGS
 
     def example(self) -> torch.Tensor:
         return counts.example_input(self.input_size, batch=self.batch, seed=2)
@@ -189,11 +185,8 @@ class Timings:
     def time_model(self, model: nn.Module) -> float:
         """Median ms of the whole model, alone (the table's scale)."""
         runner = self._runner(model, self.example(), self.exporter)
-        return float(
-            self._measure({"model": runner}, {**self.model_settings, "ci_target": None})["model"][
-                "median_ms"
-            ]
-        )
+        settings = dataclasses.replace(self.model_settings, ci_target=None)
+        return self._measure({"model": runner}, settings)["model"].median_ms
 
     def pair(self, dense: nn.Module, pruned: nn.Module) -> Measured:
         """The pruned model against the dense one, alternating, as ``pbkit bench`` measures them."""
@@ -204,19 +197,19 @@ class Timings:
             "pruned": self._runner(pruned, x, self.exporter),
         }
         res = self._measure(runners, self.model_settings)
-        p = res["pruned"]
-        ci = p["ci"]
+        p, sp = res["pruned"], res.speedup
+        assert sp is not None  # two runners
         return Measured(
-            speedup=float(p["speedup"]),
-            ci=(float(p["speedup_ci"][0]), float(p["speedup_ci"][1])),
-            dense_ms=float(res["dense"]["median_ms"]),
-            pruned_ms=float(p["median_ms"]),
-            cov=float(p["cov"]),
+            speedup=sp.value,
+            ci=(sp.ci[0], sp.ci[1]),
+            dense_ms=res["dense"].median_ms,
+            pruned_ms=p.median_ms,
+            cov=p.cov,
             seconds=time.perf_counter() - t0,
             extra={
-                "blocks": ci["blocks"],
-                "stop": ci["stop"],
-                "relative_half_width": ci["relative_half_width"],
+                "blocks": sp.how.blocks,
+                "stop": sp.how.stop,
+                "relative_half_width": sp.how.relative_half_width,
             },
         )
 

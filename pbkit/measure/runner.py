@@ -26,9 +26,9 @@ class RunSpec:
     compile_mode: str = "default"
     cache_dir: Path | None = None  # engine and timing caches (ort-trt)
     device_index: int = 0
-    module: Any = (
-        None  # an in-memory model instead of the file (latency tables, closed-loop checks)
-    )
+    # an in-memory model instead of the file (latency tables, closed-loop checks)
+    module: Any = None
+    trust: bool = False  # the model file may hold a pickled model (a user's pickled module)
 
 
 class Runner:
@@ -72,7 +72,11 @@ def load_torch(spec: RunSpec, device: str) -> Any:
 
     from pbkit.models.checkpoint import load_model
 
-    model = copy.deepcopy(spec.module) if spec.module is not None else load_model(spec.path)[0]
+    model = (
+        copy.deepcopy(spec.module)
+        if spec.module is not None
+        else load_model(spec.path, spec.trust)[0]
+    )
     model = model.eval().to(device)
     if spec.precision == "fp16":
         model = model.half()

@@ -16,16 +16,44 @@ both the between-session and the within-session variation.
 
 Outliers are classified, never dropped: Tukey's fences on each model's samples (mild beyond 1.5
 IQR, severe beyond 3 IQR), reported as counts.
+
+How an interval reads (``1.75x [1.71, 1.79]``, ``~1`` where it holds 1.0) is
+:mod:`pbkit.core.intervals`', shared with the reports.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 DRAWS = 1000
 CHECK_DRAWS = 200  # while measuring: a cheaper estimate decides whether to go on
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    """median(a) / median(b) with its paired block-bootstrap interval, and both medians'."""
+
+    ratio: float
+    ci: list[float]
+    a_ci: list[float]
+    b_ci: list[float]
+    blocks: int
+    draws: int
+    confidence: float
+    relative_half_width: float
+
+
+@dataclass(frozen=True)
+class SessionEstimate:
+    """The geometric mean of per-session estimates with its t-interval over the sessions."""
+
+    value: float
+    ci: list[float]
+    sessions: int
+    relative_half_width: float
+    confidence: float
 
 
 def ratio_ci(
@@ -34,7 +62,7 @@ def ratio_ci(
     confidence: float = 0.95,
     draws: int = DRAWS,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> RatioEstimate:
     """median(a) / median(b) over all samples, with its paired block-bootstrap interval and the
     intervals of both medians. ``blocks_a[i]`` and ``blocks_b[i]`` were measured back to back."""
     if len(blocks_a) != len(blocks_b) or not blocks_a:
@@ -53,21 +81,21 @@ def ratio_ci(
     ratios = ra / rb
     ratio = med_a / med_b
     ci = [float(np.percentile(ratios, lo)), float(np.percentile(ratios, hi))]
-    return {
-        "ratio": ratio,
-        "ci": ci,
-        "a_ci": [float(np.percentile(ra, lo)), float(np.percentile(ra, hi))],
-        "b_ci": [float(np.percentile(rb, lo)), float(np.percentile(rb, hi))],
-        "blocks": k,
-        "draws": draws,
-        "confidence": confidence,
-        "relative_half_width": relative_half_width(ratio, ci),
-    }
+    return RatioEstimate(
+        ratio=ratio,
+        ci=ci,
+        a_ci=[float(np.percentile(ra, lo)), float(np.percentile(ra, hi))],
+        b_ci=[float(np.percentile(rb, lo)), float(np.percentile(rb, hi))],
+        blocks=k,
+        draws=draws,
+        confidence=confidence,
+        relative_half_width=relative_half_width(ratio, ci),
+    )
 
 
 def session_ci(
     values: list[float], within: list[list[float] | None], confidence: float = 0.95
-) -> dict[str, Any]:
+) -> SessionEstimate:
     """The geometric mean of per-session estimates (speed-ups or medians, all > 0) with a
     t-interval over their logs (S - 1 degrees of freedom). Each session's own interval
     (``within``, may be None) sets a floor under the variance: sessions can agree by chance, but
@@ -85,22 +113,17 @@ def session_ci(
     half = float(st.t.ppf(0.5 + confidence / 2, s - 1)) * (var / s) ** 0.5
     m = float(x.mean())
     value, ci = float(np.exp(m)), [float(np.exp(m - half)), float(np.exp(m + half))]
-    return {
-        "value": value,
-        "ci": ci,
-        "sessions": s,
-        "relative_half_width": relative_half_width(value, ci),
-        "confidence": confidence,
-    }
+    return SessionEstimate(
+        value=value,
+        ci=ci,
+        sessions=s,
+        relative_half_width=relative_half_width(value, ci),
+        confidence=confidence,
+    )
 
 
 def relative_half_width(value: float, ci: list[float]) -> float:
     return (ci[1] - ci[0]) / 2 / value if value else float("inf")
-
-
-def covers_one(ci: list[float] | None) -> bool:
-    """A speed-up whose interval holds 1.0 is not distinguishable from no speed-up."""
-    return ci is not None and ci[0] <= 1.0 <= ci[1]
 
 
 def outliers(samples: list[float]) -> dict[str, int]:
@@ -117,15 +140,3 @@ def outliers(samples: list[float]) -> dict[str, int]:
         "high_mild": int(((x > q3 + 1.5 * iqr) & (x <= q3 + 3 * iqr)).sum()),
         "high_severe": int((x > q3 + 3 * iqr).sum()),
     }
-
-
-def fmt(value: float | None, ci: list[float] | None, digits: int = 2) -> str:
-    """``1.75x [1.71, 1.79]``; ``1.02x [0.97, 1.06] ~1`` when the interval holds 1.0."""
-    if value is None:
-        return "-"
-    text = f"{value:.{digits}f}x"
-    if ci:
-        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-        if covers_one(ci):
-            text += " ~1"
-    return text

@@ -5,13 +5,12 @@ measured x per backend / precision / batch, step time, regularization time, pari
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from pbkit.measure import uncertainty
-
-Entry = dict[str, Any]
+from pbkit.core.intervals import covers_one
+from pbkit.report.stats import Entry
 
 
 @dataclass(frozen=True)
@@ -28,59 +27,65 @@ class Column:
 
 def pm(e: Entry, k: str, digits: int = 2) -> str:
     """``98.22 ± 0.31`` (mean ± sample std over seeds), ``98.22`` for one run, ``-`` for none."""
-    v, sd = e.get(k), e["std"].get(k)
+    v, sd = e.metric_value(k), e.std.get(k)
     if v is None:
         return "-"
     return f"{v:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
 
 def ta(e: Entry) -> str:
-    if e.get("ta") is None:
+    if e.ta is None:
         return "-"
-    flag = f" ({e['rising_at_first_decay']}/{e['n']} rising)" if e["rising_at_first_decay"] else ""
+    flag = f" ({e.rising_at_first_decay}/{e.n} rising)" if e.rising_at_first_decay else ""
     return pm(e, "ta") + flag
 
 
 def measured_cell(e: Entry, b: str) -> str:
     """``1.75 [1.71, 1.79]`` (one run and its interval), ``1.74 ± 0.03`` (over seeds); ``~1``
     where the interval holds 1.0 (not distinguishable from no speed-up)."""
-    if b not in e["measured"]:
+    if b not in e.measured:
         return "-"
-    ci = e["measured_ci"].get(b)
+    ci = e.measured_ci.get(b)
     if ci:
-        return f"{e['measured'][b]:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" + (
-            " ~1" if uncertainty.covers_one(ci) else ""
-        )
-    sd = e["std"].get("measured", {}).get(b)
-    return f"{e['measured'][b]:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+        return f"{e.measured[b]:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" + (" ~1" if covers_one(ci) else "")
+    sd = e.measured_std.get(b)
+    return f"{e.measured[b]:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
 
 
 def measured_value(e: Entry, b: str) -> float | None:
     """What a measured column sorts and ranks by: the speed-up, or exactly 1.0 where its interval
     holds 1.0 (it is not distinguishable from no speed-up)."""
-    if b not in e["measured"]:
+    if b not in e.measured:
         return None
-    return 1.0 if uncertainty.covers_one(e["measured_ci"].get(b)) else e["measured"][b]
+    return 1.0 if covers_one(e.measured_ci.get(b)) else e.measured[b]
+
+
+def _measured_text(b: str, e: Entry) -> str:
+    return measured_cell(e, b)
+
+
+def _measured_sort(b: str, e: Entry) -> float | None:
+    return measured_value(e, b)
 
 
 def _num(k: str) -> Callable[[Entry], float | None]:
-    return lambda e: e.get(k)
+    return lambda e: e.metric_value(k)
 
 
 def _parity(e: Entry) -> str:
-    return {True: "ok", False: "FAILED", None: "-"}[e["parity_ok"]]
+    return {True: "ok", False: "FAILED", None: "-"}[e.parity_ok]
 
 
 def _reg_time(e: Entry) -> str:
-    return "-" if e.get("reg_time_s") is None else f"{e['reg_time_s']:.1f}"
+    return "-" if e.reg_time_s is None else f"{e.reg_time_s:.1f}"
 
 
 def _regularizer(e: Entry) -> str:
-    return str(e.get("regularizer") or "-")
+    return str(e.regularizer or "-")
 
 
 def _method(e: Entry) -> str:
-    return str(e["method"]) + ("" if e["schedule"] == "oneshot" else f" ({e['schedule']})")
+    return str(e.method) + ("" if e.schedule == "oneshot" else f" ({e.schedule})")
 
 
 def leaderboard_columns(entries: list[Entry], backends: list[str]) -> list[Column]:
@@ -90,15 +95,15 @@ def leaderboard_columns(entries: list[Entry], backends: list[str]) -> list[Colum
         Column(
             "rank",
             "rank",
-            lambda e: e["rank_label"],
-            lambda e: e["rank"],
+            lambda e: e.rank_label,
+            lambda e: e.rank,
             about=(
                 "1 + the rows above that are separably better; =k: not separable from a row above"
             ),
         ),
         Column("method", "method", _method, _method, align="left"),
     ]
-    if any(e.get("regularizer") for e in entries):
+    if any(e.regularizer for e in entries):
         cols.append(
             Column(
                 "regularizer",
@@ -110,8 +115,8 @@ def leaderboard_columns(entries: list[Entry], backends: list[str]) -> list[Colum
             )
         )
     cols += [
-        Column("n", "n", lambda e: str(e["n"]), _num("n"), about="runs (seeds) in the row"),
-        Column("machine", "machine", lambda e: e["machine"], lambda e: e["machine"], align="left"),
+        Column("n", "n", lambda e: str(e.n), lambda e: e.n, about="runs (seeds) in the row"),
+        Column("machine", "machine", lambda e: e.machine, lambda e: e.machine, align="left"),
         Column(
             "base", "base", lambda e: pm(e, "base"), _num("base"), about="the dense model's metric"
         ),
@@ -132,7 +137,7 @@ def leaderboard_columns(entries: list[Entry], backends: list[str]) -> list[Colum
         Column(
             "delta",
             "delta",
-            lambda e: "-" if e["delta"] is None else f"{round(e['delta'], 2) + 0.0:+.2f}",
+            lambda e: "-" if e.delta is None else f"{round(e.delta, 2) + 0.0:+.2f}",
             _num("delta"),
             about="final minus base, in points",
         ),
@@ -143,13 +148,11 @@ def leaderboard_columns(entries: list[Entry], backends: list[str]) -> list[Colum
             _num("ta"),
             about="trainability: the mean metric over the first LR stage",
         ),
-        Column(
-            "params_left", "params left", lambda e: f"{e['params_left']:.1%}", _num("params_left")
-        ),
+        Column("params_left", "params left", lambda e: f"{e.params_left:.1%}", _num("params_left")),
         Column(
             "macs_speedup",
             "MACs x",
-            lambda e: f"{e['macs_speedup']:.2f}",
+            lambda e: f"{e.macs_speedup:.2f}",
             _num("macs_speedup"),
             about="counted: dense MACs / pruned MACs",
         ),
@@ -159,8 +162,8 @@ def leaderboard_columns(entries: list[Entry], backends: list[str]) -> list[Colum
             Column(
                 f"measured:{b}",
                 f"measured x {b}",
-                lambda e, b=b: measured_cell(e, b),
-                lambda e, b=b: measured_value(e, b),
+                functools.partial(_measured_text, b),
+                functools.partial(_measured_sort, b),
                 backend=b,
                 about=(
                     "dense / pruned median latency with its 95% interval; ~1: the interval"
@@ -172,12 +175,12 @@ def leaderboard_columns(entries: list[Entry], backends: list[str]) -> list[Colum
         Column(
             "step_time_s",
             "step s",
-            lambda e: f"{e['step_time_s']:.3f}",
+            lambda e: f"{e.step_time_s:.3f}",
             _num("step_time_s"),
             about="wall time of the pruning steps",
         )
     )
-    if any(e.get("reg_time_s") for e in entries):
+    if any(e.reg_time_s for e in entries):
         cols.append(
             Column(
                 "reg_time_s",
@@ -193,7 +196,7 @@ def leaderboard_columns(entries: list[Entry], backends: list[str]) -> list[Colum
             "parity",
             _parity,
             _parity,
-            alert=lambda e: e["parity_ok"] is False,
+            alert=lambda e: e.parity_ok is False,
             about="the exported models agree with torch",
         )
     )

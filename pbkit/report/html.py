@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from importlib import resources
@@ -22,14 +23,122 @@ from pathlib import Path
 from typing import Any
 
 from pbkit import __version__
-from pbkit.core import record
+from pbkit.core import intervals, record
 from pbkit.machine import envinfo
-from pbkit.measure import uncertainty
-from pbkit.report import leaderboard as lb
-from pbkit.report import machines, setups, svg
+from pbkit.report import machines, render, setups, svg
 from pbkit.report.cells import si
+from pbkit.report.rank import Board, leaderboard
+from pbkit.report.rows import recipe_line, rows, seed_of
+from pbkit.report.stats import Entry, score, spread
 
 FILTERS = ("model", "dataset", "scope", "target")
+
+
+# what the templates render (Jinja reads their fields by name)
+
+
+@dataclass
+class CellView:
+    col: str
+    text: str
+    sort: str
+    align: str
+    alert: bool
+    backend: str | None
+
+
+@dataclass
+class RunLink:
+    id: str
+    anchor: str
+    seed: Any
+
+
+@dataclass
+class RowView:
+    attrs: dict[str, str]  # data-* attributes (the filters)
+    runs: list[RunLink]
+    cells: list[CellView]
+
+
+@dataclass
+class ColumnView:
+    key: str
+    head: str
+    about: str
+    align: str
+    backend: str | None
+
+
+@dataclass
+class GroupView:
+    title: str
+    setup: str  # HTML
+    split_by: list[str]
+    recipe_line: str
+    seeds: list[str]
+    bases: list[str]
+    attrs: dict[str, str]
+    columns: list[ColumnView]
+    rows: list[RowView]
+
+
+@dataclass
+class PlotView:
+    title: str
+    svg: str
+    points: int
+
+
+@dataclass
+class MachineLine:
+    key: list[str]
+    macs: str
+    cells: list[str]
+    verdict: str | None
+
+
+@dataclass
+class MachineSpecs:
+    fields: list[str]
+    machines: list[str]
+    values: list[list[str]]  # per field, per machine
+
+
+@dataclass
+class MachinesView:
+    machines: list[str]
+    rows: list[MachineLine]
+    svg: str
+    specs: MachineSpecs
+
+
+@dataclass
+class Curves:
+    name: str
+    svg: list[str]
+
+
+@dataclass
+class RunView:
+    id: str
+    anchor: str
+    facts: list[tuple[str, str]]
+    curves: list[Curves]
+    latency: list[list[str]]
+    memory: list[list[str]]
+    stages: list[list[str]]
+    env: str  # JSON
+    summary: str
+
+
+@dataclass
+class Provenance:
+    path: str
+    sha256: str
+    run_id: str
+    used: bool
+    anchor: str
 
 
 def anchor(run_id: str) -> str:
@@ -82,71 +191,67 @@ def markdown_html(lines: list[str]) -> str:
 # the leaderboard
 
 
-def _groups(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[dict[str, Any]]:
-    cols = lb.board_columns(board)
+def _groups(board: Board) -> list[GroupView]:
+    cols = render.board_columns(board)
     out = []
     for info, g in board:
-        shas = info["base_sha256"].split(",")
-        rows = []
+        shas = info.base_sha256.split(",")
+        views = []
         for e in g:
             runs = [
-                {"id": r, "anchor": anchor(r), "seed": s}
-                for r, s in zip(e["runs"], e["seeds"], strict=True)
+                RunLink(id=r, anchor=anchor(r), seed=s)
+                for r, s in zip(e.runs, e.seeds, strict=True)
             ]
-            rows.append(
-                {
-                    "attrs": {
-                        "model": e["model"],
-                        "dataset": e["dataset"] or "-",
-                        "scope": e["scope"],
-                        "target": f"{e['target']:g}x",
-                        "method": e["method"],
+            views.append(
+                RowView(
+                    attrs={
+                        "model": e.model,
+                        "dataset": e.dataset or "-",
+                        "scope": e.scope,
+                        "target": f"{e.target:g}x",
+                        "method": e.method,
                     },
-                    "runs": runs,
-                    "cells": [
-                        {
-                            "col": c.key,
-                            "text": c.text(e),
-                            "sort": _sort(c.value(e)),
-                            "align": c.align,
-                            "alert": c.alert(e),
-                            "backend": c.backend,
-                        }
+                    runs=runs,
+                    cells=[
+                        CellView(
+                            col=c.key,
+                            text=c.text(e),
+                            sort=_sort(c.value(e)),
+                            align=c.align,
+                            alert=c.alert(e),
+                            backend=c.backend,
+                        )
                         for c in cols
                     ],
-                }
+                )
             )
         out.append(
-            {
-                "title": lb.title(info),
-                "setup": _inline_md(lb.setup_line(info)),
-                "split_by": info["split_by"],
-                "recipe_line": info["recipe_line"],
-                "seeds": info["seeds"],
-                "bases": shas,
-                "attrs": {
-                    "model": info["model"],
-                    "dataset": info["dataset"] or "-",
-                    "scope": info["scope"],
-                    "target": f"{info['target']:g}x",
+            GroupView(
+                title=render.title(info),
+                setup=_inline_md(render.setup_line(info)),
+                split_by=info.split_by,
+                recipe_line=info.recipe_line,
+                seeds=info.seeds,
+                bases=shas,
+                attrs={
+                    "model": info.model,
+                    "dataset": info.dataset or "-",
+                    "scope": info.scope,
+                    "target": f"{info.target:g}x",
                 },
-                "columns": [
-                    {
-                        "key": c.key,
-                        "head": c.head,
-                        "about": c.about,
-                        "align": c.align,
-                        "backend": c.backend,
-                    }
+                columns=[
+                    ColumnView(
+                        key=c.key, head=c.head, about=c.about, align=c.align, backend=c.backend
+                    )
                     for c in cols
                 ],
-                "rows": rows,
-            }
+                rows=views,
+            )
         )
     return out
 
 
-def _sort(v: Any) -> str:
+def _sort(v: float | str | None) -> str:
     if v is None:
         return ""
     return f"{v:.10g}" if isinstance(v, int | float) else str(v)
@@ -156,47 +261,46 @@ def _sort(v: Any) -> str:
 # the plots: accuracy against measured speed-up per backend (or measured against counted)
 
 
-def _plots(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+def _plots(board: Board) -> list[PlotView]:
     """One plot per model and dataset, a point per leaderboard row (a run, or the mean of its seeds)
     and backend; the hollow diamond is the same row at its MACs speed-up."""
-    panels: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    panels: dict[tuple[str, str], list[Entry]] = {}
     for _, g in board:
         for e in g:
-            panels.setdefault((e["model"], e["dataset"] or "-"), []).append(e)
+            panels.setdefault((e.model, e.dataset or "-"), []).append(e)
     out = []
     for (model, dataset), entries in panels.items():
-        accuracy = any(lb.score(e) is not None for e in entries)
-        metric = next((e["metric"] for e in entries if e["metric"]), None) or "metric"
+        accuracy = any(score(e) is not None for e in entries)
+        metric = next((e.metric for e in entries if e.metric), None) or "metric"
         points: list[svg.Point] = []
         for e in entries:
-            score = lb.score(e)
-            if accuracy and score is None:
+            y = score(e)
+            if accuracy and y is None:
                 continue
-            attrs = {
+            macs = e.macs_speedup or 0.0
+            attrs: dict[str, str | int] = {
                 "model": model,
                 "dataset": dataset,
-                "scope": e["scope"],
-                "target": f"{e['target']:g}x",
-                "method": e["method"],
-                "run": ",".join(e["runs"]),
-                "n": e["n"],
+                "scope": e.scope,
+                "target": f"{e.target:g}x",
+                "method": e.method,
+                "run": ",".join(e.runs),
+                "n": e.n,
             }
-            name = f"{e['method']} · {e['scope']} · {e['target']:g}x" + (
-                "" if e["n"] == 1 else f" · mean of {e['n']} seeds"
+            name = f"{e.method} · {e.scope} · {e.target:g}x" + (
+                "" if e.n == 1 else f" · mean of {e.n} seeds"
             )
-            runs = f"\nruns: {', '.join(e['runs'])}"
-            for b in sorted(e["measured"]):
-                x, ci = e["measured"][b], e["measured_ci"].get(b)
-                label = (
-                    f"{name}\n{b}: measured {uncertainty.fmt(x, ci)}, MACs {e['macs_speedup']:.2f}x"
-                )
-                if score is not None and accuracy:  # metric (y) against measured speed-up (x)
-                    sd = lb.spread(e)
-                    label += f"\n{metric} {score:.2f}" + (f" ± {sd:.2f}" if e["n"] > 1 else "")
+            runs = f"\nruns: {', '.join(e.runs)}"
+            for b in sorted(e.measured):
+                x, ci = e.measured[b], e.measured_ci.get(b)
+                label = f"{name}\n{b}: measured {intervals.fmt(x, ci)}, MACs {macs:.2f}x"
+                if y is not None and accuracy:  # metric (y) against measured speed-up (x)
+                    sd = spread(e)
+                    label += f"\n{metric} {y:.2f}" + (f" ± {sd:.2f}" if e.n > 1 else "")
                     points.append(
                         svg.Point(
                             x,
-                            score,
+                            y,
                             b,
                             label + runs,
                             x_err=(ci[0], ci[1]) if ci else None,
@@ -206,18 +310,15 @@ def _plots(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[dic
                     )
                 else:  # measured (y) against counted (x) speed-up
                     points.append(
-                        svg.Point(
-                            e["macs_speedup"], x, b, label + runs, attrs={**attrs, "backend": b}
-                        )
+                        svg.Point(macs, x, b, label + runs, attrs={**attrs, "backend": b})
                     )
-            if score is not None and accuracy:
+            if y is not None and accuracy:
                 points.append(
                     svg.Point(
-                        e["macs_speedup"],
-                        score,
+                        macs,
+                        y,
                         "MACs",
-                        f"{name}\nMACs speed-up "
-                        f"{e['macs_speedup']:.2f}x\n{metric} {score:.2f}{runs}",
+                        f"{name}\nMACs speed-up {macs:.2f}x\n{metric} {y:.2f}{runs}",
                         "macs",
                         attrs={**attrs, "backend": "macs"},
                     )
@@ -240,7 +341,7 @@ def _plots(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[dic
                 diagonal=True,
             )
         out.append(
-            {"title": title, "svg": chart, "points": sum(p.kind == "measured" for p in points)}
+            PlotView(title=title, svg=chart, points=sum(p.kind == "measured" for p in points))
         )
     return out
 
@@ -249,7 +350,7 @@ def _plots(board: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[dic
 # across machines
 
 
-def _machines(records: list[tuple[Path, record.Record]]) -> dict[str, Any] | None:
+def _machines(records: list[tuple[Path, record.Record]]) -> MachinesView | None:
     mrows = machines.machine_rows(records)
     if not mrows:
         return None
@@ -264,8 +365,8 @@ def _machines(records: list[tuple[Path, record.Record]]) -> dict[str, Any] | Non
         if len({key[0] for key in table}) == 1:  # one model: it is in the heading
             label = label.split(" · ", 1)[1]
         body.append(
-            {
-                "key": [
+            MachineLine(
+                key=[
                     str(k[0]),
                     str(k[1]),
                     str(k[2]),
@@ -274,22 +375,20 @@ def _machines(records: list[tuple[Path, record.Record]]) -> dict[str, Any] | Non
                     str(k[5]),
                     str(k[6]),
                 ],
-                "macs": f"{next(iter(per.values()))['macs_speedup']:.2f}",
-                "cells": [machines.cell(per.get(m), False) for m in names],
-                "verdict": machines.verdict(list(per.values())) if len(names) > 1 else None,
-            }
+                macs=f"{next(iter(per.values())).macs_speedup:.2f}",
+                cells=[machines.cell(per.get(m), False) for m in names],
+                verdict=machines.verdict(list(per.values())) if len(names) > 1 else None,
+            )
         )
-        dots.append(
-            (label, {m: (r["speedup"] or 0.0, r.get("speedup_ci")) for m, r in per.items()})
-        )
-    specs: dict[str, dict[str, Any]] = {}
+        dots.append((label, {m: (r.speedup or 0.0, r.speedup_ci) for m, r in per.items()}))
+    specs: dict[str, dict[str, object]] = {}
     throttles: dict[str, set[str]] = {}
     for _, r in records:
         env = r.stage_env("bench")
         name = envinfo.machine(env)
         if not any(p.variant == "pruned" for p in r.latency):
             continue
-        specs.setdefault(name, _machine_spec(env, r.bench or {}))
+        specs.setdefault(name, _machine_spec(env, r.bench))
         throttles.setdefault(name, set()).update(t for p in r.latency for t in p.throttle_reasons)
     for name, spec in specs.items():
         spec["throttling seen"] = ", ".join(sorted(throttles[name])) or "none"
@@ -304,22 +403,24 @@ def _machines(records: list[tuple[Path, record.Record]]) -> dict[str, Any] | Non
         if len(dots) <= 60
         else ""
     )
-    return {
-        "machines": names,
-        "rows": body,
-        "svg": chart,
-        "specs": {
-            "fields": fields,
-            "machines": list(specs),
-            "values": [[str(specs[m].get(f, "-")) for m in specs] for f in fields],
-        },
-    }
+    return MachinesView(
+        machines=names,
+        rows=body,
+        svg=chart,
+        specs=MachineSpecs(
+            fields=fields,
+            machines=list(specs),
+            values=[[str(specs[m].get(f, "-")) for m in specs] for f in fields],
+        ),
+    )
 
 
-def _machine_spec(env: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
+def _machine_spec(env: dict[str, Any], bench: record.BenchInfo | None) -> dict[str, object]:
+    """What a machine is (label -> value, in the order shown): CPU, memory, software, its GPU and
+    the CPU's load around the measurement."""
     host = env.get("host") or {}
     sw = env.get("software") or {}
-    out: dict[str, Any] = {
+    out: dict[str, object] = {
         "CPU": f"{host.get('cpu', '?')} ({host.get('cores_logical', '?')} logical cores)",
         "memory": si(host.get("memory_bytes") or 0) + "B",
         "OS": host.get("os", "-"),
@@ -342,7 +443,7 @@ def _machine_spec(env: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
         start = g.get("state_start") or {}
         if start:
             out["SM clock at start MHz"] = start.get("sm_clock_mhz")
-    state = bench.get("cpu_state") or {}
+    state = (bench.cpu_state if bench is not None else None) or {}
     if state:
         out["CPU load before / after"] = (
             f"{(state.get('before') or {}).get('loadavg_1m')} / "
@@ -357,7 +458,7 @@ def _machine_spec(env: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
 # a run's page
 
 
-def _run(path: Path, r: record.Record, sha: str) -> dict[str, Any]:
+def _run(path: Path, r: record.Record, sha: str) -> RunView:
     ft = r.finetune or {}
     curves = []
     for name, hist in (
@@ -383,10 +484,9 @@ def _run(path: Path, r: record.Record, sha: str) -> dict[str, Any]:
             svg.lines({"loss": loss}, "epoch", "loss", f"{name}: loss per epoch") if loss else "",
         ]
         if any(charts):
-            curves.append({"name": name, "svg": [c for c in charts if c]})
+            curves.append(Curves(name=name, svg=[c for c in charts if c]))
     latency = []
     for p in r.latency:
-        ci = p.ci or {}
         latency.append(
             [
                 p.backend,
@@ -403,11 +503,11 @@ def _run(path: Path, r: record.Record, sha: str) -> dict[str, Any]:
                 str(p.attempts),
                 str(p.blocks or "-"),
                 str(sum((p.outliers or {}).values())),
-                str(ci.get("stop", "-")),
+                str(p.ci.stop if p.ci is not None and "stop" in p.ci else "-"),
                 (
                     "-"
                     if p.speedup_vs_dense is None
-                    else uncertainty.fmt(p.speedup_vs_dense, p.speedup_ci)
+                    else intervals.fmt(p.speedup_vs_dense, p.speedup_ci)
                 ),
                 "stable" if p.stable else "unstable: " + "; ".join(p.unstable_reasons),
             ]
@@ -489,8 +589,8 @@ def _run(path: Path, r: record.Record, sha: str) -> dict[str, Any]:
         *[(k.replace("_", " "), str(v)) for k, v in r.model.notes.items()],
         ("params", f"{si(c.params_base)} -> {si(c.params_pruned)}"),
         ("MACs", f"{si(c.macs_base)} -> {si(c.macs_pruned)} at {c.input_size}px ({c.counter})"),
-        ("recipe", lb.recipe_line(r)),
-        ("seed", str(lb.seed_of(r))),
+        ("recipe", recipe_line(r)),
+        ("seed", str(seed_of(r))),
         (
             "parity",
             "; ".join(
@@ -504,20 +604,20 @@ def _run(path: Path, r: record.Record, sha: str) -> dict[str, Any]:
         ("kit", f"{r.kit_version}, git {r.git_revision or '-'}, schema {r.schema_version}"),
     ]
     env = r.stage_env("bench")
-    return {
-        "id": r.run_id,
-        "anchor": anchor(r.run_id),
-        "facts": facts,
-        "curves": curves,
-        "latency": latency,
-        "memory": memory,
-        "stages": stages,
-        "env": json.dumps(env, indent=1, default=str),
-        "summary": (
+    return RunView(
+        id=r.run_id,
+        anchor=anchor(r.run_id),
+        facts=facts,
+        curves=curves,
+        latency=latency,
+        memory=memory,
+        stages=stages,
+        env=json.dumps(env, indent=1, default=str),
+        summary=(
             f"{r.run_id} · {r.method.key} · {r.model.name} · {setups.scope_of(r)} · "
-            f"{r.method.target_speedup:g}x · seed {lb.seed_of(r)}"
+            f"{r.method.target_speedup:g}x · seed {seed_of(r)}"
         ),
-    }
+    )
 
 
 def _f(v: float | None) -> str:
@@ -535,27 +635,28 @@ def page(records: list[tuple[Path, record.Record]], sources: list[str]) -> str:
     env = jinja2.Environment(
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
     )
-    rs = lb.rows(records)
-    board = lb.leaderboard(rs) if rs else []
-    used = {r["record"] for r in rs}
-    provenance, runs = [], []
-    packed: dict[str, dict[str, Any]] = {"records": {}, "pages": {}}
+    rs = rows(records)
+    board = leaderboard(rs) if rs else []
+    used = {r.record for r in rs}
+    provenance: list[Provenance] = []
+    runs: list[RunView] = []
+    packed: dict[str, dict[str, Any]] = {"records": {}, "pages": {}}  # JSON, for the browser
     run_page = env.from_string(tpl.joinpath("run.html.j2").read_text(encoding="utf-8"))
     for path, r in records:
         raw = path.read_bytes()  # read once: hashed for the page, packed whole for its reader
         sha = hashlib.sha256(raw).hexdigest()
         provenance.append(
-            {
-                "path": str(path),
-                "sha256": sha,
-                "run_id": r.run_id,
-                "used": str(path) in used,
-                "anchor": anchor(r.run_id),
-            }
+            Provenance(
+                path=str(path),
+                sha256=sha,
+                run_id=r.run_id,
+                used=str(path) in used,
+                anchor=anchor(r.run_id),
+            )
         )
         if str(path) in used:
             run = _run(path, r, sha)
-            runs.append({k: run[k] for k in ("id", "anchor", "summary")})
+            runs.append(run)
             packed["pages"][r.run_id] = run_page.render(r=run)
             packed["records"][r.run_id] = json.loads(raw)
     # the run pages and full records: gzip + base64, unpacked in the browser when a run is opened
@@ -567,11 +668,11 @@ def page(records: list[tuple[Path, record.Record]], sources: list[str]) -> str:
         k: sorted(
             {
                 (
-                    (e["dataset"] or "-")
+                    (e.dataset or "-")
                     if k == "dataset"
-                    else f"{e['target']:g}x"
+                    else f"{e.target:g}x"
                     if k == "target"
-                    else e[k]
+                    else getattr(e, k)
                 )
                 for e in entries
             },
@@ -579,7 +680,7 @@ def page(records: list[tuple[Path, record.Record]], sources: list[str]) -> str:
         )
         for k in FILTERS
     }
-    filters["backend"] = sorted({b for e in entries for b in e["measured"]})
+    filters["backend"] = sorted({b for e in entries for b in e.measured})
     template = env.from_string(tpl.joinpath("report.html.j2").read_text(encoding="utf-8"))
     return template.render(
         title="pbkit report · " + ", ".join(sources),
@@ -591,10 +692,10 @@ def page(records: list[tuple[Path, record.Record]], sources: list[str]) -> str:
         groups=_groups(board),
         plots=_plots(board),
         across=_machines([(p, r) for p, r in records if str(p) in used]),
-        recipes=markdown_html(lb.markdown_across(board)),
+        recipes=markdown_html(render.markdown_across(board)),
         runs=runs,
         provenance=provenance,
-        left_out=sum(1 for p in provenance if not p["used"]),
+        left_out=sum(1 for p in provenance if not p.used),
         filters=filters,
         blob=blob,
         n_rows=len(entries),

@@ -4,21 +4,52 @@ machine. Ratios measured on one machine in one session are compared, never milli
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.table import Table
 
-from pbkit.core import record
+from pbkit.core import intervals, record
 from pbkit.machine import envinfo
-from pbkit.measure import uncertainty
 from pbkit.report import setups
 
 
-def machine_rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str, Any]]:
+@dataclass(kw_only=True)
+class MachineRow:
+    """One measured point of one record: the pruned model against the dense one, same session,
+    and the machine that measured it."""
+
+    model: str
+    method: str
+    scope: str
+    target: float
+    macs_speedup: float
+    pruned_sha256: str  # the pruned model file's, short: the same pruning on every machine
+    backend: str
+    precision: str
+    batch: int
+    machine: str
+    dense_ms: float
+    pruned_ms: float
+    speedup: float | None
+    speedup_ci: list[float] | None
+    gpu_speedup: float | None
+    stable: bool
+    quick: bool
+    measured_utc: str | None
+    run_id: str
+    record: str
+
+
+# (model, method, scope, target, backend, precision, batch): one point of one pruning
+PointKey = tuple[str, str, str, float, str, str, int]
+
+
+def machine_rows(records: Iterable[tuple[Path, record.Record]]) -> list[MachineRow]:
     """One row per measured point (pruned vs dense, same session), with the machine it ran on."""
     out = []
     for path, r in records:
@@ -28,85 +59,78 @@ def machine_rows(records: Iterable[tuple[Path, record.Record]]) -> list[dict[str
             if p.variant != "pruned" or d is None:
                 continue
             out.append(
-                {
-                    "model": r.model.name,
-                    "method": r.method.key,
-                    "scope": setups.scope_of(r),
-                    "target": r.method.target_speedup,
-                    "macs_speedup": round(r.method.achieved_speedup, 3),
-                    "pruned_sha256": (r.artifacts.get("pruned") or {}).get("sha256", "")[:12],
-                    "backend": p.backend,
-                    "precision": p.precision,
-                    "batch": p.batch,
-                    "machine": envinfo.machine(r.stage_env("bench")),
-                    "dense_ms": d.median_ms,
-                    "pruned_ms": p.median_ms,
-                    "speedup": p.speedup_vs_dense,
-                    "speedup_ci": p.speedup_ci,
-                    "gpu_speedup": p.gpu_speedup_vs_dense,
-                    "stable": d.stable and p.stable,
-                    "quick": p.quick,
-                    "measured_utc": (r.bench or {}).get("measured_utc"),
-                    "run_id": r.run_id,
-                    "record": str(path),
-                }
+                MachineRow(
+                    model=r.model.name,
+                    method=r.method.key,
+                    scope=setups.scope_of(r),
+                    target=r.method.target_speedup,
+                    macs_speedup=round(r.method.achieved_speedup, 3),
+                    pruned_sha256=(r.artifacts.get("pruned") or {}).get("sha256", "")[:12],
+                    backend=p.backend,
+                    precision=p.precision,
+                    batch=p.batch,
+                    machine=envinfo.machine(r.stage_env("bench")),
+                    dense_ms=d.median_ms,
+                    pruned_ms=p.median_ms,
+                    speedup=p.speedup_vs_dense,
+                    speedup_ci=p.speedup_ci,
+                    gpu_speedup=p.gpu_speedup_vs_dense,
+                    stable=d.stable and p.stable,
+                    quick=p.quick,
+                    measured_utc=r.bench.measured_utc if r.bench is not None else None,
+                    run_id=r.run_id,
+                    record=str(path),
+                )
             )
     return out
 
 
 def across_machines(
-    rows_: list[dict[str, Any]],
-) -> tuple[list[str], dict[tuple[Any, ...], dict[str, dict[str, Any]]]]:
+    rows_: list[MachineRow],
+) -> tuple[list[str], dict[PointKey, dict[str, MachineRow]]]:
     """Machines (columns) and, per (model, method, scope, target, backend, precision, batch), the
     newest row of each machine. Ratios are compared, never milliseconds across machines."""
-    machines = sorted({r["machine"] for r in rows_})
-    table: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
-    for r in sorted(rows_, key=lambda r: str(r["measured_utc"])):
-        key = (
-            r["model"],
-            r["method"],
-            r["scope"],
-            r["target"],
-            r["backend"],
-            r["precision"],
-            r["batch"],
-        )
-        table.setdefault(key, {})[r["machine"]] = r  # newest wins
+    machines = sorted({r.machine for r in rows_})
+    table: dict[PointKey, dict[str, MachineRow]] = {}
+    for r in sorted(rows_, key=lambda r: str(r.measured_utc)):
+        key = (r.model, r.method, r.scope, r.target, r.backend, r.precision, r.batch)
+        table.setdefault(key, {})[r.machine] = r  # newest wins
     return machines, dict(sorted(table.items(), key=lambda kv: tuple(str(x) for x in kv[0])))
 
 
-def cell(r: dict[str, Any] | None, rich: bool) -> str:
+def cell(r: MachineRow | None, rich: bool) -> str:
     if r is None:
         return "-"
     text = (
-        f"{uncertainty.fmt(r['speedup'] or 0.0, r.get('speedup_ci'))} ({r['dense_ms']:.3f} ->"
-        f" {r['pruned_ms']:.3f} ms)"
+        f"{intervals.fmt(r.speedup or 0.0, r.speedup_ci)} ({r.dense_ms:.3f} ->"
+        f" {r.pruned_ms:.3f} ms)"
     )
-    if not r["stable"]:
+    if not r.stable:
         text += " [yellow]unstable[/]" if rich else " unstable"
     return text
 
 
-def verdict(rows_: list[dict[str, Any]]) -> str:
+def verdict(rows_: list[MachineRow]) -> str:
     """Whether the machines' speed-ups differ: only when their intervals are apart."""
     if len(rows_) < 2:
         return "-"
-    cis = [r.get("speedup_ci") for r in rows_]
+    cis = [r.speedup_ci for r in rows_]
     if any(ci is None for ci in cis):
         return "no intervals"
-    lows, highs = [ci[0] for ci in cis], [ci[1] for ci in cis]
+    lows, highs = [ci[0] for ci in cis if ci], [ci[1] for ci in cis if ci]
     return "yes (intervals apart)" if max(lows) > min(highs) else "not distinguishable"
 
 
-def render_machines(rows_: list[dict[str, Any]], fmt: str) -> str | Table:
+def render_machines(rows_: list[MachineRow], fmt: str) -> str | Table:
     machines, table = across_machines(rows_)
+    as_dicts = [dataclasses.asdict(r) for r in rows_]
     if fmt == "json":
-        return json.dumps({"machines": machines, "rows": rows_}, indent=2, default=str)
+        return json.dumps({"machines": machines, "rows": as_dicts}, indent=2, default=str)
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows_[0]))
+        w = csv.DictWriter(buf, fieldnames=list(as_dicts[0]))
         w.writeheader()
-        w.writerows(rows_)
+        w.writerows(as_dicts)
         return buf.getvalue()
     head = [
         "model",
@@ -126,7 +150,7 @@ def render_machines(rows_: list[dict[str, Any]], fmt: str) -> str | Table:
             str(k[1]),
             str(k[2]),
             f"{k[3]:g}x",
-            f"{next(iter(v.values()))['macs_speedup']:.2f}",
+            f"{next(iter(v.values())).macs_speedup:.2f}",
             str(k[4]),
             str(k[5]),
             str(k[6]),

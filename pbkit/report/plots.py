@@ -4,15 +4,16 @@ speed-up across machines."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write
-from pbkit.report.leaderboard import score, spread
-from pbkit.report.machines import across_machines
+from pbkit.report.machines import MachineRow, across_machines
+from pbkit.report.rank import Board, GroupInfo
+from pbkit.report.rows import Row
+from pbkit.report.stats import Entry, score, spread
 
 
-def plot(rs: list[dict[str, Any]], path: str | Path) -> Path:
+def plot(rs: list[Row], path: str | Path) -> Path:
     """MACs speed-up (what papers report) against measured speed-up, per backend, one panel per
     model and dataset: the distance from the diagonal is what MAC counts do not tell."""
     import math
@@ -22,29 +23,25 @@ def plot(rs: list[dict[str, Any]], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    backends = sorted({b for r in rs for b in r["measured"]})
+    backends = sorted({b for r in rs for b in r.measured})
     if not backends:
         raise PbkitError(
             "no latency measurements in these records to plot (run `pbkit bench` first)"
         )
-    panels = sorted({(r["model"], r["dataset"] or "data-free") for r in rs if r["measured"]})
+    panels = sorted({(r.model, r.dataset or "data-free") for r in rs if r.measured})
     cols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4.4 * nrows), dpi=110, squeeze=False)
     colors = {b: f"C{i}" for i, b in enumerate(backends)}
     for ax, (model, dataset) in zip(axes.flat, panels, strict=False):
-        mine = [r for r in rs if r["model"] == model and (r["dataset"] or "data-free") == dataset]
+        mine = [r for r in rs if r.model == model and (r.dataset or "data-free") == dataset]
         top = 1.0
         for b in backends:
-            pts = [
-                (r["macs_speedup"], r["measured"][b], r["method"])
-                for r in mine
-                if b in r["measured"]
-            ]
+            pts = [(r.macs_speedup, r.measured[b], r.method) for r in mine if b in r.measured]
             if not pts:
                 continue
             top = max(top, *(max(x, y) for x, y, _ in pts))
-            cis = [(r.get("measured_ci") or {}).get(b) for r in mine if b in r["measured"]]
+            cis = [r.measured_ci.get(b) for r in mine if b in r.measured]
             err = [
                 [
                     max(y - ci[0], 0.0) if ci else 0.0
@@ -96,7 +93,7 @@ def plot(rs: list[dict[str, Any]], path: str | Path) -> Path:
     return out
 
 
-def plot_machines(rows_: list[dict[str, Any]], path: str | Path) -> Path:
+def plot_machines(rows_: list[MachineRow], path: str | Path) -> Path:
     """Grouped bars: per measured point, one bar per machine; the dashed mark is the MACs speed-
     up."""
     import matplotlib
@@ -116,8 +113,8 @@ def plot_machines(rows_: list[dict[str, Any]], path: str | Path) -> Path:
     )
     for i, m in enumerate(machines):
         xs = [k for k, key in enumerate(keys) if m in table[key]]
-        ys = [table[keys[x]][m]["speedup"] or 0 for x in xs]
-        cis = [table[keys[x]][m].get("speedup_ci") for x in xs]
+        ys = [table[keys[x]][m].speedup or 0 for x in xs]
+        cis = [table[keys[x]][m].speedup_ci for x in xs]
         err = [
             [max(y - ci[0], 0.0) if ci else 0.0 for y, ci in zip(ys, cis, strict=True)],
             [max(ci[1] - y, 0.0) if ci else 0.0 for y, ci in zip(ys, cis, strict=True)],
@@ -132,7 +129,7 @@ def plot_machines(rows_: list[dict[str, Any]], path: str | Path) -> Path:
             capsize=3,
         )
     for x, key in enumerate(keys):
-        macs = next(iter(table[key].values()))["macs_speedup"]
+        macs = next(iter(table[key].values())).macs_speedup
         ax.hlines(
             macs,
             x - 0.45,
@@ -155,9 +152,7 @@ def plot_machines(rows_: list[dict[str, Any]], path: str | Path) -> Path:
     return out
 
 
-def plot_accuracy(
-    board: list[tuple[dict[str, Any], list[dict[str, Any]]]], path: str | Path
-) -> Path:
+def plot_accuracy(board: Board, path: str | Path) -> Path:
     """Accuracy after finetuning, mean +- std over seeds, one panel per comparison (model, dataset,
     scope, target): a row per method, a colour per finetuning recipe, the scratch baseline as a
     black cross, the dense base as a dotted line. Overlapping bars are the "not separable" marks
@@ -169,12 +164,10 @@ def plot_accuracy(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels: dict[tuple[Any, ...], list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {}
+    panels: dict[tuple[str, str, str, float], list[tuple[GroupInfo, list[Entry]]]] = {}
     for info, g in board:
-        panels.setdefault(
-            (info["model"], info["dataset"], info["scope"], info["target"]), []
-        ).append((info, g))
-    if not any(e["finetuned"] is not None or e["pruned"] is not None for _, g in board for e in g):
+        panels.setdefault((info.model, info.dataset, info.scope, info.target), []).append((info, g))
+    if not any(e.finetuned is not None or e.pruned is not None for _, g in board for e in g):
         raise PbkitError(
             "no accuracy in these records to plot (runs without a dataset measure none)"
         )
@@ -182,7 +175,7 @@ def plot_accuracy(
     nrows = math.ceil(len(panels) / cols)
     height = max(
         3.5,
-        0.45 * max(len({e["method"] for _, g in groups for e in g}) for groups in panels.values())
+        0.45 * max(len({e.method for _, g in groups for e in g}) for groups in panels.values())
         + 1.6,
     )
     fig, axes = plt.subplots(
@@ -190,25 +183,25 @@ def plot_accuracy(
     )
     for ax, (key, groups) in zip(axes.flat, panels.items(), strict=False):
         methods = sorted(
-            {e["method"] for _, g in groups for e in g},
-            key=lambda m: max((score(e) or 0) for _, g in groups for e in g if e["method"] == m),
+            {e.method for _, g in groups for e in g},
+            key=lambda m: max((score(e) or 0) for _, g in groups for e in g if e.method == m),
         )
         y = {m: i for i, m in enumerate(methods)}
-        recipes = [info for info, _ in groups if info["init"] == "pruned"]
+        recipes = [info for info, _ in groups if info.init == "pruned"]
         offset = 0.6 / max(len(recipes), 1)
         labelled = False
         for i, (info, g) in enumerate(groups):
-            scratch = info["init"] == "scratch"
+            scratch = info.init == "scratch"
             label = (
                 "scratch (SX-A)"
                 if scratch and not labelled
                 else None
                 if scratch
-                else info["recipe_label"] or "finetuned"
+                else info.recipe_label or "finetuned"
             )
             labelled = labelled or scratch
             shift = 0.0 if scratch else -0.3 + offset * (i + 0.5)
-            pts = [(y[e["method"]] + shift, score(e), spread(e)) for e in g if score(e) is not None]
+            pts = [(y[e.method] + shift, s, spread(e)) for e in g if (s := score(e)) is not None]
             ax.errorbar(
                 [p[1] for p in pts],
                 [p[0] for p in pts],
@@ -219,7 +212,7 @@ def plot_accuracy(
                 ms=6,
                 label=label,
             )
-        bases = [e["base"] for _, g in groups for e in g if e["base"] is not None]
+        bases = [e.base for _, g in groups for e in g if e.base is not None]
         if bases:
             ax.axvline(
                 sum(bases) / len(bases), color="grey", ls=":", lw=1, label="dense base (mean)"
@@ -227,7 +220,7 @@ def plot_accuracy(
         ax.set_yticks(range(len(methods)))
         ax.set_yticklabels(methods)
         ax.set_xlabel(
-            f"{groups[0][1][0]['metric'] or 'metric'} after finetuning (mean ± std over seeds)"
+            f"{groups[0][1][0].metric or 'metric'} after finetuning (mean ± std over seeds)"
         )
         ax.set_title(f"{key[0]} · {key[1]} · {key[2]} · {key[3]:g}x", fontsize=10)
         ax.grid(axis="x", alpha=0.3)

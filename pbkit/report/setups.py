@@ -17,8 +17,10 @@ epochs.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, TypedDict
+
+from pbkit.core import config, record
 
 LEVELS = ("S1", "S2", "S3.1", "S3.2", "S4.1", "S4.2")
 HOLDS = {  # what each level adds to the one before it
@@ -74,6 +76,26 @@ PRUNE_SCHEDULE_KEYS = (
 )
 
 
+class Facts(TypedDict):
+    """A row's facts: what the setup levels may hold equal (the recipes' own fields stay open:
+    they are whatever the training stages recorded)."""
+
+    s1: tuple[str, str | None, str, float]  # dataset, network, scope, target
+    base: str | list[str]  # the base's sha256 (an aggregated row: its seeds' bases, sorted)
+    ft_epochs: int
+    ft_schedule: dict[str, Any]  # optimizer, lr, momentum, schedule, milestones, ...
+    ft_recipe: dict[str, Any]  # weight decay, batch, label smoothing, amp, augmentation, kd, ...
+    prune_epochs: int | str  # a planned interleaved schedule: epochs + iterations per step
+    prune_schedule: dict[str, Any]  # oneshot | interleaved, and sparse training's recipe
+    init: str  # pruned | scratch
+    total_epochs: int | None  # base + pruning stage + finetune (scratch: as it trained)
+
+
+class _Method(Protocol):
+    @property
+    def stage(self) -> str: ...
+
+
 def level_index(level: str) -> int:
     if level not in LEVELS:
         raise ValueError(f"unknown comparison setup {level!r}; choose one of: {', '.join(LEVELS)}")
@@ -97,7 +119,9 @@ def _kd(value: Any) -> dict[str, Any]:
     return {k: kd.get(k) for k in ("enabled", "alpha", "temperature", "teacher")}
 
 
-def finetune_facts(recipe: dict[str, Any], augmentation: str | None) -> dict[str, Any]:
+def _finetune_facts(
+    recipe: dict[str, Any], augmentation: str | None
+) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """The finetuning recipe as the setup levels see it (seeds apart: they are repeats)."""
     schedule = {k: recipe.get(k) for k in SCHEDULE_KEYS if k != "milestones_epochs"}
     schedule["milestones"] = _milestones(recipe) if recipe.get("schedule") in ("multistep",) else []
@@ -112,10 +136,10 @@ def finetune_facts(recipe: dict[str, Any], augmentation: str | None) -> dict[str
     rest["world_size"] = int((recipe.get("distributed") or {}).get("world_size") or 1)
     rest["augmentation"] = augmentation
     rest["kd"] = _kd(recipe.get("kd"))
-    return {"ft_epochs": int(recipe.get("epochs") or 0), "ft_schedule": schedule, "ft_recipe": rest}
+    return int(recipe.get("epochs") or 0), schedule, rest
 
 
-def scope_of(rec: Any) -> str:
+def scope_of(rec: record.Record) -> str:
     """The scope as reports group and show it: a latency-targeted run's names the backend its
     speed-up was measured on (its target is not a MACs ratio, so it is ranked apart)."""
     m = rec.method
@@ -124,8 +148,8 @@ def scope_of(rec: Any) -> str:
     return m.scope
 
 
-def from_record(rec: Any) -> dict[str, Any]:
-    """The facts of a record (a :class:`pbkit.core.record.Record`)."""
+def from_record(rec: record.Record) -> Facts:
+    """The facts of a record."""
     ft = dict(rec.finetune or {})
     m = rec.method
     sparsify = m.sparsify or {}
@@ -145,32 +169,34 @@ def from_record(rec: Any) -> dict[str, Any]:
         interleave.get("epochs") or 0
     )  # the training between pruning steps, in epochs
     init = ft.get("init") or "pruned"
-    facts = {
-        "s1": (
+    ft_epochs, ft_schedule, ft_recipe = _finetune_facts(ft, ft.get("augmentation"))
+    if init == "scratch":  # what the scratch row trained with is the base recipe
+        ft_epochs = int(ft.get("epochs_total") or ft.get("epochs") or 0)
+    return Facts(
+        s1=(
             rec.model.name,
             rec.dataset.name if rec.dataset else None,
             scope_of(rec),
             m.target_speedup,
         ),
-        "base": rec.model.weights_sha256,
-        **finetune_facts(ft, ft.get("augmentation")),
-        "prune_epochs": prune_epochs + interleave_epochs,
-        "prune_schedule": prune_schedule,
-        "init": init,
-        "total_epochs": (
+        base=rec.model.weights_sha256,
+        ft_epochs=ft_epochs,
+        ft_schedule=ft_schedule,
+        ft_recipe=ft_recipe,
+        prune_epochs=prune_epochs + interleave_epochs,
+        prune_schedule=prune_schedule,
+        init=init,
+        total_epochs=(
             ft.get("epochs_total")
             if init == "scratch"
             else base_epochs + prune_epochs + interleave_epochs + int(ft.get("epochs") or 0)
         ),
-    }
-    if init == "scratch":  # what the scratch row trained with is the base recipe
-        facts["ft_epochs"] = int(ft.get("epochs_total") or ft.get("epochs") or 0)
-    return facts
+    )
 
 
-def from_config(cfg: Any, method: Any, base_id: str) -> dict[str, Any]:
-    """The facts a trial will have, from its configuration (:class:`pbkit.core.config.Config`)
-    and its method; ``base_id`` names its base (trials that train the same base share it)."""
+def from_config(cfg: config.Config, method: _Method, base_id: str) -> Facts:
+    """The facts a trial will have, from its configuration and its method (its ``stage``);
+    ``base_id`` names its base (trials that train the same base share it)."""
     p = cfg.prune
     prune_schedule: dict[str, Any] = {"schedule": p.schedule}
     if method.stage == "sparsify":
@@ -181,12 +207,17 @@ def from_config(cfg: Any, method: Any, base_id: str) -> dict[str, Any]:
             "iters_per_step": p.interleave_iters,
             "kd": _kd(cfg.finetune.kd.model_dump()),
         }
-    return {
-        "s1": (cfg.model.name, cfg.dataset.name, p.scope, p.speedup),
-        "base": base_id,
-        **finetune_facts({**cfg.finetune.model_dump(), "kd": cfg.finetune.kd.model_dump()}, None),
+    ft_epochs, ft_schedule, ft_recipe = _finetune_facts(
+        {**cfg.finetune.model_dump(), "kd": cfg.finetune.kd.model_dump()}, None
+    )
+    return Facts(
+        s1=(cfg.model.name, cfg.dataset.name, p.scope, p.speedup),
+        base=base_id,
+        ft_epochs=ft_epochs,
+        ft_schedule=ft_schedule,
+        ft_recipe=ft_recipe,
         # (interleaved training is counted in iterations per pruning step until the steps are known)
-        "prune_epochs": (
+        prune_epochs=(
             (cfg.sparsify.epochs if method.stage == "sparsify" else 0)
             if p.schedule == "oneshot"
             else (
@@ -194,17 +225,17 @@ def from_config(cfg: Any, method: Any, base_id: str) -> dict[str, Any]:
                 " iterations/step"
             )
         ),
-        "prune_schedule": prune_schedule,
-        "init": cfg.init,
-        "total_epochs": None,
-    }
+        prune_schedule=prune_schedule,
+        init=cfg.init,
+        total_epochs=None,
+    )
 
 
 def _same(values: Iterable[Any]) -> bool:
     return len({json.dumps(v, sort_keys=True, default=str) for v in values}) <= 1
 
 
-def infer(facts: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+def infer(facts: Sequence[Facts]) -> tuple[str | None, str | None]:
     """The strictest setup these rows share, and what breaks the next level (None when there is
     none: S4.2). A level is None when the rows differ in dataset, network, scope or target (no
     setup at all). Scratch rows are compared with pruned rows by total epochs (SX-A)."""
@@ -221,18 +252,23 @@ def infer(facts: list[dict[str, Any]]) -> tuple[str | None, str | None]:
         )
     reached = None
     for level in LEVELS:
-        differs = [k for k in LEVEL_FACTS[level] if not _same(f.get(k) for f in facts)]
+        differs = [k for k in LEVEL_FACTS[level] if not _same(_get(f, k) for f in facts)]
         if differs:
             return reached, differs_line(facts, differs)
         reached = level
     return reached, None
 
 
-def differs_line(facts: list[dict[str, Any]], keys: list[str]) -> str:
+def _get(f: Facts, key: str) -> Any:
+    """A fact by a name held in a variable (the level tables name them)."""
+    return f.get(key)
+
+
+def differs_line(facts: Sequence[Facts], keys: list[str]) -> str:
     """``finetune LR schedule (lr: 0.01 | 0.001)``: what differs among ``keys``, and how."""
     parts = []
     for k in keys:
-        values = [f.get(k) for f in facts]
+        values = [_get(f, k) for f in facts]
         detail = _detail(values)
         parts.append(FACT_NAMES.get(k, k) + (f" ({detail})" if detail else ""))
     return "; ".join(parts)
@@ -269,21 +305,21 @@ def _short(v: Any) -> str:
     return str(v)
 
 
-def split_key(f: dict[str, Any], level: str) -> str:
+def split_key(f: Facts, level: str) -> str:
     """What rows must share to be ranked together at ``level`` (and the initialisation)."""
     keys = [k for lv in LEVELS[: level_index(level) + 1] for k in LEVEL_FACTS[lv]]
     return json.dumps(
-        {"init": f["init"], **{k: f.get(k) for k in keys}}, sort_keys=True, default=str
+        {"init": f["init"], **{k: _get(f, k) for k in keys}}, sort_keys=True, default=str
     )
 
 
-def unmet(trials: list[tuple[str, dict[str, Any]]], level: str) -> str | None:
+def unmet(trials: list[tuple[str, Facts]], level: str) -> str | None:
     """Why a grid cannot be compared at ``level``: two methods of one S1 group that never share
     everything the level holds equal (e.g. only ever finetuned with different recipes, or on
     different bases). ``trials`` are (method, facts) pairs; scratch rows are compared at SX-A and
     left out. None when every pair of methods meets somewhere."""
     level_index(level)
-    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    groups: dict[str, list[tuple[str, Facts]]] = {}
     for method, f in trials:
         if f["init"] == "pruned":
             groups.setdefault(json.dumps(f["s1"], default=str), []).append((method, f))

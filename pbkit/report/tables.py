@@ -3,12 +3,9 @@ counted (MACs) against measured speed-up, accuracy, alignment, latency, memory a
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.table import Table
 
-from pbkit.core import record
-from pbkit.measure import uncertainty
+from pbkit.core import intervals, record
 from pbkit.report.cells import acc, delta, si
 
 
@@ -100,8 +97,8 @@ def run_table(rec: record.Record) -> Table:
         if d.gpu_compute and p.gpu_compute:
             t.add_row(
                 "  GPU compute (CUDA events)",
-                f"{d.gpu_compute['median_ms']:.3f} ms",
-                f"{p.gpu_compute['median_ms']:.3f} ms",
+                f"{d.gpu_compute.median_ms:.3f} ms",
+                f"{p.gpu_compute.median_ms:.3f} ms",
                 f"{p.gpu_speedup_vs_dense or 0:.2f}x",
             )
         if d.memory and p.memory and d.device == "cuda":
@@ -126,10 +123,10 @@ def run_table(rec: record.Record) -> Table:
     return t
 
 
-def _mem(m: dict[str, Any]) -> str:
-    before, peak = m.get("nvml_used_before_bytes"), m.get("nvml_used_peak_bytes")
+def _mem(m: record.Memory) -> str:
+    before, peak = m.nvml_used_before_bytes, m.nvml_used_peak_bytes
     if before is None or peak is None:
-        torch_peak = m.get("torch_peak_allocated_bytes")
+        torch_peak = m.torch_peak_allocated_bytes
         return f"{torch_peak / 2**20:.0f} MiB torch" if torch_peak is not None else "-"
     return f"{(peak - before) / 2**20:.0f} MiB"
 
@@ -153,16 +150,16 @@ def speedup_cell(d: record.LatencyPoint, p: record.LatencyPoint) -> str:
     tries = max(d.attempts, p.attempts)
     again = f", {tries} tries" if tries > 1 else ""
     throttle = sorted(set(d.throttle_reasons) | set(p.throttle_reasons))
-    text = uncertainty.fmt(p.speedup_vs_dense or 0.0, p.speedup_ci) + " measured"
-    if uncertainty.covers_one(p.speedup_ci):
+    text = intervals.fmt(p.speedup_vs_dense or 0.0, p.speedup_ci) + " measured"
+    if intervals.covers_one(p.speedup_ci):
         text += " [yellow](not distinguishable from 1.0)[/]"
-    ci = p.ci or {}
-    if ci:
-        sessions = f", {ci['sessions']} sessions" if ci.get("sessions") else ""
-        why = f"CI ±{ci['relative_half_width']:.1%}{sessions}, {ci['blocks']} block pairs"
-        if ci.get("met") is False:
+    ci = p.ci
+    if ci:  # (a record's ci with no keys reads as none)
+        sessions = f", {ci.sessions} sessions" if ci.sessions else ""
+        why = f"CI ±{ci.relative_half_width:.1%}{sessions}, {ci.blocks} block pairs"
+        if ci.met is False:
             why = (
-                f"CI ±{ci['relative_half_width']:.1%} > {ci['target']:.1%} within the time"
+                f"CI ±{ci.relative_half_width:.1%} > {ci.target:.1%} within the time"
                 f" budget{sessions}"
             )
     else:

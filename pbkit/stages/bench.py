@@ -5,57 +5,41 @@ measures is recorded in the bench stage's own entry; the prune stage keeps the o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pbkit.core import config, record
+from pbkit.core import config, intervals, record
+from pbkit.core.clock import utc_now
 from pbkit.core.console import Steps, note
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import sha256_file
 from pbkit.core.runtime import strict_fp32
 from pbkit.export import parity
 from pbkit.machine import cpustate, envinfo, gpumon
-from pbkit.measure import backends, protocol, uncertainty
-from pbkit.measure.memory import build_runner
+from pbkit.measure import backends, protocol
+from pbkit.measure.memory import MemoryFigures, build_runner
+from pbkit.measure.results import PointResult, RunnerResult
 from pbkit.measure.runner import Runner, RunSpec
+from pbkit.measure.settings import BenchSettings, for_device
 from pbkit.models import checkpoint, counts
 from pbkit.stages import export
-from pbkit.stages.rundir import DENSE, ONNX_FILES, PRUNED, StageClock, model_file, utc_now
+from pbkit.stages.rundir import DENSE, ONNX_FILES, PRUNED, StageClock, model_file
 from pbkit.tasks import Task
 from pbkit.tasks import get as get_task
 
 VARIANTS = (DENSE, PRUNED)
-SETTINGS_KEPT = (
-    "warmup_s",
-    "warmup_iters",
-    "min_time_s",
-    "min_iters",
-    "gpu_min_time_s",
-    "gpu_min_iters",
-    "rounds",
-    "cov_limit",
-    "max_repeats",
-    "channels_last",
-    "compile_mode",
-    "memory",
-    "block_s",
-    "ci_target",
-    "confidence",
-    "max_time_s",
-    "gpu_max_time_s",
-    "sessions",
-    "session_warmup_iters",
-)
 
 
 def pairs(cfg: config.Config, quiet: bool = False) -> list[tuple[backends.Backend, str]]:
     """(backend, precision) pairs to measure; fails before anything is measured."""
     b = cfg.bench
     chosen = [backends.get(name) for name in b.backends]
-    out, skipped = [], []
+    out: list[tuple[backends.Backend, str]] = []
+    skipped: list[str] = []
     for be in chosen:
         mine = [p for p in b.precisions if p in be.precisions]
         if not mine:
@@ -68,21 +52,6 @@ def pairs(cfg: config.Config, quiet: bool = False) -> list[tuple[backends.Backen
     if skipped:
         note(f"not measured (precision not supported by the backend): {', '.join(skipped)}", quiet)
     return out
-
-
-def protocol_settings(cfg: config.Config, device: str) -> dict[str, Any]:
-    """The measurement protocol's settings for a CPU or a GPU backend (bench.quick honoured)."""
-    b = cfg.bench
-    quick = protocol.QUICK if b.quick else {}
-    if device == "cuda":
-        return {
-            **b.model_dump(),
-            "min_time_s": b.gpu_min_time_s,
-            "min_iters": b.gpu_min_iters,
-            "max_time_s": b.gpu_max_time_s,
-            **quick,
-        }
-    return {**b.model_dump(), **quick}
 
 
 def _artifact(
@@ -153,13 +122,13 @@ class _Point:
     def __init__(self, be: backends.Backend, precision: str, batch: int, x: torch.Tensor) -> None:
         self.be, self.precision, self.batch, self.x = be, precision, batch, x
         self.runners: dict[str, Runner] = {}
-        self.memory: dict[str, Any] = {}
+        self.memory: dict[str, MemoryFigures | None] = {}
         self.warmed: dict[str, tuple[float, int]] = {}
-        self.flags: dict[str, dict[str, Any]] = {}
+        self.flags: dict[str, dict[str, Any]] = {}  # per variant: the runner's flags
         self.core: int | None = None  # the core the measuring thread was pinned to
 
     def build(
-        self, variant: str, spec: RunSpec, settings: dict[str, Any], gpu: _Gpu, track: bool
+        self, variant: str, spec: RunSpec, settings: BenchSettings, gpu: _Gpu, track: bool
     ) -> Runner:
         runner, mem, warm = build_runner(self.be, spec, settings, gpu.handle, track)
         self.runners[variant], self.warmed[variant] = runner, warm
@@ -185,27 +154,23 @@ def run(
     clock = StageClock("bench")
     b = cfg.bench
     strict_fp32()  # the parity references are fp32 (the stage's isolated() scope restores it)
-    cpu_settings, gpu_settings = protocol_settings(cfg, "cpu"), protocol_settings(cfg, "cuda")
+    cpu_settings, gpu_settings = for_device(b, "cpu"), for_device(b, "cuda")
     threads = b.threads or protocol.default_threads()
     env = envinfo.collect()  # the machine that measures, GPU state at the start
     cpu_before = cpustate.snapshot()
     gpu = _Gpu(env, b.device, any(be.device == "cuda" for be, _ in todo))
     task = get_task(rec.model.task)
     refs: dict[tuple[str, int], list[Any]] = {}
-    ref_models = {v: checkpoint.load_model(model_file(run_dir, rec, v))[0] for v in VARIANTS}
+    trust = cfg.model.trust_checkpoint
+    ref_models = {v: checkpoint.load_model(model_file(run_dir, rec, v), trust)[0] for v in VARIANTS}
     points: list[record.LatencyPoint] = []
     checks: list[record.Parity] = []
 
-    def opener(point: _Point, settings: dict[str, Any]) -> protocol.Session:
+    def opener(point: _Point, settings: BenchSettings) -> protocol.Session:
         """Fresh runners for each session of a point; the first session's are also watched for
         memory and checked for parity against fp32 torch."""
         be, precision, batch = point.be, point.precision, point.batch
-        # a later session re-warms for warmup_s and session_warmup_iters calls: what a fresh runner
-        # needs (allocation, first-call effects), not the whole first warm-up again
-        later = {
-            **settings,
-            "warmup_iters": min(int(settings["warmup_iters"]), b.session_warmup_iters),
-        }
+        later = settings.later_session()  # re-warmed briefly: what a fresh runner needs
 
         @contextlib.contextmanager
         def session(
@@ -225,6 +190,7 @@ def run(
                             compile_mode=b.compile_mode,
                             cache_dir=run_dir / "trt-cache",
                             device_index=b.device,
+                            trust=trust,
                         )
                         runner = point.build(
                             v, spec, settings if k == 0 else later, gpu, b.memory and k == 0
@@ -255,21 +221,20 @@ def run(
     for i, (be, precision, batch) in enumerate(grid):
         settings = gpu_settings if be.device == "cuda" else cpu_settings
         if not be.fresh_sessions:
-            settings = {**settings, "sessions": 1}
+            settings = dataclasses.replace(settings, sessions=1)
         point = _Point(
             be, precision, batch, counts.example_input(rec.model.input_size, batch=batch, seed=2)
         )
 
         def progress(
             k: int,
-            r: dict[str, dict[str, Any]],
+            r: PointResult,
             i: int = i,
             label: str = f"{be.name}/{precision} b{batch}",
         ) -> None:
             steps.update(
                 i,
-                f"{label}: session {k}: {r[DENSE]['median_ms']:.3f} ->"
-                f" {r[PRUNED]['median_ms']:.3f} ms",
+                f"{label}: session {k}: {r[DENSE].median_ms:.3f} -> {r[PRUNED].median_ms:.3f} ms",
             )
 
         res = protocol.measure_sessions(
@@ -280,23 +245,13 @@ def run(
         )
         point.flags = {v: {**f, "pinned_core": point.core} for v, f in point.flags.items()}
         for v in VARIANTS:
-            gpu.reasons.update(res[v]["throttle_reasons"])
+            gpu.reasons.update(res[v].throttle_reasons)
             points.append(
                 _latency(
                     point, v, res, run_dir, rec, threads if be.device == "cpu" else None, b.quick
                 )
             )
-        sp = res[DENSE]["median_ms"] / res[PRUNED]["median_ms"]
-        ci = res[PRUNED].get("ci") or {}
-        how = f"{ci['sessions']} sessions, " if ci.get("sessions") else ""
-        steps.update(
-            i + 1,
-            f"{be.name}/{precision} b{batch}: {res[DENSE]['median_ms']:.3f} ->"
-            f" {res[PRUNED]['median_ms']:.3f} ms"
-            f" ({uncertainty.fmt(sp, res[PRUNED].get('speedup_ci'))}"
-            + (f", {how}{ci['blocks']} block pairs, stopped by {ci['stop']}" if ci else "")
-            + ")",
-        )
+        steps.update(i + 1, f"{be.name}/{precision} b{batch}: {_summary(res)}")
     steps.close()
 
     def key(p: record.LatencyPoint) -> tuple[Any, ...]:
@@ -310,14 +265,37 @@ def run(
             counts.layer_widths(ref_models[DENSE]), counts.layer_widths(ref_models[PRUNED])
         )
     gpu.finish(env)
-    rec.bench = {k: v for k, v in cpu_settings.items() if k in SETTINGS_KEPT}
-    rec.bench.update(
+    cs, gs = cpu_settings, gpu_settings
+    rec.bench = record.BenchInfo(
+        channels_last=b.channels_last,
+        compile_mode=b.compile_mode,
+        memory=b.memory,
+        warmup_s=cs.warmup_s,
+        warmup_iters=cs.warmup_iters,
+        min_time_s=cs.min_time_s,
+        min_iters=cs.min_iters,
+        gpu_min_time_s=gs.min_time_s,
+        gpu_min_iters=gs.min_iters,
+        sessions=cs.sessions,
+        session_warmup_iters=b.session_warmup_iters,
+        rounds=cs.rounds,
+        cov_limit=cs.cov_limit,
+        max_repeats=cs.max_repeats,
+        block_s=cs.block_s,
+        ci_target=cs.ci_target,
+        confidence=cs.confidence,
+        max_time_s=cs.max_time_s,
+        gpu_max_time_s=b.gpu_max_time_s,  # as configured (bench.quick's budget is the CPU's)
         quick=b.quick,
         threads=threads,
         measured_utc=utc_now(),
         host=env["host"],
         cpu_state=cpustate.between(cpu_before, cpustate.snapshot()),
-        gpu=None if gpu.info is None else {k: gpu.info.get(k) for k in ("index", "name", "uuid")},
+        gpu=(
+            None
+            if gpu.info is None
+            else record.BenchGpu(**{k: gpu.info.get(k) for k in ("index", "name", "uuid")})
+        ),
     )
     clock.finish(rec, cfg, env)
     record.write(run_dir, rec)
@@ -345,20 +323,37 @@ def _parity(
     )
 
 
+def _summary(res: PointResult) -> str:
+    """``2.345 -> 1.234 ms (1.90x [1.88, 1.92], 5 sessions, 24 block pairs, stopped by ci)``."""
+    sp = res[DENSE].median_ms / res[PRUNED].median_ms
+    ci = res.speedup.ci if res.speedup else None
+    how = res.speedup.how if res.speedup else None
+    sessions = f"{how.sessions} sessions, " if how and how.sessions else ""
+    return (
+        f"{res[DENSE].median_ms:.3f} -> {res[PRUNED].median_ms:.3f} ms"
+        f" ({intervals.fmt(sp, ci)}"
+        + (f", {sessions}{how.blocks} block pairs, stopped by {how.stop}" if how else "")
+        + ")"
+    )
+
+
 def _latency(
     point: _Point,
     v: str,
-    res: dict[str, dict[str, Any]],
+    res: PointResult,
     run_dir: Path,
     rec: record.Record,
     threads: int | None,
     quick: bool,
 ) -> record.LatencyPoint:
-    r = {
-        k: x for k, x in res[v].items() if k != "speedup"
-    }  # (the speed-up is the ratio of the medians below)
+    """One variant's figures at a point, as the record holds them: its statistics and how they
+    were measured; the pruned point also its speed-up's interval and how that was made (the
+    speed-up itself is the ratio of the two medians)."""
+    r: RunnerResult = res[v]
     be, batch, precision = point.be, point.batch, point.precision
-    dense_gpu, mine_gpu = res[DENSE].get("gpu_compute"), r.get("gpu_compute")
+    dense_gpu, mine_gpu = res[DENSE].gpu_compute, r.gpu_compute
+    mem = point.memory.get(v)
+    pruned = v == PRUNED and res.speedup is not None
     return record.LatencyPoint(
         backend=be.name,
         device=be.device,
@@ -366,18 +361,45 @@ def _latency(
         batch=batch,
         precision=precision,
         threads=threads,
-        throughput_ips=batch * r["n"] / r["duration_s"] if r["duration_s"] > 0 else 0.0,
+        throughput_ips=batch * r.n / r.duration_s if r.duration_s > 0 else 0.0,
         quick=quick,
         artifact_sha256=sha256_file(_artifact(run_dir, rec, be, v, precision)),
-        speedup_vs_dense=(res[DENSE]["median_ms"] / r["median_ms"]) if v == PRUNED else None,
+        speedup_vs_dense=(res[DENSE].median_ms / r.median_ms) if v == PRUNED else None,
         gpu_speedup_vs_dense=(
-            (dense_gpu["median_ms"] / mine_gpu["median_ms"])
+            (dense_gpu.median_ms / mine_gpu.median_ms)
             if v == PRUNED and dense_gpu and mine_gpu
             else None
         ),
-        flags=point.flags[v],
-        memory=point.memory.get(v),
+        flags=record.Flags(**point.flags[v]),
+        memory=None if mem is None else record.Memory(**mem.as_dict()),
         input_shape=list(point.x.shape),
         dtype=precision,
-        **r,
+        median_ms=r.median_ms,
+        mean_ms=r.mean_ms,
+        min_ms=r.min_ms,
+        p90_ms=r.p90_ms,
+        p95_ms=r.p95_ms,
+        p99_ms=r.p99_ms,
+        max_ms=r.max_ms,
+        std_ms=r.std_ms,
+        cov=r.cov,
+        n=r.n,
+        first_call_ms=r.first_call_ms,
+        warmup_n=r.warmup_n,
+        duration_s=r.duration_s,
+        stable=r.stable,
+        unstable_reasons=r.unstable_reasons,
+        attempts=r.attempts,
+        medians_ms=r.medians_ms,
+        spread_ms=r.spread_ms,
+        gpu_compute=None if r.gpu_compute is None else record.GpuCompute(**r.gpu_compute.as_dict()),
+        throttle_reasons=r.throttle_reasons,
+        speedup_ci=res.speedup.ci if pruned and res.speedup else None,
+        median_ci=r.median_ci,
+        ci=record.CiInfo(**res.speedup.how.as_dict()) if pruned and res.speedup else None,
+        outliers=r.outliers,
+        blocks=r.blocks,
+        pooled_median_ms=r.pooled_median_ms,
+        session_medians_ms=r.session_medians_ms,
+        sessions=r.sessions,
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pbkit.core import lock, record
+from pbkit.core.clock import utc_now
 from pbkit.core.console import Board, note
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write, ensure_writable_dir
@@ -138,7 +139,7 @@ def run(
             "config": {k: v for k, v in study.shared.items() if k not in ("out", "run_id")},
             "bases": (prev or {}).get("bases", {}),
             "trials": entries,
-            "created_utc": (prev or {}).get("created_utc", state.utc_now()),
+            "created_utc": (prev or {}).get("created_utc", utc_now()),
         }
         state.write(study_dir, doc)
         trials = {t.hash: t for t in study.trials}
@@ -290,11 +291,11 @@ def _finish(study_dir: Path, entry: dict[str, Any], res: dict[str, Any], i: int,
         run_id=res["run_id"], record=str(path.relative_to(study_dir)), stages_run=res.get("ran")
     )
     row = leaderboard.rows([(path, record.read(path))])[0]
-    measured = max(row["measured"].items(), key=lambda kv: kv[1]) if row["measured"] else None
-    acc = row["finetuned"] if row["finetuned"] is not None else row["pruned"]
-    parts = [f"MACs {row['macs_speedup']:.2f}x"]
+    measured = max(row.measured.items(), key=lambda kv: kv[1]) if row.measured else None
+    acc = row.finetuned if row.finetuned is not None else row.pruned
+    parts = [f"MACs {row.macs_speedup:.2f}x"]
     if measured:
         parts.append(f"measured {measured[1]:.2f}x ({measured[0]})")
     if acc is not None:
-        parts.append(f"{row['metric']} {acc:.2f}")
+        parts.append(f"{row.metric} {acc:.2f}")
     return f"[{i}/{n}] {entry['run_id']}: {', '.join(parts)} ({where})"
