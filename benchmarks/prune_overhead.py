@@ -22,17 +22,17 @@ import torch  # noqa: E402
 
 from pbkit.core.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from pbkit.machine import envinfo  # noqa: E402
-from pbkit.models import counts, registry  # noqa: E402
+from pbkit.models import counts, sources  # noqa: E402
 from pbkit.prune import methods  # noqa: E402
-from pbkit.prune.loop import PruneSettings, prune_to_target  # noqa: E402
+from pbkit.prune.loop import PruneHooks, PruneSettings, prune_to_target  # noqa: E402
 from pbkit.tasks import get as get_task  # noqa: E402
 
 MODELS = ["resnet18_cifar@32", "tv:densenet121@224", "timm:vit_tiny_patch16_224@224"]
 
 
 def one(name: str, size: int, counter: str, speedup: float, method: str) -> dict[str, Any]:
-    spec = registry.resolve(name, input_size=size)
-    model = registry.build(spec, seed=0)
+    spec = sources.resolve(name, input_size=size)
+    model = sources.build(spec, seed=0)
     real = counts.StepCounter.after_step
     if counter == "real":  # the counter before: a real forward pass after every step
         counts.StepCounter.after_step = lambda self, reached: (self.exact(), True)  # type: ignore[method-assign]
@@ -45,7 +45,7 @@ def one(name: str, size: int, counter: str, speedup: float, method: str) -> dict
             input_size=size,
             num_classes=spec.num_classes,
             protected=get_task(spec.task).protected(model, spec),
-            name=spec.name,
+            hooks=PruneHooks(name=spec.name),
         )
         wall = time.perf_counter() - t0
     finally:

@@ -16,7 +16,7 @@ import torch
 
 from pbkit.core import record
 from pbkit.models import build, resolve
-from pbkit.prune import PruneSettings, latency, prune_to_target
+from pbkit.prune import PruneHooks, PruneSettings, latency, prune_to_target
 from pbkit.prune.knapsack import Tools
 from pbkit.prune.latency import Cost, LatencySettings, Layer, Measured, Table
 from pbkit.prune.methods import get as get_method
@@ -212,7 +212,7 @@ def _prune(
         input_size=size,
         num_classes=10,
         protected=get_task(spec.task).protected(model, spec),
-        latency_tools=tools,
+        hooks=PruneHooks(latency_tools=tools),
     )
     return res, seen, model
 
@@ -220,7 +220,10 @@ def _prune(
 @pytest.mark.parametrize("scope", ["global", "local"])
 def test_the_closed_loop_stops_at_the_first_measured_step_that_meets_the_target(scope: str) -> None:
     res, seen, _ = _prune(1.6, scope)
-    info = res.latency  # type: ignore[attr-defined]
+    run = res.latency_run
+    assert run is not None
+    info = run.to_json()  # the record's JSON of the typed run
+    assert run.met is seen[-1] and run.checks == seen
     assert info["measured_speedup"] == pytest.approx(seen[-1].speedup)
     assert seen[-1].ci[0] >= 1.6  # met beyond the noise
     assert all(m.ci[0] < 1.6 for m in seen[:-1])  # and no earlier measured step did
@@ -351,3 +354,84 @@ def test_reports_rank_latency_targets_apart_from_macs_targets() -> None:
 
     assert setups.scope_of(rec("macs")) == "protected"  # MACs-targeted runs group as before
     assert setups.scope_of(rec("latency")) == "protected, ort-cpu latency"
+
+
+def test_the_record_keeps_a_latency_run_as_records_always_held_it() -> None:
+    # the typed run's JSON is the record's method.latency: the same keys, in the same order
+    from pbkit.prune import knapsack
+
+    s = LatencySettings(backend="stub", rounds=2)
+    first = Measured(1.3, (1.28, 1.32), 2.0, 1.54, 0.01, seconds=0.51234)
+    met = Measured(1.45, (1.43, 1.47), 2.0, 1.38, 0.02, seconds=0.25, extra={"blocks": 3})
+    run = knapsack.LatencyRun(
+        settings=s,
+        table=knapsack.TableFacts({"backend": "stub", "timed": 4}, 10, 5, 1.1, 0.123456),
+        trajectory=[
+            knapsack.Step(1, "round", 900, 1.1, 1.8, 1.11),
+            knapsack.Step(2, "round", 800, 1.25, 1.6, 1.25, measured=first),
+            knapsack.Step(3, "closed loop", 700, 1.4, 1.4, 1.43, measured=met),
+        ],
+        checks=[first, met],
+        step_times=[0.1, 0.2, 0.3],
+        trained_s=1.5,
+    )
+    errors = [1.25 / 1.3 - 1, 1.43 / 1.45 - 1]
+    step = ["step", "kind", "macs", "macs_speedup", "predicted_ms", "predicted_speedup"]
+    measured = ["measured_speedup", "measured_ci", "dense_ms", "measured_ms", "cov", "measure_s"]
+    doc = run.to_json()
+    assert list(doc) == [
+        "target",
+        "backend",
+        "precision",
+        "batch",
+        "settings",
+        "table",
+        "trajectory",
+        "prediction_error",
+        "measured_speedup",
+        "measured_ci",
+        "dense_ms",
+        "pruned_ms",
+        "cov",
+        "checks",
+        "measure_s",
+        "macs_speedup",
+        "realisation",
+        "measurement",
+    ]
+    assert doc["settings"] == {
+        "rounds": 2,
+        "step": 0.04,
+        "min_step": 0.01,
+        "max_checks": 12,
+        "anchors": 6,
+    }
+    assert doc["table"] == {
+        "backend": "stub",
+        "timed": 4,
+        "entries": 10,
+        "layers": 5,
+        "scale": 1.1,
+        "time_s": 0.123,
+    }
+    assert [list(t) for t in doc["trajectory"]] == [step, step + measured, step + measured]
+    assert doc["trajectory"][1]["measure_s"] == 0.512 and doc["trajectory"][1]["measured_ci"] == [
+        1.28,
+        1.32,
+    ]
+    assert doc["prediction_error"] == {
+        "mean_abs": pytest.approx(float(np.mean(np.abs(errors)))),
+        "max_abs": pytest.approx(float(np.max(np.abs(errors)))),
+        "per_check": pytest.approx(errors),
+    }
+    assert (doc["measured_speedup"], doc["measured_ci"], doc["pruned_ms"]) == (
+        1.45,
+        [1.43, 1.47],
+        1.38,
+    )
+    assert doc["checks"] == 2 and doc["measure_s"] == 0.762 and doc["measurement"] == {"blocks": 3}
+    assert doc["realisation"] == pytest.approx(1.45 / 1.4) and doc["macs_speedup"] == 1.4
+    assert json.loads(json.dumps(doc)) == doc  # (plain JSON)
+    assert (
+        run.steps == 3 and run.measured_speedup == 1.45 and run.measure_s == pytest.approx(0.76234)
+    )

@@ -13,8 +13,8 @@ import torchvision
 
 from pbkit import stages
 from pbkit.core import config
-from pbkit.models import checkpoint, counts, registry, swin
-from pbkit.prune import opaque
+from pbkit.models import checkpoint, counts, registry, sources, swin
+from pbkit.prune.repairs import held
 from tests.conftest import output_in_fresh_process
 
 
@@ -34,7 +34,7 @@ def test_the_prunable_swin_computes_what_torchvision_computes(name: str) -> None
     with torch.no_grad():
         assert torch.equal(prunable(x), original(x))
     assert counts.count_macs(prunable, 64) == counts.count_macs(original, 64)
-    built = registry.build(registry.resolve(f"tv:{name}", input_size=64))
+    built = sources.build(sources.resolve(f"tv:{name}", input_size=64))
     assert (
         sum(isinstance(m, swin.ATTENTION) for m in built.modules()) == 12
         and registry.known_failure(f"tv:{name}") is None
@@ -89,7 +89,7 @@ def test_swin_prunes_reloads_and_exports_with_parity(
     assert rec.method.achieved_speedup >= 1.5 and rec.counts.params_pruned < rec.counts.params_base
     model, _, _ = checkpoint.load_model(out.run_dir / "pruned.pt")
     dense, _, _ = checkpoint.load_model(out.run_dir / "dense.pt")
-    windowed = opaque.attention_classes()
+    windowed = held.attention_classes()
     narrower = [
         a.qkv.in_features < d.qkv.in_features
         for a, d in zip(

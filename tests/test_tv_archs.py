@@ -15,7 +15,7 @@ from torch import nn
 
 from pbkit import stages
 from pbkit.core import config
-from pbkit.models import checkpoint, counts, maxvit, registry, shufflenet
+from pbkit.models import checkpoint, counts, maxvit, shufflenet, sources
 from tests.conftest import output_in_fresh_process
 
 
@@ -28,10 +28,10 @@ def test_the_prunable_maxvit_computes_what_torchvision_computes() -> None:
     with torch.no_grad():
         assert torch.equal(prunable(x), original(x))
     assert prunable.state_dict().keys() == original.state_dict().keys()
-    assert registry.resolve("tv:maxvit_t").input_size == 224
+    assert sources.resolve("tv:maxvit_t").input_size == 224
     assert any(
         isinstance(m, maxvit.Attention)
-        for m in registry.build(registry.resolve("tv:maxvit_t")).modules()
+        for m in sources.build(sources.resolve("tv:maxvit_t")).modules()
     )
 
 
@@ -201,12 +201,13 @@ class WidthAttn(nn.Module):
 
 
 def test_a_step_that_breaks_the_model_starts_again_with_its_attention_blocks_held_fixed() -> None:
-    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.prune import PruneHooks, PruneSettings, methods, prune_to_target
 
     torch.manual_seed(0)
     model = Hybrid().eval()
     model.mix = WidthAttn(16)
     head = model.head
+    protected = [head]
     seen: list[int] = []
     res = prune_to_target(
         model,
@@ -214,9 +215,10 @@ def test_a_step_that_breaks_the_model_starts_again_with_its_attention_blocks_hel
         PruneSettings(speedup=1.5, iterative_steps=10),
         input_size=16,
         num_classes=10,
-        protected=[head],
-        on_step=lambda i, _: seen.append(i),
+        protected=protected,
+        hooks=PruneHooks(on_step=lambda i, _: seen.append(i)),
     )
+    assert protected == [head] and protected[0] is head  # the caller's list is never edited
     restart = seen.index(1, 1)  # the first try's steps, then the second's from 1 again
     assert restart >= 1 and seen[restart:] == list(range(1, len(seen) - restart + 1))
     assert res.held_fixed == ["mix"] and res.achieved_speedup >= 1.5
@@ -228,6 +230,35 @@ def test_a_step_that_breaks_the_model_starts_again_with_its_attention_blocks_hel
     )  # the rest pruned, on the restored copy
     with torch.no_grad():
         assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_where_every_attempt_fails_the_model_is_left_as_it_was_and_the_error_names_both() -> None:
+    # the first attempt breaks the model in a step, the second cannot reach the target: both
+    # pruned copies, never the caller's model
+    from pbkit.core.errors import PbkitError
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+
+    torch.manual_seed(0)
+    model = Hybrid().eval()
+    model.mix = WidthAttn(16)
+    before = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    modules = dict(model.named_modules())
+    with pytest.raises(PbkitError) as e:
+        prune_to_target(
+            model,
+            methods.get("l2"),
+            PruneSettings(speedup=50.0, iterative_steps=10),
+            input_size=16,
+            num_classes=10,
+            protected=[model.head],
+        )
+    message = str(e.value)
+    assert message.startswith(("pruning step", "after pruning step"))  # the first attempt's
+    assert "(and with its 1 attention blocks held fixed: speed-up target 50.0x is unreachable" in (
+        message
+    )
+    assert {n: tuple(p.shape) for n, p in model.named_parameters()} == before
+    assert dict(model.named_modules()) == modules  # the very same modules
 
 
 def test_a_graph_that_runs_away_is_traced_again_with_its_attention_blocks_held_fixed(
@@ -242,13 +273,13 @@ def test_a_graph_that_runs_away_is_traced_again_with_its_attention_blocks_held_f
 
     real = loop._graph
 
-    def graph(*args: object, held: object = None) -> object:
-        if held is None:  # the whole model: memory grows without end, as Swin's did
+    def graph(p: object, hold: list[object]) -> object:
+        if not hold:  # the whole model: memory grows without end, as Swin's did
             hog = []
             while True:
                 hog.append(bytearray(8 * 2**20))
                 time.sleep(0.002)
-        return real(*args, held=held)  # type: ignore[arg-type]
+        return real(p, hold)  # type: ignore[arg-type]
 
     monkeypatch.setattr(loop, "_graph", graph)
     model = Hybrid().eval()
@@ -306,13 +337,14 @@ class HaloAttn(nn.Module):
 
 
 def test_a_held_block_whose_input_only_its_projections_read_has_its_input_channels_pruned() -> None:
-    from pbkit.prune import PruneSettings, methods, opaque, prune_to_target
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.prune.repairs import held
 
     torch.manual_seed(0)
     model = Hybrid().eval()
     model.mix = HaloAttn(16)
     model.body[0] = nn.Conv2d(8, 64, 3, padding=1)
-    assert opaque.entries(model, [model.mix], torch.randn(1, 3, 16, 16)) == {
+    assert held.entries(model, [model.mix], torch.randn(1, 3, 16, 16)) == {
         model.mix: [model.mix.kv, model.mix.q]
     }
     x = torch.randn(2, 3, 16, 16)
@@ -338,5 +370,5 @@ def test_a_held_block_whose_input_only_its_projections_read_has_its_input_channe
     residual.mix = HaloAttn(
         16, residual=True
     )  # its input also added to its output: held in and out
-    assert opaque.entries(residual, [residual.mix], torch.randn(1, 3, 16, 16)) == {}
+    assert held.entries(residual, [residual.mix], torch.randn(1, 3, 16, 16)) == {}
     assert residual.training  # (its probe leaves the model's mode as it was)

@@ -10,8 +10,8 @@ operator, so outputs and MACs are unchanged (tested); for a pruned one each widt
 
 Which channels of the stream to prune across the blocks is torch-pruning's dependency graph's
 job; what it cannot follow (the window partition, the cyclic shift, the patch-merging pad) is
-hidden from it while it traces (:mod:`pbkit.prune.opaque`), and custom pruners change those blocks'
-own weights.
+hidden from it while it traces (:mod:`pbkit.prune.repairs.held`), and custom pruners change those
+blocks' own weights.
 """
 
 from __future__ import annotations

@@ -1,7 +1,20 @@
 """Pruning: the 16 methods (criteria and regularizers) and the loop that prunes to a MACs target
-with torch-pruning's dependency graph."""
+with torch-pruning's dependency graph, repaired where it goes wrong (:mod:`pbkit.prune.repairs`).
+
+- :mod:`.loop`: :func:`prune_to_target`, its settings, hooks and result, and the retry policy;
+- :mod:`.build`: torch-pruning's Pruner for one model, built with the repairs;
+- :mod:`.knapsack`, :mod:`.latency`: latency targets (the knapsack and closed loop, the table);
+- :mod:`.methods`, :mod:`.criteria`, :mod:`.regularizers`, :mod:`.calibration`: the methods.
+"""
 
 from pbkit.prune.calibration import Calibration
-from pbkit.prune.loop import PruneResult, PruneSettings, prune_to_target
+from pbkit.prune.loop import PruneHooks, PruneResult, PruneSettings, Sparsified, prune_to_target
 
-__all__ = ["Calibration", "PruneResult", "PruneSettings", "prune_to_target"]
+__all__ = [
+    "Calibration",
+    "PruneHooks",
+    "PruneResult",
+    "PruneSettings",
+    "Sparsified",
+    "prune_to_target",
+]

@@ -250,148 +250,271 @@ class Knapsack:
         return self.predicted() <= goal_ms
 
 
+@dataclass(frozen=True)
+class Goal:
+    """What a latency-targeted run prunes to: a measured ``speedup`` on the backend of
+    ``settings``, in the ``scope``, never cutting a group past ``max_ratio``; MACs are counted at
+    ``input_size``."""
+
+    speedup: float
+    scope: str
+    max_ratio: float
+    input_size: int
+    settings: LatencySettings
+
+
+@dataclass(frozen=True)
+class StepHooks:
+    """What runs around each knapsack step: the method's ``collect`` before scoring, the caller's
+    training ``between_steps`` (returns its seconds), ``after_prune`` (the repairs that follow a
+    cut), and ``on_step`` (a line of progress)."""
+
+    after_prune: Callable[[], None]
+    collect: Callable[[], None] | None = None
+    between_steps: Callable[[int], float] | None = None
+    on_step: Callable[[int, str], None] | None = None
+
+
+@dataclass
+class Step:
+    """One knapsack step: the kind of goal it pruned to (``round``, ``closed loop``), what it
+    reached, and the end-to-end measurement made after it, if one was."""
+
+    step: int
+    kind: str
+    macs: int
+    macs_speedup: float
+    predicted_ms: float
+    predicted_speedup: float
+    measured: Measured | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """As the record's ``method.latency.trajectory[]`` holds it."""
+        out: dict[str, Any] = {
+            "step": self.step,
+            "kind": self.kind,
+            "macs": self.macs,
+            "macs_speedup": self.macs_speedup,
+            "predicted_ms": self.predicted_ms,
+            "predicted_speedup": self.predicted_speedup,
+        }
+        m = self.measured
+        if m is not None:
+            out.update(
+                measured_speedup=m.speedup,
+                measured_ci=list(m.ci),
+                dense_ms=m.dense_ms,
+                measured_ms=m.pruned_ms,
+                cov=m.cov,
+                measure_s=round(m.seconds, 3),
+            )
+        return out
+
+
+@dataclass
+class TableFacts:
+    """The latency table a run pruned with: what its maker reports (``Table.info``: backend,
+    precision, batch, cache hits), its size, its calibrated scale and the seconds it took."""
+
+    info: dict[str, Any]
+    entries: int
+    layers: int
+    scale: float
+    time_s: float
+    file: str | None = None  # where the run folder keeps the table itself
+
+    def to_json(self) -> dict[str, Any]:
+        """As the record's ``method.latency.table`` holds it."""
+        out = {
+            **self.info,
+            "entries": self.entries,
+            "layers": self.layers,
+            "scale": self.scale,
+            "time_s": round(self.time_s, 3),
+        }
+        if self.file is not None:
+            out["file"] = self.file
+        return out
+
+
+@dataclass
+class LatencyRun:
+    """What a latency-targeted run did: the table, every step, every end-to-end measurement (the
+    last one met the target), the steps' seconds and the seconds spent training between them.
+    :meth:`to_json` is the record's ``method.latency``."""
+
+    settings: LatencySettings
+    table: TableFacts
+    trajectory: list[Step]
+    checks: list[Measured]
+    step_times: list[float]
+    trained_s: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        return len(self.step_times)
+
+    @property
+    def met(self) -> Measured:
+        """The measurement that met the target."""
+        return self.checks[-1]
+
+    @property
+    def measured_speedup(self) -> float:
+        return self.met.speedup
+
+    @property
+    def measure_s(self) -> float:
+        """Seconds spent measuring end to end."""
+        return sum(c.seconds for c in self.checks)
+
+    @property
+    def macs_speedup(self) -> float:
+        return self.trajectory[-1].macs_speedup
+
+    def prediction_errors(self) -> list[float]:
+        """Predicted / measured speed-up - 1 at every step measured."""
+        return [
+            t.predicted_speedup / t.measured.speedup - 1
+            for t in self.trajectory
+            if t.measured is not None
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """The record's ``method.latency`` (the same keys, in the same order, as records before
+        this type had)."""
+        s, met, errors = self.settings, self.met, self.prediction_errors()
+        return {
+            "target": "latency",
+            "backend": s.backend,
+            "precision": s.precision,
+            "batch": s.batch,
+            "settings": {
+                k: v for k, v in vars(s).items() if k not in ("backend", "precision", "batch")
+            },
+            "table": self.table.to_json(),
+            "trajectory": [t.to_json() for t in self.trajectory],
+            "prediction_error": {
+                "mean_abs": float(np.mean(np.abs(errors))),
+                "max_abs": float(np.max(np.abs(errors))),
+                "per_check": errors,
+            },
+            "measured_speedup": met.speedup,
+            "measured_ci": list(met.ci),
+            "dense_ms": met.dense_ms,
+            "pruned_ms": met.pruned_ms,
+            "cov": met.cov,
+            "checks": len(self.checks),
+            "measure_s": round(self.measure_s, 3),
+            "macs_speedup": self.macs_speedup,
+            "realisation": met.speedup / self.macs_speedup,
+            "measurement": met.extra,
+        }
+
+
+class _ClosedLoop:
+    """The knapsack rounds, then measured steps until a measurement meets the goal."""
+
+    def __init__(
+        self, ks: Knapsack, measure: Callable[[], Measured], goal: Goal, hooks: StepHooks
+    ) -> None:
+        self.ks, self.measure, self.goal, self.hooks = ks, measure, goal, hooks
+        self.p0 = ks.predicted()
+        self.macs0 = counts.count_macs(ks.model, goal.input_size)
+        self.trajectory: list[Step] = []
+        self.step_times: list[float] = []
+        self.checks: list[Measured] = []
+        self.trained = 0.0
+
+    def run(self) -> None:
+        s = self.goal.settings
+        rounds = max(s.rounds, 1)
+        first = self.goal.speedup**latency.FIRST_CHECK  # predicted; measured steps go on from it
+        for r in range(1, rounds + 1):
+            self.step(self.p0 / first ** (r / rounds), "round")
+        while not latency.meets(m := self.check(), self.goal.speedup):
+            now = self.ks.predicted()
+            self.step(latency.next_goal(now, self.p0 / now, m, self.goal.speedup, s), "closed loop")
+
+    def _say(self, text: str) -> None:
+        if self.hooks.on_step is not None:
+            self.hooks.on_step(len(self.step_times), text)
+
+    def step(self, goal_ms: float, kind: str) -> None:
+        """Prune to a predicted ``goal_ms``; an error when nothing more can be pruned."""
+        ks, h = self.ks, self.hooks
+        if ks.predicted() <= goal_ms and self.trajectory:
+            return  # this round's goal is already met (widths move in aligned steps)
+        if h.between_steps is not None:
+            self.trained += h.between_steps(len(self.step_times) + 1)
+        t = time.perf_counter()
+        if h.collect is not None:
+            h.collect()
+        ks.score()
+        reached = ks.prune_to(goal_ms, self.goal.scope)
+        h.after_prune()
+        self.step_times.append(time.perf_counter() - t)
+        macs, now = counts.count_macs(ks.model, self.goal.input_size), ks.predicted()
+        self.trajectory.append(
+            Step(len(self.step_times), kind, macs, self.macs0 / max(macs, 1), now, self.p0 / now)
+        )
+        self._say(f"{kind}: predicted {self.p0 / now:.3f}x, MACs {self.macs0 / max(macs, 1):.3f}x")
+        if not reached:
+            g = self.goal
+            floor = (
+                " (the protected scope keeps >= 10% of every group)"
+                if g.scope == "protected"
+                else ""
+            )
+            raise PbkitError(
+                f"latency target {g.speedup:g}x on {g.settings.backend} is unreachable: predicted"
+                f" {self.p0 / now:.2f}x when nothing more can be pruned in the {g.scope}"
+                f" scope{floor}"
+            )
+
+    def check(self) -> Measured:
+        """Measure the pruned model against the dense one, end to end."""
+        s, g = self.goal.settings, self.goal
+        if len(self.checks) >= s.max_checks:
+            best = max(c.speedup for c in self.checks)
+            raise PbkitError(
+                f"latency target {g.speedup:g}x on {s.backend} not met after {s.max_checks}"
+                f" end-to-end measurements (best {best:.3f}x); raise prune.latency.max_checks or"
+                " lower the target"
+            )
+        m = self.measure()
+        self.checks.append(m)
+        last = self.trajectory[-1]
+        last.measured = m
+        self._say(
+            f"measured {m.speedup:.3f}x [{m.ci[0]:.3f}, {m.ci[1]:.3f}] "
+            f"(predicted {last.predicted_speedup:.3f}x)"
+        )
+        return m
+
+
 def run(
     model: nn.Module,
     pruner: Any,
     importance: Any,
     tools: Tools,
-    s: LatencySettings,
-    speedup: float,
-    scope: str,
-    max_ratio: float,
-    input_size: int,
-    *,
-    collect: Callable[[], None] | None,
-    between_steps: Callable[[int], float] | None,
-    after_prune: Callable[[], None],
-    on_step: Callable[[int, str], None] | None,
-) -> tuple[int, list[float], float, dict[str, Any]]:
-    """Prune ``model`` until its measured speed-up on the backend meets ``speedup``. Returns
-    (steps, step seconds, seconds spent training between steps, the record's ``method.latency``)."""
+    goal: Goal,
+    hooks: StepHooks,
+) -> LatencyRun:
+    """Prune ``model`` until its measured speed-up on the backend meets ``goal.speedup``: the
+    table for the dense model, the knapsack rounds, then measured steps."""
     t0 = time.perf_counter()
     dense = copy.deepcopy(model)
     table = tools.table(model)
     table_s = time.perf_counter() - t0
-    ks = Knapsack(model, pruner, importance, table, max_ratio)
-    p0 = ks.predicted()
-    macs0 = counts.count_macs(model, input_size)
-    trajectory: list[dict[str, Any]] = []
-    step_times: list[float] = []
-    trained = 0.0
-    checks: list[Measured] = []
-
-    def step(goal_ms: float, kind: str) -> None:
-        nonlocal trained
-        if ks.predicted() <= goal_ms and trajectory:
-            return  # this round's goal is already met (widths move in aligned steps)
-        if between_steps is not None:
-            trained += between_steps(len(step_times) + 1)
-        t = time.perf_counter()
-        if collect is not None:
-            collect()
-        ks.score()
-        reached = ks.prune_to(goal_ms, scope)
-        after_prune()
-        step_times.append(time.perf_counter() - t)
-        macs = counts.count_macs(model, input_size)
-        now = ks.predicted()
-        trajectory.append(
-            {
-                "step": len(step_times),
-                "kind": kind,
-                "macs": macs,
-                "macs_speedup": macs0 / max(macs, 1),
-                "predicted_ms": now,
-                "predicted_speedup": p0 / now,
-            }
-        )
-        if on_step is not None:
-            on_step(
-                len(step_times),
-                f"{kind}: predicted {p0 / now:.3f}x, MACs {macs0 / max(macs, 1):.3f}x",
-            )
-        if not reached:
-            floor = (
-                " (the protected scope keeps >= 10% of every group)" if scope == "protected" else ""
-            )
-            raise PbkitError(
-                f"latency target {speedup:g}x on {s.backend} is unreachable: predicted"
-                f" {p0 / now:.2f}x when nothing more can be pruned in the {scope} scope{floor}"
-            )
-
-    def check() -> Measured:
-        if len(checks) >= s.max_checks:
-            best = max(c.speedup for c in checks)
-            raise PbkitError(
-                f"latency target {speedup:g}x on {s.backend} not met after {s.max_checks}"
-                f" end-to-end measurements (best {best:.3f}x); raise prune.latency.max_checks or"
-                " lower the target"
-            )
-        m = tools.measure(dense, model)
-        checks.append(m)
-        trajectory[-1].update(
-            measured_speedup=m.speedup,
-            measured_ci=list(m.ci),
-            dense_ms=m.dense_ms,
-            measured_ms=m.pruned_ms,
-            cov=m.cov,
-            measure_s=round(m.seconds, 3),
-        )
-        if on_step is not None:
-            on_step(
-                len(step_times),
-                f"measured {m.speedup:.3f}x [{m.ci[0]:.3f}, {m.ci[1]:.3f}] "
-                f"(predicted {trajectory[-1]['predicted_speedup']:.3f}x)",
-            )
-        return m
-
-    rounds = max(s.rounds, 1)
-    first = speedup**latency.FIRST_CHECK  # predicted; the measured steps take it from there
-    for r in range(1, rounds + 1):
-        step(p0 / first ** (r / rounds), "round")
-    while True:
-        m = check()
-        if latency.meets(m, speedup):
-            break
-        now = ks.predicted()
-        step(latency.next_goal(now, p0 / now, m, speedup, s), "closed loop")
-    met = m
-    errors = [
-        t["predicted_speedup"] / t["measured_speedup"] - 1
-        for t in trajectory
-        if "measured_speedup" in t
-    ]
-    macs_sp = trajectory[-1]["macs_speedup"]
-    info = {
-        "target": "latency",
-        "backend": s.backend,
-        "precision": s.precision,
-        "batch": s.batch,
-        "settings": {
-            k: v for k, v in vars(s).items() if k not in ("backend", "precision", "batch")
-        },
-        "table": {
-            **table.info,
-            "entries": len(table.costs),
-            "layers": len(table.layers),
-            "scale": table.scale,
-            "time_s": round(table_s, 3),
-        },
-        "trajectory": trajectory,
-        "prediction_error": {
-            "mean_abs": float(np.mean(np.abs(errors))),
-            "max_abs": float(np.max(np.abs(errors))),
-            "per_check": errors,
-        },
-        "measured_speedup": met.speedup,
-        "measured_ci": list(met.ci),
-        "dense_ms": met.dense_ms,
-        "pruned_ms": met.pruned_ms,
-        "cov": met.cov,
-        "checks": len(checks),
-        "measure_s": round(sum(c.seconds for c in checks), 3),
-        "macs_speedup": macs_sp,
-        "realisation": met.speedup / macs_sp,
-        "measurement": met.extra,
-    }
-    return len(step_times), step_times, trained, info
+    ks = Knapsack(model, pruner, importance, table, goal.max_ratio)
+    loop = _ClosedLoop(ks, lambda: tools.measure(dense, model), goal, hooks)
+    loop.run()
+    return LatencyRun(
+        settings=goal.settings,
+        table=TableFacts(table.info, len(table.costs), len(table.layers), table.scale, table_s),
+        trajectory=loop.trajectory,
+        checks=loop.checks,
+        step_times=loop.step_times,
+        trained_s=loop.trained,
+    )

@@ -5,6 +5,19 @@ removes. The pruning ratio follows a linear schedule to 1.0 over ``iterative_ste
 step MACs are recounted and pruning stops as soon as base/pruned >= target. The achieved ratio is
 returned. What the task protects (classifier or Detect head) and its calibration set come in as
 arguments: nothing here knows which task a model serves.
+
+The loop in pieces:
+
+- the checks of the arguments (:func:`_check`), once;
+- the retry policy (:func:`_plan`): a list of :class:`Attempt` s, run in order by :func:`_run`
+  until one succeeds: the model as it is, then with its attention-like blocks held fixed;
+- one attempt (:func:`_attempt`): build the graph (:func:`_trace`, :mod:`pbkit.prune.build`),
+  sparse training if the method trains first, the steps (:func:`_macs_steps`, or
+  :func:`pbkit.prune.knapsack.run` for a latency target), the check of what they reached
+  (:func:`_result`).
+
+pbkit's repairs to torch-pruning (:mod:`pbkit.prune.repairs`) apply while it runs: the index maps
+throughout, what follows a cut during the steps.
 """
 
 from __future__ import annotations
@@ -12,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +36,9 @@ from torch import nn
 from pbkit.core import budget, device
 from pbkit.core.errors import PbkitError
 from pbkit.models import counts
-from pbkit.prune import graphfix, knapsack, latency, methods, opaque
+from pbkit.prune import build, knapsack, latency, methods
 from pbkit.prune.calibration import Calibration
+from pbkit.prune.repairs import RepairBroken, cuts, graph, held
 
 PROTECTED_MAX_RATIO = 0.9  # the protected-global scope keeps at least 10% of every group
 
@@ -51,6 +64,40 @@ class PruneSettings:
     )
 
 
+@dataclass(frozen=True)
+class Sparsified:
+    """What the sparse-training hook reports: the seconds it took (kept out of the prune time,
+    "reg time") and the facts the record keeps (``method.sparsify``, ``time_s`` among them)."""
+
+    time_s: float
+    facts: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PruneHooks:
+    """What the caller runs while the loop prunes, and the name its messages give the model; all
+    optional.
+
+    - ``sparse_train(pruner)``: sparsifying methods train with the method's regularizing Pruner
+      once, before pruning;
+    - ``between_steps(i)``: runs before pruning step ``i`` (from 1) and returns the seconds it
+      took, kept out of the step and prune times (training between steps: CPD's interleaved
+      schedule);
+    - ``on_step(i, speedup)``: after each MACs step (a lower bound while not exact);
+    - ``on_text(i, line)``: each step of a latency-targeted run;
+    - ``latency_tools``: the backend's table and end-to-end measurement (a latency target).
+
+    ``sparse_train`` and ``between_steps`` train the caller's model object itself, so a run with
+    either prunes that object in one attempt (no copy to try again on)."""
+
+    sparse_train: Callable[[Any], Sparsified] | None = None
+    between_steps: Callable[[int], float] | None = None
+    on_step: Callable[[int, float], None] | None = None
+    on_text: Callable[[int, str], None] | None = None
+    latency_tools: knapsack.Tools | None = None
+    name: str = "the model"
+
+
 @dataclass
 class PruneResult:
     macs_base: int
@@ -62,65 +109,25 @@ class PruneResult:
     total_time_s: float
     ignored_layers: list[str]
     max_pruning_ratio: float = 1.0
-    sparsify: dict[str, Any] | None = None  # the sparse-training run, its time apart ("reg time")
-    interleave: dict[str, Any] | None = (
-        None  # training between pruning steps (interleaved schedule)
-    )
-    latency: dict[str, Any] | None = (
-        None  # a latency target: the table, the trajectory, the final measurement
-    )
+    sparsified: Sparsified | None = None  # the sparse-training run, its time apart ("reg time")
+    latency_run: knapsack.LatencyRun | None = None  # a latency target: table, steps, measurements
     real_counts: int = (
         0  # forward passes that counted MACs (the others were known from the layers' shapes)
     )
     # the pruning loop's wall time (steps, counting, checks), training between steps excluded
     loop_time_s: float = 0.0
-    held_fixed: list[str] = field(
-        default_factory=list
-    )  # blocks the graph could not follow: their channels kept
+    # blocks the graph could not follow: their channels kept
+    held_fixed: list[str] = field(default_factory=list)
 
     @property
     def achieved_speedup(self) -> float:
         return self.macs_base / max(self.macs_pruned, 1)
 
 
-def _attention_modules(model: nn.Module) -> list[nn.Module]:
-    """timm-style attention blocks: a fused ``qkv`` Linear and a ``num_heads`` attribute (Swin's
-    window attention is pruned as one block instead: :mod:`pbkit.prune.opaque`)."""
-    windowed = opaque.attention_classes()
-    return [
-        m
-        for m in model.modules()
-        if not isinstance(m, windowed)
-        and isinstance(getattr(m, "qkv", None), nn.Linear)
-        and isinstance(getattr(m, "num_heads", None), int)
-    ]
-
-
-def _fix_attention(model: nn.Module, pruner: Any) -> None:
-    """Keep num_heads / head_dim / attn_dim in step with the pruned qkv projection, and stored view
-    shapes with their parameters (:func:`graphfix.view_shapes`)."""
-    graphfix.view_shapes(model)
-    for m in _attention_modules(model):
-        qkv: nn.Linear = m.qkv  # type: ignore[assignment]
-        heads = int(pruner.num_heads.get(qkv, m.num_heads))
-        m.num_heads = heads  # type: ignore[assignment]
-        attn_dim = qkv.out_features // 3
-        m.head_dim = attn_dim // heads  # type: ignore[assignment]
-        if hasattr(m, "attn_dim"):
-            m.attn_dim = attn_dim  # type: ignore[assignment]
-    embed = getattr(getattr(model, "patch_embed", None), "proj", None)
-    if isinstance(embed, nn.Conv2d):
-        for attr in ("embed_dim", "num_features"):
-            if isinstance(getattr(model, attr, None), int):
-                setattr(model, attr, embed.out_channels)
-
-
 GRAPH_HINT = (
     "a structure the dependency graph cannot follow (window attention and similar); raise "
     "prune.max_memory_gib / prune.max_graph_s only if the machine has room"
 )
-
-
 MAPPED_WRONG = (
     "the dependency graph mapped this model's channels wrong (a structure it cannot follow)"
 )
@@ -166,10 +173,13 @@ def _copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _restore(model: nn.Module, backup: nn.Module) -> None:
-    """Make ``model`` the copy taken before pruning, in place (callers keep the same object)."""
+def adopt(model: nn.Module, pruned: nn.Module) -> None:
+    """The one transfer of the in-place contract: the caller's ``model`` object becomes ``pruned``
+    (the copy an attempt pruned). Its attributes (submodules, parameters, buffers, hooks) are the
+    copy's from then on: the caller's reference to ``model`` sees the pruned model, while a
+    reference it kept to one of the old submodules still sees that module as it was."""
     model.__dict__.clear()
-    model.__dict__.update(backup.__dict__)
+    model.__dict__.update(pruned.__dict__)
 
 
 def _graph_hint(model: nn.Module, memory_gib: float) -> str:
@@ -186,194 +196,9 @@ def _graph_hint(model: nn.Module, memory_gib: float) -> str:
     )
 
 
-def _graph(
-    pruner_cls: Any,
-    model: nn.Module,
-    example: Any,
-    importance: Any,
-    s: PruneSettings,
-    max_ratio: float,
-    protected: list[nn.Module],
-    num_heads: dict[nn.Module, int],
-    extra: dict[str, Any],
-    held: Sequence[nn.Module] | None = None,
-) -> tuple[Any, list[Any], list[nn.Module]]:
-    """Build the Pruner (its dependency graph) and list the prunable groups, with the blocks held
-    fixed. Where the whole model cannot be traced, its attention-like blocks are held fixed (each
-    one node whose input and output channels stay) and it is traced again: the rest prunes.
-    ``held``: hold those fixed from the start."""
-    if held is not None:
-        try:
-            return (
-                *_build(
-                    pruner_cls,
-                    model,
-                    example,
-                    importance,
-                    s,
-                    max_ratio,
-                    protected,
-                    num_heads,
-                    extra,
-                    held,
-                ),
-                list(held),
-            )
-        except _Untraceable as e:
-            raise PbkitError(str(e)) from e
-    try:
-        return (
-            *_build(
-                pruner_cls,
-                model,
-                example,
-                importance,
-                s,
-                max_ratio,
-                protected,
-                num_heads,
-                extra,
-                (),
-            ),
-            [],
-        )
-    except _Untraceable as first:
-        held = opaque.untraceable(model)
-        if not held:
-            raise PbkitError(str(first)) from first
-        try:
-            return (
-                *_build(
-                    pruner_cls,
-                    model,
-                    example,
-                    importance,
-                    s,
-                    max_ratio,
-                    protected,
-                    num_heads,
-                    extra,
-                    held,
-                ),
-                held,
-            )
-        except _Untraceable:
-            raise PbkitError(
-                f"{first} (and with its {len(held)} attention blocks held fixed)"
-            ) from first
+# --- the entry point ------------------------------------------------------------------------------
 
 
-class _Untraceable(Exception):
-    """The dependency graph failed on this model (one line)."""
-
-
-def _build(
-    pruner_cls: Any,
-    model: nn.Module,
-    example: Any,
-    importance: Any,
-    s: PruneSettings,
-    max_ratio: float,
-    protected: list[nn.Module],
-    num_heads: dict[nn.Module, int],
-    extra: dict[str, Any],
-    held: Sequence[nn.Module],
-) -> tuple[Any, list[Any]]:
-    hooks = {id(m): set(m._forward_hooks) for m in model.modules()}
-    try:
-        custom = opaque.pruners(model, held, opaque.entries(model, held, example) if held else None)
-        if custom:
-            extra = {
-                **extra,
-                "customized_pruners": {**custom, **extra.get("customized_pruners", {})},
-            }
-        maps = graphfix.square_maps(model, set(extra.get("customized_pruners", {})))
-        if maps:  # (torch-pruning finds the other parameters outside its layers itself)
-            extra = {
-                **extra,
-                "unwrapped_parameters": [*maps, *extra.get("unwrapped_parameters", [])],
-            }
-        # hidden: blocks it cannot trace, as single layers with pruners of their own; shapes_only:
-        # the graph keeps no activation of its traced forward pass
-        with opaque.hidden(model, also=held), graphfix.exact_concat_sizes(), graphfix.shapes_only():
-            pruner = pruner_cls(
-                model,
-                example,
-                importance=importance,
-                global_pruning=s.scope != "local",
-                pruning_ratio=1.0,
-                max_pruning_ratio=max_ratio,
-                iterative_steps=s.iterative_steps,
-                ignored_layers=[*protected, *opaque.fixed(model), *held],
-                round_to=s.round_to,
-                num_heads=num_heads,
-                **extra,
-            )
-        graphfix.token_splits(pruner.DG)
-        pruner.ignored_layers.extend(
-            graphfix.channel_splits(pruner.DG)
-        )  # the groups reaching them stay
-        score = pruner.estimate_importance  # (no score: torch-pruning leaves the group as it is)
-        grouped = graphfix.grouped_convolutions(model)
-        pruner.estimate_importance = lambda g: (
-            None if graphfix.one_channel_groups(g, grouped) else score(g)
-        )
-        groups = list(
-            pruner.DG.get_all_groups(
-                ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
-            )
-        )
-        import torch_pruning as tp
-
-        check = tp.importance.MagnitudeImportance(
-            p=2
-        )  # every group's channel indices map onto its layers
-        astray = []
-        for group in groups:
-            if not graphfix.one_channel_groups(group, grouped):
-                try:
-                    check(group)
-                except (
-                    IndexError,
-                    RuntimeError,
-                ) as e:  # indices mapped past a layer's end: the group is held
-                    if "out of bounds" not in str(e):
-                        raise
-                    astray.append(group[0].dep.target.module)
-        if astray:
-            pruner.ignored_layers.extend(astray)
-            groups = list(
-                pruner.DG.get_all_groups(
-                    ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
-                )
-            )
-    except PbkitError:
-        raise
-    except Exception as e:  # tracing failures come in many types
-        for m in model.modules():  # the hooks a trace that failed mid-forward left behind
-            for key in set(m._forward_hooks) - hooks.get(id(m), set()):
-                del m._forward_hooks[key]
-        raise _Untraceable(
-            f"the dependency graph could not trace this model: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
-    if not groups:
-        raise PbkitError("the dependency graph found no prunable channel group in this model")
-    return pruner, groups
-
-
-def _index_mapped(f: Callable[..., PruneResult]) -> Callable[..., PruneResult]:
-    """``f`` run with torch-pruning's index maps repaired (:func:`graphfix.index_maps`)."""
-
-    @functools.wraps(f)
-    def run(*args: Any, **kwargs: Any) -> PruneResult:
-        with graphfix.index_maps():
-            return f(*args, **kwargs)
-
-    return run
-
-
-@_index_mapped
 def prune_to_target(
     model: nn.Module,
     method: methods.Method,
@@ -383,34 +208,48 @@ def prune_to_target(
     num_classes: int,
     protected: list[nn.Module],
     calibration: Calibration | None = None,
-    sparse_train: Callable[[Any], dict[str, Any]] | None = None,
-    on_step: Callable[[int, float], None] | None = None,
-    between_steps: Callable[[int], float] | None = None,
-    name: str = "the model",
-    latency_tools: knapsack.Tools | None = None,
-    on_text: Callable[[int, str], None] | None = None,
-    hold: Sequence[str] = (),
+    hooks: PruneHooks = PruneHooks(),
 ) -> PruneResult:
-    """Prune ``model`` in place until base MACs / pruned MACs >= ``settings.speedup``, never
-    touching the ``protected`` modules (the task's heads).
+    """Prune ``model`` until base MACs / pruned MACs >= ``settings.speedup``, never touching the
+    ``protected`` modules (the task's heads).
 
     Data-driven criteria run ``method.collect`` on the pinned ``calibration`` batches before every
-    step (inside the step time). Sparsifying methods call ``sparse_train(pruner)`` once, before
-    pruning, with the method's regularizing Pruner (its time is recorded apart).
-    ``between_steps(i)`` runs before pruning step ``i`` (from 1) and returns the seconds it took,
-    which are kept out of the step and prune times: training between pruning steps (CPD's
-    interleaved schedule).
+    step (inside the step time). With ``settings.latency`` the target is a measured speed-up on a
+    backend instead: :func:`pbkit.prune.knapsack.run` prunes with ``hooks.latency_tools``, its
+    table's build and measurements kept out of the prune time like training between steps.
 
-    With ``settings.latency`` the target is a measured speed-up on a backend instead:
-    :func:`pbkit.prune.knapsack.run` prunes with ``latency_tools`` (the table, the end-to-end
-    measurement), reporting each step through ``on_text``; the table's build and the measurements
-    are kept out of the prune time like training between steps.
+    It tries the model as it is, then, where that graph cannot be traced or runs past its budget,
+    or a step breaks a copy, with its attention-like blocks held fixed (the retry policy,
+    :func:`_plan`); a repair that no longer fits torch-pruning is
+    :class:`~pbkit.prune.repairs.RepairBroken`, and no retry.
 
-    Where a step fails inside torch-pruning or leaves a model that no longer runs (a layer that
-    reads a width from its input), the model is put back as it was and pruned again with its
-    attention-like blocks held fixed (``hold``: their names), as where the graph cannot be traced.
+    The contract: ``model`` is pruned in place (the same object, its layers narrower, left in eval
+    mode), and nothing else of the caller's is changed (``protected`` and the hooks are read, never
+    edited). Where a
+    second attempt is possible (:func:`_plan`: the model has attention-like blocks, no hook trains
+    the model object itself, no latency target, and a copy fits the memory budget) every attempt
+    prunes a copy and the one that succeeds is made the model by :func:`adopt`: a failed attempt
+    leaves a copy half-pruned, never ``model``, and a reference kept to one of ``model``'s old
+    submodules (a protected head) no longer is one of its modules. Otherwise the one attempt
+    prunes ``model`` itself, and an error may leave it half-pruned (the prune stage builds its run
+    folder under a temporary name and throws it away).
     """
-    s = settings
+    _check(model, method, settings, protected, num_classes, calibration, hooks)
+    job = _job(model, method, settings, input_size, num_classes, protected, calibration, hooks)
+    with graph.index_maps():
+        return _run(model, job, _plan(model, job))
+
+
+def _check(
+    model: nn.Module,
+    method: methods.Method,
+    s: PruneSettings,
+    protected: list[nn.Module],
+    num_classes: int,
+    calibration: Calibration | None,
+    hooks: PruneHooks,
+) -> None:
+    """The arguments' problems as one line each, before any work."""
     if s.speedup <= 1.0:
         raise PbkitError(f"speed-up target must be > 1, got {s.speedup}")
     methods.check_scope(s.scope)
@@ -421,14 +260,6 @@ def prune_to_target(
     model.eval()
     if method.precheck is not None and (problem := method.precheck(model)) is not None:
         raise PbkitError(problem)
-    names = {m: n for n, m in model.named_modules()}
-    counter = counts.StepCounter(model, input_size)
-    macs_base = counter.base
-    params_base = counts.count_params(model)
-    dev = device.of(model)
-    example = counts.example_input(input_size).to(dev)
-    if calibration is not None:  # pinned batches on the model's device, moved once
-        calibration = dataclasses.replace(calibration, batches=device.to(calibration.batches, dev))
     if method.collect is not None and not (calibration and calibration.batches):
         raise PbkitError(
             f"method {method.key!r} needs calibration data ({method.data}): pass --dataset D "
@@ -445,179 +276,362 @@ def prune_to_target(
             f" {calibration.task} dataset (prune.calibration.dataset=...), not on"
             f" {calibration.info.get('dataset')}"
         )
-    if method.stage == "sparsify" and sparse_train is None:
+    if method.stage == "sparsify" and hooks.sparse_train is None:
         raise PbkitError(
             f"method {method.key!r} trains with a regularizer first: pass --dataset D "
             "(or set prune.calibration.dataset) and sparsify.epochs"
         )
-    torch.manual_seed(s.seed)
-    num_heads = {m.qkv: m.num_heads for m in _attention_modules(model)}
-    ctx = {"num_classes": num_classes, "seed": s.seed, "reg": s.reg, "delta_reg": s.delta_reg}
-    pruner_cls, extra = method.pruner_class(ctx)
-    importance = method.importance(ctx)
-    max_ratio = PROTECTED_MAX_RATIO if s.scope == "protected" else 1.0
-    memory = s.max_memory_gib if s.max_memory_gib is not None else budget.default_memory_gib()
-    t_start = time.perf_counter()
-    graph = functools.partial(
-        _graph, pruner_cls, model, example, importance, s, max_ratio, protected, num_heads, extra
-    )
-    what, hint = f"dependency graph of {name}", _graph_hint(model, memory)
-    rss = budget.resident_gib()
-    try:
-        with budget.guarded(what, memory, s.max_graph_s, hint=hint):
-            pruner, groups, held = (
-                graph(held=[model.get_submodule(n) for n in hold]) if hold else graph()
-            )
-    except (
-        budget.OverBudget
-    ) as over:  # the graph ran away: trace it again with attention-like blocks held fixed
-        candidates = opaque.untraceable(model)
-        if not candidates or hint != GRAPH_HINT:
-            raise
-        budget.release_memory()
-        kept = max(
-            0.0, budget.resident_gib() - rss
-        )  # freed but not handed back: the retry reuses it first
-        try:
-            with budget.guarded(what, memory + kept, s.max_graph_s, hint=hint):
-                pruner, groups, held = graph(held=candidates)
-        except PbkitError:
-            raise PbkitError(
-                f"{over} (and with its {len(candidates)} attention blocks held fixed)"
-            ) from over
-    retry = [] if held else opaque.untraceable(model)  # what to hold fixed should a step fail
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    backup = (
-        _copy(model)
-        if retry
-        and method.stage != "sparsify"
-        and s.latency is None
-        and between_steps is None
-        and weights < memory * budget.GIB / 3
-        else None
-    )
-    failed: _StepFailed | None = None
-    sparsified = (
-        sparse_train(pruner) if method.stage == "sparsify" and sparse_train is not None else None
-    )
-    if sparsified is not None:
-        t_start += sparsified["time_s"]  # prune time excludes the regularized training ("reg time")
-    steps, macs, step_times = 0, macs_base, []
-    latency_info = None
-    t_loop, excluded_from = (
-        time.perf_counter(),
-        t_start,
-    )  # t_start moves on by what the times exclude
-    # (what torch-pruning leaves behind a cut, per-channel tensors and chunk offsets, follows it)
-    with budget.guarded(f"pruning {name}", memory, None), graphfix.cuts_follow():
-        if s.latency is not None:
-            if latency_tools is None:
-                raise PbkitError(
-                    "a latency target needs the backend's table and measurement (no tools given)"
-                )
-
-            def collect() -> None:
-                assert calibration is not None and method.collect is not None
-                method.collect(importance, model, pruner, calibration)
-
-            steps, step_times, trained, latency_info = knapsack.run(
-                model,
-                pruner,
-                importance,
-                latency_tools,
-                s.latency,
-                s.speedup,
-                s.scope,
-                max_ratio,
-                input_size,
-                collect=collect if method.collect is not None else None,
-                between_steps=between_steps,
-                after_prune=lambda: _fix_attention(model, pruner),
-                on_step=on_text,
-            )
-            t_start += trained + latency_info["table"]["time_s"] + latency_info["measure_s"]
-            macs = counter.exact()
-        else:
-
-            def reached(m: int) -> bool:
-                return macs_base / max(m, 1) >= s.speedup
-
-            try:
-                exact = True
-                while steps < s.iterative_steps:
-                    if between_steps is not None:
-                        t_start += between_steps(steps + 1)
-                    t0 = time.perf_counter()
-                    if method.collect is not None:
-                        assert calibration is not None
-                        method.collect(importance, model, pruner, calibration)
-                    with _failing(
-                        f"pruning step {steps + 1} failed inside torch-pruning",
-                        MAPPED_WRONG,
-                        _StepFailed,
-                    ):
-                        pruner.step()
-                        _fix_attention(model, pruner)
-                    step_times.append(time.perf_counter() - t0)
-                    steps += 1
-                    with _failing(
-                        f"after pruning step {steps} the model no longer runs",
-                        CUT_WRONG,
-                        _StepFailed,
-                    ):
-                        macs, exact = counter.after_step(reached)
-                    if on_step is not None:
-                        on_step(steps, macs_base / max(macs, 1))  # (a lower bound while not exact)
-                    if exact and reached(macs):
-                        break
-                with _failing(
-                    f"after pruning step {steps} the model no longer runs", CUT_WRONG, _StepFailed
-                ):
-                    if not exact:
-                        macs = counter.exact()
-                    elif counter.free == 0:  # MACs read from the weights' shapes alone: run it once
-                        with torch.no_grad():
-                            model(example)
-            except _StepFailed as e:
-                if backup is None:
-                    raise
-                failed = e
-    if (
-        failed is not None and backup is not None
-    ):  # again, with the attention-like blocks held fixed
-        again = [names[m] for m in retry]
-        _restore(model, backup)
-        del backup, pruner, groups
-        protected[:] = [model.get_submodule(names[m]) for m in protected]
-        try:
-            return prune_to_target(
-                model,
-                method,
-                settings,
-                input_size=input_size,
-                num_classes=num_classes,
-                protected=protected,
-                calibration=calibration,
-                on_step=on_step,
-                name=name,
-                on_text=on_text,
-                hold=again,
-            )
-        except PbkitError as e:
-            raise PbkitError(
-                f"{failed} (and with its {len(again)} attention blocks held fixed: {e})"
-            ) from failed
-
-    loop_s = time.perf_counter() - t_loop - (t_start - excluded_from)
-    achieved = macs_base / max(macs, 1)
-    if latency_info is not None:
-        achieved = latency_info[
-            "measured_speedup"
-        ]  # (the MACs speed-up is the result's achieved_speedup)
-    if macs == macs_base:
+    if s.latency is not None and hooks.latency_tools is None:
         raise PbkitError(
-            f"nothing was pruned in {steps} steps: the {method.key} criterion could not rank the "
-            "channels (every score equal?)"
+            "a latency target needs the backend's table and measurement (no tools given)"
+        )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every attempt shares: the checked arguments, the calibration batches on the model's
+    device, the protected modules by name, and the memory budget."""
+
+    method: methods.Method
+    settings: PruneSettings
+    hooks: PruneHooks
+    input_size: int
+    num_classes: int
+    calibration: Calibration | None
+    protected: tuple[str, ...]  # names in the model
+    ignored_layers: list[str]  # the result's (a module not in the model: "?")
+    memory_gib: float
+
+    @property
+    def max_ratio(self) -> float:
+        return PROTECTED_MAX_RATIO if self.settings.scope == "protected" else 1.0
+
+
+def _job(
+    model: nn.Module,
+    method: methods.Method,
+    s: PruneSettings,
+    input_size: int,
+    num_classes: int,
+    protected: list[nn.Module],
+    calibration: Calibration | None,
+    hooks: PruneHooks,
+) -> _Job:
+    names = {m: n for n, m in model.named_modules()}
+    if calibration is not None:  # pinned batches on the model's device, moved once
+        moved = device.to(calibration.batches, device.of(model))
+        calibration = dataclasses.replace(calibration, batches=moved)
+    return _Job(
+        method=method,
+        settings=s,
+        hooks=hooks,
+        input_size=input_size,
+        num_classes=num_classes,
+        calibration=calibration,
+        protected=tuple(names[m] for m in protected if m in names),
+        ignored_layers=sorted(names.get(m, "?") for m in protected),
+        memory_gib=(
+            s.max_memory_gib if s.max_memory_gib is not None else budget.default_memory_gib()
+        ),
+    )
+
+
+# --- the retry policy -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at pruning: the blocks held fixed from the start (their names), and whether it
+    prunes a copy of the model (made the model by :func:`adopt` if it succeeds)."""
+
+    hold: tuple[str, ...] = ()
+    on_copy: bool = False
+
+
+class _Failed(Exception):
+    """An attempt failed where the next one may get past: its graph could not be traced, or ran
+    past its budget where the model's structure (not its size) is to blame, or a step on a copy
+    broke the model. ``extra_gib``: memory freed but not handed back, which the next trace may
+    use first."""
+
+    def __init__(self, error: PbkitError, extra_gib: float = 0.0) -> None:
+        super().__init__(str(error))
+        self.error, self.extra_gib = error, extra_gib
+
+
+def _plan(model: nn.Module, job: _Job) -> list[Attempt]:
+    """The retry policy: the model as it is; then, if it has attention-like blocks
+    (:func:`pbkit.prune.repairs.held.untraceable`), with those held fixed: each one node whose
+    output channels stay. The second is taken where the first one's graph cannot be traced or runs
+    past its budget (the model is untouched then) or, pruning a copy, a step fails inside
+    torch-pruning or leaves a model that no longer runs. Both prune a copy where a copy is
+    possible: no hook trains the model object itself, no latency target, and the weights take less
+    than a third of the memory budget."""
+    names = {m: n for n, m in model.named_modules()}
+    candidates = tuple(names[m] for m in held.untraceable(model))
+    if not candidates:
+        return [Attempt()]
+    s, hooks = job.settings, job.hooks
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    on_copy = (
+        job.method.stage != "sparsify"
+        and hooks.between_steps is None
+        and s.latency is None
+        and weights < job.memory_gib * budget.GIB / 3
+    )
+    return [Attempt((), on_copy), Attempt(candidates, on_copy)]
+
+
+def _run(model: nn.Module, job: _Job, attempts: list[Attempt]) -> PruneResult:
+    """Run ``attempts`` in order until one succeeds. Where every one fails, the error names the
+    first failure and the last; a repair that no longer fits torch-pruning stops at once."""
+    first: str | None = None  # (its text: the error would keep the failed attempt's memory)
+    extra_gib = 0.0
+    for i, attempt in enumerate(attempts):
+        pruned = _copy(model) if attempt.on_copy else model
+        try:
+            result = _attempt(pruned, job, attempt, extra_gib)
+        except _Failed as f:
+            if i + 1 < len(attempts):
+                first, extra_gib = first or str(f.error), f.extra_gib
+                pruned = model  # (the failed copy goes before the next is made)
+                continue
+            error: PbkitError = f.error
+        except RepairBroken:
+            raise
+        except PbkitError as e:
+            error = e
+        else:
+            if pruned is not model:
+                adopt(model, pruned)
+            return result
+        if first is None:
+            raise error from error.__cause__
+        raise PbkitError(
+            f"{first} (and with its {len(attempt.hold)} attention blocks held fixed: {error})"
+        ) from error
+    raise AssertionError("no attempt planned")
+
+
+# --- one attempt ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Clock:
+    """The prune time, from the attempt's start, and the loop's, from its first step; both less
+    the seconds they exclude (sparse training, training between steps, a latency table's build
+    and measurements)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    excluded: float = 0.0
+    loop_start: float = 0.0
+    excluded_before_loop: float = 0.0
+
+    def exclude(self, seconds: float) -> None:
+        self.excluded += seconds
+
+    def begin_loop(self) -> None:
+        self.loop_start, self.excluded_before_loop = time.perf_counter(), self.excluded
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start - self.excluded
+
+    def loop(self) -> float:
+        excluded = self.excluded - self.excluded_before_loop
+        return time.perf_counter() - self.loop_start - excluded
+
+
+@dataclass
+class _Pruning:
+    """One attempt in progress: the model it prunes, its MACs counter and example input, what the
+    Pruner is built with, the Pruner once built, and the blocks it holds fixed."""
+
+    model: nn.Module
+    job: _Job
+    counter: counts.StepCounter
+    params_base: int
+    example: torch.Tensor
+    spec: build.PrunerSpec
+    clock: _Clock
+    hold: tuple[str, ...] = ()
+    pruner: Any = None
+    sparsified: Sparsified | None = None
+
+
+@dataclass
+class _Steps:
+    """What the steps did: how many, their seconds, the MACs after them, and a latency-targeted
+    run's own account."""
+
+    steps: int
+    times: list[float]
+    macs: int
+    latency: knapsack.LatencyRun | None = None
+
+
+def _attempt(model: nn.Module, job: _Job, attempt: Attempt, extra_gib: float) -> PruneResult:
+    """Build the graph, train sparse if the method does, step, and check what the steps reached."""
+    p = _start(model, job, attempt)
+    _trace(p, extra_gib)
+    if job.method.stage == "sparsify" and job.hooks.sparse_train is not None:
+        p.sparsified = job.hooks.sparse_train(p.pruner)
+        p.clock.exclude(p.sparsified.time_s)  # the prune time excludes it ("reg time")
+    p.clock.begin_loop()
+    try:
+        with budget.guarded(f"pruning {job.hooks.name}", job.memory_gib, None), cuts.cuts_follow():
+            done = _latency_steps(p) if job.settings.latency is not None else _macs_steps(p)
+    except _StepFailed as e:
+        if attempt.on_copy:  # the model is untouched: the next attempt may get past it
+            raise _Failed(e) from e
+        raise
+    return _result(p, done)
+
+
+def _start(model: nn.Module, job: _Job, attempt: Attempt) -> _Pruning:
+    """The attempt's counter (one real count of the base MACs), example input, seeded importance
+    and Pruner arguments."""
+    s = job.settings
+    counter = counts.StepCounter(model, job.input_size)
+    params_base = counts.count_params(model)
+    example = counts.example_input(job.input_size).to(device.of(model))
+    torch.manual_seed(s.seed)
+    num_heads = cuts.attention_heads(model)
+    ctx = {"num_classes": job.num_classes, "seed": s.seed, "reg": s.reg, "delta_reg": s.delta_reg}
+    pruner_cls, extra = job.method.pruner_class(ctx)
+    spec = build.PrunerSpec(
+        pruner_cls=pruner_cls,
+        importance=job.method.importance(ctx),
+        extra=extra,
+        global_pruning=s.scope != "local",
+        max_ratio=job.max_ratio,
+        iterative_steps=s.iterative_steps,
+        round_to=s.round_to,
+        num_heads=num_heads,
+    )
+    return _Pruning(model, job, counter, params_base, example, spec, _Clock(), attempt.hold)
+
+
+def _graph(p: _Pruning, hold: Sequence[nn.Module]) -> tuple[Any, list[Any]]:
+    """The Pruner and its groups for the attempt's model, with ``hold`` held fixed (the seam a test
+    replaces to make a graph run away)."""
+    protected = [p.model.get_submodule(n) for n in p.job.protected]
+    return build.build(p.model, p.example, p.spec, protected, hold)
+
+
+def _trace(p: _Pruning, extra_gib: float) -> None:
+    """Build the attempt's graph within the memory and time budgets (the memory budget raised by
+    ``extra_gib``). A graph that cannot be traced, or runs past its budget where the model's
+    structure is to blame, fails the attempt so that the next may try."""
+    job = p.job
+    hint = _graph_hint(p.model, job.memory_gib)
+    rss = budget.resident_gib()
+    hold = [p.model.get_submodule(n) for n in p.hold]
+    try:
+        with budget.guarded(
+            f"dependency graph of {job.hooks.name}",
+            job.memory_gib + extra_gib,
+            job.settings.max_graph_s,
+            hint=hint,
+        ):
+            p.pruner, _ = _graph(p, hold)
+    except build.Untraceable as e:
+        error = PbkitError(str(e))
+        error.__cause__ = e.__cause__
+        raise _Failed(error) from e
+    except budget.OverBudget as over:
+        if hint != GRAPH_HINT:
+            raise
+        budget.release_memory()  # freed but not handed back: the next trace reuses it first
+        raise _Failed(over, extra_gib=max(0.0, budget.resident_gib() - rss)) from over
+
+
+def _collect(p: _Pruning) -> None:
+    """A data-driven criterion's look at the calibration batches (before every step)."""
+    method = p.job.method
+    if method.collect is not None:
+        assert p.job.calibration is not None
+        method.collect(p.spec.importance, p.model, p.pruner, p.job.calibration)
+
+
+def _macs_steps(p: _Pruning) -> _Steps:
+    """Step until the MACs target is reached or the schedule ends; the model is run once after the
+    last step where its MACs were read from its weights' shapes alone."""
+    base, target = p.counter.base, p.job.settings.speedup
+
+    def reached(macs: int) -> bool:
+        return base / max(macs, 1) >= target
+
+    done, exact = _Steps(0, [], base), True
+    while done.steps < p.job.settings.iterative_steps:
+        exact = _step(p, done, reached)
+        if exact and reached(done.macs):
+            break
+    with _failing(
+        f"after pruning step {done.steps} the model no longer runs", CUT_WRONG, _StepFailed
+    ):
+        if not exact:
+            done.macs = p.counter.exact()
+        elif p.counter.free == 0:  # MACs read from the weights' shapes alone: run it once
+            with torch.no_grad():
+                p.model(p.example)
+    return done
+
+
+def _step(p: _Pruning, done: _Steps, reached: Callable[[int], bool]) -> bool:
+    """One pruning step and the MACs after it (``done`` updated); whether they are exact."""
+    hooks = p.job.hooks
+    if hooks.between_steps is not None:
+        p.clock.exclude(hooks.between_steps(done.steps + 1))
+    t0 = time.perf_counter()
+    _collect(p)
+    with _failing(
+        f"pruning step {done.steps + 1} failed inside torch-pruning", MAPPED_WRONG, _StepFailed
+    ):
+        p.pruner.step()
+        cuts.after_step(p.model, p.pruner)
+    done.times.append(time.perf_counter() - t0)
+    done.steps += 1
+    with _failing(
+        f"after pruning step {done.steps} the model no longer runs", CUT_WRONG, _StepFailed
+    ):
+        done.macs, exact = p.counter.after_step(reached)
+    if hooks.on_step is not None:
+        hooks.on_step(done.steps, p.counter.base / max(done.macs, 1))  # (a lower bound if inexact)
+    return exact
+
+
+def _latency_steps(p: _Pruning) -> _Steps:
+    """Prune to a measured speed-up (:func:`pbkit.prune.knapsack.run`)."""
+    job, s = p.job, p.job.settings
+    assert s.latency is not None and job.hooks.latency_tools is not None
+    run = knapsack.run(
+        p.model,
+        p.pruner,
+        p.spec.importance,
+        job.hooks.latency_tools,
+        knapsack.Goal(s.speedup, s.scope, job.max_ratio, job.input_size, s.latency),
+        knapsack.StepHooks(
+            after_prune=lambda: cuts.after_step(p.model, p.pruner),
+            collect=(lambda: _collect(p)) if job.method.collect is not None else None,
+            between_steps=job.hooks.between_steps,
+            on_step=job.hooks.on_text,
+        ),
+    )
+    p.clock.exclude(run.trained_s + run.table.time_s + run.measure_s)
+    return _Steps(run.steps, run.step_times, p.counter.exact(), run)
+
+
+def _result(p: _Pruning, done: _Steps) -> PruneResult:
+    """The result, or the error of a target not reached."""
+    loop_s = p.clock.loop()
+    job, s, base = p.job, p.job.settings, p.counter.base
+    achieved = base / max(done.macs, 1)
+    if done.latency is not None:  # (the MACs speed-up is the result's achieved_speedup)
+        achieved = done.latency.measured_speedup
+    if done.macs == base:
+        raise PbkitError(
+            f"nothing was pruned in {done.steps} steps: the {job.method.key} criterion could not"
+            " rank the channels (every score equal?)"
         )
     if achieved < s.speedup:
         floor = (
@@ -625,21 +639,21 @@ def prune_to_target(
         )
         raise PbkitError(
             f"speed-up target {s.speedup}x is unreachable: {achieved:.2f}x after "
-            f"{steps} steps in the {s.scope} scope{floor}"
+            f"{done.steps} steps in the {s.scope} scope{floor}"
         )
     return PruneResult(
-        macs_base=macs_base,
-        macs_pruned=macs,
-        params_base=params_base,
-        params_pruned=counts.count_params(model),
-        steps=steps,
-        step_time_s=sum(step_times) / len(step_times),
-        total_time_s=time.perf_counter() - t_start,
-        ignored_layers=sorted(names.get(m, "?") for m in protected),
-        held_fixed=sorted(names.get(m, "?") for m in held),
-        max_pruning_ratio=max_ratio,
-        sparsify=sparsified,
-        latency=latency_info,
-        real_counts=counter.real_counts,
+        macs_base=base,
+        macs_pruned=done.macs,
+        params_base=p.params_base,
+        params_pruned=counts.count_params(p.model),
+        steps=done.steps,
+        step_time_s=sum(done.times) / len(done.times),
+        total_time_s=p.clock.total(),
+        ignored_layers=job.ignored_layers,
+        held_fixed=sorted(p.hold),
+        max_pruning_ratio=job.max_ratio,
+        sparsified=p.sparsified,
+        latency_run=done.latency,
+        real_counts=p.counter.real_counts,
         loop_time_s=loop_s,
     )

@@ -1,5 +1,5 @@
-"""Channel splits and concatenations torch-pruning gets wrong on its own (timm's CSP nets,
-Res2Net)."""
+"""pbkit's repairs to torch-pruning (:mod:`pbkit.prune.repairs`) at work: channel splits and
+concatenations (timm's CSP nets, Res2Net), blocks held as one node, what follows a cut."""
 
 from __future__ import annotations
 
@@ -48,35 +48,18 @@ class Net(nn.Module):
         return self.head(self.stage(self.stem(x)))
 
 
-def test_torch_pruning_alone_maps_a_cross_stage_split_wrong() -> None:
-    import torch_pruning as tp
-
-    model = Net().eval()
-    pruner = tp.pruner.MagnitudePruner(
-        model,
-        torch.randn(1, 3, 16, 16),
-        importance=tp.importance.MagnitudeImportance(),
-        ignored_layers=[model.head[2]],
-    )
-    with pytest.raises(IndexError):  # some group's channel indices fall outside its layers
-        for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers):
-            tp.importance.MagnitudeImportance()(group)
-
-
 def test_a_concatenation_whose_widths_torch_pruning_cannot_infer_gets_them_from_the_trace() -> None:
     import timm
     import torch_pruning as tp
 
-    from pbkit.prune import graphfix
+    from pbkit.prune.repairs import graph
 
     model = timm.create_model("cs3darknet_s", pretrained=False).eval()
-    x = torch.randn(1, 3, 64, 64)
-    with pytest.raises(TypeError, match="NoneType"):  # its last stage's concatenation: int + None
-        tp.DependencyGraph().build_dependency(model, example_inputs=x)
-    with graphfix.exact_concat_sizes():
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    x = torch.randn(1, 3, 64, 64)  # (torch-pruning alone: int + None, test_repairs_needed.py)
+    with graph.exact_concat_sizes():
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
     cats = [
-        n.module.concat_sizes for n in graph.module2node.values() if n.type == tp.ops.OPTYPE.CONCAT
+        n.module.concat_sizes for n in dg.module2node.values() if n.type == tp.ops.OPTYPE.CONCAT
     ]
     assert [256, 256] in cats and all(None not in c for c in cats if c)
 
@@ -113,10 +96,10 @@ def test_a_cross_stage_split_prunes_around_it_and_the_model_still_computes_the_s
 def test_the_patch_is_undone_when_the_graph_is_built() -> None:
     from torch_pruning.dependency import index_mapping
 
-    from pbkit.prune import graphfix
+    from pbkit.prune.repairs import graph
 
     original = index_mapping.update_concat_index_mapping
-    with graphfix.exact_concat_sizes():
+    with graph.exact_concat_sizes():
         assert index_mapping.update_concat_index_mapping is not original
     assert index_mapping.update_concat_index_mapping is original
 
@@ -124,7 +107,7 @@ def test_the_patch_is_undone_when_the_graph_is_built() -> None:
 def test_only_splits_of_a_feature_maps_channels_are_held() -> None:
     import torch_pruning as tp
 
-    from pbkit.prune import graphfix
+    from pbkit.prune.repairs import graph
 
     class Splits(nn.Module):
         def __init__(self) -> None:
@@ -140,11 +123,11 @@ def test_only_splits_of_a_feature_maps_channels_are_held() -> None:
             h1, h2 = y.split(2, dim=2)  # rows, not channels
             return (a * b).mean() + (t1 * t2).mean() + (h1 * h2).mean()
 
-    with graphfix.exact_concat_sizes():
+    with graph.exact_concat_sizes():
         dg = tp.DependencyGraph().build_dependency(
             Splits().eval(), example_inputs=torch.randn(1, 3, 4, 4)
         )
-    assert len(graphfix.channel_splits(dg)) == 1
+    assert len(graph.channel_splits(dg)) == 1
 
 
 def _thin_groups() -> nn.Sequential:
@@ -161,21 +144,6 @@ def _thin_groups() -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(16, 10),
     ).eval()
-
-
-def test_torch_pruning_alone_fails_on_a_grouped_conv_with_one_input_channel_per_group() -> None:
-    import torch_pruning as tp
-
-    model = _thin_groups()
-    pruner = tp.pruner.MagnitudePruner(
-        model,
-        torch.randn(1, 3, 8, 8),
-        importance=tp.importance.MagnitudeImportance(),
-        pruning_ratio=0.5,
-        ignored_layers=[model[-1]],
-    )
-    with pytest.raises(IndexError):
-        pruner.step()
 
 
 def test_a_grouped_conv_with_one_input_channel_per_group_keeps_its_inputs_and_the_rest_prunes() -> (
@@ -207,7 +175,7 @@ def test_a_grouped_conv_with_one_input_channel_per_group_keeps_its_inputs_and_th
 def test_channel_slices_are_held_like_splits() -> None:
     import torch_pruning as tp
 
-    from pbkit.prune import graphfix
+    from pbkit.prune.repairs import graph
 
     class Slices(nn.Module):  # as DPN slices its dense path
         def __init__(self) -> None:
@@ -218,17 +186,18 @@ def test_channel_slices_are_held_like_splits() -> None:
             y = self.conv(x)
             return y[:, :4] * y[:, 4:]
 
-    with graphfix.exact_concat_sizes():
+    with graph.exact_concat_sizes():
         dg = tp.DependencyGraph().build_dependency(
             Slices().eval(), example_inputs=torch.randn(1, 3, 4, 4)
         )
-    assert len(graphfix.channel_splits(dg)) == 2
+    assert len(graph.channel_splits(dg)) == 2
 
 
 def test_an_efficient_channel_attention_gate_prunes_with_the_channels_through_it() -> None:
     from timm.layers import EcaModule
 
-    from pbkit.prune import PruneSettings, methods, opaque, prune_to_target
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.prune.repairs import held
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -240,7 +209,7 @@ def test_an_efficient_channel_attention_gate_prunes_with_the_channels_through_it
         nn.Flatten(),
         nn.Linear(32, 10),
     ).eval()
-    assert model[2] in opaque.blocks(
+    assert model[2] in held.blocks(
         model
     )  # one node while traced (its reshapes make groups take minutes)
     res = prune_to_target(
@@ -262,7 +231,8 @@ def test_an_efficient_channel_attention_gate_prunes_with_the_channels_through_it
 def test_a_per_channel_tensor_torch_pruning_leaves_whole_is_cut_with_its_layers_outputs() -> None:
     from timm.layers import ScaledStdConv2d
 
-    from pbkit.prune import PruneSettings, graphfix, methods, prune_to_target
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.prune.repairs import cuts
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -275,7 +245,7 @@ def test_a_per_channel_tensor_torch_pruning_leaves_whole_is_cut_with_its_layers_
         nn.Flatten(),
         nn.Linear(16, 10),
     ).eval()
-    assert graphfix.extra_channel_tensors(model[0]) == ["gain"]  # its gain: one entry per output
+    assert cuts.extra_channel_tensors(model[0]) == ["gain"]  # its gain: one entry per output
     with torch.no_grad():
         model[0].gain.copy_(torch.arange(16.0).view(16, 1, 1, 1) + 1)  # gain i + 1 on channel i
     weights = model[0].weight.detach().clone()
@@ -312,9 +282,10 @@ def test_a_pruned_cnn_that_no_longer_runs_is_caught_before_it_is_saved(
     from timm.layers import ScaledStdConv2d
 
     from pbkit.core.errors import PbkitError
-    from pbkit.prune import PruneSettings, graphfix, methods, prune_to_target
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.prune.repairs import cuts
 
-    monkeypatch.setattr(graphfix, "cuts_follow", contextlib.nullcontext)  # as before the fix
+    monkeypatch.setattr(cuts, "cuts_follow", contextlib.nullcontext)  # as before the fix
     model = nn.Sequential(
         ScaledStdConv2d(3, 16, 3, padding=1),
         nn.ReLU(),
@@ -475,7 +446,7 @@ def test_a_group_torch_pruning_maps_past_a_layers_end_is_held_and_the_rest_prune
 def test_a_block_held_as_one_node_takes_constant_tensors_but_not_ones_that_need_a_gradient() -> (
     None
 ):
-    from pbkit.prune import opaque
+    from pbkit.prune.repairs import held
 
     class Rotary(nn.Module):
         def __init__(self) -> None:
@@ -487,7 +458,7 @@ def test_a_block_held_as_one_node_takes_constant_tensors_but_not_ones_that_need_
 
     block, x = Rotary(), torch.randn(2, 3, 4, requires_grad=True)
     rope = torch.rand(3, 4)
-    with opaque.hidden(block, also=[block]):
+    with held.hidden(block, also=[block]):
         y = block(x, rope=rope)
         assert (
             type(y.grad_fn).__name__ == "_OpaqueBackward"
@@ -500,27 +471,28 @@ def test_a_block_held_as_one_node_takes_constant_tensors_but_not_ones_that_need_
 def test_focal_modulation_spatial_gating_and_2d_lstms_are_held_when_the_graph_fails() -> None:
     import timm
 
-    from pbkit.prune import opaque
+    from pbkit.prune.repairs import held
 
     model = timm.models.focalnet.FocalNet(depths=(1, 1, 1, 1), embed_dim=16)
-    assert [type(m).__name__ for m in opaque.untraceable(model)] == ["FocalModulation"] * 4
+    assert [type(m).__name__ for m in held.untraceable(model)] == ["FocalModulation"] * 4
     gmlp = nn.Sequential(
         nn.Linear(8, 16), timm.models.mlp_mixer.SpatialGatingUnit(16, seq_len=4), nn.Linear(8, 8)
     )
-    assert opaque.untraceable(gmlp) == [gmlp[1]]
+    assert held.untraceable(gmlp) == [gmlp[1]]
     sequencer = nn.Sequential(timm.models.sequencer.LSTM2d(8, 4), nn.Linear(8, 8))
-    assert opaque.untraceable(sequencer) == [sequencer[0]]  # (the whole 2-D block, not its nn.LSTM)
+    assert held.untraceable(sequencer) == [sequencer[0]]  # (the whole 2-D block, not its nn.LSTM)
     xca = nn.Sequential(timm.models.xcit.XCA(8, num_heads=2), nn.Linear(8, 8))
-    assert opaque.untraceable(xca) == [xca[0]]
+    assert held.untraceable(xca) == [xca[0]]
     shvit = timm.create_model("shvit_s1")
-    assert {type(m).__name__ for m in opaque.untraceable(shvit)} == {"SHSA"}
+    assert {type(m).__name__ for m in held.untraceable(shvit)} == {"SHSA"}
 
 
 def test_a_global_context_block_prunes_with_the_stream_through_it() -> None:
     # timm's GlobalContext (GCNet): traced, its pooling reshapes send the graph past its budgets
     from timm.layers import GlobalContext
 
-    from pbkit.prune import PruneSettings, methods, opaque, prune_to_target
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.prune.repairs import held
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -533,7 +505,7 @@ def test_a_global_context_block_prunes_with_the_stream_through_it() -> None:
         nn.Flatten(),
         nn.Linear(32, 10),
     ).eval()
-    assert opaque.blocks(model) == [model[2]]
+    assert held.blocks(model) == [model[2]]
     res = prune_to_target(
         model,
         methods.get("l2"),
@@ -563,15 +535,13 @@ def test_an_expand_that_repeats_no_channels_passes_indices_through() -> None:
     from torch_pruning import _helpers
     from torch_pruning.dependency import index_mapping
 
-    from pbkit.prune import graphfix
+    from pbkit.prune.repairs import graph
 
     mapping, idxs = (
         index_mapping._GQAIndexMapping(repeat=0, head_dim=8, reverse=True),
         [_helpers._HybridIndex(idx=i, root_idx=i) for i in (1, 5)],
     )
-    with pytest.raises(ZeroDivisionError):
-        mapping(idxs)
-    with graphfix.index_maps():
+    with graph.empty_expand():  # (torch-pruning alone: ZeroDivisionError, test_repairs_needed.py)
         assert [i.idx for i in mapping(idxs)] == [1, 5]
         assert [
             i.idx for i in index_mapping._GQAIndexMapping(repeat=2, head_dim=2, reverse=True)(idxs)
@@ -614,13 +584,13 @@ def test_a_reshape_torch_pruning_would_divide_by_zero_for_gets_no_map(
     # torch-pruning infers 0 channels on a path from the model's input (SHViT's) and divides by them
     from torch_pruning.dependency import index_mapping
 
-    from pbkit.prune import graphfix
+    from pbkit.prune.repairs import graph
 
     def divides(graph: object, node: object) -> None:
         raise ZeroDivisionError("integer division or modulo by zero")
 
     monkeypatch.setattr(index_mapping, "update_reshape_index_mapping", divides)
-    with graphfix.index_maps():
+    with graph.zero_channel_reshape():
         assert index_mapping.update_reshape_index_mapping(None, None) is None
     with pytest.raises(ZeroDivisionError):
         index_mapping.update_reshape_index_mapping(None, None)
@@ -757,20 +727,18 @@ def test_a_grouped_convolution_pruned_to_one_channel_per_group_is_left_as_it_is(
     import torch_pruning as tp
 
     from pbkit import models
-    from pbkit.prune import PruneSettings, graphfix, methods, prune_to_target
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.prune.repairs import graph
 
     shrunk = nn.Sequential(
         nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 4, 1)
     )
-    graph = tp.DependencyGraph().build_dependency(shrunk, torch.randn(1, 3, 8, 8))
-    group = graph.get_pruning_group(shrunk[0], tp.prune_conv_out_channels, [0])
-    assert not graphfix.one_channel_groups(group)  # a depth-wise convolution as built prunes
-    assert graphfix.one_channel_groups(
-        group, {id(shrunk[1])}
-    )  # one that was grouped is left as it is
+    dg = tp.DependencyGraph().build_dependency(shrunk, torch.randn(1, 3, 8, 8))
+    group = dg.get_pruning_group(shrunk[0], tp.prune_conv_out_channels, [0])
+    assert not graph.one_channel_groups(group)  # a depth-wise convolution as built prunes
+    assert graph.one_channel_groups(group, {id(shrunk[1])})  # one that was grouped is left as it is
     assert (
-        graphfix.grouped_convolutions(nn.Sequential(nn.Conv2d(16, 16, 3, groups=2), shrunk))
-        != set()
+        graph.grouped_convolutions(nn.Sequential(nn.Conv2d(16, 16, 3, groups=2), shrunk)) != set()
     )
 
     spec = models.resolve("timm:regnetx_002")
@@ -805,11 +773,12 @@ class _MapEmbedded(nn.Module):
 
 
 def test_a_position_embedding_laid_out_as_an_image_map_loses_channels_not_columns() -> None:
-    from pbkit.prune import PruneSettings, graphfix, methods, prune_to_target
+    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.prune.repairs import graph
 
     torch.manual_seed(0)
     model = _MapEmbedded().eval()
-    assert [u.parameters for u in graphfix.square_maps(model, set())] == [model.pos]
+    assert [u.parameters for u in graph.square_maps(model, set())] == [model.pos]
     res = prune_to_target(
         model,
         methods.get("l2"),
@@ -830,7 +799,7 @@ def test_the_dependency_graph_keeps_no_activation_of_its_traced_forward_pass_whi
     None
 ):
     from pbkit.core import budget
-    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.prune import PruneHooks, PruneSettings, methods, prune_to_target
 
     torch.manual_seed(0)  # 8 blocks at 512x512: their traced activations would take about 0.8 GiB
     model = nn.Sequential(
@@ -854,7 +823,7 @@ def test_the_dependency_graph_keeps_no_activation_of_its_traced_forward_pass_whi
         input_size=512,
         num_classes=10,
         protected=[model[-1]],
-        on_step=step,
+        hooks=PruneHooks(on_step=step),
     )
     assert res.achieved_speedup >= 1.2 and during
     assert during[0] - before < 0.3  # (holding the traced forward pass's activations: over 0.7 GiB)
