@@ -6,15 +6,17 @@ was still written), 1 an internal error, 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from pbkit.core.errors import PbkitError
+from pbkit.core.errors import PbkitError, first_line
 
 EXIT_PARITY = 3
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -123,6 +125,7 @@ def list_cmd(what: str, as_json: bool) -> None:
                             "names": [n for n in models.timm_names() if n.startswith("vit_")],
                         },
                     },
+                    "yours": models.USER_PATTERNS,
                 }
             )
             return
@@ -176,6 +179,8 @@ def list_cmd(what: str, as_json: bool) -> None:
             "21",
             models.PREFIXES["timmseg:"],
         )
+        for pattern, what in models.USER_PATTERNS.items():
+            t.add_row(pattern, "cnn/vit", "--task", "yours", "--imgsz", "its own", what)
         for pattern, tried, reason in models.KNOWN_FAILURES:
             family = sorted(n for n in {**known, **known_timm} if pattern.match(n))
             t.add_row(
@@ -325,21 +330,24 @@ def env(as_json: bool) -> None:
 # -------------------------------------------------------------------------------- prune / run
 
 
-def _finish(run_dir: Path, as_json: bool, outcome: Any = None) -> int:
+def _finish(run: Any, as_json: bool, stages: bool = False) -> int:
+    """Print a run (:class:`pbkit.api.Run`) as its table, or as one JSON object (``stages``: with
+    the stages this command ran and those its record already had); exit 3 on a parity failure."""
     from pbkit.core import record
-    from pbkit.report.tables import run_table
-    from pbkit.stages import parity_failures
 
-    rec = record.read(run_dir)
+    rec = run.record
     if as_json:
-        payload: dict[str, Any] = {"run_dir": str(run_dir), "record": rec.model_dump(mode="json")}
-        if outcome is not None:
-            payload.update(stages_run=outcome.ran, stages_done_before=outcome.done_before)
+        payload: dict[str, Any] = {
+            "run_dir": str(run.run_dir),
+            "record": rec.model_dump(mode="json"),
+        }
+        if stages:
+            payload.update(stages_run=run.ran, stages_done_before=run.done_before)
         _emit_json(payload)
     else:
-        _print(run_table(rec))
-        _print(f"run: {rec.run_id}\nrecord: {run_dir / record.RECORD_NAME}")
-    failed = parity_failures(rec)
+        _print(run.table())
+        _print(f"run: {rec.run_id}\nrecord: {run.run_dir / record.RECORD_NAME}")
+    failed = run.parity_failures
     if failed:
         from pbkit.core.console import err
 
@@ -353,6 +361,11 @@ def _finish(run_dir: Path, as_json: bool, outcome: Any = None) -> int:
     return 0
 
 
+TRUST_HELP = (
+    "Allow loading pickles: a whole pickled module or an ultralytics checkpoint given as --model "
+    "or --checkpoint, and run folders whose model files hold a pickled module. Unpickling runs "
+    "code from the file: only for files you trust (model.trust_checkpoint)."
+)
 FORCE_HELP = (
     "Start the run again from scratch when its folder exists (default: continue it from the first "
     "unfinished stage, or report it when complete)."
@@ -417,6 +430,19 @@ FORCE_HELP = (
 )
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option(
+    "--task",
+    type=click.Choice(["classify", "detect", "segment"]),
+    default=None,
+    help="What the model is for (default: the model's own; one from a file or pickle: classify).",
+)
+@click.option(
+    "--imgsz",
+    type=int,
+    default=None,
+    help="Input size N (N x N RGB images; default: the model's, else the dataset's).",
+)
+@click.option("--trust", is_flag=True, help=TRUST_HELP)
+@click.option(
     "--set",
     "overrides",
     multiple=True,
@@ -441,11 +467,20 @@ def prune(
     out: str | None,
     run_id: str | None,
     force: bool,
+    task: str | None,
+    imgsz: int | None,
+    trust: bool,
     overrides: tuple[str, ...],
     as_json: bool,
 ) -> int:
     """Prune a model to a speed-up target, in MACs or measured on a backend (and finetune, if a
     dataset and epochs are given).
+
+    MODEL is a name (`pbkit list models`) or your own: a function in a Python file that returns
+    the model (net.py:build; pbkit runs that file, so name only files you trust), a function named
+    by an import path (my_pkg.models:build), a whole pickled module (model.pt, with --trust), or a
+    checkpoint `yolo train` wrote (best.pt, with --trust). model.kwargs are the function's
+    arguments; --imgsz gives the input size where the model cannot.
 
     Writes a run folder with dense.pt, pruned.pt (finetuned.pt) and record.json, and prints its
     summary. The same configuration again continues or reports that run; --force starts it again.
@@ -456,41 +491,35 @@ def prune(
       pbkit prune --model resnet20_cifar --method l1 --speedup 2 --dataset digits \\
           --set base.epochs=10 --set finetune.epochs=5
       pbkit prune --model resnet18_cifar --method l2 --speedup 2 --target latency --backend ort-cpu
+      pbkit prune --model path/to/net.py:build --method l2 --speedup 2 --imgsz 32
+      pbkit prune --model runs/detect/train/weights/best.pt --trust --dataset my.yaml \\
+          --method l1 --speedup 2
     """
-    from pbkit.core import config
-    from pbkit.stages import run as run_stages
+    from pbkit import api
 
-    values: dict[str, Any] = {"model.name": model, "prune.method": method, "prune.speedup": speedup}
-    options = {
-        "prune.scope": scope,
-        "prune.round_to": round_to,
-        "dataset.name": dataset,
-        "dataset.root": data_root,
-        "out": out,
-        "run_id": run_id,
-        "prune.target": target,
-        "prune.backend": backend,
-        "prune.batch": batch,
-        "prune.precision": precision,
-    }
-    values.update({k: v for k, v in options.items() if v is not None})
-    if checkpoint:
-        values.update({"model.weights": "checkpoint", "model.checkpoint": checkpoint})
-    if pretrained:
-        values["model.weights"] = "pretrained"
-    cfg = config.load(None, overrides, values=values)
-    outcome = run_stages(cfg, until="finetune", force=force)
-    return _finish(outcome.run_dir, as_json, outcome)
-
-
-def _run_dir(path: str) -> Path:
-    p = Path(path)
-    if not (p / "record.json").is_file():
-        raise PbkitError(
-            f"{path!r} is not a run folder (no record.json); make one with `pbkit prune` or `pbkit"
-            " run`"
-        )
-    return p
+    run = api.prune(
+        model,
+        method=method,
+        speedup=speedup,
+        target=target,
+        backend=backend,
+        batch=batch,
+        precision=precision,
+        scope=scope,
+        round_to=round_to,
+        dataset=dataset,
+        data_root=data_root,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        out=out,
+        run_id=run_id,
+        force=force,
+        set=list(overrides),
+        task=task,
+        imgsz=imgsz,
+        trust=trust,
+    )
+    return _finish(run, as_json, stages=True)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -527,6 +556,7 @@ def _run_dir(path: str) -> Path:
     metavar="KEY=VALUE",
     help="Any export.* key, e.g. export.tensorrt.workspace_gib=8.",
 )
+@click.option("--trust", is_flag=True, help=TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def export(
     run_dir: str,
@@ -535,6 +565,7 @@ def export(
     batches: tuple[int, ...],
     opset: int | None,
     overrides: tuple[str, ...],
+    trust: bool,
     as_json: bool,
 ) -> int:
     """Export a run's dense and pruned models to ONNX (parity checked against torch) or to
@@ -545,20 +576,12 @@ def export(
       pbkit export results/runs/resnet18-cifar-l1-protected-2x-3f9a1c2b7d
       pbkit export results/runs/<run_id> --format tensorrt --precision fp16 --batch 1 8 32
     """
-    from pbkit.stages import export_run
+    from pbkit import api
 
-    if fmt != "tensorrt" and (precisions or batches):
-        raise PbkitError("--precision and --batch apply to --format tensorrt")
-    values: dict[str, Any] = {"export.formats": [fmt]}
-    if opset is not None:
-        values["export.opset"] = opset
-    if precisions:
-        values["export.tensorrt.precisions"] = list(precisions)
-    if batches:
-        values["bench.batches"] = list(batches)
-    path = _run_dir(run_dir)
-    export_run(path, overrides, values)
-    return _finish(path, as_json)
+    run = api.Run.load(run_dir, trust=trust).export(
+        fmt, precision=list(precisions), batch=list(batches), opset=opset, set=list(overrides)
+    )
+    return _finish(run, as_json)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -597,6 +620,7 @@ def export(
     metavar="KEY=VALUE",
     help="Any bench.* key, e.g. bench.min_time_s=10.",
 )
+@click.option("--trust", is_flag=True, help=TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def bench(
     run_dir: str,
@@ -607,6 +631,7 @@ def bench(
     quick: bool,
     threads: int | None,
     overrides: tuple[str, ...],
+    trust: bool,
     as_json: bool,
 ) -> int:
     """Measure dense and pruned latency, alternating, on each backend, precision and batch size,
@@ -620,26 +645,18 @@ def bench(
       pbkit bench results/runs/<run_id> --backend torch-cuda --backend tensorrt \\
           --precision fp32 fp16 --batch 1 32
     """
-    from pbkit.stages import bench_run
+    from pbkit import api
 
-    values: dict[str, Any] = {
-        k: list(v)
-        for k, v in (
-            ("bench.backends", backends),
-            ("bench.batches", batches),
-            ("bench.precisions", precisions),
-        )
-        if v
-    }
-    if channels_last:
-        values["bench.channels_last"] = True
-    if quick:
-        values["bench.quick"] = True
-    if threads is not None:
-        values["bench.threads"] = threads
-    path = _run_dir(run_dir)
-    bench_run(path, overrides, values)
-    return _finish(path, as_json)
+    result = api.Run.load(run_dir, trust=trust).bench(
+        list(backends),
+        batch=list(batches),
+        precision=list(precisions),
+        channels_last=channels_last,
+        quick=quick,
+        threads=threads,
+        set=list(overrides),
+    )
+    return _finish(result.run, as_json)
 
 
 NPROC_HELP = (
@@ -664,6 +681,7 @@ NPROC_HELP = (
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config key."
 )
+@click.option("--trust", is_flag=True, help=TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def run(
     config_file: str,
@@ -672,6 +690,7 @@ def run(
     nnodes: int | None,
     rdzv_endpoint: str | None,
     overrides: tuple[str, ...],
+    trust: bool,
     as_json: bool,
 ) -> int:
     """Run every step from a YAML config: base, prune, finetune, export, measure, record.
@@ -687,21 +706,18 @@ def run(
       pbkit run configs/bench/resnet18_cifar.yaml --set prune.method=lamp --set prune.speedup=4
       pbkit run configs/study/cifar100-resnet18.yaml --nproc-per-node 8
     """
-    from pbkit.core import config
-    from pbkit.stages import run as run_stages
+    from pbkit import api
 
-    values = {
-        f"distributed.{k}": v
-        for k, v in (
-            ("nproc_per_node", nproc_per_node),
-            ("nnodes", nnodes),
-            ("rdzv_endpoint", rdzv_endpoint),
-        )
-        if v is not None
-    }
-    cfg = config.load(config_file, overrides, values)
-    outcome = run_stages(cfg, until="bench", force=force)
-    return _finish(outcome.run_dir, as_json, outcome)
+    overrides = (*overrides, "model.trust_checkpoint=true") if trust else overrides
+    run = api.run(
+        config_file,
+        force=force,
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
+        rdzv_endpoint=rdzv_endpoint,
+        set=list(overrides),
+    )
+    return _finish(run, as_json, stages=True)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -1122,13 +1138,42 @@ def expand_greedy(argv: list[str]) -> list[str]:
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it ends as Ctrl-C does: every write either done
+    or undone (atomic writes remove their temporary files), the lock released, one line."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM handled like Ctrl-C while the command runs (main thread only; restored after)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every failure is one line on stderr and a non-zero exit."""
     args = expand_greedy(list(sys.argv[1:] if argv is None else argv))
     warnings_env = os.environ.get("PYTHONWARNINGS")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # for child processes (compiler workers)
     try:
-        rv = cli.main(args=args, prog_name="pbkit", standalone_mode=False)
+        with _sigterm_as_interrupt():
+            rv = cli.main(args=args, prog_name="pbkit", standalone_mode=False)
+    except Terminated:
+        click.echo("error: terminated (SIGTERM)", err=True)
+        sys.exit(143)
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("error: interrupted", err=True)
         sys.exit(130)
@@ -1144,10 +1189,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # never a traceback for users; PBKIT_DEBUG=1 shows it
         if os.environ.get("PBKIT_DEBUG"):
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         click.echo(
-            f"error: internal error: {type(e).__name__}: {msg} (set PBKIT_DEBUG=1 for the"
-            " traceback)",
+            f"error: internal error: {first_line(e)} (set PBKIT_DEBUG=1 for the traceback)",
             err=True,
         )
         sys.exit(1)

@@ -149,7 +149,7 @@ def prune_model(
     model's task names the protected modules; ``settings`` are PruneSettings fields
     (speedup defaults to 2)."""
     from pbkit import tasks
-    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.prune import PruneHooks, PruneSettings, methods, prune_to_target
 
     m = methods.get(method) if isinstance(method, str) else method
     heads = protected if protected is not None else tasks.get(spec.task).protected(model, spec)
@@ -161,7 +161,7 @@ def prune_model(
         num_classes=spec.num_classes,
         protected=heads,
         calibration=calibration,
-        sparse_train=sparse_train,
+        hooks=PruneHooks(sparse_train=sparse_train),
     )
 
 

@@ -16,7 +16,7 @@ from pbkit import stages
 from pbkit.core import config, record
 from pbkit.core.errors import PbkitError
 from pbkit.data import datasets
-from pbkit.models import checkpoint, counts, registry, segment
+from pbkit.models import checkpoint, counts, segment, sources
 from pbkit.prune import methods
 from pbkit.tasks import get as get_task
 from pbkit.tasks.segment import confusion, kd_loss_dense, miou
@@ -117,13 +117,13 @@ def test_missing_segmentation_data_is_one_line_naming_the_layout(
 
 
 def test_segmentation_models_are_listed_and_resolved() -> None:
-    spec = registry.resolve("tv:lraspp_mobilenet_v3_large")
+    spec = sources.resolve("tv:lraspp_mobilenet_v3_large")
     assert (spec.task, spec.num_classes, spec.input_size) == ("segment", 21, 520)
-    assert registry.resolve("tv:resnet18").task == "classify"
-    vit = registry.resolve("timmseg:vit_tiny_patch16_224", num_classes=4, input_size=SIZE)
+    assert sources.resolve("tv:resnet18").task == "classify"
+    vit = sources.resolve("timmseg:vit_tiny_patch16_224", num_classes=4, input_size=SIZE)
     assert (vit.task, vit.family) == ("segment", "vit")
     with pytest.raises(PbkitError, match="timmseg: takes a timm ViT"):
-        registry.resolve("timmseg:resnet18")
+        sources.resolve("timmseg:resnet18")
     assert "tv:deeplabv3_mobilenet_v3_large"[3:] in segment.torchvision_names()
 
 
@@ -136,8 +136,8 @@ def test_segmentation_models_are_listed_and_resolved() -> None:
     ],
 )
 def test_a_segmentation_model_prunes_2x_in_each_scope_with_its_head_untouched(scope: str) -> None:
-    spec = registry.resolve("tv:lraspp_mobilenet_v3_large", num_classes=4, input_size=SIZE)
-    model = registry.build(spec).eval()
+    spec = sources.resolve("tv:lraspp_mobilenet_v3_large", num_classes=4, input_size=SIZE)
+    model = sources.build(spec).eval()
     heads = get_task("segment").protected(model, spec)
     assert [type(h).__name__ for h in heads] == ["Conv2d", "Conv2d"]  # low and high classifiers
     before = [h.bias.detach().clone() for h in heads]
@@ -153,8 +153,8 @@ def test_a_segmentation_model_prunes_2x_in_each_scope_with_its_head_untouched(sc
 
 @pytest.mark.slow
 def test_the_vit_backbone_with_a_head_prunes_too() -> None:
-    spec = registry.resolve("timmseg:vit_tiny_patch16_224", num_classes=4, input_size=SIZE)
-    model = registry.build(spec).eval()
+    spec = sources.resolve("timmseg:vit_tiny_patch16_224", num_classes=4, input_size=SIZE)
+    model = sources.build(spec).eval()
     head = model.head[-1]
     res = prune_model(model, spec, "l2", iterative_steps=20, speedup=1.5)
     assert res.achieved_speedup >= 1.5 and model.head[-1] is head and head.out_channels == 4

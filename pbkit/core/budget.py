@@ -146,8 +146,9 @@ def _trim() -> None:
 
 
 def _first(text: str, width: int = 100) -> str:
+    """The first line of a warning's text, cut at ``width`` (as :func:`first_line` cuts errors)."""
     line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= width else line[: width - 1] + "…"
+    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
 
 
 def _settle(done: threading.Event, sampler: threading.Thread, target: int) -> None:

@@ -35,6 +35,9 @@ class ModelCfg(_Strict):
     input_size: int | None = Field(ge=8)
     kwargs: dict[str, Any]
     seed: int
+    # what the model is for: classify | detect | segment; null: the model's own (a user's model
+    # from a file or a pickle: classify)
+    task: Literal["classify", "detect", "segment"] | None = None
 
 
 class DatasetCfg(_Strict):

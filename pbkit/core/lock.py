@@ -16,9 +16,9 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
+from pbkit.core.clock import utc_now
 from pbkit.core.errors import PbkitError
 
 
@@ -68,7 +68,7 @@ def exclusive(
             break
         os.close(fd)
     try:
-        since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        since = utc_now()
         os.ftruncate(fd, 0)
         os.write(
             fd,

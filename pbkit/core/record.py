@@ -2,7 +2,9 @@
 
 Every figure a leaderboard or a cross-GPU comparison shows comes from these records. Later
 versions may ADD fields (readers ignore what they do not know); none is renamed or removed.
-``pbkit schema`` prints the JSON Schema.
+``pbkit schema`` prints the JSON Schema; every field the bench stage writes is declared in it,
+down to its sections (``latency[].ci``, ``memory``, ``flags``, ``gpu_compute`` and ``bench``),
+which are written with the keys given to them and read by attribute or, as before, by key.
 
 1.1: ``stages`` maps each stage (prune, finetune, export, export-tensorrt, bench) to its own facts:
 the configuration slice it ran with, the machine record and when it ran, so a model pruned on one
@@ -31,42 +33,79 @@ error, the final measured speed-up with its interval and CoV, and the realisatio
 is then the geometric mean of the sessions' medians, so the speed-up stays the ratio of the two
 medians, and ``ci`` (method: t-interval over fresh sessions) lists ``session_speedups`` and
 ``session_cis``. Points of one session read as before.
+
+1.6: ``model.origin``: where a model from outside pbkit's names comes from (a Python file and its
+builder, an import path and its package's version, a pickled module, a Python object handed to the
+API, an ultralytics checkpoint), with the sha256 that identifies it; ``model.source`` names that
+kind and ``model.weights`` may be ``given`` (a pickled module's own weights).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
-from pbkit.core.errors import PbkitError
+from pbkit.core.errors import PbkitError, first_line
 from pbkit.core.fileio import atomic_write_json
 
-SCHEMA_VERSION = "1.5"
+SCHEMA_VERSION = "1.6"
 RECORD_NAME = "record.json"
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # fields it does not know are kept (later versions add them); a number is finite (JSON has
+    # no NaN or Infinity: a record holding one would not be JSON)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+class ModelOrigin(_Open):
+    """Where a model from outside pbkit's names comes from (1.6): a file and its builder, an import
+    path and its package, a pickled module or a Python object, an ultralytics checkpoint."""
+
+    kind: str  # file | import | pickle | object | ultralytics-checkpoint
+    path: str | None = None  # the .py or .pt file, absolute
+    sha256: str | None = None  # of that file (object: of the module's architecture and weights)
+    function: str | None = None  # the builder the file or module defines
+    module: str | None = None  # the import path
+    package: str | None = (
+        None  # the installed distribution that provides the module, and its version
+    )
+    version: str | None = None
+    class_name: str | None = None  # the model's class
+    arch: dict[str, Any] | None = None  # an ultralytics checkpoint's model yaml
 
 
 class ModelInfo(_Open):
     name: str
-    source: str
+    source: str  # pbkit | torchvision | timm | ultralytics | file | import | pickle | object
     family: str
     input_size: int
     num_classes: int
     kwargs: dict[str, Any] = {}
-    weights: str  # random | pretrained | checkpoint | trained
+    # random | pretrained | checkpoint | trained | given (a pickled module's or object's own)
+    weights: str
     weights_path: str | None = None
     weights_sha256: str
     seed: int = 0
     task: str = "classify"  # classify | detect | segment (1.0 records: detect for the yolo family)
-    notes: dict[
-        str, Any
-    ] = {}  # the task's facts about its heads (segmentation: the auxiliary head dropped)
+    # the task's facts about its heads (segmentation: the auxiliary head dropped)
+    notes: dict[str, Any] = {}
+    origin: ModelOrigin | None = None  # a model from outside pbkit's names (1.6)
 
     @model_validator(mode="before")
     @classmethod
@@ -142,6 +181,195 @@ class Accuracy(_Open):
     ] = {}  # the task's other metrics: {pixel_acc: {base, pruned, finetuned}}
 
 
+class _Section(_Open):
+    """A record section whose fields are declared (``pbkit schema`` lists them) but whose keys vary
+    with what wrote it (a backend's flags, a GPU's memory figures, how an interval was made): it
+    is written as it was given, with the keys given in their order and no others, so a record
+    reads and writes back unchanged. Unknown (later) keys are kept. Read by attribute, or by key
+    as the dict it was before 1.6 (``p.ci["stop"]``, ``(p.ci or {}).get("sessions")``)."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+    _order: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_order(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        section = handler(data)
+        if isinstance(data, dict) and isinstance(section, _Section):
+            section._order = list(data)
+        return section
+
+    @model_serializer(mode="wrap")
+    def _as_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        return {k: out[k] for k in self.keys() if k in out}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.model_fields_set
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __len__(self) -> int:
+        return len(self.model_fields_set)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self else default
+
+    def keys(self) -> list[str]:
+        return list(dict.fromkeys([*self._order, *sorted(self.model_fields_set)]))
+
+    def values(self) -> list[Any]:
+        return [getattr(self, k) for k in self.keys()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+
+class GpuCompute(_Section):
+    """A GPU point's CUDA-event statistics of the engine call alone (ms)."""
+
+    median_ms: float | None = None
+    """The median; over attempts the median of theirs, over sessions the geometric mean."""
+    mean_ms: float | None = None
+    min_ms: float | None = None
+    p90_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    std_ms: float | None = None
+    cov: float | None = None
+    n: int | None = None
+    medians_ms: list[float] | None = None
+    """Each attempt's median (one session)."""
+    session_medians_ms: list[float] | None = None
+    """Each session's median (several sessions, 1.5)."""
+
+
+class Memory(_Section):
+    """What a runner took while it was built and warmed up (bytes); the first session's."""
+
+    rss_before_bytes: int | None = None
+    nvml_used_before_bytes: int | None = None
+    """GPU: NVML used memory before (null: no NVML handle)."""
+    torch_allocated_before_bytes: int | None = None
+    rss_peak_bytes: int | None = None
+    """The process RSS peak, sampled every 5 ms."""
+    rss_after_bytes: int | None = None
+    samples: int | None = None
+    """How many times the sampler looked."""
+    nvml_used_peak_bytes: int | None = None
+    nvml_used_after_bytes: int | None = None
+    torch_peak_allocated_bytes: int | None = None
+    torch_peak_reserved_bytes: int | None = None
+    nvml: str | None = None
+    """Why the NVML figures are missing."""
+    engine_device_memory_bytes: int | None = None
+    """TensorRT: the engine's device memory."""
+    plan_bytes: int | None = None
+    """TensorRT: the plan file's size."""
+
+
+class Flags(_Section):
+    """How a point ran: the runner's options, as the backend set them."""
+
+    pinned_core: int | None = None
+    """The core the measuring thread was pinned to (CPU, one thread)."""
+    channels_last: bool | None = None
+    inference_mode: bool | None = None
+    compile_mode: str | None = None
+    mode: str | None = None
+    """torch-cuda: eager | graph | compile."""
+    cuda_graph: bool | None = None
+    io_binding: bool | None = None
+    data_transfers: bool | None = None
+    """The query copies its input to the device and its outputs back."""
+    sync: str | None = None
+    tf32: bool | None = None
+    provider: str | None = None
+    """ONNX Runtime: the execution provider that ran it."""
+    providers: list[str] | None = None
+    graph_optimization: str | None = None
+    trt_fp16_enable: bool | None = None
+    engine_cache: str | None = None
+    engine_cache_hit: bool | None = None
+    timing_cache: bool | None = None
+    engine: str | None = None
+    tensorrt: str | None = None
+    """The TensorRT version."""
+    profile: int | None = None
+    """The TensorRT optimization profile of the batch."""
+
+
+class CiInfo(_Section):
+    """How a speed-up's interval was made and why measuring stopped (1.2)."""
+
+    method: str | None = None
+    """paired block bootstrap (percentile) | t-interval over fresh sessions (log speed-ups)."""
+    confidence: float | None = None
+    draws: int | None = None
+    """Bootstrap draws (one session)."""
+    sessions: int | None = None
+    """Fresh sessions measured (1.5)."""
+    session_speedups: list[float] | None = None
+    """Each session's speed-up (1.5)."""
+    session_cis: list[list[float] | None] | None = None
+    """Each session's own interval (1.5)."""
+    blocks: int | None = None
+    """Block pairs (dense and pruned alternating)."""
+    block_s: float | None = None
+    relative_half_width: float | None = None
+    target: float | None = None
+    """bench.ci_target (null: none)."""
+    stop: str | None = None
+    """ci (the target was met) | budget (max_time_s spent) | time (no target)."""
+    met: bool | None = None
+
+
+class BenchGpu(_Section):
+    """The GPU a bench measured on."""
+
+    index: int | None = None
+    name: str | None = None
+    uuid: str | None = None
+
+
+class BenchInfo(_Section):
+    """How the latest bench measured: its settings (bench.quick applied; ``min_time_s``,
+    ``min_iters`` and ``max_time_s`` are the CPU's, ``gpu_*`` the GPU's) and its machine."""
+
+    channels_last: bool | None = None
+    compile_mode: str | None = None
+    memory: bool | None = None
+    warmup_s: float | None = None
+    warmup_iters: int | None = None
+    min_time_s: float | None = None
+    min_iters: int | None = None
+    gpu_min_time_s: float | None = None
+    gpu_min_iters: int | None = None
+    sessions: int | None = None
+    """Fresh sessions per point at least (1.5)."""
+    session_warmup_iters: int | None = None
+    rounds: int | None = None
+    cov_limit: float | None = None
+    max_repeats: int | None = None
+    block_s: float | None = None
+    ci_target: float | None = None
+    confidence: float | None = None
+    max_time_s: float | None = None
+    gpu_max_time_s: float | None = None
+    quick: bool | None = None
+    threads: int | None = None
+    measured_utc: str | None = None
+    host: dict[str, Any] | None = None
+    """The machine's host facts (as ``env.host``)."""
+    cpu_state: dict[str, Any] | None = None
+    """Load, frequency and steal time before and after the measurement (1.2)."""
+    gpu: BenchGpu | None = None
+
+
 class LatencyPoint(_Open):
     backend: str
     device: str
@@ -172,15 +400,12 @@ class LatencyPoint(_Open):
     medians_ms: list[float] = []
     spread_ms: float = 0.0
     # the figures above are host wall clock, end to end; on a GPU also the engine call alone:
-    gpu_compute: dict[str, Any] | None = None  # CUDA-event statistics (median_ms, p99_ms, cov, ...)
+    gpu_compute: GpuCompute | None = None  # CUDA-event statistics (median_ms, p99_ms, cov, ...)
     gpu_speedup_vs_dense: float | None = None
     throttle_reasons: list[str] = []  # GPU throttle reasons other than idle seen while measuring
-    flags: dict[
-        str, Any
-    ] = {}  # how it ran: cuda_graph, io_binding, channels_last, compile_mode, ...
-    memory: dict[str, Any] | None = (
-        None  # NVML used before/peak/after, torch peaks, RSS, engine bytes
-    )
+    # how it ran: cuda_graph, io_binding, channels_last, compile_mode, ...
+    flags: Flags = Field(default_factory=Flags)
+    memory: Memory | None = None  # NVML used before/peak/after, torch peaks, RSS, engine bytes
     input_shape: list[int] = []
     dtype: str | None = None
     # how well the figures are known (1.2; absent in older records): the 95% interval of the
@@ -190,9 +415,23 @@ class LatencyPoint(_Open):
     # (counted, kept)
     speedup_ci: list[float] | None = None
     median_ci: list[float] | None = None
-    ci: dict[str, Any] | None = None
+    ci: CiInfo | None = None
     outliers: dict[str, int] | None = None
     blocks: int | None = None
+    # a point measured over several fresh sessions (1.5; absent otherwise): median_ms is the
+    # geometric mean of the sessions' medians, pooled_median_ms the median of all their samples
+    pooled_median_ms: float | None = None
+    session_medians_ms: list[float] | None = None
+    sessions: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _sessions_where_measured(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A point of one session is written as before 1.5: without the sessions' fields."""
+        out: dict[str, Any] = handler(self)
+        for k in ("pooled_median_ms", "session_medians_ms", "sessions"):
+            if out.get(k) is None:
+                out.pop(k, None)
+        return out
 
 
 class Parity(_Open):
@@ -254,7 +493,7 @@ class Record(_Open):
     artifacts: dict[str, Any] = {}
     latency: list[LatencyPoint] = []
     parity: list[Parity] = []
-    bench: dict[str, Any] | None = None
+    bench: BenchInfo | None = None
     env: dict[str, Any]  # the machine of the latest stage (each stage keeps its own in stages)
     config: dict[str, Any]  # the resolved configuration, as the latest stage ran it
 
@@ -288,10 +527,30 @@ def validate(data: dict[str, Any], where: str = "record") -> Record:
 def write(run_dir: str | Path, rec: Record) -> Path:
     """Validate and write ``record.json`` atomically, as a record of this schema version (a record
     read from an older version is written in the current layout)."""
-    data = rec.model_dump(mode="json")
+    data = finite(rec.model_dump(mode="json"))
     data["schema_version"] = SCHEMA_VERSION
     validate(data)
     return atomic_write_json(Path(run_dir) / RECORD_NAME, data)
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite number in its free-form parts (a diverged training
+    loss in a history) as None: JSON has no such numbers. A declared number that is not finite
+    is refused by validation instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+MAX_RECORD_BYTES = 64 << 20  # a record is kilobytes; past this a file is not one
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def read(run_dir: str | Path) -> Record:
@@ -302,10 +561,18 @@ def read(run_dir: str | Path) -> Record:
         raise PbkitError(
             f"no record at {str(path)!r} (is this a run folder made by `pbkit prune`?)"
         )
+    size = path.stat().st_size
+    if size > MAX_RECORD_BYTES:
+        raise PbkitError(
+            f"{str(path)!r} is {size / (1 << 20):.0f} MiB; a record is at most "
+            f"{MAX_RECORD_BYTES >> 20} MiB (this is not one)"
+        )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PbkitError(f"{str(path)!r} is not valid JSON ({e})") from e
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise PbkitError(f"{str(path)!r} is not valid JSON ({first_line(e)})") from e
+    if not isinstance(data, dict):
+        raise PbkitError(f"{str(path)!r} is not a record: a record is a JSON object")
     major = str(data.get("schema_version", "")).split(".")[0]
     if major != SCHEMA_VERSION.split(".")[0]:
         raise PbkitError(

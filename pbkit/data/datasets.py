@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from pbkit.core.config import DatasetCfg
 from pbkit.core.errors import PbkitError, choices_error
+from pbkit.data import memory
 from pbkit.data import segmentation as seg
 from pbkit.data.bundle import DataBundle
 from pbkit.data.detection import coco, detection
@@ -305,13 +306,16 @@ def load(
     ``num_classes`` only shapes ``synthetic`` (to match a model)."""
     if name.endswith((".yaml", ".yml")):
         return detection(name, image_size)
-    if name not in DATASETS:
+    if name.startswith(memory.PREFIX):
+        bundle = memory.load(name)
+    elif name not in DATASETS:
         raise choices_error("dataset", name, list(DATASETS))
-    root = str(Path(root or DEFAULT_ROOT).expanduser())
-    extra = {"num_classes": num_classes} if name == "synthetic" and num_classes else {}
-    bundle = DATASETS[name].loader(
-        root=root, image_size=image_size, seed=seed, download=download, **extra
-    )
+    else:
+        root = str(Path(root or DEFAULT_ROOT).expanduser())
+        extra = {"num_classes": num_classes} if name == "synthetic" and num_classes else {}
+        bundle = DATASETS[name].loader(
+            root=root, image_size=image_size, seed=seed, download=download, **extra
+        )
     if bundle.task == "detect":
         return bundle
     bundle.train = _limit(bundle.train, train_limit)  # type: ignore[arg-type]

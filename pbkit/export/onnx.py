@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pbkit.core.errors import PbkitError
+from pbkit.core.errors import PbkitError, first_line
 from pbkit.core.fileio import atomic_write, sha256_file
 from pbkit.models import counts
 from pbkit.models.outputs import output_tensors
@@ -51,9 +51,7 @@ def to_onnx(
 
             atomic_write(path, write)
         except Exception as e:  # exporter failures come in many types; try the next exporter
-            errors.append(
-                f"{kind}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-            )
+            errors.append(f"{kind}: {first_line(e)}")
             continue
         import onnx
 

@@ -26,7 +26,8 @@ def read_file(path: str | Path, trust: bool = False) -> Any:
         if "Unsupported global" in str(e):
             raise PbkitError(
                 f"checkpoint {str(path)!r} holds pickled Python objects, which pbkit does not "
-                "load by default; if you trust the file set model.trust_checkpoint=true"
+                "load by default (unpickling runs code from the file); if you trust it, pass "
+                "--trust (model.trust_checkpoint=true)"
             ) from e
         raise PbkitError(
             f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})"

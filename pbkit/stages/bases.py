@@ -20,7 +20,7 @@ from pbkit.core.fileio import ensure_writable_dir, sha256_file
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec, build, checkpoint, weights
 from pbkit.stages import distributed
-from pbkit.stages.rundir import slug, teacher_file, trained_fields, trains_base
+from pbkit.stages.rundir import dataset_fields, slug, teacher_file, trained_fields, trains_base
 from pbkit.tasks import Task
 
 Weights = dict[str, Any]  # weights, weights_path, weights_sha256 (record.ModelInfo fields)
@@ -53,10 +53,15 @@ def _obtain(
     dev: torch.device,
 ) -> tuple[nn.Module, Weights, dict[str, Any] | None]:
     m = cfg.model
-    if m.weights == "checkpoint":
-        assert m.checkpoint is not None  # the run's identity checked it
-        model = checkpoint.load_base(spec, m.checkpoint, trust=m.trust_checkpoint, seed=m.seed)
-        path = str(Path(m.checkpoint).expanduser().resolve())
+    origin = spec.origin
+    if m.weights == "checkpoint" or (
+        origin is not None and origin.kind == "ultralytics-checkpoint" and m.weights == "random"
+    ):  # (an ultralytics checkpoint given as the model brings its weights)
+        file = m.checkpoint if m.weights == "checkpoint" else (origin.path if origin else None)
+        assert file is not None  # the run's identity checked it
+        trust = m.trust_checkpoint
+        model = checkpoint.load_base(spec, file, trust=trust, seed=m.seed)
+        path = str(Path(file).expanduser().resolve())
         return (
             model,
             {"weights": "checkpoint", "weights_path": path, "weights_sha256": sha256_file(path)},
@@ -74,29 +79,32 @@ def _obtain(
             None,
         )
     model = build(spec, seed=m.seed)
+    # a pickled module or a Python object comes with its own weights
+    given = "given" if origin is not None and origin.pickled else "random"
     if bundle is None or not trains_base(cfg):
         return (
             model,
             {
-                "weights": "random",
+                "weights": given,
                 "weights_path": None,
                 "weights_sha256": weights.state_sha256(model),
             },
             None,
         )
+    arch = spec.to_dict()
+    if origin is not None:  # what the source is, not where it lies
+        arch["origin"] = origin.identity()
     key = json.dumps(
         {
-            "spec": spec.to_dict(),
+            "spec": arch,
             "seed": m.seed,
-            "dataset": _data_key(cfg),
+            "dataset": dataset_fields(cfg),
             "recipe": trained_fields(cfg, cfg.base),
         },
         sort_keys=True,
     )
-    path = (
-        bases_dir
-        / f"{slug(spec.name)}__{bundle.name}__{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = bases_dir / f"{slug(spec.label)}__{bundle.name}__{digest}.pt"
     ensure_writable_dir(bases_dir)
     with lock.exclusive(
         bases_dir / f".{path.name}.lock",
@@ -104,7 +112,7 @@ def _obtain(
     ):
         if path.is_file():
             note(f"reusing base model {path}", quiet)
-            model, _, extra = checkpoint.load_model(path)
+            model, _, extra = checkpoint.load_model(path, trust=m.trust_checkpoint)
             return model, _trained(path), extra.get("training")
         steps = Steps(
             f"training base {spec.name} on {bundle.name}{distributed.label(cfg)}",
@@ -127,15 +135,6 @@ def _obtain(
     return model, _trained(path), history
 
 
-def _data_key(cfg: config.Config) -> dict[str, Any]:
-    """The dataset settings that decide a base (loader processes and pinning do not; persistent
-    workers do: they change the data order from the second epoch)."""
-    d = cfg.dataset.model_dump(exclude={"root", "workers", "pin_memory", "persistent_workers"})
-    if cfg.dataset.persistent_workers and cfg.dataset.workers:
-        d["persistent_workers"] = True
-    return d
-
-
 def teacher(
     cfg: config.Config, dense: Callable[[], nn.Module], dev: torch.device | None = None
 ) -> nn.Module | None:
@@ -144,7 +143,11 @@ def teacher(
     kd = cfg.finetune.kd
     if not kd.enabled:
         return None
-    model = checkpoint.load_model(teacher_file(kd.teacher))[0] if kd.teacher else dense()
+    model = (
+        checkpoint.load_model(teacher_file(kd.teacher), cfg.model.trust_checkpoint)[0]
+        if kd.teacher
+        else dense()
+    )
     model.to(dev or torch.device("cpu")).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -131,7 +131,7 @@ def _train_across(
         }
         (folder / "job.json").write_text(json.dumps(job))
         _launch(d, backend, folder, cfg.device, what, on_epoch)
-        trained, _, extra = checkpoint.load_model(folder / "trained.pt")
+        trained, _, extra = checkpoint.load_model(folder / "trained.pt", cfg.model.trust_checkpoint)
         model.load_state_dict(trained.state_dict())
         model.to(home)
         history: dict[str, Any] = extra["training"]
@@ -200,11 +200,10 @@ def _launch(
         cmd, d.nproc_per_node, on_epoch, tmp=folder
     )  # torchrun's files go with the job
     if code != 0 or not (folder / "trained.pt").is_file():
-        cause = (
-            error
-            or _torchrun_cause(tail)
-            or (tail[-1] if tail else f"torchrun ended with exit code {code}")
-        )
+        died = _torchrun_cause(tail)
+        # a rank killed by a signal is the cause; the others' errors (a reset connection) follow it
+        first = died if died and "(SIG" in died else error or died
+        cause = first or (tail[-1] if tail else f"torchrun ended with exit code {code}")
         raise PbkitError(
             f"{what} across {d.world_size} processes failed: {cause}; nothing of it was written"
         )
@@ -257,15 +256,17 @@ _SIGNALS = {int(s): s.name for s in signal.Signals}
 
 def _torchrun_cause(tail: list[str]) -> str | None:
     """'rank 1 ended with exit code -9 (SIGKILL)' from torchrun's failure summary, if it printed
-    one."""
+    one: a rank killed by a signal where one was, else the first failure listed."""
     text = "\n".join(tail)
-    rank = re.search(r"rank\s*:\s*(\d+)", text)
-    code = re.search(r"exitcode\s*:\s*(-?\d+)", text)
-    if rank is None or code is None:
+    ranks = re.findall(r"rank\s*:\s*(\d+)", text)
+    codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", text)]
+    failures = list(zip(ranks, codes, strict=False))
+    if not failures:
         return None
-    c = int(code.group(1))
+    # a rank killed by a signal before one that failed after it (the summary lists either first)
+    rank, c = next(((r, c) for r, c in failures if c < 0), failures[0])
     sig = f" ({_SIGNALS.get(-c, 'signal ' + str(-c))})" if c < 0 else ""
-    return f"rank {rank.group(1)} ended with exit code {c}{sig}"
+    return f"rank {rank} ended with exit code {c}{sig}"
 
 
 # ------------------------------------------------------------------------------------------ a rank
@@ -327,10 +328,11 @@ def _rank_main(job_dir: Path | None, backend: str, timeout_s: float, device_name
         with tempfile.TemporaryDirectory(prefix="pbkit-rank-") as tmp:
             for name, data in files.items():
                 (Path(tmp) / name).write_bytes(data)
-            model, spec, _ = checkpoint.load_model(Path(tmp) / "model.pt")
+            trust = cfg.model.trust_checkpoint  # (the files are pbkit's own, written for this job)
+            model, spec, _ = checkpoint.load_model(Path(tmp) / "model.pt", trust)
             teacher = None
             if "teacher.pt" in files:
-                teacher = checkpoint.load_model(Path(tmp) / "teacher.pt")[0].to(dev).eval()
+                teacher = checkpoint.load_model(Path(tmp) / "teacher.pt", trust)[0].to(dev).eval()
         model.to(dev)
         bundle = configured(cfg.dataset, cfg.model.num_classes)
         assert bundle is not None

@@ -66,7 +66,9 @@ def to_onnx(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool) 
     checks: list[record.Parity] = []
     steps = Steps("exporting to ONNX", len(VARIANTS), quiet)
     for i, variant in enumerate(VARIANTS):
-        model, spec, _ = checkpoint.load_model(model_file(run_dir, rec, variant))
+        model, spec, _ = checkpoint.load_model(
+            model_file(run_dir, rec, variant), cfg.model.trust_checkpoint
+        )
         onnx_info[variant] = onnx.to_onnx(
             model, spec.input_size, run_dir / ONNX_FILES[variant], e.opset, e.exporter
         )
@@ -122,7 +124,9 @@ def to_tensorrt(
             if tensorrt.needs_fp16_onnx(
                 precision, version
             ):  # TensorRT 11: a strongly typed fp16 model
-                model, spec, _ = checkpoint.load_model(model_file(run_dir, rec, variant))
+                model, spec, _ = checkpoint.load_model(
+                    model_file(run_dir, rec, variant), cfg.model.trust_checkpoint
+                )
                 onnx_path = run_dir / f"{variant}.fp16.onnx"
                 onnx.to_onnx(
                     model.half(),

@@ -37,7 +37,9 @@ def run(
     dev = device.resolve(cfg.device)
     bundle = prune.dataset(cfg)
     assert bundle is not None  # the stage runs only with a dataset (rundir.finetunes)
-    model, spec, _ = checkpoint.load_model(run_dir / MODEL_FILES[PRUNED])
+    model, spec, _ = checkpoint.load_model(
+        run_dir / MODEL_FILES[PRUNED], cfg.model.trust_checkpoint
+    )
     model.to(dev)
     task = get_task(spec.task)
     env = envinfo.collect()
@@ -52,7 +54,11 @@ def run(
         recipe = cfg.finetune.model_dump(exclude={"kd"})
         extra = {"init": "pruned"}
         teacher = bases.teacher(
-            cfg, lambda: checkpoint.load_model(run_dir / MODEL_FILES[DENSE])[0], dev
+            cfg,
+            lambda: checkpoint.load_model(run_dir / MODEL_FILES[DENSE], cfg.model.trust_checkpoint)[
+                0
+            ],
+            dev,
         )
         title = f"finetuning {recipe['epochs']} epochs" + (
             " with distillation" if teacher is not None else ""

@@ -9,6 +9,7 @@ restored when it returns (``isolated``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,48 +81,32 @@ def _bench(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool) -
 
 
 def _bench_in_fresh_process(run_dir: Path, cfg: config.Config, quiet: bool) -> record.Record:
-    """The bench stage in a new Python process: it measures the same whatever this process did
+    """The bench stage in a new Python interpreter: it measures the same whatever this process did
     before (measured on a 2-core VM: torch-cpu's dense model ran 20.4 ms after pruning and
-    exporting in the same process and 18.5 ms in a fresh one, the speed-up 1.60x against 1.47x)."""
-    import multiprocessing as mp
+    exporting in the same process and 18.5 ms in a fresh one, the speed-up 1.60x against 1.47x).
+
+    A plain ``python -m pbkit.stages.fresh`` rather than a multiprocessing spawn: a spawned child
+    imports the caller's ``__main__`` again, which re-runs a user's script that calls
+    :func:`pbkit.prune` without an ``if __name__ == "__main__"`` guard."""
+    import subprocess
+    import sys
+    import tempfile
 
     import torch
 
     if torch.cuda.is_initialized():
         # what this process still holds on the GPU is not the models' to carry
         torch.cuda.empty_cache()
-    ctx = mp.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(
-        target=_bench_child,
-        args=(str(run_dir), cfg.model_dump(mode="json"), quiet, send),
-        name="pbkit-bench",
-    )
-    child.start()
-    send.close()
-    try:
-        message = receive.recv()
-    except EOFError:  # it ended without a word (killed): its exit code says how
-        message = None
-    child.join()
-    if message is not None or child.exitcode != 0:
-        raise PbkitError(message or f"the bench process ended with exit code {child.exitcode}")
+    with tempfile.TemporaryDirectory(prefix="pbkit-bench-") as tmp:
+        job, answer = Path(tmp) / "job.json", Path(tmp) / "answer.txt"
+        payload = {"run_dir": str(run_dir), "config": cfg.model_dump(mode="json"), "quiet": quiet}
+        job.write_text(json.dumps(payload), encoding="utf-8")
+        cmd = [sys.executable, "-m", "pbkit.stages.fresh", str(job), str(answer)]
+        code = subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False).returncode
+        message = answer.read_text(encoding="utf-8").strip() if answer.is_file() else ""
+    if message or code != 0:  # (ended without a word: killed; its exit code says how)
+        raise PbkitError(message or f"the bench process ended with exit code {code}")
     return record.read(run_dir)
-
-
-def _bench_child(run_dir: str, data: dict[str, Any], quiet: bool, send: Any) -> None:
-    """In the fresh process: measure, then send None, or the one-line reason it failed."""
-    message: str | None = None
-    try:
-        with isolated():
-            folder = Path(run_dir)
-            bench.run(folder, record.read(folder), config.validate(data, "bench config"), quiet)
-    except PbkitError as e:
-        message = str(e)
-    except BaseException as e:  # noqa: BLE001 - the parent turns it into one line
-        message = f"bench failed: {type(e).__name__}: {e}"
-    send.send(message)
-    send.close()
 
 
 def _done(run_dir: Path, rec: record.Record, stage: str, cfg: config.Config) -> bool:
@@ -144,6 +129,7 @@ def _on_run_folder(
     overrides: list[str] | tuple[str, ...],
     values: dict[str, Any] | None,
     quiet: bool,
+    trust: bool = False,
 ) -> record.Record:
     run_dir = Path(run_dir)
     if not (run_dir / record.RECORD_NAME).is_file():
@@ -153,7 +139,8 @@ def _on_run_folder(
         )
     with isolated(), rundir.locked(run_dir, quiet):
         rec = record.read(run_dir)
-        cfg = rundir.run_config(rec, overrides, values)
+        # trust is this command's to give: a record that says its run trusted a pickle grants none
+        cfg = rundir.run_config(rec, overrides, {"model.trust_checkpoint": trust, **(values or {})})
         return _STAGE_RUNNERS[stage](run_dir, rec, cfg, quiet)
 
 
@@ -162,9 +149,11 @@ def export_run(
     overrides: list[str] | tuple[str, ...] = (),
     values: dict[str, Any] | None = None,
     quiet: bool = False,
+    trust: bool = False,
 ) -> record.Record:
-    """Export an existing run (``export.*`` from its config, with these overrides)."""
-    return _on_run_folder("export", run_dir, overrides, values, quiet)
+    """Export an existing run (``export.*`` from its config, with these overrides); ``trust``: its
+    model files may hold a pickled model (a user's pickled module), which runs code to load."""
+    return _on_run_folder("export", run_dir, overrides, values, quiet, trust)
 
 
 def bench_run(
@@ -172,6 +161,8 @@ def bench_run(
     overrides: list[str] | tuple[str, ...] = (),
     values: dict[str, Any] | None = None,
     quiet: bool = False,
+    trust: bool = False,
 ) -> record.Record:
-    """Measure an existing run (``bench.*`` from its config, with these overrides)."""
-    return _on_run_folder("bench", run_dir, overrides, values, quiet)
+    """Measure an existing run (``bench.*`` from its config, with these overrides); ``trust`` as
+    for :func:`export_run`."""
+    return _on_run_folder("bench", run_dir, overrides, values, quiet, trust)

@@ -19,6 +19,7 @@ from typing import Any
 
 from pbkit import __version__
 from pbkit.core import config, device, record
+from pbkit.core.clock import utc_now
 from pbkit.core.console import Steps, note
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write_json, sha256_file
@@ -27,14 +28,14 @@ from pbkit.data import load as load_data
 from pbkit.machine import envinfo
 from pbkit.measure import backends, layers, protocol
 from pbkit.measure.backends import Backend
+from pbkit.measure.settings import for_device as bench_settings
 from pbkit.models import ModelSpec, checkpoint, counts, known_failure, resolve
 from pbkit.prune import Calibration, PruneResult, PruneSettings, prune_to_target
 from pbkit.prune.knapsack import Tools
 from pbkit.prune.latency import LatencySettings
 from pbkit.prune.methods import Method
 from pbkit.stages import bases
-from pbkit.stages import bench as bench_stage
-from pbkit.stages.rundir import DENSE, LATENCY_TABLE, MODEL_FILES, PRUNED, Plan, StageClock, utc_now
+from pbkit.stages.rundir import DENSE, LATENCY_TABLE, MODEL_FILES, PRUNED, Plan, StageClock
 from pbkit.tasks import Task
 from pbkit.tasks import get as get_task
 
@@ -43,13 +44,22 @@ def dataset(cfg: config.Config) -> DataBundle | None:
     return configured(cfg.dataset, cfg.model.num_classes)
 
 
-def resolve_spec(cfg: config.Config, bundle: DataBundle | None) -> ModelSpec:
-    """The model spec with classes and input size from the dataset where the config leaves them."""
+def resolve_spec(
+    cfg: config.Config, bundle: DataBundle | None, planned: ModelSpec | None = None
+) -> ModelSpec:
+    """The model spec with classes and input size from the dataset where the config leaves them;
+    a user's model (``planned``, as the plan resolved it) keeps the input size it was given or
+    carries (an ultralytics checkpoint's training size) over a dataset's default."""
+    size = cfg.model.input_size or cfg.dataset.image_size
+    if size is None and planned is not None and planned.origin is not None:
+        size = planned.input_size
     spec = resolve(
         cfg.model.name,
         num_classes=cfg.model.num_classes or (bundle.num_classes if bundle else None),
-        input_size=cfg.model.input_size or (bundle.image_size if bundle else None),
+        input_size=size or (bundle.image_size if bundle else None),
         kwargs=cfg.model.kwargs,
+        task=cfg.model.task,
+        trust=cfg.model.trust_checkpoint,
     )
     if bundle is not None and spec.num_classes != bundle.num_classes:
         raise PbkitError(
@@ -88,7 +98,7 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
     dev = device.resolve(cfg.device)  # a device that is not there: one line before any work
     target_backend = _latency_backend(cfg)  # a backend that is not there: one line before any work
     bundle = dataset(cfg)
-    spec = resolve_spec(cfg, bundle)
+    spec = resolve_spec(cfg, bundle, plan.spec)
     task = get_task(spec.task)
     if (why := known_failure(spec.name)) is not None:
         note(
@@ -105,7 +115,7 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
         )
     env = envinfo.collect()
     model, weights, base_training = bases.obtain(
-        cfg, spec, task, bundle, plan.run_dir.parent.parent / "bases", quiet, dev
+        cfg, spec, task, bundle, plan.bases_dir, quiet, dev
     )
     tmp = plan.run_dir.parent / f".tmp-{plan.run_id}"
     shutil.rmtree(tmp, ignore_errors=True)  # what a killed run left
@@ -129,21 +139,22 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", module="torch_pruning")
-                res, calibration = _prune(
+                res, calibration, interleave = _prune(
                     model, method, spec, task, cfg, bundle, steps, quiet, timings
                 )
             if timings is not None and timings.table_built is not None:
                 atomic_write_json(tmp / LATENCY_TABLE, timings.table_built.to_json())
-                assert res.latency is not None
-                res.latency["table"]["file"] = LATENCY_TABLE
+                assert res.latency_run is not None
+                res.latency_run.table.file = LATENCY_TABLE
         finally:
             if timings is not None:
                 timings.close()
         alignment = counts.channel_alignment(widths, counts.layer_widths(model))
+        lat = res.latency_run
         steps.close(
-            f"{res.achieved_speedup:.3f}x in MACs, {res.latency['measured_speedup']:.3f}x measured,"
+            f"{res.achieved_speedup:.3f}x in MACs, {lat.measured_speedup:.3f}x measured,"
             f" in {res.steps} steps"
-            if res.latency
+            if lat is not None
             else f"{res.achieved_speedup:.3f}x in {res.steps} steps"
         )
         acc_pruned = scores(task, model, bundle, spec, cfg)
@@ -155,6 +166,7 @@ def run(plan: Plan, quiet: bool = False) -> record.Record:
             method,
             res,
             calibration,
+            interleave,
             alignment,
             bundle,
             weights,
@@ -221,7 +233,7 @@ def _timings(cfg: config.Config, be: Backend, spec: ModelSpec, quiet: bool) -> l
         precision=p.precision,
         batch=p.batch,
         threads=cfg.bench.threads or protocol.default_threads(),
-        model_settings=bench_stage.protocol_settings(cfg, be.device),
+        model_settings=bench_settings(cfg.bench, be.device),
         input_size=spec.input_size,
         quick=cfg.bench.quick,
         exporter=cfg.export.exporter,
@@ -247,7 +259,11 @@ def _prune(
     steps: Steps,
     quiet: bool,
     timings: layers.Timings | None = None,
-) -> tuple[PruneResult, Calibration | None]:
+) -> tuple[PruneResult, Calibration | None, dict[str, Any] | None]:
+    """Prune to the target; the result, the calibration set it used and the training between
+    steps (interleaved schedule) it did."""
+    from pbkit.prune import PruneHooks, Sparsified
+
     pdata = _pruning_data(cfg, bundle, spec) if method.needs_data else None
     calibration = (
         task.calibration(pdata, cfg.prune.calibration, spec)
@@ -258,7 +274,7 @@ def _prune(
     if method.stage == "sparsify" and pdata is not None:
         sp = cfg.sparsify
 
-        def sparse_train(pruner: Any) -> dict[str, Any]:
+        def sparse_train(pruner: Any) -> Sparsified:
             recipe = {**sp.model_dump(exclude={"reg", "delta_reg"}), "weight_decay": 0.0}
             progress = Steps(
                 f"sparse training {sp.epochs} epochs ({method.regularizer}, reg {sp.reg:g})",
@@ -279,13 +295,14 @@ def _prune(
             )
             progress.close()
             model.eval()
-            return {
+            facts = {
                 **result,
                 "dataset": pdata.name,
                 "reg": sp.reg,
                 "delta_reg": sp.delta_reg,
                 "regularizer": method.regularizer,
             }
+            return Sparsified(time_s=result["time_s"], facts=facts)
 
     p = cfg.prune
     between, interleave = (
@@ -328,14 +345,15 @@ def _prune(
         num_classes=spec.num_classes,
         protected=task.protected(model, spec),
         calibration=calibration,
-        sparse_train=sparse_train,
-        on_step=lambda i, s: steps.update(i, f"{s:.3f}x"),
-        between_steps=between,
-        name=spec.name,
-        latency_tools=tools,
-        on_text=steps.update,
+        hooks=PruneHooks(
+            sparse_train=sparse_train,
+            between_steps=between,
+            on_step=lambda i, s: steps.update(i, f"{s:.3f}x"),
+            on_text=steps.update,
+            latency_tools=tools,
+            name=spec.name,
+        ),
     )
-    res.interleave = interleave
     if res.held_fixed:
         note(
             f"note: the dependency graph could not follow {len(res.held_fixed)} attention blocks of"
@@ -344,7 +362,7 @@ def _prune(
             " projections read them), the rest pruned (method.held_fixed in the record)",
             quiet,
         )
-    return res, calibration
+    return res, calibration, interleave
 
 
 def _interleaved(
@@ -433,6 +451,7 @@ def _record(
     method: Method,
     res: PruneResult,
     calibration: Calibration | None,
+    interleave: dict[str, Any] | None,
     alignment: dict[str, Any],
     bundle: DataBundle | None,
     weights: dict[str, Any],
@@ -463,6 +482,7 @@ def _record(
             seed=cfg.model.seed,
             task=spec.task,
             notes=notes,
+            origin=None if spec.origin is None else record.ModelOrigin(**spec.origin.to_dict()),
             **weights,
         ),
         method=record.MethodInfo(
@@ -484,12 +504,12 @@ def _record(
             data=method.data,
             regularizer=method.regularizer,
             calibration=calibration.info if calibration is not None else None,
-            sparsify=res.sparsify,
-            reg_time_s=res.sparsify["time_s"] if res.sparsify else None,
+            sparsify=res.sparsified.facts if res.sparsified else None,
+            reg_time_s=res.sparsified.time_s if res.sparsified else None,
             schedule=cfg.prune.schedule,
-            interleave=res.interleave,
+            interleave=interleave,
             target=cfg.prune.target,
-            latency=res.latency,
+            latency=res.latency_run.to_json() if res.latency_run else None,
         ),
         counts=record.Counts(
             macs_base=res.macs_base,

@@ -25,15 +25,16 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pbkit import __version__
 from pbkit.core import config, lock, record
+from pbkit.core.clock import utc_now
 from pbkit.core.console import note
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import ensure_writable_dir, sha256_file
+from pbkit.models.spec import ModelSpec
 from pbkit.prune.methods import Method
 
 DENSE, PRUNED = "dense", "pruned"
@@ -54,10 +55,6 @@ STAGE_SECTIONS = {
     "bench": ("bench",),
 }
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def slug(text: str) -> str:
@@ -98,8 +95,12 @@ def trained_fields(cfg: config.Config, section: Any, **dump: Any) -> dict[str, A
 LATENCY_KEYS = ("target", "backend", "batch", "precision", "latency")
 
 
-def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
-    """Everything that determines the run's result, and nothing else."""
+def identity_fields(
+    cfg: config.Config, method: Method, spec: ModelSpec | None = None
+) -> dict[str, Any]:
+    """Everything that determines the run's result, and nothing else. A model from outside pbkit's
+    names is named by its source's content (``origin``: a file's sha256, a package's version), not
+    by where it lies (``spec``: the resolved model; resolved here when not given)."""
     m, d, p = cfg.model, cfg.dataset, cfg.prune
     model: dict[str, Any] = {
         "name": m.name,
@@ -109,6 +110,11 @@ def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
         "kwargs": m.kwargs,
         "seed": m.seed,
     }
+    if m.task is not None:  # (absent when not set, so ids made before it existed still hold)
+        model["task"] = m.task
+    origin = (spec or resolve_model(cfg)).origin
+    if origin is not None:
+        model["origin"] = origin.identity()
     if m.weights == "checkpoint":
         if not m.checkpoint:
             raise PbkitError(
@@ -122,17 +128,7 @@ def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
         model["pretrained_from"] = _library(m.name)
     fields: dict[str, Any] = {"model": model}
     if d.name:
-        fields["dataset"] = {
-            "name": d.name,
-            "image_size": d.image_size,
-            "train_limit": d.train_limit,
-            "test_limit": d.test_limit,
-            "seed": d.seed,
-        }
-        if (
-            d.persistent_workers and d.workers
-        ):  # one seed fewer drawn per epoch: another data order from epoch 2
-            fields["dataset"]["persistent_workers"] = True
+        fields["dataset"] = dataset_fields(cfg)
     if trains_base(cfg):
         fields["base"] = trained_fields(cfg, cfg.base)
     prune = p.model_dump(
@@ -181,6 +177,41 @@ def identity_fields(cfg: config.Config, method: Method) -> dict[str, Any]:
     return fields
 
 
+def dataset_fields(cfg: config.Config) -> dict[str, Any]:
+    """The dataset settings that decide a result (a run's, a base's): which data, at which size,
+    how much of it, split by which seed. Where it lies, the loader processes and pinning do not;
+    persistent workers do (one seed fewer drawn per epoch: another data order from epoch 2)."""
+    d = cfg.dataset
+    out: dict[str, Any] = {
+        "name": d.name,
+        "image_size": d.image_size,
+        "train_limit": d.train_limit,
+        "test_limit": d.test_limit,
+        "seed": d.seed,
+    }
+    if d.persistent_workers and d.workers:
+        out["persistent_workers"] = True
+    return out
+
+
+def resolve_model(cfg: config.Config) -> ModelSpec:
+    """The configuration's model, resolved with what the configuration and, where they leave it
+    open, the named dataset's registry entry say (classes, input size); before any data is read."""
+    from pbkit.data import DATASETS
+    from pbkit.models import resolve
+
+    m, d = cfg.model, cfg.dataset
+    entry = DATASETS.get(d.name) if d.name else None
+    return resolve(
+        m.name,
+        num_classes=m.num_classes or (entry.num_classes if entry else None),
+        input_size=m.input_size or d.image_size or (entry.image_size if entry else None),
+        kwargs=m.kwargs,
+        task=m.task,
+        trust=m.trust_checkpoint,
+    )
+
+
 def teacher_file(path: str) -> Path:
     """finetune.kd.teacher, which must exist."""
     file = Path(path).expanduser()
@@ -211,7 +242,9 @@ def identity_hash(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run_id_for(cfg: config.Config, digest: str) -> str:
+def run_id_for(cfg: config.Config, digest: str, label: str | None = None) -> str:
+    """The run's folder name: ``run_id`` when set, else ``<model>-<method>-<scope>-<x>x-<hash>``
+    (``label``: the model's short name, for a path or an import path)."""
     if cfg.run_id:
         if not _RUN_ID.fullmatch(cfg.run_id):
             raise PbkitError(
@@ -221,7 +254,15 @@ def run_id_for(cfg: config.Config, digest: str) -> str:
     p = cfg.prune
     target = "" if p.target == "macs" else f"-{p.backend}"  # a measured speed-up names its backend
     short = digest[:ID_HASH_CHARS]
-    return f"{slug(cfg.model.name)}-{p.method}-{p.scope}-{p.speedup:g}x{target}-{short}"
+    return f"{slug(label or cfg.model.name)}-{p.method}-{p.scope}-{p.speedup:g}x{target}-{short}"
+
+
+BASES = "bases"
+
+
+def bases_dir(runs: Path) -> Path:
+    """The bases folder of a runs folder (``results/runs`` -> ``results/bases``)."""
+    return runs.parent / BASES
 
 
 def lock_path(run_dir: Path) -> Path:
@@ -248,10 +289,17 @@ class Plan:
     method: Method
     identity: record.Identity
     run_dir: Path
+    spec: ModelSpec  # the model as resolved before any work (defaults filled in, not the data's)
 
     @property
     def run_id(self) -> str:
         return self.run_dir.name
+
+    @property
+    def bases_dir(self) -> Path:
+        """Where trained bases are kept by hash: ``bases/`` beside the runs folder (a study's
+        workers keep theirs the same way under their work folder)."""
+        return bases_dir(self.run_dir.parent)
 
     def existing(self) -> record.Record | None:
         """The record of this run if its folder holds one; an error if the folder holds something
@@ -298,24 +346,18 @@ class Plan:
 
 
 def plan(cfg: config.Config) -> Plan:
-    """Resolve names and compute the run's identity and folder; fails before any work."""
-    from pbkit.models import resolve
+    """Resolve names and compute the run's identity and folder; fails before any work (and before
+    anything is written)."""
     from pbkit.prune import methods
 
     methods.get(cfg.prune.method)  # a typo fails first, before the model is even looked up
-    spec = resolve(
-        cfg.model.name,
-        num_classes=cfg.model.num_classes,
-        input_size=cfg.model.input_size,
-        kwargs=cfg.model.kwargs,
-    )
+    spec = resolve_model(cfg)
     method = methods.get(cfg.prune.method, spec.family)
-    fields = identity_fields(cfg, method)
+    fields = identity_fields(cfg, method, spec)
     digest = identity_hash(fields)
     out = ensure_writable_dir(cfg.out)
-    return Plan(
-        cfg, method, record.Identity(hash=digest, fields=fields), out / run_id_for(cfg, digest)
-    )
+    run_dir = out / run_id_for(cfg, digest, spec.label)
+    return Plan(cfg, method, record.Identity(hash=digest, fields=fields), run_dir, spec)
 
 
 # ------------------------------------------------------------------------------------------------

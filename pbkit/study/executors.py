@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pbkit.core import runtime
-from pbkit.core.errors import PbkitError
+from pbkit.core.errors import PbkitError, first_line
 from pbkit.study import worker
 from pbkit.study.spec import Resources
 
@@ -120,9 +120,7 @@ class RayExecutor(Executor):
                 )
             except (ConnectionError, ValueError, RuntimeError) as e:
                 where = self.address or "a local Ray"
-                raise PbkitError(
-                    f"could not start or reach {where}: {str(e).splitlines()[0]}"
-                ) from e
+                raise PbkitError(f"could not start or reach {where}: {first_line(e)}") from e
             finally:
                 ray_log.setLevel(level)
             self._started_here = True
@@ -183,13 +181,9 @@ class RayExecutor(Executor):
         try:
             return job, ray.get(ref)
         except Exception as e:  # the worker died on every attempt, or Ray lost the task
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             return job, {
                 "status": "failed",
-                "error": (
-                    f"worker lost after {self.max_retries + 1} attempts: "
-                    f"{type(e).__name__}: {first}"
-                )[:400],
+                "error": f"worker lost after {self.max_retries + 1} attempts: {first_line(e)}",
                 "attempt": self.max_retries + 1,
             }
 

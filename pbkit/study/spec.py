@@ -36,7 +36,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pbkit.core import config
 from pbkit.core.errors import PbkitError
-from pbkit.models import resolve
 from pbkit.prune import methods
 from pbkit.report import setups
 from pbkit.stages import rundir
@@ -199,12 +198,7 @@ def expand(spec: StudyFile, shared: dict[str, Any], explicit: set[str]) -> list[
 
 
 def _trial(index: int, point: dict[str, Any], cfg: config.Config) -> Trial:
-    spec = resolve(
-        cfg.model.name,
-        num_classes=cfg.model.num_classes,
-        input_size=cfg.model.input_size,
-        kwargs=cfg.model.kwargs,
-    )
+    spec = rundir.resolve_model(cfg)
     method = methods.get(cfg.prune.method)  # an unknown name is an error of the whole study
     skip = None
     if spec.family not in method.families:
@@ -212,7 +206,7 @@ def _trial(index: int, point: dict[str, Any], cfg: config.Config) -> Trial:
             f"{method.key} does not apply to {spec.family} models (it applies to"
             f" {', '.join(method.families)})"
         )
-    fields = rundir.identity_fields(cfg, method)
+    fields = rundir.identity_fields(cfg, method, spec)
     digest = rundir.identity_hash(fields)
     base_key = (
         rundir.identity_hash(
@@ -222,5 +216,11 @@ def _trial(index: int, point: dict[str, Any], cfg: config.Config) -> Trial:
         else None
     )
     return Trial(
-        index, point, cfg, digest, rundir.run_id_for(cfg, digest), skip=skip, base_key=base_key
+        index,
+        point,
+        cfg,
+        digest,
+        rundir.run_id_for(cfg, digest, spec.label),
+        skip=skip,
+        base_key=base_key,
     )

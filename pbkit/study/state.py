@@ -4,21 +4,17 @@ each trial, so a killed driver leaves it valid and a rerun knows what is done.""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pbkit.core import record
+from pbkit.core.clock import utc_now
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write_json
 
 FORMAT = "pbkit-study/1"
 STATE_NAME = "study.json"
 STATUSES = ("done", "failed", "skipped", "pending")
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def read(study_dir: str | Path) -> dict[str, Any]:

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from pbkit.core import config
-from pbkit.core.errors import PbkitError
+from pbkit.core.clock import utc_now
+from pbkit.core.errors import PbkitError, first_line
 from pbkit.core.fileio import atomic_write
 from pbkit.core.runtime import isolated
-from pbkit.study.state import utc_now
 
 
 def node_id() -> str:
@@ -45,8 +45,7 @@ def _where() -> dict[str, Any]:
 def _one_line(e: BaseException) -> str:
     if isinstance(e, PbkitError):
         return str(e)
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"internal error: {type(e).__name__}: {first}"
+    return f"internal error: {first_line(e)}"
 
 
 def _place_base(root: Path, base: tuple[str, bytes] | None) -> None:
