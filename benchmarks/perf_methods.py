@@ -27,7 +27,7 @@ from pbkit.core.config import CalibrationCfg
 from pbkit.core.fileio import atomic_write_json, atomic_write_text
 from pbkit.machine import envinfo
 from pbkit.models import counts
-from pbkit.prune import methods
+from pbkit.pruning import methods
 
 GOAL = 10.0
 

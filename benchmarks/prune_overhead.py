@@ -23,8 +23,8 @@ import torch  # noqa: E402
 from pbkit.core.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from pbkit.machine import envinfo  # noqa: E402
 from pbkit.models import counts, sources  # noqa: E402
-from pbkit.prune import methods  # noqa: E402
-from pbkit.prune.loop import PruneHooks, PruneSettings, prune_to_target  # noqa: E402
+from pbkit.pruning import methods  # noqa: E402
+from pbkit.pruning.loop import PruneHooks, PruneSettings, prune_to_target  # noqa: E402
 from pbkit.tasks import get as get_task  # noqa: E402
 
 MODELS = ["resnet18_cifar@32", "tv:densenet121@224", "timm:vit_tiny_patch16_224@224"]

@@ -194,7 +194,7 @@ def list_cmd(what: str, as_json: bool) -> None:
             )
         _print(t)
     elif what == "methods":
-        from pbkit.prune import methods
+        from pbkit.pruning import methods
 
         rows = [m.describe() for m in methods.METHODS.values()]
         if as_json:
@@ -215,7 +215,7 @@ def list_cmd(what: str, as_json: bool) -> None:
             )
         _print(t)
     elif what == "scopes":
-        from pbkit.prune import methods
+        from pbkit.pruning import methods
 
         if as_json:
             _emit_json({"scopes": methods.SCOPES})

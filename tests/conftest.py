@@ -149,7 +149,7 @@ def prune_model(
     model's task names the protected modules; ``settings`` are PruneSettings fields
     (speedup defaults to 2)."""
     from pbkit import tasks
-    from pbkit.prune import PruneHooks, PruneSettings, methods, prune_to_target
+    from pbkit.pruning import PruneHooks, PruneSettings, methods, prune_to_target
 
     m = methods.get(method) if isinstance(method, str) else method
     heads = protected if protected is not None else tasks.get(spec.task).protected(model, spec)

@@ -106,7 +106,7 @@ def test_work_within_budget_runs_and_keeps_its_warnings() -> None:
 def test_a_prune_past_its_memory_budget_exits_2_and_leaves_no_run_folder(
     pbkit: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pbkit.prune import loop
+    from pbkit.pruning import loop
 
     monkeypatch.setattr(loop, "_graph", lambda *a, **k: _hog())
     limit = round(_rss_gib() + 0.3, 2)
@@ -138,7 +138,7 @@ def test_past_the_graph_budget_a_model_too_large_for_it_is_told_so_not_blamed_on
 ):
     from torch import nn
 
-    from pbkit.prune import loop
+    from pbkit.pruning import loop
 
     big = nn.Linear(1024, 1024)  # 4 MiB of weights
     assert (

@@ -27,7 +27,7 @@ STUDIES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.s
 @pytest.mark.parametrize("path", RUN_CONFIGS)
 def test_every_shipped_config_is_valid(path: str) -> None:
     from pbkit import models
-    from pbkit.prune import methods
+    from pbkit.pruning import methods
 
     cfg = config.load(REPO / path)  # a schema error raises PbkitError
     spec = models.resolve(cfg.model.name)  # the names it uses exist...
@@ -165,7 +165,7 @@ def test_every_shipped_study_expands_to_its_grid(path: str, tmp_path: Path) -> N
     import math
 
     from pbkit import models
-    from pbkit.prune import methods
+    from pbkit.pruning import methods
     from pbkit.study import spec
 
     weights = tmp_path / "weights.pt"  # studies that name a checkpoint hash it: give them a file

@@ -70,8 +70,8 @@ def _prune(name: str, size: int, kwargs: dict[str, object], real: bool) -> tuple
     """Steps, MACs after them, real counts: a short protected l2 pruning to 1.3x, with MACs counted
     for real after every step (the counter before) or by the step counter."""
     from pbkit.models import registry
-    from pbkit.prune import methods
-    from pbkit.prune.loop import PruneSettings, prune_to_target
+    from pbkit.pruning import methods
+    from pbkit.pruning.loop import PruneSettings, prune_to_target
     from pbkit.tasks import get as get_task
 
     spec = registry.resolve(name, input_size=size, kwargs=kwargs)

@@ -10,8 +10,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pbkit.prune import Calibration, criteria, methods
-from pbkit.prune.criteria import lasso_entry_order, thinet_removal_order
+from pbkit.pruning import Calibration, criteria, methods
+from pbkit.pruning.criteria import lasso_entry_order, thinet_removal_order
 from pbkit.tasks import get as get_task
 
 
@@ -286,7 +286,7 @@ def test_regularizers_shrink_the_norms_they_target(key: str, target: str) -> Non
 
 
 def test_group_lasso_gradient_is_reg_times_w_over_group_norm() -> None:
-    from pbkit.prune.regularizers import GroupLassoPruner
+    from pbkit.pruning.regularizers import GroupLassoPruner
 
     torch.manual_seed(0)
     model = Tiny()

@@ -105,7 +105,7 @@ def test_distillation_trains_across_processes(
 
 
 def test_the_number_of_processes_names_another_run_and_one_keeps_the_old_ids() -> None:
-    from pbkit.prune.methods import get as method
+    from pbkit.pruning.methods import get as method
 
     def fields(*extra: str) -> dict[str, object]:
         cfg = config.load(None, [*DIGITS, *extra])

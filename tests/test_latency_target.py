@@ -16,10 +16,10 @@ import torch
 
 from pbkit.core import record
 from pbkit.models import build, resolve
-from pbkit.prune import PruneHooks, PruneSettings, latency, prune_to_target
-from pbkit.prune.knapsack import Tools
-from pbkit.prune.latency import Cost, LatencySettings, Layer, Measured, Table
-from pbkit.prune.methods import get as get_method
+from pbkit.pruning import PruneHooks, PruneSettings, latency, prune_to_target
+from pbkit.pruning.knapsack import Tools
+from pbkit.pruning.latency import Cost, LatencySettings, Layer, Measured, Table
+from pbkit.pruning.methods import get as get_method
 from pbkit.tasks import get as get_task
 
 
@@ -358,7 +358,7 @@ def test_reports_rank_latency_targets_apart_from_macs_targets() -> None:
 
 def test_the_record_keeps_a_latency_run_as_records_always_held_it() -> None:
     # the typed run's JSON is the record's method.latency: the same keys, in the same order
-    from pbkit.prune import knapsack
+    from pbkit.pruning import knapsack
 
     s = LatencySettings(backend="stub", rounds=2)
     first = Measured(1.3, (1.28, 1.32), 2.0, 1.54, 0.01, seconds=0.51234)

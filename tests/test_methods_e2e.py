@@ -10,7 +10,7 @@ import pytest
 from pbkit import stages
 from pbkit.core import config, record
 from pbkit.core.errors import PbkitError
-from pbkit.prune import methods
+from pbkit.pruning import methods
 
 FAST = [
     "prune.speedup=2",

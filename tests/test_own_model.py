@@ -130,8 +130,8 @@ def _in_fresh_process(run_dir: Path, trust: bool, tmp: Path, size: int = SIZE) -
     code = textwrap.dedent(
         """
         import json, sys, torch
-        from pbkit import api
-        run = api.Run.load(sys.argv[1], trust=sys.argv[2] == "1")
+        import pbkit
+        run = pbkit.Run.load(sys.argv[1], trust=sys.argv[2] == "1")
         m = run.pruned
         torch.manual_seed(0)
         with torch.no_grad():
@@ -154,7 +154,7 @@ def _in_fresh_process(run_dir: Path, trust: bool, tmp: Path, size: int = SIZE) -
 def test_a_model_file_prunes_from_the_cli_and_the_api_alike(
     net_file: Path, tmp_path: Path, pbkit: Any
 ) -> None:
-    from pbkit import api
+    import pbkit as api  # the API as users write it: pbkit.prune, pbkit.Run
 
     cli: Result = pbkit(
         "prune", "--model", f"{net_file}:build", *PRUNE, "--out", tmp_path / "cli", "--json", *QUICK

@@ -7,7 +7,7 @@ from torch import nn
 from pbkit import models
 from pbkit.core.errors import PbkitError
 from pbkit.models import counts
-from pbkit.prune import methods
+from pbkit.pruning import methods
 from tests.conftest import prune_model
 
 

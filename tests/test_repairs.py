@@ -1,4 +1,4 @@
-"""pbkit's repairs to torch-pruning (:mod:`pbkit.prune.repairs`) at work: channel splits and
+"""pbkit's repairs to torch-pruning (:mod:`pbkit.pruning.repairs`) at work: channel splits and
 concatenations (timm's CSP nets, Res2Net), blocks held as one node, what follows a cut."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_a_concatenation_whose_widths_torch_pruning_cannot_infer_gets_them_from_
     import timm
     import torch_pruning as tp
 
-    from pbkit.prune.repairs import graph
+    from pbkit.pruning.repairs import graph
 
     model = timm.create_model("cs3darknet_s", pretrained=False).eval()
     x = torch.randn(1, 3, 64, 64)  # (torch-pruning alone: int + None, test_repairs_needed.py)
@@ -65,7 +65,7 @@ def test_a_concatenation_whose_widths_torch_pruning_cannot_infer_gets_them_from_
 
 
 def test_a_cross_stage_split_prunes_around_it_and_the_model_still_computes_the_same_way() -> None:
-    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
 
     torch.manual_seed(0)
     model = Net().eval()
@@ -96,7 +96,7 @@ def test_a_cross_stage_split_prunes_around_it_and_the_model_still_computes_the_s
 def test_the_patch_is_undone_when_the_graph_is_built() -> None:
     from torch_pruning.dependency import index_mapping
 
-    from pbkit.prune.repairs import graph
+    from pbkit.pruning.repairs import graph
 
     original = index_mapping.update_concat_index_mapping
     with graph.exact_concat_sizes():
@@ -107,7 +107,7 @@ def test_the_patch_is_undone_when_the_graph_is_built() -> None:
 def test_only_splits_of_a_feature_maps_channels_are_held() -> None:
     import torch_pruning as tp
 
-    from pbkit.prune.repairs import graph
+    from pbkit.pruning.repairs import graph
 
     class Splits(nn.Module):
         def __init__(self) -> None:
@@ -149,7 +149,7 @@ def _thin_groups() -> nn.Sequential:
 def test_a_grouped_conv_with_one_input_channel_per_group_keeps_its_inputs_and_the_rest_prunes() -> (
     None
 ):
-    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
 
     torch.manual_seed(0)
     model = _thin_groups()
@@ -175,7 +175,7 @@ def test_a_grouped_conv_with_one_input_channel_per_group_keeps_its_inputs_and_th
 def test_channel_slices_are_held_like_splits() -> None:
     import torch_pruning as tp
 
-    from pbkit.prune.repairs import graph
+    from pbkit.pruning.repairs import graph
 
     class Slices(nn.Module):  # as DPN slices its dense path
         def __init__(self) -> None:
@@ -196,8 +196,8 @@ def test_channel_slices_are_held_like_splits() -> None:
 def test_an_efficient_channel_attention_gate_prunes_with_the_channels_through_it() -> None:
     from timm.layers import EcaModule
 
-    from pbkit.prune import PruneSettings, methods, prune_to_target
-    from pbkit.prune.repairs import held
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
+    from pbkit.pruning.repairs import held
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -231,8 +231,8 @@ def test_an_efficient_channel_attention_gate_prunes_with_the_channels_through_it
 def test_a_per_channel_tensor_torch_pruning_leaves_whole_is_cut_with_its_layers_outputs() -> None:
     from timm.layers import ScaledStdConv2d
 
-    from pbkit.prune import PruneSettings, methods, prune_to_target
-    from pbkit.prune.repairs import cuts
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
+    from pbkit.pruning.repairs import cuts
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -282,8 +282,8 @@ def test_a_pruned_cnn_that_no_longer_runs_is_caught_before_it_is_saved(
     from timm.layers import ScaledStdConv2d
 
     from pbkit.core.errors import PbkitError
-    from pbkit.prune import PruneSettings, methods, prune_to_target
-    from pbkit.prune.repairs import cuts
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
+    from pbkit.pruning.repairs import cuts
 
     monkeypatch.setattr(cuts, "cuts_follow", contextlib.nullcontext)  # as before the fix
     model = nn.Sequential(
@@ -310,7 +310,7 @@ def test_a_blur_pool_prunes_with_the_stream_through_it_and_reloads() -> None:
     from timm.layers import BlurPool2d
 
     from pbkit.models import checkpoint
-    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
 
     def net() -> nn.Sequential:
         return nn.Sequential(
@@ -366,7 +366,7 @@ def test_a_gated_mlp_chunked_in_two_prunes_value_and_gate_together_step_after_st
     # new chunk sizes but maps the next step's indices with the traced offsets
     from timm.layers import GluMlp
 
-    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
 
     class Tokens(nn.Module):
         def __init__(self) -> None:
@@ -413,7 +413,7 @@ def test_a_group_torch_pruning_maps_past_a_layers_end_is_held_and_the_rest_prune
 ) -> None:
     import torch_pruning as tp
 
-    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
 
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1),
@@ -446,7 +446,7 @@ def test_a_group_torch_pruning_maps_past_a_layers_end_is_held_and_the_rest_prune
 def test_a_block_held_as_one_node_takes_constant_tensors_but_not_ones_that_need_a_gradient() -> (
     None
 ):
-    from pbkit.prune.repairs import held
+    from pbkit.pruning.repairs import held
 
     class Rotary(nn.Module):
         def __init__(self) -> None:
@@ -471,7 +471,7 @@ def test_a_block_held_as_one_node_takes_constant_tensors_but_not_ones_that_need_
 def test_focal_modulation_spatial_gating_and_2d_lstms_are_held_when_the_graph_fails() -> None:
     import timm
 
-    from pbkit.prune.repairs import held
+    from pbkit.pruning.repairs import held
 
     model = timm.models.focalnet.FocalNet(depths=(1, 1, 1, 1), embed_dim=16)
     assert [type(m).__name__ for m in held.untraceable(model)] == ["FocalModulation"] * 4
@@ -491,8 +491,8 @@ def test_a_global_context_block_prunes_with_the_stream_through_it() -> None:
     # timm's GlobalContext (GCNet): traced, its pooling reshapes send the graph past its budgets
     from timm.layers import GlobalContext
 
-    from pbkit.prune import PruneSettings, methods, prune_to_target
-    from pbkit.prune.repairs import held
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
+    from pbkit.pruning.repairs import held
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -535,7 +535,7 @@ def test_an_expand_that_repeats_no_channels_passes_indices_through() -> None:
     from torch_pruning import _helpers
     from torch_pruning.dependency import index_mapping
 
-    from pbkit.prune.repairs import graph
+    from pbkit.pruning.repairs import graph
 
     mapping, idxs = (
         index_mapping._GQAIndexMapping(repeat=0, head_dim=8, reverse=True),
@@ -555,7 +555,7 @@ def test_the_copy_a_failed_step_restores_from_holds_a_cache_of_tensors_that_trac
 ):
     # LeViT caches its attention biases from the first forward pass in eval mode: under the graph's
     # trace they track gradients, and torch refuses to deep-copy such a tensor
-    from pbkit.prune import loop
+    from pbkit.pruning import loop
 
     class Cached(nn.Module):
         def __init__(self) -> None:
@@ -584,7 +584,7 @@ def test_a_reshape_torch_pruning_would_divide_by_zero_for_gets_no_map(
     # torch-pruning infers 0 channels on a path from the model's input (SHViT's) and divides by them
     from torch_pruning.dependency import index_mapping
 
-    from pbkit.prune.repairs import graph
+    from pbkit.pruning.repairs import graph
 
     def divides(graph: object, node: object) -> None:
         raise ZeroDivisionError("integer division or modulo by zero")
@@ -601,7 +601,7 @@ def test_a_split_of_a_channels_last_feature_map_is_held_and_the_rest_prunes() ->
     # times the concatenation of the other two; torch-pruning maps the chunks wrong after a step
     import timm
 
-    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
 
     torch.manual_seed(0)
     model = timm.models.mambaout.MambaOut(
@@ -632,7 +632,7 @@ def test_a_mixed_depthwise_convolution_prunes_channel_by_channel_and_reloads() -
     from timm.layers import MixedConv2d
 
     from pbkit.models import checkpoint, mixconv
-    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
 
     def net() -> nn.Sequential:
         return mixconv.make_prunable(
@@ -694,7 +694,7 @@ def test_a_view_shape_stored_for_a_per_channel_scale_follows_the_cut() -> None:
     # built
     from timm.models.metaformer import Scale
 
-    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -727,8 +727,8 @@ def test_a_grouped_convolution_pruned_to_one_channel_per_group_is_left_as_it_is(
     import torch_pruning as tp
 
     from pbkit import models
-    from pbkit.prune import PruneSettings, methods, prune_to_target
-    from pbkit.prune.repairs import graph
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
+    from pbkit.pruning.repairs import graph
 
     shrunk = nn.Sequential(
         nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 4, 1)
@@ -773,8 +773,8 @@ class _MapEmbedded(nn.Module):
 
 
 def test_a_position_embedding_laid_out_as_an_image_map_loses_channels_not_columns() -> None:
-    from pbkit.prune import PruneSettings, methods, prune_to_target
-    from pbkit.prune.repairs import graph
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
+    from pbkit.pruning.repairs import graph
 
     torch.manual_seed(0)
     model = _MapEmbedded().eval()
@@ -799,7 +799,7 @@ def test_the_dependency_graph_keeps_no_activation_of_its_traced_forward_pass_whi
     None
 ):
     from pbkit.core import budget
-    from pbkit.prune import PruneHooks, PruneSettings, methods, prune_to_target
+    from pbkit.pruning import PruneHooks, PruneSettings, methods, prune_to_target
 
     torch.manual_seed(0)  # 8 blocks at 512x512: their traced activations would take about 0.8 GiB
     model = nn.Sequential(

@@ -1,5 +1,5 @@
 """torch-pruning alone still gets wrong what each of pbkit's repairs fixes
-(:mod:`pbkit.prune.repairs`).
+(:mod:`pbkit.pruning.repairs`).
 
 One case per repair, on a small model that needs it: the same model and group operation with
 torch-pruning alone, and the failure it gives (an exception, a model that no longer runs, or a
@@ -23,8 +23,8 @@ from torch import nn
 
 from pbkit.core import budget
 from pbkit.core.errors import PbkitError
-from pbkit.prune import PruneSettings, methods, prune_to_target
-from pbkit.prune.repairs import REPAIRS, common, cuts, graph
+from pbkit.pruning import PruneSettings, methods, prune_to_target
+from pbkit.pruning.repairs import REPAIRS, common, cuts, graph
 from tests.test_repairs import Net, _MapEmbedded, _thin_groups, cbr
 
 RUNS_AWAY_S = 2.0  # torch-pruning alone took minutes (and gigabytes) on these; pbkit, under 1 s

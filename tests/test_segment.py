@@ -17,7 +17,7 @@ from pbkit.core import config, record
 from pbkit.core.errors import PbkitError
 from pbkit.data import datasets
 from pbkit.models import checkpoint, counts, segment, sources
-from pbkit.prune import methods
+from pbkit.pruning import methods
 from pbkit.tasks import get as get_task
 from pbkit.tasks.segment import confusion, kd_loss_dense, miou
 from tests.conftest import REPO, once, output_in_fresh_process, prune_model

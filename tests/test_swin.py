@@ -14,7 +14,7 @@ import torchvision
 from pbkit import stages
 from pbkit.core import config
 from pbkit.models import checkpoint, counts, registry, sources, swin
-from pbkit.prune.repairs import held
+from pbkit.pruning.repairs import held
 from tests.conftest import output_in_fresh_process
 
 

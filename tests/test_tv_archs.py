@@ -155,7 +155,7 @@ class Hybrid(nn.Module):
 def test_a_model_the_graph_cannot_trace_prunes_around_its_attention_blocks_held_fixed() -> None:
     import torch_pruning as tp
 
-    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
 
     torch.manual_seed(0)
     model = Hybrid().eval()
@@ -201,7 +201,7 @@ class WidthAttn(nn.Module):
 
 
 def test_a_step_that_breaks_the_model_starts_again_with_its_attention_blocks_held_fixed() -> None:
-    from pbkit.prune import PruneHooks, PruneSettings, methods, prune_to_target
+    from pbkit.pruning import PruneHooks, PruneSettings, methods, prune_to_target
 
     torch.manual_seed(0)
     model = Hybrid().eval()
@@ -236,7 +236,7 @@ def test_where_every_attempt_fails_the_model_is_left_as_it_was_and_the_error_nam
     # the first attempt breaks the model in a step, the second cannot reach the target: both
     # pruned copies, never the caller's model
     from pbkit.core.errors import PbkitError
-    from pbkit.prune import PruneSettings, methods, prune_to_target
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
 
     torch.manual_seed(0)
     model = Hybrid().eval()
@@ -269,7 +269,7 @@ def test_a_graph_that_runs_away_is_traced_again_with_its_attention_blocks_held_f
     import psutil
 
     from pbkit.core import budget
-    from pbkit.prune import PruneSettings, loop, methods, prune_to_target
+    from pbkit.pruning import PruneSettings, loop, methods, prune_to_target
 
     real = loop._graph
 
@@ -301,7 +301,7 @@ def test_a_graph_that_runs_away_is_traced_again_with_its_attention_blocks_held_f
 
 def test_an_error_inside_a_pruning_step_or_the_pruned_forward_is_one_line_naming_the_step() -> None:
     from pbkit.core.errors import PbkitError
-    from pbkit.prune import loop
+    from pbkit.pruning import loop
 
     with pytest.raises(PbkitError) as e:
         with loop._failing("after pruning step 3 the model no longer runs", loop.CUT_WRONG):
@@ -337,8 +337,8 @@ class HaloAttn(nn.Module):
 
 
 def test_a_held_block_whose_input_only_its_projections_read_has_its_input_channels_pruned() -> None:
-    from pbkit.prune import PruneSettings, methods, prune_to_target
-    from pbkit.prune.repairs import held
+    from pbkit.pruning import PruneSettings, methods, prune_to_target
+    from pbkit.pruning.repairs import held
 
     torch.manual_seed(0)
     model = Hybrid().eval()

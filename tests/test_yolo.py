@@ -16,7 +16,7 @@ from pbkit.core.runtime import ultralytics_offline
 from pbkit.data.detection import check_dataset
 from pbkit.models import counts, yolo
 from pbkit.models.outputs import output_tensors
-from pbkit.prune import methods
+from pbkit.pruning import methods
 from pbkit.tasks import detect
 from tests.conftest import once, output_in_fresh_process, prune_model
 

@@ -37,8 +37,8 @@ from pbkit.measure.results import PointResult
 from pbkit.measure.runner import Runner, RunSpec
 from pbkit.measure.settings import BenchSettings
 from pbkit.models import counts
-from pbkit.prune import latency
-from pbkit.prune.latency import Cost, Layer, Measured, Table
+from pbkit.pruning import latency
+from pbkit.pruning.latency import Cost, Layer, Measured, Table
 
 TABLE_FORMAT = 2  # 2: timings less the per-call overhead
 # one layer at one width: short, since hundreds are timed; the whole model uses the bench settings

@@ -8,7 +8,7 @@ weights instead, the same arithmetic for the dense model (tested bit for bit).
 
 The window and grid partitions (reshapes and permutes of [B, C, H, W] into windows) are what the
 dependency graph cannot follow: while it traces they run as single nodes that keep each channel
-where it is (:mod:`pbkit.prune.repairs.held`), as does the attention, whose pruner takes its input
+where it is (:mod:`pbkit.pruning.repairs.held`), as does the attention, whose pruner takes its input
 channels from ``to_qkv``'s columns and its output channels from ``merge``'s rows. Heads and head
 width stay as they are.
 """

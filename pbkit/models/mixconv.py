@@ -3,10 +3,10 @@
 A :class:`timm.layers.MixedConv2d` splits its input's channels into groups, runs each group's
 depth-wise convolution with its own kernel size and concatenates the results. Traced, the split
 holds every channel group that reaches it (its widths are fixed when it is built, see
-:func:`pbkit.prune.repairs.graph.channel_splits`), and a MixNet keeps nearly all its channels.
+:func:`pbkit.pruning.repairs.graph.channel_splits`), and a MixNet keeps nearly all its channels.
 :func:`make_prunable` (applied whenever pbkit builds a timm model) gives each depth-wise one the
 class :class:`MixedDepthwiseConv2d`, the same module and forward pass under a class the dependency
-graph sees as one layer; pbkit's pruners (:mod:`pbkit.prune.repairs.held`) cut channel i from the
+graph sees as one layer; pbkit's pruners (:mod:`pbkit.pruning.repairs.held`) cut channel i from the
 group that holds it and move the split sizes. Mixed pointwise convolutions (not depth-wise) stay
 as they are.
 """

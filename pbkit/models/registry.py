@@ -126,7 +126,7 @@ USER_PATTERNS = {
 # pattern, the name that was tried, and the reason a user can act on. `pbkit list models` marks them
 # and `pbkit prune` says so before it tries (under the memory and time budgets, which stop it in one
 # line). (tv:resnext101_64x4d was one until its grouped convolutions left with one input channel per
-# group were kept from torch-pruning's importance: pbkit/prune/repairs/graph.py; tv:vit_h_14 until
+# group were kept from torch-pruning's importance: pbkit/pruning/repairs/graph.py; tv:vit_h_14 until
 # the memory budget stopped counting memory the allocator keeps freed and the graph kept no
 # activation: pbkit/core/budget.py, repairs/graph.py; timm:coatnext_nano_rw_224 with those).
 # tests/test_cli.py holds this list to the failures of the committed zoo tables.

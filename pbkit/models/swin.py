@@ -10,7 +10,7 @@ operator, so outputs and MACs are unchanged (tested); for a pruned one each widt
 
 Which channels of the stream to prune across the blocks is torch-pruning's dependency graph's
 job; what it cannot follow (the window partition, the cyclic shift, the patch-merging pad) is
-hidden from it while it traces (:mod:`pbkit.prune.repairs.held`), and custom pruners change those
+hidden from it while it traces (:mod:`pbkit.pruning.repairs.held`), and custom pruners change those
 blocks' own weights.
 """
 

@@ -30,10 +30,10 @@ from pbkit.measure import backends, layers, protocol
 from pbkit.measure.backends import Backend
 from pbkit.measure.settings import for_device as bench_settings
 from pbkit.models import ModelSpec, checkpoint, counts, known_failure, resolve
-from pbkit.prune import Calibration, PruneResult, PruneSettings, prune_to_target
-from pbkit.prune.knapsack import Tools
-from pbkit.prune.latency import LatencySettings
-from pbkit.prune.methods import Method
+from pbkit.pruning import Calibration, PruneResult, PruneSettings, prune_to_target
+from pbkit.pruning.knapsack import Tools
+from pbkit.pruning.latency import LatencySettings
+from pbkit.pruning.methods import Method
 from pbkit.stages import bases
 from pbkit.stages.rundir import DENSE, LATENCY_TABLE, MODEL_FILES, PRUNED, Plan, StageClock
 from pbkit.tasks import Task
@@ -262,7 +262,7 @@ def _prune(
 ) -> tuple[PruneResult, Calibration | None, dict[str, Any] | None]:
     """Prune to the target; the result, the calibration set it used and the training between
     steps (interleaved schedule) it did."""
-    from pbkit.prune import PruneHooks, Sparsified
+    from pbkit.pruning import PruneHooks, Sparsified
 
     pdata = _pruning_data(cfg, bundle, spec) if method.needs_data else None
     calibration = (

@@ -35,7 +35,7 @@ from pbkit.core.console import note
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import ensure_writable_dir, sha256_file
 from pbkit.models.spec import ModelSpec
-from pbkit.prune.methods import Method
+from pbkit.pruning.methods import Method
 
 DENSE, PRUNED = "dense", "pruned"
 MODEL_FILES = {DENSE: "dense.pt", PRUNED: "pruned.pt"}
@@ -348,7 +348,7 @@ class Plan:
 def plan(cfg: config.Config) -> Plan:
     """Resolve names and compute the run's identity and folder; fails before any work (and before
     anything is written)."""
-    from pbkit.prune import methods
+    from pbkit.pruning import methods
 
     methods.get(cfg.prune.method)  # a typo fails first, before the model is even looked up
     spec = resolve_model(cfg)

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pbkit.core import config
 from pbkit.core.errors import PbkitError
-from pbkit.prune import methods
+from pbkit.pruning import methods
 from pbkit.report import setups
 from pbkit.stages import rundir
 

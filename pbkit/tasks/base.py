@@ -25,7 +25,7 @@ from pbkit.core.config import CalibrationCfg, KDCfg
 from pbkit.core.errors import PbkitError
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec
-from pbkit.prune import Calibration
+from pbkit.pruning import Calibration
 from pbkit.train.distributed import Dist
 
 OnEpoch = Callable[[int, dict[str, float]], None]

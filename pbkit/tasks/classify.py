@@ -16,7 +16,7 @@ from pbkit.core.config import CalibrationCfg, KDCfg
 from pbkit.core.errors import PbkitError
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec, classifier_heads
-from pbkit.prune import Calibration
+from pbkit.pruning import Calibration
 from pbkit.tasks.base import OnEpoch, Task
 from pbkit.train.distributed import Dist, shard_loader
 from pbkit.train.loop import fit

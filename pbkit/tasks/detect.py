@@ -25,7 +25,7 @@ from pbkit.core.runtime import ultralytics_offline
 from pbkit.data import DataBundle
 from pbkit.data.detection import check_dataset
 from pbkit.models import ModelSpec, yolo
-from pbkit.prune import Calibration
+from pbkit.pruning import Calibration
 from pbkit.tasks.base import OnEpoch, Task
 from pbkit.tasks.classify import classification_batches
 from pbkit.train.distributed import Dist

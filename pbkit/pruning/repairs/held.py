@@ -6,12 +6,12 @@ pass. Inside a Swin block's window attention (window partition, cyclic shift, ma
 merging (a strided pad and a concatenation on the channel axis), torchvision's and timm's, that walk
 does not end: it recurses until memory runs out. While the graph is built, :func:`hidden` runs each
 such block inside one autograd node whose only input is the block's input, so the graph sees a
-single layer; the pruners of :mod:`pbkit.prune.repairs.pruners` (passed as ``customized_pruners``,
+single layer; the pruners of :mod:`pbkit.pruning.repairs.pruners` (passed as ``customized_pruners``,
 :func:`pruners_for`) then prune that layer's input channels (the residual stream entering it) and
 output channels (the stream leaving it). The attention's inner width stays as it is (its forward
 pass reads each width from the weights, :mod:`pbkit.models.swin`).
 
-The repairs here, by name (:class:`~pbkit.prune.repairs.common.RepairBroken` uses these):
+The repairs here, by name (:class:`~pbkit.pruning.repairs.common.RepairBroken` uses these):
 
 - **window attention**: torchvision's and timm's Swin window attention, MaxViT's attention;
 - **patch merging**: Swin's (C inputs, each four times in the merged 4C; 2C outputs);
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from pbkit.models import maxvit, shufflenet, swin
-from pbkit.prune.repairs.common import fits
+from pbkit.pruning.repairs.common import fits
 
 
 class _Opaque(torch.autograd.Function):
@@ -242,7 +242,7 @@ def pruners_for(
         return {}
     reads = reads or {}
     with fits("held blocks"):
-        from pbkit.prune.repairs import pruners
+        from pbkit.pruning.repairs import pruners
 
         made = pruners.made(reads)
     windowed, kind = attention_classes(), _kinds()
@@ -347,7 +347,7 @@ def _cut_matches(block: nn.Module, layers: list[nn.Module], x: torch.Tensor) -> 
     zeroed = x.clone()
     zeroed.select(axis, 0).zero_()
     with fits("held blocks"):
-        from pbkit.prune.repairs.pruners import cut_inputs
+        from pbkit.pruning.repairs.pruners import cut_inputs
     try:
         with torch.no_grad():
             want = block(zeroed)

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch_pruning.pruner import function
 
-from pbkit.prune.repairs.common import fits
-from pbkit.prune.repairs.graph import kept
+from pbkit.pruning.repairs.common import fits
+from pbkit.pruning.repairs.graph import kept
 
 _LINEAR = function.LinearPruner()
 _CONV = function.ConvPruner()
@@ -187,7 +187,7 @@ class FixedPruner(function.BasePruningFunc):  # type: ignore[misc]
 
 class HeldPruner(FixedPruner):
     """A block held fixed whose input only its own convolutions or linear layers read
-    (:func:`~pbkit.prune.repairs.held.entries`, timm's HaloAttn: ``q`` and ``kv``): its input
+    (:func:`~pbkit.pruning.repairs.held.entries`, timm's HaloAttn: ``q`` and ``kv``): its input
     channels are those layers' input channels, cut with the stream; its output channels stay (in
     and out not coupled, so only the groups reaching its output are held).
 

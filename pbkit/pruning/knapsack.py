@@ -7,7 +7,7 @@ narrows. In the global and protected scopes the next removal is the one with the
 per millisecond saved, over all groups; in the local scope every group keeps the same share of its
 units and only the stop rule and the width snapping come from the table. Widths move in the steps
 the table shows are faster (whole multiples of the alignment where unaligned widths cost more).
-See :mod:`pbkit.prune.latency` for the table and the closed loop's rules.
+See :mod:`pbkit.pruning.latency` for the table and the closed loop's rules.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from torch import nn
 
 from pbkit.core.errors import PbkitError
 from pbkit.models import counts
-from pbkit.prune import latency
-from pbkit.prune.latency import LatencySettings, Measured, Table
+from pbkit.pruning import latency
+from pbkit.pruning.latency import LatencySettings, Measured, Table
 
 
 @dataclass

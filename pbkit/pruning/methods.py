@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pbkit.core.errors import PbkitError, choices_error
-from pbkit.prune.calibration import Calibration
+from pbkit.pruning.calibration import Calibration
 
 FAMILIES = ("cnn", "vit", "yolo")
 SCOPES = {
@@ -83,7 +83,7 @@ def _tp() -> Any:
 
 
 def _crit() -> Any:
-    from pbkit.prune import criteria
+    from pbkit.pruning import criteria
 
     return criteria
 
@@ -109,13 +109,13 @@ def _bn_gammas_differ(model: nn.Module) -> str | None:
 
 
 def _group_slim_pruner(ctx: Ctx) -> tuple[type, dict[str, Any]]:
-    from pbkit.prune.regularizers import GroupSlimPruner
+    from pbkit.pruning.regularizers import GroupSlimPruner
 
     return GroupSlimPruner, {"reg": ctx["reg"]}
 
 
 def _group_lasso_pruner(ctx: Ctx) -> tuple[type, dict[str, Any]]:
-    from pbkit.prune.regularizers import GroupLassoPruner
+    from pbkit.pruning.regularizers import GroupLassoPruner
 
     return GroupLassoPruner, {"reg": ctx["reg"]}
 

@@ -89,7 +89,7 @@ class RepairBroken(PbkitError):
         super().__init__(
             f"pbkit's repair {repair!r} no longer fits torch-pruning {FOUND} (written for"
             f" {WRITTEN_FOR}): {type(error).__name__}: {line}; install torch-pruning=={WRITTEN_FOR}"
-            " or update pbkit/prune/repairs"
+            " or update pbkit/pruning/repairs"
         )
 
 

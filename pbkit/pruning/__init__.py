@@ -1,5 +1,5 @@
 """Pruning: the 16 methods (criteria and regularizers) and the loop that prunes to a MACs target
-with torch-pruning's dependency graph, repaired where it goes wrong (:mod:`pbkit.prune.repairs`).
+with torch-pruning's dependency graph, repaired where it goes wrong (:mod:`pbkit.pruning.repairs`).
 
 - :mod:`.loop`: :func:`prune_to_target`, its settings, hooks and result, and the retry policy;
 - :mod:`.build`: torch-pruning's Pruner for one model, built with the repairs;
@@ -7,8 +7,8 @@ with torch-pruning's dependency graph, repaired where it goes wrong (:mod:`pbkit
 - :mod:`.methods`, :mod:`.criteria`, :mod:`.regularizers`, :mod:`.calibration`: the methods.
 """
 
-from pbkit.prune.calibration import Calibration
-from pbkit.prune.loop import PruneHooks, PruneResult, PruneSettings, Sparsified, prune_to_target
+from pbkit.pruning.calibration import Calibration
+from pbkit.pruning.loop import PruneHooks, PruneResult, PruneSettings, Sparsified, prune_to_target
 
 __all__ = [
     "Calibration",

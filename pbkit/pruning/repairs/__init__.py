@@ -1,6 +1,6 @@
 """Every repair pbkit makes to torch-pruning, in one package.
 
-torch-pruning (1.6.1, :data:`~pbkit.prune.repairs.common.WRITTEN_FOR`) builds a dependency graph
+torch-pruning (1.6.1, :data:`~pbkit.pruning.repairs.common.WRITTEN_FOR`) builds a dependency graph
 of a model's channels by tracing one forward pass, then prunes channel groups through it. On many
 models it gets something wrong; each repair below fixes one thing, and each has a test that shows
 torch-pruning alone still gets it wrong (``tests/test_repairs_needed.py``), so a release that
@@ -15,14 +15,14 @@ fixes one upstream is noticed.
   merging, partitions, channel gates, blur pools, global context, mixed convolutions, channel
   shuffle, held blocks), with :mod:`.pruners`, the pruners that cut their weights;
 - :mod:`.common`: the release they were written for (checked at import), and
-  :class:`~pbkit.prune.repairs.common.RepairBroken`, the error of a repair that no longer fits the
+  :class:`~pbkit.pruning.repairs.common.RepairBroken`, the error of a repair that no longer fits the
   installed torch-pruning (told apart from a model the graph cannot trace).
 
 Patches live only as long as the ``with`` block that applies them. The prune loop
-(:mod:`pbkit.prune.build`, :mod:`pbkit.prune.loop`) decides when each applies.
+(:mod:`pbkit.pruning.build`, :mod:`pbkit.pruning.loop`) decides when each applies.
 """
 
-from pbkit.prune.repairs.common import WRITTEN_FOR, RepairBroken
+from pbkit.pruning.repairs.common import WRITTEN_FOR, RepairBroken
 
 # every repair by name (the name RepairBroken gives), and the module that makes it
 REPAIRS = {

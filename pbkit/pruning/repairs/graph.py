@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pbkit.prune.repairs.common import fits
+from pbkit.pruning.repairs.common import fits
 
 
 @contextlib.contextmanager

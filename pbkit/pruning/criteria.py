@@ -1,7 +1,7 @@
 """Data-driven importance criteria: each is a torch-pruning ``Importance`` (``__call__(group)``
 returns one score per channel of the group) plus a ``collect`` that runs the calibration batches
 before every pruning step (statistics follow the shrinking model). Gradient criteria use the
-task's loss from the :class:`~pbkit.prune.calibration.Calibration`.
+task's loss from the :class:`~pbkit.pruning.calibration.Calibration`.
 
 Implemented here, not in torch-pruning:
 - ``ThiNetImportance``: greedy removal of the input channels of the NEXT layer whose loss that
@@ -26,7 +26,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function
 
-from pbkit.prune.calibration import Batch, Calibration
+from pbkit.pruning.calibration import Batch, Calibration
 
 CONV_OUT = (function.prune_conv_out_channels,)
 OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)

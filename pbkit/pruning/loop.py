@@ -1,6 +1,6 @@
 """Step 2 and 3 of the study: group (DepGraph) and prune iteratively until a MACs speed-up target.
 
-The Importance comes from :mod:`pbkit.prune.methods`; torch-pruning's MetaPruner decides and
+The Importance comes from :mod:`pbkit.pruning.methods`; torch-pruning's MetaPruner decides and
 removes. The pruning ratio follows a linear schedule to 1.0 over ``iterative_steps``; after every
 step MACs are recounted and pruning stops as soon as base/pruned >= target. The achieved ratio is
 returned. What the task protects (classifier or Detect head) and its calibration set come in as
@@ -11,12 +11,12 @@ The loop in pieces:
 - the checks of the arguments (:func:`_check`), once;
 - the retry policy (:func:`_plan`): a list of :class:`Attempt` s, run in order by :func:`_run`
   until one succeeds: the model as it is, then with its attention-like blocks held fixed;
-- one attempt (:func:`_attempt`): build the graph (:func:`_trace`, :mod:`pbkit.prune.build`),
+- one attempt (:func:`_attempt`): build the graph (:func:`_trace`, :mod:`pbkit.pruning.build`),
   sparse training if the method trains first, the steps (:func:`_macs_steps`, or
-  :func:`pbkit.prune.knapsack.run` for a latency target), the check of what they reached
+  :func:`pbkit.pruning.knapsack.run` for a latency target), the check of what they reached
   (:func:`_result`).
 
-pbkit's repairs to torch-pruning (:mod:`pbkit.prune.repairs`) apply while it runs: the index maps
+pbkit's repairs to torch-pruning (:mod:`pbkit.pruning.repairs`) apply while it runs: the index maps
 throughout, what follows a cut during the steps.
 """
 
@@ -36,9 +36,9 @@ from torch import nn
 from pbkit.core import budget, device
 from pbkit.core.errors import PbkitError
 from pbkit.models import counts
-from pbkit.prune import build, knapsack, latency, methods
-from pbkit.prune.calibration import Calibration
-from pbkit.prune.repairs import RepairBroken, cuts, graph, held
+from pbkit.pruning import build, knapsack, latency, methods
+from pbkit.pruning.calibration import Calibration
+from pbkit.pruning.repairs import RepairBroken, cuts, graph, held
 
 PROTECTED_MAX_RATIO = 0.9  # the protected-global scope keeps at least 10% of every group
 
@@ -215,13 +215,13 @@ def prune_to_target(
 
     Data-driven criteria run ``method.collect`` on the pinned ``calibration`` batches before every
     step (inside the step time). With ``settings.latency`` the target is a measured speed-up on a
-    backend instead: :func:`pbkit.prune.knapsack.run` prunes with ``hooks.latency_tools``, its
+    backend instead: :func:`pbkit.pruning.knapsack.run` prunes with ``hooks.latency_tools``, its
     table's build and measurements kept out of the prune time like training between steps.
 
     It tries the model as it is, then, where that graph cannot be traced or runs past its budget,
     or a step breaks a copy, with its attention-like blocks held fixed (the retry policy,
     :func:`_plan`); a repair that no longer fits torch-pruning is
-    :class:`~pbkit.prune.repairs.RepairBroken`, and no retry.
+    :class:`~pbkit.pruning.repairs.RepairBroken`, and no retry.
 
     The contract: ``model`` is pruned in place (the same object, its layers narrower, left in eval
     mode), and nothing else of the caller's is changed (``protected`` and the hooks are read, never
@@ -361,7 +361,7 @@ class _Failed(Exception):
 
 def _plan(model: nn.Module, job: _Job) -> list[Attempt]:
     """The retry policy: the model as it is; then, if it has attention-like blocks
-    (:func:`pbkit.prune.repairs.held.untraceable`), with those held fixed: each one node whose
+    (:func:`pbkit.pruning.repairs.held.untraceable`), with those held fixed: each one node whose
     output channels stay. The second is taken where the first one's graph cannot be traced or runs
     past its budget (the model is untouched then) or, pruning a copy, a step fails inside
     torch-pruning or leaves a model that no longer runs. Both prune a copy where a copy is
@@ -601,7 +601,7 @@ def _step(p: _Pruning, done: _Steps, reached: Callable[[int], bool]) -> bool:
 
 
 def _latency_steps(p: _Pruning) -> _Steps:
-    """Prune to a measured speed-up (:func:`pbkit.prune.knapsack.run`)."""
+    """Prune to a measured speed-up (:func:`pbkit.pruning.knapsack.run`)."""
     job, s = p.job, p.job.settings
     assert s.latency is not None and job.hooks.latency_tools is not None
     run = knapsack.run(

@@ -1,9 +1,9 @@
 """Step 2 of the study, the graph: torch-pruning's Pruner (its dependency graph) for one model,
-built with pbkit's repairs (:mod:`pbkit.prune.repairs`), and the channel groups it may prune.
+built with pbkit's repairs (:mod:`pbkit.pruning.repairs`), and the channel groups it may prune.
 
 A failure of torch-pruning's trace is :class:`Untraceable` (the prune loop may try again with the
 model's attention-like blocks held fixed); a repair that no longer fits torch-pruning is
-:class:`~pbkit.prune.repairs.RepairBroken`, never taken for the model's failure.
+:class:`~pbkit.pruning.repairs.RepairBroken`, never taken for the model's failure.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pbkit.core.errors import PbkitError
-from pbkit.prune.repairs import common, graph, held
+from pbkit.pruning.repairs import common, graph, held
 
 
 class Untraceable(Exception):

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pbkit.prune.repairs import held
-from pbkit.prune.repairs.common import fits
-from pbkit.prune.repairs.graph import kept
+from pbkit.pruning.repairs import held
+from pbkit.pruning.repairs.common import fits
+from pbkit.pruning.repairs.graph import kept
 
 _KNOWN_TENSORS = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
 
@@ -134,7 +134,7 @@ def view_shapes(model: nn.Module) -> None:
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """timm-style attention blocks: a fused ``qkv`` Linear and a ``num_heads`` attribute (Swin's
-    window attention is pruned as one block instead: :mod:`pbkit.prune.repairs.held`)."""
+    window attention is pruned as one block instead: :mod:`pbkit.pruning.repairs.held`)."""
     windowed = held.attention_classes()
     return [
         m
