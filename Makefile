@@ -7,7 +7,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pbkit-installed
 LOCK := requirements/dev.lock
-STUBS := $(VENV)/stubs
 
 # The registry's CUDA build of torch (it runs on CPU too), installed with hashes from the lock;
 # ignore machine-level pip settings that would offer other wheels (keep its CA bundle, if any).
@@ -42,10 +41,11 @@ help:
 	@echo "make test [JOBS=n] [SLOW=1]     the test suite without the slow end-to-end cases (pytest-xdist, n workers);"
 	@echo "                                SLOW=1: with them, in one session (what CI runs)"
 	@echo "make test-slow / make test-all  the slow end-to-end cases / everything"
-	@echo "make lint                       ruff format + check, import-linter (the layering), hadolint, mypy (TensorRT code vs tensorrt-stubs)"
+	@echo "make lint                       ruff, import-linter (the layering), hadolint, mypy, mkdocs --strict (the manual)"
 	@echo "make docker-build [OWNER=o]     build ghcr.io/<owner>/pbkit (CUDA) and pbkit-cpu images"
 	@echo "make docker-bench MODEL=m       make bench inside the GPU image, records into ./results"
 	@echo "make docker-pin                 refresh the base-image digests (needs a registry)"
+	@echo "make docs                       the manual (docs/) as a static site in build/site/ (make lint builds it too)"
 	@echo "make report                     leaderboard of results/runs"
 	@echo "make report-html                the HTML report of the reference results and its screenshots"
 	@echo "make perf                       per-step time of every method (results/perf/)"
@@ -59,12 +59,9 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): $(LOCK) requirements/stubs.lock pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_ENV) $(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
-	$(PIP_ENV) $(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
-	    --upgrade --target $(STUBS) -r requirements/stubs.lock
-	$(BIN)/python requirements/fix_stubs.py $(STUBS)
 	$(PIP_ENV) $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@$(BIN)/pbkit --version
 	@touch $@
@@ -97,11 +94,16 @@ test-all:
 	$(MAKE) test SLOW=1
 
 lint: setup
-	$(BIN)/ruff format --check pbkit tests benchmarks
-	$(BIN)/ruff check pbkit tests benchmarks
+	$(BIN)/ruff format --check pbkit tests benchmarks docs/*.py
+	$(BIN)/ruff check pbkit tests benchmarks docs/*.py
 	$(BIN)/lint-imports
 	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu
-	MYPYPATH=$(STUBS) $(BIN)/mypy pbkit/export/tensorrt.py pbkit/measure/tensorrt.py
+	$(BIN)/mypy pbkit/export/tensorrt.py pbkit/measure/tensorrt.py  # stubs: typings/ (pyproject)
+	d=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir "$$d"; rc=$$?; rm -rf "$$d"; exit $$rc
+
+.PHONY: docs
+docs: setup ## the manual (docs/, mkdocs.yml) as a static site in build/site/, offline
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 report: setup
 	$(BIN)/pbkit report results/runs
@@ -112,10 +114,9 @@ report-html: setup browser ## the HTML report of the committed reference results
 	$(BIN)/python benchmarks/screenshot.py $(REF_FAIR)/report.html $(REF_FAIR)/report-plots.png --at plots
 
 lock:
-	cd requirements && for f in base gpu dev stubs; do \
+	cd requirements && for f in base gpu dev; do \
 	  uv pip compile $$f.in --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-	    --index-url https://pypi.org/simple --no-header -o $$f.lock \
-	    $$( [ $$f = stubs ] && echo --no-deps ); done
+	    --index-url https://pypi.org/simple --no-header -o $$f.lock; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
