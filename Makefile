@@ -98,7 +98,7 @@ lint: setup
 	$(BIN)/ruff check pbkit tests benchmarks docs/*.py
 	$(BIN)/lint-imports
 	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu
-	$(BIN)/mypy pbkit/export/tensorrt.py pbkit/measure/tensorrt.py  # stubs: typings/ (pyproject)
+	$(BIN)/mypy  # all of pbkit/ (pyproject: [tool.mypy]); TensorRT against typings/tensorrt
 	d=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir "$$d"; rc=$$?; rm -rf "$$d"; exit $$rc
 
 .PHONY: docs

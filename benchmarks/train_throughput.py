@@ -21,8 +21,9 @@ from pbkit.core import device as devices  # noqa: E402
 from pbkit.core.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from pbkit.data import datasets  # noqa: E402
 from pbkit.machine import envinfo  # noqa: E402
-from pbkit.models import registry  # noqa: E402
+from pbkit.models import sources  # noqa: E402
 from pbkit.tasks import get as get_task  # noqa: E402
+from pbkit.train.recipe import Recipe, TrainRequest  # noqa: E402
 
 RECIPE = {
     "epochs": 1,
@@ -69,17 +70,14 @@ def main() -> int:
             ]
         )  # type: ignore[union-attr]
         bundle.workers, bundle.pin_memory = s["workers"], dev.type == "cuda"
-        spec = registry.resolve(args.model, num_classes=100, input_size=args.size)
-        model = registry.build(spec).to(dev)
+        spec = sources.resolve(args.model, num_classes=100, input_size=args.size)
+        model = sources.build(spec).to(dev)
         t0 = time.perf_counter()
-        hist = task.train(
-            model,
-            bundle,
-            spec,
-            {**RECIPE, "epochs": args.epochs, "amp": s["amp"], "channels_last": s["channels_last"]},
-            eval_batch_size=256,
-            evaluate_each_epoch=False,
+        recipe = Recipe.from_dict(
+            {**RECIPE, "epochs": args.epochs, "amp": s["amp"], "channels_last": s["channels_last"]}
         )
+        request = TrainRequest(recipe, eval_batch_size=256, evaluate_each_epoch=False)
+        hist = task.train(model, bundle, spec, request)
         ips = hist["history"][-1]["images_per_s"]
         rows.append(
             {**s, "images_per_s": round(ips, 1), "wall_s": round(time.perf_counter() - t0, 2)}

@@ -28,6 +28,7 @@ from torch import nn
 
 from pbkit.core import config, record
 from pbkit.core.errors import PbkitError
+from pbkit.core.record import Parity
 from pbkit.stages import orchestrate, rundir
 
 Settings = Sequence[str] | Mapping[str, Any]  # --set: "key=value" texts, or {key: value}
@@ -380,7 +381,7 @@ class Run:
         return buf.getvalue().rstrip("\n")
 
     @property
-    def parity_failures(self) -> list[record.Parity]:
+    def parity_failures(self) -> list[Parity]:
         return rundir.parity_failures(self.record)
 
 

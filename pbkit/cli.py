@@ -64,6 +64,7 @@ def list_cmd(what: str, as_json: bool) -> None:
     """
     from rich.table import Table
 
+    rows: list[dict[str, Any]] = []
     if what == "models":
         from pbkit import models
 
@@ -179,8 +180,8 @@ def list_cmd(what: str, as_json: bool) -> None:
             "21",
             models.PREFIXES["timmseg:"],
         )
-        for pattern, what in models.USER_PATTERNS.items():
-            t.add_row(pattern, "cnn/vit", "--task", "yours", "--imgsz", "its own", what)
+        for shape, meaning in models.USER_PATTERNS.items():
+            t.add_row(shape, "cnn/vit", "--task", "yours", "--imgsz", "its own", meaning)
         for pattern, tried, reason in models.KNOWN_FAILURES:
             family = sorted(n for n in {**known, **known_timm} if pattern.match(n))
             t.add_row(
@@ -231,7 +232,7 @@ def list_cmd(what: str, as_json: bool) -> None:
 
         rows = []
         for b in backends.BACKENDS.values():
-            reason = b.check()
+            unavailable = b.check()
             rows.append(
                 dict(
                     name=b.name,
@@ -239,9 +240,9 @@ def list_cmd(what: str, as_json: bool) -> None:
                     precisions=list(b.precisions),
                     artifact=b.artifact,
                     description=b.description,
-                    available=reason is None,
-                    reason=reason,
-                    install=None if reason is None else b.install_hint,
+                    available=unavailable is None,
+                    reason=unavailable,
+                    install=None if unavailable is None else b.install_hint,
                 )
             )
         if as_json:
@@ -772,7 +773,7 @@ def join(
             rdzv_endpoint=rdzv_endpoint,
             backend=backend,
             timeout_s=timeout_s,
-        )  # type: ignore[arg-type]
+        )
     except ValidationError as e:
         raise PbkitError(f"join: {config.one_line(e)}") from None
     chosen = backend if backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")

@@ -69,13 +69,13 @@ ALL_FREE = {"tv:vit_b_16"}
 def _prune(name: str, size: int, kwargs: dict[str, object], real: bool) -> tuple[int, int, int]:
     """Steps, MACs after them, real counts: a short protected l2 pruning to 1.3x, with MACs counted
     for real after every step (the counter before) or by the step counter."""
-    from pbkit.models import registry
+    from pbkit.models import sources
     from pbkit.pruning import methods
     from pbkit.pruning.loop import PruneSettings, prune_to_target
     from pbkit.tasks import get as get_task
 
-    spec = registry.resolve(name, input_size=size, kwargs=kwargs)
-    model = registry.build(spec, seed=0)
+    spec = sources.resolve(name, input_size=size, kwargs=kwargs)
+    model = sources.build(spec, seed=0)
     before = counts.StepCounter.after_step
     if real:
         counts.StepCounter.after_step = lambda self, reached: (self.exact(), True)  # type: ignore[method-assign]

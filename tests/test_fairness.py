@@ -581,9 +581,10 @@ def test_yolo_finetunes_with_distillation_inside_the_ultralytics_trainer(
         "seed": 0,
     }
     kd = KDCfg(enabled=True, alpha=0.5, temperature=2.0, teacher=None)
-    out = tasks.get("detect").train(
-        model, bundle, spec, recipe, eval_batch_size=8, teacher=teacher, kd=kd
-    )
+    from pbkit.train.recipe import Recipe, TrainRequest
+
+    request = TrainRequest(Recipe.from_dict(recipe), eval_batch_size=8, teacher=teacher, kd=kd)
+    out = tasks.get("detect").train(model, bundle, spec, request)
     assert calls and len(out["history"]) == 1  # the trainer's loss went through the distillation
     assert getattr(model, "criterion", None) is None or not isinstance(
         model.criterion, detect.DistilledCriterion

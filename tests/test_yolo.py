@@ -265,15 +265,14 @@ def test_sparse_training_calls_the_regularizer_inside_the_ultralytics_trainer(
         "batch_size": 8,
         "seed": 0,
     }
-    detect.finetune(
-        model,
-        str(shapes_yaml),
-        128,
-        recipe,
-        tmp_path,
+    from pbkit.train.recipe import Recipe, TrainRequest
+
+    request = TrainRequest(
+        Recipe.from_dict(recipe),
         regularize=lambda: calls.__setitem__("reg", calls["reg"] + 1),
         after_epoch=lambda: calls.__setitem__("epoch", calls["epoch"] + 1),
     )
+    detect.finetune(model, str(shapes_yaml), 128, request, tmp_path)
     # once per optimizer step (ultralytics accumulates gradients up to a nominal batch of 64: 16
     # images give one step), and once per epoch
     assert calls == {"reg": 1, "epoch": 1}

@@ -118,7 +118,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    def write(p: Path) -> None:
+        p.write_text(text, encoding="utf-8")
+
+    return atomic_write(path, write)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:

@@ -90,7 +90,7 @@ class ModelOrigin(_Open):
     arch: dict[str, Any] | None = None  # an ultralytics checkpoint's model yaml
 
 
-class ModelInfo(_Open):
+class ModelInfo(_Open):  # type: ignore[no-redef]  # pydantic's mypy plugin: a field named kwargs
     name: str
     source: str  # pbkit | torchvision | timm | ultralytics | file | import | pickle | object
     family: str

@@ -141,11 +141,9 @@ def _set_ultralytics_state(state: dict[tuple[str, str], Any]) -> None:
 
 
 def _print_options() -> dict[str, Any]:
-    torch_opts = (
-        dataclasses.asdict(torch._tensor_str.PRINT_OPTS)
-        if dataclasses.is_dataclass(torch._tensor_str.PRINT_OPTS)
-        else dict(vars(torch._tensor_str.PRINT_OPTS))
-    )
+    opts: Any = torch._tensor_str.PRINT_OPTS
+    fields = [f.name for f in dataclasses.fields(opts)] if dataclasses.is_dataclass(opts) else None
+    torch_opts = {k: getattr(opts, k) for k in fields} if fields else dict(vars(opts))
     return {"numpy": np.get_printoptions(), "torch": torch_opts}
 
 

@@ -48,7 +48,7 @@ class DatasetEntry:
 
 
 def _limit(ds: Dataset[Any], n: int | None) -> Dataset[Any]:
-    if n is None or n >= len(ds):  # type: ignore[arg-type]
+    if n is None or n >= len(ds):
         return ds
     return Subset(ds, list(range(n)))
 
@@ -318,7 +318,7 @@ def load(
         )
     if bundle.task == "detect":
         return bundle
-    bundle.train = _limit(bundle.train, train_limit)  # type: ignore[arg-type]
-    bundle.test = _limit(bundle.test, test_limit)  # type: ignore[arg-type]
-    bundle.info.update(train_size=len(bundle.train), test_size=len(bundle.test))  # type: ignore[arg-type]
+    bundle.train = _limit(bundle.train, train_limit)
+    bundle.test = _limit(bundle.test, test_limit)
+    bundle.info.update(train_size=len(bundle.train), test_size=len(bundle.test))
     return bundle

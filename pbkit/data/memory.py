@@ -27,7 +27,7 @@ def _dataset(obj: Any, what: str) -> Dataset[Any]:
     if isinstance(obj, DataLoader):
         return obj.dataset  # (batches are made by pbkit, with the recipe's batch size)
     if isinstance(obj, Dataset) or (hasattr(obj, "__getitem__") and hasattr(obj, "__len__")):
-        return obj  # type: ignore[no-any-return]
+        return obj
     raise PbkitError(
         f"data: the {what} split is a {type(obj).__name__}; give a torch Dataset or DataLoader of "
         "(image, label) pairs, or a dataset name (`pbkit list datasets`)"
@@ -51,7 +51,7 @@ def _digest(splits: dict[str, Dataset[Any]]) -> tuple[str, int, int]:
     h = hashlib.sha256()
     size, top = 0, -1
     for what, ds in splits.items():
-        n = len(ds)  # type: ignore[arg-type]
+        n = len(ds)
         if n == 0:
             raise PbkitError(f"data: the {what} split is empty")
         h.update(f"{what}:{n}|".encode())

@@ -204,6 +204,7 @@ class Sampler:
 
         self.handle, self.interval = handle, interval_s
         self.proc = psutil.Process()
+        self.nv: Any
         self.nv, _ = nvml() if handle is not None else (None, None)
         self.rss_peak = 0
         self.nvml_peak: int | None = None

@@ -123,7 +123,7 @@ def _timed(fn: Runner) -> tuple[float, float | None]:
     """One query: (host wall-clock ms end to end, GPU compute ms or None)."""
     timed = getattr(fn, "timed", None)
     if timed is not None:
-        return timed()  # type: ignore[no-any-return]
+        return timed()
     t0 = time.perf_counter_ns()
     fn()
     return (time.perf_counter_ns() - t0) / 1e6, None

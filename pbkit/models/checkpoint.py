@@ -122,7 +122,7 @@ def _unimportable(model: nn.Module) -> list[str]:
                 found = (
                     PathFinder.find_spec(top, fresh)
                     if finder is PathFinder
-                    else finder.find_spec(top, None)  # type: ignore[attr-defined]
+                    else finder.find_spec(top, None)
                 )
             except Exception:
                 continue

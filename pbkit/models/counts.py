@@ -108,7 +108,7 @@ class StepCounter:
 
     def layers(self) -> int:
         """The MACs the convolution and linear layers perform now."""
-        return sum(r * m.weight.numel() for m, r in self.rate.items())  # type: ignore[union-attr]
+        return sum(r * m.weight.numel() for m, r in self.rate.items())
 
     def exact(self) -> int:
         total = count_macs(self.model, self.input_size)

@@ -35,7 +35,7 @@ class Attention(tvm.RelativePositionalMultiHeadAttention):
         dot = torch.einsum("B G H I D, B G H J D -> B G H I J", q, k)
         dot = F.softmax(dot + self.get_relative_positional_bias(), dim=-1)
         out = torch.einsum("B G H I J, B G H J D -> B G H I D", dot, v)
-        return self.merge(out.permute(0, 1, 3, 2, 4).reshape(b, g, p, heads * dh))  # type: ignore[no-any-return]
+        return self.merge(out.permute(0, 1, 3, 2, 4).reshape(b, g, p, heads * dh))
 
 
 ATTENTION = (Attention,)

@@ -17,7 +17,7 @@ from timm.layers.mixed_conv2d import MixedConv2d
 from torch import nn
 
 
-class MixedDepthwiseConv2d(MixedConv2d):  # type: ignore[misc]
+class MixedDepthwiseConv2d(MixedConv2d):
     """A depth-wise :class:`MixedConv2d`: channel i in is channel i out."""
 
 

@@ -42,7 +42,7 @@ class ShuffleUnit(tvsh.InvertedResidual):
             out = torch.cat((x1, self.branch2(x2)), dim=1)
         else:
             out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
-        return self.shuffle(out)  # type: ignore[no-any-return]
+        return self.shuffle(out)
 
 
 def make_prunable(model: nn.Module) -> nn.Module:

@@ -335,7 +335,7 @@ def _builder_of(module: ModuleType, fn: str, where: str) -> Callable[..., Any]:
         raise PbkitError(f"{where} has no {fn!r} (it defines: {shown or 'nothing callable'})")
     if not callable(builder):
         raise PbkitError(f"{where}: {fn!r} is a {type(builder).__name__}, not a function")
-    return builder  # type: ignore[no-any-return]
+    return builder
 
 
 def _call(

@@ -153,14 +153,14 @@ def _timm_v2_attention(m: nn.Module, x: torch.Tensor, mask: torch.Tensor | None)
         scores = scores.view(-1, mask.shape[0], heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
         scores = scores.view(-1, heads, n, n)
     out = (m.attn_drop(m.softmax(scores)) @ v).transpose(1, 2).reshape(x.shape[0], n, -1)
-    return m.proj_drop(m.proj(out))  # type: ignore[no-any-return]
+    return m.proj_drop(m.proj(out))
 
 
 @functools.cache
 def _timm_v2() -> type:
     from timm.models import swin_transformer_v2 as v2
 
-    class TimmWindowAttentionV2(v2.WindowAttention):  # type: ignore[misc]
+    class TimmWindowAttentionV2(v2.WindowAttention):
         """timm's Swin v2 window attention whose inner width comes from its weights."""
 
         def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -361,7 +361,7 @@ class HessianImportance(tp.importance.GroupHessianImportance):
             p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
         ) -> torch.Tensor:
             out = functional_call(model, (p, b), (x.unsqueeze(0),))
-            return output_loss(out, y.unsqueeze(0))  # type: ignore[no-any-return]
+            return output_loss(out, y.unsqueeze(0))
 
         per_sample = vmap(grad(sample_loss), in_dims=(None, None, 0, 0))
         acc = {k: torch.zeros_like(v) for k, v in params.items()}
@@ -369,7 +369,7 @@ class HessianImportance(tp.importance.GroupHessianImportance):
         # vmap has no batching rule for the CPU fused-attention kernel: use timm's explicit path
         fused = [m for m in model.modules() if getattr(m, "fused_attn", False) is True]
         for m in fused:
-            m.fused_attn = False  # type: ignore[assignment]
+            m.fused_attn = False
         try:
             for x, y in batches:
                 for s in range(0, len(x), self.chunk):
@@ -379,7 +379,7 @@ class HessianImportance(tp.importance.GroupHessianImportance):
                     n += len(x[s : s + self.chunk])
         finally:
             for m in fused:
-                m.fused_attn = True  # type: ignore[assignment]
+                m.fused_attn = True
         return acc, n
 
 

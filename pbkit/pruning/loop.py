@@ -225,14 +225,14 @@ def prune_to_target(
 
     The contract: ``model`` is pruned in place (the same object, its layers narrower, left in eval
     mode), and nothing else of the caller's is changed (``protected`` and the hooks are read, never
-    edited). Where a
-    second attempt is possible (:func:`_plan`: the model has attention-like blocks, no hook trains
-    the model object itself, no latency target, and a copy fits the memory budget) every attempt
-    prunes a copy and the one that succeeds is made the model by :func:`adopt`: a failed attempt
-    leaves a copy half-pruned, never ``model``, and a reference kept to one of ``model``'s old
-    submodules (a protected head) no longer is one of its modules. Otherwise the one attempt
-    prunes ``model`` itself, and an error may leave it half-pruned (the prune stage builds its run
-    folder under a temporary name and throws it away).
+    edited). The first attempt prunes ``model`` itself, so its submodules (a protected head) stay
+    the objects the caller holds. Where a second attempt is possible (:func:`_plan`: the model has
+    attention-like blocks, no hook trains the model object itself, no latency target, and a copy
+    fits the memory budget) a copy is kept before the first: should that one fail, ``model`` is
+    made the copy again (:func:`adopt`), the second attempt prunes a copy of it and, if it
+    succeeds, is made the model; if it fails too, ``model`` is left as it was given. Otherwise an
+    error may leave ``model`` half-pruned (the prune stage builds its run folder under a temporary
+    name and throws it away).
     """
     _check(model, method, settings, protected, num_classes, calibration, hooks)
     job = _job(model, method, settings, input_size, num_classes, protected, calibration, hooks)
@@ -341,8 +341,9 @@ def _job(
 
 @dataclass(frozen=True)
 class Attempt:
-    """One try at pruning: the blocks held fixed from the start (their names), and whether it
-    prunes a copy of the model (made the model by :func:`adopt` if it succeeds)."""
+    """One try at pruning: the blocks held fixed from the start (their names), and whether a copy
+    of the model is kept for the next attempt (the first, of two) or pruned (the second: made the
+    model by :func:`adopt` if it succeeds)."""
 
     hold: tuple[str, ...] = ()
     on_copy: bool = False
@@ -363,10 +364,10 @@ def _plan(model: nn.Module, job: _Job) -> list[Attempt]:
     """The retry policy: the model as it is; then, if it has attention-like blocks
     (:func:`pbkit.pruning.repairs.held.untraceable`), with those held fixed: each one node whose
     output channels stay. The second is taken where the first one's graph cannot be traced or runs
-    past its budget (the model is untouched then) or, pruning a copy, a step fails inside
-    torch-pruning or leaves a model that no longer runs. Both prune a copy where a copy is
-    possible: no hook trains the model object itself, no latency target, and the weights take less
-    than a third of the memory budget."""
+    past its budget (the model is untouched then) or, where a copy was kept, a step fails inside
+    torch-pruning or leaves a model that no longer runs. A copy is possible where no hook trains
+    the model object itself, there is no latency target, and the weights take less than a third
+    of the memory budget."""
     names = {m: n for n, m in model.named_modules()}
     candidates = tuple(names[m] for m in held.untraceable(model))
     if not candidates:
@@ -387,8 +388,17 @@ def _run(model: nn.Module, job: _Job, attempts: list[Attempt]) -> PruneResult:
     first failure and the last; a repair that no longer fits torch-pruning stops at once."""
     first: str | None = None  # (its text: the error would keep the failed attempt's memory)
     extra_gib = 0.0
+    kept: nn.Module | None = None  # the model as given, while a later attempt may need it
     for i, attempt in enumerate(attempts):
-        pruned = _copy(model) if attempt.on_copy else model
+        if attempt.on_copy and i == 0:
+            kept, pruned = _copy(model), model  # the first prunes the model itself
+        elif attempt.on_copy:
+            if kept is not None:
+                adopt(model, kept)  # as given again (the first may have cut some of it)
+                kept = None
+            pruned = _copy(model)
+        else:
+            pruned = model
         try:
             result = _attempt(pruned, job, attempt, extra_gib)
         except _Failed as f:
@@ -481,7 +491,7 @@ def _attempt(model: nn.Module, job: _Job, attempt: Attempt, extra_gib: float) ->
         with budget.guarded(f"pruning {job.hooks.name}", job.memory_gib, None), cuts.cuts_follow():
             done = _latency_steps(p) if job.settings.latency is not None else _macs_steps(p)
     except _StepFailed as e:
-        if attempt.on_copy:  # the model is untouched: the next attempt may get past it
+        if attempt.on_copy:  # a copy was kept: the next attempt may get past it
             raise _Failed(e) from e
         raise
     return _result(p, done)

@@ -4,6 +4,7 @@ speed-up across machines."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write
@@ -33,6 +34,7 @@ def plot(rs: list[Row], path: str | Path) -> Path:
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4.4 * nrows), dpi=110, squeeze=False)
     colors = {b: f"C{i}" for i, b in enumerate(backends)}
+    ax: Any
     for ax, (model, dataset) in zip(axes.flat, panels, strict=False):
         mine = [r for r in rs if r.model == model and (r.dataset or "data-free") == dataset]
         top = 1.0
@@ -137,7 +139,7 @@ def plot_machines(rows_: list[MachineRow], path: str | Path) -> Path:
             colors="k",
             linestyles="--",
             lw=0.9,
-            label="MACs speed-up" if x == 0 else None,
+            label="MACs speed-up" if x == 0 else "_nolegend_",
         )
     ax.axhline(1.0, color="grey", lw=0.6)
     ax.set_xticks(range(len(keys)))
@@ -181,6 +183,7 @@ def plot_accuracy(board: Board, path: str | Path) -> Path:
     fig, axes = plt.subplots(
         nrows, cols, figsize=(7.0 * cols, height * nrows), dpi=110, squeeze=False
     )
+    ax: Any
     for ax, (key, groups) in zip(axes.flat, panels.items(), strict=False):
         methods = sorted(
             {e.method for _, g in groups for e in g},

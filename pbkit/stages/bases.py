@@ -22,6 +22,7 @@ from pbkit.models import ModelSpec, build, checkpoint, weights
 from pbkit.stages import distributed
 from pbkit.stages.rundir import dataset_fields, slug, teacher_file, trained_fields, trains_base
 from pbkit.tasks import Task
+from pbkit.train.recipe import Recipe, TrainRequest
 
 Weights = dict[str, Any]  # weights, weights_path, weights_sha256 (record.ModelInfo fields)
 
@@ -61,10 +62,10 @@ def _obtain(
         assert file is not None  # the run's identity checked it
         trust = m.trust_checkpoint
         model = checkpoint.load_base(spec, file, trust=trust, seed=m.seed)
-        path = str(Path(file).expanduser().resolve())
+        where = str(Path(file).expanduser().resolve())
         return (
             model,
-            {"weights": "checkpoint", "weights_path": path, "weights_sha256": sha256_file(path)},
+            {"weights": "checkpoint", "weights_path": where, "weights_sha256": sha256_file(where)},
             None,
         )
     if m.weights == "pretrained":
@@ -120,16 +121,12 @@ def _obtain(
             quiet,
         )
         model.to(dev)
-        history = distributed.train(
-            cfg,
-            task,
-            model,
-            bundle,
-            spec,
-            cfg.base.model_dump(),
-            what="base training",
+        request = TrainRequest(
+            Recipe.of(cfg.base),
+            eval_batch_size=cfg.dataset.eval_batch_size,
             on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)),
         )
+        history = distributed.train(cfg, task, model, bundle, spec, request, what="base training")
         steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
         checkpoint.save_model(model, spec, path, extra={"training": history})
     return model, _trained(path), history

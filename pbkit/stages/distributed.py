@@ -42,6 +42,7 @@ from pbkit.core.errors import PbkitError
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec, checkpoint
 from pbkit.tasks import Task
+from pbkit.train.recipe import Recipe, TrainRequest
 
 EPOCH, ERROR = "@pbkit-epoch ", "@pbkit-error "
 WORKER = "pbkit.stages.distributed"
@@ -63,39 +64,17 @@ def train(
     model: nn.Module,
     bundle: DataBundle,
     spec: ModelSpec,
-    recipe: dict[str, Any],
+    request: TrainRequest,
     *,
     what: str,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    teacher: nn.Module | None = None,
     teacher_file: Path | None = None,
-    kd: KDCfg | None = None,
 ) -> dict[str, Any]:
-    """The task's training of ``model`` (in place) with ``recipe``: in this process, or across
+    """The task's training of ``model`` (in place) as ``request`` asks: in this process, or across
     ``cfg.distributed``'s processes (the teacher then comes from ``teacher_file``). Returns the
     recipe as run with its history, and across processes ``distributed`` (how it ran)."""
     if not across(cfg):
-        return task.train(
-            model,
-            bundle,
-            spec,
-            recipe,
-            eval_batch_size=cfg.dataset.eval_batch_size,
-            on_epoch=on_epoch,
-            teacher=teacher,
-            kd=kd,
-        )
-    return _train_across(
-        cfg,
-        task,
-        model,
-        spec,
-        recipe,
-        what=what,
-        on_epoch=on_epoch,
-        teacher_file=teacher_file,
-        kd=kd,
-    )
+        return task.train(model, bundle, spec, request)
+    return _train_across(cfg, task, model, spec, request, what=what, teacher_file=teacher_file)
 
 
 def _train_across(
@@ -103,19 +82,18 @@ def _train_across(
     task: Task,
     model: nn.Module,
     spec: ModelSpec,
-    recipe: dict[str, Any],
+    request: TrainRequest,
     *,
     what: str,
-    on_epoch: Callable[[int, dict[str, float]], None] | None,
     teacher_file: Path | None,
-    kd: KDCfg | None,
 ) -> dict[str, Any]:
     d = cfg.distributed
+    recipe, kd = request.recipe, request.kd
     if task.not_distributed:
         raise PbkitError(f"{what} across processes: {task.not_distributed}")
-    if int(recipe["batch_size"]) % d.world_size:
+    if recipe.batch_size % d.world_size:
         raise PbkitError(
-            f"{what} across {d.world_size} processes: batch_size {recipe['batch_size']} is the"
+            f"{what} across {d.world_size} processes: batch_size {recipe.batch_size} is the"
             " global batch and must split evenly among them"
         )
     backend = _backend(cfg)
@@ -125,12 +103,12 @@ def _train_across(
         checkpoint.save_model(model.cpu(), spec, folder / "model.pt")
         job = {
             "config": cfg.model_dump(mode="json"),
-            "recipe": recipe,
+            "recipe": recipe.as_record(),
             "kd": kd.model_dump() if kd is not None and kd.enabled else None,
             "teacher": str(teacher_file) if teacher_file is not None else None,
         }
         (folder / "job.json").write_text(json.dumps(job))
-        _launch(d, backend, folder, cfg.device, what, on_epoch)
+        _launch(d, backend, folder, cfg.device, what, request.on_epoch)
         trained, _, extra = checkpoint.load_model(folder / "trained.pt", cfg.model.trust_checkpoint)
         model.load_state_dict(trained.state_dict())
         model.to(home)
@@ -338,24 +316,23 @@ def _rank_main(job_dir: Path | None, backend: str, timeout_s: float, device_name
         assert bundle is not None
         task = get_task(spec.task)
         kd = KDCfg(**job["kd"]) if job.get("kd") else None
-        history = task.train(
-            model,
-            bundle,
-            spec,
-            job["recipe"],
+        recipe = Recipe.from_dict(job["recipe"])
+        request = TrainRequest(
+            recipe,
             eval_batch_size=cfg.dataset.eval_batch_size,
             on_epoch=_report if d.is_writer else None,
             teacher=teacher,
             kd=kd,
             dist=d,
         )
+        history = task.train(model, bundle, spec, request)
         history["distributed"] = {
             "world_size": d.world,
             "nnodes": int(os.environ.get("GROUP_WORLD_SIZE", "1")),
             "nproc_per_node": int(os.environ.get("LOCAL_WORLD_SIZE", str(d.world))),
             "backend": backend,
-            "global_batch": int(job["recipe"]["batch_size"]),
-            "per_rank_batch": d.local_batch(int(job["recipe"]["batch_size"])),
+            "global_batch": recipe.batch_size,
+            "per_rank_batch": d.local_batch(recipe.batch_size),
             "device": f"{device.name(dev)} x{d.world}",
         }
         if d.is_writer:

@@ -3,6 +3,7 @@ the outputs the task compares) and to TensorRT engines (built from the ONNX file
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ def to_tensorrt(
     run_dir: Path,
     rec: record.Record,
     cfg: config.Config,
-    precisions: list[str],
+    precisions: Sequence[str],
     batches: list[int],
     quiet: bool,
 ) -> record.Record:

@@ -28,6 +28,7 @@ from pbkit.stages import bases, distributed, prune
 from pbkit.stages.rundir import DENSE, FINETUNED_FILE, MODEL_FILES, PRUNED, StageClock, teacher_file
 from pbkit.tasks import get as get_task
 from pbkit.train.loop import trainability
+from pbkit.train.recipe import Recipe, TrainRequest
 
 
 def run(
@@ -43,44 +44,34 @@ def run(
     model.to(dev)
     task = get_task(spec.task)
     env = envinfo.collect()
+    trust = cfg.model.trust_checkpoint
     if cfg.init == "scratch":
         recipe, extra = scratch_recipe(rec, cfg)
-        reinitialize(model, int(recipe["seed"]))
-        teacher, title = (
-            None,
-            f"training the pruned architecture from scratch, {recipe['epochs']} epochs",
-        )
+        reinitialize(model, recipe.seed)
+        teacher = None
+        title = f"training the pruned architecture from scratch, {recipe.epochs} epochs"
     else:
-        recipe = cfg.finetune.model_dump(exclude={"kd"})
-        extra = {"init": "pruned"}
+        recipe, extra = Recipe.of(cfg.finetune), {"init": "pruned"}
         teacher = bases.teacher(
-            cfg,
-            lambda: checkpoint.load_model(run_dir / MODEL_FILES[DENSE], cfg.model.trust_checkpoint)[
-                0
-            ],
-            dev,
+            cfg, lambda: checkpoint.load_model(run_dir / MODEL_FILES[DENSE], trust)[0], dev
         )
-        title = f"finetuning {recipe['epochs']} epochs" + (
+        title = f"finetuning {recipe.epochs} epochs" + (
             " with distillation" if teacher is not None else ""
         )
-    steps = Steps(title + distributed.label(cfg), int(recipe["epochs"]), quiet)
+    steps = Steps(title + distributed.label(cfg), recipe.epochs, quiet)
     kd = cfg.finetune.kd if teacher is not None else None
-    history = distributed.train(
-        cfg,
-        task,
-        model,
-        bundle,
-        spec,
+    request = TrainRequest(
         recipe,
-        what="finetuning",
+        eval_batch_size=cfg.dataset.eval_batch_size,
         on_epoch=lambda e, row: steps.update(e, task.epoch_line(row)),
         teacher=teacher,
         kd=kd,
-        teacher_file=(
-            None
-            if kd is None
-            else (teacher_file(kd.teacher) if kd.teacher else run_dir / MODEL_FILES[DENSE])
-        ),
+    )
+    teacher_path = None
+    if kd is not None:
+        teacher_path = teacher_file(kd.teacher) if kd.teacher else run_dir / MODEL_FILES[DENSE]
+    history = distributed.train(
+        cfg, task, model, bundle, spec, request, what="finetuning", teacher_file=teacher_path
     )
     steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
     prune.put_scores(rec.accuracy, task, "finetuned", prune.scores(task, model, bundle, spec, cfg))
@@ -91,7 +82,7 @@ def run(
         "kd": cfg.finetune.kd.model_dump() if teacher is not None else {"enabled": False},
         "augmentation": bundle.info.get("augmentation", "none"),
         "trainability": trainability(
-            history.get("history") or [], task.history_metric, str(recipe.get("schedule"))
+            history.get("history") or [], task.history_metric, recipe.schedule
         ),
     }
     rec.artifacts["pruned_as_pruned"] = (
@@ -109,7 +100,7 @@ def run(
     return rec
 
 
-def scratch_recipe(rec: record.Record, cfg: config.Config) -> tuple[dict[str, Any], dict[str, Any]]:
+def scratch_recipe(rec: record.Record, cfg: config.Config) -> tuple[Recipe, dict[str, Any]]:
     """The base recipe, for the epochs base training, the pruning stage (sparse training; the
     training between interleaved pruning steps, in epochs rounded up) and finetuning took."""
     if rec.base_training is None:
@@ -129,7 +120,7 @@ def scratch_recipe(rec: record.Record, cfg: config.Config) -> tuple[dict[str, An
     if rec.method.interleave:
         parts["interleave"] = int(rec.method.interleave.get("epochs") or 0)
     total = sum(parts.values())
-    return {**cfg.base.model_dump(), "epochs": total}, {
+    return Recipe.of(cfg.base, epochs=total), {
         "init": "scratch",
         "epochs_total": total,
         "epochs_from": parts,

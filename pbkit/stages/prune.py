@@ -38,6 +38,7 @@ from pbkit.stages import bases
 from pbkit.stages.rundir import DENSE, LATENCY_TABLE, MODEL_FILES, PRUNED, Plan, StageClock
 from pbkit.tasks import Task
 from pbkit.tasks import get as get_task
+from pbkit.train.recipe import Recipe, TrainRequest
 
 
 def dataset(cfg: config.Config) -> DataBundle | None:
@@ -275,24 +276,21 @@ def _prune(
         sp = cfg.sparsify
 
         def sparse_train(pruner: Any) -> Sparsified:
-            recipe = {**sp.model_dump(exclude={"reg", "delta_reg"}), "weight_decay": 0.0}
             progress = Steps(
                 f"sparse training {sp.epochs} epochs ({method.regularizer}, reg {sp.reg:g})",
                 sp.epochs,
                 quiet,
             )
             epoch_hook = getattr(pruner, method.per_epoch) if method.per_epoch else None
-            result = task.train(
-                model,
-                pdata,
-                spec,
-                recipe,
+            request = TrainRequest(
+                Recipe.of(sp, weight_decay=0.0),  # (the regularizer is the only penalty)
                 eval_batch_size=cfg.dataset.eval_batch_size,
                 evaluate_each_epoch=False,
                 on_epoch=lambda e, row: progress.update(e, task.epoch_line(row)),
                 regularize=lambda: pruner.regularize(model),
                 after_epoch=epoch_hook,
             )
+            result = task.train(model, pdata, spec, request)
             progress.close()
             model.eval()
             facts = {
@@ -385,7 +383,7 @@ def _interleaved(
     teacher = bases.teacher(
         cfg, lambda: copy.deepcopy(model), device.of(model)
     )  # the dense model, copied before pruning
-    recipe = {**ft.model_dump(exclude={"kd"}), "schedule": "constant", "epochs": p.interleave_iters}
+    recipe = Recipe.of(ft, schedule="constant", epochs=p.interleave_iters)
     per_epoch = max(1, math.ceil(len(bundle.train) / ft.batch_size))  # type: ignore[arg-type]
     facts: dict[str, Any] = {
         "iters_per_step": p.interleave_iters,
@@ -396,7 +394,7 @@ def _interleaved(
         "kd": ft.kd.model_dump(),
         "dataset": bundle.name,
         "recipe": {
-            k: recipe[k]
+            k: recipe.as_record()[k]
             for k in (
                 "optimizer",
                 "lr",
@@ -411,17 +409,15 @@ def _interleaved(
 
     def between(step: int) -> float:
         t0 = time.perf_counter()
-        out = task.train(
-            model,
-            bundle,
-            spec,
-            {**recipe, "seed": ft.seed + step},
-            evaluate_each_epoch=False,
+        request = TrainRequest(
+            recipe.replace(seed=ft.seed + step),
             eval_batch_size=cfg.dataset.eval_batch_size,
+            evaluate_each_epoch=False,
             teacher=teacher,
             kd=ft.kd if teacher is not None else None,
             max_iters=p.interleave_iters,
         )
+        out = task.train(model, bundle, spec, request)
         model.eval()
         seconds = time.perf_counter() - t0
         iterations = facts["iterations"] + int(out["iterations"])

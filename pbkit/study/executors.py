@@ -212,4 +212,4 @@ def _attempts_actor() -> Any:
             self.n[key] = self.n.get(key, 0) + 1
             return self.n[key]
 
-    return Attempts.remote()
+    return Attempts.remote()  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ runs only the new trials. Records come back to the driver as data: no shared fil
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,7 +259,7 @@ def _bases(
         data: bytes = res["data"]
         path = study_dir / "bases" / res["file"]
         if not path.is_file():
-            atomic_write(path, lambda p, data=data: p.write_bytes(data))
+            atomic_write(path, functools.partial(_write_bytes, data=data))
         doc["bases"][job.key] = {
             "file": res["file"],
             "sha256": res["sha256"],
@@ -299,3 +300,7 @@ def _finish(study_dir: Path, entry: dict[str, Any], res: dict[str, Any], i: int,
     if acc is not None:
         parts.append(f"{row.metric} {acc:.2f}")
     return f"[{i}/{n}] {entry['run_id']}: {', '.join(parts)} ({where})"
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)

@@ -55,7 +55,11 @@ def _place_base(root: Path, base: tuple[str, bytes] | None) -> None:
     name, data = base
     path = root / "bases" / name
     if not path.is_file():
-        atomic_write(path, lambda p: p.write_bytes(data))
+        atomic_write(path, lambda p: _write_bytes(p, data))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
 
 
 def run_trial(

@@ -16,19 +16,18 @@ Implementations register in :mod:`pbkit.tasks`; a new task adds one module there
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from pbkit.core.config import CalibrationCfg, KDCfg
+from pbkit.core.config import CalibrationCfg
 from pbkit.core.errors import PbkitError
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec
 from pbkit.pruning import Calibration
-from pbkit.train.distributed import Dist
+from pbkit.train.recipe import OnEpoch, TrainRequest
 
-OnEpoch = Callable[[int, dict[str, float]], None]
+__all__ = ["OnEpoch", "Task", "TrainRequest"]
 
 
 _TITLES: dict[str, str] = {}  # task key -> title, filled as implementations are defined
@@ -74,24 +73,11 @@ class Task(ABC):
         model: nn.Module,
         bundle: DataBundle,
         spec: ModelSpec,
-        recipe: dict[str, Any],
-        *,
-        eval_batch_size: int,
-        evaluate_each_epoch: bool = True,
-        on_epoch: OnEpoch | None = None,
-        regularize: Callable[[], None] | None = None,
-        after_epoch: Callable[[], None] | None = None,
-        teacher: nn.Module | None = None,
-        kd: KDCfg | None = None,
-        max_iters: int | None = None,
-        dist: Dist | None = None,
+        request: TrainRequest,
     ) -> dict[str, Any]:
-        """Train ``model`` in place with ``recipe``; return the recipe as run with its history.
-        ``regularize`` runs between backward and the optimizer step, ``after_epoch`` after each
-        epoch (sparse training); with ``teacher`` and ``kd`` the loss distils the teacher's
-        outputs into the model's; ``max_iters`` stops after that many optimizer steps (training
-        between pruning steps); with ``dist`` this process is one rank of a DistributedDataParallel
-        job (``recipe["batch_size"]`` is the global batch)."""
+        """Train ``model`` in place as ``request`` asks (its recipe, hooks, teacher, distributed
+        rank: :class:`~pbkit.train.recipe.TrainRequest`); return the recipe as run with its
+        history."""
 
     @abstractmethod
     def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:

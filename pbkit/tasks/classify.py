@@ -17,9 +17,10 @@ from pbkit.core.errors import PbkitError
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec, classifier_heads
 from pbkit.pruning import Calibration
-from pbkit.tasks.base import OnEpoch, Task
-from pbkit.train.distributed import Dist, shard_loader
+from pbkit.tasks.base import Task
+from pbkit.train.distributed import shard_loader
 from pbkit.train.loop import fit
+from pbkit.train.recipe import TrainRequest
 
 
 @torch.no_grad()
@@ -119,12 +120,12 @@ class Classify(Task):
 
     kd_term = staticmethod(kd_loss)  # the distillation term on the model's outputs
 
-    def loss(self, out: torch.Tensor, target: torch.Tensor, recipe: dict[str, Any]) -> torch.Tensor:
+    def loss(
+        self, out: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
+    ) -> torch.Tensor:
         """The task's training loss on a batch's outputs (cross-entropy, the recipe's label
         smoothing)."""
-        return F.cross_entropy(
-            out, target, label_smoothing=float(recipe.get("label_smoothing") or 0.0)
-        )
+        return F.cross_entropy(out, target, label_smoothing=label_smoothing)
 
     def test_metric(self, model: nn.Module, loader: DataLoader[Any], spec: ModelSpec) -> float:
         """The metric evaluated after every training epoch."""
@@ -139,26 +140,17 @@ class Classify(Task):
         model: nn.Module,
         bundle: DataBundle,
         spec: ModelSpec,
-        recipe: dict[str, Any],
-        *,
-        eval_batch_size: int,
-        evaluate_each_epoch: bool = True,
-        on_epoch: OnEpoch | None = None,
-        regularize: Callable[[], None] | None = None,
-        after_epoch: Callable[[], None] | None = None,
-        teacher: nn.Module | None = None,
-        kd: KDCfg | None = None,
-        max_iters: int | None = None,
-        dist: Dist | None = None,
+        request: TrainRequest,
     ) -> dict[str, Any]:
         self.check_data(bundle, "training")
-        seed = int(recipe["seed"])
+        recipe, dist = request.recipe, request.dist
+        seed = recipe.seed
         train = bundle.loader(
-            "train",
-            dist.local_batch(int(recipe["batch_size"])) if dist else int(recipe["batch_size"]),
-            seed=seed,
+            "train", dist.local_batch(recipe.batch_size) if dist else recipe.batch_size, seed=seed
         )
-        test = bundle.loader("test", eval_batch_size) if evaluate_each_epoch else None
+        test = (
+            bundle.loader("test", request.eval_batch_size) if request.evaluate_each_epoch else None
+        )
         if dist is not None:
             train = shard_loader(train, dist, seed, train=True)
             if test is not None and self.metric_is_sample_mean:
@@ -166,7 +158,7 @@ class Classify(Task):
 
         def task_loss(m: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
             out = m(batch[0])
-            return self.loss(out, batch[1], recipe), out
+            return self.loss(out, batch[1], recipe.label_smoothing), out
 
         def evaluate(m: nn.Module) -> float:
             assert test is not None
@@ -180,15 +172,10 @@ class Classify(Task):
         return fit(
             model,
             train,
-            recipe,
-            loss_fn=distilled(task_loss, teacher, kd, term=self.kd_term),
+            request,
+            loss_fn=distilled(task_loss, request.teacher, request.kd, term=self.kd_term),
             evaluate=evaluate if test is not None else None,
             metric_key=self.history_metric,
-            on_epoch=on_epoch,
-            after_backward=regularize,
-            after_epoch=after_epoch,
-            max_iters=max_iters,
-            dist=dist,
         )
 
     def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:
@@ -210,9 +197,9 @@ class Classify(Task):
         return Calibration(
             batches,
             self.title,
-            loss=lambda m, b: self.loss(m(b[0]), b[1], {}),
+            loss=lambda m, b: self.loss(m(b[0]), b[1]),
             sample=lambda b, i: (b[0][i : i + 1], b[1][i : i + 1]),
-            output_loss=lambda out, y: self.loss(out, y, {}),
+            output_loss=lambda out, y: self.loss(out, y),
             info=info or {},
         )
 

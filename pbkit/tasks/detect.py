@@ -26,9 +26,9 @@ from pbkit.data import DataBundle
 from pbkit.data.detection import check_dataset
 from pbkit.models import ModelSpec, yolo
 from pbkit.pruning import Calibration
-from pbkit.tasks.base import OnEpoch, Task
+from pbkit.tasks.base import Task
 from pbkit.tasks.classify import classification_batches
-from pbkit.train.distributed import Dist
+from pbkit.train.recipe import TrainRequest
 
 
 class Detect(Task):
@@ -59,37 +59,19 @@ class Detect(Task):
         model: nn.Module,
         bundle: DataBundle,
         spec: ModelSpec,
-        recipe: dict[str, Any],
-        *,
-        eval_batch_size: int,
-        evaluate_each_epoch: bool = True,
-        on_epoch: OnEpoch | None = None,
-        regularize: Callable[[], None] | None = None,
-        after_epoch: Callable[[], None] | None = None,
-        teacher: nn.Module | None = None,
-        kd: KDCfg | None = None,
-        max_iters: int | None = None,
-        dist: Dist | None = None,
+        request: TrainRequest,
     ) -> dict[str, Any]:
         self.check_data(bundle, "training")
-        if dist is not None:
+        if request.dist is not None:
             raise PbkitError(self.not_distributed)
-        if max_iters is not None:
+        if request.max_iters is not None:
             raise PbkitError(
                 "training for a number of iterations between pruning steps (prune.schedule:"
                 " interleaved) is available for classification; detectors train with the"
                 " ultralytics trainer by epochs"
             )
-        with distilling(model, teacher, kd):
-            return finetune(
-                model,
-                bundle.info["yaml"],
-                spec.input_size,
-                recipe,
-                on_epoch=on_epoch,
-                regularize=regularize,
-                after_epoch=after_epoch,
-            )
+        with distilling(model, request.teacher, request.kd):
+            return finetune(model, bundle.info["yaml"], spec.input_size, request)
 
     def calibration(self, bundle: DataBundle, cfg: CalibrationCfg, spec: ModelSpec) -> Calibration:
         info = {"dataset": bundle.name, "batch_size": cfg.batch_size, "seed": cfg.seed}
@@ -158,7 +140,7 @@ class DistilledCriterion:
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
         if self.own is None:
-            self.own = self.model.init_criterion()  # type: ignore[operator]
+            self.own = self.model.init_criterion()
         value, items = self.own(preds, batch)
         with torch.no_grad():
             target = self.teacher(batch["img"])
@@ -245,7 +227,7 @@ def calibration_batches(
     with _quiet():
         data = check_det_dataset(yaml_path)
         cfg = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "fraction": 1.0, "cache": False})
-        ds = build_yolo_dataset(cfg, data["train"], batch_size, data, mode="val")
+        ds = build_yolo_dataset(cfg, data["train"], batch_size, data, mode="val")  # type: ignore[arg-type]
     g = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
         ds,
@@ -291,39 +273,31 @@ def finetune(
     model: nn.Module,
     yaml_path: str,
     imgsz: int,
-    recipe: dict[str, Any],
+    request: TrainRequest,
     workdir: Path | None = None,
-    on_epoch: OnEpoch | None = None,
-    regularize: Callable[[], None] | None = None,
-    after_epoch: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Finetune the pruned object itself with the ultralytics trainer; load its EMA weights back.
 
-    ``regularize`` runs after every backward pass, before the optimizer step (sparse training);
-    ``after_epoch`` after every epoch (GrowingReg's penalty update). The trainer's own outputs
-    (checkpoints, logs) go to ``workdir``, a temporary folder removed afterwards when not given."""
+    The request's ``regularize`` runs after every backward pass, before the optimizer step (sparse
+    training); ``after_epoch`` after every epoch (GrowingReg's penalty update). The trainer's own
+    outputs (checkpoints, logs) go to ``workdir``, a temporary folder removed afterwards when not
+    given."""
     import tempfile
 
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="pbkit-yolo-") as work:
-            return finetune(
-                model, yaml_path, imgsz, recipe, Path(work), on_epoch, regularize, after_epoch
-            )
+            return finetune(model, yaml_path, imgsz, request, Path(work))
     with ultralytics_offline():
-        return _train(model, yaml_path, imgsz, recipe, workdir, on_epoch, regularize, after_epoch)
+        return _train(model, yaml_path, imgsz, request, workdir)
 
 
 def _train(
-    model: nn.Module,
-    yaml_path: str,
-    imgsz: int,
-    recipe: dict[str, Any],
-    workdir: Path,
-    on_epoch: OnEpoch | None,
-    regularize: Callable[[], None] | None,
-    after_epoch: Callable[[], None] | None,
+    model: nn.Module, yaml_path: str, imgsz: int, request: TrainRequest, workdir: Path
 ) -> dict[str, Any]:
     import time
+
+    recipe = request.recipe
+    regularize, after_epoch, on_epoch = request.regularize, request.after_epoch, request.on_epoch
 
     from ultralytics.models.yolo.detect import DetectionTrainer
 
@@ -343,16 +317,16 @@ def _train(
                 regularize()
             super().optimizer_step()
 
-    schedule = recipe.get("schedule")
+    schedule = recipe.schedule
     overrides = {
         # a name only (the trainer's model is set to our object below and never built from it)
         "model": str(getattr(model, "yaml", {}).get("yaml_file", "yolov8n.yaml")),
         "data": yaml_path,
-        "epochs": int(recipe["epochs"]),
+        "epochs": recipe.epochs,
         "imgsz": imgsz,
         # the model's device; AMP stays off: ultralytics' AMP check would download a model to test
         # with
-        "batch": int(recipe["batch_size"]),
+        "batch": recipe.batch_size,
         "device": str(device.of(model)),
         "workers": 0,
         "amp": False,
@@ -361,12 +335,12 @@ def _train(
         "project": str(workdir),
         "name": "finetune",
         "exist_ok": True,
-        "seed": int(recipe["seed"]),
+        "seed": recipe.seed,
         "deterministic": True,
-        "optimizer": {"sgd": "SGD", "adamw": "AdamW", "adam": "Adam"}[recipe["optimizer"]],
-        "lr0": float(recipe["lr"]),
-        "momentum": float(recipe["momentum"]),
-        "weight_decay": float(recipe["weight_decay"]),
+        "optimizer": {"sgd": "SGD", "adamw": "AdamW", "adam": "Adam"}[recipe.optimizer],
+        "lr0": recipe.lr,
+        "momentum": recipe.momentum,
+        "weight_decay": recipe.weight_decay,
         "cos_lr": schedule == "cosine",
         "lrf": 1.0 if schedule == "constant" else 0.01,
         "warmup_epochs": 0,
@@ -380,7 +354,7 @@ def _train(
     history: list[dict[str, float]] = []
 
     def epoch_end(tr: Any) -> None:
-        if int(tr.epoch) + 1 > int(recipe["epochs"]) or any(
+        if int(tr.epoch) + 1 > recipe.epochs or any(
             r["epoch"] == int(tr.epoch) + 1 for r in history
         ):
             return  # the trainer's final evaluation fires the event once more
@@ -390,7 +364,7 @@ def _train(
         }
         history.append(row)
         if on_epoch is not None:
-            on_epoch(row["epoch"], row)
+            on_epoch(int(row["epoch"]), row)
 
     trainer.add_callback("on_fit_epoch_end", epoch_end)
     if after_epoch is not None:
@@ -405,7 +379,7 @@ def _train(
     for p in model.parameters():
         p.requires_grad_(True)
     return {
-        **recipe,
+        **recipe.as_record(),
         "trainer": "ultralytics DetectionTrainer (pruned object)",
         "time_s": time.perf_counter() - t0,
         "history": history,

@@ -94,7 +94,9 @@ class Segment(Classify):
         self.check_data(bundle, "evaluating")
         return scores_of(model, bundle.loader("test", batch_size), spec.num_classes)
 
-    def loss(self, out: torch.Tensor, target: torch.Tensor, recipe: dict[str, Any]) -> torch.Tensor:
+    def loss(
+        self, out: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
+    ) -> torch.Tensor:
         return seg_loss(out, target)
 
     def test_metric(self, model: nn.Module, loader: DataLoader[Any], spec: ModelSpec) -> float:

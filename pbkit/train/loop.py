@@ -17,47 +17,35 @@ from torch.utils.data import DataLoader
 
 from pbkit.core import device
 from pbkit.core.errors import PbkitError
-from pbkit.train.distributed import Dist, set_epoch
+from pbkit.train.distributed import set_epoch
+from pbkit.train.recipe import Recipe, TrainRequest
 
 
-def milestones(recipe: dict[str, Any]) -> list[int]:
-    """Milestones as epochs: integers are epochs, numbers in (0, 1) are fractions of the run."""
-    epochs = int(recipe["epochs"])
-    out = []
-    for m in recipe.get("milestones") or []:
-        out.append(int(round(m * epochs)) if isinstance(m, float) and 0 < m < 1 else int(m))
-    return out
-
-
-def _optimizer(model: nn.Module, r: dict[str, Any]) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if r["optimizer"] == "sgd":
+    if r.optimizer == "sgd":
         return torch.optim.SGD(
             params,
-            lr=r["lr"],
-            momentum=r["momentum"],
-            weight_decay=r["weight_decay"],
-            nesterov=bool(r.get("nesterov")) and r["momentum"] > 0,
+            lr=r.lr,
+            momentum=r.momentum,
+            weight_decay=r.weight_decay,
+            nesterov=r.nesterov and r.momentum > 0,
         )
-    if r["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=r["lr"], weight_decay=r["weight_decay"])
-    if r["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=r["lr"], weight_decay=r["weight_decay"])
-    raise PbkitError(f"unknown optimizer {r['optimizer']!r}; choose one of: adam, adamw, sgd")
+    if r.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+    if r.optimizer == "adam":
+        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+    raise PbkitError(f"unknown optimizer {r.optimizer!r}; choose one of: adam, adamw, sgd")
 
 
-def _scheduler(
-    opt: torch.optim.Optimizer, r: dict[str, Any]
-) -> torch.optim.lr_scheduler.LRScheduler:
-    s = r["schedule"]
+def _scheduler(opt: torch.optim.Optimizer, r: Recipe) -> torch.optim.lr_scheduler.LRScheduler:
+    s = r.schedule
     if s == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones(r), gamma=r["gamma"])
+        return torch.optim.lr_scheduler.MultiStepLR(opt, r.milestone_epochs, gamma=r.gamma)
     if s == "step":
-        return torch.optim.lr_scheduler.StepLR(
-            opt, step_size=max(int(r["step_size"]), 1), gamma=r["gamma"]
-        )
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(r.step_size, 1), gamma=r.gamma)
     if s == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(r["epochs"]), 1))
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(r.epochs, 1))
     if s == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     raise PbkitError(f"unknown schedule {s!r}; choose one of: constant, cosine, multistep, step")
@@ -69,37 +57,34 @@ Loss = Callable[[nn.Module, Any], torch.Tensor]  # (model, batch) -> scalar loss
 def fit(
     model: nn.Module,
     train_loader: DataLoader[Any],
-    recipe: dict[str, Any],
+    request: TrainRequest,
     loss_fn: Loss,
     evaluate: Callable[[nn.Module], float] | None = None,
     metric_key: str = "accuracy",
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    after_backward: Callable[[], None] | None = None,
-    after_epoch: Callable[[], None] | None = None,
-    max_iters: int | None = None,
-    dist: Dist | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` in place with ``recipe`` and the task's ``loss_fn``; return the recipe as
-    run, its timing and per-epoch history (loss, the learning rate the epoch used, images per
-    second and, with ``evaluate``, ``metric_key``; ``lr`` is the rate after the epoch's scheduler
-    step). Batches move to the model's device; ``recipe["amp"]`` (bf16, fp16) runs the forward
-    pass and loss under autocast, fp16 with a gradient scaler; ``recipe["channels_last"]`` trains
-    in that memory format.
+    """Train ``model`` in place with the request's recipe and the task's ``loss_fn``; return the
+    recipe as run, its timing and per-epoch history (loss, the learning rate the epoch used, images
+    per second and, with ``evaluate``, ``metric_key``; ``lr`` is the rate after the epoch's
+    scheduler step). Batches move to the model's device; ``recipe.amp`` (bf16, fp16) runs the
+    forward pass and loss under autocast, fp16 with a gradient scaler; ``recipe.channels_last``
+    trains in that memory format.
 
-    ``after_backward`` runs between ``loss.backward()`` and ``optimizer.step()`` (a regularizer's
-    gradient), ``after_epoch`` after every epoch (e.g. GrowingReg's penalty update);
+    The request's ``regularize`` runs between ``loss.backward()`` and ``optimizer.step()`` (a
+    regularizer's gradient), ``after_epoch`` after every epoch (e.g. GrowingReg's penalty update);
     ``max_iters`` stops after that many optimizer steps (training between pruning steps).
 
     With ``dist`` (a rank of a torchrun job; ``train_loader`` already sharded) the model trains
     wrapped in DistributedDataParallel, each epoch's loss and images are summed over the ranks and
     ``evaluate`` runs on every rank (it reduces what it measures itself).
     """
-    torch.manual_seed(int(recipe["seed"]))
+    recipe, dist, max_iters = request.recipe, request.dist, request.max_iters
+    after_backward, after_epoch = request.regularize, request.after_epoch
+    on_epoch = request.on_epoch
+    torch.manual_seed(recipe.seed)
     dev = device.of(model)
-    amp = str(recipe.get("amp") or "off")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp == "fp16")
-    layout = torch.channels_last if recipe.get("channels_last") else None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.amp)
+    scaler = torch.amp.GradScaler(dev.type, enabled=recipe.amp == "fp16")
+    layout = torch.channels_last if recipe.channels_last else None
     if layout is not None:
         model.to(memory_format=layout)
     net = (
@@ -110,7 +95,7 @@ def fit(
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     iters = 0
-    for epoch in range(1, int(recipe["epochs"]) + 1):
+    for epoch in range(1, recipe.epochs + 1):
         model.train()
         total_loss = n = 0.0
         lr_used = opt.param_groups[0]["lr"]
@@ -162,8 +147,8 @@ def fit(
             break
     model.eval()
     return {
-        **recipe,
-        "milestones_epochs": milestones(recipe),
+        **recipe.as_record(),
+        "milestones_epochs": recipe.milestone_epochs,
         "time_s": time.perf_counter() - t0,
         "history": history,
         "iterations": iters,
@@ -190,7 +175,7 @@ def trainability(
         and first is not None
         and any(r.get("lr_used") is not None and r["lr_used"] < first * 0.999 for r in rows)
     )
-    stage = [r for r in rows if not staged or r["lr_used"] >= first * 0.999]
+    stage = [r for r in rows if not staged or r["lr_used"] >= (first or 0.0) * 0.999]
     values = [float(r[metric]) for r in stage]
     rising = None
     if staged and len(values) >= 2:

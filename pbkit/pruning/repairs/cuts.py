@@ -147,7 +147,7 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 
 def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
     """The ``num_heads`` torch-pruning is given: each attention's heads, by its ``qkv``."""
-    return {m.qkv: m.num_heads for m in attention_modules(model)}  # type: ignore[misc]
+    return {m.qkv: m.num_heads for m in attention_modules(model)}
 
 
 def attention_widths(model: nn.Module, pruner: Any) -> None:
@@ -156,13 +156,13 @@ def attention_widths(model: nn.Module, pruner: Any) -> None:
     with fits("attention widths"):
         heads_after = pruner.num_heads
     for m in attention_modules(model):
-        qkv: nn.Linear = m.qkv  # type: ignore[assignment]
+        qkv: nn.Linear = m.qkv
         heads = int(heads_after.get(qkv, m.num_heads))
-        m.num_heads = heads  # type: ignore[assignment]
+        m.num_heads = heads
         attn_dim = qkv.out_features // 3
-        m.head_dim = attn_dim // heads  # type: ignore[assignment]
+        m.head_dim = attn_dim // heads
         if hasattr(m, "attn_dim"):
-            m.attn_dim = attn_dim  # type: ignore[assignment]
+            m.attn_dim = attn_dim
     embed = getattr(getattr(model, "patch_embed", None), "proj", None)
     if isinstance(embed, nn.Conv2d):
         for attr in ("embed_dim", "num_features"):

@@ -171,10 +171,11 @@ def hidden(model: nn.Module, also: Sequence[nn.Module] = ()) -> Iterator[None]:
     patched: list[tuple[nn.Module, str]] = []
     for blk in [m for m in model.modules() if isinstance(m, _timm()[0])]:
         _hide_windowed(blk)
-        patched += [(blk.attn, "forward"), (blk, "_attn")]
+        attn: nn.Module = blk.attn  # type: ignore[attr-defined]
+        patched += [(attn, "forward"), (blk, "_attn")]
     for m in [*blocks(model), *also]:
         if not any(m is p for p, _ in patched):
-            m.forward = _one_node(m.forward)  # type: ignore[method-assign]
+            m.forward = _one_node(m.forward)
             patched.append((m, "forward"))
     try:
         yield
@@ -190,19 +191,19 @@ def _hide_windowed(blk: nn.Module) -> None:
 
     def forward(x: torch.Tensor, mask: Any = None) -> torch.Tensor:
         if inside[0]:  # the windowed path calling its attention on the windows
-            return original(x, mask=mask)  # type: ignore[no-any-return]
+            return original(x, mask=mask)
 
         def run(t: torch.Tensor) -> torch.Tensor:
             inside[0] = True
             try:
-                return path(t)  # type: ignore[no-any-return]
+                return path(t)
             finally:
                 inside[0] = False
 
-        return _Opaque.apply(x, run)  # type: ignore[no-any-return]
+        return _Opaque.apply(x, run)
 
-    attn.forward = forward  # type: ignore[method-assign]
-    blk._attn = (lambda a: lambda x: a(x))(attn)  # type: ignore[method-assign]
+    attn.forward = forward
+    blk._attn = (lambda a: lambda x: a(x))(attn)
 
 
 def _one_node(f: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -216,7 +217,7 @@ def _one_node(f: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         out = _Opaque.apply(x, lambda t: f(t, *args, **kwargs))
         if not isinstance(out, torch.Tensor):
             raise TypeError("a block held as one node gives one tensor")
-        return out  # type: ignore[no-any-return]
+        return out
 
     return forward
 

@@ -24,11 +24,11 @@ _DEPTHWISE = function.DepthwiseConvPruner()
 
 
 def _qkv(layer: nn.Module) -> nn.Linear:
-    return getattr(layer, "qkv", None) or layer.to_qkv  # type: ignore[return-value]
+    return getattr(layer, "qkv", None) or layer.to_qkv
 
 
 def _proj(layer: nn.Module) -> nn.Linear:
-    return getattr(layer, "proj", None) or layer.merge  # type: ignore[return-value]
+    return getattr(layer, "proj", None) or layer.merge
 
 
 def _norm_width(layer: nn.Module) -> int:
@@ -42,7 +42,7 @@ def cut_inputs(layer: nn.Module, idxs: Sequence[int]) -> None:
     (_CONV if isinstance(layer, nn.Conv2d) else _LINEAR).prune_in_channels(layer, idxs)
 
 
-class AttentionPruner(function.BasePruningFunc):  # type: ignore[misc]
+class AttentionPruner(function.BasePruningFunc):
     """Window attention: its input channels are ``qkv``'s columns, its output channels ``proj``'s
     rows (MaxViT: ``to_qkv``, ``merge``)."""
 
@@ -61,7 +61,7 @@ class AttentionPruner(function.BasePruningFunc):  # type: ignore[misc]
         return int(_qkv(layer).in_features)
 
 
-class PassThroughPruner(function.BasePruningFunc):  # type: ignore[misc]
+class PassThroughPruner(function.BasePruningFunc):
     """A reshape or permute that keeps each channel as it is (MaxViT's window and grid partitions),
     or a channel gate that fits any width (ECA): no channel weights; its input and output channels
     are the same channels."""
@@ -135,37 +135,37 @@ class MixedPruner(PassThroughPruner):
     get_in_channels = get_out_channels
 
 
-class MergingPruner(function.BasePruningFunc):  # type: ignore[misc]
+class MergingPruner(function.BasePruningFunc):
     """Patch merging: C input channels, each four times in the merged 4C (v1 normalises those), 2C
     output channels (v2 normalises those)."""
 
     def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        c = int(layer.reduction.in_features) // 4  # type: ignore[union-attr]
+        c = int(layer.reduction.in_features) // 4
         merged = [i + k * c for k in range(4) for i in idxs]
         before = _norm_width(layer) == 4 * c  # v1: the norm before the reduction (v2: after)
         _LINEAR.prune_in_channels(layer.reduction, merged)
         if before:
             _NORM.prune_out_channels(layer.norm, merged)
-        layer.dim = c - len(idxs)  # type: ignore[assignment]
+        layer.dim = c - len(idxs)
         return layer
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        after = _norm_width(layer) == layer.reduction.out_features  # type: ignore[union-attr]
+        after = _norm_width(layer) == layer.reduction.out_features
         _LINEAR.prune_out_channels(layer.reduction, idxs)
         if after:
             _NORM.prune_out_channels(layer.norm, idxs)
         if hasattr(layer, "out_dim"):
-            layer.out_dim = int(layer.reduction.out_features)  # type: ignore[union-attr, assignment]
+            layer.out_dim = int(layer.reduction.out_features)
         return layer
 
     def get_out_channels(self, layer: nn.Module) -> int:
-        return int(layer.reduction.out_features)  # type: ignore[union-attr]
+        return int(layer.reduction.out_features)
 
     def get_in_channels(self, layer: nn.Module) -> int:
-        return int(layer.reduction.in_features) // 4  # type: ignore[union-attr]
+        return int(layer.reduction.in_features) // 4
 
 
-class FixedPruner(function.BasePruningFunc):  # type: ignore[misc]
+class FixedPruner(function.BasePruningFunc):
     """A layer whose channels never change (ShuffleNet's channel shuffle, a block held fixed): an
     ignored layer, so no group that reaches it is pruned. Its input and output channels are coupled
     (one function), so a group that reaches its input reaches its output, which is what marks the
