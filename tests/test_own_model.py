@@ -418,7 +418,7 @@ def test_a_study_takes_a_model_file_as_a_grid_value(net_file: Path, tmp_path: Pa
 def test_a_yolo_trained_on_its_own_classes_prunes_from_its_best_pt(
     tmp_path: Path, pbkit: Any
 ) -> None:
-    from pbkit.core.runtime import ultralytics_offline
+    from pbkit.models.ultralytics_env import ultralytics_offline
     from tests.detection_data import make
 
     data = make(tmp_path / "shapes", size=64, names={0: "box", 1: "disc", 2: "triangle"})

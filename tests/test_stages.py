@@ -635,9 +635,11 @@ def test_a_second_run_in_the_same_process_sees_the_state_it_would_see_alone(
     import cv2
 
     from pbkit.core import runtime
+    from pbkit.models import ultralytics_env
+    from pbkit.stages import orchestrate
     from pbkit.stages import prune
 
-    with runtime.ultralytics_offline():
+    with ultralytics_env.ultralytics_offline():
         import ultralytics.utils as ul
         import ultralytics.utils.checks as checks
     # a process that uses ultralytics online itself, with its own OpenCV threads and print options
@@ -654,11 +656,11 @@ def test_a_second_run_in_the_same_process_sees_the_state_it_would_see_alone(
     starts: list[dict[str, object]] = []
     real = prune.run
 
-    def watched(plan, quiet=False):  # type: ignore[no-untyped-def]
+    def watched(ctx, rec=None):  # type: ignore[no-untyped-def]
         starts.append(runtime.snapshot())
-        return real(plan, quiet)
+        return real(ctx, rec)
 
-    monkeypatch.setattr(prune, "run", watched)
+    monkeypatch.setitem(orchestrate.STAGES, "prune", watched)
     b = [
         *SMALL,
         "prune.method=random",
@@ -715,7 +717,7 @@ def test_concurrent_runs_that_need_the_same_base_train_it_once(
     import threading
 
     from pbkit import tasks
-    from pbkit.stages import bases, prune
+    from pbkit.stages import bases, context
 
     cfg = _cfg(
         tmp_path / "runs",
@@ -724,8 +726,8 @@ def test_concurrent_runs_that_need_the_same_base_train_it_once(
         "base.epochs=1",
         "base.batch_size=32",
     )
-    bundle = prune.dataset(cfg)
-    spec = prune.resolve_spec(cfg, bundle)
+    bundle = context.dataset(cfg)
+    spec = context.resolve_spec(cfg, bundle)
     task = tasks.get(spec.task)
     calls: list[int] = []
     real = type(task).train

@@ -12,10 +12,10 @@ import torch
 from pbkit import models, stages
 from pbkit.core import config, record
 from pbkit.core.errors import PbkitError
-from pbkit.core.runtime import ultralytics_offline
 from pbkit.data.detection import check_dataset
 from pbkit.models import counts, yolo
 from pbkit.models.outputs import output_tensors
+from pbkit.models.ultralytics_env import ultralytics_offline
 from pbkit.pruning import methods
 from pbkit.tasks import detect
 from tests.conftest import once, output_in_fresh_process, prune_model

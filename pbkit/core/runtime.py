@@ -2,11 +2,10 @@
 
 A run changes state that belongs to the whole process: torch's thread count, the TF32 and
 matmul-precision flags, cuDNN switches, the random generators, environment variables, warning
-filters, print options, OpenCV's thread count and ultralytics' module settings (importing
-ultralytics sets several of these itself). In a worker that runs many trials one after another,
-whatever one trial leaves behind would change the next. :func:`isolated` captures all of it on entry
-and puts it back on exit; every stage runs inside it. :func:`ultralytics_offline` is the scope in
-which ultralytics may be imported and used: no installs, no network, no font downloads.
+filters, print options, OpenCV's thread count, and what a higher layer registers as a
+:class:`Guard` (ultralytics' module settings: :mod:`pbkit.models.ultralytics_env`). In a worker that
+runs many trials one after another, whatever one trial leaves behind would change the next.
+:func:`isolated` captures all of it on entry and puts it back on exit; every stage runs inside it.
 """
 
 from __future__ import annotations
@@ -18,17 +17,11 @@ import os
 import random
 import sys
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
-
-# ultralytics modules whose import-time flags would let it install packages or go online
-_ULTRALYTICS_FLAGS = ("ultralytics.utils", "ultralytics.utils.checks", "ultralytics.utils.events")
-_ULTRALYTICS_FONT = ("ultralytics.utils.checks", "ultralytics.data.utils")
-
 
 # torch's fp32 precision settings (TF32 and friends), new API only: torch 2.9+ refuses to read the
 # legacy flags (allow_tf32, get_float32_matmul_precision) once the new ones were set
@@ -118,28 +111,6 @@ def strict_fp32() -> None:
     torch.backends.mkldnn.conv.fp32_precision = "ieee"
 
 
-def _ultralytics_state() -> dict[tuple[str, str], Any]:
-    """Module attributes pbkit may change in ultralytics, for the modules already imported."""
-    state: dict[tuple[str, str], Any] = {}
-    for name in _ULTRALYTICS_FLAGS:
-        mod = sys.modules.get(name)
-        for flag in ("AUTOINSTALL", "ONLINE"):
-            if mod is not None and hasattr(mod, flag):
-                state[(name, flag)] = getattr(mod, flag)
-    for name in _ULTRALYTICS_FONT:
-        mod = sys.modules.get(name)
-        if mod is not None and hasattr(mod, "check_font"):
-            state[(name, "check_font")] = mod.check_font
-    return state
-
-
-def _set_ultralytics_state(state: dict[tuple[str, str], Any]) -> None:
-    for (name, attr), value in state.items():
-        mod = sys.modules.get(name)
-        if mod is not None:
-            setattr(mod, attr, value)
-
-
 def _print_options() -> dict[str, Any]:
     opts: Any = torch._tensor_str.PRINT_OPTS
     fields = [f.name for f in dataclasses.fields(opts)] if dataclasses.is_dataclass(opts) else None
@@ -157,7 +128,8 @@ def _cv2_threads() -> int | None:
     return int(cv2.getNumThreads()) if cv2 is not None and hasattr(cv2, "getNumThreads") else None
 
 
-def _set_cv2_threads(n: int | None) -> None:
+def set_cv2_threads(n: int | None) -> None:
+    """OpenCV's thread count back to ``n`` (where OpenCV is imported)."""
     cv2 = sys.modules.get("cv2")
     if n is not None and cv2 is not None and cv2.getNumThreads() != n:
         cv2.setNumThreads(n)
@@ -182,12 +154,31 @@ def _restore_environ(saved: dict[str, str]) -> None:
             os.environ[k] = v
 
 
+@dataclasses.dataclass(frozen=True)
+class Guard:
+    """State of a library that a higher layer uses and :func:`isolated` puts back: ``capture()``
+    what it is now (comparable with ``==`` for :func:`snapshot`), ``restore(captured)``."""
+
+    name: str
+    capture: Callable[[], Any]
+    restore: Callable[[Any], None]
+
+
+_GUARDS: dict[str, Guard] = {}
+
+
+def guard(g: Guard) -> None:
+    """Have every :func:`isolated` scope from now on put ``g``'s state back (a library's settings
+    that pbkit changes: :mod:`pbkit.models.ultralytics_env` registers ultralytics' own)."""
+    _GUARDS[g.name] = g
+
+
 @contextlib.contextmanager
 def isolated() -> Iterator[None]:
     """Run a block with the process state it found restored afterwards: torch threads and
     numeric flags, every random generator (torch CPU and CUDA, NumPy, ``random``), environment
-    variables, warning filters, NumPy and torch print options, OpenCV's thread count and
-    ultralytics' settings. Nested scopes are fine."""
+    variables, warning filters, NumPy and torch print options, OpenCV's thread count, and what the
+    registered guards keep (:func:`guard`: ultralytics' settings). Nested scopes are fine."""
     environ = dict(os.environ)
     printing = _print_options()
     cv2_threads = _cv2_threads()
@@ -196,21 +187,22 @@ def isolated() -> Iterator[None]:
     rng_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     rng_numpy = np.random.get_state()
     rng_python = random.getstate()
-    ultra = _ultralytics_state()
+    guarded = {name: g.capture() for name, g in list(_GUARDS.items())}
     try:
         with warnings.catch_warnings():  # the warning filters, as they were
             yield
     finally:
         _restore_environ(environ)
         _set_print_options(printing)
-        _set_cv2_threads(cv2_threads)
+        set_cv2_threads(cv2_threads)
         _set_torch_flags(flags)
         torch.set_rng_state(rng_torch)
         if rng_cuda is not None:
             torch.cuda.set_rng_state_all(rng_cuda)
         np.random.set_state(rng_numpy)
         random.setstate(rng_python)
-        _set_ultralytics_state(ultra)
+        for name, value in guarded.items():
+            _GUARDS[name].restore(value)
 
 
 def snapshot() -> dict[str, Any]:
@@ -228,53 +220,6 @@ def snapshot() -> dict[str, Any]:
     state["warnings.filters"] = repr(warnings.filters)
     state["print_options"] = repr(_print_options())
     state["cv2.threads"] = _cv2_threads()
-    state["ultralytics"] = {f"{n}.{a}": repr(v) for (n, a), v in _ultralytics_state().items()}
+    for name, g in _GUARDS.items():
+        state[name] = g.capture()
     return state
-
-
-def _local_font(font: str = "Arial.ttf") -> Path | None:
-    """ultralytics' font look-up without its download: a matching font matplotlib knows, or None."""
-    from matplotlib import font_manager
-
-    name = Path(font).name
-    for f in font_manager.fontManager.ttflist:
-        if name in f.fname and os.path.exists(f.fname):
-            return Path(f.fname)
-    return None
-
-
-@contextlib.contextmanager
-def ultralytics_offline() -> Iterator[None]:
-    """The scope in which pbkit imports and uses ultralytics: ``YOLO_OFFLINE=1``,
-    ``YOLO_AUTOINSTALL=false``, its module flags off, fonts looked up locally, its logger quiet.
-    Everything is put back on exit."""
-    import logging
-
-    with isolated():
-        import cv2  # ultralytics sets its thread count on import: the count before it is put back
-
-        cv2_threads = cv2.getNumThreads()
-        os.environ["YOLO_OFFLINE"] = "1"
-        os.environ["YOLO_AUTOINSTALL"] = "false"
-        os.environ.setdefault("YOLO_VERBOSE", "false")
-        os.environ.setdefault(
-            "YOLO_CONFIG_DIR",
-            str(Path(os.environ.get("PBKIT_CACHE", "~/.cache/pbkit")).expanduser() / "ultralytics"),
-        )
-        import ultralytics.data.utils  # noqa: F401  (imported under the offline environment)
-        import ultralytics.utils.checks  # noqa: F401
-        import ultralytics.utils.events  # noqa: F401
-
-        before = (
-            _ultralytics_state()
-        )  # flags as ultralytics set them (isolated() restores them too)
-        _set_ultralytics_state({k: _local_font if k[1] == "check_font" else False for k in before})
-        logger = logging.getLogger("ultralytics")
-        level = logger.level
-        logger.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            logger.setLevel(level)
-            _set_ultralytics_state(before)
-            _set_cv2_threads(cv2_threads)

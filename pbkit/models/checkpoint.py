@@ -27,9 +27,9 @@ from torch import nn
 
 from pbkit.core.errors import PbkitError, first_line
 from pbkit.core.fileio import atomic_write
-from pbkit.core.runtime import ultralytics_offline
 from pbkit.models.sources import TRUST_HINT, build
 from pbkit.models.spec import ModelSpec
+from pbkit.models.ultralytics_env import ultralytics_offline
 from pbkit.models.weights import load_state, read_file
 
 FORMAT = "pbkit-model/1"

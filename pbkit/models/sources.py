@@ -39,10 +39,10 @@ from torch import nn
 
 from pbkit.core.errors import PbkitError, choices_error, first_line
 from pbkit.core.fileio import sha256_file
-from pbkit.core.runtime import ultralytics_offline
 from pbkit.models import segment
 from pbkit.models.registry import _VIT_NAME, MODELS, PREFIXES, USER_PATTERNS, YOLO_MODELS
 from pbkit.models.spec import ModelSpec, Origin
+from pbkit.models.ultralytics_env import ultralytics_offline
 
 TASKS = ("classify", "detect", "segment")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt")

@@ -5,7 +5,7 @@ validation and calibration with ultralytics live in :mod:`pbkit.tasks.detect`.
   ``C2fSplit`` (two 1x1 convolutions, weights copied), an exact equivalent (tested).
 - The Detect head is never pruned; export and finetuning use the pruned object, never a model
   rebuilt from the yaml (that silently restores the dense widths).
-- ultralytics is only used inside :func:`pbkit.core.runtime.ultralytics_offline`: it never
+- ultralytics is only used inside :func:`pbkit.models.ultralytics_env.ultralytics_offline`: it never
   installs packages or reaches the network.
 """
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pbkit.core.errors import PbkitError
-from pbkit.core.runtime import ultralytics_offline
+from pbkit.models.ultralytics_env import ultralytics_offline
 
 SIZES = ("n", "s", "m", "l", "x")
 NAME = re.compile(r"^yolov8([nsmlx])$")

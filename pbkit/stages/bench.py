@@ -27,6 +27,7 @@ from pbkit.measure.runner import Runner, RunSpec
 from pbkit.measure.settings import BenchSettings, for_device
 from pbkit.models import checkpoint, counts
 from pbkit.stages import export
+from pbkit.stages.context import Context, need
 from pbkit.stages.rundir import DENSE, ONNX_FILES, PRUNED, StageClock, model_file
 from pbkit.tasks import Task
 from pbkit.tasks import get as get_task
@@ -145,10 +146,9 @@ class _Point:
             torch.cuda.empty_cache()
 
 
-def run(
-    run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = False
-) -> record.Record:
+def run(ctx: Context, rec: record.Record | None) -> record.Record:
     """Measure every (backend, precision, batch) point; replace those points in the record."""
+    run_dir, cfg, quiet, rec = ctx.run_dir, ctx.cfg, ctx.quiet, need(rec, "bench")
     todo = pairs(cfg, quiet)
     rec = _ensure_artifacts(run_dir, rec, cfg, todo, quiet)
     clock = StageClock("bench")

@@ -19,6 +19,7 @@ from pbkit.measure.backends import cuda_reason
 from pbkit.measure.protocol import default_threads
 from pbkit.measure.runner import ort_session
 from pbkit.models import checkpoint, counts
+from pbkit.stages.context import Context, need
 from pbkit.stages.rundir import DENSE, ONNX_FILES, PRUNED, StageClock, model_file
 from pbkit.tasks import get as get_task
 
@@ -44,11 +45,10 @@ def merge_parity(rec: record.Record, fresh: list[record.Parity]) -> None:
     rec.parity = [p for p in rec.parity if key(p) not in keep] + fresh
 
 
-def run(
-    run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = False
-) -> record.Record:
+def run(ctx: Context, rec: record.Record | None) -> record.Record:
     """Export to each format of ``export.formats`` (ONNX always first when its files are
     missing)."""
+    run_dir, cfg, quiet, rec = ctx.run_dir, ctx.cfg, ctx.quiet, need(rec, "export")
     if "onnx" in cfg.export.formats or not onnx_ready(run_dir):
         rec = to_onnx(run_dir, rec, cfg, quiet)
     if "tensorrt" in cfg.export.formats:

@@ -14,7 +14,6 @@ the trainability accuracy (TA).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pbkit.core import config, device, record
@@ -24,19 +23,20 @@ from pbkit.core.fileio import sha256_file
 from pbkit.machine import envinfo
 from pbkit.models import checkpoint
 from pbkit.models.weights import reinitialize
-from pbkit.stages import bases, distributed, prune
+from pbkit.stages import bases, distributed
+from pbkit.stages.context import Context, dataset, need, put_scores, scores
 from pbkit.stages.rundir import DENSE, FINETUNED_FILE, MODEL_FILES, PRUNED, StageClock, teacher_file
 from pbkit.tasks import get as get_task
 from pbkit.train.loop import trainability
 from pbkit.train.recipe import Recipe, TrainRequest
 
 
-def run(
-    run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool = False
-) -> record.Record:
+def run(ctx: Context, rec: record.Record | None) -> record.Record:
+    """Finetune the pruned model (or train its architecture from scratch) and record it."""
+    run_dir, cfg, quiet, rec = ctx.run_dir, ctx.cfg, ctx.quiet, need(rec, "finetune")
     clock = StageClock("finetune")
     dev = device.resolve(cfg.device)
-    bundle = prune.dataset(cfg)
+    bundle = dataset(cfg)
     assert bundle is not None  # the stage runs only with a dataset (rundir.finetunes)
     model, spec, _ = checkpoint.load_model(
         run_dir / MODEL_FILES[PRUNED], cfg.model.trust_checkpoint
@@ -74,7 +74,7 @@ def run(
         cfg, task, model, bundle, spec, request, what="finetuning", teacher_file=teacher_path
     )
     steps.close(task.epoch_line(history["history"][-1]) if history.get("history") else "")
-    prune.put_scores(rec.accuracy, task, "finetuned", prune.scores(task, model, bundle, spec, cfg))
+    put_scores(rec.accuracy, task, "finetuned", scores(task, model, bundle, spec, cfg))
     checkpoint.save_model(model, spec, run_dir / FINETUNED_FILE)
     rec.finetune = {
         **history,

@@ -17,13 +17,14 @@ def main(job: str, answer: str) -> int:
         from pbkit.core.errors import PbkitError, first_line
         from pbkit.core.runtime import isolated
         from pbkit.stages import bench
+        from pbkit.stages.context import Context
 
         data = json.loads(Path(job).read_text(encoding="utf-8"))
         folder = Path(data["run_dir"])
         try:
             with isolated():
                 cfg = config.validate(data["config"], "bench config")
-                bench.run(folder, record.read(folder), cfg, bool(data["quiet"]))
+                bench.run(Context(folder, cfg, bool(data["quiet"])), record.read(folder))
         except PbkitError as e:
             message = str(e)
         except Exception as e:  # the parent turns it into one line

@@ -10,7 +10,6 @@ restored when it returns (``isolated``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from pbkit.core.console import note
 from pbkit.core.errors import PbkitError
 from pbkit.core.runtime import isolated
 from pbkit.stages import bench, export, finetune, prune, rundir
+from pbkit.stages.context import Context, Stage
 
 
 @dataclass
@@ -40,12 +40,13 @@ def run(
         if "bench" in wanted:
             bench.pairs(cfg, quiet=True)  # the whole plan is checked before the long work starts
         plan = rundir.plan(cfg)
+        ctx = Context.of(plan, quiet)
         with rundir.locked(plan.run_dir, quiet):
             if force:
                 plan.remove()
             rec = plan.existing()
             if rec is None:
-                out = Outcome(plan.run_dir, prune.run(plan, quiet), ran=["prune"])
+                out = Outcome(plan.run_dir, STAGES["prune"](ctx, None), ran=["prune"])
             else:
                 rundir.check_resumable(plan.run_dir, rec)
                 out = Outcome(
@@ -66,18 +67,16 @@ def run(
                 )
             for stage in wanted[1:]:
                 if not _done(plan.run_dir, out.record, stage, cfg):
-                    out.record = _STAGE_RUNNERS[stage](plan.run_dir, out.record, cfg, quiet)
+                    out.record = STAGES[stage](ctx, out.record)
                     out.ran.append(stage)
     return out
 
 
-def _bench(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool) -> record.Record:
+def _bench(ctx: Context, rec: record.Record | None) -> record.Record:
     """The bench stage: quick measurements in this process, real ones in a fresh one."""
-    return (
-        bench.run(run_dir, rec, cfg, quiet)
-        if cfg.bench.quick
-        else _bench_in_fresh_process(run_dir, cfg, quiet)
-    )
+    if ctx.cfg.bench.quick:
+        return bench.run(ctx, rec)
+    return _bench_in_fresh_process(ctx.run_dir, ctx.cfg, ctx.quiet)
 
 
 def _bench_in_fresh_process(run_dir: Path, cfg: config.Config, quiet: bool) -> record.Record:
@@ -115,8 +114,9 @@ def _done(run_dir: Path, rec: record.Record, stage: str, cfg: config.Config) -> 
     return rundir.stage_done(rec, stage, cfg)
 
 
-StageRunner = Callable[[Path, record.Record, config.Config, bool], record.Record]
-_STAGE_RUNNERS: dict[str, StageRunner] = {
+# every stage, one signature (:data:`pbkit.stages.context.Stage`)
+STAGES: dict[str, Stage] = {
+    "prune": prune.run,
     "finetune": finetune.run,
     "export": export.run,
     "bench": _bench,
@@ -141,7 +141,7 @@ def _on_run_folder(
         rec = record.read(run_dir)
         # trust is this command's to give: a record that says its run trusted a pickle grants none
         cfg = rundir.run_config(rec, overrides, {"model.trust_checkpoint": trust, **(values or {})})
-        return _STAGE_RUNNERS[stage](run_dir, rec, cfg, quiet)
+        return STAGES[stage](Context(run_dir, cfg, quiet), rec)
 
 
 def export_run(

@@ -23,77 +23,31 @@ from pbkit.core.clock import utc_now
 from pbkit.core.console import Steps, note
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write_json, sha256_file
-from pbkit.data import DataBundle, configured
+from pbkit.data import DataBundle
 from pbkit.data import load as load_data
 from pbkit.machine import envinfo
 from pbkit.measure import backends, layers, protocol
 from pbkit.measure.backends import Backend
 from pbkit.measure.settings import for_device as bench_settings
-from pbkit.models import ModelSpec, checkpoint, counts, known_failure, resolve
+from pbkit.models import ModelSpec, checkpoint, counts, known_failure
 from pbkit.pruning import Calibration, PruneResult, PruneSettings, prune_to_target
 from pbkit.pruning.knapsack import Tools
 from pbkit.pruning.latency import LatencySettings
 from pbkit.pruning.methods import Method
 from pbkit.stages import bases
+from pbkit.stages.context import Context, dataset, put_scores, resolve_spec, scores
 from pbkit.stages.rundir import DENSE, LATENCY_TABLE, MODEL_FILES, PRUNED, Plan, StageClock
 from pbkit.tasks import Task
 from pbkit.tasks import get as get_task
 from pbkit.train.recipe import Recipe, TrainRequest
 
 
-def dataset(cfg: config.Config) -> DataBundle | None:
-    return configured(cfg.dataset, cfg.model.num_classes)
-
-
-def resolve_spec(
-    cfg: config.Config, bundle: DataBundle | None, planned: ModelSpec | None = None
-) -> ModelSpec:
-    """The model spec with classes and input size from the dataset where the config leaves them;
-    a user's model (``planned``, as the plan resolved it) keeps the input size it was given or
-    carries (an ultralytics checkpoint's training size) over a dataset's default."""
-    size = cfg.model.input_size or cfg.dataset.image_size
-    if size is None and planned is not None and planned.origin is not None:
-        size = planned.input_size
-    spec = resolve(
-        cfg.model.name,
-        num_classes=cfg.model.num_classes or (bundle.num_classes if bundle else None),
-        input_size=size or (bundle.image_size if bundle else None),
-        kwargs=cfg.model.kwargs,
-        task=cfg.model.task,
-        trust=cfg.model.trust_checkpoint,
-    )
-    if bundle is not None and spec.num_classes != bundle.num_classes:
-        raise PbkitError(
-            f"model.num_classes={spec.num_classes} but dataset {bundle.name} has"
-            f" {bundle.num_classes} classes"
-        )
-    return spec
-
-
-def scores(
-    task: Task, model: Any, bundle: DataBundle | None, spec: ModelSpec, cfg: config.Config
-) -> dict[str, float] | None:
-    """The task's metrics in percent (its main ``metric`` and the others it reports); None for a
-    data-free run."""
-    return None if bundle is None else task.scores(model, bundle, spec, cfg.dataset.eval_batch_size)
-
-
-def put_scores(
-    acc: record.Accuracy, task: Task, point: str, values: dict[str, float] | None
-) -> record.Accuracy:
-    """The task's scores at one point (base, pruned, finetuned) into the record's accuracy: the
-    main metric in its field, the others under ``others``; nothing for a data-free run."""
-    if values is not None:
-        acc.metric = task.metric
-        setattr(acc, point, values[task.metric])
-        for name, value in values.items():
-            if name != task.metric:
-                acc.others.setdefault(name, {})[point] = value
-    return acc
-
-
-def run(plan: Plan, quiet: bool = False) -> record.Record:
-    """Prune to the target and write the run folder (dense.pt, pruned.pt, record.json)."""
+def run(ctx: Context, rec: record.Record | None = None) -> record.Record:
+    """Prune to the target and write the run folder (dense.pt, pruned.pt, record.json): the
+    first stage, which makes the record (``rec`` is None)."""
+    plan, quiet = ctx.plan, ctx.quiet
+    if plan is None:
+        raise PbkitError("the prune stage makes a run folder from a plan (rundir.plan)")
     cfg, method = plan.cfg, plan.method
     clock = StageClock("prune")
     dev = device.resolve(cfg.device)  # a device that is not there: one line before any work

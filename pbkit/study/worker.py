@@ -16,6 +16,7 @@ from pbkit.core.clock import utc_now
 from pbkit.core.errors import PbkitError, first_line
 from pbkit.core.fileio import atomic_write
 from pbkit.core.runtime import isolated
+from pbkit.stages import rundir
 
 
 def node_id() -> str:
@@ -53,7 +54,7 @@ def _place_base(root: Path, base: tuple[str, bytes] | None) -> None:
     if base is None:
         return
     name, data = base
-    path = root / "bases" / name
+    path = root / rundir.BASES / name
     if not path.is_file():
         atomic_write(path, lambda p: _write_bytes(p, data))
 
@@ -108,7 +109,7 @@ def run_trial(
 def train_base(job: dict[str, Any]) -> dict[str, Any]:
     """Train (or find) the dense base a group of trials shares; return its file's bytes."""
     from pbkit import tasks
-    from pbkit.stages import bases, prune
+    from pbkit.stages import bases, context
 
     t0 = time.perf_counter()
     out: dict[str, Any] = {"key": job["key"], **_where()}
@@ -119,10 +120,10 @@ def train_base(job: dict[str, Any]) -> dict[str, Any]:
             import torch
 
             torch.set_num_threads(int(job["threads"]))
-            bundle = prune.dataset(cfg)
-            spec = prune.resolve_spec(cfg, bundle)
+            bundle = context.dataset(cfg)
+            spec = context.resolve_spec(cfg, bundle)
             _, weights, _ = bases.obtain(
-                cfg, spec, tasks.get(spec.task), bundle, root / "bases", quiet=True
+                cfg, spec, tasks.get(spec.task), bundle, rundir.bases_dir(root / "runs"), quiet=True
             )
         path = Path(weights["weights_path"])
         out.update(

@@ -2,7 +2,7 @@
 DetectionTrainer on the pruned object itself (never a model rebuilt from its yaml, which would
 restore the dense widths), calibration batches with ultralytics' detection loss, the Detect head
 protected, parity on the raw head outputs. Every use of ultralytics runs inside
-:func:`pbkit.core.runtime.ultralytics_offline`.
+:func:`pbkit.models.ultralytics_env.ultralytics_offline`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from torch import nn
 from pbkit.core import device
 from pbkit.core.config import CalibrationCfg, KDCfg
 from pbkit.core.errors import PbkitError
-from pbkit.core.runtime import ultralytics_offline
 from pbkit.data import DataBundle
 from pbkit.data.detection import check_dataset
 from pbkit.models import ModelSpec, yolo
+from pbkit.models.ultralytics_env import ultralytics_offline
 from pbkit.pruning import Calibration
 from pbkit.tasks.base import Task
 from pbkit.tasks.classify import classification_batches
