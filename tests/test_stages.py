@@ -636,8 +636,7 @@ def test_a_second_run_in_the_same_process_sees_the_state_it_would_see_alone(
 
     from pbkit.core import runtime
     from pbkit.models import ultralytics_env
-    from pbkit.stages import orchestrate
-    from pbkit.stages import prune
+    from pbkit.stages import orchestrate, prune
 
     with ultralytics_env.ultralytics_offline():
         import ultralytics.utils as ul
