@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,229 +62,266 @@ def list_cmd(what: str, as_json: bool) -> None:
       pbkit list methods
       pbkit list models --json | jq '.prefixes["timm:"].names | length'
     """
+    _LISTS[what](as_json)
+
+
+def _list_models(as_json: bool) -> None:
+    """Every model name and source: the registry, the hubs' prefixes, the user's own, and the
+    names the zoo found not to prune."""
     from rich.table import Table
 
     rows: list[dict[str, Any]] = []
-    if what == "models":
-        from pbkit import models
+    from pbkit import models
 
-        rows = [
-            dict(
-                name=e.name,
-                family=e.family,
-                task=e.task,
-                source=e.source,
-                input_size=e.input_size,
-                num_classes=e.num_classes,
-                description=e.description,
-            )
-            for e in models.MODELS.values()
-        ]
-        rows += [
-            dict(
-                name=n,
-                family="yolo",
-                task="detect",
-                source="ultralytics",
-                input_size=640,
-                num_classes=80,
-                description=d,
-            )
-            for n, d in models.YOLO_MODELS.items()
-        ]
-        from pbkit.models import segment
+    rows = [
+        dict(
+            name=e.name,
+            family=e.family,
+            task=e.task,
+            source=e.source,
+            input_size=e.input_size,
+            num_classes=e.num_classes,
+            description=e.description,
+        )
+        for e in models.MODELS.values()
+    ]
+    rows += [
+        dict(
+            name=n,
+            family="yolo",
+            task="detect",
+            source="ultralytics",
+            input_size=640,
+            num_classes=80,
+            description=d,
+        )
+        for n, d in models.YOLO_MODELS.items()
+    ]
+    from pbkit.models import segment
 
-        seg_names = ["tv:" + n for n in segment.torchvision_names()]
-        known = {
-            n: why
-            for n in ("tv:" + m for m in models.torchvision_names())
-            if (why := models.known_failure(n)) is not None
-        }
-        known_timm = {
-            n: why
-            for n in ("timm:" + m for m in models.timm_names())
-            if (why := models.known_failure(n)) is not None
-        }
-        if as_json:
-            _emit_json(
-                {
-                    "models": rows,
-                    "prefixes": {
-                        "tv:": {
-                            "description": models.PREFIXES["tv:"],
-                            "names": models.torchvision_names(),
-                            "segmentation": seg_names,
-                            "known_not_to_prune": known,
-                        },
-                        "timm:": {
-                            "description": models.PREFIXES["timm:"],
-                            "names": models.timm_names(),
-                            "known_not_to_prune": known_timm,
-                        },
-                        "timmseg:": {
-                            "description": models.PREFIXES["timmseg:"],
-                            "names": [n for n in models.timm_names() if n.startswith("vit_")],
-                        },
+    seg_names = ["tv:" + n for n in segment.torchvision_names()]
+    known = {
+        n: why
+        for n in ("tv:" + m for m in models.torchvision_names())
+        if (why := models.known_failure(n)) is not None
+    }
+    known_timm = {
+        n: why
+        for n in ("timm:" + m for m in models.timm_names())
+        if (why := models.known_failure(n)) is not None
+    }
+    if as_json:
+        _emit_json(
+            {
+                "models": rows,
+                "prefixes": {
+                    "tv:": {
+                        "description": models.PREFIXES["tv:"],
+                        "names": models.torchvision_names(),
+                        "segmentation": seg_names,
+                        "known_not_to_prune": known,
                     },
-                    "yours": models.USER_PATTERNS,
-                }
-            )
-            return
-        t = Table(title="models")
-        for c in ("name", "family", "task", "source", "input", "classes", "description"):
-            t.add_column(c)
-        for r in rows:
-            t.add_row(
-                r["name"],
-                r["family"],
-                r["task"],
-                r["source"],
-                str(r["input_size"]),
-                str(r["num_classes"]),
-                r["description"],
-            )
+                    "timm:": {
+                        "description": models.PREFIXES["timm:"],
+                        "names": models.timm_names(),
+                        "known_not_to_prune": known_timm,
+                    },
+                    "timmseg:": {
+                        "description": models.PREFIXES["timmseg:"],
+                        "names": [n for n in models.timm_names() if n.startswith("vit_")],
+                    },
+                },
+                "yours": models.USER_PATTERNS,
+            }
+        )
+        return
+    t = Table(title="models")
+    for c in ("name", "family", "task", "source", "input", "classes", "description"):
+        t.add_column(c)
+    for r in rows:
         t.add_row(
-            "tv:<name>",
-            "cnn/vit",
+            r["name"],
+            r["family"],
+            r["task"],
+            r["source"],
+            str(r["input_size"]),
+            str(r["num_classes"]),
+            r["description"],
+        )
+    t.add_row(
+        "tv:<name>",
+        "cnn/vit",
+        "classify",
+        "torchvision",
+        "per model",
+        "1000",
+        f"{models.PREFIXES['tv:']} [{len(models.torchvision_names())} names]",
+    )
+    t.add_row(
+        "timm:<name>",
+        "cnn/vit",
+        "classify",
+        "timm",
+        "per model",
+        "1000",
+        f"{models.PREFIXES['timm:']} [{len(models.timm_names())} names]",
+    )
+    t.add_row(
+        "tv:<seg name>",
+        "cnn",
+        "segment",
+        "torchvision",
+        "520",
+        "21",
+        "torchvision's segmentation models, the main head's logits (aux head dropped): "
+        f"{', '.join(seg_names)}",
+    )
+    t.add_row(
+        "timmseg:<vit>",
+        "vit",
+        "segment",
+        "timm",
+        "per model",
+        "21",
+        models.PREFIXES["timmseg:"],
+    )
+    for shape, meaning in models.USER_PATTERNS.items():
+        t.add_row(shape, "cnn/vit", "--task", "yours", "--imgsz", "its own", meaning)
+    for pattern, tried, reason in models.KNOWN_FAILURES:
+        family = sorted(n for n in {**known, **known_timm} if pattern.match(n))
+        t.add_row(
+            ", ".join(family),
+            "-",
             "classify",
-            "torchvision",
-            "per model",
-            "1000",
-            f"{models.PREFIXES['tv:']} [{len(models.torchvision_names())} names]",
+            "torchvision" if tried.startswith("tv:") else "timm",
+            "-",
+            "-",
+            f"[bold]known not to prune here[/bold] ({tried} tried): {reason}",
         )
+    _print(t)
+
+
+def _list_methods(as_json: bool) -> None:
+    """The method keys and what each needs."""
+    from rich.table import Table
+
+    rows: list[dict[str, Any]] = []
+    from pbkit.pruning import methods
+
+    rows = [m.describe() for m in methods.METHODS.values()]
+    if as_json:
+        _emit_json({"methods": rows})
+        return
+    t = Table(title="methods (12 criteria; 4 regularizers in 5 combinations)")
+    for c in ("key", "name", "paper", "stage", "regularizer", "data", "families"):
+        t.add_column(c)
+    for r in rows:
         t.add_row(
-            "timm:<name>",
-            "cnn/vit",
-            "classify",
-            "timm",
-            "per model",
-            "1000",
-            f"{models.PREFIXES['timm:']} [{len(models.timm_names())} names]",
+            r["key"],
+            r["name"],
+            r["paper"],
+            r["stage"],
+            r["regularizer"] or "-",
+            r["data"],
+            ", ".join(r["families"]),
         )
-        t.add_row(
-            "tv:<seg name>",
-            "cnn",
-            "segment",
-            "torchvision",
-            "520",
-            "21",
-            "torchvision's segmentation models, the main head's logits (aux head dropped): "
-            f"{', '.join(seg_names)}",
-        )
-        t.add_row(
-            "timmseg:<vit>",
-            "vit",
-            "segment",
-            "timm",
-            "per model",
-            "21",
-            models.PREFIXES["timmseg:"],
-        )
-        for shape, meaning in models.USER_PATTERNS.items():
-            t.add_row(shape, "cnn/vit", "--task", "yours", "--imgsz", "its own", meaning)
-        for pattern, tried, reason in models.KNOWN_FAILURES:
-            family = sorted(n for n in {**known, **known_timm} if pattern.match(n))
-            t.add_row(
-                ", ".join(family),
-                "-",
-                "classify",
-                "torchvision" if tried.startswith("tv:") else "timm",
-                "-",
-                "-",
-                f"[bold]known not to prune here[/bold] ({tried} tried): {reason}",
-            )
-        _print(t)
-    elif what == "methods":
-        from pbkit.pruning import methods
+    _print(t)
 
-        rows = [m.describe() for m in methods.METHODS.values()]
-        if as_json:
-            _emit_json({"methods": rows})
-            return
-        t = Table(title="methods (12 criteria; 4 regularizers in 5 combinations)")
-        for c in ("key", "name", "paper", "stage", "regularizer", "data", "families"):
-            t.add_column(c)
-        for r in rows:
-            t.add_row(
-                r["key"],
-                r["name"],
-                r["paper"],
-                r["stage"],
-                r["regularizer"] or "-",
-                r["data"],
-                ", ".join(r["families"]),
-            )
-        _print(t)
-    elif what == "scopes":
-        from pbkit.pruning import methods
 
-        if as_json:
-            _emit_json({"scopes": methods.SCOPES})
-            return
-        t = Table(title="scopes")
-        t.add_column("scope")
-        t.add_column("meaning")
-        for k, v in methods.SCOPES.items():
-            t.add_row(k, v)
-        _print(t)
-    elif what == "backends":
-        from pbkit.measure import backends
+def _list_scopes(as_json: bool) -> None:
+    """The pruning scopes."""
+    from rich.table import Table
 
-        rows = []
-        for b in backends.BACKENDS.values():
-            unavailable = b.check()
-            rows.append(
-                dict(
-                    name=b.name,
-                    device=b.device,
-                    precisions=list(b.precisions),
-                    artifact=b.artifact,
-                    description=b.description,
-                    available=unavailable is None,
-                    reason=unavailable,
-                    install=None if unavailable is None else b.install_hint,
-                )
-            )
-        if as_json:
-            _emit_json({"backends": rows})
-            return
-        t = Table(title="backends")
-        for c in ("name", "device", "precisions", "runs", "available", "description"):
-            t.add_column(c)
-        for r in rows:
-            t.add_row(
-                r["name"],
-                r["device"],
-                ", ".join(r["precisions"]),
-                r["artifact"],
-                "yes" if r["available"] else f"no: {r['reason']}; to use it: {r['install']}",
-                r["description"],
-            )
-        _print(t)
-    else:
-        from pbkit import data
+    from pbkit.pruning import methods
 
-        rows = [
+    if as_json:
+        _emit_json({"scopes": methods.SCOPES})
+        return
+    t = Table(title="scopes")
+    t.add_column("scope")
+    t.add_column("meaning")
+    for k, v in methods.SCOPES.items():
+        t.add_row(k, v)
+    _print(t)
+
+
+def _list_backends(as_json: bool) -> None:
+    """Every backend, available here or not (and why not)."""
+    from rich.table import Table
+
+    rows: list[dict[str, Any]] = []
+    from pbkit.measure import backends
+
+    rows = []
+    for b in backends.BACKENDS.values():
+        unavailable = b.check()
+        rows.append(
             dict(
-                name=e.name,
-                num_classes=e.num_classes,
-                image_size=e.image_size,
-                needs=e.needs,
-                description=e.description,
+                name=b.name,
+                device=b.device,
+                precisions=list(b.precisions),
+                artifact=b.artifact,
+                description=b.description,
+                available=unavailable is None,
+                reason=unavailable,
+                install=None if unavailable is None else b.install_hint,
             )
-            for e in data.DATASETS.values()
-        ]
-        if as_json:
-            _emit_json({"datasets": rows, "default_root": data.DEFAULT_ROOT})
-            return
-        t = Table(title=f"datasets (default root {data.DEFAULT_ROOT})")
-        for c in ("name", "classes", "size", "needs", "description"):
-            t.add_column(c)
-        for r in rows:
-            t.add_row(
-                r["name"], str(r["num_classes"]), str(r["image_size"]), r["needs"], r["description"]
-            )
-        _print(t)
+        )
+    if as_json:
+        _emit_json({"backends": rows})
+        return
+    t = Table(title="backends")
+    for c in ("name", "device", "precisions", "runs", "available", "description"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(
+            r["name"],
+            r["device"],
+            ", ".join(r["precisions"]),
+            r["artifact"],
+            "yes" if r["available"] else f"no: {r['reason']}; to use it: {r['install']}",
+            r["description"],
+        )
+    _print(t)
+
+
+def _list_datasets(as_json: bool) -> None:
+    """The datasets by name."""
+    from rich.table import Table
+
+    rows: list[dict[str, Any]] = []
+    from pbkit import data
+
+    rows = [
+        dict(
+            name=e.name,
+            num_classes=e.num_classes,
+            image_size=e.image_size,
+            needs=e.needs,
+            description=e.description,
+        )
+        for e in data.DATASETS.values()
+    ]
+    if as_json:
+        _emit_json({"datasets": rows, "default_root": data.DEFAULT_ROOT})
+        return
+    t = Table(title=f"datasets (default root {data.DEFAULT_ROOT})")
+    for c in ("name", "classes", "size", "needs", "description"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(
+            r["name"], str(r["num_classes"]), str(r["image_size"]), r["needs"], r["description"]
+        )
+    _print(t)
+
+
+_LISTS: dict[str, Callable[[bool], None]] = {
+    "models": _list_models,
+    "methods": _list_methods,
+    "scopes": _list_scopes,
+    "backends": _list_backends,
+    "datasets": _list_datasets,
+}
 
 
 # ------------------------------------------------------------------------------------------- env
