@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pbkit.core.errors import PbkitError
+from pbkit.core.errors import PbkitError, first_line
 from pbkit.pruning.repairs import common, graph, held
 
 
@@ -58,10 +58,8 @@ def build(
         _drop_hooks(model, before)
         if isinstance(e, PbkitError) or not isinstance(e, Exception):
             raise
-        text = str(e).splitlines()[0] if str(e) else ""
-        raise Untraceable(
-            f"the dependency graph could not trace this model: {type(e).__name__}: {text}"
-        ) from e
+        why = first_line(e)
+        raise Untraceable(f"the dependency graph could not trace this model: {why}") from e
     if not groups:
         raise PbkitError("the dependency graph found no prunable channel group in this model")
     return pruner, groups

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from pbkit.core import budget, device
-from pbkit.core.errors import PbkitError
+from pbkit.core.errors import PbkitError, first_line
 from pbkit.models import counts
 from pbkit.pruning import build, knapsack, latency, methods
 from pbkit.pruning.calibration import Calibration
@@ -150,8 +150,7 @@ def _failing(what: str, why: str, error: type[PbkitError] = PbkitError) -> Itera
     except PbkitError:
         raise
     except (RuntimeError, IndexError, ValueError, TypeError, AttributeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise error(f"{what}: {type(e).__name__}: {first}; {why}") from e
+        raise error(f"{what}: {first_line(e)}; {why}") from e
 
 
 def _copy(model: nn.Module) -> nn.Module:

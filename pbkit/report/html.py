@@ -16,7 +16,6 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from html import escape
 from importlib import resources
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from pbkit import __version__
 from pbkit.core import intervals, record
+from pbkit.core.clock import utc_now
 from pbkit.machine import envinfo
 from pbkit.report import machines, render, setups, svg
 from pbkit.report.cells import si
@@ -686,7 +686,7 @@ def page(records: list[tuple[Path, record.Record]], sources: list[str]) -> str:
         title="pbkit report · " + ", ".join(sources),
         sources=sources,
         kit=__version__,
-        generated=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        generated=utc_now(),
         css=tpl.joinpath("report.css").read_text(encoding="utf-8"),
         js=tpl.joinpath("report.js").read_text(encoding="utf-8"),
         groups=_groups(board),

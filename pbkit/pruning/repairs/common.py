@@ -28,7 +28,7 @@ import importlib.metadata
 import warnings
 from collections.abc import Iterator
 
-from pbkit.core.errors import PbkitError
+from pbkit.core.errors import PbkitError, first_line
 
 WRITTEN_FOR = "1.6.1"  # the torch-pruning release every repair was written and tested against
 FITS = (AttributeError, TypeError, ImportError)  # what a changed internal raises in a repair
@@ -83,12 +83,10 @@ class RepairBroken(PbkitError):
     """A repair failed on torch-pruning's own objects: it no longer fits the installed release."""
 
     def __init__(self, repair: str, error: BaseException) -> None:
-        text = str(error).strip()
-        line = text.splitlines()[0][:200] if text else ""
         self.repair = repair
         super().__init__(
             f"pbkit's repair {repair!r} no longer fits torch-pruning {FOUND} (written for"
-            f" {WRITTEN_FOR}): {type(error).__name__}: {line}; install torch-pruning=={WRITTEN_FOR}"
+            f" {WRITTEN_FOR}): {first_line(error)}; install torch-pruning=={WRITTEN_FOR}"
             " or update pbkit/pruning/repairs"
         )
 
