@@ -1067,10 +1067,8 @@ def report(
       pbkit report results/studies/digits-fairness --format md --accuracy-plot accuracy.png
       pbkit report results/h100 results/l4 --across-machines --format md --plot across.png
     """
-    from pbkit.core.console import note
-    from pbkit.core.fileio import atomic_write_text
+    from pbkit.core import fileio
     from pbkit.report import leaderboard as rep
-    from pbkit.report import machines, plots
 
     if output and fmt == "table":
         raise PbkitError(
@@ -1081,6 +1079,28 @@ def report(
     where = ", ".join(repr(s) for s in sources)
     if not records:
         raise PbkitError(f"no records (record.json) under {where}")
+    # what it writes never replaces what it reads (its records), nor anything but a file
+    with fileio.reading(path for path, _ in records):
+        for target in (output, plot_path, accuracy_plot):
+            if target:
+                fileio.check_target(Path(target))
+        _report(records, sources, where, fmt, output, plot_path, accuracy_plot, across_machines)
+
+
+def _report(
+    records: list[Any],
+    sources: list[str],
+    where: str,
+    fmt: str,
+    output: str | None,
+    plot_path: str | None,
+    accuracy_plot: str | None,
+    across_machines: bool,
+) -> None:
+    from pbkit.core.console import note
+    from pbkit.core.fileio import atomic_write_text
+    from pbkit.report import leaderboard as rep
+    from pbkit.report import machines, plots
 
     def emit(text: str) -> None:
         if output:

@@ -37,7 +37,9 @@ medians, and ``ci`` (method: t-interval over fresh sessions) lists ``session_spe
 1.6: ``model.origin``: where a model from outside pbkit's names comes from (a Python file and its
 builder, an import path and its package's version, a pickled module, a Python object handed to the
 API, an ultralytics checkpoint), with the sha256 that identifies it; ``model.source`` names that
-kind and ``model.weights`` may be ``given`` (a pickled module's own weights).
+kind and ``model.weights`` may be ``given`` (a pickled module's own weights);
+``stages.<s>.redone_because``: why a stage ran again on files that were there (an artifact whose
+sha256 no longer matched the record's).
 """
 
 from __future__ import annotations
@@ -461,9 +463,10 @@ class StageInfo(_Open):
     kit_version: str
     config: dict[str, Any] | None = None  # the configuration sections the stage ran with
     env: dict[str, Any] | None = None  # the machine record where it ran
-    device: str | None = (
-        None  # where the stage computed with the model (prune, finetune): cpu, cuda:0 (name)
-    )
+    # where the stage computed with the model (prune, finetune): cpu, cuda:0 (name)
+    device: str | None = None
+    # why a stage ran again on files that were there (1.6: an artifact that changed after it)
+    redone_because: str | None = None
 
 
 class Identity(_Open):

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from pbkit.core import intervals, record
 from pbkit.machine import envinfo
-from pbkit.report import setups
+from pbkit.report import safe, setups
 
 
 @dataclass(kw_only=True)
@@ -130,7 +130,7 @@ def render_machines(rows_: list[MachineRow], fmt: str) -> str | Table:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(as_dicts[0]))
         w.writeheader()
-        w.writerows(as_dicts)
+        w.writerows({k: safe.csv_cell(v) for k, v in row.items()} for row in as_dicts)
         return buf.getvalue()
     head = [
         "model",
@@ -167,17 +167,19 @@ def render_machines(rows_: list[MachineRow], fmt: str) -> str | Table:
                 " milliseconds. Two machines differ only where their intervals are apart."
             ),
             "",
-            "| " + " | ".join(head) + " |",
+            "| " + " | ".join(safe.md(h) for h in head) + " |",
             "|" + "---|" * len(head),
         ]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
+        lines += ["| " + " | ".join(safe.md(c) for c in row) + " |" for row in body]
         return "\n".join(lines) + "\n"
     t = Table(
         title="measured speed-up across machines (dense / pruned, each measured on one machine)",
         title_justify="left",
     )
     for c in head:
-        t.add_column(c, justify="left" if c in ("model", "method", "backend") else "right")
+        align = "left" if c in ("model", "method", "backend") else "right"
+        t.add_column(safe.term(c), justify=align)  # type: ignore[arg-type]
+    fixed = 8  # the point's own columns (record text); then the machines' cells (rich markup)
     for row in body:
-        t.add_row(*row)
+        t.add_row(*[safe.term(v) if i < fixed else v for i, v in enumerate(row)])
     return t

@@ -10,7 +10,7 @@ import json
 
 from rich.table import Table
 
-from pbkit.report import columns, setups
+from pbkit.report import columns, safe, setups
 from pbkit.report.rank import Board, GroupInfo, leaderboard
 from pbkit.report.recipes import Cell, cross_finetuning, recipe_effects, scratch_rows
 from pbkit.report.rows import Row
@@ -88,16 +88,15 @@ def render(rs: list[Row], fmt: str) -> str | list[Table]:
         w.writeheader()
         for info, g in board:
             for e in g:
-                w.writerow(
-                    {
-                        **e.public(),
-                        "setup": info.setup,
-                        "recipe_label": info.recipe_label,
-                        "seeds": " ".join(str(s) for s in e.seeds),
-                        **{f"{k}_std": e.std.get(k) for k in METRICS},
-                        **{f"measured:{b}": e.measured.get(b) for b in backends},
-                    }
-                )
+                row = {
+                    **e.public(),
+                    "setup": info.setup,
+                    "recipe_label": info.recipe_label,
+                    "seeds": " ".join(str(s) for s in e.seeds),
+                    **{f"{k}_std": e.std.get(k) for k in METRICS},
+                    **{f"measured:{b}": e.measured.get(b) for b in backends},
+                }
+                w.writerow({k: safe.csv_cell(v) for k, v in row.items()})
         return buf.getvalue()
     cols = board_columns(board)
     tables = []
@@ -106,15 +105,15 @@ def render(rs: list[Row], fmt: str) -> str | list[Table]:
             f" Split by: {'; '.join(info.split_by)}." if info.split_by else ""
         )
         t = Table(
-            title=f"{title(info)}   ({info.recipe_line})",
-            caption=caption,
+            title=safe.term(f"{title(info)}   ({info.recipe_line})"),
+            caption=safe.term(caption),
             title_justify="left",
             caption_justify="left",
         )
         for c in cols:
             t.add_column(c.head, justify=c.align)  # type: ignore[arg-type]
         for e in g:
-            t.add_row(*[f"[bold red]{c.text(e)}[/]" if c.alert(e) else c.text(e) for c in cols])
+            t.add_row(*[safe.term(c.text(e), "bold red" if c.alert(e) else "") for c in cols])
         tables.append(t)
     return tables
 
@@ -133,7 +132,7 @@ def markdown(rs: list[Row]) -> str:
         "",
     ]
     for info, g in board:
-        lines += [f"### {title(info)}", "", setup_line(info)]
+        lines += [f"### {safe.md(title(info))}", "", setup_line(info)]
         if info.split_by:
             lines.append(
                 "Kept apart from the other groups of this comparison by:"
@@ -147,14 +146,17 @@ def markdown(rs: list[Row]) -> str:
         )
         lines += [
             "",
-            f"Recipe: {info.recipe_line}; seeds {', '.join(info.seeds)}; {bases}.",
+            f"Recipe: {safe.md(info.recipe_line)}; seeds {safe.md(', '.join(info.seeds))};"
+            f" {bases}.",
             "",
         ]
         lines += ["| " + " | ".join(c.head for c in cols) + " |", "|" + "---|" * len(cols)]
         for e in g:
             lines.append(
                 "| "
-                + " | ".join(f"**{c.text(e)}**" if c.alert(e) else c.text(e) for c in cols)
+                + " | ".join(
+                    f"**{safe.md(c.text(e))}**" if c.alert(e) else safe.md(c.text(e)) for c in cols
+                )
                 + " |"
             )
         lines.append("")
@@ -172,7 +174,10 @@ def markdown_across(board: Board) -> list[str]:
     lines: list[str] = []
     for c in cross_finetuning(board):
         lines += [
-            (f"### Cross-finetuning: {c.model} · {c.dataset} · {c.scope} · {c.target:g}x"),
+            (
+                f"### Cross-finetuning: {safe.md(c.model)} · {safe.md(c.dataset)} ·"
+                f" {safe.md(c.scope)} · {c.target:g}x"
+            ),
             "",
             f"Setup **{c.setup}** across the columns (same base models"
             + (", same finetuning epochs" if c.setup == "S3.1" else "")
@@ -180,35 +185,39 @@ def markdown_across(board: Board) -> list[str]:
             "",
         ]
         lines += [
-            "| method | " + " | ".join(c.recipes) + " |",
+            "| method | " + " | ".join(safe.md(r) for r in c.recipes) + " |",
             "|" + "---|" * (len(c.recipes) + 1),
         ]
         for m, row in sorted(
             c.matrix.items(), key=lambda kv: -max(v[0] or 0 for v in kv[1].values())
         ):
             cells = [_matrix_cell(row.get(r)) for r in c.recipes]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        lines += ["", f"Top methods by their mean over the recipes: {', '.join(c.top)}."]
-        lines += [f"- {v.verdict}" for v in c.verdicts] + [""]
+            lines.append(f"| {safe.md(m)} | " + " | ".join(cells) + " |")
+        top = ", ".join(safe.md(t) for t in c.top)
+        lines += ["", f"Top methods by their mean over the recipes: {top}."]
+        lines += [f"- {safe.md(v.verdict)}" for v in c.verdicts] + [""]
     effects = recipe_effects(board)
     if effects:
         lines += ["### What one recipe change did", ""]
         for x in effects:
             lines += [
                 (
-                    f"{x.model} · {x.dataset} · {x.target:g}x, **{x.from_recipe} ->"
-                    f" {x.to_recipe}**: mean change {x.mean_change:+.2f} points over"
+                    f"{safe.md(x.model)} · {safe.md(x.dataset)} · {x.target:g}x,"
+                    f" **{safe.md(x.from_recipe)} -> {safe.md(x.to_recipe)}**: mean change"
+                    f" {x.mean_change:+.2f} points over"
                     f" {len(x.per_method)} methods."
                 ),
                 "",
                 "| method | "
-                + f"{x.from_recipe} | {x.to_recipe} | change | TA change | beyond the noise |",
+                + f"{safe.md(x.from_recipe)} | {safe.md(x.to_recipe)} | change | TA change |"
+                + " beyond the noise |",
                 "|---|---|---|---|---|---|",
             ]
             for mc in x.per_method:
                 ta = "-" if mc.ta_change is None else f"{mc.ta_change:+.2f}"
                 lines.append(
-                    f"| {mc.method} | {mc.before:.2f} | {mc.after:.2f} | {mc.change:+.2f} | {ta}"
+                    f"| {safe.md(mc.method)} | {mc.before:.2f} | {mc.after:.2f} |"
+                    f" {mc.change:+.2f} | {ta}"
                     f" | {'yes' if mc.separable else 'no'} |"
                 )
             lines.append("")
@@ -236,11 +245,11 @@ def markdown_across(board: Board) -> list[str]:
                     else (
                         f"{p.pruned:.2f} ± {p.pruned_std:.2f}"
                         f" ({p.gap:+.2f}{'' if p.separable else ', not separable'};"
-                        f" {p.setup or 'they differ in ' + str(p.why)})"
+                        f" {safe.md(p.setup or 'they differ in ' + str(p.why))})"
                     )
                 )
             lines.append(
-                f"| {s.method} | {s.n} | {s.epochs} | {s.scratch:.2f} ±"
+                f"| {safe.md(s.method)} | {s.n} | {s.epochs} | {s.scratch:.2f} ±"
                 f" {s.scratch_std:.2f} | " + " | ".join(cells) + " |"
             )
         lines.append("")

@@ -6,7 +6,10 @@ from __future__ import annotations
 from rich.table import Table
 
 from pbkit.core import intervals, record
+from pbkit.report import safe
 from pbkit.report.cells import acc, delta, si
+
+x = safe.markup  # a record's text, as rich markup shows it: literally
 
 
 def run_table(rec: record.Record) -> Table:
@@ -14,9 +17,10 @@ def run_table(rec: record.Record) -> Table:
     m, c = rec.method, rec.counts
     lt = m.latency if m.target == "latency" else None
     what = f"target {m.target_speedup:g}x" + (
-        f" measured on {lt['backend']} {lt['precision']} b{lt['batch']}" if lt else ""
+        f" measured on {x(lt['backend'])} {x(lt['precision'])} b{lt['batch']}" if lt else ""
     )
-    t = Table(title=f"{rec.model.name} · {m.key} · {m.scope} · {what}", title_justify="left")
+    title = f"{x(rec.model.name)} · {x(m.key)} · {x(m.scope)} · {what}"
+    t = Table(title=title, title_justify="left")
     t.add_column("")
     t.add_column("dense", justify="right")
     t.add_column("pruned", justify="right")
@@ -36,7 +40,7 @@ def run_table(rec: record.Record) -> Table:
     if lt:
         lo, hi = lt["measured_ci"]
         t.add_row(
-            f"latency target on {lt['backend']}",
+            f"latency target on {x(lt['backend'])}",
             f"{lt['dense_ms']:.3f} ms",
             f"{lt['pruned_ms']:.3f} ms",
             f"{lt['measured_speedup']:.3f}x [{lo:.3f}, {hi:.3f}] ({lt['checks']} checks)",
@@ -46,7 +50,7 @@ def run_table(rec: record.Record) -> Table:
         )
     a = rec.accuracy
     if a.metric is not None and rec.dataset is not None:
-        name = f"{a.metric} ({rec.dataset.name})"
+        name = f"{x(a.metric)} ({x(rec.dataset.name)})"
         t.add_row(f"{name} after pruning", acc(a.base), acc(a.pruned), delta(a.base, a.pruned))
         if a.finetuned is not None:
             ft = rec.finetune or {}
@@ -67,7 +71,7 @@ def run_table(rec: record.Record) -> Table:
         ) in a.others.items():  # the task's other metrics (segmentation: pixel accuracy)
             after = values.get("finetuned", values.get("pruned"))
             t.add_row(
-                f"{other} ({rec.dataset.name})"
+                f"{x(other)} ({x(rec.dataset.name)})"
                 f" {'finetuned' if 'finetuned' in values else 'pruned'}",
                 acc(values.get("base")),
                 acc(after),
@@ -89,7 +93,7 @@ def run_table(rec: record.Record) -> Table:
             continue
         backend, precision, batch = key
         t.add_row(
-            f"latency {backend} {precision} b{batch}{' quick' if p.quick else ''}",
+            f"latency {x(backend)} {x(precision)} b{batch}{' quick' if p.quick else ''}",
             _ms(d),
             _ms(p),
             speedup_cell(d, p),
@@ -115,7 +119,7 @@ def run_table(rec: record.Record) -> Table:
             else "fp32 gate"
         )
         t.add_row(
-            f"parity {backend} {precision} (max abs)",
+            f"parity {x(backend)} {x(precision)} (max abs)",
             _parity_cell(cells["dense"]),
             _parity_cell(cells["pruned"]),
             gate if all(p.passed for p in mine) else "[bold red]parity FAILED[/]",
@@ -168,7 +172,7 @@ def speedup_cell(d: record.LatencyPoint, p: record.LatencyPoint) -> str:
     if outliers:
         why += f", {outliers} outliers kept"
     if throttle:
-        why += f", GPU throttle: {', '.join(throttle)}"
+        why += f", GPU throttle: {x(', '.join(throttle))}"
     return text + (
         f" ({why}{again})" if d.stable and p.stable else f" [yellow](unstable: {why}{again})[/]"
     )

@@ -28,7 +28,16 @@ from pbkit.measure.settings import BenchSettings, for_device
 from pbkit.models import checkpoint, counts
 from pbkit.stages import export
 from pbkit.stages.context import Context, need
-from pbkit.stages.rundir import DENSE, ONNX_FILES, PRUNED, StageClock, model_file
+from pbkit.stages.rundir import (
+    DENSE,
+    PRUNED,
+    StageClock,
+    inside,
+    model_file,
+    onnx_changed,
+    onnx_file,
+    verified,
+)
 from pbkit.tasks import Task
 from pbkit.tasks import get as get_task
 
@@ -61,8 +70,32 @@ def _artifact(
     if be.artifact == "model":
         return model_file(run_dir, rec, variant)
     if be.artifact == "onnx":
-        return run_dir / ONNX_FILES[variant]
-    return run_dir / export.engine_file(variant, precision)
+        return onnx_file(run_dir, rec, variant)
+    info = ((rec.artifacts.get("tensorrt") or {}).get(precision) or {}).get(variant) or {}
+    name = str(info.get("path") or export.engine_file(variant, precision))
+    path = inside(run_dir, name, f"its {variant} {precision} engine")
+    return verified(path, info.get("sha256"), f"`pbkit export {run_dir} --format tensorrt` again")
+
+
+def stale(run_dir: Path, rec: record.Record) -> str | None:
+    """Why the record's measurements are not of the run's files as the record names them now (a
+    point measured a file that has been exported again since), if they are not."""
+    for p in rec.latency:
+        if p.artifact_sha256 is None or p.backend not in backends.BACKENDS:
+            continue
+        kind = backends.BACKENDS[p.backend].artifact
+        if kind == "model":
+            art = rec.artifacts.get(p.variant) or {}
+        elif kind == "onnx":
+            art = (rec.artifacts.get("onnx") or {}).get(p.variant) or {}
+        else:
+            art = ((rec.artifacts.get("tensorrt") or {}).get(p.precision) or {}).get(
+                p.variant
+            ) or {}
+        sha = art.get("sha256") if isinstance(art, dict) else None
+        if sha and sha != p.artifact_sha256:
+            return f"{p.backend}/{p.variant} was measured on a file exported again since"
+    return None
 
 
 def _ensure_artifacts(
@@ -73,9 +106,11 @@ def _ensure_artifacts(
     quiet: bool,
 ) -> record.Record:
     """Export what the chosen backends run and is missing: ONNX files, TensorRT engines."""
-    if any(be.artifact != "model" for be, _ in todo) and not export.onnx_ready(run_dir):
-        note("no ONNX files yet: exporting first", quiet)
-        rec = export.to_onnx(run_dir, rec, cfg, quiet)
+    if any(be.artifact != "model" for be, _ in todo):
+        why = "no ONNX files yet" if not export.onnx_ready(run_dir) else onnx_changed(run_dir, rec)
+        if why is not None:
+            note(f"{why}: exporting first", quiet)
+            rec = export.to_onnx(run_dir, rec, cfg, quiet, redone_because=why)
     for precision in dict.fromkeys(p for be, p in todo if be.artifact == "engine"):
         if not export.engines_ready(rec, run_dir, precision, cfg.bench.batches):
             note(

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from pbkit.core import config, record
-from pbkit.core.console import Steps
+from pbkit.core.console import Steps, note
 from pbkit.core.errors import PbkitError
 from pbkit.core.runtime import strict_fp32
 from pbkit.export import onnx, parity
@@ -20,7 +20,15 @@ from pbkit.measure.protocol import default_threads
 from pbkit.measure.runner import ort_session
 from pbkit.models import checkpoint, counts
 from pbkit.stages.context import Context, need
-from pbkit.stages.rundir import DENSE, ONNX_FILES, PRUNED, StageClock, model_file
+from pbkit.stages.rundir import (
+    DENSE,
+    ONNX_FILES,
+    PRUNED,
+    StageClock,
+    model_file,
+    onnx_changed,
+    onnx_file,
+)
 from pbkit.tasks import get as get_task
 
 VARIANTS = (DENSE, PRUNED)
@@ -46,11 +54,14 @@ def merge_parity(rec: record.Record, fresh: list[record.Parity]) -> None:
 
 
 def run(ctx: Context, rec: record.Record | None) -> record.Record:
-    """Export to each format of ``export.formats`` (ONNX always first when its files are
-    missing)."""
+    """Export to each format of ``export.formats`` (ONNX always first when its files are missing
+    or are not the ones the record names)."""
     run_dir, cfg, quiet, rec = ctx.run_dir, ctx.cfg, ctx.quiet, need(rec, "export")
-    if "onnx" in cfg.export.formats or not onnx_ready(run_dir):
-        rec = to_onnx(run_dir, rec, cfg, quiet)
+    changed = onnx_changed(run_dir, rec) if onnx_ready(run_dir) else None
+    if "onnx" in cfg.export.formats or not onnx_ready(run_dir) or changed is not None:
+        if changed is not None:
+            note(f"{changed}: exporting it again", quiet)
+        rec = to_onnx(run_dir, rec, cfg, quiet, redone_because=changed)
     if "tensorrt" in cfg.export.formats:
         rec = to_tensorrt(
             run_dir, rec, cfg, cfg.export.tensorrt.precisions, cfg.bench.batches, quiet
@@ -58,7 +69,15 @@ def run(ctx: Context, rec: record.Record | None) -> record.Record:
     return rec
 
 
-def to_onnx(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool) -> record.Record:
+def to_onnx(
+    run_dir: Path,
+    rec: record.Record,
+    cfg: config.Config,
+    quiet: bool,
+    redone_because: str | None = None,
+) -> record.Record:
+    """Export dense and pruned to ONNX and check parity on ONNX Runtime; ``redone_because``: why
+    files that were there are made again (kept in the stage's record entry)."""
     clock = StageClock("export")
     e = cfg.export
     task = get_task(rec.model.task)
@@ -92,6 +111,8 @@ def to_onnx(run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool) 
     rec.artifacts["onnx_sha256"] = onnx_info[PRUNED]["sha256"]
     merge_parity(rec, checks)
     clock.finish(rec, cfg, envinfo.collect())
+    if redone_because is not None:
+        rec.stages["export"].redone_because = redone_because
     record.write(run_dir, rec)
     return rec
 
@@ -121,7 +142,7 @@ def to_tensorrt(
     done = 0
     for precision in precisions:
         for variant in VARIANTS:
-            onnx_path = run_dir / ONNX_FILES[variant]
+            onnx_path = onnx_file(run_dir, rec, variant)
             if tensorrt.needs_fp16_onnx(
                 precision, version
             ):  # TensorRT 11: a strongly typed fp16 model

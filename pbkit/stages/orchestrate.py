@@ -109,7 +109,13 @@ def _bench_in_fresh_process(run_dir: Path, cfg: config.Config, quiet: bool) -> r
 
 
 def _done(run_dir: Path, rec: record.Record, stage: str, cfg: config.Config) -> bool:
-    if stage == "export" and not export.onnx_ready(run_dir):
+    """Whether ``stage`` is done as ``cfg`` asks, on the files the record names: an export whose
+    files are gone or changed is not, nor a bench that measured files exported again since."""
+    if stage == "export" and (
+        not export.onnx_ready(run_dir) or rundir.onnx_changed(run_dir, rec) is not None
+    ):
+        return False
+    if stage == "bench" and bench.stale(run_dir, rec) is not None:
         return False
     return rundir.stage_done(rec, stage, cfg)
 

@@ -442,13 +442,83 @@ def check_resumable(run_dir: Path, rec: record.Record) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class ArtifactChanged(PbkitError):
+    """A run's file is not the one its record names (its sha256 differs): it changed after the
+    run wrote it."""
+
+
+def inside(run_dir: Path, name: str, what: str) -> Path:
+    """``run_dir / name``, refused where the record names a file outside the run folder (an
+    absolute path, ``..``): a record is read, never trusted to point elsewhere."""
+    path = run_dir / name
+    if Path(name).is_absolute() or not path.resolve().is_relative_to(run_dir.resolve()):
+        raise PbkitError(
+            f"run {run_dir.name}: its record names {what} at {name!r}, outside the run folder; "
+            "refusing to read it"
+        )
+    return path
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, this process
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, hashed once per content this process has seen (size and mtime)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
+
+
+def changed(path: Path, sha256: Any) -> str | None:
+    """Why ``path`` is not the file a record names by ``sha256`` (None: it is, or the record
+    names no hash; a missing file is for the caller to say)."""
+    if not isinstance(sha256, str) or not sha256 or not path.is_file():
+        return None
+    now = file_sha256(path)
+    if now == sha256:
+        return None
+    return (
+        f"{path.name} differs from the one the record names (sha256 {now[:12]}, recorded"
+        f" {sha256[:12]})"
+    )
+
+
+def verified(path: Path, sha256: Any, redo: str) -> Path:
+    """``path``, checked against the sha256 its record names; ``redo`` says what makes it again."""
+    why = changed(path, sha256)
+    if why is not None:
+        raise ArtifactChanged(f"{why}: it changed after the run wrote it; {redo}")
+    return path
+
+
 def model_file(run_dir: Path, rec: record.Record, variant: str) -> Path:
     """The model file of a variant: the record's artifact (the finetuned model for ``pruned`` after
-    finetuning), else the standard name."""
+    finetuning), else the standard name; inside the run folder, and the file the record names."""
     art = rec.artifacts.get(variant)
-    return run_dir / (
-        art["path"] if isinstance(art, dict) and art.get("path") else MODEL_FILES[variant]
-    )
+    name = art["path"] if isinstance(art, dict) and art.get("path") else MODEL_FILES[variant]
+    path = inside(run_dir, str(name), f"its {variant} model")
+    sha = art.get("sha256") if isinstance(art, dict) else None
+    return verified(path, sha, "start the run again (--force) to make it anew")
+
+
+def onnx_file(run_dir: Path, rec: record.Record, variant: str) -> Path:
+    """A variant's ONNX file, the one the record names (``pbkit export`` makes it again)."""
+    info = (rec.artifacts.get("onnx") or {}).get(variant) or {}
+    path = inside(run_dir, str(info.get("path") or ONNX_FILES[variant]), f"its {variant} ONNX")
+    return verified(path, info.get("sha256"), f"`pbkit export {run_dir}` makes it again")
+
+
+def onnx_changed(run_dir: Path, rec: record.Record) -> str | None:
+    """Why the run's ONNX files are not the ones its record names, if they are not."""
+    for variant in ONNX_FILES:
+        info = (rec.artifacts.get("onnx") or {}).get(variant) or {}
+        name = str(info.get("path") or ONNX_FILES[variant])
+        why = changed(inside(run_dir, name, f"its {variant} ONNX"), info.get("sha256"))
+        if why is not None:
+            return why
+    return None
 
 
 def run_config(
