@@ -14,6 +14,8 @@ import pytest
 from pbkit.core import budget
 from pbkit.core.errors import PbkitError
 
+KEYS = ("prune.max_memory_gib", "prune.max_graph_s")  # the settings a budget names
+
 
 def _rss_gib() -> float:
     return psutil.Process().memory_info().rss / budget.GIB
@@ -30,7 +32,7 @@ def _hog(step_mb: int = 8) -> None:
 def test_a_memory_budget_stops_runaway_python_with_one_line() -> None:
     limit = round(_rss_gib() + 0.25, 2)
     with pytest.raises(PbkitError) as e:
-        with budget.guarded("dependency graph of stub", limit, None, hint="a hint"):
+        with budget.guarded("dependency graph of stub", limit, None, hint="a hint", keys=KEYS):
             warnings.warn("Maximum recursive depth reached!", stacklevel=1)
             _hog()
     text = str(e.value)
@@ -85,7 +87,7 @@ def test_a_time_budget_stops_work_that_never_ends() -> None:
     with pytest.raises(
         PbkitError, match=r"stopped: it ran past the time budget of 0.3 s \(prune.max_graph_s\)"
     ):
-        with budget.guarded("dependency graph of stub", None, 0.3):
+        with budget.guarded("dependency graph of stub", None, 0.3, keys=KEYS):
             while True:
                 time.sleep(0.01)
     assert time.monotonic() - t0 < 3.0

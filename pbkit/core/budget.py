@@ -56,10 +56,12 @@ def guarded(
     max_seconds: float | None,
     hint: str = "",
     poll_s: float = 0.02,
+    keys: tuple[str, str] = ("the memory budget", "the time budget"),
 ) -> Iterator[Watch]:
     """Run the block under a memory budget (resident memory of the whole process, GiB) and a time
     budget (seconds); either may be None. Past one: ``PbkitError`` with ``what``, the budget, the
-    peak, the warnings seen (their cause) and ``hint``."""
+    peak, the warnings seen (their cause) and ``hint``; ``keys`` name the settings that set the
+    two budgets, for the message (the caller's: core knows no setting)."""
     import psutil
 
     proc = psutil.Process()
@@ -85,12 +87,10 @@ def guarded(
             if limit is not None and rss > limit:
                 watch.reason = (
                     f"its memory reached {rss / GIB:.1f} GiB after {elapsed:.0f} s, over the budget"
-                    f" of {max_memory_gib:g} GiB (prune.max_memory_gib)"
+                    f" of {max_memory_gib:g} GiB ({keys[0]})"
                 )
             elif max_seconds is not None and elapsed > max_seconds:
-                watch.reason = (
-                    f"it ran past the time budget of {max_seconds:g} s (prune.max_graph_s)"
-                )
+                watch.reason = f"it ran past the time budget of {max_seconds:g} s ({keys[1]})"
             if watch.reason is not None:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
                     ctypes.c_ulong(target), ctypes.py_object(_Stop)

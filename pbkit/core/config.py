@@ -23,7 +23,8 @@ DEFAULTS_PATH = Path(__file__).resolve().parents[1] / "default.yaml"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # unknown keys are refused; a number is finite (NaN and Infinity are no setting)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelCfg(_Strict):
@@ -232,6 +233,63 @@ class DistributedCfg(_Strict):
         return self.nproc_per_node * self.nnodes
 
 
+class LimitsCfg(_Strict):
+    """What a setting may ask for before pbkit refuses it, at once and in one line, rather than
+    start work or memory that grows with it for hours: a batch, a thread count, a step count, a
+    session count, a time, an input size a thousand times too large. Raise one on a machine with
+    room: ``--set limits.batch=16384``. ``memory_gib`` and ``stage_s`` budget the export and
+    bench stages as ``prune.max_memory_gib`` and ``prune.max_graph_s`` budget the pruning."""
+
+    batch: int = Field(4096, ge=1)  # every batch size: bench, latency target, training, eval
+    threads: int = Field(1024, ge=1)  # bench.threads
+    steps: int = Field(100_000, ge=1)  # prune.iterative_steps, latency rounds and checks
+    iters: int = Field(10_000_000, ge=1)  # a bench's query counts (min_iters, warmup_iters, ...)
+    sessions: int = Field(1000, ge=1)  # bench.sessions
+    seconds: float = Field(86_400.0, gt=0)  # every time a bench measures or waits for
+    epochs: int = Field(100_000, ge=1)  # every training's epochs
+    input_size: int = Field(4096, ge=8)  # model.input_size, dataset.image_size
+    speedup: float = Field(1000.0, gt=1)  # prune.speedup
+    memory_gib: float | None = Field(None, gt=0)  # export and bench; null: 75% of the machine's
+    stage_s: float | None = Field(None, gt=0)  # an export or bench stage's wall time; null: none
+
+
+# (limit, the settings it bounds): checked when a configuration is validated
+_LIMITED: dict[str, tuple[str, ...]] = {
+    "batch": (
+        "bench.batches",
+        "prune.batch",
+        "base.batch_size",
+        "finetune.batch_size",
+        "sparsify.batch_size",
+        "prune.calibration.batch_size",
+        "dataset.eval_batch_size",
+        "export.parity_batch",
+    ),
+    "threads": ("bench.threads",),
+    "steps": ("prune.iterative_steps", "prune.latency.rounds", "prune.latency.max_checks"),
+    "iters": (
+        "bench.min_iters",
+        "bench.warmup_iters",
+        "bench.gpu_min_iters",
+        "bench.session_warmup_iters",
+        "prune.interleave_iters",
+        "prune.calibration.batches",
+    ),
+    "sessions": ("bench.sessions", "bench.rounds", "bench.max_repeats"),
+    "seconds": (
+        "bench.min_time_s",
+        "bench.max_time_s",
+        "bench.warmup_s",
+        "bench.gpu_min_time_s",
+        "bench.gpu_max_time_s",
+        "bench.block_s",
+    ),
+    "epochs": ("base.epochs", "finetune.epochs", "sparsify.epochs"),
+    "input_size": ("model.input_size", "dataset.image_size"),
+    "speedup": ("prune.speedup",),
+}
+
+
 class Config(_Strict):
     model: ModelCfg
     dataset: DatasetCfg
@@ -250,6 +308,25 @@ class Config(_Strict):
     # where training, evaluation, calibration and pruning compute: auto | cpu | cuda | cuda:N
     device: str = "auto"
     distributed: DistributedCfg = DistributedCfg()
+    limits: LimitsCfg = LimitsCfg()
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> Config:
+        for name, keys in _LIMITED.items():
+            limit = getattr(self.limits, name)
+            for key in keys:
+                value: Any = self
+                for part in key.split("."):
+                    value = getattr(value, part)
+                for v in value if isinstance(value, list) else [value]:
+                    if v is not None and v > limit:
+                        shown = f"{v:g}" if isinstance(v, float) else str(v)
+                        raise ValueError(
+                            f"{key}: {shown} is over the limit of {limit:g} (limits.{name}, which "
+                            f"keeps a mistyped setting from running for hours; raise it with "
+                            f"--set limits.{name}=N)"
+                        )
+        return self
 
     @field_validator("device")
     @classmethod

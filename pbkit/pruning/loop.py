@@ -41,6 +41,8 @@ from pbkit.pruning.calibration import Calibration
 from pbkit.pruning.repairs import RepairBroken, cuts, graph, held
 
 PROTECTED_MAX_RATIO = 0.9  # the protected-global scope keeps at least 10% of every group
+# the settings the pruning's budgets come from (named in a budget's message)
+BUDGET_KEYS = ("prune.max_memory_gib", "prune.max_graph_s")
 
 
 @dataclass(frozen=True)
@@ -487,7 +489,10 @@ def _attempt(model: nn.Module, job: _Job, attempt: Attempt, extra_gib: float) ->
         p.clock.exclude(p.sparsified.time_s)  # the prune time excludes it ("reg time")
     p.clock.begin_loop()
     try:
-        with budget.guarded(f"pruning {job.hooks.name}", job.memory_gib, None), cuts.cuts_follow():
+        with (
+            budget.guarded(f"pruning {job.hooks.name}", job.memory_gib, None, keys=BUDGET_KEYS),
+            cuts.cuts_follow(),
+        ):
             done = _latency_steps(p) if job.settings.latency is not None else _macs_steps(p)
     except _StepFailed as e:
         if attempt.on_copy:  # a copy was kept: the next attempt may get past it
@@ -541,6 +546,7 @@ def _trace(p: _Pruning, extra_gib: float) -> None:
             job.memory_gib + extra_gib,
             job.settings.max_graph_s,
             hint=hint,
+            keys=BUDGET_KEYS,
         ):
             p.pruner, _ = _graph(p, hold)
     except build.Untraceable as e:

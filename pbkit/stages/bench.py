@@ -27,7 +27,7 @@ from pbkit.measure.runner import Runner, RunSpec
 from pbkit.measure.settings import BenchSettings, for_device
 from pbkit.models import checkpoint, counts
 from pbkit.stages import export
-from pbkit.stages.context import Context, need
+from pbkit.stages.context import Context, budgeted, need
 from pbkit.stages.rundir import (
     DENSE,
     PRUNED,
@@ -182,8 +182,14 @@ class _Point:
 
 
 def run(ctx: Context, rec: record.Record | None) -> record.Record:
-    """Measure every (backend, precision, batch) point; replace those points in the record."""
-    run_dir, cfg, quiet, rec = ctx.run_dir, ctx.cfg, ctx.quiet, need(rec, "bench")
+    """Measure every (backend, precision, batch) point; replace those points in the record (under
+    the stage's memory and time budgets: ``limits``)."""
+    with budgeted(ctx, "the bench"):
+        return _run(ctx, need(rec, "bench"))
+
+
+def _run(ctx: Context, rec: record.Record) -> record.Record:
+    run_dir, cfg, quiet = ctx.run_dir, ctx.cfg, ctx.quiet
     todo = pairs(cfg, quiet)
     rec = _ensure_artifacts(run_dir, rec, cfg, todo, quiet)
     clock = StageClock("bench")

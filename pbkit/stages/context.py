@@ -5,7 +5,8 @@ but for the bench, which exports what it measures first."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,23 @@ class Context:
 
 # a stage: the record so far (None for the prune stage, which makes it) -> the record after it
 Stage = Callable[[Context, "record.Record | None"], record.Record]
+
+
+@contextlib.contextmanager
+def budgeted(ctx: Context, what: str) -> Iterator[None]:
+    """The export and bench stages under the memory and time budgets ``limits`` sets (memory: 75%
+    of the machine's by default), as the prune stage runs under ``prune.max_memory_gib``: past
+    one, one line and nothing half-written."""
+    from pbkit.core import budget
+
+    lim = ctx.cfg.limits
+    memory = lim.memory_gib if lim.memory_gib is not None else budget.default_memory_gib()
+    hint = "raise limits.memory_gib / limits.stage_s if the machine has room"
+    # sampled twice a second: a finer watch would share the cores with what the bench measures
+    keys = ("limits.memory_gib", "limits.stage_s")
+    run = ctx.run_dir.name
+    with budget.guarded(f"{what} of run {run}", memory, lim.stage_s, hint, 0.5, keys):
+        yield
 
 
 def need(rec: record.Record | None, stage: str) -> record.Record:

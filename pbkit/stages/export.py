@@ -19,7 +19,7 @@ from pbkit.measure.backends import cuda_reason
 from pbkit.measure.protocol import default_threads
 from pbkit.measure.runner import ort_session
 from pbkit.models import checkpoint, counts
-from pbkit.stages.context import Context, need
+from pbkit.stages.context import Context, budgeted, need
 from pbkit.stages.rundir import (
     DENSE,
     ONNX_FILES,
@@ -58,14 +58,14 @@ def run(ctx: Context, rec: record.Record | None) -> record.Record:
     or are not the ones the record names)."""
     run_dir, cfg, quiet, rec = ctx.run_dir, ctx.cfg, ctx.quiet, need(rec, "export")
     changed = onnx_changed(run_dir, rec) if onnx_ready(run_dir) else None
-    if "onnx" in cfg.export.formats or not onnx_ready(run_dir) or changed is not None:
-        if changed is not None:
-            note(f"{changed}: exporting it again", quiet)
-        rec = to_onnx(run_dir, rec, cfg, quiet, redone_because=changed)
-    if "tensorrt" in cfg.export.formats:
-        rec = to_tensorrt(
-            run_dir, rec, cfg, cfg.export.tensorrt.precisions, cfg.bench.batches, quiet
-        )
+    with budgeted(ctx, "the export"):
+        if "onnx" in cfg.export.formats or not onnx_ready(run_dir) or changed is not None:
+            if changed is not None:
+                note(f"{changed}: exporting it again", quiet)
+            rec = to_onnx(run_dir, rec, cfg, quiet, redone_because=changed)
+        if "tensorrt" in cfg.export.formats:
+            precisions = cfg.export.tensorrt.precisions
+            rec = to_tensorrt(run_dir, rec, cfg, precisions, cfg.bench.batches, quiet)
     return rec
 
 
