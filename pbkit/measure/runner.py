@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from pbkit.core.errors import PbkitError, first_line
+
 
 @dataclass
 class RunSpec:
@@ -100,6 +102,9 @@ def ort_session(path: Path, threads: int, providers: list[Any] | None = None) ->
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(
-        str(path), sess_options=so, providers=providers or ["CPUExecutionProvider"]
-    )
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=so, providers=providers or ["CPUExecutionProvider"]
+        )
+    except Exception as e:  # a corrupt or hostile file: ONNX Runtime's errors come in many types
+        raise PbkitError(f"ONNX Runtime cannot load {Path(path).name}: {first_line(e)}") from e

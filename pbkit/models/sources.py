@@ -91,7 +91,8 @@ def _build_registry(spec: ModelSpec, pretrained: bool) -> nn.Module:
             f"no pretrained weights are published for {spec.name}; "
             "pass a checkpoint (weights=checkpoint) or train a base (base.epochs > 0)"
         )
-    return MODELS[spec.name].builder(num_classes=spec.num_classes, **spec.kwargs)
+    builder = MODELS[spec.name].builder
+    return _call(builder, spec.kwargs, spec.num_classes, spec.name)
 
 
 def _yolo(name: str, h: Hints) -> ModelSpec:

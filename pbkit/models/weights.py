@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pbkit.core.errors import PbkitError
+from pbkit.core.errors import PbkitError, first_line
 
 
 def read_file(path: str | Path, trust: bool = False) -> Any:
@@ -30,17 +29,18 @@ def read_file(path: str | Path, trust: bool = False) -> Any:
                 "--trust (model.trust_checkpoint=true)"
             ) from e
         raise PbkitError(
-            f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})"
+            f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({first_line(e)})"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError) as e:
+    except PbkitError:
+        raise
+    except (ImportError, ModuleNotFoundError) as e:  # a trusted pickle of classes not installed
         raise PbkitError(
-            f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})"
+            f"checkpoint {str(path)!r} needs a module that is not installed here ({first_line(e)})"
         ) from e
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:160]
+    except Exception as e:  # (a text file, random bytes: KeyError, ValueError, zip errors, ...)
+        raise PbkitError(
+            f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({first_line(e)})"
+        ) from e
 
 
 def load_state(model: nn.Module, obj: Any, where: str) -> None:
