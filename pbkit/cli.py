@@ -6,17 +6,18 @@ was still written), 1 an internal error, 130 interrupted.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from pbkit.core import signals
 from pbkit.core.errors import PbkitError, first_line
+from pbkit.report.safe import visible
 
 EXIT_PARITY = 3
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -389,11 +390,11 @@ def _finish(run: Any, as_json: bool, stages: bool = False) -> int:
     if failed:
         from pbkit.core.console import err
 
-        worst = max(failed, key=lambda p: p.max_abs)
+        worst = max(failed, key=lambda p: p.error)
         err.print(
             "[bold red]error: ONNX parity FAILED[/] for"
             f" {', '.join(f'{p.backend}/{p.variant}' for p in failed)} (max abs"
-            f" {worst.max_abs:.2e}, cosine {worst.cosine:.6f}); results were recorded"
+            f" {worst.error_text}, cosine {worst.cosine:.6f}); results were recorded"
         )
         return EXIT_PARITY
     return 0
@@ -1196,29 +1197,14 @@ def expand_greedy(argv: list[str]) -> list[str]:
     return out
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, so it ends as Ctrl-C does: every write either done
-    or undone (atomic writes remove their temporary files), the lock released, one line."""
-
-
-def _terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM handled like Ctrl-C while the command runs (main thread only; restored after)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = signal.signal(signal.SIGTERM, _terminated)
+def _invoke(args: list[str]) -> object:
+    """Run the command group without click's own interrupt handling (which prints a blank
+    line and turns SIGTERM into a generic abort)."""
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
+        with cli.make_context("pbkit", args) as ctx:
+            return cli.invoke(ctx)
+    except click.exceptions.Exit as e:
+        return e.exit_code
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1227,9 +1213,9 @@ def main(argv: list[str] | None = None) -> None:
     warnings_env = os.environ.get("PYTHONWARNINGS")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # for child processes (compiler workers)
     try:
-        with _sigterm_as_interrupt():
-            rv = cli.main(args=args, prog_name="pbkit", standalone_mode=False)
-    except Terminated:
+        with signals.handled():
+            rv = _invoke(args)
+    except signals.Terminated:
         click.echo("error: terminated (SIGTERM)", err=True)
         sys.exit(143)
     except (KeyboardInterrupt, click.exceptions.Abort):
@@ -1239,16 +1225,17 @@ def main(argv: list[str] | None = None) -> None:
         if type(e).__name__.startswith("NoArgsIsHelp") and getattr(e, "ctx", None) is not None:
             click.echo(e.ctx.get_help())  # type: ignore[attr-defined]
             sys.exit(0)
-        click.echo(f"error: {e.format_message()}", err=True)
+        click.echo(f"error: {visible(e.format_message())}", err=True)
         sys.exit(e.exit_code)
-    except PbkitError as e:
-        click.echo(f"error: {e}", err=True)
+    except PbkitError as e:  # (on one line, whatever a file or an option put into it)
+        click.echo(f"error: {visible(e)}", err=True)
         sys.exit(e.exit_code)
     except Exception as e:  # never a traceback for users; PBKIT_DEBUG=1 shows it
         if os.environ.get("PBKIT_DEBUG"):
             raise
         click.echo(
-            f"error: internal error: {first_line(e)} (set PBKIT_DEBUG=1 for the traceback)",
+            f"error: internal error: {visible(first_line(e))}"
+            " (set PBKIT_DEBUG=1 for the traceback)",
             err=True,
         )
         sys.exit(1)

@@ -7,6 +7,7 @@ import onnx
 import pytest
 import torch
 
+from pbkit.core.errors import PbkitError
 from pbkit.export import onnx as onnx_export
 from pbkit.export import parity
 from pbkit.measure.runner import ort_session
@@ -23,10 +24,10 @@ def test_parity_gate() -> None:
     )
     assert not bad["passed"] and bad["max_abs"] == pytest.approx(0.1, rel=1e-4)
     assert bad["max_rel"] == pytest.approx(0.1 / 3, rel=1e-3)
-    assert not parity.compare([np.array([np.nan, 0, 0], dtype=np.float32)], ref, 1e-3, 1e-5)[
-        "passed"
-    ]
-    assert not parity.compare([ref[0][:2]], ref, 1e-3, 1e-5)["passed"]
+    nan = parity.compare([np.array([np.nan, 0, 0], dtype=np.float32)], ref, 1e-3, 1e-5)
+    assert not nan["passed"] and nan["max_abs"] is None  # a record holds no NaN
+    with pytest.raises(PbkitError, match=r"pruned.onnx gives 1 output\(s\) of shape \[2\]"):
+        parity.compare([ref[0][:2]], ref, 1e-3, 1e-5, what="pruned.onnx")
     # outputs of 1e12 (Inception v3 at random init): fp32 rounding of that size passes on a
     # near-zero element, an error of 1e-4 of the scale does not
     huge = [np.array([1e12, -1e12, 3.0], dtype=np.float32)]

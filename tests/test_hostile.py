@@ -59,10 +59,10 @@ def call_main(*args: str) -> int:
     return 0
 
 
-@pytest.fixture(scope="session")
-def made_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small run (pruned, exported, benched on torch-cpu and ort-cpu), made once per session
-    (across xdist workers too); tests copy it (the ``run`` fixture) and never touch it."""
+    (across xdist workers too, and shared with tests/test_fuzz.py); tests copy it and never touch
+    it."""
 
     def build(folder: Path) -> str:
         cfg = write_config(folder / "run.yaml", folder / "runs")
@@ -71,6 +71,11 @@ def made_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return str(folder / "runs" / RUN_ID)
 
     return Path(once(tmp_path_factory, "hostile-run", build))
+
+
+@pytest.fixture(scope="session")
+def made_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_run(tmp_path_factory)
 
 
 @pytest.fixture
@@ -209,9 +214,7 @@ def test_report_to_a_symlink_is_refused_and_its_file_left_alone(
     assert precious.read_text() == "keep me\n"
 
 
-def test_report_over_the_record_it_reports_is_refused_and_the_record_kept(
-    pbkit, run: Path
-) -> None:  # type: ignore[no-untyped-def]
+def test_report_over_the_record_it_reports_is_refused_and_the_record_kept(pbkit, run: Path) -> None:  # type: ignore[no-untyped-def]
     rec = run / "record.json"
     before = snapshot(run)
     r = pbkit("report", run.parent, "--format", "md", "-o", rec)
@@ -247,13 +250,20 @@ def test_run_does_not_call_a_run_with_a_changed_onnx_complete(
     assert "nothing to run" not in r.err, r.err
     if r.code == 0:  # it exported again, and said so
         assert "export" in r.json()["stages_run"], r.err
-        now = json.loads((run / "record.json").read_text())["artifacts"]["onnx"]["pruned"]
-        assert sha(run / "pruned.onnx") == now["sha256"]
+        assert "pruned.onnx" in r.err, r.err
+        rec = json.loads((run / "record.json").read_text())
+        now = rec["artifacts"]["onnx"]["pruned"]["sha256"]
+        assert sha(run / "pruned.onnx") == now
+        # and the record's ONNX measurements are of the file now there (measured again if not)
+        points = [
+            p for p in rec["latency"] if p["backend"] == "ort-cpu" and p["variant"] == "pruned"
+        ]
+        assert points and all(p["artifact_sha256"] == now for p in points)
     else:  # or it refused, naming the file
         assert_refused(r, "pruned.onnx")
-        assert json.loads((run / "record.json").read_text())["artifacts"]["onnx"][
-            "pruned"
-        ] == recorded
+        assert (
+            json.loads((run / "record.json").read_text())["artifacts"]["onnx"]["pruned"] == recorded
+        )
 
 
 def test_bench_never_measures_an_onnx_other_than_the_records(pbkit, run: Path) -> None:  # type: ignore[no-untyped-def]
@@ -266,7 +276,9 @@ def test_bench_never_measures_an_onnx_other_than_the_records(pbkit, run: Path) -
         rec = r.json()["record"]
         onnx_sha = rec["artifacts"]["onnx"]["pruned"]["sha256"]
         assert onnx_sha == sha(run / "pruned.onnx") != changed
-        points = [p for p in rec["latency"] if p["backend"] == "ort-cpu" and p["variant"] == "pruned"]
+        points = [
+            p for p in rec["latency"] if p["backend"] == "ort-cpu" and p["variant"] == "pruned"
+        ]
         assert points and all(p["artifact_sha256"] == onnx_sha for p in points)
     else:
         assert_refused(r, "pruned.onnx")
@@ -365,7 +377,7 @@ def test_terminal_table_prints_markup_and_escapes_literally(pbkit, run: Path) ->
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
 def test_a_record_with_a_non_finite_latency_is_refused(pbkit, run: Path, bad: str) -> None:  # type: ignore[no-untyped-def]
     path = run / "record.json"
-    text, n = re.subn(r'"median_ms": [0-9.e+-]+', f'"median_ms": {bad}', path.read_text(), 1)
+    text, n = re.subn(r'"median_ms": [0-9.e+-]+', f'"median_ms": {bad}', path.read_text(), count=1)
     assert n == 1
     path.write_text(text)
     before = snapshot(run)
@@ -423,11 +435,14 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _refused_naming_a_limit(r: Result, key: str, value: str) -> None:
+    """Refused in one line that names the key, the limit (a number other than the value given)
+    and how to raise it."""
     if "WorkStarted" in r.err:
         pytest.fail(f"{key}={value} was not refused: the run began its work ({r.err.strip()!r})")
     line = assert_refused(r, key)
     rest = line.replace(value, "")
     assert re.search(r"\d", rest), f"no limit named in {line!r}"
+    assert "raise" in rest or "--set" in rest, f"no way to raise the limit in {line!r}"
 
 
 @pytest.mark.parametrize(
@@ -467,7 +482,10 @@ def test_a_speedup_that_is_not_a_number_is_refused_at_once(
         "--out",
         tmp_path / "runs",
     )
-    _refused_naming_a_limit(r, "speedup", value)
+    if "WorkStarted" in r.err:
+        pytest.fail(f"--speedup {value} was not refused: the run began its work ({r.err!r})")
+    line = assert_refused(r, "speedup")
+    assert "finite" in line or re.search(r"\d", line.replace(value, "")), line
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
@@ -477,8 +495,9 @@ def test_a_speedup_that_is_not_a_number_is_refused_at_once(
 def test_a_text_file_as_checkpoint(pbkit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ck = tmp_path / "weights.pt"
     ck.write_text("these are not weights\n")
-    r = pbkit(*PRUNE, "--checkpoint", ck, "--out", tmp_path / "runs", "--set",
-              "prune.iterative_steps=5")
+    r = pbkit(
+        *PRUNE, "--checkpoint", ck, "--out", tmp_path / "runs", "--set", "prune.iterative_steps=5"
+    )
     assert_refused(r, "weights.pt")
     assert ck.read_text() == "these are not weights\n"
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
@@ -502,9 +521,7 @@ def test_an_unknown_model_kwarg(pbkit, tmp_path: Path) -> None:  # type: ignore[
 
 @pytest.mark.parametrize("doc", ["[]", "3", '"a record"', "null"])
 @pytest.mark.parametrize("command", ["report", "bench", "export"])
-def test_a_record_that_is_json_but_not_an_object(
-    pbkit, run: Path, doc: str, command: str
-) -> None:  # type: ignore[no-untyped-def]
+def test_a_record_that_is_json_but_not_an_object(pbkit, run: Path, doc: str, command: str) -> None:  # type: ignore[no-untyped-def]
     (run / "record.json").write_text(doc)
     before = snapshot(run)
     args = {
@@ -601,3 +618,35 @@ def test_prune_ended_by_sigterm_leaves_nothing_half_written(
     assert _tmp_leftovers(runs) == [], _tmp_leftovers(runs)
     assert_refused(r, "SIGTERM", code=143)
     assert not [p for p in runs.iterdir() if p.name != "bases" and (p / "record.json").exists()]
+
+
+def test_a_pickle_as_checkpoint_prints_no_python_warning(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    """A pickle (protocol 5) given as --checkpoint: one error line, and no Python warning with a
+    path into site-packages before it (what a user sees in a terminal, hence a real process)."""
+    import pickle
+
+    ck = tmp_path / "weights.pt"
+    ck.write_bytes(pickle.dumps({"a": 1}, protocol=5))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pbkit.cli",
+            *PRUNE,
+            "--checkpoint",
+            str(ck),
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+        cwd=tmp_path,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    r = Result(proc.returncode, proc.stdout, proc.stderr)
+    assert_refused(r, "weights.pt")
+    assert "Warning" not in r.err, r.err
+    assert r.err.strip().splitlines() == error_lines(r), r.err

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pbkit.core.errors import PbkitError
+from pbkit.core.errors import PbkitError, first_line
+from pbkit.core.plain import plain
 
 DEFAULTS_PATH = Path(__file__).resolve().parents[1] / "default.yaml"
 
@@ -342,16 +343,31 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise PbkitError(f"config {str(path)!r} not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise PbkitError(
+            f"config {str(path)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+            f"{e.start})"
+        ) from e
+    except RecursionError as e:
+        raise PbkitError(f"config {str(path)!r}: nested too deeply to be a configuration") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise PbkitError(f"config {str(path)!r}: malformed YAML{where}: {problem}") from e
+    except Exception as e:  # a tag whose value its constructor cannot take (!!timestamp x, ...)
+        raise PbkitError(
+            f"config {str(path)!r}: malformed YAML: a value its tag cannot hold ({first_line(e)})"
+        ) from e
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise PbkitError(f"config {str(path)!r}: the top level must be a mapping of sections")
+    plain(data, f"config {str(path)!r}", MAX_DEPTH)
     return data
+
+
+MAX_DEPTH = 32  # sections, kwargs and their values: far deeper than any configuration needs
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -377,8 +393,11 @@ def apply_override(cfg: dict[str, Any], item: str) -> dict[str, Any]:
     else:
         try:
             value = yaml.safe_load(raw) if text else None
-        except yaml.YAMLError:
+        except RecursionError as e:
+            raise PbkitError(f"override {key!r}: the value is nested too deeply") from e
+        except Exception:  # not YAML (or a tag its constructor refuses): the text as written
             value = raw
+        plain(value, f"override {key!r}", MAX_DEPTH)
     return _put(cfg, parts, value, item)
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.console import Console
 
+from pbkit.core import signals
+
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=False, width=200 if not sys.stdout.isatty() else None)
 
@@ -47,6 +49,7 @@ class Steps:
             err.print(f"{label} ...")
 
     def update(self, done: int, info: str = "") -> None:
+        signals.check()  # (an interrupt a library swallowed during this step)
         if self.quiet:
             return
         if self._progress is not None:
@@ -57,6 +60,7 @@ class Steps:
             err.print(f"  {self.label}: {done}{of} {info}")
 
     def close(self, info: str = "") -> None:
+        signals.check()
         if self.quiet:
             return
         if self._progress is not None:

@@ -64,6 +64,7 @@ from pydantic import (
 
 from pbkit.core.errors import PbkitError, first_line
 from pbkit.core.fileio import atomic_write_json
+from pbkit.core.plain import plain
 
 SCHEMA_VERSION = "1.6"
 RECORD_NAME = "record.json"
@@ -441,8 +442,8 @@ class Parity(_Open):
     variant: str
     precision: str
     batch: int
-    max_abs: float
-    max_rel: float
+    max_abs: float | None  # None: not finite (an output of NaN or Inf); the gate failed
+    max_rel: float | None
     cosine: float
     rtol: float
     atol: float
@@ -452,6 +453,15 @@ class Parity(_Open):
     atol_scale: float | None = (
         None  # the reference's largest magnitude where above 1 (else 1); absent: 1
     )
+
+    @property
+    def error(self) -> float:
+        """max_abs for ordering: an error that is not finite is the largest."""
+        return math.inf if self.max_abs is None else self.max_abs
+
+    @property
+    def error_text(self) -> str:
+        return "not finite" if self.max_abs is None else f"{self.max_abs:.1e}"
 
 
 class StageInfo(_Open):
@@ -550,6 +560,7 @@ def finite(value: Any) -> Any:
 
 
 MAX_RECORD_BYTES = 64 << 20  # a record is kilobytes; past this a file is not one
+MAX_RECORD_DEPTH = 64  # a record nests a configuration (config.MAX_DEPTH) five levels down
 
 
 def _not_json(name: str) -> Any:
@@ -576,6 +587,7 @@ def read(run_dir: str | Path) -> Record:
         raise PbkitError(f"{str(path)!r} is not valid JSON ({first_line(e)})") from e
     if not isinstance(data, dict):
         raise PbkitError(f"{str(path)!r} is not a record: a record is a JSON object")
+    plain(data, f"{str(path)!r} is not a record", MAX_RECORD_DEPTH)
     major = str(data.get("schema_version", "")).split(".")[0]
     if major != SCHEMA_VERSION.split(".")[0]:
         raise PbkitError(

@@ -11,6 +11,7 @@ detector's raw head outputs, a classifier's logits); the record names them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -18,36 +19,56 @@ import torch
 from torch import nn
 
 from pbkit.core.config import ExportCfg
+from pbkit.core.errors import PbkitError
 from pbkit.models.outputs import output_tensors
 
 
 def compare(
-    out: list[np.ndarray], ref: list[np.ndarray], rtol: float, atol: float
+    out: list[np.ndarray],
+    ref: list[np.ndarray],
+    rtol: float,
+    atol: float,
+    what: str = "the exported model",
 ) -> dict[str, Any]:
     """max abs error, max error relative to the reference's largest magnitude, cosine, and the gate
-    (with the scale its atol was multiplied by)."""
+    (with the scale its atol was multiplied by). Errors that are not finite (an output of NaN)
+    are None and fail the gate; outputs of another count or shape are not this model's: one line
+    naming ``what``."""
     if len(out) != len(ref) or any(a.shape != b.shape for a, b in zip(out, ref, strict=False)):
-        return {
-            "max_abs": float("inf"),
-            "max_rel": float("inf"),
-            "cosine": 0.0,
-            "passed": False,
-            "atol_scale": 1.0,
-        }
+        raise PbkitError(
+            f"{what} gives {len(out)} output(s) of shape {_shapes(out)} where the model gives "
+            f"{len(ref)} of shape {_shapes(ref)}: it is not this run's model"
+        )
     a = np.concatenate([o.astype(np.float64).ravel() for o in out])
     b = np.concatenate([r.astype(np.float64).ravel() for r in ref])
-    diff = np.abs(a - b)
-    finite = bool(np.isfinite(a).all())
-    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
-    cosine = float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
-    scale = max(1.0, float(np.abs(b).max())) if b.size and np.isfinite(b).all() else 1.0
+    with np.errstate(all="ignore"):
+        diff = np.abs(a - b)
+        finite = bool(np.isfinite(a).all() and np.isfinite(b).all())
+        denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+        cosine = (
+            float(a @ b / denom)
+            if denom > 0 and np.isfinite(denom)
+            else float(np.array_equal(a, b))
+        )
+        scale = max(1.0, float(np.abs(b).max())) if b.size and np.isfinite(b).all() else 1.0
+        max_abs = float(diff.max()) if diff.size else 0.0
+        max_rel = float(diff.max() / max(np.abs(b).max(), 1e-12)) if diff.size else 0.0
+        passed = finite and bool(np.all(diff <= atol * scale + rtol * np.abs(b)))
     return {
-        "max_abs": float(diff.max()) if diff.size else 0.0,
-        "max_rel": float(diff.max() / max(np.abs(b).max(), 1e-12)) if diff.size else 0.0,
-        "cosine": cosine,
-        "passed": finite and bool(np.all(diff <= atol * scale + rtol * np.abs(b))),
+        "max_abs": _finite(max_abs),
+        "max_rel": _finite(max_rel),
+        "cosine": _finite(cosine) if finite else 0.0,
+        "passed": passed,
         "atol_scale": scale,
     }
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def _shapes(arrays: list[np.ndarray]) -> str:
+    return ", ".join(str(list(a.shape)) for a in arrays) or "none"
 
 
 def reference_outputs(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
@@ -62,17 +83,14 @@ def check(
     e: ExportCfg,
     precision: str,
     outputs: str = "all outputs",
+    what: str = "the exported model",
 ) -> dict[str, Any]:
     """The parity record fields: the fp32 gate (rtol/atol), or for fp16 cosine >= fp16_cosine."""
-    cmp = compare(got, ref, e.rtol, e.atol)
+    cmp = compare(got, ref, e.rtol, e.atol, what)
     out = {**cmp, "rtol": e.rtol, "atol": e.atol, "outputs": outputs, "gate": precision}
     if precision == "fp16":
         out.update(
-            passed=bool(
-                np.isfinite(cmp["cosine"])
-                and cmp["cosine"] >= e.fp16_cosine
-                and cmp["max_abs"] != float("inf")
-            ),
+            passed=bool(cmp["max_abs"] is not None and cmp["cosine"] >= e.fp16_cosine),
             cosine_min=e.fp16_cosine,
         )
     return out

@@ -8,6 +8,10 @@ and, if not, why and what to install.
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +19,7 @@ import numpy as np
 
 from pbkit.core.errors import PbkitError, choices_error
 from pbkit.core.runtime import strict_fp32
-from pbkit.measure.runner import Runner, RunSpec, load_torch, ort_session
+from pbkit.measure.runner import Runner, RunSpec, load_torch, ort_feed, ort_session
 from pbkit.models.outputs import output_tensors
 
 PRECISIONS = ("fp32", "fp16")
@@ -63,11 +67,42 @@ def ort_provider_reason(provider: str) -> str | None:
     reason = has_module("onnxruntime")
     if reason:
         return reason
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"  # before ONNX Runtime starts: no telemetry
     import onnxruntime as ort
 
     if provider not in ort.get_available_providers():
         return f"onnxruntime {ort.__version__} has no {provider}"
     return cuda_reason()
+
+
+def cxx_reason() -> str | None:
+    """None when inductor finds the C++ compiler it builds CPU kernels with, else why not: looked
+    up the way inductor does (``torch._inductor.config.cpp.cxx``: ``$CXX``, else ``g++``; a
+    conda-installed gcc only where ``TORCH_INDUCTOR_INSTALL_GXX`` asks for it), each candidate
+    answering ``--version``."""
+    reason = has_module("torch")
+    if reason:
+        return reason
+    cfg = sys.modules.get("torch._inductor.config")  # (importing it costs a second: only if loaded)
+    default = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+    cxx = cfg.cpp.cxx if cfg is not None else (None, default)
+    search = tuple(cxx) if isinstance(cxx, (list, tuple)) else (cxx,)
+    if None in search and os.environ.get("TORCH_INDUCTOR_INSTALL_GXX"):
+        return None  # inductor installs gcc itself
+    names = [c for c in search if c]
+    for name in names:
+        path = shutil.which(name)
+        if path is None:
+            continue
+        try:
+            subprocess.run([path, "--version"], capture_output=True, timeout=30, check=True)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        return None
+    return (
+        f"no C++ compiler for inductor ({' or '.join(names) or 'none configured'} not found;"
+        " set CXX to one): torch.compile builds its CPU kernels with it"
+    )
 
 
 class TorchCPU(Runner):
@@ -100,7 +135,7 @@ class OrtCPU(Runner):
     def __init__(self, spec: RunSpec) -> None:
         super().__init__()
         self.sess = ort_session(spec.path, spec.threads)
-        self.feed = {self.sess.get_inputs()[0].name: spec.x.numpy()}
+        self.feed = ort_feed(self.sess, spec.x.numpy(), spec.path)
         self.flags.update(provider="CPUExecutionProvider", graph_optimization="all")
 
     def _query(self) -> list[np.ndarray]:
@@ -151,7 +186,7 @@ BACKENDS: dict[str, Backend] = {
             "model",
             "torch.compile (inductor) on the CPU; compile time is the first call",
             "pip install torch; a C++ compiler (gcc)",
-            lambda: has_module("torch"),
+            cxx_reason,
             lambda s: TorchCPU(s, compile_=True),
             fresh_sessions=False,
         ),

@@ -13,7 +13,7 @@ import numpy as np
 
 from pbkit.core.errors import PbkitError
 from pbkit.core.runtime import strict_fp32
-from pbkit.measure.runner import Runner, RunSpec, dtype_of, load_torch, ort_session
+from pbkit.measure.runner import Runner, RunSpec, dtype_of, load_torch, ort_feed, ort_session
 from pbkit.models.outputs import output_tensors
 
 
@@ -179,9 +179,9 @@ class OrtCuda(CudaRunner):
                 f"onnxruntime did not take {provider} (got {self.sess.get_providers()})"
             )
         self.io = self.sess.io_binding()
-        inp = self.sess.get_inputs()[0]
+        name = next(iter(ort_feed(self.sess, spec.x.numpy(), spec.path)))
         self.io.bind_input(
-            inp.name,
+            name,
             "cuda",
             spec.device_index,
             np.float32,

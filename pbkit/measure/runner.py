@@ -6,6 +6,7 @@ on a GPU, also times the engine call alone with CUDA events on its stream.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,9 @@ def dtype_of(precision: str) -> Any:
 
 
 def ort_session(path: Path, threads: int, providers: list[Any] | None = None) -> Any:
+    # ORT_DISABLE_TELEMETRY=1 before ONNX Runtime first starts keeps its telemetry (a device id in
+    # ~/.cache, events sent to Microsoft) off for the process: pbkit makes no network attempt
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -108,3 +112,30 @@ def ort_session(path: Path, threads: int, providers: list[Any] | None = None) ->
         )
     except Exception as e:  # a corrupt or hostile file: ONNX Runtime's errors come in many types
         raise PbkitError(f"ONNX Runtime cannot load {Path(path).name}: {first_line(e)}") from e
+
+
+ORT_FLOATS = ("tensor(float)", "tensor(float16)")
+
+
+def ort_feed(sess: Any, x: np.ndarray, path: Path) -> dict[str, np.ndarray]:
+    """The one input ``x`` by the session's input name, once the graph is seen to take it: one
+    floating-point input of x's rank and (where fixed) sizes. Another model's ONNX is one line
+    naming the file, not ONNX Runtime's error from the middle of a measurement."""
+    inputs = sess.get_inputs()
+    name = Path(path).name
+    if len(inputs) != 1:
+        raise PbkitError(
+            f"{name} takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}), not one "
+            "image batch: it is not this run's model (pbkit export RUN_DIR writes it again)"
+        )
+    inp = inputs[0]
+    dims = list(inp.shape or [])
+    fixed = all(
+        not isinstance(d, int) or d <= 0 or d == n for d, n in zip(dims, x.shape, strict=False)
+    )
+    if inp.type not in ORT_FLOATS or len(dims) != x.ndim or not fixed:
+        raise PbkitError(
+            f"{name} takes {inp.type} of shape {dims}, not the model's float input of shape "
+            f"{list(x.shape)}: it is not this run's model (pbkit export RUN_DIR writes it again)"
+        )
+    return {inp.name: x}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,17 @@ def read_file(path: str | Path, trust: bool = False) -> Any:
     if not path.is_file():
         raise PbkitError(f"checkpoint {str(path)!r} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        with warnings.catch_warnings():  # torch warns about pickle protocols, on stderr
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e) and "Unsupported global" not in str(e):
+            reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+            raise PbkitError(
+                f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({reason}); if it "
+                "is a pickle you trust, pass --trust (unpickling runs code from the file; "
+                "model.trust_checkpoint=true)"
+            ) from e
         if "Unsupported global" in str(e):
             raise PbkitError(
                 f"checkpoint {str(path)!r} holds pickled Python objects, which pbkit does not "

@@ -595,7 +595,7 @@ def _run(path: Path, r: record.Record, sha: str) -> RunView:
             "parity",
             "; ".join(
                 f"{p.backend} {p.precision} {p.variant}: {'ok' if p.passed else 'FAILED'} "
-                f"(max abs {p.max_abs:.1e})"
+                f"(max abs {p.error_text})"
                 for p in r.parity
             )
             or "-",

@@ -110,7 +110,7 @@ def run_table(rec: record.Record) -> Table:
     for backend, precision in sorted({(p.backend, p.precision) for p in rec.parity}):
         mine = [p for p in rec.parity if (p.backend, p.precision) == (backend, precision)]
         cells = {
-            v: max((p for p in mine if p.variant == v), key=lambda p: p.max_abs, default=None)
+            v: max((p for p in mine if p.variant == v), key=lambda p: p.error, default=None)
             for v in ("dense", "pruned")
         }
         gate = (
@@ -138,7 +138,7 @@ def _mem(m: record.Memory) -> str:
 def _parity_cell(p: record.Parity | None) -> str:
     if p is None:
         return "-"
-    return f"ok {p.max_abs:.1e}" if p.passed else f"[bold red]FAILED {p.max_abs:.1e}[/]"
+    return f"ok {p.error_text}" if p.passed else f"[bold red]FAILED {p.error_text}[/]"
 
 
 def _ms(p: record.LatencyPoint) -> str:

@@ -360,7 +360,7 @@ def _parity(
         variant=variant,
         precision=precision,
         batch=batch,
-        **parity.check(got, ref, e, precision, label),
+        **parity.check(got, ref, e, precision, label, what=f"the {variant} model on {backend}"),
     )
 
 

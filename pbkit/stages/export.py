@@ -17,7 +17,7 @@ from pbkit.export import onnx, parity
 from pbkit.machine import envinfo
 from pbkit.measure.backends import cuda_reason
 from pbkit.measure.protocol import default_threads
-from pbkit.measure.runner import ort_session
+from pbkit.measure.runner import ort_feed, ort_session
 from pbkit.models import checkpoint, counts
 from pbkit.stages.context import Context, budgeted, need
 from pbkit.stages.rundir import (
@@ -94,15 +94,16 @@ def to_onnx(
         )
         x = counts.example_input(spec.input_size, batch=e.parity_batch, seed=2)
         ref, label = task.parity_outputs(parity.reference_outputs(model, x))
-        sess = ort_session(run_dir / ONNX_FILES[variant], cfg.bench.threads or default_threads())
-        got, _ = task.parity_outputs(list(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})))
+        path = run_dir / ONNX_FILES[variant]
+        sess = ort_session(path, cfg.bench.threads or default_threads())
+        got, _ = task.parity_outputs(list(sess.run(None, ort_feed(sess, x.numpy(), path))))
         checks.append(
             record.Parity(
                 backend="ort-cpu",
                 variant=variant,
                 precision="fp32",
                 batch=e.parity_batch,
-                **parity.check(got, ref, e, "fp32", label),
+                **parity.check(got, ref, e, "fp32", label, what=ONNX_FILES[variant]),
             )
         )
         steps.update(i + 1, variant)
