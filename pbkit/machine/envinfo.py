@@ -16,7 +16,12 @@ from pbkit.core.fileio import sha256_file
 from pbkit.machine import gpumon
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LOCK_FILES = ("requirements/base.lock", "requirements/gpu.lock", "requirements/dev.lock")
+LOCK_FILES = (
+    "requirements/base.lock",
+    "requirements/gpu.lock",
+    "requirements/tensorrt.lock",
+    "requirements/dev.lock",
+)
 PACKAGES = (
     "torch",
     "torchvision",
@@ -108,6 +113,7 @@ def collect() -> dict[str, Any]:
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     versions["cudnn"] = str(cudnn) if cudnn else None
     try:
+        os.environ["ORT_DISABLE_TELEMETRY"] = "1"  # before ONNX Runtime starts: no telemetry
         import onnxruntime
 
         providers = onnxruntime.get_available_providers()
@@ -165,8 +171,9 @@ def collect() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "lock_sha256": locks,
         "container": {
-            "image": os.environ.get("PBKIT_IMAGE"),
+            "image": os.environ.get("PBKIT_IMAGE"),  # the tag the image was built as
             "digest": os.environ.get("PBKIT_IMAGE_DIGEST"),
+            "base": os.environ.get("PBKIT_IMAGE_BASE"),  # the base it was built on (or stand-in)
         },
         "unavailable": unavailable,
     }
