@@ -888,6 +888,18 @@ def study() -> None:
     is_flag=True,
     help="Run the failed trials again (finished ones are never rerun).",
 )
+@click.option(
+    "--push",
+    "push_url",
+    default=None,
+    metavar="URL",
+    help="Push each trial's record and the study's progress to a pbkit serve as it finishes.",
+)
+@click.option(
+    "--token",
+    default=None,
+    help="The push token for --push (default: $PBKIT_TOKEN).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def study_run(
     study_file: str,
@@ -897,6 +909,8 @@ def study_run(
     max_parallel: int | None,
     out: str | None,
     retry_failed: bool,
+    push_url: str | None,
+    token: str | None,
     as_json: bool,
 ) -> int:
     """Expand a study's grid and run its trials; finished trials are skipped (by their hash).
@@ -909,13 +923,17 @@ def study_run(
       pbkit study run configs/study/digits-reference.study.yaml --max-parallel 2
       pbkit study run my.study.yaml --address ray://head:10001 --set finetune.epochs=30
       pbkit study run my.study.yaml --executor local --retry-failed
+      pbkit study run my.study.yaml --push http://127.0.0.1:8000
     """
     from pbkit.study import runner, spec
 
     if max_parallel is not None and max_parallel < 1:
         raise PbkitError("--max-parallel must be >= 1")
     st = spec.read(study_file, overrides)
-    summary = runner.run(st, out, executor, address, max_parallel, retry_failed)
+    pusher = _study_pusher(st, push_url, token) if push_url else None
+    summary = runner.run(st, out, executor, address, max_parallel, retry_failed, on_trial=pusher)
+    if pusher is not None:
+        _push_study_end(pusher, summary.study_dir)
     c = summary.counts
     if as_json:
         _emit_json(summary.as_json())
@@ -986,6 +1004,380 @@ def study_status(study_dir: str, as_json: bool) -> None:
             e.get("error") or e.get("note") or "",
         )
     _print(t)
+
+
+# ------------------------------------------------------------------------------------- serve
+
+
+def _study_pusher(st: Any, url: str, token: str | None) -> Any:
+    """The hook that pushes each finished trial of ``st`` (and the study's progress) to ``url``."""
+    from pbkit.core.console import note
+    from pbkit.serve import client
+
+    c = client.Client(url, client.token_from(token), on_retry=lambda m: note(f"push: {m}"))
+    pusher = client.StudyPusher(c, note)
+    runnable = sum(1 for t in st.trials if t.skip is None)
+    try:  # the study shows on the service before its first trial ends
+        c.progress(st.name, {"counts": {"pending": runnable}, "running": 0, "eta_s": None})
+    except PbkitError as e:
+        note(f"push to {url} failed: {e} (pushed again at the end)")
+    return pusher
+
+
+def _push_study_end(pusher: Any, study_dir: Path) -> None:
+    """Push the whole study folder once more (records already there are unchanged)."""
+    from pbkit.core.console import note
+    from pbkit.serve import client
+
+    try:
+        rep = client.push_folder(pusher.client, study_dir)
+        c = rep.counts()
+        note(
+            f"pushed to {pusher.client.url}: " + ", ".join(f"{n} {k}" for k, n in sorted(c.items()))
+        )
+    except PbkitError as e:
+        note(f"push to {pusher.client.url} failed: {e}; `pbkit push {study_dir} --to URL` later")
+    finally:
+        pusher.client.close()
+
+
+class _ServeGroup(click.Group):
+    """``pbkit serve [OPTIONS]`` is ``pbkit serve start [OPTIONS]``; ``pbkit serve token ...``
+    manages the store's tokens."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0].startswith("-") and args[0] not in ("-h", "--help")):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group("serve", cls=_ServeGroup, context_settings=CONTEXT)
+def serve() -> None:
+    """One place for a team's results: the live HTML report, a JSON API that machines push
+    records to, and studies submitted to run on Ray (`pbkit serve [OPTIONS]`: see serve start).
+
+    \b
+    Example:
+      pbkit serve token create a100 --role push
+      pbkit serve --store sqlite:///results/pbkit.db --port 8000
+    """
+
+
+@serve.command("start", context_settings=CONTEXT)
+@click.option(
+    "--store",
+    default="sqlite:///results/pbkit.db",
+    show_default=True,
+    help="Where records live: sqlite:///FILE, or postgresql://USER@HOST/DB for a team.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to bind.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option(
+    "--anonymous-read",
+    is_flag=True,
+    help="Let anyone who reaches the service read the page and the records (off by default).",
+)
+@click.option(
+    "--jobs",
+    type=click.Choice(["local", "ray", "none"]),
+    default="local",
+    show_default=True,
+    help=(
+        "Where submitted studies run: local (a driver process here, its trials on a local Ray),"
+        " ray (Ray's job submission at --ray-address), none (no submissions)."
+    ),
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="URL",
+    help="--jobs ray: the Ray cluster's dashboard (http://HEAD:8265).",
+)
+@click.option(
+    "--allow-user-code",
+    is_flag=True,
+    help="Let submitted studies name models from Python files, import paths or pickles.",
+)
+@click.option(
+    "--work",
+    type=click.Path(file_okay=False),
+    default="results/serve",
+    show_default=True,
+    help="Where submitted studies' folders and driver logs go.",
+)
+@click.option(
+    "--public-url",
+    default=None,
+    metavar="URL",
+    help="The URL a study's driver pushes back to (default: http://HOST:PORT).",
+)
+@click.option(
+    "--max-record-mib",
+    type=float,
+    default=8.0,
+    show_default=True,
+    help="The largest record a push may send.",
+)
+def serve_start(
+    store: str,
+    host: str,
+    port: int,
+    anonymous_read: bool,
+    jobs: str,
+    ray_address: str | None,
+    allow_user_code: bool,
+    work: str,
+    public_url: str | None,
+    max_record_mib: float,
+) -> None:
+    """Start the service (also `pbkit serve [OPTIONS]`): the live HTML report, a JSON API that
+    machines push records to, and studies submitted to run on Ray.
+
+    Binds 127.0.0.1 unless --host says otherwise. Every request needs a token (roles: read,
+    push, submit; `pbkit serve token create`); the page asks for one once and keeps it in a
+    cookie. Every push and submission is logged with its token's name.
+
+    \b
+    Example:
+      pbkit serve token create a100 --role push
+      pbkit serve --store sqlite:///results/pbkit.db --port 8000
+      pbkit serve --store postgresql://pbkit@db/pbkit --host 0.0.0.0 --jobs ray \
+        --ray-address http://head:8265
+    """
+    from pbkit.serve import app
+
+    if not 0 < port < 65536:
+        raise PbkitError(f"--port {port}: a TCP port (1 to 65535)")
+    if max_record_mib <= 0:
+        raise PbkitError("--max-record-mib must be > 0")
+    app.serve(
+        app.Settings(
+            store=store,
+            host=host,
+            port=port,
+            anonymous_read=anonymous_read,
+            max_record_bytes=int(max_record_mib * (1 << 20)),
+            jobs=jobs,
+            ray_address=ray_address,
+            allow_user_code=allow_user_code,
+            work=work,
+            public_url=public_url,
+        )
+    )
+
+
+@serve.group("token", context_settings=CONTEXT)
+def serve_token() -> None:
+    """Tokens of a store: create (printed once), list, revoke."""
+
+
+STORE_OPTION = click.option(
+    "--store",
+    default="sqlite:///results/pbkit.db",
+    show_default=True,
+    help="The service's store (as pbkit serve --store).",
+)
+
+
+@serve_token.command("create", context_settings=CONTEXT)
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice(["read", "push", "submit"]),
+    required=True,
+    help="read: the page and the API; push: records and progress; submit: studies.",
+)
+@STORE_OPTION
+def serve_token_create(name: str, role: str, store: str) -> None:
+    """Make a token NAME (a machine or a person) with ROLE; it is printed once, on stdout, and
+    the store keeps only its sha256.
+
+    \b
+    Example:
+      pbkit serve token create h100-box --role push --store sqlite:///results/pbkit.db
+    """
+    from pbkit.core.console import note
+    from pbkit.serve.store import Store
+
+    s = Store(store)
+    try:
+        secret = s.create_token(name, role)
+    finally:
+        s.close()
+    click.echo(secret)
+    note(f"token {name!r} ({role}) made in {s.shown}; it is shown this once")
+
+
+@serve_token.command("list", context_settings=CONTEXT)
+@STORE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def serve_token_list(store: str, as_json: bool) -> None:
+    """The tokens of a store: name, role, when made, whether revoked (never the tokens).
+
+    \b
+    Example:
+      pbkit serve token list --store sqlite:///results/pbkit.db
+    """
+    import dataclasses
+
+    from rich.table import Table
+
+    from pbkit.serve.store import Store
+
+    s = Store(store)
+    try:
+        tokens = s.tokens()
+    finally:
+        s.close()
+    if as_json:
+        _emit_json({"tokens": [dataclasses.asdict(t) for t in tokens]})
+        return
+    t = Table(title=f"tokens in {s.shown}", title_justify="left")
+    for c in ("name", "role", "created", "revoked"):
+        t.add_column(c)
+    for tok in tokens:
+        t.add_row(tok.name, tok.role, tok.created_utc, tok.revoked_utc or "-")
+    _print(t)
+
+
+@serve_token.command("revoke", context_settings=CONTEXT)
+@click.argument("name")
+@STORE_OPTION
+def serve_token_revoke(name: str, store: str) -> None:
+    """Revoke the token NAME: the service refuses it from the next request on.
+
+    \b
+    Example:
+      pbkit serve token revoke h100-box --store sqlite:///results/pbkit.db
+    """
+    from pbkit.core.console import note
+    from pbkit.serve.store import Store
+
+    s = Store(store)
+    try:
+        if not s.revoke_token(name):
+            raise PbkitError(f"no token {name!r} to revoke in {s.shown}")
+    finally:
+        s.close()
+    note(f"token {name!r} revoked")
+
+
+TO_OPTION = click.option(
+    "--to", "url", required=True, metavar="URL", help="The service (http://HOST:PORT)."
+)
+TOKEN_OPTION = click.option("--token", default=None, help="The token (default: $PBKIT_TOKEN).")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("folders", nargs=-1, required=True, type=click.Path())
+@TO_OPTION
+@TOKEN_OPTION
+@click.option(
+    "--retries",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Tries again this many times, 0.5 s to 10 s apart, where the service does not answer.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def push(
+    folders: tuple[str, ...], url: str, token: str | None, retries: int, as_json: bool
+) -> None:
+    """Push the records of run folders or study folders to a pbkit serve.
+
+    Each record is stored once per identity (its run, its identity hash and the machine that
+    measured it): pushing again stores nothing twice, and a record that changed (a later stage,
+    a new bench) replaces its older copy. A study folder's records are filed under its study,
+    with its progress. Exit code 2 when a record was refused (each is listed with why).
+
+    \b
+    Example:
+      pbkit push results/runs/resnet18-cifar-l1-protected-2x-7de44d78c9 --to http://127.0.0.1:8000
+      pbkit push results/studies/digits-reference --to http://team-box:8000 --token T
+    """
+    from pbkit.core.console import note
+    from pbkit.report.safe import term
+    from pbkit.serve import client
+
+    if retries < 0:
+        raise PbkitError("--retries must be >= 0")
+    total = client.PushReport()
+    with client.Client(
+        url, client.token_from(token), retries=retries, on_retry=lambda m: note(f"push: {m}")
+    ) as c:
+        for folder in folders:
+            rep = client.push_folder(
+                c,
+                Path(folder),
+                on_each=None
+                if as_json
+                else lambda p: _print(
+                    term(
+                        f"{p.outcome:<9} {p.run_id} ({p.machine or p.path})"
+                        + (f": {p.message}" if p.message else "")
+                    )
+                ),
+            )
+            total.pushed += rep.pushed
+    counts = total.counts()
+    if as_json:
+        _emit_json({"to": url, **counts, "pushed": [vars(p) for p in total.pushed]})
+    else:
+        note(f"{url}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    if total.refused:
+        raise PbkitError(f"{len(total.refused)} of {len(total.pushed)} record(s) refused by {url}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("study_file", type=click.Path())
+@TO_OPTION
+@TOKEN_OPTION
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a key of the config every trial shares (not a grid axis).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def submit(
+    study_file: str, url: str, token: str | None, overrides: tuple[str, ...], as_json: bool
+) -> None:
+    """Submit a study to a pbkit serve, which runs it on its Ray cluster; the trials' records
+    fill its page as they finish (progress at URL/studies).
+
+    The study is checked here as `pbkit study run` would read it, and what it `extends` is
+    inlined: the service gets the study's settings only, and refuses models that are code (a
+    Python file, an import path, a pickle) unless its operator allows them.
+
+    \b
+    Example:
+      pbkit submit configs/study/digits-reference.study.yaml --to http://127.0.0.1:8000
+    """
+    from pbkit.core import config
+    from pbkit.serve import client
+    from pbkit.study import spec
+
+    path = Path(study_file).expanduser()
+    spec.read(path, overrides)  # every error, here and in one line, before anything is sent
+    doc = config.read_yaml(path)
+    shared = dict(doc.get("config") or {})
+    if doc.get("extends"):
+        shared = config.merge(config.read_yaml(path.parent / str(doc["extends"])), shared)
+    for item in overrides:
+        shared = config.apply_override(shared, item)
+    for key in ("out", "run_id"):
+        shared.pop(key, None)
+    doc = {k: v for k, v in doc.items() if k != "extends"} | {"config": shared}
+    with client.Client(url, client.token_from(token)) as c:
+        got = c.submit(doc)
+    if as_json:
+        _emit_json(got)
+    else:
+        _print(
+            f"study {got['study']} submitted to {url} as #{got['id']} ({got['trials']} trials,"
+            f" runner {got['runner']}); progress: {url.rstrip('/')}/studies"
+        )
 
 
 # ------------------------------------------------------------------------------------ report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,22 @@ class Summary:
                 {k: f.get(k) for k in ("hash", "run_id", "params", "error")} for f in self.failures
             ],
         }
+
+
+@dataclass
+class TrialEvent:
+    """A trial that just finished, and where the study stands: what ``on_trial`` hooks get
+    (``pbkit study run --push``: its record and the study's progress to a service)."""
+
+    study: str
+    run_id: str
+    status: str  # done | failed
+    error: str | None
+    wall_s: float
+    record: Path | None  # the record written in the study folder (done trials)
+    counts: dict[str, int]  # done, failed, skipped, pending
+    running: int
+    eta_s: float | None
 
 
 def make_executor(
@@ -111,6 +128,7 @@ def run(
     max_parallel: int | None = None,
     retry_failed: bool = False,
     quiet: bool = False,
+    on_trial: Callable[[TrialEvent], None] | None = None,
 ) -> Summary:
     study_dir = ensure_writable_dir(Path(out) if out else DEFAULT_ROOT / study.name)
     with (
@@ -150,7 +168,15 @@ def run(
             ex.start()
             try:
                 doc.update(executor=ex.name, address=ex.address)
-                ran = _drive(ex, study, study_dir, doc, [trials[e["hash"]] for e in todo], quiet)
+                ran = _drive(
+                    ex,
+                    study,
+                    study_dir,
+                    doc,
+                    [trials[e["hash"]] for e in todo],
+                    quiet,
+                    on_trial,
+                )
             finally:
                 ex.stop()
         counts = state.counts(doc["trials"])
@@ -177,7 +203,13 @@ def _payload(trial: Trial, study: Study, work: str | None) -> dict[str, Any]:
 
 
 def _drive(
-    ex: Executor, study: Study, study_dir: Path, doc: dict[str, Any], todo: list[Trial], quiet: bool
+    ex: Executor,
+    study: Study,
+    study_dir: Path,
+    doc: dict[str, Any],
+    todo: list[Trial],
+    quiet: bool,
+    on_trial: Callable[[TrialEvent], None] | None = None,
 ) -> int:
     work = _work(ex, study, study_dir)
     board = Board(f"study {study.name}", quiet)
@@ -210,7 +242,23 @@ def _drive(
             c = state.counts(doc["trials"])
             elapsed = time.perf_counter() - t0
             left = len(queue) + ex.running()
-            eta = f", ETA {sum(walls) / len(walls) * left / max(slots, 1):.0f} s" if walls else ""
+            eta_s = sum(walls) / len(walls) * left / max(slots, 1) if walls else None
+            eta = f", ETA {eta_s:.0f} s" if eta_s is not None else ""
+            if got is not None and on_trial is not None:
+                e = entries[got[0].key]
+                on_trial(
+                    TrialEvent(
+                        study=study.name,
+                        run_id=str(e.get("run_id")),
+                        status=str(e["status"]),
+                        error=e.get("error"),
+                        wall_s=float(e.get("wall_s") or 0.0),
+                        record=study_dir / e["record"] if e.get("record") else None,
+                        counts=c,
+                        running=ex.running(),
+                        eta_s=eta_s,
+                    )
+                )
             board.status(
                 f"{c['done']} done, {c['failed']} failed, {ex.running()} running, {len(queue)}"
                 f" pending, {elapsed:.0f} s{eta}"
