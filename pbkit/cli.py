@@ -1080,11 +1080,11 @@ def serve() -> None:
 @click.option(
     "--jobs",
     type=click.Choice(["local", "ray", "none"]),
-    default="local",
-    show_default=True,
+    default=None,
     help=(
-        "Where submitted studies run: local (a driver process here, its trials on a local Ray),"
-        " ray (Ray's job submission at --ray-address), none (no submissions)."
+        "Where submitted studies run: ray (Ray's job submission to the cluster at"
+        " --ray-address), local (a driver process here, its trials on a local Ray), none (no"
+        " submissions). Default: ray where --ray-address is given, else local."
     ),
 )
 @click.option(
@@ -1103,7 +1103,7 @@ def serve() -> None:
     type=click.Path(file_okay=False),
     default="results/serve",
     show_default=True,
-    help="Where submitted studies' folders and driver logs go.",
+    help="Where submitted studies' folders, driver logs and pushed ONNX files go.",
 )
 @click.option(
     "--public-url",
@@ -1118,38 +1118,56 @@ def serve() -> None:
     show_default=True,
     help="The largest record a push may send.",
 )
+@click.option(
+    "--max-artifact-mib",
+    type=float,
+    default=256.0,
+    show_default=True,
+    help="The largest ONNX file `pbkit push --artifacts` may send (0: no artifacts).",
+)
 def serve_start(
     store: str,
     host: str,
     port: int,
     anonymous_read: bool,
-    jobs: str,
+    jobs: str | None,
     ray_address: str | None,
     allow_user_code: bool,
     work: str,
     public_url: str | None,
     max_record_mib: float,
+    max_artifact_mib: float,
 ) -> None:
     """Start the service (also `pbkit serve [OPTIONS]`): the live HTML report, a JSON API that
     machines push records to, and studies submitted to run on Ray.
 
     Binds 127.0.0.1 unless --host says otherwise. Every request needs a token (roles: read,
     push, submit; `pbkit serve token create`); the page asks for one once and keeps it in a
-    cookie. Every push and submission is logged with its token's name.
+    cookie that only reads; its study form (/submit) asks for a submit token and keeps it in the
+    tab. Every push, submission and refusal is logged with its token's name.
 
     \b
     Example:
       pbkit serve token create a100 --role push
       pbkit serve --store sqlite:///results/pbkit.db --port 8000
-      pbkit serve --store postgresql://pbkit@db/pbkit --host 0.0.0.0 --jobs ray \
+      pbkit serve --store postgresql://pbkit@db/pbkit --host 0.0.0.0 \
         --ray-address http://head:8265
     """
     from pbkit.serve import app
+    from pbkit.serve import jobs as serve_jobs
 
     if not 0 < port < 65536:
         raise PbkitError(f"--port {port}: a TCP port (1 to 65535)")
     if max_record_mib <= 0:
         raise PbkitError("--max-record-mib must be > 0")
+    if max_artifact_mib < 0:
+        raise PbkitError("--max-artifact-mib must be >= 0 (0: no artifacts)")
+    jobs = jobs or serve_jobs.default_runner(ray_address)
+    if ray_address and jobs != "ray":
+        raise PbkitError(f"--ray-address is where --jobs ray submits; --jobs {jobs} uses none")
+    why = serve_jobs.unavailable(jobs, ray_address) if jobs == "ray" else None
+    if why:
+        raise PbkitError(why)
     app.serve(
         app.Settings(
             store=store,
@@ -1157,6 +1175,7 @@ def serve_start(
             port=port,
             anonymous_read=anonymous_read,
             max_record_bytes=int(max_record_mib * (1 << 20)),
+            max_artifact_bytes=int(max_artifact_mib * (1 << 20)),
             jobs=jobs,
             ray_address=ray_address,
             allow_user_code=allow_user_code,
@@ -1279,21 +1298,37 @@ TOKEN_OPTION = click.option("--token", default=None, help="The token (default: $
     show_default=True,
     help="Tries again this many times, 0.5 s to 10 s apart, where the service does not answer.",
 )
+@click.option(
+    "--artifacts",
+    is_flag=True,
+    help=(
+        "Also push each record's ONNX files (those it lists, from its run folder), up to the"
+        " service's size limit; each is sent once."
+    ),
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def push(
-    folders: tuple[str, ...], url: str, token: str | None, retries: int, as_json: bool
+    folders: tuple[str, ...],
+    url: str,
+    token: str | None,
+    retries: int,
+    artifacts: bool,
+    as_json: bool,
 ) -> None:
     """Push the records of run folders or study folders to a pbkit serve.
 
     Each record is stored once per identity (its run, its identity hash and the machine that
     measured it): pushing again stores nothing twice, and a record that changed (a later stage,
     a new bench) replaces its older copy. A study folder's records are filed under its study,
-    with its progress. Exit code 2 when a record was refused (each is listed with why).
+    with its progress. With --artifacts the ONNX files each record lists follow it, to download
+    from its run's page. Exit code 2 when a record or an ONNX file was refused (each is listed
+    with why).
 
     \b
     Example:
       pbkit push results/runs/resnet18-cifar-l1-protected-2x-7de44d78c9 --to http://127.0.0.1:8000
       pbkit push results/studies/digits-reference --to http://team-box:8000 --token T
+      pbkit push results/runs/resnet18-cifar-l1-protected-2x-7de44d78c9 --to URL --artifacts
     """
     from pbkit.core.console import note
     from pbkit.report.safe import term
@@ -1317,15 +1352,37 @@ def push(
                         + (f": {p.message}" if p.message else "")
                     )
                 ),
+                artifacts=artifacts,
+                on_artifact=None
+                if as_json
+                else lambda a: _print(
+                    term(
+                        f"  {a.outcome:<9} {a.name} ({a.size / 1e6:.1f} MB)"
+                        + (f": {a.message}" if a.message else "")
+                    )
+                ),
             )
             total.pushed += rep.pushed
+            total.artifacts += rep.artifacts
     counts = total.counts()
+    art_counts = total.artifact_counts()
     if as_json:
-        _emit_json({"to": url, **counts, "pushed": [vars(p) for p in total.pushed]})
+        extra = {"artifacts": [vars(a) for a in total.artifacts]} if artifacts else {}
+        _emit_json({"to": url, **counts, "pushed": [vars(p) for p in total.pushed], **extra})
     else:
         note(f"{url}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+        if artifacts:
+            note(
+                "ONNX files: "
+                + (", ".join(f"{n} {k}" for k, n in sorted(art_counts.items())) or "none listed")
+            )
     if total.refused:
         raise PbkitError(f"{len(total.refused)} of {len(total.pushed)} record(s) refused by {url}")
+    if total.refused_artifacts:
+        raise PbkitError(
+            f"{len(total.refused_artifacts)} of {len(total.artifacts)} ONNX file(s) refused by"
+            f" {url}"
+        )
 
 
 @cli.command(context_settings=CONTEXT)

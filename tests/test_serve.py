@@ -115,13 +115,15 @@ def api(store_url: str, tmp_path: Path, **kw: Any) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def live_server(settings: Settings) -> Iterator[str]:
-    """The service on a real uvicorn in this process (a thread), on ``settings.port``."""
+def live_server(settings: Settings, prepare: Callable[[Any], None] | None = None) -> Iterator[str]:
+    """The service on a real uvicorn in this process (a thread), on ``settings.port``;
+    ``prepare(app)`` before it starts (a test's fake runner)."""
     import uvicorn
 
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning"
-    )
+    app = create_app(settings)
+    if prepare is not None:
+        prepare(app)
+    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning")
     server = uvicorn.Server(config)
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
@@ -136,7 +138,9 @@ def live_server(settings: Settings) -> Iterator[str]:
         th.join(timeout=30)
 
 
-def start_service(store_url: str, port: int, work: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start_service(
+    store_url: str, port: int, work: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """``pbkit serve`` as its own process (killed with SIGKILL by the kill test)."""
     log = open(work.parent / f"serve-{port}-{time.time_ns()}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -145,7 +149,7 @@ def start_service(store_url: str, port: int, work: Path, *extra: str) -> subproc
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=work.parent,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})},
     )
     import httpx
 
@@ -335,7 +339,9 @@ def test_a_bad_record_is_refused_with_a_clear_4xx_and_nothing_is_stored(
         message = r.json()["error"]
         assert message and "\n" not in message
         if kind.startswith("version"):
-            assert "schema" in message and "1.6" in message
+            from pbkit.core.record import SCHEMA_VERSION
+
+            assert "schema" in message and SCHEMA_VERSION in message
         listed = c.get("/api/records", headers=bearer(tokens["read"])).json()["records"]
         assert listed == []
         events = c.get("/api/events", headers=bearer(tokens["read"])).json()["events"]
@@ -899,3 +905,320 @@ def test_a_study_folder_is_pushed_under_its_study_with_its_progress(
     assert {r.study for r in s.records()} == {"s3"}
     (p,) = s.progress("s3")
     assert p.counts["done"] == 2 and p.failures == [{"run_id": "run-2", "error": "boom"}]
+
+
+# ------------------------------------------------------------------ refusals in the event log
+
+
+def test_every_refusal_is_logged_with_the_tokens_name(
+    store_url: str, tokens: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pbkit.serve import app as app_module
+
+    body = raw(make_record("r1"))
+    s = Store(store_url)
+    revoked = s.create_token("old-box", "push")
+    assert s.revoke_token("old-box")
+    s.close()
+    with api(store_url, tmp_path) as c:
+        assert c.post("/api/records", content=body).status_code == 401
+        assert c.post("/api/records", content=body).status_code == 401  # (counted, not logged)
+        assert c.get("/api/records", headers=bearer("pbk_wrong")).status_code == 401
+        assert c.get("/api/records", headers={"Authorization": "Basic eA=="}).status_code == 401
+        assert c.post("/api/records", content=body, headers=bearer(revoked)).status_code == 401
+        assert (
+            c.post("/api/records", content=body, headers=bearer(tokens["read"])).status_code == 403
+        )
+        r = c.post("/api/studies", content=b"name: x", headers=bearer(tokens["push"]))
+        assert r.status_code == 403
+        assert c.get("/").status_code == 401  # the page: its sign-in form
+        assert c.post("/login", content=b"token=pbk_wrong").status_code == 401
+        monkeypatch.setattr(app_module, "REFUSALS_EVERY_S", 0.0)
+        assert c.post("/api/records", content=body).status_code == 401
+        events = c.get("/api/events", headers=bearer(tokens["read"])).json()["events"]
+    got = [(e["token"], e["action"], e["outcome"]) for e in reversed(events)]
+    assert [g for g in got if g[2] in ("401", "403")] == [
+        ("anonymous", "push", "401"),
+        ("unknown", "read", "401"),
+        ("old-box", "push", "401"),
+        ("read-box", "push", "403"),
+        ("push-box", "submit", "403"),
+        ("anonymous", "read", "401"),
+        ("unknown", "login", "401"),
+        ("anonymous", "push", "401"),
+    ]
+    by = {(e["token"], e["action"]): e["detail"] for e in reversed(events) if e["outcome"] == "401"}
+    assert "POST /api/records from testclient" in by[("anonymous", "push")]
+    assert "and 1 more like it" in by[("anonymous", "push")]  # the one not logged, counted
+    assert "revoked" in by[("old-box", "push")]
+    assert "Basic" not in json.dumps(events) and "pbk_wrong" not in json.dumps(events)
+
+
+def test_the_submit_form_page_and_its_script_are_served_with_a_strict_policy(
+    store_url: str, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    with api(store_url, tmp_path) as c:
+        assert c.get("/submit").status_code == 401  # the sign-in form
+        r = c.get("/submit", headers=bearer(tokens["read"]))
+        assert r.status_code == 200 and 'id="submit-form"' in r.text
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("style-src")[0]
+        assert "<script>" not in r.text  # no inline script: only /assets/submit.js
+        js = c.get("/assets/submit.js")
+        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+        assert "sessionStorage" in js.text and "Authorization" in js.text
+        assert "innerHTML" not in js.text and 'credentials: "omit"' in js.text
+        # the sign-in cookie never submits, and no other origin is let in (no CORS)
+        c.cookies.set("pbkit_token", tokens["submit"])
+        assert c.post("/api/studies", content=b"name: x").status_code == 401
+        pre = c.options(
+            "/api/studies",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert "access-control-allow-origin" not in pre.headers
+
+
+# ------------------------------------------------------------------------ submitted studies
+
+
+class FakeRunner(jobs.Runner):
+    """Starts nothing: a job runs until the test says how it ended."""
+
+    name = "fake"
+
+    def __init__(self, outlives: bool = False) -> None:
+        self.outlives_service = outlives
+        self.name = "ray" if outlives else "fake"
+        self.states: dict[str, jobs.JobState] = {}
+        self.started: list[tuple[str, str]] = []  # (the study file, its push token)
+
+    def start(self, sid: int, study_file: Path, out: Path, push_url: str, token: str) -> str:
+        self.started.append((study_file.read_text(), token))
+        self.states[f"fake-{sid}"] = jobs.JobState("queued")
+        return f"fake-{sid}"
+
+    def state(self, job_id: str) -> jobs.JobState:
+        return self.states[job_id]
+
+
+def test_the_studies_page_shows_each_submissions_progress_and_how_it_ended(
+    store_url: str, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    with api(store_url, tmp_path) as c:
+        runner = FakeRunner()
+        c.app.state.jobs._runner = runner
+        h = bearer(tokens["submit"])
+        for _ in range(2):
+            assert c.post("/api/studies", json=SMALL_STUDY, headers=h).status_code == 201
+        (_, token1), (_, token2) = runner.started
+        runner.states["fake-1"] = jobs.JobState("running")
+        c.app.state.jobs.poll()
+        p = {
+            "counts": {"done": 3, "failed": 1, "pending": 2},
+            "running": 1,
+            "eta_s": 300.0,
+            "failures": [{"run_id": "tiny-x", "error": "PbkitError: <b>out of memory</b>"}],
+        }
+        r = c.post("/api/studies/tiny/progress", json=p, headers=bearer(token1))
+        assert r.status_code == 200
+        page_ = c.get("/studies", headers=h).text
+        row1 = page_.split('data-id="1"')[1].split("</tr>")[0]
+        assert '<td class="state">running</td>' in row1
+        assert '<td class="done">3</td>' in row1 and '<td class="failed">1</td>' in row1
+        assert '<td class="running">1</td>' in row1 and '<td class="eta">5 min</td>' in row1
+        assert "&lt;b&gt;out of memory&lt;/b&gt;" in page_ and "<b>out" not in page_
+        row2 = page_.split('data-id="2"')[1].split("</tr>")[0]
+        assert '<td class="state">queued</td>' in row2 and '<td class="done">-</td>' in row2
+        runner.states["fake-1"] = jobs.JobState("failed", "error: trial tiny-x: out of memory")
+        runner.states["fake-2"] = jobs.JobState("succeeded")
+        c.app.state.jobs.poll()
+        subs = {s["id"]: s for s in c.get("/api/studies", headers=h).json()["submissions"]}
+        assert subs[1]["state"] == "failed" and "out of memory" in subs[1]["error"]
+        assert subs[2]["state"] == "succeeded"
+        page_ = c.get("/studies", headers=h).text
+        assert "error: trial tiny-x: out of memory" in page_.split('data-id="1"')[1]
+        # each job's push token ends with it
+        assert (
+            c.post("/api/studies/tiny/progress", json=p, headers=bearer(token2)).status_code == 401
+        )
+    listed = {t.name: t for t in Store(store_url).tokens()}
+    assert listed["submission-1"].revoked_utc and listed["submission-2"].revoked_utc
+
+
+def test_a_ray_job_outlives_the_service_and_is_followed_again(
+    store_url: str, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    with api(store_url, tmp_path, jobs="ray", ray_address="http://127.0.0.1:9") as c:
+        c.app.state.jobs._runner = FakeRunner(outlives=True)
+        r = c.post("/api/studies", json=SMALL_STUDY, headers=bearer(tokens["submit"]))
+        assert r.status_code == 201
+    (sub,) = Store(store_url).submissions()
+    assert sub.state in ("queued", "running") and sub.job_id == "fake-1"  # left to the cluster
+    assert not next(t for t in Store(store_url).tokens() if t.name == "submission-1").revoked_utc
+    s = Store(store_url)
+    again = jobs.Jobs(s, "ray", tmp_path / "w", "http://x", ray_address="http://127.0.0.1:9")
+    fake = FakeRunner(outlives=True)
+    fake.states["fake-1"] = jobs.JobState("succeeded")
+    again._runner = fake
+    again.poll()
+    assert s.submissions()[0].state == "succeeded"
+    assert next(t for t in s.tokens() if t.name == "submission-1").revoked_utc
+
+
+def test_which_runner_takes_studies(pbkit: Callable[..., Any], tmp_path: Path) -> None:
+    assert jobs.default_runner(None) == "local"
+    assert jobs.default_runner("http://head:8265") == "ray"
+    assert jobs.unavailable("ray", "http://head:8265") is None
+    assert "dashboard" in (jobs.unavailable("ray", "ray://head:10001") or "")
+    assert "--ray-address" in (jobs.unavailable("ray", None) or "")
+    store = f"sqlite:///{tmp_path / 'x.db'}"
+    r = pbkit("serve", "--store", store, "--ray-address", "head:6379")
+    assert r.code == 2 and "dashboard, http://HEAD:8265" in r.err
+    r = pbkit("serve", "--store", store, "--jobs", "local", "--ray-address", "http://h:8265")
+    assert r.code == 2 and "--jobs ray" in r.err
+    assert pbkit("serve", "--store", store, "--max-artifact-mib", "-1").code == 2
+    assert jobs._last_error(["Running entrypoint", "error: study tiny: boom", "bye"]) == (
+        "error: study tiny: boom"
+    )
+    assert jobs._last_error([]) is None
+
+
+def test_ray_is_given_the_clusters_token_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    assert jobs.ray_auth_headers() == {}
+    (tmp_path / "t").write_text("abc123\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
+    assert jobs.ray_auth_headers() == {"Authorization": "Bearer abc123"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "fromenv")
+    assert jobs.ray_auth_headers() == {"Authorization": "Bearer fromenv"}
+    # a cluster that does not answer: the submission says why, in one line (502)
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    s = Store(store)
+    submit = s.create_token("alice", "submit")
+    s.close()
+    dead = f"http://127.0.0.1:{free_port()}"
+    with api(store, tmp_path, jobs="ray", ray_address=dead) as c:
+        r = c.post("/api/studies", json=SMALL_STUDY, headers=bearer(submit))
+        assert r.status_code == 502 and "could not be started" in r.json()["error"]
+        assert "\n" not in r.json()["error"]
+        (sub,) = c.get("/api/studies", headers=bearer(submit)).json()["submissions"]
+        assert sub["state"] == "failed" and sub["error"]
+
+
+# ------------------------------------------------------------------------------- artifacts
+
+
+def _run_with_onnx(root: Path, run_id: str, sizes: dict[str, int]) -> tuple[Path, dict[str, bytes]]:
+    """A run folder whose record lists ONNX files of these sizes (their bytes beside it)."""
+    folder = root / run_id
+    folder.mkdir(parents=True)
+    rec = make_record(run_id)
+    data = {}
+    for variant, size in sizes.items():
+        name = f"{variant}.onnx"
+        data[name] = (variant.encode() * (size // len(variant) + 1))[:size]
+        (folder / name).write_bytes(data[name])
+        rec["artifacts"]["onnx"][variant].update(
+            path=name, sha256=hashlib.sha256(data[name]).hexdigest(), bytes=size
+        )
+    (folder / "record.json").write_bytes(raw(rec))
+    return folder, data
+
+
+def test_artifacts_only_those_a_record_lists_within_the_limit(
+    store_url: str, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    folder, data = _run_with_onnx(tmp_path / "runs", "onnx-run", {"dense": 3000, "pruned": 2000})
+    push, read = bearer(tokens["push"]), bearer(tokens["read"])
+    work = tmp_path / "work"
+    with api(store_url, tmp_path, max_artifact_bytes=2500) as c:
+        key = c.post(
+            "/api/records", content=(folder / "record.json").read_bytes(), headers=push
+        ).json()["key"]
+        listing = c.get(f"/api/artifacts/{key}", headers=read).json()
+        assert [x["name"] for x in listing["listed"]] == ["dense.onnx", "pruned.onnx"]
+        assert listing["stored"] == [] and listing["max_bytes"] == 2500
+        url = f"/api/artifacts/{key}"
+        assert (
+            c.put(f"{url}/pruned.onnx", content=data["pruned.onnx"], headers=read).status_code
+            == 403
+        )
+        assert c.put(f"{url}/pruned.onnx", content=data["pruned.onnx"]).status_code == 401
+        r = c.put(f"{url}/pruned.onnx", content=b"x" * 2000, headers=push)  # not its bytes
+        assert r.status_code == 422 and "sha256" in r.json()["error"]
+        r = c.put(f"{url}/other.onnx", content=b"x", headers=push)
+        assert r.status_code == 422 and "lists no ONNX file" in r.json()["error"]
+        r = c.put(f"{url}/dense.onnx", content=data["dense.onnx"], headers=push)
+        assert r.status_code == 413 and "2500" in r.json()["error"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: cut off as it streams
+            for i in range(0, 3000, 500):
+                yield data["dense.onnx"][i : i + 500]
+
+        assert c.put(f"{url}/dense.onnx", content=chunks(), headers=push).status_code == 413
+        nokey = "/api/artifacts/" + "0" * 64 + "/pruned.onnx"
+        assert c.put(nokey, content=b"x", headers=push).status_code == 404  # no such record
+        left = [p for p in (work / "artifacts").rglob("*") if p.is_file()]
+        assert left == []  # nothing kept of what was refused
+        r = c.put(f"{url}/pruned.onnx", content=data["pruned.onnx"], headers=push)
+        assert r.status_code == 201 and r.json()["outcome"] == "created"
+        r = c.put(f"{url}/pruned.onnx", content=data["pruned.onnx"], headers=push)
+        assert r.status_code == 200 and r.json()["outcome"] == "unchanged"
+        got = c.get(f"{url}/pruned.onnx", headers=read)
+        assert got.status_code == 200 and got.content == data["pruned.onnx"]
+        assert got.headers["content-disposition"].startswith("attachment")
+        assert got.headers["content-type"] == "application/octet-stream"
+        assert c.get(f"{url}/dense.onnx", headers=read).status_code == 404
+        assert c.get(f"{url}/pruned.onnx").status_code == 401
+        page_ = c.get("/", headers=read).text
+        assert f'href="/api/artifacts/{key}/pruned.onnx"' in page_  # on the run's page
+        assert 'href="/api/artifacts/' + key + '/dense.onnx"' not in page_
+        events = c.get("/api/events", headers=read).json()["events"]
+        arts = [(e["token"], e["outcome"]) for e in reversed(events) if e["action"] == "artifact"]
+        assert arts == [("push-box", "refused")] * 4 + [
+            ("push-box", "created"),
+            ("push-box", "unchanged"),
+        ]
+    stored = [p for p in (work / "artifacts").rglob("*") if p.is_file()]
+    assert [p.name for p in stored] == [hashlib.sha256(data["pruned.onnx"]).hexdigest()]
+
+
+def test_cli_push_artifacts_sends_each_once_and_refuses_past_the_limit(
+    pbkit: Callable[..., Any], store_url: str, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    folder, data = _run_with_onnx(tmp_path / "runs", "cli-run", {"dense": 3000, "pruned": 2000})
+    settings = Settings(
+        store=store_url,
+        port=free_port(),
+        work=str(tmp_path / "w"),
+        jobs="none",
+        max_artifact_bytes=2500,
+    )
+    with live_server(settings) as url:
+        plain = pbkit("push", str(folder), "--to", url, "--token", tokens["push"], "--json")
+        assert plain.code == 0 and "artifacts" not in plain.json()  # only when asked
+        first = pbkit(
+            "push", str(folder), "--to", url, "--token", tokens["push"], "--artifacts", "--json"
+        )
+        assert first.code == 2 and "1 of 2 ONNX file(s) refused" in first.err
+        arts = {a["name"]: a for a in first.json()["artifacts"]}
+        assert arts["pruned.onnx"]["outcome"] == "created"
+        assert arts["dense.onnx"]["outcome"] == "refused"
+        assert "413" in arts["dense.onnx"]["message"] and "2500" in arts["dense.onnx"]["message"]
+        (folder / "dense.onnx").unlink()
+        again = pbkit("push", str(folder), "--to", url, "--token", tokens["push"], "--artifacts")
+        assert again.code == 0, again.err
+        assert "unchanged pruned.onnx" in again.out and "missing   dense.onnx" in again.out
+        assert "ONNX files: 1 missing, 1 unchanged" in again.err
+        with client.Client(url, tokens["read"]) as c:
+            r = c.request("GET", "/api/records/cli-run")
+            key = r.headers["x-pbkit-record-key"]
+            got = c.request("GET", f"/api/artifacts/{key}/pruned.onnx")
+            assert got.content == data["pruned.onnx"]
+    events = Store(store_url).events()
+    assert [e.outcome for e in events if e.action == "artifact"] == ["created"]  # sent once

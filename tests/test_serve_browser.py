@@ -1,7 +1,8 @@
 """``pbkit serve``'s page in a real browser (the system's chromium through selenium, as
 tests/test_report_browser.py): sign in with a token, the report with no console error and no
 request but to the service, a record pushed from a second machine appearing by itself in the
-across-machines view (the chosen filter kept), the run page, and a record's markup never run.
+across-machines view (the chosen filter kept), the run page, a record's markup never run, and the
+study submission form (its token asked once, kept in the tab, sent as a header, never a cookie).
 
 Where no browser is installed these tests skip and say why."""
 
@@ -19,7 +20,16 @@ from benchmarks import browser as browser_tools
 from pbkit.serve import client
 from pbkit.serve.app import Settings
 from pbkit.serve.store import Store
-from tests.test_serve import ARTIFACTS, PAYLOAD, free_port, live_server, make_record, raw
+from tests.test_serve import (
+    ARTIFACTS,
+    PAYLOAD,
+    SMALL_STUDY,
+    FakeRunner,
+    free_port,
+    live_server,
+    make_record,
+    raw,
+)
 
 FOUND = browser_tools.find()
 pytestmark = pytest.mark.skipif(isinstance(FOUND, str), reason=f"browser tests: {FOUND}")
@@ -152,3 +162,89 @@ def test_markup_in_a_record_is_shown_as_text_and_never_runs(
 
     with pytest.raises(NoAlertPresentException):
         chromium.switch_to.alert.text  # noqa: B018  (no script of the record ran)
+
+
+@pytest.fixture
+def submitting(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], FakeRunner]]:
+    """A service whose studies go to a runner that starts nothing (what the form sends is the
+    point here; tests/test_serve_ray.py runs one for real)."""
+    url = f"sqlite:///{tmp_path / 'pbkit.db'}"
+    s = Store(url)
+    tokens = {"read": s.create_token("reader", "read"), "submit": s.create_token("alice", "submit")}
+    s.close()
+    runner = FakeRunner()
+    settings = Settings(store=url, port=free_port(), work=str(tmp_path / "w"), poll_s=0.5)
+
+    def prepare(app: Any) -> None:
+        app.state.jobs._runner = runner
+
+    with live_server(settings, prepare) as base:
+        yield base, tokens, runner
+
+
+def test_the_form_submits_a_study_with_a_token_kept_in_the_tab_only(
+    chromium: Any, submitting: tuple[str, dict[str, str], FakeRunner], tmp_path: Path
+) -> None:
+    import yaml
+    from selenium.webdriver.common.by import By
+
+    base, tokens, runner = submitting
+    _sign_in(chromium, base, tokens["read"])  # the page reads with the sign-in cookie
+    chromium.get(base + "/submit")
+    chromium.execute_script("sessionStorage.clear()")
+    chromium.get(base + "/submit")
+    chromium.get_log("browser")
+    result = chromium.find_element(By.ID, "submit-result")
+    token = chromium.find_element(By.ID, "submit-token")
+    assert token.is_displayed()
+    # a file chosen in the browser, read into the form
+    study = tmp_path / "tiny.study.yaml"
+    study.write_text(yaml.safe_dump(SMALL_STUDY))
+    chromium.find_element(By.ID, "study-file").send_keys(str(study))
+    text = chromium.find_element(By.ID, "study-text")
+    _until(lambda: "resnet20_cifar" in (text.get_attribute("value") or ""), "the file read")
+    token.send_keys(tokens["submit"])
+    chromium.find_element(By.ID, "submit-study").click()
+    _until(lambda: "submitted as #1" in result.text, "the first submission")
+    assert "1 trial(s)" in result.text
+    kept = chromium.execute_script("return sessionStorage.getItem('pbkit-submit-token')")
+    assert kept == tokens["submit"]  # in the tab: asked once
+    assert all(c["value"] != tokens["submit"] for c in chromium.get_cookies())  # never a cookie
+    assert not token.is_displayed() and chromium.find_element(By.ID, "token-kept").is_displayed()
+    # a second study, pasted: the kept token goes with it
+    second = {**SMALL_STUDY, "name": "pasted"}
+    text.clear()
+    text.send_keys(yaml.safe_dump(second))
+    chromium.find_element(By.ID, "submit-study").click()
+    _until(lambda: "study pasted submitted as #2" in result.text, "the second submission")
+    assert [yaml.safe_load(f)["name"] for f, _ in runner.started] == ["tiny", "pasted"]
+    # a refusal is told as text (the service's message, markup and all, never run)
+    bad = {**SMALL_STUDY, "name": PAYLOAD}
+    text.clear()
+    text.send_keys(yaml.safe_dump(bad))
+    chromium.find_element(By.ID, "submit-study").click()
+    _until(lambda: "refused (422)" in result.text, "the refusal")
+    assert chromium.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
+    # a wrong token: refused, forgotten, asked for again
+    chromium.find_element(By.ID, "forget-token").click()
+    assert token.is_displayed()
+    token.send_keys("pbk_wrong")
+    text.clear()
+    text.send_keys(yaml.safe_dump(SMALL_STUDY))
+    chromium.find_element(By.ID, "submit-study").click()
+    _until(lambda: "refused (401)" in result.text, "the wrong token refused")
+    assert chromium.execute_script("return sessionStorage.getItem('pbkit-submit-token')") is None
+    assert token.is_displayed()
+    errors = [
+        e
+        for e in chromium.get_log("browser")
+        if e["level"] == "SEVERE" and "/api/studies" not in e["message"]  # (the 4xx asked for)
+    ]
+    assert errors == []
+    # the studies page: both, submitted by the token's name
+    chromium.get(base + "/studies")
+    rows = _css(chromium, "#submissions tbody tr[data-state]")
+    assert sorted(r.get_attribute("data-id") for r in rows) == ["1", "2"]
+    assert all("alice" in r.text for r in rows)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    chromium.save_screenshot(str(ARTIFACTS / "serve-studies.png"))

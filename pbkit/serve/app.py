@@ -12,15 +12,23 @@ API (JSON; a token as ``Authorization: Bearer T``, or the page's sign-in cookie 
 - ``GET /api/studies``, ``GET /api/studies/{name}`` (read): progress and submissions;
   ``POST /api/studies/{name}/progress`` (push): a study driver's progress;
   ``POST /api/studies`` (submit): a study to run;
-- ``GET /api/revision`` (read), ``GET /api/events`` (read): the log of pushes and submissions;
-  ``GET /api/health``: no token, no data.
+- ``GET /api/artifacts/{key}`` (read): the ONNX files a record lists and those stored, with the
+  service's size limit; ``PUT /api/artifacts/{key}/{name}`` (push): one of them (413 over the
+  limit, 422 not the bytes the record lists); ``GET /api/artifacts/{key}/{name}`` (read): its
+  bytes (:mod:`pbkit.serve.artifacts`);
+- ``GET /api/revision`` (read), ``GET /api/events`` (read): the log of pushes, submissions and
+  refusals; ``GET /api/health``: no token, no data.
 
-Pages: ``/`` the report (a run's page at ``/runs/{run_id}``), ``/studies``, ``/login``; CSV
-exports at ``/export/leaderboard.csv`` and ``/export/machines.csv`` (cells that would start a
-formula are neutralised).
+Pages: ``/`` the report (a run's page at ``/runs/{run_id}``, with its stored ONNX files to
+download), ``/studies``, ``/submit`` (a form that submits a study), ``/login``; CSV exports at
+``/export/leaderboard.csv`` and ``/export/machines.csv`` (cells that would start a formula are
+neutralised).
 
-No token or an unknown one: 401 (a page: the sign-in form); a token without the role: 403.
-Anonymous reading is off unless the operator passes ``--anonymous-read``.
+No token or an unknown one: 401 (a page: the sign-in form); a token without the role: 403. Each
+refusal is logged with the token's name ("anonymous" without one, "unknown" for a token the store
+does not know); the same refusal repeated within :data:`REFUSALS_EVERY_S` is counted, not logged
+again, so that no client can fill the log. Anonymous reading is off unless the operator passes
+``--anonymous-read``.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import json
 import logging
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -39,18 +48,27 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.concurrency import run_in_threadpool
 
+from pbkit.core.clock import utc_now
 from pbkit.core.errors import PbkitError, first_line
 from pbkit.report import safe
 from pbkit.report.html import anchor
-from pbkit.serve import auth, ingest, page
-from pbkit.serve.jobs import Jobs
-from pbkit.serve.store import DEFAULT_STORE, Progress, Store
+from pbkit.serve import artifacts, auth, ingest, page
+from pbkit.serve.jobs import MAX_STUDY_BYTES, Jobs
+from pbkit.serve.store import DEFAULT_STORE, Artifact, Progress, Store
 
 log = logging.getLogger("pbkit.serve")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # (pbkit.study.spec.NAME_PATTERN)
+RECORD_KEY = re.compile(r"^[0-9a-f]{64}$")
+REFUSALS_EVERY_S = 10.0  # the same refusal (token, action, status) is logged once per this
 COOKIE = "pbkit_token"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 SECURITY_HEADERS = {
@@ -72,6 +90,7 @@ class Settings:
     port: int = 8000
     anonymous_read: bool = False
     max_record_bytes: int = ingest.MAX_PUSH_BYTES
+    max_artifact_bytes: int = artifacts.MAX_ARTIFACT_BYTES  # 0: no artifacts
     jobs: str = "local"  # local | ray | none
     ray_address: str | None = None
     allow_user_code: bool = False
@@ -103,9 +122,17 @@ def create_app(settings: Settings) -> FastAPI:
         settings.allow_user_code,
         settings.ray_address,
     )
+    files = artifacts.Files(Path(settings.work).expanduser() / "artifacts")
+    jobs_max_kib = MAX_STUDY_BYTES >> 10
     stop = threading.Event()
 
     def follow_jobs() -> None:
+        try:
+            why = jobs.probe()
+        except Exception as e:
+            why = first_line(e)
+        if why:
+            log.warning("studies: %s (asked again at each submission)", why)
         while not stop.wait(2.0):
             try:
                 jobs.poll()
@@ -134,6 +161,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.store = store
     app.state.settings = settings
+    app.state.jobs = jobs
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
@@ -169,26 +197,57 @@ def create_app(settings: Settings) -> FastAPI:
             return request.cookies.get(COOKIE) or None
         return None
 
+    logged: dict[tuple[str, str, int], list[float]] = {}  # refusal -> [when logged, since]
+    logged_lock = threading.Lock()
+
+    def log_refusal(request: Request, name: str, action: str, status: int, why: str) -> None:
+        """A 401 / 403 in the log under the token's name; the same one (name, action, status)
+        again within REFUSALS_EVERY_S is counted and told with the next one logged."""
+        now, key = time.monotonic(), (name, action, status)
+        with logged_lock:
+            seen = logged.get(key)
+            if seen is not None and now - seen[0] < REFUSALS_EVERY_S:
+                seen[1] += 1
+                return
+            since = int(seen[1]) if seen is not None else 0
+            logged[key] = [now, 0]
+        where = request.client.host if request.client else "?"
+        detail = f"{request.method} {request.url.path} from {where}: {why}"
+        if since:
+            detail += f" (and {since} more like it since the last logged)"
+        try:
+            store.log(name, action, request.url.path, str(status), detail)
+        except Exception as e:  # the store busy: the refusal is answered all the same
+            log.warning("logging a refusal: %s", first_line(e))
+
     def who(request: Request, action: str) -> str:
-        """The name of the token that may do ``action``; 401 / 403 otherwise."""
-        secret = token_of(request, action == "read")
+        """The name of the token that may do ``action``; 401 / 403 otherwise (logged)."""
+        try:
+            secret = token_of(request, action == "read")
+        except HTTPException as e:
+            log_refusal(request, "unknown", action, e.status_code, str(e.detail))
+            raise
         if secret is None:
             if action == "read" and settings.anonymous_read:
                 return "anonymous"
+            log_refusal(request, "anonymous", action, 401, "no token")
             raise HTTPException(
                 401,
                 f"a token is needed ({action}): pass --token T or PBKIT_TOKEN"
                 " (the operator makes one: pbkit serve token create NAME --role ROLE)",
                 {"WWW-Authenticate": "Bearer"},
             )
-        tok = store.token(secret)
-        if tok is None:
+        found = store.lookup(secret)
+        if found is None or found.revoked_utc:
+            name = "unknown" if found is None else found.name
+            why = "unknown token" if found is None else f"token revoked {found.revoked_utc}"
+            log_refusal(request, name, action, 401, why)
             raise HTTPException(401, "unknown or revoked token", {"WWW-Authenticate": "Bearer"})
-        if not auth.allows(tok.role, action):
-            raise HTTPException(
-                403, f"token {tok.name!r} has role {tok.role}, which may not {action}"
-            )
-        return tok.name
+        if not auth.allows(found.role, action):
+            message = f"token {found.name!r} has role {found.role}, which may not {action}"
+            log_refusal(request, found.name, action, 403, message)
+            raise HTTPException(403, message)
+        return found.name
 
     async def body(request: Request, limit: int) -> bytes:
         declared = request.headers.get("content-length")
@@ -317,7 +376,7 @@ def create_app(settings: Settings) -> FastAPI:
         import yaml
 
         by = await run_in_threadpool(who, request, "submit")
-        raw = await body(request, 256 << 10)
+        raw = await body(request, MAX_STUDY_BYTES)
         try:
             doc = yaml.safe_load(raw.decode("utf-8"))  # JSON is YAML
         except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -331,6 +390,89 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(
             {"id": sid, "study": checked.name, "trials": checked.trials, "runner": settings.jobs},
             status_code=201,
+        )
+
+    # ------------------------------------------------------------------------- artifacts
+
+    def listed_of(key: str) -> tuple[Any, list[artifacts.Listed]]:
+        if not RECORD_KEY.match(key):
+            raise HTTPException(404, "a record's key is its identity's sha256 (64 hex digits)")
+        got = store.record_body(key)
+        if got is None:
+            raise HTTPException(404, f"no record with key {key[:16]}...")
+        info, text = got
+        return info, artifacts.listed(json.loads(text))
+
+    @app.get("/api/artifacts/{key}")
+    def list_artifacts(request: Request, key: str) -> dict[str, Any]:
+        who(request, "read")
+        info, listed = listed_of(key)
+        return {
+            "run_id": info.run_id,
+            "machine": info.machine,
+            "listed": [vars(x) for x in listed],
+            "stored": [a.as_json() for a in store.artifacts(key)],
+            "max_bytes": settings.max_artifact_bytes,
+        }
+
+    @app.put("/api/artifacts/{key}/{name}")
+    async def put_artifact(request: Request, key: str, name: str) -> JSONResponse:
+        by = await run_in_threadpool(who, request, "push")
+        try:
+            info, listed = await run_in_threadpool(listed_of, key)
+            wanted = next((x for x in listed if x.name == name), None)
+            if wanted is None:
+                names = ", ".join(x.name for x in listed) or "none"
+                raise ingest.Refused(
+                    422, f"run {info.run_id} lists no ONNX file {name!r} (it lists: {names})"
+                )
+            limit = settings.max_artifact_bytes
+            if limit <= 0:
+                raise ingest.Refused(
+                    413, "this service takes no artifacts (its operator's --max-artifact-mib 0)"
+                )
+            declared = request.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > limit:
+                raise ingest.Refused(
+                    413,
+                    f"{name} is {declared} bytes; this service takes artifacts of at most {limit}",
+                )
+            size = await files.receive(request.stream(), limit, wanted)
+        except ingest.Refused as e:
+            await run_in_threadpool(store.log, by, "artifact", key[:16], "refused", str(e))
+            raise
+        art = Artifact(
+            record_key=key,
+            run_id=info.run_id,
+            machine=info.machine,
+            name=name,
+            label=wanted.label,
+            sha256=wanted.sha256,
+            size=size,
+            pushed_utc=utc_now(),
+            pushed_by=by,
+        )
+        outcome = await run_in_threadpool(store.add_artifact, art)
+        log.info("artifact %s of %s by %s: %s", name, info.run_id, by, outcome)
+        return JSONResponse(
+            {"name": name, "sha256": wanted.sha256, "size": size, "outcome": outcome},
+            status_code=201 if outcome == "created" else 200,
+        )
+
+    @app.get("/api/artifacts/{key}/{name}", response_model=None)
+    def get_artifact(request: Request, key: str, name: str) -> Response:
+        who(request, "read")
+        if not RECORD_KEY.match(key):
+            raise HTTPException(404, "no such artifact")
+        found = next((a for a in store.artifacts(key) if a.name == name), None)
+        if found is None or not files.has(found.sha256):
+            raise HTTPException(404, f"no artifact {name!r} stored with this record")
+        return FileResponse(
+            files.path(found.sha256),
+            media_type="application/octet-stream",
+            filename=found.name,
+            content_disposition_type="attachment",
+            headers={"X-Pbkit-Sha256": found.sha256},
         )
 
     @app.get("/api/events")
@@ -372,12 +514,22 @@ def create_app(settings: Settings) -> FastAPI:
         got = page_who(request)
         if isinstance(got, Response):
             return got
-        text = page.STUDIES.render(
-            progress=store.progress(),
-            submissions=store.submissions(),
-            refresh=max(int(settings.poll_s), 1),
+        text = page.studies(
+            store.progress(), store.submissions(), max(int(settings.poll_s), 1), jobs.why_not
         )
         return HTMLResponse(text, headers={"Content-Security-Policy": page.CSP_OWN})
+
+    @app.get("/submit", response_class=HTMLResponse, response_model=None)
+    def submit_page(request: Request) -> Response:
+        got = page_who(request)
+        if isinstance(got, Response):
+            return got
+        text = page.SUBMIT.render(runner=settings.jobs, why_not=jobs.why_not, max_kib=jobs_max_kib)
+        return HTMLResponse(text, headers={"Content-Security-Policy": page.CSP_SUBMIT})
+
+    @app.get("/assets/submit.js", response_model=None)
+    def submit_js() -> Response:  # (the form's script: no data in it, so no token asked)
+        return Response(page.SUBMIT_JS, media_type="text/javascript; charset=utf-8")
 
     @app.get("/login", response_class=HTMLResponse)
     def login_form() -> HTMLResponse:
@@ -392,6 +544,11 @@ def create_app(settings: Settings) -> FastAPI:
         secret = (form.get("token") or [""])[0].strip()
         tok = await run_in_threadpool(store.token, secret) if secret else None
         if tok is None or not auth.allows(tok.role, "read"):
+            found = await run_in_threadpool(store.lookup, secret) if secret else None
+            name = found.name if found else ("unknown" if secret else "anonymous")
+            await run_in_threadpool(
+                log_refusal, request, name, "login", 401, "unknown or revoked token"
+            )
             return HTMLResponse(
                 page.LOGIN.render(message="unknown or revoked token"),
                 status_code=401,
@@ -445,7 +602,9 @@ def serve(settings: Settings) -> None:
     where = "" if settings.host in LOCAL_HOSTS else " (reachable from other machines: use TLS)"
     note(
         f"pbkit serve: {settings.url} · store {app.state.store.shown} · studies:"
-        f" {settings.jobs}{where}"
+        f" {settings.jobs}"
+        + (f" ({settings.ray_address})" if settings.jobs == "ray" else "")
+        + where
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     uvicorn.run(

@@ -5,10 +5,15 @@ once per identity, so pushing again (a retry, the same folder twice) never dupli
 that does not get an answer (the service restarting, a dropped connection, 429 or 5xx) is tried
 again after 0.5, 1, 2, 4, ... seconds (at most ``max_backoff_s`` apart), up to ``retries`` times;
 a refusal (4xx) is not retried.
+
+With ``--artifacts`` a record's ONNX files (those it lists, next to it in its run folder) follow
+it, each only where the service does not hold it already and where it is within the service's
+size limit (asked first: a file past it is refused here, never sent).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -38,11 +43,25 @@ class Pushed:
     outcome: str  # created | updated | unchanged | older | refused
     machine: str = ""
     message: str = ""
+    key: str = ""  # the record's identity in the service's store
+
+
+@dataclass
+class PushedArtifact:
+    path: str
+    run_id: str
+    name: str
+    # created | updated | unchanged (held already) | missing (not in the run folder) |
+    # skipped (not the file the stored record lists) | refused
+    outcome: str
+    size: int = 0
+    message: str = ""
 
 
 @dataclass
 class PushReport:
     pushed: list[Pushed] = field(default_factory=list)
+    artifacts: list[PushedArtifact] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -50,9 +69,19 @@ class PushReport:
             out[p.outcome] = out.get(p.outcome, 0) + 1
         return out
 
+    def artifact_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for a in self.artifacts:
+            out[a.outcome] = out.get(a.outcome, 0) + 1
+        return out
+
     @property
     def refused(self) -> list[Pushed]:
         return [p for p in self.pushed if p.outcome == "refused"]
+
+    @property
+    def refused_artifacts(self) -> list[PushedArtifact]:
+        return [a for a in self.artifacts if a.outcome == "refused"]
 
 
 def token_from(given: str | None) -> str | None:
@@ -138,8 +167,29 @@ class Client:
         self._check_auth(r)
         if r.status_code in (200, 201):
             d = r.json()
-            return Pushed(where, d["run_id"], d["outcome"], d.get("machine", ""))
+            return Pushed(where, d["run_id"], d["outcome"], d.get("machine", ""), key=d["key"])
         return Pushed(where, "-", "refused", message=f"{r.status_code} {self._message(r)}")
+
+    def list_artifacts(self, key: str) -> dict[str, Any]:
+        """The files a stored record lists, those stored, and the service's size limit."""
+        r = self.request("GET", f"/api/artifacts/{key}")
+        self._check_auth(r)
+        if r.status_code != 200:
+            raise PbkitError(f"{self.url}: artifacts of {key[:16]}...: {self._message(r)}")
+        return dict(r.json())
+
+    def put_artifact(self, key: str, name: str, data: bytes) -> tuple[int, str]:
+        """Push one file: (HTTP status, outcome or the refusal's message)."""
+        r = self.request(
+            "PUT",
+            f"/api/artifacts/{key}/{name}",
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        self._check_auth(r)
+        if r.status_code in (200, 201):
+            return r.status_code, str(r.json()["outcome"])
+        return r.status_code, self._message(r)
 
     def push_file(self, path: Path, study: str | None = None) -> Pushed:
         try:
@@ -200,11 +250,59 @@ def study_of(folder: Path) -> tuple[str, dict[str, Any]] | None:
     }
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def push_artifacts(client: Client, record_path: Path, pushed: Pushed) -> list[PushedArtifact]:
+    """The ONNX files the stored record lists, from its run folder, each once."""
+    listing = client.list_artifacts(pushed.key)
+    stored = {a["name"]: a["sha256"] for a in listing["stored"]}
+    limit = int(listing["max_bytes"])
+    out = []
+    for item in listing["listed"]:
+        name, sha = str(item["name"]), str(item["sha256"])
+        path = record_path.parent / name
+        done = PushedArtifact(str(path), pushed.run_id, name, "unchanged")
+        if stored.get(name) == sha:
+            out.append(done)
+            continue
+        if not path.is_file():
+            done.outcome, done.message = "missing", "not in the run folder"
+        elif _sha256(path) != sha:
+            done.outcome = "skipped"
+            done.message = "not the file the stored record lists (a newer copy is stored)"
+        else:
+            done.size = path.stat().st_size
+            if done.size > limit:
+                done.outcome = "refused"
+                done.message = (
+                    f"413 {name} is {done.size} bytes; the service takes artifacts of at most"
+                    f" {limit}" + (" (none: --max-artifact-mib 0)" if limit <= 0 else "")
+                )
+            else:
+                status, what = client.put_artifact(pushed.key, name, path.read_bytes())
+                if status in (200, 201):
+                    done.outcome = what
+                else:
+                    done.outcome, done.message = "refused", f"{status} {what}"
+        out.append(done)
+    return out
+
+
 def push_folder(
-    client: Client, folder: Path, on_each: Callable[[Pushed], None] | None = None
+    client: Client,
+    folder: Path,
+    on_each: Callable[[Pushed], None] | None = None,
+    artifacts: bool = False,
+    on_artifact: Callable[[PushedArtifact], None] | None = None,
 ) -> PushReport:
     """Push every record under ``folder`` (a study folder: filed under its study, with its
-    progress)."""
+    progress); with ``artifacts``, each record's ONNX files after it."""
     rep = PushReport()
     study = study_of(folder) if folder.is_dir() else None
     files = record_files(folder)
@@ -215,6 +313,11 @@ def push_folder(
         rep.pushed.append(got)
         if on_each is not None:
             on_each(got)
+        if artifacts and got.outcome != "refused" and got.key:
+            for a in push_artifacts(client, path, got):
+                rep.artifacts.append(a)
+                if on_artifact is not None:
+                    on_artifact(a)
     if study is not None:
         client.progress(*study)
     return rep

@@ -10,11 +10,15 @@ operator's ``limits``, ``distributed`` training, ``address`` or ``storage``.
 
 Runners (:data:`RUNNERS`, each says why it is unavailable):
 
-- ``ray``: Ray's own job submission (``ray.job_submission.JobSubmissionClient``) to the cluster
-  at ``--ray-address`` (its dashboard, ``http://HEAD:8265``); the job's entry point is
-  ``pbkit study run STUDY.yaml --push URL`` with the study file as its working directory;
+- ``ray``: Ray's own job submission (``ray.job_submission.JobSubmissionClient``, from
+  ``ray[default]``) to the cluster whose dashboard is ``--ray-address`` (``http://HEAD:8265``);
+  the job's entry point is ``pbkit study run study.yaml --push URL`` with the study file as its
+  working directory, so ``pbkit`` must be on the PATH of the cluster's nodes. A cluster with
+  Ray's token authentication takes the token from ``RAY_AUTH_TOKEN`` or the file
+  ``RAY_AUTH_TOKEN_PATH`` names (or, with ``RAY_AUTH_MODE=token``, Ray's own ``~/.ray/auth_token``).
+  A Ray job outlives the service: a service restarted follows it again;
 - ``local``: the same command as a process on the service's machine, whose study runner starts
-  a local Ray (a Ray job server needs the dashboard, which pbkit's pinned ``ray`` leaves out).
+  a local Ray; the service stopping stops it.
 
 Either way the study's driver pushes each trial's record and the study's progress back to the
 service with a push token made for that submission (logged under its name, revoked when the
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -183,6 +188,7 @@ class JobState:
 
 class Runner:
     name = "runner"
+    outlives_service = False  # its jobs run on when the service stops (and are followed again)
 
     def start(self, sid: int, study_file: Path, out: Path, push_url: str, token: str) -> str:
         """Start the study's driver; its job id."""
@@ -254,17 +260,32 @@ class LocalRunner(Runner):
 
 def _last_line(log: Path) -> str:
     try:
-        lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+        lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return "no log"
-    errors = [x for x in lines if x.startswith("error:")]
-    return (errors or lines or ["no output"])[-1][:500]
+    return (_last_error(lines) or "no output")[:500]
+
+
+def ray_auth_headers() -> dict[str, str]:
+    """The ``Authorization`` header for a Ray cluster with token authentication, where the
+    operator gave its token (``RAY_AUTH_TOKEN``, or the file ``RAY_AUTH_TOKEN_PATH`` names);
+    otherwise none, and Ray's client finds one itself where ``RAY_AUTH_MODE=token``."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if not token and path:
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError as e:
+            raise PbkitError(f"RAY_AUTH_TOKEN_PATH {path!r}: {first_line(e)}") from e
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 class RayJobsRunner(Runner):
-    """Ray's job submission: the study file is the job's working directory."""
+    """Ray's job submission: the study file is the job's working directory. The cluster is
+    reached when a study is submitted or followed (it may start after the service)."""
 
     name = "ray"
+    outlives_service = True
     STATES = {
         "PENDING": "queued",
         "RUNNING": "running",
@@ -274,44 +295,112 @@ class RayJobsRunner(Runner):
     }
 
     def __init__(self, address: str) -> None:
-        from ray.job_submission import JobSubmissionClient
+        self.address = address
+        self._client: Any = None
+        self._lock = threading.Lock()
 
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from ray.job_submission import JobSubmissionClient
+
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                try:
+                    self._client = JobSubmissionClient(
+                        self.address, headers=ray_auth_headers() or None
+                    )
+                except PbkitError:
+                    raise
+                except Exception as e:  # (Ray raises ConnectionError, RuntimeError, ...)
+                    raise PbkitError(
+                        f"Ray's job submission at {self.address}: {_ray_error(e)}"
+                    ) from e
+            return self._client
+
+    def check(self) -> str | None:
+        """Why the cluster cannot take jobs now (None: it answers)."""
         try:
-            self.client = JobSubmissionClient(address)
-        except Exception as e:  # (Ray raises ConnectionError, RuntimeError, ValueError...)
-            raise PbkitError(f"Ray's job submission at {address}: {first_line(e)}") from e
+            self.client.list_jobs()
+        except Exception as e:
+            with self._lock:
+                self._client = None
+            return _ray_error(e)
+        return None
 
     def start(self, sid: int, study_file: Path, out: Path, push_url: str, token: str) -> str:
         entry = " ".join(["pbkit", *_entrypoint(study_file.name, None, push_url)])
+        name = study_file.parent.name.split("-", 1)[-1]
         return str(
             self.client.submit_job(
                 entrypoint=entry,
-                submission_id=f"pbkit-{sid}-{study_file.parent.name}"[:120],
+                # (a cluster keeps its jobs: a store started afresh must not reuse their ids)
+                submission_id=f"pbkit-{sid}-{name[:80]}-{secrets.token_hex(4)}",
                 runtime_env={
                     "working_dir": str(study_file.parent),
                     "env_vars": {"PBKIT_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"},
                 },
+                metadata={"pbkit_submission": str(sid)},
             )
         )
 
     def state(self, job_id: str) -> JobState:
         info = self.client.get_job_info(job_id)
-        state = self.STATES.get(str(info.status), "running")
-        return JobState(state, info.message if state == "failed" else None)
+        status = str(getattr(info.status, "value", info.status))
+        state = self.STATES.get(status, "running")
+        if state != "failed":
+            return JobState(state)
+        try:  # the study's own last error line, rather than Ray's summary of the log
+            why = _last_error(str(self.client.get_job_logs(job_id)).splitlines())
+        except Exception:
+            why = None
+        message = str(info.message or "failed").strip().splitlines() or ["failed"]
+        return JobState(state, (why or message[0])[:500])
+
+
+def _ray_error(e: BaseException) -> str:
+    text = first_line(e, 300)
+    if "Authentication" in type(e).__name__ or "authentication token" in str(e).lower():
+        return (
+            f"{text} (a cluster with token authentication: give the service its token in"
+            " RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)"
+        )
+    return text
+
+
+def _last_error(lines: list[str]) -> str | None:
+    """The last ``error: ...`` line pbkit wrote (its one-line errors), else the last line."""
+    lines = [x.strip() for x in lines if x.strip()]
+    errors = [x for x in lines if x.startswith("error:")]
+    return (errors or lines)[-1] if lines else None
 
 
 RUNNERS = ("local", "ray", "none")
+
+
+def default_runner(ray_address: str | None) -> str:
+    """``pbkit serve --jobs`` unset: Ray's job submission where a cluster is named, else local."""
+    return "ray" if ray_address else "local"
 
 
 def unavailable(kind: str, ray_address: str | None) -> str | None:
     """Why a runner cannot take studies here (None: it can)."""
     if kind == "none":
         return "this service takes no studies (pbkit serve --jobs local | ray)"
-    if kind == "ray" and not ray_address:
-        return "--jobs ray needs --ray-address (the Ray cluster's dashboard, http://HEAD:8265)"
     if kind not in RUNNERS:
         return f"unknown runner {kind!r}; choose one of: {', '.join(RUNNERS)}"
+    if kind == "ray":
+        if not ray_address:
+            return "--jobs ray needs --ray-address (the Ray cluster's dashboard, http://HEAD:8265)"
+        if not ray_address.startswith(("http://", "https://")):
+            return (
+                f"--ray-address {ray_address!r}: the Ray cluster's dashboard, http://HEAD:8265"
+                " (Ray's job submission goes through it; not ray:// nor HOST:6379)"
+            )
+        try:
+            import ray.job_submission  # noqa: F401  (needs ray[default]: the dashboard's client)
+        except ImportError as e:
+            return f"--jobs ray needs ray[default] (Ray's job submission): {first_line(e)}"
     return None
 
 
@@ -338,11 +427,21 @@ class Jobs:
         for sub in store.submissions():  # what a previous run of the service left running
             if sub.state not in ("queued", "running"):
                 continue
-            if sub.runner == "ray" and sub.job_id and kind == "ray":
+            if sub.runner == "ray" and sub.job_id and self._runner is not None and kind == "ray":
                 self._active[sub.id] = (sub.job_id, f"submission-{sub.id}")
             else:
                 store.update_submission(sub.id, "failed", error="the service stopped while it ran")
                 store.revoke_token(f"submission-{sub.id}")
+
+    def probe(self) -> str | None:
+        """Why the runner cannot take studies now (Ray's cluster not answering...), or None."""
+        runner = self._runner
+        if runner is None:
+            return None if self.kind == "none" else self.why_not
+        if isinstance(runner, RayJobsRunner):
+            why = runner.check()
+            return f"Ray's job submission at {runner.address}: {why}" if why else None
+        return None
 
     def submit(self, doc: Any, by: str) -> tuple[int, Checked]:
         if self._runner is None:
@@ -384,7 +483,9 @@ class Jobs:
             try:
                 st = self._runner.state(job)
             except Exception as e:  # the cluster did not answer: asked again next time
-                self.store.update_submission(sid, "running", error=first_line(e, 500))
+                self.store.update_submission(
+                    sid, "running", error=f"not followed: {first_line(e, 480)}"
+                )
                 continue
             if st.state in ("succeeded", "failed", "stopped"):
                 self.store.update_submission(sid, st.state, error=st.error)
@@ -393,11 +494,14 @@ class Jobs:
                 with self._lock:
                     self._active.pop(sid, None)
             else:
-                self.store.update_submission(sid, st.state)
+                self.store.update_submission(sid, st.state, error="")  # (answered again)
 
     def close(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
+        if self._runner is None:
+            return
+        self._runner.close()
+        if self._runner.outlives_service:  # (Ray's jobs run on: followed again at the next start)
+            return
         for sid, (_, token_name) in list(self._active.items()):
             self.store.update_submission(sid, "stopped", error="the service stopped")
             self.store.revoke_token(token_name)

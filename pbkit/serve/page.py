@@ -6,8 +6,17 @@ the store's records and rebuilt only when the store changed. Two things are adde
 saying where it comes from, and a short script that asks ``/api/revision`` every few seconds and
 reloads the page when a record was stored, keeping the filters chosen and the run opened (the
 page's own Content-Security-Policy gains ``connect-src 'self'`` for that one request; it fetches
-nothing else). ``/studies`` (submitted studies and their progress) and ``/login`` are the
-service's own small pages, rendered by Jinja2 with autoescape: a record's text is never markup.
+nothing else). A run's ONNX files stored with its record (``pbkit push --artifacts``) are linked
+under its summary, to download. ``/studies`` (submitted studies and their progress),
+``/submit`` and ``/login`` are the service's own small pages, rendered by Jinja2 with autoescape:
+a record's text is never markup.
+
+``/submit`` is a form that submits a study file (pasted, or read from a file in the browser).
+Its script (:data:`SUBMIT_JS`, served from the service: no inline script) asks for a submit
+token once, keeps it in the tab's ``sessionStorage`` and sends it as an ``Authorization``
+header; the sign-in cookie never submits, so another site cannot submit through a signed-in
+browser (a cross-site request can neither read the token nor set that header without a CORS
+preflight, which the service never grants).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import json
 import shutil
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -23,13 +33,18 @@ import jinja2
 from pbkit.core import record
 from pbkit.core.fileio import atomic_write_text
 from pbkit.report import html as report_html
-from pbkit.serve.store import Store
+from pbkit.serve.store import Artifact, Progress, Store, Submission
 
 CSP_PAGE = "default-src 'none';"
 CSP_LIVE = "default-src 'none'; connect-src 'self'; form-action 'self';"
 # the service's own pages: no script at all
 CSP_OWN = (
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+)
+# the submission form: its one script from the service, which may fetch from the service only
+CSP_SUBMIT = (
+    "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; connect-src 'self';"
+    " form-action 'self'; frame-ancestors 'none'"
 )
 
 LIVE_JS = """
@@ -94,15 +109,113 @@ LOGIN = _OWN.from_string(
 """
 )
 
+SUBMIT_JS = """
+(function () {
+  "use strict";
+  var KEY = "pbkit-submit-token";  // this tab only; never a cookie: a form elsewhere cannot use it
+  function $(id) { return document.getElementById(id); }
+  var form = $("submit-form"), ask = $("token-ask"), kept = $("token-kept");
+  var input = $("submit-token");
+  var text = $("study-text"), file = $("study-file"), out = $("submit-result");
+  var maxBytes = Number(form.getAttribute("data-max-bytes")) || 262144;
+  function stored() { try { return sessionStorage.getItem(KEY) || ""; } catch (e) { return ""; } }
+  function keep(t) { try { sessionStorage.setItem(KEY, t); } catch (e) { /* none: asked again */ } }
+  function forget() { try { sessionStorage.removeItem(KEY); } catch (e) { /* none */ } shown(); }
+  function shown() { var has = !!stored(); ask.hidden = has; kept.hidden = !has; }
+  function say(kind, message, link) {  // text only: what the service answers is never markup
+    out.className = kind;
+    out.textContent = message;
+    if (link) {
+      var a = document.createElement("a");
+      a.href = link; a.textContent = "its progress";
+      out.appendChild(document.createTextNode(" · ")); out.appendChild(a);
+    }
+  }
+  $("forget-token").addEventListener("click", function () { forget(); input.focus(); });
+  file.addEventListener("change", function () {
+    var f = file.files && file.files[0];
+    if (!f) { return; }
+    if (f.size > maxBytes) { say("error", f.name + " is over " + maxBytes + " bytes"); return; }
+    f.text().then(function (t) { text.value = t; say("", f.name + " read: submit it"); },
+                  function (e) { say("error", "could not read " + f.name + ": " + e); });
+  });
+  form.addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var token = input.value.trim() || stored();
+    if (!token) { say("error", "a submit token is needed"); input.focus(); return; }
+    if (!text.value.trim()) { say("error", "paste a study file, or choose one"); return; }
+    keep(token); input.value = ""; shown();
+    say("", "submitting...");
+    fetch("/api/studies", {
+      method: "POST",
+      headers: { "Authorization": "Bearer " + token, "Content-Type": "application/yaml" },
+      body: text.value,
+      credentials: "omit",
+      cache: "no-store"
+    }).then(function (r) {
+      return r.json().then(function (d) { return [r.status, d]; },
+                           function () { return [r.status, { error: "HTTP " + r.status }]; });
+    }).then(function (got) {
+      var status = got[0], d = got[1];
+      if (status === 201) {
+        say("ok", "study " + d.study + " submitted as #" + d.id + " (" + d.trials +
+            " trial(s), runner " + d.runner + ")", "/studies");
+        return;
+      }
+      if (status === 401) { forget(); }  // (a wrong or revoked token is asked for again)
+      say("error", "refused (" + status + "): " + (d.error || "no reason given"));
+    }, function (e) { say("error", "the service did not answer: " + e); });
+  });
+  shown();
+})();
+"""
+
+SUBMIT = _OWN.from_string(
+    """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>pbkit serve · submit a study</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em;max-width:60em}
+textarea{width:100%;font:13px ui-monospace,monospace}.error{color:#b00}.ok{color:#060}
+.help{color:#555}</style>
+<script src="/assets/submit.js" defer></script>
+</head><body>
+<h1>Submit a study</h1>
+<p><a href="/">the report</a> · <a href="/studies">studies</a></p>
+{% if why_not %}<p role="alert" id="runner-unavailable">This service takes no studies now:
+{{ why_not }}</p>{% endif %}
+<p class="help">A study file (YAML or JSON, at most {{ max_kib }} KiB) as
+<code>pbkit study run</code> reads it, whole: no <code>extends</code> (<code>pbkit submit
+STUDY.yaml --to URL</code> inlines it). The service runs no user code: models from Python files,
+import paths or pickles, and settings that name files, are refused. Runner: {{ runner }}.</p>
+<form id="submit-form" data-max-bytes="{{ max_kib * 1024 }}">
+<p id="token-ask"><label>submit token
+<input type="password" id="submit-token" autocomplete="off" size="50"></label><br>
+<span class="help">asked once: kept in this tab only (sessionStorage) and sent as an
+Authorization header, never as a cookie.</span></p>
+<p id="token-kept" hidden>A submit token is kept for this tab.
+<button type="button" id="forget-token">forget it</button></p>
+<p><label>study file <input type="file" id="study-file" accept=".yaml,.yml,.json"></label></p>
+<p><label>or paste it<br><textarea id="study-text" rows="18" spellcheck="false"></textarea>
+</label></p>
+<p><button type="submit" id="submit-study">submit</button></p>
+</form>
+<noscript><p>This form needs JavaScript; <code>pbkit submit STUDY.yaml --to URL</code> does
+not.</p></noscript>
+<p id="submit-result" role="status"></p>
+</body></html>
+"""
+)
+
 STUDIES = _OWN.from_string(
     """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{{ refresh }}">
 <title>pbkit serve · studies</title>
 <style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}
-td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}.failed{color:#b00}</style>
+td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}
+tr.failed,td.error{color:#b00}</style>
 </head><body>
 <h1>Studies</h1>
-<p><a href="/">the report</a> · this page reloads every {{ refresh }} s</p>
+<p><a href="/">the report</a> · <a href="/submit">submit a study</a> · this page reloads
+every {{ refresh }} s</p>
 <h2>Progress</h2>
 {% if progress %}
 <table id="progress"><thead><tr><th>study</th><th>done</th><th>failed</th><th>running</th>
@@ -112,7 +225,7 @@ td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}.failed{color
 {% for k in ("done", "failed") %}<td class="{{ k }}">{{ p.counts.get(k, 0) }}</td>{% endfor %}
 <td class="running">{{ p.running }}</td>
 {% for k in ("pending", "skipped") %}<td class="{{ k }}">{{ p.counts.get(k, 0) }}</td>{% endfor %}
-<td>{{ "-" if p.eta_s is none else ("%.0f s" % p.eta_s) }}</td>
+<td>{{ eta(p.eta_s) }}</td>
 <td>{{ p.updated_utc }}</td><td>{{ p.pushed_by }}</td></tr>
 {% for f in p.failures %}
 <tr class="failed"><td></td>
@@ -121,19 +234,62 @@ td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}.failed{color
 {% endfor %}</tbody></table>
 {% else %}<p>No study has reported progress yet.</p>{% endif %}
 <h2>Submitted</h2>
+{% if why_not %}<p role="alert">This service takes no studies now: {{ why_not }}</p>{% endif %}
 {% if submissions %}
-<table id="submissions"><thead><tr><th>#</th><th>study</th><th>state</th><th>by</th>
-<th>submitted</th><th>runner</th><th>job</th><th>error</th></tr></thead><tbody>
-{% for s in submissions %}
-<tr data-state="{{ s.state }}"><td>{{ s.id }}</td><td>{{ s.study }}</td><td>{{ s.state }}</td>
+<table id="submissions"><thead><tr><th>#</th><th>study</th><th>state</th><th>done</th>
+<th>failed</th><th>running</th><th>pending</th><th>ETA</th><th>by</th><th>submitted</th>
+<th>runner</th><th>job</th><th>error</th></tr></thead><tbody>
+{% for v in submissions %}{% set s = v.s %}{% set p = v.progress %}
+<tr data-state="{{ s.state }}" data-id="{{ s.id }}"><td>{{ s.id }}</td><td>{{ s.study }}</td>
+<td class="state">{{ s.state }}</td>
+{% if p %}{% for k in ("done", "failed") %}<td class="{{ k }}">{{ p.counts.get(k, 0) }}</td>
+{% endfor %}<td class="running">{{ p.running }}</td>
+<td class="pending">{{ p.counts.get("pending", 0) }}</td><td class="eta">{{ eta(p.eta_s) }}</td>
+{% else %}<td class="done">-</td><td class="failed">-</td><td class="running">-</td>
+<td class="pending">-</td><td class="eta">-</td>{% endif %}
 <td>{{ s.submitted_by }}</td><td>{{ s.submitted_utc }}</td><td>{{ s.runner }}</td>
-<td>{{ s.job_id or "-" }}</td><td>{{ s.error or "" }}</td></tr>
+<td>{{ s.job_id or "-" }}</td><td class="error">{{ s.error or "" }}</td></tr>
+{% if p %}{% for f in p.failures %}
+<tr class="failed"><td></td>
+<td colspan="12">failed {{ f.get("run_id") }}: {{ f.get("error") }}</td></tr>
+{% endfor %}{% endif %}
 {% endfor %}
 </tbody></table>
-{% else %}<p>No study was submitted (<code>pbkit submit STUDY.yaml --to URL</code>).</p>{% endif %}
+{% else %}<p>No study was submitted (<a href="/submit">the form</a>, or
+<code>pbkit submit STUDY.yaml --to URL</code>).</p>{% endif %}
 </body></html>
 """
 )
+
+
+def eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclass
+class SubmissionView:
+    """A submission and its study's progress, where its own driver reported it."""
+
+    s: Submission
+    progress: Progress | None
+
+
+def studies(
+    progress: list[Progress], submissions: list[Submission], refresh: int, why_not: str | None
+) -> str:
+    """``/studies``: every study's progress, and each submission with its own driver's."""
+    by = {p.pushed_by: p for p in progress}
+    views = [SubmissionView(s, by.get(f"submission-{s.id}")) for s in reversed(submissions)]
+    return STUDIES.render(
+        progress=progress, submissions=views, refresh=refresh, why_not=why_not, eta=eta
+    )
+
 
 EMPTY = _OWN.from_string(
     """<!DOCTYPE html>
@@ -197,7 +353,8 @@ class ReportPage:
         if not self._records:
             return EMPTY.render(where=where, revision=rev, refresh=max(int(self.poll_s), 1))
         page = report_html.page(self._records, [f"pbkit serve ({where})"])
-        return live(page, rev, len(self._records), self.poll_s)
+        page = live(page, rev, len(self._records), self.poll_s)
+        return with_artifacts(page, self.store.artifacts())
 
 
 def live(page: str, revision: str, n: int, poll_s: float) -> str:
@@ -209,7 +366,8 @@ def live(page: str, revision: str, n: int, poll_s: float) -> str:
     line = (
         f'<p id="pb-live" class="help" data-revision="{escape(revision)}"'
         f' data-poll-ms="{int(poll_s * 1000)}">Live from pbkit serve: {n} record(s) ·'
-        ' <a href="/studies">studies</a> · <a href="/api/records">records (JSON)</a> ·'
+        ' <a href="/studies">studies</a> · <a href="/submit">submit a study</a> ·'
+        ' <a href="/api/records">records (JSON)</a> ·'
         ' <a href="/export/leaderboard.csv">leaderboard (CSV)</a> ·'
         ' <a href="/export/machines.csv">machines (CSV)</a> ·'
         ' <span id="pb-live-state">live</span></p>'
@@ -217,3 +375,29 @@ def live(page: str, revision: str, n: int, poll_s: float) -> str:
     page = page.replace(CSP_PAGE, CSP_LIVE, 1).replace("<main>", "<main>" + line, 1)
     head, sep, tail = page.rpartition("</body>")
     return head + f"<script>{LIVE_JS}</script>\n" + sep + tail
+
+
+def with_artifacts(page: str, stored: list[Artifact]) -> str:
+    """Each run's stored ONNX files, linked under its summary (to download)."""
+    import urllib.parse
+    from html import escape
+
+    by_run: dict[str, list[Artifact]] = {}
+    for a in stored:
+        by_run.setdefault(a.run_id, []).append(a)
+    for run_id, arts in by_run.items():
+        opening = f'<details class="run" id="{escape(report_html.anchor(run_id))}">'
+        at = page.find(opening)
+        end = page.find("</summary>", at) if at >= 0 else -1
+        if end < 0:
+            continue  # (a run the report leaves out, or laid out otherwise)
+        links = " · ".join(
+            f'<a class="artifact" download href="/api/artifacts/{a.record_key}/'
+            f'{urllib.parse.quote(a.name)}">{escape(a.name)}</a>'
+            f" ({escape(a.label)}, {a.size / 1e6:.1f} MB, {escape(a.machine)})"
+            for a in arts
+        )
+        block = f'\n  <p class="artifacts help" data-run="{escape(run_id)}">ONNX: {links}</p>'
+        cut = end + len("</summary>")
+        page = page[:cut] + block + page[cut:]
+    return page

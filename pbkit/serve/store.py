@@ -4,8 +4,10 @@
 Tables: ``records`` (one row per record identity: run id, identity hash and the machine that
 measured it; the record's JSON as it was pushed), ``tokens`` (name, role, the token's sha256,
 never the token), ``events`` (every push, progress report, submission and refusal, with the
-token's name), ``studies`` (a study's progress as its driver reports it) and ``submissions``
-(studies handed to Ray). A push is one transaction: a record is stored once, whatever the number
+token's name), ``studies`` (a study's progress as its driver reports it), ``submissions``
+(studies handed to Ray) and ``artifacts`` (a record's ONNX files pushed with it: their name,
+sha256 and size; the bytes are files under the service's ``--work`` folder, named by their
+sha256). A push is one transaction: a record is stored once, whatever the number
 of concurrent or repeated pushes of it; a service killed at any moment leaves the store as the
 last committed push left it.
 """
@@ -21,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Engine,
     ForeignKey,
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     func,
@@ -81,10 +85,26 @@ class EventRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     utc: Mapped[str] = mapped_column(String(32))
     token: Mapped[str] = mapped_column(String(64))  # the token's name ("anonymous", "-")
-    action: Mapped[str] = mapped_column(String(16))  # push | progress | submit | token
+    action: Mapped[str] = mapped_column(String(16))  # push | progress | submit | token | ...
     target: Mapped[str] = mapped_column(String(512))
-    outcome: Mapped[str] = mapped_column(String(16))  # created | updated | unchanged | older | ...
+    # created | updated | unchanged | older | refused | 401 | 403 | ...
+    outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class ArtifactRow(Base):
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("record_key", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    record_key: Mapped[str] = mapped_column(String(64), index=True)
+    run_id: Mapped[str] = mapped_column(String(512), index=True)
+    machine: Mapped[str] = mapped_column(String(1024))
+    name: Mapped[str] = mapped_column(String(160))
+    label: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    pushed_utc: Mapped[str] = mapped_column(String(32))
+    pushed_by: Mapped[str] = mapped_column(String(64))
 
 
 class StudyRow(Base):
@@ -168,6 +188,24 @@ class PushOutcome:
 class Token:
     name: str
     role: str
+
+
+@dataclass
+class Artifact:
+    """A record's file (an ONNX model) stored with it: ``name`` as the record lists it."""
+
+    record_key: str
+    run_id: str
+    machine: str
+    name: str
+    label: str  # what the record calls it: onnx dense, onnx pruned, int8 ort pruned ...
+    sha256: str
+    size: int
+    pushed_utc: str
+    pushed_by: str
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -352,7 +390,8 @@ class Store:
     @staticmethod
     def _revision(s: Session) -> str:
         n, last = s.execute(select(func.count(RecordRow.id), func.max(RecordRow.changed))).one()
-        return f"{n}-{last or 0}"
+        arts = s.scalar(select(func.max(ArtifactRow.id)))  # (an artifact stored changes the page)
+        return f"{n}-{last or 0}" + (f"-a{arts}" if arts else "")
 
     def records(
         self, machine: str | None = None, model: str | None = None, study: str | None = None
@@ -378,6 +417,77 @@ class Store:
     def count(self) -> int:
         with self._read() as s:
             return int(s.scalar(select(func.count(RecordRow.id))) or 0)
+
+    def record_body(self, key: str) -> tuple[StoredRecord, str] | None:
+        """The record stored under an identity key, with its JSON text."""
+        with self._read() as s:
+            row = s.scalar(select(RecordRow).where(RecordRow.key == key))
+            return None if row is None else (_stored(row), row.body)
+
+    # ----------------------------------------------------------------------------- artifacts
+
+    def add_artifact(self, a: Artifact) -> str:
+        """Store (or replace) a record's file; ``created``, ``unchanged`` or ``updated``."""
+        for attempt in range(3):
+            try:
+                return self._add_artifact(a)
+            except IntegrityError:  # the same file pushed concurrently: look again
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _add_artifact(self, a: Artifact) -> str:
+        with self._write() as s:
+            row = s.scalar(
+                select(ArtifactRow).where(
+                    ArtifactRow.record_key == a.record_key, ArtifactRow.name == a.name
+                )
+            )
+            if row is not None and row.sha256 == a.sha256:
+                outcome = "unchanged"
+            else:
+                outcome = "created" if row is None else "updated"
+                if row is not None:
+                    s.delete(row)
+                    s.flush()
+                s.add(ArtifactRow(**asdict(a)))
+            s.add(
+                EventRow(
+                    utc=utc_now(),
+                    token=a.pushed_by,
+                    action="artifact",
+                    target=a.run_id[:512],
+                    outcome=outcome,
+                    detail=f"{a.name} ({a.size} bytes, sha256 {a.sha256[:16]}); machine"
+                    f" {a.machine}"[:2000],
+                ),
+            )
+            return outcome
+
+    def artifacts(self, record_key: str | None = None) -> list[Artifact]:
+        q = select(ArtifactRow).order_by(ArtifactRow.run_id, ArtifactRow.machine, ArtifactRow.name)
+        if record_key is not None:
+            q = q.where(ArtifactRow.record_key == record_key)
+        with self._read() as s:
+            return [
+                Artifact(
+                    r.record_key,
+                    r.run_id,
+                    r.machine,
+                    r.name,
+                    r.label,
+                    r.sha256,
+                    int(r.size),
+                    r.pushed_utc,
+                    r.pushed_by,
+                )
+                for r in s.scalars(q)
+            ]
+
+    def artifact_shas(self) -> set[str]:
+        """Every file content the store still refers to."""
+        with self._read() as s:
+            return set(s.scalars(select(ArtifactRow.sha256)))
 
     # -------------------------------------------------------------------------------- tokens
 
@@ -424,11 +534,18 @@ class Store:
 
     def token(self, secret: str) -> Token | None:
         """The token a secret is, or None (unknown or revoked)."""
+        found = self.lookup(secret)
+        if found is None or found.revoked_utc:
+            return None
+        return Token(found.name, found.role)
+
+    def lookup(self, secret: str) -> TokenListing | None:
+        """The token a secret is, revoked or not (the log names a revoked token), or None."""
         with self._read() as s:
             row = s.scalar(select(TokenRow).where(TokenRow.digest == auth.digest(secret)))
-            if row is None or row.revoked_utc:
+            if row is None:
                 return None
-            return Token(row.name, row.role)
+            return TokenListing(row.name, row.role, row.created_utc, row.revoked_utc)
 
     def tokens(self) -> list[TokenListing]:
         with self._read() as s:
