@@ -19,8 +19,6 @@ MODEL ?= resnet18_cifar
 OWNER ?= pbkit
 IMAGE ?= ghcr.io/$(OWNER)/pbkit
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-DOCKER_ARGS = --build-arg VERSION=$(VERSION) --build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) \
-	--build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 BENCH_DIR := configs/bench$(if $(filter gpu,$(TARGET)),/gpu)
 BENCH_CONFIG := $(or $(wildcard $(BENCH_DIR)/$(subst :,_,$(MODEL)).yaml),configs/bench/default.yaml)
 BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set model.name=$(MODEL)) \
@@ -31,7 +29,7 @@ BENCH_SETS := $(if $(filter configs/bench/default.yaml,$(BENCH_CONFIG)),--set mo
 	$(if $(BATCH),--set bench.batches=[$(BATCH)]) \
 	$(if $(ROUND_TO),--set prune.round_to=$(ROUND_TO))
 
-.PHONY: help setup browser bench test test-slow test-all report-html study-perf reference-study reference-fairness reference-latency zoo lint lock report perf fidelity reference clean docker-build docker-bench docker-pin
+.PHONY: help setup browser bench test test-slow test-all report-html study-perf reference-study reference-fairness reference-latency zoo lint lock report perf fidelity reference clean docker-build docker-test docker-bench docker-pin lock-tensorrt
 
 help:
 	@echo "make setup                      create $(VENV)/ from the pinned lock ($(LOCK), hashes checked)"
@@ -42,7 +40,10 @@ help:
 	@echo "                                SLOW=1: with them, in one session (what CI runs)"
 	@echo "make test-slow / make test-all  the slow end-to-end cases / everything"
 	@echo "make lint                       ruff, import-linter (the layering), hadolint, mypy, mkdocs --strict (the manual)"
-	@echo "make docker-build [OWNER=o]     build ghcr.io/<owner>/pbkit (CUDA) and pbkit-cpu images"
+	@echo "make docker-build [OWNER=o]     build the pbkit-cpu and pbkit (CUDA) images with Docker, else podman (installed"
+	@echo "                                with apt-get where it can be); says which were built, and why not"
+	@echo "make docker-test                build both (stand-in bases where the pinned ones cannot be pulled) and run them"
+	@echo "                                as a user would: --network none, --user, quick runs, no network attempt"
 	@echo "make docker-bench MODEL=m       make bench inside the GPU image, records into ./results"
 	@echo "make docker-pin                 refresh the base-image digests (needs a registry)"
 	@echo "make docs                       the manual (docs/) as a static site in build/site/ (make lint builds it too)"
@@ -56,6 +57,7 @@ help:
 	@echo "make reference-latency          latency- vs MACs-targeted pruning on digits, same measured speed-up (~20 min)"
 	@echo "make zoo                        every torchvision classifier and a timm sample: prune 1.5x + export, or why not"
 	@echo "make lock                       re-resolve requirements/*.in into the lock files (needs uv)"
+	@echo "make lock-tensorrt              pin TensorRT's libraries by hash in requirements/tensorrt.lock (needs pypi.nvidia.com)"
 
 setup: $(STAMP)
 
@@ -116,7 +118,11 @@ report-html: setup browser ## the HTML report of the committed reference results
 lock:
 	cd requirements && for f in base gpu dev; do \
 	  uv pip compile $$f.in --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-	    --index-url https://pypi.org/simple --no-header -o $$f.lock; done
+	    --index-url https://pypi.org/simple --no-emit-package tensorrt-cu13-libs --no-header -o $$f.lock; done
+
+# TensorRT's libraries: PyPI has a stub that downloads them unchecked; this pins NVIDIA's wheel
+lock-tensorrt:
+	bash docker/tensorrt.sh lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
@@ -155,13 +161,19 @@ reference-latency: setup ## latency- vs MACs-targeted pruning on digits at the s
 zoo: setup ## every torchvision classifier and a timm sample, each in its own process -> results/perf/zoo-*
 	$(BIN)/python benchmarks/zoo.py
 
+# the YOLO and zoo smoke tests against the newest ultralytics and torch-pruning on the registry, in a
+
+# the engine (Docker, else podman), its runtime and limits, the bases and stand-ins: docker/images.sh
+DOCKER_ENV = IMAGE=$(IMAGE) VERSION=$(VERSION) $(if $(PIP_CA),PIP_CA=$(PIP_CA))
 docker-build:
-	docker build -f docker/Dockerfile -t $(IMAGE):$(VERSION) --build-arg IMAGE_NAME=$(IMAGE) $(DOCKER_ARGS) .
-	docker build -f docker/Dockerfile.cpu -t $(IMAGE)-cpu:$(VERSION) --build-arg IMAGE_NAME=$(IMAGE)-cpu $(DOCKER_ARGS) .
+	$(DOCKER_ENV) bash docker/images.sh build
+
+docker-test:
+	$(DOCKER_ENV) bash docker/images.sh test
 
 docker-bench:
 	mkdir -p results
-	docker run --rm --gpus all --user "$$(id -u):$$(id -g)" -v "$(CURDIR)/results:/results" $(IMAGE):$(VERSION) \
+	docker run --rm --gpus all --network none --user "$$(id -u):$$(id -g)" -v "$(CURDIR)/results:/results" $(IMAGE):$(VERSION) \
 		run /opt/pbkit/share/configs/bench/$(subst :,_,$(MODEL)).yaml $(BENCH_SETS)
 
 docker-pin:

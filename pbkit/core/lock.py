@@ -4,6 +4,10 @@ Two processes started on the same run (or training the same base) must not write
 second waits, and says which process holds the lock. The lock file names its holder (pid, host,
 since when); it is removed on release, and a lock left by a killed process is free again (the
 kernel drops a dead process's locks).
+
+A lock file another user made (a run started in a container as another uid) is locked through a
+read-only descriptor (``flock`` needs no write access); a folder this user cannot write is one line
+that says so, never an internal error.
 """
 
 from __future__ import annotations
@@ -31,6 +35,32 @@ def holder(path: str | os.PathLike[str]) -> str:
         return "another process"
 
 
+def _denied(path: Path, e: OSError) -> PbkitError:
+    """A lock that cannot be taken, in one line (permissions: whose files these are, and how a
+    container is run as their owner)."""
+    why = f"could not lock {str(path)!r}: {e.strerror or e}"
+    if isinstance(e, PermissionError):
+        why += (
+            "; it or its folder belongs to another user (a container run as another uid: run it"
+            ' as the owner, docker run --user "$(id -u):$(id -g)")'
+        )
+    return PbkitError(why)
+
+
+def _open(path: Path) -> int:
+    """A descriptor to ``flock``: read-write (created with the umask's permissions), or read-only
+    where the file exists but belongs to another user; a one-line error where neither works."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError as e:
+        try:
+            return os.open(path, os.O_RDONLY)
+        except OSError:
+            raise _denied(path, e) from e
+    except OSError as e:
+        raise _denied(path, e) from e
+
+
 @contextlib.contextmanager
 def exclusive(
     path: str | os.PathLike[str],
@@ -40,11 +70,14 @@ def exclusive(
     """Hold an exclusive lock on ``path`` for the block; wait for it if another process holds it
     (``on_wait`` is told who, once). ``timeout_s`` turns a long wait into a one-line error."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _denied(path, e) from e
     told = False
     t0 = time.monotonic()
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -69,11 +102,14 @@ def exclusive(
         os.close(fd)
     try:
         since = utc_now()
-        os.ftruncate(fd, 0)
-        os.write(
-            fd,
-            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode(),
-        )
+        with contextlib.suppress(OSError):  # (a read-only descriptor: the holder stays unnamed)
+            os.ftruncate(fd, 0)
+            os.write(
+                fd,
+                json.dumps(
+                    {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+                ).encode(),
+            )
         yield
     finally:
         with contextlib.suppress(OSError):
