@@ -508,6 +508,26 @@ def digits_ranks() -> str:
     return _source(path) + "; ".join(parts) + ".\n"
 
 
+def explain_examples() -> str:
+    """benchmarks/explain_examples.py: `pbkit explain` (and its alignment advisor) on the example
+    prunings, per backend, from the records it keeps."""
+    from pbkit.report import explain as views
+
+    paths = sorted(REFERENCE.glob(f"explain-*-{TAG}/record.json"))
+    parts = [_source(*paths)] if paths else []
+    for path in paths:
+        rec = _read_record(path)
+        parts.append(f"### {rec.model.name} ({rec.method.name}, {rec.method.scope}, 2x)\n")
+        for key, e in rec.explain.items():
+            parts.append(views.markdown(e, top=8))
+            advice = rec.alignment.get(key)
+            if advice is not None:
+                parts.append(views.alignment_markdown(advice))
+    return (
+        "\n".join(parts) if paths else "(no explain records yet: benchmarks/explain_examples.py)\n"
+    )
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "digits-ranks": digits_ranks,
     "html-report-size": html_report_size,
@@ -524,6 +544,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "zoo": zoo,
     "bench-example": _bench_page("bench-example"),
     "prune-overhead": prune_overhead,
+    "explain": explain_examples,
 }
 
 # ------------------------------------------------------------------------------ README's block

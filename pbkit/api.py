@@ -28,7 +28,7 @@ from torch import nn
 
 from pbkit.core import config, record
 from pbkit.core.errors import PbkitError
-from pbkit.core.record import Parity
+from pbkit.core.record import Explained, Parity
 from pbkit.stages import orchestrate, rundir
 
 Settings = Sequence[str] | Mapping[str, Any]  # --set: "key=value" texts, or {key: value}
@@ -281,21 +281,32 @@ class Run:
         precision: str | Sequence[str] | None = None,
         batch: int | Sequence[int] | None = None,
         opset: int | None = None,
+        calibration: str | None = None,
         set: Settings | None = None,  # noqa: A002 - the CLI's --set
         quiet: bool = False,
     ) -> Run:
-        """Export the dense and pruned models (``onnx``: parity-checked against torch;
-        ``tensorrt``: engines, one optimisation profile per batch), as ``pbkit export``."""
+        """Export the dense and pruned models (``onnx``: parity-checked against torch, and with
+        ``precision="int8"`` their INT8 models for ONNX Runtime and OpenVINO; ``tensorrt``:
+        engines, one optimisation profile per batch), as ``pbkit export``. ``calibration``:
+        ``synthetic`` calibrates INT8 on seeded N(0, 1) images (a model without a dataset)."""
         if format not in ("onnx", "tensorrt"):
             raise PbkitError(f"export format {format!r}: choose onnx or tensorrt")
         precisions, batches = _listed(precision), _listed(batch)
-        if format != "tensorrt" and (precisions or batches):
-            raise PbkitError("--precision and --batch apply to --format tensorrt")
+        if format != "tensorrt" and batches:
+            raise PbkitError("--batch applies to --format tensorrt")
+        if format != "tensorrt" and "fp16" in precisions:
+            raise PbkitError(
+                "--precision fp16 applies to --format tensorrt; ONNX files are fp32 and int8"
+            )
         overrides, typed = _settings(set)
         values: dict[str, Any] = {"export.formats": [format]}
         if opset is not None:
             values["export.opset"] = opset
-        if precisions:
+        if calibration is not None:
+            values["export.int8.calibration"] = calibration
+        if precisions and format != "tensorrt":
+            values["export.precisions"] = list(dict.fromkeys(["fp32", *precisions]))
+        elif precisions:
             values["export.tensorrt.precisions"] = precisions
         if batches:
             values["bench.batches"] = batches
@@ -315,12 +326,14 @@ class Run:
         channels_last: bool | None = None,
         quick: bool = False,
         threads: int | None = None,
+        calibration: str | None = None,
         set: Settings | None = None,  # noqa: A002 - the CLI's --set
         quiet: bool = False,
     ) -> BenchResult:
         """Measure dense against pruned (exporting first where a backend runs an exported file),
         as ``pbkit bench``; ``backend``/``backends``, ``batch``/``batches`` and
-        ``precision``/``precisions`` are the same option under its CLI name and its plural."""
+        ``precision``/``precisions`` are the same option under its CLI name and its plural;
+        ``calibration`` as for :meth:`export` (int8 points)."""
         overrides, typed = _settings(set)
         values: dict[str, Any] = {}
         for key, given in (
@@ -336,9 +349,37 @@ class Run:
             values["bench.quick"] = True
         if threads is not None:
             values["bench.threads"] = threads
+        if calibration is not None:
+            values["export.int8.calibration"] = calibration
         values.update(typed)
         self.record = orchestrate.bench_run(self.run_dir, overrides, values, quiet, self.trust)
         return BenchResult(self, self.speedups())
+
+    def explain(
+        self,
+        backend: str = "ort-cpu",
+        *,
+        batch: int = 1,
+        runs: int = 50,
+        threads: int | None = None,
+        align: int = 0,
+        set: Settings | None = None,  # noqa: A002 - the CLI's --set
+        quiet: bool = False,
+    ) -> Explained:
+        """Per-layer latency of dense and pruned on ``backend`` from its own profiler, mapped back
+        to the model's modules (``pbkit explain``); also kept in the record's ``explain``.
+        ``align``: also the channel-alignment advisor on that many of the slowest pruned layers
+        (the record's ``alignment``)."""
+        from pbkit.stages import explain
+
+        overrides, typed = _settings(set)
+        if threads is not None:
+            typed["bench.threads"] = threads
+        settings = explain.ExplainSettings(backend, "fp32", batch, runs, align)
+        self.record = orchestrate.explain_run(
+            self.run_dir, settings, overrides, typed, quiet, self.trust
+        )
+        return self.record.explain[settings.key]
 
     def speedups(self) -> list[Speedup]:
         """Every measured point of the record, dense against pruned."""

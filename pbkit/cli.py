@@ -574,9 +574,17 @@ def prune(
 @click.option(
     "--precision",
     "precisions",
-    type=click.Choice(["fp32", "fp16"]),
+    type=click.Choice(["fp32", "fp16", "int8"]),
     multiple=True,
-    help="TensorRT engine precision (repeatable, or several after one flag; default fp32).",
+    help="int8: also the INT8 models (ONNX Runtime QDQ, OpenVINO NNCF; with --format tensorrt"
+    " an engine from a QDQ model); tensorrt: the engine precision (repeatable; default fp32).",
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(["dataset", "synthetic"]),
+    default=None,
+    help="INT8 calibration images: the dataset's training split (default), or synthetic (seeded"
+    " N(0,1) images: what a model without a dataset needs; latency only).",
 )
 @click.option(
     "--batch",
@@ -601,6 +609,7 @@ def export(
     run_dir: str,
     fmt: str,
     precisions: tuple[str, ...],
+    calibration: str | None,
     batches: tuple[int, ...],
     opset: int | None,
     overrides: tuple[str, ...],
@@ -614,11 +623,17 @@ def export(
     Example:
       pbkit export results/runs/resnet18-cifar-l1-protected-2x-3f9a1c2b7d
       pbkit export results/runs/<run_id> --format tensorrt --precision fp16 --batch 1 8 32
+      pbkit export results/runs/<run_id> --precision int8 --calibration synthetic
     """
     from pbkit import api
 
     run = api.Run.load(run_dir, trust=trust).export(
-        fmt, precision=list(precisions), batch=list(batches), opset=opset, set=list(overrides)
+        fmt,
+        precision=list(precisions),
+        batch=list(batches),
+        opset=opset,
+        calibration=calibration,
+        set=list(overrides),
     )
     return _finish(run, as_json)
 
@@ -641,9 +656,15 @@ def export(
 @click.option(
     "--precision",
     "precisions",
-    type=click.Choice(["fp32", "fp16"]),
+    type=click.Choice(["fp32", "fp16", "int8"]),
     multiple=True,
-    help="fp32 | fp16 (repeatable, or several after one flag), on backends that run it.",
+    help="fp32 | fp16 | int8 (repeatable, or several after one flag), on backends that run it.",
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(["dataset", "synthetic"]),
+    default=None,
+    help="int8: calibrate on the dataset's training split (default) or on synthetic images.",
 )
 @click.option(
     "--channels-last", is_flag=True, default=None, help="torch backends: NHWC memory format."
@@ -666,6 +687,7 @@ def bench(
     backends: tuple[str, ...],
     batches: tuple[int, ...],
     precisions: tuple[str, ...],
+    calibration: str | None,
     channels_last: bool | None,
     quick: bool,
     threads: int | None,
@@ -683,6 +705,7 @@ def bench(
       pbkit bench results/runs/<run_id> --backend torch-cpu --backend ort-cpu --batch 1 8
       pbkit bench results/runs/<run_id> --backend torch-cuda --backend tensorrt \\
           --precision fp32 fp16 --batch 1 32
+      pbkit bench results/runs/<run_id> --backend ort-cpu ov-cpu --precision fp32 int8
     """
     from pbkit import api
 
@@ -693,9 +716,93 @@ def bench(
         channels_last=channels_last,
         quick=quick,
         threads=threads,
+        calibration=calibration,
         set=list(overrides),
     )
     return _finish(result.run, as_json)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path())
+@click.option(
+    "--backend",
+    default="ort-cpu",
+    show_default=True,
+    help="Whose profiler: ort-cpu (ONNX Runtime's) or torch-cpu (the PyTorch profiler).",
+)
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch size profiled.")
+@click.option(
+    "--runs",
+    type=int,
+    default=50,
+    show_default=True,
+    help="Profiled forward passes per model, after a warm-up; per-layer medians over them.",
+)
+@click.option("--top", type=int, default=15, show_default=True, help="Layers shown.")
+@click.option(
+    "--align",
+    type=int,
+    default=0,
+    metavar="N",
+    help="Also the channel-alignment advisor: the N slowest pruned layers timed alone at their"
+    " width and the nearest multiples of 8/16/32/64, and the prune.round_to it recommends.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(),
+    default=None,
+    help="Also write the plot here (default: explain-<backend>-b<batch>.png in the run folder).",
+)
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores but one).")
+@click.option("--trust", is_flag=True, help=TRUST_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON on stdout.")
+def explain(
+    run_dir: str,
+    backend: str,
+    batch: int,
+    runs: int,
+    top: int,
+    align: int,
+    plot_path: str | None,
+    threads: int | None,
+    trust: bool,
+    as_json: bool,
+) -> int:
+    """Why the pruned model is (or is not) faster: per-layer latency of dense and pruned from the
+    backend's own profiler, mapped back to the model's modules; per layer the MACs ratio, the
+    measured ratio and their quotient (realisation), the layers where pruning bought least first.
+    Exports first where the backend runs the ONNX file; the summary goes into the record.
+
+    \b
+    Example:
+      pbkit explain results/runs/<run_id>
+      pbkit explain results/runs/<run_id> --backend torch-cpu --top 20
+      pbkit explain results/runs/<run_id> --align 8
+    """
+    from pbkit import api
+    from pbkit.report import explain as views
+
+    if top < 1:
+        raise click.BadParameter("--top must be at least 1", param_hint="--top")
+    run = api.Run.load(run_dir, trust=trust)
+    e = run.explain(backend, batch=batch, runs=runs, threads=threads, align=align)
+    target = Path(plot_path) if plot_path else run.run_dir / f"explain-{backend}-b{batch}.png"
+    views.plot(e, target, top)
+    advice = run.record.alignment.get(f"{backend}/fp32/b{batch}") if align else None
+    if as_json:
+        out = e.model_dump(mode="json")
+        if advice is not None:
+            out["alignment"] = advice.model_dump(mode="json")
+        _emit_json(out)
+    else:
+        _print(views.table(e, top))
+        if advice is not None:
+            _print(views.alignment_table(advice))
+        from pbkit.core.console import note
+
+        note(f"plot: {target}")
+    return 0
 
 
 NPROC_HELP = (
@@ -1479,6 +1586,16 @@ def submit(
     ),
 )
 @click.option(
+    "--pareto-plot",
+    "pareto_plot",
+    type=click.Path(),
+    default=None,
+    help=(
+        "Also write a PNG: accuracy on the engine against measured latency, one series per"
+        " backend and precision (fp32, int8), dense and pruned."
+    ),
+)
+@click.option(
     "--across-machines",
     is_flag=True,
     help=(
@@ -1492,6 +1609,7 @@ def report(
     output: str | None,
     plot_path: str | None,
     accuracy_plot: str | None,
+    pareto_plot: str | None,
     across_machines: bool,
 ) -> None:
     """Leaderboards from records, grouped by model, dataset, scope and target.
@@ -1516,6 +1634,7 @@ def report(
       pbkit report results/runs --plot speedups.png
       pbkit report results/studies/digits-fairness --format md --accuracy-plot accuracy.png
       pbkit report results/h100 results/l4 --across-machines --format md --plot across.png
+      pbkit report results/reference/int8 --format md --pareto-plot pareto.png
     """
     from pbkit.core import fileio
     from pbkit.report import leaderboard as rep
@@ -1531,10 +1650,16 @@ def report(
         raise PbkitError(f"no records (record.json) under {where}")
     # what it writes never replaces what it reads (its records), nor anything but a file
     with fileio.reading(path for path, _ in records):
-        for target in (output, plot_path, accuracy_plot):
+        for target in (output, plot_path, accuracy_plot, pareto_plot):
             if target:
                 fileio.check_target(Path(target))
         _report(records, sources, where, fmt, output, plot_path, accuracy_plot, across_machines)
+        if pareto_plot:
+            from pbkit.core.console import note
+            from pbkit.report import plots
+
+            shown = [r for _, r in records]
+            note(f"plot written to {plots.plot_deployed(shown, pareto_plot)}")
 
 
 def _report(
@@ -1622,7 +1747,7 @@ def _is_backend(tok: str) -> bool:
 
 GREEDY = {
     "--batch": str.isdigit,
-    "--precision": {"fp32", "fp16"}.__contains__,
+    "--precision": {"fp32", "fp16", "int8"}.__contains__,
     "--backend": _is_backend,
 }
 

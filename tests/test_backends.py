@@ -41,8 +41,10 @@ def test_list_backends_says_which_are_available_and_why_not(pbkit: Callable[...,
         "ort-cuda",
         "ort-trt",
         "tensorrt",
+        "ov-cpu",
+        "ov-gpu",
     }
-    for name in ("torch-cpu", "ort-cpu"):
+    for name in ("torch-cpu", "ort-cpu", "ov-cpu"):
         assert rows[name]["available"] and rows[name]["reason"] is None
     for b in rows.values():
         assert b["available"] == (b["reason"] is None)
@@ -50,7 +52,7 @@ def test_list_backends_says_which_are_available_and_why_not(pbkit: Callable[...,
             assert b["install"] and "install" in b["install"]  # names what to install
     assert set(rows["torch-cuda"]["precisions"]) == {"fp32", "fp16"} and rows["ort-cpu"][
         "precisions"
-    ] == ["fp32"]
+    ] == ["fp32", "int8"]
     if backends.cuda_reason():
         assert not rows["torch-cuda"]["available"] and "CUDA" in rows["torch-cuda"]["reason"]
 

@@ -90,6 +90,8 @@ def test_a_speedup_whose_interval_holds_one_renders_as_not_distinguishable(
     shutil.copytree(pruned_run, d)
     data = json.loads((d / "record.json").read_text())
     for p in data["latency"]:
+        # (the shared run may have been measured beside other tests: a busy machine's mark)
+        p.update(stable=True, unstable_reasons=[])
         if p["variant"] == "pruned":
             p.update(
                 speedup_vs_dense=1.01,

@@ -153,14 +153,34 @@ class SparsifyCfg(_TrainingCfg):
 
 
 class TensorRTCfg(_Strict):
-    precisions: list[Literal["fp32", "fp16"]] = Field(min_length=1)
+    # int8: an engine built from an explicitly quantized (symmetric QDQ) ONNX, strongly typed
+    precisions: list[Literal["fp32", "fp16", "int8"]] = Field(min_length=1)
     workspace_gib: float = Field(gt=0)
     optimization_level: int = Field(ge=0, le=5)
     timing_cache: bool
 
 
+class Int8Cfg(_Strict):
+    """Post-training static INT8 quantization (ONNX Runtime QDQ, OpenVINO NNCF, TensorRT QDQ),
+    calibrated on the same images for the dense and the pruned model."""
+
+    # null: the dataset's training split (a data-free model is refused); dataset: the same, said
+    # explicitly; synthetic: seeded N(0, 1) images (latency only: the ranges are not real data's)
+    calibration: Literal["dataset", "synthetic"] | None = None
+    images: int = Field(128, ge=1)  # calibration images
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"  # activation ranges
+    per_channel: bool = True  # weights quantized per output channel
+    seed: int = 0  # which training images (and synthetic images) calibrate
+    # INT8 parity on the parity batch (random inputs, outside the calibrated ranges: far from
+    # fp32 by design): a check that the model is not broken, not a gate on its accuracy
+    cosine_min: float = Field(0.5, gt=0, le=1)
+
+
 class ExportCfg(_Strict):
     formats: list[Literal["onnx", "tensorrt"]] = Field(min_length=1)
+    # ONNX files: fp32 always; int8 adds the quantized models of the CPU runtimes (export.int8)
+    precisions: list[Literal["fp32", "int8"]] = Field(default=["fp32"], min_length=1)
+    int8: Int8Cfg = Int8Cfg()
     opset: int = Field(ge=17)
     exporter: Literal["dynamo", "torchscript"]
     parity_batch: int = Field(ge=1)
@@ -173,7 +193,10 @@ class ExportCfg(_Strict):
 class BenchCfg(_Strict):
     backends: list[str] = Field(min_length=1)
     batches: list[int]
-    precisions: list[Literal["fp32", "fp16"]] = Field(min_length=1)
+    precisions: list[Literal["fp32", "fp16", "int8"]] = Field(min_length=1)
+    # the task's metric on the test split through each backend's runner: off | int8 (the points
+    # of int8 and, to compare with, fp32 on the same backends) | all (every CPU point)
+    engine_accuracy: Literal["off", "int8", "all"] = "int8"
     channels_last: bool
     compile_mode: Literal[
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
@@ -275,6 +298,7 @@ _LIMITED: dict[str, tuple[str, ...]] = {
         "bench.session_warmup_iters",
         "prune.interleave_iters",
         "prune.calibration.batches",
+        "export.int8.images",
     ),
     "sessions": ("bench.sessions", "bench.rounds", "bench.max_repeats"),
     "seconds": (
@@ -310,6 +334,20 @@ class Config(_Strict):
     device: str = "auto"
     distributed: DistributedCfg = DistributedCfg()
     limits: LimitsCfg = LimitsCfg()
+
+    @model_validator(mode="after")
+    def _int8_calibrated(self) -> Config:
+        """INT8 is calibrated on the dataset's training split; a run without a dataset says
+        ``synthetic`` explicitly (its INT8 accuracy would mean nothing), before any work."""
+        e = self.export
+        wants = "int8" in [*self.bench.precisions, *e.precisions, *e.tensorrt.precisions]
+        if wants and not self.dataset.name and e.int8.calibration != "synthetic":
+            raise ValueError(
+                "int8 needs calibration images and dataset.name is null: pass --calibration"
+                " synthetic (export.int8.calibration=synthetic: seeded N(0,1) images, the latency"
+                " is measured, the accuracy is not) or name a dataset"
+            )
+        return self
 
     @model_validator(mode="after")
     def _within_limits(self) -> Config:

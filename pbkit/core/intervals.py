@@ -22,3 +22,19 @@ def fmt(value: float | None, ci: Sequence[float] | None, digits: int = 2) -> str
         if covers_one(ci):
             text += " ~1"
     return text
+
+
+def pair_coverage(points: Sequence[float], cis: Sequence[Sequence[float]]) -> float | None:
+    """How often one run's interval covers an independent repeat run's point estimate: over every
+    ordered pair of distinct runs (i, j), the share where ``cis[i]`` holds ``points[j]``. An
+    interval that describes only the noise inside one run covers its repeats less often than its
+    confidence says; None with fewer than two runs."""
+    n = len(points)
+    if n != len(cis):
+        raise ValueError("one interval per point")
+    if n < 2:
+        return None
+    hits = sum(
+        1 for i in range(n) for j in range(n) if i != j and cis[i][0] <= points[j] <= cis[i][1]
+    )
+    return hits / (n * (n - 1))

@@ -40,6 +40,18 @@ API, an ultralytics checkpoint), with the sha256 that identifies it; ``model.sou
 kind and ``model.weights`` may be ``given`` (a pickled module's own weights);
 ``stages.<s>.redone_because``: why a stage ran again on files that were there (an artifact whose
 sha256 no longer matched the record's).
+
+1.7: ``quantization``: INT8 after pruning, the calibration (source, split, images, method,
+per-channel weights, seed) and each quantized artifact (ONNX Runtime QDQ, OpenVINO NNCF IR,
+TensorRT QDQ) with its sha256, or why it failed; ``engine_accuracy``: the task's metric on the
+test split through each (backend, precision) point's runner, dense and pruned, with PyTorch's on
+the same images and the top-1 agreement; ``parity[].gate`` may be ``int8`` (a sanity gate: cosine
+>= ``cosine_min``); a latency point's ``flags`` may carry ``openvino`` and ``ov_properties``;
+``explain``: per-layer latency of dense and pruned by backend (``pbkit explain``: each layer's
+MACs, profiled time, realisation and the time pruning did not buy) and ``alignment``: the
+channel-alignment advisor's timings and recommended ``prune.round_to``; ``bench.cpu_state`` may
+carry ``others_share`` and ``busy`` (other processes' share of the CPU time while measuring).
+Older records read without them.
 """
 
 from __future__ import annotations
@@ -66,7 +78,7 @@ from pbkit.core.errors import PbkitError, first_line
 from pbkit.core.fileio import atomic_write_json
 from pbkit.core.plain import plain
 
-SCHEMA_VERSION = "1.6"
+SCHEMA_VERSION = "1.7"
 RECORD_NAME = "record.json"
 
 
@@ -304,6 +316,15 @@ class Flags(_Section):
     """The TensorRT version."""
     profile: int | None = None
     """The TensorRT optimization profile of the batch."""
+    openvino: str | None = None
+    """The OpenVINO version (1.7)."""
+    ov_device: str | None = None
+    """The OpenVINO device the model was compiled for (CPU, GPU)."""
+    ov_properties: dict[str, Any] | None = None
+    """The compiled model's properties: INFERENCE_NUM_THREADS, PERFORMANCE_HINT,
+    INFERENCE_PRECISION_HINT, NUM_STREAMS, ... (1.7)."""
+    quantized: str | None = None
+    """An INT8 point: the quantized artifact's family (ort | ov | trt) (1.7)."""
 
 
 class CiInfo(_Section):
@@ -448,7 +469,9 @@ class Parity(_Open):
     rtol: float
     atol: float
     passed: bool
-    gate: str = "fp32"  # fp32: |a-b| <= atol*atol_scale + rtol*|b|; fp16: cosine >= cosine_min
+    # fp32: |a-b| <= atol*atol_scale + rtol*|b|; fp16: cosine >= cosine_min; int8 (1.7): cosine >=
+    # cosine_min and finite, a sanity gate (INT8 is judged by engine_accuracy, not by max abs)
+    gate: str = "fp32"
     cosine_min: float | None = None
     atol_scale: float | None = (
         None  # the reference's largest magnitude where above 1 (else 1); absent: 1
@@ -462,6 +485,166 @@ class Parity(_Open):
     @property
     def error_text(self) -> str:
         return "not finite" if self.max_abs is None else f"{self.max_abs:.1e}"
+
+
+class QuantCalibration(_Section):
+    """The images an INT8 model was calibrated on, and how (1.7): the same for dense and pruned."""
+
+    source: str | None = None
+    """The dataset's name, or ``synthetic``."""
+    split: str | None = None
+    """train (the dataset's training split, never the test split) | synthetic (seeded N(0, 1))."""
+    images: int | None = None
+    method: str | None = None
+    """How activation ranges were found: minmax | entropy | percentile."""
+    per_channel: bool | None = None
+    """Weights quantized per output channel."""
+    seed: int | None = None
+    input_shape: list[int] | None = None
+    sha256: str | None = None
+    """Of the calibration images (float32, C order): two runs calibrated on the same images."""
+
+
+class QuantArtifact(_Section):
+    """One quantized model (1.7): a family's INT8 file for one variant, or why there is none."""
+
+    family: str | None = None
+    """ort (ONNX Runtime QDQ) | ov (OpenVINO IR by NNCF) | trt (symmetric QDQ for TensorRT)."""
+    variant: str | None = None
+    status: str | None = None
+    """ok | failed."""
+    reason: str | None = None
+    """Why it failed (one line)."""
+    path: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    weights_path: str | None = None
+    """OpenVINO: the IR's weights file (.bin)."""
+    weights_sha256: str | None = None
+    source: str | None = None
+    """The fp32 ONNX it was quantized from."""
+    source_sha256: str | None = None
+    tool: str | None = None
+    """The quantizer and its version."""
+    settings: dict[str, Any] | None = None
+    """The quantizer's settings: format, activation and weight types, symmetry, preset."""
+    seconds: float | None = None
+
+
+class Quantization(_Section):
+    """INT8 after pruning (1.7): the calibration and the quantized artifacts."""
+
+    calibration: QuantCalibration | None = None
+    artifacts: list[QuantArtifact] | None = None
+
+
+class EngineAccuracy(_Section):
+    """The task's metric of one model through one (backend, precision) runner (1.7)."""
+
+    backend: str | None = None
+    precision: str | None = None
+    variant: str | None = None
+    status: str | None = None
+    """ok | failed."""
+    reason: str | None = None
+    metric: str | None = None
+    value: float | None = None
+    """Through the engine, in percent."""
+    torch_value: float | None = None
+    """The PyTorch fp32 model's on the same images."""
+    agreement: float | None = None
+    """The share of images (percent) whose top-1 matches PyTorch's (classification)."""
+    images: int | None = None
+    split: str | None = None
+    batch_size: int | None = None
+    seconds: float | None = None
+
+
+class ExplainedLayer(_Open):
+    """One layer of ``pbkit explain`` (1.7): a module of the model (or a row no module owns:
+    ``(layout)`` for layout conversions, ``(other)`` for time outside the profiled layers), its
+    MACs and per-layer time, dense and pruned, from the backend's own profiler."""
+
+    layer: str
+    """The module's path in the model (``layers.0.0.conv1``); a fused kernel counts for the module
+    of its weighted operator."""
+    kind: str
+    """The module's class, or the backend's operator kinds."""
+    group: str | None = None
+    """The block it belongs to (the module's parent): pruning keeps a block's coupled widths."""
+    macs_dense: int = 0
+    macs_pruned: int = 0
+    dense_ms: float
+    pruned_ms: float
+    macs_ratio: float | None = None
+    """Dense over pruned MACs; None where the layer has none."""
+    measured_ratio: float | None = None
+    """Dense over pruned time."""
+    realisation: float | None = None
+    """Measured ratio over MACs ratio: 1 where time fell with MACs, below 1 where it fell less."""
+    lost_ms: float
+    """Pruned time less what it would be had it fallen with MACs (the layer's ratio, or the whole
+    model's for a layer without MACs): what pruning did not buy."""
+
+
+class Explained(_Open):
+    """Per-layer latency of dense and pruned on one backend, precision and batch (1.7)."""
+
+    backend: str
+    precision: str
+    batch: int
+    profiler: str
+    """Whose per-layer times: ``onnxruntime`` (its profiling), ``torch.profiler``, ..."""
+    runs: int
+    """Profiled forward passes per model (after warm-up); times are medians over them."""
+    utc: str
+    dense_ms: float
+    """The sum of the dense model's per-layer times (profiler overhead included)."""
+    pruned_ms: float
+    macs_ratio: float
+    measured_ratio: float
+    """dense_ms / pruned_ms: the profiled speed-up, not the bench's end-to-end figure."""
+    layers: list[ExplainedLayer]
+    """Every layer, the most time pruning did not buy first."""
+    note: str = ""
+    """What the figures cover."""
+    loadavg: list[float] | None = None
+    """The machine's 1-minute load average before and after profiling (a busy machine's layer
+    times are not a quiet machine's)."""
+
+
+class AlignedLayer(_Open):
+    """One layer of the channel-alignment advisor (1.7): its time at the pruned width and at the
+    nearest multiples of 8, 16, 32 and 64 output channels."""
+
+    layer: str
+    cin: int
+    cout: int
+    ms: float
+    widths_ms: dict[str, float]
+    """Output width -> median ms of the layer alone at that width, on the backend."""
+
+
+class Alignment(_Open):
+    """What aligning pruned widths would buy on one backend (``pbkit explain --align``, 1.7)."""
+
+    backend: str
+    precision: str
+    batch: int
+    utc: str
+    layers: list[AlignedLayer]
+    gain: dict[str, float]
+    """round_to -> the median over these layers of the time per output channel at the pruned width
+    over that at the nearest multiple (above 1: aligned widths buy more channels per ms)."""
+    ms_pruned: float
+    """These layers' summed time at the pruned widths."""
+    ms_aligned: dict[str, float]
+    """round_to -> their summed time at the nearest multiples."""
+    recommended: int | None = None
+    """The prune.round_to to use (None: alignment buys under 5% here)."""
+    note: str = ""
+    loadavg: list[float] | None = None
+    """The machine's 1-minute load average before and after timing."""
 
 
 class StageInfo(_Open):
@@ -507,6 +690,11 @@ class Record(_Open):
     latency: list[LatencyPoint] = []
     parity: list[Parity] = []
     bench: BenchInfo | None = None
+    # per-layer latency by backend/precision/batch (`pbkit explain`, 1.7)
+    explain: dict[str, Explained] = {}
+    alignment: dict[str, Alignment] = {}  # the channel-alignment advisor's, likewise
+    quantization: Quantization | None = None  # INT8: calibration and artifacts (1.7)
+    engine_accuracy: list[EngineAccuracy] = []  # the metric through each backend (1.7)
     env: dict[str, Any]  # the machine of the latest stage (each stage keeps its own in stages)
     config: dict[str, Any]  # the resolved configuration, as the latest stage ran it
 

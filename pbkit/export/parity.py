@@ -5,8 +5,12 @@ reference's largest magnitude when that exceeds 1 (else 1): an output element th
 difference of terms far larger than itself carries fp32 rounding of their size, which no
 element-wise relative bound can admit (torchvision's Inception v3 at random init gives logits of
 1e12: errors of 5e5 are 4e-7 of its scale); for logits of order 1 the gate is measurement.md's.
-fp16: cosine similarity >= ``fp16_cosine``. Which outputs are compared is the task's choice (a
-detector's raw head outputs, a classifier's logits); the record names them.
+fp16: cosine similarity >= ``fp16_cosine``. int8: not this element-wise gate (quantization moves
+every output by design): finite outputs with cosine >= ``export.int8.cosine_min``, a check that
+the model is not broken; whether INT8 kept the model's accuracy is judged by the task's metric on
+the engine and the top-1 agreement with PyTorch (the bench's ``engine_accuracy``). Which outputs
+are compared is the task's choice (a detector's raw head outputs, a classifier's logits); the
+record names them.
 """
 
 from __future__ import annotations
@@ -85,12 +89,18 @@ def check(
     outputs: str = "all outputs",
     what: str = "the exported model",
 ) -> dict[str, Any]:
-    """The parity record fields: the fp32 gate (rtol/atol), or for fp16 cosine >= fp16_cosine."""
+    """The parity record fields: the fp32 gate (rtol/atol), for fp16 cosine >= fp16_cosine, for
+    int8 cosine >= int8.cosine_min."""
     cmp = compare(got, ref, e.rtol, e.atol, what)
     out = {**cmp, "rtol": e.rtol, "atol": e.atol, "outputs": outputs, "gate": precision}
     if precision == "fp16":
         out.update(
             passed=bool(cmp["max_abs"] is not None and cmp["cosine"] >= e.fp16_cosine),
             cosine_min=e.fp16_cosine,
+        )
+    elif precision == "int8":  # a sanity gate: INT8 is judged by the metric on the engine
+        out.update(
+            passed=bool(cmp["max_abs"] is not None and cmp["cosine"] >= e.int8.cosine_min),
+            cosine_min=e.int8.cosine_min,
         )
     return out

@@ -9,6 +9,11 @@ against the TensorRT 10/11 Python API and type-checked with mypy (``make lint``)
 - fp16: TensorRT 10 takes the fp32 ONNX and the FP16 builder flag; TensorRT 11 removed that flag
   (every network is strongly typed), so it builds from an fp16 ONNX model (``needs_fp16_onnx``).
 - fp32 means fp32: the TF32 builder flag is cleared where it exists.
+- int8: explicit quantization. The engine is built from a QDQ ONNX with symmetric INT8 scales
+  (``pbkit.export.quantize``, family ``trt``), as a strongly typed network (TensorRT 11: every
+  network; TensorRT 10: the STRONGLY_TYPED creation flag), with no precision flag: the Q/DQ layers
+  say which tensors are INT8. TensorRT 10.1 deprecated and 11 removed implicit (calibrator)
+  quantization, so there is no calibrator here (deployment.md, section 3).
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ def needs_fp16_onnx(precision: str, version: str) -> bool:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    precision: str  # fp32 | fp16
+    precision: str  # fp32 | fp16 | int8 (a QDQ ONNX)
     batches: tuple[int, ...]  # one optimisation profile each (min = opt = max)
     workspace_bytes: int = 4 << 30
     optimization_level: int = 3
@@ -96,15 +101,41 @@ def _trt10_builder_flag(name: str) -> trt.BuilderFlag:
     return cast("trt.BuilderFlag", flag)
 
 
+def network_flags(explicit_quantization: bool, strongly_typed_default: bool) -> int:
+    """The network creation flags: STRONGLY_TYPED for an explicitly quantized model where it is not
+    already the default (TensorRT 10), else none."""
+    if not explicit_quantization or strongly_typed_default:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def check_qdq(onnx_path: Path) -> int:
+    """The number of QuantizeLinear nodes of a model given for an int8 engine; a model without any
+    is not explicitly quantized (a plain fp32 ONNX given for int8), refused in one line."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    n = sum(1 for node in graph.node if node.op_type == "QuantizeLinear")
+    if n == 0:
+        raise PbkitError(
+            f"{onnx_path.name} has no QuantizeLinear nodes: an int8 engine is built from the QDQ"
+            " model `pbkit export RUN_DIR --format tensorrt --precision int8` writes"
+        )
+    return n
+
+
 def build_engine(onnx_path: Path, plan_path: Path, opts: BuildOptions) -> dict[str, Any]:
     """Build and serialise an engine; return its description for the record."""
     load()
+    explicit = opts.precision == "int8"
+    qdq_nodes = check_qdq(onnx_path) if explicit else None
     strongly_typed = major_version(trt.__version__) >= 11
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     # TensorRT 11: every network is strongly typed (the STRONGLY_TYPED creation flag is deprecated
-    # and ignored); TensorRT 10: weakly typed, the precision comes from the builder flags below
-    network = builder.create_network(0)
+    # and ignored); TensorRT 10: weakly typed, the precision comes from the builder flags below,
+    # but an explicitly quantized (QDQ) model is built strongly typed there too
+    network = builder.create_network(network_flags(explicit, strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -116,7 +147,8 @@ def build_engine(onnx_path: Path, plan_path: Path, opts: BuildOptions) -> dict[s
     if not strongly_typed and opts.precision == "fp16":
         config.set_flag(_trt10_builder_flag("FP16"))
         builder_flags.append("FP16")
-    if opts.precision == "fp32":  # TF32 is a builder flag in TensorRT 10 and 11
+    if opts.precision in ("fp32", "int8"):  # TF32 is a builder flag in TensorRT 10 and 11;
+        # (an int8 model: what the QDQ nodes leave in float runs in fp32)
         config.clear_flag(trt.BuilderFlag.TF32)
         builder_flags.append("-TF32")
     cache_bytes = (
@@ -151,7 +183,8 @@ def build_engine(onnx_path: Path, plan_path: Path, opts: BuildOptions) -> dict[s
         "bytes": len(data),
         "tensorrt": trt.__version__,
         "precision": opts.precision,
-        "strongly_typed": strongly_typed,
+        "strongly_typed": strongly_typed or explicit,
+        "quantize_nodes": qdq_nodes,
         "builder_flags": builder_flags,
         "workspace_bytes": opts.workspace_bytes,
         "builder_optimization_level": opts.optimization_level,

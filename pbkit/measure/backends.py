@@ -42,6 +42,19 @@ class Backend:
     # False: a fresh runner compiles again (torch.compile: minutes, and dynamo's recompile limit),
     # so a point is measured in one session whatever bench.sessions says
     fresh_sessions: bool = True
+    # int8: the quantized artifact it runs (pbkit.export.quantize: ort | ov | trt); None: no int8
+    int8: str | None = None
+
+
+def int8_backends() -> list[str]:
+    """The backends that have an INT8 path."""
+    return [b.name for b in BACKENDS.values() if b.int8 is not None]
+
+
+def no_int8(name: str) -> PbkitError:
+    return PbkitError(
+        f"backend {name!r} has no int8 path; int8 runs on: {', '.join(int8_backends())}"
+    )
 
 
 def has_module(module: str) -> str | None:
@@ -130,6 +143,12 @@ class TorchCPU(Runner):
         with torch.inference_mode():
             return [t.float().numpy() for t in output_tensors(self.model(self.x))]
 
+    def predict(self, x: np.ndarray) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            return [t.float().numpy() for t in output_tensors(self.model(torch.from_numpy(x)))]
+
 
 class OrtCPU(Runner):
     def __init__(self, spec: RunSpec) -> None:
@@ -140,6 +159,10 @@ class OrtCPU(Runner):
 
     def _query(self) -> list[np.ndarray]:
         return list(self.sess.run(None, self.feed))
+
+    def predict(self, x: np.ndarray) -> list[np.ndarray]:
+        (name,) = self.feed
+        return list(self.sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)}))
 
 
 def _cuda(mode: str) -> Callable[[RunSpec], Runner]:
@@ -158,6 +181,24 @@ def _ort_cuda(provider: str) -> Callable[[RunSpec], Runner]:
         return OrtCuda(spec, provider)
 
     return make
+
+
+def _openvino(device: str) -> Callable[[RunSpec], Runner]:
+    def make(spec: RunSpec) -> Runner:
+        from pbkit.measure.openvino import OvRunner
+
+        return OvRunner(spec, device)
+
+    return make
+
+
+def _openvino_reason(device: str) -> str | None:
+    from pbkit.measure.openvino import device_reason
+
+    return device_reason(device)
+
+
+OV_HINT = "pip install openvino nncf (requirements/dev.lock)"
 
 
 def _tensorrt_runner(spec: RunSpec) -> Runner:
@@ -193,12 +234,37 @@ BACKENDS: dict[str, Backend] = {
         Backend(
             "ort-cpu",
             "cpu",
-            ("fp32",),
+            ("fp32", "int8"),
             "onnx",
-            "ONNX Runtime, CPUExecutionProvider, all graph optimisations",
+            "ONNX Runtime, CPUExecutionProvider, all graph optimisations; int8: a QDQ model"
+            " (U8 activations, S8 weights) the CPU kernels fuse",
             "pip install onnxruntime",
             lambda: has_module("onnxruntime"),
             OrtCPU,
+            int8="ort",
+        ),
+        Backend(
+            "ov-cpu",
+            "cpu",
+            ("fp32", "int8"),
+            "onnx",
+            "OpenVINO CPU plugin, the ONNX read directly (latency hint, f32 inference precision);"
+            " int8: an IR quantized by NNCF",
+            OV_HINT,
+            lambda: _openvino_reason("CPU"),
+            _openvino("CPU"),
+            int8="ov",
+        ),
+        Backend(
+            "ov-gpu",
+            "gpu",
+            ("fp32", "int8"),
+            "onnx",
+            "OpenVINO GPU plugin (an Intel GPU), as ov-cpu",
+            OV_HINT + " on a machine with an Intel GPU and its compute runtime",
+            lambda: _openvino_reason("GPU"),
+            _openvino("GPU"),
+            int8="ov",
         ),
         Backend(
             "torch-cuda",
@@ -257,13 +323,14 @@ BACKENDS: dict[str, Backend] = {
         Backend(
             "tensorrt",
             "cuda",
-            PRECISIONS,
+            (*PRECISIONS, "int8"),
             "engine",
             "TensorRT 10/11 engine built by `pbkit export --format "
             "tensorrt`, tensor-address API, execute_async_v3 on our stream",
             "pip install tensorrt-cu13 (requirements/gpu.lock) on an NVIDIA GPU machine",
             lambda: _tensorrt_reason(),
             _tensorrt_runner,
+            int8="trt",
         ),
     ]
 }

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pbkit.core import config
 from pbkit.core.console import Steps
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write_json
@@ -35,7 +36,7 @@ from pbkit.measure import protocol
 from pbkit.measure.backends import Backend
 from pbkit.measure.results import PointResult
 from pbkit.measure.runner import Runner, RunSpec
-from pbkit.measure.settings import BenchSettings
+from pbkit.measure.settings import BenchSettings, for_device
 from pbkit.models import counts
 from pbkit.pruning import latency
 from pbkit.pruning.latency import Cost, Layer, Measured, Table
@@ -88,6 +89,39 @@ class Timings:
     trt: dict[str, Any] = field(default_factory=dict)  # workspace_bytes, optimization_level
     quiet: bool = True
     table_built: Table | None = None  # the last table made (saved with the run)
+
+    @classmethod
+    def of(
+        cls,
+        cfg: config.Config,
+        be: Backend,
+        precision: str,
+        batch: int,
+        input_size: int,
+        quiet: bool,
+    ) -> Timings:
+        """Timings as a configuration asks for them: the bench's threads and protocol, the
+        export's exporter and opset, the latency table's anchors and cache, TensorRT's build."""
+        p, t = cfg.prune, cfg.export.tensorrt
+        return cls(
+            backend=be,
+            precision=precision,
+            batch=batch,
+            threads=cfg.bench.threads or protocol.default_threads(),
+            model_settings=for_device(cfg.bench, be.device),
+            input_size=input_size,
+            quick=cfg.bench.quick,
+            exporter=cfg.export.exporter,
+            opset=cfg.export.opset,
+            anchors=p.latency.anchors,
+            cache_dir=Path(p.latency.cache).expanduser() if p.latency.cache else default_cache(),
+            device_index=cfg.bench.device,
+            quiet=quiet,
+            trt={
+                "workspace_bytes": int(t.workspace_gib * (1 << 30)),
+                "optimization_level": t.optimization_level,
+            },
+        )
 
     def __post_init__(self) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="pbkit-latency-"))

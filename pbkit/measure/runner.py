@@ -58,6 +58,12 @@ class Runner:
         self()
         return [np.asarray(o, dtype=np.float32) for o in self._last]
 
+    def predict(self, x: np.ndarray) -> list[np.ndarray]:
+        """The outputs for another input batch (float32 NCHW, any batch size the artifact takes):
+        how the task's metric is evaluated through the engine. Runners that measure one fixed
+        input only refuse it."""
+        raise PbkitError(f"{type(self).__name__} runs only its measurement input")
+
     def memory(self) -> dict[str, Any]:
         """Backend-specific memory figures (engine device memory, plan bytes, ...)."""
         return {}
@@ -94,7 +100,11 @@ def dtype_of(precision: str) -> Any:
     return torch.float16 if precision == "fp16" else torch.float32
 
 
-def ort_session(path: Path, threads: int, providers: list[Any] | None = None) -> Any:
+def ort_session(
+    path: Path, threads: int, providers: list[Any] | None = None, profile_prefix: str | None = None
+) -> Any:
+    """An ONNX Runtime session as measured (all graph optimizations, sequential); with
+    ``profile_prefix``, ONNX Runtime's own per-kernel profiling on (``pbkit explain``)."""
     # ORT_DISABLE_TELEMETRY=1 before ONNX Runtime first starts keeps its telemetry (a device id in
     # ~/.cache, events sent to Microsoft) off for the process: pbkit makes no network attempt
     os.environ["ORT_DISABLE_TELEMETRY"] = "1"
@@ -106,6 +116,9 @@ def ort_session(path: Path, threads: int, providers: list[Any] | None = None) ->
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     try:
         return ort.InferenceSession(
             str(path), sess_options=so, providers=providers or ["CPUExecutionProvider"]

@@ -68,6 +68,22 @@ def _measured_sort(b: str, e: Entry) -> float | None:
     return measured_value(e, b)
 
 
+def _vs_fp32_text(b: str, e: Entry) -> str:
+    return f"{e.vs_dense_fp32[b]:.2f}" if b in e.vs_dense_fp32 else "-"
+
+
+def _vs_fp32_value(b: str, e: Entry) -> float | None:
+    return e.vs_dense_fp32.get(b)
+
+
+def _engine_text(b: str, e: Entry) -> str:
+    return f"{e.engine_acc[b]:.2f}" if b in e.engine_acc else "-"
+
+
+def _engine_value(b: str, e: Entry) -> float | None:
+    return e.engine_acc.get(b)
+
+
 def _num(k: str) -> Callable[[Entry], float | None]:
     return lambda e: e.metric_value(k)
 
@@ -158,16 +174,47 @@ def leaderboard_columns(entries: list[Entry], backends: list[str]) -> list[Colum
         ),
     ]
     for b in backends:
+        int8 = "/int8@" in b
         cols.append(
             Column(
                 f"measured:{b}",
-                f"measured x {b}",
+                f"pruned-int8 vs dense-int8 {b.replace('/int8', '')}"
+                if int8
+                else f"measured x {b}",
                 functools.partial(_measured_text, b),
                 functools.partial(_measured_sort, b),
                 backend=b,
                 about=(
                     "dense / pruned median latency with its 95% interval; ~1: the interval"
                     " holds 1.0"
+                ),
+            )
+        )
+    for b in sorted({b for e in entries for b in e.vs_dense_fp32}):
+        cols.append(
+            Column(
+                f"vs_dense_fp32:{b}",
+                f"pruned-{b.split('/')[1].split('@')[0]} vs dense-fp32 {b.split('/')[0]}",
+                functools.partial(_vs_fp32_text, b),
+                functools.partial(_vs_fp32_value, b),
+                backend=b,
+                about=(
+                    "dense fp32 median latency / pruned median latency at this precision, on the"
+                    " same backend and batch: the whole gain of the deployed model"
+                ),
+            )
+        )
+    for b in sorted({b for e in entries for b in e.engine_acc if "/" in b}):
+        cols.append(
+            Column(
+                f"engine_acc:{b}",
+                f"on engine {b.split('@')[0]}",
+                functools.partial(_engine_text, b),
+                functools.partial(_engine_value, b),
+                backend=b,
+                about=(
+                    "the pruned model's metric on the test split evaluated through this backend"
+                    " at this precision"
                 ),
             )
         )

@@ -15,7 +15,7 @@ import gzip
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from importlib import resources
 from pathlib import Path
@@ -25,6 +25,7 @@ from pbkit import __version__
 from pbkit.core import intervals, record
 from pbkit.core.clock import utc_now
 from pbkit.machine import envinfo
+from pbkit.report import explain as explained
 from pbkit.report import machines, render, setups, svg
 from pbkit.report.cells import si
 from pbkit.report.rank import Board, leaderboard
@@ -130,6 +131,18 @@ class RunView:
     stages: list[list[str]]
     env: str  # JSON
     summary: str
+    explain: list[ExplainView] = field(default_factory=list)
+
+
+@dataclass
+class ExplainView:
+    """One ``pbkit explain`` of the run (a backend, precision, batch): the layers that lost most."""
+
+    headline: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str
+    alignment: str | None = None  # the advisor's verdict, where it ran
 
 
 @dataclass
@@ -355,6 +368,7 @@ def _machines(records: list[tuple[Path, record.Record]]) -> MachinesView | None:
     if not mrows:
         return None
     names, table = machines.across_machines(mrows)
+    kinds = machines.same_kind(mrows)
     body = []
     dots = []
     for k, per in table.items():
@@ -376,7 +390,7 @@ def _machines(records: list[tuple[Path, record.Record]]) -> MachinesView | None:
                     str(k[6]),
                 ],
                 macs=f"{next(iter(per.values())).macs_speedup:.2f}",
-                cells=[machines.cell(per.get(m), False) for m in names],
+                cells=[machines.cell(per.get(m), False, kinds.get((k, m))) for m in names],
                 verdict=machines.verdict(list(per.values())) if len(names) > 1 else None,
             )
         )
@@ -613,6 +627,16 @@ def _run(path: Path, r: record.Record, sha: str) -> RunView:
         memory=memory,
         stages=stages,
         env=json.dumps(env, indent=1, default=str),
+        explain=[
+            ExplainView(
+                explained.headline(e),
+                explained.HEADERS,
+                [explained.cells(layer) for layer in e.layers[: explained.TOP]],
+                e.note,
+                explained.alignment_headline(r.alignment[key]) if key in r.alignment else None,
+            )
+            for key, e in r.explain.items()
+        ],
         summary=(
             f"{r.run_id} · {r.method.key} · {r.model.name} · {setups.scope_of(r)} · "
             f"{r.method.target_speedup:g}x · seed {seed_of(r)}"

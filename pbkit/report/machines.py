@@ -43,6 +43,9 @@ class MachineRow:
     measured_utc: str | None
     run_id: str
     record: str
+    dense_p90_ms: float | None = None
+    pruned_p90_ms: float | None = None
+    host: str = ""  # the machine's host name: several machines of one kind are told apart
 
 
 # (model, method, scope, target, backend, precision, batch): one point of one pruning
@@ -80,6 +83,9 @@ def machine_rows(records: Iterable[tuple[Path, record.Record]]) -> list[MachineR
                     measured_utc=r.bench.measured_utc if r.bench is not None else None,
                     run_id=r.run_id,
                     record=str(path),
+                    dense_p90_ms=d.p90_ms,
+                    pruned_p90_ms=p.p90_ms,
+                    host=str((r.stage_env("bench").get("host") or {}).get("hostname") or ""),
                 )
             )
     return out
@@ -98,13 +104,41 @@ def across_machines(
     return machines, dict(sorted(table.items(), key=lambda kv: tuple(str(x) for x in kv[0])))
 
 
-def cell(r: MachineRow | None, rich: bool) -> str:
+def same_kind(rows_: list[MachineRow]) -> dict[tuple[PointKey, str], list[MachineRow]]:
+    """Per point and machine kind, the newest row of each machine (host) of that kind."""
+    newest: dict[tuple[PointKey, str, str], MachineRow] = {}
+    for r in sorted(rows_, key=lambda r: str(r.measured_utc)):
+        key = (r.model, r.method, r.scope, r.target, r.backend, r.precision, r.batch)
+        newest[(key, r.machine, r.host)] = r
+    out: dict[tuple[PointKey, str], list[MachineRow]] = {}
+    for (key, kind, _), r in newest.items():
+        out.setdefault((key, kind), []).append(r)
+    return out
+
+
+def kind_spread(peers: list[MachineRow] | None) -> str:
+    """Where several machines of one kind measured a point: their speed-ups' range, a finding
+    (an interval covers one bench on one machine in its state, not the spread between machines)."""
+    ups = [r.speedup for r in peers or [] if r.speedup is not None]
+    if len(ups) < 2:
+        return ""
+    lo, hi = min(ups), max(ups)
+    return f"; {len(ups)} machines of this kind: {lo:.2f}-{hi:.2f}x ({(hi - lo) / lo:.0%} apart)"
+
+
+def cell(r: MachineRow | None, rich: bool, peers: list[MachineRow] | None = None) -> str:
     if r is None:
         return "-"
+    tail = (
+        f"; p90 {r.dense_p90_ms:.3f} -> {r.pruned_p90_ms:.3f}"
+        if r.dense_p90_ms is not None and r.pruned_p90_ms is not None
+        else ""
+    )
     text = (
         f"{intervals.fmt(r.speedup or 0.0, r.speedup_ci)} ({r.dense_ms:.3f} ->"
-        f" {r.pruned_ms:.3f} ms)"
+        f" {r.pruned_ms:.3f} ms{tail})"
     )
+    text += kind_spread(peers)
     if not r.stable:
         text += " [yellow]unstable[/]" if rich else " unstable"
     return text
@@ -123,6 +157,7 @@ def verdict(rows_: list[MachineRow]) -> str:
 
 def render_machines(rows_: list[MachineRow], fmt: str) -> str | Table:
     machines, table = across_machines(rows_)
+    kinds = same_kind(rows_)
     as_dicts = [dataclasses.asdict(r) for r in rows_]
     if fmt == "json":
         return json.dumps({"machines": machines, "rows": as_dicts}, indent=2, default=str)
@@ -154,7 +189,7 @@ def render_machines(rows_: list[MachineRow], fmt: str) -> str | Table:
             str(k[4]),
             str(k[5]),
             str(k[6]),
-            *[cell(v.get(m), fmt == "table") for m in machines],
+            *[cell(v.get(m), fmt == "table", kinds.get((k, m))) for m in machines],
             *([verdict(list(v.values()))] if len(machines) > 1 else []),
         ]
         for k, v in table.items()
@@ -164,7 +199,10 @@ def render_machines(rows_: list[MachineRow], fmt: str) -> str | Table:
             (
                 "Measured speed-up (dense / pruned median latency, same machine, same session) per"
                 " machine, with its 95% interval; compare the ratios across machines, not the"
-                " milliseconds. Two machines differ only where their intervals are apart."
+                " milliseconds. An interval covers one bench on one machine in its state, not the"
+                " spread between machines: where several machines of one kind measured a point,"
+                " their range is shown, and it can be wider than any interval. Two machines differ"
+                " only where their intervals are apart."
             ),
             "",
             "| " + " | ".join(safe.md(h) for h in head) + " |",

@@ -1,13 +1,15 @@
-"""Plots from records: counted (MACs) against measured speed-up, and one pruning's measured
-speed-up across machines."""
+"""Plots from records: counted (MACs) against measured speed-up, one pruning's measured speed-up
+across machines, and the deployed model's accuracy on the engine against its latency."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from pbkit.core import record
 from pbkit.core.errors import PbkitError
 from pbkit.core.fileio import atomic_write
+from pbkit.report import deployed
 from pbkit.report.machines import MachineRow, across_machines
 from pbkit.report.rank import Board, GroupInfo
 from pbkit.report.rows import Row
@@ -230,6 +232,88 @@ def plot_accuracy(board: Board, path: str | Path) -> Path:
         ax.legend(fontsize=7, loc="lower left")
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
+    fig.tight_layout()
+    out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return out
+
+
+def plot_deployed(records: list[record.Record], path: str | Path) -> Path:
+    """The deployed model's Pareto plot: accuracy on the engine (the task's metric through each
+    backend's runner) against measured latency, one series per backend and precision; per series
+    the dense point (circle) and the pruned one (square), joined; the dashed line is the Pareto
+    front of all points of a panel (faster and at least as accurate). One panel per model and
+    dataset; runs without accuracy on the engine (no dataset) are left out."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: dict[tuple[str, str], list[tuple[record.Record, deployed.DeployedPoint]]] = {}
+    for rec in records:
+        for dp in deployed.points(rec):
+            if dp.dense_acc is None or dp.pruned_acc is None:
+                continue
+            key = (rec.model.name, rec.dataset.name if rec.dataset else "data-free")
+            panels.setdefault(key, []).append((rec, dp))
+    if not panels:
+        raise PbkitError(
+            "no accuracy on the engine in these records to plot (a run with a dataset, benched"
+            " with bench.engine_accuracy)"
+        )
+    keys = sorted(panels)
+    cols = min(len(keys), 3)
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.4 * cols, 4.8 * nrows), dpi=110, squeeze=False)
+    series = sorted({dp.label for pts in panels.values() for _, dp in pts})
+    colors = {s: f"C{i}" for i, s in enumerate(series)}
+    ax: Any
+    for ax, key in zip(axes.flat, keys, strict=False):
+        allpts: list[tuple[float, float]] = []
+        metric = "metric"
+        for _, dp in panels[key]:
+            metric = dp.metric or metric
+            label = f"{dp.label}" + (f" b{dp.batch}" if dp.batch != 1 else "")
+            xs, ys = [dp.dense_ms, dp.pruned_ms], [dp.dense_acc, dp.pruned_acc]
+            ax.plot(xs, ys, "-", color=colors[dp.label], lw=1, alpha=0.6)
+            ax.plot(xs[:1], ys[:1], "o", color=colors[dp.label], ms=6, label=f"{label} dense")
+            ax.plot(xs[1:], ys[1:], "s", color=colors[dp.label], ms=6, label=f"{label} pruned")
+            ax.annotate(
+                f"{dp.speedup:.2f}x",
+                (dp.pruned_ms, dp.pruned_acc or 0.0),
+                fontsize=7,
+                xytext=(4, -8),
+                textcoords="offset points",
+            )
+            allpts += [(x, float(y or 0.0)) for x, y in zip(xs, ys, strict=True)]
+        front, best = [], -math.inf
+        for x, y in sorted(allpts):
+            if y > best:
+                front.append((x, y))
+                best = y
+        ax.step(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            "k--",
+            where="post",
+            lw=0.8,
+            label="Pareto front",
+        )
+        ax.set_xscale("log")
+        ax.set_title(f"{key[0]} · {key[1]}", fontsize=10)
+        ax.set_xlabel("median latency, ms (log)")
+        ax.set_ylabel(f"{metric} on the engine (test split)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6, loc="lower right")
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.suptitle(
+        "The deployed model: accuracy on the engine vs latency\n"
+        "(circle: dense, square: pruned, label: pruned/dense speed-up)",
+        fontsize=10,
+    )
     fig.tight_layout()
     out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)

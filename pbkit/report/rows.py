@@ -6,13 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pbkit.core import record
 from pbkit.machine import envinfo
-from pbkit.report import setups
+from pbkit.report import deployed, setups
 from pbkit.report.discover import unfinished
 
 
@@ -51,6 +51,10 @@ class Row:
     facts: setups.Facts
     recipe_line: str
     entry_key: str  # what repeats of one grid point share: rows with the same key aggregate
+    # a non-fp32 point label -> pruned there over dense fp32 on the same backend (INT8: the whole
+    # gain a deployment sees), and -> the pruned model's metric on that engine
+    vs_dense_fp32: dict[str, float] = field(default_factory=dict)
+    engine_acc: dict[str, float] = field(default_factory=dict)
 
 
 def recipe_hash(rec: record.Record) -> str:
@@ -80,6 +84,22 @@ def _points(rec: record.Record) -> dict[str, record.LatencyPoint]:
         if p.variant == "pruned" and p.batch == min(same):
             out[point_label(p)] = p
     return out
+
+
+def _deployed(rec: record.Record) -> tuple[dict[str, float], dict[str, float]]:
+    """Per point label (smallest batch): pruned over dense fp32 (non-fp32 points), and the pruned
+    model's metric on the engine."""
+    labels = {(p.backend, p.precision, p.batch): label for label, p in _points(rec).items()}
+    vs, accs = {}, {}
+    for dp in deployed.points(rec):
+        label = labels.get((dp.backend, dp.precision, dp.batch))
+        if label is None:
+            continue
+        if dp.precision != "fp32" and dp.vs_dense_fp32 is not None:
+            vs[label] = round(dp.vs_dense_fp32, 3)
+        if dp.pruned_acc is not None:
+            accs[label] = round(dp.pruned_acc, 4)
+    return vs, accs
 
 
 def _measured(rec: record.Record) -> dict[str, float]:
@@ -161,8 +181,17 @@ def rows(records: Iterable[tuple[Path, record.Record]]) -> list[Row]:
             **{k: v for k, v in facts.items() if k != "base"},
             "identity": identity,
         }
+        if r.latency:  # speed-ups of one pruning on two machines are two rows, never two seeds
+            bench_env = r.stage_env("bench")
+            entry["measured_on"] = [
+                envinfo.machine(bench_env),
+                (bench_env.get("host") or {}).get("hostname"),
+            ]
+        vs_fp32, engine_acc = _deployed(r)
         out.append(
             Row(
+                vs_dense_fp32=vs_fp32,
+                engine_acc=engine_acc,
                 model=r.model.name,
                 dataset=r.dataset.name if r.dataset else None,
                 scope=setups.scope_of(r),

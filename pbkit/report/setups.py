@@ -11,7 +11,9 @@ record (:func:`from_record`) or, before anything runs, from a trial's configurat
 Levels, strictness increasing: S1 < S2 (+ base) < S3.1 (+ finetune epochs) < S3.2 (+ the
 finetuning LR schedule and the rest of its recipe, KD included) < S4.1 (+ pruning-stage epochs) <
 S4.2 (+ pruning-stage schedule). SX-A: a scratch row against pruned rows with the same total
-epochs.
+epochs. INT8 quantization is part of the comparison from S1 up: rows calibrated differently
+(another calibration source, split, image count, method, per-channel setting or seed) are not
+ranked together (``quant``; rows without INT8 points have none).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, TypedDict
 
 from pbkit.core import config, record
+from pbkit.report import deployed
 
 LEVELS = ("S1", "S2", "S3.1", "S3.2", "S4.1", "S4.2")
 HOLDS = {  # what each level adds to the one before it
@@ -33,7 +36,7 @@ HOLDS = {  # what each level adds to the one before it
 }
 # the facts each level holds equal (beyond the levels before it)
 LEVEL_FACTS = {
-    "S1": ("s1",),
+    "S1": ("s1", "quant"),
     "S2": ("base",),
     "S3.1": ("ft_epochs",),
     "S3.2": ("ft_schedule", "ft_recipe"),
@@ -50,6 +53,7 @@ FACT_NAMES = {
     "prune_schedule": "pruning-stage schedule",
     "init": "initialisation",
     "total_epochs": "total epochs (base + pruning stage + finetune)",
+    "quant": "INT8 calibration",
 }
 SCHEDULE_KEYS = (
     "optimizer",
@@ -89,6 +93,8 @@ class Facts(TypedDict):
     prune_schedule: dict[str, Any]  # oneshot | interleaved, and sparse training's recipe
     init: str  # pruned | scratch
     total_epochs: int | None  # base + pruning stage + finetune (scratch: as it trained)
+    # INT8 calibration (source, split, images, method, per-channel, seed); None: no INT8 point
+    quant: dict[str, Any] | None
 
 
 class _Method(Protocol):
@@ -191,6 +197,7 @@ def from_record(rec: record.Record) -> Facts:
             if init == "scratch"
             else base_epochs + prune_epochs + interleave_epochs + int(ft.get("epochs") or 0)
         ),
+        quant=deployed.calibration_key(rec),
     )
 
 
@@ -228,7 +235,24 @@ def from_config(cfg: config.Config, method: _Method, base_id: str) -> Facts:
         prune_schedule=prune_schedule,
         init=cfg.init,
         total_epochs=None,
+        quant=_quant_of_config(cfg),
     )
+
+
+def _quant_of_config(cfg: config.Config) -> dict[str, Any] | None:
+    """The INT8 calibration a trial will record (as :func:`deployed.calibration_key` reads it)."""
+    if "int8" not in cfg.bench.precisions:
+        return None
+    q = cfg.export.int8
+    synthetic = q.calibration == "synthetic"
+    return {
+        "source": "synthetic" if synthetic else cfg.dataset.name,
+        "split": "synthetic" if synthetic else "train",
+        "images": q.images,
+        "method": q.method,
+        "per_channel": q.per_channel,
+        "seed": q.seed,
+    }
 
 
 def _same(values: Iterable[Any]) -> bool:

@@ -63,6 +63,8 @@ class Entry:
     measured: dict[str, float] = field(default_factory=dict)  # point label -> mean speed-up
     measured_std: dict[str, float | None] = field(default_factory=dict)  # over seeds
     measured_ci: dict[str, list[float]] = field(default_factory=dict)  # one run: its intervals
+    vs_dense_fp32: dict[str, float] = field(default_factory=dict)  # label -> mean over seeds
+    engine_acc: dict[str, float] = field(default_factory=dict)  # label -> the pruned metric there
     run_id: str = ""  # the runs, comma-separated
     record: str = ""  # the first run's record
     rank: int | None = None  # the position in its group (None: nothing to rank by)
@@ -100,6 +102,9 @@ class Entry:
             **{k: self.metric_value(k) for k in METRICS},
             "measured": self.measured,
             "measured_ci": self.measured_ci,
+            # (INT8 and other precisions: only where there are such points)
+            **({"vs_dense_fp32": self.vs_dense_fp32} if self.vs_dense_fp32 else {}),
+            **({"engine_acc": self.engine_acc} if self.engine_acc else {}),
             "run_id": self.run_id,
             "record": self.record,
             # (in the order the ranking has always set them)
@@ -173,6 +178,20 @@ def aggregate(rs: list[Row]) -> list[Entry]:
         # one run: its interval; several: the spread of their speed-ups (mean ± std) says more
         e.measured_ci = dict(first.measured_ci) if len(members) == 1 else {}
         e.measured_std = {b: mean_std(per[b])[1] for b in labels}
+        for name in ("vs_dense_fp32", "engine_acc"):
+            keys = sorted({b for r in members for b in getattr(r, name)})
+            setattr(
+                e,
+                name,
+                {
+                    b: round(
+                        mean_std([getattr(r, name)[b] for r in members if b in getattr(r, name)])[0]
+                        or 0,
+                        4,
+                    )
+                    for b in keys
+                },
+            )
         e.run_id = ",".join(e.runs)
         e.record = e.records[0]
         out.append(e)

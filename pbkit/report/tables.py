@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from pbkit.core import intervals, record
-from pbkit.report import safe
+from pbkit.report import deployed, safe
 from pbkit.report.cells import acc, delta, si
 
 x = safe.markup  # a record's text, as rich markup shows it: literally
@@ -87,6 +87,8 @@ def run_table(rec: record.Record) -> Table:
             + (" (GPU targets: prune.round_to=8)" if al["share"] < 1 else ""),
         )
     pts = {(p.backend, p.precision, p.batch, p.variant): p for p in rec.latency}
+    deployed_points = deployed.points(rec)
+    deployed_of = {(dp.backend, dp.precision, dp.batch): dp for dp in deployed_points}
     for key in dict.fromkeys((p.backend, p.precision, p.batch) for p in rec.latency):
         d, p = pts.get((*key, "dense")), pts.get((*key, "pruned"))
         if d is None or p is None:
@@ -98,6 +100,12 @@ def run_table(rec: record.Record) -> Table:
             _ms(p),
             speedup_cell(d, p),
         )
+        t.add_row(
+            "  p90 / p99",
+            f"{d.p90_ms:.3f} / {d.p99_ms:.3f} ms",
+            f"{p.p90_ms:.3f} / {p.p99_ms:.3f} ms",
+            f"{d.p90_ms / p.p90_ms:.2f}x at p90" if p.p90_ms > 0 else "-",
+        )
         if d.gpu_compute and p.gpu_compute:
             t.add_row(
                 "  GPU compute (CUDA events)",
@@ -107,6 +115,45 @@ def run_table(rec: record.Record) -> Table:
             )
         if d.memory and p.memory and d.device == "cuda":
             t.add_row("  GPU memory (NVML peak - before)", _mem(d.memory), _mem(p.memory), "")
+        dp = deployed_of.get(key)
+        if dp is not None and precision != "fp32" and dp.vs_dense_fp32 is not None:
+            t.add_row(
+                f"  vs dense fp32 on {x(backend)}",
+                f"{dp.dense_vs_fp32:.2f}x" if dp.dense_vs_fp32 else "",
+                f"{dp.vs_dense_fp32:.2f}x",
+                f"pruned {x(precision)} over dense fp32: "
+                + intervals.fmt(dp.vs_dense_fp32, dp.vs_dense_fp32_ci)
+                + (" (bounds of the two medians' intervals)" if dp.vs_dense_fp32_ci else ""),
+            )
+    for dp in deployed_points:
+        if dp.dense_acc is None and dp.pruned_acc is None:
+            if dp.accuracy_failed:
+                t.add_row(
+                    f"accuracy on {x(dp.backend)} {x(dp.precision)}",
+                    "-",
+                    "-",
+                    f"not evaluated: {x(dp.accuracy_failed)}",
+                )
+            continue
+        agree = "/".join(
+            "-" if v is None else f"{v:.1f}%" for v in (dp.dense_agreement, dp.pruned_agreement)
+        )
+        t.add_row(
+            f"{x(dp.metric or '')} on {x(dp.backend)} {x(dp.precision)} (test)",
+            acc(dp.dense_acc),
+            acc(dp.pruned_acc),
+            f"{delta(dp.dense_acc, dp.pruned_acc)}; PyTorch {acc(dp.dense_torch)} /"
+            f" {acc(dp.pruned_torch)}, top-1 agreement {agree}",
+        )
+    cal = deployed.calibration_line(rec)
+    if cal is not None:
+        bad = deployed.failures(rec)
+        t.add_row(
+            "INT8 calibration",
+            "",
+            "",
+            x(cal) + (f"; [bold red]FAILED[/] {x(bad[0])}" if bad else ""),
+        )
     for backend, precision in sorted({(p.backend, p.precision) for p in rec.parity}):
         mine = [p for p in rec.parity if (p.backend, p.precision) == (backend, precision)]
         cells = {
@@ -114,10 +161,12 @@ def run_table(rec: record.Record) -> Table:
             for v in ("dense", "pruned")
         }
         gate = (
-            f"fp16 gate (cosine >= {mine[0].cosine_min:g})"
-            if precision == "fp16" and mine[0].cosine_min
+            f"{x(precision)} gate (cosine >= {mine[0].cosine_min:g})"
+            if precision in ("fp16", "int8") and mine[0].cosine_min
             else "fp32 gate"
         )
+        if precision == "int8":
+            gate += ", accuracy judged on the engine"
         t.add_row(
             f"parity {x(backend)} {x(precision)} (max abs)",
             _parity_cell(cells["dense"]),

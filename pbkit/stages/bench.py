@@ -1,11 +1,17 @@
 """Stage 4, bench: dense and pruned latency, alternating, on every backend, precision and batch
 size, with memory and parity against fp32 torch at each point (measurement.md). The machine that
-measures is recorded in the bench stage's own entry; the prune stage keeps the one that pruned."""
+measures is recorded in the bench stage's own entry; the prune stage keeps the one that pruned.
+
+INT8 points run the quantized models the export stage makes (``export.int8``: one calibration for
+dense and pruned); where the run has a dataset, the task's metric is evaluated through each
+point's runner on the test split (``bench.engine_accuracy``), next to PyTorch's on the same
+images: that, not an element-wise gate, says whether INT8 kept the model's accuracy."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ from pbkit.measure.runner import Runner, RunSpec
 from pbkit.measure.settings import BenchSettings, for_device
 from pbkit.models import checkpoint, counts
 from pbkit.stages import export
-from pbkit.stages.context import Context, budgeted, need
+from pbkit.stages.context import Context, budgeted, dataset, need
 from pbkit.stages.rundir import (
     DENSE,
     PRUNED,
@@ -52,6 +58,8 @@ def pairs(cfg: config.Config, quiet: bool = False) -> list[tuple[backends.Backen
     skipped: list[str] = []
     for be in chosen:
         mine = [p for p in b.precisions if p in be.precisions]
+        if not mine and "int8" in b.precisions and be.int8 is None:
+            raise backends.no_int8(be.name)
         if not mine:
             raise PbkitError(
                 f"backend {be.name!r} runs {', '.join(be.precisions)}; bench.precisions asks for "
@@ -69,6 +77,22 @@ def _artifact(
 ) -> Path:
     if be.artifact == "model":
         return model_file(run_dir, rec, variant)
+    if precision == "int8" and be.artifact == "onnx" and be.int8 is not None:
+        art = export.int8_artifact(rec, be.int8, variant)
+        if art is None or art.status != "ok" or not art.path:
+            raise PbkitError(
+                f"no INT8 {variant} model for {be.name}"
+                + (f": {art.reason}" if art is not None and art.reason else "")
+                + f" (`pbkit export {run_dir} --precision int8` makes it)"
+            )
+        path = inside(run_dir, art.path, f"its {variant} INT8 model")
+        if art.weights_path:
+            verified(
+                inside(run_dir, art.weights_path, f"its {variant} INT8 weights"),
+                art.weights_sha256,
+                f"`pbkit export {run_dir} --precision int8` again",
+            )
+        return verified(path, art.sha256, f"`pbkit export {run_dir} --precision int8` again")
     if be.artifact == "onnx":
         return onnx_file(run_dir, rec, variant)
     info = ((rec.artifacts.get("tensorrt") or {}).get(precision) or {}).get(variant) or {}
@@ -83,7 +107,13 @@ def stale(run_dir: Path, rec: record.Record) -> str | None:
     for p in rec.latency:
         if p.artifact_sha256 is None or p.backend not in backends.BACKENDS:
             continue
-        kind = backends.BACKENDS[p.backend].artifact
+        be = backends.BACKENDS[p.backend]
+        kind = be.artifact
+        if p.precision == "int8" and kind == "onnx" and be.int8 is not None:
+            q = export.int8_artifact(rec, be.int8, p.variant)
+            if q is not None and q.sha256 and q.sha256 != p.artifact_sha256:
+                return f"{p.backend}/{p.variant} int8 was measured on a model quantized again since"
+            continue
         if kind == "model":
             art = rec.artifacts.get(p.variant) or {}
         elif kind == "onnx":
@@ -111,6 +141,13 @@ def _ensure_artifacts(
         if why is not None:
             note(f"{why}: exporting first", quiet)
             rec = export.to_onnx(run_dir, rec, cfg, quiet, redone_because=why)
+    families = list(
+        dict.fromkeys(
+            be.int8 for be, p in todo if p == "int8" and be.artifact == "onnx" and be.int8
+        )
+    )
+    if families:
+        rec = export.to_int8(run_dir, rec, cfg, families, quiet)
     for precision in dict.fromkeys(p for be, p in todo if be.artifact == "engine"):
         if not export.engines_ready(rec, run_dir, precision, cfg.bench.batches):
             note(
@@ -192,6 +229,7 @@ def _run(ctx: Context, rec: record.Record) -> record.Record:
     run_dir, cfg, quiet = ctx.run_dir, ctx.cfg, ctx.quiet
     todo = pairs(cfg, quiet)
     rec = _ensure_artifacts(run_dir, rec, cfg, todo, quiet)
+    todo, unquantized = _quantized_pairs(rec, todo, quiet)
     clock = StageClock("bench")
     b = cfg.bench
     strict_fp32()  # the parity references are fp32 (the stage's isolated() scope restores it)
@@ -284,7 +322,14 @@ def _run(ctx: Context, rec: record.Record) -> record.Record:
             monitor=gpu.monitor() if be.device == "cuda" else None,
             on_session=progress,
         )
-        point.flags = {v: {**f, "pinned_core": point.core} for v, f in point.flags.items()}
+        point.flags = {
+            v: {
+                **f,
+                "pinned_core": point.core,
+                **({"quantized": be.int8} if precision == "int8" else {}),
+            }
+            for v, f in point.flags.items()
+        }
         for v in VARIANTS:
             gpu.reasons.update(res[v].throttle_reasons)
             points.append(
@@ -301,11 +346,19 @@ def _run(ctx: Context, rec: record.Record) -> record.Record:
     fresh = {key(p) for p in points}
     rec.latency = [p for p in rec.latency if key(p) not in fresh] + points
     export.merge_parity(rec, checks)
+    scored = _engine_accuracy(ctx, rec, todo, ref_models, threads)
+    if scored:
+        done = {(a.backend, a.precision, a.variant) for a in scored}
+        rec.engine_accuracy = [
+            a for a in rec.engine_accuracy if (a.backend, a.precision, a.variant) not in done
+        ] + scored
     if rec.counts.channel_alignment is None:  # records made before alignment was recorded
         rec.counts.channel_alignment = counts.channel_alignment(
             counts.layer_widths(ref_models[DENSE]), counts.layer_widths(ref_models[PRUNED])
         )
     gpu.finish(env)
+    cpu_state = cpustate.between(cpu_before, cpustate.snapshot())
+    _mark_busy(points, cpu_state)
     cs, gs = cpu_settings, gpu_settings
     rec.bench = record.BenchInfo(
         channels_last=b.channels_last,
@@ -331,7 +384,7 @@ def _run(ctx: Context, rec: record.Record) -> record.Record:
         threads=threads,
         measured_utc=utc_now(),
         host=env["host"],
-        cpu_state=cpustate.between(cpu_before, cpustate.snapshot()),
+        cpu_state=cpu_state,
         gpu=(
             None
             if gpu.info is None
@@ -340,7 +393,103 @@ def _run(ctx: Context, rec: record.Record) -> record.Record:
     )
     clock.finish(rec, cfg, env)
     record.write(run_dir, rec)
+    if unquantized:
+        raise PbkitError(
+            f"INT8 quantization failed, not measured: {'; '.join(unquantized)} (the other points"
+            " are recorded)"
+        )
     return rec
+
+
+def _quantized_pairs(
+    rec: record.Record, todo: list[tuple[backends.Backend, str]], quiet: bool
+) -> tuple[list[tuple[backends.Backend, str]], list[str]]:
+    """The pairs whose models are there: an INT8 point whose quantization failed is left out (its
+    reason is in the record), the others are measured."""
+    keep, dropped = [], []
+    for be, precision in todo:
+        if precision == "int8" and be.artifact == "onnx" and be.int8 is not None:
+            arts = [export.int8_artifact(rec, be.int8, v) for v in VARIANTS]
+            bad = [a for a in arts if a is None or a.status != "ok"]
+            if bad:
+                why = bad[0].reason if bad[0] is not None else "no INT8 model"
+                note(f"{be.name}/int8 is not measured: {why}", quiet)
+                dropped.append(f"{be.name}/int8 ({why})")
+                continue
+        keep.append((be, precision))
+    return keep, dropped
+
+
+def _engine_accuracy(
+    ctx: Context,
+    rec: record.Record,
+    todo: list[tuple[backends.Backend, str]],
+    ref_models: dict[str, Any],
+    threads: int,
+) -> list[record.EngineAccuracy]:
+    """The task's metric on the test split through each chosen point's runner, dense and pruned,
+    with PyTorch's on the same images (``bench.engine_accuracy``: int8 points and the fp32 points
+    of the same backends, or every CPU point); a model that cannot be evaluated there is recorded
+    with the reason."""
+    cfg, quiet = ctx.cfg, ctx.quiet
+    mode = cfg.bench.engine_accuracy
+    int8_backends = {be.name for be, p in todo if p == "int8"}
+    chosen = [
+        (be, p)
+        for be, p in todo
+        if mode == "all" or (mode == "int8" and be.name in int8_backends and p in ("int8", "fp32"))
+    ]
+    if mode == "off" or not chosen:
+        return []
+    if not cfg.dataset.name:
+        note("accuracy on the engine: the run has no dataset (no test split to evaluate on)", quiet)
+        return []
+    bundle = dataset(cfg)
+    assert bundle is not None
+    task = get_task(rec.model.task)
+    spec = checkpoint.load_model(model_file(ctx.run_dir, rec, DENSE), cfg.model.trust_checkpoint)[1]
+    batch = cfg.dataset.eval_batch_size
+    out: list[record.EngineAccuracy] = []
+    steps = Steps("accuracy on the engine (test split)", len(chosen) * len(VARIANTS), quiet)
+    for be, precision in chosen:
+        for v in VARIANTS:
+            t0 = time.perf_counter()
+            base = dict(backend=be.name, precision=precision, variant=v, split="test")
+            try:
+                if be.device == "cuda":
+                    raise PbkitError(f"{be.name} runners measure one fixed input only")
+                runner = be.make(
+                    RunSpec(
+                        path=_artifact(ctx.run_dir, rec, be, v, precision),
+                        x=counts.example_input(rec.model.input_size, batch=1, seed=2),
+                        precision=precision,
+                        threads=threads,
+                        trust=cfg.model.trust_checkpoint,
+                    )
+                )
+                try:
+                    s = task.engine_score(runner.predict, ref_models[v], bundle, spec, batch)
+                finally:
+                    runner.close()
+                entry = record.EngineAccuracy(
+                    **base,
+                    status="ok",
+                    metric=s.metric,
+                    value=round(s.value, 4),
+                    torch_value=round(s.torch_value, 4),
+                    agreement=None if s.agreement is None else round(s.agreement, 4),
+                    images=s.images,
+                    batch_size=batch,
+                    seconds=round(time.perf_counter() - t0, 3),
+                )
+                info = f"{s.metric} {s.value:.2f} (torch {s.torch_value:.2f})"
+            except PbkitError as e:
+                entry = record.EngineAccuracy(**base, status="failed", reason=str(e))
+                info = f"not evaluated: {e}"
+            out.append(entry)
+            steps.update(len(out), f"{be.name}/{precision} {v}: {info}")
+    steps.close()
+    return out
 
 
 def _parity(
@@ -362,6 +511,21 @@ def _parity(
         batch=batch,
         **parity.check(got, ref, e, precision, label, what=f"the {variant} model on {backend}"),
     )
+
+
+def _mark_busy(points: list[record.LatencyPoint], cpu_state: dict[str, Any]) -> None:
+    """A measurement taken while other processes used the CPUs is not a quiet machine's: each of
+    its CPU points is marked unstable with how busy the machine was (every view shows the mark)."""
+    if not cpu_state.get("busy"):
+        return
+    why = (
+        f"machine busy: other processes used {cpu_state['others_share']:.0%} of the CPU time"
+        " while measuring"
+    )
+    for p in points:
+        if p.device == "cpu" and why not in p.unstable_reasons:
+            p.stable = False
+            p.unstable_reasons = [*p.unstable_reasons, why]
 
 
 def _summary(res: PointResult) -> str:

@@ -18,7 +18,7 @@ from pbkit.core import config, record
 from pbkit.core.console import note
 from pbkit.core.errors import PbkitError
 from pbkit.core.runtime import isolated
-from pbkit.stages import bench, export, finetune, prune, rundir
+from pbkit.stages import bench, explain, export, finetune, prune, rundir
 from pbkit.stages.context import Context, Stage
 
 
@@ -137,6 +137,17 @@ def _on_run_folder(
     quiet: bool,
     trust: bool = False,
 ) -> record.Record:
+    return _in_run_folder(STAGES[stage], run_dir, overrides, values, quiet, trust)
+
+
+def _in_run_folder(
+    stage: Stage,
+    run_dir: str | Path,
+    overrides: list[str] | tuple[str, ...],
+    values: dict[str, Any] | None,
+    quiet: bool,
+    trust: bool,
+) -> record.Record:
     run_dir = Path(run_dir)
     if not (run_dir / record.RECORD_NAME).is_file():
         raise PbkitError(
@@ -147,7 +158,7 @@ def _on_run_folder(
         rec = record.read(run_dir)
         # trust is this command's to give: a record that says its run trusted a pickle grants none
         cfg = rundir.run_config(rec, overrides, {"model.trust_checkpoint": trust, **(values or {})})
-        return STAGES[stage](Context(run_dir, cfg, quiet), rec)
+        return stage(Context(run_dir, cfg, quiet), rec)
 
 
 def export_run(
@@ -172,3 +183,20 @@ def bench_run(
     """Measure an existing run (``bench.*`` from its config, with these overrides); ``trust`` as
     for :func:`export_run`."""
     return _on_run_folder("bench", run_dir, overrides, values, quiet, trust)
+
+
+def explain_run(
+    run_dir: str | Path,
+    settings: explain.ExplainSettings,
+    overrides: list[str] | tuple[str, ...] = (),
+    values: dict[str, Any] | None = None,
+    quiet: bool = False,
+    trust: bool = False,
+) -> record.Record:
+    """Per-layer latency of an existing run's dense and pruned models (``pbkit explain``)."""
+    explain.check(settings)  # before the lock and the export: a bad option is one line at once
+
+    def stage(ctx: Context, rec: record.Record | None) -> record.Record:
+        return explain.run(ctx, rec, settings)
+
+    return _in_run_folder(stage, run_dir, overrides, values, quiet, trust)

@@ -26,9 +26,8 @@ from pbkit.core.fileio import atomic_write_json, sha256_file
 from pbkit.data import DataBundle
 from pbkit.data import load as load_data
 from pbkit.machine import envinfo
-from pbkit.measure import backends, layers, protocol
+from pbkit.measure import backends, layers
 from pbkit.measure.backends import Backend
-from pbkit.measure.settings import for_device as bench_settings
 from pbkit.models import ModelSpec, checkpoint, counts, known_failure
 from pbkit.pruning import Calibration, PruneResult, PruneSettings, prune_to_target
 from pbkit.pruning.knapsack import Tools
@@ -182,26 +181,7 @@ def _latency_backend(cfg: config.Config) -> Backend | None:
 
 def _timings(cfg: config.Config, be: Backend, spec: ModelSpec, quiet: bool) -> layers.Timings:
     p = cfg.prune
-    t = cfg.export.tensorrt
-    return layers.Timings(
-        backend=be,
-        precision=p.precision,
-        batch=p.batch,
-        threads=cfg.bench.threads or protocol.default_threads(),
-        model_settings=bench_settings(cfg.bench, be.device),
-        input_size=spec.input_size,
-        quick=cfg.bench.quick,
-        exporter=cfg.export.exporter,
-        opset=cfg.export.opset,
-        anchors=p.latency.anchors,
-        cache_dir=Path(p.latency.cache).expanduser() if p.latency.cache else layers.default_cache(),
-        device_index=cfg.bench.device,
-        quiet=quiet,
-        trt={
-            "workspace_bytes": int(t.workspace_gib * (1 << 30)),
-            "optimization_level": t.optimization_level,
-        },
-    )
+    return layers.Timings.of(cfg, be, p.precision, p.batch, spec.input_size, quiet)
 
 
 def _prune(

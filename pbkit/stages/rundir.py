@@ -370,9 +370,34 @@ def section_slice(cfg: config.Config, stage: str) -> dict[str, Any]:
 
 
 def is_current(rec: record.Record, stage: str, cfg: config.Config) -> bool:
-    """Whether ``stage`` ran, with the configuration slice ``cfg`` asks for now."""
+    """Whether ``stage`` ran, with the configuration slice ``cfg`` asks for now. A key a later
+    pbkit added to the slice counts as asked for only where it is set to other than its default:
+    a run made before it (which ran as the default does) is not redone for it."""
     info = rec.stages.get(stage)
-    return info is not None and info.config == section_slice(cfg, stage)
+    if info is None:
+        return False
+    now = section_slice(cfg, stage)
+    return info.config == now or _same(info.config, now, _default_slice(stage))
+
+
+def _default_slice(stage: str) -> dict[str, Any]:
+    return section_slice(config.validate(config.defaults(), "pbkit's defaults"), stage)
+
+
+def _same(recorded: Any, now: Any, default: Any) -> bool:
+    """``now`` equals ``recorded``, but for keys ``recorded`` lacks that hold their default."""
+    if not (isinstance(recorded, dict) and isinstance(now, dict)):
+        return bool(recorded == now)
+    if set(recorded) - set(now):
+        return False
+    default = default if isinstance(default, dict) else {}
+    for k, v in now.items():
+        if k not in recorded:
+            if k not in default or v != default[k]:
+                return False
+        elif not _same(recorded[k], v, default.get(k)):
+            return False
+    return True
 
 
 STAGES = ("prune", "finetune", "export", "bench")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +18,7 @@ from pbkit.core.errors import PbkitError
 from pbkit.data import DataBundle
 from pbkit.models import ModelSpec, classifier_heads
 from pbkit.pruning import Calibration
-from pbkit.tasks.base import Task
+from pbkit.tasks.base import EngineScore, Predict, Task
 from pbkit.train.distributed import shard_loader
 from pbkit.train.loop import fit
 from pbkit.train.recipe import TrainRequest
@@ -39,6 +40,26 @@ def top1(model: nn.Module, loader: DataLoader[Any]) -> float:
     if total == 0:
         raise PbkitError("evaluation set is empty")
     return 100.0 * correct / total
+
+
+@torch.no_grad()
+def engine_top1(
+    predict: Predict, model: nn.Module, loader: DataLoader[Any]
+) -> tuple[float, float, float, int]:
+    """(engine top-1, PyTorch top-1, top-1 agreement, images): each batch through both, on the
+    CPU, PyTorch in fp32."""
+    model = model.eval().float().cpu()
+    right = torch_right = same = total = 0
+    for x, y in loader:
+        ref = model(x.float()).argmax(dim=1)
+        got = torch.from_numpy(np.asarray(predict(x.float().numpy())[0])).argmax(dim=1)
+        right += int((got == y).sum())
+        torch_right += int((ref == y).sum())
+        same += int((got == ref).sum())
+        total += int(y.numel())
+    if total == 0:
+        raise PbkitError("evaluation set is empty")
+    return 100.0 * right / total, 100.0 * torch_right / total, 100.0 * same / total, total
 
 
 def speed(row: dict[str, float]) -> str:
@@ -117,6 +138,18 @@ class Classify(Task):
     ) -> float:
         self.check_data(bundle, "evaluating")
         return top1(model, bundle.loader("test", batch_size))
+
+    def engine_score(
+        self,
+        predict: Predict,
+        model: nn.Module,
+        bundle: DataBundle,
+        spec: ModelSpec,
+        batch_size: int,
+    ) -> EngineScore:
+        self.check_data(bundle, "evaluating")
+        value, ref, agree, n = engine_top1(predict, model, bundle.loader("test", batch_size))
+        return EngineScore(self.metric, value, ref, agree, n)
 
     kd_term = staticmethod(kd_loss)  # the distillation term on the model's outputs
 

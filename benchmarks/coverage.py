@@ -1,0 +1,187 @@
+"""Does a bench's 95% interval mean what it says? (issue #37) One pruned run, benched again and
+again by ``pbkit bench`` (each bench its own fresh process, spaced in time), on a quiet machine and
+with a known competing load: the share of ordered pairs of benches where one bench's interval
+covers the other's speed-up (:func:`pbkit.core.intervals.pair_coverage`). About 95% is what an
+interval that covered the run-to-run spread would give; an interval that describes only the noise
+inside one bench gives less.
+
+    .venv/bin/python benchmarks/coverage.py --model resnet18_cifar --backend ort-cpu torch-cpu \
+        --repeats 6 --load quiet load [--set bench.sessions=7]
+
+Writes ``results/perf/coverage-<model>-<tag>.json`` (every bench's point, interval, wall time and
+the machine's state) and ``.md`` (the table, rendered from the JSON). ``--load load`` runs one
+busy-looping process per ``--load-procs`` beside the benches (a known competing load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pbkit.core.clock import utc_now  # noqa: E402
+from pbkit.core.fileio import atomic_write_json, atomic_write_text  # noqa: E402
+from pbkit.core.intervals import pair_coverage  # noqa: E402
+from pbkit.machine import cpustate  # noqa: E402
+
+PBKIT = str(Path(sys.executable).with_name("pbkit"))
+
+
+def _spin(stop: Any) -> None:  # a competing process: busy until told to stop
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+def _pbkit(*args: str) -> dict[str, Any]:
+    done = subprocess.run([PBKIT, *args, "--json"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"pbkit {args[0]} exited with {done.returncode}")
+    return json.loads(done.stdout)
+
+
+def bench_once(run_dir: str, backend: str, sets: list[str]) -> dict[str, Any]:
+    before = cpustate.snapshot()
+    t0 = time.perf_counter()
+    args = ["bench", run_dir, "--backend", backend]
+    for s in sets:
+        args += ["--set", s]
+    rec = _pbkit(*args)["record"]
+    wall = time.perf_counter() - t0
+    state = cpustate.between(before, cpustate.snapshot())
+    p = next(x for x in rec["latency"] if x["backend"] == backend and x["variant"] == "pruned")
+    return {
+        "speedup": p["speedup_vs_dense"],
+        "ci": p.get("speedup_ci"),
+        "sessions": (p.get("ci") or {}).get("sessions"),
+        "wall_s": round(wall, 1),
+        "stable": p["stable"],
+        "cpu_state": state,
+        "utc": utc_now(),
+    }
+
+
+def summary(benches: list[dict[str, Any]]) -> dict[str, Any]:
+    with_ci = [b for b in benches if b["ci"]]
+    points = [b["speedup"] for b in with_ci]
+    cis = [b["ci"] for b in with_ci]
+    widths = [(c[1] - c[0]) / 2 / p for c, p in zip(cis, points, strict=True)]
+    return {
+        "benches": len(benches),
+        "coverage": pair_coverage(points, cis),
+        "mean_speedup": round(statistics.fmean(points), 4) if points else None,
+        "between_bench_cov": round(statistics.stdev(points) / statistics.fmean(points), 4)
+        if len(points) > 1
+        else None,
+        "mean_relative_half_width": round(statistics.fmean(widths), 4) if widths else None,
+        "mean_wall_s": round(statistics.fmean(b["wall_s"] for b in benches), 1),
+    }
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [
+        f"# Interval coverage: {doc['model']} ({doc['prune']})",
+        "",
+        f"Measured {doc['utc']} on {doc['machine']} at commit {doc['commit']}, by"
+        " `benchmarks/coverage.py`: each bench a fresh `pbkit bench` process, "
+        f"{doc['spacing_s']} s apart; bench settings {doc['sets'] or 'default'}.",
+        "",
+        "| backend | load | benches | coverage (ideal ~0.95) | mean speed-up | between-bench CoV"
+        " | mean CI half-width | mean wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, s in doc["summary"].items():
+        backend, load = key.split("/")
+        cov = f"{s['coverage']:.2f}" if s["coverage"] is not None else "-"
+        lines.append(
+            f"| {backend} | {load} | {s['benches']} | {cov} | {s['mean_speedup']} |"
+            f" {s['between_bench_cov']:.2%} | {s['mean_relative_half_width']:.2%} |"
+            f" {s['mean_wall_s']} |"
+            if s["between_bench_cov"] is not None and s["mean_relative_half_width"] is not None
+            else f"| {backend} | {load} | {s['benches']} | {cov} | - | - | - | - |"
+        )
+    lines += [
+        "",
+        "Coverage: the share of ordered pairs of benches where one bench's 95% interval holds the"
+        " other's speed-up. What an interval covers is this machine in its state while measuring;"
+        " under load, benches are marked busy in their records.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="resnet18_cifar")
+    ap.add_argument("--method", default="l1")
+    ap.add_argument("--backend", nargs="+", default=["ort-cpu", "torch-cpu"])
+    ap.add_argument("--repeats", type=int, default=6)
+    ap.add_argument("--spacing", type=float, default=10.0, help="seconds between benches")
+    ap.add_argument("--load", nargs="+", default=["quiet"], choices=["quiet", "load"])
+    ap.add_argument("--load-procs", type=int, default=1)
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--out", default=str(ROOT / "results" / "perf"))
+    a = ap.parse_args()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="pbkit-coverage-") as tmp:
+        run = _pbkit(
+            "prune", "--model", a.model, "--method", a.method, "--speedup", "2",
+            "--out", f"{tmp}/runs",
+        )  # fmt: skip
+        run_dir = run["run_dir"]
+        _pbkit("export", run_dir)
+        results: dict[str, list[dict[str, Any]]] = {}
+        for load in a.load:
+            stop = multiprocessing.Event()
+            procs = [
+                multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
+                for _ in range(a.load_procs if load == "load" else 0)
+            ]
+            for p in procs:
+                p.start()
+            try:
+                for i in range(a.repeats):
+                    for backend in a.backend:
+                        b = bench_once(run_dir, backend, a.sets)
+                        results.setdefault(f"{backend}/{load}", []).append(b)
+                        print(f"{backend}/{load} #{i + 1}: {b['speedup']:.3f} {b['ci']}"
+                              f" ({b['wall_s']} s)", file=sys.stderr)  # fmt: skip
+                    time.sleep(a.spacing)
+            finally:
+                stop.set()
+                for p in procs:
+                    p.join(5)
+    host = os.uname().nodename if hasattr(os, "uname") else "?"
+    doc = {
+        "model": a.model,
+        "prune": f"{a.method}, protected, 2x",
+        "utc": utc_now(),
+        "commit": commit,
+        "machine": f"{host}, {os.cpu_count()} CPUs",
+        "spacing_s": a.spacing,
+        "sets": a.sets,
+        "runs": results,
+        "summary": {k: summary(v) for k, v in results.items()},
+    }
+    tag = a.tag or f"cpu-{os.cpu_count()}core"
+    out = Path(a.out)
+    atomic_write_json(out / f"coverage-{a.model}-{tag}.json", doc)
+    atomic_write_text(out / f"coverage-{a.model}-{tag}.md", markdown(doc))
+    print(markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
