@@ -56,6 +56,7 @@ help:
 	@echo "make reference-fairness         the fairness evidence on digits: seeds, 2 LRs, KD, scratch (~35 min)"
 	@echo "make reference-latency          latency- vs MACs-targeted pruning on digits, same measured speed-up (~20 min)"
 	@echo "make zoo                        every torchvision classifier and a timm sample: prune 1.5x + export, or why not"
+	@echo "make canary                     the YOLO and zoo smoke tests against the newest ultralytics and torch-pruning"
 	@echo "make lock                       re-resolve requirements/*.in into the lock files (needs uv)"
 	@echo "make lock-tensorrt              pin TensorRT's libraries by hash in requirements/tensorrt.lock (needs pypi.nvidia.com)"
 
@@ -162,6 +163,10 @@ zoo: setup ## every torchvision classifier and a timm sample, each in its own pr
 	$(BIN)/python benchmarks/zoo.py
 
 # the YOLO and zoo smoke tests against the newest ultralytics and torch-pruning on the registry, in a
+# throwaway venv under build/canary (never .venv/, never the locks): which upstream release breaks what
+.PHONY: canary
+canary: setup
+	$(BIN)/python benchmarks/canary.py
 
 # the engine (Docker, else podman), its runtime and limits, the bases and stand-ins: docker/images.sh
 DOCKER_ENV = IMAGE=$(IMAGE) VERSION=$(VERSION) $(if $(PIP_CA),PIP_CA=$(PIP_CA))

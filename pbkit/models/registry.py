@@ -7,7 +7,8 @@ Names:
   ``vgg19_cifar``, plus the small ``resnet20_cifar``), 32x32 input;
 - ``tv:<name>``: any torchvision classification model (``tv:resnet50``);
 - ``timm:<name>``: any timm model (``timm:vit_small_patch16_224``);
-- ``yolov8{n,s,m,l,x}``: ultralytics detectors (:mod:`pbkit.models.yolo`);
+- ``yolov8{n,s,m,l,x}``, ``yolo11{n,s,m,l,x}``, ``yolo26{n,s,m,l,x}`` and their ``-seg`` and
+  ``-pose`` variants: ultralytics detectors (:mod:`pbkit.models.yolo`, :data:`YOLO_ENTRIES`);
 - ``tv:<name>`` of torchvision's segmentation models and ``timmseg:<vit>``: segmentation
   (:mod:`pbkit.models.segment`);
 - the user's own (:data:`USER_PATTERNS`): ``path/to/net.py:build``, ``my_pkg.models:build``, a
@@ -88,10 +89,45 @@ MODELS: dict[str, ModelEntry] = {
     ]
 }
 
-YOLO_MODELS = {
-    f"yolov8{s}": f"YOLOv8-{s}, ultralytics' own yaml, 640x640, 80 classes (study: yolov8m on COCO)"
+
+@dataclass(frozen=True)
+class YoloEntry:
+    """A YOLO name's metadata: its family (yolov8 | yolo11 | yolo26), scale, ultralytics task
+    (detect | segment | pose) and what sets the family apart."""
+
+    name: str
+    family: str
+    size: str
+    task: str
+    description: str
+
+
+_YOLO_FAMILY = {
+    "yolov8": ("YOLOv8", "C2f blocks, DFL boxes, NMS"),
+    "yolo11": ("YOLO11", "C3k2 blocks, C2PSA attention, DFL boxes, NMS"),
+    "yolo26": ("YOLO26", "C3k2 blocks, C2PSA attention, end-to-end NMS-free head, no DFL"),
+}
+_YOLO_TASK = {
+    "": ("detect", "detection"),
+    "-seg": ("segment", "instance segmentation (boxes + masks)"),
+    "-pose": ("pose", "pose (boxes + 17 keypoints)"),
+}
+_STUDY = {"yolov8": "yolov8m", "yolo11": "yolo11m", "yolo26": "yolo26m"}
+YOLO_ENTRIES: dict[str, YoloEntry] = {
+    f"{f}{s}{v}": YoloEntry(
+        f"{f}{s}{v}",
+        f,
+        s,
+        task,
+        f"{title}-{s} {words} ({blocks}), ultralytics' own yaml, 640x640, 80 classes"
+        + (f" (study: {_STUDY[f]} on COCO)" if v == "" else ""),
+    )
+    for f, (title, blocks) in _YOLO_FAMILY.items()
+    for v, (task, words) in _YOLO_TASK.items()
     for s in "nsmlx"
 }
+# name -> description (`pbkit list models`)
+YOLO_MODELS = {n: e.description for n, e in YOLO_ENTRIES.items()}
 
 PREFIXES = {
     "tv:": (
@@ -118,7 +154,8 @@ USER_PATTERNS = {
         "a whole pickled nn.Module (torch.save(model)); loading it runs code from the file: --trust"
     ),
     "best.pt": (
-        "an ultralytics detection checkpoint (yolo train), any classes and input size; --trust"
+        "an ultralytics checkpoint (yolo train): detection, -seg or -pose, any classes and input"
+        " size; --trust"
     ),
 }
 

@@ -25,7 +25,6 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import io
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -98,7 +97,7 @@ def _build_registry(spec: ModelSpec, pretrained: bool) -> nn.Module:
 def _yolo(name: str, h: Hints) -> ModelSpec:
     from pbkit.models import yolo
 
-    yolo.size_of(name)  # a clear error for an unknown size
+    yolo.parse(name)  # a clear error for an unknown size or variant
     return ModelSpec(
         name,
         h.num_classes or 80,
@@ -529,13 +528,16 @@ def _checkpoint_spec(
     task = str(
         getattr(model, "task", None) or (obj.get("train_args") or {}).get("task") or "detect"
     )
-    if task != "detect":
+    if task not in ("detect", "segment", "pose"):
         raise PbkitError(
-            f"{path.name} is an ultralytics {task} checkpoint; pbkit prunes ultralytics detection "
-            "checkpoints (task detect)"
+            f"{path.name} is an ultralytics {task} checkpoint; pbkit prunes ultralytics detection, "
+            "instance segmentation and pose checkpoints (tasks detect, segment, pose)"
         )
     if h.task not in (None, "detect"):
-        raise PbkitError(f"{path.name} is a detection checkpoint, not --task {h.task}")
+        raise PbkitError(
+            f"{path.name} is an ultralytics {task} checkpoint (pbkit task detect), not --task"
+            f" {h.task}"
+        )
     arch = getattr(model, "yaml", None)
     if not isinstance(arch, dict):
         raise PbkitError(f"{path.name}: the checkpoint's model carries no yaml to rebuild it from")
@@ -567,12 +569,12 @@ def _plain(value: Any) -> Any:
 
 
 def _build_checkpoint(spec: ModelSpec, pretrained: bool) -> nn.Module:
+    from pbkit.models import yolo
+
     o = _origin(spec)
     _no_pretrained(spec, pretrained)
-    with ultralytics_offline(), contextlib.redirect_stdout(io.StringIO()):
-        from ultralytics.nn.tasks import DetectionModel
-
-        return DetectionModel(copy.deepcopy(o.arch), nc=spec.num_classes, verbose=False)
+    assert o.arch is not None
+    return yolo.build_from_yaml(o.arch, spec.num_classes)  # detect, segment or pose, by its head
 
 
 # modules handed to the Python API, by name, while its call runs (:func:`registered`)
@@ -715,9 +717,18 @@ def _is_pickle_name(name: str) -> bool:
     return name.lower().endswith(PICKLE_SUFFIXES) and ":" not in name.split("/")[0]
 
 
+def _is_yolo_name(name: str) -> bool:
+    """A name of ultralytics' families (yolov8, yolo11, yolo26), not a file (``yolo11n.pt``)."""
+    return (
+        name.startswith(("yolov8", "yolo11", "yolo26"))
+        and "/" not in name
+        and not (_is_pickle_name(name))
+    )
+
+
 SOURCES: list[Source] = [
     Source("pbkit", lambda n: n in MODELS, _registry, _build_registry),
-    Source("ultralytics", lambda n: n in YOLO_MODELS or n.startswith("yolov8"), _yolo, _build_yolo),
+    Source("ultralytics", lambda n: n in YOLO_MODELS or _is_yolo_name(n), _yolo, _build_yolo),
     Source(
         "torchvision-segment",
         lambda n: n.startswith("tv:") and n[3:] in segment.torchvision_names(),

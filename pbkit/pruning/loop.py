@@ -362,7 +362,8 @@ class _Failed(Exception):
 
 
 def _plan(model: nn.Module, job: _Job) -> list[Attempt]:
-    """The retry policy: the model as it is; then, if it has attention-like blocks
+    """The retry policy: the model as it is (blocks known not to prune held fixed from the start:
+    :func:`pbkit.pruning.repairs.held.from_start`); then, if it has attention-like blocks
     (:func:`pbkit.pruning.repairs.held.untraceable`), with those held fixed: each one node whose
     output channels stay. The second is taken where the first one's graph cannot be traced or runs
     past its budget (the model is untouched then) or, where a copy was kept, a step fails inside
@@ -370,9 +371,10 @@ def _plan(model: nn.Module, job: _Job) -> list[Attempt]:
     the model object itself, there is no latency target, and the weights take less than a third
     of the memory budget."""
     names = {m: n for n, m in model.named_modules()}
-    candidates = tuple(names[m] for m in held.untraceable(model))
+    first = tuple(names[m] for m in held.from_start(model))
+    candidates = tuple(n for m in held.untraceable(model) if (n := names[m]) not in first)
     if not candidates:
-        return [Attempt()]
+        return [Attempt(first)]
     s, hooks = job.settings, job.hooks
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     on_copy = (
@@ -381,7 +383,7 @@ def _plan(model: nn.Module, job: _Job) -> list[Attempt]:
         and s.latency is None
         and weights < job.memory_gib * budget.GIB / 3
     )
-    return [Attempt((), on_copy), Attempt(candidates, on_copy)]
+    return [Attempt(first, on_copy), Attempt(first + candidates, on_copy)]
 
 
 def _run(model: nn.Module, job: _Job, attempts: list[Attempt]) -> PruneResult:

@@ -1,8 +1,9 @@
-"""Detection (YOLOv8): mAP50-95 with ultralytics' validator, training with ultralytics'
-DetectionTrainer on the pruned object itself (never a model rebuilt from its yaml, which would
-restore the dense widths), calibration batches with ultralytics' detection loss, the Detect head
-protected, parity on the raw head outputs. Every use of ultralytics runs inside
-:func:`pbkit.models.ultralytics_env.ultralytics_offline`.
+"""Detection with ultralytics' YOLO (YOLOv8, YOLO11, YOLO26; detect, -seg, -pose): mAP50-95 with
+ultralytics' validator for the model's own task (boxes; masks for -seg and keypoints for -pose as
+the task's other metrics), training with ultralytics' trainer for that task on the pruned object
+itself (never a model rebuilt from its yaml, which would restore the dense widths), calibration
+batches with the model's own training loss, the head protected, parity on the raw head outputs.
+Every use of ultralytics runs inside :func:`pbkit.models.ultralytics_env.ultralytics_offline`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,14 +47,24 @@ class Detect(Task):
     )
 
     def protected(self, model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
-        return yolo.detect_head(model)
+        return yolo.protected_layers(model)
 
     def evaluate(
         self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int
     ) -> float:
+        return self.scores(model, bundle, spec, batch_size)[self.metric]
+
+    def scores(
+        self, model: nn.Module, bundle: DataBundle, spec: ModelSpec, batch_size: int
+    ) -> dict[str, float]:
+        """Box mAP50-95 (the metric), and mask mAP50-95 of a -seg model or keypoint (pose)
+        mAP50-95 of a -pose model, in one validation pass."""
         self.check_data(bundle, "evaluating")
         with ultralytics_offline():
-            return map50_95(model, bundle.info["yaml"], spec.input_size, batch=batch_size)
+            return task_maps(model, bundle.info["yaml"], spec.input_size, batch=batch_size)
+
+    def notes(self, model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
+        return {"ultralytics": yolo_notes(model)}
 
     def train(
         self,
@@ -80,7 +92,12 @@ class Detect(Task):
             return Calibration(batches, self.title, info=_counted(info, batches, lambda y: len(y)))
         with ultralytics_offline():
             batches = calibration_batches(
-                bundle.info["yaml"], spec.input_size, cfg.batches, cfg.batch_size, cfg.seed
+                bundle.info["yaml"],
+                spec.input_size,
+                cfg.batches,
+                cfg.batch_size,
+                cfg.seed,
+                task=ultralytics_task(spec),
             )
         return Calibration(
             batches,
@@ -90,7 +107,30 @@ class Detect(Task):
             info=_counted(info, batches, lambda y: len(y["img"])),
         )
 
+    def calibration_images(
+        self, bundle: DataBundle, spec: ModelSpec, n: int, seed: int
+    ) -> np.ndarray:
+        """Training images letterboxed by ultralytics' loader without augmentation, in [0, 1]."""
+        if bundle.task != self.name:  # images without boxes (synthetic)
+            return super().calibration_images(bundle, spec, n, seed)
+        size = spec.input_size
+        with ultralytics_offline():
+            batches = calibration_batches(
+                bundle.info["yaml"], size, -(-n // min(n, 16)), min(n, 16), seed
+            )
+        images = torch.cat([b[0] for b in batches])[:n]
+        return np.ascontiguousarray(images.float().numpy(), dtype=np.float32)
+
     def parity_outputs(self, outputs: list[Any]) -> tuple[list[Any], str]:
+        found, label = yolo.raw_head_positions([tuple(o.shape) for o in outputs])
+        if found and "one-to-one" in label and len(outputs[0].shape) == 3:
+            # the NMS-free detections: their top-k scores, in order (which of two equal scores
+            # comes first, and so its box and class, is the backend's choice)
+            return [outputs[0][..., 4], *(outputs[i] for i in found)], label.replace(
+                "raw head outputs", "NMS-free top-k scores and raw head outputs"
+            )
+        if found:
+            return [outputs[i] for i in found], label
         if len(outputs) > max(yolo.RAW_HEAD):
             return [outputs[i] for i in yolo.RAW_HEAD], yolo.RAW_HEAD_LABEL
         return outputs, "all outputs"
@@ -190,10 +230,79 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def map50_95(model: nn.Module, yaml_path: str, imgsz: int, batch: int = 16) -> float:
-    """mAP50-95 (percent) of a model object on the dataset's val split, on the model's device."""
-    from ultralytics.models.yolo.detect import DetectionValidator
+def yolo_notes(model: nn.Module) -> dict[str, Any]:
+    """What the record keeps of a YOLO model's head and the blocks held fixed: ultralytics' task,
+    whether it infers end to end (NMS-free), the head (never pruned) and each block held with the
+    reason."""
+    names = {m: n for n, m in model.named_modules()}
+    heads = yolo.detect_head(model)
+    released = [names[m] for h in heads for m in yolo.narrowed_with_neck(h)]
+    refine = any(".feat_refine." in n for n in released)
+    return {
+        "task": yolo.task_of(model),
+        "end2end": yolo.is_end2end(model),
+        "head": {
+            "modules": [names[h] for h in heads],
+            "classes": [type(h).__name__ for h in heads],
+            "pruned": False,
+            "why": "the head gives the task's outputs: its widths and outputs are never pruned"
+            + (
+                "; the depth-wise convolution at each class branch's input reads the neck's"
+                " channels one by one and narrows with them"
+                if released
+                else ""
+            )
+            + (
+                "; the prototype module's 1x1 convolutions mapping P4/P5 into P3 (feat_refine)"
+                " give P3's channels and narrow with them, the fusion convolution and the"
+                " training-only semantic branch reading fewer"
+                if refine
+                else ""
+            ),
+            "narrowed_with_neck": released,
+        },
+        "held": {names[m]: why for m, why in yolo.held_blocks(model).items()},
+    }
 
+
+_TASK_METRICS = {  # ultralytics' task -> its validator's keys of pbkit's metrics
+    "detect": {"mAP50-95": "metrics/mAP50-95(B)"},
+    "segment": {"mAP50-95": "metrics/mAP50-95(B)", "mask mAP50-95": "metrics/mAP50-95(M)"},
+    "pose": {"mAP50-95": "metrics/mAP50-95(B)", "pose mAP50-95": "metrics/mAP50-95(P)"},
+}
+
+
+def _validator(task: str) -> Any:
+    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.models.yolo.pose import PoseValidator
+    from ultralytics.models.yolo.segment import SegmentationValidator
+
+    return {"detect": DetectionValidator, "segment": SegmentationValidator, "pose": PoseValidator}[
+        task
+    ]
+
+
+def _trainer(task: str) -> Any:
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.models.yolo.pose import PoseTrainer
+    from ultralytics.models.yolo.segment import SegmentationTrainer
+
+    return {"detect": DetectionTrainer, "segment": SegmentationTrainer, "pose": PoseTrainer}[task]
+
+
+def map50_95(model: nn.Module, yaml_path: str, imgsz: int, batch: int = 16) -> float:
+    """Box mAP50-95 (percent) of a model object on the dataset's val split, on the model's
+    device."""
+    return task_maps(model, yaml_path, imgsz, batch)["mAP50-95"]
+
+
+def task_maps(model: nn.Module, yaml_path: str, imgsz: int, batch: int = 16) -> dict[str, float]:
+    """mAP50-95 (percent) of a model object on the dataset's val split with the validator of its
+    own task: boxes, and masks (-seg) or keypoints (-pose)."""
+    task = yolo.task_of(model)
+    if task not in _TASK_METRICS:
+        raise PbkitError(f"ultralytics {task} models are not validated by pbkit")
+    validator_cls = _validator(task)
     args = {
         "data": yaml_path,
         "imgsz": imgsz,
@@ -206,18 +315,28 @@ def map50_95(model: nn.Module, yaml_path: str, imgsz: int, batch: int = 16) -> f
         "half": False,
         "rect": False,
     }
-    validator = DetectionValidator(args=args)
+    validator = validator_cls(args=args)
     m = copy.deepcopy(model).float().eval()  # the validator fuses conv+bn in place
     with _quiet():
         stats = validator(model=m)
-    return 100.0 * float(stats["metrics/mAP50-95(B)"])
+    return {k: 100.0 * float(stats[v]) for k, v in _TASK_METRICS[task].items()}
+
+
+def ultralytics_task(spec: ModelSpec) -> str:
+    """ultralytics' task of a YOLO model's spec: by its name, or by a checkpoint's yaml."""
+    if spec.origin is not None and spec.origin.arch:
+        from ultralytics.nn.tasks import guess_model_task
+
+        return str(guess_model_task(spec.origin.arch))
+    return yolo.parse(spec.name).task
 
 
 def calibration_batches(
-    yaml_path: str, imgsz: int, batches: int, batch_size: int, seed: int
+    yaml_path: str, imgsz: int, batches: int, batch_size: int, seed: int, task: str = "detect"
 ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
     """Pinned calibration batches from the dataset's train split, ultralytics' loader without
-    augmentation: (images in [0, 1], the batch dict the detection loss reads)."""
+    augmentation: (images in [0, 1], the batch dict the model's training loss reads: with masks
+    for ``task`` segment, keypoints for pose)."""
     from ultralytics.cfg import get_cfg
     from ultralytics.data import build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
@@ -226,7 +345,7 @@ def calibration_batches(
     check_dataset(yaml_path)
     with _quiet():
         data = check_det_dataset(yaml_path)
-        cfg = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "fraction": 1.0, "cache": False})
+        cfg = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "fraction": 1.0, "cache": False, "task": task})
         ds = build_yolo_dataset(cfg, data["train"], batch_size, data, mode="val")  # type: ignore[arg-type]
     g = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
@@ -247,7 +366,8 @@ def calibration_batches(
 
 
 def detection_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """ultralytics' YOLOv8 training loss (box + cls + dfl) of ``model`` on a batch dict."""
+    """ultralytics' training loss of ``model`` on a batch dict (box + cls + dfl, with the mask or
+    keypoint terms of a -seg or -pose model, YOLO26's end-to-end loss)."""
     from ultralytics.cfg import get_cfg
     from ultralytics.utils import DEFAULT_CFG
 
@@ -260,13 +380,21 @@ def detection_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
 def sample(batch: dict[str, Any], i: int) -> dict[str, Any]:
     """Image ``i`` of a detection batch, with its own targets, as a batch of one."""
     keep = batch["batch_idx"] == i
-    return {
+    one = {
         **batch,
         "img": batch["img"][i : i + 1],
         "cls": batch["cls"][keep],
         "bboxes": batch["bboxes"][keep],
         "batch_idx": torch.zeros(int(keep.sum()), dtype=batch["batch_idx"].dtype),
     }
+    if "keypoints" in batch:
+        one["keypoints"] = batch["keypoints"][keep]
+    if "sem_masks" in batch:  # YOLO26-seg's semantic masks, one per image
+        one["sem_masks"] = batch["sem_masks"][i : i + 1]
+    if "masks" in batch:  # one mask image per image (overlapping masks), else one per object
+        masks = batch["masks"]
+        one["masks"] = masks[i : i + 1] if len(masks) == len(batch["img"]) else masks[keep]
+    return one
 
 
 def finetune(
@@ -299,11 +427,10 @@ def _train(
     recipe = request.recipe
     regularize, after_epoch, on_epoch = request.regularize, request.after_epoch, request.on_epoch
 
-    from ultralytics.models.yolo.detect import DetectionTrainer
+    task = yolo.task_of(model)
 
-    class PrunedTrainer(
-        DetectionTrainer
-    ):  # the trainer's model is our object, never a yaml rebuild
+    class PrunedTrainer(_trainer(task)):  # type: ignore[misc]
+        # the trainer's model is our object, never a yaml rebuild
         def get_model(
             self, cfg: Any = None, weights: Any = None, verbose: bool = True
         ) -> nn.Module:
@@ -358,10 +485,9 @@ def _train(
             r["epoch"] == int(tr.epoch) + 1 for r in history
         ):
             return  # the trainer's final evaluation fires the event once more
-        row = {
-            "epoch": int(tr.epoch) + 1,
-            "mAP50-95": 100.0 * float(tr.metrics.get("metrics/mAP50-95(B)", 0.0)),
-        }
+        row: dict[str, float] = {"epoch": int(tr.epoch) + 1}
+        for key, metric in _TASK_METRICS[task].items():
+            row[key] = 100.0 * float(tr.metrics.get(metric, 0.0))
         history.append(row)
         if on_epoch is not None:
             on_epoch(int(row["epoch"]), row)
@@ -378,9 +504,10 @@ def _train(
     model.float().eval()
     for p in model.parameters():
         p.requires_grad_(True)
+    yolo.select_end2end(model)  # (the trainer's validator selects the head it validates)
     return {
         **recipe.as_record(),
-        "trainer": "ultralytics DetectionTrainer (pruned object)",
+        "trainer": f"ultralytics {_trainer(task).__name__} (pruned object)",
         "time_s": time.perf_counter() - t0,
         "history": history,
     }

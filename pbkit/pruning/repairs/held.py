@@ -22,10 +22,11 @@ The repairs here, by name (:class:`~pbkit.pruning.repairs.common.RepairBroken` u
 - **global context**: timm's GCNet blocks, whose pooling and MLP weights are cut with the stream;
 - **mixed convolutions**: MixNet's depth-wise mixed convolutions, cut channel by channel;
 - **channel shuffle**: ShuffleNet's shuffle, a node held fixed with the convolutions feeding it;
-- **held blocks**: where the graph fails on a model pbkit has no rewrite for, :func:`untraceable`
-  names its attention-like blocks and the prune loop traces the model again with those held fixed:
-  each one node whose output channels stay, and whose input channels stay too unless only its own
-  projections read them (:func:`entries`), the rest pruned.
+- **held blocks**: ultralytics' position-sensitive attention, held from the start
+  (:func:`from_start`); where the graph fails on a model pbkit has no rewrite for,
+  :func:`untraceable` names its attention-like blocks and the prune loop traces the model again
+  with those held fixed: each one node whose output channels stay, and whose input channels stay
+  too unless only its own projections read them (:func:`entries`), the rest pruned.
 """
 
 from __future__ import annotations
@@ -167,7 +168,11 @@ def hidden(model: nn.Module, also: Sequence[nn.Module] = ()) -> Iterator[None]:
     """Within: every block of :func:`blocks`, and every module of ``also``, is one autograd node on
     its input. timm's Swin blocks partition windows before calling their attention, so there the
     attention module is made to take the unpartitioned input and run the whole windowed path
-    inside its node."""
+    inside its node. A YOLO head's training-only branch (YOLO26's semantic segmentation head) is
+    traced too (:func:`pbkit.models.yolo.training_branches_traced`), so its input channels are cut
+    with the channels it reads."""
+    from pbkit.models import yolo
+
     patched: list[tuple[nn.Module, str]] = []
     for blk in [m for m in model.modules() if isinstance(m, _timm()[0])]:
         _hide_windowed(blk)
@@ -178,7 +183,8 @@ def hidden(model: nn.Module, also: Sequence[nn.Module] = ()) -> Iterator[None]:
             m.forward = _one_node(m.forward)
             patched.append((m, "forward"))
     try:
-        yield
+        with yolo.training_branches_traced(model):
+            yield
     finally:
         for m, name in patched:
             delattr(m, name)
@@ -220,6 +226,16 @@ def _one_node(f: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         return out
 
     return forward
+
+
+def from_start(model: nn.Module) -> list[nn.Module]:
+    """Blocks held fixed from the first attempt, known not to prune: ultralytics' position-sensitive
+    attention (YOLO11's and YOLO26's C2PSA, YOLO26's attention C3k2), whose traced graph does not
+    finish and whose heads' widths are stored attributes (:func:`pbkit.models.yolo.held_blocks`
+    gives the reason the record keeps)."""
+    from pbkit.models import yolo
+
+    return list(yolo.held_blocks(model))
 
 
 def fixed(model: nn.Module) -> list[nn.Module]:
