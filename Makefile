@@ -169,7 +169,7 @@ canary: setup
 	$(BIN)/python benchmarks/canary.py
 
 # the engine (Docker, else podman), its runtime and limits, the bases and stand-ins: docker/images.sh
-DOCKER_ENV = IMAGE=$(IMAGE) VERSION=$(VERSION) $(if $(PIP_CA),PIP_CA=$(PIP_CA))
+DOCKER_ENV = IMAGE=$(IMAGE) VERSION=$(VERSION) $(if $(PIP_CA),PIP_CA=$(PIP_CA)) $(if $(IMAGES),IMAGES="$(IMAGES)")
 docker-build:
 	$(DOCKER_ENV) bash docker/images.sh build
 
