@@ -484,3 +484,17 @@ def test_openvino_and_nncf_import_without_telemetry(tmp_path: Path) -> None:
     ).stdout.split()
     assert out == ["False", "False", "1"]
     assert not (tmp_path / "intel").exists()
+
+
+def test_the_run_page_shows_the_accuracy_on_each_engine(tmp_path: Path) -> None:
+    """The committed digits INT8 reference: its HTML run page lists the accuracy on each engine
+    next to PyTorch's, and the calibration, as the run table does."""
+    from pbkit.core import record
+    from pbkit.report import html
+    from tests.test_report_html import _unpack
+
+    folder = Path(__file__).resolve().parents[1] / "results/reference/int8/digits-resnet20"
+    rec = record.read(folder)
+    page = _unpack(html.page([(folder / "record.json", rec)], [str(folder)]))["pages"][rec.run_id]
+    assert "on ort-cpu int8 (test)" in page and "on ov-cpu int8 (test)" in page
+    assert "PyTorch" in page and "INT8 calibration" in page

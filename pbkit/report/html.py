@@ -25,8 +25,8 @@ from pbkit import __version__
 from pbkit.core import intervals, record
 from pbkit.core.clock import utc_now
 from pbkit.machine import envinfo
+from pbkit.report import deployed, machines, render, setups, svg
 from pbkit.report import explain as explained
-from pbkit.report import machines, render, setups, svg
 from pbkit.report.cells import si
 from pbkit.report.rank import Board, leaderboard
 from pbkit.report.rows import recipe_line, rows, seed_of
@@ -614,6 +614,7 @@ def _run(path: Path, r: record.Record, sha: str) -> RunView:
             )
             or "-",
         ),
+        *_deployed_facts(r),
         ("record", f"{path} (sha256 {sha})"),
         ("kit", f"{r.kit_version}, git {r.git_revision or '-'}, schema {r.schema_version}"),
     ]
@@ -642,6 +643,32 @@ def _run(path: Path, r: record.Record, sha: str) -> RunView:
             f"{r.method.target_speedup:g}x · seed {seed_of(r)}"
         ),
     )
+
+
+def _deployed_facts(r: record.Record) -> list[tuple[str, str]]:
+    """The accuracy on each engine (dense and pruned, next to PyTorch's) and the INT8 calibration,
+    as the run table shows them."""
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    out = []
+    for dp in deployed.points(r):
+        if dp.dense_acc is None and dp.pruned_acc is None:
+            if dp.accuracy_failed:
+                out.append((f"accuracy on {dp.backend} {dp.precision}", dp.accuracy_failed))
+            continue
+        out.append(
+            (
+                f"{dp.metric or 'accuracy'} on {dp.backend} {dp.precision} (test)",
+                f"{pct(dp.dense_acc)} -> {pct(dp.pruned_acc)} (PyTorch {pct(dp.dense_torch)} ->"
+                f" {pct(dp.pruned_torch)})",
+            )
+        )
+    cal = deployed.calibration_line(r)
+    if cal is not None:
+        out.append(("INT8 calibration", cal))
+    return out
 
 
 def _f(v: float | None) -> str:
