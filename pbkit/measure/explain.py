@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -418,7 +417,3 @@ def explain(
     pruned = profiler(models[1], onnx[1], x, threads, runs)
     macs = tuple(layer_macs(m, input_size) for m in models)
     return compare(dense, pruned, macs[0], macs[1], where)
-
-
-def finite(values: list[float]) -> bool:
-    return bool(np.all(np.isfinite(values)))

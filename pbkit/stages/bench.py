@@ -40,7 +40,6 @@ from pbkit.stages.rundir import (
     StageClock,
     inside,
     model_file,
-    onnx_changed,
     onnx_file,
     verified,
 )
@@ -137,10 +136,7 @@ def _ensure_artifacts(
 ) -> record.Record:
     """Export what the chosen backends run and is missing: ONNX files, TensorRT engines."""
     if any(be.artifact != "model" for be, _ in todo):
-        why = "no ONNX files yet" if not export.onnx_ready(run_dir) else onnx_changed(run_dir, rec)
-        if why is not None:
-            note(f"{why}: exporting first", quiet)
-            rec = export.to_onnx(run_dir, rec, cfg, quiet, redone_because=why)
+        rec = export.onnx_current(run_dir, rec, cfg, quiet)
     families = list(
         dict.fromkeys(
             be.int8 for be, p in todo if p == "int8" and be.artifact == "onnx" and be.int8

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from pbkit.core import record
-from pbkit.core.console import Steps, note
+from pbkit.core.console import Steps
 from pbkit.core.errors import PbkitError
 from pbkit.core.runtime import strict_fp32
 from pbkit.measure import align, backends, protocol
@@ -22,7 +22,7 @@ from pbkit.measure.layers import Timings
 from pbkit.models import checkpoint, counts
 from pbkit.stages import export
 from pbkit.stages.context import Context, budgeted, need
-from pbkit.stages.rundir import DENSE, PRUNED, model_file, onnx_changed, onnx_file
+from pbkit.stages.rundir import DENSE, PRUNED, model_file, onnx_file
 
 MAX_RUNS = 10_000
 MAX_ALIGN = 64  # layers the advisor times (5 widths each)
@@ -69,11 +69,7 @@ def run(ctx: Context, rec: record.Record | None, s: ExplainSettings) -> record.R
     be = check(s)
     with budgeted(ctx, "explain"):
         if be.artifact == "onnx":
-            why = "no ONNX files yet" if not export.onnx_ready(ctx.run_dir) else None
-            why = why or onnx_changed(ctx.run_dir, rec)
-            if why is not None:
-                note(f"{why}: exporting first", ctx.quiet)
-                rec = export.to_onnx(ctx.run_dir, rec, ctx.cfg, ctx.quiet, redone_because=why)
+            rec = export.onnx_current(ctx.run_dir, rec, ctx.cfg, ctx.quiet)
         trust = ctx.trust
         models = tuple(
             checkpoint.load_model(model_file(ctx.run_dir, rec, v), trust)[0]

@@ -74,6 +74,18 @@ def run(ctx: Context, rec: record.Record | None) -> record.Record:
     return rec
 
 
+def onnx_current(
+    run_dir: Path, rec: record.Record, cfg: config.Config, quiet: bool
+) -> record.Record:
+    """The run's ONNX files as its record names them: exported first where there are none or
+    they changed since (what a stage that runs them needs before it measures or profiles)."""
+    why = "no ONNX files yet" if not onnx_ready(run_dir) else onnx_changed(run_dir, rec)
+    if why is None:
+        return rec
+    note(f"{why}: exporting first", quiet)
+    return to_onnx(run_dir, rec, cfg, quiet, redone_because=why)
+
+
 def to_onnx(
     run_dir: Path,
     rec: record.Record,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import re
@@ -380,7 +381,8 @@ def is_current(rec: record.Record, stage: str, cfg: config.Config) -> bool:
     return info.config == now or _same(info.config, now, _default_slice(stage))
 
 
-def _default_slice(stage: str) -> dict[str, Any]:
+@functools.cache
+def _default_slice(stage: str) -> dict[str, Any]:  # (read only: the defaults validated once)
     return section_slice(config.validate(config.defaults(), "pbkit's defaults"), stage)
 
 
