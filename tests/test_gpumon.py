@@ -199,3 +199,33 @@ def test_gpu_compute_samples_get_their_own_statistics() -> None:
     g = res["x"].gpu_compute
     assert g is not None and g.medians_ms == [1.5]
     assert res["x"].median_ms == 2.0 and g.median_ms == 1.5 and g.n == res["x"].n >= 10
+
+
+def test_a_point_measured_again_takes_its_median_and_interval_from_the_same_attempt() -> None:
+    """The first attempt is throttled (and slow), the second is clean: the point's median, its
+    interval and the speed-up all come from the clean attempt; the slow one stays in the list."""
+    watches = iter([["hw_slowdown"], []])
+    cost = {"a": iter([0.004] * 10_000), "b": iter([0.002] * 10_000)}
+    slow = {"on": True}
+
+    def runner(name: str) -> Any:
+        def call() -> None:
+            time.sleep(next(cost[name]) * (3 if slow["on"] else 1))
+
+        return call
+
+    class Watch(_Watch):
+        def __exit__(self, *exc: object) -> None:
+            slow["on"] = False  # the throttling ends with the first attempt
+
+    res = measure.measure_point(
+        {"a": runner("a"), "b": runner("b")}, SETTINGS, monitor=lambda: Watch(next(watches))
+    )
+    a = res["a"]
+    assert a.attempts == 2 and a.stable and a.throttle_reasons == ["hw_slowdown"]
+    assert len(a.medians_ms) == 2 and a.medians_ms[0] > 2 * a.medians_ms[1]
+    assert a.median_ms == a.medians_ms[1]  # the clean attempt's, not the median of both
+    assert a.median_ci is not None and a.median_ci[0] <= a.median_ms <= a.median_ci[1]
+    sp = res.speedup
+    assert sp is not None and sp.ci[0] <= sp.value <= sp.ci[1]
+    assert sp.value == pytest.approx(a.median_ms / res["b"].median_ms, rel=0.1)

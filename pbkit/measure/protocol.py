@@ -265,9 +265,10 @@ def measure_point(
     """Measure a point (:func:`measure_alternating`, which keeps going until the speed-up's
     interval is narrow enough or the time budget is spent). A GPU throttle reason other than idle
     reported by ``monitor`` while measuring marks the point unstable and it is measured again, up
-    to ``max_repeats`` times; each model then keeps the statistics of its last attempt, with
-    ``median_ms`` the median of the attempts' medians, their list and spread (the speed-up is the
-    last attempt's)."""
+    to ``max_repeats`` times. Every figure of the point (each model's median, percentiles and
+    interval, the speed-up and its interval) comes from its last attempt, the one that ran without
+    throttling where one did; ``medians_ms`` lists every attempt's median and ``spread_ms`` their
+    range, so a reader sees how much the throttled attempts differed."""
     attempts: list[PointResult] = []
     throttled: set[str] = set()
     for _ in range(max(settings.max_repeats, 1)):
@@ -295,10 +296,9 @@ def measure_point(
         gpu = last.gpu_compute
         if gpu is not None:
             gmed = [g.median_ms for a in attempts if (g := a[name].gpu_compute) is not None]
-            gpu = dataclasses.replace(gpu, median_ms=float(np.median(gmed)), medians_ms=gmed)
+            gpu = dataclasses.replace(gpu, medians_ms=gmed)
         out.runners[name] = dataclasses.replace(
             last,
-            median_ms=float(np.median(medians)),
             attempts=len(attempts),
             medians_ms=medians,
             spread_ms=max(medians) - min(medians),

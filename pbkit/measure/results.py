@@ -35,7 +35,7 @@ class Stats:
 @dataclass(kw_only=True)
 class GpuStats(Stats):
     """CUDA-event statistics of the engine call alone; ``median_ms`` is made as the host figure's
-    (the median of the attempts' medians, or the geometric mean of the sessions')."""
+    (the last attempt's, or the geometric mean of the sessions')."""
 
     medians_ms: list[float] | None = None  # per attempt (measure_point)
     session_medians_ms: list[float] | None = None  # per session (measure_sessions)
@@ -62,7 +62,8 @@ class RunnerResult(Stats):
     unstable_reasons: list[str] = field(default_factory=list)
     gpu_compute: GpuStats | None = None
     median_ci: list[float] | None = None  # with two runners
-    # measure_point: the attempts (a GPU throttled: measured again); median_ms is their median
+    # measure_point: the attempts (a GPU throttled: measured again); every figure is the last
+    # attempt's, medians_ms lists each attempt's median
     attempts: int = 1
     medians_ms: list[float] = field(default_factory=list)
     spread_ms: float = 0.0
