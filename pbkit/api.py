@@ -109,7 +109,7 @@ def prune(
     batch: int | None = None,
     precision: str | None = None,
     scope: str | None = None,
-    round_to: int | None = None,
+    round_to: int | str | None = None,
     dataset: str | None = None,
     data: Any = None,
     data_root: str | None = None,

@@ -438,7 +438,13 @@ FORCE_HELP = (
 @click.option("--batch", type=int, default=None, help="Latency target: the batch size (default 1).")
 @click.option("--precision", default=None, help="Latency target: fp32 (default) | fp16.")
 @click.option("--scope", default=None, help="local | global | protected (default: protected).")
-@click.option("--round-to", type=int, default=None, help="Keep channel counts multiples of N.")
+@click.option(
+    "--round-to",
+    default=None,
+    metavar="N|auto",
+    help="Keep channel counts multiples of N; auto: the channel-alignment advisor picks N on"
+    " --backend (default ort-cpu), none where aligning buys under 5% there.",
+)
 @click.option(
     "--dataset",
     default=None,
@@ -498,7 +504,7 @@ def prune(
     batch: int | None,
     precision: str | None,
     scope: str | None,
-    round_to: int | None,
+    round_to: str | None,
     dataset: str | None,
     data_root: str | None,
     checkpoint: str | None,

@@ -334,3 +334,51 @@ def test_pair_coverage_falls_with_between_run_variance() -> None:
     # a repeat's point lies within 1.96 sigma_w of another's: P(|N(0, 2 sb^2)| < 1.96 sw)
     assert coverage(0.01) == pytest.approx(0.83, abs=0.05)
     assert coverage(0.02) == pytest.approx(0.52, abs=0.05)
+
+
+@pytest.mark.parametrize("steps_at_16", [True, False])
+def test_round_to_auto_prunes_again_with_what_the_advisor_recommends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps_at_16: bool
+) -> None:
+    """prune.round_to: auto on a backend whose layers cost as much at 37 channels as at 48: the
+    advisor recommends a multiple of 16 and the run is pruned again with it (every pruned width a
+    multiple of 8 then); on one without steps nothing is recommended and the unaligned pruning
+    stays."""
+    from pbkit import stages
+    from pbkit.core import config
+    from pbkit.measure import layers
+
+    def stub(self, layer, cin, cout):  # type: ignore[no-untyped-def]
+        return 0.01 * (-(-cout // 16) * 16 if steps_at_16 else cout)
+
+    monkeypatch.setattr(layers.Timings, "time_layer", stub)
+    cfg = config.load(
+        None,
+        [
+            f"out={tmp_path}",
+            "model.name=resnet20_cifar",
+            "prune.round_to=auto",
+            "prune.speedup=1.5",
+            "bench.quick=true",
+        ],
+    )
+    rec = stages.run(cfg, until="prune", quiet=True).record
+    auto = rec.method.round_to_auto
+    assert auto is not None and auto.backend == "ort-cpu" and len(auto.layers) > 0
+    assert rec.config["prune"]["round_to"] == "auto"
+    al = rec.counts.channel_alignment or {}
+    assert all(x.cout < 64 for x in auto.layers)  # only layers pruning narrowed are timed
+    if steps_at_16:
+        assert auto.recommended in (16, 32, 64) and rec.method.round_to == auto.recommended
+        assert al["pruned_layers"] > 0 and al["share"] == 1.0
+    else:
+        assert auto.recommended is None and rec.method.round_to is None
+        assert al["share"] < 1.0  # the first, unaligned pruning is the run's
+    assert rec.method.achieved_speedup >= 1.5
+
+
+def test_round_to_that_is_neither_a_multiple_nor_auto_is_one_line(pbkit) -> None:  # type: ignore[no-untyped-def]
+    r = pbkit(
+        "prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "2", "--round-to", "x"
+    )
+    assert r.code == 2 and "prune.round_to: a channel multiple >= 1, auto or null" in r.err

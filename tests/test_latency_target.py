@@ -339,6 +339,21 @@ def test_prune_to_a_measured_speedup_on_onnx_runtime(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     lt2 = json.loads((tmp_path / "runs" / "again" / "record.json").read_text())["method"]["latency"]
     assert lt2["table"]["timed"] == 0 and lt2["table"]["cached"] == lt["table"]["entries"]
+    # the target is judged on the bench's re-measurement, in a fresh process; the loop's is kept
+    bench = subprocess.run(
+        [sys.executable, "-m", "pbkit.cli", "bench", str(run), "--backend", "ort-cpu", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert bench.returncode == 0, bench.stderr
+    lt3 = json.loads((run / "record.json").read_text())["method"]["latency"]
+    jb = lt3["bench"]
+    assert lt3["judged_on"] == "bench" and lt3["measured_speedup"] == lt["measured_speedup"]
+    assert jb["met"] == (jb["speedup"] >= 1.3) and jb["ci"][0] <= jb["speedup"] <= jb["ci"][1]
+    assert jb["vs_loop"] == pytest.approx(jb["speedup"] / lt["measured_speedup"], rel=1e-3)
+    assert "judged on pbkit bench" in bench.stdout
+    assert "latency target 1.3x on ort-cpu" in bench.stderr
 
 
 def test_reports_rank_latency_targets_apart_from_macs_targets() -> None:

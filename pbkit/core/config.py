@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -124,7 +124,9 @@ class PruneCfg(_Strict):
     method: str
     scope: Literal["local", "global", "protected"]
     speedup: float = Field(gt=1.0)
-    round_to: int | None = Field(ge=1)
+    # N: keep channel counts multiples of N; auto: the channel-alignment advisor picks N on
+    # prune.backend (or none where aligning buys under 5% there)
+    round_to: Annotated[int, Field(ge=1)] | Literal["auto"] | None
     iterative_steps: int = Field(ge=1)
     seed: int
     calibration: CalibrationCfg
@@ -143,6 +145,16 @@ class PruneCfg(_Strict):
     batch: int = Field(default=1, ge=1)
     precision: Literal["fp32", "fp16"] = "fp32"
     latency: LatencyCfg
+
+    @field_validator("round_to", mode="before")
+    @classmethod
+    def _round_to(cls, v: Any) -> Any:
+        if v is None or v == "auto":
+            return v
+        n = int(v) if isinstance(v, int | str) and str(v).isdigit() else 0
+        if isinstance(v, bool) or n < 1:
+            raise ValueError(f"a channel multiple >= 1, auto or null (got {v!r})")
+        return n
 
 
 class SparsifyCfg(_TrainingCfg):
@@ -194,8 +206,9 @@ class BenchCfg(_Strict):
     backends: list[str] = Field(min_length=1)
     batches: list[int]
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(min_length=1)
-    # the task's metric on the test split through each backend's runner: off | int8 (the points
-    # of int8 and, to compare with, fp32 on the same backends) | all (every CPU point)
+    # the task's metric on the test split through each backend's runner (top-1, mIoU, a YOLO
+    # model's box mAP50-95): off | int8 (the points of int8 and, to compare with, fp32 on the same
+    # backends) | all (every CPU point)
     engine_accuracy: Literal["off", "int8", "all"] = "int8"
     channels_last: bool
     compile_mode: Literal[

@@ -52,6 +52,14 @@ MACs, profiled time, realisation and the time pruning did not buy) and ``alignme
 channel-alignment advisor's timings and recommended ``prune.round_to``; ``bench.cpu_state`` may
 carry ``others_share`` and ``busy`` (other processes' share of the CPU time while measuring).
 Older records read without them.
+
+1.8: ``method.round_to_auto`` (``prune.round_to: auto``: the advisor's timings on the unaligned
+pruned widths and the ``round_to`` it chose, then in ``method.round_to``); a latency-targeted
+run's ``method.latency.bench`` (the bench stage's re-measurement of the target's backend,
+precision and batch in a fresh process, with the verdict ``met`` and ``within_10pct``; the
+target is judged on it) and ``judged_on``; a GPU point measured again after throttling takes
+every figure from its last attempt (``medians_ms`` still lists each attempt's). 1.7 records read
+as before.
 """
 
 from __future__ import annotations
@@ -78,7 +86,7 @@ from pbkit.core.errors import PbkitError, first_line
 from pbkit.core.fileio import atomic_write_json
 from pbkit.core.plain import plain
 
-SCHEMA_VERSION = "1.7"
+SCHEMA_VERSION = "1.8"
 RECORD_NAME = "record.json"
 
 
@@ -139,6 +147,9 @@ class MethodInfo(_Open):
     achieved_speedup: float
     steps: int
     round_to: int | None = None
+    round_to_auto: Alignment | None = None
+    """``prune.round_to: auto`` (1.8): the advisor's timings on the unaligned pruned widths and
+    the ``round_to`` it chose (``round_to`` is then that one, or null where none buys 5%)."""
     iterative_steps: int
     max_pruning_ratio: float
     seed: int
@@ -247,7 +258,8 @@ class GpuCompute(_Section):
     """A GPU point's CUDA-event statistics of the engine call alone (ms)."""
 
     median_ms: float | None = None
-    """The median; over attempts the median of theirs, over sessions the geometric mean."""
+    """The median; over sessions the geometric mean of theirs; a point measured again (a GPU
+    throttled) keeps its last attempt's (1.8; before, the median of the attempts')."""
     mean_ms: float | None = None
     min_ms: float | None = None
     p90_ms: float | None = None
@@ -420,7 +432,7 @@ class LatencyPoint(_Open):
     quick: bool
     speedup_vs_dense: float | None = None
     artifact_sha256: str | None = None
-    attempts: int = 1  # stability gate: measurements of this point; median_ms is their median
+    attempts: int = 1  # GPU throttle gate: measurements of this point; figures: the last one's
     medians_ms: list[float] = []
     spread_ms: float = 0.0
     # the figures above are host wall clock, end to end; on a GPU also the engine call alone:

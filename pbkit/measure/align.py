@@ -98,12 +98,22 @@ def advise(
 
 
 def layers_that_matter(
-    model: nn.Module, timings: Timings, explained: record.Explained | None, count: int
+    model: nn.Module,
+    timings: Timings,
+    explained: record.Explained | None,
+    count: int,
+    dense_widths: dict[str, tuple[int, int]] | None = None,
 ) -> list[Layer]:
     """The model's convolutions and linear layers where its time goes: the ``count`` slowest by
-    ``pbkit explain``'s pruned times where there are some, else the largest by MACs."""
+    ``pbkit explain``'s pruned times where there are some, else the largest by MACs; with the
+    dense model's widths (name -> (in, out) channels), only the layers whose output was pruned
+    (a width pruning never chose says nothing about alignment)."""
     # a depthwise convolution's width is its input's: it follows, it is not chosen
     found = {n: L for n, L in probe(model, timings.example()).items() if L.kind != "depthwise"}
+    if dense_widths is not None:
+        found = {
+            n: L for n, L in found.items() if n in dense_widths and L.cout < dense_widths[n][1]
+        }
     if explained is not None:
         ranked = sorted(explained.layers, key=lambda r: r.pruned_ms, reverse=True)
         names = [r.layer for r in ranked if r.layer in found]

@@ -97,7 +97,7 @@ def run(ctx: Context, rec: record.Record | None, s: ExplainSettings) -> record.R
         result.loadavg = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         rec.explain[s.key] = result
         if s.align:
-            rec.alignment[s.key] = _align(ctx, rec, be, s, models[1], result)
+            rec.alignment[s.key] = _align(ctx, rec, be, s, (models[0], models[1]), result)
     record.write(ctx.run_dir, rec)
     return rec
 
@@ -119,12 +119,16 @@ def _align(
     rec: record.Record,
     be: backends.Backend,
     s: ExplainSettings,
-    pruned: nn.Module,
+    models: tuple[nn.Module, nn.Module],
     explained: record.Explained,
 ) -> record.Alignment:
+    """The advisor on the ``s.align`` slowest layers pruning narrowed (dense, pruned models)."""
+    dense, pruned = models
     timings = Timings.of(ctx.cfg, be, s.precision, s.batch, rec.model.input_size, True)
     try:
-        chosen = align.layers_that_matter(pruned, timings, explained, s.align)
+        chosen = align.layers_that_matter(
+            pruned, timings, explained, s.align, counts.layer_widths(dense)
+        )
         steps = Steps(f"timing {len(chosen)} layers at aligned widths", len(chosen), ctx.quiet)
         load_before = os.getloadavg()[0]
         out = align.advise(

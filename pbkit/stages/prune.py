@@ -26,7 +26,7 @@ from pbkit.core.fileio import atomic_write_json, sha256_file
 from pbkit.data import DataBundle
 from pbkit.data import load as load_data
 from pbkit.machine import envinfo
-from pbkit.measure import backends, layers
+from pbkit.measure import align, backends, layers
 from pbkit.measure.backends import Backend
 from pbkit.models import ModelSpec, checkpoint, counts, known_failure
 from pbkit.pruning import Calibration, PruneResult, PruneSettings, prune_to_target
@@ -89,28 +89,37 @@ def run(ctx: Context, rec: record.Record | None = None) -> record.Record:
             quiet,
         )
         widths = counts.layer_widths(model)
-        timings = None if target_backend is None else _timings(cfg, target_backend, spec, quiet)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", module="torch_pruning")
-                res, calibration, interleave = _prune(
-                    model, method, spec, task, cfg, bundle, steps, quiet, timings
+        dense = copy.deepcopy(model) if p.round_to == "auto" else None
+        res, calibration, interleave = _prune_timed(
+            model, method, spec, task, cfg, bundle, steps, quiet, target_backend, tmp
+        )
+        auto, open_steps = None, True
+        if dense is not None:  # prune.round_to: auto: the advisor on the pruned widths decides
+            steps.close(f"{res.achieved_speedup:.3f}x in {res.steps} steps (unaligned)")
+            open_steps = False
+            auto = _advise_round_to(cfg, spec, model, widths, quiet)
+            if auto.recommended is not None:
+                aligned = cfg.model_copy(deep=True)  # (the record keeps the config as asked)
+                aligned.prune.round_to = auto.recommended
+                model = dense
+                steps = Steps(
+                    f"pruning {spec.name} again with prune.round_to={auto.recommended}",
+                    steps.total,
+                    quiet,
                 )
-            if timings is not None and timings.table_built is not None:
-                atomic_write_json(tmp / LATENCY_TABLE, timings.table_built.to_json())
-                assert res.latency_run is not None
-                res.latency_run.table.file = LATENCY_TABLE
-        finally:
-            if timings is not None:
-                timings.close()
+                res, calibration, interleave = _prune_timed(
+                    model, method, spec, task, aligned, bundle, steps, quiet, target_backend, tmp
+                )
+                open_steps = True
         alignment = counts.channel_alignment(widths, counts.layer_widths(model))
         lat = res.latency_run
-        steps.close(
-            f"{res.achieved_speedup:.3f}x in MACs, {lat.measured_speedup:.3f}x measured,"
-            f" in {res.steps} steps"
-            if lat is not None
-            else f"{res.achieved_speedup:.3f}x in {res.steps} steps"
-        )
+        if open_steps:
+            steps.close(
+                f"{res.achieved_speedup:.3f}x in MACs, {lat.measured_speedup:.3f}x measured,"
+                f" in {res.steps} steps"
+                if lat is not None
+                else f"{res.achieved_speedup:.3f}x in {res.steps} steps"
+            )
         acc_pruned = scores(task, model, bundle, spec, cfg)
         checkpoint.save_model(model, spec, tmp / MODEL_FILES[PRUNED])
         rec = _record(
@@ -130,6 +139,8 @@ def run(ctx: Context, rec: record.Record | None = None) -> record.Record:
             env,
             task.notes(model, spec),
         )
+        if auto is not None:
+            rec.method.round_to, rec.method.round_to_auto = auto.recommended, auto
         clock.finish(rec, cfg, env, device=device.name(dev))
         record.write(tmp, rec)
         os.replace(tmp, plan.run_dir)
@@ -137,6 +148,78 @@ def run(ctx: Context, rec: record.Record | None = None) -> record.Record:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return rec
+
+
+def _prune_timed(
+    model: Any,
+    method: Method,
+    spec: ModelSpec,
+    task: Task,
+    cfg: config.Config,
+    bundle: DataBundle | None,
+    steps: Steps,
+    quiet: bool,
+    target_backend: Backend | None,
+    tmp: Path,
+) -> tuple[PruneResult, Calibration | None, dict[str, Any] | None]:
+    """:func:`_prune`, with the latency table of a latency target built first and written."""
+    timings = None if target_backend is None else _timings(cfg, target_backend, spec, quiet)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="torch_pruning")
+            res, calibration, interleave = _prune(
+                model, method, spec, task, cfg, bundle, steps, quiet, timings
+            )
+        if timings is not None and timings.table_built is not None:
+            atomic_write_json(tmp / LATENCY_TABLE, timings.table_built.to_json())
+            assert res.latency_run is not None
+            res.latency_run.table.file = LATENCY_TABLE
+    finally:
+        if timings is not None:
+            timings.close()
+    return res, calibration, interleave
+
+
+AUTO_ALIGN_LAYERS = 8  # prune.round_to: auto times this many of the largest pruned layers
+
+
+def _advise_round_to(
+    cfg: config.Config,
+    spec: ModelSpec,
+    pruned: Any,
+    dense_widths: dict[str, tuple[int, int]],
+    quiet: bool,
+) -> record.Alignment:
+    """``prune.round_to: auto``: the channel-alignment advisor (:mod:`pbkit.measure.align`) on
+    the largest pruned layers, timed alone on ``prune.backend`` at their widths and the nearest
+    multiples of 8/16/32/64; the ``round_to`` it recommends (None: under 5% gained there)."""
+    p = cfg.prune
+    be = backends.get(p.backend)
+    if p.precision not in be.precisions:
+        raise PbkitError(
+            f"prune.round_to: auto times layers on prune.backend {be.name!r}, which runs"
+            f" {', '.join(be.precisions)}, not prune.precision={p.precision}"
+        )
+    timings = _timings(cfg, be, spec, True)
+    try:
+        chosen = align.layers_that_matter(pruned, timings, None, AUTO_ALIGN_LAYERS, dense_widths)
+        steps = Steps(
+            f"prune.round_to: auto: timing {len(chosen)} layers at aligned widths on {be.name}",
+            len(chosen),
+            quiet,
+        )
+        out = align.advise(
+            timings.time_layer, chosen, (be.name, p.precision, p.batch), steps.update
+        )
+    finally:
+        timings.close()
+    best = out.recommended
+    steps.close(
+        f"round_to={best} ({out.gain[str(best)]:.2f}x the output channels per ms)"
+        if best is not None
+        else "no round_to: aligning buys under 5% here"
+    )
+    return out
 
 
 def _pruning_data(
@@ -260,7 +343,7 @@ def _prune(
         speedup=p.speedup,
         scope=p.scope,
         iterative_steps=p.iterative_steps,
-        round_to=p.round_to,
+        round_to=p.round_to if isinstance(p.round_to, int) else None,
         seed=p.seed,
         reg=cfg.sparsify.reg,
         delta_reg=cfg.sparsify.delta_reg,
@@ -423,7 +506,7 @@ def _record(
             target_speedup=cfg.prune.speedup,
             achieved_speedup=res.achieved_speedup,
             steps=res.steps,
-            round_to=cfg.prune.round_to,
+            round_to=cfg.prune.round_to if isinstance(cfg.prune.round_to, int) else None,
             iterative_steps=cfg.prune.iterative_steps,
             max_pruning_ratio=res.max_pruning_ratio,
             seed=cfg.prune.seed,
