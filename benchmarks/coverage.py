@@ -6,11 +6,15 @@ interval that covered the run-to-run spread would give; an interval that describ
 inside one bench gives less.
 
     .venv/bin/python benchmarks/coverage.py --model resnet18_cifar --backend ort-cpu torch-cpu \
-        --repeats 6 --load quiet load [--set bench.sessions=7]
+        --repeats 6 --load quiet load [--set bench.sessions=7] \
+        [--protocol one-session=bench.sessions=1 --protocol default=]
 
 Writes ``results/perf/coverage-<model>-<tag>.json`` (every bench's point, interval, wall time and
 the machine's state) and ``.md`` (the table, rendered from the JSON). ``--load load`` runs one
 busy-looping process per ``--load-procs`` beside the benches (a known competing load).
+``--protocol NAME=KEY=VALUE,...`` (repeatable) compares bench protocols in one invocation: each
+round benches every protocol in turn (in a shuffled order), so they see the same machine over the
+same hours; ``--set`` applies to all of them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -96,19 +101,22 @@ def markdown(doc: dict[str, Any]) -> str:
         " `benchmarks/coverage.py`: each bench a fresh `pbkit bench` process, "
         f"{doc['spacing_s']} s apart; bench settings {doc['sets'] or 'default'}.",
         "",
-        "| backend | load | benches | coverage (ideal ~0.95) | mean speed-up | between-bench CoV"
-        " | mean CI half-width | mean wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| backend | load | protocol | benches | coverage (ideal ~0.95) | mean speed-up"
+        " | between-bench CoV | mean CI half-width | mean wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    protocols = doc.get("protocols") or {}
     for key, s in doc["summary"].items():
-        backend, load = key.split("/")
+        backend, load, *rest = key.split("/")
+        name = rest[0] if rest else "default"
+        how = f"{name} ({', '.join(protocols[name]) or 'defaults'})" if name in protocols else name
         cov = f"{s['coverage']:.2f}" if s["coverage"] is not None else "-"
         lines.append(
-            f"| {backend} | {load} | {s['benches']} | {cov} | {s['mean_speedup']} |"
+            f"| {backend} | {load} | {how} | {s['benches']} | {cov} | {s['mean_speedup']} |"
             f" {s['between_bench_cov']:.2%} | {s['mean_relative_half_width']:.2%} |"
             f" {s['mean_wall_s']} |"
             if s["between_bench_cov"] is not None and s["mean_relative_half_width"] is not None
-            else f"| {backend} | {load} | {s['benches']} | {cov} | - | - | - | - |"
+            else f"| {backend} | {load} | {how} | {s['benches']} | {cov} | - | - | - | - |"
         )
     lines += [
         "",
@@ -118,6 +126,14 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _protocol(text: str) -> tuple[str, list[str]]:
+    """``one-session=bench.sessions=1,bench.max_time_s=9`` -> its name and --set values."""
+    name, _, sets = text.partition("=")
+    if not name:
+        raise SystemExit(f"--protocol {text!r}: NAME=KEY=VALUE,... (NAME= for the defaults)")
+    return name, [x for x in sets.split(",") if x]
 
 
 def main() -> None:
@@ -130,16 +146,29 @@ def main() -> None:
     ap.add_argument("--load", nargs="+", default=["quiet"], choices=["quiet", "load"])
     ap.add_argument("--load-procs", type=int, default=1)
     ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument(
+        "--protocol",
+        dest="protocols",
+        action="append",
+        default=[],
+        metavar="NAME=KEY=VALUE,...",
+        help="a bench protocol to compare (repeatable); NAME= alone: the defaults",
+    )
+    ap.add_argument("--imgsz", type=int, default=None, help="the model's input size")
+    ap.add_argument("--seed", type=int, default=0, help="the protocols' order per round")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", default=str(ROOT / "results" / "perf"))
     a = ap.parse_args()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
+    protocols = dict(_protocol(p) for p in a.protocols) or {"": []}
+    rng = random.Random(a.seed)
+    size = ["--imgsz", str(a.imgsz)] if a.imgsz else []
     with tempfile.TemporaryDirectory(prefix="pbkit-coverage-") as tmp:
         run = _pbkit(
             "prune", "--model", a.model, "--method", a.method, "--speedup", "2",
-            "--out", f"{tmp}/runs",
+            "--out", f"{tmp}/runs", *size,
         )  # fmt: skip
         run_dir = run["run_dir"]
         _pbkit("export", run_dir)
@@ -154,11 +183,15 @@ def main() -> None:
                 p.start()
             try:
                 for i in range(a.repeats):
-                    for backend in a.backend:
-                        b = bench_once(run_dir, backend, a.sets)
-                        results.setdefault(f"{backend}/{load}", []).append(b)
-                        print(f"{backend}/{load} #{i + 1}: {b['speedup']:.3f} {b['ci']}"
-                              f" ({b['wall_s']} s)", file=sys.stderr)  # fmt: skip
+                    order = list(protocols)
+                    rng.shuffle(order)
+                    for name in order:
+                        for backend in a.backend:
+                            b = bench_once(run_dir, backend, [*a.sets, *protocols[name]])
+                            key = f"{backend}/{load}" + (f"/{name}" if name else "")
+                            results.setdefault(key, []).append(b)
+                            print(f"{key} #{i + 1}: {b['speedup']:.3f} {b['ci']}"
+                                  f" ({b['wall_s']} s)", file=sys.stderr)  # fmt: skip
                     time.sleep(a.spacing)
             finally:
                 stop.set()
@@ -167,6 +200,8 @@ def main() -> None:
     host = os.uname().nodename if hasattr(os, "uname") else "?"
     doc = {
         "model": a.model,
+        "imgsz": a.imgsz,
+        "protocols": {k: v for k, v in protocols.items() if k},
         "prune": f"{a.method}, protected, 2x",
         "utc": utc_now(),
         "commit": commit,
