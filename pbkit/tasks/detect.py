@@ -26,9 +26,10 @@ from pbkit.core.errors import PbkitError
 from pbkit.data import DataBundle
 from pbkit.data.detection import check_dataset
 from pbkit.models import ModelSpec, yolo
+from pbkit.models.outputs import output_tensors
 from pbkit.models.ultralytics_env import ultralytics_offline
 from pbkit.pruning import Calibration
-from pbkit.tasks.base import Task
+from pbkit.tasks.base import EngineScore, Predict, Task
 from pbkit.tasks.classify import classification_batches
 from pbkit.train.recipe import TrainRequest
 
@@ -62,6 +63,25 @@ class Detect(Task):
         self.check_data(bundle, "evaluating")
         with ultralytics_offline():
             return task_maps(model, bundle.info["yaml"], spec.input_size, batch=batch_size)
+
+    def engine_score(
+        self,
+        predict: Predict,
+        model: nn.Module,
+        bundle: DataBundle,
+        spec: ModelSpec,
+        batch_size: int,
+    ) -> EngineScore:
+        """Box mAP50-95 through the engine and of the PyTorch model (fp32, CPU), each by
+        ultralytics' validator of the model's task over the same letterboxed test images
+        (:func:`engine_maps`). ``agreement`` is None: a detector's outputs (boxes after NMS) have
+        no per-image label to agree on the way a classifier's top-1 does."""
+        self.check_data(bundle, "evaluating")
+        with ultralytics_offline():
+            value, ref, images = engine_maps(
+                predict, model, bundle.info["yaml"], spec.input_size, batch_size
+            )
+        return EngineScore(self.metric, value["mAP50-95"], ref["mAP50-95"], None, images)
 
     def notes(self, model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
         return {"ultralytics": yolo_notes(model)}
@@ -299,15 +319,26 @@ def map50_95(model: nn.Module, yaml_path: str, imgsz: int, batch: int = 16) -> f
 def task_maps(model: nn.Module, yaml_path: str, imgsz: int, batch: int = 16) -> dict[str, float]:
     """mAP50-95 (percent) of a model object on the dataset's val split with the validator of its
     own task: boxes, and masks (-seg) or keypoints (-pose)."""
+    task = _validated_task(model)
+    m = copy.deepcopy(model).float().eval()  # the validator fuses conv+bn in place
+    return _validate(task, m, _val_args(yaml_path, imgsz, batch, str(device.of(model))))[0]
+
+
+def _validated_task(model: nn.Module) -> str:
     task = yolo.task_of(model)
     if task not in _TASK_METRICS:
         raise PbkitError(f"ultralytics {task} models are not validated by pbkit")
-    validator_cls = _validator(task)
-    args = {
+    return task
+
+
+def _val_args(yaml_path: str, imgsz: int, batch: int, dev: str) -> dict[str, Any]:
+    """The validator's arguments: square letterboxed images of ``imgsz`` (``rect`` off), no
+    plots, no files written."""
+    return {
         "data": yaml_path,
         "imgsz": imgsz,
         "batch": batch,
-        "device": str(device.of(model)),
+        "device": dev,
         "plots": False,
         "verbose": False,
         "save_json": False,
@@ -315,11 +346,79 @@ def task_maps(model: nn.Module, yaml_path: str, imgsz: int, batch: int = 16) -> 
         "half": False,
         "rect": False,
     }
-    validator = validator_cls(args=args)
-    m = copy.deepcopy(model).float().eval()  # the validator fuses conv+bn in place
+
+
+def _validate(task: str, model: nn.Module, args: dict[str, Any]) -> tuple[dict[str, float], int]:
+    """(the task's mAPs in percent, images seen) of ``model`` by ultralytics' validator."""
+    validator = _validator(task)(args=args)
     with _quiet():
-        stats = validator(model=m)
-    return {k: 100.0 * float(stats[v]) for k, v in _TASK_METRICS[task].items()}
+        stats = validator(model=model)
+    maps = {k: 100.0 * float(stats[v]) for k, v in _TASK_METRICS[task].items()}
+    return maps, int(getattr(validator, "seen", 0))
+
+
+def _like(template: Any, flat: Iterator[torch.Tensor]) -> Any:
+    """``template`` (a model's output: tensors in tuples, lists, dicts) with each tensor replaced,
+    in :func:`~pbkit.models.outputs.output_tensors`' order, by the next of ``flat``."""
+    if isinstance(template, torch.Tensor):
+        return next(flat)
+    if isinstance(template, tuple):
+        return tuple(_like(t, flat) for t in template)
+    if isinstance(template, list):
+        return [_like(t, flat) for t in template]
+    if isinstance(template, dict):
+        return {k: _like(v, flat) for k, v in template.items()}
+    return template
+
+
+def engine_maps(
+    predict: Predict, model: nn.Module, yaml_path: str, imgsz: int, batch: int = 16
+) -> tuple[dict[str, float], dict[str, float], int]:
+    """(the task's mAPs through ``predict``, PyTorch's, images): ultralytics' validator of the
+    model's task (boxes, and masks or keypoints) runs twice over the val split's images
+    letterboxed to ``imgsz`` square (the engine's fixed input), in the same order and batches,
+    on the CPU: once on an fp32 copy of ``model``, once on a copy whose forward sends the batch
+    (float32 NCHW) to the engine and gives its outputs back in the structure of the model's eval
+    output (the ONNX outputs are that output flattened, :func:`pbkit.export.onnx.to_onnx`), so
+    the validator's own NMS, matching and metrics see the engine's predictions. Both use the head
+    the model was exported with (YOLO26: the NMS-free one-to-one head, ``nms=False``)."""
+    task = _validated_task(model)
+    ref_model = copy.deepcopy(model).float().eval().cpu()
+    end2end = yolo.is_end2end(ref_model)
+    args = {**_val_args(yaml_path, imgsz, batch, "cpu"), "nms": False if end2end else None}
+    with torch.no_grad():
+        template = ref_model(torch.zeros(1, 3, imgsz, imgsz))
+    n_out = len(output_tensors(template))
+    engine = copy.deepcopy(ref_model)
+    fed = [0]
+
+    def forward(x: torch.Tensor, *_: Any, **__: Any) -> Any:
+        if tuple(x.shape[1:]) != (3, imgsz, imgsz):
+            raise PbkitError(
+                f"the validator fed the engine images of {tuple(x.shape[2:])}, not the"
+                f" {imgsz}x{imgsz} it was exported for"
+            )
+        out = predict(np.ascontiguousarray(x.detach().float().cpu().numpy(), dtype=np.float32))
+        if len(out) != n_out:
+            raise PbkitError(
+                f"the engine gives {len(out)} outputs, the model {n_out}: it is not this"
+                " model's export (pbkit export RUN_DIR writes it again)"
+            )
+        fed[0] += int(x.shape[0])
+        tensors = (torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in out)
+        return _like(template, tensors)
+
+    # the forward is the engine's; fusing conv+bn (the validator's) would only cost time
+    engine.forward = forward
+    engine.fuse = lambda *a, **k: engine
+    value, images = _validate(task, engine, args)
+    ref, ref_images = _validate(task, ref_model, args)
+    if fed[0] == 0 or images != ref_images:
+        raise PbkitError(
+            f"the engine saw {fed[0]} images, PyTorch's validation {ref_images}: not the same"
+            " evaluation"
+        )
+    return value, ref, images
 
 
 def ultralytics_task(spec: ModelSpec) -> str:
