@@ -23,6 +23,8 @@ class Column:
     alert: Callable[[Entry], bool] = lambda e: False  # emphasised (a failed parity check)
     about: str = ""  # what the column means (the HTML header's tooltip)
     backend: str | None = None  # measured columns: the point label (backend[/precision]@bN)
+    # why a cell is marked (an unstable point's reasons: the HTML cell's tooltip); "": not marked
+    flag: Callable[[Entry], str] = lambda e: ""
 
 
 def pm(e: Entry, k: str, digits: int = 2) -> str:
@@ -40,16 +42,40 @@ def ta(e: Entry) -> str:
     return pm(e, "ta") + flag
 
 
+UNSTABLE = " (unstable)"  # the mark of a speed-up measured on an unstable point
+UNSTABLE_NOTE = (
+    "(unstable): the pruned or the dense latency point was measured unstable (a noisy or busy"
+    " machine, a throttled GPU; the reasons are in the record and the HTML cell's tooltip): read"
+    " that speed-up with care"
+)
+
+
 def measured_cell(e: Entry, b: str) -> str:
     """``1.75 [1.71, 1.79]`` (one run and its interval), ``1.74 ± 0.03`` (over seeds); ``~1``
-    where the interval holds 1.0 (not distinguishable from no speed-up)."""
+    where the interval holds 1.0 (not distinguishable from no speed-up); `` (unstable)`` where the
+    pruned or the dense point there was measured unstable (:attr:`Entry.unstable`)."""
     if b not in e.measured:
         return "-"
+    mark = UNSTABLE if b in e.unstable else ""
     ci = e.measured_ci.get(b)
     if ci:
-        return f"{e.measured[b]:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" + (" ~1" if covers_one(ci) else "")
+        return (
+            f"{e.measured[b]:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+            + (" ~1" if covers_one(ci) else "")
+            + mark
+        )
     sd = e.measured_std.get(b)
-    return f"{e.measured[b]:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+    return f"{e.measured[b]:.2f}" + (f" ± {sd:.2f}" if sd is not None else "") + mark
+
+
+def unstable_reasons(e: Entry, b: str) -> str:
+    """Why the speed-up at ``b`` is marked unstable ("" where it is not)."""
+    return "unstable: " + "; ".join(e.unstable[b]) if b in e.unstable else ""
+
+
+def marked(entries: list[Entry]) -> bool:
+    """Whether some measured cell of these rows carries the unstable mark."""
+    return any(b in e.measured for e in entries for b in e.unstable)
 
 
 def measured_value(e: Entry, b: str) -> float | None:
@@ -66,6 +92,10 @@ def _measured_text(b: str, e: Entry) -> str:
 
 def _measured_sort(b: str, e: Entry) -> float | None:
     return measured_value(e, b)
+
+
+def _measured_flag(b: str, e: Entry) -> str:
+    return unstable_reasons(e, b)
 
 
 def _vs_fp32_text(b: str, e: Entry) -> str:
@@ -186,8 +216,9 @@ def leaderboard_columns(entries: list[Entry], backends: list[str]) -> list[Colum
                 backend=b,
                 about=(
                     "dense / pruned median latency with its 95% interval; ~1: the interval"
-                    " holds 1.0"
+                    " holds 1.0; (unstable): a point measured unstable (hover for why)"
                 ),
+                flag=functools.partial(_measured_flag, b),
             )
         )
     for b in sorted({b for e in entries for b in e.vs_dense_fp32}):

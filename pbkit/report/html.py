@@ -46,6 +46,7 @@ class CellView:
     align: str
     alert: bool
     backend: str | None
+    flag: str = ""  # why the cell is marked (an unstable point): its tooltip; "": not marked
 
 
 @dataclass
@@ -233,6 +234,7 @@ def _groups(board: Board) -> list[GroupView]:
                             align=c.align,
                             alert=c.alert(e),
                             backend=c.backend,
+                            flag=c.flag(e),
                         )
                         for c in cols
                     ],
@@ -307,6 +309,9 @@ def _plots(board: Board) -> list[PlotView]:
             for b in sorted(e.measured):
                 x, ci = e.measured[b], e.measured_ci.get(b)
                 label = f"{name}\n{b}: measured {intervals.fmt(x, ci)}, MACs {macs:.2f}x"
+                unstable = b in e.unstable
+                if unstable:
+                    label += f"\nunstable: {'; '.join(e.unstable[b])}"
                 if y is not None and accuracy:  # metric (y) against measured speed-up (x)
                     sd = spread(e)
                     label += f"\n{metric} {y:.2f}" + (f" ± {sd:.2f}" if e.n > 1 else "")
@@ -319,11 +324,19 @@ def _plots(board: Board) -> list[PlotView]:
                             x_err=(ci[0], ci[1]) if ci else None,
                             y_err=sd or None,
                             attrs={**attrs, "backend": b},
+                            unstable=unstable,
                         )
                     )
                 else:  # measured (y) against counted (x) speed-up
                     points.append(
-                        svg.Point(macs, x, b, label + runs, attrs={**attrs, "backend": b})
+                        svg.Point(
+                            macs,
+                            x,
+                            b,
+                            label + runs,
+                            attrs={**attrs, "backend": b},
+                            unstable=unstable,
+                        )
                     )
             if y is not None and accuracy:
                 points.append(

@@ -15,10 +15,31 @@ from pbkit.report.rank import Board, GroupInfo
 from pbkit.report.rows import Row
 from pbkit.report.stats import Entry, score, spread
 
+UNSTABLE = "hollow: unstable (reasons in the record)"
+
+
+def _unstable_legend(ax: Any, color: str = "grey", marker: str = "o") -> None:
+    """The legend entry of the hollow marks (added to the axes' legend handles)."""
+    ax.plot([], [], marker, mfc="none", mec=color, color=color, ls="none", label=UNSTABLE)
+
 
 def plot(rs: list[Row], path: str | Path) -> Path:
     """MACs speed-up (what papers report) against measured speed-up, per backend, one panel per
-    model and dataset: the distance from the diagonal is what MAC counts do not tell."""
+    model and dataset: the distance from the diagonal is what MAC counts do not tell. A speed-up
+    measured on an unstable point (:attr:`Row.unstable`) is drawn hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = figure(rs)
+    out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return out
+
+
+def figure(rs: list[Row]) -> Any:
+    """The figure :func:`plot` writes (a matplotlib Figure; the caller closes it)."""
     import math
 
     import matplotlib
@@ -40,33 +61,35 @@ def plot(rs: list[Row], path: str | Path) -> Path:
     for ax, (model, dataset) in zip(axes.flat, panels, strict=False):
         mine = [r for r in rs if r.model == model and (r.dataset or "data-free") == dataset]
         top = 1.0
+        unstable_here = False
         for b in backends:
             pts = [(r.macs_speedup, r.measured[b], r.method) for r in mine if b in r.measured]
             if not pts:
                 continue
             top = max(top, *(max(x, y) for x, y, _ in pts))
             cis = [r.measured_ci.get(b) for r in mine if b in r.measured]
-            err = [
-                [
-                    max(y - ci[0], 0.0) if ci else 0.0
-                    for (_, y, _), ci in zip(pts, cis, strict=True)
-                ],
-                [
-                    max(ci[1] - y, 0.0) if ci else 0.0
-                    for (_, y, _), ci in zip(pts, cis, strict=True)
-                ],
-            ]
-            ax.errorbar(
-                [x for x, _, _ in pts],
-                [y for _, y, _ in pts],
-                yerr=err,
-                fmt="o",
-                color=colors[b],
-                label=b,
-                alpha=0.8,
-                capsize=2,
-                ms=5,
-            )
+            shaky = [b in r.unstable for r in mine if b in r.measured]
+            unstable_here = unstable_here or any(shaky)
+            for hollow in (False, True):  # stable points filled, unstable ones hollow
+                idx = [i for i, u in enumerate(shaky) if u == hollow]
+                if not idx:
+                    continue
+                ys = [pts[i][1] for i in idx]
+                lo = [max(pts[i][1] - ci[0], 0.0) if (ci := cis[i]) else 0.0 for i in idx]
+                hi = [max(ci[1] - pts[i][1], 0.0) if (ci := cis[i]) else 0.0 for i in idx]
+                err = [lo, hi]
+                ax.errorbar(
+                    [pts[i][0] for i in idx],
+                    ys,
+                    yerr=err,
+                    fmt="o",
+                    color=colors[b],
+                    mfc="none" if hollow else colors[b],
+                    label="_nolegend_" if hollow and len(idx) < len(pts) else b,
+                    alpha=0.8,
+                    capsize=2,
+                    ms=5,
+                )
             for x, y, method in pts:
                 ax.annotate(
                     method,
@@ -78,6 +101,8 @@ def plot(rs: list[Row], path: str | Path) -> Path:
                     va="center",
                 )
         ax.plot([1, top * 1.1], [1, top * 1.1], "k--", lw=0.8, label="measured = MACs")
+        if unstable_here:
+            _unstable_legend(ax)
         ax.axhline(1.0, color="grey", lw=0.6)
         ax.set_xlim(0.9, top * 1.15)
         ax.set_ylim(0.0, top * 1.15)
@@ -92,9 +117,7 @@ def plot(rs: list[Row], path: str | Path) -> Path:
         "Counted vs measured speed-up (batch 1 unless stated; bars: 95% interval)", fontsize=11
     )
     fig.tight_layout()
-    out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
-    return out
+    return fig
 
 
 def plot_machines(rows_: list[MachineRow], path: str | Path) -> Path:
@@ -115,6 +138,7 @@ def plot_machines(rows_: list[MachineRow], path: str | Path) -> Path:
     fig, ax = plt.subplots(
         figsize=(max(6.0, 0.9 * len(keys) * max(len(machines), 2) / 2 + 2), 4.6), dpi=110
     )
+    unstable_here = False
     for i, m in enumerate(machines):
         xs = [k for k, key in enumerate(keys) if m in table[key]]
         ys = [table[keys[x]][m].speedup or 0 for x in xs]
@@ -123,15 +147,18 @@ def plot_machines(rows_: list[MachineRow], path: str | Path) -> Path:
             [max(y - ci[0], 0.0) if ci else 0.0 for y, ci in zip(ys, cis, strict=True)],
             [max(ci[1] - y, 0.0) if ci else 0.0 for y, ci in zip(ys, cis, strict=True)],
         ]
+        shaky = [not table[keys[x]][m].stable for x in xs]
         ax.bar(
             [x - 0.4 + width * (i + 0.5) for x in xs],
             ys,
             width=width,
             label=m,
-            color=f"C{i}",
+            color=["none" if u else f"C{i}" for u in shaky],  # unstable: hollow
+            edgecolor=f"C{i}",
             yerr=err,
             capsize=3,
         )
+        unstable_here = unstable_here or any(shaky)
     for x, key in enumerate(keys):
         macs = next(iter(table[key].values())).macs_speedup
         ax.hlines(
@@ -148,7 +175,12 @@ def plot_machines(rows_: list[MachineRow], path: str | Path) -> Path:
     ax.set_xticklabels([f"{k[0]}\n{k[1]} {k[4]}\n{k[5]} b{k[6]}" for k in keys], fontsize=7)
     ax.set_ylabel("measured speed-up (dense / pruned)")
     ax.set_title("Measured speed-up of the same pruning across machines", fontsize=10)
-    ax.legend(fontsize=7)
+    handles, _ = ax.get_legend_handles_labels()
+    if unstable_here:
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(facecolor="none", edgecolor="grey", label=UNSTABLE))
+    ax.legend(handles=handles, fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     out = atomic_write(path, lambda p: fig.savefig(p, format="png"))

@@ -13,7 +13,7 @@ from typing import Any
 
 from pbkit.report import columns, setups
 from pbkit.report.rows import Row
-from pbkit.report.stats import Entry, aggregate, score, separable
+from pbkit.report.stats import Entry, aggregate, score, separable, speed_separable
 
 
 @dataclass(kw_only=True)
@@ -41,7 +41,12 @@ Board = list[tuple[GroupInfo, list[Entry]]]
 def rank(entries: list[Entry]) -> list[Entry]:
     """Order by the mean (ties by measured speed-up); ``rank`` is the position. ``rank_label`` is
     1 + the number of rows above that are separably better, with ``=`` where some row above is not
-    separable from this one (they share a rank): ``1, =1, =1, 4, =4``."""
+    separable from this one (they share a rank): ``1, =1, =1, 4, =4``. A group where no row has a
+    metric (data-free runs) is ranked by its measured speed-up instead (:func:`rank_by_speed`)."""
+    if entries and all(score(e) is None for e in entries):
+        label = speed_label(entries)
+        if label is not None:
+            return rank_by_speed(entries, label)
 
     def key(e: Entry) -> tuple[float, float]:
         s = score(e)
@@ -60,6 +65,30 @@ def rank(entries: list[Entry]) -> list[Entry]:
         better = sum(1 for o in above if separable(o, e))
         e.rank = i
         e.separable_from_above = not above or separable(above[-1], e)
+        e.rank_label = str(better + 1) if better == len(above) else f"={better + 1}"
+    return entries
+
+
+def speed_label(entries: list[Entry]) -> str | None:
+    """The point label a data-free group is ranked at: the first, in sorted order, that every row
+    of the group was measured at (None: they share none)."""
+    shared = set.intersection(*(set(e.measured) for e in entries)) if entries else set()
+    return min(shared) if shared else None
+
+
+def rank_by_speed(entries: list[Entry], label: str) -> list[Entry]:
+    """Rank by the measured speed-up at ``label`` (:func:`columns.measured_value`: 1.0 where the
+    interval holds 1.0; ties by MACs speed-up); rows whose 95% intervals overlap (several seeds:
+    mean ± std) are not separable, and an unstable point is never separable from the others."""
+    entries.sort(
+        key=lambda e: (columns.measured_value(e, label) or 0.0, e.macs_speedup or 0.0),
+        reverse=True,
+    )
+    for i, e in enumerate(entries, 1):
+        above = entries[: i - 1]
+        better = sum(1 for o in above if speed_separable(o, e, label))
+        e.rank = i
+        e.separable_from_above = not above or speed_separable(above[-1], e, label)
         e.rank_label = str(better + 1) if better == len(above) else f"={better + 1}"
     return entries
 

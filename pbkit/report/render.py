@@ -101,8 +101,10 @@ def render(rs: list[Row], fmt: str) -> str | list[Table]:
     cols = board_columns(board)
     tables = []
     for info, g in board:
-        caption = setup_line(info).replace("**", "") + (
-            f" Split by: {'; '.join(info.split_by)}." if info.split_by else ""
+        caption = (
+            setup_line(info).replace("**", "")
+            + (f" Split by: {'; '.join(info.split_by)}." if info.split_by else "")
+            + (f" {columns.UNSTABLE_NOTE}." if columns.marked(g) else "")
         )
         t = Table(
             title=safe.term(f"{title(info)}   ({info.recipe_line})"),
@@ -125,7 +127,11 @@ def markdown(rs: list[Row]) -> str:
         (
             "Rows are means over seeds (± sample std, n runs). Rank: 1 + the number of rows above"
             " that are separably better (their mean ± std intervals apart); `=k` marks a row that"
-            " some row above is not separable from (the intervals overlap). TA: trainability"
+            " some row above is not separable from (the intervals overlap). A group with no"
+            " metric (data-free runs) is ranked by its measured speed-up at the first point all"
+            " its rows share (the first measured column they all fill; `~1` counts as 1.0): rows"
+            " whose 95% intervals overlap (over seeds: mean ± std) are not separable, nor is a"
+            " speed-up measured on an unstable point from any other. TA: trainability"
             " accuracy, the mean test metric over the first LR stage of finetuning (with how many"
             " runs were still rising when the LR first fell)."
         ),
@@ -159,6 +165,8 @@ def markdown(rs: list[Row]) -> str:
                 )
                 + " |"
             )
+        if columns.marked(g):
+            lines += ["", safe.md(columns.UNSTABLE_NOTE) + "."]
         lines.append("")
     lines += markdown_across(board)
     return "\n".join(lines)

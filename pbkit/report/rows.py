@@ -55,6 +55,9 @@ class Row:
     # gain a deployment sees), and -> the pruned model's metric on that engine
     vs_dense_fp32: dict[str, float] = field(default_factory=dict)
     engine_acc: dict[str, float] = field(default_factory=dict)
+    # point label -> why it is unstable (the pruned point's or the dense point's reasons): only
+    # labels where either was measured unstable
+    unstable: dict[str, list[str]] = field(default_factory=dict)
 
 
 def recipe_hash(rec: record.Record) -> str:
@@ -109,6 +112,35 @@ def _measured(rec: record.Record) -> dict[str, float]:
 
 def _measured_ci(rec: record.Record) -> dict[str, list[float]]:
     return {k: [round(x, 3) for x in p.speedup_ci] for k, p in _points(rec).items() if p.speedup_ci}
+
+
+def _unstable(rec: record.Record) -> dict[str, list[str]]:
+    """Per point label (smallest batch), why the pruned point or the dense one it is compared with
+    is unstable: their reasons, de-duplicated; a reason only one of them has names it
+    (``dense: cov 16.1% > 2.5%``). Labels whose points are both stable are left out."""
+    dense = {(p.backend, p.precision, p.batch): p for p in rec.latency if p.variant == "dense"}
+    out = {}
+    for label, p in _points(rec).items():
+        d = dense.get((p.backend, p.precision, p.batch))
+        per = {"pruned": p} | ({"dense": d} if d is not None else {})
+        bad = {v: q for v, q in per.items() if not q.stable}
+        if not bad:
+            continue
+        reasons = {v: list(q.unstable_reasons) or ["unstable"] for v, q in bad.items()}
+        both = [r for r in reasons.get("dense", []) if r in reasons.get("pruned", [])]
+        out[label] = merge(
+            [
+                r if r in both else f"{v}: {r}"
+                for v in ("dense", "pruned")
+                for r in reasons.get(v, [])
+            ]
+        )
+    return out
+
+
+def merge(*lists: list[str]) -> list[str]:
+    """The reasons of several lists, each once, in the order first seen."""
+    return list(dict.fromkeys(r for reasons in lists for r in reasons))
 
 
 def _strip_seeds(value: Any) -> Any:
@@ -210,6 +242,7 @@ def rows(records: Iterable[tuple[Path, record.Record]]) -> list[Row]:
                 macs_speedup=round(r.method.achieved_speedup, 3),
                 measured=_measured(r),
                 measured_ci=_measured_ci(r),
+                unstable=_unstable(r),
                 step_time_s=round(r.method.step_time_s, 4),
                 regularizer=r.method.regularizer,
                 reg_time_s=r.method.reg_time_s,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pbkit.report import setups
-from pbkit.report.rows import Row
+from pbkit.report.rows import Row, merge
 
 METRICS = (
     "base",
@@ -65,6 +65,8 @@ class Entry:
     measured_ci: dict[str, list[float]] = field(default_factory=dict)  # one run: its intervals
     vs_dense_fp32: dict[str, float] = field(default_factory=dict)  # label -> mean over seeds
     engine_acc: dict[str, float] = field(default_factory=dict)  # label -> the pruned metric there
+    # label -> why a seed's point there is unstable (pruned or dense; :attr:`Row.unstable`)
+    unstable: dict[str, list[str]] = field(default_factory=dict)
     run_id: str = ""  # the runs, comma-separated
     record: str = ""  # the first run's record
     rank: int | None = None  # the position in its group (None: nothing to rank by)
@@ -105,6 +107,8 @@ class Entry:
             # (INT8 and other precisions: only where there are such points)
             **({"vs_dense_fp32": self.vs_dense_fp32} if self.vs_dense_fp32 else {}),
             **({"engine_acc": self.engine_acc} if self.engine_acc else {}),
+            # (only where a point is unstable: stable data reads as it always has)
+            **({"unstable": self.unstable} if self.unstable else {}),
             "run_id": self.run_id,
             "record": self.record,
             # (in the order the ranking has always set them)
@@ -192,6 +196,10 @@ def aggregate(rs: list[Row]) -> list[Entry]:
                     for b in keys
                 },
             )
+        e.unstable = {
+            b: merge(*(r.unstable[b] for r in members if b in r.unstable))
+            for b in sorted({b for r in members for b in r.unstable})
+        }
         e.run_id = ",".join(e.runs)
         e.record = e.records[0]
         out.append(e)
@@ -216,3 +224,27 @@ def separable(a: Entry, b: Entry) -> bool:
     if sa is None or sb is None:
         return True
     return abs(sa - sb) > spread(a) + spread(b) or (abs(sa - sb) > 0 and spread(a) + spread(b) == 0)
+
+
+def speed_interval(e: Entry, b: str) -> tuple[float, float] | None:
+    """The measured speed-up at point label ``b`` as an interval: one run's 95% interval, the
+    seeds' mean ± std, or the value alone (a run measured before intervals); None: not measured."""
+    if b not in e.measured:
+        return None
+    ci = e.measured_ci.get(b)
+    if ci:
+        return ci[0], ci[1]
+    v, sd = e.measured[b], e.measured_std.get(b) or 0.0
+    return v - sd, v + sd
+
+
+def speed_separable(a: Entry, b: Entry, label: str) -> bool:
+    """Whether two rows' measured speed-ups at ``label`` are apart: their intervals do not overlap
+    (two bare values: they differ), and neither point is unstable (an unstable point is never
+    separable from another: its interval is not to be trusted)."""
+    if label in a.unstable or label in b.unstable:
+        return False
+    ia, ib = speed_interval(a, label), speed_interval(b, label)
+    if ia is None or ib is None:
+        return True
+    return ia[1] < ib[0] or ib[1] < ia[0]

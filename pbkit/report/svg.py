@@ -26,6 +26,7 @@ class Point:
     attrs: dict[str, Any] = field(
         default_factory=dict
     )  # data-* attributes (the filters match them)
+    unstable: bool = False  # measured on an unstable point: drawn hollow (data-unstable="1")
 
 
 def ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -193,7 +194,9 @@ def scatter(
                 f'y2="{f.py(p.y + p.y_err):.1f}" stroke="{c}"/>'
             )
         if p.kind == "measured":
-            mark = f'<circle class="pt measured" cx="{x:.2f}" cy="{y:.2f}" r="5" fill="{c}"{data}>'
+            # (unstable: hollow, white inside so that the whole circle still takes the hover)
+            fill = f'fill="#fff" stroke="{c}" data-unstable="1"' if p.unstable else f'fill="{c}"'
+            mark = f'<circle class="pt measured" cx="{x:.2f}" cy="{y:.2f}" r="5" {fill}{data}>'
             out.append(
                 f'<g class="mark"{_attrs({"series": p.series, **p.attrs})}>{err}{mark}'
                 f"<title>{escape(p.label)}</title></circle></g>"
@@ -205,12 +208,25 @@ def scatter(
                 f' macs" d="{d}" stroke="{c}" data-cx="{x:.2f}"'
                 f' data-cy="{y:.2f}"{data}><title>{escape(p.label)}</title></path></g>'
             )
-    out.append(_legend(series, col, f, any(p.kind == "macs" for p in points), front))
+    unstable = any(p.unstable for p in points)
+    out.append(_legend(series, col, f, any(p.kind == "macs" for p in points), front, unstable))
     return "".join(out) + "</svg>"
 
 
-def _legend(series: list[str], col: dict[str, str], f: _Frame, macs: bool, front: bool) -> str:
+UNSTABLE_LEGEND = "hollow: unstable (reasons in the record)"
+
+
+def _legend(
+    series: list[str],
+    col: dict[str, str],
+    f: _Frame,
+    macs: bool,
+    front: bool,
+    unstable: bool = False,
+) -> str:
     items = [(f'<circle cx="0" cy="-4" r="4" fill="{col[s]}"/>', s) for s in series]
+    if unstable:
+        items.append(('<circle cx="0" cy="-4" r="4" fill="none" stroke="#555"/>', UNSTABLE_LEGEND))
     if macs:
         items.append(
             (
