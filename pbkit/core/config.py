@@ -224,6 +224,7 @@ class BenchCfg(_Strict):
     gpu_min_time_s: float = Field(ge=0)
     gpu_min_iters: int = Field(ge=1)
     sessions: int = Field(ge=1)
+    processes: int = Field(ge=1, le=16)
     session_warmup_iters: int = Field(ge=1)
     rounds: int = Field(ge=1)
     threads: int | None = Field(ge=1)

@@ -58,8 +58,9 @@ pruned widths and the ``round_to`` it chose, then in ``method.round_to``); a lat
 run's ``method.latency.bench`` (the bench stage's re-measurement of the target's backend,
 precision and batch in a fresh process, with the verdict ``met`` and ``within_10pct``; the
 target is judged on it) and ``judged_on``; a GPU point measured again after throttling takes
-every figure from its last attempt (``medians_ms`` still lists each attempt's). 1.7 records read
-as before.
+every figure from its last attempt (``medians_ms`` still lists each attempt's);
+``bench.processes`` and a point's ``flags.processes``: its sessions spread over that many fresh
+processes and merged (``ci.stop``: processes). 1.7 records read as before.
 """
 
 from __future__ import annotations
@@ -304,6 +305,8 @@ class Flags(_Section):
 
     pinned_core: int | None = None
     """The core the measuring thread was pinned to (CPU, one thread)."""
+    processes: int | None = None
+    """The fresh processes the point's sessions were spread over (``bench.processes`` > 1, 1.8)."""
     channels_last: bool | None = None
     inference_mode: bool | None = None
     compile_mode: str | None = None
@@ -396,6 +399,8 @@ class BenchInfo(_Section):
     confidence: float | None = None
     max_time_s: float | None = None
     gpu_max_time_s: float | None = None
+    processes: int | None = None
+    """``bench.processes``: the fresh processes each point's sessions were spread over (1.8)."""
     quick: bool | None = None
     threads: int | None = None
     measured_utc: str | None = None

@@ -73,10 +73,52 @@ def run(
 
 
 def _bench(ctx: Context, rec: record.Record | None) -> record.Record:
-    """The bench stage: quick measurements in this process, real ones in a fresh one."""
-    if ctx.cfg.bench.quick:
+    """The bench stage: quick measurements in this process, real ones in a fresh one, or in
+    ``bench.processes`` fresh ones whose points are merged (:mod:`pbkit.measure.processes`)."""
+    b = ctx.cfg.bench
+    if b.quick:
         return bench.run(ctx, rec)
-    return _bench_in_fresh_process(ctx.run_dir, ctx.cfg, ctx.quiet)
+    if b.processes == 1:
+        return _bench_in_fresh_process(ctx.run_dir, ctx.cfg, ctx.quiet)
+    return _bench_in_processes(ctx.run_dir, ctx.cfg, ctx.quiet)
+
+
+def _bench_in_processes(run_dir: Path, cfg: config.Config, quiet: bool) -> record.Record:
+    """The bench stage ``bench.processes`` times, each in a fresh interpreter with its share of
+    the sessions and of the time budget (the first also evaluates the accuracy on the engine),
+    then one point per backend, precision, batch and variant from theirs."""
+    from pbkit.measure import processes
+
+    b, n = cfg.bench, cfg.bench.processes
+    part = cfg.model_copy(deep=True)
+    pb = part.bench
+    pb.sessions = processes.share(b.sessions, n)
+    pb.min_time_s, pb.max_time_s = b.min_time_s / n, b.max_time_s / n
+    pb.gpu_min_time_s, pb.gpu_max_time_s = b.gpu_min_time_s / n, b.gpu_max_time_s / n
+    pb.min_iters, pb.gpu_min_iters = max(1, b.min_iters // n), max(1, b.gpu_min_iters // n)
+    before = record.read(run_dir).latency if (run_dir / record.RECORD_NAME).is_file() else []
+    old = [p.model_dump_json() for p in before]  # points an earlier bench measured
+    runs: list[list[record.LatencyPoint]] = []
+    seconds = 0.0
+    for i in range(n):
+        note(f"bench process {i + 1}/{n} ({pb.sessions} sessions per point)", quiet)
+        rec = _bench_in_fresh_process(run_dir, part, quiet)
+        seconds += rec.stages["bench"].seconds or 0.0
+        runs.append([p for p in rec.latency if p.model_dump_json() not in old])
+        old += [p.model_dump_json() for p in runs[-1]]
+        pb.engine_accuracy = "off"  # (evaluated once, by the first process)
+    merged = processes.merge(runs, b.confidence, b.ci_target)
+    done = {(p.backend, p.precision, p.batch) for p in merged}
+    rec.latency = [p for p in rec.latency if (p.backend, p.precision, p.batch) not in done] + merged
+    if rec.bench is not None:
+        rec.bench.processes = n
+        rec.bench.sessions = b.sessions
+        rec.bench.min_time_s, rec.bench.max_time_s = b.min_time_s, b.max_time_s
+    rec.stages["bench"].config = rundir.section_slice(cfg, "bench")
+    rec.stages["bench"].seconds = round(seconds, 3)
+    rec.config = cfg.model_dump(mode="json")
+    record.write(run_dir, rec)
+    return rec
 
 
 def _bench_in_fresh_process(run_dir: Path, cfg: config.Config, quiet: bool) -> record.Record:
