@@ -102,6 +102,17 @@ def test_json_writes_unstable_only_where_a_point_is() -> None:
     assert out[0]["rows"][0]["unstable"] == {"ort-cpu@b1": [f"pruned: {BUSY}"]}
 
 
+def test_csv_has_the_reasons_in_columns_after_the_older_ones() -> None:
+    import csv
+    import io
+
+    text = str(leaderboard.render(_rows(_record("l1", 1.8, unstable={"pruned": [BUSY]})), "csv"))
+    (row,) = list(csv.DictReader(io.StringIO(text)))
+    assert row["unstable:ort-cpu@b1"] == f"pruned: {BUSY}" and row["unstable:torch-cpu@b1"] == ""
+    head = text.splitlines()[0].split(",")
+    assert head.index("record") < head.index("unstable:ort-cpu@b1")  # older columns keep places
+
+
 def test_markdown_and_terminal_cells_carry_the_mark_and_the_table_says_what_it_means() -> None:
     rs = _rows(
         _record("l1", 1.8, ci=[1.75, 1.85], unstable={"pruned": [BUSY]}),

@@ -83,6 +83,7 @@ def render(rs: list[Row], fmt: str) -> str | list[Table]:
             "machine",
             "run_id",
             "record",
+            *[f"unstable:{b}" for b in backends],  # (after the older columns: the reasons)
         ]
         w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -95,6 +96,7 @@ def render(rs: list[Row], fmt: str) -> str | list[Table]:
                     "seeds": " ".join(str(s) for s in e.seeds),
                     **{f"{k}_std": e.std.get(k) for k in METRICS},
                     **{f"measured:{b}": e.measured.get(b) for b in backends},
+                    **{f"unstable:{b}": "; ".join(e.unstable.get(b, [])) for b in backends},
                 }
                 w.writerow({k: safe.csv_cell(v) for k, v in row.items()})
         return buf.getvalue()
