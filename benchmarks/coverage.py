@@ -137,6 +137,28 @@ def _protocol(text: str) -> tuple[str, list[str]]:
     return name, [x for x in sets.split(",") if x]
 
 
+def _explicit(protocols: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each protocol with every key any of them sets, the defaults' value where it sets none:
+    ``pbkit bench --set`` is kept in the run's configuration, so a protocol that left a key out
+    would measure with the previous bench's value."""
+    from pbkit.core import config
+
+    defaults = config.load(None, []).model_dump(mode="json")
+    keys = list(dict.fromkeys(s.partition("=")[0] for sets in protocols.values() for s in sets))
+    out = {}
+    for name, sets in protocols.items():
+        given = {s.partition("=")[0] for s in sets}
+        extra = []
+        for k in keys:
+            if k not in given:
+                value: Any = defaults
+                for part in k.split("."):
+                    value = value[part]
+                extra.append(f"{k}={json.dumps(value)}")
+        out[name] = [*sets, *extra]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet18_cifar")
@@ -168,7 +190,7 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
-    protocols = dict(_protocol(p) for p in a.protocols) or {"": []}
+    protocols = _explicit(dict(_protocol(p) for p in a.protocols) or {"": []})
     rng = random.Random(a.seed)
     size = ["--imgsz", str(a.imgsz)] if a.imgsz else []
     with tempfile.TemporaryDirectory(prefix="pbkit-coverage-") as tmp:
