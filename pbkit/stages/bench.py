@@ -355,7 +355,7 @@ def _run(ctx: Context, rec: record.Record) -> record.Record:
     gpu.finish(env)
     cpu_state = cpustate.between(cpu_before, cpustate.snapshot())
     _mark_busy(points, cpu_state)
-    _judge_latency_target(rec, points, ctx.quiet)
+    judge_latency_target(rec, points, ctx.quiet)
     cs, gs = cpu_settings, gpu_settings
     rec.bench = record.BenchInfo(
         channels_last=b.channels_last,
@@ -525,7 +525,7 @@ def _mark_busy(points: list[record.LatencyPoint], cpu_state: dict[str, Any]) -> 
             p.unstable_reasons = [*p.unstable_reasons, why]
 
 
-def _judge_latency_target(
+def judge_latency_target(
     rec: record.Record, points: list[record.LatencyPoint], quiet: bool
 ) -> None:
     """A latency-targeted run is judged on the bench: the pruning loop's own last check stays in

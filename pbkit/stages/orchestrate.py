@@ -110,6 +110,7 @@ def _bench_in_processes(run_dir: Path, cfg: config.Config, quiet: bool) -> recor
     merged = processes.merge(runs, b.confidence, b.ci_target)
     done = {(p.backend, p.precision, p.batch) for p in merged}
     rec.latency = [p for p in rec.latency if (p.backend, p.precision, p.batch) not in done] + merged
+    bench.judge_latency_target(rec, merged, True)  # (on the merged points, not the last process's)
     if rec.bench is not None:
         rec.bench.processes = n
         rec.bench.sessions = b.sessions
