@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from pbkit.core.clock import utc_now  # noqa: E402
 from pbkit.core.fileio import atomic_write_json, atomic_write_text  # noqa: E402
-from pbkit.core.intervals import pair_coverage  # noqa: E402
+from pbkit.core.intervals import drift_split, pair_coverage, round_coverage  # noqa: E402
 from pbkit.machine import cpustate  # noqa: E402
 
 PBKIT = str(Path(sys.executable).with_name("pbkit"))
@@ -94,6 +94,37 @@ def summary(benches: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def drift(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per backend and load, with two protocols or more taking turns each round: the spread
+    every protocol shared in a round (the machine drifting between rounds) against the spread
+    within a round, and how often an interval covers a bench of the same round against one of
+    another round (:func:`drift_split`, :func:`round_coverage`)."""
+    series: dict[str, list[list[dict[str, Any]]]] = {}
+    for key, benches in doc["runs"].items():
+        backend, load, *rest = key.split("/")
+        if rest:
+            series.setdefault(f"{backend}/{load}", []).append(benches)
+    out = {}
+    for key, protocols in series.items():
+        n = min(len(b) for b in protocols)
+        rounds = [[b[i] for b in protocols] for i in range(n)]
+        if any(not x["ci"] for row in rounds for x in row):
+            continue
+        split = drift_split([[x["speedup"] for x in row] for row in rounds])
+        same, other = round_coverage([[(x["speedup"], x["ci"]) for x in row] for row in rounds])
+        if split is None:
+            continue
+        out[key] = {
+            "rounds": n,
+            "protocols": len(protocols),
+            "between_rounds_sd": round(split[0], 4),
+            "within_round_sd": round(split[1], 4),
+            "same_round_coverage": same,
+            "other_rounds_coverage": other,
+        }
+    return out
+
+
 def markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"# Interval coverage: {doc['model']} ({doc['prune']})",
@@ -119,6 +150,25 @@ def markdown(doc: dict[str, Any]) -> str:
             if s["between_bench_cov"] is not None and s["mean_relative_half_width"] is not None
             else f"| {backend} | {load} | {how} | {s['benches']} | {cov} | - | - | - | - |"
         )
+    split = doc.get("drift") or drift(doc)
+    if split:
+        lines += [
+            "",
+            "Where the spread comes from: each round benches every protocol in turn, within a"
+            " few minutes; what the protocols share in a round is the machine's state, which"
+            " drifts from one round to the next.",
+            "",
+            "| backend | load | rounds x protocols | SD between rounds | SD within a round"
+            " | coverage, same round | coverage, other rounds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for key, d in split.items():
+            backend, load = key.split("/")
+            lines.append(
+                f"| {backend} | {load} | {d['rounds']} x {d['protocols']}"
+                f" | {d['between_rounds_sd']:.2%} | {d['within_round_sd']:.2%}"
+                f" | {d['same_round_coverage']:.2f} | {d['other_rounds_coverage']:.2f} |"
+            )
     lines += [
         "",
         "Coverage: the share of ordered pairs of benches where one bench's 95% interval holds the"
@@ -184,8 +234,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "results" / "perf"))
     a = ap.parse_args()
     if a.render:
-        for path in map(Path, a.render):
-            atomic_write_text(path.with_suffix(".md"), markdown(json.loads(path.read_text())))
+        for path in map(Path, a.render):  # (the drift table added to older JSON)
+            doc = json.loads(path.read_text())
+            doc["drift"] = drift(doc)
+            atomic_write_json(path, doc)
+            atomic_write_text(path.with_suffix(".md"), markdown(doc))
         return
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -239,6 +292,7 @@ def main() -> None:
         "runs": results,
         "summary": {k: summary(v) for k, v in results.items()},
     }
+    doc["drift"] = drift(doc)
     tag = a.tag or f"cpu-{os.cpu_count()}core"
     out = Path(a.out)
     atomic_write_json(out / f"coverage-{a.model}-{tag}.json", doc)

@@ -350,6 +350,25 @@ def coverage() -> str:
                 f" | {r['benches']} | {cov} | {'-' if cv is None else f'{cv:.2%}'}"
                 f" | {'-' if hw is None else f'{hw:.2%}'} | {r['mean_wall_s']:.0f} |"
             )
+    drift = [
+        f"| {_json(p)['model']} | {key.replace('/', ' | ')} | {x['rounds']} x {x['protocols']}"
+        f" | {x['between_rounds_sd']:.2%} | {x['within_round_sd']:.2%}"
+        f" | {x['same_round_coverage']:.0%} | {x['other_rounds_coverage']:.0%} |"
+        for p in paths
+        for key, x in (_json(p).get("drift") or {}).items()
+    ]
+    if drift:
+        lines += [
+            "",
+            "Where the spread between benches comes from (each round benches every protocol in"
+            " turn within a few minutes; what they share in a round is the machine's state that"
+            " round):",
+            "",
+            "| model | backend | load | rounds x protocols | SD between rounds"
+            " | SD within a round | covers a bench of the same round | of another round |",
+            "|---|---|---|---|---|---|---|---|",
+            *drift,
+        ]
     return _source(*paths) + "\n".join(lines) + "\n"
 
 

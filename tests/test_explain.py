@@ -336,6 +336,34 @@ def test_pair_coverage_falls_with_between_run_variance() -> None:
     assert coverage(0.02) == pytest.approx(0.52, abs=0.05)
 
 
+def test_drift_split_recovers_a_known_round_effect() -> None:
+    """Synthetic rounds of 3 protocols: every protocol in round i shares the machine's state
+    (a log offset with SD 3%), each bench adds its own noise (SD 1%): the split finds both, and
+    intervals of the within-round width cover a bench of their own round far more often than one
+    of another round."""
+    import math
+    import random
+
+    from pbkit.core.intervals import drift_split, round_coverage
+
+    rng = random.Random(1)
+    states = [rng.gauss(0, 0.03) for _ in range(400)]
+    rounds = [[1.8 * math.exp(s + rng.gauss(0, 0.01)) for _ in range(3)] for s in states]
+    between, within = drift_split(rounds) or (0.0, 0.0)
+    assert between == pytest.approx(0.03, abs=0.004)
+    assert within == pytest.approx(0.01, abs=0.001)
+    # no shared state: nothing between rounds (clamped at 0, never negative)
+    flat = [[1.8 * math.exp(rng.gauss(0, 0.01)) for _ in range(3)] for _ in range(400)]
+    assert drift_split(flat) == pytest.approx((0.0, 0.01), abs=0.002)
+    assert drift_split([[1.8, 1.9]]) is None and drift_split([[1.8], [1.9]]) is None
+
+    few = rounds[:40]
+    cells = [[(x, (x * math.exp(-0.0196), x * math.exp(0.0196))) for x in row] for row in few]
+    same, other = round_coverage(cells)
+    assert same is not None and other is not None
+    # (a correct 95% interval of one bench: 83% of a same-state repeat, ~34% across states here)
+    assert same == pytest.approx(0.83, abs=0.08) and other == pytest.approx(0.34, abs=0.08)
+
 @pytest.mark.parametrize("steps_at_16", [True, False])
 def test_round_to_auto_prunes_again_with_what_the_advisor_recommends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps_at_16: bool
@@ -382,3 +410,28 @@ def test_round_to_that_is_neither_a_multiple_nor_auto_is_one_line(pbkit) -> None
         "prune", "--model", "resnet20_cifar", "--method", "l1", "--speedup", "2", "--round-to", "x"
     )
     assert r.code == 2 and "prune.round_to: a channel multiple >= 1, auto or null" in r.err
+
+
+def test_coverage_benchmark_renders_where_the_spread_comes_from() -> None:
+    """benchmarks/coverage.py's page from a doc of two protocols over three rounds, the machine's
+    state moving the second round: the drift table shows the rounds and both coverages."""
+    from benchmarks import coverage
+
+    def bench(x: float) -> dict[str, object]:
+        return {"speedup": x, "ci": [x * 0.99, x * 1.01], "wall_s": 20.0, "stable": True}
+
+    runs = {
+        "ort-cpu/quiet/a": [bench(1.80), bench(1.90), bench(1.80)],
+        "ort-cpu/quiet/b": [bench(1.801), bench(1.901), bench(1.801)],
+    }
+    doc = {
+        "model": "m", "prune": "l1", "utc": "now", "machine": "vm", "commit": "abc",
+        "spacing_s": 10, "sets": [], "protocols": {"a": [], "b": ["bench.processes=2"]},
+        "runs": runs, "summary": {k: coverage.summary(v) for k, v in runs.items()},
+    }  # fmt: skip
+    d = coverage.drift(doc)["ort-cpu/quiet"]
+    assert (d["rounds"], d["protocols"]) == (3, 2)
+    assert d["same_round_coverage"] == 1.0 and d["other_rounds_coverage"] == pytest.approx(4 / 12)
+    assert d["between_rounds_sd"] > 10 * d["within_round_sd"]
+    page = coverage.markdown(doc)
+    assert "| ort-cpu | quiet | 3 x 2 |" in page and "| 1.00 | 0.33 |" in page

@@ -4,6 +4,8 @@ progress lines and every report (terminal, markdown, HTML). Computing intervals 
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 
 
@@ -38,3 +40,48 @@ def pair_coverage(points: Sequence[float], cis: Sequence[Sequence[float]]) -> fl
         1 for i in range(n) for j in range(n) if i != j and cis[i][0] <= points[j] <= cis[i][1]
     )
     return hits / (n * (n - 1))
+
+
+def drift_split(rounds: Sequence[Sequence[float]]) -> tuple[float, float] | None:
+    """Where repeat benches' spread comes from, when several bench protocols take turns in each
+    round (``rounds[i][j]``: protocol j's speed-up in round i, minutes apart): the standard
+    deviation of the log speed-up that every protocol measured in a round shares (the machine's
+    state drifting between rounds) and the one left within a round (two-way analysis of variance
+    without interaction). Both relative (log units, ~fractions of the speed-up); None with fewer
+    than two rounds or two protocols."""
+    r = len(rounds)
+    p = min((len(row) for row in rounds), default=0)
+    if r < 2 or p < 2:
+        return None
+    x = [[math.log(v) for v in row[:p]] for row in rounds]
+    grand = statistics.fmean(v for row in x for v in row)
+    row_means = [statistics.fmean(row) for row in x]
+    col_means = [statistics.fmean(x[i][j] for i in range(r)) for j in range(p)]
+    resid = sum(
+        (x[i][j] - row_means[i] - col_means[j] + grand) ** 2 for i in range(r) for j in range(p)
+    ) / ((r - 1) * (p - 1))
+    between = max(0.0, statistics.variance(row_means) - resid / p)
+    return math.sqrt(between), math.sqrt(resid)
+
+
+def round_coverage(
+    rounds: Sequence[Sequence[tuple[float, Sequence[float]]]],
+) -> tuple[float | None, float | None]:
+    """:func:`pair_coverage` split by when the two benches ran (``rounds[i][j]``: protocol j's
+    speed-up and interval in round i): over ordered pairs of benches in the same round (different
+    protocols, minutes apart at most) and over pairs in different rounds. An interval that holds
+    the machine's state but not its drift covers the first far more often than the second."""
+    same = [0, 0]
+    other = [0, 0]
+    cells = [(i, j, b) for i, row in enumerate(rounds) for j, b in enumerate(row)]
+    for i, j, (_, ci) in cells:
+        for k, m, (point, _) in cells:
+            if (i, j) == (k, m):
+                continue
+            tally = same if i == k else other
+            tally[0] += ci[0] <= point <= ci[1]
+            tally[1] += 1
+    return (
+        same[0] / same[1] if same[1] else None,
+        other[0] / other[1] if other[1] else None,
+    )
