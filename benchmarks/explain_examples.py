@@ -1,6 +1,6 @@
 """`pbkit explain` on the kit's two example prunings (resnet18_cifar and yolov8n, l1, protected,
-2x): per-layer latency on ort-cpu and torch-cpu, with the channel-alignment advisor on the eight
-slowest pruned layers; each run's record is kept as
+2x): per-layer latency on ort-cpu, ov-cpu and torch-cpu, with the channel-alignment advisor on
+the eight slowest pruned layers; each run's record is kept as
 ``results/reference/explain-<model>-cpu-<n>core/record.json`` (the record only), which
 ``docs/generate.py`` renders into the docs (docs/explain.md).
 
@@ -24,7 +24,7 @@ MODELS = {
     "yolov8n": ["--model", "yolov8n"],
 }
 PRUNE = ["--method", "l1", "--scope", "protected", "--speedup", "2"]
-BACKENDS = ("ort-cpu", "torch-cpu")
+BACKENDS = ("ort-cpu", "ov-cpu", "torch-cpu")
 
 
 def pbkit(*args: str) -> str:

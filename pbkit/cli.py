@@ -734,7 +734,8 @@ def bench(
     "--backend",
     default="ort-cpu",
     show_default=True,
-    help="Whose profiler: ort-cpu (ONNX Runtime's) or torch-cpu (the PyTorch profiler).",
+    help="Whose profiler: ort-cpu (ONNX Runtime's), ov-cpu (OpenVINO's per-layer counters) or"
+    " torch-cpu (the PyTorch profiler).",
 )
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size profiled.")
 @click.option(

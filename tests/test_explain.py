@@ -186,6 +186,16 @@ def test_explain_on_onnx_runtime_exports_first(small_run: Path, pbkit) -> None: 
     assert rec.artifacts["onnx"]["pruned"]["sha256"]  # exported by explain, recorded
 
 
+def test_explain_on_openvino_maps_its_counters_back(small_run: Path, pbkit) -> None:  # type: ignore[no-untyped-def]
+    r = pbkit("explain", small_run, "--backend", "ov-cpu", "--runs", "3", "--top", "3")
+    assert r.code == 0, r.err
+    e = record.read(small_run).explain["ov-cpu/fp32/b1"]
+    assert e.profiler.startswith("openvino") and e.macs_ratio > 1.5
+    # every weighted layer found among OpenVINO's executed nodes, fused or not
+    assert {"stem.0", "block.conv1", "block.conv2", "head"} <= {x.layer for x in e.layers}
+    assert all(x.dense_ms >= 0 and x.pruned_ms >= 0 for x in e.layers)
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -363,6 +373,7 @@ def test_drift_split_recovers_a_known_round_effect() -> None:
     assert same is not None and other is not None
     # (a correct 95% interval of one bench: 83% of a same-state repeat, ~34% across states here)
     assert same == pytest.approx(0.83, abs=0.08) and other == pytest.approx(0.34, abs=0.08)
+
 
 @pytest.mark.parametrize("steps_at_16", [True, False])
 def test_round_to_auto_prunes_again_with_what_the_advisor_recommends(

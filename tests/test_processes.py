@@ -13,7 +13,9 @@ from pbkit.core import record
 from pbkit.measure import processes, uncertainty
 
 
-def _point(variant: str, medians: list[float], speedups: list[float] | None = None) -> record.LatencyPoint:
+def _point(
+    variant: str, medians: list[float], speedups: list[float] | None = None
+) -> record.LatencyPoint:
     n = 10 * len(medians)
     data = {
         "backend": "ort-cpu",
@@ -66,7 +68,9 @@ def test_merged_point_pools_every_sessions_medians_and_speedups() -> None:
     merged = {p.variant: p for p in processes.merge([a, b], 0.95, 0.02)}
     dense, pruned = merged["dense"], merged["pruned"]
     assert dense.sessions == 4 and dense.session_medians_ms == [10.0, 10.1, 10.0, 10.1]
-    assert pruned.median_ms == pytest.approx(math.exp(sum(map(math.log, [5.0, 5.05, 5.5, 5.55])) / 4))
+    assert pruned.median_ms == pytest.approx(
+        math.exp(sum(map(math.log, [5.0, 5.05, 5.5, 5.55])) / 4)
+    )
     assert pruned.speedup_vs_dense == pytest.approx(dense.median_ms / pruned.median_ms)
     lo, hi = pruned.speedup_ci or [0.0, 0.0]
     assert lo < 1.82 and hi > 2.0  # each process alone had an interval that missed the other
@@ -88,7 +92,9 @@ def test_one_process_keeps_its_point() -> None:
 
 @pytest.mark.slow
 def test_a_bench_in_two_processes_writes_one_merged_point_per_variant(
-    pruned_run: Path, tmp_path: Path, pbkit  # type: ignore[no-untyped-def]
+    pruned_run: Path,
+    tmp_path: Path,
+    pbkit,  # type: ignore[no-untyped-def]
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(pruned_run, run)

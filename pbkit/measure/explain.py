@@ -3,11 +3,14 @@ dense and the pruned model's layers, every timed kernel is mapped back to the mo
 its block), and each layer's measured ratio is set against its MACs ratio.
 
 Profilers: ONNX Runtime's (``SessionOptions.enable_profiling``: one event per kernel of the
-optimized graph), the PyTorch profiler (a ``record_function`` around each leaf module), TensorRT's
+optimized graph), OpenVINO's per-layer counters (``PERF_COUNT``: one entry per node of the
+compiled graph), the PyTorch profiler (a ``record_function`` around each leaf module), TensorRT's
 ``IProfiler`` (one callback per engine layer; written for the GPU image, type-checked here).
 
-Mapping (deployment.md, section 5): a kernel of ONNX Runtime's optimized graph carries a source
-node's name, or a source tensor's name with a suffix (``_nchwc``, ``/QuickGeluFusion/``, ...); the
+Mapping (deployment.md, section 5): a kernel of ONNX Runtime's optimized graph, or a node of
+OpenVINO's compiled one, carries a source node's name, or a source tensor's name (a model output's,
+where OpenVINO names the last layer after it), possibly with a suffix (``_nchwc``,
+``/QuickGeluFusion/``, OpenVINO's ``/WithoutBiases``, ...); the
 source node's module is its ``pkg.torch.onnx.name_scopes`` (dynamo exporter) or its name
 (``/layer1/layer1.0/conv1/Conv``, TorchScript exporter). A fused kernel (convolution with its batch
 norm and activation) counts for the module of its weighted operator: from a batch norm or an
@@ -56,7 +59,12 @@ FOLLOWERS = {
     "Erf",
     "Div",
 }
-_SUFFIXES = (re.compile(r"_nchwc$"), re.compile(r"/QuickGeluFusion/$"), re.compile(r"/duplicated$"))
+_SUFFIXES = (
+    re.compile(r"_nchwc$"),
+    re.compile(r"/QuickGeluFusion/$"),
+    re.compile(r"/duplicated$"),
+    re.compile(r"/WithoutBiases$"),  # OpenVINO: a convolution whose bias became its own Add
+)
 _TOKEN = re.compile(r"_token_\d+$")
 NOTE = (
     "per-layer times from the backend's profiler in one process on this machine (profiler "
@@ -322,7 +330,62 @@ def trt_sources(layer_name: str) -> list[str]:
     return [n.strip() for n in names if n.strip()]
 
 
-PROFILERS: dict[str, Profiler] = {"ort-cpu": profile_ort, "torch-cpu": profile_torch}
+def profile_ov(
+    model: nn.Module, onnx_path: Path | None, x: torch.Tensor, threads: int | None, runs: int
+) -> Profile:
+    """OpenVINO's per-layer counters on the CPU plugin (``PERF_COUNT``: one entry per executed
+    node of the compiled graph, named after the source ONNX node it kept, fused ones after their
+    main node), compiled as ``ov-cpu`` measures (latency hint, one stream)."""
+    if onnx_path is None:
+        raise PbkitError("OpenVINO profiles an ONNX file: export the run first")
+    from pbkit.export import openvino_env
+
+    ov = openvino_env.openvino()  # (its telemetry declined)
+    index = OnnxIndex(onnx_path, model)
+    cfg: dict[str, Any] = {
+        "PERF_COUNT": True,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+        "NUM_STREAMS": 1,
+    }
+    if threads:
+        cfg["INFERENCE_NUM_THREADS"] = int(threads)
+    core = ov.Core()
+    try:
+        compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", cfg)
+    except Exception as e:  # a corrupt file, an operator the plugin lacks
+        raise PbkitError(f"OpenVINO cannot compile {onnx_path.name}: {e}") from e
+    request = compiled.create_infer_request()
+    feed = x.numpy().copy()
+    warmup = max(3, runs // 5)
+    per_run: list[dict[str, float]] = []
+    kinds: dict[str, set[str]] = defaultdict(set)
+    for i in range(warmup + runs):
+        request.infer({0: feed})
+        if i < warmup:
+            continue
+        run: dict[str, float] = defaultdict(float)
+        for info in request.get_profiling_info():
+            if str(info.status).rsplit(".", 1)[-1] != "EXECUTED":
+                continue
+            op = str(info.node_type)
+            layer = index.layer(str(info.node_name), op)
+            run[layer] += info.real_time.total_seconds() * 1000.0
+            kinds[layer].add(op)
+        per_run.append(run)
+    for layer in kinds:
+        if layer not in (LAYOUT, OTHER):
+            kinds[layer] = {index.kinds.get(layer, "?")}
+    return Profile(
+        f"openvino {ov.get_version()}", len(per_run), _median_per_run(per_run), dict(kinds)
+    )
+
+
+PROFILERS: dict[str, Profiler] = {
+    "ort-cpu": profile_ort,
+    "ov-cpu": profile_ov,
+    "torch-cpu": profile_torch,
+}
 
 
 # ------------------------------------------------------------------------------ the comparison
