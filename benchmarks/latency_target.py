@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -217,7 +218,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("results/perf"))
     args = ap.parse_args()
     machine = envinfo.machine(envinfo.collect()).replace(" ", "-")
-    stem = args.out / f"latency-target-{machine}"
+    # (a file name without the CPU's trademark signs: Intel(R)-Xeon(R) -> Intel-Xeon)
+    stem = args.out / f"latency-target-{re.sub(r'[(](R|TM)[)]|[^A-Za-z0-9.-]', '', machine)}"
     rows: list[dict[str, Any]] = []  # rows of earlier invocations are kept unless measured again
     if stem.with_suffix(".json").is_file():
         rows = json.loads(stem.with_suffix(".json").read_text())["rows"]
