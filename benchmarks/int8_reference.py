@@ -174,10 +174,16 @@ def run_block(name: str, path: Path, rec: Any) -> list[str]:
     after = (load.get("after") or {}).get("loadavg_1m")
     host = (rec.bench.host or {}) if rec.bench else {}
     if before is not None:
+        others = load.get("others_share")  # (1.7: other processes' share of the CPU time)
+        state = (
+            "the machine was shared"
+            if others is None or load.get("busy")
+            else f"other processes took {others:.1%} of the CPU time while it measured"
+        )
         lines.append(
             f"- Measured on {host.get('cpu', 'a CPU')}, {host.get('cores_logical', '?')} cores"
             f" ({rec.bench.threads} measuring thread(s), {rec.bench.sessions} fresh sessions per"
-            f" point); the machine was shared: load average {before:g} before the bench and"
+            f" point); {state}: load average {before:g} before the bench and"
             f" {after:g} after it, steal {100 * (load.get('steal_share') or 0):.1f}%."
         )
     lines.append("")
