@@ -37,7 +37,7 @@ from torch import nn
 
 from pbkit.core import record
 from pbkit.core.clock import utc_now
-from pbkit.core.errors import PbkitError
+from pbkit.core.errors import PbkitError, first_line
 from pbkit.models import counts
 
 LAYOUT = "(layout)"
@@ -354,7 +354,7 @@ def profile_ov(
     try:
         compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", cfg)
     except Exception as e:  # a corrupt file, an operator the plugin lacks
-        raise PbkitError(f"OpenVINO cannot compile {onnx_path.name}: {e}") from e
+        raise PbkitError(f"OpenVINO cannot compile {onnx_path.name}: {first_line(e)}") from e
     request = compiled.create_infer_request()
     feed = x.numpy().copy()
     warmup = max(3, runs // 5)
