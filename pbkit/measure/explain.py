@@ -37,7 +37,7 @@ from torch import nn
 
 from pbkit.core import record
 from pbkit.core.clock import utc_now
-from pbkit.core.errors import PbkitError, first_line
+from pbkit.core.errors import PbkitError
 from pbkit.models import counts
 
 LAYOUT = "(layout)"
@@ -163,6 +163,14 @@ class OnnxIndex:
                 return self.producer[n]
         return None
 
+    def module_kinds(self, kinds: dict[str, set[str]]) -> dict[str, set[str]]:
+        """Each profiled layer's kind: its module's class (the kernel ops it ran, for
+        ``(layout)`` and ``(other)``)."""
+        return {
+            layer: ops if layer in (LAYOUT, OTHER) else {self.kinds.get(layer, "?")}
+            for layer, ops in kinds.items()
+        }
+
     def layer(self, kernel: str, kernel_op: str) -> str:
         """The module a kernel's time counts for."""
         if kernel_op.startswith("Reorder"):
@@ -235,10 +243,7 @@ def profile_ort(
         layer = index.layer(name.removesuffix("_kernel_time"), op)
         per_run[i][layer] += e["dur"] / 1000.0
         kinds[layer].add(op)
-    for layer in kinds:
-        if layer not in (LAYOUT, OTHER):
-            kinds[layer] = {index.kinds.get(layer, "?")}
-    return Profile("onnxruntime", len(per_run), _median_per_run(per_run), dict(kinds))
+    return Profile("onnxruntime", len(per_run), _median_per_run(per_run), index.module_kinds(kinds))
 
 
 def _run_of(runs: list[tuple[int, int]], ts: int) -> int | None:
@@ -335,49 +340,35 @@ def profile_ov(
 ) -> Profile:
     """OpenVINO's per-layer counters on the CPU plugin (``PERF_COUNT``: one entry per executed
     node of the compiled graph, named after the source ONNX node it kept, fused ones after their
-    main node), compiled as ``ov-cpu`` measures (latency hint, one stream)."""
+    main node), on the runner ``ov-cpu`` measures with (latency hint, one stream, f32)."""
     if onnx_path is None:
         raise PbkitError("OpenVINO profiles an ONNX file: export the run first")
-    from pbkit.export import openvino_env
+    from pbkit.measure.openvino import OvRunner, version
+    from pbkit.measure.runner import RunSpec
 
-    ov = openvino_env.openvino()  # (its telemetry declined)
     index = OnnxIndex(onnx_path, model)
-    cfg: dict[str, Any] = {
-        "PERF_COUNT": True,
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "f32",
-        "NUM_STREAMS": 1,
-    }
-    if threads:
-        cfg["INFERENCE_NUM_THREADS"] = int(threads)
-    core = ov.Core()
-    try:
-        compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", cfg)
-    except Exception as e:  # a corrupt file, an operator the plugin lacks
-        raise PbkitError(f"OpenVINO cannot compile {onnx_path.name}: {first_line(e)}") from e
-    request = compiled.create_infer_request()
-    feed = x.numpy().copy()
+    runner = OvRunner(RunSpec(onnx_path, x, threads=threads or 1), "CPU", perf_count=True)
     warmup = max(3, runs // 5)
     per_run: list[dict[str, float]] = []
     kinds: dict[str, set[str]] = defaultdict(set)
-    for i in range(warmup + runs):
-        request.infer({0: feed})
-        if i < warmup:
-            continue
-        run: dict[str, float] = defaultdict(float)
-        for info in request.get_profiling_info():
-            if str(info.status).rsplit(".", 1)[-1] != "EXECUTED":
+    try:
+        for i in range(warmup + runs):
+            runner()
+            if i < warmup:
                 continue
-            op = str(info.node_type)
-            layer = index.layer(str(info.node_name), op)
-            run[layer] += info.real_time.total_seconds() * 1000.0
-            kinds[layer].add(op)
-        per_run.append(run)
-    for layer in kinds:
-        if layer not in (LAYOUT, OTHER):
-            kinds[layer] = {index.kinds.get(layer, "?")}
+            run: dict[str, float] = defaultdict(float)
+            for info in runner.request.get_profiling_info():
+                if str(info.status).rsplit(".", 1)[-1] != "EXECUTED":
+                    continue
+                op = str(info.node_type)
+                layer = index.layer(str(info.node_name), op)
+                run[layer] += info.real_time.total_seconds() * 1000.0
+                kinds[layer].add(op)
+            per_run.append(run)
+    finally:
+        runner.close()
     return Profile(
-        f"openvino {ov.get_version()}", len(per_run), _median_per_run(per_run), dict(kinds)
+        f"openvino {version()}", len(per_run), _median_per_run(per_run), index.module_kinds(kinds)
     )
 
 

@@ -80,7 +80,10 @@ def _plain(value: Any) -> Any:
 
 
 class OvRunner(Runner):
-    def __init__(self, spec: RunSpec, device: str = "CPU") -> None:
+    """``perf_count``: also OpenVINO's per-layer counters (``request.get_profiling_info()``),
+    for ``pbkit explain``; the bench never turns them on."""
+
+    def __init__(self, spec: RunSpec, device: str = "CPU", perf_count: bool = False) -> None:
         super().__init__()
         if spec.precision == "fp16":
             raise PbkitError("OpenVINO runs fp32 and int8 here; fp16 is not measured on it")
@@ -88,7 +91,8 @@ class OvRunner(Runner):
         core = ov.Core()
         try:
             model = core.read_model(str(spec.path))
-            self.compiled = core.compile_model(model, device, config_for(spec, device))
+            cfg = config_for(spec, device) | ({"PERF_COUNT": True} if perf_count else {})
+            self.compiled = core.compile_model(model, device, cfg)
         except Exception as e:  # a corrupt file, an operator the plugin lacks
             raise PbkitError(f"OpenVINO cannot compile {spec.path.name}: {first_line(e)}") from e
         self.request = self.compiled.create_infer_request()
