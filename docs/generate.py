@@ -335,9 +335,16 @@ def coverage() -> str:
         " | between-bench CoV | mean CI half-width | bench s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    drift: list[str] = []  # where the spread comes from, per model, backend and load
     for path in paths:
         d = _json(path)
         model = d["model"] + (f" @{d['imgsz']}px" if d.get("imgsz") else "")
+        drift += [
+            f"| {d['model']} | {key.replace('/', ' | ')} | {x['rounds']} x {x['protocols']}"
+            f" | {x['between_rounds_sd']:.2%} | {x['within_round_sd']:.2%}"
+            f" | {x['same_round_coverage']:.0%} | {x['other_rounds_coverage']:.0%} |"
+            for key, x in (d.get("drift") or {}).items()
+        ]
         for key, r in d["summary"].items():
             backend, load, *rest = key.split("/")
             name = rest[0] if rest else "default"
@@ -350,13 +357,6 @@ def coverage() -> str:
                 f" | {r['benches']} | {cov} | {'-' if cv is None else f'{cv:.2%}'}"
                 f" | {'-' if hw is None else f'{hw:.2%}'} | {r['mean_wall_s']:.0f} |"
             )
-    drift = [
-        f"| {_json(p)['model']} | {key.replace('/', ' | ')} | {x['rounds']} x {x['protocols']}"
-        f" | {x['between_rounds_sd']:.2%} | {x['within_round_sd']:.2%}"
-        f" | {x['same_round_coverage']:.0%} | {x['other_rounds_coverage']:.0%} |"
-        for p in paths
-        for key, x in (_json(p).get("drift") or {}).items()
-    ]
     if drift:
         lines += [
             "",
@@ -376,8 +376,7 @@ def latency_target() -> str:
     """benchmarks/latency_target.py: latency- vs MACs-targeted pruning, per model and target, on
     every machine it ran on (one file each)."""
     paths = sorted(PERF.glob("latency-target-*.json"))
-    docs = [(p, _json(p)) for p in paths]
-    rows = [(d["machine"], r) for _, d in docs for r in d["rows"]]
+    rows = [(d["machine"], r) for d in map(_json, paths) for r in d["rows"]]
     lines = [
         "| machine | model | backend | target | measured (latency target) | 95% CI | judged on"
         " | loop's last check | MACs it took | prediction error | checks | wall s"

@@ -6,6 +6,7 @@ files; bad settings are one line before anything starts."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from pbkit import stages
 from pbkit.core import config, record
+from pbkit.models import checkpoint
 from pbkit.stages import rundir
 from tests.conftest import DIGITS, REPO
 
@@ -104,12 +107,6 @@ def test_distillation_trains_across_processes(
     # it trained: a finite loss and weights moved away from the pruned model's (one epoch on 512
     # images does not always lift a pruned model that collapsed to chance: on an Intel Xeon with
     # AMX under a parallel test run it stayed at 10%, so accuracy is no proof here)
-    import math
-
-    import torch
-
-    from pbkit.models import checkpoint
-
     assert math.isfinite(ft["history"][-1]["loss"])
     run_dir = tmp_path / "runs" / rec.run_id
     pruned, tuned = (
