@@ -8,7 +8,7 @@ bench gives less.
 
     .venv/bin/python benchmarks/coverage.py --model resnet18_cifar --backend ort-cpu torch-cpu \
         --repeats 6 --load quiet load [--set bench.sessions=7] \
-        [--protocol one-session=bench.sessions=1 --protocol default=]
+        [--protocol one-session=bench.sessions=1 --protocol default=] [--calibrate 6]
 
 Writes ``results/perf/coverage-<model>-<tag>.json`` (every bench's point, interval, wall time and
 the machine's state) and ``.md`` (the table, rendered from the JSON). ``--load load`` runs one
@@ -16,6 +16,12 @@ busy-looping process per ``--load-procs`` beside the benches (a known competing 
 ``--protocol NAME=KEY=VALUE,...`` (repeatable) compares bench protocols in one invocation: each
 round benches every protocol in turn (in a shuffled order), so they see the same machine over the
 same hours; ``--set`` applies to all of them.
+
+``--calibrate N`` first benches the run N times, ``--calibrate-spacing`` seconds apart
+(``bench.repeats``), which keeps this machine's drift between benches in a cache of the
+benchmark's own; every bench after it then also has its repeat interval (``repeat_ci``: its
+interval widened by that drift), and the tables show that interval's coverage beside the bench
+interval's: calibrated once, tested on benches that did not calibrate it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from pbkit.core.intervals import drift_split, pair_coverage, round_coverage  # n
 from pbkit.machine import cpustate  # noqa: E402
 
 PBKIT = str(Path(sys.executable).with_name("pbkit"))
+ENV = dict(os.environ)  # PBKIT_CACHE: the benchmark's own (the drift it calibrates, nothing older)
 
 
 def _spin(stop: Any) -> None:  # a competing process: busy until told to stop
@@ -50,7 +57,9 @@ def _spin(stop: Any) -> None:  # a competing process: busy until told to stop
 
 
 def _pbkit(*args: str) -> dict[str, Any]:
-    done = subprocess.run([PBKIT, *args, "--json"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    done = subprocess.run(
+        [PBKIT, *args, "--json"], cwd=ROOT, stdout=subprocess.PIPE, text=True, env=ENV
+    )
     if done.returncode != 0:
         raise SystemExit(f"pbkit {args[0]} exited with {done.returncode}")
     return json.loads(done.stdout)
@@ -69,6 +78,7 @@ def bench_once(run_dir: str, backend: str, sets: list[str]) -> dict[str, Any]:
     return {
         "speedup": p["speedup_vs_dense"],
         "ci": p.get("speedup_ci"),
+        "repeat_ci": p.get("repeat_ci"),
         "sessions": (p.get("ci") or {}).get("sessions"),
         "wall_s": round(wall, 1),
         "stable": p["stable"],
@@ -77,14 +87,46 @@ def bench_once(run_dir: str, backend: str, sets: list[str]) -> dict[str, Any]:
     }
 
 
+def calibrate(
+    run_dir: str, backends: list[str], repeats: int, spacing: float, sets: list[str]
+) -> dict[str, Any]:
+    """``bench.repeats``: the drift between benches, kept in the benchmark's cache."""
+    t0 = time.perf_counter()
+    args = ["bench", run_dir, *[x for b in backends for x in ("--backend", b)]]
+    for item in [*sets, f"bench.repeats={repeats}", f"bench.repeat_spacing_s={spacing}"]:
+        args += ["--set", item]
+    rec = _pbkit(*args)["record"]
+    drifts = {
+        p["backend"]: p["repeat"]["drift_sd"]
+        for p in rec["latency"]
+        if p["variant"] == "pruned" and p["backend"] in backends and p.get("repeat")
+    }
+    print(f"calibrated: {drifts}", file=sys.stderr)
+    return {
+        "repeats": repeats,
+        "spacing_s": spacing,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "drift_sd": drifts,
+    }
+
+
 def summary(benches: list[dict[str, Any]]) -> dict[str, Any]:
     with_ci = [b for b in benches if b["ci"]]
     points = [b["speedup"] for b in with_ci]
     cis = [b["ci"] for b in with_ci]
     widths = [(c[1] - c[0]) / 2 / p for c, p in zip(cis, points, strict=True)]
+    repeat = [b["repeat_ci"] for b in with_ci if b.get("repeat_ci")]
+    calibrated = len(repeat) == len(with_ci) and len(repeat) > 1
     return {
         "benches": len(benches),
         "coverage": pair_coverage(points, cis),
+        "repeat_coverage": pair_coverage(points, repeat) if calibrated else None,
+        "mean_repeat_half_width": round(
+            statistics.fmean((c[1] - c[0]) / 2 / p for c, p in zip(repeat, points, strict=True)),
+            4,
+        )
+        if calibrated
+        else None,
         "mean_speedup": round(statistics.fmean(points), 4) if points else None,
         "between_bench_cov": round(statistics.stdev(points) / statistics.fmean(points), 4)
         if len(points) > 1
@@ -138,11 +180,22 @@ def markdown(doc: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     protocols = doc.get("protocols") or {}
+    repeat = any(s.get("repeat_coverage") is not None for s in doc["summary"].values())
+    if repeat:
+        lines[-2] = lines[-2].replace(
+            " | mean speed-up",
+            " | repeat interval's coverage | mean repeat half-width | mean speed-up",
+        )
+        lines[-1] += "---|---|"
     for key, s in doc["summary"].items():
         backend, load, *rest = key.split("/")
         name = rest[0] if rest else "default"
         how = f"{name} ({', '.join(protocols[name]) or 'defaults'})" if name in protocols else name
         cov = f"{s['coverage']:.2f}" if s["coverage"] is not None else "-"
+        if repeat:
+            rc, rw = s.get("repeat_coverage"), s.get("mean_repeat_half_width")
+            cov += f" | {rc:.2f}" if rc is not None else " | -"
+            cov += f" | {rw:.2%}" if rw is not None else " | -"
         lines.append(
             f"| {backend} | {load} | {how} | {s['benches']} | {cov} | {s['mean_speedup']} |"
             f" {s['between_bench_cov']:.2%} | {s['mean_relative_half_width']:.2%} |"
@@ -150,6 +203,17 @@ def markdown(doc: dict[str, Any]) -> str:
             if s["between_bench_cov"] is not None and s["mean_relative_half_width"] is not None
             else f"| {backend} | {load} | {how} | {s['benches']} | {cov} | - | - | - | - |"
         )
+    cal = doc.get("calibration")
+    if cal:
+        lines += [
+            "",
+            f"Calibrated before the benches above by `pbkit bench --set bench.repeats="
+            f"{cal['repeats']} --set bench.repeat_spacing_s={cal['spacing_s']:g}` (once, in"
+            f" {cal['wall_s']:.0f} s): the drift between those benches beyond their own noise,"
+            " which every later bench's repeat interval adds (`bench.drift: auto`):"
+            + "".join(f" {b} {d:.2%};" for b, d in cal["drift_sd"].items()).rstrip(";")
+            + ".",
+        ]
     split = doc.get("drift") or drift(doc)
     if split:
         lines += [
@@ -227,6 +291,8 @@ def main() -> None:
         metavar="NAME=KEY=VALUE,...",
         help="a bench protocol to compare (repeatable); NAME= alone: the defaults",
     )
+    ap.add_argument("--calibrate", type=int, default=0, metavar="N", help="repeats, first")
+    ap.add_argument("--calibrate-spacing", type=float, default=60.0, metavar="S")
     ap.add_argument("--imgsz", type=int, default=None, help="the model's input size")
     ap.add_argument("--seed", type=int, default=0, help="the protocols' order per round")
     ap.add_argument("--tag", default=None)
@@ -246,13 +312,18 @@ def main() -> None:
     protocols = _explicit(dict(_protocol(p) for p in a.protocols) or {"": []})
     rng = random.Random(a.seed)
     size = ["--imgsz", str(a.imgsz)] if a.imgsz else []
+    calibration: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="pbkit-coverage-") as tmp:
+        ENV["PBKIT_CACHE"] = f"{tmp}/cache"
         run = _pbkit(
             "prune", "--model", a.model, "--method", a.method, "--speedup", "2",
             "--out", f"{tmp}/runs", *size,
         )  # fmt: skip
         run_dir = run["run_dir"]
         _pbkit("export", run_dir)
+        if a.calibrate > 1:
+            calibration = calibrate(run_dir, a.backend, a.calibrate, a.calibrate_spacing, a.sets)
+        protocols = {k: [*v, "bench.repeats=1"] for k, v in protocols.items()}
         results: dict[str, list[dict[str, Any]]] = {}
         for load in a.load:
             stop = multiprocessing.Event()
@@ -289,6 +360,7 @@ def main() -> None:
         "machine": f"{host}, {os.cpu_count()} CPUs",
         "spacing_s": a.spacing,
         "sets": a.sets,
+        "calibration": calibration,
         "runs": results,
         "summary": {k: summary(v) for k, v in results.items()},
     }

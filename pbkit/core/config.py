@@ -225,6 +225,12 @@ class BenchCfg(_Strict):
     gpu_min_iters: int = Field(ge=1)
     sessions: int = Field(ge=1)
     processes: int = Field(ge=1, le=16)
+    # benches of the same files, spaced in time (this machine's drift between them, kept per
+    # backend: pbkit.machine.drift), and the drift a single bench's repeat interval adds: auto (this
+    # machine's measured drift, where repeats measured it) | a relative SD | 0 (none)
+    repeats: int = Field(ge=1)
+    repeat_spacing_s: float = Field(ge=0)
+    drift: Literal["auto"] | Annotated[float, Field(ge=0, lt=1)]
     session_warmup_iters: int = Field(ge=1)
     rounds: int = Field(ge=1)
     threads: int | None = Field(ge=1)
@@ -235,6 +241,19 @@ class BenchCfg(_Strict):
     confidence: float = Field(gt=0, lt=1)
     max_time_s: float = Field(ge=0)
     gpu_max_time_s: float = Field(ge=0)
+
+    @field_validator("drift", mode="before")
+    @classmethod
+    def _drift(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            x = -1.0
+        if isinstance(v, bool) or not 0 <= x < 1:
+            raise ValueError(f"auto or a relative standard deviation in [0, 1) (got {v!r})")
+        return x
 
     @field_validator("batches")
     @classmethod
@@ -314,7 +333,7 @@ _LIMITED: dict[str, tuple[str, ...]] = {
         "prune.calibration.batches",
         "export.int8.images",
     ),
-    "sessions": ("bench.sessions", "bench.rounds", "bench.max_repeats"),
+    "sessions": ("bench.sessions", "bench.rounds", "bench.max_repeats", "bench.repeats"),
     "seconds": (
         "bench.min_time_s",
         "bench.max_time_s",
@@ -322,6 +341,7 @@ _LIMITED: dict[str, tuple[str, ...]] = {
         "bench.gpu_min_time_s",
         "bench.gpu_max_time_s",
         "bench.block_s",
+        "bench.repeat_spacing_s",
     ),
     "epochs": ("base.epochs", "finetune.epochs", "sparsify.epochs"),
     "input_size": ("model.input_size", "dataset.image_size"),

@@ -85,3 +85,52 @@ def round_coverage(
         same[0] / same[1] if same[1] else None,
         other[0] / other[1] if other[1] else None,
     )
+
+
+def _z(confidence: float) -> float:
+    return statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def with_drift(
+    value: float,
+    ci: Sequence[float],
+    drift_sd: float,
+    drift_df: int | None = None,
+    confidence: float = 0.95,
+) -> list[float]:
+    """The repeat interval: a bench's interval widened by how far this machine drifts between
+    benches minutes apart (``drift_sd``, the relative standard deviation of a speed-up between
+    repeat benches beyond their own noise, :func:`drift_from_repeats`, estimated with ``drift_df``
+    degrees of freedom; None: known). The two variances add in log units around the bench's own
+    centre; the quantile is Student's t with Welch-Satterthwaite's degrees of freedom, so a drift
+    estimated from a handful of repeats widens the interval as much as it is uncertain. It covers
+    the speed-up a later bench of the same files on this machine measures about as often as correct
+    intervals of two estimates do (~83% at 95%), where the bench's own interval holds only the
+    noise of its minute."""
+    from scipy import stats
+
+    z = _z(confidence)
+    lo, hi = math.log(ci[0]), math.log(ci[1])
+    centre = (lo + hi) / 2 if ci[0] <= value <= ci[1] else math.log(value)
+    own = ((hi - lo) / (2 * z)) ** 2
+    var = own + drift_sd**2
+    q = z
+    if drift_df and drift_sd > 0:
+        q = float(stats.t.ppf(0.5 + confidence / 2, var**2 / (drift_sd**4 / drift_df)))
+    half = q * math.sqrt(var)
+    return [math.exp(centre - half), math.exp(centre + half)]
+
+
+def drift_from_repeats(
+    values: Sequence[float], cis: Sequence[Sequence[float] | None], confidence: float = 0.95
+) -> float | None:
+    """How far repeat benches of one point (``values``, each with its own interval) drift apart
+    beyond their own noise: the standard deviation of their log speed-ups, less the mean variance
+    each bench's interval says it has (method of moments, floored at 0). Relative; None with fewer
+    than two benches."""
+    if len(values) < 2:
+        return None
+    z = _z(confidence)
+    between = statistics.variance([math.log(v) for v in values])
+    inside = [((math.log(c[1]) - math.log(c[0])) / (2 * z)) ** 2 for c in cis if c and c[0] > 0]
+    return math.sqrt(max(0.0, between - (statistics.fmean(inside) if inside else 0.0)))

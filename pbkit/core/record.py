@@ -61,6 +61,13 @@ target is judged on it) and ``judged_on``; a GPU point measured again after thro
 every figure from its last attempt (``medians_ms`` still lists each attempt's);
 ``bench.processes`` and a point's ``flags.processes``: its sessions spread over that many fresh
 processes and merged (``ci.stop``: processes). 1.7 records read as before.
+
+1.9: a pruned point's ``repeat_ci`` (the repeat interval: where a later bench of the same files on
+this machine lands, about as often as two estimates' intervals agree) and ``repeat`` (how it was
+made: the bench's interval widened by this machine's measured drift between benches
+(``bench.drift``), or the t-interval over ``bench.repeats`` benches spaced in time, with each
+one's speed-up, interval and time, and the drift they measured); ``bench.repeats``,
+``repeat_spacing_s`` and ``drift``. 1.8 records read as before, without a repeat interval.
 """
 
 from __future__ import annotations
@@ -87,7 +94,7 @@ from pbkit.core.errors import PbkitError, first_line
 from pbkit.core.fileio import atomic_write_json
 from pbkit.core.plain import plain
 
-SCHEMA_VERSION = "1.8"
+SCHEMA_VERSION = "1.9"
 RECORD_NAME = "record.json"
 
 
@@ -367,6 +374,28 @@ class CiInfo(_Section):
     met: bool | None = None
 
 
+class RepeatInfo(_Section):
+    """How a pruned point's repeat interval was made (1.9)."""
+
+    method: str | None = None
+    """calibrated drift (the bench's interval widened by the machine's measured drift) |
+    t-interval over repeat benches (``bench.repeats`` benches spaced in time)."""
+    drift_sd: float | None = None
+    """The relative SD of the speed-up between benches minutes apart, beyond their own noise."""
+    drift_df: int | None = None
+    """Its degrees of freedom (repeat benches - 1; absent: given, not estimated)."""
+    source: str | None = None
+    """Where the drift comes from, in words."""
+    confidence: float | None = None
+    speedups: list[float] | None = None
+    """Each repeat bench's speed-up (repeats)."""
+    cis: list[list[float] | None] | None = None
+    """Each repeat bench's own interval (repeats)."""
+    utc: list[str] | None = None
+    """When each repeat bench ended (repeats)."""
+    spacing_s: float | None = None
+
+
 class BenchGpu(_Section):
     """The GPU a bench measured on."""
 
@@ -401,6 +430,11 @@ class BenchInfo(_Section):
     gpu_max_time_s: float | None = None
     processes: int | None = None
     """``bench.processes``: the fresh processes each point's sessions were spread over (1.8)."""
+    repeats: int | None = None
+    """``bench.repeats``: benches of the same files, spaced in time (1.9)."""
+    repeat_spacing_s: float | None = None
+    drift: float | str | None = None
+    """``bench.drift`` as configured: auto | a relative SD (1.9)."""
     quick: bool | None = None
     threads: int | None = None
     measured_utc: str | None = None
@@ -464,12 +498,17 @@ class LatencyPoint(_Open):
     pooled_median_ms: float | None = None
     session_medians_ms: list[float] | None = None
     sessions: int | None = None
+    # where a later bench of the same files on this machine lands (1.9; pruned points where the
+    # machine's drift is known or repeats measured it) and how that interval was made
+    repeat_ci: list[float] | None = None
+    repeat: RepeatInfo | None = None
 
     @model_serializer(mode="wrap")
     def _sessions_where_measured(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A point of one session is written as before 1.5: without the sessions' fields."""
+        """A point of one session is written as before 1.5: without the sessions' fields (nor,
+        without a repeat interval, the repeat's, as before 1.9)."""
         out: dict[str, Any] = handler(self)
-        for k in ("pooled_median_ms", "session_medians_ms", "sessions"):
+        for k in ("pooled_median_ms", "session_medians_ms", "sessions", "repeat_ci", "repeat"):
             if out.get(k) is None:
                 out.pop(k, None)
         return out

@@ -71,6 +71,11 @@ def pairs(cfg: config.Config, quiet: bool = False) -> list[tuple[backends.Backen
     return out
 
 
+def measured_keys(cfg: config.Config) -> set[tuple[str, str, int]]:
+    """The (backend, precision, batch) points a bench of ``cfg`` measures."""
+    return {(be.name, p, n) for be, p in pairs(cfg, quiet=True) for n in cfg.bench.batches}
+
+
 def _artifact(
     run_dir: Path, rec: record.Record, be: backends.Backend, variant: str, precision: str
 ) -> Path:
@@ -378,6 +383,7 @@ def _run(ctx: Context, rec: record.Record) -> record.Record:
         max_time_s=cs.max_time_s,
         gpu_max_time_s=b.gpu_max_time_s,  # as configured (bench.quick's budget is the CPU's)
         quick=b.quick,
+        drift=b.drift,
         threads=threads,
         measured_utc=utc_now(),
         host=env["host"],

@@ -73,14 +73,99 @@ def run(
 
 
 def _bench(ctx: Context, rec: record.Record | None) -> record.Record:
-    """The bench stage: quick measurements in this process, real ones in a fresh one, or in
-    ``bench.processes`` fresh ones whose points are merged (:mod:`pbkit.measure.processes`)."""
+    """The bench stage, ``bench.repeats`` times spaced in time (merged, with the drift between
+    them kept for this machine), or once with each pruned point's interval widened by this
+    machine's drift (:mod:`pbkit.measure.repeats`)."""
+    from pbkit.machine import drift
+    from pbkit.measure import repeats
+
+    b = ctx.cfg.bench
+    if b.drift == "auto" or b.repeats > 1:
+        drift.check()  # a drift file that does not read is one line before the long work
+    if b.repeats > 1:
+        return _bench_repeats(ctx, rec)
+    out = _bench_once(ctx, rec)
+    fresh = bench.measured_keys(ctx.cfg)
+    points = [p for p in out.latency if (p.backend, p.precision, p.batch) in fresh]
+    repeats.attach(points, out.bench, b.drift, b.confidence, out.model.name)
+    if any(p.repeat_ci for p in points):
+        record.write(ctx.run_dir, out)
+    return out
+
+
+def _bench_once(ctx: Context, rec: record.Record | None) -> record.Record:
+    """Quick measurements in this process, real ones in a fresh one, or in ``bench.processes``
+    fresh ones whose points are merged (:mod:`pbkit.measure.processes`)."""
     b = ctx.cfg.bench
     if b.quick:
         return bench.run(ctx, rec)
     if b.processes == 1:
         return _bench_in_fresh_process(ctx.run_dir, ctx.cfg, ctx.quiet)
     return _bench_in_processes(ctx.run_dir, ctx.cfg, ctx.quiet)
+
+
+def _bench_repeats(ctx: Context, rec: record.Record | None) -> record.Record:
+    """``bench.repeats`` benches of the same files, ``repeat_spacing_s`` apart, merged into one
+    point per backend, precision, batch and variant; each pruned point's repeat interval is the
+    t-interval over the benches' speed-ups, and the drift between them is kept for this machine
+    (:mod:`pbkit.machine.drift`) unless the benches were quick."""
+    import time
+
+    from pbkit.core.clock import utc_now
+    from pbkit.machine import drift
+    from pbkit.measure import repeats
+
+    cfg, b = ctx.cfg, ctx.cfg.bench
+    once = cfg.model_copy(deep=True)
+    once.bench.repeats, once.bench.drift = 1, 0.0
+    fresh = bench.measured_keys(cfg)
+    runs: list[list[record.LatencyPoint]] = []
+    ended: list[str] = []
+    seconds = 0.0
+    out = rec
+    for i in range(b.repeats):
+        if i:
+            note(
+                f"bench {i + 1}/{b.repeats} in {b.repeat_spacing_s:g} s (repeats spaced in time"
+                " show how far this machine drifts between benches)",
+                ctx.quiet,
+            )
+            time.sleep(b.repeat_spacing_s)
+        out = _bench_once(Context(ctx.run_dir, once, ctx.quiet), out)
+        seconds += out.stages["bench"].seconds or 0.0
+        runs.append([p for p in out.latency if (p.backend, p.precision, p.batch) in fresh])
+        ended.append(utc_now())
+        once.bench.engine_accuracy = "off"  # (evaluated once, by the first bench)
+    assert out is not None
+    merged, measured = repeats.combine(
+        runs,
+        ended,
+        out.bench,
+        confidence=b.confidence,
+        target=b.ci_target,
+        spacing_s=b.repeat_spacing_s,
+        model=out.model.name,
+        run_id=ctx.run_dir.name,
+    )
+    done = {(p.backend, p.precision, p.batch) for p in merged}
+    out.latency = [p for p in out.latency if (p.backend, p.precision, p.batch) not in done]
+    out.latency += merged
+    bench.judge_latency_target(out, merged, True)
+    if out.bench is not None:
+        out.bench.repeats, out.bench.repeat_spacing_s = b.repeats, b.repeat_spacing_s
+        out.bench.drift = b.drift
+    out.stages["bench"].config = rundir.section_slice(cfg, "bench")
+    out.stages["bench"].seconds = round(seconds, 3)
+    out.config = cfg.model_dump(mode="json")
+    record.write(ctx.run_dir, out)
+    for m in measured if not b.quick else []:
+        kept = drift.save(m.machine, m.backend, m.precision, m.drift)
+        note(
+            f"{m.backend}/{m.precision}: this machine drifted {m.drift.sd:.1%} between"
+            f" {m.drift.repeats} benches (kept in {kept} for later benches' repeat intervals)",
+            ctx.quiet,
+        )
+    return out
 
 
 def _bench_in_processes(run_dir: Path, cfg: config.Config, quiet: bool) -> record.Record:
