@@ -44,7 +44,13 @@ sys.path.insert(0, str(ROOT))
 
 from pbkit.core.clock import utc_now  # noqa: E402
 from pbkit.core.fileio import atomic_write_json, atomic_write_text  # noqa: E402
-from pbkit.core.intervals import drift_split, pair_coverage, round_coverage  # noqa: E402
+from pbkit.core.intervals import (  # noqa: E402
+    drift_from_repeats,
+    drift_split,
+    pair_coverage,
+    round_coverage,
+    with_drift,
+)
 from pbkit.machine import cpustate  # noqa: E402
 
 PBKIT = str(Path(sys.executable).with_name("pbkit"))
@@ -110,6 +116,21 @@ def calibrate(
     }
 
 
+def leave_one_out(points: list[float], cis: list[list[float]]) -> list[list[float]]:
+    """Each bench's repeat interval with the drift the OTHER benches of its series measured
+    (:func:`drift_from_repeats` over them, its degrees of freedom theirs): what a calibration on
+    the other benches would have given it, scored on benches that did not calibrate it. Empty
+    with fewer than three benches."""
+    if len(points) < 3:
+        return []
+    out = []
+    for i, (x, ci) in enumerate(zip(points, cis, strict=True)):
+        others, their = points[:i] + points[i + 1 :], cis[:i] + cis[i + 1 :]
+        sd = drift_from_repeats(others, their) or 0.0
+        out.append(with_drift(x, ci, sd, len(others) - 1))
+    return out
+
+
 def summary(benches: list[dict[str, Any]]) -> dict[str, Any]:
     with_ci = [b for b in benches if b["ci"]]
     points = [b["speedup"] for b in with_ci]
@@ -117,9 +138,16 @@ def summary(benches: list[dict[str, Any]]) -> dict[str, Any]:
     widths = [(c[1] - c[0]) / 2 / p for c, p in zip(cis, points, strict=True)]
     repeat = [b["repeat_ci"] for b in with_ci if b.get("repeat_ci")]
     calibrated = len(repeat) == len(with_ci) and len(repeat) > 1
+    loo = leave_one_out(points, cis)
     return {
         "benches": len(benches),
         "coverage": pair_coverage(points, cis),
+        "loo_repeat_coverage": pair_coverage(points, loo) if loo else None,
+        "mean_loo_repeat_half_width": round(
+            statistics.fmean((c[1] - c[0]) / 2 / p for c, p in zip(loo, points, strict=True)), 4
+        )
+        if loo
+        else None,
         "repeat_coverage": pair_coverage(points, repeat) if calibrated else None,
         "mean_repeat_half_width": round(
             statistics.fmean((c[1] - c[0]) / 2 / p for c, p in zip(repeat, points, strict=True)),
@@ -181,19 +209,22 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     protocols = doc.get("protocols") or {}
     repeat = any(s.get("repeat_coverage") is not None for s in doc["summary"].values())
-    if repeat:
-        lines[-2] = lines[-2].replace(
-            " | mean speed-up",
-            " | repeat interval's coverage | mean repeat half-width | mean speed-up",
-        )
-        lines[-1] += "---|---|"
+    lines[-2] = lines[-2].replace(
+        " | mean speed-up",
+        (" | repeat interval's coverage | mean repeat half-width" if repeat else "")
+        + " | repeat interval's coverage, drift from the other benches | its mean half-width"
+        " | mean speed-up",
+    )
+    lines[-1] += "---|---|---|---|" if repeat else "---|---|"
     for key, s in doc["summary"].items():
         backend, load, *rest = key.split("/")
         name = rest[0] if rest else "default"
         how = f"{name} ({', '.join(protocols[name]) or 'defaults'})" if name in protocols else name
         cov = f"{s['coverage']:.2f}" if s["coverage"] is not None else "-"
-        if repeat:
-            rc, rw = s.get("repeat_coverage"), s.get("mean_repeat_half_width")
+        for rc, rw in [
+            *([(s.get("repeat_coverage"), s.get("mean_repeat_half_width"))] if repeat else []),
+            (s.get("loo_repeat_coverage"), s.get("mean_loo_repeat_half_width")),
+        ]:
             cov += f" | {rc:.2f}" if rc is not None else " | -"
             cov += f" | {rw:.2%}" if rw is not None else " | -"
         lines.append(
@@ -302,6 +333,7 @@ def main() -> None:
     if a.render:
         for path in map(Path, a.render):  # (the drift table added to older JSON)
             doc = json.loads(path.read_text())
+            doc["summary"] = {k: summary(v) for k, v in doc["runs"].items()}
             doc["drift"] = drift(doc)
             atomic_write_json(path, doc)
             atomic_write_text(path.with_suffix(".md"), markdown(doc))

@@ -332,13 +332,21 @@ def coverage() -> str:
     paths = sorted(PERF.glob("coverage-*.json"))
     lines = [
         "| model | backend | load | protocol | benches | an interval covers a repeat's speed-up"
-        " | between-bench CoV | mean CI half-width | bench s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        " | the repeat interval covers it (mean half-width) | ... with the drift of the other"
+        " benches | between-bench CoV | mean CI half-width | bench s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     drift: list[str] = []  # where the spread comes from, per model, backend and load
+    calibrations: list[str] = []  # the drift a file's repeat intervals added, and its cost
     for path in paths:
         d = _json(path)
         model = d["model"] + (f" @{d['imgsz']}px" if d.get("imgsz") else "")
+        if cal := d.get("calibration"):
+            calibrations += [
+                f"| {d['model']} (`{path.with_suffix('.md').name}`) | {backend}"
+                f" | {cal['repeats']} x {cal['spacing_s']:g} s | {sd:.2%} | {cal['wall_s']:.0f} |"
+                for backend, sd in cal["drift_sd"].items()
+            ]
         drift += [
             f"| {d['model']} | {key.replace('/', ' | ')} | {x['rounds']} x {x['protocols']}"
             f" | {x['between_rounds_sd']:.2%} | {x['within_round_sd']:.2%}"
@@ -351,11 +359,19 @@ def coverage() -> str:
             sets = (d.get("protocols") or {}).get(name)
             how = f"{name} (`{', '.join(sets)}`)" if sets else name
             cov = "-" if r["coverage"] is None else f"{r['coverage']:.0%}"
+            repeat = [
+                "-" if c is None else f"{c:.0%} (±{w:.1%})"
+                for c, w in (
+                    (r.get("repeat_coverage"), r.get("mean_repeat_half_width")),
+                    (r.get("loo_repeat_coverage"), r.get("mean_loo_repeat_half_width")),
+                )
+            ]
             cv, hw = r["between_bench_cov"], r["mean_relative_half_width"]
             lines.append(
                 f"| {model} (`{path.with_suffix('.md').name}`) | {backend} | {load} | {how}"
-                f" | {r['benches']} | {cov} | {'-' if cv is None else f'{cv:.2%}'}"
-                f" | {'-' if hw is None else f'{hw:.2%}'} | {r['mean_wall_s']:.0f} |"
+                f" | {r['benches']} | {cov} | {' | '.join(repeat)}"
+                f" | {'-' if cv is None else f'{cv:.2%}'} | {'-' if hw is None else f'{hw:.2%}'}"
+                f" | {r['mean_wall_s']:.0f} |"
             )
     if drift:
         lines += [
@@ -368,6 +384,17 @@ def coverage() -> str:
             " | SD within a round | covers a bench of the same round | of another round |",
             "|---|---|---|---|---|---|---|---|",
             *drift,
+        ]
+    if calibrations:
+        lines += [
+            "",
+            "The drift the repeat intervals above added, measured once before those benches by"
+            " `pbkit bench --repeats N --spacing S` (the benches that were then scored did not"
+            " calibrate it):",
+            "",
+            "| model | backend | repeats x spacing | drift between benches | calibration s |",
+            "|---|---|---|---|---|",
+            *calibrations,
         ]
     return _source(*paths) + "\n".join(lines) + "\n"
 

@@ -229,6 +229,9 @@ class Speedup:
     speedup_ci: tuple[float, float] | None  # its 95% interval (this machine, in its state)
     stable: bool
     unstable_reasons: tuple[str, ...] = ()
+    # where a later bench of the same files on this machine lands (its drift added; None where
+    # the machine's drift is not known: ``bench(repeats=N)`` measures it)
+    repeat_ci: tuple[float, float] | None = None
 
 
 @dataclass
@@ -326,6 +329,8 @@ class Run:
         channels_last: bool | None = None,
         quick: bool = False,
         threads: int | None = None,
+        repeats: int | None = None,
+        spacing: float | None = None,
         calibration: str | None = None,
         set: Settings | None = None,  # noqa: A002 - the CLI's --set
         quiet: bool = False,
@@ -333,7 +338,8 @@ class Run:
         """Measure dense against pruned (exporting first where a backend runs an exported file),
         as ``pbkit bench``; ``backend``/``backends``, ``batch``/``batches`` and
         ``precision``/``precisions`` are the same option under its CLI name and its plural;
-        ``calibration`` as for :meth:`export` (int8 points)."""
+        ``repeats`` benches ``spacing`` seconds apart (``bench.repeats``: the repeat interval, and
+        this machine's drift kept); ``calibration`` as for :meth:`export` (int8 points)."""
         overrides, typed = _settings(set)
         values: dict[str, Any] = {}
         for key, given in (
@@ -349,6 +355,10 @@ class Run:
             values["bench.quick"] = True
         if threads is not None:
             values["bench.threads"] = threads
+        if repeats is not None:
+            values["bench.repeats"] = repeats
+        if spacing is not None:
+            values["bench.repeat_spacing_s"] = spacing
         if calibration is not None:
             values["export.int8.calibration"] = calibration
         values.update(typed)
@@ -401,6 +411,7 @@ class Run:
                     ci,  # type: ignore[arg-type]
                     p.stable and dense.stable,
                     tuple(dict.fromkeys([*dense.unstable_reasons, *p.unstable_reasons])),
+                    (p.repeat_ci[0], p.repeat_ci[1]) if p.repeat_ci else None,
                 )
             )
         return out

@@ -680,6 +680,20 @@ def export(
 )
 @click.option("--threads", type=int, default=None, help="CPU threads (default: all cores but one).")
 @click.option(
+    "--repeats",
+    type=click.IntRange(1),
+    default=None,
+    help="Bench the same files N times, --spacing apart: the repeat interval over them, and how"
+    " far this machine drifts between benches, kept for later benches (bench.repeats).",
+)
+@click.option(
+    "--spacing",
+    type=click.FloatRange(0),
+    default=None,
+    metavar="SECONDS",
+    help="Seconds between repeats (bench.repeat_spacing_s, default 60).",
+)
+@click.option(
     "--set",
     "overrides",
     multiple=True,
@@ -697,6 +711,8 @@ def bench(
     channels_last: bool | None,
     quick: bool,
     threads: int | None,
+    repeats: int | None,
+    spacing: float | None,
     overrides: tuple[str, ...],
     trust: bool,
     as_json: bool,
@@ -706,12 +722,18 @@ def bench(
     sessions (--set bench.sessions=N, 5 by default) until its speed-up's 95% interval is within
     bench.ci_target, in a process of its own (--quick: one short session, in this process).
 
+    That interval holds the noise of the minute it measured, not this machine drifting between
+    benches minutes apart: --repeats N benches N times --spacing apart and keeps that drift for
+    this machine; every later bench's pruned point then also has a repeat interval (its interval
+    widened by the drift: where a later bench here lands).
+
     \b
     Example:
       pbkit bench results/runs/<run_id> --backend torch-cpu --backend ort-cpu --batch 1 8
       pbkit bench results/runs/<run_id> --backend torch-cuda --backend tensorrt \\
           --precision fp32 fp16 --batch 1 32
       pbkit bench results/runs/<run_id> --backend ort-cpu ov-cpu --precision fp32 int8
+      pbkit bench results/runs/<run_id> --backend ort-cpu --repeats 6 --spacing 60
     """
     from pbkit import api
 
@@ -722,6 +744,8 @@ def bench(
         channels_last=channels_last,
         quick=quick,
         threads=threads,
+        repeats=repeats,
+        spacing=spacing,
         calibration=calibration,
         set=list(overrides),
     )

@@ -7,6 +7,10 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pbkit.core.record import RepeatInfo
 
 
 def covers_one(ci: Sequence[float] | None) -> bool:
@@ -23,6 +27,23 @@ def fmt(value: float | None, ci: Sequence[float] | None, digits: int = 2) -> str
         text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
         if covers_one(ci):
             text += " ~1"
+    return text
+
+
+def repeat_text(ci: Sequence[float] | None, how: RepeatInfo | None = None, digits: int = 2) -> str:
+    """How a repeat interval reads: ``[1.70, 1.97], where a later bench on this machine lands
+    (this bench's interval with a drift of 2.3%: measured on this machine by 6 benches 60 s apart
+    on ...)``; ``how`` is the record's ``repeat``. Empty without an interval."""
+    if not ci:
+        return ""
+    text = f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}], where a later bench on this machine lands"
+    sd, source = (how.drift_sd, how.source) if how is not None else (None, None)
+    if how is not None and how.method == "t-interval over repeat benches":
+        return text + f" (over {source}; drift between them {sd or 0:.1%})"
+    if sd is not None:
+        text += f" (this bench's interval with a drift of {sd:.1%}" + (
+            f": {source})" if source else ")"
+        )
     return text
 
 

@@ -535,6 +535,11 @@ def _run(path: Path, r: record.Record, sha: str) -> RunView:
                     "-"
                     if p.speedup_vs_dense is None
                     else intervals.fmt(p.speedup_vs_dense, p.speedup_ci)
+                    + (
+                        f"; repeat {intervals.repeat_text(p.repeat_ci, p.repeat)}"
+                        if p.repeat_ci
+                        else ""
+                    )
                 ),
                 "stable" if p.stable else "unstable: " + "; ".join(p.unstable_reasons),
             ]

@@ -125,6 +125,8 @@ def run_table(rec: record.Record) -> Table:
             f"{p.p90_ms:.3f} / {p.p99_ms:.3f} ms",
             f"{d.p90_ms / p.p90_ms:.2f}x at p90" if p.p90_ms > 0 else "-",
         )
+        if p.repeat_ci:
+            t.add_row("  repeat interval", "", "", intervals.repeat_text(p.repeat_ci, p.repeat))
         if d.gpu_compute and p.gpu_compute:
             t.add_row(
                 "  GPU compute (CUDA events)",
