@@ -144,7 +144,8 @@ def bench_block(example: str, docs: str = "") -> str:
         f"{m.achieved_speedup:.2f}x fewer MACs measured {measured} ({where}; each speed-up with"
         f" its 95% interval, over {sessions} fresh sessions{busy}: the interval is this machine's"
         " in its state, not another machine's, see [how often it holds for a repeat"
-        f"]({docs}measuring.md#how-often-an-interval-holds); the stages took {took};"
+        f"]({docs}measuring.md#how-often-an-interval-holds) and [the repeat interval that"
+        f" does]({docs}measuring.md#the-repeat-interval); the stages took {took};"
         f" record `{path.relative_to(ROOT)}`):\n\n"
     )
     return text + "```text\n" + run_table_text(rec) + "\n```\n"

@@ -170,6 +170,9 @@ def test_bench_repeats_through_the_cli(
     p = next(q for q in rec.latency if q.backend == "ort-cpu" and q.variant == "pruned")
     assert p.repeat is not None and len(p.repeat.speedups or []) == 2 and p.repeat_ci
     assert rec.bench is not None and rec.bench.repeats == 2
+    # repeating is an act, not a setting: the run's configuration benches once next time
+    assert rec.config["bench"]["repeats"] == 1 and rec.stages["bench"].config is not None
+    assert rec.stages["bench"].config["bench"]["repeats"] == 2
     assert rec.schema_version == record.SCHEMA_VERSION
     assert "repeat interval" in r.out and "where a later bench on this machine lands" in r.out
     assert not (tmp_path / "cache" / "drift.json").exists()
@@ -223,7 +226,7 @@ def test_measured_repeats_keep_the_drift_and_a_later_bench_adds_it(
     kept = json.loads((tmp_path / "cache" / "drift.json").read_text(encoding="utf-8"))
     [entries] = kept["machines"].values()
     assert entries["ort-cpu/fp32"]["resnet20_cifar"]["repeats"] == 2
-    r = pbkit("bench", run, "--backend", "ort-cpu", *short, "--repeats", "1")
+    r = pbkit("bench", run, "--backend", "ort-cpu", *short)  # (once: repeats are not kept)
     assert r.code == 0, r.err
     p = next(
         q for q in record.read(run).latency if q.backend == "ort-cpu" and q.variant == "pruned"

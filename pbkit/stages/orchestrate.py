@@ -108,7 +108,8 @@ def _bench_repeats(ctx: Context, rec: record.Record | None) -> record.Record:
     """``bench.repeats`` benches of the same files, ``repeat_spacing_s`` apart, merged into one
     point per backend, precision, batch and variant; each pruned point's repeat interval is the
     t-interval over the benches' speed-ups, and the drift between them is kept for this machine
-    (:mod:`pbkit.machine.drift`) unless the benches were quick."""
+    (:mod:`pbkit.machine.drift`) unless the benches were quick. The run's configuration keeps
+    ``bench.repeats: 1`` (the stage's own slice what it ran with): a later bench benches once."""
     import time
 
     from pbkit.core.clock import utc_now
@@ -157,6 +158,7 @@ def _bench_repeats(ctx: Context, rec: record.Record | None) -> record.Record:
     out.stages["bench"].config = rundir.section_slice(cfg, "bench")
     out.stages["bench"].seconds = round(seconds, 3)
     out.config = cfg.model_dump(mode="json")
+    out.config["bench"]["repeats"] = 1  # an act, not a setting: a later bench benches once
     record.write(ctx.run_dir, out)
     for m in measured if not b.quick else []:
         kept = drift.save(m.machine, m.backend, m.precision, m.drift)
