@@ -63,6 +63,12 @@ def test_overrides_parse_yaml_values() -> None:
     )
 
 
+def test_a_bare_off_is_the_choice_off_not_false() -> None:
+    """YAML reads ``off`` as false; keys whose choices include off take it as written."""
+    cfg = config.load(None, ["bench.engine_accuracy=off", "finetune.amp=off"])
+    assert cfg.bench.engine_accuracy == "off" and cfg.finetune.amp == "off"
+
+
 @pytest.mark.parametrize(
     "override,needle",
     [

@@ -242,6 +242,11 @@ class BenchCfg(_Strict):
     max_time_s: float = Field(ge=0)
     gpu_max_time_s: float = Field(ge=0)
 
+    @field_validator("engine_accuracy", mode="before")
+    @classmethod
+    def _engine_accuracy_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
     @field_validator("drift", mode="before")
     @classmethod
     def _drift(cls, v: Any) -> Any:
