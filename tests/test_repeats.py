@@ -210,8 +210,9 @@ def test_measured_repeats_keep_the_drift_and_a_later_bench_adds_it(
     monkeypatch: pytest.MonkeyPatch,
     pbkit,  # type: ignore[no-untyped-def]
 ) -> None:
-    """Two measuring benches (fresh processes) keep this machine's drift on ort-cpu; the next
-    single bench's pruned point has the repeat interval made from it, wider than its own."""
+    """A measuring bench on a machine whose drift is not known says how to measure it; two
+    measuring benches (fresh processes) keep this machine's drift on ort-cpu; the next single
+    bench's pruned point has the repeat interval made from it, at least as wide as its own."""
     monkeypatch.setenv("PBKIT_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
     shutil.copytree(pruned_run, run)
@@ -220,13 +221,16 @@ def test_measured_repeats_keep_the_drift_and_a_later_bench_adds_it(
         "--set", "bench.max_time_s=0.6", "--set", "bench.warmup_s=0.05",
         "--set", "bench.min_iters=20",
     ]  # fmt: skip
-    r = pbkit("bench", run, "--backend", "ort-cpu", *short, "--repeats", "2", "--spacing", "1")
+    r = pbkit("bench", run, "--backend", "ort-cpu", *short)
+    assert r.code == 0, r.err
+    assert "`pbkit bench RUN --repeats 6` measures how far this machine drifts" in r.err
+    r = pbkit("bench", run, "--backend", "ort-cpu", "--repeats", "2", "--spacing", "1")
     assert r.code == 0, r.err
     assert "this machine drifted" in r.err
     kept = json.loads((tmp_path / "cache" / "drift.json").read_text(encoding="utf-8"))
     [entries] = kept["machines"].values()
     assert entries["ort-cpu/fp32"]["resnet20_cifar"]["repeats"] == 2
-    r = pbkit("bench", run, "--backend", "ort-cpu", *short)  # (once: repeats are not kept)
+    r = pbkit("bench", run, "--backend", "ort-cpu")  # (once: repeats are not kept)
     assert r.code == 0, r.err
     p = next(
         q for q in record.read(run).latency if q.backend == "ort-cpu" and q.variant == "pruned"

@@ -90,6 +90,13 @@ def _bench(ctx: Context, rec: record.Record | None) -> record.Record:
     repeats.attach(points, out.bench, b.drift, b.confidence, out.model.name)
     if any(p.repeat_ci for p in points):
         record.write(ctx.run_dir, out)
+    elif b.drift == "auto" and not b.quick and any(p.speedup_ci for p in points):
+        note(
+            "each interval is this bench's, on this machine in its state; where a later bench"
+            " lands is wider: `pbkit bench RUN --repeats 6` measures how far this machine drifts"
+            " between benches, and every later bench then shows its repeat interval",
+            ctx.quiet,
+        )
     return out
 
 
