@@ -256,3 +256,13 @@ def test_every_flag_and_memory_figure_a_backend_sets_is_declared() -> None:
     schema = record.json_schema()
     assert flags <= _declared(schema, "Flags")
     assert figures <= _declared(schema, "Memory")
+
+
+def test_the_cache_is_pbkit_cache_or_the_users_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PBKIT_CACHE", str(tmp_path))
+    assert fileio.cache_dir("drift.json") == tmp_path / "drift.json"
+    assert fileio.cache_dir("study-work", "n", "s") == tmp_path / "study-work" / "n" / "s"
+    monkeypatch.setenv("PBKIT_CACHE", "")  # set but empty: the default, never the working folder
+    assert fileio.cache_dir() == Path.home() / ".cache" / "pbkit"

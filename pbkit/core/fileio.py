@@ -31,6 +31,12 @@ from pbkit.core.errors import PbkitError
 _READING: ContextVar[frozenset[Path]] = ContextVar("pbkit_reading", default=frozenset())
 
 
+def cache_dir(*parts: str) -> Path:
+    """pbkit's cache (``$PBKIT_CACHE``, default ``~/.cache/pbkit``), or a folder in it: latency
+    tables, the machine's drift, a study's work folders, ultralytics' settings."""
+    return Path(os.environ.get("PBKIT_CACHE") or "~/.cache/pbkit").expanduser().joinpath(*parts)
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -17,22 +17,20 @@ atomically under a lock; a file that does not read is one line that names it, ne
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pbkit.core import lock
 from pbkit.core.errors import PbkitError
-from pbkit.core.fileio import atomic_write_json
+from pbkit.core.fileio import atomic_write_json, cache_dir
 from pbkit.machine import envinfo
 
 VERSION = 1
 
 
 def path() -> Path:
-    root = os.environ.get("PBKIT_CACHE") or Path.home() / ".cache" / "pbkit"
-    return Path(root) / "drift.json"
+    return cache_dir("drift.json")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -29,7 +28,7 @@ from torch import nn
 from pbkit.core import config
 from pbkit.core.console import Steps
 from pbkit.core.errors import PbkitError
-from pbkit.core.fileio import atomic_write_json
+from pbkit.core.fileio import atomic_write_json, cache_dir
 from pbkit.export.onnx import to_onnx
 from pbkit.machine import envinfo
 from pbkit.measure import protocol
@@ -66,8 +65,7 @@ LAYER_QUICK = dataclasses.replace(
 
 
 def default_cache() -> Path:
-    root = os.environ.get("PBKIT_CACHE") or Path.home() / ".cache" / "pbkit"
-    return Path(root) / "latency-tables"
+    return cache_dir("latency-tables")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pbkit.core.fileio import cache_dir
 from pbkit.core.runtime import Guard, guard, isolated, set_cv2_threads
 
 # ultralytics modules whose import-time flags would let it install packages or go online
@@ -72,7 +73,7 @@ def ultralytics_offline() -> Iterator[None]:
         os.environ.setdefault("YOLO_VERBOSE", "false")
         os.environ.setdefault(
             "YOLO_CONFIG_DIR",
-            str(Path(os.environ.get("PBKIT_CACHE", "~/.cache/pbkit")).expanduser() / "ultralytics"),
+            str(cache_dir("ultralytics")),
         )
         import ultralytics.data.utils  # noqa: F401  (imported under the offline environment)
         import ultralytics.utils.checks  # noqa: F401

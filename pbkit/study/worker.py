@@ -14,7 +14,7 @@ from typing import Any
 from pbkit.core import config
 from pbkit.core.clock import utc_now
 from pbkit.core.errors import PbkitError, first_line
-from pbkit.core.fileio import atomic_write
+from pbkit.core.fileio import atomic_write, cache_dir
 from pbkit.core.runtime import isolated
 from pbkit.stages import rundir
 
@@ -35,8 +35,7 @@ def work_dir(work: str | None, study: str) -> Path:
     this node's own (artifacts stay on the node that made them)."""
     if work:
         return Path(work).expanduser()
-    cache = Path(os.environ.get("PBKIT_CACHE", "~/.cache/pbkit")).expanduser()
-    return cache / "study-work" / node_id()[:12] / study
+    return cache_dir("study-work", node_id()[:12], study)
 
 
 def _where() -> dict[str, Any]:
