@@ -84,6 +84,18 @@ def test_merged_point_pools_every_sessions_medians_and_speedups() -> None:
     assert sum("2 processes" in r for r in pruned.unstable_reasons) == 1
 
 
+def test_points_merged_before_count_every_process_behind_them() -> None:
+    """Two repeat benches, each already merged from 2 processes: 4 processes, not 2."""
+    runs = []
+    for s in (2.0, 1.9):
+        points = [_point("dense", [10.0, 10.1]), _point("pruned", [5.0, 5.05], [s, s])]
+        for p in points:
+            p.flags.processes = 2
+        runs.append(points)
+    pruned = next(p for p in processes.merge(runs, 0.95, None) if p.variant == "pruned")
+    assert pruned.flags.processes == 4 and "in 4 processes" in (pruned.ci.method or "")
+
+
 def test_one_process_keeps_its_point() -> None:
     a = [_point("dense", [10.0, 10.1]), _point("pruned", [5.0, 5.05], [2.0, 1.99])]
     merged = processes.merge([a], 0.95, 0.02)

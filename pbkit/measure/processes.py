@@ -40,6 +40,12 @@ def _medians(p: record.LatencyPoint) -> list[float]:
     return list(p.session_medians_ms or [p.median_ms])
 
 
+def _processes(ps: Sequence[record.LatencyPoint]) -> int:
+    """The processes behind points to merge: each point's own count (a point merged before, e.g.
+    one of ``bench.repeats`` benches in ``bench.processes`` processes, brings several)."""
+    return sum(p.flags.processes or 1 for p in ps)
+
+
 def _geomean(xs: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(x) for x in xs))
 
@@ -96,7 +102,7 @@ def _merged_runner(ps: list[record.LatencyPoint], confidence: float) -> record.L
         out.outliers = {
             k: sum((p.outliers or {}).get(k, 0) for p in ps) for k in first.outliers or {}
         }
-    out.flags.processes = len(ps)
+    out.flags.processes = _processes(ps)
     return out
 
 
@@ -127,7 +133,7 @@ def _merge_speedup(
     p.speedup_ci = est.ci
     met = target is None or est.relative_half_width <= target
     p.ci = record.CiInfo(
-        method=f"t-interval over fresh sessions in {len(ps)} processes (log speed-ups)",
+        method=f"t-interval over fresh sessions in {_processes(ps)} processes (log speed-ups)",
         confidence=confidence,
         sessions=len(speedups),
         session_speedups=speedups,
@@ -145,6 +151,6 @@ def _merge_speedup(
         if not met:
             q.unstable_reasons.append(
                 f"speed-up CI ±{est.relative_half_width:.1%} > {target:.1%} over"
-                f" {len(speedups)} sessions in {len(ps)} processes"
+                f" {len(speedups)} sessions in {_processes(ps)} processes"
             )
         q.stable = not q.unstable_reasons
