@@ -155,18 +155,12 @@ def _bench_repeats(ctx: Context, rec: record.Record | None) -> record.Record:
         model=out.model.name,
         run_id=ctx.run_dir.name,
     )
-    done = {(p.backend, p.precision, p.batch) for p in merged}
-    out.latency = [p for p in out.latency if (p.backend, p.precision, p.batch) not in done]
-    out.latency += merged
-    bench.judge_latency_target(out, merged, True)
     if out.bench is not None:
         out.bench.repeats, out.bench.repeat_spacing_s = b.repeats, b.repeat_spacing_s
         out.bench.drift = b.drift
-    out.stages["bench"].config = rundir.section_slice(cfg, "bench")
-    out.stages["bench"].seconds = round(seconds, 3)
-    out.config = cfg.model_dump(mode="json")
-    out.config["bench"]["repeats"] = 1  # an act, not a setting: a later bench benches once
-    record.write(ctx.run_dir, out)
+    run_cfg = cfg.model_dump(mode="json")
+    run_cfg["bench"]["repeats"] = 1  # an act, not a setting: a later bench benches once
+    _keep_merged(ctx.run_dir, out, merged, cfg, seconds, run_cfg)
     for m in measured if not b.quick else []:
         kept = drift.save(m.machine, m.backend, m.precision, m.drift)
         note(
@@ -202,18 +196,32 @@ def _bench_in_processes(run_dir: Path, cfg: config.Config, quiet: bool) -> recor
         old += [p.model_dump_json() for p in runs[-1]]
         pb.engine_accuracy = "off"  # (evaluated once, by the first process)
     merged = processes.merge(runs, b.confidence, b.ci_target)
-    done = {(p.backend, p.precision, p.batch) for p in merged}
-    rec.latency = [p for p in rec.latency if (p.backend, p.precision, p.batch) not in done] + merged
-    bench.judge_latency_target(rec, merged, True)  # (on the merged points, not the last process's)
     if rec.bench is not None:
         rec.bench.processes = n
         rec.bench.sessions = b.sessions
         rec.bench.min_time_s, rec.bench.max_time_s = b.min_time_s, b.max_time_s
+    _keep_merged(run_dir, rec, merged, cfg, seconds)
+    return rec
+
+
+def _keep_merged(
+    run_dir: Path,
+    rec: record.Record,
+    merged: list[record.LatencyPoint],
+    cfg: config.Config,
+    seconds: float,
+    kept: dict[str, Any] | None = None,
+) -> None:
+    """Points merged from several processes or benches replace the ones they pool, the latency
+    target is judged on them (not on the last one's), and the stage says what it ran with and how
+    long; the run's configuration becomes ``kept`` (default: ``cfg``)."""
+    done = {(p.backend, p.precision, p.batch) for p in merged}
+    rec.latency = [p for p in rec.latency if (p.backend, p.precision, p.batch) not in done] + merged
+    bench.judge_latency_target(rec, merged, True)
     rec.stages["bench"].config = rundir.section_slice(cfg, "bench")
     rec.stages["bench"].seconds = round(seconds, 3)
-    rec.config = cfg.model_dump(mode="json")
+    rec.config = kept if kept is not None else cfg.model_dump(mode="json")
     record.write(run_dir, rec)
-    return rec
 
 
 def _bench_in_fresh_process(run_dir: Path, cfg: config.Config, quiet: bool) -> record.Record:
