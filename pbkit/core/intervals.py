@@ -112,6 +112,11 @@ def _z(confidence: float) -> float:
     return statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
+def log_variance(ci: Sequence[float], z: float) -> float:
+    """The variance of a log estimate that its interval of normal quantile ``z`` says it has."""
+    return ((math.log(ci[1]) - math.log(ci[0])) / (2 * z)) ** 2
+
+
 def with_drift(
     value: float,
     ci: Sequence[float],
@@ -133,8 +138,7 @@ def with_drift(
     z = _z(confidence)
     lo, hi = math.log(ci[0]), math.log(ci[1])
     centre = (lo + hi) / 2 if ci[0] <= value <= ci[1] else math.log(value)
-    own = ((hi - lo) / (2 * z)) ** 2
-    var = own + drift_sd**2
+    var = log_variance(ci, z) + drift_sd**2
     q = z
     if drift_df and drift_sd > 0:
         q = float(stats.t.ppf(0.5 + confidence / 2, var**2 / (drift_sd**4 / drift_df)))
@@ -153,5 +157,5 @@ def drift_from_repeats(
         return None
     z = _z(confidence)
     between = statistics.variance([math.log(v) for v in values])
-    inside = [((math.log(c[1]) - math.log(c[0])) / (2 * z)) ** 2 for c in cis if c and c[0] > 0]
+    inside = [log_variance(c, z) for c in cis if c and c[0] > 0]
     return math.sqrt(max(0.0, between - (statistics.fmean(inside) if inside else 0.0)))

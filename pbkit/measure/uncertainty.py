@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pbkit.core import intervals
+
 DRAWS = 1000
 CHECK_DRAWS = 200  # while measuring: a cheaper estimate decides whether to go on
 
@@ -108,7 +110,7 @@ def session_ci(
     if s < 2:
         raise ValueError("need at least 2 sessions")
     z = float(st.norm.ppf(0.5 + confidence / 2))
-    floors = [((np.log(c[1]) - np.log(c[0])) / (2 * z)) ** 2 for c in within if c and c[0] > 0]
+    floors = [intervals.log_variance(c, z) for c in within if c and c[0] > 0]
     var = max(float(x.var(ddof=1)), float(np.mean(floors)) if floors else 0.0)
     half = float(st.t.ppf(0.5 + confidence / 2, s - 1)) * (var / s) ** 0.5
     m = float(x.mean())
